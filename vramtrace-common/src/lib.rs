@@ -1,0 +1,175 @@
+//! Wire types shared by the eBPF programs and user space: what a probe sends through the ring
+//! buffer, what the attach cookie encodes, and the indices of the loss counters.
+//!
+//! Everything here is `#[repr(C)]`, plain integers, and size-checked at compile time, so that
+//! the kernel side and user space agree byte for byte. No `bool` and no Rust enums cross the
+//! boundary: codes are `u32` constants with a conversion on the user side.
+#![no_std]
+
+/// `CallEvent::kind`: a driver call, sent at its return.
+pub const EVENT_CALL: u32 = 1;
+/// `ExitEvent::kind`: a traced process ended (its last thread exited).
+pub const EVENT_EXIT: u32 = 2;
+
+/// Number of argument registers captured at entry (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
+pub const MAX_ARGS: usize = 6;
+/// Words of a struct read at entry through one pointer argument (a `CUmemAllocationProp`,
+/// an array descriptor, pool properties). 40 bytes cover the largest one read.
+pub const BLOB_WORDS: usize = 5;
+/// Frames kept per user stack. The kernel's `perf_event_max_stack` default is 127.
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// The attach cookie of every driver-call probe. One entry program and one return program
+/// serve every hooked symbol; the cookie tells them which symbol fired and what to read.
+///
+/// Bits 0..16 hold the API id (an index into user space's table of hooked functions).
+pub mod cookie {
+    /// Mask of the API id.
+    pub const API_MASK: u64 = 0xffff;
+    /// At return, read a `u64` through the pointer in argument 0 into `CallEvent::out[0]`.
+    pub const DEREF_ARG0: u64 = 1 << 16;
+    /// At return, read a `u64` through the pointer in argument 1 into `CallEvent::out[1]`.
+    pub const DEREF_ARG1: u64 = 1 << 17;
+    /// Shift of the 3-bit field that names the pointer argument (index + 1) whose pointee is
+    /// copied into `CallEvent::blob` at entry; 0 means none.
+    pub const BLOB_ARG_SHIFT: u32 = 20;
+    pub const BLOB_ARG_MASK: u64 = 0x7 << BLOB_ARG_SHIFT;
+    /// Capture the user stack of this call.
+    pub const STACK: u64 = 1 << 24;
+    /// The call places memory in host RAM (managed, pinned, registered memory). Under the
+    /// vram-only policy with a signal configured, the calling thread is signalled at entry.
+    pub const HOST_MEMORY: u64 = 1 << 25;
+    /// `cuMemCreate`: host memory only when the location type in the blob says so; the
+    /// probe checks `blob` word 1 (location type) at entry.
+    pub const HOST_IF_LOCATION: u64 = 1 << 26;
+
+    /// Builds a cookie.
+    pub const fn make(api: u16, flags: u64) -> u64 {
+        api as u64 | flags
+    }
+    /// The argument index whose pointee becomes the blob, if any.
+    pub const fn blob_arg(c: u64) -> Option<usize> {
+        let v = ((c & BLOB_ARG_MASK) >> BLOB_ARG_SHIFT) as usize;
+        if v == 0 { None } else { Some(v - 1) }
+    }
+    /// The cookie bits that select `arg` as the blob source.
+    pub const fn with_blob_arg(arg: usize) -> u64 {
+        ((arg as u64 + 1) << BLOB_ARG_SHIFT) & BLOB_ARG_MASK
+    }
+}
+
+/// `CallEvent::flags` bits: what could not be read. A set bit means the matching field is
+/// unknown, not zero.
+pub mod flags {
+    /// Reading `out[0]` through argument 0 faulted.
+    pub const OUT0_FAULT: u32 = 1 << 0;
+    /// Reading `out[1]` through argument 1 faulted.
+    pub const OUT1_FAULT: u32 = 1 << 1;
+    /// Copying the blob at entry faulted.
+    pub const BLOB_FAULT: u32 = 1 << 2;
+    /// The return address could not be read at entry.
+    pub const CALLER_FAULT: u32 = 1 << 3;
+    /// A stack was asked for and could not be captured (`stack_id` holds the error).
+    pub const STACK_FAULT: u32 = 1 << 4;
+    /// The probe sent a signal to the calling thread (vram-only policy).
+    pub const SIGNALLED: u32 = 1 << 5;
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// An event was dropped because the ring buffer was full.
+    pub const LOST_RINGBUF: u32 = 0;
+    /// An entry could not be remembered (the in-flight map was full): its call is lost.
+    pub const LOST_ENTRY: u32 = 1;
+    /// A stack capture failed (the event is delivered without a stack).
+    pub const STACK_FAILED: u32 = 2;
+    /// A return arrived whose entry was never seen (probes attached mid-call).
+    pub const RETURN_WITHOUT_ENTRY: u32 = 3;
+    /// Events written to the ring buffer.
+    pub const SUBMITTED: u32 = 4;
+    /// A process-exit event was dropped because the ring buffer was full.
+    pub const LOST_EXIT: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+}
+
+/// `FILTER` map values: which processes are traced when the PID filter is on.
+pub mod filter {
+    /// Trace this process and follow its children.
+    pub const TRACE: u32 = 1;
+    /// Do not trace this process, but trace its children (the tracer itself, for `-- CMD`).
+    pub const FOLLOW_ONLY: u32 = 2;
+}
+
+/// One driver call, captured at entry and completed at return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallEvent {
+    /// Always `EVENT_CALL`.
+    pub kind: u32,
+    /// API id from the attach cookie.
+    pub api: u32,
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` at entry (CLOCK_MONOTONIC).
+    pub ts_entry_ns: u64,
+    /// `bpf_ktime_get_ns()` at return.
+    pub ts_ns: u64,
+    /// Argument registers at entry.
+    pub args: [u64; MAX_ARGS],
+    /// Out-parameters read at return, as the cookie asked.
+    pub out: [u64; 2],
+    /// A struct read through a pointer argument at entry, as the cookie asked.
+    pub blob: [u64; BLOB_WORDS],
+    /// The return address at entry: the instruction after the call into the driver.
+    pub caller: u64,
+    /// Id in the `STACKS` map, or a negative errno, or -1 when no stack was asked for.
+    pub stack_id: i64,
+    /// The driver's return code (`CUresult`; 0 is success, 2 is out of memory).
+    pub ret: i32,
+    /// `flags::*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 160); // no hidden padding
+
+/// A traced process ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// Always `EVENT_EXIT`.
+    pub kind: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Id of the last thread to exit.
+    pub tid: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at exit.
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 24);
+
+/// Key of the in-flight entry map: one slot per thread and API, so that threads calling the
+/// driver concurrently, and a driver entry point that calls another hooked one, never clobber
+/// each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryKey {
+    pub pid_tgid: u64,
+    pub api: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EntryKey>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers with no padding (sizes asserted above); every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::CallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EntryKey {}
+}

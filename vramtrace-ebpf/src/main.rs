@@ -1,0 +1,324 @@
+//! vramtrace's kernel side: one entry and one return program serve every hooked CUDA driver
+//! symbol (multi-uprobe links; the attach cookie says which symbol fired and what to read),
+//! plus tracepoints for process exit and fork.
+//!
+//! The programs capture; they do not interpret. Which argument is a size, a handle or an
+//! out-pointer is decided in user space (`vramtrace/src/api.rs`), so the kernel side stays
+//! small and the same for every entry point.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_send_signal_thread,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
+    EbpfContext as _,
+};
+use vramtrace_common::{
+    BLOB_WORDS, CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_ARGS, cookie, counter,
+    filter, flags,
+};
+
+/// Nonzero: trace only processes in `FILTER`.
+#[unsafe(no_mangle)]
+static FILTER_ENABLED: Global<u32> = Global::new(0);
+/// Nonzero: capture user stacks for calls whose cookie asks for one.
+#[unsafe(no_mangle)]
+static CAPTURE_STACKS: Global<u32> = Global::new(1);
+/// Signal sent to a thread that places memory in host RAM (vram-only policy); 0 = none.
+#[unsafe(no_mangle)]
+static HOST_SIGNAL: Global<u32> = Global::new(0);
+/// Pending bytes in the ring buffer above which a submission wakes the reader. Below it,
+/// submissions do not wake anyone and user space drains on its timer.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+/// Offset of `child_pid` in the `sched_process_fork` record (read from tracefs at load).
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(20);
+/// Offset of `group_dead` in the `sched_process_exit` record; 0 when the kernel has none
+/// (then the thread-group leader's exit ends the process).
+#[unsafe(no_mangle)]
+static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// In-flight calls: entry state kept until the matching return.
+#[map]
+static INFLIGHT: HashMap<EntryKey, CallEvent> = HashMap::with_max_entries(65536, 0);
+
+/// User stacks, deduplicated by the kernel.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Loss and delivery counters, indexed by `counter::*`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Processes to trace (tgid → `filter::*`) when `FILTER_ENABLED`.
+#[map]
+static FILTER: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+
+/// Processes that called the driver, so that only their exits are reported.
+#[map]
+static SEEN: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a per-CPU array lookup and is valid for this CPU
+        // while the program runs; no other program touches this CPU's slot concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn traced(tgid: u32) -> bool {
+    if FILTER_ENABLED.load() == 0 {
+        return true;
+    }
+    // SAFETY: the value is a plain u32 read from a map entry that stays valid for the
+    // duration of the program.
+    matches!(unsafe { FILTER.get(&tgid) }, Some(&filter::TRACE))
+}
+
+/// Wake the reader only when enough has piled up; user space drains on a timer otherwise.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    let threshold = WAKEUP_BYTES.load();
+    if threshold == 0 || EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= threshold
+    {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[uprobe(multi)]
+pub fn call_entry(ctx: ProbeContext) -> u32 {
+    try_call_entry(&ctx);
+    0
+}
+
+fn try_call_entry(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid) {
+        return;
+    }
+    // SAFETY: bpf_get_attach_cookie only reads the context it is given.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let api = (cookie & cookie::API_MASK) as u32;
+
+    let mut ev = CallEvent {
+        kind: EVENT_CALL,
+        api,
+        pid: tgid,
+        tid: pid_tgid as u32,
+        // SAFETY: no preconditions.
+        ts_entry_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: -1,
+        ..CallEvent::default()
+    };
+    for i in 0..MAX_ARGS {
+        ev.args[i] = ctx.arg::<u64>(i).unwrap_or(0);
+    }
+    // SAFETY: `regs` points at the probed thread's saved user registers for the whole program.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // The probe sits before the function touches the stack, so *rsp is the return address:
+    // the immediate caller, which the frame-pointer walk below would miss.
+    // SAFETY: bpf_probe_read_user validates the user address and fails instead of faulting.
+    match unsafe { bpf_probe_read_user(sp as *const u64) } {
+        Ok(ra) => ev.caller = ra,
+        Err(_) => ev.flags |= flags::CALLER_FAULT,
+    }
+    if let Some(arg) = cookie::blob_arg(cookie)
+        && arg < MAX_ARGS
+    {
+        let ptr = ev.args[arg] as *const [u64; BLOB_WORDS];
+        // SAFETY: as above, a failed read is reported, never a fault.
+        match unsafe { bpf_probe_read_user(ptr) } {
+            Ok(blob) => ev.blob = blob,
+            Err(_) => ev.flags |= flags::BLOB_FAULT,
+        }
+    }
+    if cookie & cookie::STACK != 0 && CAPTURE_STACKS.load() != 0 {
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => ev.stack_id = id,
+            Err(e) => {
+                ev.stack_id = e as i64;
+                ev.flags |= flags::STACK_FAULT;
+                bump(counter::STACK_FAILED);
+            }
+        }
+    }
+    let signal = HOST_SIGNAL.load();
+    if signal != 0 {
+        // Location type 2..=4 is host memory (CU_MEM_LOCATION_TYPE_HOST*); it sits in the low
+        // half of word 1 of CUmemAllocationProp.
+        let location = ev.blob[1] as u32;
+        let host = cookie & cookie::HOST_MEMORY != 0
+            || (cookie & cookie::HOST_IF_LOCATION != 0 && (2..=4).contains(&location));
+        if host {
+            // SAFETY: sends a signal to the current thread; no memory is touched.
+            if unsafe { bpf_send_signal_thread(signal) } == 0 {
+                ev.flags |= flags::SIGNALLED;
+            }
+        }
+    }
+    let key = EntryKey {
+        pid_tgid,
+        api,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(&key, &ev, 0).is_err() {
+        bump(counter::LOST_ENTRY);
+    }
+}
+
+#[uretprobe(multi)]
+pub fn call_return(ctx: RetProbeContext) -> u32 {
+    try_call_return(&ctx);
+    0
+}
+
+fn try_call_return(ctx: &RetProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: bpf_get_attach_cookie only reads the context it is given.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let api = (cookie & cookie::API_MASK) as u32;
+    let key = EntryKey {
+        pid_tgid,
+        api,
+        _pad: 0,
+    };
+    let Some(entry) = INFLIGHT.get_ptr(&key) else {
+        if !traced((pid_tgid >> 32) as u32) {
+            return;
+        }
+        bump(counter::RETURN_WITHOUT_ENTRY);
+        return;
+    };
+    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
+        bump(counter::LOST_RINGBUF);
+        let _ = INFLIGHT.remove(&key);
+        return;
+    };
+    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; it is copied
+    // out before the entry is removed below.
+    let mut ev = unsafe { *entry };
+    let _ = INFLIGHT.remove(&key);
+    // SAFETY: no preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ret = ctx.ret::<i64>() as i32;
+    if ev.ret == 0 {
+        // Out-parameters are only meaningful when the call succeeded.
+        if cookie & cookie::DEREF_ARG0 != 0 {
+            // SAFETY: a failed user read is reported in `flags`, never a fault.
+            match unsafe { bpf_probe_read_user(ev.args[0] as *const u64) } {
+                Ok(v) => ev.out[0] = v,
+                Err(_) => ev.flags |= flags::OUT0_FAULT,
+            }
+        }
+        if cookie & cookie::DEREF_ARG1 != 0 {
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(ev.args[1] as *const u64) } {
+                Ok(v) => ev.out[1] = v,
+                Err(_) => ev.flags |= flags::OUT1_FAULT,
+            }
+        }
+    }
+    slot.write(ev);
+    slot.submit(submit_flags());
+    bump(counter::SUBMITTED);
+    // SAFETY: plain map update keyed by tgid.
+    if unsafe { SEEN.get(&ev.pid) }.is_none() {
+        let _ = SEEN.insert(&ev.pid, &1, 0);
+    }
+}
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    try_process_exit(&ctx);
+    0
+}
+
+fn try_process_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let offset = EXIT_GROUP_DEAD_OFFSET.load();
+    let group_dead = if offset != 0 {
+        // SAFETY: the offset comes from the tracepoint's format file; read_at bounds-checks
+        // through bpf_probe_read.
+        unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0) != 0
+    } else {
+        tid == tgid
+    };
+    if FILTER_ENABLED.load() != 0 && tid != tgid {
+        // Threads were added to the filter by the fork tracepoint; forget them.
+        let _ = FILTER.remove(&tid);
+    }
+    if !group_dead {
+        return;
+    }
+    let _ = FILTER.remove(&tgid);
+    // SAFETY: plain map lookup keyed by tgid.
+    if unsafe { SEEN.get(&tgid) }.is_none() {
+        return;
+    }
+    let _ = SEEN.remove(&tgid);
+    let ev = ExitEvent {
+        kind: EVENT_EXIT,
+        pid: tgid,
+        tid,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output(&ev, submit_flags()).is_err() {
+        bump(counter::LOST_EXIT);
+    }
+}
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    try_process_fork(&ctx);
+    0
+}
+
+/// Follows descendants: a child of a traced (or follow-only) process is traced, before it
+/// runs a single instruction of its own.
+fn try_process_fork(ctx: &TracePointContext) {
+    if FILTER_ENABLED.load() == 0 {
+        return;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain map lookup keyed by tgid.
+    if unsafe { FILTER.get(&parent) }.is_none() {
+        return;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_CHILD_PID_OFFSET.load() as usize) }) else {
+        return;
+    };
+    // A new thread of a traced process shares its tgid and is covered already; a new
+    // process gets its own entry. Thread ids land here too and are removed at their exit.
+    let _ = FILTER.insert(&(child as u32), &filter::TRACE, 0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

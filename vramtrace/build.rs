@@ -1,0 +1,32 @@
+//! Builds the eBPF programs (vramtrace-ebpf) with the pinned nightly and bpf-linker, so that
+//! the object can be embedded in the binary with `include_bytes_aligned!`.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// The nightly whose LLVM (22) matches bpf-linker's. Newer nightlies use an LLVM that
+/// Debian does not ship; keep this in step with scripts/setup.sh.
+const BPF_NIGHTLY: &str = "nightly-2026-07-20";
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "vramtrace-ebpf")
+        .ok_or_else(|| anyhow!("the vramtrace-ebpf package is not in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("vramtrace-ebpf has no manifest directory"))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        Toolchain::Custom(BPF_NIGHTLY),
+    )
+}

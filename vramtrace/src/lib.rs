@@ -1,0 +1,28 @@
+//! vramtrace: traces GPU memory allocations from outside the processes that make them.
+//!
+//! Module map, in the order data flows:
+//!
+//! - [`api`]: the hooked CUDA driver entry points, their signatures and attach cookies.
+//! - [`probe`]: loads the eBPF programs, finds libcuda, attaches, reads the ring buffer and
+//!   the loss counters.
+//! - [`decode`]: the one converter from raw probe events to trace [`trace::Record`]s.
+//! - [`stacks`]: normalizes user stacks at record time (file, build ID, offset) and
+//!   symbolizes them.
+//! - [`procinfo`]: what `/proc` says about a traced process.
+//! - [`ledger`]: live allocations per process and device; the single accounting path for live
+//!   tracing and replay.
+//! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
+//! - [`analyze`]: the postmortem summary of a trace.
+//! - [`session`]: `vramtrace record`: the pieces above wired together.
+//! - [`cli`]: the command line.
+
+pub mod analyze;
+pub mod api;
+pub mod cli;
+pub mod decode;
+pub mod ledger;
+pub mod probe;
+pub mod procinfo;
+pub mod session;
+pub mod stacks;
+pub mod trace;

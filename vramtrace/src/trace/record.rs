@@ -1,0 +1,378 @@
+//! The records of a trace file: one JSON object per line, tagged by `type`.
+//!
+//! These types are the one vocabulary of the project: the converter turns raw probe events
+//! into them, the writer serializes them, the reader parses them back, and the Ledger consumes
+//! them, live and on replay alike. `docs/trace-format.md` documents every field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Name written in every header's `format` field.
+pub const FORMAT_NAME: &str = "vramtrace";
+/// Major version: readers refuse any other. Bumped on incompatible changes.
+pub const FORMAT_MAJOR: u32 = 1;
+/// Minor version: additions that older readers may ignore.
+pub const FORMAT_MINOR: u32 = 0;
+
+/// One line of a trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// First line: what recorded this, where, and against which driver.
+    Header(Header),
+    /// A traced process, written once before its first event.
+    Process(Process),
+    /// A call stack, written once before the first event that refers to it.
+    Stack(Stack),
+    /// Memory was allocated (device, pitched, async, array, managed, pinned, registered).
+    Alloc(Call),
+    /// Memory was freed (to the GPU, to the host, or into a stream-ordered pool).
+    Free(Call),
+    /// A driver call returned an error. Never an allocation.
+    Failed(Call),
+    /// `cuMemCreate`: physical memory behind a VMM handle.
+    VmmCreate(Call),
+    /// `cuMemRelease`: a VMM handle released (memory goes once it is also unmapped).
+    VmmRelease(Call),
+    /// `cuMemMap`: a VMM handle mapped into a reserved range.
+    VmmMap(Call),
+    /// `cuMemUnmap`.
+    VmmUnmap(Call),
+    /// `cuMemAddressReserve`: address space, not memory.
+    Reserve(Call),
+    /// `cuMemAddressFree`.
+    Unreserve(Call),
+    /// `cuMemPoolCreate`, `cuDeviceGetDefaultMemPool`: a pool became known.
+    PoolCreate(Call),
+    /// `cuMemPoolDestroy`.
+    PoolDestroy(Call),
+    /// `cuMemPoolTrimTo`.
+    PoolTrim(Call),
+    /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
+    CtxCreate(Call),
+    /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
+    CtxDestroy(Call),
+    /// `cuCtxSetCurrent`, `cuCtxPushCurrent*`, `cuCtxPopCurrent*`: the thread's current context.
+    CtxCurrent(Call),
+    /// Host-to-device copy: the destination range only.
+    Copy(Call),
+    /// A traced process ended: everything it held is gone.
+    Exit(Exit),
+    /// Events that the kernel side could not deliver, counted since the last such record.
+    Lost(Lost),
+    /// Last line: counts and the digest of every byte before it.
+    Footer(Footer),
+}
+
+impl Record {
+    /// The `type` tag of this record, as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Header(_) => "header",
+            Record::Process(_) => "process",
+            Record::Stack(_) => "stack",
+            Record::Alloc(_) => "alloc",
+            Record::Free(_) => "free",
+            Record::Failed(_) => "failed",
+            Record::VmmCreate(_) => "vmm_create",
+            Record::VmmRelease(_) => "vmm_release",
+            Record::VmmMap(_) => "vmm_map",
+            Record::VmmUnmap(_) => "vmm_unmap",
+            Record::Reserve(_) => "reserve",
+            Record::Unreserve(_) => "unreserve",
+            Record::PoolCreate(_) => "pool_create",
+            Record::PoolDestroy(_) => "pool_destroy",
+            Record::PoolTrim(_) => "pool_trim",
+            Record::CtxCreate(_) => "ctx_create",
+            Record::CtxDestroy(_) => "ctx_destroy",
+            Record::CtxCurrent(_) => "ctx_current",
+            Record::Copy(_) => "copy",
+            Record::Exit(_) => "exit",
+            Record::Lost(_) => "lost",
+            Record::Footer(_) => "footer",
+        }
+    }
+
+    /// The driver call this record describes, if it is one.
+    pub fn call(&self) -> Option<&Call> {
+        match self {
+            Record::Alloc(c)
+            | Record::Free(c)
+            | Record::Failed(c)
+            | Record::VmmCreate(c)
+            | Record::VmmRelease(c)
+            | Record::VmmMap(c)
+            | Record::VmmUnmap(c)
+            | Record::Reserve(c)
+            | Record::Unreserve(c)
+            | Record::PoolCreate(c)
+            | Record::PoolDestroy(c)
+            | Record::PoolTrim(c)
+            | Record::CtxCreate(c)
+            | Record::CtxDestroy(c)
+            | Record::CtxCurrent(c)
+            | Record::Copy(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The trace's first line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// `"MAJOR.MINOR"`.
+    pub version: String,
+    /// vramtrace's version.
+    pub tool_version: String,
+    /// Host name.
+    pub host: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The driver libraries the probes were attached to.
+    pub libraries: Vec<Library>,
+    /// Wall-clock time at the start, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// `CLOCK_MONOTONIC` at the same instant: every `ts_ns` in the trace is on this clock, so
+    /// `unix = start_unix_ns + (ts_ns - start_monotonic_ns)`.
+    pub start_monotonic_ns: u64,
+    /// What was traced: `all`, or the PIDs, or the command.
+    pub scope: Scope,
+    /// Extra facts (NVML and GPU details arrive here in later minor versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A driver library that probes were attached to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Library {
+    /// Path as attached (on the host, or through `/proc/PID/root` inside a container).
+    pub path: String,
+    /// GNU build ID, hex, when the library has one.
+    pub build_id: Option<String>,
+    /// One entry per hooked symbol.
+    pub probes: Vec<Probe>,
+}
+
+/// One hooked symbol.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Exported symbol, e.g. `cuMemAllocAsync_ptsz`.
+    pub symbol: String,
+    /// File offset of the symbol.
+    pub symbol_offset: u64,
+    /// Bytes past the symbol where the probes sit (0: at the symbol).
+    pub probe_offset: u64,
+}
+
+/// What a recording traced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Every process on the machine.
+    pub all: bool,
+    /// The PIDs named with `-p`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    /// The command started with `-- CMD`, and its descendants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+/// A traced process. PIDs are reused; `id` is not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    /// Id that events refer to in their `proc` field; unique within the trace.
+    pub id: u32,
+    /// Process id (as the host sees it).
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22), when it could be read.
+    pub start_time: Option<u64>,
+    /// Parent process id, when known.
+    pub ppid: Option<u32>,
+    /// Short name (`/proc/PID/comm`), or `"?"` when the process was gone before it was read.
+    pub comm: String,
+    /// Command line, when known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
+    /// Executable path, when known.
+    pub exe: Option<String>,
+    /// Container id, when the process runs in one (from its cgroup).
+    pub container: Option<String>,
+}
+
+/// A user call stack, innermost frame first. Frame 0 is the immediate caller of the driver
+/// (the return address read at entry); the rest come from the frame-pointer walk.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    /// Id that events refer to in their `stack` field.
+    pub id: u32,
+    /// Frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// Why the stack is incomplete, when it is (the walk failed, frames were cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
+}
+
+/// One frame, normalized at record time so it can be symbolized after the process is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// Virtual address in the process.
+    pub addr: u64,
+    /// The object file that holds it (path as the process saw it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// GNU build ID of that file, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// Offset of `addr` in that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Function name, when symbolized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sym: Option<String>,
+    /// `file:line`, when debug information had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Why this frame could not be normalized or symbolized. Data, not an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+/// Where memory lives and how it was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mem {
+    /// Device memory (`cuMemAlloc*`, `cuMemAllocPitch*`).
+    Device,
+    /// Stream-ordered device memory (`cuMemAllocAsync*`, `cuMemAllocFromPoolAsync*`).
+    DeviceAsync,
+    /// A CUDA array (`cuArrayCreate*`, `cuArray3DCreate*`, `cuMipmappedArrayCreate`).
+    Array,
+    /// VMM physical memory on a device (`cuMemCreate` with a device location).
+    VmmDevice,
+    /// VMM physical memory in host RAM (`cuMemCreate` with a host location).
+    VmmHost,
+    /// Managed (unified) memory: may live in host RAM.
+    Managed,
+    /// Pinned host memory (`cuMemAllocHost*`, `cuMemHostAlloc`).
+    HostPinned,
+    /// Host memory registered with the driver (`cuMemHostRegister*`).
+    HostRegistered,
+}
+
+impl Mem {
+    /// True when the memory lives in host RAM (or may, for managed memory).
+    pub fn is_host(self) -> bool {
+        matches!(
+            self,
+            Mem::VmmHost | Mem::Managed | Mem::HostPinned | Mem::HostRegistered
+        )
+    }
+}
+
+/// A driver call. Which optional fields are present depends on the record's `type` and the
+/// entry point; an absent field means "not known", never zero.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// The exported symbol that was called, e.g. `cuMemAlloc_v2`.
+    pub api: String,
+    /// The `id` of the calling process's `process` record.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds at return.
+    pub ts_ns: u64,
+    /// Nanoseconds spent in the driver.
+    #[serde(default)]
+    pub dur_ns: u64,
+    /// The driver's return code (`CUresult`).
+    pub ret: i32,
+    /// Bytes allocated, freed, mapped, copied or requested (pitched: pitch × height).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Device or host address (for VMM: the virtual address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
+    /// Where the memory lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Mem>,
+    /// A handle: VMM allocation handle, CUDA array, memory pool or context, by entry point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    /// The device ordinal, when the call names it or the thread's context tells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<i32>,
+    /// The memory pool, for pool calls and `cuMemAllocFromPoolAsync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<u64>,
+    /// The stream, for stream-ordered calls and async copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
+    /// Offset into the VMM handle (`cuMemMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Flags argument as passed (host-alloc flags, managed attach flags, VMM flags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    /// Row pitch of a pitched allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitch: Option<u64>,
+    /// Id of the call's `stack` record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<u32>,
+    /// Fields the probe could not read (a faulting pointer): their names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+/// A traced process ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    /// The `id` of the process record.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub ts_ns: u64,
+}
+
+/// Loss counters from the kernel side, as deltas since the previous `lost` record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// `CLOCK_MONOTONIC` nanoseconds when the counters were read.
+    pub ts_ns: u64,
+    /// Events dropped because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Calls whose entry could not be remembered (the in-flight map was full).
+    pub entry_map_full: u64,
+    /// Process exits dropped because the ring buffer was full.
+    pub exit_dropped: u64,
+    /// Stacks that could not be captured (their events were delivered without a stack).
+    pub stack_failed: u64,
+}
+
+impl Lost {
+    /// Events that never reached user space.
+    pub fn events(&self) -> u64 {
+        self.ringbuf_full + self.entry_map_full + self.exit_dropped
+    }
+}
+
+/// The trace's last line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Footer {
+    /// `CLOCK_MONOTONIC` nanoseconds at the end.
+    pub end_ts_ns: u64,
+    /// Lines between header and footer, by `type`.
+    pub counts: BTreeMap<String, u64>,
+    /// Events that never reached user space (sum over `lost` records).
+    pub lost_events: u64,
+    /// Stacks that could not be captured.
+    pub stack_failed: u64,
+    /// Hex SHA-256 of every byte of the file before this line.
+    pub sha256: String,
+}
