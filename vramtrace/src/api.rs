@@ -1,1 +1,335 @@
-//! TODO
+//! The CUDA driver entry points vramtrace hooks: what each one means, which of its arguments
+//! matter, and the attach cookie that tells the generic BPF programs what to capture.
+//!
+//! Signatures are those of the CUDA driver API reference (`cuda.h`,
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/>). Every exported variant of a base name
+//! (`cuMemAlloc`, `cuMemAlloc_v2`, `cuMemAllocAsync_ptsz`, ...) is found in the library's
+//! dynamic symbol table at attach time; the unversioned names of the oldest entry points are
+//! the CUDA 3.x ABI with 32-bit sizes and device pointers, and are decoded as such.
+
+use vramtrace_common::cookie;
+
+/// What an entry point does. One variant per base name (or per distinct signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `cuMemAlloc(CUdeviceptr *dptr, size_t bytesize)`
+    MemAlloc,
+    /// `cuMemAllocPitch(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
+    /// unsigned ElementSizeBytes)`
+    MemAllocPitch,
+    /// `cuMemFree(CUdeviceptr dptr)`
+    MemFree,
+    /// `cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)`
+    MemAllocAsync,
+    /// `cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+    /// CUstream hStream)`
+    MemAllocFromPoolAsync,
+    /// `cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)`
+    MemFreeAsync,
+    /// `cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps)`
+    MemPoolCreate,
+    /// `cuMemPoolDestroy(CUmemoryPool pool)`
+    MemPoolDestroy,
+    /// `cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)`
+    MemPoolTrimTo,
+    /// `cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)`
+    DeviceGetDefaultMemPool,
+    /// `cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+    /// const CUmemAllocationProp *prop, unsigned long long flags)`
+    MemCreate,
+    /// `cuMemRelease(CUmemGenericAllocationHandle handle)`
+    MemRelease,
+    /// `cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+    /// CUmemGenericAllocationHandle handle, unsigned long long flags)`
+    MemMap,
+    /// `cuMemUnmap(CUdeviceptr ptr, size_t size)`
+    MemUnmap,
+    /// `cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+    /// unsigned long long flags)`
+    MemAddressReserve,
+    /// `cuMemAddressFree(CUdeviceptr ptr, size_t size)`
+    MemAddressFree,
+    /// `cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *pAllocateArray)`
+    ArrayCreate,
+    /// `cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pAllocateArray)`
+    Array3DCreate,
+    /// `cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc,
+    /// unsigned int numMipmapLevels)`
+    MipmappedArrayCreate,
+    /// `cuArrayDestroy(CUarray hArray)`
+    ArrayDestroy,
+    /// `cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)`
+    MipmappedArrayDestroy,
+    /// `cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)`
+    MemAllocManaged,
+    /// `cuMemAllocHost(void **pp, size_t bytesize)`
+    MemAllocHost,
+    /// `cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags)`
+    MemHostAlloc,
+    /// `cuMemFreeHost(void *p)`
+    MemFreeHost,
+    /// `cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags)`
+    MemHostRegister,
+    /// `cuMemHostUnregister(void *p)`
+    MemHostUnregister,
+    /// `cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)`; `_v3` takes
+    /// `(pctx, CUexecAffinityParam *params, int numParams, unsigned flags, CUdevice dev)`.
+    CtxCreate,
+    /// `cuCtxDestroy(CUcontext ctx)`
+    CtxDestroy,
+    /// `cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)`
+    DevicePrimaryCtxRetain,
+    /// `cuDevicePrimaryCtxRelease(CUdevice dev)`
+    DevicePrimaryCtxRelease,
+    /// `cuCtxSetCurrent(CUcontext ctx)`
+    CtxSetCurrent,
+    /// `cuCtxPushCurrent(CUcontext ctx)`
+    CtxPushCurrent,
+    /// `cuCtxPopCurrent(CUcontext *pctx)`
+    CtxPopCurrent,
+    /// `cuMemcpyHtoD(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)`
+    MemcpyHtoD,
+    /// `cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount,
+    /// CUstream hStream)`
+    MemcpyHtoDAsync,
+}
+
+/// A base name and what to capture for every exported variant of it.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiDef {
+    /// Base name; variants add `_v2`, `_ptsz`, ... suffixes.
+    pub base: &'static str,
+    /// What it does.
+    pub kind: Kind,
+    /// `vramtrace_common::cookie` flags (without the API id).
+    pub flags: u64,
+    /// The unversioned symbol is the 32-bit CUDA 3.x ABI (sizes and device pointers are
+    /// `unsigned int`).
+    pub legacy32: bool,
+}
+
+use cookie::{DEREF_ARG0, DEREF_ARG1, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg};
+
+const fn def(base: &'static str, kind: Kind, flags: u64) -> ApiDef {
+    ApiDef {
+        base,
+        kind,
+        flags,
+        legacy32: false,
+    }
+}
+
+const fn legacy(base: &'static str, kind: Kind, flags: u64) -> ApiDef {
+    ApiDef {
+        base,
+        kind,
+        flags,
+        legacy32: true,
+    }
+}
+
+/// Every hooked base name (DESIGN.md, "The hooking surface").
+pub const APIS: &[ApiDef] = &[
+    // Device memory.
+    legacy("cuMemAlloc", Kind::MemAlloc, DEREF_ARG0 | STACK),
+    legacy(
+        "cuMemAllocPitch",
+        Kind::MemAllocPitch,
+        DEREF_ARG0 | DEREF_ARG1 | STACK,
+    ),
+    legacy("cuMemFree", Kind::MemFree, 0),
+    // Stream-ordered pools.
+    def("cuMemAllocAsync", Kind::MemAllocAsync, DEREF_ARG0 | STACK),
+    def(
+        "cuMemAllocFromPoolAsync",
+        Kind::MemAllocFromPoolAsync,
+        DEREF_ARG0 | STACK,
+    ),
+    def("cuMemFreeAsync", Kind::MemFreeAsync, 0),
+    def(
+        "cuMemPoolCreate",
+        Kind::MemPoolCreate,
+        DEREF_ARG0 | with_blob_arg(1),
+    ),
+    def("cuMemPoolDestroy", Kind::MemPoolDestroy, 0),
+    def("cuMemPoolTrimTo", Kind::MemPoolTrimTo, 0),
+    def(
+        "cuDeviceGetDefaultMemPool",
+        Kind::DeviceGetDefaultMemPool,
+        DEREF_ARG0,
+    ),
+    // Virtual memory management.
+    def(
+        "cuMemCreate",
+        Kind::MemCreate,
+        DEREF_ARG0 | with_blob_arg(2) | STACK | HOST_IF_LOCATION,
+    ),
+    def("cuMemRelease", Kind::MemRelease, 0),
+    def("cuMemMap", Kind::MemMap, 0),
+    def("cuMemUnmap", Kind::MemUnmap, 0),
+    def("cuMemAddressReserve", Kind::MemAddressReserve, DEREF_ARG0),
+    def("cuMemAddressFree", Kind::MemAddressFree, 0),
+    // Arrays.
+    legacy(
+        "cuArrayCreate",
+        Kind::ArrayCreate,
+        DEREF_ARG0 | with_blob_arg(1) | STACK,
+    ),
+    legacy(
+        "cuArray3DCreate",
+        Kind::Array3DCreate,
+        DEREF_ARG0 | with_blob_arg(1) | STACK,
+    ),
+    def(
+        "cuMipmappedArrayCreate",
+        Kind::MipmappedArrayCreate,
+        DEREF_ARG0 | with_blob_arg(1) | STACK,
+    ),
+    def("cuArrayDestroy", Kind::ArrayDestroy, 0),
+    def("cuMipmappedArrayDestroy", Kind::MipmappedArrayDestroy, 0),
+    // Host memory the GPU uses.
+    def(
+        "cuMemAllocManaged",
+        Kind::MemAllocManaged,
+        DEREF_ARG0 | STACK | HOST_MEMORY,
+    ),
+    legacy(
+        "cuMemAllocHost",
+        Kind::MemAllocHost,
+        DEREF_ARG0 | STACK | HOST_MEMORY,
+    ),
+    def(
+        "cuMemHostAlloc",
+        Kind::MemHostAlloc,
+        DEREF_ARG0 | STACK | HOST_MEMORY,
+    ),
+    def("cuMemFreeHost", Kind::MemFreeHost, 0),
+    def("cuMemHostRegister", Kind::MemHostRegister, STACK | HOST_MEMORY),
+    def("cuMemHostUnregister", Kind::MemHostUnregister, 0),
+    // Contexts.
+    def("cuCtxCreate", Kind::CtxCreate, DEREF_ARG0),
+    def("cuCtxDestroy", Kind::CtxDestroy, 0),
+    def(
+        "cuDevicePrimaryCtxRetain",
+        Kind::DevicePrimaryCtxRetain,
+        DEREF_ARG0,
+    ),
+    def("cuDevicePrimaryCtxRelease", Kind::DevicePrimaryCtxRelease, 0),
+    def("cuCtxSetCurrent", Kind::CtxSetCurrent, 0),
+    def("cuCtxPushCurrent", Kind::CtxPushCurrent, 0),
+    def("cuCtxPopCurrent", Kind::CtxPopCurrent, DEREF_ARG0),
+    // Fills from host memory.
+    legacy("cuMemcpyHtoD", Kind::MemcpyHtoD, 0),
+    legacy("cuMemcpyHtoDAsync", Kind::MemcpyHtoDAsync, 0),
+];
+
+/// One exported symbol that probes are attached to. Its index in the hooked table is the API
+/// id carried by the attach cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hooked {
+    /// Exported symbol name.
+    pub symbol: String,
+    /// What it does.
+    pub kind: Kind,
+    /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).
+    pub legacy32: bool,
+    /// `cuCtxCreate_v3`: the device is argument 4, not 2.
+    pub ctx_v3: bool,
+    /// The cookie flags for this symbol.
+    pub flags: u64,
+}
+
+impl Hooked {
+    /// Describes `symbol`, a variant of `def`.
+    pub fn new(def: &ApiDef, symbol: &str) -> Self {
+        let suffix = &symbol[def.base.len().min(symbol.len())..];
+        let versioned = suffix.starts_with("_v");
+        Hooked {
+            symbol: symbol.to_string(),
+            kind: def.kind,
+            legacy32: def.legacy32 && !versioned,
+            ctx_v3: def.kind == Kind::CtxCreate && suffix.starts_with("_v3"),
+            flags: def.flags,
+        }
+    }
+
+    /// The attach cookie for this symbol, whose API id is `id`.
+    pub fn cookie(&self, id: u16) -> u64 {
+        cookie::make(id, self.flags)
+    }
+}
+
+/// True when `name` is `base` or a variant of it: `base(_vN)?(_ptsz|_ptds)?`.
+/// `cuMemAllocHost` is not a variant of `cuMemAlloc`, nor `cuMemFreeAsync` of `cuMemFree`.
+pub fn is_variant(name: &str, base: &str) -> bool {
+    let Some(mut rest) = name.strip_prefix(base) else {
+        return false;
+    };
+    if let Some(r) = rest.strip_prefix("_v") {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &r[digits..];
+    }
+    matches!(rest, "" | "_ptsz" | "_ptds")
+}
+
+/// Names of CUresult codes that show up in memory calls.
+pub fn cuda_error_name(code: i32) -> &'static str {
+    match code {
+        0 => "CUDA_SUCCESS",
+        1 => "CUDA_ERROR_INVALID_VALUE",
+        2 => "CUDA_ERROR_OUT_OF_MEMORY",
+        3 => "CUDA_ERROR_NOT_INITIALIZED",
+        4 => "CUDA_ERROR_DEINITIALIZED",
+        100 => "CUDA_ERROR_NO_DEVICE",
+        101 => "CUDA_ERROR_INVALID_DEVICE",
+        201 => "CUDA_ERROR_INVALID_CONTEXT",
+        400 => "CUDA_ERROR_INVALID_HANDLE",
+        500 => "CUDA_ERROR_NOT_FOUND",
+        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        801 => "CUDA_ERROR_NOT_SUPPORTED",
+        999 => "CUDA_ERROR_UNKNOWN",
+        _ => "CUDA_ERROR_(other)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_match_only_suffixes() {
+        assert!(is_variant("cuMemAlloc", "cuMemAlloc"));
+        assert!(is_variant("cuMemAlloc_v2", "cuMemAlloc"));
+        assert!(is_variant("cuMemAllocAsync_ptsz", "cuMemAllocAsync"));
+        assert!(is_variant("cuMemcpyHtoD_v2_ptds", "cuMemcpyHtoD"));
+        assert!(!is_variant("cuMemAllocHost", "cuMemAlloc"));
+        assert!(!is_variant("cuMemAllocHost_v2", "cuMemAlloc"));
+        assert!(!is_variant("cuMemFreeAsync", "cuMemFree"));
+        assert!(!is_variant("cuMemAlloc_v", "cuMemAlloc"));
+        assert!(!is_variant("cuMemcpyHtoDAsync_v2", "cuMemcpyHtoD"));
+    }
+
+    #[test]
+    fn legacy_abi_only_for_unversioned_names() {
+        let alloc = APIS.iter().find(|d| d.base == "cuMemAlloc").unwrap();
+        assert!(Hooked::new(alloc, "cuMemAlloc").legacy32);
+        assert!(!Hooked::new(alloc, "cuMemAlloc_v2").legacy32);
+        let ctx = APIS.iter().find(|d| d.base == "cuCtxCreate").unwrap();
+        assert!(Hooked::new(ctx, "cuCtxCreate_v3").ctx_v3);
+        assert!(!Hooked::new(ctx, "cuCtxCreate_v2").ctx_v3);
+    }
+
+    #[test]
+    fn bases_are_unique_and_none_is_a_variant_of_another() {
+        for a in APIS {
+            for b in APIS {
+                if a.base != b.base {
+                    assert!(!is_variant(a.base, b.base), "{} vs {}", a.base, b.base);
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,727 @@
-//! TODO
+//! The one converter from raw probe events to trace records, used by recording and the live
+//! view alike (replay reads records and never comes here).
+//!
+//! [`parse`] checks and copies a ring-buffer item; [`Converter`] interprets its registers by
+//! entry point ([`crate::api::Kind`]), assigns process and stack ids, and emits the `process`
+//! and `stack` records the first time each is referred to.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+use vramtrace_common::{CallEvent, EVENT_CALL, EVENT_EXIT, ExitEvent, flags};
+
+use crate::api::{Hooked, Kind};
+use crate::trace::{Call, Exit, Frame, Mem, Process, Record, Stack};
+
+/// A ring-buffer item that could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer item of {len} bytes is too short for its kind {kind}")]
+    Short { kind: u32, len: usize },
+    #[error("ring buffer item of {0} bytes has no kind")]
+    NoKind(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// One decoded ring-buffer item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawEvent {
+    Call(CallEvent),
+    Exit(ExitEvent),
+}
+
+/// Decodes one ring-buffer item, checking its length against its kind.
+pub fn parse(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let kind_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError::NoKind(bytes.len()))?;
+    let kind = u32::from_ne_bytes(kind_bytes);
+    match kind {
+        EVENT_CALL => Ok(RawEvent::Call(read_pod::<CallEvent>(bytes, kind)?)),
+        EVENT_EXIT => Ok(RawEvent::Exit(read_pod::<ExitEvent>(bytes, kind)?)),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn read_pod<T: aya::Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+        });
+    }
+    // SAFETY: the length was checked above; T is Pod (plain integers, every bit pattern
+    // valid), and read_unaligned copes with the ring buffer's 8-byte alignment or any other.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// What the converter needs from the live system. Recording implements it over `/proc`, the
+/// BPF stack map and the symbolizer; tests implement it by hand.
+pub trait Environment {
+    /// What `/proc` says about `pid`, when it still can.
+    fn process(&mut self, pid: u32) -> Option<Process>;
+    /// The user stack recorded under `stack_id` in the kernel's stack map, innermost first.
+    fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
+    /// Normalizes (and symbolizes) addresses of process `pid`.
+    fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
+}
+
+/// Interprets raw events. Keeps the process generation of every PID (a PID seen again after
+/// its exit is a new process) and the stacks already written.
+pub struct Converter {
+    apis: Vec<Hooked>,
+    procs: HashMap<u32, u32>,
+    next_proc: u32,
+    /// (proc id, caller, kernel stack id) → trace stack id.
+    stack_ids: HashMap<(u32, u64, i64), u32>,
+    /// Normalized frames → trace stack id, so that one stack seen from several processes or
+    /// kernel ids is written once.
+    stack_by_frames: HashMap<Vec<(Option<String>, Option<u64>, u64)>, u32>,
+    next_stack: u32,
+    /// Events whose API id is not in the table (never expected; counted, not fatal).
+    pub unknown_api: u64,
+}
+
+impl Converter {
+    /// A converter for the hooked symbols `apis` (index = API id).
+    pub fn new(apis: Vec<Hooked>) -> Self {
+        Converter {
+            apis,
+            procs: HashMap::new(),
+            next_proc: 1,
+            stack_ids: HashMap::new(),
+            stack_by_frames: HashMap::new(),
+            next_stack: 1,
+            unknown_api: 0,
+        }
+    }
+
+    /// Processes seen so far (every PID generation counts once).
+    pub fn processes_seen(&self) -> u64 {
+        u64::from(self.next_proc - 1)
+    }
+
+    /// Converts one raw event, appending the records it yields (a `process` or `stack`
+    /// record first when this is its first mention).
+    pub fn convert(&mut self, raw: &RawEvent, env: &mut dyn Environment, out: &mut Vec<Record>) {
+        match raw {
+            RawEvent::Exit(e) => {
+                // A process that exits without a single traced call is of no interest.
+                if let Some(proc) = self.procs.remove(&e.pid) {
+                    out.push(Record::Exit(Exit {
+                        proc,
+                        pid: e.pid,
+                        ts_ns: e.ts_ns,
+                    }));
+                }
+            }
+            RawEvent::Call(ev) => {
+                let Some(api) = self.apis.get(ev.api as usize) else {
+                    self.unknown_api += 1;
+                    return;
+                };
+                let kind = api.kind;
+                let legacy32 = api.legacy32;
+                let ctx_v3 = api.ctx_v3;
+                let symbol = api.symbol.clone();
+                let proc = self.proc_id(ev.pid, env, out);
+                let stack = self.stack_id(proc, ev, env, out);
+                let mut call = Call {
+                    api: symbol,
+                    proc,
+                    pid: ev.pid,
+                    tid: ev.tid,
+                    ts_ns: ev.ts_ns,
+                    dur_ns: ev.ts_ns.saturating_sub(ev.ts_entry_ns),
+                    ret: ev.ret,
+                    stack,
+                    ..Call::default()
+                };
+                out.push(interpret(kind, legacy32, ctx_v3, ev, &mut call));
+            }
+        }
+    }
+
+    fn proc_id(&mut self, pid: u32, env: &mut dyn Environment, out: &mut Vec<Record>) -> u32 {
+        if let Some(&id) = self.procs.get(&pid) {
+            return id;
+        }
+        let id = self.next_proc;
+        self.next_proc += 1;
+        self.procs.insert(pid, id);
+        let mut p = env.process(pid).unwrap_or_else(|| Process {
+            pid,
+            comm: "?".into(),
+            ..Process::default()
+        });
+        p.id = id;
+        p.pid = pid;
+        out.push(Record::Process(p));
+        id
+    }
+
+    fn stack_id(
+        &mut self,
+        proc: u32,
+        ev: &CallEvent,
+        env: &mut dyn Environment,
+        out: &mut Vec<Record>,
+    ) -> Option<u32> {
+        let has_caller = ev.flags & flags::CALLER_FAULT == 0 && ev.caller != 0;
+        if ev.stack_id < 0 && !has_caller {
+            return None;
+        }
+        let key = (proc, ev.caller, ev.stack_id);
+        if let Some(&id) = self.stack_ids.get(&key) {
+            return Some(id);
+        }
+        let mut addrs = Vec::with_capacity(32);
+        if has_caller {
+            addrs.push(ev.caller);
+        }
+        let mut truncated = None;
+        if ev.stack_id >= 0 {
+            match env.stack(ev.stack_id as u32) {
+                Some(walk) => {
+                    // The walk starts in the caller's frame: its first entry repeats the
+                    // return address when the driver's frame was already set up.
+                    let skip = usize::from(walk.first() == Some(&ev.caller));
+                    addrs.extend(walk.into_iter().skip(skip).filter(|&a| a != 0));
+                }
+                None => truncated = Some("stack no longer in the kernel's stack map".into()),
+            }
+        } else if ev.flags & flags::STACK_FAULT != 0 {
+            truncated = Some(format!(
+                "stack capture failed (errno {}); immediate caller only",
+                -ev.stack_id
+            ));
+        }
+        let frames = env.frames(ev.pid, &addrs);
+        let content: Vec<_> = frames
+            .iter()
+            .map(|f| (f.file.clone(), f.offset, if f.file.is_some() { 0 } else { f.addr }))
+            .collect();
+        if truncated.is_none()
+            && let Some(&id) = self.stack_by_frames.get(&content)
+        {
+            self.stack_ids.insert(key, id);
+            return Some(id);
+        }
+        let id = self.next_stack;
+        self.next_stack += 1;
+        self.stack_ids.insert(key, id);
+        if truncated.is_none() {
+            self.stack_by_frames.insert(content, id);
+        }
+        out.push(Record::Stack(Stack {
+            id,
+            frames,
+            truncated,
+        }));
+        Some(id)
+    }
+}
+
+const U32: u64 = 0xffff_ffff;
+
+/// Turns the captured registers of one call into its record. Every interpretation of an
+/// argument lives here.
+fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut Call) -> Record {
+    let a = &ev.args;
+    let ok = ev.ret == 0;
+    // The 32-bit ABI passes sizes and device pointers as unsigned int: the upper halves of
+    // the registers and of the out-parameter are not ours.
+    let word = |v: u64| if legacy32 { v & U32 } else { v };
+    let out0 = |c: &mut Call| {
+        if ev.flags & flags::OUT0_FAULT != 0 {
+            c.unreadable.push("out0".into());
+            None
+        } else {
+            Some(word(ev.out[0]))
+        }
+    };
+    let blob_ok = ev.flags & flags::BLOB_FAULT == 0;
+
+    macro_rules! done {
+        ($variant:ident) => {
+            if ok {
+                Record::$variant(std::mem::take(c))
+            } else {
+                Record::Failed(std::mem::take(c))
+            }
+        };
+    }
+
+    match kind {
+        Kind::MemAlloc => {
+            c.mem = Some(Mem::Device);
+            c.bytes = Some(word(a[1]));
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Alloc)
+        }
+        Kind::MemAllocPitch => {
+            c.mem = Some(Mem::Device);
+            let (width, height) = (word(a[2]), word(a[3]));
+            if ok {
+                c.addr = out0(c);
+                if ev.flags & flags::OUT1_FAULT != 0 {
+                    c.unreadable.push("pitch".into());
+                    c.bytes = Some(width.saturating_mul(height));
+                } else {
+                    let pitch = word(ev.out[1]);
+                    c.pitch = Some(pitch);
+                    c.bytes = Some(pitch.saturating_mul(height));
+                }
+            } else {
+                // The pitch is never written on failure: the request was at least this.
+                c.bytes = Some(width.saturating_mul(height));
+            }
+            done!(Alloc)
+        }
+        Kind::MemFree => {
+            c.addr = Some(word(a[0]));
+            done!(Free)
+        }
+        Kind::MemAllocAsync | Kind::MemAllocFromPoolAsync => {
+            c.mem = Some(Mem::DeviceAsync);
+            c.bytes = Some(a[1]);
+            if kind == Kind::MemAllocFromPoolAsync {
+                c.pool = Some(a[2]);
+                c.stream = Some(a[3]);
+            } else {
+                c.stream = Some(a[2]);
+            }
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Alloc)
+        }
+        Kind::MemFreeAsync => {
+            c.mem = Some(Mem::DeviceAsync);
+            c.addr = Some(a[0]);
+            c.stream = Some(a[1]);
+            done!(Free)
+        }
+        Kind::MemPoolCreate => {
+            // CUmemPoolProps: allocType, handleTypes, location { type, id }.
+            if blob_ok {
+                c.device = Some((ev.blob[1] >> 32) as i32);
+            }
+            if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::DeviceGetDefaultMemPool => {
+            c.device = Some(a[1] as i32);
+            if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::MemPoolDestroy => {
+            c.pool = Some(a[0]);
+            done!(PoolDestroy)
+        }
+        Kind::MemPoolTrimTo => {
+            c.pool = Some(a[0]);
+            c.bytes = Some(a[1]);
+            done!(PoolTrim)
+        }
+        Kind::MemCreate => {
+            c.bytes = Some(a[1]);
+            c.flags = Some(a[3]);
+            // CUmemAllocationProp: type, requestedHandleTypes, location { type, id }, ...
+            if blob_ok {
+                let location = ev.blob[1] as u32;
+                let id = (ev.blob[1] >> 32) as i32;
+                if (2..=4).contains(&location) {
+                    c.mem = Some(Mem::VmmHost);
+                } else {
+                    c.mem = Some(Mem::VmmDevice);
+                    c.device = Some(id);
+                }
+            } else {
+                c.unreadable.push("prop".into());
+            }
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(VmmCreate)
+        }
+        Kind::MemRelease => {
+            c.handle = Some(a[0]);
+            done!(VmmRelease)
+        }
+        Kind::MemMap => {
+            c.addr = Some(a[0]);
+            c.bytes = Some(a[1]);
+            c.offset = Some(a[2]);
+            c.handle = Some(a[3]);
+            c.flags = Some(a[4]);
+            done!(VmmMap)
+        }
+        Kind::MemUnmap => {
+            c.addr = Some(a[0]);
+            c.bytes = Some(a[1]);
+            done!(VmmUnmap)
+        }
+        Kind::MemAddressReserve => {
+            c.bytes = Some(a[1]);
+            c.flags = Some(a[4]);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Reserve)
+        }
+        Kind::MemAddressFree => {
+            c.addr = Some(a[0]);
+            c.bytes = Some(a[1]);
+            done!(Unreserve)
+        }
+        Kind::ArrayCreate | Kind::Array3DCreate | Kind::MipmappedArrayCreate => {
+            c.mem = Some(Mem::Array);
+            if blob_ok {
+                c.bytes = Some(array_bytes(kind, legacy32, &ev.blob, a[2]));
+            } else {
+                c.unreadable.push("descriptor".into());
+            }
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(Alloc)
+        }
+        Kind::ArrayDestroy | Kind::MipmappedArrayDestroy => {
+            c.mem = Some(Mem::Array);
+            c.handle = Some(a[0]);
+            done!(Free)
+        }
+        Kind::MemAllocManaged => {
+            c.mem = Some(Mem::Managed);
+            c.bytes = Some(a[1]);
+            c.flags = Some(a[2] & U32);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Alloc)
+        }
+        Kind::MemAllocHost | Kind::MemHostAlloc => {
+            c.mem = Some(Mem::HostPinned);
+            c.bytes = Some(word(a[1]));
+            if kind == Kind::MemHostAlloc {
+                c.flags = Some(a[2] & U32);
+            }
+            if ok {
+                // A host pointer is 64 bits in every ABI.
+                c.addr = if ev.flags & flags::OUT0_FAULT != 0 {
+                    c.unreadable.push("out0".into());
+                    None
+                } else {
+                    Some(ev.out[0])
+                };
+            }
+            done!(Alloc)
+        }
+        Kind::MemFreeHost => {
+            c.mem = Some(Mem::HostPinned);
+            c.addr = Some(a[0]);
+            done!(Free)
+        }
+        Kind::MemHostRegister => {
+            c.mem = Some(Mem::HostRegistered);
+            c.addr = Some(a[0]);
+            c.bytes = Some(a[1]);
+            c.flags = Some(a[2] & U32);
+            done!(Alloc)
+        }
+        Kind::MemHostUnregister => {
+            c.mem = Some(Mem::HostRegistered);
+            c.addr = Some(a[0]);
+            done!(Free)
+        }
+        Kind::CtxCreate => {
+            c.device = Some(if ctx_v3 { a[4] } else { a[2] } as i32);
+            c.flags = Some(if ctx_v3 { a[3] } else { a[1] } & U32);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(CtxCreate)
+        }
+        Kind::DevicePrimaryCtxRetain => {
+            c.device = Some(a[1] as i32);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(CtxCreate)
+        }
+        Kind::CtxDestroy => {
+            c.handle = Some(a[0]);
+            done!(CtxDestroy)
+        }
+        Kind::DevicePrimaryCtxRelease => {
+            c.device = Some(a[0] as i32);
+            done!(CtxDestroy)
+        }
+        Kind::CtxSetCurrent | Kind::CtxPushCurrent => {
+            c.handle = Some(a[0]);
+            done!(CtxCurrent)
+        }
+        Kind::CtxPopCurrent => {
+            if ok && a[0] != 0 {
+                c.handle = out0(c);
+            }
+            done!(CtxCurrent)
+        }
+        Kind::MemcpyHtoD | Kind::MemcpyHtoDAsync => {
+            c.addr = Some(word(a[0]));
+            c.bytes = Some(word(a[2]));
+            if kind == Kind::MemcpyHtoDAsync {
+                c.stream = Some(a[3]);
+            }
+            done!(Copy)
+        }
+    }
+}
+
+/// Bytes of a CUDA array from its descriptor, as the layout implies (the driver may pad rows;
+/// this is the payload it was asked for).
+fn array_bytes(kind: Kind, legacy32: bool, blob: &[u64; 5], levels: u64) -> u64 {
+    // CUDA_ARRAY_DESCRIPTOR: Width, Height (size_t, or unsigned int in the 3.x ABI), Format,
+    // NumChannels. CUDA_ARRAY3D_DESCRIPTOR adds Depth after Height, Flags after NumChannels.
+    let words: Vec<u64> = if legacy32 {
+        blob.iter()
+            .flat_map(|w| [w & U32, w >> 32])
+            .collect::<Vec<_>>()
+    } else {
+        let mut v = Vec::with_capacity(8);
+        let dims = if kind == Kind::ArrayCreate { 2 } else { 3 };
+        v.extend_from_slice(&blob[..dims]);
+        v.push(blob[dims] & U32);
+        v.push(blob[dims] >> 32);
+        v
+    };
+    let (w, h, d, format, channels) = if kind == Kind::ArrayCreate {
+        (words[0], words[1], 1, words[2], words[3])
+    } else {
+        (words[0], words[1], words[2], words[3], words[4])
+    };
+    let elem = match format {
+        0x01 | 0x08 => 1,        // (UNSIGNED|SIGNED)_INT8
+        0x02 | 0x09 | 0x10 => 2, // (UNSIGNED|SIGNED)_INT16, HALF
+        0x03 | 0x0a | 0x20 => 4, // (UNSIGNED|SIGNED)_INT32, FLOAT
+        _ => 1,
+    };
+    let base = w
+        .max(1)
+        .saturating_mul(h.max(1))
+        .saturating_mul(d.max(1))
+        .saturating_mul(channels.max(1))
+        .saturating_mul(elem);
+    if kind == Kind::MipmappedArrayCreate {
+        // Each level halves every dimension: the chain adds at most a third (2D) or a
+        // seventh (3D) on top of level 0; bound it by summing levels explicitly.
+        let mut total = 0u64;
+        let (mut lw, mut lh, mut ld) = (w.max(1), h.max(1), d.max(1));
+        for _ in 0..levels.clamp(1, 32) {
+            total = total.saturating_add(
+                lw.saturating_mul(lh)
+                    .saturating_mul(ld)
+                    .saturating_mul(channels.max(1))
+                    .saturating_mul(elem),
+            );
+            lw = (lw / 2).max(1);
+            lh = (lh / 2).max(1);
+            ld = (ld / 2).max(1);
+        }
+        total
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{APIS, Hooked};
+
+    struct FakeEnv;
+    impl Environment for FakeEnv {
+        fn process(&mut self, pid: u32) -> Option<Process> {
+            Some(Process {
+                pid,
+                comm: "fake".into(),
+                ..Process::default()
+            })
+        }
+        fn stack(&mut self, _id: u32) -> Option<Vec<u64>> {
+            Some(vec![0x1000, 0x2000])
+        }
+        fn frames(&mut self, _pid: u32, addrs: &[u64]) -> Vec<Frame> {
+            addrs
+                .iter()
+                .map(|&addr| Frame {
+                    addr,
+                    file: Some("/bin/app".into()),
+                    offset: Some(addr - 0x100),
+                    ..Frame::default()
+                })
+                .collect()
+        }
+    }
+
+    fn table(symbols: &[&str]) -> Vec<Hooked> {
+        symbols
+            .iter()
+            .map(|s| {
+                let def = APIS
+                    .iter()
+                    .filter(|d| crate::api::is_variant(s, d.base))
+                    .next()
+                    .expect("known symbol");
+                Hooked::new(def, s)
+            })
+            .collect()
+    }
+
+    fn call(api: u32, args: [u64; 6], out0: u64, ret: i32) -> RawEvent {
+        RawEvent::Call(CallEvent {
+            kind: EVENT_CALL,
+            api,
+            pid: 42,
+            tid: 43,
+            ts_entry_ns: 100,
+            ts_ns: 150,
+            args,
+            out: [out0, 0],
+            caller: 0x1234,
+            stack_id: 7,
+            ret,
+            ..CallEvent::default()
+        })
+    }
+
+    #[test]
+    fn parse_checks_length_and_kind() {
+        assert_eq!(parse(&[1, 0]), Err(DecodeError::NoKind(2)));
+        assert_eq!(parse(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+        assert!(matches!(
+            parse(&[1, 0, 0, 0, 0, 0]),
+            Err(DecodeError::Short { kind: 1, len: 6 })
+        ));
+        let ev = CallEvent {
+            kind: EVENT_CALL,
+            api: 3,
+            ..CallEvent::default()
+        };
+        // SAFETY: CallEvent is plain integers without padding; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<CallEvent>())
+        };
+        assert_eq!(parse(bytes), Ok(RawEvent::Call(ev)));
+    }
+
+    #[test]
+    fn alloc_emits_process_stack_then_call_once() {
+        let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
+        let mut out = Vec::new();
+        conv.convert(&call(0, [0x7000, 4096, 0, 0, 0, 0], 0xdead_0000, 0), &mut FakeEnv, &mut out);
+        conv.convert(&call(0, [0x7000, 8192, 0, 0, 0, 0], 0xdead_2000, 0), &mut FakeEnv, &mut out);
+        let kinds: Vec<_> = out.iter().map(Record::kind).collect();
+        assert_eq!(kinds, ["process", "stack", "alloc", "alloc"]);
+        let Record::Stack(s) = &out[1] else { panic!() };
+        assert_eq!(s.frames.iter().map(|f| f.addr).collect::<Vec<_>>(), [0x1234, 0x1000, 0x2000]);
+        let Record::Alloc(c) = &out[2] else { panic!() };
+        assert_eq!((c.addr, c.bytes, c.mem, c.api.as_str()), (Some(0xdead_0000), Some(4096), Some(Mem::Device), "cuMemAlloc_v2"));
+        assert_eq!(c.dur_ns, 50);
+    }
+
+    #[test]
+    fn failed_call_is_never_an_allocation() {
+        let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
+        let mut out = Vec::new();
+        conv.convert(&call(0, [0x7000, 1 << 30, 0, 0, 0, 0], 0x55, 2), &mut FakeEnv, &mut out);
+        let Record::Failed(c) = out.last().unwrap() else { panic!("{out:?}") };
+        assert_eq!((c.ret, c.bytes, c.addr), (2, Some(1 << 30), None));
+    }
+
+    #[test]
+    fn legacy_abi_masks_upper_halves() {
+        let mut conv = Converter::new(table(&["cuMemAlloc"]));
+        let mut out = Vec::new();
+        conv.convert(
+            &call(0, [0x7000, 0xffff_ffff_0000_1000, 0, 0, 0, 0], 0xaaaa_bbbb_0010_0000, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
+        let Record::Alloc(c) = out.last().unwrap() else { panic!() };
+        assert_eq!((c.bytes, c.addr), (Some(0x1000), Some(0x0010_0000)));
+    }
+
+    #[test]
+    fn pitch_is_read_at_return() {
+        let mut conv = Converter::new(table(&["cuMemAllocPitch_v2"]));
+        let mut out = Vec::new();
+        let mut ev = call(0, [0x7000, 0x7008, 1000, 300, 4, 0], 0xbeef_0000, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.out[1] = 1024;
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Record::Alloc(c) = out.last().unwrap() else { panic!() };
+        assert_eq!((c.bytes, c.pitch), (Some(1024 * 300), Some(1024)));
+    }
+
+    #[test]
+    fn host_located_vmm_is_host_memory() {
+        let mut conv = Converter::new(table(&["cuMemCreate"]));
+        let mut out = Vec::new();
+        let mut ev = call(0, [0x7000, 2 << 20, 0x7100, 0, 0, 0], 77, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [0, 2, 0, 0, 0]; // location type HOST, id 0
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Record::VmmCreate(c) = out.last().unwrap() else { panic!() };
+        assert_eq!((c.mem, c.handle, c.bytes), (Some(Mem::VmmHost), Some(77), Some(2 << 20)));
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [0, 1 | (3 << 32), 0, 0, 0]; // device 3
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Record::VmmCreate(c) = out.last().unwrap() else { panic!() };
+        assert_eq!((c.mem, c.device), (Some(Mem::VmmDevice), Some(3)));
+    }
+
+    #[test]
+    fn array_bytes_follow_the_descriptor() {
+        // 2D float4, 100 x 50.
+        let blob = [100, 50, 0x20 | (4 << 32), 0, 0];
+        assert_eq!(array_bytes(Kind::ArrayCreate, false, &blob, 0), 100 * 50 * 4 * 4);
+        // 3D u8, 10 x 10 x 10, 1 channel.
+        let blob = [10, 10, 10, 0x01 | (1 << 32), 0];
+        assert_eq!(array_bytes(Kind::Array3DCreate, false, &blob, 0), 1000);
+        // Legacy 2D: unsigned int Width, Height, Format, NumChannels.
+        let blob = [100 | (50 << 32), 0x20 | (4 << 32), 0, 0, 0];
+        assert_eq!(array_bytes(Kind::ArrayCreate, true, &blob, 0), 100 * 50 * 16);
+    }
+
+    #[test]
+    fn exit_ends_a_pid_generation() {
+        let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
+        let mut out = Vec::new();
+        conv.convert(&call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0), &mut FakeEnv, &mut out);
+        conv.convert(
+            &RawEvent::Exit(ExitEvent { kind: EVENT_EXIT, pid: 42, tid: 42, _pad: 0, ts_ns: 9 }),
+            &mut FakeEnv,
+            &mut out,
+        );
+        conv.convert(&call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0), &mut FakeEnv, &mut out);
+        let procs: Vec<u32> = out
+            .iter()
+            .filter_map(|r| if let Record::Process(p) = r { Some(p.id) } else { None })
+            .collect();
+        assert_eq!(procs, [1, 2]);
+        assert!(out.iter().any(|r| matches!(r, Record::Exit(e) if e.proc == 1)));
+    }
+}

@@ -1,1 +1,416 @@
-//! TODO
+//! Loads the eBPF programs, attaches them to every exported variant of every hooked driver
+//! entry point, and reads what they send: ring-buffer events, stacks and loss counters.
+
+pub mod libcuda;
+
+use std::{
+    collections::BTreeSet,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use thiserror::Error;
+use vramtrace_common::{counter, filter};
+
+use crate::api::{APIS, Hooked, is_variant};
+use crate::decode::{RawEvent, parse};
+use crate::trace::{Library as LibraryRecord, Lost, Probe};
+
+/// The BPF object built by build.rs from vramtrace-ebpf.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vramtrace"));
+
+/// How the tracer should run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Driver libraries to attach to.
+    pub libraries: Vec<PathBuf>,
+    /// Trace only these processes (and their descendants). Empty: every process.
+    pub pids: Vec<u32>,
+    /// Trace the children this process starts (for `record -- CMD`), not the process itself.
+    pub follow_children_of_self: bool,
+    /// Capture user stacks of allocations.
+    pub stacks: bool,
+    /// Signal sent to a thread that places memory in host RAM; 0 for none.
+    pub host_signal: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Pending bytes above which a submission wakes the reader.
+    pub wakeup_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            libraries: Vec::new(),
+            pids: Vec::new(),
+            follow_children_of_self: false,
+            stacks: true,
+            host_signal: 0,
+            ring_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+        }
+    }
+}
+
+/// What can go wrong while loading and attaching.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(
+        "not permitted to load eBPF programs: run with sudo, or grant the capabilities \
+         CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which vramtrace))"
+    )]
+    Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("loading the eBPF programs failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF program {name} was rejected")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("eBPF map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the tracepoint format {path}")]
+    Format {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} exports none of the CUDA driver's memory functions: is it libcuda?")]
+    NoSymbols { path: PathBuf },
+    #[error("listing the symbols of {path}")]
+    Symbols {
+        path: PathBuf,
+        #[source]
+        source: libcuda::DiscoverError,
+    },
+    #[error("attaching to {symbols} symbols of {path} failed")]
+    Attach {
+        path: PathBuf,
+        symbols: usize,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("no process with PID {0}")]
+    NoSuchPid(u32),
+}
+
+/// Wraps an error as advice when its cause is missing privileges (EPERM or EACCES anywhere in
+/// its source chain), as opposed to guessing from the user id.
+fn or_permission<E>(err: E, otherwise: impl FnOnce(E) -> ProbeError) -> ProbeError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return ProbeError::Permission(Box::new(err));
+        }
+        source = e.source();
+    }
+    otherwise(err)
+}
+
+/// Cumulative loss counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lost_ringbuf: u64,
+    pub lost_entry: u64,
+    pub lost_exit: u64,
+    pub stack_failed: u64,
+    pub return_without_entry: u64,
+    pub submitted: u64,
+}
+
+impl Counters {
+    /// The loss since `earlier`, as a trace record.
+    pub fn lost_since(&self, earlier: &Counters, ts_ns: u64) -> Lost {
+        Lost {
+            ts_ns,
+            ringbuf_full: self.lost_ringbuf - earlier.lost_ringbuf,
+            entry_map_full: self.lost_entry - earlier.lost_entry,
+            exit_dropped: self.lost_exit - earlier.lost_exit,
+            stack_failed: self.stack_failed - earlier.stack_failed,
+        }
+    }
+}
+
+/// Loaded and attached probes.
+pub struct Tracer {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Hooked symbols; the index is the API id in each event.
+    pub apis: Vec<Hooked>,
+    /// What was attached where, for the trace header.
+    pub libraries: Vec<LibraryRecord>,
+}
+
+/// Reads the byte offset of `field` from a tracepoint's format file.
+fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<Option<u32>, ProbeError> {
+    let mut last = Err(io::Error::from(io::ErrorKind::NotFound));
+    let mut path = String::new();
+    for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        path = format!("{root}/events/{category}/{name}/format");
+        last = std::fs::read_to_string(&path);
+        if last.is_ok() {
+            break;
+        }
+    }
+    let text = last.map_err(|source| {
+        or_permission(source, |source| ProbeError::Format {
+            path: format!("{path} (is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)"),
+            source,
+        })
+    })?;
+    Ok(parse_field_offset(&text, field))
+}
+
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        let name = decl.rsplit([' ', '*']).next()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts.find_map(|p| p.strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+impl Tracer {
+    /// Loads the programs with `config` and attaches them everywhere.
+    pub fn start(config: &Config) -> Result<Tracer, ProbeError> {
+        let fork_child = tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?.unwrap_or(20);
+        let exit_group_dead =
+            tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
+        let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
+        let stacks = u32::from(config.stacks);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("FILTER_ENABLED", &filter_enabled, true)
+            .override_global("CAPTURE_STACKS", &stacks, true)
+            .override_global("HOST_SIGNAL", &config.host_signal, true)
+            .override_global("WAKEUP_BYTES", &config.wakeup_bytes, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
+            .map_max_entries("EVENTS", config.ring_bytes);
+        let mut ebpf = loader
+            .load(BPF_OBJECT)
+            .map_err(|e| or_permission(e, ProbeError::Load))?;
+
+        // The filter goes in before anything is attached, so nothing untraced slips through.
+        {
+            let map = ebpf.map_mut("FILTER").ok_or(ProbeError::Missing("FILTER map"))?;
+            let mut filter_map: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+            for &pid in &config.pids {
+                if !crate::procinfo::process_exists(pid) {
+                    return Err(ProbeError::NoSuchPid(pid));
+                }
+                filter_map
+                    .insert(&pid, &filter::TRACE, 0)
+                    .map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+            }
+            if config.follow_children_of_self {
+                filter_map
+                    .insert(&std::process::id(), &filter::FOLLOW_ONLY, 0)
+                    .map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+            }
+        }
+
+        for (prog, name) in [("process_exit", "sched_process_exit"), ("process_fork", "sched_process_fork")] {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::Missing("tracepoint program"))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name: "tracepoint", source })?;
+            tp.load()
+                .map_err(|e| or_permission(e, |source| ProbeError::Program { name: "tracepoint", source }))?;
+            tp.attach("sched", name)
+                .map_err(|e| or_permission(e, |source| ProbeError::Program { name: "tracepoint", source }))?;
+        }
+
+        let mut apis = Vec::new();
+        let mut libraries = Vec::new();
+        let mut targets = Vec::new();
+        for path in &config.libraries {
+            let exports = libcuda::exported_functions(path)
+                .map_err(|source| ProbeError::Symbols { path: path.clone(), source })?;
+            let mut probes = Vec::new();
+            let mut points = Vec::new();
+            let mut seen_offsets = BTreeSet::new();
+            for def in APIS {
+                for f in exports.iter().filter(|f| is_variant(&f.name, def.base)) {
+                    // Two names for one address would fire twice per call: keep the first.
+                    if !seen_offsets.insert(f.file_offset) {
+                        continue;
+                    }
+                    let hooked = Hooked::new(def, &f.name);
+                    let id = match apis.iter().position(|h: &Hooked| h.symbol == hooked.symbol) {
+                        Some(i) => i,
+                        None => {
+                            apis.push(hooked.clone());
+                            apis.len() - 1
+                        }
+                    };
+                    let cookie = hooked.cookie(id as u16);
+                    points.push((f.file_offset, cookie));
+                    probes.push(Probe {
+                        symbol: f.name.clone(),
+                        symbol_offset: f.file_offset,
+                        probe_offset: 0,
+                    });
+                }
+            }
+            if points.is_empty() {
+                return Err(ProbeError::NoSymbols { path: path.clone() });
+            }
+            libraries.push(LibraryRecord {
+                path: path.display().to_string(),
+                build_id: libcuda::build_id(path),
+                probes,
+            });
+            targets.push((path.clone(), points));
+        }
+
+        for (prog, name) in [("call_entry", "uprobe"), ("call_return", "uretprobe")] {
+            let p: &mut UProbe = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::Missing("uprobe program"))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            p.load()
+                .map_err(|e| or_permission(e, |source| ProbeError::Program { name, source }))?;
+            for (path, points) in &targets {
+                attach_points(p, path, points)?;
+            }
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").ok_or(ProbeError::Missing("STACKS map"))?)
+            .map_err(|source| ProbeError::Map { name: "STACKS", source })?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS map"))?)
+                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        Ok(Tracer {
+            ebpf,
+            ring,
+            stacks,
+            counters,
+            apis,
+            libraries,
+        })
+    }
+
+    /// Moves every event waiting in the ring buffer into `out`; undecodable items are counted
+    /// in the return value, never dropped silently.
+    pub fn drain(&mut self, out: &mut Vec<RawEvent>) -> u64 {
+        let mut bad = 0;
+        while let Some(item) = self.ring.next() {
+            match parse(&item) {
+                Ok(ev) => out.push(ev),
+                Err(err) => {
+                    bad += 1;
+                    tracing::warn!("undecodable ring buffer item: {err}");
+                }
+            }
+        }
+        bad
+    }
+
+    /// The ring buffer, to wait for readiness on.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.ring.as_fd()
+    }
+
+    /// The frames of a stack captured by the probes, innermost first.
+    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// Loss and delivery counters, summed over CPUs.
+    pub fn counters(&self) -> Counters {
+        let read = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            lost_ringbuf: read(counter::LOST_RINGBUF),
+            lost_entry: read(counter::LOST_ENTRY),
+            lost_exit: read(counter::LOST_EXIT),
+            stack_failed: read(counter::STACK_FAILED),
+            return_without_entry: read(counter::RETURN_WITHOUT_ENTRY),
+            submitted: read(counter::SUBMITTED),
+        }
+    }
+
+    /// Adds a process to the PID filter (and so its future children).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let map = self.ebpf.map_mut("FILTER").ok_or(ProbeError::Missing("FILTER map"))?;
+        let mut filter_map: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+        filter_map
+            .insert(&pid, &filter::TRACE, 0)
+            .map_err(|source| ProbeError::Map { name: "FILTER", source })
+    }
+}
+
+fn attach_points(p: &mut UProbe, path: &Path, points: &[(u64, u64)]) -> Result<(), ProbeError> {
+    let attach_points: Vec<UProbeAttachPoint<'static>> = points
+        .iter()
+        .map(|&(offset, cookie)| UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        })
+        .collect();
+    p.attach(attach_points, path, UProbeScope::AllProcesses)
+        .map_err(|e| {
+            or_permission(e, |source| ProbeError::Attach {
+                path: path.to_path_buf(),
+                symbols: points.len(),
+                source,
+            })
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_field_offsets_in_a_format_file() {
+        let format = "name: sched_process_fork\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n\
+            \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(parse_field_offset(format, "child_pid"), Some(20));
+        assert_eq!(parse_field_offset(format, "parent_comm"), Some(8));
+        assert_eq!(parse_field_offset(format, "group_dead"), Some(32));
+        assert_eq!(parse_field_offset(format, "missing"), None);
+    }
+}

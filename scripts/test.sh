@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine (scripts/setup.sh) and runs every test: unit and property tests,
+# the trace reader's tests, and the eBPF integration tests that load the real programs and
+# trace the simulated driver and NVIDIA's own libcuda.so.1. The eBPF tests need root: when
+# not run as root, the test binaries run under sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(id -u)" -ne 0 ]; then
+  export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
+fi
+cargo build --workspace --all-targets
+cargo test --workspace "$@"
