@@ -488,37 +488,36 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
         }
         any = true;
         let found_by = format!("mapped by PID {pid}");
-        if mapping.deleted {
-            // Replaced on disk since it was loaded (a driver upgrade): only the mapping
-            // itself still reaches the inode the process runs.
-            candidates.push(Candidate {
-                path: PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range)),
-                found_by,
-                keep_path: true,
-            });
+        // The mapping itself reaches exactly the file the process runs. Name it by the
+        // first path that reaches the same inode: the maps path as we see it (a host
+        // process, a chroot, a container that bind-mounts the host's driver as the NVIDIA
+        // container toolkit does), else the path inside the process's root (a container
+        // with its own copy), else the mapping (a file replaced on disk since it was
+        // loaded). /proc/PID/maps paths are relative to our root when the file is
+        // reachable from it and to the process's root across mount namespaces, so neither
+        // path alone is right.
+        let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
+        let Ok(target) = fs::metadata(&map_file) else {
+            searched.push(format!("{}: unreadable", map_file.display()));
             continue;
-        }
-        let in_root = PathBuf::from(format!("/proc/{pid}/root{}", mapping.path));
-        // The same file on the host (a host process, or a container that bind-mounts the
-        // host's driver, as the NVIDIA container toolkit does) is better named by its
-        // host path.
-        let same_as_host = match (fs::metadata(&in_root), fs::metadata(&mapping.path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
         };
-        if same_as_host {
-            candidates.push(Candidate {
-                path: PathBuf::from(&mapping.path),
-                found_by,
-                keep_path: false,
-            });
+        let mut in_root = PathBuf::from(format!("/proc/{pid}/root")).into_os_string();
+        in_root.push(&mapping.path);
+        let same = |path: &Path| {
+            fs::metadata(path).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        };
+        let (path, keep_path) = if !mapping.deleted && same(Path::new(&mapping.path)) {
+            (PathBuf::from(&mapping.path), false)
+        } else if !mapping.deleted && same(Path::new(&in_root)) {
+            (PathBuf::from(in_root), true)
         } else {
-            candidates.push(Candidate {
-                path: in_root,
-                found_by,
-                keep_path: true,
-            });
-        }
+            (map_file, true)
+        };
+        candidates.push(Candidate {
+            path,
+            found_by,
+            keep_path,
+        });
     }
     if !any {
         searched.push(format!("{maps_path}: no libcuda.so mapped (yet)"));
@@ -986,6 +985,49 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn finds_a_mapped_library_that_was_deleted() {
+        // A driver upgraded under a running process: the file it mapped has no path any more.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("libcuda.so.1");
+        fs::copy(NVIDIA_LIBCUDA, &copy).expect("copy libcuda");
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env("LD_PRELOAD", &copy)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let mut mapped = false;
+        for _ in 0..100 {
+            let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            if maps.contains(copy.to_str().expect("utf-8 temp path")) {
+                mapped = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let removed = fs::remove_file(&copy);
+        let libs = discover(&[], &[pid]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(mapped, "sleep never mapped the copy");
+        removed.expect("delete the copy");
+        let libs = libs.expect("discover");
+        let from_process: Vec<&Library> = libs
+            .iter()
+            .filter(|l| l.found_by == format!("mapped by PID {pid}"))
+            .collect();
+        assert_eq!(from_process.len(), 1, "{libs:#?}");
+        let lib = from_process[0];
+        assert!(
+            lib.path.starts_with(format!("/proc/{pid}/map_files/")),
+            "{}",
+            lib.path.display()
+        );
+        assert_eq!(lib.build_id, build_id(Path::new(NVIDIA_LIBCUDA)));
+        assert_eq!(variants(&lib.symbols, "cuMemAlloc").len(), 2);
     }
 
     #[test]
