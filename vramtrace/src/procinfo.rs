@@ -1,1 +1,435 @@
-//! TODO
+//! What `/proc` says about a traced process: names, parent, start time, container.
+//!
+//! Everything read here is controlled by the traced process (it can rename itself, put escape
+//! sequences in its arguments), so every string goes through [`sanitize`] before it can reach
+//! a terminal. Only `/proc/PID/stat` is required; the rest is best effort, because a zombie, a
+//! kernel thread or a process owned by another user legitimately hides some of it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::trace::Process;
+
+/// What could be read about one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Process id, as the host sees it.
+    pub pid: u32,
+    /// Parent process id (`/proc/PID/stat` field 4).
+    pub ppid: Option<u32>,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22). With the PID it
+    /// identifies a process across PID reuse.
+    pub start_time: Option<u64>,
+    /// Short name, sanitized.
+    pub comm: String,
+    /// Command line, sanitized; empty for kernel threads and zombies.
+    pub cmdline: Vec<String>,
+    /// Executable path, sanitized, when readable.
+    pub exe: Option<String>,
+    /// Container id (64 hex digits) from the process's cgroup, when it runs in one.
+    pub container: Option<String>,
+}
+
+impl ProcInfo {
+    /// The trace record for this process, under the trace-wide `id`.
+    pub fn into_record(self, id: u32) -> Process {
+        Process {
+            id,
+            pid: self.pid,
+            start_time: self.start_time,
+            ppid: self.ppid,
+            comm: self.comm,
+            cmdline: self.cmdline,
+            exe: self.exe,
+            container: self.container,
+        }
+    }
+}
+
+/// Why a process could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The PID names no live process (or it exited while being read).
+    #[error("no process with PID {pid}")]
+    NoSuchProcess {
+        /// The PID asked for.
+        pid: u32,
+    },
+    /// A `/proc` file exists but could not be read (permissions, I/O).
+    #[error("reading {} failed", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/PID/stat` did not have the expected shape.
+    #[error("{} is malformed: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: &'static str,
+    },
+}
+
+/// The fields of `/proc/PID/stat` that vramtrace uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 2, without the parentheses. Unsanitized.
+    pub comm: String,
+    /// Field 4.
+    pub ppid: u32,
+    /// Field 22, clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// Parses one `/proc/PID/stat` line.
+///
+/// The name (field 2) is in parentheses and may itself contain spaces, parentheses and any
+/// other byte but NUL, so it runs from the first `(` to the *last* `)`: the fields after it
+/// are numbers and a state letter, which never contain `)`.
+pub fn parse_stat(line: &str) -> Result<Stat, &'static str> {
+    let open = line.find('(').ok_or("no '(' before the name")?;
+    let close = line.rfind(')').ok_or("no ')' after the name")?;
+    if close < open {
+        return Err("')' before '('");
+    }
+    let comm = line[open + 1..close].to_string();
+    // Fields from 3 (state) on; index = field number - 3.
+    let rest: Vec<&str> = line[close + 1..].split_ascii_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).copied().ok_or("too few fields");
+    let ppid = field(4)?
+        .parse()
+        .map_err(|_| "field 4 (ppid) is not a number")?;
+    let start_time = field(22)?
+        .parse()
+        .map_err(|_| "field 22 (starttime) is not a number")?;
+    Ok(Stat {
+        comm,
+        ppid,
+        start_time,
+    })
+}
+
+fn proc_path(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{file}"))
+}
+
+/// True for the errors that mean "this process is gone" rather than "cannot read it".
+fn is_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
+fn read_stat(pid: u32) -> Result<Stat, ProcError> {
+    let path = proc_path(pid, "stat");
+    // PID 0 is no process; `/proc/0` does not exist either, but say so without asking.
+    if pid == 0 {
+        return Err(ProcError::NoSuchProcess { pid });
+    }
+    let bytes = fs::read(&path).map_err(|source| {
+        if is_gone(&source) {
+            ProcError::NoSuchProcess { pid }
+        } else {
+            ProcError::Read {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    // The name may hold bytes that are not UTF-8; the numbers after it are ASCII.
+    let line = String::from_utf8_lossy(&bytes);
+    parse_stat(&line).map_err(|reason| ProcError::Malformed { path, reason })
+}
+
+/// Reads what `/proc` says about `pid`.
+///
+/// Fails only when the process does not exist or its `stat` cannot be read; the other fields
+/// are `None` or empty when the system hides them.
+pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
+    let stat = read_stat(pid)?;
+    // `comm` in `/proc/PID/comm` and in `stat` is the same 16-byte name; `stat` already has
+    // it, so there is no second read to race with an exit.
+    let cmdline = fs::read(proc_path(pid, "cmdline"))
+        .map(|bytes| split_cmdline(&bytes))
+        .unwrap_or_default();
+    let exe = fs::read_link(proc_path(pid, "exe"))
+        .ok()
+        .map(|p| sanitize(&p.to_string_lossy()));
+    let container = fs::read_to_string(proc_path(pid, "cgroup"))
+        .ok()
+        .and_then(|text| container_id(&text));
+    Ok(ProcInfo {
+        pid,
+        ppid: Some(stat.ppid),
+        start_time: Some(stat.start_time),
+        comm: sanitize(&stat.comm),
+        cmdline,
+        exe,
+        container,
+    })
+}
+
+/// Splits `/proc/PID/cmdline` (arguments separated and ended by NUL) into sanitized strings.
+fn split_cmdline(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|arg| sanitize(&String::from_utf8_lossy(arg)))
+        .collect()
+}
+
+/// True when a process with this PID exists now (zombies included).
+pub fn process_exists(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}/stat")).exists()
+}
+
+/// The start time of `pid` in clock ticks after boot, when the process exists.
+pub fn start_time(pid: u32) -> Option<u64> {
+    read_stat(pid).ok().map(|s| s.start_time)
+}
+
+/// Finds a container id in the text of `/proc/PID/cgroup`.
+///
+/// Container runtimes name the process's cgroup after the 64-hex-digit container id:
+/// `/docker/<id>` (cgroupfs driver), `/system.slice/docker-<id>.scope` (systemd driver),
+/// `.../cri-containerd-<id>.scope`, `.../crio-<id>.scope`, `.../libpod-<id>.scope` (podman),
+/// and Kubernetes' cgroupfs layout `/kubepods/<qos>/pod<uid>/<id>`. The innermost matching
+/// path component wins. Runtime helpers (`crio-conmon-<id>`, `libpod-conmon-<id>`) run
+/// outside the container and are not matched.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        // hierarchy-ID:controller-list:cgroup-path; the path may contain ':'.
+        let path = line.splitn(3, ':').nth(2)?;
+        path.rsplit('/').find_map(container_id_in_component)
+    })
+}
+
+fn container_id_in_component(component: &str) -> Option<String> {
+    let name = component.strip_suffix(".scope").unwrap_or(component);
+    let id = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ]
+    .iter()
+    .find_map(|prefix| name.strip_prefix(prefix))
+    .unwrap_or(name);
+    // Reject other prefixes ("crio-conmon-<id>") by requiring the id to be all that is left.
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
+/// Makes an untrusted string safe to print to a terminal.
+///
+/// Removes terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, and
+/// two-byte `ESC x`), C0 and C1 control characters and DEL, and the Unicode bidirectional
+/// overrides that can make text display differently from what it is. Tabs and line breaks
+/// become spaces, so words stay apart.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte in 0x40..=0x7e.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (`ESC \`).
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' {
+                            break;
+                        }
+                        if c == '\x1b' && chars.peek() == Some(&'\\') {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                // Any other escape is two characters long.
+                _ => {}
+            },
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c.is_control() => {}
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_test_process_itself() {
+        let pid = std::process::id();
+        let info = read_process(pid).expect("the test process exists");
+        assert_eq!(info.pid, pid);
+        let ppid = std::os::unix::process::parent_id();
+        assert_eq!(info.ppid, Some(ppid));
+        assert!(info.start_time.is_some());
+        assert_eq!(start_time(pid), info.start_time);
+        assert!(!info.comm.is_empty());
+        let expected_comm = fs::read_to_string("/proc/self/comm").expect("own comm");
+        assert_eq!(info.comm, expected_comm.trim_end());
+        let args: Vec<String> = std::env::args().collect();
+        assert_eq!(info.cmdline, args);
+        let exe = std::env::current_exe().expect("own exe");
+        assert_eq!(info.exe.as_deref(), exe.to_str());
+        assert!(process_exists(pid));
+
+        let record = info.clone().into_record(7);
+        assert_eq!(record.id, 7);
+        assert_eq!(record.pid, pid);
+        assert_eq!(record.comm, info.comm);
+        assert_eq!(record.start_time, info.start_time);
+    }
+
+    #[test]
+    fn a_missing_pid_is_a_clear_error() {
+        // PIDs are at most 2^22 on Linux, so this one cannot exist.
+        let pid = 4_194_304 + 4242;
+        let err = read_process(pid).expect_err("no such process");
+        assert!(matches!(err, ProcError::NoSuchProcess { .. }));
+        assert_eq!(err.to_string(), format!("no process with PID {pid}"));
+        assert!(!process_exists(pid));
+        assert_eq!(start_time(pid), None);
+        assert_eq!(
+            read_process(0).expect_err("PID 0").to_string(),
+            "no process with PID 0"
+        );
+        assert!(!process_exists(0));
+    }
+
+    fn stat_line(comm: &str) -> String {
+        format!(
+            "4242 ({comm}) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 \
+             1000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 3 0 0 0 0 0"
+        )
+    }
+
+    #[test]
+    fn parses_stat_with_tricky_names() {
+        for comm in [
+            "python3",
+            "my prog",
+            "a) S 1 2 3 (",
+            ")",
+            "((",
+            "",
+            "x) 99 99",
+            "pt_main_thread",
+        ] {
+            let stat = parse_stat(&stat_line(comm)).expect(comm);
+            assert_eq!(stat.comm, comm);
+            assert_eq!(stat.ppid, 17, "{comm}");
+            assert_eq!(stat.start_time, 98765, "{comm}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_stat() {
+        assert!(parse_stat("").is_err());
+        assert!(parse_stat("4242 comm S 1").is_err());
+        assert!(parse_stat("4242 (comm) S 1 2 3").is_err());
+        assert!(
+            parse_stat("4242 (comm) S x 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20").is_err()
+        );
+        assert!(parse_stat(") 4242 (").is_err());
+    }
+
+    const ID: &str = "3f4b9a2c1d0e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0a";
+
+    #[test]
+    fn finds_container_ids_in_cgroups() {
+        let samples = [
+            format!("12:memory:/docker/{ID}\n11:pids:/docker/{ID}\n"),
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/\
+                 kubepods-burstable-pod1234_5678.slice/cri-containerd-{ID}.scope\n"
+            ),
+            format!("0::/kubepods.slice/kubepods-pod99.slice/crio-{ID}.scope\n"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+            format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n"
+            ),
+            format!(
+                "11:cpu,cpuacct:/kubepods/burstable/pod0f1e2d3c-aaaa-bbbb-cccc-0123456789ab/{ID}\n"
+            ),
+            format!("0::/docker/{}\n", ID.to_ascii_uppercase()),
+        ];
+        for text in &samples {
+            assert_eq!(container_id(text).as_deref(), Some(ID), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_container_id_outside_containers() {
+        for text in [
+            "0::/\n",
+            "0::/user.slice/user-1000.slice/session-2.scope\n",
+            "4:memory:/process_api/fc8a5fdedaf03654c0e6c7d1b05cecde\n0::/\n",
+            &format!("0::/machine.slice/libpod-conmon-{ID}.scope\n"),
+            &format!("0::/system.slice/crio-conmon-{ID}.scope\n"),
+            &format!("0::/system.slice/docker-{}.scope\n", &ID[..63]),
+            "",
+            "garbage",
+        ] {
+            assert_eq!(container_id(text), None, "{text}");
+        }
+        // Here, too: the test process runs on the host or in a container; either way it
+        // must not panic, and an id, when found, has the right shape.
+        if let Ok(text) = fs::read_to_string("/proc/self/cgroup")
+            && let Some(id) = container_id(&text)
+        {
+            assert_eq!(id.len(), 64);
+        }
+    }
+
+    #[test]
+    fn sanitize_strips_escapes_and_controls() {
+        assert_eq!(sanitize("python3"), "python3");
+        assert_eq!(sanitize("naïve 名前"), "naïve 名前");
+        assert_eq!(sanitize("\x1b[2J\x1b[31mred\x1b[0m"), "red");
+        assert_eq!(sanitize("a\x1b]0;evil title\x07b"), "ab");
+        assert_eq!(
+            sanitize("a\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\b"),
+            "alinkb"
+        );
+        assert_eq!(sanitize("a\x1bcb"), "ab");
+        assert_eq!(sanitize("tab\there\nnl\r"), "tab here nl ");
+        assert_eq!(sanitize("bell\x07del\x7f\u{9b}31m"), "belldel31m");
+        assert_eq!(sanitize("abc\u{202e}fdp.exe"), "abcfdp.exe");
+        assert_eq!(sanitize("trailing\x1b"), "trailing");
+        assert_eq!(sanitize("\x1b[12;"), "");
+        assert_eq!(sanitize("\x1b[1;31mx"), "x");
+    }
+
+    #[test]
+    fn cmdline_splits_on_nul() {
+        assert_eq!(split_cmdline(b""), Vec::<String>::new());
+        assert_eq!(
+            split_cmdline(b"python\0-c\0print(1)\0"),
+            ["python", "-c", "print(1)"]
+        );
+        assert_eq!(split_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
+        // A process that rewrote its argv may leave no trailing NUL.
+        assert_eq!(split_cmdline(b"nginx: worker"), ["nginx: worker"]);
+        assert_eq!(split_cmdline(b"x\x1b[2J\0"), ["x"]);
+    }
+}
