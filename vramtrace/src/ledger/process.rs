@@ -426,6 +426,12 @@ impl ProcessState {
             if let PoolKey::Handle(h) = key {
                 a.pool = Some(h);
             }
+            // The memory is where the pool is, whatever context the thread has current.
+            if c.device.is_none()
+                && let Some(d) = self.pools.get(&key).and_then(|p| p.device)
+            {
+                a.device = Some(d);
+            }
             let pool = self.pools.entry(key).or_insert(Pool {
                 device: a.device,
                 held: 0,

@@ -845,3 +845,24 @@ fn lost_stack_and_time_span() {
     assert!(l.stack(4).is_some());
     assert_eq!(l.time_span(), Some((500, 1010)));
 }
+
+#[test]
+fn pool_allocations_are_booked_on_the_pools_device() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        Record::PoolCreate(Call {
+            pool: Some(0x51),
+            device: Some(1),
+            ..s.call("cuMemPoolCreate")
+        }),
+        s.alloc_async(0x1000, MIB, Some(0x51)),
+        s.free_async(0x1000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.devices[&Some(1)].peak_device_bytes, MIB);
+    assert_eq!(p.devices[&Some(1)].pool_held_bytes, MIB);
+    assert!(!p.devices.contains_key(&Some(0)));
+}
