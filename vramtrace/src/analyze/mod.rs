@@ -1,1 +1,449 @@
-//! TODO
+//! The postmortem of a trace: every record replayed through the [`Ledger`], summed up per
+//! process, rendered as text or serialized as JSON.
+//!
+//! The input is any iterator of records plus, optionally, what the reader found out about
+//! the file ([`ReadStatus`]), so this module does not depend on how the file was read.
+
+mod render;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use render::{cuda_error_name, human_bytes, render_text};
+
+use crate::ledger::{Ledger, LiveAllocation, ProcessState, Usage};
+use crate::trace::{Footer, Header, Mem, Record};
+
+/// What reading the trace file found, apart from the records themselves.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadStatus {
+    /// The file ended with a valid footer.
+    pub complete: bool,
+    /// Whether the footer's SHA-256 matched (`None`: not checked, or no footer).
+    pub digest_ok: Option<bool>,
+    /// Lines that could not be read: (line number, what was wrong).
+    pub problems: Vec<(u64, String)>,
+    /// The header, when the reader keeps it out of the record stream.
+    pub header: Option<Header>,
+    /// The footer, when the reader keeps it out of the record stream.
+    pub footer: Option<Footer>,
+}
+
+/// The summary of one trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The trace ended with a valid footer.
+    pub complete: bool,
+    /// Whether the footer's digest matched (`None`: not checked).
+    pub digest_ok: Option<bool>,
+    /// Lines that could not be read.
+    pub problems: Vec<ReadProblem>,
+    /// Where and with what the trace was recorded.
+    pub header: Option<HeaderSummary>,
+    /// Events that never reached user space: allocations or frees may be missing.
+    pub lost_events: u64,
+    /// Stacks that could not be captured.
+    pub stack_failed: u64,
+    /// From the start of the recording to its end (or its last event).
+    pub duration_ns: Option<u64>,
+    /// All processes together.
+    pub machine: MachineReport,
+    /// One entry per traced process (per `process` record: PIDs may repeat).
+    pub processes: Vec<ProcessReport>,
+}
+
+/// A line the reader skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadProblem {
+    /// 1-based line number.
+    pub line: u64,
+    /// What was wrong with it.
+    pub message: String,
+}
+
+/// The facts of the header that a reader of the report needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderSummary {
+    /// Trace format version, `"MAJOR.MINOR"`.
+    pub format_version: String,
+    /// The vramtrace that recorded it.
+    pub tool_version: String,
+    /// Host name.
+    pub host: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Wall-clock start, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// `CLOCK_MONOTONIC` at the start: event times are on this clock.
+    pub start_monotonic_ns: u64,
+    /// The driver libraries the probes were attached to.
+    pub libraries: Vec<LibrarySummary>,
+}
+
+/// A driver library the probes were attached to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibrarySummary {
+    /// Path as attached.
+    pub path: String,
+    /// GNU build ID, hex.
+    pub build_id: Option<String>,
+    /// How many symbols were hooked.
+    pub probes: usize,
+}
+
+/// All processes together.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineReport {
+    /// Highest traced device bytes at any instant, all processes together.
+    pub peak_device_bytes: u64,
+    /// When.
+    pub peak_ts_ns: Option<u64>,
+    /// Highest device plus pool-held bytes.
+    pub peak_device_and_pool_bytes: u64,
+    /// Per device.
+    pub devices: Vec<DeviceReport>,
+}
+
+/// Calls and bytes of one entry point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTotal {
+    /// Calls.
+    pub count: u64,
+    /// Bytes allocated or freed.
+    pub bytes: u64,
+}
+
+/// Failed calls of one entry point.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTotal {
+    /// Calls.
+    pub count: u64,
+    /// Bytes requested, where the call has a size.
+    pub bytes: u64,
+    /// Calls per `CUresult` code.
+    pub rets: BTreeMap<i32, u64>,
+}
+
+/// One kind of inconsistent input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyReport {
+    /// Occurrences.
+    pub count: u64,
+    /// The first few.
+    pub examples: Vec<String>,
+}
+
+/// One device of one process (or of the machine).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// Device ordinal; `None` when it could not be told.
+    pub device: Option<i32>,
+    /// Highest live device bytes (pool-held excluded).
+    pub peak_device_bytes: u64,
+    /// When.
+    pub peak_ts_ns: Option<u64>,
+    /// Live device bytes at exit (or at the end of the trace).
+    pub device_bytes_at_exit: u64,
+    /// Pool-held bytes at exit (or at the end of the trace).
+    pub pool_held_bytes_at_exit: u64,
+}
+
+/// An allocation still held at exit (or at the end of the trace).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAllocation {
+    /// Address (VMM: where mapped).
+    pub addr: Option<u64>,
+    /// Array or VMM handle.
+    pub handle: Option<u64>,
+    /// Size.
+    pub bytes: u64,
+    /// Kind of memory.
+    pub mem: Mem,
+    /// Entry point that made it.
+    pub api: String,
+    /// When it was made.
+    pub ts_ns: u64,
+    /// Thread that made it.
+    pub tid: u32,
+    /// Stack id.
+    pub stack: Option<u32>,
+    /// Device ordinal.
+    pub device: Option<i32>,
+    /// Bytes copied into it from the host.
+    pub filled_from_host: u64,
+}
+
+/// One traced process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    /// The `process` record id (unique; PIDs are not).
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Short name, `"?"` when unknown.
+    pub comm: String,
+    /// Command line, when known.
+    pub cmdline: Vec<String>,
+    /// True when the process exited during the trace; false: the `*_at_exit` figures are at
+    /// the end of the trace, with the process still running.
+    pub exited: bool,
+    /// When it exited, or its last event.
+    pub end_ts_ns: Option<u64>,
+    /// Highest live device bytes (pool-held excluded).
+    pub peak_device_bytes: u64,
+    /// When the peak was reached.
+    pub peak_ts_ns: Option<u64>,
+    /// Highest device plus pool-held bytes.
+    pub peak_device_and_pool_bytes: u64,
+    /// Highest host bytes (managed, pinned, registered, host VMM).
+    pub peak_host_bytes: u64,
+    /// Live device bytes at exit.
+    pub device_bytes_at_exit: u64,
+    /// Live host bytes at exit.
+    pub host_bytes_at_exit: u64,
+    /// Bytes held in stream-ordered pools at exit.
+    pub pool_held_bytes_at_exit: u64,
+    /// Allocations live at exit.
+    pub live_allocations_at_exit: usize,
+    /// The largest of them.
+    pub largest_at_exit: Vec<HeldAllocation>,
+    /// Successful allocations per entry point.
+    pub allocs: BTreeMap<String, ApiTotal>,
+    /// Frees per entry point (with the bytes of the allocations they freed).
+    pub frees: BTreeMap<String, ApiTotal>,
+    /// Failed calls per entry point.
+    pub failed: BTreeMap<String, FailedTotal>,
+    /// All failed calls.
+    pub failed_total: u64,
+    /// Inconsistent input, per kind.
+    pub anomalies: BTreeMap<String, AnomalyReport>,
+    /// Per device.
+    pub devices: Vec<DeviceReport>,
+}
+
+/// How many held allocations a process report lists.
+const LARGEST: usize = 10;
+
+fn held(a: &LiveAllocation) -> HeldAllocation {
+    HeldAllocation {
+        addr: a.addr,
+        handle: a.handle,
+        bytes: a.bytes,
+        mem: a.mem,
+        api: a.api.clone(),
+        ts_ns: a.ts_ns,
+        tid: a.tid,
+        stack: a.stack,
+        device: a.device,
+        filled_from_host: a.filled_from_host,
+    }
+}
+
+fn device_report(device: Option<i32>, u: &Usage) -> DeviceReport {
+    DeviceReport {
+        device,
+        peak_device_bytes: u.peak_device_bytes,
+        peak_ts_ns: u.peak_device_ts_ns,
+        device_bytes_at_exit: u.device_bytes,
+        pool_held_bytes_at_exit: u.pool_held_bytes,
+    }
+}
+
+fn header_summary(h: &Header) -> HeaderSummary {
+    HeaderSummary {
+        format_version: h.version.clone(),
+        tool_version: h.tool_version.clone(),
+        host: h.host.clone(),
+        kernel: h.kernel.clone(),
+        start_unix_ns: h.start_unix_ns,
+        start_monotonic_ns: h.start_monotonic_ns,
+        libraries: h
+            .libraries
+            .iter()
+            .map(|l| LibrarySummary {
+                path: l.path.clone(),
+                build_id: l.build_id.clone(),
+                probes: l.probes.len(),
+            })
+            .collect(),
+    }
+}
+
+fn process_report(p: &ProcessState) -> ProcessReport {
+    let (device_at, pool_at, host_at, live_at, largest, devices, end) = match &p.exit {
+        Some(e) => (
+            e.device_bytes,
+            e.pool_held_bytes,
+            e.host_bytes,
+            e.live_allocations,
+            e.largest.iter().take(LARGEST).map(held).collect(),
+            &e.devices,
+            Some(e.ts_ns),
+        ),
+        None => {
+            let mut live: Vec<&LiveAllocation> = p.live_allocations().collect();
+            live.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.ts_ns.cmp(&b.ts_ns)));
+            (
+                p.usage.device_bytes,
+                p.usage.pool_held_bytes,
+                p.usage.host_bytes,
+                live.len(),
+                live.into_iter().take(LARGEST).map(held).collect(),
+                &p.devices,
+                p.last_ts_ns,
+            )
+        }
+    };
+    // The exit snapshot's peaks are as of the exit; the process's own are as of now, which
+    // differs only if calls arrived after the exit (an anomaly of its own).
+    let devices = devices
+        .iter()
+        .map(|(&d, u)| {
+            let mut r = device_report(d, u);
+            if let Some(now) = p.devices.get(&d) {
+                r.peak_device_bytes = now.peak_device_bytes;
+                r.peak_ts_ns = now.peak_device_ts_ns;
+            }
+            r
+        })
+        .collect();
+    let failed: BTreeMap<String, FailedTotal> = p
+        .failed
+        .iter()
+        .map(|(api, f)| {
+            (
+                api.clone(),
+                FailedTotal {
+                    count: f.count,
+                    bytes: f.bytes,
+                    rets: f.rets.clone(),
+                },
+            )
+        })
+        .collect();
+    let total = |m: &BTreeMap<String, crate::ledger::ApiCount>| {
+        m.iter()
+            .map(|(api, c)| {
+                (
+                    api.clone(),
+                    ApiTotal {
+                        count: c.count,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect()
+    };
+    ProcessReport {
+        proc: p.proc,
+        pid: p.pid,
+        comm: p.comm().to_owned(),
+        cmdline: p
+            .info
+            .as_ref()
+            .map(|i| i.cmdline.clone())
+            .unwrap_or_default(),
+        exited: p.exited(),
+        end_ts_ns: end,
+        peak_device_bytes: p.usage.peak_device_bytes,
+        peak_ts_ns: p.usage.peak_device_ts_ns,
+        peak_device_and_pool_bytes: p.usage.peak_device_and_pool_bytes,
+        peak_host_bytes: p.usage.peak_host_bytes,
+        device_bytes_at_exit: device_at,
+        host_bytes_at_exit: host_at,
+        pool_held_bytes_at_exit: pool_at,
+        live_allocations_at_exit: live_at,
+        largest_at_exit: largest,
+        allocs: total(&p.allocs),
+        frees: total(&p.frees),
+        failed_total: failed.values().map(|f| f.count).sum(),
+        failed,
+        anomalies: p
+            .anomalies
+            .iter()
+            .map(|(k, a)| {
+                (
+                    (*k).to_owned(),
+                    AnomalyReport {
+                        count: a.count,
+                        examples: a.examples.clone(),
+                    },
+                )
+            })
+            .collect(),
+        devices,
+    }
+}
+
+/// Replays `records` through a fresh [`Ledger`] and sums up the trace. `read` is what the
+/// reader learned about the file; without it, the trace counts as complete when a footer was
+/// among the records.
+pub fn summarize(records: impl Iterator<Item = Record>, read: Option<&ReadStatus>) -> Report {
+    let mut ledger = Ledger::new();
+    let mut header = read.and_then(|r| r.header.clone());
+    let mut footer = read.and_then(|r| r.footer.clone());
+    for rec in records {
+        match &rec {
+            Record::Header(h) => header = Some(h.clone()),
+            Record::Footer(f) => footer = Some(f.clone()),
+            _ => {}
+        }
+        ledger.apply(&rec);
+    }
+
+    // The footer's count is the sum over `lost` records: the larger of the two, not both.
+    let lost_events = ledger
+        .lost_events()
+        .max(footer.as_ref().map_or(0, |f| f.lost_events));
+    let stack_failed = ledger
+        .stack_failed()
+        .max(footer.as_ref().map_or(0, |f| f.stack_failed));
+    let start = header.as_ref().map(|h| h.start_monotonic_ns);
+    let end = footer
+        .as_ref()
+        .map(|f| f.end_ts_ns)
+        .or_else(|| ledger.time_span().map(|(_, last)| last));
+    let duration_ns = match (start, end, ledger.time_span()) {
+        (Some(s), Some(e), _) if s > 0 && e >= s => Some(e - s),
+        (_, _, Some((first, last))) => Some(last - first),
+        _ => None,
+    };
+
+    let t = ledger.totals();
+    let machine = MachineReport {
+        peak_device_bytes: t.usage.peak_device_bytes,
+        peak_ts_ns: t.usage.peak_device_ts_ns,
+        peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
+        devices: t
+            .devices
+            .iter()
+            .map(|(&d, u)| device_report(d, u))
+            .collect(),
+    };
+
+    Report {
+        complete: read.map_or(footer.is_some(), |r| r.complete),
+        digest_ok: read.and_then(|r| r.digest_ok),
+        problems: read
+            .map(|r| {
+                r.problems
+                    .iter()
+                    .map(|(line, message)| ReadProblem {
+                        line: *line,
+                        message: message.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        header: header.as_ref().map(header_summary),
+        lost_events,
+        stack_failed,
+        duration_ns,
+        machine,
+        processes: ledger.processes().map(process_report).collect(),
+    }
+}

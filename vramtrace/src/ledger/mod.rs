@@ -1,1 +1,182 @@
-//! TODO
+//! Live GPU and host memory per process and device: the one accounting path that live tracing
+//! and trace replay both feed, one [`Record`] at a time.
+//!
+//! What the ledger takes from CUDA's semantics (CUDA driver API reference, `cuda.h`):
+//!
+//! - `cuMemFreeAsync` returns memory to its pool, not to the GPU; the next stream-ordered
+//!   allocation from that pool reuses it first. `cuMemPoolTrimTo` and `cuMemPoolDestroy` give
+//!   it back. Pool-held bytes are an upper bound: a pool's release threshold (0 by default)
+//!   lets the driver trim at synchronization, which is not traced.
+//! - VMM physical memory lives from `cuMemCreate` until the handle is released *and* every
+//!   mapping of it is unmapped, in either order. Reservations are address space only.
+//! - Destroying a context (or releasing a primary context as often as it was retained) frees
+//!   every allocation made in it. VMM memory is not bound to a context and stays.
+//! - A thread's current context decides the device; `Call::device` overrides it.
+//! - An `exit` frees everything the process held; the ledger keeps a snapshot first.
+//!
+//! Input that does not fit (a free of an unknown address, a double free, an unmap of an
+//! unknown range) is counted per process as an anomaly, never a panic.
+
+mod process;
+mod usage;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+pub use process::{Anomaly, ApiCount, ExitSnapshot, FailedCount, LiveAllocation, ProcessState};
+pub use usage::{Totals, Usage};
+
+use crate::trace::{Record, Stack};
+
+/// Live allocations and counters of every traced process.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    procs: BTreeMap<u32, ProcessState>,
+    stacks: HashMap<u32, Stack>,
+    totals: Totals,
+    lost_events: u64,
+    stack_failed: u64,
+    first_ts_ns: Option<u64>,
+    last_ts_ns: Option<u64>,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one record into account. Never fails: inconsistent input becomes an anomaly of
+    /// the process it names.
+    pub fn apply(&mut self, rec: &Record) {
+        match rec {
+            Record::Header(_) | Record::Footer(_) => {}
+            Record::Process(p) => {
+                let st = self.proc_mut(p.id, p.pid);
+                st.pid = p.pid;
+                st.info = Some(p.clone());
+            }
+            Record::Stack(s) => {
+                self.stacks.insert(s.id, s.clone());
+            }
+            Record::Lost(l) => {
+                self.touch(l.ts_ns);
+                self.lost_events = self.lost_events.saturating_add(l.events());
+                self.stack_failed = self.stack_failed.saturating_add(l.stack_failed);
+            }
+            Record::Exit(e) => {
+                self.touch(e.ts_ns);
+                let Ledger { procs, totals, .. } = self;
+                let st = procs
+                    .entry(e.proc)
+                    .or_insert_with(|| ProcessState::new(e.proc, e.pid));
+                st.touch(e.ts_ns);
+                if st.exited() {
+                    st.anomaly("second_exit", || format!("exit at {} ns", e.ts_ns));
+                }
+                st.on_exit(totals, e);
+            }
+            _ => self.apply_call(rec),
+        }
+    }
+
+    fn apply_call(&mut self, rec: &Record) {
+        let Some(c) = rec.call() else {
+            return;
+        };
+        self.touch(c.ts_ns);
+        let Ledger { procs, totals, .. } = self;
+        let st = procs
+            .entry(c.proc)
+            .or_insert_with(|| ProcessState::new(c.proc, c.pid));
+        st.touch(c.ts_ns);
+        if st.exited() {
+            st.anomaly("call_after_exit", || format!("{} at {} ns", c.api, c.ts_ns));
+        }
+        if c.ret != 0 && !matches!(rec, Record::Failed(_)) {
+            // A call that returned an error made nothing, whatever the record says.
+            st.anomaly("error_in_success_record", || {
+                format!("{} ret {} at {} ns", c.api, c.ret, c.ts_ns)
+            });
+            st.on_failed(c);
+            return;
+        }
+        match rec {
+            Record::Alloc(_) => st.on_alloc(totals, c),
+            Record::Free(_) => st.on_free(totals, c),
+            Record::Failed(_) => st.on_failed(c),
+            Record::VmmCreate(_) => st.on_vmm_create(totals, c),
+            Record::VmmRelease(_) => st.on_vmm_release(totals, c),
+            Record::VmmMap(_) => st.on_vmm_map(totals, c),
+            Record::VmmUnmap(_) => st.on_vmm_unmap(totals, c),
+            Record::Reserve(_) => st.on_reserve(c),
+            Record::Unreserve(_) => st.on_unreserve(c),
+            Record::PoolCreate(_) => st.on_pool_create(totals, c),
+            Record::PoolDestroy(_) => st.on_pool_destroy(totals, c),
+            Record::PoolTrim(_) => st.on_pool_trim(totals, c),
+            Record::CtxCreate(_) => st.on_ctx_create(c),
+            Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
+            Record::CtxCurrent(_) => st.on_ctx_current(c),
+            Record::Copy(_) => st.on_copy(c),
+            _ => {}
+        }
+    }
+
+    fn proc_mut(&mut self, proc: u32, pid: u32) -> &mut ProcessState {
+        self.procs
+            .entry(proc)
+            .or_insert_with(|| ProcessState::new(proc, pid))
+    }
+
+    fn touch(&mut self, ts_ns: u64) {
+        self.first_ts_ns.get_or_insert(ts_ns);
+        self.last_ts_ns = Some(self.last_ts_ns.map_or(ts_ns, |t| t.max(ts_ns)));
+    }
+
+    /// Every process seen, by `process` record id.
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessState> + '_ {
+        self.procs.values()
+    }
+
+    /// One process by its `process` record id.
+    pub fn process(&self, proc: u32) -> Option<&ProcessState> {
+        self.procs.get(&proc)
+    }
+
+    /// The allocations a process holds now (none after its exit).
+    pub fn live_allocations(&self, proc: u32) -> impl Iterator<Item = &LiveAllocation> + '_ {
+        self.procs
+            .get(&proc)
+            .into_iter()
+            .flat_map(|p| p.live_allocations())
+    }
+
+    /// Machine-wide live bytes and peaks, all processes together.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// A stack by id, once its `stack` record was applied.
+    pub fn stack(&self, id: u32) -> Option<&Stack> {
+        self.stacks.get(&id)
+    }
+
+    /// Events lost in the kernel, summed over `lost` records.
+    pub fn lost_events(&self) -> u64 {
+        self.lost_events
+    }
+
+    /// Stacks that could not be captured, summed over `lost` records.
+    pub fn stack_failed(&self) -> u64 {
+        self.stack_failed
+    }
+
+    /// First and last timestamp seen in calls, exits and loss records.
+    pub fn time_span(&self) -> Option<(u64, u64)> {
+        self.first_ts_ns.zip(self.last_ts_ns)
+    }
+}

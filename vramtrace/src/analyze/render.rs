@@ -1,0 +1,365 @@
+//! The human-readable report: what a person reads after an out-of-memory crash.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use super::{HeldAllocation, ProcessReport, Report};
+
+/// The name of a `CUresult` code (CUDA driver API reference, "Error Handling").
+pub fn cuda_error_name(code: i32) -> &'static str {
+    match code {
+        0 => "CUDA_SUCCESS",
+        1 => "CUDA_ERROR_INVALID_VALUE",
+        2 => "CUDA_ERROR_OUT_OF_MEMORY",
+        3 => "CUDA_ERROR_NOT_INITIALIZED",
+        4 => "CUDA_ERROR_DEINITIALIZED",
+        100 => "CUDA_ERROR_NO_DEVICE",
+        101 => "CUDA_ERROR_INVALID_DEVICE",
+        201 => "CUDA_ERROR_INVALID_CONTEXT",
+        400 => "CUDA_ERROR_INVALID_HANDLE",
+        500 => "CUDA_ERROR_NOT_FOUND",
+        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        801 => "CUDA_ERROR_NOT_SUPPORTED",
+        999 => "CUDA_ERROR_UNKNOWN",
+        _ => "unrecognized CUresult",
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// Bytes in binary units with one decimal: `1.5 GiB`, `12.0 MiB`, `512 B`.
+pub fn human_bytes(b: u64) -> String {
+    let (unit, name) = match b {
+        b if b >= TIB => (TIB, "TiB"),
+        b if b >= GIB => (GIB, "GiB"),
+        b if b >= MIB => (MIB, "MiB"),
+        b if b >= KIB => (KIB, "KiB"),
+        _ => return format!("{b} B"),
+    };
+    format!("{:.1} {name}", b as f64 / unit as f64)
+}
+
+/// Human units and the exact count: `1.5 GiB (1610612736 bytes)`.
+fn bytes_exact(b: u64) -> String {
+    if b < KIB {
+        format!("{b} bytes")
+    } else {
+        format!("{} ({b} bytes)", human_bytes(b))
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{}.{:03} s", ns / 1_000_000_000, (ns / 1_000_000) % 1000)
+}
+
+/// A trace time relative to the start of the recording, when the header says when that was.
+fn at(ts: u64, start: Option<u64>) -> String {
+    match start {
+        Some(s) if s > 0 && ts >= s => format!("+{}", secs(ts - s)),
+        _ => format!("t={ts} ns"),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix nanoseconds (proleptic Gregorian calendar).
+pub(super) fn utc(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-Compatible Low-Level Date
+    // Algorithms", civil_from_days).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn device_name(d: Option<i32>) -> String {
+    d.map_or_else(|| "GPU ?".to_owned(), |d| format!("GPU {d}"))
+}
+
+/// The report as text, one section per process. Problems with the trace itself come first
+/// and loudly: figures from a cut, altered or lossy trace are not to be trusted blindly.
+pub fn render_text(r: &Report) -> String {
+    let mut o = String::new();
+    let start = r.header.as_ref().map(|h| h.start_monotonic_ns);
+
+    match &r.header {
+        Some(h) => {
+            let _ = writeln!(
+                o,
+                "trace of {} (kernel {}), recorded by vramtrace {}, format {}",
+                h.host, h.kernel, h.tool_version, h.format_version
+            );
+            let _ = write!(o, "started {}", utc(h.start_unix_ns));
+            if let Some(d) = r.duration_ns {
+                let _ = write!(o, ", lasted {}", secs(d));
+            }
+            o.push('\n');
+            for l in &h.libraries {
+                let _ = writeln!(
+                    o,
+                    "driver library {} (build id {}, {} probes)",
+                    l.path,
+                    l.build_id.as_deref().unwrap_or("unknown"),
+                    l.probes
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "!!! NO HEADER: where and how this trace was recorded is unknown"
+            );
+        }
+    }
+
+    let altered = r.digest_ok == Some(false);
+    if !r.complete {
+        let _ = writeln!(
+            o,
+            "!!! TRACE INCOMPLETE: no valid footer, the recording was cut short; \
+             figures cover only what was recorded"
+        );
+    }
+    if altered {
+        let _ = writeln!(
+            o,
+            "!!! TRACE ALTERED: the footer's SHA-256 does not match the file; \
+             do not trust these figures"
+        );
+    }
+    if r.lost_events > 0 {
+        let _ = writeln!(
+            o,
+            "!!! {} EVENTS LOST in the kernel: allocations or frees are missing, \
+             live and peak figures may be wrong",
+            r.lost_events
+        );
+    }
+    if !r.problems.is_empty() {
+        let _ = writeln!(o, "!!! {} UNREADABLE LINES SKIPPED:", r.problems.len());
+        for p in r.problems.iter().take(5) {
+            let _ = writeln!(o, "      line {}: {}", p.line, p.message);
+        }
+        if r.problems.len() > 5 {
+            let _ = writeln!(o, "      ... and {} more", r.problems.len() - 5);
+        }
+    }
+    if r.complete && !altered && r.lost_events == 0 && r.problems.is_empty() {
+        let digest = match r.digest_ok {
+            Some(true) => "digest verified",
+            _ => "digest not checked",
+        };
+        let _ = writeln!(o, "trace complete, {digest}, no events lost");
+    }
+    if r.stack_failed > 0 {
+        let _ = writeln!(
+            o,
+            "note: {} call stacks could not be captured",
+            r.stack_failed
+        );
+    }
+
+    let _ = writeln!(
+        o,
+        "all processes: peak device {} at {}",
+        bytes_exact(r.machine.peak_device_bytes),
+        r.machine
+            .peak_ts_ns
+            .map_or_else(|| "-".to_owned(), |t| at(t, start))
+    );
+    if r.processes.is_empty() {
+        let _ = writeln!(o, "\nno traced process made a GPU memory call");
+    }
+    for p in &r.processes {
+        o.push('\n');
+        render_process(&mut o, p, start);
+    }
+    o
+}
+
+fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
+    let end = p.end_ts_ns.map(|t| at(t, start)).unwrap_or_default();
+    if p.exited {
+        let _ = writeln!(o, "pid {} ({}) exited at {end}", p.pid, p.comm);
+    } else {
+        let _ = writeln!(
+            o,
+            "pid {} ({}) still running at end of trace",
+            p.pid, p.comm
+        );
+    }
+    if !p.cmdline.is_empty() {
+        let _ = writeln!(o, "  cmdline: {}", p.cmdline.join(" "));
+    }
+    let when = p
+        .peak_ts_ns
+        .map_or_else(String::new, |t| format!(" at {}", at(t, start)));
+    let _ = writeln!(
+        o,
+        "  peak device bytes:       {}{when}",
+        bytes_exact(p.peak_device_bytes)
+    );
+    if p.peak_device_and_pool_bytes > p.peak_device_bytes {
+        let _ = writeln!(
+            o,
+            "  peak incl. pool-held:    {}",
+            bytes_exact(p.peak_device_and_pool_bytes)
+        );
+    }
+    if p.peak_host_bytes > 0 {
+        let _ = writeln!(
+            o,
+            "  peak host memory:        {} (lives in host RAM, not VRAM)",
+            bytes_exact(p.peak_host_bytes)
+        );
+    }
+    let label = if p.exited {
+        "held at exit:"
+    } else {
+        "held at end of trace:"
+    };
+    let _ = writeln!(
+        o,
+        "  {label:<24} device {}, pool-held {}, host {}, in {} live allocation(s)",
+        bytes_exact(p.device_bytes_at_exit),
+        bytes_exact(p.pool_held_bytes_at_exit),
+        bytes_exact(p.host_bytes_at_exit),
+        p.live_allocations_at_exit
+    );
+    if p.devices.len() > 1 || p.devices.iter().any(|d| d.device.is_none()) {
+        for d in &p.devices {
+            let _ = writeln!(
+                o,
+                "    {:<8} peak {}, {} {}",
+                device_name(d.device),
+                bytes_exact(d.peak_device_bytes),
+                if p.exited { "at exit" } else { "at end" },
+                bytes_exact(d.device_bytes_at_exit)
+            );
+        }
+    }
+
+    render_api_table(o, p);
+
+    if p.failed_total > 0 {
+        let _ = writeln!(o, "  failures ({}):", p.failed_total);
+        for (api, f) in &p.failed {
+            let rets: Vec<String> = f
+                .rets
+                .iter()
+                .map(|(code, n)| format!("{n} x {} ({code})", cuda_error_name(*code)))
+                .collect();
+            let _ = write!(o, "    {api}: {}", rets.join(", "));
+            if f.bytes > 0 {
+                let _ = write!(o, "; {} requested in all", bytes_exact(f.bytes));
+            }
+            o.push('\n');
+        }
+    }
+
+    if !p.largest_at_exit.is_empty() {
+        let _ = writeln!(
+            o,
+            "  largest held {}:",
+            if p.exited { "at exit" } else { "at end" }
+        );
+        for a in &p.largest_at_exit {
+            let _ = writeln!(o, "    {}", held_line(a, start));
+        }
+    }
+
+    if !p.anomalies.is_empty() {
+        let n: u64 = p.anomalies.values().map(|a| a.count).sum();
+        let _ = writeln!(
+            o,
+            "  anomalies ({n}, inconsistent input; figures may be off):"
+        );
+        for (kind, a) in &p.anomalies {
+            let _ = write!(o, "    {kind}: {}", a.count);
+            if let Some(e) = a.examples.first() {
+                let _ = write!(o, ", e.g. {e}");
+            }
+            o.push('\n');
+        }
+    }
+}
+
+fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
+    let mut s = format!("{:>10}  {:?} by {}", human_bytes(a.bytes), a.mem, a.api);
+    if let Some(addr) = a.addr {
+        let _ = write!(s, " at {addr:#x}");
+    }
+    if let Some(h) = a.handle {
+        let _ = write!(s, " handle {h:#x}");
+    }
+    if a.mem.is_host() {
+        s.push_str(" in host RAM");
+    } else {
+        let _ = write!(s, " on {}", device_name(a.device));
+    }
+    let _ = write!(s, ", since {}", at(a.ts_ns, start));
+    if let Some(st) = a.stack {
+        let _ = write!(s, ", stack {st}");
+    }
+    if a.filled_from_host > 0 {
+        let _ = write!(s, ", {} filled from host", human_bytes(a.filled_from_host));
+    }
+    s
+}
+
+fn render_api_table(o: &mut String, p: &ProcessReport) {
+    let apis: BTreeSet<&str> = p
+        .allocs
+        .keys()
+        .chain(p.frees.keys())
+        .chain(p.failed.keys())
+        .map(String::as_str)
+        .collect();
+    if apis.is_empty() {
+        return;
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<[String; 6]> = apis
+        .iter()
+        .map(|&api| {
+            let a = p.allocs.get(api);
+            let f = p.frees.get(api);
+            [
+                api.to_owned(),
+                a.map_or_else(dash, |a| a.count.to_string()),
+                a.map_or_else(dash, |a| human_bytes(a.bytes)),
+                f.map_or_else(dash, |f| f.count.to_string()),
+                f.map_or_else(dash, |f| human_bytes(f.bytes)),
+                p.failed.get(api).map_or_else(dash, |f| f.count.to_string()),
+            ]
+        })
+        .collect();
+    let head = ["api", "allocs", "allocated", "frees", "freed", "failed"].map(str::to_owned);
+    let mut width = [0usize; 6];
+    for row in std::iter::once(&head).chain(rows.iter()) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&head).chain(rows.iter()) {
+        let _ = write!(o, "    {:<w$}", row[0], w = width[0]);
+        for (cell, w) in row.iter().zip(width).skip(1) {
+            let _ = write!(o, "  {cell:>w$}");
+        }
+        o.push('\n');
+    }
+}

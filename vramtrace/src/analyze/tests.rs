@@ -1,0 +1,354 @@
+//! The summary of a small hand-built trace, its text and its JSON.
+
+use super::*;
+use crate::trace::{Call, Exit, Library, Lost, Probe, Process};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+const START: u64 = 1_000_000_000;
+
+fn call(proc: u32, pid: u32, api: &str, ts_s: f64) -> Call {
+    Call {
+        api: api.into(),
+        proc,
+        pid,
+        tid: pid,
+        ts_ns: START + (ts_s * 1e9) as u64,
+        ..Default::default()
+    }
+}
+
+fn header() -> Header {
+    Header {
+        format: "vramtrace".into(),
+        version: "1.0".into(),
+        tool_version: "0.1.0".into(),
+        host: "gpu01".into(),
+        kernel: "6.18.0".into(),
+        libraries: vec![Library {
+            path: "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+            build_id: Some("abcd".into()),
+            probes: vec![Probe {
+                symbol: "cuMemAlloc_v2".into(),
+                ..Default::default()
+            }],
+        }],
+        start_unix_ns: 1_784_000_000_000_000_000,
+        start_monotonic_ns: START,
+        ..Default::default()
+    }
+}
+
+/// A trainer that loads 2 GiB, runs out of memory asking for 40 GiB and exits holding it all;
+/// a server (same PID, later) that is still running with a pool and pinned memory.
+fn trace() -> Vec<Record> {
+    let dev = |c: Call, addr: u64, bytes: u64| {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Device),
+            ..c
+        })
+    };
+    vec![
+        Record::Header(header()),
+        Record::Process(Process {
+            id: 1,
+            pid: 4242,
+            comm: "python".into(),
+            cmdline: vec!["python".into(), "train.py".into()],
+            ..Default::default()
+        }),
+        Record::CtxCreate(Call {
+            handle: Some(0xc0),
+            device: Some(0),
+            ..call(1, 4242, "cuCtxCreate_v2", 0.1)
+        }),
+        dev(call(1, 4242, "cuMemAlloc_v2", 1.0), 0x1000_0000, GIB),
+        dev(call(1, 4242, "cuMemAlloc_v2", 1.5), 0x5000_0000, GIB),
+        dev(call(1, 4242, "cuMemAlloc_v2", 2.0), 0x9000_0000, 512 * MIB),
+        Record::Free(Call {
+            addr: Some(0x9000_0000),
+            ..call(1, 4242, "cuMemFree_v2", 2.5)
+        }),
+        Record::Failed(Call {
+            ret: 2,
+            bytes: Some(40 * GIB),
+            ..call(1, 4242, "cuMemAlloc_v2", 3.0)
+        }),
+        Record::Free(Call {
+            addr: Some(0xdead),
+            ..call(1, 4242, "cuMemFree_v2", 3.1)
+        }),
+        Record::Lost(Lost {
+            ts_ns: START + 3_200_000_000,
+            ringbuf_full: 2,
+            ..Default::default()
+        }),
+        Record::Exit(Exit {
+            proc: 1,
+            pid: 4242,
+            ts_ns: START + 4_000_000_000,
+        }),
+        Record::Process(Process {
+            id: 2,
+            pid: 4242,
+            comm: "vllm".into(),
+            ..Default::default()
+        }),
+        Record::Alloc(Call {
+            addr: Some(0x2000_0000),
+            bytes: Some(256 * MIB),
+            mem: Some(Mem::DeviceAsync),
+            device: Some(1),
+            ..call(2, 4242, "cuMemAllocAsync", 5.0)
+        }),
+        Record::Free(Call {
+            addr: Some(0x2000_0000),
+            mem: Some(Mem::DeviceAsync),
+            ..call(2, 4242, "cuMemFreeAsync", 5.5)
+        }),
+        Record::Alloc(Call {
+            addr: Some(0x7f00_0000_0000),
+            bytes: Some(64 * MIB),
+            mem: Some(Mem::HostPinned),
+            ..call(2, 4242, "cuMemHostAlloc", 6.0)
+        }),
+        Record::Footer(Footer {
+            end_ts_ns: START + 10_000_000_000,
+            lost_events: 2,
+            ..Default::default()
+        }),
+    ]
+}
+
+fn summary() -> Report {
+    let read = ReadStatus {
+        complete: true,
+        digest_ok: Some(true),
+        ..Default::default()
+    };
+    summarize(trace().into_iter(), Some(&read))
+}
+
+#[test]
+fn numbers_per_process() {
+    let r = summary();
+    assert!(r.complete);
+    assert_eq!(r.digest_ok, Some(true));
+    assert_eq!(
+        r.lost_events, 2,
+        "footer and lost records count the same events once"
+    );
+    assert_eq!(r.duration_ns, Some(10_000_000_000));
+    let h = r.header.as_ref().expect("header");
+    assert_eq!(h.host, "gpu01");
+    assert_eq!(h.libraries[0].probes, 1);
+    assert_eq!(r.processes.len(), 2);
+
+    let p = &r.processes[0];
+    assert_eq!(
+        (p.proc, p.pid, p.comm.as_str(), p.exited),
+        (1, 4242, "python", true)
+    );
+    assert_eq!(p.peak_device_bytes, 2 * GIB + 512 * MIB);
+    assert_eq!(p.peak_ts_ns, Some(START + 2_000_000_000));
+    assert_eq!(p.device_bytes_at_exit, 2 * GIB);
+    assert_eq!(p.host_bytes_at_exit, 0);
+    assert_eq!(p.live_allocations_at_exit, 2);
+    assert_eq!(p.end_ts_ns, Some(START + 4_000_000_000));
+    assert_eq!(
+        p.allocs["cuMemAlloc_v2"],
+        ApiTotal {
+            count: 3,
+            bytes: 2 * GIB + 512 * MIB
+        }
+    );
+    assert_eq!(
+        p.frees["cuMemFree_v2"],
+        ApiTotal {
+            count: 2,
+            bytes: 512 * MIB
+        }
+    );
+    assert_eq!(p.failed["cuMemAlloc_v2"].rets[&2], 1);
+    assert_eq!(p.failed["cuMemAlloc_v2"].bytes, 40 * GIB);
+    assert_eq!(p.failed_total, 1);
+    assert_eq!(p.anomalies["free_unknown_address"].count, 1);
+    assert_eq!(p.devices.len(), 1);
+    assert_eq!(p.devices[0].device, Some(0));
+    assert_eq!(p.devices[0].device_bytes_at_exit, 2 * GIB);
+
+    let q = &r.processes[1];
+    assert_eq!(
+        (q.proc, q.pid, q.comm.as_str(), q.exited),
+        (2, 4242, "vllm", false)
+    );
+    assert_eq!(q.peak_device_bytes, 256 * MIB);
+    assert_eq!(q.device_bytes_at_exit, 0);
+    assert_eq!(q.pool_held_bytes_at_exit, 256 * MIB);
+    assert_eq!(q.host_bytes_at_exit, 64 * MIB);
+    assert_eq!(q.devices[0].device, Some(1));
+    assert!(q.anomalies.is_empty());
+
+    assert_eq!(r.machine.peak_device_bytes, 2 * GIB + 512 * MIB);
+}
+
+#[test]
+fn without_read_status_footer_means_complete() {
+    let r = summarize(trace().into_iter(), None);
+    assert!(r.complete);
+    assert_eq!(r.digest_ok, None);
+    let mut cut = trace();
+    cut.truncate(8);
+    let r = summarize(cut.into_iter(), None);
+    assert!(!r.complete);
+    assert_eq!(r.lost_events, 0);
+    assert!(!r.processes[0].exited);
+    assert_eq!(r.processes[0].device_bytes_at_exit, 2 * GIB);
+}
+
+#[test]
+fn header_and_footer_from_read_status() {
+    let recs = trace()
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Header(_) | Record::Footer(_)));
+    let read = ReadStatus {
+        complete: false,
+        digest_ok: Some(false),
+        problems: vec![(7, "expected value".into())],
+        header: Some(header()),
+        footer: None,
+    };
+    let r = summarize(recs, Some(&read));
+    assert_eq!(r.header.as_ref().map(|h| h.kernel.as_str()), Some("6.18.0"));
+    assert_eq!(r.problems[0].line, 7);
+    let text = render_text(&r);
+    assert!(text.contains("!!! TRACE INCOMPLETE"), "{text}");
+    assert!(text.contains("!!! TRACE ALTERED"), "{text}");
+    assert!(text.contains("!!! 1 UNREADABLE LINES SKIPPED"), "{text}");
+    assert!(text.contains("line 7: expected value"), "{text}");
+    assert!(!text.contains("trace complete"), "{text}");
+}
+
+#[test]
+fn text_has_the_key_lines() {
+    let text = render_text(&summary());
+    for want in [
+        "trace of gpu01 (kernel 6.18.0), recorded by vramtrace 0.1.0",
+        "lasted 10.000 s",
+        "!!! 2 EVENTS LOST",
+        "pid 4242 (python) exited at +4.000 s",
+        "cmdline: python train.py",
+        "peak device bytes:       2.5 GiB (2684354560 bytes) at +2.000 s",
+        "held at exit:            device 2.0 GiB (2147483648 bytes)",
+        "cuMemAlloc_v2: 1 x CUDA_ERROR_OUT_OF_MEMORY (2); 40.0 GiB (42949672960 bytes)",
+        "free_unknown_address: 1",
+        "pid 4242 (vllm) still running at end of trace",
+        "held at end of trace:",
+        "pool-held 256.0 MiB (268435456 bytes)",
+        "peak host memory:        64.0 MiB",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("trace complete"),
+        "lost events: not clean\n{text}"
+    );
+
+    // The API table lines up: every row as wide as the header row.
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("api "))
+        .take(3)
+        .collect();
+    assert_eq!(table.len(), 3, "{text}");
+    assert!(
+        table[1].trim_start().starts_with("cuCtxCreate_v2") || table[1].contains("cuMemAlloc_v2")
+    );
+    assert!(
+        table.iter().all(|l| l.len() == table[0].len()),
+        "{table:#?}"
+    );
+}
+
+#[test]
+fn clean_trace_says_so() {
+    let mut recs = trace();
+    recs.retain(|r| !matches!(r, Record::Lost(_)));
+    if let Some(Record::Footer(f)) = recs.last_mut() {
+        f.lost_events = 0;
+    }
+    let read = ReadStatus {
+        complete: true,
+        digest_ok: Some(true),
+        ..Default::default()
+    };
+    let text = render_text(&summarize(recs.into_iter(), Some(&read)));
+    assert!(
+        text.contains("trace complete, digest verified, no events lost"),
+        "{text}"
+    );
+    assert!(!text.contains("!!!"), "{text}");
+}
+
+#[test]
+fn json_field_names() {
+    let r = summary();
+    let json = serde_json::to_string_pretty(&r).expect("serializes");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
+    let procs = v["processes"].as_array().expect("processes list");
+    assert_eq!(procs.len(), 2);
+    let p = &procs[0];
+    for key in [
+        "pid",
+        "comm",
+        "peak_device_bytes",
+        "device_bytes_at_exit",
+        "host_bytes_at_exit",
+        "pool_held_bytes_at_exit",
+        "exited",
+        "allocs",
+        "frees",
+        "failed",
+        "failed_total",
+        "anomalies",
+        "devices",
+    ] {
+        assert!(p.get(key).is_some(), "no {key} in {p}");
+    }
+    assert_eq!(p["pid"], 4242);
+    assert_eq!(p["comm"], "python");
+    assert_eq!(p["peak_device_bytes"], 2 * GIB + 512 * MIB);
+    assert_eq!(p["failed"]["cuMemAlloc_v2"]["rets"]["2"], 1);
+    assert_eq!(procs[1]["host_bytes_at_exit"], 64 * MIB);
+    for key in [
+        "complete",
+        "digest_ok",
+        "problems",
+        "header",
+        "lost_events",
+        "duration_ns",
+    ] {
+        assert!(v.get(key).is_some(), "no {key} at top level");
+    }
+    let back: Report = serde_json::from_str(&json).expect("reads back");
+    assert_eq!(back, r);
+}
+
+#[test]
+fn error_names_and_units() {
+    assert_eq!(cuda_error_name(2), "CUDA_ERROR_OUT_OF_MEMORY");
+    assert_eq!(cuda_error_name(0), "CUDA_SUCCESS");
+    assert_eq!(cuda_error_name(999), "CUDA_ERROR_UNKNOWN");
+    assert_eq!(cuda_error_name(12345), "unrecognized CUresult");
+    assert_eq!(human_bytes(512), "512 B");
+    assert_eq!(human_bytes(1536), "1.5 KiB");
+    assert_eq!(human_bytes(3 * GIB / 2), "1.5 GiB");
+    assert_eq!(human_bytes(100 * MIB), "100.0 MiB");
+    assert_eq!(render::utc(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(
+        render::utc(951_827_696_000_000_000),
+        "2000-02-29 12:34:56 UTC"
+    );
+}

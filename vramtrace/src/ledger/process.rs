@@ -1,0 +1,955 @@
+//! One traced process: its live allocations, pools, VMM handles, contexts and counters.
+//!
+//! Every change of live bytes goes through [`ProcessState::book_add`] and
+//! [`ProcessState::book_sub`], which move the process, its device and the machine totals
+//! together, so the three can never disagree.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::usage::{Class, Totals, Usage};
+use crate::trace::{Call, Exit, Mem, Process};
+
+/// How many examples of each anomaly are kept.
+const EXAMPLES: usize = 3;
+/// How many freed addresses are remembered to tell a double free from a free of an address
+/// that was never seen (attach mid-run). Forgotten all at once when full: a double free then
+/// reads as an unknown free, which is still an anomaly.
+const FREED_MEMORY: usize = 1 << 16;
+/// How many of the largest allocations still live at exit the snapshot keeps.
+const HELD_AT_EXIT: usize = 16;
+
+/// An allocation that is live: device or host memory, a CUDA array, or a VMM handle's
+/// physical memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveAllocation {
+    /// Address (for VMM: the first address it is mapped at, while mapped).
+    pub addr: Option<u64>,
+    /// CUDA array or VMM handle.
+    pub handle: Option<u64>,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Where it lives.
+    pub mem: Mem,
+    /// The entry point that made it.
+    pub api: String,
+    /// When it was made.
+    pub ts_ns: u64,
+    /// The thread that made it.
+    pub tid: u32,
+    /// Id of the stack that made it.
+    pub stack: Option<u32>,
+    /// Device ordinal, when it could be told.
+    pub device: Option<i32>,
+    /// The context that was current on the thread when it was made.
+    pub ctx: Option<u64>,
+    /// The pool of a stream-ordered allocation, when its handle is known.
+    pub pool: Option<u64>,
+    /// Bytes copied into it from the host (`cuMemcpyHtoD*`), all copies together.
+    pub filled_from_host: u64,
+}
+
+/// Calls and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiCount {
+    /// Calls.
+    pub count: u64,
+    /// Bytes allocated or freed by them (for frees: the sizes of the allocations found).
+    pub bytes: u64,
+}
+
+/// Failed calls of one entry point.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailedCount {
+    /// Calls.
+    pub count: u64,
+    /// Bytes requested, where the call has a size.
+    pub bytes: u64,
+    /// Calls per `CUresult`.
+    pub rets: BTreeMap<i32, u64>,
+}
+
+/// Input that does not fit what the ledger knows: a free of an unknown address, a double
+/// free, an unmap of an unknown range. Counted, never fatal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Anomaly {
+    /// Occurrences.
+    pub count: u64,
+    /// The first few, described.
+    pub examples: Vec<String>,
+}
+
+/// What a process held when it exited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitSnapshot {
+    /// When the exit was seen.
+    pub ts_ns: u64,
+    /// Live device bytes.
+    pub device_bytes: u64,
+    /// Pool-held bytes.
+    pub pool_held_bytes: u64,
+    /// Live host bytes.
+    pub host_bytes: u64,
+    /// Per device (live and pool-held; peaks as of the exit).
+    pub devices: BTreeMap<Option<i32>, Usage>,
+    /// How many allocations were live.
+    pub live_allocations: usize,
+    /// The largest of them, largest first.
+    pub largest: Vec<LiveAllocation>,
+}
+
+/// A stream-ordered pool. `Default(device)` stands for a device's default pool before its
+/// handle is known (`cuMemAllocAsync` names no pool).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PoolKey {
+    Handle(u64),
+    Default(Option<i32>),
+}
+
+#[derive(Clone, Debug)]
+struct Pool {
+    device: Option<i32>,
+    held: u64,
+    destroyed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct VmmHandle {
+    alloc: LiveAllocation,
+    released: bool,
+    mappings: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Mapping {
+    bytes: u64,
+    handle: u64,
+    /// Whether the mapping was counted on its handle (the handle was live when mapped).
+    counted: bool,
+}
+
+#[derive(Clone, Debug)]
+struct PrimaryCtx {
+    ctx: u64,
+    refs: u32,
+}
+
+/// Everything the ledger knows about one traced process (one `process` record id).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessState {
+    /// The `process` record id.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// The `process` record, when one was seen.
+    pub info: Option<Process>,
+    /// First and last event times.
+    pub first_ts_ns: Option<u64>,
+    /// Last event time.
+    pub last_ts_ns: Option<u64>,
+    /// Live bytes and peaks.
+    pub usage: Usage,
+    /// Per device ordinal (`None`: unknown device). Host bytes are not booked per device.
+    pub devices: BTreeMap<Option<i32>, Usage>,
+    /// Successful allocations per entry point (`cuMemCreate` included).
+    pub allocs: BTreeMap<String, ApiCount>,
+    /// Frees per entry point (`cuMemRelease`, and context destruction for what it freed).
+    pub frees: BTreeMap<String, ApiCount>,
+    /// Failed calls per entry point.
+    pub failed: BTreeMap<String, FailedCount>,
+    /// Inconsistent input, per kind.
+    pub anomalies: BTreeMap<&'static str, Anomaly>,
+    /// Set when the process exited.
+    pub exit: Option<ExitSnapshot>,
+
+    by_addr: BTreeMap<u64, LiveAllocation>,
+    arrays: HashMap<u64, LiveAllocation>,
+    vmm: HashMap<u64, VmmHandle>,
+    mappings: BTreeMap<u64, Mapping>,
+    reserved: BTreeMap<u64, u64>,
+    pools: HashMap<PoolKey, Pool>,
+    default_pools: HashMap<Option<i32>, u64>,
+    ctx_device: HashMap<u64, Option<i32>>,
+    primary: HashMap<Option<i32>, PrimaryCtx>,
+    threads: HashMap<u32, Vec<u64>>,
+    freed: HashSet<u64>,
+}
+
+fn class_of(mem: Mem) -> Class {
+    if mem.is_host() {
+        Class::Host
+    } else {
+        Class::Device
+    }
+}
+
+fn describe(c: &Call) -> String {
+    let mut s = format!("{} tid {} at {} ns", c.api, c.tid, c.ts_ns);
+    if let Some(a) = c.addr {
+        s.push_str(&format!(" addr {a:#x}"));
+    }
+    if let Some(h) = c.handle {
+        s.push_str(&format!(" handle {h:#x}"));
+    }
+    if let Some(p) = c.pool {
+        s.push_str(&format!(" pool {p:#x}"));
+    }
+    if let Some(b) = c.bytes {
+        s.push_str(&format!(" bytes {b}"));
+    }
+    s
+}
+
+impl ProcessState {
+    pub(crate) fn new(proc: u32, pid: u32) -> Self {
+        ProcessState {
+            proc,
+            pid,
+            ..Default::default()
+        }
+    }
+
+    /// Short name from the `process` record, or `"?"`.
+    pub fn comm(&self) -> &str {
+        self.info.as_ref().map_or("?", |p| p.comm.as_str())
+    }
+
+    /// Whether an `exit` record was seen.
+    pub fn exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Allocations live now: device and host memory, arrays, VMM handles' physical memory.
+    pub fn live_allocations(&self) -> impl Iterator<Item = &LiveAllocation> + '_ {
+        self.by_addr
+            .values()
+            .chain(self.arrays.values())
+            .chain(self.vmm.values().map(|v| &v.alloc))
+    }
+
+    /// Pool-held bytes per pool handle (`None`: a device's default pool whose handle is not
+    /// known), with the pool's device.
+    pub fn pool_held(&self) -> impl Iterator<Item = (Option<u64>, Option<i32>, u64)> + '_ {
+        self.pools.iter().map(|(k, p)| {
+            let handle = match k {
+                PoolKey::Handle(h) => Some(*h),
+                PoolKey::Default(_) => None,
+            };
+            (handle, p.device, p.held)
+        })
+    }
+
+    /// Bytes of reserved VMM address space (not memory).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reserved
+            .values()
+            .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    pub(crate) fn touch(&mut self, ts_ns: u64) {
+        self.first_ts_ns.get_or_insert(ts_ns);
+        self.last_ts_ns = Some(self.last_ts_ns.map_or(ts_ns, |t| t.max(ts_ns)));
+    }
+
+    pub(crate) fn anomaly(&mut self, kind: &'static str, example: impl FnOnce() -> String) {
+        let a = self.anomalies.entry(kind).or_default();
+        a.count += 1;
+        if a.examples.len() < EXAMPLES {
+            a.examples.push(example());
+        }
+    }
+
+    fn book_add(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64, ts: u64) {
+        self.usage.add(class, bytes, ts);
+        if class != Class::Host {
+            self.devices
+                .entry(device)
+                .or_default()
+                .add(class, bytes, ts);
+        }
+        t.add(device, class, bytes, ts);
+    }
+
+    fn book_sub(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64) {
+        let mut ok = self.usage.sub(class, bytes);
+        if class != Class::Host {
+            ok &= self.devices.entry(device).or_default().sub(class, bytes);
+        }
+        ok &= t.sub(device, class, bytes);
+        if !ok {
+            // Only reachable through a bookkeeping bug: every subtraction undoes an addition.
+            self.anomaly("accounting_underflow", || {
+                format!("{bytes} bytes of {class:?} on device {device:?}")
+            });
+        }
+    }
+
+    fn current_ctx(&self, tid: u32) -> Option<u64> {
+        let on_thread = self
+            .threads
+            .get(&tid)
+            .and_then(|s| s.last().copied())
+            .filter(|&c| c != 0);
+        // A thread that never made a context current while traced (attached mid-run, or a
+        // runtime that set it before tracing began): when the process has one context,
+        // that is the one.
+        on_thread.or_else(|| {
+            if self.ctx_device.len() == 1 {
+                self.ctx_device.keys().next().copied()
+            } else {
+                None
+            }
+        })
+    }
+
+    fn device_of(&self, c: &Call, ctx: Option<u64>) -> Option<i32> {
+        c.device
+            .or_else(|| ctx.and_then(|x| self.ctx_device.get(&x).copied().flatten()))
+    }
+
+    fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolKey {
+        match pool.or_else(|| self.default_pools.get(&device).copied()) {
+            Some(h) => PoolKey::Handle(h),
+            None => PoolKey::Default(device),
+        }
+    }
+
+    fn remember_freed(&mut self, addr: u64) {
+        if self.freed.len() >= FREED_MEMORY {
+            self.freed.clear();
+        }
+        self.freed.insert(addr);
+    }
+
+    /// Gives a live allocation's bytes back: into its pool when it is stream-ordered and
+    /// `to_pool`, else to the GPU or the host.
+    fn release(&mut self, t: &mut Totals, a: &LiveAllocation, to_pool: bool, ts: u64) {
+        let class = class_of(a.mem);
+        self.book_sub(t, a.device, class, a.bytes);
+        if !(to_pool && a.mem == Mem::DeviceAsync) {
+            return;
+        }
+        let key = self.resolve_pool(a.pool, a.device);
+        let pool = self.pools.entry(key).or_insert(Pool {
+            device: a.device,
+            held: 0,
+            destroyed: false,
+        });
+        if pool.destroyed {
+            // A destroyed pool lets go of memory as its last allocations are freed.
+            return;
+        }
+        pool.held = pool.held.saturating_add(a.bytes);
+        let device = pool.device;
+        self.book_add(t, device, Class::Pool, a.bytes, ts);
+    }
+
+    fn count_alloc(&mut self, api: &str, bytes: u64) {
+        let e = self.allocs.entry(api.to_owned()).or_default();
+        e.count += 1;
+        e.bytes = e.bytes.saturating_add(bytes);
+    }
+
+    fn count_free(&mut self, api: &str, calls: u64, bytes: u64) {
+        let e = self.frees.entry(api.to_owned()).or_default();
+        e.count += calls;
+        e.bytes = e.bytes.saturating_add(bytes);
+    }
+
+    fn new_alloc(&self, c: &Call, mem: Mem, bytes: u64) -> LiveAllocation {
+        let ctx = self.current_ctx(c.tid);
+        let device = if mem.is_host() {
+            None
+        } else {
+            self.device_of(c, ctx)
+        };
+        LiveAllocation {
+            addr: c.addr,
+            handle: c.handle,
+            bytes,
+            mem,
+            api: c.api.clone(),
+            ts_ns: c.ts_ns,
+            tid: c.tid,
+            stack: c.stack,
+            device,
+            ctx,
+            pool: None,
+            filled_from_host: 0,
+        }
+    }
+
+    pub(crate) fn on_alloc(&mut self, t: &mut Totals, c: &Call) {
+        let Some(mem) = c.mem else {
+            self.count_alloc(&c.api, c.bytes.unwrap_or(0));
+            self.anomaly("alloc_without_kind", || describe(c));
+            return;
+        };
+        if matches!(mem, Mem::VmmDevice | Mem::VmmHost) {
+            self.on_vmm_create(t, c);
+            return;
+        }
+        let bytes = c.bytes.unwrap_or_else(|| {
+            self.anomaly("alloc_without_size", || describe(c));
+            0
+        });
+        self.count_alloc(&c.api, bytes);
+        let mut a = self.new_alloc(c, mem, bytes);
+        let ts = c.ts_ns;
+
+        if mem == Mem::Array {
+            let Some(h) = c.handle else {
+                self.anomaly("alloc_without_handle", || describe(c));
+                return;
+            };
+            if let Some(old) = self.arrays.remove(&h) {
+                self.anomaly("alloc_over_live", || describe(c));
+                self.release(t, &old, false, ts);
+            }
+            self.book_add(t, a.device, Class::Device, bytes, ts);
+            self.arrays.insert(h, a);
+            return;
+        }
+
+        let Some(addr) = c.addr else {
+            self.anomaly("alloc_without_address", || describe(c));
+            return;
+        };
+        if let Some(old) = self.by_addr.remove(&addr) {
+            self.anomaly("alloc_over_live", || describe(c));
+            self.release(t, &old, false, ts);
+        }
+        self.freed.remove(&addr);
+
+        if mem == Mem::DeviceAsync {
+            // Stream-ordered memory comes out of the pool's held bytes first.
+            let key = self.resolve_pool(c.pool, a.device);
+            if let PoolKey::Handle(h) = key {
+                a.pool = Some(h);
+            }
+            // The memory is where the pool is, whatever context the thread has current.
+            if c.device.is_none()
+                && let Some(d) = self.pools.get(&key).and_then(|p| p.device)
+            {
+                a.device = Some(d);
+            }
+            let pool = self.pools.entry(key).or_insert(Pool {
+                device: a.device,
+                held: 0,
+                destroyed: false,
+            });
+            let reuse = bytes.min(pool.held);
+            pool.held -= reuse;
+            let pool_device = pool.device;
+            if reuse > 0 {
+                self.book_sub(t, pool_device, Class::Pool, reuse);
+            }
+        }
+        self.book_add(t, a.device, class_of(mem), bytes, ts);
+        self.by_addr.insert(addr, a);
+    }
+
+    pub(crate) fn on_free(&mut self, t: &mut Totals, c: &Call) {
+        let ts = c.ts_ns;
+        if c.mem == Some(Mem::Array) {
+            let Some(h) = c.handle else {
+                self.count_free(&c.api, 1, 0);
+                self.anomaly("free_without_handle", || describe(c));
+                return;
+            };
+            match self.arrays.remove(&h) {
+                Some(a) => {
+                    self.count_free(&c.api, 1, a.bytes);
+                    self.release(t, &a, false, ts);
+                }
+                None => {
+                    self.count_free(&c.api, 1, 0);
+                    self.anomaly("free_unknown_handle", || describe(c));
+                }
+            }
+            return;
+        }
+        let Some(addr) = c.addr else {
+            self.count_free(&c.api, 1, 0);
+            self.anomaly("free_without_address", || describe(c));
+            return;
+        };
+        if addr == 0 {
+            // Freeing NULL does nothing.
+            self.count_free(&c.api, 1, 0);
+            return;
+        }
+        let Some(a) = self.by_addr.remove(&addr) else {
+            self.count_free(&c.api, 1, 0);
+            if self.freed.contains(&addr) {
+                self.anomaly("double_free", || describe(c));
+            } else {
+                self.anomaly("free_unknown_address", || describe(c));
+            }
+            return;
+        };
+        let fits = match c.mem {
+            // cuMemFree*, cuMemFreeAsync*: device memory of either kind.
+            None | Some(Mem::Device) | Some(Mem::DeviceAsync) => {
+                matches!(a.mem, Mem::Device | Mem::DeviceAsync)
+            }
+            Some(m) => m == a.mem,
+        };
+        if !fits {
+            self.anomaly("free_kind_mismatch", || {
+                format!("{} (allocated as {:?})", describe(c), a.mem)
+            });
+        }
+        self.count_free(&c.api, 1, a.bytes);
+        self.release(t, &a, true, ts);
+        self.remember_freed(addr);
+    }
+
+    pub(crate) fn on_failed(&mut self, c: &Call) {
+        let e = self.failed.entry(c.api.clone()).or_default();
+        e.count += 1;
+        e.bytes = e.bytes.saturating_add(c.bytes.unwrap_or(0));
+        *e.rets.entry(c.ret).or_default() += 1;
+    }
+
+    pub(crate) fn on_copy(&mut self, c: &Call) {
+        let Some(addr) = c.addr else {
+            self.anomaly("copy_without_address", || describe(c));
+            return;
+        };
+        let len = c.bytes.unwrap_or(0);
+        if let Some((&start, a)) = self.by_addr.range_mut(..=addr).next_back() {
+            let end = start.saturating_add(a.bytes);
+            if addr < end || (addr == start && a.bytes == 0) {
+                let inside = len.min(end - addr);
+                a.filled_from_host = a.filled_from_host.saturating_add(inside);
+                return;
+            }
+        }
+        if let Some((&start, m)) = self.mappings.range(..=addr).next_back() {
+            let end = start.saturating_add(m.bytes);
+            if addr < end {
+                let inside = len.min(end - addr);
+                if m.counted
+                    && let Some(v) = self.vmm.get_mut(&m.handle)
+                {
+                    v.alloc.filled_from_host = v.alloc.filled_from_host.saturating_add(inside);
+                }
+                return;
+            }
+        }
+        self.anomaly("copy_outside_allocations", || describe(c));
+    }
+
+    // --- stream-ordered pools ---
+
+    fn merge_default_pool(&mut self, t: &mut Totals, device: Option<i32>, handle: u64, ts: u64) {
+        self.default_pools.insert(device, handle);
+        let Some(old) = self.pools.remove(&PoolKey::Default(device)) else {
+            self.pools.entry(PoolKey::Handle(handle)).or_insert(Pool {
+                device,
+                held: 0,
+                destroyed: false,
+            });
+            return;
+        };
+        let pool = self.pools.entry(PoolKey::Handle(handle)).or_insert(Pool {
+            device: old.device,
+            held: 0,
+            destroyed: false,
+        });
+        pool.held = pool.held.saturating_add(old.held);
+        let to = pool.device;
+        if to != old.device && old.held > 0 {
+            self.book_sub(t, old.device, Class::Pool, old.held);
+            self.book_add(t, to, Class::Pool, old.held, ts);
+        }
+    }
+
+    pub(crate) fn on_pool_create(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        if c.api.starts_with("cuDeviceGetDefaultMemPool") {
+            self.merge_default_pool(t, c.device, h, c.ts_ns);
+            return;
+        }
+        let fresh = Pool {
+            device: c.device,
+            held: 0,
+            destroyed: false,
+        };
+        match self.pools.get(&PoolKey::Handle(h)) {
+            Some(p) if !p.destroyed => {
+                self.anomaly("pool_create_over_live", || describe(c));
+            }
+            _ => {
+                self.pools.insert(PoolKey::Handle(h), fresh);
+            }
+        }
+    }
+
+    pub(crate) fn on_pool_trim(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        let Some(keep) = c.bytes else {
+            self.anomaly("trim_without_size", || describe(c));
+            return;
+        };
+        let key = PoolKey::Handle(h);
+        if !self.pools.contains_key(&key) {
+            // A handle never seen: the default pool got through an entry point that is not
+            // traced (cuDeviceGetMemPool). With one default pool in use it can only be that.
+            let unresolved: Vec<Option<i32>> = self
+                .pools
+                .iter()
+                .filter_map(|(k, p)| match k {
+                    PoolKey::Default(d) if p.held > 0 => Some(*d),
+                    _ => None,
+                })
+                .collect();
+            match unresolved.as_slice() {
+                [] => return,
+                [d] => self.merge_default_pool(t, *d, h, c.ts_ns),
+                _ => {
+                    self.anomaly("trim_ambiguous_pool", || describe(c));
+                    return;
+                }
+            }
+        }
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return;
+        };
+        let release = pool.held.saturating_sub(keep);
+        pool.held -= release;
+        let device = pool.device;
+        if release > 0 {
+            self.book_sub(t, device, Class::Pool, release);
+        }
+    }
+
+    pub(crate) fn on_pool_destroy(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        match self.pools.get_mut(&PoolKey::Handle(h)) {
+            Some(p) if !p.destroyed => {
+                let held = std::mem::take(&mut p.held);
+                p.destroyed = true;
+                let device = p.device;
+                if held > 0 {
+                    self.book_sub(t, device, Class::Pool, held);
+                }
+            }
+            _ => self.anomaly("destroy_unknown_pool", || describe(c)),
+        }
+    }
+
+    // --- virtual memory management ---
+
+    /// Frees a VMM handle's physical memory (released and no longer mapped).
+    fn drop_handle(&mut self, t: &mut Totals, h: u64) {
+        if let Some(v) = self.vmm.remove(&h) {
+            self.book_sub(t, v.alloc.device, class_of(v.alloc.mem), v.alloc.bytes);
+        }
+    }
+
+    pub(crate) fn on_vmm_create(&mut self, t: &mut Totals, c: &Call) {
+        let mem = match c.mem {
+            Some(m @ (Mem::VmmDevice | Mem::VmmHost)) => m,
+            _ => {
+                self.anomaly("vmm_create_without_location", || describe(c));
+                Mem::VmmDevice
+            }
+        };
+        let bytes = c.bytes.unwrap_or_else(|| {
+            self.anomaly("alloc_without_size", || describe(c));
+            0
+        });
+        self.count_alloc(&c.api, bytes);
+        let Some(h) = c.handle else {
+            self.anomaly("alloc_without_handle", || describe(c));
+            return;
+        };
+        if self.vmm.contains_key(&h) {
+            self.anomaly("alloc_over_live", || describe(c));
+            for m in self.mappings.values_mut() {
+                if m.handle == h {
+                    m.counted = false;
+                }
+            }
+            self.drop_handle(t, h);
+        }
+        let mut a = self.new_alloc(c, mem, bytes);
+        a.addr = None;
+        self.book_add(t, a.device, class_of(mem), bytes, c.ts_ns);
+        self.vmm.insert(
+            h,
+            VmmHandle {
+                alloc: a,
+                released: false,
+                mappings: 0,
+            },
+        );
+    }
+
+    pub(crate) fn on_vmm_release(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.handle else {
+            self.count_free(&c.api, 1, 0);
+            self.anomaly("free_without_handle", || describe(c));
+            return;
+        };
+        let (bytes, unmapped) = match self.vmm.get_mut(&h) {
+            Some(v) if !v.released => {
+                v.released = true;
+                (v.alloc.bytes, v.mappings == 0)
+            }
+            Some(_) => {
+                self.count_free(&c.api, 1, 0);
+                self.anomaly("double_release", || describe(c));
+                return;
+            }
+            None => {
+                self.count_free(&c.api, 1, 0);
+                self.anomaly("free_unknown_handle", || describe(c));
+                return;
+            }
+        };
+        self.count_free(&c.api, 1, bytes);
+        if unmapped {
+            self.drop_handle(t, h);
+        }
+    }
+
+    fn unmap_at(&mut self, t: &mut Totals, addr: u64) {
+        let Some(m) = self.mappings.remove(&addr) else {
+            return;
+        };
+        if !m.counted {
+            return;
+        }
+        let Some(v) = self.vmm.get_mut(&m.handle) else {
+            return;
+        };
+        v.mappings = v.mappings.saturating_sub(1);
+        if v.alloc.addr == Some(addr) {
+            v.alloc.addr = None;
+        }
+        if v.released && v.mappings == 0 {
+            self.drop_handle(t, m.handle);
+        }
+    }
+
+    pub(crate) fn on_vmm_map(&mut self, t: &mut Totals, c: &Call) {
+        let (Some(addr), Some(h)) = (c.addr, c.handle) else {
+            self.anomaly("map_without_address_or_handle", || describe(c));
+            return;
+        };
+        if self.mappings.contains_key(&addr) {
+            self.anomaly("map_over_mapping", || describe(c));
+            self.unmap_at(t, addr);
+        }
+        let counted = match self.vmm.get_mut(&h) {
+            Some(v) if !v.released => {
+                v.mappings += 1;
+                v.alloc.addr.get_or_insert(addr);
+                true
+            }
+            _ => {
+                self.anomaly("map_unknown_handle", || describe(c));
+                false
+            }
+        };
+        let bytes = c
+            .bytes
+            .or_else(|| self.vmm.get(&h).map(|v| v.alloc.bytes))
+            .unwrap_or(0);
+        self.mappings.insert(
+            addr,
+            Mapping {
+                bytes,
+                handle: h,
+                counted,
+            },
+        );
+    }
+
+    pub(crate) fn on_vmm_unmap(&mut self, t: &mut Totals, c: &Call) {
+        let Some(addr) = c.addr else {
+            self.anomaly("unmap_without_address", || describe(c));
+            return;
+        };
+        // One call may cover several mappings (a range mapped handle by handle).
+        let end = addr.saturating_add(c.bytes.unwrap_or(1).max(1));
+        let starts: Vec<u64> = self.mappings.range(addr..end).map(|(&a, _)| a).collect();
+        if starts.is_empty() {
+            self.anomaly("unmap_unknown_range", || describe(c));
+            return;
+        }
+        for a in starts {
+            self.unmap_at(t, a);
+        }
+    }
+
+    pub(crate) fn on_reserve(&mut self, c: &Call) {
+        let (Some(addr), Some(bytes)) = (c.addr, c.bytes) else {
+            self.anomaly("reserve_without_range", || describe(c));
+            return;
+        };
+        if self.reserved.insert(addr, bytes).is_some() {
+            self.anomaly("reserve_over_reserved", || describe(c));
+        }
+    }
+
+    pub(crate) fn on_unreserve(&mut self, c: &Call) {
+        let removed = c.addr.and_then(|a| self.reserved.remove(&a));
+        if removed.is_none() {
+            self.anomaly("unreserve_unknown_range", || describe(c));
+        }
+    }
+
+    // --- contexts ---
+
+    pub(crate) fn on_ctx_create(&mut self, c: &Call) {
+        let Some(ctx) = c.handle else {
+            self.anomaly("ctx_without_handle", || describe(c));
+            return;
+        };
+        self.ctx_device.insert(ctx, c.device);
+        if c.api.starts_with("cuDevicePrimaryCtxRetain") {
+            // Retaining the primary context does not make it current.
+            let p = self
+                .primary
+                .entry(c.device)
+                .or_insert(PrimaryCtx { ctx, refs: 0 });
+            p.ctx = ctx;
+            p.refs += 1;
+        } else {
+            // cuCtxCreate pushes the new context on the calling thread's stack.
+            self.threads.entry(c.tid).or_default().push(ctx);
+        }
+    }
+
+    pub(crate) fn on_ctx_destroy(&mut self, t: &mut Totals, c: &Call) {
+        if c.api.starts_with("cuDevicePrimaryCtxRelease") {
+            let Some(p) = self.primary.get_mut(&c.device) else {
+                self.anomaly("release_unretained_primary_ctx", || describe(c));
+                return;
+            };
+            p.refs = p.refs.saturating_sub(1);
+            if p.refs == 0 {
+                let ctx = p.ctx;
+                self.primary.remove(&c.device);
+                self.destroy_ctx(t, ctx, &c.api);
+            }
+            return;
+        }
+        let Some(ctx) = c.handle else {
+            self.anomaly("ctx_without_handle", || describe(c));
+            return;
+        };
+        if !self.ctx_device.contains_key(&ctx) {
+            self.anomaly("destroy_unknown_ctx", || describe(c));
+        }
+        // The destroyed context is popped from the calling thread only; other threads keep it
+        // current (and get CUDA_ERROR_CONTEXT_IS_DESTROYED from then on).
+        if let Some(stack) = self.threads.get_mut(&c.tid)
+            && stack.last() == Some(&ctx)
+        {
+            stack.pop();
+        }
+        self.destroy_ctx(t, ctx, &c.api);
+    }
+
+    /// Everything allocated in `ctx` is freed with it. VMM memory is not bound to a context
+    /// and stays.
+    fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str) {
+        self.ctx_device.remove(&ctx);
+        let addrs: Vec<u64> = self
+            .by_addr
+            .iter()
+            .filter(|(_, a)| a.ctx == Some(ctx))
+            .map(|(&k, _)| k)
+            .collect();
+        let arrays: Vec<u64> = self
+            .arrays
+            .iter()
+            .filter(|(_, a)| a.ctx == Some(ctx))
+            .map(|(&k, _)| k)
+            .collect();
+        let mut freed: Vec<LiveAllocation> = Vec::with_capacity(addrs.len() + arrays.len());
+        freed.extend(addrs.iter().filter_map(|k| self.by_addr.remove(k)));
+        freed.extend(arrays.iter().filter_map(|k| self.arrays.remove(k)));
+        if freed.is_empty() {
+            return;
+        }
+        let mut bytes = 0u64;
+        for a in &freed {
+            bytes = bytes.saturating_add(a.bytes);
+            self.release(t, a, false, 0);
+        }
+        self.count_free(api, freed.len() as u64, bytes);
+    }
+
+    pub(crate) fn on_ctx_current(&mut self, c: &Call) {
+        let ctx = c.handle.unwrap_or(0);
+        let stack = self.threads.entry(c.tid).or_default();
+        if c.api.starts_with("cuCtxPushCurrent") {
+            stack.push(ctx);
+        } else if c.api.starts_with("cuCtxPopCurrent") {
+            match stack.pop() {
+                None => self.anomaly("pop_empty_ctx_stack", || describe(c)),
+                Some(top) if c.handle.is_some_and(|h| h != top) => {
+                    self.anomaly("pop_other_ctx", || describe(c));
+                }
+                Some(_) => {}
+            }
+        } else if let Some(top) = stack.last_mut() {
+            *top = ctx;
+        } else if ctx != 0 {
+            stack.push(ctx);
+        }
+    }
+
+    // --- process end ---
+
+    pub(crate) fn on_exit(&mut self, t: &mut Totals, e: &Exit) {
+        let mut largest: Vec<LiveAllocation> = self.live_allocations().cloned().collect();
+        let live_allocations = largest.len();
+        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.ts_ns.cmp(&b.ts_ns)));
+        largest.truncate(HELD_AT_EXIT);
+        self.exit = Some(ExitSnapshot {
+            ts_ns: e.ts_ns,
+            device_bytes: self.usage.device_bytes,
+            pool_held_bytes: self.usage.pool_held_bytes,
+            host_bytes: self.usage.host_bytes,
+            devices: self.devices.clone(),
+            live_allocations,
+            largest,
+        });
+        // Everything the process held is gone: take it off the machine totals.
+        for (&device, u) in &self.devices {
+            t.sub(device, Class::Device, u.device_bytes);
+            t.sub(device, Class::Pool, u.pool_held_bytes);
+        }
+        t.sub(None, Class::Host, self.usage.host_bytes);
+        self.usage.clear_live();
+        for u in self.devices.values_mut() {
+            u.clear_live();
+        }
+        self.by_addr.clear();
+        self.arrays.clear();
+        self.vmm.clear();
+        self.mappings.clear();
+        self.reserved.clear();
+        self.pools.clear();
+        self.default_pools.clear();
+        self.ctx_device.clear();
+        self.primary.clear();
+        self.threads.clear();
+        self.freed.clear();
+    }
+}

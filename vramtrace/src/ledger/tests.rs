@@ -1,0 +1,868 @@
+//! The ledger against each family of driver calls, as the converter writes them.
+
+use super::*;
+use crate::trace::{Call, Exit, Mem, Process};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// Builds calls for one process and thread, with a clock that ticks on every call.
+pub(super) struct Sim {
+    pub proc: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ts: u64,
+}
+
+impl Sim {
+    pub fn new(proc: u32, pid: u32) -> Self {
+        Sim {
+            proc,
+            pid,
+            tid: pid,
+            ts: 1_000,
+        }
+    }
+
+    pub fn call(&mut self, api: &str) -> Call {
+        self.ts += 10;
+        Call {
+            api: api.into(),
+            proc: self.proc,
+            pid: self.pid,
+            tid: self.tid,
+            ts_ns: self.ts,
+            ..Default::default()
+        }
+    }
+
+    pub fn process(&self, comm: &str) -> Record {
+        Record::Process(Process {
+            id: self.proc,
+            pid: self.pid,
+            comm: comm.into(),
+            ..Default::default()
+        })
+    }
+
+    pub fn alloc(&mut self, addr: u64, bytes: u64) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Device),
+            ..self.call("cuMemAlloc_v2")
+        })
+    }
+
+    pub fn alloc_mem(&mut self, api: &str, mem: Mem, addr: u64, bytes: u64) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(mem),
+            ..self.call(api)
+        })
+    }
+
+    pub fn free(&mut self, addr: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            ..self.call("cuMemFree_v2")
+        })
+    }
+
+    pub fn alloc_async(&mut self, addr: u64, bytes: u64, pool: Option<u64>) -> Record {
+        let api = if pool.is_some() {
+            "cuMemAllocFromPoolAsync"
+        } else {
+            "cuMemAllocAsync"
+        };
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::DeviceAsync),
+            stream: Some(7),
+            pool,
+            ..self.call(api)
+        })
+    }
+
+    pub fn free_async(&mut self, addr: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            mem: Some(Mem::DeviceAsync),
+            stream: Some(7),
+            ..self.call("cuMemFreeAsync")
+        })
+    }
+
+    pub fn trim(&mut self, pool: u64, keep: u64) -> Record {
+        Record::PoolTrim(Call {
+            pool: Some(pool),
+            bytes: Some(keep),
+            ..self.call("cuMemPoolTrimTo")
+        })
+    }
+
+    pub fn vmm_create(&mut self, handle: u64, bytes: u64) -> Record {
+        Record::VmmCreate(Call {
+            handle: Some(handle),
+            bytes: Some(bytes),
+            mem: Some(Mem::VmmDevice),
+            device: Some(0),
+            ..self.call("cuMemCreate")
+        })
+    }
+
+    pub fn vmm_release(&mut self, handle: u64) -> Record {
+        Record::VmmRelease(Call {
+            handle: Some(handle),
+            ..self.call("cuMemRelease")
+        })
+    }
+
+    pub fn vmm_map(&mut self, addr: u64, bytes: u64, handle: u64) -> Record {
+        Record::VmmMap(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            offset: Some(0),
+            handle: Some(handle),
+            ..self.call("cuMemMap")
+        })
+    }
+
+    pub fn vmm_unmap(&mut self, addr: u64, bytes: u64) -> Record {
+        Record::VmmUnmap(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            ..self.call("cuMemUnmap")
+        })
+    }
+
+    pub fn ctx_create(&mut self, ctx: u64, device: i32) -> Record {
+        Record::CtxCreate(Call {
+            handle: Some(ctx),
+            device: Some(device),
+            ..self.call("cuCtxCreate_v2")
+        })
+    }
+
+    pub fn ctx_current(&mut self, api: &str, ctx: u64) -> Record {
+        Record::CtxCurrent(Call {
+            handle: Some(ctx),
+            ..self.call(api)
+        })
+    }
+
+    pub fn exit(&mut self) -> Record {
+        self.ts += 10;
+        Record::Exit(Exit {
+            proc: self.proc,
+            pid: self.pid,
+            ts_ns: self.ts,
+        })
+    }
+}
+
+fn apply_all(ledger: &mut Ledger, recs: impl IntoIterator<Item = Record>) {
+    for r in recs {
+        ledger.apply(&r);
+    }
+}
+
+fn proc(ledger: &Ledger, id: u32) -> &ProcessState {
+    ledger.process(id).expect("process is known")
+}
+
+fn anomalies(p: &ProcessState, kind: &str) -> u64 {
+    p.anomalies.get(kind).map_or(0, |a| a.count)
+}
+
+#[test]
+fn device_alloc_and_free() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.process("python"),
+        s.alloc(0x1000, GIB),
+        s.alloc(0x9000_0000, 2 * GIB),
+        s.free(0x1000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.comm(), "python");
+    assert_eq!(p.usage.device_bytes, 2 * GIB);
+    assert_eq!(p.usage.peak_device_bytes, 3 * GIB);
+    assert_eq!(p.usage.peak_device_ts_ns, Some(1020));
+    assert_eq!(
+        p.allocs["cuMemAlloc_v2"],
+        ApiCount {
+            count: 2,
+            bytes: 3 * GIB
+        }
+    );
+    assert_eq!(
+        p.frees["cuMemFree_v2"],
+        ApiCount {
+            count: 1,
+            bytes: GIB
+        }
+    );
+    assert_eq!(l.totals().usage.device_bytes, 2 * GIB);
+    assert_eq!(l.live_allocations(1).count(), 1);
+    assert!(p.anomalies.is_empty());
+}
+
+#[test]
+fn pitched_alloc_keeps_pitch_size() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let r = Record::Alloc(Call {
+        addr: Some(0x2000),
+        bytes: Some(512 * 100),
+        pitch: Some(512),
+        mem: Some(Mem::Device),
+        ..s.call("cuMemAllocPitch_v2")
+    });
+    l.apply(&r);
+    assert_eq!(proc(&l, 1).usage.device_bytes, 51_200);
+}
+
+#[test]
+fn bad_frees_are_anomalies() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.alloc(0x1000, MIB),
+        s.free(0x1000),
+        s.free(0x1000),
+        s.free(0xdead),
+        s.free(0),
+        Record::Free(s.call("cuMemFree_v2")),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(anomalies(p, "double_free"), 1);
+    assert_eq!(anomalies(p, "free_unknown_address"), 1);
+    assert_eq!(anomalies(p, "free_without_address"), 1);
+    assert_eq!(p.anomalies.len(), 3, "freeing NULL is no anomaly");
+    assert_eq!(p.frees["cuMemFree_v2"].count, 5);
+    assert_eq!(p.frees["cuMemFree_v2"].bytes, MIB);
+    assert!(p.anomalies["double_free"].examples[0].contains("0x1000"));
+}
+
+#[test]
+fn failed_calls_are_no_allocations() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::Failed(Call {
+            ret: 2,
+            bytes: Some(80 * GIB),
+            ..s.call("cuMemAlloc_v2")
+        }),
+        Record::Failed(Call {
+            ret: 2,
+            bytes: Some(GIB),
+            ..s.call("cuMemAlloc_v2")
+        }),
+        Record::Failed(Call {
+            ret: 1,
+            addr: Some(0x5),
+            ..s.call("cuMemFree_v2")
+        }),
+        // An alloc record carrying an error is treated as the failure it is.
+        Record::Alloc(Call {
+            ret: 2,
+            addr: Some(0x1000),
+            bytes: Some(GIB),
+            mem: Some(Mem::Device),
+            ..s.call("cuMemAlloc_v2")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert!(p.allocs.is_empty());
+    let f = &p.failed["cuMemAlloc_v2"];
+    assert_eq!(f.count, 3);
+    assert_eq!(f.bytes, 82 * GIB);
+    assert_eq!(f.rets[&2], 3);
+    assert_eq!(p.failed["cuMemFree_v2"].rets[&1], 1);
+    assert_eq!(anomalies(p, "error_in_success_record"), 1);
+}
+
+#[test]
+fn async_free_goes_to_pool_and_is_reused() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.alloc_async(0x1000, 100 * MIB, None),
+        s.free_async(0x1000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(p.usage.pool_held_bytes, 100 * MIB);
+    assert_eq!(p.devices[&Some(0)].pool_held_bytes, 100 * MIB);
+
+    // A smaller allocation takes from what the pool holds; a larger one takes it all.
+    let recs = vec![
+        s.alloc_async(0x2000, 30 * MIB, None),
+        s.alloc_async(0x3000, 200 * MIB, None),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 230 * MIB);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.peak_device_and_pool_bytes, 230 * MIB);
+    assert_eq!(p.usage.peak_device_bytes, 230 * MIB);
+    assert_eq!(l.totals().usage.pool_held_bytes, 0);
+}
+
+#[test]
+fn trim_and_destroy_release_pool_memory() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::PoolCreate(Call {
+            pool: Some(0x50),
+            device: Some(1),
+            ..s.call("cuMemPoolCreate")
+        }),
+        s.alloc_async(0x1000, 100 * MIB, Some(0x50)),
+        s.alloc_async(0x2000, 50 * MIB, Some(0x50)),
+        s.free_async(0x1000),
+        s.free_async(0x2000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 150 * MIB);
+    assert_eq!(p.devices[&Some(1)].pool_held_bytes, 150 * MIB);
+    let held: Vec<_> = p.pool_held().collect();
+    assert_eq!(held, vec![(Some(0x50), Some(1), 150 * MIB)]);
+
+    l.apply(&s.trim(0x50, 20 * MIB));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 20 * MIB);
+    // Trimming to more than is held changes nothing.
+    l.apply(&s.trim(0x50, GIB));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 20 * MIB);
+
+    l.apply(&Record::PoolDestroy(Call {
+        pool: Some(0x50),
+        ..s.call("cuMemPoolDestroy")
+    }));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.peak_device_and_pool_bytes, 150 * MIB);
+    assert_eq!(l.totals().usage.pool_held_bytes, 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn default_pool_handle_learned_before_or_after() {
+    // Learned first: allocations without a pool go to it, and a trim by handle reaches them.
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        Record::PoolCreate(Call {
+            pool: Some(0xd0),
+            device: Some(0),
+            ..s.call("cuDeviceGetDefaultMemPool")
+        }),
+        s.alloc_async(0x1000, 64 * MIB, None),
+        s.free_async(0x1000),
+        s.trim(0xd0, 0),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 0);
+
+    // Learned after the memory went into the pool: the held bytes move to the handle.
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.alloc_async(0x1000, 64 * MIB, None),
+        s.free_async(0x1000),
+        Record::PoolCreate(Call {
+            pool: Some(0xd0),
+            device: Some(0),
+            ..s.call("cuDeviceGetDefaultMemPool")
+        }),
+        s.trim(0xd0, MIB),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, MIB);
+
+    // Never learned: the one default pool in use is the only pool a trim can mean.
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.alloc_async(0x1000, 64 * MIB, None),
+        s.free_async(0x1000),
+        s.trim(0xd0, 0),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn vmm_release_before_unmap() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::Reserve(Call {
+            addr: Some(0x7000_0000),
+            bytes: Some(8 * GIB),
+            ..s.call("cuMemAddressReserve")
+        }),
+        s.vmm_create(0xa, 2 * MIB),
+        s.vmm_map(0x7000_0000, 2 * MIB, 0xa),
+        s.vmm_release(0xa),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    // Reservation is address space, not memory; release alone frees nothing while mapped.
+    assert_eq!(p.usage.device_bytes, 2 * MIB);
+    assert_eq!(p.reserved_bytes(), 8 * GIB);
+    let live: Vec<_> = p.live_allocations().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].addr, Some(0x7000_0000));
+    assert_eq!(live[0].handle, Some(0xa));
+    assert_eq!(live[0].device, Some(0));
+
+    l.apply(&s.vmm_unmap(0x7000_0000, 2 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(
+        p.frees["cuMemRelease"],
+        ApiCount {
+            count: 1,
+            bytes: 2 * MIB
+        }
+    );
+    l.apply(&Record::Unreserve(Call {
+        addr: Some(0x7000_0000),
+        bytes: Some(8 * GIB),
+        ..s.call("cuMemAddressFree")
+    }));
+    let p = proc(&l, 1);
+    assert_eq!(p.reserved_bytes(), 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn vmm_unmap_before_release_and_multi_mapping() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.vmm_create(0xa, 2 * MIB),
+        s.vmm_create(0xb, 2 * MIB),
+        s.vmm_map(0x7000_0000, 2 * MIB, 0xa),
+        s.vmm_map(0x7020_0000, 2 * MIB, 0xb),
+        // The same handle mapped twice (aliasing).
+        s.vmm_map(0x8000_0000, 2 * MIB, 0xa),
+        // One unmap covering both halves of the first range.
+        s.vmm_unmap(0x7000_0000, 4 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.device_bytes, 4 * MIB);
+    l.apply(&s.vmm_release(0xb));
+    assert_eq!(proc(&l, 1).usage.device_bytes, 2 * MIB);
+    l.apply(&s.vmm_release(0xa));
+    assert_eq!(proc(&l, 1).usage.device_bytes, 2 * MIB, "still mapped once");
+    l.apply(&s.vmm_unmap(0x8000_0000, 2 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(p.usage.peak_device_bytes, 4 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+
+    let recs = vec![
+        s.vmm_unmap(0x8000_0000, 2 * MIB),
+        s.vmm_release(0xa),
+        s.vmm_map(0x9000_0000, MIB, 0xeee),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(anomalies(p, "unmap_unknown_range"), 1);
+    assert_eq!(anomalies(p, "free_unknown_handle"), 1);
+    assert_eq!(anomalies(p, "map_unknown_handle"), 1);
+    assert_eq!(p.usage.device_bytes, 0);
+}
+
+#[test]
+fn vmm_host_location_is_host_memory() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&Record::VmmCreate(Call {
+        handle: Some(0xa),
+        bytes: Some(GIB),
+        mem: Some(Mem::VmmHost),
+        ..s.call("cuMemCreate")
+    }));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, GIB);
+    assert_eq!(p.usage.device_bytes, 0);
+    l.apply(&s.vmm_release(0xa));
+    assert_eq!(proc(&l, 1).usage.host_bytes, 0);
+}
+
+#[test]
+fn arrays_by_handle() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::Alloc(Call {
+            handle: Some(0xa1),
+            bytes: Some(4 * MIB),
+            mem: Some(Mem::Array),
+            ..s.call("cuArray3DCreate_v2")
+        }),
+        Record::Alloc(Call {
+            handle: Some(0xa2),
+            bytes: Some(MIB),
+            mem: Some(Mem::Array),
+            ..s.call("cuMipmappedArrayCreate")
+        }),
+        Record::Free(Call {
+            handle: Some(0xa1),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayDestroy")
+        }),
+        Record::Free(Call {
+            handle: Some(0xa1),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayDestroy")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, MIB);
+    assert_eq!(p.usage.peak_device_bytes, 5 * MIB);
+    assert_eq!(anomalies(p, "free_unknown_handle"), 1);
+}
+
+#[test]
+fn host_memory_counted_apart() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.alloc_mem("cuMemAllocManaged", Mem::Managed, 0x1000, GIB),
+        s.alloc_mem("cuMemHostAlloc", Mem::HostPinned, 0x7f00_0000, MIB),
+        s.alloc_mem(
+            "cuMemHostRegister_v2",
+            Mem::HostRegistered,
+            0x7e00_0000,
+            3 * MIB,
+        ),
+        s.alloc(0x2000_0000, MIB),
+        Record::Free(Call {
+            addr: Some(0x7f00_0000),
+            mem: Some(Mem::HostPinned),
+            ..s.call("cuMemFreeHost")
+        }),
+        Record::Free(Call {
+            addr: Some(0x7e00_0000),
+            mem: Some(Mem::HostRegistered),
+            ..s.call("cuMemHostUnregister")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, GIB);
+    assert_eq!(p.usage.peak_host_bytes, GIB + 4 * MIB);
+    assert_eq!(p.usage.device_bytes, MIB);
+    assert_eq!(l.totals().usage.host_bytes, GIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+
+    // Freeing host memory with cuMemFree is inconsistent: counted, and still freed.
+    l.apply(&s.free(0x1000));
+    let p = proc(&l, 1);
+    assert_eq!(anomalies(p, "free_kind_mismatch"), 1);
+    assert_eq!(p.usage.host_bytes, 0);
+}
+
+#[test]
+fn device_follows_thread_context_stack() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        // cuCtxCreate makes the new context current on the calling thread.
+        s.ctx_create(0xc0, 0),
+        s.alloc(0x1000, MIB),
+        s.ctx_create(0xc1, 1),
+        s.alloc(0x2000, 2 * MIB),
+        s.ctx_current("cuCtxPopCurrent_v2", 0xc1),
+        s.alloc(0x3000, 4 * MIB),
+        s.ctx_current("cuCtxPushCurrent_v2", 0xc1),
+        s.alloc(0x4000, 8 * MIB),
+        s.ctx_current("cuCtxSetCurrent", 0xc0),
+        s.alloc(0x5000, 16 * MIB),
+        // The call's own device wins over the context.
+        Record::Alloc(Call {
+            addr: Some(0x6000),
+            bytes: Some(32 * MIB),
+            mem: Some(Mem::Device),
+            device: Some(3),
+            ..s.call("cuMemAlloc_v2")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    // A second thread with no current context while two exist: device unknown.
+    s.tid = 101;
+    l.apply(&s.alloc(0x7000, 64 * MIB));
+
+    let p = proc(&l, 1);
+    assert_eq!(p.devices[&Some(0)].device_bytes, 21 * MIB);
+    assert_eq!(p.devices[&Some(1)].device_bytes, 10 * MIB);
+    assert_eq!(p.devices[&Some(3)].device_bytes, 32 * MIB);
+    assert_eq!(p.devices[&None].device_bytes, 64 * MIB);
+    let by_addr = |a: u64| {
+        l.live_allocations(1)
+            .find(|x| x.addr == Some(a))
+            .expect("live")
+            .clone()
+    };
+    assert_eq!(by_addr(0x2000).ctx, Some(0xc1));
+    assert_eq!(by_addr(0x3000).ctx, Some(0xc0));
+    assert_eq!(by_addr(0x5000).ctx, Some(0xc0));
+    assert_eq!(by_addr(0x7000).ctx, None);
+    assert_eq!(l.totals().devices[&Some(1)].device_bytes, 10 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn ctx_destroy_frees_its_allocations() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.alloc(0x1000, MIB),
+        s.alloc_async(0x2000, 2 * MIB, None),
+        s.ctx_create(0xc1, 1),
+        s.alloc(0x3000, 4 * MIB),
+        Record::CtxDestroy(Call {
+            handle: Some(0xc1),
+            ..s.call("cuCtxDestroy_v2")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 3 * MIB);
+    assert_eq!(
+        p.frees["cuCtxDestroy_v2"],
+        ApiCount {
+            count: 1,
+            bytes: 4 * MIB
+        }
+    );
+    // Destroying the current context popped it: the thread is back on 0xc0.
+    l.apply(&s.alloc(0x4000, 8 * MIB));
+    assert_eq!(proc(&l, 1).devices[&Some(0)].device_bytes, 11 * MIB);
+
+    l.apply(&Record::CtxDestroy(Call {
+        handle: Some(0xc0),
+        ..s.call("cuCtxDestroy_v2")
+    }));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(
+        p.usage.pool_held_bytes, 0,
+        "destroyed, not freed into a pool"
+    );
+    assert_eq!(
+        p.frees["cuCtxDestroy_v2"],
+        ApiCount {
+            count: 4,
+            bytes: 15 * MIB
+        }
+    );
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn primary_ctx_is_refcounted() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let retain = |s: &mut Sim| {
+        Record::CtxCreate(Call {
+            handle: Some(0xe0),
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxRetain")
+        })
+    };
+    let release = |s: &mut Sim| {
+        Record::CtxDestroy(Call {
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxRelease_v2")
+        })
+    };
+    let recs = vec![
+        retain(&mut s),
+        retain(&mut s),
+        // Retaining does not make it current; the runtime sets it.
+        s.ctx_current("cuCtxSetCurrent", 0xe0),
+        s.alloc(0x1000, GIB),
+        release(&mut s),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.devices[&Some(2)].device_bytes, GIB, "one retain left");
+    l.apply(&release(&mut s));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(p.frees["cuDevicePrimaryCtxRelease_v2"].bytes, GIB);
+    l.apply(&release(&mut s));
+    assert_eq!(anomalies(proc(&l, 1), "release_unretained_primary_ctx"), 1);
+}
+
+#[test]
+fn copies_mark_allocations_filled_from_host() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let copy = |s: &mut Sim, addr: u64, bytes: u64| {
+        Record::Copy(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            ..s.call("cuMemcpyHtoD_v2")
+        })
+    };
+    let recs = vec![
+        s.alloc(0x10_0000, MIB),
+        copy(&mut s, 0x10_0000, 1000),
+        copy(&mut s, 0x10_1000, 2000),
+        s.vmm_create(0xa, 2 * MIB),
+        s.vmm_map(0x7000_0000, 2 * MIB, 0xa),
+        copy(&mut s, 0x7000_0100, 4096),
+        copy(&mut s, 0x5, 8),
+    ];
+    apply_all(&mut l, recs);
+    let live: Vec<_> = l.live_allocations(1).collect();
+    let dev = live.iter().find(|a| a.mem == Mem::Device).expect("device");
+    let vmm = live.iter().find(|a| a.mem == Mem::VmmDevice).expect("vmm");
+    assert_eq!(dev.filled_from_host, 3000);
+    assert_eq!(vmm.filled_from_host, 4096);
+    assert_eq!(anomalies(proc(&l, 1), "copy_outside_allocations"), 1);
+}
+
+#[test]
+fn pid_reuse_keeps_processes_apart() {
+    let mut l = Ledger::new();
+    let mut a = Sim::new(1, 4242);
+    let mut b = Sim::new(2, 4242);
+    b.ts = 1_000_000;
+    let recs = vec![
+        a.process("first"),
+        a.alloc(0x1000, GIB),
+        a.exit(),
+        b.process("second"),
+        b.alloc(0x1000, MIB),
+    ];
+    apply_all(&mut l, recs);
+    let ps: Vec<_> = l.processes().collect();
+    assert_eq!(ps.len(), 2);
+    assert_eq!((ps[0].comm(), ps[0].pid), ("first", 4242));
+    assert_eq!((ps[1].comm(), ps[1].pid), ("second", 4242));
+    assert_eq!(ps[0].usage.peak_device_bytes, GIB);
+    assert_eq!(ps[1].usage.device_bytes, MIB);
+    assert!(
+        ps[1].anomalies.is_empty(),
+        "same address in a new process is no anomaly"
+    );
+    l.apply(&b.free(0x1000));
+    assert_eq!(proc(&l, 2).usage.device_bytes, 0);
+    assert_eq!(proc(&l, 1).exit.as_ref().map(|e| e.device_bytes), Some(GIB));
+}
+
+#[test]
+fn exit_snapshot_then_cleared() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.alloc(0x1000, GIB),
+        s.alloc(0x2000, MIB),
+        s.alloc_async(0x3000, 4 * MIB, None),
+        s.free_async(0x3000),
+        s.alloc_mem("cuMemAllocHost_v2", Mem::HostPinned, 0x7f00_0000, 2 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    let mut other = Sim::new(2, 200);
+    l.apply(&other.alloc(0x1000, 3 * GIB));
+    assert_eq!(l.totals().usage.device_bytes, 4 * GIB + MIB);
+
+    l.apply(&s.exit());
+    let p = proc(&l, 1);
+    let e = p.exit.as_ref().expect("exited");
+    assert_eq!(e.device_bytes, GIB + MIB);
+    assert_eq!(e.pool_held_bytes, 4 * MIB);
+    assert_eq!(e.host_bytes, 2 * MIB);
+    assert_eq!(e.devices[&Some(0)].device_bytes, GIB + MIB);
+    assert_eq!(e.live_allocations, 3);
+    assert_eq!(e.largest[0].bytes, GIB);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.host_bytes, 0);
+    assert_eq!(p.usage.peak_device_bytes, GIB + 4 * MIB + MIB);
+    assert_eq!(l.live_allocations(1).count(), 0);
+    let t = l.totals();
+    assert_eq!(t.usage.device_bytes, 3 * GIB);
+    assert_eq!(t.usage.pool_held_bytes, 0);
+    assert_eq!(t.usage.host_bytes, 0);
+    assert_eq!(t.devices[&Some(0)].device_bytes, 0);
+    assert!(t.usage.peak_device_bytes >= 4 * GIB + MIB);
+
+    // A late free for an exited process is an anomaly, not an underflow.
+    l.apply(&s.free(0x1000));
+    let p = proc(&l, 1);
+    assert_eq!(anomalies(p, "call_after_exit"), 1);
+    assert_eq!(anomalies(p, "accounting_underflow"), 0);
+}
+
+#[test]
+fn lost_stack_and_time_span() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&Record::Lost(crate::trace::Lost {
+        ts_ns: 500,
+        ringbuf_full: 3,
+        entry_map_full: 1,
+        exit_dropped: 1,
+        stack_failed: 9,
+    }));
+    l.apply(&Record::Stack(Stack {
+        id: 4,
+        ..Default::default()
+    }));
+    l.apply(&s.alloc(0x1000, 1));
+    assert_eq!(l.lost_events(), 5);
+    assert_eq!(l.stack_failed(), 9);
+    assert!(l.stack(4).is_some());
+    assert_eq!(l.time_span(), Some((500, 1010)));
+}
+
+#[test]
+fn pool_allocations_are_booked_on_the_pools_device() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        Record::PoolCreate(Call {
+            pool: Some(0x51),
+            device: Some(1),
+            ..s.call("cuMemPoolCreate")
+        }),
+        s.alloc_async(0x1000, MIB, Some(0x51)),
+        s.free_async(0x1000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.devices[&Some(1)].peak_device_bytes, MIB);
+    assert_eq!(p.devices[&Some(1)].pool_held_bytes, MIB);
+    assert!(!p.devices.contains_key(&Some(0)));
+}
