@@ -1,1 +1,182 @@
-fn main() {}
+//! `vramtrace-workload`: simulated GPU workloads with known ground truth.
+//!
+//! It dlopens the driver library given by `--lib` (the simulated
+//! `libsimcuda.so`, or NVIDIA's `libcuda.so.1`), resolves every entry point
+//! through `cuGetProcAddress_v2` like a CUDA 12 runtime, runs a scenario, and
+//! prints the ground truth as the last line of stdout: one JSON object. All
+//! other output goes to stderr.
+
+mod book;
+mod driver;
+mod probe;
+mod rt;
+mod scenarios;
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::book::Book;
+use crate::driver::Driver;
+use crate::rt::Rt;
+use crate::scenarios::Extra;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Scenario {
+    /// Weights loaded and filled, a KV cache, then concurrent short-lived activations.
+    LlmServer,
+    /// Weights, pitched allocations and arrays, then steps of activations and optimizer state.
+    Training,
+    /// Stream-ordered allocation: default pool, created pools, trimming, destroying.
+    Pools,
+    /// Virtual memory management like PyTorch's expandable segments.
+    Vmm,
+    /// Managed, pinned and registered host memory.
+    Host,
+    /// 1 GiB allocations until out of memory, then exit status 1 without freeing.
+    Oom,
+    /// A created context with allocations, destroyed; then the primary context.
+    Contexts,
+    /// Device and host memory allocated, then exit(0) without freeing.
+    ExitWithoutFree,
+    /// A short run of every family.
+    Mixed,
+    /// Every hooked entry point once, whatever the results.
+    ProbeAll,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vramtrace-workload",
+    about = "Simulated CUDA workloads with known ground truth"
+)]
+struct Args {
+    /// The driver library to dlopen (libsimcuda.so or libcuda.so.1).
+    #[arg(long)]
+    lib: String,
+    /// The scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Threads for the concurrent phases.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
+    /// Seed for the deterministic sizes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// After the run, ask the driver (cuMemGetInfo_v2) how many bytes device 0
+    /// has in use and compare with the ground truth (device plus pool-held
+    /// bytes); adds "check" to the report. Meant for the simulated driver.
+    #[arg(long)]
+    check: bool,
+}
+
+fn name(s: Scenario) -> String {
+    s.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+fn report(scenario: Scenario, d: &Driver, book: &Book, peak_tolerance: u64, extra: Extra) -> Value {
+    let s = book.summary();
+    let st = d.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = json!({
+        "scenario": name(scenario),
+        "pid": std::process::id(),
+        "calls": st.calls,
+        "failed": st.failed,
+        "alloc_bytes": st.alloc_bytes,
+        "failed_bytes": st.failed_bytes,
+        "device_bytes_at_exit": s.device_bytes,
+        "pool_held_bytes_at_exit": s.pool_held,
+        "host_bytes_at_exit": s.host_bytes,
+        "peak_device_bytes": s.peak,
+        "peak_tolerance_bytes": peak_tolerance,
+        "labels": {
+            "weights": s.weights,
+            "kv_cache": s.kv_cache,
+            "dynamic": s.dynamic,
+            "pool": s.pool_held,
+            "host_fallback": s.host_bytes,
+        },
+        "resolved_via": st.resolved_via,
+    });
+    if matches!(scenario, Scenario::ProbeAll)
+        && let Some(o) = out.as_object_mut()
+    {
+        o.insert("rets".into(), json!(st.rets));
+    }
+    if let Some(o) = out.as_object_mut() {
+        o.extend(extra);
+    }
+    out
+}
+
+fn print_last_line(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    // Nothing useful can be done if stdout is gone; the exit status still tells.
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let threads = args.threads as usize;
+    let d = Driver::open(&args.lib)?;
+
+    if let Scenario::ProbeAll = args.scenario {
+        let mut book = Book::default();
+        let extra = probe::probe_all(&d, &mut book)?;
+        print_last_line(&report(args.scenario, &d, &book, 0, extra));
+        return Ok(());
+    }
+
+    let rt = Rt::start(d).context("runtime start-up")?;
+    if rt.init_ret != 0 {
+        eprintln!(
+            "cuInit returned {}; continuing, every call will fail",
+            rt.init_ret
+        );
+    }
+    let seed = args.seed;
+    let mut extra = match args.scenario {
+        Scenario::LlmServer => scenarios::llm_server(&rt, seed, threads),
+        Scenario::Training => scenarios::training(&rt, seed),
+        Scenario::Pools => scenarios::pools(&rt, seed)?,
+        Scenario::Vmm => scenarios::vmm(&rt, seed),
+        Scenario::Host => scenarios::host(&rt, seed)?,
+        Scenario::Oom => scenarios::oom(&rt, seed),
+        Scenario::Contexts => scenarios::contexts(&rt, seed),
+        Scenario::ExitWithoutFree => scenarios::exit_without_free(&rt, seed),
+        Scenario::Mixed => scenarios::mixed(&rt, seed, threads)?,
+        Scenario::ProbeAll => Extra::new(),
+    };
+    extra.insert(
+        "driver".into(),
+        json!({"init_ret": rt.init_ret, "version": rt.driver_version, "devices": rt.device_count}),
+    );
+    let tolerance = *rt.peak_tolerance.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v = report(args.scenario, &rt.d, &rt.book(), tolerance, extra);
+    if args.check {
+        let (mut free, mut total) = (0usize, 0usize);
+        let r = crate::call!(rt.d, rt.cu.mem_info, &mut free, &mut total);
+        let used = total.saturating_sub(free) as u64;
+        let s = rt.book().summary();
+        let expected = s.device_bytes + s.pool_held;
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "check".into(),
+                json!({"ret": r, "driver_used_bytes": used, "expected": expected, "ok": r == 0 && used == expected}),
+            );
+        }
+    }
+    print_last_line(&v);
+    match args.scenario {
+        // A crash-like end: nothing freed, no destructors, status 1.
+        Scenario::Oom => std::process::exit(1),
+        // The process ends with everything still allocated.
+        Scenario::ExitWithoutFree => std::process::exit(0),
+        _ => Ok(()),
+    }
+}

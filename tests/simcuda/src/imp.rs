@@ -1,0 +1,1601 @@
+//! The implementations behind the exported entry points, and the memory model.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::procaddr;
+
+pub type CUresult = c_uint;
+type CUdevice = c_int;
+type CUdeviceptr = u64;
+type Handle = *mut c_void;
+
+pub const SUCCESS: CUresult = 0;
+pub const INVALID_VALUE: CUresult = 1;
+pub const OUT_OF_MEMORY: CUresult = 2;
+pub const NOT_INITIALIZED: CUresult = 3;
+pub const NO_DEVICE: CUresult = 100;
+pub const INVALID_DEVICE: CUresult = 101;
+pub const INVALID_CONTEXT: CUresult = 201;
+pub const INVALID_HANDLE: CUresult = 400;
+pub const NOT_FOUND: CUresult = 500;
+pub const HOST_MEMORY_ALREADY_REGISTERED: CUresult = 712;
+pub const HOST_MEMORY_NOT_REGISTERED: CUresult = 713;
+
+const DRIVER_VERSION: c_int = 12020;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Device allocation alignment and VMM granularity.
+const GRANULE: u64 = 2 * MIB;
+const DEFAULT_CAPACITY: u64 = 8 * GIB;
+const DEVICE_BASE: u64 = 0x7f00_0000_0000;
+const DEVICE_SPAN: u64 = 1 << 38;
+const LEGACY_BASE: u64 = 0x1000_0000;
+const LEGACY_END: u64 = 0xffe0_0000;
+const VA_BASE: u64 = 0x7c00_0000_0000;
+const VA_END: u64 = 0x7e00_0000_0000;
+const POOL_SPLIT_ALIGN: u64 = 512;
+const PITCH_ALIGN: usize = 512;
+
+const MEM_LOCATION_DEVICE: u32 = 1;
+const MEM_LOCATION_HOST: u32 = 2;
+const MEM_LOCATION_HOST_NUMA: u32 = 3;
+const MEM_LOCATION_HOST_NUMA_CURRENT: u32 = 4;
+const MEM_ALLOCATION_TYPE_PINNED: u32 = 1;
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MemLocation {
+    kind: u32,
+    id: c_int,
+}
+
+/// `CUmemAllocationProp`.
+#[repr(C)]
+pub struct MemAllocationProp {
+    kind: u32,
+    requested_handle_types: u32,
+    location: MemLocation,
+    win32_handle_meta_data: *mut c_void,
+    alloc_flags: [u8; 8],
+}
+
+/// `CUmemPoolProps` (the leading fields that the model reads).
+#[repr(C)]
+pub struct MemPoolProps {
+    alloc_type: u32,
+    handle_types: u32,
+    location: MemLocation,
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR` (`_v2`).
+#[repr(C)]
+pub struct ArrayDescriptor {
+    width: usize,
+    height: usize,
+    format: u32,
+    num_channels: u32,
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR` of the legacy entry point (32-bit sizes).
+#[repr(C)]
+pub struct ArrayDescriptorV1 {
+    width: c_uint,
+    height: c_uint,
+    format: u32,
+    num_channels: u32,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR` (`_v2`).
+#[repr(C)]
+pub struct Array3DDescriptor {
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: u32,
+    num_channels: u32,
+    flags: u32,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR` of the legacy entry point (32-bit sizes).
+#[repr(C)]
+pub struct Array3DDescriptorV1 {
+    width: c_uint,
+    height: c_uint,
+    depth: c_uint,
+    format: u32,
+    num_channels: u32,
+    flags: u32,
+}
+
+struct Device {
+    capacity: u64,
+    used: u64,
+    next: u64,
+    end: u64,
+}
+
+struct DevAlloc {
+    size: u64,
+    dev: usize,
+    ctx: u64,
+    pool: Option<u64>,
+}
+
+struct Ctx {
+    dev: usize,
+    primary: bool,
+}
+
+#[derive(Default)]
+struct Primary {
+    ctx: Option<u64>,
+    refs: u32,
+}
+
+struct Pool {
+    dev: usize,
+    held: Vec<(u64, u64)>,
+    destroyed: bool,
+    is_default: bool,
+}
+
+struct Phys {
+    size: u64,
+    dev: Option<usize>,
+    released: bool,
+    maps: u32,
+}
+
+struct Mapping {
+    size: u64,
+    handle: u64,
+}
+
+struct ArrayRec {
+    bytes: u64,
+    dev: usize,
+    ctx: u64,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum HostKind {
+    Pinned,
+    Managed,
+    Registered,
+}
+
+struct HostRec {
+    size: usize,
+    kind: HostKind,
+}
+
+struct State {
+    devices: Vec<Device>,
+    legacy_next: u64,
+    va_next: u64,
+    next_handle: u64,
+    allocs: BTreeMap<u64, DevAlloc>,
+    contexts: HashMap<u64, Ctx>,
+    primary: Vec<Primary>,
+    pools: HashMap<u64, Pool>,
+    default_pools: Vec<u64>,
+    phys: HashMap<u64, Phys>,
+    reservations: BTreeMap<u64, u64>,
+    mappings: BTreeMap<u64, Mapping>,
+    arrays: HashMap<u64, ArrayRec>,
+    host: BTreeMap<usize, HostRec>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+thread_local! {
+    static CTX_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+fn lock() -> MutexGuard<'static, Option<State>> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn code(r: Result<(), CUresult>) -> CUresult {
+    match r {
+        Ok(()) => SUCCESS,
+        Err(e) => e,
+    }
+}
+
+/// Runs `f` on the initialized state, or fails with `CUDA_ERROR_NOT_INITIALIZED`.
+fn with<R>(f: impl FnOnce(&mut State) -> Result<R, CUresult>) -> Result<R, CUresult> {
+    let mut guard = lock();
+    let st = guard.as_mut().ok_or(NOT_INITIALIZED)?;
+    f(st)
+}
+
+fn nonnull<T>(p: *const T) -> Result<(), CUresult> {
+    if p.is_null() {
+        Err(INVALID_VALUE)
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes `v` through an out-pointer already checked to be non-null.
+fn put<T>(p: *mut T, v: T) {
+    // SAFETY: callers check `p` for null first; the CUDA API contract makes a
+    // non-null out-pointer valid for a write of `T`.
+    unsafe { p.write(v) }
+}
+
+fn stack_top() -> Option<u64> {
+    CTX_STACK.with(|s| s.borrow().last().copied())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok()?;
+    let raw = raw.trim();
+    let (digits, mult) = match raw.chars().last()? {
+        'k' | 'K' => (&raw[..raw.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&raw[..raw.len() - 1], MIB),
+        'g' | 'G' => (&raw[..raw.len() - 1], GIB),
+        _ => (raw, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl State {
+    fn new(devices: usize, capacity: u64) -> State {
+        let mut st = State {
+            devices: (0..devices as u64)
+                .map(|d| Device {
+                    capacity,
+                    used: 0,
+                    next: DEVICE_BASE + d * DEVICE_SPAN,
+                    end: DEVICE_BASE + (d + 1) * DEVICE_SPAN,
+                })
+                .collect(),
+            legacy_next: LEGACY_BASE,
+            va_next: VA_BASE,
+            next_handle: 0x5000_0000,
+            allocs: BTreeMap::new(),
+            contexts: HashMap::new(),
+            primary: (0..devices).map(|_| Primary::default()).collect(),
+            pools: HashMap::new(),
+            default_pools: Vec::new(),
+            phys: HashMap::new(),
+            reservations: BTreeMap::new(),
+            mappings: BTreeMap::new(),
+            arrays: HashMap::new(),
+            host: BTreeMap::new(),
+        };
+        for dev in 0..devices {
+            let h = st.handle();
+            st.pools.insert(
+                h,
+                Pool {
+                    dev,
+                    held: Vec::new(),
+                    destroyed: false,
+                    is_default: true,
+                },
+            );
+            st.default_pools.push(h);
+        }
+        st
+    }
+
+    fn handle(&mut self) -> u64 {
+        self.next_handle += 0x40;
+        self.next_handle
+    }
+
+    fn device(&self, dev: CUdevice) -> Result<usize, CUresult> {
+        usize::try_from(dev)
+            .ok()
+            .filter(|d| *d < self.devices.len())
+            .ok_or(INVALID_DEVICE)
+    }
+
+    /// The calling thread's current context and its device.
+    fn current(&self) -> Result<(u64, usize), CUresult> {
+        let ctx = stack_top().ok_or(INVALID_CONTEXT)?;
+        let c = self.contexts.get(&ctx).ok_or(INVALID_CONTEXT)?;
+        Ok((ctx, c.dev))
+    }
+
+    fn charge(&mut self, dev: usize, size: u64) -> Result<(), CUresult> {
+        let d = &mut self.devices[dev];
+        if d.used.checked_add(size).is_none_or(|u| u > d.capacity) {
+            return Err(OUT_OF_MEMORY);
+        }
+        d.used += size;
+        Ok(())
+    }
+
+    fn uncharge(&mut self, dev: usize, size: u64) {
+        let d = &mut self.devices[dev];
+        d.used = d.used.saturating_sub(size);
+    }
+
+    /// Charges `size` bytes on `dev` and returns a fresh device address.
+    fn carve(&mut self, dev: usize, size: u64, legacy: bool) -> Result<u64, CUresult> {
+        let span = round_up(size.max(1), GRANULE);
+        if legacy {
+            if self.legacy_next + span > LEGACY_END {
+                return Err(OUT_OF_MEMORY);
+            }
+        } else {
+            let d = &self.devices[dev];
+            if d.next + span > d.end {
+                return Err(OUT_OF_MEMORY);
+            }
+        }
+        self.charge(dev, size)?;
+        let addr = if legacy {
+            let a = self.legacy_next;
+            self.legacy_next += span;
+            a
+        } else {
+            let d = &mut self.devices[dev];
+            let a = d.next;
+            d.next += span;
+            a
+        };
+        Ok(addr)
+    }
+
+    fn alloc(&mut self, size: u64, legacy: bool) -> Result<u64, CUresult> {
+        let (ctx, dev) = self.current()?;
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let addr = self.carve(dev, size, legacy)?;
+        self.allocs.insert(
+            addr,
+            DevAlloc {
+                size,
+                dev,
+                ctx,
+                pool: None,
+            },
+        );
+        Ok(addr)
+    }
+
+    fn free(&mut self, ptr: u64) -> Result<(), CUresult> {
+        self.current()?;
+        if let Some(a) = self.allocs.remove(&ptr) {
+            self.release_alloc(ptr, a);
+            return Ok(());
+        }
+        if let Ok(p) = usize::try_from(ptr)
+            && self
+                .host
+                .get(&p)
+                .is_some_and(|h| h.kind == HostKind::Managed)
+        {
+            self.host.remove(&p);
+            // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was
+            // removed from the table, so it is freed exactly once.
+            unsafe { libc::free(p as *mut c_void) };
+            return Ok(());
+        }
+        Err(INVALID_VALUE)
+    }
+
+    /// Returns a removed allocation's bytes to its pool or its device.
+    fn release_alloc(&mut self, addr: u64, a: DevAlloc) {
+        match a.pool.and_then(|p| self.pools.get_mut(&p)) {
+            Some(pool) if !pool.destroyed => pool.held.push((addr, a.size)),
+            _ => self.uncharge(a.dev, a.size),
+        }
+    }
+
+    fn pool_alloc(&mut self, pool_id: u64, size: u64) -> Result<u64, CUresult> {
+        let (ctx, _) = self.current()?;
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
+        if pool.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        let dev = pool.dev;
+        let best = pool
+            .held
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| *s >= size)
+            .min_by_key(|(i, (_, s))| (*s, *i))
+            .map(|(i, _)| i);
+        let addr = if let Some(i) = best {
+            let (addr, block) = pool.held.remove(i);
+            if block > size {
+                pool.held
+                    .push((addr + round_up(size, POOL_SPLIT_ALIGN), block - size));
+            }
+            addr
+        } else {
+            self.carve(dev, size, false)?
+        };
+        self.allocs.insert(
+            addr,
+            DevAlloc {
+                size,
+                dev,
+                ctx,
+                pool: Some(pool_id),
+            },
+        );
+        Ok(addr)
+    }
+
+    fn trim(&mut self, pool_id: u64, keep: u64) -> Result<(), CUresult> {
+        let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
+        if pool.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        let mut held: u64 = pool.held.iter().map(|(_, s)| s).sum();
+        let mut released = 0;
+        while held > keep {
+            let Some(i) = pool
+                .held
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, (_, s))| (*s, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let excess = held - keep;
+            if pool.held[i].1 <= excess {
+                let (_, s) = pool.held.remove(i);
+                held -= s;
+                released += s;
+            } else {
+                pool.held[i].1 -= excess;
+                held -= excess;
+                released += excess;
+            }
+        }
+        let dev = pool.dev;
+        self.uncharge(dev, released);
+        Ok(())
+    }
+
+    fn destroy_ctx_memory(&mut self, ctx: u64) {
+        let dead: Vec<u64> = self
+            .allocs
+            .iter()
+            .filter(|(_, a)| a.ctx == ctx && a.pool.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            if let Some(a) = self.allocs.remove(&k) {
+                self.uncharge(a.dev, a.size);
+            }
+        }
+        let dead: Vec<u64> = self
+            .arrays
+            .iter()
+            .filter(|(_, a)| a.ctx == ctx)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            if let Some(a) = self.arrays.remove(&k) {
+                self.uncharge(a.dev, a.bytes);
+            }
+        }
+        self.contexts.remove(&ctx);
+    }
+
+    fn new_ctx(&mut self, dev: usize, primary: bool) -> u64 {
+        let h = self.handle();
+        self.contexts.insert(h, Ctx { dev, primary });
+        h
+    }
+
+    fn array_create(&mut self, bytes: Option<u64>) -> Result<u64, CUresult> {
+        let (ctx, dev) = self.current()?;
+        let bytes = bytes.ok_or(INVALID_VALUE)?;
+        self.charge(dev, bytes)?;
+        let h = self.handle();
+        self.arrays.insert(h, ArrayRec { bytes, dev, ctx });
+        Ok(h)
+    }
+
+    /// Whether `[ptr, ptr + n)` lies inside one allocation or mapping; copies into
+    /// managed memory really copy.
+    fn copy_target(&mut self, dst: u64, src: *const c_void, n: u64) -> Result<(), CUresult> {
+        self.current()?;
+        if n == 0 {
+            return Ok(());
+        }
+        nonnull(src)?;
+        let end = dst.checked_add(n).ok_or(INVALID_VALUE)?;
+        if let Some((a, rec)) = self.allocs.range(..=dst).next_back()
+            && end <= a + rec.size
+        {
+            return Ok(());
+        }
+        if let Some((m, rec)) = self.mappings.range(..=dst).next_back()
+            && end <= m + rec.size
+        {
+            return Ok(());
+        }
+        let p = usize::try_from(dst).map_err(|_| INVALID_VALUE)?;
+        if let Some((h, rec)) = self.host.range(..=p).next_back()
+            && rec.kind == HostKind::Managed
+            && end <= (*h + rec.size) as u64
+        {
+            // SAFETY: the destination lies inside a live managed allocation that
+            // this library allocated; the caller vouches for `n` readable bytes
+            // at `src`.
+            unsafe { std::ptr::copy(src as *const u8, p as *mut u8, n as usize) };
+            return Ok(());
+        }
+        Err(INVALID_VALUE)
+    }
+
+    fn host_alloc(&mut self, size: u64, kind: HostKind) -> Result<usize, CUresult> {
+        self.current()?;
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let size = usize::try_from(size).map_err(|_| OUT_OF_MEMORY)?;
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `p` is a valid out-pointer and 4096 is a power of two that is
+        // a multiple of the pointer size.
+        let rc = unsafe { libc::posix_memalign(&mut p, 4096, size) };
+        if rc != 0 || p.is_null() {
+            return Err(OUT_OF_MEMORY);
+        }
+        self.host.insert(p as usize, HostRec { size, kind });
+        Ok(p as usize)
+    }
+
+    fn free_phys_if_done(&mut self, handle: u64) {
+        if let Some(p) = self.phys.get(&handle)
+            && p.released
+            && p.maps == 0
+        {
+            let (size, dev) = (p.size, p.dev);
+            self.phys.remove(&handle);
+            if let Some(dev) = dev {
+                self.uncharge(dev, size);
+            }
+        }
+    }
+}
+
+fn format_size(format: u32) -> Option<u64> {
+    match format {
+        0x01 | 0x08 => Some(1),
+        0x02 | 0x09 | 0x10 => Some(2),
+        0x03 | 0x0a | 0x20 => Some(4),
+        _ => None,
+    }
+}
+
+/// Bytes of an array: width × max(height, 1) × max(depth, 1) × channels × element size.
+fn array_bytes(w: u64, h: u64, d: u64, format: u32, channels: u32) -> Option<u64> {
+    if w == 0 || !matches!(channels, 1 | 2 | 4) {
+        return None;
+    }
+    let elem = format_size(format)?;
+    w.checked_mul(h.max(1))?
+        .checked_mul(d.max(1))?
+        .checked_mul(u64::from(channels))?
+        .checked_mul(elem)
+}
+
+/// Bytes of a mipmapped array: the sum over levels, each halving every nonzero
+/// dimension (down to 1).
+fn mipmap_bytes(w: u64, h: u64, d: u64, format: u32, channels: u32, levels: u32) -> Option<u64> {
+    if levels == 0 {
+        return None;
+    }
+    let mut total: u64 = 0;
+    for l in 0..levels.min(32) {
+        let shrink = |v: u64| if v == 0 { 0 } else { (v >> l).max(1) };
+        total = total.checked_add(array_bytes(
+            shrink(w),
+            shrink(h),
+            shrink(d),
+            format,
+            channels,
+        )?)?;
+    }
+    Some(total)
+}
+
+// ---------------------------------------------------------------------------
+// Initialization, devices, procedure addresses
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuInit(flags: c_uint) -> CUresult {
+    if flags != 0 {
+        return INVALID_VALUE;
+    }
+    let mut g = lock();
+    if g.is_some() {
+        return SUCCESS;
+    }
+    let devices = env_u64("SIMCUDA_DEVICES").unwrap_or(1).min(64) as usize;
+    if devices == 0 {
+        return NO_DEVICE;
+    }
+    let capacity = env_u64("SIMCUDA_CAPACITY").unwrap_or(DEFAULT_CAPACITY);
+    *g = Some(State::new(devices, capacity));
+    SUCCESS
+}
+
+pub extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
+    code(nonnull(version).map(|()| put(version, DRIVER_VERSION)))
+}
+
+pub extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
+    code(with(|st| {
+        nonnull(device)?;
+        st.device(ordinal)?;
+        put(device, ordinal);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
+    code(with(|st| {
+        nonnull(count)?;
+        put(count, st.devices.len() as c_int);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(bytes)?;
+        let d = st.device(dev)?;
+        put(bytes, st.devices[d].capacity as usize);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(bytes)?;
+        let d = st.device(dev)?;
+        put(
+            bytes,
+            st.devices[d].capacity.min(u64::from(c_uint::MAX)) as c_uint,
+        );
+        Ok(())
+    }))
+}
+
+fn mem_info(st: &State) -> Result<(u64, u64), CUresult> {
+    let (_, dev) = st.current()?;
+    let d = &st.devices[dev];
+    Ok((d.capacity.saturating_sub(d.used), d.capacity))
+}
+
+pub extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    code(with(|st| {
+        nonnull(free)?;
+        nonnull(total)?;
+        let (f, t) = mem_info(st)?;
+        put(free, f as usize);
+        put(total, t as usize);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
+    code(with(|st| {
+        nonnull(free)?;
+        nonnull(total)?;
+        let (f, t) = mem_info(st)?;
+        let clamp = |v: u64| v.min(u64::from(c_uint::MAX)) as c_uint;
+        put(free, clamp(f));
+        put(total, clamp(t));
+        Ok(())
+    }))
+}
+
+fn proc_address(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> Result<*mut c_void, c_int> {
+    // SAFETY: `symbol` was checked non-null by the callers and is a C string
+    // per the API contract.
+    let name = unsafe { CStr::from_ptr(symbol) };
+    let found = name
+        .to_str()
+        .map_err(|_| procaddr::QUERY_SYMBOL_NOT_FOUND)
+        .and_then(|n| procaddr::resolve(n, version, flags))
+        .and_then(|s| crate::export_address(s).ok_or(procaddr::QUERY_SYMBOL_NOT_FOUND));
+    let addr = found.unwrap_or(std::ptr::null_mut());
+    put(pfn, addr);
+    found
+}
+
+pub extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CUresult {
+    if symbol.is_null() || pfn.is_null() {
+        return INVALID_VALUE;
+    }
+    match proc_address(symbol, pfn, version, flags) {
+        Ok(_) => SUCCESS,
+        Err(_) => NOT_FOUND,
+    }
+}
+
+pub extern "C" fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+    status: *mut c_int,
+) -> CUresult {
+    if symbol.is_null() || pfn.is_null() {
+        return INVALID_VALUE;
+    }
+    let s = match proc_address(symbol, pfn, version, flags) {
+        Ok(_) => procaddr::QUERY_SUCCESS,
+        Err(e) => e,
+    };
+    if !status.is_null() {
+        put(status, s);
+    }
+    SUCCESS
+}
+
+// ---------------------------------------------------------------------------
+// Device memory
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        let a = st.alloc(bytes as u64, false)?;
+        put(dptr, a);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAlloc(dptr: *mut c_uint, bytes: c_uint) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        let a = st.alloc(u64::from(bytes), true)?;
+        put(dptr, a as c_uint);
+        Ok(())
+    }))
+}
+
+fn pitch_of(width: u64, height: u64, elem: u32) -> Result<(u64, u64), CUresult> {
+    if width == 0 || height == 0 || !matches!(elem, 4 | 8 | 16) {
+        return Err(INVALID_VALUE);
+    }
+    let pitch = round_up(width, PITCH_ALIGN as u64);
+    Ok((pitch, pitch.checked_mul(height).ok_or(OUT_OF_MEMORY)?))
+}
+
+pub extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    ppitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        nonnull(ppitch)?;
+        let (pitch, bytes) = pitch_of(width as u64, height as u64, elem)?;
+        let a = st.alloc(bytes, false)?;
+        put(dptr, a);
+        put(ppitch, pitch as usize);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAllocPitch(
+    dptr: *mut c_uint,
+    ppitch: *mut c_uint,
+    width: c_uint,
+    height: c_uint,
+    elem: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        nonnull(ppitch)?;
+        let (pitch, bytes) = pitch_of(u64::from(width), u64::from(height), elem)?;
+        let pitch32 = c_uint::try_from(pitch).map_err(|_| INVALID_VALUE)?;
+        let a = st.alloc(bytes, true)?;
+        put(dptr, a as c_uint);
+        put(ppitch, pitch32);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemFree_v2(ptr: CUdeviceptr) -> CUresult {
+    code(with(|st| st.free(ptr)))
+}
+
+pub extern "C" fn cuMemFree(ptr: c_uint) -> CUresult {
+    code(with(|st| st.free(u64::from(ptr))))
+}
+
+// ---------------------------------------------------------------------------
+// Stream-ordered allocation and pools
+// ---------------------------------------------------------------------------
+
+fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, pool: Option<Handle>) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        let pool_id = match pool {
+            Some(p) => p as u64,
+            None => {
+                let (_, dev) = st.current()?;
+                st.default_pools[dev]
+            }
+        };
+        let a = st.pool_alloc(pool_id, bytes as u64)?;
+        put(dptr, a);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, _s: Handle) -> CUresult {
+    alloc_async(dptr, bytes, None)
+}
+
+pub extern "C" fn cuMemAllocAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    _s: Handle,
+) -> CUresult {
+    alloc_async(dptr, bytes, None)
+}
+
+pub extern "C" fn cuMemAllocFromPoolAsync(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: Handle,
+    _s: Handle,
+) -> CUresult {
+    alloc_async(dptr, bytes, Some(pool))
+}
+
+pub extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: Handle,
+    _s: Handle,
+) -> CUresult {
+    alloc_async(dptr, bytes, Some(pool))
+}
+
+pub extern "C" fn cuMemFreeAsync(ptr: CUdeviceptr, _s: Handle) -> CUresult {
+    code(with(|st| st.free(ptr)))
+}
+
+pub extern "C" fn cuMemFreeAsync_ptsz(ptr: CUdeviceptr, _s: Handle) -> CUresult {
+    code(with(|st| st.free(ptr)))
+}
+
+pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        nonnull(props)?;
+        // SAFETY: checked non-null; the caller passes a `CUmemPoolProps`.
+        let props = unsafe { &*props };
+        if props.alloc_type != MEM_ALLOCATION_TYPE_PINNED
+            || props.location.kind != MEM_LOCATION_DEVICE
+        {
+            return Err(INVALID_VALUE);
+        }
+        let dev = st.device(props.location.id)?;
+        let h = st.handle();
+        st.pools.insert(
+            h,
+            Pool {
+                dev,
+                held: Vec::new(),
+                destroyed: false,
+                is_default: false,
+            },
+        );
+        put(pool, h as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemPoolDestroy(pool: Handle) -> CUresult {
+    code(with(|st| {
+        let p = st.pools.get_mut(&(pool as u64)).ok_or(INVALID_VALUE)?;
+        if p.destroyed || p.is_default {
+            return Err(INVALID_VALUE);
+        }
+        p.destroyed = true;
+        let held: u64 = p.held.drain(..).map(|(_, s)| s).sum();
+        let dev = p.dev;
+        st.uncharge(dev, held);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemPoolTrimTo(pool: Handle, keep: usize) -> CUresult {
+    code(with(|st| st.trim(pool as u64, keep as u64)))
+}
+
+pub extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        let d = st.device(dev)?;
+        put(pool, st.default_pools[d] as Handle);
+        Ok(())
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Virtual memory management
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuMemCreate(
+    handle: *mut u64,
+    size: usize,
+    prop: *const MemAllocationProp,
+    flags: u64,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(handle)?;
+        nonnull(prop)?;
+        // SAFETY: checked non-null; the caller passes a `CUmemAllocationProp`.
+        let prop = unsafe { &*prop };
+        let size = size as u64;
+        if flags != 0
+            || prop.kind != MEM_ALLOCATION_TYPE_PINNED
+            || size == 0
+            || !size.is_multiple_of(GRANULE)
+        {
+            return Err(INVALID_VALUE);
+        }
+        let dev = match prop.location.kind {
+            MEM_LOCATION_DEVICE => Some(st.device(prop.location.id)?),
+            MEM_LOCATION_HOST | MEM_LOCATION_HOST_NUMA | MEM_LOCATION_HOST_NUMA_CURRENT => None,
+            _ => return Err(INVALID_VALUE),
+        };
+        if let Some(d) = dev {
+            st.charge(d, size)?;
+        }
+        let h = st.handle();
+        st.phys.insert(
+            h,
+            Phys {
+                size,
+                dev,
+                released: false,
+                maps: 0,
+            },
+        );
+        put(handle, h);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
+    code(with(|st| {
+        let p = st.phys.get_mut(&handle).ok_or(INVALID_VALUE)?;
+        if p.released {
+            return Err(INVALID_VALUE);
+        }
+        p.released = true;
+        st.free_phys_if_done(handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAddressReserve(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    alignment: usize,
+    _addr: CUdeviceptr,
+    flags: u64,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(ptr)?;
+        let size = size as u64;
+        let align = alignment as u64;
+        if flags != 0
+            || size == 0
+            || !size.is_multiple_of(GRANULE)
+            || (align != 0 && !align.is_power_of_two())
+        {
+            return Err(INVALID_VALUE);
+        }
+        let start = round_up(st.va_next, align.max(GRANULE));
+        let end = start.checked_add(size).ok_or(OUT_OF_MEMORY)?;
+        if end > VA_END {
+            return Err(OUT_OF_MEMORY);
+        }
+        st.va_next = end;
+        st.reservations.insert(start, size);
+        put(ptr, start);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
+    code(with(|st| {
+        if st.reservations.get(&ptr) != Some(&(size as u64)) {
+            return Err(INVALID_VALUE);
+        }
+        if st.mappings.range(ptr..ptr + size as u64).next().is_some() {
+            return Err(INVALID_VALUE);
+        }
+        st.reservations.remove(&ptr);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemMap(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: u64,
+    flags: u64,
+) -> CUresult {
+    code(with(|st| {
+        let size = size as u64;
+        let end = ptr.checked_add(size).ok_or(INVALID_VALUE)?;
+        if flags != 0 || size == 0 || !size.is_multiple_of(GRANULE) || !ptr.is_multiple_of(GRANULE)
+        {
+            return Err(INVALID_VALUE);
+        }
+        let p = st.phys.get(&handle).ok_or(INVALID_HANDLE)?;
+        if p.released || (offset as u64).checked_add(size).is_none_or(|e| e > p.size) {
+            return Err(INVALID_VALUE);
+        }
+        let inside = st
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(r, s)| end <= r + s);
+        if !inside {
+            return Err(INVALID_VALUE);
+        }
+        let overlaps_before = st
+            .mappings
+            .range(..ptr)
+            .next_back()
+            .is_some_and(|(m, rec)| m + rec.size > ptr);
+        if overlaps_before || st.mappings.range(ptr..end).next().is_some() {
+            return Err(INVALID_VALUE);
+        }
+        st.mappings.insert(ptr, Mapping { size, handle });
+        if let Some(p) = st.phys.get_mut(&handle) {
+            p.maps += 1;
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    code(with(|st| {
+        let end = ptr.checked_add(size as u64).ok_or(INVALID_VALUE)?;
+        let straddles = st
+            .mappings
+            .range(..ptr)
+            .next_back()
+            .is_some_and(|(m, rec)| m + rec.size > ptr);
+        let inside: Vec<u64> = st.mappings.range(ptr..end).map(|(m, _)| *m).collect();
+        if straddles
+            || inside.is_empty()
+            || inside
+                .iter()
+                .any(|m| st.mappings.get(m).is_some_and(|r| m + r.size > end))
+        {
+            return Err(INVALID_VALUE);
+        }
+        for m in inside {
+            if let Some(rec) = st.mappings.remove(&m) {
+                if let Some(p) = st.phys.get_mut(&rec.handle) {
+                    p.maps = p.maps.saturating_sub(1);
+                }
+                st.free_phys_if_done(rec.handle);
+            }
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemSetAccess(
+    ptr: CUdeviceptr,
+    size: usize,
+    desc: *const c_void,
+    count: usize,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(desc)?;
+        let end = ptr.checked_add(size as u64).ok_or(INVALID_VALUE)?;
+        let inside = st
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(r, s)| end <= r + s);
+        if count == 0 || size == 0 || !inside {
+            return Err(INVALID_VALUE);
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemGetAllocationGranularity(
+    granularity: *mut usize,
+    prop: *const MemAllocationProp,
+    _option: c_uint,
+) -> CUresult {
+    code(with(|_| {
+        nonnull(granularity)?;
+        nonnull(prop)?;
+        put(granularity, GRANULE as usize);
+        Ok(())
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Arrays
+// ---------------------------------------------------------------------------
+
+fn array_out(out: *mut Handle, desc_ok: bool, bytes: impl FnOnce() -> Option<u64>) -> CUresult {
+    code(with(|st| {
+        nonnull(out)?;
+        if !desc_ok {
+            return Err(INVALID_VALUE);
+        }
+        let h = st.array_create(bytes())?;
+        put(out, h as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuArrayCreate_v2(out: *mut Handle, desc: *const ArrayDescriptor) -> CUresult {
+    array_out(out, !desc.is_null(), || {
+        // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
+        // and points to a `CUDA_ARRAY_DESCRIPTOR`.
+        let d = unsafe { &*desc };
+        array_bytes(d.width as u64, d.height as u64, 0, d.format, d.num_channels)
+    })
+}
+
+pub extern "C" fn cuArrayCreate(out: *mut Handle, desc: *const ArrayDescriptorV1) -> CUresult {
+    array_out(out, !desc.is_null(), || {
+        // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
+        // and points to a legacy `CUDA_ARRAY_DESCRIPTOR`.
+        let d = unsafe { &*desc };
+        array_bytes(
+            u64::from(d.width),
+            u64::from(d.height),
+            0,
+            d.format,
+            d.num_channels,
+        )
+    })
+}
+
+pub extern "C" fn cuArray3DCreate_v2(out: *mut Handle, desc: *const Array3DDescriptor) -> CUresult {
+    array_out(out, !desc.is_null(), || {
+        // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
+        // and points to a `CUDA_ARRAY3D_DESCRIPTOR`.
+        let d = unsafe { &*desc };
+        array_bytes(
+            d.width as u64,
+            d.height as u64,
+            d.depth as u64,
+            d.format,
+            d.num_channels,
+        )
+    })
+}
+
+pub extern "C" fn cuArray3DCreate(out: *mut Handle, desc: *const Array3DDescriptorV1) -> CUresult {
+    array_out(out, !desc.is_null(), || {
+        // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
+        // and points to a legacy `CUDA_ARRAY3D_DESCRIPTOR`.
+        let d = unsafe { &*desc };
+        array_bytes(
+            u64::from(d.width),
+            u64::from(d.height),
+            u64::from(d.depth),
+            d.format,
+            d.num_channels,
+        )
+    })
+}
+
+pub extern "C" fn cuMipmappedArrayCreate(
+    out: *mut Handle,
+    desc: *const Array3DDescriptor,
+    levels: c_uint,
+) -> CUresult {
+    array_out(out, !desc.is_null(), || {
+        // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
+        // and points to a `CUDA_ARRAY3D_DESCRIPTOR`.
+        let d = unsafe { &*desc };
+        mipmap_bytes(
+            d.width as u64,
+            d.height as u64,
+            d.depth as u64,
+            d.format,
+            d.num_channels,
+            levels,
+        )
+    })
+}
+
+fn array_destroy(h: Handle) -> CUresult {
+    if h.is_null() {
+        return INVALID_HANDLE;
+    }
+    code(with(|st| {
+        let a = st.arrays.remove(&(h as u64)).ok_or(INVALID_HANDLE)?;
+        st.uncharge(a.dev, a.bytes);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuArrayDestroy(h: Handle) -> CUresult {
+    array_destroy(h)
+}
+
+pub extern "C" fn cuMipmappedArrayDestroy(h: Handle) -> CUresult {
+    array_destroy(h)
+}
+
+// ---------------------------------------------------------------------------
+// Host memory
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuMemAllocManaged(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    flags: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(dptr)?;
+        if flags != 1 && flags != 2 {
+            return Err(INVALID_VALUE);
+        }
+        let p = st.host_alloc(bytes as u64, HostKind::Managed)?;
+        put(dptr, p as u64);
+        Ok(())
+    }))
+}
+
+fn alloc_host(pp: *mut *mut c_void, bytes: u64, flags: c_uint) -> CUresult {
+    code(with(|st| {
+        nonnull(pp)?;
+        if flags & !0xf != 0 {
+            return Err(INVALID_VALUE);
+        }
+        let p = st.host_alloc(bytes, HostKind::Pinned)?;
+        put(pp, p as *mut c_void);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) -> CUresult {
+    alloc_host(pp, bytes as u64, 0)
+}
+
+pub extern "C" fn cuMemAllocHost(pp: *mut *mut c_void, bytes: c_uint) -> CUresult {
+    alloc_host(pp, u64::from(bytes), 0)
+}
+
+pub extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    alloc_host(pp, bytes as u64, flags)
+}
+
+pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    code(with(|st| {
+        st.current()?;
+        let key = p as usize;
+        if !st
+            .host
+            .get(&key)
+            .is_some_and(|h| h.kind == HostKind::Pinned)
+        {
+            return Err(INVALID_VALUE);
+        }
+        st.host.remove(&key);
+        // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was removed
+        // from the table, so it is freed exactly once.
+        unsafe { libc::free(p) };
+        Ok(())
+    }))
+}
+
+fn host_register(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    code(with(|st| {
+        st.current()?;
+        nonnull(p)?;
+        if bytes == 0 || flags & !0xf != 0 {
+            return Err(INVALID_VALUE);
+        }
+        let start = p as usize;
+        let end = start.checked_add(bytes).ok_or(INVALID_VALUE)?;
+        let before = st
+            .host
+            .range(..=start)
+            .next_back()
+            .is_some_and(|(h, r)| h + r.size > start);
+        if before || st.host.range(start..end).next().is_some() {
+            return Err(HOST_MEMORY_ALREADY_REGISTERED);
+        }
+        st.host.insert(
+            start,
+            HostRec {
+                size: bytes,
+                kind: HostKind::Registered,
+            },
+        );
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemHostRegister_v2(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    host_register(p, bytes, flags)
+}
+
+pub extern "C" fn cuMemHostRegister(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
+    host_register(p, bytes, flags)
+}
+
+pub extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
+    code(with(|st| {
+        st.current()?;
+        let key = p as usize;
+        if !st
+            .host
+            .get(&key)
+            .is_some_and(|h| h.kind == HostKind::Registered)
+        {
+            return Err(HOST_MEMORY_NOT_REGISTERED);
+        }
+        st.host.remove(&key);
+        Ok(())
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Contexts
+// ---------------------------------------------------------------------------
+
+fn ctx_create(pctx: *mut Handle, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(pctx)?;
+        let d = st.device(dev)?;
+        let h = st.new_ctx(d, false);
+        CTX_STACK.with(|s| s.borrow_mut().push(h));
+        put(pctx, h as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuCtxCreate_v2(pctx: *mut Handle, _flags: c_uint, dev: CUdevice) -> CUresult {
+    ctx_create(pctx, dev)
+}
+
+pub extern "C" fn cuCtxCreate(pctx: *mut Handle, _flags: c_uint, dev: CUdevice) -> CUresult {
+    ctx_create(pctx, dev)
+}
+
+pub extern "C" fn cuCtxCreate_v3(
+    pctx: *mut Handle,
+    params: *const c_void,
+    num_params: c_int,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    if num_params < 0 || (num_params > 0 && params.is_null()) {
+        return INVALID_VALUE;
+    }
+    ctx_create(pctx, dev)
+}
+
+fn ctx_destroy(ctx: Handle) -> CUresult {
+    if ctx.is_null() {
+        return INVALID_VALUE;
+    }
+    code(with(|st| {
+        let id = ctx as u64;
+        match st.contexts.get(&id) {
+            Some(c) if !c.primary => {}
+            _ => return Err(INVALID_CONTEXT),
+        }
+        st.destroy_ctx_memory(id);
+        CTX_STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.last() == Some(&id) {
+                s.pop();
+            }
+        });
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuCtxDestroy_v2(ctx: Handle) -> CUresult {
+    ctx_destroy(ctx)
+}
+
+pub extern "C" fn cuCtxDestroy(ctx: Handle) -> CUresult {
+    ctx_destroy(ctx)
+}
+
+pub extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(pctx)?;
+        let d = st.device(dev)?;
+        let ctx = match st.primary[d].ctx {
+            Some(c) => c,
+            None => {
+                let c = st.new_ctx(d, true);
+                st.primary[d].ctx = Some(c);
+                c
+            }
+        };
+        st.primary[d].refs += 1;
+        put(pctx, ctx as Handle);
+        Ok(())
+    }))
+}
+
+fn primary_release(dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        let d = st.device(dev)?;
+        let p = &mut st.primary[d];
+        let ctx = p.ctx.ok_or(INVALID_CONTEXT)?;
+        p.refs = p.refs.saturating_sub(1);
+        if p.refs == 0 {
+            p.ctx = None;
+            st.destroy_ctx_memory(ctx);
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    primary_release(dev)
+}
+
+pub extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
+    primary_release(dev)
+}
+
+pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
+    code(with(|st| {
+        let id = ctx as u64;
+        if id != 0 && !st.contexts.contains_key(&id) {
+            return Err(INVALID_CONTEXT);
+        }
+        CTX_STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.pop();
+            if id != 0 {
+                s.push(id);
+            }
+        });
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuCtxGetCurrent(pctx: *mut Handle) -> CUresult {
+    code(with(|_| {
+        nonnull(pctx)?;
+        put(pctx, stack_top().unwrap_or(0) as Handle);
+        Ok(())
+    }))
+}
+
+fn push_current(ctx: Handle) -> CUresult {
+    code(with(|st| {
+        let id = ctx as u64;
+        if id == 0 {
+            return Err(INVALID_VALUE);
+        }
+        if !st.contexts.contains_key(&id) {
+            return Err(INVALID_CONTEXT);
+        }
+        CTX_STACK.with(|s| s.borrow_mut().push(id));
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuCtxPushCurrent_v2(ctx: Handle) -> CUresult {
+    push_current(ctx)
+}
+
+pub extern "C" fn cuCtxPushCurrent(ctx: Handle) -> CUresult {
+    push_current(ctx)
+}
+
+fn pop_current(pctx: *mut Handle) -> CUresult {
+    code(with(|_| {
+        let top = CTX_STACK
+            .with(|s| s.borrow_mut().pop())
+            .ok_or(INVALID_CONTEXT)?;
+        if !pctx.is_null() {
+            put(pctx, top as Handle);
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuCtxPopCurrent_v2(pctx: *mut Handle) -> CUresult {
+    pop_current(pctx)
+}
+
+pub extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
+    pop_current(pctx)
+}
+
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    code(with(|st| st.current().map(|_| ())))
+}
+
+// ---------------------------------------------------------------------------
+// Host-to-device copies
+// ---------------------------------------------------------------------------
+
+fn htod(dst: u64, src: *const c_void, n: u64) -> CUresult {
+    code(with(|st| st.copy_target(dst, src, n)))
+}
+
+pub extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
+    htod(dst, src, n as u64)
+}
+
+pub extern "C" fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
+    htod(dst, src, n as u64)
+}
+
+pub extern "C" fn cuMemcpyHtoD(dst: c_uint, src: *const c_void, n: c_uint) -> CUresult {
+    htod(u64::from(dst), src, u64::from(n))
+}
+
+pub extern "C" fn cuMemcpyHtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    htod(dst, src, n as u64)
+}
+
+pub extern "C" fn cuMemcpyHtoDAsync_v2_ptsz(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    htod(dst, src, n as u64)
+}
+
+pub extern "C" fn cuMemcpyHtoDAsync(
+    dst: c_uint,
+    src: *const c_void,
+    n: c_uint,
+    _s: Handle,
+) -> CUresult {
+    htod(u64::from(dst), src, u64::from(n))
+}

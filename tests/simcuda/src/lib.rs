@@ -1,0 +1,169 @@
+//! `simcuda`: a simulated NVIDIA driver library for machines without a GPU.
+//!
+//! The build produces `libsimcuda.so` (soname `libcuda.so.1`) under the cargo
+//! target directory, e.g. `target/debug/libsimcuda.so`. Tests either point the
+//! tracer at it directly (`vramtrace record --libcuda PATH`: uprobes work on any
+//! file name) and give the same path to the workload (`vramtrace-workload --lib
+//! PATH`, which dlopens it), or copy it to a directory as `libcuda.so.1`.
+//!
+//! It exports the real CUDA driver API names (every versioned variant as its own
+//! symbol: `cuMemAlloc` and `cuMemAlloc_v2`, `cuMemAllocAsync` and
+//! `cuMemAllocAsync_ptsz`, ...) with the C signatures of `cuda.h` and the real
+//! `CUresult` codes, and keeps a bookkeeping model of device memory:
+//!
+//! - `SIMCUDA_DEVICES=N` simulated GPUs (default 1; 0 makes `cuInit` return
+//!   `CUDA_ERROR_NO_DEVICE` like a machine without a GPU), each with
+//!   `SIMCUDA_CAPACITY` bytes (default 8 GiB; `K`, `M`, `G` suffixes accepted).
+//!   Both are read by `cuInit`.
+//! - Device addresses are handed out by a per-device monotonic bump allocator
+//!   starting at `0x7f00_0000_0000 + device * 2^38`, 2 MiB aligned, never reused
+//!   in a process. The legacy 32-bit entry points (`cuMemAlloc`,
+//!   `cuMemAllocPitch`) get addresses below 4 GiB from a shared bump region.
+//!   VMM reservations come from their own region at `0x7c00_0000_0000`.
+//! - A device allocation that would take the device's used bytes over its
+//!   capacity fails with `CUDA_ERROR_OUT_OF_MEMORY` (2). Capacity is charged
+//!   the requested bytes (pitch × height for pitched allocations).
+//! - Stream-ordered pools: a freed async block stays held by its pool (its
+//!   device bytes are not returned) and is reused best-fit (smallest held block
+//!   that fits, the remainder staying held) by later async allocations from that
+//!   pool; `cuMemPoolTrimTo` releases held bytes, largest block first, down to
+//!   exactly `minBytesToKeep`. Destroying a pool releases its held bytes; blocks
+//!   still live go back to the device when freed.
+//! - VMM: `cuMemCreate` with a device location charges capacity; physical memory
+//!   is returned when it is both released and unmapped. Sizes must be multiples
+//!   of the 2 MiB granularity. `cuMemAddressFree` requires the range unmapped.
+//! - Host memory (pinned, managed, registered, host-located VMM) never counts
+//!   against device capacity; pinned and managed memory is real `malloc`ed
+//!   memory, and copies into managed memory really copy.
+//! - Contexts: a per-thread context stack. Destroying a context, or releasing
+//!   the last reference of a primary context, frees every `cuMemAlloc*` /
+//!   `cuMemAllocPitch*` allocation and array made in it (stream-ordered
+//!   allocations belong to their pool and are left alone).
+//! - `cuGetProcAddress` / `cuGetProcAddress_v2` resolve like driver 535: by
+//!   base name and requested version (`cuMemAlloc` at 3020+ gives
+//!   `cuMemAlloc_v2`), with `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`
+//!   giving the `_ptsz` / `_ptds` variants, and they work before `cuInit`.
+//!
+//! Every export begins like NVIDIA's: `cmpl $0x0, GUARD(%rip)` then `je`, then
+//! a jump to the Rust implementation, leaving the stack and the argument
+//! registers untouched.
+
+#![allow(non_snake_case)]
+
+mod imp;
+mod procaddr;
+
+/// Read by the first instruction of every export, as NVIDIA's entry points
+/// read their initialization word.
+static ENTRY_GUARD: u32 = 0;
+
+macro_rules! exports {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("The exported driver entry point `", stringify!($name), "`.")]
+            ///
+            /// # Safety
+            ///
+            /// Called from C with the arguments that `cuda.h` declares for this
+            /// entry point; pointer arguments must be valid as the CUDA driver
+            /// API documents.
+            #[unsafe(no_mangle)]
+            #[unsafe(naked)]
+            pub unsafe extern "C" fn $name() {
+                core::arch::naked_asm!(
+                    "cmp dword ptr [rip + {guard}], 0",
+                    "je 2f",
+                    "2:",
+                    "jmp {target}",
+                    guard = sym ENTRY_GUARD,
+                    target = sym imp::$name,
+                );
+            }
+        )*
+
+        /// The address of the exported symbol `name`, if this library exports it.
+        pub(crate) fn export_address(name: &str) -> Option<*mut core::ffi::c_void> {
+            match name {
+                $(
+                    stringify!($name) => {
+                        Some($name as unsafe extern "C" fn() as *mut core::ffi::c_void)
+                    }
+                )*
+                _ => None,
+            }
+        }
+    };
+}
+
+exports! {
+    cuInit,
+    cuDriverGetVersion,
+    cuDeviceGet,
+    cuDeviceGetCount,
+    cuDeviceTotalMem,
+    cuDeviceTotalMem_v2,
+    cuMemGetInfo,
+    cuMemGetInfo_v2,
+    cuGetProcAddress,
+    cuGetProcAddress_v2,
+    cuMemAlloc,
+    cuMemAlloc_v2,
+    cuMemAllocPitch,
+    cuMemAllocPitch_v2,
+    cuMemFree,
+    cuMemFree_v2,
+    cuMemAllocAsync,
+    cuMemAllocAsync_ptsz,
+    cuMemAllocFromPoolAsync,
+    cuMemAllocFromPoolAsync_ptsz,
+    cuMemFreeAsync,
+    cuMemFreeAsync_ptsz,
+    cuMemPoolCreate,
+    cuMemPoolDestroy,
+    cuMemPoolTrimTo,
+    cuDeviceGetDefaultMemPool,
+    cuMemCreate,
+    cuMemRelease,
+    cuMemAddressReserve,
+    cuMemAddressFree,
+    cuMemMap,
+    cuMemUnmap,
+    cuMemSetAccess,
+    cuMemGetAllocationGranularity,
+    cuArrayCreate,
+    cuArrayCreate_v2,
+    cuArray3DCreate,
+    cuArray3DCreate_v2,
+    cuMipmappedArrayCreate,
+    cuArrayDestroy,
+    cuMipmappedArrayDestroy,
+    cuMemAllocManaged,
+    cuMemAllocHost,
+    cuMemAllocHost_v2,
+    cuMemHostAlloc,
+    cuMemFreeHost,
+    cuMemHostRegister,
+    cuMemHostRegister_v2,
+    cuMemHostUnregister,
+    cuCtxCreate,
+    cuCtxCreate_v2,
+    cuCtxCreate_v3,
+    cuCtxDestroy,
+    cuCtxDestroy_v2,
+    cuDevicePrimaryCtxRetain,
+    cuDevicePrimaryCtxRelease,
+    cuDevicePrimaryCtxRelease_v2,
+    cuCtxSetCurrent,
+    cuCtxGetCurrent,
+    cuCtxPushCurrent,
+    cuCtxPushCurrent_v2,
+    cuCtxPopCurrent,
+    cuCtxPopCurrent_v2,
+    cuCtxSynchronize,
+    cuMemcpyHtoD,
+    cuMemcpyHtoD_v2,
+    cuMemcpyHtoD_v2_ptds,
+    cuMemcpyHtoDAsync,
+    cuMemcpyHtoDAsync_v2,
+    cuMemcpyHtoDAsync_v2_ptsz,
+}

@@ -1,0 +1,195 @@
+//! `cuGetProcAddress` resolution, as measured on NVIDIA's driver 535.
+//!
+//! Each base name maps to the exported variants and the CUDA version from which
+//! each one is returned; with the per-thread-default-stream flag the `_ptsz` /
+//! `_ptds` list is used instead where one exists.
+
+/// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
+pub const PER_THREAD_DEFAULT_STREAM: u64 = 1 << 1;
+
+/// `CUdriverProcAddressQueryResult` values.
+pub const QUERY_SUCCESS: i32 = 0;
+pub const QUERY_SYMBOL_NOT_FOUND: i32 = 1;
+pub const QUERY_VERSION_NOT_SUFFICIENT: i32 = 2;
+
+type Versions = &'static [(i32, &'static str)];
+
+/// (base name, variants by minimum version, per-thread variants by minimum version)
+const TABLE: &[(&str, Versions, Versions)] = &[
+    ("cuInit", &[(2000, "cuInit")], &[]),
+    ("cuDriverGetVersion", &[(2020, "cuDriverGetVersion")], &[]),
+    ("cuDeviceGet", &[(2000, "cuDeviceGet")], &[]),
+    ("cuDeviceGetCount", &[(2000, "cuDeviceGetCount")], &[]),
+    (
+        "cuDeviceTotalMem",
+        &[(2000, "cuDeviceTotalMem"), (3020, "cuDeviceTotalMem_v2")],
+        &[],
+    ),
+    (
+        "cuMemGetInfo",
+        &[(2000, "cuMemGetInfo"), (3020, "cuMemGetInfo_v2")],
+        &[],
+    ),
+    (
+        "cuGetProcAddress",
+        &[(11030, "cuGetProcAddress"), (12000, "cuGetProcAddress_v2")],
+        &[],
+    ),
+    (
+        "cuMemAlloc",
+        &[(2000, "cuMemAlloc"), (3020, "cuMemAlloc_v2")],
+        &[],
+    ),
+    (
+        "cuMemAllocPitch",
+        &[(2000, "cuMemAllocPitch"), (3020, "cuMemAllocPitch_v2")],
+        &[],
+    ),
+    (
+        "cuMemFree",
+        &[(2000, "cuMemFree"), (3020, "cuMemFree_v2")],
+        &[],
+    ),
+    (
+        "cuMemAllocAsync",
+        &[(11020, "cuMemAllocAsync")],
+        &[(11020, "cuMemAllocAsync_ptsz")],
+    ),
+    (
+        "cuMemAllocFromPoolAsync",
+        &[(11020, "cuMemAllocFromPoolAsync")],
+        &[(11020, "cuMemAllocFromPoolAsync_ptsz")],
+    ),
+    (
+        "cuMemFreeAsync",
+        &[(11020, "cuMemFreeAsync")],
+        &[(11020, "cuMemFreeAsync_ptsz")],
+    ),
+    ("cuMemPoolCreate", &[(11020, "cuMemPoolCreate")], &[]),
+    ("cuMemPoolDestroy", &[(11020, "cuMemPoolDestroy")], &[]),
+    ("cuMemPoolTrimTo", &[(11020, "cuMemPoolTrimTo")], &[]),
+    (
+        "cuDeviceGetDefaultMemPool",
+        &[(11020, "cuDeviceGetDefaultMemPool")],
+        &[],
+    ),
+    ("cuMemCreate", &[(11000, "cuMemCreate")], &[]),
+    ("cuMemRelease", &[(11000, "cuMemRelease")], &[]),
+    (
+        "cuMemAddressReserve",
+        &[(11000, "cuMemAddressReserve")],
+        &[],
+    ),
+    ("cuMemAddressFree", &[(11000, "cuMemAddressFree")], &[]),
+    ("cuMemMap", &[(11000, "cuMemMap")], &[]),
+    ("cuMemUnmap", &[(11000, "cuMemUnmap")], &[]),
+    ("cuMemSetAccess", &[(11000, "cuMemSetAccess")], &[]),
+    (
+        "cuMemGetAllocationGranularity",
+        &[(11000, "cuMemGetAllocationGranularity")],
+        &[],
+    ),
+    (
+        "cuArrayCreate",
+        &[(2000, "cuArrayCreate"), (3020, "cuArrayCreate_v2")],
+        &[],
+    ),
+    (
+        "cuArray3DCreate",
+        &[(2000, "cuArray3DCreate"), (3020, "cuArray3DCreate_v2")],
+        &[],
+    ),
+    (
+        "cuMipmappedArrayCreate",
+        &[(5000, "cuMipmappedArrayCreate")],
+        &[],
+    ),
+    ("cuArrayDestroy", &[(2000, "cuArrayDestroy")], &[]),
+    (
+        "cuMipmappedArrayDestroy",
+        &[(5000, "cuMipmappedArrayDestroy")],
+        &[],
+    ),
+    ("cuMemAllocManaged", &[(6050, "cuMemAllocManaged")], &[]),
+    (
+        "cuMemAllocHost",
+        &[(2000, "cuMemAllocHost"), (3020, "cuMemAllocHost_v2")],
+        &[],
+    ),
+    ("cuMemHostAlloc", &[(2020, "cuMemHostAlloc")], &[]),
+    ("cuMemFreeHost", &[(2000, "cuMemFreeHost")], &[]),
+    (
+        "cuMemHostRegister",
+        &[(4000, "cuMemHostRegister"), (6050, "cuMemHostRegister_v2")],
+        &[],
+    ),
+    ("cuMemHostUnregister", &[(4000, "cuMemHostUnregister")], &[]),
+    (
+        "cuCtxCreate",
+        &[
+            (2000, "cuCtxCreate"),
+            (3020, "cuCtxCreate_v2"),
+            (11040, "cuCtxCreate_v3"),
+        ],
+        &[],
+    ),
+    (
+        "cuCtxDestroy",
+        &[(2000, "cuCtxDestroy"), (4000, "cuCtxDestroy_v2")],
+        &[],
+    ),
+    (
+        "cuDevicePrimaryCtxRetain",
+        &[(7000, "cuDevicePrimaryCtxRetain")],
+        &[],
+    ),
+    (
+        "cuDevicePrimaryCtxRelease",
+        &[
+            (7000, "cuDevicePrimaryCtxRelease"),
+            (11000, "cuDevicePrimaryCtxRelease_v2"),
+        ],
+        &[],
+    ),
+    ("cuCtxSetCurrent", &[(4000, "cuCtxSetCurrent")], &[]),
+    ("cuCtxGetCurrent", &[(4000, "cuCtxGetCurrent")], &[]),
+    (
+        "cuCtxPushCurrent",
+        &[(2000, "cuCtxPushCurrent"), (4000, "cuCtxPushCurrent_v2")],
+        &[],
+    ),
+    (
+        "cuCtxPopCurrent",
+        &[(2000, "cuCtxPopCurrent"), (4000, "cuCtxPopCurrent_v2")],
+        &[],
+    ),
+    ("cuCtxSynchronize", &[(2000, "cuCtxSynchronize")], &[]),
+    (
+        "cuMemcpyHtoD",
+        &[(2000, "cuMemcpyHtoD"), (3020, "cuMemcpyHtoD_v2")],
+        &[(7000, "cuMemcpyHtoD_v2_ptds")],
+    ),
+    (
+        "cuMemcpyHtoDAsync",
+        &[(2000, "cuMemcpyHtoDAsync"), (3020, "cuMemcpyHtoDAsync_v2")],
+        &[(7000, "cuMemcpyHtoDAsync_v2_ptsz")],
+    ),
+];
+
+/// Resolves `base` for `version` and `flags` to an exported symbol name, or to
+/// the `CUdriverProcAddressQueryResult` explaining why not.
+pub fn resolve(base: &str, version: i32, flags: u64) -> Result<&'static str, i32> {
+    let Some((_, plain, per_thread)) = TABLE.iter().find(|(name, _, _)| *name == base) else {
+        return Err(QUERY_SYMBOL_NOT_FOUND);
+    };
+    let list = if flags & PER_THREAD_DEFAULT_STREAM != 0 && !per_thread.is_empty() {
+        per_thread
+    } else {
+        plain
+    };
+    list.iter()
+        .rev()
+        .find(|(min, _)| *min <= version)
+        .map(|(_, sym)| *sym)
+        .ok_or(QUERY_VERSION_NOT_SUFFICIENT)
+}

@@ -1,0 +1,277 @@
+//! The workload's own record of what it holds: the ground truth printed at
+//! exit. Pool-held bytes mirror the driver's documented pool model (best-fit
+//! reuse with the remainder staying held, trimming largest block first).
+
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Label {
+    Weights,
+    KvCache,
+    Dynamic,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Key {
+    /// A `cuMemAlloc*` / `cuMemAllocPitch*` / stream-ordered allocation.
+    Ptr(u64),
+    /// A CUDA array or mipmapped array handle.
+    Array(u64),
+}
+
+struct DevRec {
+    bytes: u64,
+    label: Label,
+    ctx: u64,
+    pool: Option<u64>,
+}
+
+struct PhysRec {
+    bytes: u64,
+    /// `None` for host-located physical memory.
+    label: Option<Label>,
+    released: bool,
+    maps: u32,
+}
+
+#[derive(Default)]
+struct PoolRec {
+    held: Vec<u64>,
+    destroyed: bool,
+}
+
+#[derive(Default)]
+pub struct Book {
+    dev: HashMap<Key, DevRec>,
+    phys: HashMap<u64, PhysRec>,
+    mappings: BTreeMap<u64, (u64, u64)>,
+    pools: HashMap<u64, PoolRec>,
+    host: HashMap<u64, u64>,
+    live: u64,
+    peak: u64,
+}
+
+pub struct Summary {
+    pub device_bytes: u64,
+    pub pool_held: u64,
+    pub host_bytes: u64,
+    pub peak: u64,
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub dynamic: u64,
+}
+
+impl Book {
+    fn grow(&mut self, bytes: u64) {
+        self.live += bytes;
+        self.peak = self.peak.max(self.live);
+    }
+
+    fn shrink(&mut self, bytes: u64) {
+        self.live = self.live.saturating_sub(bytes);
+    }
+
+    pub fn add(&mut self, key: Key, bytes: u64, label: Label, ctx: u64) {
+        self.dev.insert(
+            key,
+            DevRec {
+                bytes,
+                label,
+                ctx,
+                pool: None,
+            },
+        );
+        self.grow(bytes);
+    }
+
+    /// A freed allocation: its bytes leave the live set (into its pool if it
+    /// came from one that still exists).
+    pub fn remove(&mut self, key: Key) {
+        let Some(rec) = self.dev.remove(&key) else {
+            return;
+        };
+        self.shrink(rec.bytes);
+        if let Some(pool) = rec.pool {
+            let p = self.pools.entry(pool).or_default();
+            if !p.destroyed {
+                p.held.push(rec.bytes);
+            }
+        }
+    }
+
+    pub fn pool_alloc(&mut self, pool: u64, ptr: u64, bytes: u64, label: Label, ctx: u64) {
+        let p = self.pools.entry(pool).or_default();
+        let best = p
+            .held
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s >= bytes)
+            .min_by_key(|(i, s)| (**s, *i))
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let block = p.held.remove(i);
+            if block > bytes {
+                p.held.push(block - bytes);
+            }
+        }
+        self.dev.insert(
+            Key::Ptr(ptr),
+            DevRec {
+                bytes,
+                label,
+                ctx,
+                pool: Some(pool),
+            },
+        );
+        self.grow(bytes);
+    }
+
+    pub fn pool_trim(&mut self, pool: u64, keep: u64) {
+        let p = self.pools.entry(pool).or_default();
+        let held: u64 = p.held.iter().sum();
+        if held <= keep {
+            return;
+        }
+        let mut excess = held - keep;
+        while excess > 0 {
+            let Some(i) = p
+                .held
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            if p.held[i] <= excess {
+                excess -= p.held.remove(i);
+            } else {
+                p.held[i] -= excess;
+                excess = 0;
+            }
+        }
+    }
+
+    pub fn pool_destroy(&mut self, pool: u64) {
+        let p = self.pools.entry(pool).or_default();
+        p.held.clear();
+        p.destroyed = true;
+    }
+
+    /// Every `cuMemAlloc*` allocation and array made in `ctx` goes with it.
+    pub fn ctx_destroyed(&mut self, ctx: u64) {
+        let dead: Vec<Key> = self
+            .dev
+            .iter()
+            .filter(|(_, r)| r.ctx == ctx && r.pool.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            self.remove(k);
+        }
+    }
+
+    /// Physical VMM memory; `label` is `None` for host-located memory.
+    pub fn phys_create(&mut self, handle: u64, bytes: u64, label: Option<Label>) {
+        self.phys.insert(
+            handle,
+            PhysRec {
+                bytes,
+                label,
+                released: false,
+                maps: 0,
+            },
+        );
+        if label.is_some() {
+            self.grow(bytes);
+        }
+    }
+
+    fn phys_gone_if_done(&mut self, handle: u64) {
+        if let Some(p) = self.phys.get(&handle)
+            && p.released
+            && p.maps == 0
+        {
+            let (bytes, device) = (p.bytes, p.label.is_some());
+            self.phys.remove(&handle);
+            if device {
+                self.shrink(bytes);
+            }
+        }
+    }
+
+    pub fn phys_release(&mut self, handle: u64) {
+        if let Some(p) = self.phys.get_mut(&handle) {
+            p.released = true;
+        }
+        self.phys_gone_if_done(handle);
+    }
+
+    pub fn map(&mut self, va: u64, size: u64, handle: u64) {
+        self.mappings.insert(va, (size, handle));
+        if let Some(p) = self.phys.get_mut(&handle) {
+            p.maps += 1;
+        }
+    }
+
+    pub fn unmap(&mut self, va: u64, size: u64) {
+        let inside: Vec<u64> = self
+            .mappings
+            .range(va..va.saturating_add(size))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in inside {
+            if let Some((_, handle)) = self.mappings.remove(&k) {
+                if let Some(p) = self.phys.get_mut(&handle) {
+                    p.maps = p.maps.saturating_sub(1);
+                }
+                self.phys_gone_if_done(handle);
+            }
+        }
+    }
+
+    pub fn host_add(&mut self, ptr: u64, bytes: u64) {
+        self.host.insert(ptr, bytes);
+    }
+
+    pub fn host_remove(&mut self, ptr: u64) {
+        self.host.remove(&ptr);
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            device_bytes: 0,
+            pool_held: self
+                .pools
+                .values()
+                .filter(|p| !p.destroyed)
+                .flat_map(|p| p.held.iter())
+                .sum(),
+            host_bytes: self.host.values().sum(),
+            peak: self.peak,
+            weights: 0,
+            kv_cache: 0,
+            dynamic: 0,
+        };
+        let mut count = |bytes: u64, label: Label| {
+            s.device_bytes += bytes;
+            match label {
+                Label::Weights => s.weights += bytes,
+                Label::KvCache => s.kv_cache += bytes,
+                Label::Dynamic => s.dynamic += bytes,
+            }
+        };
+        for r in self.dev.values() {
+            count(r.bytes, r.label);
+        }
+        let mut host_phys = 0;
+        for p in self.phys.values() {
+            match p.label {
+                Some(l) => count(p.bytes, l),
+                None => host_phys += p.bytes,
+            }
+        }
+        s.host_bytes += host_phys;
+        s
+    }
+}

@@ -1,0 +1,566 @@
+//! `probe-all`: every hooked entry point called once, with well-formed
+//! arguments, whatever the results. Each is resolved through the driver's
+//! `cuGetProcAddress_v2` (per-thread variants with the per-thread flag, legacy
+//! variants at the version that returns them), falling back to `dlsym`.
+
+use std::ffi::{c_int, c_uint};
+
+use serde_json::json;
+
+use crate::book::{Book, Key, Label};
+use crate::call;
+use crate::driver::*;
+use crate::rt::{MIB, array_bytes, mipmap_bytes};
+use crate::scenarios::Extra;
+
+macro_rules! sym {
+    ($d:expr, $ty:ty, $base:literal, $ver:expr, $flags:expr, $exp:literal) => {
+        $d.resolve_or_dlsym::<$ty>($base, $ver, $flags, $exp)?
+    };
+}
+
+fn null() -> P {
+    std::ptr::null_mut()
+}
+
+pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
+    const V: c_int = CUDA_VERSION;
+    let mib = MIB as usize;
+    let src = vec![0x42u8; mib];
+    let srcp = src.as_ptr().cast();
+
+    // Initialization and devices.
+    let init = sym!(d, FnInit, "cuInit", V, 0, "cuInit");
+    let init_ret = call!(d, init, 0);
+    let f = sym!(
+        d,
+        FnOutInt,
+        "cuDriverGetVersion",
+        V,
+        0,
+        "cuDriverGetVersion"
+    );
+    let mut version = 0;
+    call!(d, f, &mut version);
+    let f = sym!(d, FnOutInt, "cuDeviceGetCount", V, 0, "cuDeviceGetCount");
+    let mut count = 0;
+    call!(d, f, &mut count);
+    let f = sym!(d, FnDeviceGet, "cuDeviceGet", V, 0, "cuDeviceGet");
+    let mut dev = 0;
+    call!(d, f, &mut dev, 0);
+    let f = sym!(
+        d,
+        FnTotalMem32,
+        "cuDeviceTotalMem",
+        2000,
+        0,
+        "cuDeviceTotalMem"
+    );
+    let mut total32: c_uint = 0;
+    call!(d, f, &mut total32, dev);
+    let f = sym!(
+        d,
+        FnTotalMem,
+        "cuDeviceTotalMem",
+        V,
+        0,
+        "cuDeviceTotalMem_v2"
+    );
+    let mut total = 0usize;
+    call!(d, f, &mut total, dev);
+
+    // Contexts.
+    let retain = sym!(
+        d,
+        FnOutHandleDev,
+        "cuDevicePrimaryCtxRetain",
+        V,
+        0,
+        "cuDevicePrimaryCtxRetain"
+    );
+    let mut primary: P = null();
+    call!(d, retain, &mut primary, dev);
+    let f = sym!(d, FnHandle, "cuCtxSetCurrent", V, 0, "cuCtxSetCurrent");
+    call!(d, f, primary);
+    let f = sym!(d, FnOutHandle, "cuCtxGetCurrent", V, 0, "cuCtxGetCurrent");
+    let mut cur: P = null();
+    call!(d, f, &mut cur);
+    let f = sym!(d, FnMemInfo32, "cuMemGetInfo", 2000, 0, "cuMemGetInfo");
+    let (mut free32, mut tot32): (c_uint, c_uint) = (0, 0);
+    call!(d, f, &mut free32, &mut tot32);
+    let f = sym!(d, FnMemInfo, "cuMemGetInfo", V, 0, "cuMemGetInfo_v2");
+    let (mut free, mut tot) = (0usize, 0usize);
+    call!(d, f, &mut free, &mut tot);
+
+    // The resolvers themselves, called through the pointers they return.
+    let gpa1 = sym!(d, FnGpa, "cuGetProcAddress", 11030, 0, "cuGetProcAddress");
+    let mut pfn: P = null();
+    call!(d, gpa1, c"cuMemAlloc".as_ptr(), &mut pfn, V, 0);
+    let gpa2 = sym!(
+        d,
+        FnGpa2,
+        "cuGetProcAddress",
+        12000,
+        0,
+        "cuGetProcAddress_v2"
+    );
+    let mut status: c_int = 0;
+    call!(d, gpa2, c"cuMemAlloc".as_ptr(), &mut pfn, V, 0, &mut status);
+
+    let create1 = sym!(d, FnCtxCreate, "cuCtxCreate", 2000, 0, "cuCtxCreate");
+    let create2 = sym!(d, FnCtxCreate, "cuCtxCreate", 3020, 0, "cuCtxCreate_v2");
+    let create3 = sym!(d, FnCtxCreate3, "cuCtxCreate", V, 0, "cuCtxCreate_v3");
+    let (mut c1, mut c2, mut c3): (P, P, P) = (null(), null(), null());
+    call!(d, create1, &mut c1, 0, dev);
+    call!(d, create2, &mut c2, 0, dev);
+    call!(d, create3, &mut c3, null(), 0, 0, dev);
+    let pop2 = sym!(
+        d,
+        FnOutHandle,
+        "cuCtxPopCurrent",
+        V,
+        0,
+        "cuCtxPopCurrent_v2"
+    );
+    let pop1 = sym!(
+        d,
+        FnOutHandle,
+        "cuCtxPopCurrent",
+        2000,
+        0,
+        "cuCtxPopCurrent"
+    );
+    let mut popped: P = null();
+    call!(d, pop2, &mut popped);
+    call!(d, pop1, &mut popped);
+    let push1 = sym!(d, FnHandle, "cuCtxPushCurrent", 2000, 0, "cuCtxPushCurrent");
+    let push2 = sym!(d, FnHandle, "cuCtxPushCurrent", V, 0, "cuCtxPushCurrent_v2");
+    call!(d, push1, c2);
+    call!(d, push2, c3);
+    let f = sym!(d, FnVoid, "cuCtxSynchronize", V, 0, "cuCtxSynchronize");
+    call!(d, f);
+    let destroy2 = sym!(d, FnHandle, "cuCtxDestroy", V, 0, "cuCtxDestroy_v2");
+    let destroy1 = sym!(d, FnHandle, "cuCtxDestroy", 2000, 0, "cuCtxDestroy");
+    call!(d, destroy2, c3);
+    call!(d, destroy1, c2);
+    let set = sym!(d, FnHandle, "cuCtxSetCurrent", V, 0, "cuCtxSetCurrent");
+    call!(d, set, primary);
+    let ctx = primary as u64;
+
+    // Device memory and copies.
+    let f = sym!(d, FnAlloc32, "cuMemAlloc", 2000, 0, "cuMemAlloc");
+    let mut p32: c_uint = 0;
+    let r = call!(d, f, &mut p32, mib as c_uint);
+    d.bytes(f.name, MIB, r);
+    let f = sym!(d, FnHtoD32, "cuMemcpyHtoD", 2000, 0, "cuMemcpyHtoD");
+    call!(d, f, p32, srcp, mib as c_uint);
+    let f = sym!(
+        d,
+        FnHtoDAsync32,
+        "cuMemcpyHtoDAsync",
+        2000,
+        0,
+        "cuMemcpyHtoDAsync"
+    );
+    call!(d, f, p32, srcp, mib as c_uint, null());
+    let f = sym!(d, FnU32, "cuMemFree", 2000, 0, "cuMemFree");
+    call!(d, f, p32);
+
+    let f = sym!(d, FnAlloc, "cuMemAlloc", V, 0, "cuMemAlloc_v2");
+    let mut ptr = 0u64;
+    let r = call!(d, f, &mut ptr, mib);
+    d.bytes(f.name, MIB, r);
+    let f = sym!(d, FnHtoD, "cuMemcpyHtoD", V, 0, "cuMemcpyHtoD_v2");
+    call!(d, f, ptr, srcp, mib);
+    let f = sym!(
+        d,
+        FnHtoD,
+        "cuMemcpyHtoD",
+        V,
+        PER_THREAD,
+        "cuMemcpyHtoD_v2_ptds"
+    );
+    call!(d, f, ptr, srcp, mib);
+    let f = sym!(
+        d,
+        FnHtoDAsync,
+        "cuMemcpyHtoDAsync",
+        V,
+        0,
+        "cuMemcpyHtoDAsync_v2"
+    );
+    call!(d, f, ptr, srcp, mib, null());
+    let f = sym!(
+        d,
+        FnHtoDAsync,
+        "cuMemcpyHtoDAsync",
+        V,
+        PER_THREAD,
+        "cuMemcpyHtoDAsync_v2_ptsz"
+    );
+    call!(d, f, ptr, srcp, mib, null());
+    let f = sym!(d, FnU64, "cuMemFree", V, 0, "cuMemFree_v2");
+    call!(d, f, ptr);
+
+    let f = sym!(d, FnPitch32, "cuMemAllocPitch", 2000, 0, "cuMemAllocPitch");
+    let (mut p32, mut pitch32): (c_uint, c_uint) = (0, 0);
+    let r = call!(d, f, &mut p32, &mut pitch32, 1000, 256, 4);
+    let bytes = if r == 0 {
+        u64::from(pitch32) * 256
+    } else {
+        1000 * 256
+    };
+    d.bytes(f.name, bytes, r);
+    if r == 0 {
+        book.add(Key::Ptr(u64::from(p32)), bytes, Label::Dynamic, ctx);
+    }
+    let f = sym!(d, FnPitch, "cuMemAllocPitch", V, 0, "cuMemAllocPitch_v2");
+    let (mut pp, mut pitch) = (0u64, 0usize);
+    let r = call!(d, f, &mut pp, &mut pitch, 1000, 256, 4);
+    let bytes = if r == 0 {
+        pitch as u64 * 256
+    } else {
+        1000 * 256
+    };
+    d.bytes(f.name, bytes, r);
+    if r == 0 {
+        book.add(Key::Ptr(pp), bytes, Label::Dynamic, ctx);
+    }
+
+    // Stream-ordered pools.
+    let f = sym!(
+        d,
+        FnOutHandleDev,
+        "cuDeviceGetDefaultMemPool",
+        V,
+        0,
+        "cuDeviceGetDefaultMemPool"
+    );
+    let mut pool0: P = null();
+    call!(d, f, &mut pool0, dev);
+    let alloc_async = sym!(d, FnAllocAsync, "cuMemAllocAsync", V, 0, "cuMemAllocAsync");
+    let alloc_async_pt = sym!(
+        d,
+        FnAllocAsync,
+        "cuMemAllocAsync",
+        V,
+        PER_THREAD,
+        "cuMemAllocAsync_ptsz"
+    );
+    let free_async = sym!(d, FnFreeAsync, "cuMemFreeAsync", V, 0, "cuMemFreeAsync");
+    let free_async_pt = sym!(
+        d,
+        FnFreeAsync,
+        "cuMemFreeAsync",
+        V,
+        PER_THREAD,
+        "cuMemFreeAsync_ptsz"
+    );
+    for (alloc, freef) in [(alloc_async, free_async), (alloc_async_pt, free_async_pt)] {
+        let mut a = 0u64;
+        let r = call!(d, alloc, &mut a, mib, null());
+        d.bytes(alloc.name, MIB, r);
+        if r == 0 {
+            book.pool_alloc(pool0 as u64, a, MIB, Label::Dynamic, ctx);
+            book.remove(Key::Ptr(a));
+        }
+        call!(d, freef, a, null());
+    }
+    let f = sym!(d, FnPoolCreate, "cuMemPoolCreate", V, 0, "cuMemPoolCreate");
+    let props = PoolProps {
+        alloc_type: 1,
+        handle_types: 0,
+        location: MemLocation { kind: 1, id: dev },
+        win32_security: null(),
+        max_size: 0,
+        reserved: [0; 56],
+    };
+    let mut pool: P = null();
+    call!(d, f, &mut pool, &props);
+    let fp = sym!(
+        d,
+        FnAllocFromPool,
+        "cuMemAllocFromPoolAsync",
+        V,
+        0,
+        "cuMemAllocFromPoolAsync"
+    );
+    let fp_pt = sym!(
+        d,
+        FnAllocFromPool,
+        "cuMemAllocFromPoolAsync",
+        V,
+        PER_THREAD,
+        "cuMemAllocFromPoolAsync_ptsz"
+    );
+    for f in [fp, fp_pt] {
+        let mut a = 0u64;
+        let r = call!(d, f, &mut a, mib, pool, null());
+        d.bytes(f.name, MIB, r);
+        if r == 0 {
+            book.pool_alloc(pool as u64, a, MIB, Label::Dynamic, ctx);
+        }
+    }
+    let f = sym!(d, FnTrim, "cuMemPoolTrimTo", V, 0, "cuMemPoolTrimTo");
+    if call!(d, f, pool0, 0) == 0 {
+        book.pool_trim(pool0 as u64, 0);
+    }
+    let f = sym!(d, FnHandle, "cuMemPoolDestroy", V, 0, "cuMemPoolDestroy");
+    if call!(d, f, pool) == 0 {
+        book.pool_destroy(pool as u64);
+    }
+
+    // Virtual memory management.
+    let prop = AllocProp::pinned(1, dev);
+    let f = sym!(
+        d,
+        FnGranularity,
+        "cuMemGetAllocationGranularity",
+        V,
+        0,
+        "cuMemGetAllocationGranularity"
+    );
+    let mut g = 0usize;
+    if call!(d, f, &mut g, &prop, 0) != 0 || g == 0 {
+        g = 2 * mib;
+    }
+    let f = sym!(d, FnMemCreate, "cuMemCreate", V, 0, "cuMemCreate");
+    let mut h = 0u64;
+    let r = call!(d, f, &mut h, g, &prop, 0);
+    d.bytes(f.name, g as u64, r);
+    if r == 0 {
+        book.phys_create(h, g as u64, Some(Label::Dynamic));
+    }
+    let f = sym!(
+        d,
+        FnReserve,
+        "cuMemAddressReserve",
+        V,
+        0,
+        "cuMemAddressReserve"
+    );
+    let mut va = 0u64;
+    call!(d, f, &mut va, 2 * g, 0, 0, 0);
+    let f = sym!(d, FnMap, "cuMemMap", V, 0, "cuMemMap");
+    if call!(d, f, va, g, 0, h, 0) == 0 {
+        book.map(va, g as u64, h);
+    }
+    let f = sym!(d, FnSetAccess, "cuMemSetAccess", V, 0, "cuMemSetAccess");
+    let desc = AccessDesc {
+        location: MemLocation { kind: 1, id: dev },
+        flags: 3,
+    };
+    call!(d, f, va, g, &desc, 1);
+    let f = sym!(d, FnRange, "cuMemUnmap", V, 0, "cuMemUnmap");
+    if call!(d, f, va, g) == 0 {
+        book.unmap(va, g as u64);
+    }
+    let f = sym!(d, FnU64, "cuMemRelease", V, 0, "cuMemRelease");
+    if call!(d, f, h) == 0 {
+        book.phys_release(h);
+    }
+    let f = sym!(d, FnRange, "cuMemAddressFree", V, 0, "cuMemAddressFree");
+    call!(d, f, va, 2 * g);
+
+    // Arrays.
+    let f = sym!(d, FnArray32, "cuArrayCreate", 2000, 0, "cuArrayCreate");
+    let desc32 = ArrayDesc32 {
+        width: 256,
+        height: 256,
+        format: 0x20,
+        channels: 1,
+    };
+    let mut a1: P = null();
+    let r = call!(d, f, &mut a1, &desc32);
+    let bytes = array_bytes(256, 256, 0, 0x20, 1);
+    d.bytes(f.name, bytes, r);
+    if r == 0 {
+        book.add(Key::Array(a1 as u64), bytes, Label::Dynamic, ctx);
+    }
+    let f = sym!(d, FnArray, "cuArrayCreate", V, 0, "cuArrayCreate_v2");
+    let desc = ArrayDesc {
+        width: 256,
+        height: 256,
+        format: 0x20,
+        channels: 1,
+    };
+    let mut a2: P = null();
+    let r = call!(d, f, &mut a2, &desc);
+    d.bytes(f.name, bytes, r);
+    if r == 0 {
+        book.add(Key::Array(a2 as u64), bytes, Label::Dynamic, ctx);
+    }
+    let bytes3 = array_bytes(64, 64, 64, 0x01, 4);
+    let f = sym!(
+        d,
+        FnArray3D32,
+        "cuArray3DCreate",
+        2000,
+        0,
+        "cuArray3DCreate"
+    );
+    let d32 = Array3DDesc32 {
+        width: 64,
+        height: 64,
+        depth: 64,
+        format: 0x01,
+        channels: 4,
+        flags: 0,
+    };
+    let mut a3: P = null();
+    let r = call!(d, f, &mut a3, &d32);
+    d.bytes(f.name, bytes3, r);
+    if r == 0 {
+        book.add(Key::Array(a3 as u64), bytes3, Label::Dynamic, ctx);
+    }
+    let f = sym!(d, FnArray3D, "cuArray3DCreate", V, 0, "cuArray3DCreate_v2");
+    let d3 = Array3DDesc {
+        width: 64,
+        height: 64,
+        depth: 64,
+        format: 0x01,
+        channels: 4,
+        flags: 0,
+    };
+    let mut a4: P = null();
+    let r = call!(d, f, &mut a4, &d3);
+    d.bytes(f.name, bytes3, r);
+    if r == 0 {
+        book.add(Key::Array(a4 as u64), bytes3, Label::Dynamic, ctx);
+    }
+    let f = sym!(
+        d,
+        FnMipmap,
+        "cuMipmappedArrayCreate",
+        V,
+        0,
+        "cuMipmappedArrayCreate"
+    );
+    let dm = Array3DDesc {
+        width: 256,
+        height: 256,
+        depth: 0,
+        format: 0x20,
+        channels: 1,
+        flags: 0,
+    };
+    let mut m: P = null();
+    let r = call!(d, f, &mut m, &dm, 4);
+    let mbytes = mipmap_bytes([256, 256, 0], 0x20, 1, 4);
+    d.bytes(f.name, mbytes, r);
+    if r == 0 {
+        book.add(Key::Array(m as u64), mbytes, Label::Dynamic, ctx);
+    }
+    let f = sym!(d, FnHandle, "cuArrayDestroy", V, 0, "cuArrayDestroy");
+    book.remove(Key::Array(a2 as u64));
+    call!(d, f, a2);
+    let f = sym!(
+        d,
+        FnHandle,
+        "cuMipmappedArrayDestroy",
+        V,
+        0,
+        "cuMipmappedArrayDestroy"
+    );
+    book.remove(Key::Array(m as u64));
+    call!(d, f, m);
+
+    // Host memory.
+    let f = sym!(d, FnManaged, "cuMemAllocManaged", V, 0, "cuMemAllocManaged");
+    let mut mp = 0u64;
+    let r = call!(d, f, &mut mp, mib, 1);
+    d.bytes(f.name, MIB, r);
+    if r == 0 {
+        book.host_add(mp, MIB);
+    }
+    let f = sym!(
+        d,
+        FnAllocHost32,
+        "cuMemAllocHost",
+        2000,
+        0,
+        "cuMemAllocHost"
+    );
+    let mut h1: P = null();
+    let r = call!(d, f, &mut h1, mib as c_uint);
+    d.bytes(f.name, MIB, r);
+    if r == 0 {
+        book.host_add(h1 as u64, MIB);
+    }
+    let f = sym!(d, FnAllocHost, "cuMemAllocHost", V, 0, "cuMemAllocHost_v2");
+    let mut h2: P = null();
+    let r = call!(d, f, &mut h2, mib);
+    d.bytes(f.name, MIB, r);
+    if r == 0 {
+        book.host_add(h2 as u64, MIB);
+    }
+    let f = sym!(d, FnHostAlloc, "cuMemHostAlloc", V, 0, "cuMemHostAlloc");
+    let mut h3: P = null();
+    let r = call!(d, f, &mut h3, mib, 0);
+    d.bytes(f.name, MIB, r);
+    let f = sym!(d, FnHandle, "cuMemFreeHost", V, 0, "cuMemFreeHost");
+    call!(d, f, h3);
+    let buf_a: &'static mut [u8] = Box::leak(vec![0u8; mib].into_boxed_slice());
+    let buf_b: &'static mut [u8] = Box::leak(vec![0u8; mib].into_boxed_slice());
+    let f = sym!(
+        d,
+        FnHostRegister,
+        "cuMemHostRegister",
+        4000,
+        0,
+        "cuMemHostRegister"
+    );
+    let r = call!(d, f, buf_a.as_mut_ptr().cast(), mib, 0);
+    d.bytes(f.name, MIB, r);
+    let f = sym!(
+        d,
+        FnHostRegister,
+        "cuMemHostRegister",
+        V,
+        0,
+        "cuMemHostRegister_v2"
+    );
+    let r = call!(d, f, buf_b.as_mut_ptr().cast(), mib, 0);
+    d.bytes(f.name, MIB, r);
+    if r == 0 {
+        book.host_add(buf_b.as_ptr() as u64, MIB);
+    }
+    let f = sym!(
+        d,
+        FnHandle,
+        "cuMemHostUnregister",
+        V,
+        0,
+        "cuMemHostUnregister"
+    );
+    call!(d, f, buf_a.as_mut_ptr().cast());
+
+    // Releasing the only primary-context reference destroys it and what it holds.
+    let f = sym!(
+        d,
+        FnDev,
+        "cuDevicePrimaryCtxRelease",
+        7000,
+        0,
+        "cuDevicePrimaryCtxRelease"
+    );
+    if call!(d, f, dev) == 0 {
+        book.ctx_destroyed(ctx);
+    }
+    let f = sym!(
+        d,
+        FnDev,
+        "cuDevicePrimaryCtxRelease",
+        V,
+        0,
+        "cuDevicePrimaryCtxRelease_v2"
+    );
+    call!(d, f, dev);
+
+    let mut extra = Extra::new();
+    extra.insert(
+        "driver".into(),
+        json!({"init_ret": init_ret, "version": version, "devices": count}),
+    );
+    Ok(extra)
+}

@@ -1,0 +1,446 @@
+//! The scenarios. Each one records its ground truth in the runtime's book;
+//! `main` prints it. Every call tolerates failure (with NVIDIA's library and no
+//! GPU everything fails), and nothing that failed is used afterwards.
+
+use serde_json::{Map, Value, json};
+
+use crate::book::Label::{Dynamic, KvCache, Weights};
+use crate::call;
+use crate::rt::{GIB, MIB, Ptsz, Rng, Rt};
+
+/// What a scenario adds to the report besides the common fields.
+pub type Extra = Map<String, Value>;
+
+const FLOAT: u32 = 0x20;
+const HALF: u32 = 0x10;
+const U8: u32 = 0x01;
+
+/// Loads `n` weight tensors with sizes in `lo..=hi`, each filled from host memory.
+fn load_weights(rt: &Rt, rng: &mut Rng, n: usize, lo: u64, hi: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let bytes = rng.size(lo, hi, 256);
+        if let Some(p) = rt.alloc(bytes, Weights) {
+            rt.fill(rt.cu.htod, p, bytes);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Steady state: on `threads` threads at once, `iters` iterations each of 3 to
+/// 6 short-lived activations (1 MiB..=`max`), the first filled asynchronously
+/// from host input, all freed at the end of the iteration.
+fn steady_state(rt: &Rt, seed: u64, threads: usize, iters: usize, max: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                rt.thread_init();
+                let mut rng = Rng::new(seed ^ ((t as u64 + 1) << 32));
+                for _ in 0..iters {
+                    let n = 3 + rng.next() % 4;
+                    let mut live = Vec::new();
+                    for k in 0..n {
+                        let bytes = rng.size(MIB, max, 4096);
+                        if let Some(p) = rt.alloc(bytes, Dynamic) {
+                            if k == 0 {
+                                rt.fill_async(rt.cu.htod_async, p, bytes.min(MIB));
+                            }
+                            live.push(p);
+                        }
+                    }
+                    for p in live.into_iter().rev() {
+                        rt.free(p);
+                    }
+                }
+            });
+        }
+    });
+    if threads > 1 {
+        // Each thread's in-flight call may or may not be counted at any
+        // instant, so a tracer's peak may differ by this much.
+        rt.widen_peak_tolerance(threads as u64 * max);
+    }
+}
+
+pub fn llm_server(rt: &Rt, seed: u64, threads: usize) -> Extra {
+    let mut rng = Rng::new(seed);
+    eprintln!("llm-server: loading weights");
+    load_weights(rt, &mut rng, 40, 4 * MIB, 64 * MIB);
+    eprintln!("llm-server: allocating the KV cache");
+    for _ in 0..3 {
+        let bytes = rng.size(128 * MIB, 512 * MIB, 2 * MIB);
+        rt.alloc(bytes, KvCache);
+    }
+    eprintln!("llm-server: serving on {threads} threads");
+    steady_state(rt, seed, threads, 100, 32 * MIB);
+    Extra::new()
+}
+
+pub fn training(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 24, 2 * MIB, 32 * MIB);
+    for _ in 0..2 {
+        let width = rng.size(1000, 4000, 4);
+        if let Some((p, bytes)) = rt.alloc_pitch(width, 1024, Weights) {
+            rt.fill(rt.cu.htod, p, bytes);
+        }
+    }
+    // Long-lived buffers made after loading, never filled from host.
+    rt.array2d(2048, 2048, FLOAT, 1, KvCache);
+    rt.array3d([256, 256, 64], U8, 4, KvCache);
+    for step in 0..20 {
+        let n = 4 + rng.next() % 5;
+        let mut acts = Vec::new();
+        for _ in 0..n {
+            let bytes = rng.size(MIB, 64 * MIB, 4096);
+            acts.extend(rt.alloc(bytes, Dynamic));
+        }
+        let width = rng.size(2048, 8192, 4);
+        let pitched = rt.alloc_pitch(width, 256, Dynamic);
+        // The optimizer state grows by one buffer per step and is kept.
+        rt.alloc(rng.size(MIB, 8 * MIB, 4096), KvCache);
+        for p in acts {
+            rt.free(p);
+        }
+        if let Some((p, _)) = pitched {
+            rt.free(p);
+        }
+        if step % 5 == 4 {
+            call!(rt.d, rt.cu.synchronize);
+        }
+    }
+    Extra::new()
+}
+
+pub fn pools(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    let mut rng = Rng::new(seed);
+    let pt = Ptsz::load(&rt.d)?;
+    let Some(pool0) = rt.default_pool() else {
+        eprintln!("pools: no default pool");
+        return Ok(Extra::new());
+    };
+    // Per-thread default stream, default pool: a sliding window of blocks.
+    let mut window: Vec<u64> = Vec::new();
+    for it in 0..40 {
+        let old = std::mem::take(&mut window);
+        for _ in 0..1 + rng.next() % 3 {
+            let bytes = rng.size(MIB, 16 * MIB, 64 << 10);
+            if let Some(p) = rt.alloc_async(pt.alloc_async, pool0, bytes) {
+                rt.fill_async(pt.htod_async, p, bytes.min(MIB));
+                window.push(p);
+            }
+        }
+        for p in old {
+            rt.free_async(pt.free_async, p);
+        }
+        if it == 20 {
+            rt.pool_trim(pool0, 8 * MIB);
+        }
+    }
+    // Another thread on the legacy default stream, same pool.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rt.thread_init();
+            let mut rng = Rng::new(seed ^ 0xabcd);
+            for _ in 0..10 {
+                let bytes = rng.size(MIB, 8 * MIB, 64 << 10);
+                if let Some(p) = rt.alloc_async(rt.cu.alloc_async, pool0, bytes) {
+                    rt.free_async(rt.cu.free_async, p);
+                }
+            }
+        });
+    });
+    // A pool of its own: allocated, mostly freed, trimmed, destroyed with one
+    // block still live, which is then freed straight back to the device.
+    if let Some(a) = rt.pool_create() {
+        let mut blocks = Vec::new();
+        for _ in 0..6 {
+            let bytes = rng.size(4 * MIB, 32 * MIB, 64 << 10);
+            blocks.extend(rt.alloc_from_pool(pt.alloc_from_pool, a, bytes));
+        }
+        if let Some(&first) = blocks.first() {
+            rt.fill(pt.htod, first, MIB);
+        }
+        let last = blocks.pop();
+        for p in blocks {
+            rt.free_async(pt.free_async, p);
+        }
+        for _ in 0..3 {
+            let bytes = rng.size(MIB, 4 * MIB, 64 << 10);
+            if let Some(p) = rt.alloc_from_pool(pt.alloc_from_pool, a, bytes) {
+                rt.free_async(pt.free_async, p);
+            }
+        }
+        rt.pool_trim(a, 16 * MIB);
+        rt.pool_destroy(a);
+        if let Some(p) = last {
+            rt.free_async(pt.free_async, p);
+        }
+    }
+    // A second pool that still holds freed blocks at exit.
+    if let Some(b) = rt.pool_create() {
+        let mut blocks = Vec::new();
+        for _ in 0..4 {
+            let bytes = rng.size(2 * MIB, 24 * MIB, 64 << 10);
+            blocks.extend(rt.alloc_from_pool(rt.cu.alloc_from_pool, b, bytes));
+        }
+        blocks.pop();
+        for p in blocks {
+            rt.free_async(rt.cu.free_async, p);
+        }
+    }
+    Ok(Extra::new())
+}
+
+pub fn vmm(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    let g = rt.granularity();
+    let chunk = 10 * g;
+    let mut extra = Extra::new();
+    // The long-lived segment: weights, KV cache and one host-located chunk.
+    if let Some(a) = rt.reserve(GIB) {
+        let mut off = 0;
+        let mut kv = Vec::new();
+        for i in 0..16 {
+            let label = if i < 8 { Weights } else { KvCache };
+            let Some(h) = rt.mem_create(chunk, Some(label)) else {
+                continue;
+            };
+            if rt.map(a + off, chunk, h) {
+                rt.set_access(a + off, chunk);
+                if label == Weights {
+                    rt.fill(rt.cu.htod, a + off, chunk);
+                    // Released while mapped: the memory stays until unmapped.
+                    rt.mem_release(h);
+                } else {
+                    kv.push((a + off, h));
+                }
+            }
+            off += chunk;
+        }
+        let host_bytes = rng.size(8, 16, 1) * g;
+        if let Some(h) = rt.mem_create(host_bytes, None)
+            && rt.map(a + off, host_bytes, h)
+        {
+            rt.set_access(a + off, host_bytes);
+        }
+        // Shrink: two KV chunks unmapped and released.
+        for (va, h) in kv.into_iter().rev().take(2) {
+            rt.unmap(va, chunk);
+            rt.mem_release(h);
+        }
+        extra.insert("segment_va".into(), json!(a));
+    }
+    // A temporary segment for dynamic memory, torn down completely.
+    let size = 512 * MIB;
+    if let Some(b) = rt.reserve(size) {
+        let mut handles = Vec::new();
+        for i in 0..6 {
+            let Some(h) = rt.mem_create(chunk, Some(Dynamic)) else {
+                continue;
+            };
+            if rt.map(b + i * chunk, chunk, h) {
+                handles.push(h);
+            }
+        }
+        rt.set_access(b, chunk * handles.len() as u64);
+        rt.fill_async(rt.cu.htod_async, b, MIB);
+        rt.unmap(b, size);
+        for h in handles {
+            rt.mem_release(h);
+        }
+        rt.addr_free(b, size);
+    }
+    extra
+}
+
+pub fn host(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 4, 8 * MIB, 16 * MIB);
+    if let Some(m) = rt.alloc_managed(64 * MIB) {
+        rt.fill(rt.cu.htod, m, MIB);
+    }
+    let m2 = rt.alloc_managed(rng.size(4 * MIB, 16 * MIB, 4096));
+    rt.alloc_host(32 * MIB);
+    let h1 = rt.host_alloc(16 * MIB, 0x3);
+    rt.host_alloc(rng.size(2 * MIB, 8 * MIB, 4096), 0x1);
+    // The legacy 32-bit entry point, as an old binary would resolve it.
+    let legacy =
+        rt.d.resolve::<crate::driver::FnAllocHost32>("cuMemAllocHost", 2000, 0, "cuMemAllocHost")?;
+    let mut hp: crate::driver::P = std::ptr::null_mut();
+    let r = call!(rt.d, legacy, &mut hp, MIB as u32);
+    rt.d.bytes(legacy.name, MIB, r);
+    if r == 0 {
+        rt.book().host_add(hp as u64, MIB);
+        rt.free_host(hp as u64);
+    }
+    // A malloc'ed buffer registered for the whole run, and one for a while.
+    let kept: &'static mut [u8] = Box::leak(vec![1u8; 8 * MIB as usize].into_boxed_slice());
+    rt.register(kept);
+    let mut temp = vec![2u8; 4 * MIB as usize];
+    if rt.register(&mut temp) {
+        rt.unregister(&mut temp);
+    }
+    if let Some(h) = h1 {
+        rt.free_host(h);
+    }
+    if let Some(m) = m2 {
+        rt.free_managed(m);
+    }
+    Ok(Extra::new())
+}
+
+pub fn oom(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 8, 32 * MIB, 64 * MIB);
+    let mut chunks = 0u64;
+    let mut failure = json!(null);
+    for _ in 0..4096 {
+        let mut ptr = 0u64;
+        let r = call!(rt.d, rt.cu.mem_alloc, &mut ptr, GIB as usize);
+        rt.d.bytes(rt.cu.mem_alloc.name, GIB, r);
+        if r != 0 {
+            eprintln!(
+                "oom: {} failed with {r} after {chunks} chunks",
+                rt.cu.mem_alloc.name
+            );
+            failure = json!({"api": rt.cu.mem_alloc.name, "request_bytes": GIB, "ret": r});
+            break;
+        }
+        rt.book()
+            .add(crate::book::Key::Ptr(ptr), GIB, KvCache, rt.current());
+        chunks += 1;
+    }
+    let mut extra = Extra::new();
+    extra.insert("oom".into(), failure);
+    extra.insert("chunks_before_failure".into(), json!(chunks));
+    extra
+}
+
+pub fn contexts(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    let primary = rt.primary;
+    let mut extra = Extra::new();
+    if let Some(c) = rt.ctx_create(rt.device) {
+        for i in 0..5 {
+            let bytes = rng.size(4 * MIB, 32 * MIB, 4096);
+            if let Some(p) = rt.alloc(bytes, Dynamic)
+                && i == 0
+            {
+                rt.fill(rt.cu.htod, p, bytes);
+            }
+        }
+        rt.pop(primary);
+        if let Some(p) = rt.alloc(16 * MIB, Weights) {
+            rt.fill(rt.cu.htod, p, 16 * MIB);
+        }
+        rt.alloc(64 * MIB, KvCache);
+        rt.push(c);
+        rt.alloc(rng.size(4 * MIB, 32 * MIB, 4096), Dynamic);
+        call!(rt.d, rt.cu.synchronize);
+        rt.pop(primary);
+        let mut cur: crate::driver::P = std::ptr::null_mut();
+        call!(rt.d, rt.cu.get_current, &mut cur);
+        // Destroying it frees everything allocated in it.
+        rt.ctx_destroy(c, primary);
+        extra.insert("destroyed_ctx".into(), json!(c));
+    }
+    let other = if rt.device_count >= 2 { 1 } else { rt.device };
+    if let Some(c3) = rt.ctx_create_v3(other) {
+        rt.alloc(8 * MIB, Dynamic);
+        rt.alloc(8 * MIB, Dynamic);
+        rt.ctx_destroy(c3, primary);
+    }
+    let (mut free, mut total) = (0usize, 0usize);
+    call!(rt.d, rt.cu.mem_info, &mut free, &mut total);
+    load_weights(rt, &mut rng, 4, 8 * MIB, 32 * MIB);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rt.thread_init();
+            rt.alloc(128 * MIB, KvCache);
+            // This thread's reference only: the primary context lives on.
+            call!(rt.d, rt.cu.primary_release, rt.device);
+        });
+    });
+    extra
+}
+
+pub fn exit_without_free(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 6, 8 * MIB, 64 * MIB);
+    rt.alloc(256 * MIB, KvCache);
+    rt.alloc(256 * MIB, KvCache);
+    for _ in 0..3 {
+        rt.alloc(rng.size(MIB, 16 * MIB, 4096), Dynamic);
+    }
+    if let Some(pool) = rt.default_pool() {
+        rt.alloc_async(rt.cu.alloc_async, pool, 4 * MIB);
+    }
+    rt.alloc_host(16 * MIB);
+    rt.alloc_managed(32 * MIB);
+    Extra::new()
+}
+
+pub fn mixed(rt: &Rt, seed: u64, threads: usize) -> anyhow::Result<Extra> {
+    let mut rng = Rng::new(seed);
+    // An inference server in miniature.
+    load_weights(rt, &mut rng, 8, 4 * MIB, 16 * MIB);
+    if let Some((p, bytes)) = rt.alloc_pitch(3000, 512, Weights) {
+        rt.fill(rt.cu.htod, p, bytes);
+    }
+    rt.alloc(128 * MIB, KvCache);
+    rt.array2d(1024, 1024, FLOAT, 1, KvCache);
+    if let Some(m) = rt.mipmap([512, 512, 0], HALF, 4, 4, Dynamic) {
+        rt.array_destroy(m, true);
+    }
+    steady_state(rt, seed, threads, 10, 8 * MIB);
+    // Stream-ordered pools.
+    let pt = Ptsz::load(&rt.d)?;
+    if let Some(pool0) = rt.default_pool() {
+        let mut live = Vec::new();
+        for _ in 0..6 {
+            live.extend(rt.alloc_async(pt.alloc_async, pool0, rng.size(MIB, 8 * MIB, 64 << 10)));
+        }
+        let keep = live.pop();
+        for p in live {
+            rt.free_async(pt.free_async, p);
+        }
+        rt.pool_trim(pool0, 4 * MIB);
+        let _ = keep;
+    }
+    if let Some(pool) = rt.pool_create() {
+        if let Some(p) = rt.alloc_from_pool(pt.alloc_from_pool, pool, 8 * MIB) {
+            rt.free_async(pt.free_async, p);
+        }
+        rt.pool_destroy(pool);
+    }
+    // Virtual memory: two device chunks and one host-located chunk.
+    let g = rt.granularity();
+    if let Some(va) = rt.reserve(256 * MIB) {
+        let mut off = 0;
+        for label in [Some(KvCache), Some(Dynamic), None] {
+            if let Some(h) = rt.mem_create(4 * g, label) {
+                if rt.map(va + off, 4 * g, h) {
+                    rt.set_access(va + off, 4 * g);
+                }
+                if label == Some(Dynamic) {
+                    rt.unmap(va + off, 4 * g);
+                    rt.mem_release(h);
+                }
+            }
+            off += 4 * g;
+        }
+    }
+    // Host memory the GPU uses.
+    rt.alloc_managed(8 * MIB);
+    rt.alloc_host(8 * MIB);
+    let kept: &'static mut [u8] = Box::leak(vec![3u8; 4 * MIB as usize].into_boxed_slice());
+    rt.register(kept);
+    // A context of its own, destroyed with its memory.
+    if let Some(c) = rt.ctx_create(rt.device) {
+        rt.alloc(16 * MIB, Dynamic);
+        rt.ctx_destroy(c, rt.primary);
+    }
+    Ok(Extra::new())
+}
