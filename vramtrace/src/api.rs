@@ -275,7 +275,7 @@ pub fn is_variant(name: &str, base: &str) -> bool {
     matches!(rest, "" | "_ptsz" | "_ptds")
 }
 
-/// Names of CUresult codes that show up in memory calls.
+/// The name of a `CUresult` code (CUDA driver API reference, "Error Handling").
 pub fn cuda_error_name(code: i32) -> &'static str {
     match code {
         0 => "CUDA_SUCCESS",
@@ -291,7 +291,7 @@ pub fn cuda_error_name(code: i32) -> &'static str {
         700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
         801 => "CUDA_ERROR_NOT_SUPPORTED",
         999 => "CUDA_ERROR_UNKNOWN",
-        _ => "CUDA_ERROR_(other)",
+        _ => "unrecognized CUresult",
     }
 }
 

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use render::{cuda_error_name, human_bytes, render_text};
+pub use crate::api::cuda_error_name;
+pub use render::{human_bytes, render_text};
 
 use crate::ledger::{Ledger, LiveAllocation, ProcessState, Usage};
 use crate::trace::{Footer, Header, Mem, Record};

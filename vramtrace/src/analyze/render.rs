@@ -4,26 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::{HeldAllocation, ProcessReport, Report};
-
-/// The name of a `CUresult` code (CUDA driver API reference, "Error Handling").
-pub fn cuda_error_name(code: i32) -> &'static str {
-    match code {
-        0 => "CUDA_SUCCESS",
-        1 => "CUDA_ERROR_INVALID_VALUE",
-        2 => "CUDA_ERROR_OUT_OF_MEMORY",
-        3 => "CUDA_ERROR_NOT_INITIALIZED",
-        4 => "CUDA_ERROR_DEINITIALIZED",
-        100 => "CUDA_ERROR_NO_DEVICE",
-        101 => "CUDA_ERROR_INVALID_DEVICE",
-        201 => "CUDA_ERROR_INVALID_CONTEXT",
-        400 => "CUDA_ERROR_INVALID_HANDLE",
-        500 => "CUDA_ERROR_NOT_FOUND",
-        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
-        801 => "CUDA_ERROR_NOT_SUPPORTED",
-        999 => "CUDA_ERROR_UNKNOWN",
-        _ => "unrecognized CUresult",
-    }
-}
+use crate::api::cuda_error_name;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
