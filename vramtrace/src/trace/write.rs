@@ -1,1 +1,302 @@
-//! TODO
+//! The trace writer: one JSON line per record, a running SHA-256, and a footer that seals it.
+//!
+//! A writer dropped without [`TraceWriter::finish`] leaves a trace without a footer, which is
+//! exactly how a crashed recording looks; readers take it up to its last complete line.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::record::{Footer, Record};
+
+/// Size of the write buffer: big enough that a peak of ~10^6 lines/s costs a few hundred
+/// `write(2)` calls a second, not a million.
+const BUF_SIZE: usize = 1 << 20;
+
+/// Traces name processes, command lines and paths: only their owner may read them.
+const FILE_MODE: u32 = 0o600;
+
+/// Why a trace could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The file could not be created (or its mode set).
+    #[error("creating trace file {path} failed")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Writing, flushing or syncing failed.
+    #[error("writing the trace failed")]
+    Io(#[from] io::Error),
+    /// A record could not be serialized (a map key that is not a string, say).
+    #[error("serializing a `{kind}` record failed")]
+    Serialize {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The first record must be the header.
+    #[error("the first record of a trace must be a header, not `{kind}`")]
+    NoHeader { kind: &'static str },
+    /// A trace has one header.
+    #[error("the trace already has a header")]
+    SecondHeader,
+    /// The footer is written by [`TraceWriter::finish`], which computes it.
+    #[error("the footer is written by finish(), not write()")]
+    FooterNotAllowed,
+}
+
+/// Writes a trace file. See `docs/trace-format.md`.
+pub struct TraceWriter {
+    out: BufWriter<File>,
+    /// One serialized line, reused so that a line costs no allocation of ours.
+    line: Vec<u8>,
+    hasher: Sha256,
+    /// Lines after the header, by `type`: the footer's `counts`.
+    counts: BTreeMap<String, u64>,
+    lines: u64,
+    finished: bool,
+}
+
+impl TraceWriter {
+    /// Creates (or truncates) `path` with mode 0600.
+    pub fn create(path: &Path) -> Result<Self, WriteError> {
+        let create_err = |source| WriteError::Create {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(path)
+            .map_err(create_err)?;
+        // `mode` only applies to a new file: an existing one keeps its permissions unless told.
+        file.set_permissions(Permissions::from_mode(FILE_MODE))
+            .map_err(create_err)?;
+        Ok(Self {
+            out: BufWriter::with_capacity(BUF_SIZE, file),
+            line: Vec::with_capacity(1024),
+            hasher: Sha256::new(),
+            counts: BTreeMap::new(),
+            lines: 0,
+            finished: false,
+        })
+    }
+
+    /// Appends one record. The first must be the [`Record::Header`]; a footer is refused (it
+    /// is [`finish`](Self::finish)'s to write).
+    pub fn write(&mut self, rec: &Record) -> Result<(), WriteError> {
+        let kind = rec.kind();
+        match (self.lines, rec) {
+            (_, Record::Footer(_)) => return Err(WriteError::FooterNotAllowed),
+            (0, Record::Header(_)) => {}
+            (0, _) => return Err(WriteError::NoHeader { kind }),
+            (_, Record::Header(_)) => return Err(WriteError::SecondHeader),
+            _ => {}
+        }
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, rec)
+            .map_err(|source| WriteError::Serialize { kind, source })?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
+        self.hasher.update(&self.line);
+        self.lines += 1;
+        if self.lines > 1 {
+            // Look up by `&str` first: a `String` key is allocated once per kind, not per line.
+            match self.counts.get_mut(kind) {
+                Some(n) => *n += 1,
+                None => {
+                    self.counts.insert(kind.to_owned(), 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes buffered lines to the file (not to the disk: that is `finish`'s fsync).
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Lines written so far, the header included.
+    pub fn lines_written(&self) -> u64 {
+        self.lines
+    }
+
+    /// Writes the footer, flushes and fsyncs, and returns the footer.
+    ///
+    /// `lost_events` and `stack_failed` are the totals over the recording (the sums of the
+    /// `lost` records' deltas).
+    pub fn finish(
+        mut self,
+        end_ts_ns: u64,
+        lost_events: u64,
+        stack_failed: u64,
+    ) -> Result<Footer, WriteError> {
+        if self.lines == 0 {
+            return Err(WriteError::NoHeader { kind: "footer" });
+        }
+        let footer = Footer {
+            end_ts_ns,
+            counts: std::mem::take(&mut self.counts),
+            lost_events,
+            stack_failed,
+            sha256: hex::encode(self.hasher.finalize_reset()),
+        };
+        let rec = Record::Footer(footer.clone());
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &rec).map_err(|source| WriteError::Serialize {
+            kind: "footer",
+            source,
+        })?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
+        self.lines += 1;
+        self.finished = true;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        Ok(footer)
+    }
+}
+
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        // An unfinished trace keeps every line that was handed to `write`: it reads like a
+        // crash-cut trace. There is no one to report an error to here.
+        if !self.finished {
+            let _ = self.out.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::trace::read::tests::{alloc, body, free, header, write_trace};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_file_is_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new.jsonl");
+        drop(TraceWriter::create(&path).expect("create"));
+        assert_eq!(mode(&path), 0o600);
+
+        let old = dir.path().join("old.jsonl");
+        std::fs::write(&old, "an older, longer file\n").expect("write");
+        std::fs::set_permissions(&old, Permissions::from_mode(0o644)).expect("chmod");
+        drop(TraceWriter::create(&old).expect("create"));
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(std::fs::read(&old).expect("read"), b"", "truncated");
+    }
+
+    #[test]
+    fn create_names_the_path_it_failed_on() {
+        let path = Path::new("/nonexistent-dir/t.jsonl");
+        let err = TraceWriter::create(path).err().expect("an error");
+        assert_eq!(
+            err.to_string(),
+            "creating trace file /nonexistent-dir/t.jsonl failed"
+        );
+    }
+
+    #[test]
+    fn the_header_comes_first_and_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = TraceWriter::create(&dir.path().join("t.jsonl")).expect("create");
+        assert!(matches!(
+            w.write(&alloc(0)),
+            Err(WriteError::NoHeader { kind: "alloc" })
+        ));
+        w.write(&Record::Header(header())).expect("header");
+        assert!(matches!(
+            w.write(&Record::Header(header())),
+            Err(WriteError::SecondHeader)
+        ));
+        assert!(matches!(
+            w.write(&Record::Footer(Footer::default())),
+            Err(WriteError::FooterNotAllowed)
+        ));
+        w.write(&alloc(0)).expect("alloc");
+        assert_eq!(w.lines_written(), 2);
+    }
+
+    #[test]
+    fn finish_without_header_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = TraceWriter::create(&dir.path().join("t.jsonl")).expect("create");
+        assert!(matches!(
+            w.finish(0, 0, 0),
+            Err(WriteError::NoHeader { .. })
+        ));
+    }
+
+    #[test]
+    fn the_footer_counts_and_seals_the_lines_before_it() {
+        let recs = body();
+        let (bytes, footer) = write_trace(&recs, true);
+        let footer = footer.expect("footer");
+        let body_end = bytes[..bytes.len() - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .expect("a line before the footer")
+            + 1;
+        assert_eq!(
+            footer.sha256,
+            hex::encode(Sha256::digest(&bytes[..body_end]))
+        );
+        let footer_line: Record =
+            serde_json::from_slice(&bytes[body_end..]).expect("the footer parses");
+        assert_eq!(footer_line, Record::Footer(footer.clone()));
+        assert_eq!(
+            (footer.end_ts_ns, footer.lost_events, footer.stack_failed),
+            (6_000_000_000, 4, 2)
+        );
+        let mut expected = BTreeMap::new();
+        for rec in &recs {
+            *expected.entry(rec.kind().to_owned()).or_insert(0u64) += 1;
+        }
+        assert_eq!(footer.counts, expected);
+        assert!(!footer.counts.contains_key("header"));
+    }
+
+    #[test]
+    fn each_record_is_one_line() {
+        let (bytes, _) = write_trace(&[alloc(0), free(0)], true);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("{\"type\":\"header\","));
+        assert!(lines[1].starts_with("{\"type\":\"alloc\","));
+        assert!(lines[3].starts_with("{\"type\":\"footer\","));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_dropped_writer_keeps_its_lines_and_has_no_footer() {
+        let (bytes, _) = write_trace(&[alloc(0), free(0)], false);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert_eq!(text.lines().count(), 3);
+        assert!(!text.contains("\"footer\""));
+        assert!(text.ends_with('\n'));
+    }
+}
