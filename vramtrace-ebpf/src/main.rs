@@ -9,7 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext as _, Global,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -18,7 +18,6 @@ use aya_ebpf::{
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
-    EbpfContext as _,
 };
 use vramtrace_common::{
     BLOB_WORDS, CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_ARGS, cookie, counter,
@@ -92,8 +91,7 @@ fn traced(tgid: u32) -> bool {
 #[inline(always)]
 fn submit_flags() -> u64 {
     let threshold = WAKEUP_BYTES.load();
-    if threshold == 0 || EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= threshold
-    {
+    if threshold == 0 || EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -204,7 +204,11 @@ pub const APIS: &[ApiDef] = &[
         DEREF_ARG0 | STACK | HOST_MEMORY,
     ),
     def("cuMemFreeHost", Kind::MemFreeHost, 0),
-    def("cuMemHostRegister", Kind::MemHostRegister, STACK | HOST_MEMORY),
+    def(
+        "cuMemHostRegister",
+        Kind::MemHostRegister,
+        STACK | HOST_MEMORY,
+    ),
     def("cuMemHostUnregister", Kind::MemHostUnregister, 0),
     // Contexts.
     def("cuCtxCreate", Kind::CtxCreate, DEREF_ARG0),
@@ -214,7 +218,11 @@ pub const APIS: &[ApiDef] = &[
         Kind::DevicePrimaryCtxRetain,
         DEREF_ARG0,
     ),
-    def("cuDevicePrimaryCtxRelease", Kind::DevicePrimaryCtxRelease, 0),
+    def(
+        "cuDevicePrimaryCtxRelease",
+        Kind::DevicePrimaryCtxRelease,
+        0,
+    ),
     def("cuCtxSetCurrent", Kind::CtxSetCurrent, 0),
     def("cuCtxPushCurrent", Kind::CtxPushCurrent, 0),
     def("cuCtxPopCurrent", Kind::CtxPopCurrent, DEREF_ARG0),

@@ -74,10 +74,23 @@ mod tests {
     #[test]
     fn record_takes_a_command_after_double_dash() {
         let cli = Cli::try_parse_from([
-            "vramtrace", "record", "-o", "t.jsonl", "-p", "1", "-p", "2", "--", "python", "-c", "x",
+            "vramtrace",
+            "record",
+            "-o",
+            "t.jsonl",
+            "-p",
+            "1",
+            "-p",
+            "2",
+            "--",
+            "python",
+            "-c",
+            "x",
         ])
         .unwrap();
-        let Command::Record(r) = cli.command else { panic!() };
+        let Command::Record(r) = cli.command else {
+            panic!()
+        };
         assert_eq!(r.pids, [1, 2]);
         assert_eq!(r.command, ["python", "-c", "x"]);
     }

@@ -201,7 +201,13 @@ impl Converter {
         let frames = env.frames(ev.pid, &addrs);
         let content: Vec<_> = frames
             .iter()
-            .map(|f| (f.file.clone(), f.offset, if f.file.is_some() { 0 } else { f.addr }))
+            .map(|f| {
+                (
+                    f.file.clone(),
+                    f.offset,
+                    if f.file.is_some() { 0 } else { f.addr },
+                )
+            })
             .collect();
         if truncated.is_none()
             && let Some(&id) = self.stack_by_frames.get(&content)
@@ -628,14 +634,33 @@ mod tests {
     fn alloc_emits_process_stack_then_call_once() {
         let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
         let mut out = Vec::new();
-        conv.convert(&call(0, [0x7000, 4096, 0, 0, 0, 0], 0xdead_0000, 0), &mut FakeEnv, &mut out);
-        conv.convert(&call(0, [0x7000, 8192, 0, 0, 0, 0], 0xdead_2000, 0), &mut FakeEnv, &mut out);
+        conv.convert(
+            &call(0, [0x7000, 4096, 0, 0, 0, 0], 0xdead_0000, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
+        conv.convert(
+            &call(0, [0x7000, 8192, 0, 0, 0, 0], 0xdead_2000, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
         let kinds: Vec<_> = out.iter().map(Record::kind).collect();
         assert_eq!(kinds, ["process", "stack", "alloc", "alloc"]);
         let Record::Stack(s) = &out[1] else { panic!() };
-        assert_eq!(s.frames.iter().map(|f| f.addr).collect::<Vec<_>>(), [0x1234, 0x1000, 0x2000]);
+        assert_eq!(
+            s.frames.iter().map(|f| f.addr).collect::<Vec<_>>(),
+            [0x1234, 0x1000, 0x2000]
+        );
         let Record::Alloc(c) = &out[2] else { panic!() };
-        assert_eq!((c.addr, c.bytes, c.mem, c.api.as_str()), (Some(0xdead_0000), Some(4096), Some(Mem::Device), "cuMemAlloc_v2"));
+        assert_eq!(
+            (c.addr, c.bytes, c.mem, c.api.as_str()),
+            (
+                Some(0xdead_0000),
+                Some(4096),
+                Some(Mem::Device),
+                "cuMemAlloc_v2"
+            )
+        );
         assert_eq!(c.dur_ns, 50);
     }
 
@@ -643,8 +668,14 @@ mod tests {
     fn failed_call_is_never_an_allocation() {
         let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
         let mut out = Vec::new();
-        conv.convert(&call(0, [0x7000, 1 << 30, 0, 0, 0, 0], 0x55, 2), &mut FakeEnv, &mut out);
-        let Record::Failed(c) = out.last().unwrap() else { panic!("{out:?}") };
+        conv.convert(
+            &call(0, [0x7000, 1 << 30, 0, 0, 0, 0], 0x55, 2),
+            &mut FakeEnv,
+            &mut out,
+        );
+        let Record::Failed(c) = out.last().unwrap() else {
+            panic!("{out:?}")
+        };
         assert_eq!((c.ret, c.bytes, c.addr), (2, Some(1 << 30), None));
     }
 
@@ -653,11 +684,18 @@ mod tests {
         let mut conv = Converter::new(table(&["cuMemAlloc"]));
         let mut out = Vec::new();
         conv.convert(
-            &call(0, [0x7000, 0xffff_ffff_0000_1000, 0, 0, 0, 0], 0xaaaa_bbbb_0010_0000, 0),
+            &call(
+                0,
+                [0x7000, 0xffff_ffff_0000_1000, 0, 0, 0, 0],
+                0xaaaa_bbbb_0010_0000,
+                0,
+            ),
             &mut FakeEnv,
             &mut out,
         );
-        let Record::Alloc(c) = out.last().unwrap() else { panic!() };
+        let Record::Alloc(c) = out.last().unwrap() else {
+            panic!()
+        };
         assert_eq!((c.bytes, c.addr), (Some(0x1000), Some(0x0010_0000)));
     }
 
@@ -670,7 +708,9 @@ mod tests {
             c.out[1] = 1024;
         }
         conv.convert(&ev, &mut FakeEnv, &mut out);
-        let Record::Alloc(c) = out.last().unwrap() else { panic!() };
+        let Record::Alloc(c) = out.last().unwrap() else {
+            panic!()
+        };
         assert_eq!((c.bytes, c.pitch), (Some(1024 * 300), Some(1024)));
     }
 
@@ -683,13 +723,20 @@ mod tests {
             c.blob = [0, 2, 0, 0, 0]; // location type HOST, id 0
         }
         conv.convert(&ev, &mut FakeEnv, &mut out);
-        let Record::VmmCreate(c) = out.last().unwrap() else { panic!() };
-        assert_eq!((c.mem, c.handle, c.bytes), (Some(Mem::VmmHost), Some(77), Some(2 << 20)));
+        let Record::VmmCreate(c) = out.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.mem, c.handle, c.bytes),
+            (Some(Mem::VmmHost), Some(77), Some(2 << 20))
+        );
         if let RawEvent::Call(c) = &mut ev {
             c.blob = [0, 1 | (3 << 32), 0, 0, 0]; // device 3
         }
         conv.convert(&ev, &mut FakeEnv, &mut out);
-        let Record::VmmCreate(c) = out.last().unwrap() else { panic!() };
+        let Record::VmmCreate(c) = out.last().unwrap() else {
+            panic!()
+        };
         assert_eq!((c.mem, c.device), (Some(Mem::VmmDevice), Some(3)));
     }
 
@@ -697,31 +744,60 @@ mod tests {
     fn array_bytes_follow_the_descriptor() {
         // 2D float4, 100 x 50.
         let blob = [100, 50, 0x20 | (4 << 32), 0, 0];
-        assert_eq!(array_bytes(Kind::ArrayCreate, false, &blob, 0), 100 * 50 * 4 * 4);
+        assert_eq!(
+            array_bytes(Kind::ArrayCreate, false, &blob, 0),
+            100 * 50 * 4 * 4
+        );
         // 3D u8, 10 x 10 x 10, 1 channel.
         let blob = [10, 10, 10, 0x01 | (1 << 32), 0];
         assert_eq!(array_bytes(Kind::Array3DCreate, false, &blob, 0), 1000);
         // Legacy 2D: unsigned int Width, Height, Format, NumChannels.
         let blob = [100 | (50 << 32), 0x20 | (4 << 32), 0, 0, 0];
-        assert_eq!(array_bytes(Kind::ArrayCreate, true, &blob, 0), 100 * 50 * 16);
+        assert_eq!(
+            array_bytes(Kind::ArrayCreate, true, &blob, 0),
+            100 * 50 * 16
+        );
     }
 
     #[test]
     fn exit_ends_a_pid_generation() {
         let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
         let mut out = Vec::new();
-        conv.convert(&call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0), &mut FakeEnv, &mut out);
         conv.convert(
-            &RawEvent::Exit(ExitEvent { kind: EVENT_EXIT, pid: 42, tid: 42, _pad: 0, ts_ns: 9 }),
+            &call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0),
             &mut FakeEnv,
             &mut out,
         );
-        conv.convert(&call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0), &mut FakeEnv, &mut out);
+        conv.convert(
+            &RawEvent::Exit(ExitEvent {
+                kind: EVENT_EXIT,
+                pid: 42,
+                tid: 42,
+                _pad: 0,
+                ts_ns: 9,
+            }),
+            &mut FakeEnv,
+            &mut out,
+        );
+        conv.convert(
+            &call(0, [0x7000, 1, 0, 0, 0, 0], 1, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
         let procs: Vec<u32> = out
             .iter()
-            .filter_map(|r| if let Record::Process(p) = r { Some(p.id) } else { None })
+            .filter_map(|r| {
+                if let Record::Process(p) = r {
+                    Some(p.id)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(procs, [1, 2]);
-        assert!(out.iter().any(|r| matches!(r, Record::Exit(e) if e.proc == 1)));
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Record::Exit(e) if e.proc == 1))
+        );
     }
 }

@@ -1,1 +1,98 @@
-fn main() {}
+//! The `vramtrace` binary: parses the command line and turns errors into advice.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser as _;
+use vramtrace::{
+    analyze,
+    cli::{AnalyzeArgs, Cli, Command, RecordArgs},
+    session::{self, RecordOptions},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VRAMTRACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vramtrace: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Record(args) => record(args, cli.verbose > 0),
+        Command::Analyze(args) => analyze_cmd(args),
+    }
+}
+
+fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
+    let duration = match args.duration {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            bail!("--duration must be a positive number of seconds")
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    if !args.ring_size.is_power_of_two() || args.ring_size < 4096 {
+        bail!("--ring-size must be a power of two of at least 4096 bytes");
+    }
+    let output = args.output.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("vramtrace-{secs}.jsonl").into()
+    });
+    let has_command = !args.command.is_empty();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime.block_on(session::record(RecordOptions {
+        output,
+        pids: args.pids,
+        libcuda: args.libcuda,
+        duration,
+        command: args.command,
+        stacks: !args.no_stacks,
+        ring_bytes: args.ring_size,
+        verbose,
+        quiet: false,
+    }))?;
+    if has_command {
+        // Exit as the traced command did, so vramtrace can stand in for it in scripts.
+        use std::os::unix::process::ExitStatusExt as _;
+        let code = match outcome.command_status {
+            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            None => 0,
+        };
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
+    let report = analyze::analyze_file(&args.trace)
+        .with_context(|| format!("reading {}", args.trace.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", analyze::render_text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    decode::{Converter, Environment, RawEvent},
+    decode::{Converter, Environment},
     probe::{self, Counters, Tracer},
     procinfo,
     stacks::StackResolver,
@@ -94,7 +94,11 @@ fn uname() -> (String, String) {
         return ("?".into(), "?".into());
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (field(&u.nodename), field(&u.release))
@@ -202,7 +206,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
 
     let mut converter = Converter::new(tracer.apis.clone());
     let mut resolver = StackResolver::new();
-    let ring = AsyncFd::new(tracer.ring_fd().try_clone_to_owned()?)
+    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
+    // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which keeps it open and
+    // unchanged for its whole life.
+    let ring = unsafe { AsyncFd::register(ring_fd) }
+        .map_err(|e| std::io::Error::from(e))
         .context("watching the ring buffer")?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;

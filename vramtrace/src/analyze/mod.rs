@@ -384,67 +384,116 @@ fn process_report(p: &ProcessState) -> ProcessReport {
 /// reader learned about the file; without it, the trace counts as complete when a footer was
 /// among the records.
 pub fn summarize(records: impl Iterator<Item = Record>, read: Option<&ReadStatus>) -> Report {
-    let mut ledger = Ledger::new();
-    let mut header = read.and_then(|r| r.header.clone());
-    let mut footer = read.and_then(|r| r.footer.clone());
+    let mut replay = Replay::default();
     for rec in records {
+        replay.apply(rec);
+    }
+    replay.report(read)
+}
+
+/// Reads a trace file, streaming, and sums it up. Bad lines are reported in the result, not
+/// as errors; only a file that is not a readable vramtrace trace is an error.
+pub fn analyze_file(path: &std::path::Path) -> Result<Report, crate::trace::read::ReadError> {
+    let mut reader = crate::trace::read::TraceReader::open(path)?;
+    let mut replay = Replay::default();
+    replay.header = Some(reader.header().clone());
+    for rec in reader.by_ref() {
+        replay.apply(rec);
+    }
+    let s = reader.summary();
+    let status = ReadStatus {
+        complete: s.complete,
+        digest_ok: s.digest_ok,
+        problems: s
+            .problems
+            .iter()
+            .map(|p| (p.line, p.message.clone()))
+            .collect(),
+        header: Some(s.header),
+        footer: s.footer,
+    };
+    Ok(replay.report(Some(&status)))
+}
+
+/// A replay in progress: the Ledger, and the header and footer when they come by.
+#[derive(Default)]
+pub struct Replay {
+    pub ledger: Ledger,
+    header: Option<Header>,
+    footer: Option<Footer>,
+}
+
+impl Replay {
+    /// Feeds one record.
+    pub fn apply(&mut self, rec: Record) {
         match &rec {
-            Record::Header(h) => header = Some(h.clone()),
-            Record::Footer(f) => footer = Some(f.clone()),
+            Record::Header(h) => self.header = Some(h.clone()),
+            Record::Footer(f) => self.footer = Some(f.clone()),
             _ => {}
         }
-        ledger.apply(&rec);
+        self.ledger.apply(&rec);
     }
 
-    // The footer's count is the sum over `lost` records: the larger of the two, not both.
-    let lost_events = ledger
-        .lost_events()
-        .max(footer.as_ref().map_or(0, |f| f.lost_events));
-    let stack_failed = ledger
-        .stack_failed()
-        .max(footer.as_ref().map_or(0, |f| f.stack_failed));
-    let start = header.as_ref().map(|h| h.start_monotonic_ns);
-    let end = footer
-        .as_ref()
-        .map(|f| f.end_ts_ns)
-        .or_else(|| ledger.time_span().map(|(_, last)| last));
-    let duration_ns = match (start, end, ledger.time_span()) {
-        (Some(s), Some(e), _) if s > 0 && e >= s => Some(e - s),
-        (_, _, Some((first, last))) => Some(last - first),
-        _ => None,
-    };
+    /// The report, with what the reader found about the file.
+    pub fn report(self, read: Option<&ReadStatus>) -> Report {
+        let Replay {
+            ledger,
+            header,
+            footer,
+        } = self;
+        let header = read.and_then(|r| r.header.clone()).or(header);
+        let footer = read.and_then(|r| r.footer.clone()).or(footer);
 
-    let t = ledger.totals();
-    let machine = MachineReport {
-        peak_device_bytes: t.usage.peak_device_bytes,
-        peak_ts_ns: t.usage.peak_device_ts_ns,
-        peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
-        devices: t
-            .devices
-            .iter()
-            .map(|(&d, u)| device_report(d, u))
-            .collect(),
-    };
+        // The footer's count is the sum over `lost` records: the larger of the two, not both.
+        let lost_events = ledger
+            .lost_events()
+            .max(footer.as_ref().map_or(0, |f| f.lost_events));
+        let stack_failed = ledger
+            .stack_failed()
+            .max(footer.as_ref().map_or(0, |f| f.stack_failed));
+        let start = header.as_ref().map(|h| h.start_monotonic_ns);
+        let end = footer
+            .as_ref()
+            .map(|f| f.end_ts_ns)
+            .or_else(|| ledger.time_span().map(|(_, last)| last));
+        let duration_ns = match (start, end, ledger.time_span()) {
+            (Some(s), Some(e), _) if s > 0 && e >= s => Some(e - s),
+            (_, _, Some((first, last))) => Some(last - first),
+            _ => None,
+        };
 
-    Report {
-        complete: read.map_or(footer.is_some(), |r| r.complete),
-        digest_ok: read.and_then(|r| r.digest_ok),
-        problems: read
-            .map(|r| {
-                r.problems
-                    .iter()
-                    .map(|(line, message)| ReadProblem {
-                        line: *line,
-                        message: message.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        header: header.as_ref().map(header_summary),
-        lost_events,
-        stack_failed,
-        duration_ns,
-        machine,
-        processes: ledger.processes().map(process_report).collect(),
+        let t = ledger.totals();
+        let machine = MachineReport {
+            peak_device_bytes: t.usage.peak_device_bytes,
+            peak_ts_ns: t.usage.peak_device_ts_ns,
+            peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
+            devices: t
+                .devices
+                .iter()
+                .map(|(&d, u)| device_report(d, u))
+                .collect(),
+        };
+
+        Report {
+            complete: read.map_or(footer.is_some(), |r| r.complete),
+            digest_ok: read.and_then(|r| r.digest_ok),
+            problems: read
+                .map(|r| {
+                    r.problems
+                        .iter()
+                        .map(|(line, message)| ReadProblem {
+                            line: *line,
+                            message: message.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            header: header.as_ref().map(header_summary),
+            lost_events,
+            stack_failed,
+            duration_ns,
+            machine,
+            processes: ledger.processes().map(process_report).collect(),
+        }
     }
 }

@@ -105,11 +105,88 @@ enum PoolKey {
     Default(Option<i32>),
 }
 
-#[derive(Clone, Debug)]
+/// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
+/// GPU. An allocation reuses the smallest held block that fits (the rest of that block stays
+/// held); one that fits in no block takes new memory from the GPU. A trim gives back the
+/// largest blocks first. This is the suballocation the driver documents for pools; the
+/// driver may also trim on its own (release threshold), so held bytes are an upper bound.
+#[derive(Clone, Debug, Default)]
 struct Pool {
     device: Option<i32>,
+    /// Sum of `blocks`.
     held: u64,
+    blocks: Vec<u64>,
     destroyed: bool,
+}
+
+impl Pool {
+    fn new(device: Option<i32>) -> Self {
+        Pool {
+            device,
+            ..Pool::default()
+        }
+    }
+
+    fn give(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.blocks.push(bytes);
+            self.held += bytes;
+        }
+    }
+
+    /// Serves an allocation of `bytes` from a held block, if one fits: the bytes reused.
+    fn take(&mut self, bytes: u64) -> u64 {
+        let best = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b >= bytes)
+            .min_by_key(|(i, b)| (**b, *i))
+            .map(|(i, _)| i);
+        let Some(i) = best else { return 0 };
+        let block = self.blocks.remove(i);
+        if block > bytes {
+            self.blocks.push(block - bytes);
+        }
+        self.held -= bytes;
+        bytes
+    }
+
+    /// Gives back held bytes above `keep`, largest blocks first: the bytes released.
+    fn trim(&mut self, keep: u64) -> u64 {
+        let mut excess = self.held.saturating_sub(keep);
+        let released = excess;
+        while excess > 0 {
+            let Some(i) = self
+                .blocks
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, b)| (**b, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            if self.blocks[i] <= excess {
+                excess -= self.blocks.remove(i);
+            } else {
+                self.blocks[i] -= excess;
+                excess = 0;
+            }
+        }
+        self.held -= released - excess;
+        released - excess
+    }
+
+    /// Lets go of everything held: the bytes released.
+    fn clear(&mut self) -> u64 {
+        self.blocks.clear();
+        std::mem::take(&mut self.held)
+    }
+
+    fn absorb(&mut self, other: Pool) {
+        self.held += other.held;
+        self.blocks.extend(other.blocks);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -329,16 +406,12 @@ impl ProcessState {
             return;
         }
         let key = self.resolve_pool(a.pool, a.device);
-        let pool = self.pools.entry(key).or_insert(Pool {
-            device: a.device,
-            held: 0,
-            destroyed: false,
-        });
+        let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
         if pool.destroyed {
             // A destroyed pool lets go of memory as its last allocations are freed.
             return;
         }
-        pool.held = pool.held.saturating_add(a.bytes);
+        pool.give(a.bytes);
         let device = pool.device;
         self.book_add(t, device, Class::Pool, a.bytes, ts);
     }
@@ -432,13 +505,8 @@ impl ProcessState {
             {
                 a.device = Some(d);
             }
-            let pool = self.pools.entry(key).or_insert(Pool {
-                device: a.device,
-                held: 0,
-                destroyed: false,
-            });
-            let reuse = bytes.min(pool.held);
-            pool.held -= reuse;
+            let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
+            let reuse = pool.take(bytes);
             let pool_device = pool.device;
             if reuse > 0 {
                 self.book_sub(t, pool_device, Class::Pool, reuse);
@@ -545,23 +613,21 @@ impl ProcessState {
     fn merge_default_pool(&mut self, t: &mut Totals, device: Option<i32>, handle: u64, ts: u64) {
         self.default_pools.insert(device, handle);
         let Some(old) = self.pools.remove(&PoolKey::Default(device)) else {
-            self.pools.entry(PoolKey::Handle(handle)).or_insert(Pool {
-                device,
-                held: 0,
-                destroyed: false,
-            });
+            self.pools
+                .entry(PoolKey::Handle(handle))
+                .or_insert_with(|| Pool::new(device));
             return;
         };
-        let pool = self.pools.entry(PoolKey::Handle(handle)).or_insert(Pool {
-            device: old.device,
-            held: 0,
-            destroyed: false,
-        });
-        pool.held = pool.held.saturating_add(old.held);
+        let (old_device, old_held) = (old.device, old.held);
+        let pool = self
+            .pools
+            .entry(PoolKey::Handle(handle))
+            .or_insert_with(|| Pool::new(old_device));
+        pool.absorb(old);
         let to = pool.device;
-        if to != old.device && old.held > 0 {
-            self.book_sub(t, old.device, Class::Pool, old.held);
-            self.book_add(t, to, Class::Pool, old.held, ts);
+        if to != old_device && old_held > 0 {
+            self.book_sub(t, old_device, Class::Pool, old_held);
+            self.book_add(t, to, Class::Pool, old_held, ts);
         }
     }
 
@@ -574,11 +640,7 @@ impl ProcessState {
             self.merge_default_pool(t, c.device, h, c.ts_ns);
             return;
         }
-        let fresh = Pool {
-            device: c.device,
-            held: 0,
-            destroyed: false,
-        };
+        let fresh = Pool::new(c.device);
         match self.pools.get(&PoolKey::Handle(h)) {
             Some(p) if !p.destroyed => {
                 self.anomaly("pool_create_over_live", || describe(c));
@@ -622,8 +684,7 @@ impl ProcessState {
         let Some(pool) = self.pools.get_mut(&key) else {
             return;
         };
-        let release = pool.held.saturating_sub(keep);
-        pool.held -= release;
+        let release = pool.trim(keep);
         let device = pool.device;
         if release > 0 {
             self.book_sub(t, device, Class::Pool, release);
@@ -637,7 +698,7 @@ impl ProcessState {
         };
         match self.pools.get_mut(&PoolKey::Handle(h)) {
             Some(p) if !p.destroyed => {
-                let held = std::mem::take(&mut p.held);
+                let held = p.clear();
                 p.destroyed = true;
                 let device = p.device;
                 if held > 0 {

@@ -49,7 +49,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct AllocModel {
     live: HashMap<u64, (u64, Mem)>,
-    pool_held: u64,
+    /// Freed stream-ordered blocks still held by the (one, default) pool.
+    pool_blocks: Vec<u64>,
 }
 
 impl AllocModel {
@@ -90,7 +91,16 @@ proptest! {
                     // An allocation over a live one drops the old one (no pool return).
                     m.live.remove(&addr);
                     if mem == Mem::DeviceAsync {
-                        m.pool_held -= bytes.min(m.pool_held);
+                        // Best fit: the smallest held block that fits; its rest stays held.
+                        if let Some(i) = (0..m.pool_blocks.len())
+                            .filter(|&i| m.pool_blocks[i] >= bytes)
+                            .min_by_key(|&i| (m.pool_blocks[i], i))
+                        {
+                            let block = m.pool_blocks.remove(i);
+                            if block > bytes {
+                                m.pool_blocks.push(block - bytes);
+                            }
+                        }
                     }
                     m.live.insert(addr, (bytes, mem));
                     ledger.apply(&rec);
@@ -102,7 +112,7 @@ proptest! {
                     if let Some((bytes, mem)) = m.live.remove(&addr)
                         && mem == Mem::DeviceAsync
                     {
-                        m.pool_held += bytes;
+                        m.pool_blocks.push(bytes);
                     }
                     ledger.apply(&rec);
                 }
@@ -121,7 +131,7 @@ proptest! {
                 let u = &st.usage;
                 prop_assert_eq!(u.device_bytes, m.device());
                 prop_assert_eq!(u.host_bytes, m.host());
-                prop_assert_eq!(u.pool_held_bytes, m.pool_held);
+                prop_assert_eq!(u.pool_held_bytes, m.pool_blocks.iter().sum::<u64>());
                 prop_assert!(u.peak_device_bytes >= u.device_bytes);
                 prop_assert!(u.peak_host_bytes >= u.host_bytes);
                 prop_assert!(u.peak_device_and_pool_bytes >= u.device_and_pool_bytes());

@@ -655,22 +655,10 @@ fn exports_of(file: &ElfFile64<'_, Endianness>) -> Vec<ExportedFn> {
 pub fn variants<'a>(exports: &'a [ExportedFn], base: &str) -> Vec<&'a ExportedFn> {
     let mut found: Vec<&ExportedFn> = exports
         .iter()
-        .filter(|f| f.name.strip_prefix(base).is_some_and(is_variant_suffix))
+        .filter(|f| crate::api::is_variant(&f.name, base))
         .collect();
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
-}
-
-/// Matches `(_v[0-9]+)?(_pt(sz|ds))?`.
-fn is_variant_suffix(mut rest: &str) -> bool {
-    if let Some(after) = rest.strip_prefix("_v") {
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return false;
-        }
-        rest = &after[digits..];
-    }
-    matches!(rest, "" | "_ptsz" | "_ptds")
 }
 
 /// One function per code address: where two exported names alias one address, a probe on

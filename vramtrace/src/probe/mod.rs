@@ -4,7 +4,6 @@
 pub mod libcuda;
 
 use std::{
-    collections::BTreeSet,
     io,
     path::{Path, PathBuf},
 };
@@ -20,7 +19,7 @@ use aya::{
 use thiserror::Error;
 use vramtrace_common::{counter, filter};
 
-use crate::api::{APIS, Hooked, is_variant};
+use crate::api::{APIS, Hooked};
 use crate::decode::{RawEvent, parse};
 use crate::trace::{Library as LibraryRecord, Lost, Probe};
 
@@ -96,7 +95,7 @@ pub enum ProbeError {
     Symbols {
         path: PathBuf,
         #[source]
-        source: libcuda::DiscoverError,
+        source: libcuda::ElfError,
     },
     #[error("attaching to {symbols} symbols of {path} failed")]
     Attach {
@@ -164,7 +163,11 @@ pub struct Tracer {
 }
 
 /// Reads the byte offset of `field` from a tracepoint's format file.
-fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<Option<u32>, ProbeError> {
+fn tracepoint_field_offset(
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Result<Option<u32>, ProbeError> {
     let mut last = Err(io::Error::from(io::ErrorKind::NotFound));
     let mut path = String::new();
     for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
@@ -176,7 +179,9 @@ fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<Op
     }
     let text = last.map_err(|source| {
         or_permission(source, |source| ProbeError::Format {
-            path: format!("{path} (is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)"),
+            path: format!(
+                "{path} (is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)"
+            ),
             source,
         })
     })?;
@@ -198,7 +203,8 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
 impl Tracer {
     /// Loads the programs with `config` and attaches them everywhere.
     pub fn start(config: &Config) -> Result<Tracer, ProbeError> {
-        let fork_child = tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?.unwrap_or(20);
+        let fork_child =
+            tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?.unwrap_or(20);
         let exit_group_dead =
             tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
@@ -218,51 +224,74 @@ impl Tracer {
 
         // The filter goes in before anything is attached, so nothing untraced slips through.
         {
-            let map = ebpf.map_mut("FILTER").ok_or(ProbeError::Missing("FILTER map"))?;
+            let map = ebpf
+                .map_mut("FILTER")
+                .ok_or(ProbeError::Missing("FILTER map"))?;
             let mut filter_map: BpfHashMap<_, u32, u32> =
-                BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+                BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "FILTER",
+                    source,
+                })?;
             for &pid in &config.pids {
                 if !crate::procinfo::process_exists(pid) {
                     return Err(ProbeError::NoSuchPid(pid));
                 }
                 filter_map
                     .insert(&pid, &filter::TRACE, 0)
-                    .map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+                    .map_err(|source| ProbeError::Map {
+                        name: "FILTER",
+                        source,
+                    })?;
             }
             if config.follow_children_of_self {
                 filter_map
                     .insert(&std::process::id(), &filter::FOLLOW_ONLY, 0)
-                    .map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+                    .map_err(|source| ProbeError::Map {
+                        name: "FILTER",
+                        source,
+                    })?;
             }
         }
 
-        for (prog, name) in [("process_exit", "sched_process_exit"), ("process_fork", "sched_process_fork")] {
+        for (prog, name) in [
+            ("process_exit", "sched_process_exit"),
+            ("process_fork", "sched_process_fork"),
+        ] {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(ProbeError::Missing("tracepoint program"))?
                 .try_into()
-                .map_err(|source| ProbeError::Program { name: "tracepoint", source })?;
-            tp.load()
-                .map_err(|e| or_permission(e, |source| ProbeError::Program { name: "tracepoint", source }))?;
-            tp.attach("sched", name)
-                .map_err(|e| or_permission(e, |source| ProbeError::Program { name: "tracepoint", source }))?;
+                .map_err(|source| ProbeError::Program {
+                    name: "tracepoint",
+                    source,
+                })?;
+            tp.load().map_err(|e| {
+                or_permission(e, |source| ProbeError::Program {
+                    name: "tracepoint",
+                    source,
+                })
+            })?;
+            tp.attach("sched", name).map_err(|e| {
+                or_permission(e, |source| ProbeError::Program {
+                    name: "tracepoint",
+                    source,
+                })
+            })?;
         }
 
         let mut apis = Vec::new();
         let mut libraries = Vec::new();
         let mut targets = Vec::new();
         for path in &config.libraries {
-            let exports = libcuda::exported_functions(path)
-                .map_err(|source| ProbeError::Symbols { path: path.clone(), source })?;
+            let exports =
+                libcuda::exported_functions(path).map_err(|source| ProbeError::Symbols {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut probes = Vec::new();
             let mut points = Vec::new();
-            let mut seen_offsets = BTreeSet::new();
             for def in APIS {
-                for f in exports.iter().filter(|f| is_variant(&f.name, def.base)) {
-                    // Two names for one address would fire twice per call: keep the first.
-                    if !seen_offsets.insert(f.file_offset) {
-                        continue;
-                    }
+                for f in libcuda::dedup_by_address(&libcuda::variants(&exports, def.base)) {
                     let hooked = Hooked::new(def, &f.name);
                     let id = match apis.iter().position(|h: &Hooked| h.symbol == hooked.symbol) {
                         Some(i) => i,
@@ -304,13 +333,30 @@ impl Tracer {
             }
         }
 
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").ok_or(ProbeError::Missing("STACKS map"))?)
-            .map_err(|source| ProbeError::Map { name: "STACKS", source })?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS map"))?)
-                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(ProbeError::Missing("EVENTS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        let stacks = StackTraceMap::try_from(
+            ebpf.take_map("STACKS")
+                .ok_or(ProbeError::Missing("STACKS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "STACKS",
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or(ProbeError::Missing("COUNTERS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
         Ok(Tracer {
             ebpf,
             ring,
@@ -369,12 +415,21 @@ impl Tracer {
 
     /// Adds a process to the PID filter (and so its future children).
     pub fn trace_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let map = self.ebpf.map_mut("FILTER").ok_or(ProbeError::Missing("FILTER map"))?;
+        let map = self
+            .ebpf
+            .map_mut("FILTER")
+            .ok_or(ProbeError::Missing("FILTER map"))?;
         let mut filter_map: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER", source })?;
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "FILTER",
+                source,
+            })?;
         filter_map
             .insert(&pid, &filter::TRACE, 0)
-            .map_err(|source| ProbeError::Map { name: "FILTER", source })
+            .map_err(|source| ProbeError::Map {
+                name: "FILTER",
+                source,
+            })
     }
 }
 

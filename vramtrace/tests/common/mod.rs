@@ -1,0 +1,132 @@
+//! Shared by the eBPF integration tests: builds the simulated driver and the workloads, runs
+//! `vramtrace record` on them, and reads back the trace and the workload's ground truth.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+use vramtrace::trace::{Record, read::TraceReader};
+
+/// NVIDIA's driver library from Debian's libcuda1 package.
+pub const NVIDIA_LIBCUDA: &str = "/usr/lib/x86_64-linux-gnu/libcuda.so.1";
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Builds (once) the simulated driver and the workload binary; returns their paths.
+pub fn sim() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = target_dir();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "simcuda", "-p", "workloads"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "building the simulated driver and workloads failed"
+        );
+        (dir.join("libsimcuda.so"), dir.join("vramtrace-workload"))
+    })
+}
+
+/// Says what is missing when eBPF cannot be used, instead of skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the eBPF integration tests load BPF programs and need root (or CAP_BPF+CAP_PERFMON): \
+         run ./scripts/test.sh, which runs them under sudo"
+    );
+}
+
+/// What one recording produced.
+pub struct Recorded {
+    pub records: Vec<Record>,
+    pub header: vramtrace::trace::Header,
+    pub truth: Value,
+    pub analysis: Value,
+    pub status: i32,
+    pub trace: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Records `workload --lib LIB SCENARIO ARGS` under `vramtrace record --libcuda LIB`.
+pub fn record(lib: &Path, scenario: &str, args: &[&str]) -> Recorded {
+    require_root();
+    let (_, workload) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg(scenario)
+        .args(args)
+        .output()
+        .expect("running vramtrace record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let truth_line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!("no ground truth from the workload; stdout:\n{stdout}\nstderr:\n{stderr}")
+        });
+    let truth: Value = serde_json::from_str(truth_line).expect("ground truth is JSON");
+    let mut reader = TraceReader::open(&trace).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(
+        summary.complete,
+        "trace incomplete: {:?}\nstderr:\n{stderr}",
+        summary.problems
+    );
+    assert_eq!(summary.digest_ok, Some(true));
+    assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+    let analysis = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["analyze", "--json"])
+        .arg(&trace)
+        .output()
+        .expect("running vramtrace analyze");
+    assert!(
+        analysis.status.success(),
+        "{}",
+        String::from_utf8_lossy(&analysis.stderr)
+    );
+    let analysis: Value = serde_json::from_slice(&analysis.stdout).expect("analyze --json is JSON");
+    Recorded {
+        records,
+        header: summary.header.clone(),
+        truth,
+        analysis,
+        status: out.status.code().unwrap_or(-1),
+        trace,
+        _dir: dir,
+    }
+}
