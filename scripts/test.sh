@@ -10,5 +10,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$(id -u)" -ne 0 ]; then
   export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
 fi
-cargo build --workspace --all-targets
-cargo test --workspace "$@"
+cargo build --workspace --exclude vramtrace-ebpf --all-targets
+cargo test --workspace --exclude vramtrace-ebpf "$@"

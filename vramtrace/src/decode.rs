@@ -68,6 +68,9 @@ pub trait Environment {
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
 }
 
+/// What makes two frames the same: the file and offset when normalized, else the address.
+type FrameKey = (Option<String>, Option<u64>, u64);
+
 /// Interprets raw events. Keeps the process generation of every PID (a PID seen again after
 /// its exit is a new process) and the stacks already written.
 pub struct Converter {
@@ -78,7 +81,7 @@ pub struct Converter {
     stack_ids: HashMap<(u32, u64, i64), u32>,
     /// Normalized frames → trace stack id, so that one stack seen from several processes or
     /// kernel ids is written once.
-    stack_by_frames: HashMap<Vec<(Option<String>, Option<u64>, u64)>, u32>,
+    stack_by_frames: HashMap<Vec<FrameKey>, u32>,
     next_stack: u32,
     /// Events whose API id is not in the table (never expected; counted, not fatal).
     pub unknown_api: u64,
@@ -585,8 +588,7 @@ mod tests {
             .map(|s| {
                 let def = APIS
                     .iter()
-                    .filter(|d| crate::api::is_variant(s, d.base))
-                    .next()
+                    .find(|d| crate::api::is_variant(s, d.base))
                     .expect("known symbol");
                 Hooked::new(def, s)
             })

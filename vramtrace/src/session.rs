@@ -108,10 +108,10 @@ fn uname() -> (String, String) {
 /// needs no root.
 fn hand_back_to_sudo_user(path: &Path) {
     let id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
-    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
-        if let Err(err) = std::os::unix::fs::chown(path, Some(uid), Some(gid)) {
-            tracing::warn!("could not give {} to uid {uid}: {err}", path.display());
-        }
+    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID"))
+        && let Err(err) = std::os::unix::fs::chown(path, Some(uid), Some(gid))
+    {
+        tracing::warn!("could not give {} to uid {uid}: {err}", path.display());
     }
 }
 
@@ -210,7 +210,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which keeps it open and
     // unchanged for its whole life.
     let ring = unsafe { AsyncFd::register(ring_fd) }
-        .map_err(|e| std::io::Error::from(e))
+        .map_err(std::io::Error::from)
         .context("watching the ring buffer")?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;

@@ -395,8 +395,10 @@ pub fn summarize(records: impl Iterator<Item = Record>, read: Option<&ReadStatus
 /// as errors; only a file that is not a readable vramtrace trace is an error.
 pub fn analyze_file(path: &std::path::Path) -> Result<Report, crate::trace::read::ReadError> {
     let mut reader = crate::trace::read::TraceReader::open(path)?;
-    let mut replay = Replay::default();
-    replay.header = Some(reader.header().clone());
+    let mut replay = Replay {
+        header: Some(reader.header().clone()),
+        ..Replay::default()
+    };
     for rec in reader.by_ref() {
         replay.apply(rec);
     }
