@@ -232,13 +232,20 @@ fn try_call_return(ctx: &RetProbeContext) {
             }
         }
     }
-    slot.write(ev);
-    slot.submit(submit_flags());
-    bump(counter::SUBMITTED);
-    // SAFETY: plain map update keyed by tgid.
-    if unsafe { SEEN.get(&ev.pid) }.is_none() {
+    // The first event of a process wakes the reader at once, so that user space reads the
+    // process's mappings while it still runs (its stacks stay resolvable after it exits).
+    // SAFETY: plain map lookup keyed by tgid.
+    let first = unsafe { SEEN.get(&ev.pid) }.is_none();
+    if first {
         let _ = SEEN.insert(&ev.pid, &1, 0);
     }
+    slot.write(ev);
+    slot.submit(if first {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        submit_flags()
+    });
+    bump(counter::SUBMITTED);
 }
 
 #[tracepoint]

@@ -66,6 +66,8 @@ pub trait Environment {
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
     /// Normalizes (and symbolizes) addresses of process `pid`.
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
+    /// Process `pid` ended: what was kept about it can go.
+    fn exited(&mut self, _pid: u32) {}
 }
 
 /// What makes two frames the same: the file and offset when normalized, else the address.
@@ -112,6 +114,7 @@ impl Converter {
         match raw {
             RawEvent::Exit(e) => {
                 // A process that exits without a single traced call is of no interest.
+                env.exited(e.pid);
                 if let Some(proc) = self.procs.remove(&e.pid) {
                     out.push(Record::Exit(Exit {
                         proc,
@@ -188,10 +191,14 @@ impl Converter {
         if ev.stack_id >= 0 {
             match env.stack(ev.stack_id as u32) {
                 Some(walk) => {
-                    // The walk starts in the caller's frame: its first entry repeats the
-                    // return address when the driver's frame was already set up.
-                    let skip = usize::from(walk.first() == Some(&ev.caller));
-                    addrs.extend(walk.into_iter().skip(skip).filter(|&a| a != 0));
+                    // The walk's first entry is where the probe fired (the driver entry
+                    // point); then it follows the caller's frame pointer, which starts at
+                    // the caller's caller: the caller itself was read at entry.
+                    let mut rest = walk.into_iter().skip(1).filter(|&a| a != 0).peekable();
+                    if has_caller && rest.peek() == Some(&ev.caller) {
+                        rest.next();
+                    }
+                    addrs.extend(rest);
                 }
                 None => truncated = Some("stack no longer in the kernel's stack map".into()),
             }
@@ -567,7 +574,8 @@ mod tests {
             })
         }
         fn stack(&mut self, _id: u32) -> Option<Vec<u64>> {
-            Some(vec![0x1000, 0x2000])
+            // The probed instruction, then the frame-pointer walk.
+            Some(vec![0x7f00_0000, 0x1000, 0x2000])
         }
         fn frames(&mut self, _pid: u32, addrs: &[u64]) -> Vec<Frame> {
             addrs

@@ -58,6 +58,7 @@ struct LiveEnv<'a> {
 
 impl Environment for LiveEnv<'_> {
     fn process(&mut self, pid: u32) -> Option<Process> {
+        self.resolver.remember(pid);
         procinfo::read_process(pid).ok().map(|p| p.into_record(0))
     }
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
@@ -65,6 +66,9 @@ impl Environment for LiveEnv<'_> {
     }
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         self.resolver.resolve(pid, addrs)
+    }
+    fn exited(&mut self, pid: u32) {
+        self.resolver.forget(pid);
     }
 }
 

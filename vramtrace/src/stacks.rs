@@ -25,6 +25,7 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 
+use crate::probe::libcuda::{MapsFile, parse_maps};
 use crate::procinfo;
 use crate::trace::Frame;
 
@@ -45,8 +46,13 @@ const CACHE_LIMIT: usize = 1 << 18;
 /// What symbolization found for one (file, offset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Symbol {
-    Found { sym: String, src: Option<String> },
+    Found {
+        sym: String,
+        src: Option<String>,
+    },
     Unknown(String),
+    /// Not looked up yet.
+    Pending,
 }
 
 impl Symbol {
@@ -57,6 +63,7 @@ impl Symbol {
                 frame.src = src.clone();
             }
             Symbol::Unknown(reason) => frame.unknown = Some(reason.clone()),
+            Symbol::Pending => {}
         }
     }
 }
@@ -111,6 +118,12 @@ pub struct StackResolver {
     /// (device, inode, file offset) → symbol; the same file is one entry whichever process
     /// or path reached it.
     symbols: HashMap<(u64, u64, u64), Symbol>,
+    /// The file mappings of each process, read when it was first seen: stacks of a process
+    /// that exits before they are resolved (a crash right after an OOM, a short job) are
+    /// normalized from here.
+    maps: HashMap<u32, Vec<MapsFile>>,
+    /// Build IDs of files reached through a maps snapshot.
+    build_ids: HashMap<String, Option<String>>,
 }
 
 impl Default for StackResolver {
@@ -137,7 +150,53 @@ impl StackResolver {
                 .build(),
             symbolizer: new_symbolizer(),
             symbols: HashMap::new(),
+            maps: HashMap::new(),
+            build_ids: HashMap::new(),
         }
+    }
+
+    /// Reads and keeps the file mappings of `pid` (a process seen for the first time), so
+    /// that its stacks can be normalized even after it has exited.
+    pub fn remember(&mut self, pid: u32) {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/maps")) {
+            self.maps.insert(pid, parse_maps(&text));
+        }
+    }
+
+    /// Forgets what [`remember`](Self::remember) kept for `pid` (its exit was processed).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+    }
+
+    /// Normalizes from the snapshot of a process that is gone, symbolizing from the files on
+    /// this machine. `None` when there is no snapshot.
+    fn resolve_from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> Option<Vec<Frame>> {
+        let maps = self.maps.get(&pid)?;
+        let mut frames: Vec<Frame> = addrs
+            .iter()
+            .map(
+                |&addr| match maps.iter().find(|m| m.start <= addr && addr < m.end) {
+                    Some(m) => Frame {
+                        addr,
+                        file: Some(m.path.clone()),
+                        offset: Some(addr - m.start + m.offset),
+                        build_id: self
+                            .build_ids
+                            .entry(m.path.clone())
+                            .or_insert_with(|| crate::probe::libcuda::build_id(Path::new(&m.path)))
+                            .clone(),
+                        ..Frame::default()
+                    },
+                    None => Frame {
+                        addr,
+                        unknown: Some(format!("{} (no mapping held it)", reason::PROCESS_EXITED)),
+                        ..Frame::default()
+                    },
+                },
+            )
+            .collect();
+        symbolize_offline(&mut frames);
+        Some(frames)
     }
 
     /// Resolves the user stack `addrs` (innermost first) of the live process `pid`.
@@ -156,6 +215,9 @@ impl StackResolver {
         }
         // PID 0 would mean "this process" to blazesym.
         if pid == 0 || !procinfo::process_exists(pid) {
+            if let Some(frames) = self.resolve_from_snapshot(pid, addrs) {
+                return frames;
+            }
             return addrs
                 .iter()
                 .map(|&a| unknown(a, reason::PROCESS_EXITED))
@@ -175,8 +237,12 @@ impl StackResolver {
         {
             Ok(output) => output,
             Err(err) => {
-                let reason = if err.kind() == ErrorKind::NotFound || !procinfo::process_exists(pid)
-                {
+                // A zombie still has a /proc entry but no mappings: the snapshot knows them.
+                if let Some(frames) = self.resolve_from_snapshot(pid, addrs) {
+                    return frames;
+                }
+                let gone = err.kind() == ErrorKind::NotFound || !procinfo::process_exists(pid);
+                let reason = if gone {
                     reason::PROCESS_EXITED.to_string()
                 } else {
                     format!("normalization failed: {err}")
@@ -207,8 +273,9 @@ impl StackResolver {
                             .entry((meta.dev(), meta.ino(), offset))
                             .or_insert_with(|| symbolize_file(&self.symbolizer, &elf.path, offset))
                             .clone(),
-                        // The mapping went away since normalization.
-                        Err(_) => Symbol::Unknown(reason::PROCESS_EXITED.to_string()),
+                        // The process went away since normalization: the file is read from
+                        // its path below instead.
+                        Err(_) => Symbol::Pending,
                     };
                     symbol.apply(&mut frame);
                 }
@@ -222,6 +289,25 @@ impl StackResolver {
                 }
             }
             frames.push(frame);
+        }
+        if frames
+            .iter()
+            .any(|f| f.offset.is_some() && f.sym.is_none() && f.unknown.is_none())
+        {
+            // The process exited between normalization and symbolization: name the files
+            // from the snapshot when the map_files links are gone, and read them by path.
+            if let Some(maps) = self.maps.get(&pid) {
+                for f in frames
+                    .iter_mut()
+                    .filter(|f| f.file.is_none() && f.offset.is_some())
+                {
+                    f.file = maps
+                        .iter()
+                        .find(|m| m.start <= f.addr && f.addr < m.end)
+                        .map(|m| m.path.clone());
+                }
+            }
+            symbolize_offline(&mut frames);
         }
         frames
     }

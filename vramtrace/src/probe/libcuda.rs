@@ -529,6 +529,12 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
 pub struct MapsFile {
     /// `start-end`, hex, as in `/proc/PID/map_files/`.
     pub range: String,
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub offset: u64,
     /// The file's path in the process's mount namespace, without ` (deleted)`.
     pub path: String,
     /// The file was deleted or replaced after it was mapped.
@@ -542,7 +548,11 @@ pub fn parse_maps(text: &str) -> Vec<MapsFile> {
             // address perms offset dev inode [padding] pathname; the pathname may have spaces.
             let mut fields = line.splitn(6, ' ');
             let range = fields.next()?;
-            let path = fields.nth(4)?.trim_start();
+            let (start, end) = range.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
+            let path = fields.nth(2)?.trim_start();
             if !path.starts_with('/') {
                 return None;
             }
@@ -552,6 +562,9 @@ pub fn parse_maps(text: &str) -> Vec<MapsFile> {
             };
             Some(MapsFile {
                 range: range.to_string(),
+                start,
+                end,
+                offset,
                 path: path.to_string(),
                 deleted,
             })
