@@ -177,6 +177,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         .with_context(|| format!("creating the trace {}", opts.output.display()))?;
     hand_back_to_sudo_user(&opts.output);
     writer.write(&Record::Header(header))?;
+    // On disk at once: the header says the probes are attached.
+    writer.flush()?;
 
     let mut child = if opts.command.is_empty() {
         None
@@ -263,6 +265,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             writer.write(&Record::Lost(lost))?;
             *reported = now;
         }
+        // What was recorded reaches the file within a tick: a recorder that is killed leaves
+        // a trace readable up to that point.
+        writer.flush()?;
         Ok(())
     };
 

@@ -1,0 +1,211 @@
+//! `vramtrace record` as a user meets it: every process, `-p PID`, signals, a full ring
+//! buffer, and the advice it gives when something is wrong.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{require_root, sim};
+use vramtrace::trace::{Record, read::TraceReader};
+
+fn vramtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+}
+
+fn read(path: &std::path::Path) -> (Vec<Record>, vramtrace::trace::read::ReadSummary) {
+    let mut reader = TraceReader::open(path).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    (records, reader.summary())
+}
+
+/// Waits until the recorder has attached (its banner is on stderr) by polling the trace
+/// file for the header line.
+fn wait_for_header(path: &std::path::Path) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            // The header is written after the probes are attached.
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the recorder did not start within 30 s");
+}
+
+#[test]
+fn traces_every_process_until_sigterm() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("all.jsonl");
+    let mut rec = vramtrace()
+        .args(["record", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_header(&trace);
+    // Two unrelated processes, started by someone else.
+    let out1 = Command::new(workload).arg("--lib").arg(lib).arg("host").output().unwrap();
+    let out2 = Command::new(workload).arg("--lib").arg(lib).arg("exit-without-free").output().unwrap();
+    // SAFETY: kill with a valid pid and signal has no memory effects.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGTERM) };
+    let status = rec.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends the recording cleanly: {status:?}");
+    let (records, summary) = read(&trace);
+    assert!(summary.complete, "{:?}", summary.problems);
+    for out in [out1, out2] {
+        let truth: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        let pid = truth["pid"].as_u64().unwrap() as u32;
+        let allocs = records
+            .iter()
+            .filter(|r| matches!(r, Record::Alloc(c) if c.pid == pid))
+            .count();
+        assert!(allocs > 0, "pid {pid} was traced without being named");
+        assert!(records.iter().any(|r| matches!(r, Record::Exit(e) if e.pid == pid)));
+    }
+}
+
+#[test]
+fn traces_only_the_named_pid() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("pid.jsonl");
+    // The target waits for a line on stdin before touching the driver.
+    let mut target = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read _; exec {} --lib {} host",
+            workload.display(),
+            lib.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rec = vramtrace()
+        .args(["record", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .args(["-p", &target.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_header(&trace);
+    // A bystander that must not appear.
+    let bystander = Command::new(workload).arg("--lib").arg(lib).arg("host").output().unwrap();
+    use std::io::Write as _;
+    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = target.wait_with_output().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    assert!(rec.wait().unwrap().success());
+    let (records, summary) = read(&trace);
+    assert!(summary.complete);
+    let pid_of = |stdout: &[u8]| -> u32 {
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(stdout).lines().last().unwrap()).unwrap();
+        v["pid"].as_u64().unwrap() as u32
+    };
+    let (traced, other) = (pid_of(&out.stdout), pid_of(&bystander.stdout));
+    let pids: std::collections::BTreeSet<u32> =
+        records.iter().filter_map(|r| r.call()).map(|c| c.pid).collect();
+    assert_eq!(pids, [traced].into(), "only pid {traced}, never {other}");
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_never_silent() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("lost.jsonl");
+    // One page of ring buffer cannot hold a burst of 4 threads.
+    let out = vramtrace()
+        .args(["record", "--ring-size", "4096", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .args(["llm-server", "--threads", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (records, summary) = read(&trace);
+    let footer = summary.footer.expect("footer");
+    let delivered = records.iter().filter(|r| r.call().is_some()).count() as u64;
+    assert!(footer.lost_events > 0, "a 4 KiB ring loses events under this burst");
+    assert!(stderr.contains("events lost"), "loss is reported as it happens: {stderr}");
+    let lost_records: u64 = records
+        .iter()
+        .filter_map(|r| if let Record::Lost(l) = r { Some(l.events()) } else { None })
+        .sum();
+    assert_eq!(lost_records, footer.lost_events);
+    let analysis = vramtrace().args(["analyze"]).arg(&trace).output().unwrap();
+    let text = String::from_utf8_lossy(&analysis.stdout);
+    assert!(text.contains("lost"), "analyze says events were lost: {text}");
+    eprintln!("delivered {delivered}, lost {}", footer.lost_events);
+}
+
+#[test]
+fn advice_for_what_a_user_gets_wrong() {
+    require_root();
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.jsonl");
+
+    let missing = vramtrace()
+        .args(["record", "--libcuda", "/nonexistent/libcuda.so.1", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let e = String::from_utf8_lossy(&missing.stderr);
+    assert!(e.contains("/nonexistent/libcuda.so.1") && e.contains("no such file"), "{e}");
+
+    let not_a_driver = vramtrace()
+        .args(["record", "--libcuda", "/bin/true", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!not_a_driver.status.success());
+    let e = String::from_utf8_lossy(&not_a_driver.stderr);
+    assert!(e.contains("/bin/true") && e.contains("libcuda"), "{e}");
+
+    let bad_pid = vramtrace()
+        .args(["record", "-p", "999999999", "--libcuda"])
+        .arg(lib)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!bad_pid.status.success());
+    let e = String::from_utf8_lossy(&bad_pid.stderr);
+    assert!(e.contains("no process with PID 999999999"), "{e}");
+
+    // Without privileges: the kernel refuses with EPERM, and the advice names sudo and the
+    // capabilities.
+    let unprivileged = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["record", "--libcuda"])
+        .arg(lib)
+        .args(["-o", "/tmp/vramtrace-unprivileged.jsonl", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(!unprivileged.status.success());
+    let e = String::from_utf8_lossy(&unprivileged.stderr);
+    assert!(e.contains("sudo") && e.contains("CAP_BPF"), "{e}");
+}
