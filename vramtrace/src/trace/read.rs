@@ -1543,6 +1543,87 @@ pub(crate) mod tests {
         assert!(s.problems[0].message.contains("disk on fire"));
     }
 
+    // --- the documentation ---
+
+    const SCHEMA: &str = include_str!("../../../docs/trace-format.schema.json");
+    const FORMAT_DOC: &str = include_str!("../../../docs/trace-format.md");
+
+    /// The schema's definitions of the line types, as (types, definition).
+    fn schema_defs(schema: &serde_json::Value) -> Vec<(Vec<String>, &serde_json::Value)> {
+        let refs = schema["oneOf"].as_array().expect("oneOf");
+        refs.iter()
+            .map(|r| {
+                let name = r["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/$defs/"))
+                    .expect("a local $ref");
+                let def = &schema["$defs"][name];
+                let ty = &def["properties"]["type"];
+                let types = match (ty["const"].as_str(), ty["enum"].as_array()) {
+                    (Some(t), _) => vec![t.to_owned()],
+                    (None, Some(ts)) => ts
+                        .iter()
+                        .map(|t| t.as_str().expect("a string").to_owned())
+                        .collect(),
+                    _ => panic!("$defs/{name} has no type const or enum"),
+                };
+                (types, def)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_schema_names_every_record_type() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("valid JSON");
+        let mut types: Vec<String> = schema_defs(&schema)
+            .into_iter()
+            .flat_map(|(types, _)| types)
+            .collect();
+        types.sort();
+        let mut expected: Vec<String> = RECORD_TYPES.iter().map(|t| t.to_string()).collect();
+        expected.sort();
+        assert_eq!(types, expected);
+    }
+
+    #[test]
+    fn the_schema_declares_every_field_written() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("valid JSON");
+        let defs = schema_defs(&schema);
+        let mut all = body();
+        all.insert(0, Record::Header(header()));
+        all.push(Record::Footer(Footer::default()));
+        for rec in all {
+            let line = serde_json::to_value(&rec).expect("to_value");
+            let kind = rec.kind();
+            let (_, def) = defs
+                .iter()
+                .find(|(types, _)| types.iter().any(|t| t == kind))
+                .expect("a definition");
+            let props = def["properties"].as_object().expect("properties");
+            let obj = line.as_object().expect("an object");
+            for key in obj.keys() {
+                assert!(props.contains_key(key), "{kind}.{key} is not in the schema");
+            }
+            for req in def["required"].as_array().expect("required") {
+                let req = req.as_str().expect("a string");
+                assert!(obj.contains_key(req), "{kind} lacks required {req}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_a_complete_trace() {
+        let example = FORMAT_DOC
+            .split("```jsonl\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a ```jsonl block");
+        let (read, s) = read_all(example.as_bytes());
+        assert!(s.complete, "{:?}", s.problems);
+        assert_eq!(s.problems, []);
+        assert_eq!(read.len() + 2, example.lines().count());
+    }
+
     // --- property tests ---
 
     fn text() -> impl Strategy<Value = String> {
