@@ -2,6 +2,7 @@
 //! entry point, and reads what they send: ring-buffer events, stacks and loss counters.
 
 pub mod libcuda;
+pub mod placement;
 
 use std::{
     collections::BTreeSet,
