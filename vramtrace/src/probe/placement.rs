@@ -169,7 +169,7 @@ pub fn choose(code: &[u8], ip: u64) -> Placement {
             return Placement {
                 offset,
                 reason: format!(
-                    "{name} at +{offset} is emulated ({kind}); skipped {} that write only flags or scratch registers",
+                    "{name} at +{offset} is emulated ({kind}); skipped {} (writing only flags or scratch registers)",
                     skipped.join(", ")
                 ),
             };
