@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probe::placement::ProbeAt;
+
 /// Traces every GPU memory allocation on this machine from outside the processes that make
 /// them: eBPF uprobes on NVIDIA's driver library (libcuda.so.1).
 #[derive(Debug, Parser)]
@@ -45,6 +47,10 @@ pub struct RecordArgs {
     /// Ring buffer size in bytes (a power of two); larger survives longer bursts.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub ring_size: u32,
+    /// Where the probes go on each function: `auto` skips leading instructions that the
+    /// kernel would single-step when that is provably safe (much cheaper per call).
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = ProbeAt::Auto)]
+    pub probe_at: ProbeAt,
     /// Command to start and trace, with its descendants; recording ends when it exits and
     /// vramtrace exits with its status.
     #[arg(last = true, value_name = "CMD")]
@@ -93,5 +99,16 @@ mod tests {
         };
         assert_eq!(r.pids, [1, 2]);
         assert_eq!(r.command, ["python", "-c", "x"]);
+        assert_eq!(r.probe_at, ProbeAt::Auto);
+    }
+
+    #[test]
+    fn record_takes_probe_at() {
+        let cli = Cli::try_parse_from(["vramtrace", "record", "--probe-at", "entry"]).unwrap();
+        let Command::Record(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.probe_at, ProbeAt::Entry);
+        assert!(Cli::try_parse_from(["vramtrace", "record", "--probe-at", "elsewhere"]).is_err());
     }
 }

@@ -32,6 +32,7 @@ pub struct RecordOptions {
     pub command: Vec<String>,
     pub stacks: bool,
     pub ring_bytes: u32,
+    pub probe_at: probe::placement::ProbeAt,
     pub verbose: bool,
     /// Suppress the summary on stderr (the traced command owns the terminal).
     pub quiet: bool,
@@ -141,6 +142,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         follow_children_of_self: !opts.command.is_empty(),
         stacks: opts.stacks,
         ring_bytes: opts.ring_bytes,
+        probe_at: opts.probe_at,
         ..probe::Config::default()
     };
     let mut tracer = Tracer::start(&config).context("starting the probes")?;

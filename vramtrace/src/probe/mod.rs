@@ -2,6 +2,7 @@
 //! entry point, and reads what they send: ring-buffer events, stacks and loss counters.
 
 pub mod libcuda;
+pub mod placement;
 
 use std::{
     io,
@@ -43,6 +44,8 @@ pub struct Config {
     pub ring_bytes: u32,
     /// Pending bytes above which a submission wakes the reader.
     pub wakeup_bytes: u64,
+    /// Where on each function the probes go.
+    pub probe_at: placement::ProbeAt,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             host_signal: 0,
             ring_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
+            probe_at: placement::ProbeAt::Auto,
         }
     }
 }
@@ -301,11 +305,13 @@ impl Tracer {
                         }
                     };
                     let cookie = hooked.cookie(id as u16);
-                    points.push((f.file_offset, cookie));
+                    let place = placement::place(path, f.file_offset, config.probe_at);
+                    tracing::debug!("{}+{}: {}", f.name, place.offset, place.reason);
+                    points.push((f.file_offset + place.offset, cookie));
                     probes.push(Probe {
                         symbol: f.name.clone(),
                         symbol_offset: f.file_offset,
-                        probe_offset: 0,
+                        probe_offset: place.offset,
                     });
                 }
             }

@@ -1,0 +1,135 @@
+//! Probes placed past the symbol (`record --probe-at auto`) must see exactly what probes on
+//! the symbol (`--probe-at entry`) see: the same calls, arguments, return codes and
+//! addresses, for every hooked entry point, on NVIDIA's driver and on the simulated one.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use common::{NVIDIA_LIBCUDA, require_root, sim};
+use vramtrace::{
+    probe::placement::{self, ProbeAt},
+    trace::{Header, Record, read::TraceReader},
+};
+
+/// Per entry point, in call order: (return code, bytes, address).
+type Seen = BTreeMap<String, Vec<(i32, Option<u64>, Option<u64>)>>;
+
+/// Records `workload --lib LIB probe-all` under `vramtrace record --probe-at PROBE_AT`.
+fn record_probe_all(lib: &Path, probe_at: &str) -> (Header, Seen) {
+    require_root();
+    let (_, workload) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .args(["--probe-at", probe_at])
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("probe-all")
+        .output()
+        .expect("running vramtrace record");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let truth_line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no ground truth; stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let truth: serde_json::Value = serde_json::from_str(truth_line).expect("ground truth is JSON");
+    let pid = truth["pid"].as_u64().expect("pid in the ground truth") as u32;
+
+    let mut reader = TraceReader::open(&trace).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(
+        summary.complete && summary.problems.is_empty(),
+        "--probe-at {probe_at}: {:?}\nstderr:\n{stderr}",
+        summary.problems
+    );
+    let mut seen = Seen::new();
+    for c in records
+        .iter()
+        .filter_map(Record::call)
+        .filter(|c| c.pid == pid)
+    {
+        seen.entry(c.api.clone())
+            .or_default()
+            .push((c.ret, c.bytes, c.addr));
+    }
+    let lost: u64 = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Lost(l) => Some(l.ringbuf_full + l.entry_map_full + l.exit_dropped),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(lost, 0, "--probe-at {probe_at}: events lost");
+    (summary.header.clone(), seen)
+}
+
+/// Both placements trace the same calls; `auto` moved the probes where placement chose.
+fn same_events_at_entry_and_auto(lib: &Path, expected_offset: u64) {
+    let (entry_header, entry) = record_probe_all(lib, "entry");
+    let (auto_header, auto) = record_probe_all(lib, "auto");
+    assert!(
+        entry.len() >= 30,
+        "probe-all calls the whole surface: {:?}",
+        entry.keys()
+    );
+    for (api, calls) in &entry {
+        assert_eq!(auto.get(api), Some(calls), "{api}: entry vs auto");
+    }
+    assert_eq!(
+        entry.keys().collect::<Vec<_>>(),
+        auto.keys().collect::<Vec<_>>()
+    );
+
+    let probes =
+        |h: &Header| -> Vec<_> { h.libraries.iter().flat_map(|l| l.probes.clone()).collect() };
+    let entry_probes = probes(&entry_header);
+    let auto_probes = probes(&auto_header);
+    assert!(
+        entry_probes.iter().all(|p| p.probe_offset == 0),
+        "{entry_probes:?}"
+    );
+    assert_eq!(entry_probes.len(), auto_probes.len());
+    for p in &auto_probes {
+        let chosen = placement::place(lib, p.symbol_offset, ProbeAt::Auto);
+        assert_eq!(
+            p.probe_offset, chosen.offset,
+            "{}: {}",
+            p.symbol, chosen.reason
+        );
+        if p.symbol.starts_with("cuMem") {
+            assert_eq!(
+                p.probe_offset, expected_offset,
+                "{}: {}",
+                p.symbol, chosen.reason
+            );
+        }
+    }
+}
+
+#[test]
+fn nvidia_driver_is_traced_identically_at_the_symbol_and_on_its_je() {
+    assert!(
+        Path::new(NVIDIA_LIBCUDA).exists(),
+        "{NVIDIA_LIBCUDA} is missing: install Debian's libcuda1 (non-free); scripts/setup.sh does"
+    );
+    // cmpl $imm32, disp32(%rip) is 10 bytes; the je after it is emulated.
+    same_events_at_entry_and_auto(Path::new(NVIDIA_LIBCUDA), 10);
+}
+
+#[test]
+fn simulated_driver_is_traced_identically_at_the_symbol_and_on_its_je() {
+    let (lib, _) = sim();
+    // cmpl $imm8, disp32(%rip) is 7 bytes.
+    same_events_at_entry_and_auto(lib, 7);
+}
