@@ -71,6 +71,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         command: args.command,
         stacks: !args.no_stacks,
         ring_bytes: args.ring_size,
+        probe_at: args.probe_at,
         verbose,
         quiet: false,
     }))?;

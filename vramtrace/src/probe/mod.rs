@@ -172,24 +172,26 @@ fn tracepoint_field_offset(
     name: &str,
     field: &str,
 ) -> Result<Option<u32>, ProbeError> {
-    let mut last = Err(io::Error::from(io::ErrorKind::NotFound));
-    let mut path = String::new();
-    for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        path = format!("{root}/events/{category}/{name}/format");
-        last = std::fs::read_to_string(&path);
-        if last.is_ok() {
-            break;
+    let roots = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    let mut first_error = None;
+    for root in roots {
+        let path = format!("{root}/events/{category}/{name}/format");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Ok(parse_field_offset(&text, field)),
+            // Not being allowed to read tracefs means not being allowed to trace.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(ProbeError::Permission(Box::new(e)));
+            }
+            Err(e) => {
+                first_error.get_or_insert((path, e));
+            }
         }
     }
-    let text = last.map_err(|source| {
-        or_permission(source, |source| ProbeError::Format {
-            path: format!(
-                "{path} (is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)"
-            ),
-            source,
-        })
-    })?;
-    Ok(parse_field_offset(&text, field))
+    let (path, source) = first_error.expect("two roots were tried");
+    Err(ProbeError::Format {
+        path: format!("{path} (is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)"),
+        source,
+    })
 }
 
 fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
@@ -213,12 +215,14 @@ impl Tracer {
             tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
         let stacks = u32::from(config.stacks);
+        // Wake the reader well before the ring fills, whatever its size.
+        let wakeup_bytes = config.wakeup_bytes.min(u64::from(config.ring_bytes / 4));
         let mut loader = EbpfLoader::new();
         loader
             .override_global("FILTER_ENABLED", &filter_enabled, true)
             .override_global("CAPTURE_STACKS", &stacks, true)
             .override_global("HOST_SIGNAL", &config.host_signal, true)
-            .override_global("WAKEUP_BYTES", &config.wakeup_bytes, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .map_max_entries("EVENTS", config.ring_bytes);
