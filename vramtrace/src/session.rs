@@ -173,6 +173,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             pids: opts.pids.clone(),
             command: opts.command.clone(),
         },
+        nvml: None,
+        policy: None,
         extra: Default::default(),
     };
     let mut writer = TraceWriter::create(&opts.output)

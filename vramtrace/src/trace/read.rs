@@ -20,7 +20,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 22] = [
+pub const RECORD_TYPES: [&str; 23] = [
     "header",
     "process",
     "stack",
@@ -42,6 +42,7 @@ pub const RECORD_TYPES: [&str; 22] = [
     "copy",
     "exit",
     "lost",
+    "nvml",
     "footer",
 ];
 
@@ -926,6 +927,8 @@ pub(crate) mod tests {
                 all: true,
                 ..Scope::default()
             },
+            nvml: None,
+            policy: None,
             extra: BTreeMap::new(),
         }
     }
@@ -986,6 +989,7 @@ pub(crate) mod tests {
             pitch: Some(512),
             stack: Some(1),
             unreadable: vec!["pitch".into()],
+            signalled: Some(6),
         };
         let call = |api: &str| Call {
             api: api.into(),
@@ -1053,6 +1057,20 @@ pub(crate) mod tests {
                 entry_map_full: 1,
                 exit_dropped: 0,
                 stack_failed: 2,
+            }),
+            Record::Nvml(crate::trace::record::NvmlSample {
+                ts_ns: 5_000_002_500,
+                gpus: vec![crate::trace::record::GpuSample {
+                    index: 0,
+                    total_bytes: Some(80 << 30),
+                    used_bytes: Some(3 << 30),
+                    free_bytes: Some(77 << 30),
+                    reserved_bytes: None,
+                    processes: vec![crate::trace::record::GpuProcess {
+                        pid: 4242,
+                        used_bytes: Some(2 << 30),
+                    }],
+                }],
             }),
             Record::Exit(Exit {
                 proc: 1,
@@ -1131,6 +1149,7 @@ pub(crate) mod tests {
                 | Record::Copy(_)
                 | Record::Exit(_)
                 | Record::Lost(_)
+                | Record::Nvml(_)
                 | Record::Footer(_) => {}
             }
         }
@@ -1698,6 +1717,7 @@ pub(crate) mod tests {
                     pitch,
                     stack,
                     unreadable,
+                    signalled: None,
                 },
             )
     }

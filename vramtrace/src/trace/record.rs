@@ -61,6 +61,8 @@ pub enum Record {
     Exit(Exit),
     /// Events that the kernel side could not deliver, counted since the last such record.
     Lost(Lost),
+    /// What NVML reported for every GPU at one instant.
+    Nvml(NvmlSample),
     /// Last line: counts and the digest of every byte before it.
     Footer(Footer),
 }
@@ -90,6 +92,7 @@ impl Record {
             Record::Copy(_) => "copy",
             Record::Exit(_) => "exit",
             Record::Lost(_) => "lost",
+            Record::Nvml(_) => "nvml",
             Record::Footer(_) => "footer",
         }
     }
@@ -140,9 +143,92 @@ pub struct Header {
     pub start_monotonic_ns: u64,
     /// What was traced: `all`, or the PIDs, or the command.
     pub scope: Scope,
-    /// Extra facts (NVML and GPU details arrive here in later minor versions).
+    /// What NVML could tell at the start: versions and GPUs, or why it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml: Option<NvmlInfo>,
+    /// `vram-only` when host-memory allocations were recorded as violations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Extra facts that later minor versions add.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// NVML's view of the machine when recording started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NvmlInfo {
+    /// NVML initialized and answered.
+    pub available: bool,
+    /// Why it is not available (no driver, no GPU, the library missing), when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Driver version string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// NVML version string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml_version: Option<String>,
+    /// The GPUs, by NVML index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One GPU as NVML names it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// NVML index.
+    pub index: u32,
+    /// `GPU-...` UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Product name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// PCI bus id, to match CUDA device ordinals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<String>,
+    /// Total memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+}
+
+/// What NVML reported at one instant. A figure NVML could not give is absent, never 0.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NvmlSample {
+    /// `CLOCK_MONOTONIC` nanoseconds when the sample was taken.
+    pub ts_ns: u64,
+    /// One entry per GPU.
+    pub gpus: Vec<GpuSample>,
+}
+
+/// One GPU in an NVML sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    /// NVML index.
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// Reserved by the driver, where NVML reports it (memory info v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_bytes: Option<u64>,
+    /// Per process, compute and graphics lists merged by PID (host PIDs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A process on a GPU, as NVML sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    /// Host PID.
+    pub pid: u32,
+    /// Memory NVML attributes to it on this GPU; absent when NVML cannot say (it reports
+    /// "not available" in some containers and under MIG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
 }
 
 /// A driver library that probes were attached to.
@@ -327,6 +413,9 @@ pub struct Call {
     /// Fields the probe could not read (a faulting pointer): their names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+    /// The signal the probe sent to the calling thread at this call (vram-only policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signalled: Option<u32>,
 }
 
 /// A traced process ended.
