@@ -189,7 +189,7 @@ impl StackResolver {
                     },
                     None => Frame {
                         addr,
-                        unknown: Some(format!("{} (no mapping held it)", reason::PROCESS_EXITED)),
+                        unknown: Some("not in any mapping the process had".to_string()),
                         ..Frame::default()
                     },
                 },
