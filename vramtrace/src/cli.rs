@@ -51,6 +51,12 @@ pub struct RecordArgs {
     /// kernel would single-step when that is provably safe (much cheaper per call).
     #[arg(long, value_enum, value_name = "WHERE", default_value_t = ProbeAt::Auto)]
     pub probe_at: ProbeAt,
+    /// Sample NVML (per GPU and per process used memory) every this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub nvml_interval: u64,
+    /// Do not use NVML (no samples; the trace says it was disabled).
+    #[arg(long)]
+    pub no_nvml: bool,
     /// Command to start and trace, with its descendants; recording ends when it exits and
     /// vramtrace exits with its status.
     #[arg(last = true, value_name = "CMD")]
@@ -100,6 +106,18 @@ mod tests {
         assert_eq!(r.pids, [1, 2]);
         assert_eq!(r.command, ["python", "-c", "x"]);
         assert_eq!(r.probe_at, ProbeAt::Auto);
+        assert_eq!((r.nvml_interval, r.no_nvml), (500, false));
+    }
+
+    #[test]
+    fn record_takes_nvml_options() {
+        let cli =
+            Cli::try_parse_from(["vramtrace", "record", "--nvml-interval", "250", "--no-nvml"])
+                .unwrap();
+        let Command::Record(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!((r.nvml_interval, r.no_nvml), (250, true));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`stacks`]: normalizes user stacks at record time (file, build ID, offset) and
 //!   symbolizes them.
 //! - [`procinfo`]: what `/proc` says about a traced process.
+//! - [`nvml`]: the driver's own view of GPU memory: header facts and the sampling poller.
 //! - [`ledger`]: live allocations per process and device; the single accounting path for live
 //!   tracing and replay.
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod decode;
 pub mod ledger;
+pub mod nvml;
 pub mod probe;
 pub mod procinfo;
 pub mod session;

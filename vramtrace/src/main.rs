@@ -51,6 +51,10 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
     if !args.ring_size.is_power_of_two() || args.ring_size < 4096 {
         bail!("--ring-size must be a power of two of at least 4096 bytes");
     }
+    if args.nvml_interval == 0 {
+        bail!("--nvml-interval must be at least 1 millisecond");
+    }
+    let nvml_interval = (!args.no_nvml).then(|| Duration::from_millis(args.nvml_interval));
     let output = args.output.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -74,6 +78,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         probe_at: args.probe_at,
         verbose,
         quiet: false,
+        nvml_interval,
     }))?;
     if has_command {
         // Exit as the traced command did, so vramtrace can stand in for it in scripts.

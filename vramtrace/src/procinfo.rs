@@ -29,6 +29,8 @@ pub struct ProcInfo {
     pub exe: Option<String>,
     /// Container id (64 hex digits) from the process's cgroup, when it runs in one.
     pub container: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES` from `/proc/PID/environ`, sanitized, when set and readable.
+    pub cuda_visible_devices: Option<String>,
 }
 
 impl ProcInfo {
@@ -43,6 +45,7 @@ impl ProcInfo {
             cmdline: self.cmdline,
             exe: self.exe,
             container: self.container,
+            cuda_visible_devices: self.cuda_visible_devices,
         }
     }
 }
@@ -161,6 +164,10 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
     let container = fs::read_to_string(proc_path(pid, "cgroup"))
         .ok()
         .and_then(|text| container_id(&text));
+    // Only the owner and root may read it; unreadable is unknown, like unset.
+    let cuda_visible_devices = fs::read(proc_path(pid, "environ"))
+        .ok()
+        .and_then(|bytes| env_var(&bytes, "CUDA_VISIBLE_DEVICES"));
     Ok(ProcInfo {
         pid,
         ppid: Some(stat.ppid),
@@ -169,6 +176,17 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
         cmdline,
         exe,
         container,
+        cuda_visible_devices,
+    })
+}
+
+/// The value of `name` in the bytes of `/proc/PID/environ` (`NAME=value` entries separated by
+/// NUL), sanitized. That file holds the environment the process started with: a change the
+/// process makes later (`os.environ[...] = ...` before CUDA initializes) is not in it.
+fn env_var(environ: &[u8], name: &str) -> Option<String> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(sanitize(&String::from_utf8_lossy(value)))
     })
 }
 
@@ -399,6 +417,24 @@ mod tests {
         {
             assert_eq!(id.len(), 64);
         }
+    }
+
+    #[test]
+    fn env_var_finds_the_whole_name_only() {
+        let environ = b"PATH=/bin\0XCUDA_VISIBLE_DEVICES=9\0CUDA_VISIBLE_DEVICES=1,GPU-ab\0";
+        assert_eq!(
+            env_var(environ, "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some("1,GPU-ab")
+        );
+        assert_eq!(
+            env_var(b"CUDA_VISIBLE_DEVICES=\0", "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            env_var(b"CUDA_VISIBLE_DEVICESX=1", "CUDA_VISIBLE_DEVICES"),
+            None
+        );
+        assert_eq!(env_var(b"", "CUDA_VISIBLE_DEVICES"), None);
     }
 
     #[test]

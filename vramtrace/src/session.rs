@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitStatus,
+    sync::mpsc,
     time::Duration,
 };
 
@@ -13,12 +14,13 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     decode::{Converter, Environment},
+    nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
     stacks::StackResolver,
     trace::{
-        FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, Process, Record, Scope,
-        write::TraceWriter,
+        FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, NvmlInfo, NvmlSample, Process,
+        Record, Scope, write::TraceWriter,
     },
 };
 
@@ -36,6 +38,8 @@ pub struct RecordOptions {
     pub verbose: bool,
     /// Suppress the summary on stderr (the traced command owns the terminal).
     pub quiet: bool,
+    /// How often to sample NVML; `None`: not at all.
+    pub nvml_interval: Option<Duration>,
 }
 
 /// How a recording ended.
@@ -120,6 +124,80 @@ fn hand_back_to_sudo_user(path: &Path) {
     }
 }
 
+/// NVML samples on their way from the poller thread into the trace.
+struct NvmlFeed {
+    rx: Option<mpsc::Receiver<NvmlSample>>,
+    last: Option<NvmlSample>,
+    lines_at_last: u64,
+}
+
+impl NvmlFeed {
+    /// Writes the samples that arrived. A sample equal to the previous one apart from its
+    /// time is left out when nothing else was written since: an idle GPU does not fill the
+    /// trace, and every sample that could change a reconciliation is kept.
+    fn drain(&mut self, writer: &mut TraceWriter) -> Result<()> {
+        let Some(rx) = &self.rx else { return Ok(()) };
+        while let Ok(sample) = rx.try_recv() {
+            let same = self
+                .last
+                .as_ref()
+                .is_some_and(|l| !nvml::changed(l, &sample));
+            if same && writer.lines_written() == self.lines_at_last {
+                continue;
+            }
+            writer.write(&Record::Nvml(sample.clone()))?;
+            self.lines_at_last = writer.lines_written();
+            self.last = Some(sample);
+        }
+        Ok(())
+    }
+}
+
+/// Initializes NVML and starts its poller, or says once why not. Tracing goes on either way.
+fn start_nvml(interval: Option<Duration>, quiet: bool) -> (NvmlInfo, NvmlFeed, Option<Poller>) {
+    let mut feed = NvmlFeed {
+        rx: None,
+        last: None,
+        lines_at_last: 0,
+    };
+    let unavailable = |reason: String| NvmlInfo {
+        available: false,
+        reason: Some(reason),
+        ..NvmlInfo::default()
+    };
+    let Some(interval) = interval else {
+        return (
+            unavailable("NVML sampling disabled (--no-nvml)".into()),
+            feed,
+            None,
+        );
+    };
+    let nvml = match Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            if !quiet {
+                eprintln!(
+                    "vramtrace: NVML not available: {}; tracing without it",
+                    e.reason
+                );
+            }
+            return (e.info(), feed, None);
+        }
+    };
+    let info = nvml.info();
+    match Poller::spawn(nvml, interval, monotonic_ns) {
+        Ok((poller, rx)) => {
+            feed.rx = Some(rx);
+            (info, feed, Some(poller))
+        }
+        Err(e) => (
+            unavailable(format!("the NVML poller could not start: {e}")),
+            feed,
+            None,
+        ),
+    }
+}
+
 /// Runs a recording to its end.
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     let libraries = if opts.libcuda.is_empty() {
@@ -158,6 +236,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         }
     }
 
+    let (nvml_info, mut nvml_feed, nvml_poller) = start_nvml(opts.nvml_interval, opts.quiet);
     let (host, kernel) = uname();
     let header = Header {
         format: FORMAT_NAME.into(),
@@ -173,7 +252,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             pids: opts.pids.clone(),
             command: opts.command.clone(),
         },
-        nvml: None,
+        nvml: Some(nvml_info),
         policy: None,
         extra: Default::default(),
     };
@@ -269,6 +348,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             writer.write(&Record::Lost(lost))?;
             *reported = now;
         }
+        nvml_feed.drain(writer)?;
         // What was recorded reaches the file within a tick: a recorder that is killed leaves
         // a trace readable up to that point.
         writer.flush()?;
@@ -331,6 +411,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         if let Ok(Some(status)) = c.try_wait() {
             command_status = Some(status);
         }
+    }
+    if let Some(p) = nvml_poller {
+        p.stop();
     }
     let lines = writer.lines_written();
     let processes = converter.processes_seen();

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 pub use crate::api::cuda_error_name;
 pub use render::{human_bytes, render_text};
 
-use crate::ledger::{Ledger, LiveAllocation, ProcessState, Usage};
-use crate::trace::{Footer, Header, Mem, Record};
+use crate::ledger::{
+    DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
+};
+use crate::trace::{Footer, GpuInfo, Header, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,6 +57,30 @@ pub struct Report {
     pub machine: MachineReport,
     /// One entry per traced process (per `process` record: PIDs may repeat).
     pub processes: Vec<ProcessReport>,
+    /// What NVML could tell, or why it could not; absent when the trace does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml: Option<NvmlReport>,
+}
+
+/// NVML in a recording: the header's facts and how many samples were taken.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NvmlReport {
+    /// NVML initialized and answered.
+    pub available: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Driver version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// NVML version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml_version: Option<String>,
+    /// The GPUs, by NVML index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+    /// `nvml` records in the trace.
+    pub samples: u64,
 }
 
 /// A line the reader skipped.
@@ -97,7 +123,7 @@ pub struct LibrarySummary {
 }
 
 /// All processes together.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MachineReport {
     /// Highest traced device bytes at any instant, all processes together.
     pub peak_device_bytes: u64,
@@ -107,6 +133,10 @@ pub struct MachineReport {
     pub peak_device_and_pool_bytes: u64,
     /// Per device.
     pub devices: Vec<DeviceReport>,
+    /// Per GPU at the last NVML sample: NVML's used bytes, what was traced, and what else
+    /// was on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvml_gpus: Vec<GpuReconciliation>,
 }
 
 /// Calls and bytes of one entry point.
@@ -179,7 +209,7 @@ pub struct HeldAllocation {
 }
 
 /// One traced process.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessReport {
     /// The `process` record id (unique; PIDs are not).
     pub proc: u32,
@@ -224,6 +254,12 @@ pub struct ProcessReport {
     pub anomalies: BTreeMap<String, AnomalyReport>,
     /// Per device.
     pub devices: Vec<DeviceReport>,
+    /// Traced bytes against NVML's per GPU, at the last sample while the process lived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvml: Vec<DeviceReconciliation>,
+    /// The same at the sample where its traced bytes were highest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvml_at_peak: Vec<DeviceReconciliation>,
 }
 
 /// How many held allocations a process report lists.
@@ -377,7 +413,30 @@ fn process_report(p: &ProcessState) -> ProcessReport {
             })
             .collect(),
         devices,
+        // Filled in by `with_nvml`: the reconciliations live in the ledger, not the process.
+        nvml: Vec::new(),
+        nvml_at_peak: Vec::new(),
     }
+}
+
+fn nvml_report(i: &NvmlInfo, samples: u64) -> NvmlReport {
+    NvmlReport {
+        available: i.available,
+        reason: i.reason.clone(),
+        driver_version: i.driver_version.clone(),
+        nvml_version: i.nvml_version.clone(),
+        gpus: i.gpus.clone(),
+        samples,
+    }
+}
+
+/// Adds a process's NVML reconciliations to its report.
+fn with_nvml(mut r: ProcessReport, ledger: &Ledger) -> ProcessReport {
+    if let Some(n) = ledger.nvml().process(r.proc) {
+        r.nvml = n.latest.devices.clone();
+        r.nvml_at_peak = n.at_peak.devices.clone();
+    }
+    r
 }
 
 /// Replays `records` through a fresh [`Ledger`] and sums up the trace. `read` is what the
@@ -395,10 +454,9 @@ pub fn summarize(records: impl Iterator<Item = Record>, read: Option<&ReadStatus
 /// as errors; only a file that is not a readable vramtrace trace is an error.
 pub fn analyze_file(path: &std::path::Path) -> Result<Report, crate::trace::read::ReadError> {
     let mut reader = crate::trace::read::TraceReader::open(path)?;
-    let mut replay = Replay {
-        header: Some(reader.header().clone()),
-        ..Replay::default()
-    };
+    let mut replay = Replay::default();
+    // The reader keeps the header out of the stream; the ledger needs its NVML facts.
+    replay.apply(Record::Header(reader.header().clone()));
     for rec in reader.by_ref() {
         replay.apply(rec);
     }
@@ -464,8 +522,14 @@ impl Replay {
             _ => None,
         };
 
+        let nvml = header
+            .as_ref()
+            .and_then(|h| h.nvml.as_ref())
+            .or(ledger.nvml().info())
+            .map(|i| nvml_report(i, ledger.nvml().samples()));
         let t = ledger.totals();
         let machine = MachineReport {
+            nvml_gpus: ledger.nvml().gpus().to_vec(),
             peak_device_bytes: t.usage.peak_device_bytes,
             peak_ts_ns: t.usage.peak_device_ts_ns,
             peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
@@ -495,7 +559,11 @@ impl Replay {
             stack_failed,
             duration_ns,
             machine,
-            processes: ledger.processes().map(process_report).collect(),
+            processes: ledger
+                .processes()
+                .map(|p| with_nvml(process_report(p), &ledger))
+                .collect(),
+            nvml,
         }
     }
 }

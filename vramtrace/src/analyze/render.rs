@@ -162,6 +162,7 @@ pub fn render_text(r: &Report) -> String {
             .peak_ts_ns
             .map_or_else(|| "-".to_owned(), |t| at(t, start))
     );
+    render_nvml(&mut o, r);
     if r.processes.is_empty() {
         let _ = writeln!(o, "\nno traced process made a GPU memory call");
     }
@@ -234,6 +235,7 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         }
     }
 
+    render_process_nvml(o, p);
     render_api_table(o, p);
 
     if p.failed_total > 0 {
@@ -276,6 +278,71 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             }
             o.push('\n');
         }
+    }
+}
+
+fn percent(coverage: Option<f64>) -> String {
+    coverage.map_or_else(
+        || "coverage unknown".to_owned(),
+        |c| format!("{:.0}% covered", c * 100.0),
+    )
+}
+
+fn maybe_bytes(b: Option<u64>) -> String {
+    b.map_or_else(|| "unknown".to_owned(), bytes_exact)
+}
+
+/// NVML: unavailable and why, or per GPU what NVML reported against what was traced.
+fn render_nvml(o: &mut String, r: &Report) {
+    let Some(n) = &r.nvml else { return };
+    if !n.available {
+        let _ = writeln!(
+            o,
+            "NVML: not available ({})",
+            n.reason.as_deref().unwrap_or("no reason recorded")
+        );
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "NVML: driver {}, {} sample(s)",
+        n.driver_version.as_deref().unwrap_or("?"),
+        n.samples
+    );
+    for g in &r.machine.nvml_gpus {
+        let info = n.gpus.iter().find(|i| i.index == g.index);
+        let name = info.and_then(|i| i.name.as_deref()).unwrap_or("?");
+        let _ = writeln!(
+            o,
+            "  NVML GPU {} ({name}): used {}, traced {} ({}) at the last sample",
+            g.index,
+            maybe_bytes(g.used_bytes),
+            bytes_exact(g.traced_bytes),
+            percent(g.coverage)
+        );
+        for u in &g.untraced_processes {
+            let _ = writeln!(o, "    untraced pid {}: {}", u.pid, maybe_bytes(u.bytes));
+        }
+    }
+}
+
+fn render_process_nvml(o: &mut String, p: &ProcessReport) {
+    for d in &p.nvml {
+        let gpu = d.nvml_index.map_or_else(
+            || format!("{} (no NVML index)", device_name(d.device)),
+            |i| format!("NVML GPU {i}"),
+        );
+        let diff = d.difference_bytes.map_or_else(String::new, |x| {
+            let sign = if x < 0 { "-" } else { "" };
+            format!(", not traced {sign}{}", human_bytes(x.unsigned_abs()))
+        });
+        let _ = writeln!(
+            o,
+            "  NVML {gpu}: traced {} of {} ({}{diff})",
+            bytes_exact(d.traced_bytes),
+            maybe_bytes(d.nvml_bytes),
+            percent(d.coverage)
+        );
     }
 }
 

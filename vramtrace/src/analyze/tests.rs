@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::trace::{Call, Exit, Library, Lost, Probe, Process};
+use crate::trace::{GpuInfo, NvmlInfo};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -351,4 +352,109 @@ fn error_names_and_units() {
         render::utc(951_827_696_000_000_000),
         "2000-02-29 12:34:56 UTC"
     );
+}
+
+/// NVML in the header and one recorded sample: the top-level block, the per-GPU machine
+/// figures with what else was on the GPU, and the per-process coverage.
+#[test]
+fn nvml_block_and_coverage() {
+    let mut h = header();
+    h.nvml = Some(NvmlInfo {
+        available: true,
+        driver_version: Some("535.247.01".into()),
+        nvml_version: Some("12.535.247.01".into()),
+        gpus: vec![GpuInfo {
+            index: 0,
+            uuid: Some("GPU-aaaa".into()),
+            name: Some("NVIDIA H100 80GB HBM3".into()),
+            pci_bus_id: Some("00000000:01:00.0".into()),
+            total_bytes: Some(80 * GIB),
+        }],
+        ..NvmlInfo::default()
+    });
+    let sample: Record = serde_json::from_str(
+        r#"{"type":"nvml","ts_ns":1500000000,"gpus":[{"index":0,"total_bytes":85899345920,"used_bytes":4294967296,"free_bytes":81604378624,"processes":[{"pid":4242,"used_bytes":3221225472},{"pid":999}]}]}"#,
+    )
+    .expect("nvml line");
+    let records = vec![
+        Record::Header(h),
+        Record::Process(Process {
+            id: 1,
+            pid: 4242,
+            comm: "python".into(),
+            ..Default::default()
+        }),
+        Record::Alloc(Call {
+            addr: Some(0x1000_0000),
+            bytes: Some(2 * GIB),
+            mem: Some(Mem::Device),
+            device: Some(0),
+            ..call(1, 4242, "cuMemAlloc_v2", 0.2)
+        }),
+        sample,
+    ];
+    let r = summarize(records.into_iter(), None);
+    let n = r.nvml.as_ref().expect("nvml block");
+    assert!(n.available);
+    assert_eq!(n.samples, 1);
+    assert_eq!(n.gpus.len(), 1);
+    let d = &r.processes[0].nvml[0];
+    assert_eq!(
+        (d.device, d.nvml_index, d.traced_bytes, d.nvml_bytes),
+        (Some(0), Some(0), 2 * GIB, Some(3 * GIB))
+    );
+    assert_eq!(d.difference_bytes, Some(GIB as i64));
+    let g = &r.machine.nvml_gpus[0];
+    assert_eq!((g.used_bytes, g.traced_bytes), (Some(4 * GIB), 2 * GIB));
+    assert_eq!(g.untraced_processes.len(), 1);
+
+    let json = serde_json::to_value(&r).expect("serializes");
+    assert_eq!(json["nvml"]["available"], true);
+    assert_eq!(
+        json["processes"][0]["nvml"][0]["coverage"].as_f64(),
+        Some(2.0 / 3.0)
+    );
+    // NVML could not say how much pid 999 uses: absent, not 0.
+    let untraced = &json["machine"]["nvml_gpus"][0]["untraced_processes"][0];
+    assert_eq!(untraced["pid"], 999);
+    assert!(untraced.get("bytes").is_none());
+
+    let text = render_text(&r);
+    assert!(
+        text.contains("NVML: driver 535.247.01, 1 sample(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NVML GPU 0 (NVIDIA H100 80GB HBM3): used 4.0 GiB"),
+        "{text}"
+    );
+    assert!(text.contains("untraced pid 999: unknown"), "{text}");
+    assert!(text.contains("67% covered, not traced 1.0 GiB"), "{text}");
+}
+
+#[test]
+fn nvml_unavailable_is_said_once() {
+    let mut h = header();
+    h.nvml = Some(NvmlInfo {
+        available: false,
+        reason: Some("NVML could not initialize: Driver Not Loaded".into()),
+        ..NvmlInfo::default()
+    });
+    let r = summarize(std::iter::once(Record::Header(h)), None);
+    let json = serde_json::to_value(&r).expect("serializes");
+    assert_eq!(json["nvml"]["available"], false);
+    assert_eq!(
+        json["nvml"]["reason"],
+        "NVML could not initialize: Driver Not Loaded"
+    );
+    assert!(json["machine"].get("nvml_gpus").is_none());
+    let text = render_text(&r);
+    assert!(
+        text.contains("NVML: not available (NVML could not initialize: Driver Not Loaded)"),
+        "{text}"
+    );
+    // A trace that does not say: no block at all.
+    let r = summarize(std::iter::once(Record::Header(header())), None);
+    assert!(r.nvml.is_none());
+    assert!(!render_text(&r).contains("NVML"));
 }

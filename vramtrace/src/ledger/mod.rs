@@ -13,10 +13,12 @@
 //!   every allocation made in it. VMM memory is not bound to a context and stays.
 //! - A thread's current context decides the device; `Call::device` overrides it.
 //! - An `exit` frees everything the process held; the ledger keeps a snapshot first.
+//! - An `nvml` sample is reconciled with the live processes ([`nvml`]).
 //!
 //! Input that does not fit (a free of an unknown address, a double free, an unmap of an
 //! unknown range) is counted per process as an anomaly, never a panic.
 
+pub mod nvml;
 mod process;
 mod usage;
 
@@ -27,6 +29,10 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use nvml::{
+    DeviceReconciliation, GpuReconciliation, NvmlLedger, ProcessNvml, Reconciliation,
+    UntracedProcess,
+};
 pub use process::{Anomaly, ApiCount, ExitSnapshot, FailedCount, LiveAllocation, ProcessState};
 pub use usage::{Totals, Usage};
 
@@ -42,6 +48,7 @@ pub struct Ledger {
     stack_failed: u64,
     first_ts_ns: Option<u64>,
     last_ts_ns: Option<u64>,
+    nvml: NvmlLedger,
 }
 
 impl Ledger {
@@ -54,7 +61,9 @@ impl Ledger {
     /// the process it names.
     pub fn apply(&mut self, rec: &Record) {
         match rec {
-            Record::Header(_) | Record::Footer(_) => {}
+            Record::Header(h) => self.nvml.set_info(h.nvml.clone()),
+            Record::Footer(_) => {}
+            Record::Nvml(s) => self.nvml.apply(s, &self.procs),
             Record::Process(p) => {
                 let st = self.proc_mut(p.id, p.pid);
                 st.pid = p.pid;
@@ -173,6 +182,11 @@ impl Ledger {
     /// Stacks that could not be captured, summed over `lost` records.
     pub fn stack_failed(&self) -> u64 {
         self.stack_failed
+    }
+
+    /// NVML: the header's facts, the latest sample, and the reconciliations.
+    pub fn nvml(&self) -> &NvmlLedger {
+        &self.nvml
     }
 
     /// First and last timestamp seen in calls, exits and loss records.

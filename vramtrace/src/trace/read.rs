@@ -1005,6 +1005,7 @@ pub(crate) mod tests {
                 cmdline: vec!["python3".into(), "train.py".into()],
                 exe: Some("/usr/bin/python3.12".into()),
                 container: Some("3f2a".into()),
+                cuda_visible_devices: Some("1,GPU-5f2e".into()),
             }),
             Record::Process(Process {
                 id: 2,

@@ -286,6 +286,10 @@ pub struct Process {
     pub exe: Option<String>,
     /// Container id, when the process runs in one (from its cgroup).
     pub container: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES` as the process started with it (`/proc/PID/environ`), when set
+    /// and readable: maps its CUDA device ordinals to NVML indices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_visible_devices: Option<String>,
 }
 
 /// A user call stack, innermost frame first. Frame 0 is the immediate caller of the driver
