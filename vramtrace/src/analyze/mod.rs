@@ -176,6 +176,12 @@ pub struct HeldAllocation {
     pub device: Option<i32>,
     /// Bytes copied into it from the host.
     pub filled_from_host: u64,
+    /// Its class (docs/classification.md).
+    #[serde(default)]
+    pub class: Option<Class>,
+    /// The evidence that decided the class.
+    #[serde(default)]
+    pub evidence: Vec<String>,
 }
 
 /// One traced process.
@@ -408,6 +414,8 @@ fn held(a: &LiveAllocation) -> HeldAllocation {
         stack: a.stack,
         device: a.device,
         filled_from_host: a.filled_from_host,
+        class: Some(a.class),
+        evidence: a.evidence.iter().map(ToString::to_string).collect(),
     }
 }
 

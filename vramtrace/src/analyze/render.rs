@@ -395,6 +395,12 @@ fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
     if a.filled_from_host > 0 {
         let _ = write!(s, ", {} filled from host", human_bytes(a.filled_from_host));
     }
+    if let Some(c) = a.class {
+        let _ = write!(s, "; {c}");
+        if !a.evidence.is_empty() {
+            let _ = write!(s, " ({})", a.evidence.join(", "));
+        }
+    }
     s
 }
 
