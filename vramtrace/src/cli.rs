@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::probe::placement::ProbeAt;
+use crate::session::Policy;
 
 /// Traces every GPU memory allocation on this machine from outside the processes that make
 /// them: eBPF uprobes on NVIDIA's driver library (libcuda.so.1).
@@ -57,10 +58,90 @@ pub struct RecordArgs {
     /// Do not use NVML (no samples; the trace says it was disabled).
     #[arg(long)]
     pub no_nvml: bool,
+    /// `report`: host-memory allocations are findings in the trace and its analysis.
+    /// `vram-only`: they are violations, printed as they happen and counted in the footer.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = Policy::Report)]
+    pub policy: Policy,
+    /// What a violation does besides being reported: `signal:SIGNAME` (e.g. `signal:SIGABRT`,
+    /// `signal:ABRT`, `signal:6`) sends the signal to the offending thread from inside the
+    /// probe, at the call itself, so that a core dump shows where it happened. Needs
+    /// `--policy vram-only`.
+    #[arg(long, value_name = "ACTION", value_parser = parse_on_violation)]
+    pub on_violation: Option<OnViolation>,
     /// Command to start and trace, with its descendants; recording ends when it exits and
     /// vramtrace exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What a `vram-only` violation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnViolation {
+    /// Send this signal to the offending thread at the call.
+    Signal(i32),
+}
+
+/// Signal names (without `SIG`) and numbers, as `kill -l` lists them on Linux.
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("IOT", libc::SIGIOT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// A signal by name (`SIGABRT`, `ABRT`, any case) or number (1 to 64).
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal number {n} is out of range (1 to 64)"))
+        };
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| format!("unknown signal {s:?} (e.g. SIGABRT, ABRT, 6)"))
+}
+
+fn parse_on_violation(s: &str) -> Result<OnViolation, String> {
+    match s.split_once(':') {
+        Some(("signal", sig)) => parse_signal(sig).map(OnViolation::Signal),
+        _ => Err(format!(
+            "{s:?}: expected signal:SIGNAME, e.g. signal:SIGABRT"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +199,51 @@ mod tests {
             panic!()
         };
         assert_eq!((r.nvml_interval, r.no_nvml), (250, true));
+    }
+
+    #[test]
+    fn record_takes_a_policy_and_a_signal() {
+        let cli = Cli::try_parse_from([
+            "vramtrace",
+            "record",
+            "--policy",
+            "vram-only",
+            "--on-violation",
+            "signal:SIGUSR1",
+        ])
+        .unwrap();
+        let Command::Record(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.policy, Policy::VramOnly);
+        assert_eq!(r.on_violation, Some(OnViolation::Signal(libc::SIGUSR1)));
+        let r = Cli::try_parse_from(["vramtrace", "record"]).unwrap();
+        let Command::Record(r) = r.command else {
+            panic!()
+        };
+        assert_eq!((r.policy, r.on_violation), (Policy::Report, None));
+        for bad in ["signal:SIGNOPE", "signal:0", "signal:99", "kill", "abort:6"] {
+            assert!(
+                Cli::try_parse_from(["vramtrace", "record", "--on-violation", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn signal_names_and_numbers() {
+        for (s, n) in [
+            ("SIGABRT", 6),
+            ("ABRT", 6),
+            ("abrt", 6),
+            ("SIGSTOP", 19),
+            ("6", 6),
+            ("SIGUSR1", 10),
+        ] {
+            assert_eq!(parse_signal(s), Ok(n), "{s}");
+        }
+        assert!(parse_signal("SIGFOO").is_err());
+        assert!(parse_signal("-1").is_err());
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Converter {
     /// kernel ids is written once.
     stack_by_frames: HashMap<Vec<FrameKey>, u32>,
     next_stack: u32,
+    /// The signal the probes send on host-memory calls (0: none): what a `SIGNALLED` flag
+    /// means.
+    host_signal: u32,
     /// Events whose API id is not in the table (never expected; counted, not fatal).
     pub unknown_api: u64,
 }
@@ -99,8 +102,15 @@ impl Converter {
             stack_ids: HashMap::new(),
             stack_by_frames: HashMap::new(),
             next_stack: 1,
+            host_signal: 0,
             unknown_api: 0,
         }
+    }
+
+    /// Tells the converter which signal the probes were configured to send (vram-only
+    /// policy), so that calls flagged `SIGNALLED` carry it.
+    pub fn set_host_signal(&mut self, signal: u32) {
+        self.host_signal = signal;
     }
 
     /// Processes seen so far (every PID generation counts once).
@@ -143,6 +153,8 @@ impl Converter {
                     dur_ns: ev.ts_ns.saturating_sub(ev.ts_entry_ns),
                     ret: ev.ret,
                     stack,
+                    signalled: (ev.flags & flags::SIGNALLED != 0 && self.host_signal != 0)
+                        .then_some(self.host_signal),
                     ..Call::default()
                 };
                 out.push(interpret(kind, legacy32, ctx_v3, ev, &mut call));
@@ -748,6 +760,24 @@ mod tests {
             panic!()
         };
         assert_eq!((c.mem, c.device), (Some(Mem::VmmDevice), Some(3)));
+    }
+
+    #[test]
+    fn signalled_calls_carry_the_configured_signal() {
+        let mut conv = Converter::new(table(&["cuMemAllocManaged"]));
+        conv.set_host_signal(10);
+        let mut out = Vec::new();
+        let mut ev = call(0, [0, 4096, 1, 0, 0, 0], 0x7f00_0000, 0);
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        assert_eq!(out.last().and_then(|r| r.call()).unwrap().signalled, None);
+        if let RawEvent::Call(c) = &mut ev {
+            c.flags |= flags::SIGNALLED;
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        assert_eq!(
+            out.last().and_then(|r| r.call()).unwrap().signalled,
+            Some(10)
+        );
     }
 
     #[test]

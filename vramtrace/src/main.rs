@@ -6,8 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
 use vramtrace::{
     analyze,
-    cli::{AnalyzeArgs, Cli, Command, RecordArgs},
-    session::{self, RecordOptions},
+    cli::{AnalyzeArgs, Cli, Command, OnViolation, RecordArgs},
+    session::{self, Policy, RecordOptions},
 };
 
 fn main() -> ExitCode {
@@ -62,6 +62,13 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
             .unwrap_or(0);
         format!("vramtrace-{secs}.jsonl").into()
     });
+    let host_signal = match args.on_violation {
+        Some(OnViolation::Signal(_)) if args.policy != Policy::VramOnly => {
+            bail!("--on-violation needs --policy vram-only")
+        }
+        Some(OnViolation::Signal(sig)) => sig as u32,
+        None => 0,
+    };
     let has_command = !args.command.is_empty();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,6 +86,8 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         verbose,
         quiet: false,
         nvml_interval,
+        policy: args.policy,
+        host_signal,
     }))?;
     if has_command {
         // Exit as the traced command did, so vramtrace can stand in for it in scripts.

@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, bail};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    analyze::human_bytes,
     decode::{Converter, Environment},
+    ledger::{Class, Ledger, Notice},
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
@@ -23,6 +25,16 @@ use crate::{
         Record, Scope, write::TraceWriter,
     },
 };
+
+/// What a host-memory allocation by a traced process is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// A finding: recorded and listed by `analyze`.
+    #[default]
+    Report,
+    /// A violation: also printed as it happens and counted in the footer.
+    VramOnly,
+}
 
 /// What `record` was asked to do.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +52,71 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// How often to sample NVML; `None`: not at all.
     pub nvml_interval: Option<Duration>,
+    /// Whether host-memory allocations are violations.
+    pub policy: Policy,
+    /// Signal the probes send to a thread that allocates host memory (0: none); only with
+    /// [`Policy::VramOnly`].
+    pub host_signal: u32,
+}
+
+/// Bytes in the unit that suits `unit_of`, one decimal, no unit name: `4.1`.
+fn in_unit(b: u64, unit_of: u64) -> String {
+    let unit = match unit_of {
+        u if u >= 1 << 30 => 1u64 << 30,
+        u if u >= 1 << 20 => 1 << 20,
+        _ => 1 << 10,
+    };
+    format!("{:.1}", b as f64 / unit as f64)
+}
+
+/// One line on stderr for what the ledger noticed: a violation, an out-of-memory failure.
+fn notice_line(n: &Notice, policy: Policy) -> Option<String> {
+    match n {
+        Notice::HostFallback {
+            pid,
+            comm,
+            finding: f,
+            ..
+        } => {
+            if policy != Policy::VramOnly {
+                return None;
+            }
+            let mut s = format!(
+                "vramtrace: VIOLATION (vram-only): pid {pid} ({comm}) tid {} put {} in host RAM with {}",
+                f.tid,
+                human_bytes(f.bytes),
+                f.api
+            );
+            if let Some(flags) = f.flags {
+                s.push_str(&format!(" (flags {flags:#x})"));
+            }
+            if let Some(sig) = f.signalled {
+                s.push_str(&format!("; signal {sig} sent to the thread"));
+            }
+            Some(s)
+        }
+        Notice::Oom { pid, comm, oom, .. } => {
+            let held = oom.device_bytes;
+            let classes: Vec<String> = oom
+                .live_by_class
+                .iter()
+                .filter(|(c, b)| **b > 0 && **c != Class::HostFallback)
+                .map(|(c, b)| format!("{c} {}", in_unit(*b, held)))
+                .collect();
+            Some(format!(
+                "vramtrace: OOM in pid {pid} ({comm}): {} of {} failed; held {}{}",
+                oom.api,
+                oom.requested_bytes
+                    .map_or_else(|| "? bytes".to_owned(), human_bytes),
+                human_bytes(held),
+                if classes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", classes.join(", "))
+                }
+            ))
+        }
+    }
 }
 
 /// How a recording ended.
@@ -221,6 +298,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         stacks: opts.stacks,
         ring_bytes: opts.ring_bytes,
         probe_at: opts.probe_at,
+        host_signal: if opts.policy == Policy::VramOnly {
+            opts.host_signal
+        } else {
+            0
+        },
         ..probe::Config::default()
     };
     let mut tracer = Tracer::start(&config).context("starting the probes")?;
@@ -253,7 +335,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             command: opts.command.clone(),
         },
         nvml: Some(nvml_info),
-        policy: None,
+        policy: (opts.policy == Policy::VramOnly).then(|| "vram-only".to_owned()),
         extra: Default::default(),
     };
     let mut writer = TraceWriter::create(&opts.output)
@@ -294,6 +376,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     }
 
     let mut converter = Converter::new(tracer.apis.clone());
+    converter.set_host_signal(config.host_signal);
+    // The same accounting as `analyze`, live: what it notices is printed as it happens.
+    let mut ledger = Ledger::new();
+    ledger.enable_notices();
+    let policy = opts.policy;
+    let quiet = opts.quiet;
     let mut resolver = StackResolver::new();
     let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
     // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which keeps it open and
@@ -329,6 +417,17 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             converter.convert(&ev, &mut env, &mut records);
             for rec in records.drain(..) {
                 writer.write(&rec)?;
+                ledger.apply(&rec);
+                for n in ledger.drain_notices() {
+                    if policy == Policy::VramOnly && matches!(n, Notice::HostFallback { .. }) {
+                        writer.count_violations(1);
+                    }
+                    if let Some(line) = notice_line(&n, policy)
+                        && !quiet
+                    {
+                        eprintln!("{line}");
+                    }
+                }
             }
         }
         let now = tracer.counters();
@@ -417,12 +516,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     }
     let lines = writer.lines_written();
     let processes = converter.processes_seen();
-    writer
+    let footer = writer
         .finish(monotonic_ns(), lost_total, stack_failed)
         .context("finishing the trace")?;
     if !opts.quiet {
         eprintln!(
-            "vramtrace: {} records from {} processes written to {}{}",
+            "vramtrace: {} records from {} processes written to {}{}{}",
             lines.saturating_sub(1),
             processes,
             opts.output.display(),
@@ -430,6 +529,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                 format!("; {lost_total} events LOST")
             } else {
                 "; no events lost".into()
+            },
+            if opts.policy == Policy::VramOnly {
+                format!("; {} vram-only violations", footer.violations)
+            } else {
+                String::new()
             }
         );
     }

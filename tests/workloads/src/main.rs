@@ -13,6 +13,7 @@ mod rt;
 mod scenarios;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -70,6 +71,50 @@ struct Args {
     /// bytes); adds "check" to the report. Meant for the simulated driver.
     #[arg(long)]
     check: bool,
+    /// Count the signals of this kind (USR1, SIGUSR2, 10, ...) that the process receives
+    /// instead of dying of them; adds "signals_received" to the report. For the tracer's
+    /// vram-only policy, which signals the thread at each host-memory call.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    handle_signal: Option<i32>,
+}
+
+static SIGNALS_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS_RECEIVED.fetch_add(1, Ordering::Relaxed);
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Ok(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    match upper.strip_prefix("SIG").unwrap_or(&upper) {
+        "USR1" => Ok(libc::SIGUSR1),
+        "USR2" => Ok(libc::SIGUSR2),
+        "HUP" => Ok(libc::SIGHUP),
+        "ABRT" => Ok(libc::SIGABRT),
+        "TRAP" => Ok(libc::SIGTRAP),
+        _ => Err(format!("signal {s:?} is not one this option handles")),
+    }
+}
+
+/// Installs a handler that counts `sig` instead of its default action.
+fn handle_signal(sig: i32) -> anyhow::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value; the fields are set below.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = count_signal as *const () as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+    if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
+        anyhow::bail!(
+            "sigaction({sig}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn name(s: Scenario) -> String {
@@ -123,6 +168,9 @@ fn print_last_line(v: &Value) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let threads = args.threads as usize;
+    if let Some(sig) = args.handle_signal {
+        handle_signal(sig)?;
+    }
     let d = Driver::open(&args.lib)?;
 
     if let Scenario::ProbeAll = args.scenario {
@@ -157,6 +205,12 @@ fn main() -> anyhow::Result<()> {
         json!({"init_ret": rt.init_ret, "version": rt.driver_version, "devices": rt.device_count}),
     );
     let tolerance = *rt.peak_tolerance.lock().unwrap_or_else(|e| e.into_inner());
+    if args.handle_signal.is_some() {
+        extra.insert(
+            "signals_received".into(),
+            json!(SIGNALS_RECEIVED.load(Ordering::Relaxed)),
+        );
+    }
     let mut v = report(args.scenario, &rt.d, &rt.book(), tolerance, extra);
     if args.check {
         let (mut free, mut total) = (0usize, 0usize);

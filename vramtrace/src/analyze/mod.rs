@@ -17,9 +17,9 @@ pub use crate::api::cuda_error_name;
 pub use render::{human_bytes, render_text};
 
 use crate::ledger::{
-    DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
+    Class, DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
 };
-use crate::trace::{Footer, GpuInfo, Header, Mem, NvmlInfo, Record};
+use crate::trace::{Footer, Frame, GpuInfo, Header, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -206,6 +206,12 @@ pub struct HeldAllocation {
     pub device: Option<i32>,
     /// Bytes copied into it from the host.
     pub filled_from_host: u64,
+    /// Its class (docs/classification.md).
+    #[serde(default)]
+    pub class: Option<Class>,
+    /// The evidence that decided the class.
+    #[serde(default)]
+    pub evidence: Vec<String>,
 }
 
 /// One traced process.
@@ -260,6 +266,173 @@ pub struct ProcessReport {
     /// The same at the sample where its traced bytes were highest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nvml_at_peak: Vec<DeviceReconciliation>,
+    /// Live bytes by class at exit (or at the end of the trace): every class, zeros included.
+    #[serde(default)]
+    pub classes_at_exit: BTreeMap<Class, u64>,
+    /// Bytes by class when device plus pool-held bytes peaked.
+    #[serde(default)]
+    pub classes_at_peak: BTreeMap<Class, u64>,
+    /// Host-memory allocations: findings, violations under the vram-only policy.
+    #[serde(default)]
+    pub host_fallback: Vec<HostFallbackReport>,
+    /// All host-memory allocations, when more were made than listed.
+    #[serde(default)]
+    pub host_fallback_total: u64,
+    /// Requests that failed for want of memory, with what was held then.
+    #[serde(default)]
+    pub ooms: Vec<OomReport>,
+}
+
+/// A host-memory allocation by a traced process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFallbackReport {
+    /// Entry point.
+    pub api: String,
+    /// Bytes placed in host RAM.
+    pub bytes: u64,
+    /// Kind of host memory.
+    pub mem: Option<Mem>,
+    /// Flags argument as passed.
+    pub flags: Option<u64>,
+    /// When it returned.
+    pub ts_ns: u64,
+    /// Calling thread.
+    pub tid: u32,
+    /// Stack id.
+    pub stack_id: Option<u32>,
+    /// The stack's frames, innermost first, as text (empty when there is no stack).
+    pub stack: Vec<String>,
+    /// The signal sent to the thread at the call (vram-only policy).
+    pub signalled: Option<u32>,
+}
+
+/// Another traced process on the GPU at an out-of-memory failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomOther {
+    /// `process` record id.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Short name.
+    pub comm: String,
+    /// Its device plus pool-held bytes on that GPU.
+    pub device_bytes: u64,
+}
+
+/// NVML's view of the GPU at the sample nearest an out-of-memory failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomNvml {
+    /// When sampled.
+    pub ts_ns: u64,
+    /// Free bytes.
+    pub free_bytes: Option<u64>,
+    /// Used bytes.
+    pub used_bytes: Option<u64>,
+    /// Total bytes.
+    pub total_bytes: Option<u64>,
+}
+
+/// A request that failed for want of memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomReport {
+    /// When.
+    pub ts_ns: u64,
+    /// Calling thread.
+    pub tid: u32,
+    /// Entry point.
+    pub api: String,
+    /// Return code.
+    pub ret: i32,
+    /// Bytes asked for.
+    pub requested_bytes: Option<u64>,
+    /// Device asked.
+    pub device: Option<i32>,
+    /// The process's device plus pool-held bytes on that device then.
+    pub device_bytes: u64,
+    /// The process's live bytes by class then.
+    pub live_by_class: BTreeMap<Class, u64>,
+    /// Stack id.
+    pub stack_id: Option<u32>,
+    /// The stack's frames, innermost first, as text.
+    pub stack: Vec<String>,
+    /// Other traced processes on that GPU.
+    pub others: Vec<OomOther>,
+    /// NVML at the nearest sample, when sampled.
+    pub nvml: Option<OomNvml>,
+}
+
+/// One frame as a line of text: the symbol where known, then the file and offset.
+pub fn frame_text(f: &Frame) -> String {
+    let place = match (&f.file, f.offset) {
+        (Some(file), Some(off)) => format!("{file}+{off:#x}"),
+        (Some(file), None) => file.clone(),
+        _ => format!("{:#x}", f.addr),
+    };
+    match (&f.sym, &f.unknown) {
+        (Some(sym), _) => format!("{sym} ({place})"),
+        (None, Some(why)) => format!("{place} ({why})"),
+        (None, None) => place,
+    }
+}
+
+fn stack_text(ledger: &Ledger, id: Option<u32>) -> Vec<String> {
+    id.and_then(|id| ledger.stack(id))
+        .map(|s| s.frames.iter().map(frame_text).collect())
+        .unwrap_or_default()
+}
+
+/// Adds classification, host-memory findings and out-of-memory failures to a process report.
+fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) {
+    r.classes_at_exit = p.classes_at_exit().to_map();
+    r.classes_at_peak = p.classes_at_peak.to_map();
+    r.host_fallback_total = p.host_fallback_total;
+    r.host_fallback = p
+        .host_fallback
+        .iter()
+        .map(|h| HostFallbackReport {
+            api: h.api.clone(),
+            bytes: h.bytes,
+            mem: h.mem,
+            flags: h.flags,
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+            stack_id: h.stack,
+            stack: stack_text(ledger, h.stack),
+            signalled: h.signalled,
+        })
+        .collect();
+    r.ooms = p
+        .ooms
+        .iter()
+        .map(|o| OomReport {
+            ts_ns: o.ts_ns,
+            tid: o.tid,
+            api: o.api.clone(),
+            ret: o.ret,
+            requested_bytes: o.requested_bytes,
+            device: o.device,
+            device_bytes: o.device_bytes,
+            live_by_class: o.live_by_class.clone(),
+            stack_id: o.stack,
+            stack: stack_text(ledger, o.stack),
+            others: o
+                .others
+                .iter()
+                .map(|n| OomOther {
+                    proc: n.proc,
+                    pid: n.pid,
+                    comm: n.comm.clone(),
+                    device_bytes: n.device_bytes,
+                })
+                .collect(),
+            nvml: o.nvml.as_ref().map(|n| OomNvml {
+                ts_ns: n.ts_ns,
+                free_bytes: n.free_bytes,
+                used_bytes: n.used_bytes,
+                total_bytes: n.total_bytes,
+            }),
+        })
+        .collect();
 }
 
 /// How many held allocations a process report lists.
@@ -277,6 +450,8 @@ fn held(a: &LiveAllocation) -> HeldAllocation {
         stack: a.stack,
         device: a.device,
         filled_from_host: a.filled_from_host,
+        class: Some(a.class),
+        evidence: a.evidence.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -416,6 +591,7 @@ fn process_report(p: &ProcessState) -> ProcessReport {
         // Filled in by `with_nvml`: the reconciliations live in the ledger, not the process.
         nvml: Vec::new(),
         nvml_at_peak: Vec::new(),
+        ..ProcessReport::default()
     }
 }
 
@@ -561,7 +737,11 @@ impl Replay {
             machine,
             processes: ledger
                 .processes()
-                .map(|p| with_nvml(process_report(p), &ledger))
+                .map(|p| {
+                    let mut r = with_nvml(process_report(p), &ledger);
+                    add_classification(&mut r, p, &ledger);
+                    r
+                })
                 .collect(),
             nvml,
         }

@@ -236,6 +236,7 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
     }
 
     render_process_nvml(o, p);
+    render_classes(o, p, start);
     render_api_table(o, p);
 
     if p.failed_total > 0 {
@@ -326,6 +327,101 @@ fn render_nvml(o: &mut String, r: &Report) {
     }
 }
 
+fn class_line(m: &std::collections::BTreeMap<crate::ledger::Class, u64>) -> String {
+    let parts: Vec<String> = m
+        .iter()
+        .filter(|(_, b)| **b > 0)
+        .map(|(c, b)| format!("{c} {}", human_bytes(*b)))
+        .collect();
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Classes at exit and at the peak, host-memory findings and out-of-memory failures.
+fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
+    if p.classes_at_exit.values().any(|b| *b > 0) || p.classes_at_peak.values().any(|b| *b > 0) {
+        let label = if p.exited {
+            "classes at exit:"
+        } else {
+            "classes at end:"
+        };
+        let _ = writeln!(o, "  {label:<24} {}", class_line(&p.classes_at_exit));
+        let _ = writeln!(
+            o,
+            "  {:<24} {}",
+            "classes at peak:",
+            class_line(&p.classes_at_peak)
+        );
+    }
+    if !p.host_fallback.is_empty() {
+        let total = p.host_fallback_total.max(p.host_fallback.len() as u64);
+        let signalled = p
+            .host_fallback
+            .iter()
+            .filter(|h| h.signalled.is_some())
+            .count();
+        let _ = write!(
+            o,
+            "  host-memory allocations ({total}, in host RAM, not VRAM)"
+        );
+        if signalled > 0 {
+            let _ = write!(o, ", {signalled} signalled");
+        }
+        o.push_str(":\n");
+        for h in p.host_fallback.iter().take(5) {
+            let _ = write!(
+                o,
+                "    {:>10}  {} at {}",
+                human_bytes(h.bytes),
+                h.api,
+                at(h.ts_ns, start)
+            );
+            if let Some(f) = h.flags {
+                let _ = write!(o, ", flags {f:#x}");
+            }
+            if let Some(sig) = h.signalled {
+                let _ = write!(o, ", signal {sig} sent");
+            }
+            if let Some(top) = h.stack.first() {
+                let _ = write!(o, ", from {top}");
+            }
+            o.push('\n');
+        }
+        if p.host_fallback.len() > 5 {
+            let _ = writeln!(o, "    ... and {} more", total - 5);
+        }
+    }
+    for oom in &p.ooms {
+        let _ = writeln!(
+            o,
+            "  OUT OF MEMORY at {}: {} of {} failed ({}) on {}; held {} ({})",
+            at(oom.ts_ns, start),
+            oom.api,
+            oom.requested_bytes
+                .map_or_else(|| "?".to_owned(), human_bytes),
+            cuda_error_name(oom.ret),
+            device_name(oom.device),
+            human_bytes(oom.device_bytes),
+            class_line(&oom.live_by_class)
+        );
+        if let Some(top) = oom.stack.first() {
+            let _ = writeln!(o, "    from {top}");
+        }
+        for n in &oom.others {
+            let _ = writeln!(
+                o,
+                "    also on the GPU: pid {} ({}) with {}",
+                n.pid,
+                n.comm,
+                human_bytes(n.device_bytes)
+            );
+        }
+    }
+}
+
 fn render_process_nvml(o: &mut String, p: &ProcessReport) {
     for d in &p.nvml {
         let gpu = d.nvml_index.map_or_else(
@@ -365,6 +461,12 @@ fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
     }
     if a.filled_from_host > 0 {
         let _ = write!(s, ", {} filled from host", human_bytes(a.filled_from_host));
+    }
+    if let Some(c) = a.class {
+        let _ = write!(s, "; {c}");
+        if !a.evidence.is_empty() {
+            let _ = write!(s, " ({})", a.evidence.join(", "));
+        }
     }
     s
 }

@@ -15,13 +15,21 @@
 //! - An `exit` frees everything the process held; the ledger keeps a snapshot first.
 //! - An `nvml` sample is reconciled with the live processes ([`nvml`]).
 //!
+//! - Every live byte has one class (weights, KV cache, dynamic, pool, host fallback,
+//!   unknown), decided by [`classify`] from the event stream and revised as evidence arrives.
+//! - A host-memory allocation is a finding; a request that fails for want of memory is an
+//!   [`Oom`] with what every traced process held at that moment.
+//!
 //! Input that does not fit (a free of an unknown address, a double free, an unmap of an
 //! unknown range) is counted per process as an anomaly, never a panic.
 
+pub mod classify;
 pub mod nvml;
 mod process;
 mod usage;
 
+#[cfg(test)]
+mod classify_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -29,14 +37,63 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use classify::{Class, ClassBytes, Evidence, Phase};
 pub use nvml::{
     DeviceReconciliation, GpuReconciliation, NvmlLedger, ProcessNvml, Reconciliation,
     UntracedProcess,
 };
-pub use process::{Anomaly, ApiCount, ExitSnapshot, FailedCount, LiveAllocation, ProcessState};
+pub use process::{
+    Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
+    OomNeighbour, ProcessState,
+};
 pub use usage::{Totals, Usage};
 
-use crate::trace::{Record, Stack};
+use crate::trace::{Call, Record, Stack};
+
+/// Something a live session reports as it happens (see [`Ledger::enable_notices`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A traced process placed memory in host RAM.
+    HostFallback {
+        /// Its `process` record id.
+        proc: u32,
+        /// Process id.
+        pid: u32,
+        /// Short name.
+        comm: String,
+        /// The finding.
+        finding: HostFinding,
+    },
+    /// A request failed for want of memory.
+    Oom {
+        /// Its `process` record id.
+        proc: u32,
+        /// Process id.
+        pid: u32,
+        /// Short name.
+        comm: String,
+        /// The failure and what was held.
+        oom: Box<Oom>,
+    },
+}
+
+/// `CUDA_ERROR_OUT_OF_MEMORY`.
+const CUDA_ERROR_OUT_OF_MEMORY: i32 = 2;
+
+/// Return codes that say the driver or device is not there, not that memory ran out:
+/// `CUDA_ERROR_NOT_INITIALIZED`, `CUDA_ERROR_DEINITIALIZED`, `CUDA_ERROR_NO_DEVICE`.
+const NO_DRIVER: [i32; 3] = [3, 4, 100];
+
+/// Whether a failed call is an out-of-memory failure: an allocation entry point that
+/// returned `CUDA_ERROR_OUT_OF_MEMORY`, or a `cuMemCreate` that failed for any reason but a
+/// missing driver or device (the physical memory could not be had).
+fn is_oom(c: &Call) -> bool {
+    let create = c.api.starts_with("cuMemCreate");
+    let allocates = create || c.mem.is_some();
+    allocates
+        && (c.ret == CUDA_ERROR_OUT_OF_MEMORY
+            || (create && c.ret != 0 && !NO_DRIVER.contains(&c.ret)))
+}
 
 /// Live allocations and counters of every traced process.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +106,9 @@ pub struct Ledger {
     first_ts_ns: Option<u64>,
     last_ts_ns: Option<u64>,
     nvml: NvmlLedger,
+    /// The latest NVML figures per device ordinal, for out-of-memory records.
+    nvml_at_oom: BTreeMap<i32, NvmlAtOom>,
+    notices: Option<Vec<Notice>>,
 }
 
 impl Ledger {
@@ -106,6 +166,7 @@ impl Ledger {
         if st.exited() {
             st.anomaly("call_after_exit", || format!("{} at {} ns", c.api, c.ts_ns));
         }
+        let findings_before = st.host_fallback_total;
         if c.ret != 0 && !matches!(rec, Record::Failed(_)) {
             // A call that returned an error made nothing, whatever the record says.
             st.anomaly("error_in_success_record", || {
@@ -133,6 +194,109 @@ impl Ledger {
             Record::Copy(_) => st.on_copy(c),
             _ => {}
         }
+        if let Some(notices) = self.notices.as_mut()
+            && st.host_fallback_total > findings_before
+            && let Some(finding) = st.host_fallback.last()
+        {
+            notices.push(Notice::HostFallback {
+                proc: st.proc,
+                pid: st.pid,
+                comm: st.comm().to_owned(),
+                finding: finding.clone(),
+            });
+        }
+        if matches!(rec, Record::Failed(_)) && is_oom(c) {
+            self.on_oom(c);
+        }
+    }
+
+    /// Records an out-of-memory failure with the live bytes of its process by class and of
+    /// every other traced process on the same device.
+    fn on_oom(&mut self, c: &Call) {
+        let Some(st) = self.procs.get(&c.proc) else {
+            return;
+        };
+        let device = st.call_device(c);
+        let on_device = |p: &ProcessState| match device {
+            Some(_) => p
+                .devices
+                .get(&device)
+                .map_or(0, |u| u.device_and_pool_bytes()),
+            None => p.usage.device_and_pool_bytes(),
+        };
+        let others = self
+            .procs
+            .values()
+            .filter(|p| p.proc != c.proc && !p.exited())
+            .map(|p| OomNeighbour {
+                proc: p.proc,
+                pid: p.pid,
+                comm: p.comm().to_owned(),
+                device_bytes: on_device(p),
+            })
+            .filter(|o| o.device_bytes > 0)
+            .collect();
+        let oom = Oom {
+            ts_ns: c.ts_ns,
+            tid: c.tid,
+            api: c.api.clone(),
+            ret: c.ret,
+            requested_bytes: c.bytes,
+            stack: c.stack,
+            device,
+            live_by_class: st.classes().to_map(),
+            device_bytes: on_device(st),
+            others,
+            nvml: device
+                .and_then(|d| {
+                    let visible = st
+                        .info
+                        .as_ref()
+                        .and_then(|p| p.cuda_visible_devices.as_deref());
+                    nvml_at(&self.nvml, d, visible)
+                })
+                .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
+        };
+        if let Some(notices) = self.notices.as_mut() {
+            notices.push(Notice::Oom {
+                proc: st.proc,
+                pid: st.pid,
+                comm: st.comm().to_owned(),
+                oom: Box::new(oom.clone()),
+            });
+        }
+        if let Some(st) = self.procs.get_mut(&c.proc) {
+            st.note_oom(oom);
+        }
+    }
+
+    /// The latest NVML figures for a device (by CUDA ordinal): out-of-memory records made
+    /// from now on carry them. Fed by whoever applies NVML samples.
+    pub fn set_nvml_context(&mut self, device: i32, at: NvmlAtOom) {
+        self.nvml_at_oom.insert(device, at);
+    }
+
+    /// Keeps [`Notice`]s of host-memory findings and out-of-memory failures for
+    /// [`Ledger::drain_notices`]. Off by default: a replay has no use for them.
+    pub fn enable_notices(&mut self) {
+        self.notices.get_or_insert_with(Vec::new);
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn drain_notices(&mut self) -> Vec<Notice> {
+        self.notices
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Live bytes by class, every running process together.
+    pub fn classes(&self) -> ClassBytes {
+        let mut all = ClassBytes::default();
+        for p in self.procs.values() {
+            all.merge(&p.classes());
+        }
+        all
     }
 
     fn proc_mut(&mut self, proc: u32, pid: u32) -> &mut ProcessState {
@@ -193,4 +357,19 @@ impl Ledger {
     pub fn time_span(&self) -> Option<(u64, u64)> {
         self.first_ts_ns.zip(self.last_ts_ns)
     }
+}
+
+/// What the latest NVML sample said about the GPU behind CUDA device `ordinal` of a process
+/// that sees `visible` (its `CUDA_VISIBLE_DEVICES`).
+fn nvml_at(nvml: &NvmlLedger, ordinal: i32, visible: Option<&str>) -> Option<NvmlAtOom> {
+    let gpus = nvml.info().map(|i| i.gpus.as_slice()).unwrap_or(&[]);
+    let index = nvml::nvml_index(ordinal, visible, gpus)?;
+    let sample = nvml.latest()?;
+    let g = sample.gpus.iter().find(|g| g.index == index)?;
+    Some(NvmlAtOom {
+        ts_ns: sample.ts_ns,
+        free_bytes: g.free_bytes,
+        used_bytes: g.used_bytes,
+        total_bytes: g.total_bytes,
+    })
 }

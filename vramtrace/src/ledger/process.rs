@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::classify::{self, AllocRef, ClassBytes, Classifier, Evidence, Phase};
 use super::usage::{Class, Totals, Usage};
 use crate::trace::{Call, Exit, Mem, Process};
 
@@ -17,6 +18,10 @@ const EXAMPLES: usize = 3;
 const FREED_MEMORY: usize = 1 << 16;
 /// How many of the largest allocations still live at exit the snapshot keeps.
 const HELD_AT_EXIT: usize = 16;
+/// How many host-memory findings a process keeps; the rest are counted.
+const HOST_FINDINGS: usize = 4096;
+/// How many out-of-memory failures a process keeps; the rest are counted as failures.
+const OOMS: usize = 64;
 
 /// An allocation that is live: device or host memory, a CUDA array, or a VMM handle's
 /// physical memory.
@@ -46,6 +51,95 @@ pub struct LiveAllocation {
     pub pool: Option<u64>,
     /// Bytes copied into it from the host (`cuMemcpyHtoD*`), all copies together.
     pub filled_from_host: u64,
+    /// What it is, as far as the evidence so far tells (`docs/classification.md`).
+    pub class: classify::Class,
+    /// The evidence that decided `class`.
+    pub evidence: Vec<Evidence>,
+    /// The process's phase when it was made.
+    pub made_in: Phase,
+    /// Device frees the process had made before it was made.
+    pub frees_before: u64,
+    /// The size was not known (counted as 0 bytes).
+    pub size_unknown: bool,
+    /// Unique within the process.
+    pub(crate) seq: u64,
+}
+
+/// An allocation in host RAM by a traced process: a finding, a violation under the
+/// vram-only policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostFinding {
+    /// When it returned.
+    pub ts_ns: u64,
+    /// The calling thread.
+    pub tid: u32,
+    /// The entry point.
+    pub api: String,
+    /// Bytes placed in host RAM.
+    pub bytes: u64,
+    /// What kind of host memory.
+    pub mem: Option<Mem>,
+    /// The flags argument, as passed.
+    pub flags: Option<u64>,
+    /// Id of the call's stack.
+    pub stack: Option<u32>,
+    /// The signal the probe sent the thread at the call.
+    pub signalled: Option<u32>,
+}
+
+/// What NVML said about a GPU at the sample nearest an out-of-memory failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NvmlAtOom {
+    /// When the sample was taken.
+    pub ts_ns: u64,
+    /// Free bytes on the GPU, when NVML told.
+    pub free_bytes: Option<u64>,
+    /// Used bytes on the GPU, when NVML told.
+    pub used_bytes: Option<u64>,
+    /// Total bytes, when NVML told.
+    pub total_bytes: Option<u64>,
+}
+
+/// Another traced process on the GPU of an out-of-memory failure, at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OomNeighbour {
+    /// Its `process` record id.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Short name.
+    pub comm: String,
+    /// Its live device bytes on that GPU (pool-held included).
+    pub device_bytes: u64,
+}
+
+/// A request that failed for want of memory (`CUDA_ERROR_OUT_OF_MEMORY`, or a failed
+/// `cuMemCreate`), with what was held at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Oom {
+    /// When it failed.
+    pub ts_ns: u64,
+    /// The calling thread.
+    pub tid: u32,
+    /// The entry point.
+    pub api: String,
+    /// The driver's return code.
+    pub ret: i32,
+    /// Bytes asked for, when the call has a size.
+    pub requested_bytes: Option<u64>,
+    /// Id of the call's stack.
+    pub stack: Option<u32>,
+    /// The device asked, when it could be told.
+    pub device: Option<i32>,
+    /// The process's live bytes by class (every class, zeros included).
+    pub live_by_class: BTreeMap<classify::Class, u64>,
+    /// The process's device plus pool-held bytes on that device (all devices when it could
+    /// not be told).
+    pub device_bytes: u64,
+    /// The other traced processes on the same device.
+    pub others: Vec<OomNeighbour>,
+    /// The GPU's NVML figures at the nearest sample, when NVML was sampled.
+    pub nvml: Option<NvmlAtOom>,
 }
 
 /// Calls and bytes.
@@ -93,6 +187,8 @@ pub struct ExitSnapshot {
     pub devices: BTreeMap<Option<i32>, Usage>,
     /// How many allocations were live.
     pub live_allocations: usize,
+    /// Live bytes by class (pool-held and host bytes included).
+    pub classes: ClassBytes,
     /// The largest of them, largest first.
     pub largest: Vec<LiveAllocation>,
 }
@@ -237,6 +333,18 @@ pub struct ProcessState {
     pub anomalies: BTreeMap<&'static str, Anomaly>,
     /// Set when the process exited.
     pub exit: Option<ExitSnapshot>,
+    /// Phases and live bytes per class (`docs/classification.md`).
+    pub classifier: Classifier,
+    /// Bytes by class when device plus pool-held bytes were at their peak.
+    pub classes_at_peak: ClassBytes,
+    /// When that peak was reached.
+    pub classes_at_peak_ts_ns: Option<u64>,
+    /// Host-memory allocations (the first [`HOST_FINDINGS`]).
+    pub host_fallback: Vec<HostFinding>,
+    /// All host-memory allocations, kept or not.
+    pub host_fallback_total: u64,
+    /// Out-of-memory failures (the first [`OOMS`]).
+    pub ooms: Vec<Oom>,
 
     by_addr: BTreeMap<u64, LiveAllocation>,
     arrays: HashMap<u64, LiveAllocation>,
@@ -249,6 +357,8 @@ pub struct ProcessState {
     primary: HashMap<Option<i32>, PrimaryCtx>,
     threads: HashMap<u32, Vec<u64>>,
     freed: HashSet<u64>,
+    /// Device plus pool-held bytes when `classes_at_peak` was taken.
+    classes_peak_bytes: u64,
 }
 
 fn class_of(mem: Mem) -> Class {
@@ -315,6 +425,72 @@ impl ProcessState {
         })
     }
 
+    /// Live bytes by class now: every live allocation by its class, plus the pool-held bytes.
+    /// Sums to device plus pool-held plus host bytes.
+    pub fn classes(&self) -> ClassBytes {
+        let mut c = self.classifier.live;
+        c.set(classify::Class::Pool, self.usage.pool_held_bytes);
+        c
+    }
+
+    /// Live bytes by class at exit (or now, while the process runs).
+    pub fn classes_at_exit(&self) -> ClassBytes {
+        self.exit
+            .as_ref()
+            .map_or_else(|| self.classes(), |e| e.classes)
+    }
+
+    /// Stamps and classifies an allocation about to be inserted at `at`.
+    fn classify_new(&mut self, a: &mut LiveAllocation, at: AllocRef) {
+        self.classifier.on_new(a, at);
+    }
+
+    /// An allocation was given back: the classifier counts the free, and what has now
+    /// outlived enough frees is classified again.
+    fn classify_gone(&mut self, a: &LiveAllocation) {
+        let ts = self.last_ts_ns.unwrap_or(0);
+        self.classifier.on_gone(a, true, ts);
+        for (at, seq) in self.classifier.due() {
+            let live = match at {
+                AllocRef::Addr(k) => self.by_addr.get_mut(&k),
+                AllocRef::Array(h) => self.arrays.get_mut(&h),
+                AllocRef::Vmm(h) => self.vmm.get_mut(&h).map(|v| &mut v.alloc),
+            };
+            if let Some(live) = live
+                && live.seq == seq
+            {
+                self.classifier.reclassify(live);
+            }
+        }
+    }
+
+    fn note_host_finding(&mut self, c: &Call, mem: Mem, bytes: u64) {
+        self.host_fallback_total += 1;
+        if self.host_fallback.len() < HOST_FINDINGS {
+            self.host_fallback.push(HostFinding {
+                ts_ns: c.ts_ns,
+                tid: c.tid,
+                api: c.api.clone(),
+                bytes,
+                mem: Some(mem),
+                flags: c.flags,
+                stack: c.stack,
+                signalled: c.signalled,
+            });
+        }
+    }
+
+    /// The device a call is about: named by the call, or the thread's current context's.
+    pub(crate) fn call_device(&self, c: &Call) -> Option<i32> {
+        self.device_of(c, self.current_ctx(c.tid))
+    }
+
+    pub(crate) fn note_oom(&mut self, oom: Oom) {
+        if self.ooms.len() < OOMS {
+            self.ooms.push(oom);
+        }
+    }
+
     /// Bytes of reserved VMM address space (not memory).
     pub fn reserved_bytes(&self) -> u64 {
         self.reserved
@@ -344,6 +520,12 @@ impl ProcessState {
                 .add(class, bytes, ts);
         }
         t.add(device, class, bytes, ts);
+        let now = self.usage.device_and_pool_bytes();
+        if class != Class::Host && now > self.classes_peak_bytes {
+            self.classes_peak_bytes = now;
+            self.classes_at_peak = self.classes();
+            self.classes_at_peak_ts_ns = Some(ts);
+        }
     }
 
     fn book_sub(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64) {
@@ -402,6 +584,7 @@ impl ProcessState {
     fn release(&mut self, t: &mut Totals, a: &LiveAllocation, to_pool: bool, ts: u64) {
         let class = class_of(a.mem);
         self.book_sub(t, a.device, class, a.bytes);
+        self.classify_gone(a);
         if !(to_pool && a.mem == Mem::DeviceAsync) {
             return;
         }
@@ -448,6 +631,12 @@ impl ProcessState {
             ctx,
             pool: None,
             filled_from_host: 0,
+            class: classify::Class::Unknown,
+            evidence: Vec::new(),
+            made_in: Phase::Load,
+            frees_before: 0,
+            size_unknown: c.bytes.is_none(),
+            seq: 0,
         }
     }
 
@@ -478,6 +667,7 @@ impl ProcessState {
                 self.anomaly("alloc_over_live", || describe(c));
                 self.release(t, &old, false, ts);
             }
+            self.classify_new(&mut a, AllocRef::Array(h));
             self.book_add(t, a.device, Class::Device, bytes, ts);
             self.arrays.insert(h, a);
             return;
@@ -512,6 +702,10 @@ impl ProcessState {
                 self.book_sub(t, pool_device, Class::Pool, reuse);
             }
         }
+        if mem.is_host() {
+            self.note_host_finding(c, mem, bytes);
+        }
+        self.classify_new(&mut a, AllocRef::Addr(addr));
         self.book_add(t, a.device, class_of(mem), bytes, ts);
         self.by_addr.insert(addr, a);
     }
@@ -590,6 +784,7 @@ impl ProcessState {
             if addr < end || (addr == start && a.bytes == 0) {
                 let inside = len.min(end - addr);
                 a.filled_from_host = a.filled_from_host.saturating_add(inside);
+                self.classifier.reclassify(a);
                 return;
             }
         }
@@ -601,6 +796,7 @@ impl ProcessState {
                     && let Some(v) = self.vmm.get_mut(&m.handle)
                 {
                     v.alloc.filled_from_host = v.alloc.filled_from_host.saturating_add(inside);
+                    self.classifier.reclassify(&mut v.alloc);
                 }
                 return;
             }
@@ -715,6 +911,7 @@ impl ProcessState {
     fn drop_handle(&mut self, t: &mut Totals, h: u64) {
         if let Some(v) = self.vmm.remove(&h) {
             self.book_sub(t, v.alloc.device, class_of(v.alloc.mem), v.alloc.bytes);
+            self.classify_gone(&v.alloc);
         }
     }
 
@@ -746,6 +943,10 @@ impl ProcessState {
         }
         let mut a = self.new_alloc(c, mem, bytes);
         a.addr = None;
+        if mem.is_host() {
+            self.note_host_finding(c, mem, bytes);
+        }
+        self.classify_new(&mut a, AllocRef::Vmm(h));
         self.book_add(t, a.device, class_of(mem), bytes, c.ts_ns);
         self.vmm.insert(
             h,
@@ -989,6 +1190,7 @@ impl ProcessState {
             host_bytes: self.usage.host_bytes,
             devices: self.devices.clone(),
             live_allocations,
+            classes: self.classes(),
             largest,
         });
         // Everything the process held is gone: take it off the machine totals.
@@ -1012,5 +1214,6 @@ impl ProcessState {
         self.primary.clear();
         self.threads.clear();
         self.freed.clear();
+        self.classifier.clear_live();
     }
 }

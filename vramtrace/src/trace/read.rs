@@ -1611,7 +1611,10 @@ pub(crate) mod tests {
         let defs = schema_defs(&schema);
         let mut all = body();
         all.insert(0, Record::Header(header()));
-        all.push(Record::Footer(Footer::default()));
+        all.push(Record::Footer(Footer {
+            violations: 1,
+            ..Footer::default()
+        }));
         for rec in all {
             let line = serde_json::to_value(&rec).expect("to_value");
             let kind = rec.kind();

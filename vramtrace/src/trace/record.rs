@@ -448,6 +448,10 @@ pub struct Lost {
     pub stack_failed: u64,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl Lost {
     /// Events that never reached user space.
     pub fn events(&self) -> u64 {
@@ -466,6 +470,9 @@ pub struct Footer {
     pub lost_events: u64,
     /// Stacks that could not be captured.
     pub stack_failed: u64,
+    /// Host-memory allocations recorded as violations (`vram-only` policy); absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub violations: u64,
     /// Hex SHA-256 of every byte of the file before this line.
     pub sha256: String,
 }

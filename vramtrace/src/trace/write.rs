@@ -63,6 +63,7 @@ pub struct TraceWriter {
     counts: BTreeMap<String, u64>,
     lines: u64,
     finished: bool,
+    violations: u64,
 }
 
 impl TraceWriter {
@@ -89,6 +90,7 @@ impl TraceWriter {
             counts: BTreeMap::new(),
             lines: 0,
             finished: false,
+            violations: 0,
         })
     }
 
@@ -149,6 +151,12 @@ impl TraceWriter {
     ///
     /// `lost_events` and `stack_failed` are the totals over the recording (the sums of the
     /// `lost` records' deltas).
+    /// Counts host-memory allocations that broke the `vram-only` policy: the footer's
+    /// `violations`.
+    pub fn count_violations(&mut self, n: u64) {
+        self.violations = self.violations.saturating_add(n);
+    }
+
     pub fn finish(
         mut self,
         end_ts_ns: u64,
@@ -164,6 +172,7 @@ impl TraceWriter {
             counts: std::mem::take(&mut self.counts),
             lost_events,
             stack_failed,
+            violations: self.violations,
             sha256: hex::encode(self.hasher.finalize_reset()),
         };
         let rec = Record::Footer(footer.clone());

@@ -66,11 +66,18 @@ pub struct Recorded {
     pub analysis: Value,
     pub status: i32,
     pub trace: PathBuf,
+    /// vramtrace's and the workload's stderr.
+    pub stderr: String,
     _dir: tempfile::TempDir,
 }
 
 /// Records `workload --lib LIB SCENARIO ARGS` under `vramtrace record --libcuda LIB`.
 pub fn record(lib: &Path, scenario: &str, args: &[&str]) -> Recorded {
+    record_with(lib, &[], scenario, args)
+}
+
+/// Like [`record`], with more options for `vramtrace record`.
+pub fn record_with(lib: &Path, record_args: &[&str], scenario: &str, args: &[&str]) -> Recorded {
     require_root();
     let (_, workload) = sim();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -81,6 +88,7 @@ pub fn record(lib: &Path, scenario: &str, args: &[&str]) -> Recorded {
         .arg(&trace)
         .arg("--libcuda")
         .arg(lib)
+        .args(record_args)
         .arg("--")
         .arg(workload)
         .arg("--lib")
@@ -127,6 +135,7 @@ pub fn record(lib: &Path, scenario: &str, args: &[&str]) -> Recorded {
         analysis,
         status: out.status.code().unwrap_or(-1),
         trace,
+        stderr: stderr.into_owned(),
         _dir: dir,
     }
 }

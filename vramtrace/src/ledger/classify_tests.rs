@@ -1,0 +1,349 @@
+//! The classifier on hand-built record streams shaped like real workloads, and the invariant
+//! that every live byte has exactly one class.
+
+use proptest::prelude::*;
+
+use super::tests::Sim;
+use super::*;
+use crate::trace::{Call, Mem};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn copy(s: &mut Sim, addr: u64, bytes: u64) -> Record {
+    Record::Copy(Call {
+        addr: Some(addr),
+        bytes: Some(bytes),
+        ..s.call("cuMemcpyHtoD_v2")
+    })
+}
+
+fn class_of(l: &Ledger, proc: u32, addr: u64) -> Class {
+    l.live_allocations(proc)
+        .find(|a| a.addr == Some(addr))
+        .map(|a| a.class)
+        .expect("allocation is live")
+}
+
+fn classes(l: &Ledger, proc: u32) -> ClassBytes {
+    l.process(proc).expect("known").classes()
+}
+
+/// Weights loaded and filled; the KV cache in a few large allocations; then activation churn.
+#[test]
+fn llm_server_shape() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let mut addr = 0x1000_0000u64;
+    let mut weights = Vec::new();
+    for _ in 0..10 {
+        l.apply(&s.alloc(addr, 64 * MIB));
+        l.apply(&copy(&mut s, addr, 64 * MIB));
+        weights.push(addr);
+        addr += GIB;
+    }
+    let kv = addr;
+    l.apply(&s.alloc(kv, 4 * GIB));
+    addr += 8 * GIB;
+    assert_eq!(class_of(&l, 1, weights[0]), Class::Weights);
+    assert_eq!(class_of(&l, 1, kv), Class::KvCache);
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.phase, Phase::Load);
+
+    for i in 0..40u64 {
+        let act = addr + (i % 3) * GIB;
+        l.apply(&s.alloc(act, 8 * MIB));
+        if i == 39 {
+            // The last activation is still live: dynamic.
+            break;
+        }
+        l.apply(&s.free(act));
+    }
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.phase, Phase::Steady);
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::Weights), 640 * MIB);
+    assert_eq!(c.get(Class::KvCache), 4 * GIB);
+    assert_eq!(c.get(Class::Dynamic), 8 * MIB);
+    let w = l
+        .live_allocations(1)
+        .find(|a| a.addr == Some(weights[0]))
+        .expect("live");
+    let evidence: Vec<String> = w.evidence.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        evidence,
+        ["allocated in load phase", "filled from host: 100%"]
+    );
+}
+
+/// vLLM's order: weights, a profiling pass that allocates and frees, then the KV cache as one
+/// huge tensor; it reads as dynamic until it has outlived the churn, then as KV cache.
+#[test]
+fn kv_cache_after_profiling_becomes_long_lived() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.alloc(0x1000, GIB));
+    l.apply(&copy(&mut s, 0x1000, GIB));
+    for i in 0..10u64 {
+        let a = 0x10_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, 100 * MIB));
+        l.apply(&s.free(a));
+    }
+    let kv = 0x20_0000_0000;
+    l.apply(&s.alloc(kv, 20 * GIB));
+    assert_eq!(class_of(&l, 1, kv), Class::Dynamic);
+    for i in 0..classify::SURVIVE_FREES {
+        let a = 0x30_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, 10 * MIB));
+        l.apply(&s.free(a));
+    }
+    assert_eq!(class_of(&l, 1, kv), Class::KvCache);
+    assert_eq!(class_of(&l, 1, 0x1000), Class::Weights);
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::KvCache), 20 * GIB);
+    assert_eq!(c.get(Class::Dynamic), 0);
+}
+
+/// A weights candidate filled only partly stays a long-lived buffer; filling it later turns
+/// it into weights.
+#[test]
+fn fill_changes_the_class() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.alloc(0x1000, 100 * MIB));
+    l.apply(&copy(&mut s, 0x1000, 10 * MIB));
+    assert_eq!(class_of(&l, 1, 0x1000), Class::KvCache);
+    l.apply(&copy(&mut s, 0x1000 + 10 * MIB, 60 * MIB));
+    assert_eq!(class_of(&l, 1, 0x1000), Class::Weights);
+    assert_eq!(classes(&l, 1).get(Class::Weights), 100 * MIB);
+    assert_eq!(classes(&l, 1).get(Class::KvCache), 0);
+}
+
+/// Pool-held bytes are `pool`; host memory is `host_fallback` and a finding.
+#[test]
+fn pool_and_host_classes() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.alloc_async(0x1000, 8 * MIB, None));
+    l.apply(&s.alloc_async(0x100_0000, 4 * MIB, None));
+    l.apply(&s.free_async(0x1000));
+    l.apply(&Record::Alloc(Call {
+        addr: Some(0x7f00_0000_0000),
+        bytes: Some(32 * MIB),
+        mem: Some(Mem::HostPinned),
+        flags: Some(1),
+        stack: Some(3),
+        ..s.call("cuMemHostAlloc")
+    }));
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::Pool), 8 * MIB);
+    assert_eq!(c.get(Class::HostFallback), 32 * MIB);
+    assert_eq!(c.get(Class::Dynamic), 0, "made in the load phase");
+    assert_eq!(c.get(Class::KvCache), 4 * MIB);
+    let p = l.process(1).expect("known");
+    assert_eq!(p.host_fallback.len(), 1);
+    let h = &p.host_fallback[0];
+    assert_eq!(
+        (h.api.as_str(), h.bytes, h.flags, h.stack),
+        ("cuMemHostAlloc", 32 * MIB, Some(1), Some(3))
+    );
+    let u = &p.usage;
+    assert_eq!(c.total(), u.device_bytes + u.pool_held_bytes + u.host_bytes);
+}
+
+/// VMM chunks: weights filled through their mapping, KV chunks not; host-located chunks are
+/// host fallback; at exit the snapshot keeps the classes.
+#[test]
+fn vmm_chunks_and_exit_snapshot() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let va = 0x7000_0000_0000u64;
+    for h in 0..4u64 {
+        l.apply(&s.vmm_create(h + 1, 20 * MIB));
+        l.apply(&s.vmm_map(va + h * 20 * MIB, 20 * MIB, h + 1));
+        if h < 2 {
+            l.apply(&copy(&mut s, va + h * 20 * MIB, 20 * MIB));
+        }
+    }
+    l.apply(&Record::VmmCreate(Call {
+        handle: Some(9),
+        bytes: Some(2 * MIB),
+        mem: Some(Mem::VmmHost),
+        ..s.call("cuMemCreate")
+    }));
+    let peak = classes(&l, 1);
+    l.apply(&s.exit());
+    let p = l.process(1).expect("known");
+    let at_exit = p.classes_at_exit();
+    assert_eq!(at_exit.get(Class::Weights), 40 * MIB);
+    assert_eq!(at_exit.get(Class::KvCache), 40 * MIB);
+    assert_eq!(at_exit.get(Class::HostFallback), 2 * MIB);
+    assert_eq!(p.classes().total(), 0, "nothing live after exit");
+    assert_eq!(p.classes_at_peak.get(Class::Weights), 40 * MIB);
+    assert_eq!(peak, at_exit);
+    assert_eq!(p.host_fallback_total, 1);
+}
+
+/// An out-of-memory failure records the request, the process's classes and its neighbours.
+#[test]
+fn oom_records_what_was_held() {
+    let mut l = Ledger::new();
+    let mut a = Sim::new(1, 100);
+    let mut b = Sim::new(2, 200);
+    for s in [&mut a, &mut b] {
+        let p = s.process("python");
+        l.apply(&p);
+        let ctx = s.ctx_create(0xc0 + u64::from(s.proc), 0);
+        l.apply(&ctx);
+    }
+    l.apply(&a.alloc(0x1000, GIB));
+    l.apply(&copy(&mut a, 0x1000, GIB));
+    l.apply(&b.alloc(0x9000_0000, 3 * GIB));
+    l.set_nvml_context(
+        0,
+        NvmlAtOom {
+            ts_ns: 5,
+            free_bytes: Some(MIB),
+            used_bytes: Some(79 * GIB),
+            total_bytes: Some(80 * GIB),
+        },
+    );
+    l.enable_notices();
+    l.apply(&Record::Failed(Call {
+        ret: 2,
+        bytes: Some(40 * GIB),
+        mem: Some(Mem::Device),
+        ..a.call("cuMemAlloc_v2")
+    }));
+    // Not memory: no driver.
+    l.apply(&Record::Failed(Call {
+        ret: 100,
+        bytes: Some(GIB),
+        mem: Some(Mem::VmmDevice),
+        ..a.call("cuMemCreate")
+    }));
+    // A failed cuMemCreate for any other reason is one.
+    l.apply(&Record::Failed(Call {
+        ret: 1,
+        bytes: Some(GIB),
+        mem: Some(Mem::VmmDevice),
+        ..a.call("cuMemCreate")
+    }));
+    let p = l.process(1).expect("known");
+    assert_eq!(p.ooms.len(), 2);
+    let o = &p.ooms[0];
+    assert_eq!(o.requested_bytes, Some(40 * GIB));
+    assert_eq!(o.device, Some(0));
+    assert_eq!(o.device_bytes, GIB);
+    assert_eq!(o.live_by_class[&Class::Weights], GIB);
+    assert_eq!(o.live_by_class.len(), Class::ALL.len());
+    assert_eq!(o.others.len(), 1);
+    assert_eq!((o.others[0].pid, o.others[0].device_bytes), (200, 3 * GIB));
+    assert_eq!(o.nvml.as_ref().and_then(|n| n.free_bytes), Some(MIB));
+    let notices = l.drain_notices();
+    assert_eq!(notices.len(), 2);
+    assert!(matches!(&notices[0], Notice::Oom { pid: 100, .. }));
+    assert!(l.drain_notices().is_empty());
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { slot: u64, bytes: u64, mem: Mem },
+    Free { slot: u64, is_async: bool },
+    Fill { slot: u64, bytes: u64 },
+    Vmm { handle: u64, bytes: u64, host: bool },
+    Release { handle: u64 },
+    Exit,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let mem = prop_oneof![
+        Just(Mem::Device),
+        Just(Mem::DeviceAsync),
+        Just(Mem::HostPinned),
+        Just(Mem::Managed),
+    ];
+    prop_oneof![
+        8 => (0..12u64, 0..(1u64 << 32), mem).prop_map(|(slot, bytes, mem)| Op::Alloc { slot, bytes, mem }),
+        8 => (0..14u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
+        4 => (0..12u64, 0..(1u64 << 32)).prop_map(|(slot, bytes)| Op::Fill { slot, bytes }),
+        2 => (0..4u64, 1..(1u64 << 30), any::<bool>()).prop_map(|(handle, bytes, host)| Op::Vmm { handle, bytes, host }),
+        2 => (0..4u64).prop_map(|handle| Op::Release { handle }),
+        1 => Just(Op::Exit),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, every live byte has exactly one class: the classes sum to the
+    /// device, pool-held and host bytes, at every step and in every snapshot.
+    #[test]
+    fn every_live_byte_has_one_class(ops in prop::collection::vec(op(), 1..300)) {
+        let mut l = Ledger::new();
+        let mut s = Sim::new(1, 100);
+        const PAGE: u64 = 1 << 33;
+        for op in ops {
+            let rec = match op {
+                Op::Alloc { slot, bytes, mem } => {
+                    let addr = 0x1000 + slot * PAGE;
+                    if mem == Mem::DeviceAsync {
+                        s.alloc_async(addr, bytes, None)
+                    } else {
+                        s.alloc_mem("alloc", mem, addr, bytes)
+                    }
+                }
+                Op::Free { slot, is_async } => {
+                    let addr = 0x1000 + slot * PAGE;
+                    if is_async { s.free_async(addr) } else { s.free(addr) }
+                }
+                Op::Fill { slot, bytes } => copy(&mut s, 0x1000 + slot * PAGE, bytes),
+                Op::Vmm { handle, bytes, host } => Record::VmmCreate(Call {
+                    handle: Some(handle),
+                    bytes: Some(bytes),
+                    mem: Some(if host { Mem::VmmHost } else { Mem::VmmDevice }),
+                    ..s.call("cuMemCreate")
+                }),
+                Op::Release { handle } => s.vmm_release(handle),
+                Op::Exit => {
+                    let e = s.exit();
+                    l.apply(&e);
+                    let p = l.process(1).expect("known");
+                    let snap = p.exit.as_ref().expect("exited");
+                    prop_assert_eq!(
+                        snap.classes.total(),
+                        snap.device_bytes + snap.pool_held_bytes + snap.host_bytes
+                    );
+                    // A new process generation for what follows.
+                    s = Sim::new(s.proc + 1, s.pid + 1);
+                    continue;
+                }
+            };
+            l.apply(&rec);
+            let p = l.process(s.proc).expect("known");
+            let u = &p.usage;
+            let c = p.classes();
+            prop_assert_eq!(c.total(), u.device_bytes + u.pool_held_bytes + u.host_bytes);
+            let by_alloc: u64 = p.live_allocations().map(|a| a.bytes).sum();
+            prop_assert_eq!(by_alloc, u.device_bytes + u.host_bytes);
+            for class in Class::ALL {
+                let sum: u64 = p
+                    .live_allocations()
+                    .filter(|a| a.class == class)
+                    .map(|a| a.bytes)
+                    .sum();
+                if class == Class::Pool {
+                    prop_assert_eq!(sum, 0);
+                } else {
+                    prop_assert_eq!(sum, c.get(class), "{:?}", class);
+                }
+            }
+            prop_assert!(
+                p.classes_at_peak.total() - p.classes_at_peak.get(Class::HostFallback)
+                    <= p.usage.peak_device_and_pool_bytes
+            );
+            prop_assert_eq!(l.classes().total(), {
+                let t = &l.totals().usage;
+                t.device_bytes + t.pool_held_bytes + t.host_bytes
+            });
+        }
+    }
+}
