@@ -64,7 +64,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     let outcome = runtime.block_on(session::record(RecordOptions {
-        output,
+        output: Some(output),
         pids: args.pids,
         libcuda: args.libcuda,
         duration,

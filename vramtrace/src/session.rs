@@ -25,7 +25,8 @@ use crate::{
 /// What `record` was asked to do.
 #[derive(Clone, Debug, Default)]
 pub struct RecordOptions {
-    pub output: PathBuf,
+    /// The trace file; `None` records into the sink of [`record_with`] only.
+    pub output: Option<PathBuf>,
     pub pids: Vec<u32>,
     pub libcuda: Vec<PathBuf>,
     pub duration: Option<Duration>,
@@ -120,8 +121,57 @@ fn hand_back_to_sudo_user(path: &Path) {
     }
 }
 
+/// A live consumer of the recording (the `top` view).
+pub struct LiveSink {
+    /// Receives every batch of records as it is written, the header included.
+    pub on_records: Box<dyn FnMut(Vec<Record>) + Send>,
+    /// The recording stops when this fires or its sender is dropped.
+    pub stop: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// Runs a recording to its end.
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
+    record_with(opts, None).await
+}
+
+/// Where recorded batches go: the trace file, a live sink, or both.
+struct Sinks {
+    writer: Option<TraceWriter>,
+    live: Option<Box<dyn FnMut(Vec<Record>) + Send>>,
+    batch: Vec<Record>,
+}
+
+impl Sinks {
+    fn write(&mut self, rec: Record) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&rec)?;
+        }
+        if self.live.is_some() {
+            self.batch.push(rec);
+        }
+        Ok(())
+    }
+
+    /// Flushes the file and hands the batch to the live sink.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush()?;
+        }
+        if let Some(live) = self.live.as_mut()
+            && !self.batch.is_empty()
+        {
+            live(std::mem::take(&mut self.batch));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a recording to its end, handing every batch of records to `live` as well.
+pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<RecordOutcome> {
+    let (live, mut stop) = match live {
+        Some(l) => (Some(l.on_records), Some(l.stop)),
+        None => (None, None),
+    };
     let libraries = if opts.libcuda.is_empty() {
         probe::libcuda::discover(&[], &opts.pids)
             .context("finding the CUDA driver library")?
@@ -177,10 +227,25 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         policy: None,
         extra: Default::default(),
     };
-    let mut writer = TraceWriter::create(&opts.output)
-        .with_context(|| format!("creating the trace {}", opts.output.display()))?;
-    hand_back_to_sudo_user(&opts.output);
-    writer.write(&Record::Header(header))?;
+    let writer = match &opts.output {
+        Some(path) => {
+            let w = TraceWriter::create(path)
+                .with_context(|| format!("creating the trace {}", path.display()))?;
+            hand_back_to_sudo_user(path);
+            Some(w)
+        }
+        None => None,
+    };
+    let output_name = opts
+        .output
+        .as_ref()
+        .map_or_else(|| "no file".to_string(), |p| p.display().to_string());
+    let mut writer = Sinks {
+        writer,
+        live,
+        batch: Vec::new(),
+    };
+    writer.write(Record::Header(header))?;
     // On disk at once: the header says the probes are attached.
     writer.flush()?;
 
@@ -200,7 +265,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                 "vramtrace: tracing {} (pid {}) into {}",
                 opts.command.join(" "),
                 c.id().unwrap_or(0),
-                opts.output.display()
+                output_name
             ),
             None => eprintln!(
                 "vramtrace: tracing {} into {}; Ctrl-C to stop",
@@ -209,7 +274,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                 } else {
                     format!("PIDs {:?}", opts.pids)
                 },
-                opts.output.display()
+                output_name
             ),
         }
     }
@@ -236,7 +301,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     let mut pump = |tracer: &mut Tracer,
                     resolver: &mut StackResolver,
                     converter: &mut Converter,
-                    writer: &mut TraceWriter,
+                    writer: &mut Sinks,
                     reported: &mut Counters,
                     lost_total: &mut u64,
                     stack_failed: &mut u64|
@@ -249,13 +314,14 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         for ev in raw.drain(..) {
             converter.convert(&ev, &mut env, &mut records);
             for rec in records.drain(..) {
-                writer.write(&rec)?;
+                writer.write(rec)?;
             }
         }
         let now = tracer.counters();
         let lost = now.lost_since(reported, monotonic_ns());
         if lost.events() > 0 || lost.stack_failed > 0 {
-            if lost.events() > 0 {
+            // A live view shows the loss itself; stderr would tear its screen.
+            if lost.events() > 0 && writer.live.is_none() {
                 eprintln!(
                     "vramtrace: {} events lost (ring buffer full: {}, in-flight map full: {}, exits: {}); enlarge --ring-size",
                     lost.events(),
@@ -266,7 +332,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             }
             *lost_total += lost.events();
             *stack_failed += lost.stack_failed;
-            writer.write(&Record::Lost(lost))?;
+            writer.write(Record::Lost(lost))?;
             *reported = now;
         }
         // What was recorded reaches the file within a tick: a recorder that is killed leaves
@@ -284,6 +350,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             _ = tick.tick() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = async {
+                match stop.as_mut() {
+                    Some(s) => { let _ = s.await; }
+                    None => std::future::pending().await,
+                }
+            } => break,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -332,17 +404,22 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             command_status = Some(status);
         }
     }
-    let lines = writer.lines_written();
     let processes = converter.processes_seen();
-    writer
-        .finish(monotonic_ns(), lost_total, stack_failed)
-        .context("finishing the trace")?;
+    let lines = match writer.writer.take() {
+        Some(w) => {
+            let lines = w.lines_written();
+            w.finish(monotonic_ns(), lost_total, stack_failed)
+                .context("finishing the trace")?;
+            lines
+        }
+        None => 0,
+    };
     if !opts.quiet {
         eprintln!(
             "vramtrace: {} records from {} processes written to {}{}",
             lines.saturating_sub(1),
             processes,
-            opts.output.display(),
+            output_name,
             if lost_total > 0 {
                 format!("; {lost_total} events LOST")
             } else {
