@@ -18,7 +18,7 @@ use super::{
     view,
 };
 use crate::{
-    ledger::{Ledger, LiveAllocation},
+    ledger::Ledger,
     procinfo::sanitize,
     stacks::symbolize_offline,
     trace::{Frame, Header, Mem, NvmlSample, Record},
@@ -296,6 +296,8 @@ pub struct View {
     pub allocs: Vec<AllocRow>,
     /// Its live allocations before filtering.
     pub allocs_unfiltered: usize,
+    /// How many of `allocs`, from the first, are in order (the rest are not shown yet).
+    pub sorted: usize,
     pub host_bytes: u64,
 }
 
@@ -679,21 +681,30 @@ impl App {
         let mut rows = std::mem::take(&mut self.view.allocs);
         rows.clear();
         let mut total = 0;
-        let live: Vec<&LiveAllocation> = self.ledger.live_allocations(proc).collect();
         let mut apis = std::mem::take(&mut self.apis);
         let mut index = std::mem::take(&mut self.api_index);
-        for a in live {
+        // Most allocations of a process come from one or two entry points: try the last one
+        // before hashing.
+        let mut last: Option<(&str, u16)> = None;
+        for a in self.ledger.live_allocations(proc) {
             total += 1;
             let class = class_of(a);
             if !self.filter.matches(&a.api, class, a.bytes) {
                 continue;
             }
-            let api = match index.get(a.api.as_str()) {
-                Some(i) => *i,
-                None => {
-                    let i = u16::try_from(apis.len()).unwrap_or(u16::MAX);
-                    apis.push(a.api.clone());
-                    index.insert(a.api.clone(), i);
+            let api = match last {
+                Some((name, i)) if name == a.api => i,
+                _ => {
+                    let i = match index.get(a.api.as_str()) {
+                        Some(i) => *i,
+                        None => {
+                            let i = u16::try_from(apis.len()).unwrap_or(u16::MAX);
+                            apis.push(a.api.clone());
+                            index.insert(a.api.clone(), i);
+                            i
+                        }
+                    };
+                    last = Some((a.api.as_str(), i));
                     i
                 }
             };
@@ -713,19 +724,64 @@ impl App {
         }
         self.apis = apis;
         self.api_index = index;
-        match self.alloc_order {
-            AllocOrder::Newest => {
-                rows.sort_unstable_by(|a, b| b.ts_ns.cmp(&a.ts_ns).then(b.addr.cmp(&a.addr)))
+        let order = self.alloc_order;
+        let cmp = move |a: &AllocRow, b: &AllocRow| match order {
+            AllocOrder::Newest => b
+                .ts_ns
+                .cmp(&a.ts_ns)
+                .then(b.addr.cmp(&a.addr))
+                .then(b.handle.cmp(&a.handle)),
+            AllocOrder::Largest => b
+                .bytes
+                .cmp(&a.bytes)
+                .then(b.ts_ns.cmp(&a.ts_ns))
+                .then(b.addr.cmp(&a.addr)),
+        };
+        // Only the rows up to a screen past the cursor need their order: selecting them
+        // is linear, sorting all of 100,000 is not. Moving further sorts more.
+        let need = self
+            .alloc_cursor
+            .saturating_add(2 * usize::from(self.size.height.max(24)));
+        // At the top of the newest-first list the view follows new allocations, as `tail -f`
+        // does; anywhere else the selection stays on its allocation.
+        let key = self
+            .selected_alloc
+            .filter(|_| !(self.alloc_cursor == 0 && order == AllocOrder::Newest));
+        let in_prefix = |rows: &[AllocRow], upto: usize| {
+            key.and_then(|k| rows[..upto].iter().position(|r| r.key() == k))
+        };
+        let found = if need < rows.len() {
+            rows.select_nth_unstable_by(need, cmp);
+            rows[..need].sort_unstable_by(cmp);
+            self.view.sorted = need;
+            let mut at = in_prefix(&rows, need);
+            if at.is_none()
+                && let Some(k) = key
+                && let Some(j) = rows[need..].iter().position(|r| r.key() == k)
+            {
+                // The selection moved below the rows in order (newer ones came): order up to
+                // a screen past it, found by its rank (linear), not by sorting all.
+                let sel = rows[need + j].clone();
+                let rank = rows
+                    .iter()
+                    .filter(|r| cmp(r, &sel) == std::cmp::Ordering::Less)
+                    .count();
+                let upto = rank
+                    .saturating_add(2 * usize::from(self.size.height.max(24)))
+                    .min(rows.len() - 1);
+                rows.select_nth_unstable_by(upto, cmp);
+                rows[..upto].sort_unstable_by(cmp);
+                self.view.sorted = upto;
+                at = in_prefix(&rows, upto);
             }
-            AllocOrder::Largest => {
-                rows.sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then(b.ts_ns.cmp(&a.ts_ns)))
-            }
-        }
+            at
+        } else {
+            rows.sort_unstable_by(cmp);
+            self.view.sorted = rows.len();
+            in_prefix(&rows, rows.len())
+        };
         self.view.allocs = rows;
         self.view.allocs_unfiltered = total;
-        let found = self
-            .selected_alloc
-            .and_then(|k| self.view.allocs.iter().position(|r| r.key() == k));
         self.alloc_cursor = match found {
             Some(i) => i,
             None => self
@@ -752,7 +808,16 @@ impl App {
             }
             Focus::Allocations => {
                 let n = self.view.allocs.len();
-                self.alloc_cursor = step(self.alloc_cursor, delta, n);
+                let cursor = step(self.alloc_cursor, delta, n);
+                if cursor.saturating_add(usize::from(self.size.height)) >= self.view.sorted
+                    && self.view.sorted < n
+                {
+                    // Past the rows in order: order more before picking one.
+                    self.alloc_cursor = cursor;
+                    self.selected_alloc = None;
+                    self.refresh_now();
+                }
+                self.alloc_cursor = cursor;
                 self.selected_alloc = self.view.allocs.get(self.alloc_cursor).map(AllocRow::key);
                 self.prepare_detail();
             }

@@ -400,3 +400,85 @@ fn small_and_large_terminals_draw() {
         assert!(!screen.is_empty());
     }
 }
+
+#[test]
+fn long_lists_are_ordered_as_far_as_they_are_seen() {
+    let mut app = live();
+    update(&mut app, Msg::Records(synth::many(2000)));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 10 * SEC,
+        },
+    );
+    key(&mut app, KeyCode::Tab);
+    let sorted = app.view.sorted;
+    assert!(sorted < 2000, "only a prefix is ordered");
+    let ts: Vec<u64> = app.view.allocs[..sorted].iter().map(|a| a.ts_ns).collect();
+    assert!(ts.windows(2).all(|w| w[0] > w[1]));
+    assert_eq!(ts[0], T0 + 1999 * 1000, "the newest first");
+    key(&mut app, KeyCode::End);
+    assert_eq!(app.view.sorted, 2000);
+    assert_eq!(app.selected_alloc().map(|a| a.ts_ns), Some(T0));
+    key(&mut app, KeyCode::Home);
+    for _ in 0..100 {
+        key(&mut app, KeyCode::Down);
+    }
+    assert_eq!(
+        app.selected_alloc().map(|a| a.ts_ns),
+        Some(T0 + 1899 * 1000)
+    );
+}
+
+#[test]
+fn the_selection_stays_when_many_newer_come_and_the_top_follows_them() {
+    let mut app = live();
+    update(&mut app, Msg::Records(synth::many(2000)));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 10 * SEC,
+        },
+    );
+    key(&mut app, KeyCode::Tab);
+    let newer = |from: u64| -> Vec<Record> {
+        (0..200)
+            .map(|i| {
+                synth::alloc(
+                    1,
+                    T0 + SEC + from + i,
+                    0x100_0000 + (from + i) * 4096,
+                    4096,
+                    None,
+                )
+            })
+            .collect()
+    };
+    update(&mut app, Msg::Records(newer(0)));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 11 * SEC,
+        },
+    );
+    assert_eq!(app.alloc_cursor, 0);
+    assert_eq!(
+        app.selected_alloc().map(|a| a.ts_ns),
+        Some(T0 + SEC + 199),
+        "the top follows the newest"
+    );
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Down);
+    }
+    let picked = app.selected_alloc().map(|a| a.ts_ns);
+    update(&mut app, Msg::Records(newer(1000)));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 12 * SEC,
+        },
+    );
+    assert_eq!(app.selected_alloc().map(|a| a.ts_ns), picked);
+    assert_eq!(app.alloc_cursor, 205);
+    assert!(app.view.sorted > 205 && app.view.sorted < 2400);
+}
