@@ -25,6 +25,9 @@ pub enum Command {
     Record(RecordArgs),
     /// Summarize a trace: per process, allocations, peaks, what was held at exit, failures.
     Analyze(AnalyzeArgs),
+    /// Live view per GPU, process and allocation (needs root); `--replay FILE` replays a
+    /// trace instead (no root).
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +145,28 @@ fn parse_on_violation(s: &str) -> Result<OnViolation, String> {
             "{s:?}: expected signal:SIGNAME, e.g. signal:SIGABRT"
         )),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Trace only this process and its descendants (repeatable). Default: every process.
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "replay")]
+    pub pids: Vec<u32>,
+    /// The driver library to attach to (repeatable). Default: found as `record` finds it.
+    #[arg(long, value_name = "PATH", conflicts_with = "replay")]
+    pub libcuda: Vec<PathBuf>,
+    /// Also write the trace to this file.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "replay")]
+    pub output: Option<PathBuf>,
+    /// Do not capture call stacks.
+    #[arg(long, conflicts_with = "replay")]
+    pub no_stacks: bool,
+    /// Replay this trace instead of tracing live (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Replay speed: 2 plays twice as fast as recorded (default 1).
+    #[arg(long, value_name = "X", requires = "replay")]
+    pub speed: Option<f64>,
 }
 
 #[derive(Debug, Args)]

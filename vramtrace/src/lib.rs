@@ -15,6 +15,7 @@
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
 //! - [`analyze`]: the postmortem summary of a trace.
 //! - [`session`]: `vramtrace record`: the pieces above wired together.
+//! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
 //! - [`cli`]: the command line.
 
 pub mod analyze;
@@ -28,3 +29,4 @@ pub mod procinfo;
 pub mod session;
 pub mod stacks;
 pub mod trace;
+pub mod tui;

@@ -4,6 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use vramtrace::{
     analyze,
     cli::{AnalyzeArgs, Cli, Command, OnViolation, RecordArgs},
@@ -22,7 +23,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("VRAMTRACE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(if matches!(cli.command, Command::Top(_)) {
+            // Log lines would tear the live view's screen.
+            BoxMakeWriter::new(std::io::sink)
+        } else {
+            BoxMakeWriter::new(std::io::stderr)
+        })
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -37,6 +43,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record(args, cli.verbose > 0),
         Command::Analyze(args) => analyze_cmd(args),
+        Command::Top(args) => vramtrace::tui::top(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -75,7 +82,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     let outcome = runtime.block_on(session::record(RecordOptions {
-        output,
+        output: Some(output),
         pids: args.pids,
         libcuda: args.libcuda,
         duration,

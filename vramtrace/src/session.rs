@@ -39,7 +39,8 @@ pub enum Policy {
 /// What `record` was asked to do.
 #[derive(Clone, Debug, Default)]
 pub struct RecordOptions {
-    pub output: PathBuf,
+    /// The trace file; `None` records into the sink of [`record_with`] only.
+    pub output: Option<PathBuf>,
     pub pids: Vec<u32>,
     pub libcuda: Vec<PathBuf>,
     pub duration: Option<Duration>,
@@ -212,7 +213,7 @@ impl NvmlFeed {
     /// Writes the samples that arrived. A sample equal to the previous one apart from its
     /// time is left out when nothing else was written since: an idle GPU does not fill the
     /// trace, and every sample that could change a reconciliation is kept.
-    fn drain(&mut self, writer: &mut TraceWriter) -> Result<()> {
+    fn drain(&mut self, writer: &mut Sinks) -> Result<()> {
         let Some(rx) = &self.rx else { return Ok(()) };
         while let Ok(sample) = rx.try_recv() {
             let same = self
@@ -222,7 +223,7 @@ impl NvmlFeed {
             if same && writer.lines_written() == self.lines_at_last {
                 continue;
             }
-            writer.write(&Record::Nvml(sample.clone()))?;
+            writer.write(Record::Nvml(sample.clone()))?;
             self.lines_at_last = writer.lines_written();
             self.last = Some(sample);
         }
@@ -275,8 +276,73 @@ fn start_nvml(interval: Option<Duration>, quiet: bool) -> (NvmlInfo, NvmlFeed, O
     }
 }
 
+/// A live consumer of the recording (the `top` view).
+pub struct LiveSink {
+    /// Receives every batch of records as it is written, the header included.
+    pub on_records: Box<dyn FnMut(Vec<Record>) + Send>,
+    /// The recording stops when this fires or its sender is dropped.
+    pub stop: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// Runs a recording to its end.
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
+    record_with(opts, None).await
+}
+
+/// Where recorded batches go: the trace file, a live sink, or both.
+struct Sinks {
+    writer: Option<TraceWriter>,
+    live: Option<Box<dyn FnMut(Vec<Record>) + Send>>,
+    batch: Vec<Record>,
+    /// Records written, the header included, whether or not a file is written.
+    lines: u64,
+    /// Violations of the vram-only policy.
+    violations: u64,
+}
+
+impl Sinks {
+    fn write(&mut self, rec: Record) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&rec)?;
+        }
+        self.lines += 1;
+        if self.live.is_some() {
+            self.batch.push(rec);
+        }
+        Ok(())
+    }
+
+    fn lines_written(&self) -> u64 {
+        self.lines
+    }
+
+    fn count_violations(&mut self, n: u64) {
+        self.violations += n;
+        if let Some(w) = self.writer.as_mut() {
+            w.count_violations(n);
+        }
+    }
+
+    /// Flushes the file and hands the batch to the live sink.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush()?;
+        }
+        if let Some(live) = self.live.as_mut()
+            && !self.batch.is_empty()
+        {
+            live(std::mem::take(&mut self.batch));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a recording to its end, handing every batch of records to `live` as well.
+pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<RecordOutcome> {
+    let (live, mut stop) = match live {
+        Some(l) => (Some(l.on_records), Some(l.stop)),
+        None => (None, None),
+    };
     let libraries = if opts.libcuda.is_empty() {
         probe::libcuda::discover(&[], &opts.pids)
             .context("finding the CUDA driver library")?
@@ -338,10 +404,27 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         policy: (opts.policy == Policy::VramOnly).then(|| "vram-only".to_owned()),
         extra: Default::default(),
     };
-    let mut writer = TraceWriter::create(&opts.output)
-        .with_context(|| format!("creating the trace {}", opts.output.display()))?;
-    hand_back_to_sudo_user(&opts.output);
-    writer.write(&Record::Header(header))?;
+    let writer = match &opts.output {
+        Some(path) => {
+            let w = TraceWriter::create(path)
+                .with_context(|| format!("creating the trace {}", path.display()))?;
+            hand_back_to_sudo_user(path);
+            Some(w)
+        }
+        None => None,
+    };
+    let output_name = opts
+        .output
+        .as_ref()
+        .map_or_else(|| "no file".to_string(), |p| p.display().to_string());
+    let mut writer = Sinks {
+        writer,
+        live,
+        batch: Vec::new(),
+        lines: 0,
+        violations: 0,
+    };
+    writer.write(Record::Header(header))?;
     // On disk at once: the header says the probes are attached.
     writer.flush()?;
 
@@ -361,7 +444,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                 "vramtrace: tracing {} (pid {}) into {}",
                 opts.command.join(" "),
                 c.id().unwrap_or(0),
-                opts.output.display()
+                output_name
             ),
             None => eprintln!(
                 "vramtrace: tracing {} into {}; Ctrl-C to stop",
@@ -370,7 +453,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                 } else {
                     format!("PIDs {:?}", opts.pids)
                 },
-                opts.output.display()
+                output_name
             ),
         }
     }
@@ -403,7 +486,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     let mut pump = |tracer: &mut Tracer,
                     resolver: &mut StackResolver,
                     converter: &mut Converter,
-                    writer: &mut TraceWriter,
+                    writer: &mut Sinks,
                     reported: &mut Counters,
                     lost_total: &mut u64,
                     stack_failed: &mut u64|
@@ -416,7 +499,6 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
         for ev in raw.drain(..) {
             converter.convert(&ev, &mut env, &mut records);
             for rec in records.drain(..) {
-                writer.write(&rec)?;
                 ledger.apply(&rec);
                 for n in ledger.drain_notices() {
                     if policy == Policy::VramOnly && matches!(n, Notice::HostFallback { .. }) {
@@ -428,12 +510,14 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
                         eprintln!("{line}");
                     }
                 }
+                writer.write(rec)?;
             }
         }
         let now = tracer.counters();
         let lost = now.lost_since(reported, monotonic_ns());
         if lost.events() > 0 || lost.stack_failed > 0 {
-            if lost.events() > 0 {
+            // A live view shows the loss itself; stderr would tear its screen.
+            if lost.events() > 0 && writer.live.is_none() {
                 eprintln!(
                     "vramtrace: {} events lost (ring buffer full: {}, in-flight map full: {}, exits: {}); enlarge --ring-size",
                     lost.events(),
@@ -444,7 +528,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             }
             *lost_total += lost.events();
             *stack_failed += lost.stack_failed;
-            writer.write(&Record::Lost(lost))?;
+            writer.write(Record::Lost(lost))?;
             *reported = now;
         }
         nvml_feed.drain(writer)?;
@@ -463,6 +547,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
             _ = tick.tick() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = async {
+                match stop.as_mut() {
+                    Some(s) => { let _ = s.await; }
+                    None => std::future::pending().await,
+                }
+            } => break,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -514,24 +604,26 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     if let Some(p) = nvml_poller {
         p.stop();
     }
-    let lines = writer.lines_written();
     let processes = converter.processes_seen();
-    let footer = writer
-        .finish(monotonic_ns(), lost_total, stack_failed)
-        .context("finishing the trace")?;
+    let lines = writer.lines_written();
+    let violations = writer.violations;
+    if let Some(w) = writer.writer.take() {
+        w.finish(monotonic_ns(), lost_total, stack_failed)
+            .context("finishing the trace")?;
+    }
     if !opts.quiet {
         eprintln!(
             "vramtrace: {} records from {} processes written to {}{}{}",
             lines.saturating_sub(1),
             processes,
-            opts.output.display(),
+            output_name,
             if lost_total > 0 {
                 format!("; {lost_total} events LOST")
             } else {
                 "; no events lost".into()
             },
             if opts.policy == Policy::VramOnly {
-                format!("; {} vram-only violations", footer.violations)
+                format!("; {violations} vram-only violations")
             } else {
                 String::new()
             }

@@ -1,0 +1,1139 @@
+//! The state of the live view and the one function that changes it, [`update`].
+//!
+//! Records go into the [`Ledger`] (the project's single accounting path); what the view adds
+//! is presentation: selection, sort, filter, a short event log, alerts, a history of used
+//! bytes for the sparklines, and a [`View`] derived from the Ledger at most once per tick so
+//! that rendering 100,000 allocations stays cheap.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::{Position, Rect};
+
+use super::{
+    Control, Effect, Msg, ReplayStatus,
+    class::{Class, class_of, nvml_gpu, nvml_process_bytes},
+    view,
+};
+use crate::{
+    ledger::Ledger,
+    procinfo::sanitize,
+    stacks::symbolize_offline,
+    trace::{Frame, Header, Mem, NvmlSample, Record},
+};
+
+/// Recent events kept for the stream pane.
+const EVENT_LOG: usize = 2000;
+/// Alerts kept.
+const ALERT_LOG: usize = 200;
+/// Samples of used bytes kept per GPU for the sparkline.
+const HISTORY: usize = 1024;
+/// `CUDA_ERROR_OUT_OF_MEMORY`.
+const CUDA_OOM: i32 = 2;
+/// Seek step of `+` and `-`.
+pub const SEEK_NS: i64 = 10_000_000_000;
+
+/// Where the records come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// Probes on this machine; `output` names the trace written alongside, if any.
+    Live {
+        scope: String,
+        output: Option<String>,
+    },
+    /// A trace file, replayed at `speed` times its own pace.
+    Replay { file: String, speed: f64 },
+}
+
+/// Which pane the arrow keys move in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Focus {
+    Processes,
+    Allocations,
+}
+
+/// Columns of the process table, in the order `s` cycles through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcCol {
+    Pid,
+    Name,
+    Container,
+    Traced,
+    Pool,
+    Host,
+    Nvml,
+    Coverage,
+    Rate,
+    Peak,
+    Ooms,
+    HostFallbacks,
+}
+
+impl ProcCol {
+    pub const ALL: [ProcCol; 12] = [
+        ProcCol::Pid,
+        ProcCol::Name,
+        ProcCol::Container,
+        ProcCol::Traced,
+        ProcCol::Pool,
+        ProcCol::Host,
+        ProcCol::Nvml,
+        ProcCol::Coverage,
+        ProcCol::Rate,
+        ProcCol::Peak,
+        ProcCol::Ooms,
+        ProcCol::HostFallbacks,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ProcCol::Pid => "PID",
+            ProcCol::Name => "NAME",
+            ProcCol::Container => "CONTAINER",
+            ProcCol::Traced => "TRACED",
+            ProcCol::Pool => "POOL",
+            ProcCol::Host => "HOST",
+            ProcCol::Nvml => "NVML",
+            ProcCol::Coverage => "COV%",
+            ProcCol::Rate => "RATE",
+            ProcCol::Peak => "PEAK",
+            ProcCol::Ooms => "OOM",
+            ProcCol::HostFallbacks => "HOSTFB",
+        }
+    }
+
+    fn next(self) -> ProcCol {
+        let i = ProcCol::ALL.iter().position(|c| *c == self).unwrap_or(0);
+        ProcCol::ALL[(i + 1) % ProcCol::ALL.len()]
+    }
+}
+
+/// Order of the allocation list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocOrder {
+    Newest,
+    Largest,
+}
+
+/// The allocation filter: `api:NAME class:NAME min:SIZE`, a bare word matching the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub api: Option<String>,
+    pub class: Option<String>,
+    pub min_bytes: u64,
+    /// As typed, for display.
+    pub text: String,
+}
+
+impl Filter {
+    /// Parses the filter line; an unreadable size is an error to show, not a filter.
+    pub fn parse(text: &str) -> Result<Filter, String> {
+        let mut f = Filter {
+            text: text.trim().to_string(),
+            ..Filter::default()
+        };
+        for tok in text.split_whitespace() {
+            match tok.split_once(':') {
+                Some(("api", v)) => f.api = Some(v.to_ascii_lowercase()),
+                Some(("class", v)) => f.class = Some(v.to_ascii_lowercase()),
+                Some(("min", v)) => {
+                    f.min_bytes =
+                        parse_size(v).ok_or_else(|| format!("min:{v}: not a size (1M, 2G)"))?
+                }
+                Some((k, _)) => return Err(format!("{k}: unknown filter (api, class, min)")),
+                None => f.api = Some(tok.to_ascii_lowercase()),
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.api.is_none() && self.class.is_none() && self.min_bytes == 0
+    }
+
+    fn matches(&self, api: &str, class: Class, bytes: u64) -> bool {
+        bytes >= self.min_bytes
+            && self
+                .api
+                .as_ref()
+                .is_none_or(|a| api.to_ascii_lowercase().contains(a.as_str()))
+            && self
+                .class
+                .as_ref()
+                .is_none_or(|c| class.label().starts_with(c.as_str()))
+    }
+}
+
+/// `1024`, `4K`, `1.5M`, `2G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        (i, 't' | 'T') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u64)
+}
+
+/// One call in the event stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub ts_ns: u64,
+    pub proc: u32,
+    pub kind: &'static str,
+    pub api: String,
+    pub bytes: Option<u64>,
+    pub addr: Option<u64>,
+    pub ret: i32,
+}
+
+/// Something the user must see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    pub ts_ns: u64,
+    pub text: String,
+}
+
+/// Counts the view keeps about what it saw (events, not bytes: bytes are the Ledger's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Seen {
+    pub ooms: u64,
+    pub host_fallbacks: u64,
+    pub failed: u64,
+    /// Host-memory allocations per process record id.
+    pub host_fallbacks_by_proc: HashMap<u32, u64>,
+}
+
+/// A row of the process table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcRow {
+    pub proc: u32,
+    pub pid: u32,
+    pub name: String,
+    pub container: String,
+    /// Live device bytes (pool-held excluded).
+    pub traced: u64,
+    /// Live bytes per class, indexed by [`Class::index`].
+    pub by_class: [u64; Class::ALL.len()],
+    pub pool: u64,
+    pub host: u64,
+    pub nvml: Option<u64>,
+    /// Traced device and pool bytes over NVML's figure, in percent.
+    pub coverage: Option<f64>,
+    /// Allocations per second over the last rate window.
+    pub rate: f64,
+    pub peak: u64,
+    pub ooms: u64,
+    pub host_fallbacks: u64,
+    pub exited: bool,
+    pub live: usize,
+}
+
+/// A row of the allocation list: what is shown, and the key to find it again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllocRow {
+    pub addr: Option<u64>,
+    pub handle: Option<u64>,
+    pub bytes: u64,
+    /// Index into [`App::apis`].
+    pub api: u16,
+    pub class: Class,
+    pub mem: Mem,
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub stack: Option<u32>,
+    pub device: Option<i32>,
+    pub filled_from_host: u64,
+}
+
+impl AllocRow {
+    fn key(&self) -> (Option<u64>, Option<u64>, u64) {
+        (self.addr, self.handle, self.ts_ns)
+    }
+}
+
+/// One GPU's line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuRow {
+    pub device: Option<i32>,
+    /// Traced live bytes per class on this GPU.
+    pub by_class: [u64; Class::ALL.len()],
+    pub pool: u64,
+    pub nvml_total: Option<u64>,
+    pub nvml_used: Option<u64>,
+    pub nvml_free: Option<u64>,
+    pub peak: u64,
+}
+
+impl GpuRow {
+    /// Traced device and pool bytes.
+    pub fn traced(&self) -> u64 {
+        self.by_class
+            .iter()
+            .take(Class::HostFallback.index())
+            .sum::<u64>()
+            .saturating_add(self.pool)
+    }
+
+    /// What NVML says is used beyond what was traced: the driver's own share, and whatever
+    /// untraced processes hold.
+    pub fn overhead(&self) -> Option<u64> {
+        self.nvml_used.map(|u| u.saturating_sub(self.traced()))
+    }
+}
+
+/// What render shows, derived from the Ledger when it changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub gpus: Vec<GpuRow>,
+    pub procs: Vec<ProcRow>,
+    /// The selected process's allocations, filtered and ordered.
+    pub allocs: Vec<AllocRow>,
+    /// Its live allocations before filtering.
+    pub allocs_unfiltered: usize,
+    /// How many of `allocs`, from the first, are in order (the rest are not shown yet).
+    pub sorted: usize,
+    pub host_bytes: u64,
+}
+
+/// Everything the view knows. Only the main loop holds it.
+pub struct App {
+    pub mode: Mode,
+    pub ledger: Ledger,
+    pub header: Option<Header>,
+    pub nvml: Option<NvmlSample>,
+    /// The clock of the trace: now (live), or the replay position.
+    pub now_ns: u64,
+    /// Where the trace's clock starts, for relative times.
+    pub start_ns: Option<u64>,
+    pub replay: Option<ReplayStatus>,
+    /// Live mode: records that arrived while paused, applied on resume.
+    pub held: Vec<Record>,
+    pub paused: bool,
+    pub events: VecDeque<EventRow>,
+    pub alerts: VecDeque<Alert>,
+    pub seen: Seen,
+    pub history: BTreeMap<Option<i32>, VecDeque<u64>>,
+    pub apis: Vec<String>,
+    api_index: HashMap<String, u16>,
+    rate_mark: HashMap<u32, (u64, u64)>,
+    pub rates: HashMap<u32, f64>,
+    pub view: View,
+    dirty: bool,
+    /// Stacks symbolized on demand (replay of a trace recorded without symbols).
+    pub symbolized: HashMap<u32, Vec<Frame>>,
+
+    // The user's choices.
+    pub size: Rect,
+    pub focus: Focus,
+    pub proc_sort: ProcCol,
+    pub proc_desc: bool,
+    pub alloc_order: AllocOrder,
+    pub selected_proc: Option<u32>,
+    pub proc_cursor: usize,
+    pub alloc_cursor: usize,
+    selected_alloc: Option<(Option<u64>, Option<u64>, u64)>,
+    pub detail: bool,
+    pub help: bool,
+    pub show_events: bool,
+    pub filter: Filter,
+    /// The filter line being typed.
+    pub input: Option<String>,
+    /// Why the last filter was refused.
+    pub input_error: Option<String>,
+    /// Colors on (off under `NO_COLOR`).
+    pub color: bool,
+}
+
+impl App {
+    pub fn new(mode: Mode) -> Self {
+        App {
+            mode,
+            ledger: Ledger::new(),
+            header: None,
+            nvml: None,
+            now_ns: 0,
+            start_ns: None,
+            replay: None,
+            held: Vec::new(),
+            paused: false,
+            events: VecDeque::new(),
+            alerts: VecDeque::new(),
+            seen: Seen::default(),
+            history: BTreeMap::new(),
+            apis: Vec::new(),
+            api_index: HashMap::new(),
+            rate_mark: HashMap::new(),
+            rates: HashMap::new(),
+            view: View::default(),
+            dirty: true,
+            symbolized: HashMap::new(),
+            size: Rect::new(0, 0, 80, 24),
+            focus: Focus::Processes,
+            proc_sort: ProcCol::Traced,
+            proc_desc: true,
+            alloc_order: AllocOrder::Newest,
+            selected_proc: None,
+            proc_cursor: 0,
+            alloc_cursor: 0,
+            selected_alloc: None,
+            detail: false,
+            help: false,
+            show_events: false,
+            filter: Filter::default(),
+            input: None,
+            input_error: None,
+            color: true,
+        }
+    }
+
+    fn is_replay(&self) -> bool {
+        matches!(self.mode, Mode::Replay { .. })
+    }
+
+    /// The selected allocation, if any.
+    pub fn selected_alloc(&self) -> Option<&AllocRow> {
+        self.view.allocs.get(self.alloc_cursor)
+    }
+
+    /// The selected process's row.
+    pub fn selected_proc_row(&self) -> Option<&ProcRow> {
+        self.view.procs.get(self.proc_cursor)
+    }
+
+    /// The frames of a stack: symbolized here when the trace had none, else as recorded.
+    pub fn frames(&self, stack: u32) -> Option<&[Frame]> {
+        if let Some(f) = self.symbolized.get(&stack) {
+            return Some(f);
+        }
+        self.ledger.stack(stack).map(|s| s.frames.as_slice())
+    }
+
+    pub fn api_name(&self, i: u16) -> &str {
+        self.apis.get(usize::from(i)).map_or("?", String::as_str)
+    }
+
+    fn alert(&mut self, ts_ns: u64, text: String) {
+        if self.alerts.len() == ALERT_LOG {
+            self.alerts.pop_front();
+        }
+        self.alerts.push_back(Alert { ts_ns, text });
+    }
+
+    fn name_of(&self, proc: u32) -> String {
+        self.ledger
+            .process(proc)
+            .map_or_else(|| "?".into(), |p| sanitize(p.comm()))
+    }
+
+    /// Takes records into the Ledger and notes what the view shows besides.
+    fn apply(&mut self, recs: Vec<Record>) {
+        for rec in recs {
+            self.ledger.apply(&rec);
+            self.note(&rec);
+        }
+        self.dirty = true;
+    }
+
+    fn note(&mut self, rec: &Record) {
+        match rec {
+            Record::Header(h) => {
+                if let Some(n) = &h.nvml
+                    && !n.available
+                {
+                    let why = n.reason.as_deref().map(sanitize).unwrap_or_default();
+                    self.alert(0, format!("NVML unavailable: {why}"));
+                }
+                self.header = Some(h.clone());
+            }
+            Record::Nvml(s) => self.nvml = Some(s.clone()),
+            Record::Lost(l) if l.events() > 0 => {
+                self.alert(l.ts_ns, format!("{} events lost in the kernel", l.events()));
+            }
+            Record::Exit(e) => {
+                self.log_event(EventRow {
+                    ts_ns: e.ts_ns,
+                    proc: e.proc,
+                    kind: "exit",
+                    api: String::new(),
+                    bytes: None,
+                    addr: None,
+                    ret: 0,
+                });
+            }
+            _ => {}
+        }
+        let Some(c) = rec.call() else { return };
+        self.start_ns.get_or_insert(c.ts_ns);
+        if matches!(rec, Record::Failed(_)) {
+            self.seen.failed += 1;
+            if c.ret == CUDA_OOM {
+                self.seen.ooms += 1;
+                let what = c
+                    .bytes
+                    .map_or_else(String::new, |b| format!(" {}", bytes(b)));
+                let text = format!(
+                    "OOM: pid {} {} {}{} failed",
+                    c.pid,
+                    self.name_of(c.proc),
+                    sanitize(&c.api),
+                    what
+                );
+                self.alert(c.ts_ns, text);
+            }
+        }
+        if matches!(rec, Record::Alloc(_) | Record::VmmCreate(_)) && c.mem.is_some_and(Mem::is_host)
+        {
+            self.seen.host_fallbacks += 1;
+            let n = self.seen.host_fallbacks_by_proc.entry(c.proc).or_insert(0);
+            *n += 1;
+            // One alert per process and API at first, then every thousandth: visible without
+            // flooding the log.
+            if *n == 1 || n.is_multiple_of(1000) {
+                let text = format!(
+                    "host fallback: pid {} {} {} {}",
+                    c.pid,
+                    self.name_of(c.proc),
+                    sanitize(&c.api),
+                    c.bytes.map_or_else(String::new, bytes)
+                );
+                self.alert(c.ts_ns, text);
+            }
+        }
+        let kind = rec.kind();
+        if !matches!(kind, "ctx_current") {
+            self.log_event(EventRow {
+                ts_ns: c.ts_ns,
+                proc: c.proc,
+                kind,
+                api: c.api.clone(),
+                bytes: c.bytes,
+                addr: c.addr,
+                ret: c.ret,
+            });
+        }
+    }
+
+    fn log_event(&mut self, ev: EventRow) {
+        if self.events.len() == EVENT_LOG {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+    }
+
+    /// Forgets everything the records built (a replay starting over).
+    fn reset(&mut self) {
+        self.ledger = Ledger::new();
+        self.header = None;
+        self.nvml = None;
+        self.start_ns = None;
+        self.events.clear();
+        self.alerts.clear();
+        self.seen = Seen::default();
+        self.history.clear();
+        self.rate_mark.clear();
+        self.rates.clear();
+        self.symbolized.clear();
+        self.dirty = true;
+    }
+
+    /// Rebuilds [`App::view`] from the Ledger, if anything changed.
+    pub fn refresh(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.update_rates();
+        self.build_procs();
+        self.build_allocs();
+    }
+
+    fn update_rates(&mut self) {
+        let now = self.now_ns;
+        for p in self.ledger.processes() {
+            let count: u64 = p.allocs.values().map(|a| a.count).sum();
+            match self.rate_mark.get(&p.proc).copied() {
+                None => {
+                    self.rate_mark.insert(p.proc, (now, count));
+                }
+                Some((t, c)) if now >= t.saturating_add(1_000_000_000) => {
+                    let dt = (now - t) as f64 / 1e9;
+                    self.rates
+                        .insert(p.proc, count.saturating_sub(c) as f64 / dt);
+                    self.rate_mark.insert(p.proc, (now, count));
+                }
+                Some((t, _)) if now < t => {
+                    // The clock went back (a replay restarted): start the window again.
+                    self.rate_mark.insert(p.proc, (now, count));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn build_procs(&mut self) {
+        let nvml = self.nvml.as_ref();
+        let mut gpus: BTreeMap<Option<i32>, GpuRow> = BTreeMap::new();
+        for (dev, u) in &self.ledger.totals().devices {
+            let g = gpus.entry(*dev).or_insert_with(|| gpu_row(*dev));
+            g.pool = u.pool_held_bytes;
+            g.peak = u.peak_device_and_pool_bytes;
+        }
+        if let Some(s) = nvml {
+            for g in &s.gpus {
+                let dev = i32::try_from(g.index).ok();
+                gpus.entry(dev).or_insert_with(|| gpu_row(dev));
+            }
+        }
+        let mut procs = Vec::new();
+        for p in self.ledger.processes() {
+            let mut by_class = [0u64; Class::ALL.len()];
+            let mut live = 0;
+            for a in p.live_allocations() {
+                let class = class_of(a);
+                by_class[class.index()] = by_class[class.index()].saturating_add(a.bytes);
+                live += 1;
+                if !a.mem.is_host() {
+                    let g = gpus.entry(a.device).or_insert_with(|| gpu_row(a.device));
+                    g.by_class[class.index()] = g.by_class[class.index()].saturating_add(a.bytes);
+                }
+            }
+            let nvml_bytes = nvml_process_bytes(nvml, p.pid);
+            let traced = p.usage.device_and_pool_bytes();
+            let info = p.info.as_ref();
+            procs.push(ProcRow {
+                proc: p.proc,
+                pid: p.pid,
+                name: sanitize(p.comm()),
+                container: info
+                    .and_then(|i| i.container.as_deref())
+                    .map(|c| sanitize(&c.chars().take(12).collect::<String>()))
+                    .unwrap_or_default(),
+                traced: p.usage.device_bytes,
+                by_class,
+                pool: p.usage.pool_held_bytes,
+                host: p.usage.host_bytes,
+                nvml: nvml_bytes,
+                coverage: nvml_bytes
+                    .filter(|n| *n > 0)
+                    .map(|n| traced as f64 * 100.0 / n as f64),
+                rate: self.rates.get(&p.proc).copied().unwrap_or(0.0),
+                peak: p.usage.peak_device_and_pool_bytes,
+                ooms: p
+                    .failed
+                    .values()
+                    .map(|f| f.rets.get(&CUDA_OOM).copied().unwrap_or(0))
+                    .sum(),
+                host_fallbacks: self
+                    .seen
+                    .host_fallbacks_by_proc
+                    .get(&p.proc)
+                    .copied()
+                    .unwrap_or(0),
+                exited: p.exited(),
+                live,
+            });
+        }
+        for g in gpus.values_mut() {
+            if let Some(s) = nvml_gpu(nvml, g.device) {
+                g.nvml_total = s.total_bytes;
+                g.nvml_used = s.used_bytes;
+                g.nvml_free = s.free_bytes;
+            }
+        }
+        sort_procs(&mut procs, self.proc_sort, self.proc_desc);
+        if !self.paused {
+            for g in gpus.values() {
+                let h = self.history.entry(g.device).or_default();
+                if h.len() == HISTORY {
+                    h.pop_front();
+                }
+                h.push_back(g.nvml_used.unwrap_or_else(|| g.traced()));
+            }
+        }
+        self.view.gpus = gpus.into_values().collect();
+        self.view.host_bytes = self.ledger.totals().usage.host_bytes;
+        self.view.procs = procs;
+        // Keep the selection on the same process when rows move.
+        let found = self
+            .selected_proc
+            .and_then(|s| self.view.procs.iter().position(|r| r.proc == s));
+        self.proc_cursor = match found {
+            Some(i) => i,
+            None => self
+                .proc_cursor
+                .min(self.view.procs.len().saturating_sub(1)),
+        };
+        self.selected_proc = self.view.procs.get(self.proc_cursor).map(|r| r.proc);
+    }
+
+    fn build_allocs(&mut self) {
+        let Some(proc) = self.selected_proc else {
+            self.view.allocs.clear();
+            self.view.allocs_unfiltered = 0;
+            return;
+        };
+        let mut rows = std::mem::take(&mut self.view.allocs);
+        rows.clear();
+        let mut total = 0;
+        let mut apis = std::mem::take(&mut self.apis);
+        let mut index = std::mem::take(&mut self.api_index);
+        // Most allocations of a process come from one or two entry points: try the last one
+        // before hashing.
+        let mut last: Option<(&str, u16)> = None;
+        for a in self.ledger.live_allocations(proc) {
+            total += 1;
+            let class = class_of(a);
+            if !self.filter.matches(&a.api, class, a.bytes) {
+                continue;
+            }
+            let api = match last {
+                Some((name, i)) if name == a.api => i,
+                _ => {
+                    let i = match index.get(a.api.as_str()) {
+                        Some(i) => *i,
+                        None => {
+                            let i = u16::try_from(apis.len()).unwrap_or(u16::MAX);
+                            apis.push(a.api.clone());
+                            index.insert(a.api.clone(), i);
+                            i
+                        }
+                    };
+                    last = Some((a.api.as_str(), i));
+                    i
+                }
+            };
+            rows.push(AllocRow {
+                addr: a.addr,
+                handle: a.handle,
+                bytes: a.bytes,
+                api,
+                class,
+                mem: a.mem,
+                ts_ns: a.ts_ns,
+                tid: a.tid,
+                stack: a.stack,
+                device: a.device,
+                filled_from_host: a.filled_from_host,
+            });
+        }
+        self.apis = apis;
+        self.api_index = index;
+        let order = self.alloc_order;
+        let cmp = move |a: &AllocRow, b: &AllocRow| match order {
+            AllocOrder::Newest => b
+                .ts_ns
+                .cmp(&a.ts_ns)
+                .then(b.addr.cmp(&a.addr))
+                .then(b.handle.cmp(&a.handle)),
+            AllocOrder::Largest => b
+                .bytes
+                .cmp(&a.bytes)
+                .then(b.ts_ns.cmp(&a.ts_ns))
+                .then(b.addr.cmp(&a.addr)),
+        };
+        // Only the rows up to a screen past the cursor need their order: selecting them
+        // is linear, sorting all of 100,000 is not. Moving further sorts more.
+        let need = self
+            .alloc_cursor
+            .saturating_add(2 * usize::from(self.size.height.max(24)));
+        // At the top of the newest-first list the view follows new allocations, as `tail -f`
+        // does; anywhere else the selection stays on its allocation.
+        let key = self
+            .selected_alloc
+            .filter(|_| !(self.alloc_cursor == 0 && order == AllocOrder::Newest));
+        let in_prefix = |rows: &[AllocRow], upto: usize| {
+            key.and_then(|k| rows[..upto].iter().position(|r| r.key() == k))
+        };
+        let found = if need < rows.len() {
+            rows.select_nth_unstable_by(need, cmp);
+            rows[..need].sort_unstable_by(cmp);
+            self.view.sorted = need;
+            let mut at = in_prefix(&rows, need);
+            if at.is_none()
+                && let Some(k) = key
+                && let Some(j) = rows[need..].iter().position(|r| r.key() == k)
+            {
+                // The selection moved below the rows in order (newer ones came): order up to
+                // a screen past it, found by its rank (linear), not by sorting all.
+                let sel = rows[need + j].clone();
+                let rank = rows
+                    .iter()
+                    .filter(|r| cmp(r, &sel) == std::cmp::Ordering::Less)
+                    .count();
+                let upto = rank
+                    .saturating_add(2 * usize::from(self.size.height.max(24)))
+                    .min(rows.len() - 1);
+                rows.select_nth_unstable_by(upto, cmp);
+                rows[..upto].sort_unstable_by(cmp);
+                self.view.sorted = upto;
+                at = in_prefix(&rows, upto);
+            }
+            at
+        } else {
+            rows.sort_unstable_by(cmp);
+            self.view.sorted = rows.len();
+            in_prefix(&rows, rows.len())
+        };
+        self.view.allocs = rows;
+        self.view.allocs_unfiltered = total;
+        self.alloc_cursor = match found {
+            Some(i) => i,
+            None => self
+                .alloc_cursor
+                .min(self.view.allocs.len().saturating_sub(1)),
+        };
+        self.selected_alloc = self.view.allocs.get(self.alloc_cursor).map(AllocRow::key);
+    }
+
+    fn move_cursor(&mut self, delta: isize) {
+        match self.focus {
+            Focus::Processes => {
+                let n = self.view.procs.len();
+                self.proc_cursor = step(self.proc_cursor, delta, n);
+                let sel = self.view.procs.get(self.proc_cursor).map(|r| r.proc);
+                if sel != self.selected_proc {
+                    self.selected_proc = sel;
+                    self.alloc_cursor = 0;
+                    self.selected_alloc = None;
+                    self.detail = false;
+                    self.dirty = true;
+                    self.refresh_now();
+                }
+            }
+            Focus::Allocations => {
+                let n = self.view.allocs.len();
+                let cursor = step(self.alloc_cursor, delta, n);
+                if cursor.saturating_add(usize::from(self.size.height)) >= self.view.sorted
+                    && self.view.sorted < n
+                {
+                    // Past the rows in order: order more before picking one.
+                    self.alloc_cursor = cursor;
+                    self.selected_alloc = None;
+                    self.refresh_now();
+                }
+                self.alloc_cursor = cursor;
+                self.selected_alloc = self.view.allocs.get(self.alloc_cursor).map(AllocRow::key);
+                self.prepare_detail();
+            }
+        }
+    }
+
+    /// Rebuilds the view at once after a choice of the user (not waiting for the tick).
+    fn refresh_now(&mut self) {
+        self.dirty = true;
+        self.refresh();
+    }
+
+    /// Symbolizes the selected allocation's stack, once, when the trace carried file
+    /// offsets but no names (I/O belongs here, not in render).
+    fn prepare_detail(&mut self) {
+        if !self.detail {
+            return;
+        }
+        let Some(id) = self.selected_alloc().and_then(|a| a.stack) else {
+            return;
+        };
+        if self.symbolized.contains_key(&id) {
+            return;
+        }
+        if let Some(s) = self.ledger.stack(id)
+            && s.frames
+                .iter()
+                .any(|f| f.sym.is_none() && f.unknown.is_none() && f.file.is_some())
+        {
+            let mut frames = s.frames.clone();
+            symbolize_offline(&mut frames);
+            self.symbolized.insert(id, frames);
+        }
+    }
+
+    fn page(&self) -> isize {
+        let areas = view::areas(self, self.size);
+        let rows = match self.focus {
+            Focus::Processes => areas.procs.height,
+            Focus::Allocations => areas.allocs.height,
+        };
+        rows.saturating_sub(3).max(1) as isize
+    }
+}
+
+fn gpu_row(device: Option<i32>) -> GpuRow {
+    GpuRow {
+        device,
+        by_class: [0; Class::ALL.len()],
+        pool: 0,
+        nvml_total: None,
+        nvml_used: None,
+        nvml_free: None,
+        peak: 0,
+    }
+}
+
+fn step(cur: usize, delta: isize, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    cur.saturating_add_signed(delta).min(n - 1)
+}
+
+fn sort_procs(rows: &mut [ProcRow], col: ProcCol, desc: bool) {
+    use std::cmp::Ordering;
+    let f = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(Ordering::Equal);
+    rows.sort_by(|a, b| {
+        let o = match col {
+            ProcCol::Pid => a.pid.cmp(&b.pid),
+            ProcCol::Name => a.name.cmp(&b.name),
+            ProcCol::Container => a.container.cmp(&b.container),
+            ProcCol::Traced => a.traced.cmp(&b.traced),
+            ProcCol::Pool => a.pool.cmp(&b.pool),
+            ProcCol::Host => a.host.cmp(&b.host),
+            ProcCol::Nvml => a.nvml.cmp(&b.nvml),
+            ProcCol::Coverage => f(a.coverage.unwrap_or(-1.0), b.coverage.unwrap_or(-1.0)),
+            ProcCol::Rate => f(a.rate, b.rate),
+            ProcCol::Peak => a.peak.cmp(&b.peak),
+            ProcCol::Ooms => a.ooms.cmp(&b.ooms),
+            ProcCol::HostFallbacks => a.host_fallbacks.cmp(&b.host_fallbacks),
+        };
+        let o = if desc { o.reverse() } else { o };
+        // Ties in a stable order: a table whose rows swap on every tick cannot be read.
+        o.then(a.proc.cmp(&b.proc))
+    });
+}
+
+/// Bytes in binary units, short: `512B`, `1.5K`, `12M`, `80G`.
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
+}
+
+/// Changes the state for one message; what the main loop must do besides, if anything.
+pub fn update(app: &mut App, msg: Msg) -> Option<Effect> {
+    match msg {
+        Msg::Tick { now_ns } => {
+            if !app.is_replay() && !app.paused {
+                app.now_ns = now_ns;
+            }
+            if !app.paused {
+                app.dirty = true;
+            }
+            app.refresh();
+            None
+        }
+        Msg::Records(recs) => {
+            if app.paused && !app.is_replay() {
+                app.held.extend(recs);
+            } else {
+                app.apply(recs);
+            }
+            None
+        }
+        Msg::Replay(status) => {
+            app.now_ns = status.pos_ns;
+            app.paused = status.paused;
+            app.replay = Some(status);
+            None
+        }
+        Msg::Reset => {
+            app.reset();
+            None
+        }
+        Msg::Resize(w, h) => {
+            app.size = Rect::new(0, 0, w, h);
+            None
+        }
+        Msg::Ended(Err(e)) => Some(Effect::Exit(Some(e))),
+        Msg::Ended(Ok(())) => {
+            app.alert(app.now_ns, "recording ended".into());
+            None
+        }
+        Msg::Key(k) => on_key(app, k),
+        Msg::Mouse(m) => {
+            on_mouse(app, m);
+            None
+        }
+    }
+}
+
+fn on_key(app: &mut App, k: KeyEvent) -> Option<Effect> {
+    if k.kind == KeyEventKind::Release {
+        return None;
+    }
+    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+        return Some(Effect::Exit(None));
+    }
+    if let Some(input) = app.input.as_mut() {
+        match k.code {
+            KeyCode::Esc => {
+                app.input = None;
+                app.input_error = None;
+            }
+            KeyCode::Enter => match Filter::parse(input) {
+                Ok(f) => {
+                    app.filter = f;
+                    app.input = None;
+                    app.input_error = None;
+                    app.alloc_cursor = 0;
+                    app.selected_alloc = None;
+                    app.refresh_now();
+                }
+                Err(e) => app.input_error = Some(e),
+            },
+            KeyCode::Backspace => {
+                input.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() => input.push(c),
+            _ => {}
+        }
+        return None;
+    }
+    if app.help {
+        // Any key closes the help; q still quits.
+        app.help = false;
+        if k.code != KeyCode::Char('q') {
+            return None;
+        }
+    }
+    match k.code {
+        KeyCode::Char('q') => return Some(Effect::Exit(None)),
+        KeyCode::Char('?') | KeyCode::F(1) => app.help = true,
+        KeyCode::Esc => {
+            if app.detail {
+                app.detail = false;
+            } else if !app.filter.is_empty() {
+                app.filter = Filter::default();
+                app.refresh_now();
+            } else {
+                app.focus = Focus::Processes;
+            }
+        }
+        KeyCode::Up | KeyCode::Char('k') => app.move_cursor(-1),
+        KeyCode::Down | KeyCode::Char('j') => app.move_cursor(1),
+        KeyCode::PageUp => app.move_cursor(-app.page()),
+        KeyCode::PageDown => app.move_cursor(app.page()),
+        KeyCode::Home => app.move_cursor(isize::MIN / 2),
+        KeyCode::End => app.move_cursor(isize::MAX / 2),
+        KeyCode::Tab | KeyCode::BackTab | KeyCode::Left | KeyCode::Right => {
+            app.focus = match app.focus {
+                Focus::Processes => Focus::Allocations,
+                Focus::Allocations => Focus::Processes,
+            };
+        }
+        KeyCode::Char('h') => app.focus = Focus::Processes,
+        KeyCode::Char('l') => app.focus = Focus::Allocations,
+        KeyCode::Enter => match app.focus {
+            Focus::Processes => app.focus = Focus::Allocations,
+            Focus::Allocations => {
+                app.detail = !app.detail;
+                app.prepare_detail();
+            }
+        },
+        KeyCode::Char('/') => {
+            app.input = Some(app.filter.text.clone());
+            app.input_error = None;
+        }
+        KeyCode::Char('s') => {
+            match app.focus {
+                Focus::Processes => app.proc_sort = app.proc_sort.next(),
+                Focus::Allocations => {
+                    app.alloc_order = match app.alloc_order {
+                        AllocOrder::Newest => AllocOrder::Largest,
+                        AllocOrder::Largest => AllocOrder::Newest,
+                    }
+                }
+            }
+            app.refresh_now();
+        }
+        KeyCode::Char('S') | KeyCode::Char('r') => {
+            app.proc_desc = !app.proc_desc;
+            app.refresh_now();
+        }
+        KeyCode::Char('e') => app.show_events = !app.show_events,
+        KeyCode::Char('p') | KeyCode::Char(' ') => {
+            if app.is_replay() {
+                return Some(Effect::Replay(Control::Pause(!app.paused)));
+            }
+            app.paused = !app.paused;
+            if !app.paused {
+                let held = std::mem::take(&mut app.held);
+                app.apply(held);
+                app.refresh();
+            }
+        }
+        KeyCode::Char('n') | KeyCode::Char('.') if app.is_replay() => {
+            return Some(Effect::Replay(Control::Step));
+        }
+        KeyCode::Char('+') | KeyCode::Char('=') if app.is_replay() => {
+            return Some(Effect::Replay(Control::Seek(super::SeekTo::Rel(SEEK_NS))));
+        }
+        KeyCode::Char('-') if app.is_replay() => {
+            return Some(Effect::Replay(Control::Seek(super::SeekTo::Rel(-SEEK_NS))));
+        }
+        KeyCode::Char('g') if app.is_replay() => {
+            return Some(Effect::Replay(Control::Seek(super::SeekTo::Start)));
+        }
+        KeyCode::Char('G') if app.is_replay() => {
+            return Some(Effect::Replay(Control::Seek(super::SeekTo::End)));
+        }
+        _ => {}
+    }
+    None
+}
+
+fn on_mouse(app: &mut App, m: MouseEvent) {
+    let areas = view::areas(app, app.size);
+    let pos = Position::new(m.column, m.row);
+    let pane = if areas.procs.contains(pos) {
+        Some((Focus::Processes, areas.procs))
+    } else if areas.allocs.contains(pos) {
+        Some((Focus::Allocations, areas.allocs))
+    } else {
+        None
+    };
+    let Some((focus, area)) = pane else { return };
+    match m.kind {
+        MouseEventKind::ScrollDown => {
+            app.focus = focus;
+            app.move_cursor(3);
+        }
+        MouseEventKind::ScrollUp => {
+            app.focus = focus;
+            app.move_cursor(-3);
+        }
+        MouseEventKind::Down(MouseButton::Left) => {
+            app.focus = focus;
+            // Border and header rows come first; the table scrolls to keep the cursor in view.
+            let first_row = area.y + 2;
+            if m.row < first_row {
+                return;
+            }
+            let visible = usize::from(area.height.saturating_sub(3).max(1));
+            let cursor = match focus {
+                Focus::Processes => app.proc_cursor,
+                Focus::Allocations => app.alloc_cursor,
+            };
+            let offset = view::scroll_offset(cursor, visible);
+            let target = offset + usize::from(m.row - first_row);
+            let delta = target as isize - cursor as isize;
+            app.move_cursor(delta);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,84 @@
+//! What the view calls an allocation's class and NVML's figures: the one place that reads
+//! them from the Ledger and the samples.
+
+use crate::{
+    ledger::LiveAllocation,
+    trace::{GpuSample, NvmlSample},
+};
+
+/// What memory is for, as the view shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    Weights,
+    KvCache,
+    Dynamic,
+    HostFallback,
+    /// Not classified (yet).
+    Unknown,
+}
+
+impl Class {
+    /// Every class, in the order the memory bar and the columns show them.
+    pub const ALL: [Class; 5] = [
+        Class::Weights,
+        Class::KvCache,
+        Class::Dynamic,
+        Class::Unknown,
+        Class::HostFallback,
+    ];
+
+    /// Short name for tables and the filter (`class:kv`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Weights => "weights",
+            Class::KvCache => "kv",
+            Class::Dynamic => "dynamic",
+            Class::HostFallback => "host",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    /// Index into per-class arrays, following [`Class::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Class::Weights => 0,
+            Class::KvCache => 1,
+            Class::Dynamic => 2,
+            Class::Unknown => 3,
+            Class::HostFallback => 4,
+        }
+    }
+}
+
+/// The class of a live allocation, as the Ledger's classifier decided it. Pool-held bytes
+/// are not allocations: the view shows them from the Ledger's pool figures.
+pub fn class_of(a: &LiveAllocation) -> Class {
+    use crate::ledger::Class as L;
+    match a.class {
+        L::Weights => Class::Weights,
+        L::KvCache => Class::KvCache,
+        L::Dynamic => Class::Dynamic,
+        L::HostFallback => Class::HostFallback,
+        L::Pool | L::Unknown => Class::Unknown,
+    }
+}
+
+/// NVML's figures for one GPU (NVML index taken as the CUDA ordinal, which holds unless
+/// `CUDA_VISIBLE_DEVICES` reorders them).
+pub fn nvml_gpu(sample: Option<&NvmlSample>, device: Option<i32>) -> Option<&GpuSample> {
+    let index = u32::try_from(device?).ok()?;
+    sample?.gpus.iter().find(|g| g.index == index)
+}
+
+/// NVML's bytes for a process, all GPUs together; `None` when NVML did not say.
+pub fn nvml_process_bytes(sample: Option<&NvmlSample>, pid: u32) -> Option<u64> {
+    let mut found = None;
+    for g in &sample?.gpus {
+        for p in g.processes.iter().filter(|p| p.pid == pid) {
+            if let Some(b) = p.used_bytes {
+                found = Some(found.unwrap_or(0u64).saturating_add(b));
+            }
+        }
+    }
+    found
+}
