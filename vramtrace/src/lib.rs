@@ -13,6 +13,7 @@
 //!   tracing and replay.
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
 //! - [`analyze`]: the postmortem summary of a trace.
+//! - [`export`]: a trace converted for Perfetto, flame graphs and PyTorch's memory_viz.
 //! - [`session`]: `vramtrace record`: the pieces above wired together.
 //! - [`cli`]: the command line.
 
@@ -20,6 +21,7 @@ pub mod analyze;
 pub mod api;
 pub mod cli;
 pub mod decode;
+pub mod export;
 pub mod ledger;
 pub mod probe;
 pub mod procinfo;
