@@ -499,3 +499,134 @@ fn verdict(e: &OomExplanation) -> String {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Report, summarize};
+    use crate::trace::{Call, Frame, GpuSample, Mem, NvmlSample, Record, Stack};
+
+    const MIB: u64 = 1 << 20;
+
+    fn call(api: &str, ts: u64, stack: u32) -> Call {
+        Call {
+            api: api.into(),
+            proc: 1,
+            pid: 7,
+            tid: 7,
+            ts_ns: ts,
+            device: Some(0),
+            stack: Some(stack),
+            ..Default::default()
+        }
+    }
+
+    fn alloc(addr: u64, bytes: u64, ts: u64, stack: u32) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Device),
+            ..call("cuMemAlloc_v2", ts, stack)
+        })
+    }
+
+    fn free(addr: u64, ts: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            ..call("cuMemFree_v2", ts, 9)
+        })
+    }
+
+    /// Weights (stack 1), a caching allocator's segment (stack 2, made once, kept), per step
+    /// activations (stack 3, freed) and a leak (stack 4, 1 MiB a step, never freed); then an
+    /// out-of-memory failure in step 10 with an NVML sample before it.
+    fn training() -> Report {
+        let mut recs = Vec::new();
+        for id in 1..=4 {
+            recs.push(Record::Stack(Stack {
+                id,
+                frames: vec![Frame {
+                    addr: 0x1000 * u64::from(id),
+                    sym: Some(format!("site{id}")),
+                    src: Some(format!("train.py:{id}")),
+                    ..Default::default()
+                }],
+                truncated: None,
+            }));
+        }
+        recs.push(alloc(0x10_0000_0000, 512 * MIB, 1_000, 1));
+        recs.push(alloc(0x20_0000_0000, 64 * MIB, 2_000, 2));
+        let mut ts = 10_000;
+        for step in 0..10u64 {
+            recs.push(alloc(0x30_0000_0000, 256 * MIB, ts, 3));
+            recs.push(alloc(0x40_0000_0000 + step * MIB, MIB, ts + 10, 4));
+            if step == 9 {
+                recs.push(Record::Nvml(NvmlSample {
+                    ts_ns: ts + 20,
+                    gpus: vec![GpuSample {
+                        index: 0,
+                        total_bytes: Some(1024 * MIB),
+                        free_bytes: Some(100 * MIB),
+                        ..Default::default()
+                    }],
+                }));
+                recs.push(Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(300 * MIB),
+                    ..call("cuMemAlloc_v2", ts + 30, 3)
+                }));
+            }
+            recs.push(free(0x30_0000_0000, ts + 1_000));
+            ts += 1_000_000;
+        }
+        summarize(recs.into_iter(), None)
+    }
+
+    #[test]
+    fn an_oom_is_explained_by_stack_with_what_would_have_fit() {
+        let r = training();
+        let pm = &r.postmortem;
+        assert_eq!(pm.ooms.len(), 1);
+        let e = &pm.ooms[0];
+        assert_eq!(e.request_bytes, Some(300 * MIB));
+        assert_eq!(e.held_device_bytes, (512 + 64 + 256 + 10) * MIB);
+        assert_eq!(e.top_stacks[0].stack.id, Some(1));
+        assert_eq!(e.top_stacks[1].stack.id, Some(3));
+        assert_eq!(e.top_stacks[0].stack.frames, ["site1 (train.py:1)"]);
+        assert_eq!(
+            e.capacity.as_ref().and_then(|c| c.free_bytes),
+            Some(100 * MIB)
+        );
+        // Since the low point after the first step: the leaks of steps 1-9 and the activations.
+        let s = e.since_low.as_ref().expect("a low point");
+        assert_eq!(s.bytes, 265 * MIB);
+        assert!(e.verdict.contains("would have made room"), "{}", e.verdict);
+        assert_eq!(e.by_class.get("unknown"), Some(&e.live_allocations_bytes()));
+    }
+
+    #[test]
+    fn the_leak_is_a_suspect_and_the_cache_is_not() {
+        let r = training();
+        let l = &r.postmortem.leaks;
+        let ids: Vec<_> = l.suspects.iter().map(|s| s.stack.id).collect();
+        assert_eq!(ids, [Some(4)], "{l:#?}");
+        assert!(
+            l.retention
+                .iter()
+                .all(|x| x.stack.as_ref().and_then(|s| s.id) != Some(4))
+        );
+    }
+
+    #[test]
+    fn the_text_report_shows_the_postmortem() {
+        let t = super::super::render_text(&training());
+        assert!(t.contains("OUT OF MEMORY"), "{t}");
+        assert!(t.contains("LEAK SUSPECTS"), "{t}");
+        assert!(t.contains("DEVICE MEMORY OVER TIME"), "{t}");
+    }
+
+    impl super::OomExplanation {
+        fn live_allocations_bytes(&self) -> u64 {
+            self.by_mem.values().sum()
+        }
+    }
+}
