@@ -96,7 +96,7 @@ fn generate(path: &Path, events: u64) -> Result<()> {
             device: Some(0),
             ..Default::default()
         };
-        if q.len() >= 32 || (q.len() > 4 && rng % 3 == 0) {
+        if q.len() >= 32 || (q.len() > 4 && rng.is_multiple_of(3)) {
             let Some((addr, asy)) = q.pop_front() else {
                 continue;
             };
@@ -114,11 +114,11 @@ fn generate(path: &Path, events: u64) -> Result<()> {
             };
             w.write(&rec)?;
         } else {
-            let asy = rng % 7 == 0;
+            let asy = rng.is_multiple_of(7);
             let bytes = 512 << (rng % 16);
             next_addr += bytes.max(4096);
             let stack = Some(1 + (rng >> 20) as u32 % STACKS);
-            let rec = if rng % 100_003 == 0 {
+            let rec = if rng.is_multiple_of(100_003) {
                 Record::Failed(Call {
                     ret: 2,
                     bytes: Some(bytes << 20),

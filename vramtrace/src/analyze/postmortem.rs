@@ -367,7 +367,7 @@ impl Collector {
             e.all_traced_device_bytes += u.device_bytes;
             e.others.push(other(q, u.device_bytes, u.pool_held_bytes));
         }
-        e.others.sort_by(|a, b| b.device_bytes.cmp(&a.device_bytes));
+        e.others.sort_by_key(|a| std::cmp::Reverse(a.device_bytes));
 
         e.capacity = e.device.and_then(|d| {
             let (ts, g) = self.nvml.get(&u32::try_from(d).ok()?)?;

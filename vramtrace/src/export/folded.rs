@@ -12,7 +12,7 @@ use crate::trace::Record;
 fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String), ExportError> {
     let mut peak = (0u64, None::<u64>);
     let mut first_oom = None;
-    let start = Some(records(trace)?.header().start_monotonic_ns);
+    let start = records(trace)?.header().start_monotonic_ns;
     let mut secs_at = None;
     let want_secs = match at {
         Some(Moment::Secs(s)) => Some((s * 1e9) as u64),
@@ -31,7 +31,7 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
         }
         if let (Some(w), Some(c)) = (want_secs, rec.call())
             && secs_at.is_none()
-            && c.ts_ns > start.unwrap_or(0).saturating_add(w)
+            && c.ts_ns > start.saturating_add(w)
         {
             secs_at = Some(n);
         }

@@ -163,11 +163,9 @@ fn io(source: std::io::Error) -> ExportError {
 /// Replays a whole trace through a ledger, calling `each` after every record.
 fn replay(trace: &Path, mut each: impl FnMut(&Ledger, &Record, u64)) -> Result<Ledger, ReadError> {
     let mut ledger = Ledger::new();
-    let mut n = 0u64;
-    for rec in records(trace)? {
+    for (n, rec) in records(trace)?.enumerate() {
         ledger.apply(&rec);
-        each(&ledger, &rec, n);
-        n += 1;
+        each(&ledger, &rec, n as u64);
     }
     Ok(ledger)
 }
