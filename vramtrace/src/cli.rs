@@ -28,6 +28,8 @@ pub enum Command {
     /// Live view per GPU, process and allocation (needs root); `--replay FILE` replays a
     /// trace instead (no root).
     Top(TopArgs),
+    /// Convert a trace for other viewers: Perfetto, flame graphs, PyTorch's memory_viz.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +178,41 @@ pub struct AnalyzeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only these processes (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only this GPU (device ordinal).
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<i32>,
+    /// Start of the time window, seconds after the recording started.
+    #[arg(long, value_name = "SECS")]
+    pub from: Option<f64>,
+    /// End of the time window, seconds after the recording started.
+    #[arg(long, value_name = "SECS")]
+    pub to: Option<f64>,
+    /// How many stacks and allocations to list per finding.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, value_name = "FORMAT")]
+    pub format: crate::export::Format,
+    /// File to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// For flamegraph, folded and memory-viz: the moment to show: `peak`, `oom` (the first
+    /// out-of-memory failure), `end`, or seconds after the start. Default: the first OOM if
+    /// there is one, else the peak.
+    #[arg(long, value_name = "WHEN")]
+    pub at: Option<String>,
+    /// Only these processes (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// The trace file.
+    pub trace: PathBuf,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   tracing and replay.
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
 //! - [`analyze`]: the postmortem summary of a trace.
+//! - [`export`]: a trace converted for Perfetto, flame graphs and PyTorch's memory_viz.
 //! - [`session`]: `vramtrace record`: the pieces above wired together.
 //! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
 //! - [`cli`]: the command line.
@@ -22,6 +23,7 @@ pub mod analyze;
 pub mod api;
 pub mod cli;
 pub mod decode;
+pub mod export;
 pub mod ledger;
 pub mod nvml;
 pub mod probe;

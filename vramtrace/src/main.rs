@@ -7,7 +7,7 @@ use clap::Parser as _;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use vramtrace::{
     analyze,
-    cli::{AnalyzeArgs, Cli, Command, OnViolation, RecordArgs},
+    cli::{AnalyzeArgs, Cli, Command, ExportArgs, OnViolation, RecordArgs},
     session::{self, Policy, RecordOptions},
 };
 
@@ -44,6 +44,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Record(args) => record(args, cli.verbose > 0),
         Command::Analyze(args) => analyze_cmd(args),
         Command::Top(args) => vramtrace::tui::top(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => export_cmd(args),
     }
 }
 
@@ -109,12 +110,41 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
 }
 
 fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
-    let report = analyze::analyze_file(&args.trace)
+    let filters = analyze::Filters {
+        pids: args.pids,
+        gpu: args.gpu,
+        from_s: args.from,
+        to_s: args.to,
+        top: args.top,
+        progress: true,
+    };
+    let report = analyze::analyze_file_with(&args.trace, &filters)
         .with_context(|| format!("reading {}", args.trace.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", analyze::render_text(&report));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
+    let at = args
+        .at
+        .as_deref()
+        .map(str::parse::<vramtrace::export::Moment>)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let note = vramtrace::export::export_file(
+        &args.trace,
+        args.format,
+        &args.output,
+        &vramtrace::export::Options {
+            at,
+            pids: args.pids,
+        },
+    )
+    .with_context(|| format!("exporting {}", args.trace.display()))?;
+    eprintln!("{note}");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Developer and CI tasks that are not a cargo build: `cargo xtask bench`.
 
 mod bench;
+mod bench_analyze;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,10 +18,21 @@ enum Task {
     /// Measures what probes add per driver call: bare, tracefs uprobes at the symbol and at
     /// the chosen instruction, bpftrace, and `vramtrace record` (needs root).
     Bench(bench::BenchArgs),
+    /// Measures `vramtrace analyze` on generated traces of 10^5 to 10^7 events against
+    /// `jq empty` on the same files (build vramtrace with --release first).
+    BenchAnalyze(bench_analyze::BenchAnalyzeArgs),
+    /// Internal: runs a command and prints its wall time and peak RSS.
+    #[command(name = "__measure", hide = true)]
+    Measure {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Bench(args) => bench::run(&args),
+        Task::BenchAnalyze(args) => bench_analyze::run(&args),
+        Task::Measure { cmd } => bench_analyze::measure_child(&cmd),
     }
 }

@@ -4,7 +4,12 @@
 //! The input is any iterator of records plus, optionally, what the reader found out about
 //! the file ([`ReadStatus`]), so this module does not depend on how the file was read.
 
+mod filter;
+mod leaks;
+pub mod postmortem;
 mod render;
+mod render_post;
+pub mod timeline;
 
 #[cfg(test)]
 mod tests;
@@ -14,6 +19,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::cuda_error_name;
+pub use filter::{Filters, analyze_file_with};
+pub use postmortem::Postmortem;
 pub use render::{human_bytes, render_text};
 
 use crate::ledger::{
@@ -57,6 +64,9 @@ pub struct Report {
     pub machine: MachineReport,
     /// One entry per traced process (per `process` record: PIDs may repeat).
     pub processes: Vec<ProcessReport>,
+    /// Out-of-memory explanations, leak suspects and the timeline.
+    #[serde(default)]
+    pub postmortem: Postmortem,
     /// What NVML could tell, or why it could not; absent when the trace does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvml: Option<NvmlReport>,
@@ -657,6 +667,7 @@ pub struct Replay {
     pub ledger: Ledger,
     header: Option<Header>,
     footer: Option<Footer>,
+    post: postmortem::Collector,
 }
 
 impl Replay {
@@ -667,7 +678,9 @@ impl Replay {
             Record::Footer(f) => self.footer = Some(f.clone()),
             _ => {}
         }
+        self.post.before(&self.ledger, &rec);
         self.ledger.apply(&rec);
+        self.post.after(&self.ledger, &rec);
     }
 
     /// The report, with what the reader found about the file.
@@ -676,7 +689,9 @@ impl Replay {
             ledger,
             header,
             footer,
+            post,
         } = self;
+        let postmortem = post.finish(&ledger);
         let header = read.and_then(|r| r.header.clone()).or(header);
         let footer = read.and_then(|r| r.footer.clone()).or(footer);
 
@@ -744,6 +759,7 @@ impl Replay {
                 })
                 .collect(),
             nvml,
+            postmortem,
         }
     }
 }

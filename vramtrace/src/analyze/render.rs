@@ -32,12 +32,12 @@ fn bytes_exact(b: u64) -> String {
     }
 }
 
-fn secs(ns: u64) -> String {
+pub(super) fn secs(ns: u64) -> String {
     format!("{}.{:03} s", ns / 1_000_000_000, (ns / 1_000_000) % 1000)
 }
 
 /// A trace time relative to the start of the recording, when the header says when that was.
-fn at(ts: u64, start: Option<u64>) -> String {
+pub(super) fn at(ts: u64, start: Option<u64>) -> String {
     match start {
         Some(s) if s > 0 && ts >= s => format!("+{}", secs(ts - s)),
         _ => format!("t={ts} ns"),
@@ -170,6 +170,7 @@ pub fn render_text(r: &Report) -> String {
         o.push('\n');
         render_process(&mut o, p, start);
     }
+    super::render_post::render_postmortem(&mut o, &r.postmortem, start);
     o
 }
 

@@ -413,6 +413,12 @@ impl ProcessState {
             .chain(self.vmm.values().map(|v| &v.alloc))
     }
 
+    /// The live allocation at `addr` (device, stream-ordered or host memory; not arrays or
+    /// VMM handles), if there is one.
+    pub fn live_at(&self, addr: u64) -> Option<&LiveAllocation> {
+        self.by_addr.get(&addr)
+    }
+
     /// Pool-held bytes per pool handle (`None`: a device's default pool whose handle is not
     /// known), with the pool's device.
     pub fn pool_held(&self) -> impl Iterator<Item = (Option<u64>, Option<i32>, u64)> + '_ {

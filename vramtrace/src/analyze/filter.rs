@@ -1,0 +1,155 @@
+//! `vramtrace analyze` with filters: which processes, which GPU, which time window, how many
+//! stacks. The whole trace is always replayed (a window needs what was allocated before it);
+//! the filters choose what the report shows.
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal as _, Read};
+use std::path::Path;
+
+use super::{ReadStatus, Replay, Report, postmortem::Collector};
+use crate::trace::read::{ReadError, TraceReader};
+
+/// What the report shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filters {
+    /// Only these PIDs (empty: all).
+    pub pids: Vec<u32>,
+    /// Only this device ordinal.
+    pub gpu: Option<i32>,
+    /// Seconds after the start of the recording.
+    pub from_s: Option<f64>,
+    /// Seconds after the start of the recording.
+    pub to_s: Option<f64>,
+    /// Stacks and allocations listed per finding.
+    pub top: usize,
+    /// A progress bar on stderr, when stderr is a terminal.
+    pub progress: bool,
+}
+
+impl Default for Filters {
+    fn default() -> Self {
+        Filters {
+            pids: Vec::new(),
+            gpu: None,
+            from_s: None,
+            to_s: None,
+            top: 10,
+            progress: false,
+        }
+    }
+}
+
+/// Counts the bytes read into a progress bar.
+struct Progress<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} reading trace {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Reads a trace file, streaming, and reports what `filters` select.
+pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadError> {
+    let file = File::open(path).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Only long reads get a bar: a short one would flash.
+    let bar = (filters.progress && std::io::stderr().is_terminal() && len > (64 << 20))
+        .then(|| progress_bar(len));
+    let input: Box<dyn Read> = match &bar {
+        Some(b) => Box::new(Progress {
+            inner: file,
+            bar: b.clone(),
+        }),
+        None => Box::new(file),
+    };
+    let mut reader = TraceReader::new(BufReader::with_capacity(1 << 20, input))?;
+    let mut replay = Replay {
+        header: Some(reader.header().clone()),
+        post: Collector::new(filters.top),
+        ..Replay::default()
+    };
+    for rec in reader.by_ref() {
+        replay.apply(rec);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let s = reader.summary();
+    let status = ReadStatus {
+        complete: s.complete,
+        digest_ok: s.digest_ok,
+        problems: s
+            .problems
+            .iter()
+            .map(|p| (p.line, p.message.clone()))
+            .collect(),
+        header: Some(s.header),
+        footer: s.footer,
+    };
+    let mut report = replay.report(Some(&status));
+    apply(&mut report, filters);
+    Ok(report)
+}
+
+fn secs_to_ns(s: f64) -> u64 {
+    if s.is_finite() && s > 0.0 {
+        (s * 1e9) as u64
+    } else {
+        0
+    }
+}
+
+/// Narrows a report to what `f` selects.
+pub fn apply(r: &mut Report, f: &Filters) {
+    let start = r
+        .header
+        .as_ref()
+        .map(|h| h.start_monotonic_ns)
+        .filter(|&s| s > 0)
+        .unwrap_or(r.postmortem.timeline.start_ns);
+    let from = f.from_s.map(|s| start.saturating_add(secs_to_ns(s)));
+    let to = f.to_s.map(|s| start.saturating_add(secs_to_ns(s)));
+    let pid_ok = |pid: u32| f.pids.is_empty() || f.pids.contains(&pid);
+    let pm = &mut r.postmortem;
+
+    r.processes.retain(|p| pid_ok(p.pid));
+    pm.ooms.retain(|o| {
+        pid_ok(o.pid)
+            && from.is_none_or(|t| o.ts_ns >= t)
+            && to.is_none_or(|t| o.ts_ns <= t)
+            && f.gpu.is_none_or(|g| o.device == Some(g))
+    });
+    pm.leaks.suspects.retain(|l| pid_ok(l.pid));
+    pm.leaks.suspects.truncate(f.top);
+    pm.leaks.retention.retain(|l| pid_ok(l.pid));
+    pm.timeline.processes.retain(|p| pid_ok(p.pid));
+    pm.timeline.clip(from, to);
+    if let Some(g) = f.gpu {
+        r.machine.devices.retain(|d| d.device == Some(g));
+        for p in &mut r.processes {
+            p.devices.retain(|d| d.device == Some(g));
+            p.largest_at_exit.retain(|a| a.device == Some(g));
+        }
+    }
+    for p in &mut r.processes {
+        p.largest_at_exit.truncate(f.top);
+    }
+}

@@ -1,0 +1,249 @@
+//! Leak suspects: allocating stacks whose live bytes keep growing through the steady state.
+//!
+//! The steady state of a process starts at its first explicit free (the load phase only
+//! allocates) and ends at its exit or the end of the trace. It is cut into thirds; a stack is
+//! a suspect when its live bytes are higher at the end of each third than at the end of the
+//! one before. Memory that is held by design is told apart and listed as retention:
+//!
+//! - stream-ordered pools: a free returns memory to the pool (the ledger's pool-held bytes),
+//!   so pool memory never counts as live in the first place;
+//! - caching allocators (PyTorch's, most servers'): segments grow while the working set warms
+//!   up, then stay flat; a stack whose live bytes stopped growing in the last two thirds is
+//!   retention, not a leak.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::postmortem::{StackFrames, mem_name};
+use crate::ledger::{Ledger, LiveAllocation};
+use crate::trace::Mem;
+
+/// History points kept per stack; halved when full.
+const HISTORY: usize = 128;
+/// Allocations a stack must make in the steady state before it can be a suspect.
+const MIN_STEADY_ALLOCS: u64 = 3;
+
+#[derive(Clone, Debug)]
+struct StackStat {
+    mem: Mem,
+    api: String,
+    allocs: u64,
+    frees: u64,
+    steady_allocs: u64,
+    live_bytes: u64,
+    live_count: u64,
+    last_alloc_ts: u64,
+    /// (ts, live bytes after the change), oldest first.
+    history: Vec<(u64, u64)>,
+}
+
+impl StackStat {
+    fn record(&mut self, ts: u64) {
+        if self.history.len() >= HISTORY {
+            // Keep every other point and the latest: bounded, and still in time order.
+            let last = self.history.last().copied();
+            let mut i = 0;
+            self.history.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+            if let Some(l) = last
+                && self.history.last() != Some(&l)
+            {
+                self.history.push(l);
+            }
+        }
+        self.history.push((ts, self.live_bytes));
+    }
+
+    fn live_at(&self, ts: u64) -> u64 {
+        self.history
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= ts)
+            .map_or(0, |(_, b)| *b)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcSpan {
+    first_free: Option<u64>,
+    exit: Option<u64>,
+}
+
+/// Per-stack live bytes over time, from the allocations and frees the ledger booked.
+#[derive(Clone, Debug, Default)]
+pub struct LeakTracker {
+    stacks: HashMap<(u32, Option<u32>), StackStat>,
+    procs: HashMap<u32, ProcSpan>,
+}
+
+/// A stack whose live bytes grew through the steady state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakSuspect {
+    pub proc: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub stack: StackFrames,
+    pub api: String,
+    pub mem: String,
+    /// Live bytes at the end (exit or end of trace).
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    /// Live bytes at the start of the steady state and at the end of each third.
+    pub live_at_thirds: [u64; 4],
+    /// Growth through the steady state, bytes per second.
+    pub growth_bytes_per_s: f64,
+}
+
+/// Memory held by design: not a leak.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub proc: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// `pool` (freed into a stream-ordered pool) or `caching` (grew, then flat).
+    pub kind: String,
+    pub bytes: u64,
+    /// The stack, for `caching`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackFrames>,
+}
+
+/// Leak suspects and retention.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakReport {
+    pub suspects: Vec<LeakSuspect>,
+    pub retention: Vec<Retention>,
+}
+
+impl LeakTracker {
+    /// An allocation the ledger just booked.
+    pub fn on_alloc(&mut self, proc: u32, a: &LiveAllocation) {
+        let span = self.procs.entry(proc).or_default();
+        if span.exit.is_some() {
+            return;
+        }
+        let steady = span.first_free.is_some_and(|f| a.ts_ns >= f);
+        let s = self
+            .stacks
+            .entry((proc, a.stack))
+            .or_insert_with(|| StackStat {
+                mem: a.mem,
+                api: a.api.clone(),
+                allocs: 0,
+                frees: 0,
+                steady_allocs: 0,
+                live_bytes: 0,
+                live_count: 0,
+                last_alloc_ts: a.ts_ns,
+                history: Vec::new(),
+            });
+        s.allocs += 1;
+        s.steady_allocs += u64::from(steady);
+        s.live_bytes = s.live_bytes.saturating_add(a.bytes);
+        s.live_count += 1;
+        s.last_alloc_ts = s.last_alloc_ts.max(a.ts_ns);
+        s.record(a.ts_ns);
+    }
+
+    /// An allocation about to be freed.
+    pub fn on_free(&mut self, proc: u32, a: &LiveAllocation, ts: u64) {
+        let span = self.procs.entry(proc).or_default();
+        span.first_free.get_or_insert(ts);
+        if span.exit.is_some() {
+            return;
+        }
+        if let Some(s) = self.stacks.get_mut(&(proc, a.stack)) {
+            s.frees += 1;
+            s.live_bytes = s.live_bytes.saturating_sub(a.bytes);
+            s.live_count = s.live_count.saturating_sub(1);
+            s.record(ts);
+        }
+    }
+
+    /// The process exited: what its stacks hold now is what they held at the end.
+    pub fn on_exit(&mut self, proc: u32, ts: u64) {
+        self.procs.entry(proc).or_default().exit.get_or_insert(ts);
+    }
+
+    /// The suspects and retention, with `frames` to describe a stack.
+    pub fn report(
+        self,
+        ledger: &Ledger,
+        frames: impl Fn(Option<u32>) -> StackFrames,
+    ) -> LeakReport {
+        let mut out = LeakReport::default();
+        let mut keys: Vec<_> = self.stacks.keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            let (proc, stack) = key;
+            let Some(s) = self.stacks.get(&key) else {
+                continue;
+            };
+            let span = self.procs.get(&proc).copied().unwrap_or_default();
+            let Some(p) = ledger.process(proc) else {
+                continue;
+            };
+            let Some(start) = span.first_free else {
+                continue;
+            };
+            let end = span.exit.or(p.last_ts_ns).unwrap_or(start);
+            if end <= start || s.live_bytes == 0 || s.mem == Mem::DeviceAsync {
+                continue;
+            }
+            let d = end - start;
+            let b = [start, start + d / 3, start + 2 * d / 3, end].map(|t| s.live_at(t));
+            let grows = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
+            if grows && s.steady_allocs >= MIN_STEADY_ALLOCS {
+                out.suspects.push(LeakSuspect {
+                    proc,
+                    pid: p.pid,
+                    comm: p.comm().to_owned(),
+                    stack: frames(stack),
+                    api: s.api.clone(),
+                    mem: mem_name(s.mem),
+                    live_bytes: s.live_bytes,
+                    live_allocations: s.live_count,
+                    allocs: s.allocs,
+                    frees: s.frees,
+                    live_at_thirds: b,
+                    growth_bytes_per_s: (b[3] - b[0]) as f64 / (d as f64 / 1e9),
+                });
+            } else if s.steady_allocs > 0 && s.last_alloc_ts >= start && b[2] == b[3] {
+                out.retention.push(Retention {
+                    proc,
+                    pid: p.pid,
+                    comm: p.comm().to_owned(),
+                    kind: "caching".into(),
+                    bytes: s.live_bytes,
+                    stack: Some(frames(stack)),
+                });
+            }
+        }
+        for p in ledger.processes() {
+            let pool = p
+                .exit
+                .as_ref()
+                .map_or(p.usage.pool_held_bytes, |e| e.pool_held_bytes);
+            if pool > 0 {
+                out.retention.push(Retention {
+                    proc: p.proc,
+                    pid: p.pid,
+                    comm: p.comm().to_owned(),
+                    kind: "pool".into(),
+                    bytes: pool,
+                    stack: None,
+                });
+            }
+        }
+        out.suspects
+            .sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.proc.cmp(&b.proc)));
+        out.retention
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.proc.cmp(&b.proc)));
+        out
+    }
+}

@@ -1,0 +1,633 @@
+//! The postmortem explanation of a trace, computed during the replay: why each out-of-memory
+//! failure happened (who held what, made by which stack, since when, what else was on the
+//! GPU, and what would have fit), leak suspects, and the timeline.
+//!
+//! Nothing here keeps accounts of its own: at each record the [`Collector`] looks at the
+//! [`Ledger`] just before and just after the ledger applies it, and remembers what the
+//! explanation needs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::leaks::{LeakReport, LeakTracker};
+use super::timeline::{Timeline, TimelineReport};
+use crate::api::cuda_error_name;
+use crate::ledger::{Ledger, LiveAllocation, ProcessState};
+use crate::trace::{Call, GpuSample, Mem, Record, Stack};
+
+/// `CUDA_ERROR_OUT_OF_MEMORY`.
+const OUT_OF_MEMORY: i32 = 2;
+/// Frames kept per stack in the report.
+const FRAMES: usize = 12;
+
+/// The class of a live allocation (weights, kv_cache, dynamic, pool, host_fallback, unknown),
+/// as the Ledger's classifier decided it. The one place the postmortem asks for it.
+pub fn class_of(a: &LiveAllocation) -> Option<&'static str> {
+    Some(a.class.name())
+}
+
+/// Everything the postmortem found, part of the [`Report`](super::Report).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Postmortem {
+    /// One explanation per out-of-memory failure, in trace order.
+    pub ooms: Vec<OomExplanation>,
+    /// Stacks whose live bytes grow through the steady state and are not given back.
+    pub leaks: LeakReport,
+    /// Device bytes per process over time.
+    pub timeline: TimelineReport,
+}
+
+/// A stack as the report shows it: frames innermost first, symbolized where the trace has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackFrames {
+    /// The `stack` record id; `None`: the call had no stack.
+    pub id: Option<u32>,
+    /// `function (file:line)`, or `file+0xoffset`, or `0xaddr (why unknown)`.
+    pub frames: Vec<String>,
+}
+
+/// Live bytes made by one stack at the moment of a failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackHolding {
+    pub stack: StackFrames,
+    /// Live bytes.
+    pub bytes: u64,
+    /// Live allocations.
+    pub allocations: u64,
+    /// When the oldest of them was made.
+    pub oldest_ts_ns: u64,
+    /// How long the oldest had been held at the failure.
+    pub held_for_ns: u64,
+}
+
+/// One large allocation held at the failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub bytes: u64,
+    pub api: String,
+    pub mem: Option<Mem>,
+    pub class: String,
+    pub ts_ns: u64,
+    /// How long it had been held at the failure.
+    pub held_for_ns: u64,
+    pub stack: Option<u32>,
+}
+
+/// Another process's memory at the moment of a failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherProcess {
+    pub proc: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// Live device bytes on the failing device (all devices when it is unknown).
+    pub device_bytes: u64,
+    /// Pool-held bytes there.
+    pub pool_held_bytes: u64,
+}
+
+/// Memory allocated since the process's last low point and still held at the failure: the
+/// dynamic memory of the step that failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinceLow {
+    /// When the process's device bytes were last at their low.
+    pub low_ts_ns: u64,
+    /// Device bytes held then.
+    pub low_bytes: u64,
+    /// Bytes allocated since then and still held.
+    pub bytes: u64,
+    /// Allocations.
+    pub allocations: u64,
+}
+
+/// What NVML said about the failing device, nearest before the failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCapacity {
+    pub nvml_ts_ns: u64,
+    pub total_bytes: Option<u64>,
+    pub used_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+}
+
+/// Why an allocation failed with `CUDA_ERROR_OUT_OF_MEMORY`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomExplanation {
+    pub proc: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// The entry point that failed.
+    pub api: String,
+    /// `CUresult` name.
+    pub error: String,
+    /// Bytes requested, when the call has a size.
+    pub request_bytes: Option<u64>,
+    pub device: Option<i32>,
+    /// The stack of the failed call.
+    pub stack: StackFrames,
+    /// Live device bytes the process held on that device (all devices when unknown).
+    pub held_device_bytes: u64,
+    /// Its pool-held bytes there.
+    pub held_pool_bytes: u64,
+    /// Its live host bytes.
+    pub held_host_bytes: u64,
+    /// Its live allocations.
+    pub live_allocations: u64,
+    /// Live bytes by class (`unknown` until the classifier says).
+    pub by_class: BTreeMap<String, u64>,
+    /// Live bytes by kind of memory.
+    pub by_mem: BTreeMap<String, u64>,
+    /// The stacks holding the most bytes, most first.
+    pub top_stacks: Vec<StackHolding>,
+    /// The largest allocations held, largest first, with how long each had been held.
+    pub largest: Vec<Holder>,
+    /// The other traced processes with memory on that device.
+    pub others: Vec<OtherProcess>,
+    /// Device bytes of all traced processes on that device.
+    pub all_traced_device_bytes: u64,
+    /// The process's peak device bytes before the failure, and when.
+    pub peak_before_bytes: u64,
+    pub peak_before_ts_ns: Option<u64>,
+    /// NVML's view of the device, when the trace has samples.
+    pub capacity: Option<DeviceCapacity>,
+    /// The dynamic memory of the failing step.
+    pub since_low: Option<SinceLow>,
+    /// The answer in one paragraph: what was asked, what was free, what could have made room.
+    pub verdict: String,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcTrack {
+    /// The first explicit free: the load phase is over, the steady state begins.
+    first_free_ts: Option<u64>,
+    /// The latest time the device bytes were at their lowest since the first free.
+    low: Option<(u64, u64)>,
+}
+
+/// Watches the replay: the hooks run around [`Ledger::apply`].
+#[derive(Debug)]
+pub struct Collector {
+    top: usize,
+    ooms: Vec<OomExplanation>,
+    nvml: BTreeMap<u32, (u64, GpuSample)>,
+    procs: HashMap<u32, ProcTrack>,
+    pub(super) leaks: LeakTracker,
+    pub(super) timeline: Timeline,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector::new(10)
+    }
+}
+
+impl Collector {
+    /// A collector that keeps the `top` largest stacks and holders per failure.
+    pub fn new(top: usize) -> Self {
+        Collector {
+            top: top.max(1),
+            ooms: Vec::new(),
+            nvml: BTreeMap::new(),
+            procs: HashMap::new(),
+            leaks: LeakTracker::default(),
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// Before the ledger applies `rec`: what it is about to forget.
+    pub fn before(&mut self, ledger: &Ledger, rec: &Record) {
+        match rec {
+            Record::Failed(c) if c.ret == OUT_OF_MEMORY => {
+                let e = self.explain(ledger, c);
+                self.ooms.push(e);
+            }
+            Record::Free(c) => {
+                if let Some(a) = c
+                    .addr
+                    .and_then(|addr| ledger.process(c.proc)?.live_at(addr))
+                {
+                    self.leaks.on_free(c.proc, a, c.ts_ns);
+                }
+                let t = self.procs.entry(c.proc).or_default();
+                t.first_free_ts.get_or_insert(c.ts_ns);
+            }
+            Record::Nvml(s) => {
+                for g in &s.gpus {
+                    self.nvml.insert(g.index, (s.ts_ns, g.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After the ledger applied `rec`.
+    pub fn after(&mut self, ledger: &Ledger, rec: &Record) {
+        let proc = match rec {
+            Record::Alloc(c) => {
+                if let Some(a) = c
+                    .addr
+                    .and_then(|addr| ledger.process(c.proc)?.live_at(addr))
+                {
+                    self.leaks.on_alloc(c.proc, a);
+                }
+                c.proc
+            }
+            Record::Exit(e) => {
+                self.leaks.on_exit(e.proc, e.ts_ns);
+                e.proc
+            }
+            _ => match rec.call() {
+                Some(c) => c.proc,
+                None => return,
+            },
+        };
+        let Some(p) = ledger.process(proc) else {
+            return;
+        };
+        let ts = p.last_ts_ns.unwrap_or(0);
+        self.timeline.note(p, ts);
+        let t = self.procs.entry(proc).or_default();
+        if t.first_free_ts.is_some() {
+            let now = p.usage.device_bytes;
+            if t.low.is_none_or(|(b, _)| now <= b) {
+                t.low = Some((now, ts));
+            }
+        }
+    }
+
+    fn explain(&self, ledger: &Ledger, c: &Call) -> OomExplanation {
+        let now = c.ts_ns;
+        let mut e = OomExplanation {
+            proc: c.proc,
+            pid: c.pid,
+            tid: c.tid,
+            ts_ns: now,
+            api: c.api.clone(),
+            error: cuda_error_name(c.ret).to_owned(),
+            request_bytes: c.bytes,
+            device: c.device,
+            stack: frames_of(ledger, c.stack),
+            ..Default::default()
+        };
+        let Some(p) = ledger.process(c.proc) else {
+            e.verdict = verdict(&e);
+            return e;
+        };
+        e.comm = p.comm().to_owned();
+        // The device: the call's, else the one where the process holds the most.
+        if e.device.is_none() {
+            e.device = p
+                .devices
+                .iter()
+                .max_by_key(|(_, u)| u.device_bytes)
+                .and_then(|(d, _)| *d);
+        }
+        let on_device = |a: &LiveAllocation| e.device.is_none() || a.device == e.device;
+        let usage = match e.device {
+            Some(d) => p.devices.get(&Some(d)).copied().unwrap_or_default(),
+            None => p.usage,
+        };
+        e.held_device_bytes = usage.device_bytes;
+        e.held_pool_bytes = usage.pool_held_bytes;
+        e.held_host_bytes = p.usage.host_bytes;
+        e.peak_before_bytes = usage.peak_device_bytes;
+        e.peak_before_ts_ns = usage.peak_device_ts_ns;
+
+        let low = self.procs.get(&c.proc).and_then(|t| t.low);
+        let mut since = low.map(|(b, ts)| SinceLow {
+            low_ts_ns: ts,
+            low_bytes: b,
+            ..Default::default()
+        });
+        let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::new();
+        let mut largest: Vec<&LiveAllocation> = Vec::new();
+        for a in p.live_allocations() {
+            e.live_allocations += 1;
+            *e.by_class
+                .entry(class_of(a).unwrap_or("unknown").to_owned())
+                .or_default() += a.bytes;
+            *e.by_mem.entry(mem_name(a.mem)).or_default() += a.bytes;
+            if a.mem.is_host() || !on_device(a) {
+                continue;
+            }
+            let h = by_stack.entry(a.stack).or_insert_with(|| StackHolding {
+                oldest_ts_ns: a.ts_ns,
+                ..Default::default()
+            });
+            h.bytes += a.bytes;
+            h.allocations += 1;
+            h.oldest_ts_ns = h.oldest_ts_ns.min(a.ts_ns);
+            if let Some(s) = since.as_mut().filter(|s| a.ts_ns > s.low_ts_ns) {
+                s.bytes += a.bytes;
+                s.allocations += 1;
+            }
+            largest.push(a);
+        }
+        e.since_low = since.filter(|s| s.allocations > 0);
+
+        let mut stacks: Vec<(Option<u32>, StackHolding)> = by_stack.into_iter().collect();
+        stacks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(&b.0)));
+        e.top_stacks = stacks
+            .into_iter()
+            .take(self.top)
+            .map(|(id, mut h)| {
+                h.stack = frames_of(ledger, id);
+                h.held_for_ns = now.saturating_sub(h.oldest_ts_ns);
+                h
+            })
+            .collect();
+        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.ts_ns.cmp(&b.ts_ns)));
+        e.largest = largest
+            .into_iter()
+            .take(self.top)
+            .map(|a| Holder {
+                bytes: a.bytes,
+                api: a.api.clone(),
+                mem: Some(a.mem),
+                class: class_of(a).unwrap_or("unknown").to_owned(),
+                ts_ns: a.ts_ns,
+                held_for_ns: now.saturating_sub(a.ts_ns),
+                stack: a.stack,
+            })
+            .collect();
+
+        e.all_traced_device_bytes = e.held_device_bytes;
+        for q in ledger.processes() {
+            if q.proc == p.proc || q.exited() {
+                continue;
+            }
+            let u = match e.device {
+                Some(d) => q.devices.get(&Some(d)).copied().unwrap_or_default(),
+                None => q.usage,
+            };
+            if u.device_and_pool_bytes() == 0 {
+                continue;
+            }
+            e.all_traced_device_bytes += u.device_bytes;
+            e.others.push(other(q, u.device_bytes, u.pool_held_bytes));
+        }
+        e.others.sort_by_key(|a| std::cmp::Reverse(a.device_bytes));
+
+        e.capacity = e.device.and_then(|d| {
+            let (ts, g) = self.nvml.get(&u32::try_from(d).ok()?)?;
+            Some(DeviceCapacity {
+                nvml_ts_ns: *ts,
+                total_bytes: g.total_bytes,
+                used_bytes: g.used_bytes,
+                free_bytes: g.free_bytes,
+            })
+        });
+        e.verdict = verdict(&e);
+        e
+    }
+
+    /// The findings, once every record was applied.
+    pub fn finish(self, ledger: &Ledger) -> Postmortem {
+        Postmortem {
+            ooms: self.ooms,
+            leaks: self.leaks.report(ledger, |id| frames_of(ledger, id)),
+            timeline: self.timeline.report(),
+        }
+    }
+}
+
+fn other(q: &ProcessState, device_bytes: u64, pool_held_bytes: u64) -> OtherProcess {
+    OtherProcess {
+        proc: q.proc,
+        pid: q.pid,
+        comm: q.comm().to_owned(),
+        device_bytes,
+        pool_held_bytes,
+    }
+}
+
+/// The `mem` name as the trace writes it.
+pub(super) fn mem_name(m: Mem) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{m:?}"))
+}
+
+/// One frame as a line: the function and source where known, else the file and offset.
+pub fn frame_line(f: &crate::trace::Frame) -> String {
+    let place = match (&f.file, f.offset) {
+        (Some(file), Some(off)) => {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            format!("{base}+{off:#x}")
+        }
+        _ => format!("{:#x}", f.addr),
+    };
+    match (&f.sym, &f.src) {
+        (Some(sym), Some(src)) => format!("{sym} ({src})"),
+        (Some(sym), None) => format!("{sym} ({place})"),
+        (None, _) => match &f.unknown {
+            Some(why) => format!("{place} ({why})"),
+            None => place,
+        },
+    }
+}
+
+/// The frames of stack `id`, as lines.
+pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
+    StackFrames {
+        id,
+        frames: id
+            .and_then(|i| ledger.stack(i))
+            .map(|s: &Stack| s.frames.iter().take(FRAMES).map(frame_line).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn verdict(e: &OomExplanation) -> String {
+    use super::human_bytes as hb;
+    let mut v = match e.request_bytes {
+        Some(b) => format!("The request needed {}", hb(b)),
+        None => "The request's size is not known".to_owned(),
+    };
+    let free = e.capacity.as_ref().and_then(|c| c.free_bytes);
+    match (&e.capacity, free) {
+        (Some(c), Some(f)) => {
+            v.push_str(&format!("; NVML saw {} free", hb(f)));
+            if let Some(t) = c.total_bytes {
+                v.push_str(&format!(" of {}", hb(t)));
+            }
+        }
+        _ => v.push_str("; free memory on the device is unknown (no NVML sample in the trace)"),
+    }
+    v.push_str(&format!(
+        "; this process held {} on the device",
+        hb(e.held_device_bytes)
+    ));
+    if e.held_pool_bytes > 0 {
+        v.push_str(&format!(
+            " plus {} cached in stream-ordered pools (cuMemPoolTrimTo would give it back)",
+            hb(e.held_pool_bytes)
+        ));
+    }
+    let others: u64 = e.others.iter().map(|o| o.device_bytes).sum();
+    if others > 0 {
+        v.push_str(&format!(", other traced processes {}", hb(others)));
+    }
+    v.push('.');
+    if let Some(s) = &e.since_low {
+        v.push_str(&format!(
+            " {} of it ({} allocations) was allocated since its last low point ({} held) and is dynamic memory of the step that failed",
+            hb(s.bytes),
+            s.allocations,
+            hb(s.low_bytes)
+        ));
+        match (e.request_bytes, free) {
+            (Some(r), Some(f)) if f.saturating_add(s.bytes) >= r => {
+                v.push_str(": freeing it before this request would have made room.")
+            }
+            (Some(r), Some(f)) => v.push_str(&format!(
+                ": even freeing all of it leaves {} short; the long-lived memory itself is too large.",
+                hb(r - f.saturating_add(s.bytes))
+            )),
+            _ => v.push('.'),
+        }
+    }
+    if let Some(f) = free
+        && let Some(r) = e.request_bytes
+        && f >= r
+    {
+        v.push_str(
+            " NVML reported enough free memory overall: fragmentation, a per-process limit or memory freed just before the sample may explain the failure.",
+        );
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Report, summarize};
+    use crate::trace::{Call, Frame, GpuSample, Mem, NvmlSample, Record, Stack};
+
+    const MIB: u64 = 1 << 20;
+
+    fn call(api: &str, ts: u64, stack: u32) -> Call {
+        Call {
+            api: api.into(),
+            proc: 1,
+            pid: 7,
+            tid: 7,
+            ts_ns: ts,
+            device: Some(0),
+            stack: Some(stack),
+            ..Default::default()
+        }
+    }
+
+    fn alloc(addr: u64, bytes: u64, ts: u64, stack: u32) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Device),
+            ..call("cuMemAlloc_v2", ts, stack)
+        })
+    }
+
+    fn free(addr: u64, ts: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            ..call("cuMemFree_v2", ts, 9)
+        })
+    }
+
+    /// Weights (stack 1), a caching allocator's segment (stack 2, made once, kept), per step
+    /// activations (stack 3, freed) and a leak (stack 4, 1 MiB a step, never freed); then an
+    /// out-of-memory failure in step 10 with an NVML sample before it.
+    fn training() -> Report {
+        let mut recs = Vec::new();
+        for id in 1..=4 {
+            recs.push(Record::Stack(Stack {
+                id,
+                frames: vec![Frame {
+                    addr: 0x1000 * u64::from(id),
+                    sym: Some(format!("site{id}")),
+                    src: Some(format!("train.py:{id}")),
+                    ..Default::default()
+                }],
+                truncated: None,
+            }));
+        }
+        recs.push(alloc(0x10_0000_0000, 512 * MIB, 1_000, 1));
+        recs.push(alloc(0x20_0000_0000, 64 * MIB, 2_000, 2));
+        let mut ts = 10_000;
+        for step in 0..10u64 {
+            recs.push(alloc(0x30_0000_0000, 256 * MIB, ts, 3));
+            recs.push(alloc(0x40_0000_0000 + step * MIB, MIB, ts + 10, 4));
+            if step == 9 {
+                recs.push(Record::Nvml(NvmlSample {
+                    ts_ns: ts + 20,
+                    gpus: vec![GpuSample {
+                        index: 0,
+                        total_bytes: Some(1024 * MIB),
+                        free_bytes: Some(100 * MIB),
+                        ..Default::default()
+                    }],
+                }));
+                recs.push(Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(300 * MIB),
+                    ..call("cuMemAlloc_v2", ts + 30, 3)
+                }));
+            }
+            recs.push(free(0x30_0000_0000, ts + 1_000));
+            ts += 1_000_000;
+        }
+        summarize(recs.into_iter(), None)
+    }
+
+    #[test]
+    fn an_oom_is_explained_by_stack_with_what_would_have_fit() {
+        let r = training();
+        let pm = &r.postmortem;
+        assert_eq!(pm.ooms.len(), 1);
+        let e = &pm.ooms[0];
+        assert_eq!(e.request_bytes, Some(300 * MIB));
+        assert_eq!(e.held_device_bytes, (512 + 64 + 256 + 10) * MIB);
+        assert_eq!(e.top_stacks[0].stack.id, Some(1));
+        assert_eq!(e.top_stacks[1].stack.id, Some(3));
+        assert_eq!(e.top_stacks[0].stack.frames, ["site1 (train.py:1)"]);
+        assert_eq!(
+            e.capacity.as_ref().and_then(|c| c.free_bytes),
+            Some(100 * MIB)
+        );
+        // Since the low point after the first step: the leaks of steps 1-9 and the activations.
+        let s = e.since_low.as_ref().expect("a low point");
+        assert_eq!(s.bytes, 265 * MIB);
+        assert!(e.verdict.contains("would have made room"), "{}", e.verdict);
+        // Every live byte is in one class, as the Ledger classified it.
+        assert_eq!(e.by_class.values().sum::<u64>(), e.live_allocations_bytes());
+    }
+
+    #[test]
+    fn the_leak_is_a_suspect_and_the_cache_is_not() {
+        let r = training();
+        let l = &r.postmortem.leaks;
+        let ids: Vec<_> = l.suspects.iter().map(|s| s.stack.id).collect();
+        assert_eq!(ids, [Some(4)], "{l:#?}");
+        assert!(
+            l.retention
+                .iter()
+                .all(|x| x.stack.as_ref().and_then(|s| s.id) != Some(4))
+        );
+    }
+
+    #[test]
+    fn the_text_report_shows_the_postmortem() {
+        let t = super::super::render_text(&training());
+        assert!(t.contains("OUT OF MEMORY"), "{t}");
+        assert!(t.contains("LEAK SUSPECTS"), "{t}");
+        assert!(t.contains("DEVICE MEMORY OVER TIME"), "{t}");
+    }
+
+    impl super::OomExplanation {
+        fn live_allocations_bytes(&self) -> u64 {
+            self.by_mem.values().sum()
+        }
+    }
+}

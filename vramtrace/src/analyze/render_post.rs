@@ -1,0 +1,219 @@
+//! The postmortem sections of the text report: out-of-memory explanations, leak suspects,
+//! retention, and a sparkline per process.
+
+use std::fmt::Write as _;
+
+use super::human_bytes as hb;
+use super::postmortem::{OomExplanation, Postmortem, StackFrames};
+use super::render::{at, secs};
+use super::timeline::sparkline;
+
+/// A duration a person reads at a glance: `850 µs`, `12.5 ms`, `3.200 s`.
+fn dur(ns: u64) -> String {
+    match ns {
+        n if n < 1_000_000 => format!("{} µs", n / 1000),
+        n if n < 1_000_000_000 => format!("{:.1} ms", n as f64 / 1e6),
+        n => secs(n),
+    }
+}
+
+/// Cells in a sparkline.
+const SPARK: usize = 60;
+/// Frames shown per stack in text.
+const TEXT_FRAMES: usize = 6;
+
+fn stack_lines(o: &mut String, s: &StackFrames, indent: &str) {
+    if s.frames.is_empty() {
+        let _ = writeln!(
+            o,
+            "{indent}(no stack{})",
+            s.id.map_or(String::new(), |i| format!(" record for id {i}"))
+        );
+        return;
+    }
+    for f in s.frames.iter().take(TEXT_FRAMES) {
+        let _ = writeln!(o, "{indent}{f}");
+    }
+    if s.frames.len() > TEXT_FRAMES {
+        let _ = writeln!(
+            o,
+            "{indent}... {} more frames",
+            s.frames.len() - TEXT_FRAMES
+        );
+    }
+}
+
+fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
+    let dev = e
+        .device
+        .map_or_else(|| "GPU ?".to_owned(), |d| format!("GPU {d}"));
+    let _ = writeln!(
+        o,
+        "\n== OUT OF MEMORY at {}: {} (pid {}) {} of {} on {dev} failed with {}",
+        at(e.ts_ns, start),
+        e.comm,
+        e.pid,
+        e.api,
+        e.request_bytes.map_or_else(|| "? bytes".to_owned(), hb),
+        e.error
+    );
+    let _ = writeln!(o, "   {}", e.verdict);
+    let _ = writeln!(o, "   failed call's stack:");
+    stack_lines(o, &e.stack, "      ");
+    let _ = writeln!(
+        o,
+        "   held then: {} device, {} pool-held, {} host, {} allocations; peak before {}{}",
+        hb(e.held_device_bytes),
+        hb(e.held_pool_bytes),
+        hb(e.held_host_bytes),
+        e.live_allocations,
+        hb(e.peak_before_bytes),
+        e.peak_before_ts_ns
+            .map_or(String::new(), |t| format!(" at {}", at(t, start)))
+    );
+    let classes: Vec<String> = e
+        .by_class
+        .iter()
+        .map(|(k, v)| format!("{k} {}", hb(*v)))
+        .collect();
+    let mems: Vec<String> = e
+        .by_mem
+        .iter()
+        .map(|(k, v)| format!("{k} {}", hb(*v)))
+        .collect();
+    let _ = writeln!(o, "   by class: {}", classes.join(", "));
+    let _ = writeln!(o, "   by memory kind: {}", mems.join(", "));
+    if let Some(c) = &e.capacity {
+        let q = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), hb);
+        let _ = writeln!(
+            o,
+            "   NVML at {}: total {}, used {}, free {}",
+            at(c.nvml_ts_ns, start),
+            q(c.total_bytes),
+            q(c.used_bytes),
+            q(c.free_bytes)
+        );
+    }
+    if !e.top_stacks.is_empty() {
+        let _ = writeln!(o, "   top stacks by live bytes:");
+        for (i, h) in e.top_stacks.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "   {:>2}. {} in {} allocations, oldest held for {}",
+                i + 1,
+                hb(h.bytes),
+                h.allocations,
+                dur(h.held_for_ns)
+            );
+            stack_lines(o, &h.stack, "         ");
+        }
+    }
+    if !e.largest.is_empty() {
+        let _ = writeln!(o, "   largest holders:");
+        for h in &e.largest {
+            let _ = writeln!(
+                o,
+                "      {:>10}  {} ({}) made at {}, held for {}, stack {}",
+                hb(h.bytes),
+                h.api,
+                h.class,
+                at(h.ts_ns, start),
+                dur(h.held_for_ns),
+                h.stack.map_or_else(|| "-".to_owned(), |s| s.to_string())
+            );
+        }
+    }
+    if e.others.is_empty() {
+        let _ = writeln!(o, "   no other traced process held memory on {dev}");
+    } else {
+        let _ = writeln!(o, "   also on {dev}:");
+        for q in &e.others {
+            let _ = writeln!(
+                o,
+                "      {} (pid {}): {} device, {} pool-held",
+                q.comm,
+                q.pid,
+                hb(q.device_bytes),
+                hb(q.pool_held_bytes)
+            );
+        }
+    }
+}
+
+/// Appends the postmortem sections to the report text.
+pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u64>) {
+    for e in &pm.ooms {
+        oom(o, e, start);
+    }
+
+    if !pm.leaks.suspects.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n== LEAK SUSPECTS: stacks whose live bytes grew through the steady state"
+        );
+        for l in &pm.leaks.suspects {
+            let _ = writeln!(
+                o,
+                "   {} (pid {}): {} live in {} allocations ({} made, {} freed), growing {}/s via {}",
+                l.comm,
+                l.pid,
+                hb(l.live_bytes),
+                l.live_allocations,
+                l.allocs,
+                l.frees,
+                hb(l.growth_bytes_per_s as u64),
+                l.api
+            );
+            stack_lines(o, &l.stack, "      ");
+        }
+    }
+    if !pm.leaks.retention.is_empty() {
+        let _ = writeln!(o, "\n== RETAINED BY DESIGN (not leaks)");
+        for r in &pm.leaks.retention {
+            let what = match r.kind.as_str() {
+                "pool" => "freed into stream-ordered pools, still held from the GPU",
+                _ => "a caching allocator's segments: grew while warming up, then flat",
+            };
+            let _ = writeln!(o, "   {} (pid {}): {} {what}", r.comm, r.pid, hb(r.bytes));
+            if let Some(s) = &r.stack {
+                stack_lines(o, s, "      ");
+            }
+        }
+    }
+
+    let t = &pm.timeline;
+    if t.processes
+        .iter()
+        .any(|p| p.device_bytes.iter().any(|&b| b > 0))
+    {
+        let span = t.bucket_ns.saturating_mul(
+            t.processes
+                .iter()
+                .map(|p| p.device_bytes.len())
+                .max()
+                .unwrap_or(0) as u64,
+        );
+        let _ = writeln!(
+            o,
+            "\n== DEVICE MEMORY OVER TIME (from {}, {} per column max, ^ marks the peak)",
+            at(t.start_ns, start),
+            secs(span.div_ceil(SPARK as u64).max(t.bucket_ns))
+        );
+        for p in &t.processes {
+            let peak = p.device_bytes.iter().copied().max().unwrap_or(0);
+            if peak == 0 {
+                continue;
+            }
+            let (line, at_cell) = sparkline(&p.device_bytes, SPARK);
+            let _ = writeln!(
+                o,
+                "   {:<16} |{line}| peak {}",
+                format!("{} {}", p.comm, p.pid),
+                hb(peak)
+            );
+            if let Some(c) = at_cell {
+                let _ = writeln!(o, "   {:<16}  {}^", "", " ".repeat(c));
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Device, pool-held and host bytes per process over time, in a bounded number of buckets
+//! whatever the trace's length: when the buckets run out, neighbours merge and each covers
+//! twice the time. Each bucket keeps the highest value seen in it, so peaks survive merging.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::ProcessState;
+
+/// Buckets per series; merged pairwise when full.
+const BUCKETS: usize = 256;
+/// Width of a bucket to start with.
+const FIRST_WIDTH_NS: u64 = 1_000_000;
+
+#[derive(Clone, Debug, Default)]
+struct Series {
+    device: Vec<u64>,
+    pool: Vec<u64>,
+    host: Vec<u64>,
+}
+
+impl Series {
+    /// Books `new` into bucket `idx`; buckets skipped on the way hold `carry`, the value
+    /// before this change.
+    fn push_to(&mut self, idx: usize, carry: (u64, u64, u64), new: (u64, u64, u64)) {
+        for (v, c, n) in [
+            (&mut self.device, carry.0, new.0),
+            (&mut self.pool, carry.1, new.1),
+            (&mut self.host, carry.2, new.2),
+        ] {
+            while v.len() <= idx {
+                v.push(c);
+            }
+            v[idx] = v[idx].max(n);
+        }
+    }
+
+    fn halve(&mut self) {
+        for v in [&mut self.device, &mut self.pool, &mut self.host] {
+            *v = v
+                .chunks(2)
+                .map(|c| c.iter().copied().max().unwrap_or(0))
+                .collect();
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Proc {
+    pid: u32,
+    comm: String,
+    series: Series,
+    /// The current values, carried into buckets that see no event.
+    now: (u64, u64, u64),
+}
+
+/// The timeline under construction.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    start_ns: Option<u64>,
+    width_ns: u64,
+    procs: BTreeMap<u32, Proc>,
+}
+
+/// One process over time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessTimeline {
+    pub proc: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// Highest live device bytes in each bucket.
+    pub device_bytes: Vec<u64>,
+    /// Highest pool-held bytes in each bucket.
+    pub pool_held_bytes: Vec<u64>,
+    /// Highest host bytes in each bucket.
+    pub host_bytes: Vec<u64>,
+    /// Bytes by class per bucket, once allocations are classified.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<String, Vec<u64>>,
+    /// The bucket holding the peak of `device_bytes`.
+    pub peak_bucket: Option<usize>,
+}
+
+/// Bytes over time: bucket `i` covers `[start_ns + i*bucket_ns, start_ns + (i+1)*bucket_ns)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineReport {
+    pub start_ns: u64,
+    pub bucket_ns: u64,
+    pub processes: Vec<ProcessTimeline>,
+}
+
+impl Timeline {
+    /// Notes process `p`'s live bytes at `ts`.
+    pub fn note(&mut self, p: &ProcessState, ts: u64) {
+        let start = *self.start_ns.get_or_insert(ts);
+        if self.width_ns == 0 {
+            self.width_ns = FIRST_WIDTH_NS;
+        }
+        let mut idx = ts.saturating_sub(start) / self.width_ns;
+        while idx >= BUCKETS as u64 {
+            self.width_ns = self.width_ns.saturating_mul(2);
+            for q in self.procs.values_mut() {
+                q.series.halve();
+            }
+            idx = ts.saturating_sub(start) / self.width_ns;
+        }
+        let e = self.procs.entry(p.proc).or_insert_with(|| Proc {
+            pid: p.pid,
+            comm: p.comm().to_owned(),
+            ..Proc::default()
+        });
+        if e.comm == "?" {
+            p.comm().clone_into(&mut e.comm);
+        }
+        let u = &p.usage;
+        let new = (u.device_bytes, u.pool_held_bytes, u.host_bytes);
+        e.series.push_to(idx as usize, e.now, new);
+        e.now = new;
+    }
+
+    /// The timeline, every series as long as the longest.
+    pub fn report(self) -> TimelineReport {
+        let len = self
+            .procs
+            .values()
+            .map(|p| p.series.device.len())
+            .max()
+            .unwrap_or(0);
+        let processes = self
+            .procs
+            .into_iter()
+            .map(|(proc, mut p)| {
+                if p.series.device.len() < len {
+                    p.series.push_to(len - 1, p.now, p.now);
+                }
+                let peak = p
+                    .series
+                    .device
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i)))
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(i, _)| i);
+                ProcessTimeline {
+                    proc,
+                    pid: p.pid,
+                    comm: p.comm,
+                    device_bytes: p.series.device,
+                    pool_held_bytes: p.series.pool,
+                    host_bytes: p.series.host,
+                    classes: BTreeMap::new(),
+                    peak_bucket: peak,
+                }
+            })
+            .collect();
+        TimelineReport {
+            start_ns: self.start_ns.unwrap_or(0),
+            bucket_ns: self.width_ns,
+            processes,
+        }
+    }
+}
+
+impl TimelineReport {
+    /// Keeps the buckets that overlap `[from, to]` (trace clock, ns).
+    pub fn clip(&mut self, from: Option<u64>, to: Option<u64>) {
+        if self.bucket_ns == 0 {
+            return;
+        }
+        let first = from.map_or(0, |f| {
+            (f.saturating_sub(self.start_ns) / self.bucket_ns) as usize
+        });
+        let last = to.map(|t| (t.saturating_sub(self.start_ns) / self.bucket_ns) as usize);
+        for p in &mut self.processes {
+            for v in [
+                &mut p.device_bytes,
+                &mut p.pool_held_bytes,
+                &mut p.host_bytes,
+            ] {
+                let end = last.map_or(v.len(), |l| (l + 1).min(v.len()));
+                *v = v
+                    .get(first.min(end)..end)
+                    .map(<[u64]>::to_vec)
+                    .unwrap_or_default();
+            }
+            p.peak_bucket = p
+                .device_bytes
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i)))
+                .filter(|(_, v)| **v > 0)
+                .map(|(i, _)| i);
+        }
+        self.start_ns += first as u64 * self.bucket_ns;
+    }
+}
+
+/// A text sparkline of `values` squeezed into `width` cells (the maximum of each group), with
+/// the peak cell marked by the caller's index.
+pub fn sparkline(values: &[u64], width: usize) -> (String, Option<usize>) {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if values.is_empty() || width == 0 {
+        return (String::new(), None);
+    }
+    let per = values.len().div_ceil(width);
+    let cells: Vec<u64> = values
+        .chunks(per)
+        .map(|c| c.iter().copied().max().unwrap_or(0))
+        .collect();
+    let max = cells.iter().copied().max().unwrap_or(0);
+    let peak = cells.iter().position(|&v| v == max && max > 0);
+    let s = cells
+        .iter()
+        .map(|&v| {
+            if max == 0 || v == 0 {
+                ' '
+            } else {
+                let i = ((v as u128 * 7).div_ceil(max as u128)) as usize;
+                BARS[i.min(7)]
+            }
+        })
+        .collect();
+    (s, peak)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales_to_the_maximum() {
+        let (s, peak) = sparkline(&[0, 1, 2, 4, 8, 4], 6);
+        assert_eq!(s.chars().count(), 6);
+        assert_eq!(s.chars().nth(4), Some('█'));
+        assert_eq!(peak, Some(4));
+        assert_eq!(sparkline(&[], 10).0, "");
+    }
+
+    #[test]
+    fn buckets_stay_bounded_and_keep_the_peak() {
+        let mut t = Timeline::default();
+        let mut p = ProcessState::default();
+        p.proc = 1;
+        for i in 0..100_000u64 {
+            p.usage.device_bytes = if i == 77_777 { 1 << 40 } else { i % 100 };
+            t.note(&p, i * 1_000_000);
+        }
+        let r = t.report();
+        assert!(r.processes[0].device_bytes.len() <= BUCKETS);
+        assert_eq!(r.processes[0].device_bytes.iter().max(), Some(&(1 << 40)));
+        let peak = r.processes[0].peak_bucket.unwrap();
+        let at = r.start_ns + peak as u64 * r.bucket_ns;
+        assert!(at <= 77_777_000_000 && 77_777_000_000 < at + r.bucket_ns);
+    }
+}

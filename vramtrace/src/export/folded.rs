@@ -1,0 +1,98 @@
+//! Live bytes by stack at one moment, as folded stacks: `comm (pid);outer;...;inner;api N`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{ExportError, Moment, Options, records, replay};
+use crate::analyze::postmortem::frame_line;
+use crate::ledger::Ledger;
+use crate::trace::Record;
+
+/// Where the moment falls: stop before applying record `index` (`None`: at the end).
+fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String), ExportError> {
+    let mut peak = (0u64, None::<u64>);
+    let mut first_oom = None;
+    let start = records(trace)?.header().start_monotonic_ns;
+    let mut secs_at = None;
+    let want_secs = match at {
+        Some(Moment::Secs(s)) => Some((s * 1e9) as u64),
+        _ => None,
+    };
+    replay(trace, |l, rec, n| {
+        if let Record::Failed(c) = rec
+            && c.ret == 2
+            && first_oom.is_none()
+        {
+            first_oom = Some(n);
+        }
+        let p = l.totals().usage.peak_device_bytes;
+        if p > peak.0 {
+            peak = (p, Some(n + 1));
+        }
+        if let (Some(w), Some(c)) = (want_secs, rec.call())
+            && secs_at.is_none()
+            && c.ts_ns > start.saturating_add(w)
+        {
+            secs_at = Some(n);
+        }
+    })?;
+    Ok(match at {
+        Some(Moment::End) => (None, "at the end of the trace".into()),
+        Some(Moment::Peak) => (peak.1, "at the peak".into()),
+        Some(Moment::Secs(s)) => (secs_at, format!("at +{s} s")),
+        Some(Moment::Oom) | None => match first_oom {
+            Some(i) => (Some(i), "at the first out-of-memory failure".into()),
+            None if at.is_some() => (peak.1, "at the peak (the trace has no OOM)".into()),
+            None => (peak.1, "at the peak".into()),
+        },
+    })
+}
+
+/// The ledger as it was at the moment.
+pub(super) fn ledger_at(trace: &Path, opts: &Options) -> Result<(Ledger, String), ExportError> {
+    let (stop, what) = find_moment(trace, opts.at)?;
+    let mut ledger = Ledger::new();
+    for (n, rec) in records(trace)?.enumerate() {
+        if stop.is_some_and(|s| n as u64 >= s) {
+            break;
+        }
+        ledger.apply(&rec);
+    }
+    Ok((ledger, what))
+}
+
+fn clean(s: &str) -> String {
+    s.replace([';', '\n'], ":").replace(' ', "\u{a0}")
+}
+
+/// Folded lines of live device and host bytes by stack at the moment `opts` names.
+pub(super) fn at_moment(
+    trace: &Path,
+    opts: &Options,
+) -> Result<(Vec<String>, String), ExportError> {
+    let (ledger, what) = ledger_at(trace, opts)?;
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for p in ledger.processes() {
+        if !opts.wants(p.pid) {
+            continue;
+        }
+        let root = clean(&format!("{} ({})", p.comm(), p.pid));
+        for a in p.live_allocations() {
+            let mut parts = vec![root.clone()];
+            if let Some(s) = a.stack.and_then(|id| ledger.stack(id)) {
+                parts.extend(s.frames.iter().rev().map(|f| clean(&frame_line(f))));
+            } else {
+                parts.push("[no stack]".into());
+            }
+            parts.push(clean(&a.api));
+            *by.entry(parts.join(";")).or_default() += a.bytes;
+        }
+    }
+    Ok((
+        by.into_iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(k, b)| format!("{k} {b}"))
+            .collect(),
+        what,
+    ))
+}

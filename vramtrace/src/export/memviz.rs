@@ -1,0 +1,200 @@
+//! A snapshot that PyTorch's memory viewer (pytorch.org/memory_viz, `torch/utils/viz/
+//! MemoryViz.js`) opens: the viewer reads only pickles (its drop handler unpickles the file),
+//! in the layout of `torch.cuda.memory._snapshot()`:
+//!
+//! ```text
+//! {"segments": [{"device", "address", "total_size", "stream", "segment_type", "frames",
+//!                "blocks": [{"size", "requested_size", "state", "frames"}]}],
+//!  "device_traces": [[{"action", "addr", "size", "stream", "frames", "time_us"}], ...]}
+//! ```
+//!
+//! The driver has no caching allocator between the process and the GPU, so each traced
+//! allocation is a segment holding one block: `segment_alloc` + `alloc` when it is made,
+//! `free_requested` + `free_completed` + `segment_free` when it is freed. An out-of-memory
+//! failure is an `oom` entry. `segments` are the allocations live at the end of the trace.
+//! Device memory only (device, stream-ordered, managed); VMM handles and arrays have no
+//! single address a block could have, and are left out.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use super::pickle::Pickle;
+use super::{ExportError, Options, io, records};
+use crate::ledger::{Ledger, LiveAllocation};
+use crate::trace::{Frame, Mem, Record};
+
+fn frames(p: &mut Pickle, ledger: &Ledger, stack: Option<u32>) {
+    p.list();
+    if let Some(s) = stack.and_then(|id| ledger.stack(id)) {
+        for f in &s.frames {
+            frame(p, f);
+        }
+    }
+    p.end_list();
+}
+
+fn frame(p: &mut Pickle, f: &Frame) {
+    let (file, line) = match f.src.as_deref().and_then(|s| s.rsplit_once(':')) {
+        Some((file, line)) => (file.to_owned(), line.parse::<u64>().unwrap_or(0)),
+        None => (f.file.clone().unwrap_or_else(|| "??".into()), 0),
+    };
+    let name = f.sym.clone().unwrap_or_else(|| match f.offset {
+        Some(off) => format!("+{off:#x}"),
+        None => format!("{:#x}", f.addr),
+    });
+    p.dict();
+    p.kv_str("filename", &file);
+    p.kv_uint("line", line);
+    p.kv_str("name", &name);
+    p.end_dict();
+}
+
+fn shown(a: &LiveAllocation) -> bool {
+    matches!(a.mem, Mem::Device | Mem::DeviceAsync | Mem::Managed) && a.addr.is_some()
+}
+
+fn entry(p: &mut Pickle, ledger: &Ledger, action: &str, a: &LiveAllocation, ts_us: u64) {
+    p.dict();
+    p.kv_str("action", action);
+    p.kv_uint("addr", a.addr.unwrap_or(0));
+    p.kv_uint("size", a.bytes);
+    p.kv_uint("stream", 0);
+    p.kv_uint("time_us", ts_us);
+    p.str("frames");
+    frames(p, ledger, a.stack);
+    p.end_dict();
+}
+
+pub(super) fn write<W: Write>(
+    trace: &Path,
+    w: &mut W,
+    opts: &Options,
+) -> Result<String, ExportError> {
+    let reader = records(trace)?;
+    let start = reader.header().start_monotonic_ns;
+    let us = |ts: u64| ts.saturating_sub(start) / 1000;
+    let mut ledger = Ledger::new();
+    // One pickled list body per device ordinal (unknown devices on 0).
+    let mut traces: BTreeMap<usize, Pickle> = BTreeMap::new();
+    let mut n = 0u64;
+    let mut nvml_free: BTreeMap<u32, u64> = BTreeMap::new();
+    let dev = |d: Option<i32>| d.and_then(|d| usize::try_from(d).ok()).unwrap_or(0);
+    for rec in reader {
+        let wanted = rec.call().is_some_and(|c| opts.wants(c.pid));
+        match &rec {
+            Record::Nvml(s) => {
+                for g in &s.gpus {
+                    if let Some(f) = g.free_bytes {
+                        nvml_free.insert(g.index, f);
+                    }
+                }
+            }
+            Record::Free(c) if wanted => {
+                if let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
+                    && shown(a)
+                {
+                    let p = traces.entry(dev(a.device)).or_default();
+                    for action in ["free_requested", "free_completed", "segment_free"] {
+                        entry(p, &ledger, action, a, us(c.ts_ns));
+                    }
+                    n += 1;
+                }
+            }
+            Record::Failed(c) if wanted && c.ret == 2 => {
+                let d = dev(c.device);
+                let p = traces.entry(d).or_default();
+                p.dict();
+                p.kv_str("action", "oom");
+                p.kv_uint("addr", 0);
+                p.kv_uint("size", c.bytes.unwrap_or(0));
+                p.kv_uint("stream", 0);
+                p.kv_uint("time_us", us(c.ts_ns));
+                p.kv_uint(
+                    "device_free",
+                    u32::try_from(d)
+                        .ok()
+                        .and_then(|i| nvml_free.get(&i).copied())
+                        .unwrap_or(0),
+                );
+                p.str("frames");
+                frames(p, &ledger, c.stack);
+                p.end_dict();
+                n += 1;
+            }
+            _ => {}
+        }
+        ledger.apply(&rec);
+        if let Record::Alloc(c) = &rec
+            && wanted
+            && let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
+            && shown(a)
+        {
+            let p = traces.entry(dev(a.device)).or_default();
+            for action in ["segment_alloc", "alloc"] {
+                entry(p, &ledger, action, a, us(c.ts_ns));
+            }
+            n += 1;
+        }
+    }
+
+    let mut p = Pickle::new();
+    p.dict();
+    p.str("segments");
+    p.list();
+    let mut live = 0u64;
+    for proc in ledger.processes() {
+        if !opts.wants(proc.pid) {
+            continue;
+        }
+        for a in proc.live_allocations().filter(|a| shown(a)) {
+            live += 1;
+            p.dict();
+            p.kv_uint("device", dev(a.device) as u64);
+            p.kv_uint("address", a.addr.unwrap_or(0));
+            for k in [
+                "total_size",
+                "allocated_size",
+                "active_size",
+                "requested_size",
+            ] {
+                p.kv_uint(k, a.bytes);
+            }
+            p.kv_uint("stream", 0);
+            p.kv_str("segment_type", "large");
+            p.str("is_expandable");
+            p.bool(false);
+            p.str("frames");
+            frames(&mut p, &ledger, a.stack);
+            p.str("blocks");
+            p.list();
+            p.dict();
+            p.kv_uint("size", a.bytes);
+            p.kv_uint("requested_size", a.bytes);
+            p.kv_str("state", "active_allocated");
+            p.str("frames");
+            frames(&mut p, &ledger, a.stack);
+            p.end_dict();
+            p.end_list();
+            p.end_dict();
+        }
+    }
+    p.end_list();
+    p.str("device_traces");
+    p.list();
+    let devices = traces.keys().copied().max().map_or(0, |m| m + 1);
+    for d in 0..devices {
+        p.list();
+        if let Some(t) = traces.get(&d) {
+            p.buf.extend_from_slice(&t.buf);
+        }
+        p.end_list();
+    }
+    p.end_list();
+    p.end_dict();
+    w.write_all(&p.finish()).map_err(io)?;
+    Ok(format!(
+        "wrote a PyTorch memory snapshot ({n} allocation events, {live} allocations live at the end) \
+         for pytorch.org/memory_viz: drag the file onto the page"
+    ))
+}

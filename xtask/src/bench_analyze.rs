@@ -1,0 +1,249 @@
+//! `cargo xtask bench-analyze`: how fast `vramtrace analyze` reads traces of 10^5 to 10^7
+//! events, against `jq empty` merely parsing the same file. Prints a table; asserts nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use vramtrace::trace::write::TraceWriter;
+use vramtrace::trace::{Call, Frame, Header, Mem, Process, Record, Stack};
+
+#[derive(Debug, Args)]
+pub struct BenchAnalyzeArgs {
+    /// Event counts to generate (repeatable).
+    #[arg(long = "events", default_values_t = [100_000u64, 1_000_000, 10_000_000])]
+    pub events: Vec<u64>,
+    /// The vramtrace binary to measure (build it with `cargo build --release` first).
+    #[arg(long, default_value = "target/release/vramtrace")]
+    pub vramtrace: PathBuf,
+    /// Where the generated traces go.
+    #[arg(long, default_value = "target/bench-analyze")]
+    pub dir: PathBuf,
+    /// Skip `jq` even when it is installed.
+    #[arg(long)]
+    pub no_jq: bool,
+}
+
+const START: u64 = 1_000_000_000_000;
+const THREADS: u32 = 8;
+const STACKS: u32 = 64;
+const PROCS: u32 = 2;
+
+/// A realistic mix: weights loaded first, then steps of alloc/free pairs on several threads
+/// from a few dozen stacks, a little of it stream-ordered, a rare failure.
+fn generate(path: &Path, events: u64) -> Result<()> {
+    let mut w = TraceWriter::create(path)?;
+    w.write(&Record::Header(Header {
+        format: "vramtrace".into(),
+        version: "1.0".into(),
+        tool_version: "bench".into(),
+        host: "bench".into(),
+        kernel: "6.18".into(),
+        start_monotonic_ns: START,
+        start_unix_ns: 1_784_000_000_000_000_000,
+        ..Default::default()
+    }))?;
+    for p in 1..=PROCS {
+        w.write(&Record::Process(Process {
+            id: p,
+            pid: 1000 + p,
+            comm: format!("worker{p}"),
+            ..Default::default()
+        }))?;
+    }
+    for s in 1..=STACKS {
+        w.write(&Record::Stack(Stack {
+            id: s,
+            frames: (0..12)
+                .map(|i| Frame {
+                    addr: 0x5555_0000_0000 + u64::from(s) * 0x1000 + i * 0x40,
+                    file: Some("/usr/lib/python3/dist-packages/torch/lib/libc10_cuda.so".into()),
+                    build_id: Some("a1b2c3d4e5f6".into()),
+                    offset: Some(u64::from(s) * 0x1000 + i * 0x40),
+                    sym: Some(format!("c10::cuda::CUDACachingAllocator::fn{s}_{i}")),
+                    ..Default::default()
+                })
+                .collect(),
+            truncated: None,
+        }))?;
+    }
+    // Outstanding allocations per (proc, thread): freed in order, a working set of 32.
+    let mut live: Vec<std::collections::VecDeque<(u64, bool)>> =
+        vec![Default::default(); (PROCS * THREADS) as usize];
+    let mut ts = START + 1_000_000;
+    let mut next_addr = 0x7f00_0000_0000u64;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut n = 0u64;
+    while n < events {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let slot = (rng % u64::from(PROCS * THREADS)) as usize;
+        let proc = slot as u32 / THREADS + 1;
+        let tid = 1000 + proc + (slot as u32 % THREADS) * 10;
+        ts += 1 + rng % 5000;
+        let q = &mut live[slot];
+        let call = |api: &str| Call {
+            api: api.into(),
+            proc,
+            pid: 1000 + proc,
+            tid,
+            ts_ns: ts,
+            dur_ns: 1200 + rng % 800,
+            ret: 0,
+            device: Some(0),
+            ..Default::default()
+        };
+        if q.len() >= 32 || (q.len() > 4 && rng.is_multiple_of(3)) {
+            let Some((addr, asy)) = q.pop_front() else {
+                continue;
+            };
+            let rec = if asy {
+                Record::Free(Call {
+                    addr: Some(addr),
+                    stream: Some(0x55),
+                    ..call("cuMemFreeAsync")
+                })
+            } else {
+                Record::Free(Call {
+                    addr: Some(addr),
+                    ..call("cuMemFree_v2")
+                })
+            };
+            w.write(&rec)?;
+        } else {
+            let asy = rng.is_multiple_of(7);
+            let bytes = 512 << (rng % 16);
+            next_addr += bytes.max(4096);
+            let stack = Some(1 + (rng >> 20) as u32 % STACKS);
+            let rec = if rng.is_multiple_of(100_003) {
+                Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(bytes << 20),
+                    stack,
+                    ..call("cuMemAlloc_v2")
+                })
+            } else if asy {
+                q.push_back((next_addr, true));
+                Record::Alloc(Call {
+                    addr: Some(next_addr),
+                    bytes: Some(bytes),
+                    mem: Some(Mem::DeviceAsync),
+                    stream: Some(0x55),
+                    stack,
+                    ..call("cuMemAllocAsync")
+                })
+            } else {
+                q.push_back((next_addr, false));
+                Record::Alloc(Call {
+                    addr: Some(next_addr),
+                    bytes: Some(bytes),
+                    mem: Some(Mem::Device),
+                    stack,
+                    ..call("cuMemAlloc_v2")
+                })
+            };
+            w.write(&rec)?;
+        }
+        n += 1;
+    }
+    w.finish(ts + 1000, 0, 0)?;
+    Ok(())
+}
+
+/// Wall seconds and the child's peak RSS (KiB) of one command.
+fn measure(cmd: &mut Command) -> Result<(f64, i64)> {
+    let t = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_CHILDREN is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `ru` outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    Ok((secs, ru.ru_maxrss))
+}
+
+/// Peak RSS of one child, alone: the maximum over children so far is only its own when the
+/// child runs in a fresh process of ours.
+fn measure_alone(args: &[&str]) -> Result<(f64, i64)> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg("__measure")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut it = s.split_whitespace();
+    match (
+        it.next().and_then(|v| v.parse().ok()),
+        it.next().and_then(|v| v.parse().ok()),
+    ) {
+        (Some(a), Some(b)) if out.status.success() => Ok((a, b)),
+        _ => bail!("measuring {args:?} failed: {s}"),
+    }
+}
+
+/// Runs in a fresh xtask: measures one command and prints `secs maxrss_kib`.
+pub fn measure_child(args: &[String]) -> Result<()> {
+    let Some((prog, rest)) = args.split_first() else {
+        bail!("nothing to measure");
+    };
+    let (secs, rss) = measure(Command::new(prog).args(rest))?;
+    println!("{secs} {rss}");
+    Ok(())
+}
+
+pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
+    if !args.vramtrace.exists() {
+        bail!(
+            "{} does not exist: run `cargo build --release -p vramtrace` first",
+            args.vramtrace.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let jq = !args.no_jq
+        && Command::new("jq")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    println!(
+        "{:>10} {:>9} {:>9} {:>12} {:>9} {:>9} {:>10} {:>8}",
+        "events", "MiB", "analyze", "events/s", "RSS MiB", "jq empty", "jq RSS", "speedup"
+    );
+    for &events in &args.events {
+        let path = args.dir.join(format!("trace-{events}.jsonl"));
+        if !path.exists() {
+            generate(&path, events).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let mib = std::fs::metadata(&path)?.len() as f64 / (1 << 20) as f64;
+        let p = path.to_string_lossy();
+        let bin = args.vramtrace.to_string_lossy();
+        let (a_s, a_rss) = measure_alone(&[&bin, "analyze", "--json", &p])?;
+        let (j_s, j_rss) = if jq {
+            measure_alone(&["jq", "empty", &p])?
+        } else {
+            (f64::NAN, 0)
+        };
+        println!(
+            "{:>10} {:>9.1} {:>8.2}s {:>12.0} {:>9.1} {:>8.2}s {:>10.1} {:>7.2}x",
+            events,
+            mib,
+            a_s,
+            events as f64 / a_s,
+            a_rss as f64 / 1024.0,
+            j_s,
+            j_rss as f64 / 1024.0,
+            j_s / a_s
+        );
+    }
+    Ok(())
+}
