@@ -77,7 +77,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "vramtrace",
                 "-p",
                 "xtask",
-                "--bins",
             ])
             .status()
             .context("running cargo build")?;
