@@ -44,6 +44,9 @@ enum Scenario {
     ExitWithoutFree,
     /// A short run of every family.
     Mixed,
+    /// Training-like steps where one call site leaks a buffer every step, beside a
+    /// stream-ordered pool and a caching segment that retain memory by design.
+    Leak,
     /// Every hooked entry point once, whatever the results.
     ProbeAll,
 }
@@ -198,6 +201,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Contexts => scenarios::contexts(&rt, seed),
         Scenario::ExitWithoutFree => scenarios::exit_without_free(&rt, seed),
         Scenario::Mixed => scenarios::mixed(&rt, seed, threads)?,
+        Scenario::Leak => scenarios::leak(&rt, seed)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

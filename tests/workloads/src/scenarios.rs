@@ -444,3 +444,71 @@ pub fn mixed(rt: &Rt, seed: u64, threads: usize) -> anyhow::Result<Extra> {
     }
     Ok(Extra::new())
 }
+
+/// Bytes the leaking call site keeps per step in the `leak` scenario.
+const LEAK_BYTES_PER_STEP: u64 = MIB;
+/// Steps of the `leak` scenario.
+const LEAK_STEPS: u64 = 30;
+
+/// The leak: a buffer for per-step metrics, allocated every step and never freed.
+/// A function of its own so that its stack is told apart from every other call site.
+#[inline(never)]
+fn leak_metrics_buffer(rt: &Rt) -> Option<u64> {
+    rt.alloc(LEAK_BYTES_PER_STEP, Dynamic)
+}
+
+/// A caching allocator's segment: reserved once when the working set warms up, then held
+/// and reused. Retention by design, not a leak.
+#[inline(never)]
+fn reserve_cache_segment(rt: &Rt, bytes: u64) -> Option<u64> {
+    rt.alloc(bytes, KvCache)
+}
+
+/// Activations of one step, freed at its end.
+#[inline(never)]
+fn step_activations(rt: &Rt, rng: &mut Rng) -> Vec<u64> {
+    let n = 3 + rng.next() % 3;
+    (0..n)
+        .filter_map(|_| rt.alloc(rng.size(MIB, 16 * MIB, 4096), Dynamic))
+        .collect()
+}
+
+/// Training-like steps where one call site leaks a small buffer every step, while a
+/// stream-ordered pool and a caching segment retain memory by design.
+pub fn leak(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    let mut rng = Rng::new(seed);
+    let pt = Ptsz::load(&rt.d)?;
+    load_weights(rt, &mut rng, 12, 2 * MIB, 16 * MIB);
+    let pool0 = rt.default_pool();
+    let mut leaked = 0u64;
+    for step in 0..LEAK_STEPS {
+        let acts = step_activations(rt, &mut rng);
+        // Stream-ordered scratch from the default pool, never trimmed: the pool keeps it.
+        let scratch = pool0.and_then(|pool| rt.alloc_async(pt.alloc_async, pool, 8 * MIB));
+        if step == 0 {
+            reserve_cache_segment(rt, 64 * MIB);
+        }
+        if leak_metrics_buffer(rt).is_some() {
+            leaked += 1;
+        }
+        for p in acts.into_iter().rev() {
+            rt.free(p);
+        }
+        if let Some(p) = scratch {
+            rt.free_async(pt.free_async, p);
+        }
+        if step % 10 == 9 {
+            call!(rt.d, rt.cu.synchronize);
+        }
+    }
+    let mut extra = Extra::new();
+    extra.insert(
+        "leak".into(),
+        json!({
+            "function": "leak_metrics_buffer",
+            "bytes_per_step": LEAK_BYTES_PER_STEP,
+            "steps": leaked,
+        }),
+    );
+    Ok(extra)
+}

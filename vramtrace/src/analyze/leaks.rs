@@ -1,7 +1,8 @@
 //! Leak suspects: allocating stacks whose live bytes keep growing through the steady state.
 //!
 //! The steady state of a process starts at its first explicit free (the load phase only
-//! allocates) and ends at its exit or the end of the trace. It is cut into thirds; a stack is
+//! allocates) and ends at its last allocation or free before its exit or the end of the
+//! trace. It is cut into thirds; a stack is
 //! a suspect when its live bytes are higher at the end of each third than at the end of the
 //! one before. Memory that is held by design is told apart and listed as retention:
 //!
@@ -34,12 +35,12 @@ struct StackStat {
     live_bytes: u64,
     live_count: u64,
     last_alloc_ts: u64,
-    /// (ts, live bytes after the change), oldest first.
+    /// (the process's memory event ordinal, live bytes after the change), oldest first.
     history: Vec<(u64, u64)>,
 }
 
 impl StackStat {
-    fn record(&mut self, ts: u64) {
+    fn record(&mut self, ord: u64) {
         if self.history.len() >= HISTORY {
             // Keep every other point and the latest: bounded, and still in time order.
             let last = self.history.last().copied();
@@ -54,14 +55,14 @@ impl StackStat {
                 self.history.push(l);
             }
         }
-        self.history.push((ts, self.live_bytes));
+        self.history.push((ord, self.live_bytes));
     }
 
-    fn live_at(&self, ts: u64) -> u64 {
+    fn live_at(&self, ord: u64) -> u64 {
         self.history
             .iter()
             .rev()
-            .find(|(t, _)| *t <= ts)
+            .find(|(o, _)| *o <= ord)
             .map_or(0, |(_, b)| *b)
     }
 }
@@ -70,6 +71,22 @@ impl StackStat {
 struct ProcSpan {
     first_free: Option<u64>,
     exit: Option<u64>,
+    /// The last allocation or free before the exit: the steady state ends here, so that an
+    /// idle tail (teardown, a final evaluation) does not make a growing stack look flat.
+    last_activity: Option<u64>,
+    /// Allocations and frees so far: the steady state is cut into thirds by these, not by
+    /// time, so that a pause (a stall, an evaluation) does not make a leak look flat.
+    events: u64,
+    first_free_event: u64,
+}
+
+impl ProcSpan {
+    /// One more allocation or free at `ts`; returns its ordinal.
+    fn active(&mut self, ts: u64) -> u64 {
+        self.last_activity = Some(self.last_activity.map_or(ts, |l| l.max(ts)));
+        self.events += 1;
+        self.events
+    }
 }
 
 /// Per-stack live bytes over time, from the allocations and frees the ledger booked.
@@ -127,6 +144,7 @@ impl LeakTracker {
         if span.exit.is_some() {
             return;
         }
+        let ord = span.active(a.ts_ns);
         let steady = span.first_free.is_some_and(|f| a.ts_ns >= f);
         let s = self
             .stacks
@@ -147,21 +165,25 @@ impl LeakTracker {
         s.live_bytes = s.live_bytes.saturating_add(a.bytes);
         s.live_count += 1;
         s.last_alloc_ts = s.last_alloc_ts.max(a.ts_ns);
-        s.record(a.ts_ns);
+        s.record(ord);
     }
 
     /// An allocation about to be freed.
     pub fn on_free(&mut self, proc: u32, a: &LiveAllocation, ts: u64) {
         let span = self.procs.entry(proc).or_default();
-        span.first_free.get_or_insert(ts);
         if span.exit.is_some() {
             return;
+        }
+        let ord = span.active(ts);
+        if span.first_free.is_none() {
+            span.first_free = Some(ts);
+            span.first_free_event = ord;
         }
         if let Some(s) = self.stacks.get_mut(&(proc, a.stack)) {
             s.frees += 1;
             s.live_bytes = s.live_bytes.saturating_sub(a.bytes);
             s.live_count = s.live_count.saturating_sub(1);
-            s.record(ts);
+            s.record(ord);
         }
     }
 
@@ -191,12 +213,17 @@ impl LeakTracker {
             let Some(start) = span.first_free else {
                 continue;
             };
-            let end = span.exit.or(p.last_ts_ns).unwrap_or(start);
+            let end = span
+                .last_activity
+                .or(span.exit)
+                .or(p.last_ts_ns)
+                .unwrap_or(start);
             if end <= start || s.live_bytes == 0 || s.mem == Mem::DeviceAsync {
                 continue;
             }
             let d = end - start;
-            let b = [start, start + d / 3, start + 2 * d / 3, end].map(|t| s.live_at(t));
+            let (o0, n) = (span.first_free_event, span.events - span.first_free_event);
+            let b = [o0, o0 + n / 3, o0 + 2 * n / 3, span.events].map(|o| s.live_at(o));
             let grows = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
             if grows && s.steady_allocs >= MIN_STEADY_ALLOCS {
                 out.suspects.push(LeakSuspect {

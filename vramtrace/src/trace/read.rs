@@ -1805,6 +1805,41 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn a_corrupted_line_costs_only_that_line(
+            recs in prop::collection::vec(record(), 1..20),
+            which in any::<prop::sample::Index>(),
+            junk in prop::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 1..64),
+        ) {
+            prop_assume!(junk.iter().any(|b| !b.is_ascii_whitespace()));
+            let (bytes, _) = write_trace(&recs, true);
+            let which = which.index(recs.len());
+            // Line 1 is the header; record k is on line k + 2.
+            let bad_line = which as u64 + 2;
+            let mut lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+            let replaced = [junk.as_slice(), b"\n"].concat();
+            lines[which + 1] = &replaced;
+            let corrupted = lines.concat();
+            let (read, s) = read_all(&corrupted);
+            let expected: Vec<(u64, Record)> = recs
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, r)| (i as u64 + 2, r))
+                .filter(|(line, _)| *line != bad_line)
+                .collect();
+            prop_assert_eq!(read, expected);
+            // Besides the bad line, only the footer may disagree (its counts and digest).
+            let footer = recs.len() as u64 + 2;
+            let lines_of: Vec<u64> = kinds(&s.problems)
+                .into_iter()
+                .map(|(l, _)| l)
+                .filter(|l| *l != footer)
+                .collect();
+            prop_assert_eq!(lines_of, vec![bad_line]);
+            prop_assert!(!s.complete || s.digest_ok == Some(false));
+        }
+
+        #[test]
         fn a_trace_cut_anywhere_reads_to_its_last_complete_line(
             recs in prop::collection::vec(record(), 0..20),
             cut in any::<prop::sample::Index>(),
