@@ -131,8 +131,12 @@ pub struct CallEvent {
     pub ret: i32,
     /// `flags::*` bits.
     pub flags: u32,
+    /// The thread's name (`task->comm`), NUL-padded, in the first event of each process only
+    /// (all zero otherwise): a process that is gone before user space reads `/proc` keeps
+    /// its name.
+    pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<CallEvent>() == 160); // no hidden padding
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 176); // no hidden padding
 
 /// A traced process ended.
 #[repr(C)]

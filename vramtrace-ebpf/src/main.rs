@@ -12,8 +12,8 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_send_signal_thread,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -238,6 +238,9 @@ fn try_call_return(ctx: &RetProbeContext) {
     let first = unsafe { SEEN.get(&ev.pid) }.is_none();
     if first {
         let _ = SEEN.insert(&ev.pid, &1, 0);
+        if let Ok(comm) = bpf_get_current_comm() {
+            ev.comm = comm;
+        }
     }
     slot.write(ev);
     slot.submit(if first {

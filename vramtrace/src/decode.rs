@@ -142,7 +142,7 @@ impl Converter {
                 let legacy32 = api.legacy32;
                 let ctx_v3 = api.ctx_v3;
                 let symbol = api.symbol.clone();
-                let proc = self.proc_id(ev.pid, env, out);
+                let proc = self.proc_id(ev.pid, &ev.comm, env, out);
                 let stack = self.stack_id(proc, ev, env, out);
                 let mut call = Call {
                     api: symbol,
@@ -162,16 +162,31 @@ impl Converter {
         }
     }
 
-    fn proc_id(&mut self, pid: u32, env: &mut dyn Environment, out: &mut Vec<Record>) -> u32 {
+    fn proc_id(
+        &mut self,
+        pid: u32,
+        comm: &[u8; 16],
+        env: &mut dyn Environment,
+        out: &mut Vec<Record>,
+    ) -> u32 {
         if let Some(&id) = self.procs.get(&pid) {
             return id;
         }
         let id = self.next_proc;
         self.next_proc += 1;
         self.procs.insert(pid, id);
+        // The name the probe captured stands in when /proc no longer has the process.
+        let captured = {
+            let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+            crate::procinfo::sanitize(&String::from_utf8_lossy(&comm[..len]))
+        };
         let mut p = env.process(pid).unwrap_or_else(|| Process {
             pid,
-            comm: "?".into(),
+            comm: if captured.is_empty() {
+                "?".into()
+            } else {
+                captured
+            },
             ..Process::default()
         });
         p.id = id;
@@ -684,6 +699,33 @@ mod tests {
             )
         );
         assert_eq!(c.dur_ns, 50);
+    }
+
+    #[test]
+    fn the_probe_captured_name_stands_in_for_a_process_gone_from_proc() {
+        struct GoneEnv;
+        impl Environment for GoneEnv {
+            fn process(&mut self, _pid: u32) -> Option<Process> {
+                None
+            }
+            fn stack(&mut self, _id: u32) -> Option<Vec<u64>> {
+                None
+            }
+            fn frames(&mut self, _pid: u32, _addrs: &[u64]) -> Vec<Frame> {
+                Vec::new()
+            }
+        }
+        let mut conv = Converter::new(table(&["cuMemAlloc_v2"]));
+        let mut out = Vec::new();
+        let mut ev = call(0, [0x7000, 4096, 0, 0, 0, 0], 0x10, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.comm[..8].copy_from_slice(b"train\x1b[2");
+        }
+        conv.convert(&ev, &mut GoneEnv, &mut out);
+        let Record::Process(p) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(p.comm, "train", "captured, escape sequence removed");
     }
 
     #[test]
