@@ -103,8 +103,11 @@ fn replay_select_open_the_stack_and_quit() {
     tmux.keys(&["Down"]);
     tmux.wait_for("Allocations: pid 1002 server");
 
-    // Into the allocations, then the stack of the first one.
+    // Into the allocations, largest first (the 2 GiB buffer, above the newer pinned host
+    // buffer), then the stack of the first one.
     tmux.keys(&["Enter"]);
+    tmux.keys(&["s"]);
+    tmux.wait_for("largest first");
     tmux.keys(&["Enter"]);
     let s = tmux.wait_for("Stack (Esc closes)");
     tmux.wait_for("ggml_backend_cuda_buffer_alloc");
