@@ -82,28 +82,18 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
     };
     let mut reader = TraceReader::new(BufReader::with_capacity(1 << 20, input))?;
     let mut replay = Replay {
-        header: Some(reader.header().clone()),
         post: Collector::new(filters.top),
         ..Replay::default()
     };
+    // The reader keeps the header out of the stream; the ledger needs its NVML facts.
+    replay.apply(crate::trace::Record::Header(reader.header().clone()));
     for rec in reader.by_ref() {
         replay.apply(rec);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let s = reader.summary();
-    let status = ReadStatus {
-        complete: s.complete,
-        digest_ok: s.digest_ok,
-        problems: s
-            .problems
-            .iter()
-            .map(|p| (p.line, p.message.clone()))
-            .collect(),
-        header: Some(s.header),
-        footer: s.footer,
-    };
+    let status = ReadStatus::from(reader.summary());
     let mut report = replay.report(Some(&status));
     apply(&mut report, filters);
     Ok(report)

@@ -639,26 +639,23 @@ pub fn summarize(records: impl Iterator<Item = Record>, read: Option<&ReadStatus
 /// Reads a trace file, streaming, and sums it up. Bad lines are reported in the result, not
 /// as errors; only a file that is not a readable vramtrace trace is an error.
 pub fn analyze_file(path: &std::path::Path) -> Result<Report, crate::trace::read::ReadError> {
-    let mut reader = crate::trace::read::TraceReader::open(path)?;
-    let mut replay = Replay::default();
-    // The reader keeps the header out of the stream; the ledger needs its NVML facts.
-    replay.apply(Record::Header(reader.header().clone()));
-    for rec in reader.by_ref() {
-        replay.apply(rec);
+    analyze_file_with(path, &Filters::default())
+}
+
+impl From<crate::trace::read::ReadSummary> for ReadStatus {
+    fn from(s: crate::trace::read::ReadSummary) -> Self {
+        ReadStatus {
+            complete: s.complete,
+            digest_ok: s.digest_ok,
+            problems: s
+                .problems
+                .iter()
+                .map(|p| (p.line, p.message.clone()))
+                .collect(),
+            header: Some(s.header),
+            footer: s.footer,
+        }
     }
-    let s = reader.summary();
-    let status = ReadStatus {
-        complete: s.complete,
-        digest_ok: s.digest_ok,
-        problems: s
-            .problems
-            .iter()
-            .map(|p| (p.line, p.message.clone()))
-            .collect(),
-        header: Some(s.header),
-        footer: s.footer,
-    };
-    Ok(replay.report(Some(&status)))
 }
 
 /// A replay in progress: the Ledger, and the header and footer when they come by.
