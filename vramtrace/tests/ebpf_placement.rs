@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::Path, process::Command};
+use std::{collections::BTreeMap, path::Path};
 
-use common::{NVIDIA_LIBCUDA, require_root, sim};
+use common::{NVIDIA_LIBCUDA, record_with, sim};
 use vramtrace::{
     probe::placement::{self, ProbeAt},
-    trace::{Header, Record, read::TraceReader},
+    trace::{Header, Record},
 };
 
 /// Per entry point, in call order: (return code, bytes, address).
@@ -17,44 +17,11 @@ type Seen = BTreeMap<String, Vec<(i32, Option<u64>, Option<u64>)>>;
 
 /// Records `workload --lib LIB probe-all` under `vramtrace record --probe-at PROBE_AT`.
 fn record_probe_all(lib: &Path, probe_at: &str) -> (Header, Seen) {
-    require_root();
-    let (_, workload) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("trace.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--libcuda")
-        .arg(lib)
-        .args(["--probe-at", probe_at])
-        .arg("--")
-        .arg(workload)
-        .arg("--lib")
-        .arg(lib)
-        .arg("probe-all")
-        .output()
-        .expect("running vramtrace record");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let truth_line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no ground truth; stdout:\n{stdout}\nstderr:\n{stderr}"));
-    let truth: serde_json::Value = serde_json::from_str(truth_line).expect("ground truth is JSON");
-    let pid = truth["pid"].as_u64().expect("pid in the ground truth") as u32;
-
-    let mut reader = TraceReader::open(&trace).expect("trace opens");
-    let records: Vec<Record> = reader.by_ref().collect();
-    let summary = reader.summary();
-    assert!(
-        summary.complete && summary.problems.is_empty(),
-        "--probe-at {probe_at}: {:?}\nstderr:\n{stderr}",
-        summary.problems
-    );
+    let r = record_with(lib, &["--probe-at", probe_at], "probe-all", &[]);
+    let pid = r.truth["pid"].as_u64().expect("pid in the ground truth") as u32;
     let mut seen = Seen::new();
-    for c in records
+    for c in r
+        .records
         .iter()
         .filter_map(Record::call)
         .filter(|c| c.pid == pid)
@@ -68,15 +35,16 @@ fn record_probe_all(lib: &Path, probe_at: &str) -> (Header, Seen) {
                 c.addr.filter(|_| !c.mem.is_some_and(|m| m.is_host())),
             ));
     }
-    let lost: u64 = records
+    let lost: u64 = r
+        .records
         .iter()
-        .filter_map(|r| match r {
-            Record::Lost(l) => Some(l.ringbuf_full + l.entry_map_full + l.exit_dropped),
+        .filter_map(|rec| match rec {
+            Record::Lost(l) => Some(l.events()),
             _ => None,
         })
         .sum();
     assert_eq!(lost, 0, "--probe-at {probe_at}: events lost");
-    (summary.header.clone(), seen)
+    (r.header, seen)
 }
 
 /// Both placements trace the same calls; `auto` moved the probes where placement chose.
