@@ -343,30 +343,9 @@ impl Tracer {
             }
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or(ProbeError::Missing("EVENTS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        let stacks = StackTraceMap::try_from(
-            ebpf.take_map("STACKS")
-                .ok_or(ProbeError::Missing("STACKS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "STACKS",
-            source,
-        })?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .ok_or(ProbeError::Missing("COUNTERS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
+        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let stacks = take_map(&mut ebpf, "STACKS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
         Ok(Tracer {
             ebpf,
             ring,
@@ -441,6 +420,15 @@ impl Tracer {
                 source,
             })
     }
+}
+
+/// Takes the map `name` out of the object as the typed map `T`.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
 fn attach_points(p: &mut UProbe, path: &Path, points: &[(u64, u64)]) -> Result<(), ProbeError> {
