@@ -26,7 +26,7 @@ pub use render::{human_bytes, render_text};
 use crate::ledger::{
     Class, DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
 };
-use crate::trace::{Footer, Frame, GpuInfo, Header, Mem, NvmlInfo, Record};
+use crate::trace::{Footer, Frame, Header, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -75,20 +75,9 @@ pub struct Report {
 /// NVML in a recording: the header's facts and how many samples were taken.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NvmlReport {
-    /// NVML initialized and answered.
-    pub available: bool,
-    /// Why not, when it did not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Driver version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub driver_version: Option<String>,
-    /// NVML version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nvml_version: Option<String>,
-    /// The GPUs, by NVML index.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpus: Vec<GpuInfo>,
+    /// What the header says: available or why not, versions, GPUs.
+    #[serde(flatten)]
+    pub info: NvmlInfo,
     /// `nvml` records in the trace.
     pub samples: u64,
 }
@@ -607,11 +596,7 @@ fn process_report(p: &ProcessState) -> ProcessReport {
 
 fn nvml_report(i: &NvmlInfo, samples: u64) -> NvmlReport {
     NvmlReport {
-        available: i.available,
-        reason: i.reason.clone(),
-        driver_version: i.driver_version.clone(),
-        nvml_version: i.nvml_version.clone(),
-        gpus: i.gpus.clone(),
+        info: i.clone(),
         samples,
     }
 }

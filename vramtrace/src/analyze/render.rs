@@ -297,22 +297,22 @@ fn maybe_bytes(b: Option<u64>) -> String {
 /// NVML: unavailable and why, or per GPU what NVML reported against what was traced.
 fn render_nvml(o: &mut String, r: &Report) {
     let Some(n) = &r.nvml else { return };
-    if !n.available {
+    if !n.info.available {
         let _ = writeln!(
             o,
             "NVML: not available ({})",
-            n.reason.as_deref().unwrap_or("no reason recorded")
+            n.info.reason.as_deref().unwrap_or("no reason recorded")
         );
         return;
     }
     let _ = writeln!(
         o,
         "NVML: driver {}, {} sample(s)",
-        n.driver_version.as_deref().unwrap_or("?"),
+        n.info.driver_version.as_deref().unwrap_or("?"),
         n.samples
     );
     for g in &r.machine.nvml_gpus {
-        let info = n.gpus.iter().find(|i| i.index == g.index);
+        let info = n.info.gpus.iter().find(|i| i.index == g.index);
         let name = info.and_then(|i| i.name.as_deref()).unwrap_or("?");
         let _ = writeln!(
             o,

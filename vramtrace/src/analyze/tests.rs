@@ -395,9 +395,9 @@ fn nvml_block_and_coverage() {
     ];
     let r = summarize(records.into_iter(), None);
     let n = r.nvml.as_ref().expect("nvml block");
-    assert!(n.available);
+    assert!(n.info.available);
     assert_eq!(n.samples, 1);
-    assert_eq!(n.gpus.len(), 1);
+    assert_eq!(n.info.gpus.len(), 1);
     let d = &r.processes[0].nvml[0];
     assert_eq!(
         (d.device, d.nvml_index, d.traced_bytes, d.nvml_bytes),
