@@ -57,7 +57,7 @@ fn frames() {
     app.size = Rect::new(0, 0, W, H);
     update(
         &mut app,
-        Msg::Records(vec![Record::Header(synth::header())]),
+        Msg::Records(vec![Record::Header(Box::new(synth::header()))]),
     );
     let t = Instant::now();
     update(&mut app, Msg::Records(synth::many(LIVE)));

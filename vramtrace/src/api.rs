@@ -236,7 +236,7 @@ pub const APIS: &[ApiDef] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hooked {
     /// Exported symbol name.
-    pub symbol: String,
+    pub symbol: std::sync::Arc<str>,
     /// What it does.
     pub kind: Kind,
     /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).
@@ -253,7 +253,7 @@ impl Hooked {
         let suffix = &symbol[def.base.len().min(symbol.len())..];
         let versioned = suffix.starts_with("_v");
         Hooked {
-            symbol: symbol.to_string(),
+            symbol: symbol.into(),
             kind: def.kind,
             legacy32: def.legacy32 && !versioned,
             ctx_v3: def.kind == Kind::CtxCreate && suffix.starts_with("_v3"),

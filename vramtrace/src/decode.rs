@@ -690,7 +690,7 @@ mod tests {
         );
         let Record::Alloc(c) = &out[2] else { panic!() };
         assert_eq!(
-            (c.addr, c.bytes, c.mem, c.api.as_str()),
+            (c.addr, c.bytes, c.mem, &*c.api),
             (
                 Some(0xdead_0000),
                 Some(4096),

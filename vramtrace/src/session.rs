@@ -424,7 +424,7 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
         lines: 0,
         violations: 0,
     };
-    writer.write(Record::Header(header))?;
+    writer.write(Record::Header(Box::new(header)))?;
     // On disk at once: the header says the probes are attached.
     writer.flush()?;
 

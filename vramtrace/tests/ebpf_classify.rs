@@ -158,7 +158,7 @@ fn host_memory_is_a_finding_by_default() {
     let findings = p["host_fallback"].as_array().expect("host_fallback list");
     assert_eq!(findings.len(), calls.len());
     for (f, c) in findings.iter().zip(&calls) {
-        assert_eq!(f["api"], c.api.as_str());
+        assert_eq!(f["api"], &*c.api);
         assert_eq!(f["bytes"].as_u64(), c.bytes);
         assert!(
             f["stack"].as_array().is_some_and(|s| !s.is_empty()),

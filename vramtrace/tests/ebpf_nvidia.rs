@@ -45,7 +45,7 @@ fn every_call_through_get_proc_address_is_traced() {
         if let Some(c) = rec.call()
             && c.pid == pid
         {
-            traced.entry(c.api.clone()).or_default().push(c);
+            traced.entry(c.api.to_string()).or_default().push(c);
         }
     }
     let called_and_hooked: Vec<_> = rets

@@ -26,7 +26,7 @@ fn record_probe_all(lib: &Path, probe_at: &str) -> (Header, Seen) {
         .filter_map(Record::call)
         .filter(|c| c.pid == pid)
     {
-        seen.entry(c.api.clone())
+        seen.entry(c.api.to_string())
             .or_default()
             // Host addresses come from malloc and move with ASLR between the two runs.
             .push((

@@ -29,7 +29,7 @@ fn check_against_truth(r: &Recorded) {
                 && c.pid == pid
                 && f(rec)
             {
-                *m.entry(c.api.clone()).or_default() += 1;
+                *m.entry(c.api.to_string()).or_default() += 1;
             }
         }
         m
@@ -53,11 +53,11 @@ fn check_against_truth(r: &Recorded) {
     for rec in &r.records {
         match rec {
             Record::Alloc(c) | Record::VmmCreate(c) if c.pid == pid => {
-                *alloc_bytes.entry(c.api.clone()).or_default() += c.bytes.expect("alloc has bytes");
+                *alloc_bytes.entry(c.api.to_string()).or_default() += c.bytes.expect("alloc has bytes");
             }
             Record::Failed(c) if c.pid == pid => {
                 if let Some(b) = c.bytes {
-                    *failed_bytes.entry(c.api.clone()).or_default() += b;
+                    *failed_bytes.entry(c.api.to_string()).or_default() += b;
                 }
             }
             _ => {}
@@ -121,7 +121,7 @@ fn llm_server_with_four_threads() {
         .records
         .iter()
         .filter_map(|rec| rec.call())
-        .filter(|c| c.pid == pid && c.api == "cuMemAlloc_v2")
+        .filter(|c| c.pid == pid && &*c.api == "cuMemAlloc_v2")
         .map(|c| c.tid)
         .collect();
     assert!(tids.len() >= 4, "allocations from 4+ threads, got {tids:?}");

@@ -39,7 +39,7 @@ fn read_and_write_speed() {
 
     let started = Instant::now();
     let mut w = TraceWriter::create(&path).expect("create");
-    w.write(&Record::Header(header)).expect("header");
+    w.write(&Record::Header(Box::new(header))).expect("header");
     for i in 0..PAIRS {
         let alloc = Call {
             bytes: Some(1 << (10 + i % 14)),

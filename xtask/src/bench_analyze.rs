@@ -35,7 +35,7 @@ const PROCS: u32 = 2;
 /// from a few dozen stacks, a little of it stream-ordered, a rare failure.
 fn generate(path: &Path, events: u64) -> Result<()> {
     let mut w = TraceWriter::create(path)?;
-    w.write(&Record::Header(Header {
+    w.write(&Record::Header(Box::new(Header {
         format: "vramtrace".into(),
         version: "1.0".into(),
         tool_version: "bench".into(),
@@ -44,7 +44,7 @@ fn generate(path: &Path, events: u64) -> Result<()> {
         start_monotonic_ns: START,
         start_unix_ns: 1_784_000_000_000_000_000,
         ..Default::default()
-    }))?;
+    })))?;
     for p in 1..=PROCS {
         w.write(&Record::Process(Process {
             id: p,

@@ -86,7 +86,9 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
         ..Replay::default()
     };
     // The reader keeps the header out of the stream; the ledger needs its NVML facts.
-    replay.apply(crate::trace::Record::Header(reader.header().clone()));
+    replay.apply(crate::trace::Record::Header(Box::new(
+        reader.header().clone(),
+    )));
     for rec in reader.by_ref() {
         replay.apply(rec);
     }

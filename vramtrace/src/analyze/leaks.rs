@@ -12,7 +12,7 @@
 //!   up, then stay flat; a stack whose live bytes stopped growing in the last two thirds is
 //!   retention, not a leak.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +151,7 @@ impl LeakTracker {
             .entry((proc, a.stack))
             .or_insert_with(|| StackStat {
                 mem: a.mem,
-                api: a.api.clone(),
+                api: a.api.to_string(),
                 allocs: 0,
                 frees: 0,
                 steady_allocs: 0,

@@ -443,7 +443,7 @@ fn held(a: &LiveAllocation) -> HeldAllocation {
         handle: a.handle,
         bytes: a.bytes,
         mem: a.mem,
-        api: a.api.clone(),
+        api: a.api.to_string(),
         ts_ns: a.ts_ns,
         tid: a.tid,
         stack: a.stack,
@@ -656,7 +656,7 @@ impl Replay {
     /// Feeds one record.
     pub fn apply(&mut self, rec: Record) {
         match &rec {
-            Record::Header(h) => self.header = Some(h.clone()),
+            Record::Header(h) => self.header = Some((**h).clone()),
             Record::Footer(f) => self.footer = Some(f.clone()),
             _ => {}
         }

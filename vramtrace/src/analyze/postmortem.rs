@@ -6,7 +6,9 @@
 //! [`Ledger`] just before and just after the ledger applies it, and remembers what the
 //! explanation needs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -189,7 +191,7 @@ impl Collector {
             top: top.max(1),
             ooms: Vec::new(),
             nvml: BTreeMap::new(),
-            procs: HashMap::new(),
+            procs: HashMap::default(),
             leaks: LeakTracker::default(),
             timeline: Timeline::default(),
         }
@@ -263,7 +265,7 @@ impl Collector {
             pid: c.pid,
             tid: c.tid,
             ts_ns: now,
-            api: c.api.clone(),
+            api: c.api.to_string(),
             error: cuda_error_name(c.ret).to_owned(),
             request_bytes: c.bytes,
             device: c.device,
@@ -300,7 +302,7 @@ impl Collector {
             low_bytes: b,
             ..Default::default()
         });
-        let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::new();
+        let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::default();
         let mut largest: Vec<&LiveAllocation> = Vec::new();
         for a in p.live_allocations() {
             e.live_allocations += 1;
@@ -343,7 +345,7 @@ impl Collector {
             .take(self.top)
             .map(|a| Holder {
                 bytes: a.bytes,
-                api: a.api.clone(),
+                api: a.api.to_string(),
                 mem: Some(a.mem),
                 class: class_of(a).unwrap_or("unknown").to_owned(),
                 ts_ns: a.ts_ns,

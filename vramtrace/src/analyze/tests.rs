@@ -52,7 +52,7 @@ fn trace() -> Vec<Record> {
         })
     };
     vec![
-        Record::Header(header()),
+        Record::Header(Box::new(header())),
         Record::Process(Process {
             id: 1,
             pid: 4242,
@@ -377,7 +377,7 @@ fn nvml_block_and_coverage() {
     )
     .expect("nvml line");
     let records = vec![
-        Record::Header(h),
+        Record::Header(Box::new(h)),
         Record::Process(Process {
             id: 1,
             pid: 4242,
@@ -440,7 +440,7 @@ fn nvml_unavailable_is_said_once() {
         reason: Some("NVML could not initialize: Driver Not Loaded".into()),
         ..NvmlInfo::default()
     });
-    let r = summarize(std::iter::once(Record::Header(h)), None);
+    let r = summarize(std::iter::once(Record::Header(Box::new(h))), None);
     let json = serde_json::to_value(&r).expect("serializes");
     assert_eq!(json["nvml"]["available"], false);
     assert_eq!(
@@ -454,7 +454,7 @@ fn nvml_unavailable_is_said_once() {
         "{text}"
     );
     // A trace that does not say: no block at all.
-    let r = summarize(std::iter::once(Record::Header(header())), None);
+    let r = summarize(std::iter::once(Record::Header(Box::new(header()))), None);
     assert!(r.nvml.is_none());
     assert!(!render_text(&r).contains("NVML"));
 }

@@ -35,7 +35,9 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 pub use classify::{Class, ClassBytes, Evidence, Phase};
 pub use nvml::{
@@ -239,7 +241,7 @@ impl Ledger {
         let oom = Oom {
             ts_ns: c.ts_ns,
             tid: c.tid,
-            api: c.api.clone(),
+            api: c.api.to_string(),
             ret: c.ret,
             requested_bytes: c.bytes,
             stack: c.stack,

@@ -419,7 +419,7 @@ mod tests {
     }
 
     fn header(gpus: &[(u32, &str)]) -> Record {
-        Record::Header(Header {
+        Record::Header(Box::new(Header {
             nvml: Some(NvmlInfo {
                 available: true,
                 driver_version: Some("535.247.01".into()),
@@ -434,7 +434,7 @@ mod tests {
                 ..NvmlInfo::default()
             }),
             ..Header::default()
-        })
+        }))
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! [`ProcessState::book_sub`], which move the process, its device and the machine totals
 //! together, so the three can never disagree.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::classify::{self, AllocRef, ClassBytes, Classifier, Evidence, Phase};
 use super::usage::{Class, Totals, Usage};
@@ -36,7 +39,7 @@ pub struct LiveAllocation {
     /// Where it lives.
     pub mem: Mem,
     /// The entry point that made it.
-    pub api: String,
+    pub api: Arc<str>,
     /// When it was made.
     pub ts_ns: u64,
     /// The thread that made it.
@@ -346,7 +349,8 @@ pub struct ProcessState {
     /// Out-of-memory failures (the first [`OOMS`]).
     pub ooms: Vec<Oom>,
 
-    by_addr: BTreeMap<u64, LiveAllocation>,
+    /// Boxed: the tree moves its values as it rebalances.
+    by_addr: BTreeMap<u64, Box<LiveAllocation>>,
     arrays: HashMap<u64, LiveAllocation>,
     vmm: HashMap<u64, VmmHandle>,
     mappings: BTreeMap<u64, Mapping>,
@@ -359,6 +363,14 @@ pub struct ProcessState {
     freed: HashSet<u64>,
     /// Device plus pool-held bytes when `classes_at_peak` was taken.
     classes_peak_bytes: u64,
+}
+
+/// The counter of entry point `api`, without allocating its name but the first time.
+fn counter<'a>(counts: &'a mut BTreeMap<String, ApiCount>, api: &str) -> &'a mut ApiCount {
+    if !counts.contains_key(api) {
+        counts.insert(api.to_owned(), ApiCount::default());
+    }
+    counts.get_mut(api).expect("inserted above")
 }
 
 fn class_of(mem: Mem) -> Class {
@@ -409,6 +421,7 @@ impl ProcessState {
     pub fn live_allocations(&self) -> impl Iterator<Item = &LiveAllocation> + '_ {
         self.by_addr
             .values()
+            .map(|a| &**a)
             .chain(self.arrays.values())
             .chain(self.vmm.values().map(|v| &v.alloc))
     }
@@ -416,7 +429,7 @@ impl ProcessState {
     /// The live allocation at `addr` (device, stream-ordered or host memory; not arrays or
     /// VMM handles), if there is one.
     pub fn live_at(&self, addr: u64) -> Option<&LiveAllocation> {
-        self.by_addr.get(&addr)
+        self.by_addr.get(&addr).map(|a| &**a)
     }
 
     /// Pool-held bytes per pool handle (`None`: a device's default pool whose handle is not
@@ -458,7 +471,7 @@ impl ProcessState {
         self.classifier.on_gone(a, true, ts);
         for (at, seq) in self.classifier.due() {
             let live = match at {
-                AllocRef::Addr(k) => self.by_addr.get_mut(&k),
+                AllocRef::Addr(k) => self.by_addr.get_mut(&k).map(|a| &mut **a),
                 AllocRef::Array(h) => self.arrays.get_mut(&h),
                 AllocRef::Vmm(h) => self.vmm.get_mut(&h).map(|v| &mut v.alloc),
             };
@@ -476,7 +489,7 @@ impl ProcessState {
             self.host_fallback.push(HostFinding {
                 ts_ns: c.ts_ns,
                 tid: c.tid,
-                api: c.api.clone(),
+                api: c.api.to_string(),
                 bytes,
                 mem: Some(mem),
                 flags: c.flags,
@@ -606,13 +619,13 @@ impl ProcessState {
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
-        let e = self.allocs.entry(api.to_owned()).or_default();
+        let e = counter(&mut self.allocs, api);
         e.count += 1;
         e.bytes = e.bytes.saturating_add(bytes);
     }
 
     fn count_free(&mut self, api: &str, calls: u64, bytes: u64) {
-        let e = self.frees.entry(api.to_owned()).or_default();
+        let e = counter(&mut self.frees, api);
         e.count += calls;
         e.bytes = e.bytes.saturating_add(bytes);
     }
@@ -713,7 +726,7 @@ impl ProcessState {
         }
         self.classify_new(&mut a, AllocRef::Addr(addr));
         self.book_add(t, a.device, class_of(mem), bytes, ts);
-        self.by_addr.insert(addr, a);
+        self.by_addr.insert(addr, Box::new(a));
     }
 
     pub(crate) fn on_free(&mut self, t: &mut Totals, c: &Call) {
@@ -773,7 +786,7 @@ impl ProcessState {
     }
 
     pub(crate) fn on_failed(&mut self, c: &Call) {
-        let e = self.failed.entry(c.api.clone()).or_default();
+        let e = self.failed.entry(c.api.to_string()).or_default();
         e.count += 1;
         e.bytes = e.bytes.saturating_add(c.bytes.unwrap_or(0));
         *e.rets.entry(c.ret).or_default() += 1;
@@ -1149,7 +1162,11 @@ impl ProcessState {
             .map(|(&k, _)| k)
             .collect();
         let mut freed: Vec<LiveAllocation> = Vec::with_capacity(addrs.len() + arrays.len());
-        freed.extend(addrs.iter().filter_map(|k| self.by_addr.remove(k)));
+        freed.extend(
+            addrs
+                .iter()
+                .filter_map(|k| self.by_addr.remove(k).map(|a| *a)),
+        );
         freed.extend(arrays.iter().filter_map(|k| self.arrays.remove(k)));
         if freed.is_empty() {
             return;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -154,9 +155,14 @@ pub struct ReadSummary {
 /// their line numbers. Bad lines are skipped and collected as [`Problem`]s.
 pub struct TraceReader<R> {
     input: R,
-    /// The current line, reused.
+    /// The current line, when it is not whole in `input`'s buffer; reused.
     buf: Vec<u8>,
+    /// How far into `input`'s buffer lines were read without consuming them.
+    pos: usize,
+    /// Where in `input`'s buffer the bytes not yet hashed start (`<= pos`).
+    hash_from: usize,
     hasher: BatchedHash,
+    names: Names,
     header: Header,
     /// The trace's minor version: types unknown to us are expected when it is newer.
     minor: u32,
@@ -164,7 +170,7 @@ pub struct TraceReader<R> {
     digest_ok: Option<bool>,
     counts_ok: bool,
     /// Lines after the header, by `type`, to check against the footer.
-    counts: BTreeMap<String, u64>,
+    counts: Counts,
     skipped_types: BTreeMap<String, u64>,
     problems: Vec<Problem>,
     lines: u64,
@@ -199,6 +205,19 @@ enum LineEnd {
     },
 }
 
+/// What [`TraceReader::next_in_buffer`] found.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one line; boxing would cost an allocation per record"
+)]
+enum InBuffer {
+    Line(Result<Parsed, (ProblemKind, String)>),
+    /// Longer than [`MAX_LINE`], of this many bytes with its newline.
+    TooLong(u64),
+    /// A line after the footer.
+    AfterFooter,
+}
+
 /// A line parsed.
 #[expect(
     clippy::large_enum_variant,
@@ -216,13 +235,16 @@ impl<R: BufRead> TraceReader<R> {
         let mut reader = TraceReader {
             input,
             buf: Vec::with_capacity(4096),
+            pos: 0,
+            hash_from: 0,
             hasher: BatchedHash::default(),
+            names: Names::default(),
             header: Header::default(),
             minor: 0,
             footer: None,
             digest_ok: None,
             counts_ok: true,
-            counts: BTreeMap::new(),
+            counts: Counts::default(),
             skipped_types: BTreeMap::new(),
             problems: Vec::new(),
             lines: 0,
@@ -264,6 +286,43 @@ impl<R: BufRead> TraceReader<R> {
     /// end of the trace (its footer, a cut line, the end of input, or a read error).
     pub fn next_record(&mut self) -> Option<(u64, Record)> {
         while !self.done {
+            match self.next_in_buffer() {
+                Ok(Some(InBuffer::Line(parsed))) => {
+                    if let Some(rec) = self.take(self.lines, parsed) {
+                        return Some(rec);
+                    }
+                    continue;
+                }
+                Ok(Some(InBuffer::TooLong(len))) => {
+                    self.trailing |= self.after_footer;
+                    self.problem(
+                        self.lines,
+                        ProblemKind::TooLong,
+                        format!("line of {len} bytes skipped: no record is that long"),
+                    );
+                    continue;
+                }
+                Ok(Some(InBuffer::AfterFooter)) => {
+                    self.trailing = true;
+                    self.problem(
+                        self.lines,
+                        ProblemKind::AfterFooter,
+                        "a line after the footer (the trace was appended to)".into(),
+                    );
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    self.problem(
+                        self.lines + 1,
+                        ProblemKind::Io,
+                        format!("reading failed, nothing after this was read: {e}"),
+                    );
+                    return None;
+                }
+            }
+            // The next line is not whole in the buffer: read it into `buf`.
             let end = match self.read_line(!self.after_footer) {
                 Ok(end) => end,
                 Err(e) => {
@@ -331,44 +390,95 @@ impl<R: BufRead> TraceReader<R> {
                 );
                 continue;
             }
-            let parsed = match parse_line(&self.buf) {
-                Ok(parsed) => parsed,
-                Err((kind, message)) => {
-                    self.hasher.update(&self.buf);
-                    self.problem(line, kind, message);
-                    continue;
-                }
-            };
-            match parsed {
-                Parsed::Record(Record::Footer(footer)) => self.check_footer(line, footer),
-                Parsed::Record(Record::Header(_)) => {
-                    self.hasher.update(&self.buf);
+            let parsed = parse_line(&self.buf, &mut self.names);
+            if !matches!(parsed, Ok(Parsed::Record(Record::Footer(_)))) {
+                self.hasher.update(&self.buf);
+            }
+            if let Some(rec) = self.take(line, parsed) {
+                return Some(rec);
+            }
+        }
+        None
+    }
+
+    /// The next line when it lies whole in `input`'s buffer, parsed there without copying it;
+    /// `None` when the buffer holds no whole line (the bytes before it are then hashed and
+    /// consumed). Lines before the footer are hashed in runs, not one by one.
+    fn next_in_buffer(&mut self) -> io::Result<Option<InBuffer>> {
+        let chunk = loop {
+            match self.input.fill_buf() {
+                Ok(chunk) => break chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let start = self.pos;
+        let Some(len) = memchr::memchr(b'\n', &chunk[start..]).map(|i| i + 1) else {
+            if !self.after_footer {
+                self.hasher.update(&chunk[self.hash_from..start]);
+            }
+            self.input.consume(start);
+            self.pos = 0;
+            self.hash_from = 0;
+            return Ok(None);
+        };
+        self.pos += len;
+        self.lines += 1;
+        self.bytes += len as u64;
+        if self.after_footer {
+            return Ok(Some(InBuffer::AfterFooter));
+        }
+        if len > MAX_LINE {
+            return Ok(Some(InBuffer::TooLong(len as u64)));
+        }
+        let parsed = parse_line(&chunk[start..self.pos], &mut self.names);
+        if matches!(parsed, Ok(Parsed::Record(Record::Footer(_)))) {
+            // The digest covers what came before the footer, and nothing after.
+            self.hasher.update(&chunk[self.hash_from..start]);
+            self.hash_from = self.pos;
+        }
+        Ok(Some(InBuffer::Line(parsed)))
+    }
+
+    /// Books a parsed line `line`: the record to hand out, or what is wrong with it.
+    fn take(
+        &mut self,
+        line: u64,
+        parsed: Result<Parsed, (ProblemKind, String)>,
+    ) -> Option<(u64, Record)> {
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err((kind, message)) => {
+                self.problem(line, kind, message);
+                return None;
+            }
+        };
+        match parsed {
+            Parsed::Record(Record::Footer(footer)) => self.check_footer(line, footer),
+            Parsed::Record(Record::Header(_)) => {
+                self.problem(
+                    line,
+                    ProblemKind::UnexpectedHeader,
+                    "a second header, skipped".into(),
+                );
+            }
+            Parsed::Record(rec) => {
+                self.counts.known[type_index(&rec)] += 1;
+                return Some((line, rec));
+            }
+            Parsed::Unknown(kind) => {
+                self.counts.add(&kind);
+                if self.minor > FORMAT_MINOR {
+                    count(&mut self.skipped_types, &kind);
+                } else {
                     self.problem(
                         line,
-                        ProblemKind::UnexpectedHeader,
-                        "a second header, skipped".into(),
+                        ProblemKind::UnknownType,
+                        format!(
+                            "unknown record type {kind:?} in a version {}.{} trace",
+                            FORMAT_MAJOR, self.minor
+                        ),
                     );
-                }
-                Parsed::Record(rec) => {
-                    self.hasher.update(&self.buf);
-                    count(&mut self.counts, rec.kind());
-                    return Some((line, rec));
-                }
-                Parsed::Unknown(kind) => {
-                    self.hasher.update(&self.buf);
-                    count(&mut self.counts, &kind);
-                    if self.minor > FORMAT_MINOR {
-                        count(&mut self.skipped_types, &kind);
-                    } else {
-                        self.problem(
-                            line,
-                            ProblemKind::UnknownType,
-                            format!(
-                                "unknown record type {kind:?} in a version {}.{} trace",
-                                FORMAT_MAJOR, self.minor
-                            ),
-                        );
-                    }
                 }
             }
         }
@@ -416,10 +526,11 @@ impl<R: BufRead> TraceReader<R> {
             );
         }
         let mut diffs = Vec::new();
-        let kinds = footer.counts.keys().chain(self.counts.keys());
+        let read_counts = self.counts.to_map();
+        let kinds = footer.counts.keys().chain(read_counts.keys());
         for kind in kinds.collect::<std::collections::BTreeSet<_>>() {
             let said = footer.counts.get(kind).copied().unwrap_or(0);
-            let read = self.counts.get(kind).copied().unwrap_or(0);
+            let read = read_counts.get(kind).copied().unwrap_or(0);
             if said != read {
                 diffs.push(format!("{kind}: footer says {said}, read {read}"));
             }
@@ -525,7 +636,84 @@ impl<R: BufRead> Iterator for TraceReader<R> {
 impl<R: BufRead> std::iter::FusedIterator for TraceReader<R> {}
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
+}
+
+/// The position of `rec`'s type in [`RECORD_TYPES`].
+fn type_index(rec: &Record) -> usize {
+    match rec {
+        Record::Header(_) => 0,
+        Record::Process(_) => 1,
+        Record::Stack(_) => 2,
+        Record::Alloc(_) => 3,
+        Record::Free(_) => 4,
+        Record::Failed(_) => 5,
+        Record::VmmCreate(_) => 6,
+        Record::VmmRelease(_) => 7,
+        Record::VmmMap(_) => 8,
+        Record::VmmUnmap(_) => 9,
+        Record::Reserve(_) => 10,
+        Record::Unreserve(_) => 11,
+        Record::PoolCreate(_) => 12,
+        Record::PoolDestroy(_) => 13,
+        Record::PoolTrim(_) => 14,
+        Record::CtxCreate(_) => 15,
+        Record::CtxDestroy(_) => 16,
+        Record::CtxCurrent(_) => 17,
+        Record::Copy(_) => 18,
+        Record::Exit(_) => 19,
+        Record::Lost(_) => 20,
+        Record::Nvml(_) => 21,
+        Record::Footer(_) => 22,
+    }
+}
+
+/// Lines by `type`: the known types in an array, for the price of a match per line.
+#[derive(Default)]
+struct Counts {
+    known: [u64; RECORD_TYPES.len()],
+    other: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, kind: &str) {
+        match RECORD_TYPES.iter().position(|&k| k == kind) {
+            Some(i) => self.known[i] += 1,
+            None => count(&mut self.other, kind),
+        }
+    }
+
+    /// The counts that are not zero, by type.
+    fn to_map(&self) -> BTreeMap<String, u64> {
+        let mut map = self.other.clone();
+        for (kind, &n) in RECORD_TYPES.iter().zip(&self.known) {
+            if n > 0 {
+                map.insert((*kind).to_owned(), n);
+            }
+        }
+        map
+    }
+}
+
+/// The entry-point names read so far: a trace names a handful of them millions of times, and
+/// each call shares its name instead of allocating it.
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// More distinct names than any driver exports: past this, names are not kept.
+    const MAX: usize = 512;
+
+    fn get(&mut self, bytes: &[u8]) -> Option<Arc<str>> {
+        if let Some(name) = self.0.iter().find(|n| n.as_bytes() == bytes) {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = std::str::from_utf8(bytes).ok()?.into();
+        if self.0.len() < Self::MAX {
+            self.0.push(name.clone());
+        }
+        Some(name)
+    }
 }
 
 fn count(counts: &mut BTreeMap<String, u64>, kind: &str) {
@@ -597,7 +785,7 @@ fn parse_header(line: &[u8]) -> Result<(Header, u32), ReadError> {
     }
     let minor: u32 = minor.parse().map_err(|_| bad_version())?;
     match serde_json::from_value::<Record>(value) {
-        Ok(Record::Header(header)) => Ok((header, minor)),
+        Ok(Record::Header(header)) => Ok((*header, minor)),
         Ok(_) => Err(ReadError::NotATrace {
             reason: "its first line is not a header".into(),
         }),
@@ -609,7 +797,7 @@ fn parse_header(line: &[u8]) -> Result<(Header, u32), ReadError> {
 }
 
 /// Parses one line (its newline included).
-fn parse_line(line: &[u8]) -> Result<Parsed, (ProblemKind, String)> {
+fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, String)> {
     // Fast path for what the writer produces: `{"type":"KIND",...}`. Each record struct ignores
     // the `type` key it does not know, so it can be read straight from the line, skipping
     // serde's buffering of internally tagged enums (which doubles the cost of a line).
@@ -621,28 +809,28 @@ fn parse_line(line: &[u8]) -> Result<Parsed, (ProblemKind, String)> {
             serde_json::from_slice::<T>(line).map(wrap)
         }
         let parsed = match tag {
-            b"alloc" => Some(as_call(line, Record::Alloc)),
-            b"free" => Some(as_call(line, Record::Free)),
-            b"failed" => Some(as_call(line, Record::Failed)),
-            b"vmm_create" => Some(as_call(line, Record::VmmCreate)),
-            b"vmm_release" => Some(as_call(line, Record::VmmRelease)),
-            b"vmm_map" => Some(as_call(line, Record::VmmMap)),
-            b"vmm_unmap" => Some(as_call(line, Record::VmmUnmap)),
-            b"reserve" => Some(as_call(line, Record::Reserve)),
-            b"unreserve" => Some(as_call(line, Record::Unreserve)),
-            b"pool_create" => Some(as_call(line, Record::PoolCreate)),
-            b"pool_destroy" => Some(as_call(line, Record::PoolDestroy)),
-            b"pool_trim" => Some(as_call(line, Record::PoolTrim)),
-            b"ctx_create" => Some(as_call(line, Record::CtxCreate)),
-            b"ctx_destroy" => Some(as_call(line, Record::CtxDestroy)),
-            b"ctx_current" => Some(as_call(line, Record::CtxCurrent)),
-            b"copy" => Some(as_call(line, Record::Copy)),
+            b"alloc" => Some(as_call(line, names, Record::Alloc)),
+            b"free" => Some(as_call(line, names, Record::Free)),
+            b"failed" => Some(as_call(line, names, Record::Failed)),
+            b"vmm_create" => Some(as_call(line, names, Record::VmmCreate)),
+            b"vmm_release" => Some(as_call(line, names, Record::VmmRelease)),
+            b"vmm_map" => Some(as_call(line, names, Record::VmmMap)),
+            b"vmm_unmap" => Some(as_call(line, names, Record::VmmUnmap)),
+            b"reserve" => Some(as_call(line, names, Record::Reserve)),
+            b"unreserve" => Some(as_call(line, names, Record::Unreserve)),
+            b"pool_create" => Some(as_call(line, names, Record::PoolCreate)),
+            b"pool_destroy" => Some(as_call(line, names, Record::PoolDestroy)),
+            b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
+            b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
+            b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
+            b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),
+            b"copy" => Some(as_call(line, names, Record::Copy)),
             b"process" => Some(as_rec::<Process>(line, Record::Process)),
             b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),
             b"exit" => Some(as_rec::<Exit>(line, Record::Exit)),
             b"lost" => Some(as_rec::<Lost>(line, Record::Lost)),
             b"footer" => Some(as_rec::<Footer>(line, Record::Footer)),
-            b"header" => Some(as_rec::<Header>(line, Record::Header)),
+            b"header" => Some(as_rec::<Header>(line, |h| Record::Header(Box::new(h)))),
             _ => None,
         };
         match parsed {
@@ -669,8 +857,12 @@ fn parse_line(line: &[u8]) -> Result<Parsed, (ProblemKind, String)> {
 }
 
 /// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.
-fn as_call(line: &[u8], wrap: fn(Call) -> Record) -> Result<Record, serde_json::Error> {
-    match fast_call(line) {
+fn as_call(
+    line: &[u8],
+    names: &mut Names,
+    wrap: fn(Call) -> Record,
+) -> Result<Record, serde_json::Error> {
+    match fast_call(line, names) {
         Some(call) => Ok(wrap(call)),
         None => serde_json::from_slice::<Call>(line).map(wrap),
     }
@@ -683,20 +875,34 @@ fn as_call(line: &[u8], wrap: fn(Call) -> Record) -> Result<Record, serde_json::
 ///
 /// Calls are nearly every line of a trace and serde's generic path spends most of the reading
 /// time on them: this is what gets the reader past 10^6 lines a second.
-fn fast_call(line: &[u8]) -> Option<Call> {
-    const API: u32 = 1;
-    const PROC: u32 = 1 << 1;
-    const PID: u32 = 1 << 2;
-    const TID: u32 = 1 << 3;
-    const TS: u32 = 1 << 4;
-    const RET: u32 = 1 << 5;
-    const REQUIRED: u32 = API | PROC | PID | TID | TS | RET;
+fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
+    // What call_key returns.
+    const API: usize = 0;
+    const PROC: usize = 1;
+    const PID: usize = 2;
+    const TID: usize = 3;
+    const TS_NS: usize = 4;
+    const RET: usize = 5;
+    const DUR_NS: usize = 6;
+    const BYTES: usize = 7;
+    const ADDR: usize = 8;
+    const MEM: usize = 9;
+    const HANDLE: usize = 10;
+    const DEVICE: usize = 11;
+    const POOL: usize = 12;
+    const STREAM: usize = 13;
+    const OFFSET: usize = 14;
+    const FLAGS: usize = 15;
+    const PITCH: usize = 16;
+    const STACK: usize = 17;
+    const REQUIRED: u32 =
+        (1 << API) | (1 << PROC) | (1 << PID) | (1 << TID) | (1 << TS_NS) | (1 << RET);
 
     let mut cur = Cursor {
         bytes: line.strip_prefix(b"{\"type\":")?,
         at: 0,
     };
-    cur.string()?;
+    cur.raw_string()?;
     let mut call = Call::default();
     let mut seen = 0u32;
     loop {
@@ -705,94 +911,76 @@ fn fast_call(line: &[u8]) -> Option<Call> {
             b'}' => break,
             _ => return None,
         }
-        let key = cur.string()?;
+        let field = call_key(cur.raw_string()?)?;
         cur.eat(b':')?;
-        let bit = match key {
-            "api" => {
-                call.api = cur.string()?.to_owned();
-                API
+        match field {
+            API => {
+                call.api = names.get(cur.raw_string()?)?;
             }
-            "proc" => {
+            PROC => {
                 call.proc = cur.unsigned()?.try_into().ok()?;
-                PROC
             }
-            "pid" => {
+            PID => {
                 call.pid = cur.unsigned()?.try_into().ok()?;
-                PID
             }
-            "tid" => {
+            TID => {
                 call.tid = cur.unsigned()?.try_into().ok()?;
-                TID
             }
-            "ts_ns" => {
+            TS_NS => {
                 call.ts_ns = cur.unsigned()?;
-                TS
             }
-            "dur_ns" => {
+            DUR_NS => {
                 call.dur_ns = cur.unsigned()?;
-                1 << 6
             }
-            "ret" => {
+            RET => {
                 call.ret = cur.signed()?.try_into().ok()?;
-                RET
             }
-            "bytes" => {
+            BYTES => {
                 call.bytes = Some(cur.unsigned()?);
-                1 << 7
             }
-            "addr" => {
+            ADDR => {
                 call.addr = Some(cur.unsigned()?);
-                1 << 8
             }
-            "mem" => {
-                call.mem = Some(match cur.string()? {
-                    "device" => Mem::Device,
-                    "device_async" => Mem::DeviceAsync,
-                    "array" => Mem::Array,
-                    "vmm_device" => Mem::VmmDevice,
-                    "vmm_host" => Mem::VmmHost,
-                    "managed" => Mem::Managed,
-                    "host_pinned" => Mem::HostPinned,
-                    "host_registered" => Mem::HostRegistered,
+            MEM => {
+                call.mem = Some(match cur.raw_string()? {
+                    b"device" => Mem::Device,
+                    b"device_async" => Mem::DeviceAsync,
+                    b"array" => Mem::Array,
+                    b"vmm_device" => Mem::VmmDevice,
+                    b"vmm_host" => Mem::VmmHost,
+                    b"managed" => Mem::Managed,
+                    b"host_pinned" => Mem::HostPinned,
+                    b"host_registered" => Mem::HostRegistered,
                     _ => return None,
                 });
-                1 << 9
             }
-            "handle" => {
+            HANDLE => {
                 call.handle = Some(cur.unsigned()?);
-                1 << 10
             }
-            "device" => {
+            DEVICE => {
                 call.device = Some(cur.signed()?.try_into().ok()?);
-                1 << 11
             }
-            "pool" => {
+            POOL => {
                 call.pool = Some(cur.unsigned()?);
-                1 << 12
             }
-            "stream" => {
+            STREAM => {
                 call.stream = Some(cur.unsigned()?);
-                1 << 13
             }
-            "offset" => {
+            OFFSET => {
                 call.offset = Some(cur.unsigned()?);
-                1 << 14
             }
-            "flags" => {
+            FLAGS => {
                 call.flags = Some(cur.unsigned()?);
-                1 << 15
             }
-            "pitch" => {
+            PITCH => {
                 call.pitch = Some(cur.unsigned()?);
-                1 << 16
             }
-            "stack" => {
+            STACK => {
                 call.stack = Some(cur.unsigned()?.try_into().ok()?);
-                1 << 17
             }
-            // `unreadable` is rare, and keys of later minor versions are serde's to skip.
-            _ => return None,
-        };
+            _ => unreachable!("call_key returns no other index"),
+        }
+        let bit = 1u32 << field;
         if seen & bit != 0 {
             return None;
         }
@@ -800,6 +988,34 @@ fn fast_call(line: &[u8]) -> Option<Call> {
     }
     let rest = &cur.bytes[cur.at..];
     (seen & REQUIRED == REQUIRED && (rest.is_empty() || rest == b"\n")).then_some(call)
+}
+
+/// The index of `key` among the keys of a call line (`api` 0, `proc` 1, ... as below): told apart by length and first two bytes, then
+/// checked whole, one comparison rather than one per key. `None` for any other key
+/// (`unreadable` is rare, and keys of later minor versions are serde's to skip).
+fn call_key(key: &[u8]) -> Option<usize> {
+    // Each arm compares with a literal, which compiles to a load and a compare.
+    match (key.len(), *key.first()?, *key.get(1)?) {
+        (3, b'a', _) if key == b"api" => Some(0),
+        (4, b'p', b'r') if key == b"proc" => Some(1),
+        (3, b'p', _) if key == b"pid" => Some(2),
+        (3, b't', _) if key == b"tid" => Some(3),
+        (5, b't', _) if key == b"ts_ns" => Some(4),
+        (3, b'r', _) if key == b"ret" => Some(5),
+        (6, b'd', b'u') if key == b"dur_ns" => Some(6),
+        (5, b'b', _) if key == b"bytes" => Some(7),
+        (4, b'a', _) if key == b"addr" => Some(8),
+        (3, b'm', _) if key == b"mem" => Some(9),
+        (6, b'h', _) if key == b"handle" => Some(10),
+        (6, b'd', b'e') if key == b"device" => Some(11),
+        (4, b'p', b'o') if key == b"pool" => Some(12),
+        (6, b's', _) if key == b"stream" => Some(13),
+        (6, b'o', _) if key == b"offset" => Some(14),
+        (5, b'f', _) if key == b"flags" => Some(15),
+        (5, b'p', _) if key == b"pitch" => Some(16),
+        (5, b's', _) if key == b"stack" => Some(17),
+        _ => None,
+    }
 }
 
 /// A position in a line, for [`fast_call`].
@@ -819,8 +1035,9 @@ impl<'a> Cursor<'a> {
         (self.next()? == want).then_some(())
     }
 
-    /// A string without escapes or control characters.
-    fn string(&mut self) -> Option<&'a str> {
+    /// The bytes of a string without escapes or control characters, not checked as UTF-8
+    /// (keys and kinds are compared with ASCII; names are checked when first seen).
+    fn raw_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let rest = &self.bytes[self.at..];
         let len = rest
@@ -830,19 +1047,29 @@ impl<'a> Cursor<'a> {
             return None;
         }
         self.at += len + 1;
-        std::str::from_utf8(&rest[..len]).ok()
+        Some(&rest[..len])
     }
 
     /// Digits, no sign, no leading zero, then `,` or `}`.
     fn unsigned(&mut self) -> Option<u64> {
         let rest = &self.bytes[self.at..];
-        let len = rest.iter().position(|b| !b.is_ascii_digit())?;
-        if len == 0 || (len > 1 && rest[0] == b'0') || !matches!(rest[len], b',' | b'}') {
-            return None;
-        }
         let mut n = 0u64;
-        for &d in &rest[..len] {
-            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        let mut len = 0;
+        for &b in rest {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            // 19 digits always fit in a u64; the 20th may not.
+            n = if len < 19 {
+                n * 10 + u64::from(d)
+            } else {
+                n.checked_mul(10)?.checked_add(u64::from(d))?
+            };
+            len += 1;
+        }
+        if len == 0 || (len > 1 && rest[0] == b'0') || !matches!(rest.get(len)?, b',' | b'}') {
+            return None;
         }
         self.at += len;
         Some(n)
@@ -1086,7 +1313,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.jsonl");
         let mut w = TraceWriter::create(&path).expect("create");
-        w.write(&Record::Header(header())).expect("header");
+        w.write(&Record::Header(Box::new(header())))
+            .expect("header");
         for rec in records {
             w.write(rec).expect("write");
         }
@@ -1113,7 +1341,7 @@ pub(crate) mod tests {
     }
 
     fn header_line(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-        let mut v = serde_json::to_value(Record::Header(header())).expect("to_value");
+        let mut v = serde_json::to_value(Record::Header(Box::new(header()))).expect("to_value");
         edit(&mut v);
         let mut line = serde_json::to_vec(&v).expect("to_vec");
         line.push(b'\n');
@@ -1155,18 +1383,45 @@ pub(crate) mod tests {
             }
         }
         let mut all = body();
-        all.insert(0, Record::Header(header()));
+        all.insert(0, Record::Header(Box::new(header())));
         all.push(Record::Footer(Footer::default()));
         let seen: std::collections::BTreeSet<&str> = all.iter().map(Record::kind).collect();
         let listed = std::collections::BTreeSet::from(RECORD_TYPES);
         assert_eq!(seen, listed);
         assert_eq!(listed.len(), RECORD_TYPES.len(), "no duplicates");
+        for r in &all {
+            assert_eq!(RECORD_TYPES[type_index(r)], r.kind());
+        }
+    }
+
+    /// The keys `fast_call` reads, at their indices from `call_key`.
+    const CALL_KEYS: [&[u8]; 18] = [
+        b"api", b"proc", b"pid", b"tid", b"ts_ns", b"ret", b"dur_ns", b"bytes", b"addr", b"mem",
+        b"handle", b"device", b"pool", b"stream", b"offset", b"flags", b"pitch", b"stack",
+    ];
+
+    #[test]
+    fn call_keys_are_told_apart() {
+        for (i, key) in CALL_KEYS.iter().enumerate() {
+            assert_eq!(call_key(key), Some(i), "{}", String::from_utf8_lossy(key));
+        }
+        for other in [
+            &b"apo"[..],
+            b"prod",
+            b"dur_nz",
+            b"devic",
+            b"",
+            b"a",
+            b"unreadable",
+        ] {
+            assert_eq!(call_key(other), None, "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]
     fn the_fast_path_agrees_with_serde() {
         let mut all = body();
-        all.insert(0, Record::Header(header()));
+        all.insert(0, Record::Header(Box::new(header())));
         all.push(Record::Footer(Footer {
             counts: BTreeMap::from([("alloc".into(), 3)]),
             ..Footer::default()
@@ -1177,7 +1432,7 @@ pub(crate) mod tests {
                 leading_tag(&line).is_some(),
                 "the writer's lines take the fast path"
             );
-            let Ok(Parsed::Record(fast)) = parse_line(&line) else {
+            let Ok(Parsed::Record(fast)) = parse_line(&line, &mut Names::default()) else {
                 panic!("{rec:?} did not parse");
             };
             let slow: Record = serde_json::from_slice(&line).expect("serde");
@@ -1189,7 +1444,9 @@ pub(crate) mod tests {
             obj["type"] = ty.expect("a type");
             let moved = serde_json::to_vec(&obj).expect("to_vec");
             assert!(leading_tag(&moved).is_none());
-            assert!(matches!(parse_line(&moved), Ok(Parsed::Record(r)) if r == rec));
+            assert!(
+                matches!(parse_line(&moved, &mut Names::default()), Ok(Parsed::Record(r)) if r == rec)
+            );
         }
     }
 
@@ -1200,7 +1457,7 @@ pub(crate) mod tests {
             let line = serde_json::to_vec(&rec).expect("to_vec");
             let expected = call.unreadable.is_empty().then(|| call.clone());
             assert_eq!(
-                fast_call(&line),
+                fast_call(&line, &mut Names::default()),
                 expected,
                 "{}",
                 String::from_utf8_lossy(&line)
@@ -1214,7 +1471,7 @@ pub(crate) mod tests {
             ..Call::default()
         };
         let line = serde_json::to_vec(&Record::Alloc(edge.clone())).expect("to_vec");
-        assert_eq!(fast_call(&line), Some(edge));
+        assert_eq!(fast_call(&line, &mut Names::default()), Some(edge));
     }
 
     #[test]
@@ -1237,10 +1494,17 @@ pub(crate) mod tests {
         ] {
             assert!(line.contains(from), "{from}");
             let changed = line.replacen(from, to, 1);
-            assert_eq!(fast_call(changed.as_bytes()), None, "{changed}");
+            assert_eq!(
+                fast_call(changed.as_bytes(), &mut Names::default()),
+                None,
+                "{changed}"
+            );
         }
-        assert_eq!(fast_call(format!("{line} \n").as_bytes()), None);
-        assert!(fast_call(format!("{line}\n").as_bytes()).is_some());
+        assert_eq!(
+            fast_call(format!("{line} \n").as_bytes(), &mut Names::default()),
+            None
+        );
+        assert!(fast_call(format!("{line}\n").as_bytes(), &mut Names::default()).is_some());
     }
 
     #[test]
@@ -1610,7 +1874,7 @@ pub(crate) mod tests {
         let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("valid JSON");
         let defs = schema_defs(&schema);
         let mut all = body();
-        all.insert(0, Record::Header(header()));
+        all.insert(0, Record::Header(Box::new(header())));
         all.push(Record::Footer(Footer {
             violations: 1,
             ..Footer::default()
@@ -1788,7 +2052,7 @@ pub(crate) mod tests {
                 let at = at.index(line.len());
                 line[at] = byte;
             }
-            if let Some(fast) = fast_call(&line) {
+            if let Some(fast) = fast_call(&line, &mut Names::default()) {
                 let slow = serde_json::from_slice::<Call>(&line);
                 prop_assert!(slow.is_ok(), "{}: {:?}", String::from_utf8_lossy(&line), slow);
                 prop_assert_eq!(Ok(fast), slow.map_err(|e| e.to_string()));
@@ -1802,6 +2066,35 @@ pub(crate) mod tests {
             let read: Vec<Record> = read.into_iter().map(|(_, r)| r).collect();
             prop_assert_eq!(read, recs);
             prop_assert!(s.complete, "{:?}", s.problems);
+        }
+
+        #[test]
+        fn the_buffer_size_changes_nothing(
+            recs in prop::collection::vec(record(), 0..30),
+            cap in 1usize..400,
+            junk in prop::option::of((any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..40))),
+            appended in prop::option::of(prop::collection::vec(any::<u8>(), 1..40)),
+        ) {
+            // Lines straddle the reader's buffer at every place: what is read, what is wrong
+            // and the digest must be what reading the whole input at once gives.
+            let (mut bytes, _) = write_trace(&recs, true);
+            if let Some((at, junk)) = junk {
+                let at = at.index(bytes.len());
+                bytes.splice(at..at, junk);
+            }
+            if let Some(tail) = appended {
+                bytes.extend(tail);
+            }
+            let Ok(mut whole) = TraceReader::new(bytes.as_slice()) else {
+                prop_assert!(TraceReader::new(BufReader::with_capacity(cap, bytes.as_slice())).is_err());
+                return Ok(());
+            };
+            let mut small = TraceReader::new(BufReader::with_capacity(cap, bytes.as_slice()))
+                .expect("the same header");
+            let a: Vec<_> = std::iter::from_fn(|| whole.next_record()).collect();
+            let b: Vec<_> = std::iter::from_fn(|| small.next_record()).collect();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(format!("{:?}", whole.summary()), format!("{:?}", small.summary()));
         }
 
         #[test]

@@ -5,6 +5,7 @@
 //! them, live and on replay alike. `docs/trace-format.md` documents every field.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ pub const FORMAT_MINOR: u32 = 0;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// First line: what recorded this, where, and against which driver.
-    Header(Header),
+    Header(Box<Header>),
     /// A traced process, written once before its first event.
     Process(Process),
     /// A call stack, written once before the first event that refers to it.
@@ -366,8 +367,9 @@ impl Mem {
 /// entry point; an absent field means "not known", never zero.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Call {
-    /// The exported symbol that was called, e.g. `cuMemAlloc_v2`.
-    pub api: String,
+    /// The exported symbol that was called, e.g. `cuMemAlloc_v2`. Shared: a trace names a
+    /// handful of entry points millions of times.
+    pub api: Arc<str>,
     /// The `id` of the calling process's `process` record.
     pub proc: u32,
     /// Process id.

@@ -249,9 +249,10 @@ mod tests {
             w.write(&alloc(0)),
             Err(WriteError::NoHeader { kind: "alloc" })
         ));
-        w.write(&Record::Header(header())).expect("header");
+        w.write(&Record::Header(Box::new(header())))
+            .expect("header");
         assert!(matches!(
-            w.write(&Record::Header(header())),
+            w.write(&Record::Header(Box::new(header()))),
             Err(WriteError::SecondHeader)
         ));
         assert!(matches!(

@@ -449,7 +449,7 @@ impl App {
                     let why = n.reason.as_deref().map(sanitize).unwrap_or_default();
                     self.alert(0, format!("NVML unavailable: {why}"));
                 }
-                self.header = Some(h.clone());
+                self.header = Some((**h).clone());
             }
             Record::Nvml(s) => self.nvml = Some(s.clone()),
             Record::Lost(l) if l.events() > 0 => {
@@ -511,7 +511,7 @@ impl App {
                 ts_ns: c.ts_ns,
                 proc: c.proc,
                 kind,
-                api: c.api.clone(),
+                api: c.api.to_string(),
                 bytes: c.bytes,
                 addr: c.addr,
                 ret: c.ret,
@@ -693,18 +693,18 @@ impl App {
                 continue;
             }
             let api = match last {
-                Some((name, i)) if name == a.api => i,
+                Some((name, i)) if name == &*a.api => i,
                 _ => {
-                    let i = match index.get(a.api.as_str()) {
+                    let i = match index.get(&*a.api) {
                         Some(i) => *i,
                         None => {
                             let i = u16::try_from(apis.len()).unwrap_or(u16::MAX);
-                            apis.push(a.api.clone());
-                            index.insert(a.api.clone(), i);
+                            apis.push(a.api.to_string());
+                            index.insert(a.api.to_string(), i);
                             i
                         }
                     };
-                    last = Some((a.api.as_str(), i));
+                    last = Some((&*a.api, i));
                     i
                 }
             };

@@ -119,7 +119,9 @@ impl Replayer {
         self.reader = Some(reader);
         self.peeked = None;
         self.finished = false;
-        let _ = self.tx.send(Msg::Records(vec![Record::Header(header)]));
+        let _ = self
+            .tx
+            .send(Msg::Records(vec![Record::Header(Box::new(header))]));
         // The clock starts at the first timed record: the header's instant may be long before.
         if let Some(ts) = self.next_ts() {
             self.start_ns.get_or_insert(ts);

@@ -178,7 +178,7 @@ pub fn many(n: usize) -> Vec<Record> {
 /// Writes a sealed trace of `records` (a header first).
 pub fn write_trace(path: &Path, records: &[Record]) -> Result<(), WriteError> {
     let mut w = TraceWriter::create(path)?;
-    w.write(&Record::Header(header()))?;
+    w.write(&Record::Header(Box::new(header())))?;
     let mut end = T0;
     for rec in records {
         if let Some(ts) = super::replay::ts_of(rec) {

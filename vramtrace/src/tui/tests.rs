@@ -41,7 +41,7 @@ fn scenario_app(w: u16, h: u16) -> App {
     app.size = Rect::new(0, 0, w, h);
     update(
         &mut app,
-        Msg::Records(vec![Record::Header(synth::header())]),
+        Msg::Records(vec![Record::Header(Box::new(synth::header()))]),
     );
     update(&mut app, Msg::Records(synth::scenario(5)));
     update(
