@@ -16,7 +16,7 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libcuda1 >/dev/null 2>&1 || need_apt+=(libcuda1)
 dpkg -s libnvidia-ml1 >/dev/null 2>&1 || need_apt+=(libnvidia-ml1)
-for p in build-essential pkg-config jq tmux; do
+for p in build-essential pkg-config jq tmux python3; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 

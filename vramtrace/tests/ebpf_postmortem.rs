@@ -183,4 +183,21 @@ fn oom_is_explained_and_exported() {
 
     let pickle = export("memory-viz");
     assert_eq!(pickle.first(), Some(&0x80), "a pickle");
+    // Read as PyTorch's memory viewer reads it: only the opcodes its unpickler knows, and
+    // every block in a segment at every step (scripts/setup.sh installs python3).
+    let check = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/memviz_check.py"
+        ))
+        .arg(dir.path().join("memory-viz"))
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        !said.contains(" 0 ooms"),
+        "the OOM is in the snapshot: {said}"
+    );
 }

@@ -53,7 +53,8 @@ fn check_against_truth(r: &Recorded) {
     for rec in &r.records {
         match rec {
             Record::Alloc(c) | Record::VmmCreate(c) if c.pid == pid => {
-                *alloc_bytes.entry(c.api.to_string()).or_default() += c.bytes.expect("alloc has bytes");
+                *alloc_bytes.entry(c.api.to_string()).or_default() +=
+                    c.bytes.expect("alloc has bytes");
             }
             Record::Failed(c) if c.pid == pid => {
                 if let Some(b) = c.bytes {

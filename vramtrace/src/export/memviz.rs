@@ -66,6 +66,13 @@ fn entry(p: &mut Pickle, ledger: &Ledger, action: &str, a: &LiveAllocation, ts_u
     p.end_dict();
 }
 
+/// The three events of a block and its segment going away.
+fn freed(p: &mut Pickle, ledger: &Ledger, a: &LiveAllocation, ts_us: u64) {
+    for action in ["free_requested", "free_completed", "segment_free"] {
+        entry(p, ledger, action, a, ts_us);
+    }
+}
+
 pub(super) fn write<W: Write>(
     trace: &Path,
     w: &mut W,
@@ -90,14 +97,13 @@ pub(super) fn write<W: Write>(
                     }
                 }
             }
-            Record::Free(c) if wanted => {
+            // A free, or an allocation at an address still live (the old one is gone).
+            Record::Free(c) | Record::Alloc(c) if wanted => {
                 if let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
                     && shown(a)
                 {
                     let p = traces.entry(dev(a.device)).or_default();
-                    for action in ["free_requested", "free_completed", "segment_free"] {
-                        entry(p, &ledger, action, a, us(c.ts_ns));
-                    }
+                    freed(p, &ledger, a, us(c.ts_ns));
                     n += 1;
                 }
             }
@@ -124,7 +130,30 @@ pub(super) fn write<W: Write>(
             }
             _ => {}
         }
+        // An exit or a destroyed context lets go of what is still live: the page needs those
+        // blocks freed, or its allocator-state view finds blocks in no segment.
+        let releasing = match &rec {
+            Record::Exit(e) if opts.wants(e.pid) => Some((e.proc, e.ts_ns)),
+            Record::CtxDestroy(c) if wanted => Some((c.proc, c.ts_ns)),
+            _ => None,
+        };
+        let before: Vec<LiveAllocation> = releasing
+            .and_then(|(proc, _)| ledger.process(proc))
+            .map(|p| p.live_allocations().filter(|a| shown(a)).cloned().collect())
+            .unwrap_or_default();
         ledger.apply(&rec);
+        if let Some((proc, ts)) = releasing {
+            for a in &before {
+                let still = ledger
+                    .process(proc)
+                    .and_then(|p| p.live_at(a.addr.unwrap_or(0)))
+                    .is_some_and(|b| b.seq == a.seq);
+                if !still {
+                    freed(traces.entry(dev(a.device)).or_default(), &ledger, a, us(ts));
+                    n += 1;
+                }
+            }
+        }
         if let Record::Alloc(c) = &rec
             && wanted
             && let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
