@@ -10,7 +10,8 @@
 //!
 //! The driver has no caching allocator between the process and the GPU, so each traced
 //! allocation is a segment holding one block: `segment_alloc` + `alloc` when it is made,
-//! `free_requested` + `free_completed` + `segment_free` when it is freed. An out-of-memory
+//! `free_requested` + `free_completed` + `segment_free` when it is freed, or when its process
+//! exits or its context is destroyed with it still live. An out-of-memory
 //! failure is an `oom` entry. `segments` are the allocations live at the end of the trace.
 //! Device memory only (device, stream-ordered, managed); VMM handles and arrays have no
 //! single address a block could have, and are left out.
