@@ -19,8 +19,10 @@
 //! is made, again when a copy fills it and when it crosses the survival threshold, and its
 //! bytes move between the counters with it. Nothing scans the live set on a hot path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+
+use arrayvec::ArrayVec;
 
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +145,9 @@ pub enum Phase {
     Steady,
 }
 
+/// What decided a class: at most three facts, kept inline (one per allocation).
+pub type Evidences = ArrayVec<Evidence, 3>;
+
 /// One piece of evidence behind an allocation's class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evidence {
@@ -216,20 +221,25 @@ pub struct Classifier {
     seq: u64,
     /// Allocations made after the load phase, not yet long-lived, by the free count at which
     /// they become long-lived.
-    young: BTreeMap<(u64, u64), AllocRef>,
+    /// In the order they were made, which is also the order of that free count (it only
+    /// grows): the due ones are at the front.
+    young: VecDeque<(u64, u64, AllocRef)>,
 }
 
 impl Classifier {
     /// Decides a class from what is known of `a`; pure, so the same facts always give the
     /// same class, live or on replay.
-    fn decide(&self, a: &LiveAllocation) -> (Class, Vec<Evidence>) {
+    fn decide(&self, a: &LiveAllocation) -> (Class, Evidences) {
+        let mut ev = Evidences::new();
         if a.mem.is_host() {
-            return (Class::HostFallback, vec![Evidence::InHostRam(a.mem)]);
+            ev.push(Evidence::InHostRam(a.mem));
+            return (Class::HostFallback, ev);
         }
         if a.size_unknown {
-            return (Class::Unknown, vec![Evidence::UnknownSize]);
+            ev.push(Evidence::UnknownSize);
+            return (Class::Unknown, ev);
         }
-        let mut ev = vec![Evidence::Made(a.made_in)];
+        ev.push(Evidence::Made(a.made_in));
         let age = self.frees.saturating_sub(a.frees_before);
         let outlived = age >= SURVIVE_FREES;
         if a.made_in != Phase::Load {
@@ -275,7 +285,7 @@ impl Classifier {
         self.live.add(class, a.bytes);
         if a.made_in != Phase::Load && !a.mem.is_host() {
             self.young
-                .insert((self.frees.saturating_add(SURVIVE_FREES), a.seq), at);
+                .push_back((self.frees.saturating_add(SURVIVE_FREES), a.seq, at));
         }
     }
 
@@ -310,18 +320,15 @@ impl Classifier {
         }
     }
 
-    /// Allocations that just became long-lived, with their sequence numbers: the caller looks
-    /// each up (it may be gone, or its address reused) and reclassifies it.
-    pub(crate) fn due(&mut self) -> Vec<(AllocRef, u64)> {
-        let mut out = Vec::new();
-        while let Some(entry) = self.young.first_entry() {
-            let (at_frees, seq) = *entry.key();
-            if at_frees > self.frees {
-                break;
-            }
-            out.push((entry.remove(), seq));
+    /// The next allocation that just became long-lived, with its sequence number: the caller
+    /// looks it up (it may be gone, or its address reused) and reclassifies it.
+    pub(crate) fn next_due(&mut self) -> Option<(AllocRef, u64)> {
+        let &(at_frees, seq, at) = self.young.front()?;
+        if at_frees > self.frees {
+            return None;
         }
-        out
+        self.young.pop_front();
+        Some((at, seq))
     }
 
     /// The process ended: nothing is live any more.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::classify::{self, AllocRef, ClassBytes, Classifier, Evidence, Phase};
+use super::classify::{self, AllocRef, ClassBytes, Classifier, Phase};
 use super::usage::{Class, Totals, Usage};
 use crate::trace::{Call, Exit, Mem, Process};
 
@@ -57,7 +57,7 @@ pub struct LiveAllocation {
     /// What it is, as far as the evidence so far tells (`docs/classification.md`).
     pub class: classify::Class,
     /// The evidence that decided `class`.
-    pub evidence: Vec<Evidence>,
+    pub evidence: classify::Evidences,
     /// The process's phase when it was made.
     pub made_in: Phase,
     /// Device frees the process had made before it was made.
@@ -469,7 +469,7 @@ impl ProcessState {
     fn classify_gone(&mut self, a: &LiveAllocation) {
         let ts = self.last_ts_ns.unwrap_or(0);
         self.classifier.on_gone(a, true, ts);
-        for (at, seq) in self.classifier.due() {
+        while let Some((at, seq)) = self.classifier.next_due() {
             let live = match at {
                 AllocRef::Addr(k) => self.by_addr.get_mut(&k).map(|a| &mut **a),
                 AllocRef::Array(h) => self.arrays.get_mut(&h),
@@ -651,7 +651,7 @@ impl ProcessState {
             pool: None,
             filled_from_host: 0,
             class: classify::Class::Unknown,
-            evidence: Vec::new(),
+            evidence: classify::Evidences::new(),
             made_in: Phase::Load,
             frees_before: 0,
             size_unknown: c.bytes.is_none(),

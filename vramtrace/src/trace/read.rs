@@ -1401,6 +1401,46 @@ pub(crate) mod tests {
     ];
 
     #[test]
+    fn numbers_of_every_length_parse() {
+        for len in 1..=21usize {
+            for first in [b'1', b'9'] {
+                let mut digits = vec![first; 1];
+                digits.extend(std::iter::repeat_n(b'7', len - 1));
+                let text = String::from_utf8(digits).expect("ascii");
+                let want: Option<u64> = text.parse().ok();
+                for end in [",", "}"] {
+                    let line = format!("{text}{end}");
+                    let mut cur = super::Cursor {
+                        bytes: line.as_bytes(),
+                        at: 0,
+                    };
+                    assert_eq!(cur.unsigned(), want, "{line}");
+                    if want.is_some() {
+                        assert_eq!(cur.at, len);
+                    }
+                }
+                let mut cur = super::Cursor {
+                    bytes: text.as_bytes(),
+                    at: 0,
+                };
+                assert_eq!(cur.unsigned(), None, "no end: {text}");
+            }
+        }
+        for bad in ["0123,", "-1,", ",", "12a,", "18446744073709551616,"] {
+            let mut cur = super::Cursor {
+                bytes: bad.as_bytes(),
+                at: 0,
+            };
+            assert_eq!(cur.unsigned(), None, "{bad}");
+        }
+        let mut cur = super::Cursor {
+            bytes: b"18446744073709551615}",
+            at: 0,
+        };
+        assert_eq!(cur.unsigned(), Some(u64::MAX));
+    }
+
+    #[test]
     fn call_keys_are_told_apart() {
         for (i, key) in CALL_KEYS.iter().enumerate() {
             assert_eq!(call_key(key), Some(i), "{}", String::from_utf8_lossy(key));
