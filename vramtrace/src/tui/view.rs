@@ -554,11 +554,10 @@ fn render_allocs(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let rows = app
         .view
         .allocs
-        .iter()
-        .enumerate()
-        .skip(offset)
+        .iter_from(offset)
+        .zip(offset..)
         .take(visible)
-        .map(|(i, r)| {
+        .map(|(r, i)| {
             let mut cells = vec![
                 location(r.addr, r.handle),
                 bytes(r.bytes),
