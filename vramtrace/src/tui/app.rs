@@ -387,6 +387,8 @@ pub struct App {
     pub help: bool,
     pub show_events: bool,
     pub filter: Filter,
+    /// Processes that exited are left out of the table.
+    pub hide_exited: bool,
     /// The filter line being typed.
     pub input: Option<String>,
     /// Why the last filter was refused.
@@ -433,6 +435,7 @@ impl App {
             help: false,
             show_events: false,
             filter: Filter::default(),
+            hide_exited: false,
             input: None,
             input_error: None,
             color: true,
@@ -665,6 +668,9 @@ impl App {
                 for (t, v) in g.iter_mut().zip(sums) {
                     *t += v;
                 }
+            }
+            if self.hide_exited && p.exited() {
+                continue;
             }
             let nvml_bytes = nvml_process_bytes(nvml, p.pid);
             let traced = p.usage.device_and_pool_bytes();
@@ -1059,6 +1065,10 @@ fn on_key(app: &mut App, k: KeyEvent) -> Option<Effect> {
             app.refresh_now();
         }
         KeyCode::Char('e') => app.show_events = !app.show_events,
+        KeyCode::Char('x') => {
+            app.hide_exited = !app.hide_exited;
+            app.refresh_now();
+        }
         KeyCode::Char('p') | KeyCode::Char(' ') => {
             if app.is_replay() {
                 return Some(Effect::Replay(Control::Pause(!app.paused)));

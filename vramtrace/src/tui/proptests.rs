@@ -79,6 +79,7 @@ enum Op {
     Tick,
     NextProc,
     SortAllocs,
+    HideExited,
     Filter(usize),
 }
 
@@ -122,6 +123,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => Just(Op::Tick),
         2 => Just(Op::NextProc),
         1 => Just(Op::SortAllocs),
+        1 => Just(Op::HideExited),
         2 => (0..FILTERS.len()).prop_map(Op::Filter),
     ]
 }
@@ -283,6 +285,10 @@ fn check_against_rebuild(app: &App) {
     // Each process's sums.
     let mut shown = 0;
     for p in ledger.processes() {
+        if app.hide_exited && p.exited() {
+            assert!(app.view.procs.iter().all(|r| r.proc != p.proc));
+            continue;
+        }
         shown += 1;
         let row = app
             .view
@@ -362,6 +368,7 @@ fn run(ops: &[Op]) {
                 press(&mut app, KeyCode::Char('s'));
                 press(&mut app, KeyCode::Down);
             }
+            Op::HideExited => press(&mut app, KeyCode::Char('x')),
             Op::Filter(i) => {
                 press(&mut app, KeyCode::Char('/'));
                 for _ in 0..40 {

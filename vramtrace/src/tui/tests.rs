@@ -481,3 +481,28 @@ fn the_selection_stays_when_many_newer_come_and_the_top_follows_them() {
     assert_eq!(app.selected_alloc().map(|a| a.ts_ns), picked);
     assert_eq!(app.alloc_cursor, 205);
 }
+
+#[test]
+fn x_hides_the_processes_that_exited_and_shows_them_again() {
+    let mut app = scenario_app(120, 40);
+    update(&mut app, Msg::Records(vec![synth::exit(2, T0 + 7 * SEC)]));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 8 * SEC,
+        },
+    );
+    let procs = |app: &App| app.view.procs.iter().map(|r| r.proc).collect::<Vec<_>>();
+    assert_eq!(procs(&app).len(), 2, "the exited process is still listed");
+    // Select the process that exited, then hide it: the selection moves to one that runs.
+    app.selected_proc = Some(2);
+    key(&mut app, KeyCode::Char('x'));
+    assert!(app.hide_exited);
+    assert_eq!(procs(&app), vec![1]);
+    assert_eq!(app.selected_proc, Some(1));
+    assert!(!app.view.allocs.is_empty(), "its allocations are listed");
+    assert!(!text(&draw(&app, 120, 40)).contains("server"));
+    key(&mut app, KeyCode::Char('x'));
+    assert!(!app.hide_exited);
+    assert_eq!(procs(&app).len(), 2);
+}

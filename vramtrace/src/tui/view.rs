@@ -733,6 +733,7 @@ const HELP: &[(&str, &str)] = &[
     ("S r", "reverse the process order (RATE: allocations/s)"),
     ("p space", "pause (live: the screen; replay: the replay)"),
     ("e", "event stream (always shown on wide terminals)"),
+    ("x", "hide / show processes that exited"),
     ("n .", "replay: one event forward"),
     ("+ -", "replay: seek 10 s"),
     ("g G", "replay: start / end"),
