@@ -348,7 +348,8 @@ pub struct App {
     pub nvml: Option<NvmlSample>,
     /// The clock of the trace: now (live), or the replay position.
     pub now_ns: u64,
-    /// Where the trace's clock starts, for relative times.
+    /// Where the trace's clock starts, for relative times: the session's start from the
+    /// header, else the first call.
     pub start_ns: Option<u64>,
     pub replay: Option<ReplayStatus>,
     /// Live mode: records that arrived while paused, applied on resume.
@@ -506,6 +507,12 @@ impl App {
                 {
                     let why = n.reason.as_deref().map(sanitize).unwrap_or_default();
                     self.alert(0, format!("NVML unavailable: {why}"));
+                }
+                // Times count from the session's start, as the trace's header gives it, not
+                // from the first call: a program started minutes into a live session would
+                // otherwise show +0.000s on every event of its burst.
+                if h.start_monotonic_ns > 0 {
+                    self.start_ns = Some(h.start_monotonic_ns);
                 }
                 self.header = Some(h.clone());
             }

@@ -506,3 +506,32 @@ fn x_hides_the_processes_that_exited_and_shows_them_again() {
     assert!(!app.hide_exited);
     assert_eq!(procs(&app).len(), 2);
 }
+
+#[test]
+fn live_event_times_count_from_the_session_start() {
+    let mut app = live();
+    app.show_events = true;
+    update(
+        &mut app,
+        Msg::Records(vec![Record::Header(synth::header())]),
+    );
+    // A program that starts five seconds into the session and makes a burst of calls.
+    update(
+        &mut app,
+        Msg::Records(vec![
+            synth::process(1, 1001, "late"),
+            synth::alloc(1, T0 + 5 * SEC, 0x1000, 4096, None),
+            synth::alloc(1, T0 + 5 * SEC + 250_000_000, 0x2000, 4096, None),
+        ]),
+    );
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 6 * SEC,
+        },
+    );
+    let screen = text(&draw(&app, 160, 40));
+    assert!(screen.contains("+5.000s alloc"), "{screen}");
+    assert!(screen.contains("+5.250s alloc"), "{screen}");
+    assert!(screen.contains("live: every process │ 6.0s"), "{screen}");
+}
