@@ -1403,7 +1403,7 @@ pub(crate) mod tests {
     #[test]
     fn numbers_of_every_length_parse() {
         for len in 1..=21usize {
-            for first in [b'1', b'9'] {
+            for first in *b"19" {
                 let mut digits = vec![first; 1];
                 digits.extend(std::iter::repeat_n(b'7', len - 1));
                 let text = String::from_utf8(digits).expect("ascii");

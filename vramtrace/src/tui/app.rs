@@ -2,8 +2,10 @@
 //!
 //! Records go into the [`Ledger`] (the project's single accounting path); what the view adds
 //! is presentation: selection, sort, filter, a short event log, alerts, a history of used
-//! bytes for the sparklines, and a [`View`] derived from the Ledger at most once per tick so
-//! that rendering 100,000 allocations stays cheap.
+//! bytes for the sparklines, and a [`View`] brought up to date at most once per tick. The
+//! allocation rows follow the Ledger record by record ([`Mirror`]) and the listed ones stay
+//! in order as they change ([`AllocList`]): with 100,000 live allocations a tick moves the
+//! few rows that changed instead of reading and sorting them all.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -14,7 +16,9 @@ use ratatui::layout::{Position, Rect};
 
 use super::{
     Control, Effect, Msg, ReplayStatus,
-    class::{Class, class_of, nvml_gpu, nvml_process_bytes},
+    class::{Class, nvml_gpu, nvml_process_bytes},
+    list::AllocList,
+    mirror::{Change, Mirror},
     view,
 };
 use crate::{
@@ -34,6 +38,9 @@ const HISTORY: usize = 1024;
 const CUDA_OOM: i32 = 2;
 /// Seek step of `+` and `-`.
 pub const SEEK_NS: i64 = 10_000_000_000;
+/// Changes to the listed allocations kept for the next refresh; past that the list is
+/// ordered again from the rows.
+const PENDING: usize = 1 << 16;
 
 /// Where the records come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,10 +118,31 @@ impl ProcCol {
 }
 
 /// Order of the allocation list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AllocOrder {
+    #[default]
     Newest,
     Largest,
+}
+
+impl AllocOrder {
+    /// The order of two rows of one process. Total: the slot, unique within a process,
+    /// breaks the last ties, so that a row has one place and can be found again there.
+    pub fn cmp(self, a: &AllocRow, b: &AllocRow) -> std::cmp::Ordering {
+        match self {
+            AllocOrder::Newest => b
+                .ts_ns
+                .cmp(&a.ts_ns)
+                .then(b.addr.cmp(&a.addr))
+                .then(b.handle.cmp(&a.handle)),
+            AllocOrder::Largest => b
+                .bytes
+                .cmp(&a.bytes)
+                .then(b.ts_ns.cmp(&a.ts_ns))
+                .then(b.addr.cmp(&a.addr)),
+        }
+        .then(b.slot.cmp(&a.slot))
+    }
 }
 
 /// The allocation filter: `api:NAME class:NAME min:SIZE`, a bare word matching the API.
@@ -153,7 +181,7 @@ impl Filter {
         self.api.is_none() && self.class.is_none() && self.min_bytes == 0
     }
 
-    fn matches(&self, api: &str, class: Class, bytes: u64) -> bool {
+    pub fn matches(&self, api: &str, class: Class, bytes: u64) -> bool {
         bytes >= self.min_bytes
             && self
                 .api
@@ -234,9 +262,21 @@ pub struct ProcRow {
     pub live: usize,
 }
 
+/// Where the Ledger keeps a live allocation of a process: unique within the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    /// Device, stream-ordered or host memory, by address.
+    Addr(u64),
+    /// A CUDA array, by handle.
+    Array(u64),
+    /// A VMM handle's physical memory, by handle.
+    Vmm(u64),
+}
+
 /// A row of the allocation list: what is shown, and the key to find it again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AllocRow {
+    pub slot: Slot,
     pub addr: Option<u64>,
     pub handle: Option<u64>,
     pub bytes: u64,
@@ -252,8 +292,9 @@ pub struct AllocRow {
 }
 
 impl AllocRow {
-    fn key(&self) -> (Option<u64>, Option<u64>, u64) {
-        (self.addr, self.handle, self.ts_ns)
+    /// The allocation, not only its place: an address used again is another allocation.
+    fn key(&self) -> (Slot, u64) {
+        (self.slot, self.ts_ns)
     }
 }
 
@@ -293,11 +334,9 @@ pub struct View {
     pub gpus: Vec<GpuRow>,
     pub procs: Vec<ProcRow>,
     /// The selected process's allocations, filtered and ordered.
-    pub allocs: Vec<AllocRow>,
+    pub allocs: AllocList,
     /// Its live allocations before filtering.
     pub allocs_unfiltered: usize,
-    /// How many of `allocs`, from the first, are in order (the rest are not shown yet).
-    pub sorted: usize,
     pub host_bytes: u64,
 }
 
@@ -309,7 +348,8 @@ pub struct App {
     pub nvml: Option<NvmlSample>,
     /// The clock of the trace: now (live), or the replay position.
     pub now_ns: u64,
-    /// Where the trace's clock starts, for relative times.
+    /// Where the trace's clock starts, for relative times: the session's start from the
+    /// header, else the first call.
     pub start_ns: Option<u64>,
     pub replay: Option<ReplayStatus>,
     /// Live mode: records that arrived while paused, applied on resume.
@@ -319,8 +359,14 @@ pub struct App {
     pub alerts: VecDeque<Alert>,
     pub seen: Seen,
     pub history: BTreeMap<Option<i32>, VecDeque<u64>>,
-    pub apis: Vec<String>,
-    api_index: HashMap<String, u16>,
+    /// Every process's live allocations as rows, following the Ledger.
+    pub mirror: Mirror,
+    /// What `view.allocs` lists: the process, the order and the filter.
+    list_for: Option<(u32, AllocOrder, Filter)>,
+    /// Changes to the listed process's rows, applied to the list at the next refresh.
+    pending: Vec<Change>,
+    /// More changes than that rebuild the list instead.
+    pending_overflow: bool,
     rate_mark: HashMap<u32, (u64, u64)>,
     pub rates: HashMap<u32, f64>,
     pub view: View,
@@ -337,11 +383,13 @@ pub struct App {
     pub selected_proc: Option<u32>,
     pub proc_cursor: usize,
     pub alloc_cursor: usize,
-    selected_alloc: Option<(Option<u64>, Option<u64>, u64)>,
+    selected_alloc: Option<(Slot, u64)>,
     pub detail: bool,
     pub help: bool,
     pub show_events: bool,
     pub filter: Filter,
+    /// Processes that exited are left out of the table.
+    pub hide_exited: bool,
     /// The filter line being typed.
     pub input: Option<String>,
     /// Why the last filter was refused.
@@ -366,8 +414,10 @@ impl App {
             alerts: VecDeque::new(),
             seen: Seen::default(),
             history: BTreeMap::new(),
-            apis: Vec::new(),
-            api_index: HashMap::new(),
+            mirror: Mirror::default(),
+            list_for: None,
+            pending: Vec::new(),
+            pending_overflow: false,
             rate_mark: HashMap::new(),
             rates: HashMap::new(),
             view: View::default(),
@@ -386,6 +436,7 @@ impl App {
             help: false,
             show_events: false,
             filter: Filter::default(),
+            hide_exited: false,
             input: None,
             input_error: None,
             color: true,
@@ -415,7 +466,7 @@ impl App {
     }
 
     pub fn api_name(&self, i: u16) -> &str {
-        self.apis.get(usize::from(i)).map_or("?", String::as_str)
+        self.mirror.apis.name(i)
     }
 
     fn alert(&mut self, ts_ns: u64, text: String) {
@@ -433,9 +484,17 @@ impl App {
 
     /// Takes records into the Ledger and notes what the view shows besides.
     fn apply(&mut self, recs: Vec<Record>) {
+        let watch = self.list_for.as_ref().map(|l| l.0);
         for rec in recs {
             self.ledger.apply(&rec);
+            self.mirror
+                .track(&self.ledger, &rec, watch, &mut self.pending);
             self.note(&rec);
+        }
+        if self.pending.len() > PENDING {
+            // A burst (a replay catching up): ordering the list again costs less.
+            self.pending.clear();
+            self.pending_overflow = true;
         }
         self.dirty = true;
     }
@@ -448,6 +507,12 @@ impl App {
                 {
                     let why = n.reason.as_deref().map(sanitize).unwrap_or_default();
                     self.alert(0, format!("NVML unavailable: {why}"));
+                }
+                // Times count from the session's start, as the trace's header gives it, not
+                // from the first call: a program started minutes into a live session would
+                // otherwise show +0.000s on every event of its burst.
+                if h.start_monotonic_ns > 0 {
+                    self.start_ns = Some(h.start_monotonic_ns);
                 }
                 self.header = Some((**h).clone());
             }
@@ -539,15 +604,23 @@ impl App {
         self.rate_mark.clear();
         self.rates.clear();
         self.symbolized.clear();
+        self.mirror = Mirror::default();
+        self.list_for = None;
+        self.pending.clear();
+        self.pending_overflow = false;
         self.dirty = true;
     }
 
-    /// Rebuilds [`App::view`] from the Ledger, if anything changed.
+    /// Brings [`App::view`] up to date, if anything changed: the rows follow the Ledger
+    /// record by record; what is left to do here is the tables' sums, the process table,
+    /// and the listed allocations' changes since the last refresh.
     pub fn refresh(&mut self) {
         if !self.dirty {
             return;
         }
         self.dirty = false;
+        let watch = self.list_for.as_ref().map(|l| l.0);
+        self.mirror.rescan(&self.ledger, watch, &mut self.pending);
         self.update_rates();
         self.build_procs();
         self.build_allocs();
@@ -591,17 +664,20 @@ impl App {
             }
         }
         let mut procs = Vec::new();
+        // Device bytes per class summed wide over the processes, saturated once at the end.
+        let mut on_gpus: BTreeMap<Option<i32>, [u128; Class::ALL.len()]> = BTreeMap::new();
         for p in self.ledger.processes() {
-            let mut by_class = [0u64; Class::ALL.len()];
-            let mut live = 0;
-            for a in p.live_allocations() {
-                let class = class_of(a);
-                by_class[class.index()] = by_class[class.index()].saturating_add(a.bytes);
-                live += 1;
-                if !a.mem.is_host() {
-                    let g = gpus.entry(a.device).or_insert_with(|| gpu_row(a.device));
-                    g.by_class[class.index()] = g.by_class[class.index()].saturating_add(a.bytes);
+            let rows = self.mirror.process(p.proc);
+            let by_class = rows.map(|r| r.by_class()).unwrap_or_default();
+            let live = rows.map_or(0, |r| r.len());
+            for (dev, sums) in rows.into_iter().flat_map(|r| r.by_device()) {
+                let g = on_gpus.entry(dev).or_default();
+                for (t, v) in g.iter_mut().zip(sums) {
+                    *t += v;
                 }
+            }
+            if self.hide_exited && p.exited() {
+                continue;
             }
             let nvml_bytes = nvml_process_bytes(nvml, p.pid);
             let traced = p.usage.device_and_pool_bytes();
@@ -638,6 +714,10 @@ impl App {
                 exited: p.exited(),
                 live,
             });
+        }
+        for (dev, sums) in on_gpus {
+            let g = gpus.entry(dev).or_insert_with(|| gpu_row(dev));
+            g.by_class = sums.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
         }
         for g in gpus.values_mut() {
             if let Some(s) = nvml_gpu(nvml, g.device) {
@@ -676,112 +756,47 @@ impl App {
         let Some(proc) = self.selected_proc else {
             self.view.allocs.clear();
             self.view.allocs_unfiltered = 0;
+            self.list_for = None;
+            self.pending.clear();
+            self.pending_overflow = false;
             return;
         };
-        let mut rows = std::mem::take(&mut self.view.allocs);
-        rows.clear();
-        let mut total = 0;
-        let mut apis = std::mem::take(&mut self.apis);
-        let mut index = std::mem::take(&mut self.api_index);
-        // Most allocations of a process come from one or two entry points: try the last one
-        // before hashing.
-        let mut last: Option<(&str, u16)> = None;
-        for a in self.ledger.live_allocations(proc) {
-            total += 1;
-            let class = class_of(a);
-            if !self.filter.matches(&a.api, class, a.bytes) {
-                continue;
-            }
-            let api = match last {
-                Some((name, i)) if name == &*a.api => i,
-                _ => {
-                    let i = match index.get(&*a.api) {
-                        Some(i) => *i,
-                        None => {
-                            let i = u16::try_from(apis.len()).unwrap_or(u16::MAX);
-                            apis.push(a.api.to_string());
-                            index.insert(a.api.to_string(), i);
-                            i
-                        }
-                    };
-                    last = Some((&*a.api, i));
-                    i
-                }
-            };
-            rows.push(AllocRow {
-                addr: a.addr,
-                handle: a.handle,
-                bytes: a.bytes,
-                api,
-                class,
-                mem: a.mem,
-                ts_ns: a.ts_ns,
-                tid: a.tid,
-                stack: a.stack,
-                device: a.device,
-                filled_from_host: a.filled_from_host,
-            });
-        }
-        self.apis = apis;
-        self.api_index = index;
+        let rows = self.mirror.process(proc);
+        let apis = &self.mirror.apis;
+        let filter = &self.filter;
+        let shown = |r: &AllocRow| filter.matches(apis.name(r.api), r.class, r.bytes);
         let order = self.alloc_order;
-        let cmp = move |a: &AllocRow, b: &AllocRow| match order {
-            AllocOrder::Newest => b
-                .ts_ns
-                .cmp(&a.ts_ns)
-                .then(b.addr.cmp(&a.addr))
-                .then(b.handle.cmp(&a.handle)),
-            AllocOrder::Largest => b
-                .bytes
-                .cmp(&a.bytes)
-                .then(b.ts_ns.cmp(&a.ts_ns))
-                .then(b.addr.cmp(&a.addr)),
-        };
-        // Only the rows up to a screen past the cursor need their order: selecting them
-        // is linear, sorting all of 100,000 is not. Moving further sorts more.
-        let need = self
-            .alloc_cursor
-            .saturating_add(2 * usize::from(self.size.height.max(24)));
+        let listed = self
+            .list_for
+            .as_ref()
+            .is_some_and(|(p, o, f)| *p == proc && *o == order && f == filter);
+        if listed && !self.pending_overflow {
+            // Only what changed since the last refresh moves.
+            for ch in self.pending.drain(..) {
+                if let Some(old) = ch.old.as_ref().filter(|r| shown(r)) {
+                    self.view.allocs.remove(old);
+                }
+                if let Some(new) = ch.new.filter(|r| shown(r)) {
+                    self.view.allocs.insert(new);
+                }
+            }
+        } else {
+            // Another process, order or filter (or a burst): list from the rows.
+            let all = rows.into_iter().flat_map(|r| r.rows());
+            let picked: Vec<AllocRow> = all.filter(|r| shown(r)).cloned().collect();
+            self.view.allocs = AllocList::from_rows(picked, order);
+            self.list_for = Some((proc, order, self.filter.clone()));
+            self.pending.clear();
+            self.pending_overflow = false;
+        }
+        self.view.allocs_unfiltered = rows.map_or(0, |r| r.len());
         // At the top of the newest-first list the view follows new allocations, as `tail -f`
         // does; anywhere else the selection stays on its allocation.
-        let key = self
+        let found = self
             .selected_alloc
-            .filter(|_| !(self.alloc_cursor == 0 && order == AllocOrder::Newest));
-        let in_prefix = |rows: &[AllocRow], upto: usize| {
-            key.and_then(|k| rows[..upto].iter().position(|r| r.key() == k))
-        };
-        let found = if need < rows.len() {
-            rows.select_nth_unstable_by(need, cmp);
-            rows[..need].sort_unstable_by(cmp);
-            self.view.sorted = need;
-            let mut at = in_prefix(&rows, need);
-            if at.is_none()
-                && let Some(k) = key
-                && let Some(j) = rows[need..].iter().position(|r| r.key() == k)
-            {
-                // The selection moved below the rows in order (newer ones came): order up to
-                // a screen past it, found by its rank (linear), not by sorting all.
-                let sel = rows[need + j].clone();
-                let rank = rows
-                    .iter()
-                    .filter(|r| cmp(r, &sel) == std::cmp::Ordering::Less)
-                    .count();
-                let upto = rank
-                    .saturating_add(2 * usize::from(self.size.height.max(24)))
-                    .min(rows.len() - 1);
-                rows.select_nth_unstable_by(upto, cmp);
-                rows[..upto].sort_unstable_by(cmp);
-                self.view.sorted = upto;
-                at = in_prefix(&rows, upto);
-            }
-            at
-        } else {
-            rows.sort_unstable_by(cmp);
-            self.view.sorted = rows.len();
-            in_prefix(&rows, rows.len())
-        };
-        self.view.allocs = rows;
-        self.view.allocs_unfiltered = total;
+            .filter(|_| !(self.alloc_cursor == 0 && order == AllocOrder::Newest))
+            .and_then(|(slot, ts)| rows?.row(slot).filter(|r| r.ts_ns == ts))
+            .and_then(|r| self.view.allocs.position(r));
         self.alloc_cursor = match found {
             Some(i) => i,
             None => self
@@ -808,16 +823,7 @@ impl App {
             }
             Focus::Allocations => {
                 let n = self.view.allocs.len();
-                let cursor = step(self.alloc_cursor, delta, n);
-                if cursor.saturating_add(usize::from(self.size.height)) >= self.view.sorted
-                    && self.view.sorted < n
-                {
-                    // Past the rows in order: order more before picking one.
-                    self.alloc_cursor = cursor;
-                    self.selected_alloc = None;
-                    self.refresh_now();
-                }
-                self.alloc_cursor = cursor;
+                self.alloc_cursor = step(self.alloc_cursor, delta, n);
                 self.selected_alloc = self.view.allocs.get(self.alloc_cursor).map(AllocRow::key);
                 self.prepare_detail();
             }
@@ -1066,6 +1072,10 @@ fn on_key(app: &mut App, k: KeyEvent) -> Option<Effect> {
             app.refresh_now();
         }
         KeyCode::Char('e') => app.show_events = !app.show_events,
+        KeyCode::Char('x') => {
+            app.hide_exited = !app.hide_exited;
+            app.refresh_now();
+        }
         KeyCode::Char('p') | KeyCode::Char(' ') => {
             if app.is_replay() {
                 return Some(Effect::Replay(Control::Pause(!app.paused)));

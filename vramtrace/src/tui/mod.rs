@@ -10,11 +10,15 @@
 
 pub mod app;
 pub mod class;
+pub mod list;
+pub mod mirror;
 pub mod replay;
 pub mod synth;
 pub mod term;
 pub mod view;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 

@@ -402,7 +402,7 @@ fn small_and_large_terminals_draw() {
 }
 
 #[test]
-fn long_lists_are_ordered_as_far_as_they_are_seen() {
+fn long_lists_are_ordered_and_read_from_any_row() {
     let mut app = live();
     update(&mut app, Msg::Records(synth::many(2000)));
     update(
@@ -412,13 +412,13 @@ fn long_lists_are_ordered_as_far_as_they_are_seen() {
         },
     );
     key(&mut app, KeyCode::Tab);
-    let sorted = app.view.sorted;
-    assert!(sorted < 2000, "only a prefix is ordered");
-    let ts: Vec<u64> = app.view.allocs[..sorted].iter().map(|a| a.ts_ns).collect();
+    let ts: Vec<u64> = app.view.allocs.iter().map(|a| a.ts_ns).collect();
+    assert_eq!(ts.len(), 2000);
     assert!(ts.windows(2).all(|w| w[0] > w[1]));
     assert_eq!(ts[0], T0 + 1999 * 1000, "the newest first");
+    let from: Vec<u64> = app.view.allocs.iter_from(1500).map(|a| a.ts_ns).collect();
+    assert_eq!(from, ts[1500..]);
     key(&mut app, KeyCode::End);
-    assert_eq!(app.view.sorted, 2000);
     assert_eq!(app.selected_alloc().map(|a| a.ts_ns), Some(T0));
     key(&mut app, KeyCode::Home);
     for _ in 0..100 {
@@ -480,5 +480,58 @@ fn the_selection_stays_when_many_newer_come_and_the_top_follows_them() {
     );
     assert_eq!(app.selected_alloc().map(|a| a.ts_ns), picked);
     assert_eq!(app.alloc_cursor, 205);
-    assert!(app.view.sorted > 205 && app.view.sorted < 2400);
+}
+
+#[test]
+fn x_hides_the_processes_that_exited_and_shows_them_again() {
+    let mut app = scenario_app(120, 40);
+    update(&mut app, Msg::Records(vec![synth::exit(2, T0 + 7 * SEC)]));
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 8 * SEC,
+        },
+    );
+    let procs = |app: &App| app.view.procs.iter().map(|r| r.proc).collect::<Vec<_>>();
+    assert_eq!(procs(&app).len(), 2, "the exited process is still listed");
+    // Select the process that exited, then hide it: the selection moves to one that runs.
+    app.selected_proc = Some(2);
+    key(&mut app, KeyCode::Char('x'));
+    assert!(app.hide_exited);
+    assert_eq!(procs(&app), vec![1]);
+    assert_eq!(app.selected_proc, Some(1));
+    assert!(!app.view.allocs.is_empty(), "its allocations are listed");
+    assert!(!text(&draw(&app, 120, 40)).contains("server"));
+    key(&mut app, KeyCode::Char('x'));
+    assert!(!app.hide_exited);
+    assert_eq!(procs(&app).len(), 2);
+}
+
+#[test]
+fn live_event_times_count_from_the_session_start() {
+    let mut app = live();
+    app.show_events = true;
+    update(
+        &mut app,
+        Msg::Records(vec![Record::Header(Box::new(synth::header()))]),
+    );
+    // A program that starts five seconds into the session and makes a burst of calls.
+    update(
+        &mut app,
+        Msg::Records(vec![
+            synth::process(1, 1001, "late"),
+            synth::alloc(1, T0 + 5 * SEC, 0x1000, 4096, None),
+            synth::alloc(1, T0 + 5 * SEC + 250_000_000, 0x2000, 4096, None),
+        ]),
+    );
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 6 * SEC,
+        },
+    );
+    let screen = text(&draw(&app, 160, 40));
+    assert!(screen.contains("+5.000s alloc"), "{screen}");
+    assert!(screen.contains("+5.250s alloc"), "{screen}");
+    assert!(screen.contains("live: every process │ 6.0s"), "{screen}");
 }

@@ -554,11 +554,10 @@ fn render_allocs(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let rows = app
         .view
         .allocs
-        .iter()
-        .enumerate()
-        .skip(offset)
+        .iter_from(offset)
+        .zip(offset..)
         .take(visible)
-        .map(|(i, r)| {
+        .map(|(r, i)| {
             let mut cells = vec![
                 location(r.addr, r.handle),
                 bytes(r.bytes),
@@ -734,6 +733,7 @@ const HELP: &[(&str, &str)] = &[
     ("S r", "reverse the process order (RATE: allocations/s)"),
     ("p space", "pause (live: the screen; replay: the replay)"),
     ("e", "event stream (always shown on wide terminals)"),
+    ("x", "hide / show processes that exited"),
     ("n .", "replay: one event forward"),
     ("+ -", "replay: seek 10 s"),
     ("g G", "replay: start / end"),
