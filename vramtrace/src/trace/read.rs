@@ -911,8 +911,8 @@ fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
             b'}' => break,
             _ => return None,
         }
-        let field = call_key(cur.raw_string()?)?;
-        cur.eat(b':')?;
+        let (field, len) = call_key(&cur.bytes[cur.at..])?;
+        cur.at += len;
         match field {
             API => {
                 call.api = names.get(cur.raw_string()?)?;
@@ -990,32 +990,34 @@ fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
     (seen & REQUIRED == REQUIRED && (rest.is_empty() || rest == b"\n")).then_some(call)
 }
 
-/// The index of `key` among the keys of a call line (`api` 0, `proc` 1, ... as below): told apart by length and first two bytes, then
-/// checked whole, one comparison rather than one per key. `None` for any other key
-/// (`unreadable` is rare, and keys of later minor versions are serde's to skip).
-fn call_key(key: &[u8]) -> Option<usize> {
-    // Each arm compares with a literal, which compiles to a load and a compare.
-    match (key.len(), *key.first()?, *key.get(1)?) {
-        (3, b'a', _) if key == b"api" => Some(0),
-        (4, b'p', b'r') if key == b"proc" => Some(1),
-        (3, b'p', _) if key == b"pid" => Some(2),
-        (3, b't', _) if key == b"tid" => Some(3),
-        (5, b't', _) if key == b"ts_ns" => Some(4),
-        (3, b'r', _) if key == b"ret" => Some(5),
-        (6, b'd', b'u') if key == b"dur_ns" => Some(6),
-        (5, b'b', _) if key == b"bytes" => Some(7),
-        (4, b'a', _) if key == b"addr" => Some(8),
-        (3, b'm', _) if key == b"mem" => Some(9),
-        (6, b'h', _) if key == b"handle" => Some(10),
-        (6, b'd', b'e') if key == b"device" => Some(11),
-        (4, b'p', b'o') if key == b"pool" => Some(12),
-        (6, b's', _) if key == b"stream" => Some(13),
-        (6, b'o', _) if key == b"offset" => Some(14),
-        (5, b'f', _) if key == b"flags" => Some(15),
-        (5, b'p', _) if key == b"pitch" => Some(16),
-        (5, b's', _) if key == b"stack" => Some(17),
-        _ => None,
-    }
+/// The key a call line has at the start of `rest`, `"KEY":` with its quotes and colon: its
+/// index (`api` 0, `proc` 1, ... as below) and its length. Told apart by its first three
+/// bytes, then compared whole with one literal, without scanning for the closing quote.
+/// `None` for any other key (`unreadable` is rare, and keys of later minor versions are
+/// serde's to skip).
+fn call_key(rest: &[u8]) -> Option<(usize, usize)> {
+    let (i, lit): (usize, &[u8]) = match rest.get(..4)? {
+        [b'"', b'a', b'p', _] => (0, b"\"api\":"),
+        [b'"', b'p', b'r', _] => (1, b"\"proc\":"),
+        [b'"', b'p', b'i', b'd'] => (2, b"\"pid\":"),
+        [b'"', b't', b'i', _] => (3, b"\"tid\":"),
+        [b'"', b't', b's', _] => (4, b"\"ts_ns\":"),
+        [b'"', b'r', b'e', _] => (5, b"\"ret\":"),
+        [b'"', b'd', b'u', _] => (6, b"\"dur_ns\":"),
+        [b'"', b'b', b'y', _] => (7, b"\"bytes\":"),
+        [b'"', b'a', b'd', _] => (8, b"\"addr\":"),
+        [b'"', b'm', b'e', _] => (9, b"\"mem\":"),
+        [b'"', b'h', b'a', _] => (10, b"\"handle\":"),
+        [b'"', b'd', b'e', _] => (11, b"\"device\":"),
+        [b'"', b'p', b'o', _] => (12, b"\"pool\":"),
+        [b'"', b's', b't', b'r'] => (13, b"\"stream\":"),
+        [b'"', b'o', b'f', _] => (14, b"\"offset\":"),
+        [b'"', b'f', b'l', _] => (15, b"\"flags\":"),
+        [b'"', b'p', b'i', b't'] => (16, b"\"pitch\":"),
+        [b'"', b's', b't', b'a'] => (17, b"\"stack\":"),
+        _ => return None,
+    };
+    rest.starts_with(lit).then_some((i, lit.len()))
 }
 
 /// A position in a line, for [`fast_call`].
@@ -1443,16 +1445,27 @@ pub(crate) mod tests {
     #[test]
     fn call_keys_are_told_apart() {
         for (i, key) in CALL_KEYS.iter().enumerate() {
-            assert_eq!(call_key(key), Some(i), "{}", String::from_utf8_lossy(key));
+            let quoted = [b"\"", *key, b"\":1,"].concat();
+            assert_eq!(
+                call_key(&quoted),
+                Some((i, key.len() + 3)),
+                "{}",
+                String::from_utf8_lossy(key)
+            );
         }
         for other in [
-            &b"apo"[..],
-            b"prod",
-            b"dur_nz",
-            b"devic",
+            &b"\"apo\":"[..],
+            b"\"prod\":",
+            b"\"dur_nz\":",
+            b"\"devic\":",
+            b"\"pid\" :",
+            b"\"pid\"",
+            b"\"",
             b"",
-            b"a",
-            b"unreadable",
+            b"\"a\":",
+            b"\"unreadable\":",
+            b"\"api\\u0000\":",
+            b"api\":",
         ] {
             assert_eq!(call_key(other), None, "{}", String::from_utf8_lossy(other));
         }
