@@ -206,7 +206,8 @@ fn duration(ns: u64) -> String {
     }
 }
 
-/// A trace time relative to the first event: `+12.345s`.
+/// A trace time relative to the session's start (or, without a header, the first event):
+/// `+12.345s`.
 fn rel(app: &App, ts: u64) -> String {
     let start = app.start_ns.unwrap_or(ts);
     format!("+{:.3}s", ts.saturating_sub(start) as f64 / 1e9)
@@ -230,10 +231,13 @@ fn render_title(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         Mode::Replay { file, speed } => {
             spans.push(Span::raw(format!(" │ replay {file} ×{speed}")));
             if let Some(r) = &app.replay {
-                let pos = duration(r.pos_ns.saturating_sub(r.start_ns));
+                // The same clock as the events': from the session's start (the replay itself
+                // starts at the first event, skipping the idle time before it).
+                let origin = app.start_ns.unwrap_or(r.start_ns).min(r.start_ns);
+                let pos = duration(r.pos_ns.saturating_sub(origin));
                 let end = r
                     .end_ns
-                    .map(|e| duration(e.saturating_sub(r.start_ns)))
+                    .map(|e| duration(e.saturating_sub(origin)))
                     .unwrap_or_else(|| "…".into());
                 spans.push(Span::raw(format!(" │ {pos} / {end}")));
                 if r.finished {
