@@ -35,27 +35,41 @@ struct StackStat {
     live_bytes: u64,
     live_count: u64,
     last_alloc_ts: u64,
-    /// (the process's memory event ordinal, live bytes after the change), oldest first.
+    /// (the process's memory event ordinal, live bytes after the change), oldest first: the
+    /// latest point of each span of `stride` events.
     history: Vec<(u64, u64)>,
+    stride: u64,
 }
 
 impl StackStat {
+    /// Notes the live bytes after event `ord`. The history keeps the latest point of each
+    /// span of `stride` events; when it is full the spans double and merge pairwise, so it
+    /// covers the whole run evenly however long it is.
     fn record(&mut self, ord: u64) {
-        if self.history.len() >= HISTORY {
-            // Keep every other point and the latest: bounded, and still in time order.
-            let last = self.history.last().copied();
-            let mut i = 0;
-            self.history.retain(|_| {
-                i += 1;
-                i % 2 == 0
-            });
-            if let Some(l) = last
-                && self.history.last() != Some(&l)
-            {
-                self.history.push(l);
-            }
+        let point = (ord, self.live_bytes);
+        let stride = self.stride.max(1);
+        if let Some(last) = self.history.last_mut()
+            && last.0 / stride == ord / stride
+        {
+            *last = point;
+            return;
         }
-        self.history.push((ord, self.live_bytes));
+        while self.history.len() >= HISTORY {
+            self.stride = self.stride.max(1).saturating_mul(2);
+            let stride = self.stride;
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(HISTORY);
+            for p in self.history.drain(..) {
+                match merged.last_mut() {
+                    Some(l) if l.0 / stride == p.0 / stride => *l = p,
+                    _ => merged.push(p),
+                }
+            }
+            self.history = merged;
+        }
+        match self.history.last_mut() {
+            Some(last) if last.0 / self.stride == ord / self.stride => *last = point,
+            _ => self.history.push(point),
+        }
     }
 
     fn live_at(&self, ord: u64) -> u64 {
@@ -159,6 +173,7 @@ impl LeakTracker {
                 live_count: 0,
                 last_alloc_ts: a.ts_ns,
                 history: Vec::new(),
+                stride: 1,
             });
         s.allocs += 1;
         s.steady_allocs += u64::from(steady);
@@ -272,5 +287,55 @@ impl LeakTracker {
         out.retention
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.proc.cmp(&b.proc)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat() -> StackStat {
+        StackStat {
+            mem: Mem::Device,
+            api: "cuMemAlloc_v2".into(),
+            allocs: 0,
+            frees: 0,
+            steady_allocs: 0,
+            live_bytes: 0,
+            live_count: 0,
+            last_alloc_ts: 0,
+            history: Vec::new(),
+            stride: 1,
+        }
+    }
+
+    #[test]
+    fn a_thinned_history_still_tells_the_live_bytes_of_long_ago() {
+        // Alloc and free pairs, one in 250 never freed: the live bytes at any moment are the
+        // leaked ones so far, give or take the one in flight.
+        let mut s = stat();
+        let mut ord = 0;
+        let mut leaked = Vec::new();
+        for n in 1..=7_000u64 {
+            ord += 1;
+            s.live_bytes += 10;
+            s.record(ord);
+            if n % 250 == 0 {
+                leaked.push((ord, s.live_bytes));
+                continue;
+            }
+            ord += 1;
+            s.live_bytes -= 10;
+            s.record(ord);
+        }
+        assert!(s.history.len() <= HISTORY);
+        for (at, bytes) in leaked {
+            // Within a span of the history's stride: the point kept is the latest of it.
+            let seen = s.live_at(at + s.stride);
+            assert!(
+                seen + 10 >= bytes && seen <= bytes + 10,
+                "at {at}: {seen}, not {bytes}"
+            );
+        }
     }
 }
