@@ -155,8 +155,32 @@ pub struct OomExplanation {
     pub capacity: Option<DeviceCapacity>,
     /// The dynamic memory of the failing step.
     pub since_low: Option<SinceLow>,
+    /// What the process held then in stacks the leak analysis found growing all run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_leak_suspects: Option<LeakShare>,
     /// The answer in one paragraph: what was asked, what was free, what could have made room.
     pub verdict: String,
+}
+
+/// Device bytes held at a failure by leak-suspect stacks of the failing process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeakShare {
+    pub bytes: u64,
+    pub allocations: u64,
+    /// How many suspect stacks hold them.
+    pub stacks: u64,
+    /// Of `bytes`, what was allocated since the process's last low point.
+    pub since_low_bytes: u64,
+}
+
+/// What one stack held at a failure: bytes, allocations, and bytes allocated since the
+/// process's last low point.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    stack: Option<u32>,
+    bytes: u64,
+    allocations: u64,
+    since_low_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -172,6 +196,9 @@ struct ProcTrack {
 pub struct Collector {
     top: usize,
     ooms: Vec<OomExplanation>,
+    /// Per failure: device bytes and allocations held by each stack then (all of them, not
+    /// only the top ones), to weigh the leak suspects once they are known.
+    oom_stacks: Vec<Vec<Held>>,
     nvml: BTreeMap<u32, (u64, GpuSample)>,
     procs: HashMap<u32, ProcTrack>,
     pub(super) leaks: LeakTracker,
@@ -190,6 +217,7 @@ impl Collector {
         Collector {
             top: top.max(1),
             ooms: Vec::new(),
+            oom_stacks: Vec::new(),
             nvml: BTreeMap::new(),
             procs: HashMap::default(),
             leaks: LeakTracker::default(),
@@ -201,8 +229,9 @@ impl Collector {
     pub fn before(&mut self, ledger: &Ledger, rec: &Record) {
         match rec {
             Record::Failed(c) if c.ret == OUT_OF_MEMORY => {
-                let e = self.explain(ledger, c);
+                let (e, stacks) = self.explain(ledger, c);
                 self.ooms.push(e);
+                self.oom_stacks.push(stacks);
             }
             Record::Free(c) => {
                 if let Some(a) = c
@@ -258,7 +287,8 @@ impl Collector {
         }
     }
 
-    fn explain(&self, ledger: &Ledger, c: &Call) -> OomExplanation {
+    /// The explanation of failed call `c`, and what each stack held then.
+    fn explain(&self, ledger: &Ledger, c: &Call) -> (OomExplanation, Vec<Held>) {
         let now = c.ts_ns;
         let mut e = OomExplanation {
             proc: c.proc,
@@ -274,7 +304,7 @@ impl Collector {
         };
         let Some(p) = ledger.process(c.proc) else {
             e.verdict = verdict(&e);
-            return e;
+            return (e, Vec::new());
         };
         e.comm = p.comm().to_owned();
         // The device: the call's, else the one where the process holds the most.
@@ -303,6 +333,7 @@ impl Collector {
             ..Default::default()
         });
         let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::default();
+        let mut since_by_stack: HashMap<Option<u32>, u64> = HashMap::default();
         let mut largest: Vec<&LiveAllocation> = Vec::new();
         for a in p.live_allocations() {
             e.live_allocations += 1;
@@ -323,6 +354,7 @@ impl Collector {
             if let Some(s) = since.as_mut().filter(|s| a.ts_ns > s.low_ts_ns) {
                 s.bytes += a.bytes;
                 s.allocations += 1;
+                *since_by_stack.entry(a.stack).or_default() += a.bytes;
             }
             largest.push(a);
         }
@@ -330,6 +362,15 @@ impl Collector {
 
         let mut stacks: Vec<(Option<u32>, StackHolding)> = by_stack.into_iter().collect();
         stacks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(&b.0)));
+        let held: Vec<Held> = stacks
+            .iter()
+            .map(|(id, h)| Held {
+                stack: *id,
+                bytes: h.bytes,
+                allocations: h.allocations,
+                since_low_bytes: since_by_stack.get(id).copied().unwrap_or(0),
+            })
+            .collect();
         e.top_stacks = stacks
             .into_iter()
             .take(self.top)
@@ -381,14 +422,36 @@ impl Collector {
             })
         });
         e.verdict = verdict(&e);
-        e
+        (e, held)
     }
 
-    /// The findings, once every record was applied.
+    /// The findings, once every record was applied. A failure whose process held memory in
+    /// leak-suspect stacks says how much, and its verdict names the leak.
     pub fn finish(self, ledger: &Ledger) -> Postmortem {
+        let leaks = self.leaks.report(ledger, |id| frames_of(ledger, id));
+        let mut ooms = self.ooms;
+        for (e, held) in ooms.iter_mut().zip(&self.oom_stacks) {
+            let suspect = |id: &Option<u32>| {
+                leaks
+                    .suspects
+                    .iter()
+                    .any(|l| l.proc == e.proc && l.stack.id == *id)
+            };
+            let mut share = LeakShare::default();
+            for h in held.iter().filter(|h| suspect(&h.stack)) {
+                share.bytes += h.bytes;
+                share.allocations += h.allocations;
+                share.stacks += 1;
+                share.since_low_bytes += h.since_low_bytes;
+            }
+            if share.bytes > 0 {
+                e.in_leak_suspects = Some(share);
+                e.verdict = verdict(e);
+            }
+        }
         Postmortem {
-            ooms: self.ooms,
-            leaks: self.leaks.report(ledger, |id| frames_of(ledger, id)),
+            ooms,
+            leaks,
             timeline: self.timeline.report(),
         }
     }
@@ -475,18 +538,54 @@ fn verdict(e: &OomExplanation) -> String {
     v.push('.');
     if let Some(s) = &e.since_low {
         v.push_str(&format!(
-            " {} of it ({} allocations) was allocated since its last low point ({} held) and is dynamic memory of the step that failed",
+            " {} of it ({} allocations) was allocated since its last low point ({} held)",
             hb(s.bytes),
             s.allocations,
             hb(s.low_bytes)
         ));
+        let leaked = e.in_leak_suspects.map_or(0, |l| l.since_low_bytes);
+        // (When all the leak is that recent, the sentence on the leak below says it.)
+        if leaked > 0 && e.in_leak_suspects.is_some_and(|l| l.bytes != leaked) {
+            v.push_str(&format!(", {} of that in leak suspects", hb(leaked)));
+        }
+        // What the step itself holds: the rest.
+        let step = s.bytes.saturating_sub(leaked);
+        if step > 0 {
+            v.push_str(&format!(
+                "; {} is dynamic memory of the step that failed",
+                hb(step)
+            ));
+            match (e.request_bytes, free) {
+                (Some(r), Some(f)) if f.saturating_add(step) >= r => {
+                    v.push_str(": freeing it before this request would have made room.")
+                }
+                (Some(r), Some(f)) => v.push_str(&format!(
+                    ": even freeing all of it leaves {} short; the long-lived memory itself is too large.",
+                    hb(r - f.saturating_add(step))
+                )),
+                _ => v.push('.'),
+            }
+        } else {
+            v.push('.');
+        }
+    }
+    if let Some(l) = &e.in_leak_suspects {
+        v.push_str(&format!(
+            " {} of what it held ({} allocations from {} stack{}) was in leak suspects: stacks \
+             whose live bytes grew all through the run and were never given back (see the leak \
+             suspects)",
+            hb(l.bytes),
+            l.allocations,
+            l.stacks,
+            if l.stacks == 1 { "" } else { "s" }
+        ));
         match (e.request_bytes, free) {
-            (Some(r), Some(f)) if f.saturating_add(s.bytes) >= r => {
-                v.push_str(": freeing it before this request would have made room.")
+            (Some(r), Some(f)) if f.saturating_add(l.bytes) >= r => {
+                v.push_str("; without the leak the request would have fit.")
             }
             (Some(r), Some(f)) => v.push_str(&format!(
-                ": even freeing all of it leaves {} short; the long-lived memory itself is too large.",
-                hb(r - f.saturating_add(s.bytes))
+                "; even without the leak the request is {} short.",
+                hb(r - f.saturating_add(l.bytes))
             )),
             _ => v.push('.'),
         }
@@ -602,6 +701,27 @@ mod tests {
         let s = e.since_low.as_ref().expect("a low point");
         assert_eq!(s.bytes, 265 * MIB);
         assert!(e.verdict.contains("would have made room"), "{}", e.verdict);
+        // The leak's 10 MiB held then, 9 of them since the low point, are named as such.
+        let l = e.in_leak_suspects.expect("the leak is weighed");
+        assert_eq!(
+            (l.bytes, l.allocations, l.stacks, l.since_low_bytes),
+            (10 * MIB, 10, 1, 9 * MIB)
+        );
+        assert!(
+            e.verdict.contains("9.0 MiB of that in leak suspects"),
+            "{}",
+            e.verdict
+        );
+        assert!(
+            e.verdict.contains("256.0 MiB is dynamic memory"),
+            "{}",
+            e.verdict
+        );
+        assert!(
+            e.verdict.contains("10.0 MiB of what it held"),
+            "{}",
+            e.verdict
+        );
         // Every live byte is in one class, as the Ledger classified it.
         assert_eq!(e.by_class.values().sum::<u64>(), e.live_allocations_bytes());
     }
