@@ -312,6 +312,11 @@ pub fn oom(rt: &Rt, seed: u64) -> Extra {
             .add(crate::book::Key::Ptr(ptr), GIB, KvCache, rt.current());
         chunks += 1;
     }
+    // Reporting the failure takes a moment before the exit, as it does in real programs (a
+    // Python traceback, a framework's teardown). The tracer reads a process's mappings when
+    // its first call arrives; a process gone within a millisecond of that, on a loaded
+    // machine, may take them along, and its stacks stay unresolved.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let mut extra = Extra::new();
     extra.insert("oom".into(), failure);
     extra.insert("chunks_before_failure".into(), json!(chunks));
