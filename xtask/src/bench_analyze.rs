@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use vramtrace::trace::write::TraceWriter;
-use vramtrace::trace::{Call, Frame, Header, Mem, Process, Record, Stack};
+use vramtrace::trace::{Call, Frame, Header, Mem, Process, Record, Stack, TraceReader};
 
 #[derive(Debug, Args)]
 pub struct BenchAnalyzeArgs {
@@ -206,6 +206,19 @@ fn measure_alone(args: &[&str]) -> Result<Measured> {
     }
 }
 
+/// Seconds to read and check the trace alone (parse every line, verify the digest), in this
+/// process: the part of `analyze` that is not the replay.
+fn read_only(path: &Path) -> Result<f64> {
+    let t = Instant::now();
+    let mut reader = TraceReader::open(path)?;
+    let n = reader.by_ref().count();
+    let s = reader.summary();
+    if !s.complete {
+        bail!("{} read incomplete after {n} records", path.display());
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// The fastest of `runs` runs.
 fn best_of(runs: u32, args: &[&str]) -> Result<Measured> {
     let mut best: Option<Measured> = None;
@@ -243,8 +256,17 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
     println!(
-        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>8} {:>9} {:>7} {:>8}",
-        "events", "MiB", "analyze", "CPU", "events/s", "RSS MiB", "jq empty", "jq RSS", "speedup"
+        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>9} {:>7} {:>8}",
+        "events",
+        "MiB",
+        "analyze",
+        "CPU",
+        "events/s",
+        "RSS MiB",
+        "read",
+        "jq empty",
+        "jq RSS",
+        "speedup"
     );
     for &events in &args.events {
         let path = args.dir.join(format!("trace-{events}.jsonl"));
@@ -255,6 +277,10 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
         let p = path.to_string_lossy();
         let bin = args.vramtrace.to_string_lossy();
         let a = best_of(args.runs, &[&bin, "analyze", "--json", &p])?;
+        let mut read = f64::INFINITY;
+        for _ in 0..args.runs.max(1) {
+            read = read.min(read_only(&path)?);
+        }
         let jq_cols = if jq {
             let j = best_of(args.runs, &["jq", "empty", &p])?;
             format!(
@@ -267,17 +293,19 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             format!("{:>9} {:>7} {:>8}", "-", "-", "-")
         };
         println!(
-            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>8.1} {jq_cols}",
+            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>8.1} {:>7.2}s {jq_cols}",
             events,
             mib,
             a.wall,
             a.cpu,
             events as f64 / a.wall,
             a.rss_kib as f64 / 1024.0,
+            read,
         );
     }
     println!(
-        "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run",
+        "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run; \
+         read: the trace read and checked alone (no replay)",
         args.runs.max(1)
     );
     Ok(())
