@@ -228,3 +228,58 @@ pub(super) fn write<W: Write>(
          for pytorch.org/memory_viz: drag the file onto the page"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Exit;
+    use crate::trace::read::tests::{alloc, free, write_trace};
+
+    /// How many times `needle` is in `haystack` (the pickle writes every string out).
+    fn count(haystack: &[u8], needle: &str) -> usize {
+        haystack
+            .windows(needle.len())
+            .filter(|w| *w == needle.as_bytes())
+            .count()
+    }
+
+    fn export(records: &[Record]) -> Vec<u8> {
+        let (bytes, _) = write_trace(records, true);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, bytes).expect("write trace");
+        let mut out = Vec::new();
+        write(&path, &mut out, &Options::default()).expect("export");
+        out
+    }
+
+    #[test]
+    fn what_an_exit_releases_is_freed_in_the_snapshot() {
+        // Three allocations, one freed; the process exits holding two.
+        let out = export(&[
+            alloc(0),
+            alloc(1),
+            alloc(2),
+            free(1),
+            Record::Exit(Exit {
+                proc: 1,
+                pid: 4242,
+                ts_ns: 6_000_000_000,
+                ..Default::default()
+            }),
+        ]);
+        assert_eq!(count(&out, "segment_alloc"), 3);
+        // The free, and the two the exit let go of: every block leaves its segment, so the
+        // viewer's walk back from the (empty) final segments finds each block in one.
+        assert_eq!(count(&out, "free_completed"), 3);
+        assert_eq!(count(&out, "segment_free"), 3);
+    }
+
+    #[test]
+    fn what_is_live_at_the_end_stays_in_the_segments() {
+        let out = export(&[alloc(0), alloc(1), free(0)]);
+        assert_eq!(count(&out, "free_completed"), 1);
+        // One live segment, with its one active block.
+        assert_eq!(count(&out, "active_allocated"), 1);
+    }
+}
