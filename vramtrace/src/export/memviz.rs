@@ -265,7 +265,6 @@ mod tests {
                 proc: 1,
                 pid: 4242,
                 ts_ns: 6_000_000_000,
-                ..Default::default()
             }),
         ]);
         assert_eq!(count(&out, "segment_alloc"), 3);
