@@ -425,11 +425,12 @@ impl<R: BufRead> TraceReader<R> {
         self.pos += len;
         self.lines += 1;
         self.bytes += len as u64;
-        if self.after_footer {
-            return Ok(Some(InBuffer::AfterFooter));
-        }
+        // As when the line is read into `buf`: too long first, wherever it is.
         if len > MAX_LINE {
             return Ok(Some(InBuffer::TooLong(len as u64)));
+        }
+        if self.after_footer {
+            return Ok(Some(InBuffer::AfterFooter));
         }
         let parsed = parse_line(&chunk[start..self.pos], &mut self.names);
         if matches!(parsed, Ok(Parsed::Record(Record::Footer(_)))) {
@@ -1857,6 +1858,23 @@ pub(crate) mod tests {
         assert_eq!(read, [(3, free(0))]);
         assert_eq!(kinds(&s.problems), [(2, ProblemKind::TooLong)]);
         assert_eq!(s.bytes, bytes.len() as u64);
+    }
+
+    #[test]
+    fn an_overlong_line_reads_the_same_whole_or_through_a_small_buffer() {
+        let (mut bytes, _) = write_trace(&[alloc(0)], true);
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        bytes.push(b'\n');
+        let mut whole = TraceReader::new(bytes.as_slice()).expect("header");
+        let mut small =
+            TraceReader::new(BufReader::with_capacity(4096, bytes.as_slice())).expect("header");
+        assert_eq!(whole.by_ref().count(), 1);
+        assert_eq!(small.by_ref().count(), 1);
+        let s = whole.summary();
+        assert_eq!(s, small.summary());
+        // After the footer: too long, and the trace was appended to.
+        assert_eq!(kinds(&s.problems), [(4, ProblemKind::TooLong)]);
+        assert!(!s.complete);
     }
 
     #[test]
