@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::pickle::Pickle;
-use super::{ExportError, Options, io, records};
+use super::{ExportError, Options, apply_ending, io, records};
 use crate::ledger::{Ledger, LiveAllocation};
 use crate::trace::{Frame, Mem, Record};
 
@@ -98,16 +98,6 @@ pub(super) fn write<W: Write>(
                     }
                 }
             }
-            // A free, or an allocation at an address still live (the old one is gone).
-            Record::Free(c) | Record::Alloc(c) if wanted => {
-                if let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
-                    && shown(a)
-                {
-                    let p = traces.entry(dev(a.device)).or_default();
-                    freed(p, &ledger, a, us(c.ts_ns));
-                    n += 1;
-                }
-            }
             Record::Failed(c) if wanted && c.ret == 2 => {
                 let d = dev(c.device);
                 let p = traces.entry(d).or_default();
@@ -131,28 +121,15 @@ pub(super) fn write<W: Write>(
             }
             _ => {}
         }
-        // An exit or a destroyed context lets go of what is still live: the page needs those
-        // blocks freed, or its allocator-state view finds blocks in no segment.
-        let releasing = match &rec {
-            Record::Exit(e) if opts.wants(e.pid) => Some((e.proc, e.ts_ns)),
-            Record::CtxDestroy(c) if wanted => Some((c.proc, c.ts_ns)),
-            _ => None,
-        };
-        let before: Vec<LiveAllocation> = releasing
-            .and_then(|(proc, _)| ledger.process(proc))
-            .map(|p| p.live_allocations().filter(|a| shown(a)).cloned().collect())
-            .unwrap_or_default();
-        ledger.apply(&rec);
-        if let Some((proc, ts)) = releasing {
-            for a in &before {
-                let still = ledger
-                    .process(proc)
-                    .and_then(|p| p.live_at(a.addr.unwrap_or(0)))
-                    .is_some_and(|b| b.seq == a.seq);
-                if !still {
-                    freed(traces.entry(dev(a.device)).or_default(), &ledger, a, us(ts));
-                    n += 1;
-                }
+        // Every block that ends leaves its segment, whatever ended it (a free, a reused
+        // address, an exit, a destroyed context): else the page's allocator-state view finds
+        // blocks in no segment.
+        let ended = apply_ending(&mut ledger, &rec);
+        if rec.pid().is_some_and(|pid| opts.wants(pid)) {
+            let ts = us(rec.ts_ns().unwrap_or(start));
+            for a in ended.iter().filter(|a| shown(a)) {
+                freed(traces.entry(dev(a.device)).or_default(), &ledger, a, ts);
+                n += 1;
             }
         }
         if let Record::Alloc(c) = &rec

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{ExportError, Options, io, records};
+use super::{ExportError, Options, apply_ending, io, records};
 use crate::analyze::human_bytes;
 use crate::ledger::{Ledger, LiveAllocation};
 use crate::trace::Record;
@@ -66,12 +66,7 @@ pub(super) fn write<W: Write>(
     let mut ooms = 0u64;
     let mut end = start;
     for rec in reader {
-        let pid = match &rec {
-            Record::Process(p) => Some(p.pid),
-            Record::Exit(e) => Some(e.pid),
-            r => r.call().map(|c| c.pid),
-        };
-        if pid.is_some_and(|p| !opts.wants(p)) {
+        if rec.pid().is_some_and(|p| !opts.wants(p)) {
             ledger.apply(&rec);
             continue;
         }
@@ -79,25 +74,6 @@ pub(super) fn write<W: Write>(
             Record::Process(p) => {
                 o.event(&json!({"ph":"M","name":"process_name","pid":p.pid,
                     "args":{"name":format!("{} ({})", p.comm, p.pid)}}))?;
-            }
-            Record::Free(c) => {
-                if let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x)) {
-                    o.event(&json!({"ph":"e","cat":"allocation","name":slice_name(a),
-                        "id":slice_id(c.proc, a),"pid":c.pid,"tid":a.tid,"ts":o.us(c.ts_ns)}))?;
-                }
-            }
-            Record::Exit(e) => {
-                let ends: Vec<serde_json::Value> = ledger
-                    .live_allocations(e.proc)
-                    .filter(|a| a.addr.is_some())
-                    .map(|a| {
-                        json!({"ph":"e","cat":"allocation","name":slice_name(a),
-                        "id":slice_id(e.proc, a),"pid":e.pid,"tid":a.tid,"ts":o.us(e.ts_ns)})
-                    })
-                    .collect();
-                for v in &ends {
-                    o.event(v)?;
-                }
             }
             Record::Failed(c) if c.ret == 2 => {
                 ooms += 1;
@@ -108,7 +84,14 @@ pub(super) fn write<W: Write>(
             }
             _ => {}
         }
-        ledger.apply(&rec);
+        // Each allocation's slice ends where it did: a free, a reused address, an exit, a
+        // destroyed context.
+        let ts = rec.ts_ns().unwrap_or(start);
+        for a in apply_ending(&mut ledger, &rec) {
+            o.event(&json!({"ph":"e","cat":"allocation","name":slice_name(&a),
+                "id":slice_id(rec.proc().unwrap_or(0), &a),"pid":rec.pid(),"tid":a.tid,
+                "ts":o.us(ts)}))?;
+        }
         if let Record::Alloc(c) = &rec
             && let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
         {
@@ -124,10 +107,7 @@ pub(super) fn write<W: Write>(
                 )?;
             }
         }
-        let Some(proc) = rec.call().map(|c| c.proc).or(match &rec {
-            Record::Exit(e) => Some(e.proc),
-            _ => None,
-        }) else {
+        let Some(proc) = rec.proc() else {
             continue;
         };
         let Some(p) = ledger.process(proc) else {

@@ -120,6 +120,33 @@ impl Record {
             _ => None,
         }
     }
+
+    /// The time of the record on the trace's clock, for those that have one.
+    pub fn ts_ns(&self) -> Option<u64> {
+        match self {
+            Record::Exit(e) => Some(e.ts_ns),
+            Record::Lost(l) => Some(l.ts_ns),
+            Record::Nvml(n) => Some(n.ts_ns),
+            _ => self.call().map(|c| c.ts_ns),
+        }
+    }
+
+    /// The `process` record id of the process a call or an exit is about.
+    pub fn proc(&self) -> Option<u32> {
+        match self {
+            Record::Exit(e) => Some(e.proc),
+            _ => self.call().map(|c| c.proc),
+        }
+    }
+
+    /// The process the record is about, for those about one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Record::Process(p) => Some(p.pid),
+            Record::Exit(e) => Some(e.pid),
+            _ => self.call().map(|c| c.pid),
+        }
+    }
 }
 
 /// The trace's first line.

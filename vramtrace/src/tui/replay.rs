@@ -19,16 +19,6 @@ const BATCH: usize = 8192;
 /// Longest wait between two looks at the clock and the controls.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The time of a record on the trace's clock, for those that have one.
-pub fn ts_of(rec: &Record) -> Option<u64> {
-    match rec {
-        Record::Exit(e) => Some(e.ts_ns),
-        Record::Lost(l) => Some(l.ts_ns),
-        Record::Nvml(n) => Some(n.ts_ns),
-        _ => rec.call().map(|c| c.ts_ns),
-    }
-}
-
 /// Reads `path` and sends its records into `tx` until the receiver is gone.
 pub struct Replayer {
     path: PathBuf,
@@ -146,7 +136,7 @@ impl Replayer {
     fn next_ts(&mut self) -> Option<u64> {
         loop {
             let rec = self.peek()?;
-            if let Some(ts) = ts_of(rec) {
+            if let Some(ts) = rec.ts_ns() {
                 return Some(ts);
             }
             if let Some(r) = self.peeked.take() {

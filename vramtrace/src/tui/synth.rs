@@ -181,7 +181,7 @@ pub fn write_trace(path: &Path, records: &[Record]) -> Result<(), WriteError> {
     w.write(&Record::Header(Box::new(header())))?;
     let mut end = T0;
     for rec in records {
-        if let Some(ts) = super::replay::ts_of(rec) {
+        if let Some(ts) = rec.ts_ns() {
             end = end.max(ts);
         }
         w.write(rec)?;
