@@ -294,31 +294,16 @@ impl<R: BufRead> TraceReader<R> {
                     continue;
                 }
                 Ok(Some(InBuffer::TooLong(len))) => {
-                    self.trailing |= self.after_footer;
-                    self.problem(
-                        self.lines,
-                        ProblemKind::TooLong,
-                        format!("line of {len} bytes skipped: no record is that long"),
-                    );
+                    self.too_long(self.lines, len);
                     continue;
                 }
                 Ok(Some(InBuffer::AfterFooter)) => {
-                    self.trailing = true;
-                    self.problem(
-                        self.lines,
-                        ProblemKind::AfterFooter,
-                        "a line after the footer (the trace was appended to)".into(),
-                    );
+                    self.after_footer_line(self.lines);
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.done = true;
-                    self.problem(
-                        self.lines + 1,
-                        ProblemKind::Io,
-                        format!("reading failed, nothing after this was read: {e}"),
-                    );
+                    self.read_failed(&e);
                     return None;
                 }
             }
@@ -326,12 +311,7 @@ impl<R: BufRead> TraceReader<R> {
             let end = match self.read_line(!self.after_footer) {
                 Ok(end) => end,
                 Err(e) => {
-                    self.done = true;
-                    self.problem(
-                        self.lines + 1,
-                        ProblemKind::Io,
-                        format!("reading failed, nothing after this was read: {e}"),
-                    );
+                    self.read_failed(&e);
                     return None;
                 }
             };
@@ -368,12 +348,7 @@ impl<R: BufRead> TraceReader<R> {
                 LineEnd::TooLong { len } => {
                     self.lines = line;
                     self.bytes += len;
-                    self.trailing |= self.after_footer;
-                    self.problem(
-                        line,
-                        ProblemKind::TooLong,
-                        format!("line of {len} bytes skipped: no record is that long"),
-                    );
+                    self.too_long(line, len);
                     continue;
                 }
                 LineEnd::Newline => {
@@ -382,12 +357,7 @@ impl<R: BufRead> TraceReader<R> {
                 }
             }
             if self.after_footer {
-                self.trailing = true;
-                self.problem(
-                    line,
-                    ProblemKind::AfterFooter,
-                    "a line after the footer (the trace was appended to)".into(),
-                );
+                self.after_footer_line(line);
                 continue;
             }
             let parsed = parse_line(&self.buf, &mut self.names);
@@ -502,6 +472,36 @@ impl<R: BufRead> TraceReader<R> {
             bytes: self.bytes,
             skipped_types: self.skipped_types.clone(),
         }
+    }
+
+    /// Reading failed: the trace ends here.
+    fn read_failed(&mut self, e: &io::Error) {
+        self.done = true;
+        self.problem(
+            self.lines + 1,
+            ProblemKind::Io,
+            format!("reading failed, nothing after this was read: {e}"),
+        );
+    }
+
+    /// Line `line`, of `len` bytes, is longer than any record: skipped.
+    fn too_long(&mut self, line: u64, len: u64) {
+        self.trailing |= self.after_footer;
+        self.problem(
+            line,
+            ProblemKind::TooLong,
+            format!("line of {len} bytes skipped: no record is that long"),
+        );
+    }
+
+    /// Line `line` follows the footer.
+    fn after_footer_line(&mut self, line: u64) {
+        self.trailing = true;
+        self.problem(
+            line,
+            ProblemKind::AfterFooter,
+            "a line after the footer (the trace was appended to)".into(),
+        );
     }
 
     fn problem(&mut self, line: u64, kind: ProblemKind, message: String) {
