@@ -38,6 +38,7 @@ struct StackStat {
     /// (the process's memory event ordinal, live bytes after the change), oldest first: the
     /// latest point of each span of `stride` events.
     history: Vec<(u64, u64)>,
+    /// At least 1.
     stride: u64,
 }
 
@@ -47,29 +48,34 @@ impl StackStat {
     /// covers the whole run evenly however long it is.
     fn record(&mut self, ord: u64) {
         let point = (ord, self.live_bytes);
-        let stride = self.stride.max(1);
-        if let Some(last) = self.history.last_mut()
-            && last.0 / stride == ord / stride
-        {
-            *last = point;
-            return;
-        }
-        while self.history.len() >= HISTORY {
-            self.stride = self.stride.max(1).saturating_mul(2);
-            let stride = self.stride;
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(HISTORY);
-            for p in self.history.drain(..) {
-                match merged.last_mut() {
-                    Some(l) if l.0 / stride == p.0 / stride => *l = p,
-                    _ => merged.push(p),
+        loop {
+            let len = self.history.len();
+            match self.history.last_mut() {
+                Some(last) if last.0 / self.stride == ord / self.stride => {
+                    *last = point;
+                    return;
                 }
+                _ if len < HISTORY => {
+                    self.history.push(point);
+                    return;
+                }
+                _ => self.coarsen(),
             }
-            self.history = merged;
         }
-        match self.history.last_mut() {
-            Some(last) if last.0 / self.stride == ord / self.stride => *last = point,
-            _ => self.history.push(point),
+    }
+
+    /// Doubles the span and merges the points pairwise, each span keeping its latest.
+    fn coarsen(&mut self) {
+        self.stride = self.stride.saturating_mul(2);
+        let stride = self.stride;
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(HISTORY);
+        for p in self.history.drain(..) {
+            match merged.last_mut() {
+                Some(l) if l.0 / stride == p.0 / stride => *l = p,
+                _ => merged.push(p),
+            }
         }
+        self.history = merged;
     }
 
     fn live_at(&self, ord: u64) -> u64 {
