@@ -505,6 +505,12 @@ pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
     }
 }
 
+/// What a request of `request` bytes would still lack with `freed` bytes given back beside
+/// the `free` ones: 0 when it fits, `None` when either is not known.
+fn shortfall(request: Option<u64>, free: Option<u64>, freed: u64) -> Option<u64> {
+    Some(request?.saturating_sub(free?.saturating_add(freed)))
+}
+
 fn verdict(e: &OomExplanation) -> String {
     use super::human_bytes as hb;
     let mut v = match e.request_bytes {
@@ -555,15 +561,13 @@ fn verdict(e: &OomExplanation) -> String {
                 "; {} is dynamic memory of the step that failed",
                 hb(step)
             ));
-            match (e.request_bytes, free) {
-                (Some(r), Some(f)) if f.saturating_add(step) >= r => {
-                    v.push_str(": freeing it before this request would have made room.")
-                }
-                (Some(r), Some(f)) => v.push_str(&format!(
+            match shortfall(e.request_bytes, free, step) {
+                Some(0) => v.push_str(": freeing it before this request would have made room."),
+                Some(short) => v.push_str(&format!(
                     ": even freeing all of it leaves {} short; the long-lived memory itself is too large.",
-                    hb(r - f.saturating_add(step))
+                    hb(short)
                 )),
-                _ => v.push('.'),
+                None => v.push('.'),
             }
         } else {
             v.push('.');
@@ -579,15 +583,13 @@ fn verdict(e: &OomExplanation) -> String {
             l.stacks,
             if l.stacks == 1 { "" } else { "s" }
         ));
-        match (e.request_bytes, free) {
-            (Some(r), Some(f)) if f.saturating_add(l.bytes) >= r => {
-                v.push_str("; without the leak the request would have fit.")
-            }
-            (Some(r), Some(f)) => v.push_str(&format!(
+        match shortfall(e.request_bytes, free, l.bytes) {
+            Some(0) => v.push_str("; without the leak the request would have fit."),
+            Some(short) => v.push_str(&format!(
                 "; even without the leak the request is {} short.",
-                hb(r - f.saturating_add(l.bytes))
+                hb(short)
             )),
-            _ => v.push('.'),
+            None => v.push('.'),
         }
     }
     if let Some(f) = free
