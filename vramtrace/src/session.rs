@@ -15,7 +15,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use crate::{
     analyze::human_bytes,
     decode::{Converter, Environment},
-    ledger::{Class, Ledger, Notice},
+    ledger::{Change, Class, Ledger},
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
@@ -70,15 +70,13 @@ fn in_unit(b: u64, unit_of: u64) -> String {
     format!("{:.1}", b as f64 / unit as f64)
 }
 
-/// One line on stderr for what the ledger noticed: a violation, an out-of-memory failure.
-fn notice_line(n: &Notice, policy: Policy) -> Option<String> {
-    match n {
-        Notice::HostFallback {
-            pid,
-            comm,
-            finding: f,
-            ..
-        } => {
+/// One line on stderr for what the ledger decided that a user must see as it happens: a
+/// violation, an out-of-memory failure.
+fn change_line(ch: &Change, ledger: &Ledger, policy: Policy) -> Option<String> {
+    let p = ledger.process(ch.proc()?)?;
+    let (pid, comm) = (p.pid, p.comm());
+    match ch {
+        Change::HostFinding { finding: f, .. } => {
             if policy != Policy::VramOnly {
                 return None;
             }
@@ -96,7 +94,7 @@ fn notice_line(n: &Notice, policy: Policy) -> Option<String> {
             }
             Some(s)
         }
-        Notice::Oom { pid, comm, oom, .. } => {
+        Change::Oom { oom, .. } => {
             let held = oom.device_bytes;
             let classes: Vec<String> = oom
                 .live_by_class
@@ -105,10 +103,11 @@ fn notice_line(n: &Notice, policy: Policy) -> Option<String> {
                 .map(|(c, b)| format!("{c} {}", in_unit(*b, held)))
                 .collect();
             Some(format!(
-                "vramtrace: OOM in pid {pid} ({comm}): {} of {} failed; held {}{}",
+                "vramtrace: OOM in pid {pid} ({comm}): {} of {} failed on GPU {}; held {}{}",
                 oom.api,
                 oom.requested_bytes
                     .map_or_else(|| "? bytes".to_owned(), human_bytes),
+                oom.device.map_or_else(|| "?".to_owned(), |d| d.to_string()),
                 human_bytes(held),
                 if classes.is_empty() {
                     String::new()
@@ -117,6 +116,7 @@ fn notice_line(n: &Notice, policy: Policy) -> Option<String> {
                 }
             ))
         }
+        _ => None,
     }
 }
 
@@ -462,7 +462,6 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
     converter.set_host_signal(config.host_signal);
     // The same accounting as `analyze`, live: what it notices is printed as it happens.
     let mut ledger = Ledger::new();
-    ledger.enable_notices();
     let policy = opts.policy;
     let quiet = opts.quiet;
     let mut resolver = StackResolver::new();
@@ -500,11 +499,11 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
             converter.convert(&ev, &mut env, &mut records);
             for rec in records.drain(..) {
                 ledger.apply(&rec);
-                for n in ledger.drain_notices() {
-                    if policy == Policy::VramOnly && matches!(n, Notice::HostFallback { .. }) {
+                for ch in ledger.changes() {
+                    if policy == Policy::VramOnly && matches!(ch, Change::HostFinding { .. }) {
                         writer.count_violations(1);
                     }
-                    if let Some(line) = notice_line(&n, policy)
+                    if let Some(line) = change_line(ch, &ledger, policy)
                         && !quiet
                     {
                         eprintln!("{line}");

@@ -17,12 +17,16 @@
 //!
 //! - Every live byte has one class (weights, KV cache, dynamic, pool, host fallback,
 //!   unknown), decided by [`classify`] from the event stream and revised as evidence arrives.
-//! - A host-memory allocation is a finding; a request that fails for want of memory is an
-//!   [`Oom`] with what every traced process held at that moment.
+//! - A host-memory allocation is a finding; a request that fails for want of memory
+//!   ([`Call::is_oom`]) is an [`Oom`] with what every traced process held at that moment, on
+//!   which device and NVML device.
+//! - [`Ledger::apply`] returns what each record changed ([`Change`]): every consumer reads
+//!   those and the Ledger's state, and decides none of these facts again.
 //!
 //! Input that does not fit (a free of an unknown address, a double free, an unmap of an
 //! unknown range) is counted per process as an anomaly, never a panic.
 
+mod change;
 pub mod classify;
 pub mod nvml;
 mod process;
@@ -39,6 +43,7 @@ use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
+pub use change::{Change, EndCause, PoolId};
 pub use classify::{Class, ClassBytes, Evidence, Phase};
 pub use nvml::{
     DeviceReconciliation, GpuReconciliation, NvmlLedger, ProcessNvml, Reconciliation,
@@ -51,51 +56,6 @@ pub use process::{
 pub use usage::{Totals, Usage};
 
 use crate::trace::{Call, Record, Stack};
-
-/// Something a live session reports as it happens (see [`Ledger::enable_notices`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    /// A traced process placed memory in host RAM.
-    HostFallback {
-        /// Its `process` record id.
-        proc: u32,
-        /// Process id.
-        pid: u32,
-        /// Short name.
-        comm: String,
-        /// The finding.
-        finding: HostFinding,
-    },
-    /// A request failed for want of memory.
-    Oom {
-        /// Its `process` record id.
-        proc: u32,
-        /// Process id.
-        pid: u32,
-        /// Short name.
-        comm: String,
-        /// The failure and what was held.
-        oom: Box<Oom>,
-    },
-}
-
-/// `CUDA_ERROR_OUT_OF_MEMORY`.
-const CUDA_ERROR_OUT_OF_MEMORY: i32 = 2;
-
-/// Return codes that say the driver or device is not there, not that memory ran out:
-/// `CUDA_ERROR_NOT_INITIALIZED`, `CUDA_ERROR_DEINITIALIZED`, `CUDA_ERROR_NO_DEVICE`.
-const NO_DRIVER: [i32; 3] = [3, 4, 100];
-
-/// Whether a failed call is an out-of-memory failure: an allocation entry point that
-/// returned `CUDA_ERROR_OUT_OF_MEMORY`, or a `cuMemCreate` that failed for any reason but a
-/// missing driver or device (the physical memory could not be had).
-fn is_oom(c: &Call) -> bool {
-    let create = c.api.starts_with("cuMemCreate");
-    let allocates = create || c.mem.is_some();
-    allocates
-        && (c.ret == CUDA_ERROR_OUT_OF_MEMORY
-            || (create && c.ret != 0 && !NO_DRIVER.contains(&c.ret)))
-}
 
 /// Live allocations and counters of every traced process.
 #[derive(Clone, Debug, Default)]
@@ -110,7 +70,8 @@ pub struct Ledger {
     nvml: NvmlLedger,
     /// The latest NVML figures per device ordinal, for out-of-memory records.
     nvml_at_oom: BTreeMap<i32, NvmlAtOom>,
-    notices: Option<Vec<Notice>>,
+    /// What the latest record changed.
+    changes: Vec<Change>,
 }
 
 impl Ledger {
@@ -119,9 +80,21 @@ impl Ledger {
         Self::default()
     }
 
-    /// Takes one record into account. Never fails: inconsistent input becomes an anomaly of
-    /// the process it names.
-    pub fn apply(&mut self, rec: &Record) {
+    /// Takes one record into account and returns what it changed, in order (also kept for
+    /// [`Ledger::changes`] until the next record). Never fails: inconsistent input becomes an
+    /// anomaly of the process it names.
+    pub fn apply(&mut self, rec: &Record) -> &[Change] {
+        self.changes.clear();
+        self.apply_record(rec);
+        &self.changes
+    }
+
+    /// What the latest [`Ledger::apply`] changed.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    fn apply_record(&mut self, rec: &Record) {
         match rec {
             Record::Header(h) => self.nvml.set_info(h.nvml.clone()),
             Record::Footer(_) => {}
@@ -138,10 +111,19 @@ impl Ledger {
                 self.touch(l.ts_ns);
                 self.lost_events = self.lost_events.saturating_add(l.events());
                 self.stack_failed = self.stack_failed.saturating_add(l.stack_failed);
+                self.changes.push(Change::Lost {
+                    events: l.events(),
+                    stack_failed: l.stack_failed,
+                });
             }
             Record::Exit(e) => {
                 self.touch(e.ts_ns);
-                let Ledger { procs, totals, .. } = self;
+                let Ledger {
+                    procs,
+                    totals,
+                    changes,
+                    ..
+                } = self;
                 let st = procs
                     .entry(e.proc)
                     .or_insert_with(|| ProcessState::new(e.proc, e.pid));
@@ -150,6 +132,7 @@ impl Ledger {
                     st.anomaly("second_exit", || format!("exit at {} ns", e.ts_ns));
                 }
                 st.on_exit(totals, e);
+                changes.append(&mut st.changes);
             }
             _ => self.apply_call(rec),
         }
@@ -160,7 +143,12 @@ impl Ledger {
             return;
         };
         self.touch(c.ts_ns);
-        let Ledger { procs, totals, .. } = self;
+        let Ledger {
+            procs,
+            totals,
+            changes,
+            ..
+        } = self;
         let st = procs
             .entry(c.proc)
             .or_insert_with(|| ProcessState::new(c.proc, c.pid));
@@ -168,15 +156,16 @@ impl Ledger {
         if st.exited() {
             st.anomaly("call_after_exit", || format!("{} at {} ns", c.api, c.ts_ns));
         }
-        let findings_before = st.host_fallback_total;
         if c.ret != 0 && !matches!(rec, Record::Failed(_)) {
             // A call that returned an error made nothing, whatever the record says.
             st.anomaly("error_in_success_record", || {
                 format!("{} ret {} at {} ns", c.api, c.ret, c.ts_ns)
             });
             st.on_failed(c);
+            changes.append(&mut st.changes);
             return;
         }
+        let phase = st.classifier.phase;
         match rec {
             Record::Alloc(_) => st.on_alloc(totals, c),
             Record::Free(_) => st.on_free(totals, c),
@@ -196,24 +185,21 @@ impl Ledger {
             Record::Copy(_) => st.on_copy(c),
             _ => {}
         }
-        if let Some(notices) = self.notices.as_mut()
-            && st.host_fallback_total > findings_before
-            && let Some(finding) = st.host_fallback.last()
-        {
-            notices.push(Notice::HostFallback {
-                proc: st.proc,
-                pid: st.pid,
-                comm: st.comm().to_owned(),
-                finding: finding.clone(),
+        changes.append(&mut st.changes);
+        if st.classifier.phase != phase {
+            changes.push(Change::Phase {
+                proc: c.proc,
+                phase: st.classifier.phase,
+                ts_ns: c.ts_ns,
             });
         }
-        if matches!(rec, Record::Failed(_)) && is_oom(c) {
+        if matches!(rec, Record::Failed(_)) && c.is_oom() {
             self.on_oom(c);
         }
     }
 
     /// Records an out-of-memory failure with the live bytes of its process by class and of
-    /// every other traced process on the same device.
+    /// every other traced process on the same device, and NVML's figures for that device.
     fn on_oom(&mut self, c: &Call) {
         let Some(st) = self.procs.get(&c.proc) else {
             return;
@@ -238,6 +224,7 @@ impl Ledger {
             })
             .filter(|o| o.device_bytes > 0)
             .collect();
+        let nvml_index = device.and_then(|d| self.nvml_index_of(st, d));
         let oom = Oom {
             ts_ns: c.ts_ns,
             tid: c.tid,
@@ -246,50 +233,51 @@ impl Ledger {
             requested_bytes: c.bytes,
             stack: c.stack,
             device,
+            nvml_index,
             live_by_class: st.classes().to_map(),
             device_bytes: on_device(st),
             others,
-            nvml: device
-                .and_then(|d| {
-                    let visible = st
-                        .info
-                        .as_ref()
-                        .and_then(|p| p.cuda_visible_devices.as_deref());
-                    nvml_at(&self.nvml, d, visible)
-                })
+            nvml: nvml_index
+                .and_then(|i| nvml_at(&self.nvml, i))
                 .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
         };
-        if let Some(notices) = self.notices.as_mut() {
-            notices.push(Notice::Oom {
-                proc: st.proc,
-                pid: st.pid,
-                comm: st.comm().to_owned(),
-                oom: Box::new(oom.clone()),
-            });
-        }
+        self.changes.push(Change::Oom {
+            proc: c.proc,
+            oom: Box::new(oom.clone()),
+        });
         if let Some(st) = self.procs.get_mut(&c.proc) {
             st.note_oom(oom);
         }
     }
 
     /// The latest NVML figures for a device (by CUDA ordinal): out-of-memory records made
-    /// from now on carry them. Fed by whoever applies NVML samples.
+    /// from now on carry them when the trace has no NVML sample of that GPU. Fed by whoever
+    /// polls NVML outside the record stream.
     pub fn set_nvml_context(&mut self, device: i32, at: NvmlAtOom) {
         self.nvml_at_oom.insert(device, at);
     }
 
-    /// Keeps [`Notice`]s of host-memory findings and out-of-memory failures for
-    /// [`Ledger::drain_notices`]. Off by default: a replay has no use for them.
-    pub fn enable_notices(&mut self) {
-        self.notices.get_or_insert_with(Vec::new);
+    /// The NVML index of CUDA device `ordinal` as process `proc` numbers it (through its
+    /// `CUDA_VISIBLE_DEVICES` and the GPUs' UUIDs), when it can be told. The one place a
+    /// CUDA ordinal becomes an NVML device.
+    pub fn nvml_index(&self, proc: u32, ordinal: i32) -> Option<u32> {
+        match self.procs.get(&proc) {
+            Some(st) => self.nvml_index_of(st, ordinal),
+            None => nvml::nvml_index(ordinal, None, self.nvml_gpus()),
+        }
     }
 
-    /// What happened since the last call, oldest first.
-    pub fn drain_notices(&mut self) -> Vec<Notice> {
-        self.notices
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+    fn nvml_index_of(&self, st: &ProcessState, ordinal: i32) -> Option<u32> {
+        let visible = st
+            .info
+            .as_ref()
+            .and_then(|p| p.cuda_visible_devices.as_deref());
+        nvml::nvml_index(ordinal, visible, self.nvml_gpus())
+    }
+
+    /// The GPUs NVML listed in the header (none when it did not).
+    fn nvml_gpus(&self) -> &[crate::trace::GpuInfo] {
+        self.nvml.info().map(|i| i.gpus.as_slice()).unwrap_or(&[])
     }
 
     /// Live bytes by class, every running process together.
@@ -361,11 +349,8 @@ impl Ledger {
     }
 }
 
-/// What the latest NVML sample said about the GPU behind CUDA device `ordinal` of a process
-/// that sees `visible` (its `CUDA_VISIBLE_DEVICES`).
-fn nvml_at(nvml: &NvmlLedger, ordinal: i32, visible: Option<&str>) -> Option<NvmlAtOom> {
-    let gpus = nvml.info().map(|i| i.gpus.as_slice()).unwrap_or(&[]);
-    let index = nvml::nvml_index(ordinal, visible, gpus)?;
+/// What the latest NVML sample said about the GPU of NVML index `index`.
+fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
     let sample = nvml.latest()?;
     let g = sample.gpus.iter().find(|g| g.index == index)?;
     Some(NvmlAtOom {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::change::{Change, EndCause, PoolId};
 use super::classify::{self, AllocRef, ClassBytes, Classifier, Phase};
 use super::usage::{Class, Totals, Usage};
 use crate::trace::{Call, Exit, Mem, Process};
@@ -66,6 +67,15 @@ pub struct LiveAllocation {
     pub size_unknown: bool,
     /// Unique within the process.
     pub(crate) seq: u64,
+}
+
+impl LiveAllocation {
+    /// A number unique among the allocations of its process, in the order they were made:
+    /// with the process's id it names the allocation in the change stream, whatever address
+    /// is reused.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// An allocation in host RAM by a traced process: a finding, a violation under the
@@ -132,8 +142,10 @@ pub struct Oom {
     pub requested_bytes: Option<u64>,
     /// Id of the call's stack.
     pub stack: Option<u32>,
-    /// The device asked, when it could be told.
+    /// The device asked (CUDA ordinal), when it could be told.
     pub device: Option<i32>,
+    /// That device's NVML index, when it could be told.
+    pub nvml_index: Option<u32>,
     /// The process's live bytes by class (every class, zeros included).
     pub live_by_class: BTreeMap<classify::Class, u64>,
     /// The process's device plus pool-held bytes on that device (all devices when it could
@@ -194,14 +206,6 @@ pub struct ExitSnapshot {
     pub classes: ClassBytes,
     /// The largest of them, largest first.
     pub largest: Vec<LiveAllocation>,
-}
-
-/// A stream-ordered pool. `Default(device)` stands for a device's default pool before its
-/// handle is known (`cuMemAllocAsync` names no pool).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum PoolKey {
-    Handle(u64),
-    Default(Option<i32>),
 }
 
 /// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
@@ -355,7 +359,7 @@ pub struct ProcessState {
     vmm: HashMap<u64, VmmHandle>,
     mappings: BTreeMap<u64, Mapping>,
     reserved: BTreeMap<u64, u64>,
-    pools: HashMap<PoolKey, Pool>,
+    pools: HashMap<PoolId, Pool>,
     default_pools: HashMap<Option<i32>, u64>,
     ctx_device: HashMap<u64, Option<i32>>,
     primary: HashMap<Option<i32>, PrimaryCtx>,
@@ -363,6 +367,8 @@ pub struct ProcessState {
     freed: HashSet<u64>,
     /// Device plus pool-held bytes when `classes_at_peak` was taken.
     classes_peak_bytes: u64,
+    /// What the record being applied changed so far; the Ledger takes them after each record.
+    pub(crate) changes: Vec<Change>,
 }
 
 /// The counter of entry point `api`, without allocating its name but the first time.
@@ -437,8 +443,8 @@ impl ProcessState {
     pub fn pool_held(&self) -> impl Iterator<Item = (Option<u64>, Option<i32>, u64)> + '_ {
         self.pools.iter().map(|(k, p)| {
             let handle = match k {
-                PoolKey::Handle(h) => Some(*h),
-                PoolKey::Default(_) => None,
+                PoolId::Handle(h) => Some(*h),
+                PoolId::Default(_) => None,
             };
             (handle, p.device, p.held)
         })
@@ -478,25 +484,33 @@ impl ProcessState {
             if let Some(live) = live
                 && live.seq == seq
             {
-                self.classifier.reclassify(live);
+                let was = live.class;
+                if self.classifier.reclassify(live) {
+                    Self::updated(&mut self.changes, self.proc, was, live);
+                }
             }
         }
     }
 
     fn note_host_finding(&mut self, c: &Call, mem: Mem, bytes: u64) {
         self.host_fallback_total += 1;
+        let finding = HostFinding {
+            ts_ns: c.ts_ns,
+            tid: c.tid,
+            api: c.api.to_string(),
+            bytes,
+            mem: Some(mem),
+            flags: c.flags,
+            stack: c.stack,
+            signalled: c.signalled,
+        };
         if self.host_fallback.len() < HOST_FINDINGS {
-            self.host_fallback.push(HostFinding {
-                ts_ns: c.ts_ns,
-                tid: c.tid,
-                api: c.api.to_string(),
-                bytes,
-                mem: Some(mem),
-                flags: c.flags,
-                stack: c.stack,
-                signalled: c.signalled,
-            });
+            self.host_fallback.push(finding.clone());
         }
+        self.changes.push(Change::HostFinding {
+            proc: self.proc,
+            finding,
+        });
     }
 
     /// The device a call is about: named by the call, or the thread's current context's.
@@ -528,6 +542,45 @@ impl ProcessState {
         if a.examples.len() < EXAMPLES {
             a.examples.push(example());
         }
+        self.changes.push(Change::Anomaly {
+            proc: self.proc,
+            kind,
+        });
+    }
+
+    /// A new allocation is about to be inserted: the change says so.
+    fn started(&mut self, a: &LiveAllocation) {
+        self.changes.push(Change::Started {
+            proc: self.proc,
+            alloc: a.clone(),
+        });
+    }
+
+    /// A live allocation changed (class, fill, mapping): the change says so.
+    fn updated(changes: &mut Vec<Change>, proc: u32, was: classify::Class, a: &LiveAllocation) {
+        changes.push(Change::Updated {
+            proc,
+            was,
+            alloc: a.clone(),
+        });
+    }
+
+    /// A pool's held bytes may have changed: the change gives the new figure.
+    fn pool_changed(&mut self, key: PoolId) {
+        let (device, held) = self
+            .pools
+            .get(&key)
+            .map_or((None, 0), |p| (p.device, p.held));
+        let device = match key {
+            PoolId::Default(d) => device.or(d),
+            PoolId::Handle(_) => device,
+        };
+        self.changes.push(Change::PoolHeld {
+            proc: self.proc,
+            pool: key,
+            device,
+            held,
+        });
     }
 
     fn book_add(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64, ts: u64) {
@@ -584,10 +637,10 @@ impl ProcessState {
             .or_else(|| ctx.and_then(|x| self.ctx_device.get(&x).copied().flatten()))
     }
 
-    fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolKey {
+    fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolId {
         match pool.or_else(|| self.default_pools.get(&device).copied()) {
-            Some(h) => PoolKey::Handle(h),
-            None => PoolKey::Default(device),
+            Some(h) => PoolId::Handle(h),
+            None => PoolId::Default(device),
         }
     }
 
@@ -598,24 +651,31 @@ impl ProcessState {
         self.freed.insert(addr);
     }
 
-    /// Gives a live allocation's bytes back: into its pool when it is stream-ordered and
-    /// `to_pool`, else to the GPU or the host.
-    fn release(&mut self, t: &mut Totals, a: &LiveAllocation, to_pool: bool, ts: u64) {
+    /// Gives a live allocation's bytes back and says why it ended: a stream-ordered
+    /// allocation freed by a call goes into its pool, anything else to the GPU or the host.
+    fn release(&mut self, t: &mut Totals, a: LiveAllocation, cause: EndCause, ts: u64) {
         let class = class_of(a.mem);
         self.book_sub(t, a.device, class, a.bytes);
-        self.classify_gone(a);
-        if !(to_pool && a.mem == Mem::DeviceAsync) {
-            return;
-        }
-        let key = self.resolve_pool(a.pool, a.device);
-        let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
-        if pool.destroyed {
+        self.classify_gone(&a);
+        let mut cause = cause;
+        if cause == EndCause::Free && a.mem == Mem::DeviceAsync {
+            let key = self.resolve_pool(a.pool, a.device);
+            let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
             // A destroyed pool lets go of memory as its last allocations are freed.
-            return;
+            if !pool.destroyed {
+                pool.give(a.bytes);
+                let device = pool.device;
+                self.book_add(t, device, Class::Pool, a.bytes, ts);
+                self.pool_changed(key);
+                cause = EndCause::PoolFree;
+            }
         }
-        pool.give(a.bytes);
-        let device = pool.device;
-        self.book_add(t, device, Class::Pool, a.bytes, ts);
+        self.changes.push(Change::Ended {
+            proc: self.proc,
+            alloc: a,
+            cause,
+            ts_ns: ts,
+        });
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
@@ -684,10 +744,11 @@ impl ProcessState {
             };
             if let Some(old) = self.arrays.remove(&h) {
                 self.anomaly("alloc_over_live", || describe(c));
-                self.release(t, &old, false, ts);
+                self.release(t, old, EndCause::Replaced, ts);
             }
             self.classify_new(&mut a, AllocRef::Array(h));
             self.book_add(t, a.device, Class::Device, bytes, ts);
+            self.started(&a);
             self.arrays.insert(h, a);
             return;
         }
@@ -698,14 +759,14 @@ impl ProcessState {
         };
         if let Some(old) = self.by_addr.remove(&addr) {
             self.anomaly("alloc_over_live", || describe(c));
-            self.release(t, &old, false, ts);
+            self.release(t, *old, EndCause::Replaced, ts);
         }
         self.freed.remove(&addr);
 
         if mem == Mem::DeviceAsync {
             // Stream-ordered memory comes out of the pool's held bytes first.
             let key = self.resolve_pool(c.pool, a.device);
-            if let PoolKey::Handle(h) = key {
+            if let PoolId::Handle(h) = key {
                 a.pool = Some(h);
             }
             // The memory is where the pool is, whatever context the thread has current.
@@ -719,6 +780,7 @@ impl ProcessState {
             let pool_device = pool.device;
             if reuse > 0 {
                 self.book_sub(t, pool_device, Class::Pool, reuse);
+                self.pool_changed(key);
             }
         }
         if mem.is_host() {
@@ -726,6 +788,7 @@ impl ProcessState {
         }
         self.classify_new(&mut a, AllocRef::Addr(addr));
         self.book_add(t, a.device, class_of(mem), bytes, ts);
+        self.started(&a);
         self.by_addr.insert(addr, Box::new(a));
     }
 
@@ -740,7 +803,7 @@ impl ProcessState {
             match self.arrays.remove(&h) {
                 Some(a) => {
                     self.count_free(&c.api, 1, a.bytes);
-                    self.release(t, &a, false, ts);
+                    self.release(t, a, EndCause::ArrayDestroy, ts);
                 }
                 None => {
                     self.count_free(&c.api, 1, 0);
@@ -781,7 +844,7 @@ impl ProcessState {
             });
         }
         self.count_free(&c.api, 1, a.bytes);
-        self.release(t, &a, true, ts);
+        self.release(t, *a, EndCause::Free, ts);
         self.remember_freed(addr);
     }
 
@@ -802,8 +865,10 @@ impl ProcessState {
             let end = start.saturating_add(a.bytes);
             if addr < end || (addr == start && a.bytes == 0) {
                 let inside = len.min(end - addr);
+                let was = a.class;
                 a.filled_from_host = a.filled_from_host.saturating_add(inside);
                 self.classifier.reclassify(a);
+                Self::updated(&mut self.changes, self.proc, was, a);
                 return;
             }
         }
@@ -814,8 +879,10 @@ impl ProcessState {
                 if m.counted
                     && let Some(v) = self.vmm.get_mut(&m.handle)
                 {
+                    let was = v.alloc.class;
                     v.alloc.filled_from_host = v.alloc.filled_from_host.saturating_add(inside);
                     self.classifier.reclassify(&mut v.alloc);
+                    Self::updated(&mut self.changes, self.proc, was, &v.alloc);
                 }
                 return;
             }
@@ -827,22 +894,26 @@ impl ProcessState {
 
     fn merge_default_pool(&mut self, t: &mut Totals, device: Option<i32>, handle: u64, ts: u64) {
         self.default_pools.insert(device, handle);
-        let Some(old) = self.pools.remove(&PoolKey::Default(device)) else {
+        let Some(old) = self.pools.remove(&PoolId::Default(device)) else {
             self.pools
-                .entry(PoolKey::Handle(handle))
+                .entry(PoolId::Handle(handle))
                 .or_insert_with(|| Pool::new(device));
             return;
         };
         let (old_device, old_held) = (old.device, old.held);
         let pool = self
             .pools
-            .entry(PoolKey::Handle(handle))
+            .entry(PoolId::Handle(handle))
             .or_insert_with(|| Pool::new(old_device));
         pool.absorb(old);
         let to = pool.device;
         if to != old_device && old_held > 0 {
             self.book_sub(t, old_device, Class::Pool, old_held);
             self.book_add(t, to, Class::Pool, old_held, ts);
+        }
+        if old_held > 0 {
+            self.pool_changed(PoolId::Default(device));
+            self.pool_changed(PoolId::Handle(handle));
         }
     }
 
@@ -856,12 +927,12 @@ impl ProcessState {
             return;
         }
         let fresh = Pool::new(c.device);
-        match self.pools.get(&PoolKey::Handle(h)) {
+        match self.pools.get(&PoolId::Handle(h)) {
             Some(p) if !p.destroyed => {
                 self.anomaly("pool_create_over_live", || describe(c));
             }
             _ => {
-                self.pools.insert(PoolKey::Handle(h), fresh);
+                self.pools.insert(PoolId::Handle(h), fresh);
             }
         }
     }
@@ -875,7 +946,7 @@ impl ProcessState {
             self.anomaly("trim_without_size", || describe(c));
             return;
         };
-        let key = PoolKey::Handle(h);
+        let key = PoolId::Handle(h);
         if !self.pools.contains_key(&key) {
             // A handle never seen: the default pool got through an entry point that is not
             // traced (cuDeviceGetMemPool). With one default pool in use it can only be that.
@@ -883,7 +954,7 @@ impl ProcessState {
                 .pools
                 .iter()
                 .filter_map(|(k, p)| match k {
-                    PoolKey::Default(d) if p.held > 0 => Some(*d),
+                    PoolId::Default(d) if p.held > 0 => Some(*d),
                     _ => None,
                 })
                 .collect();
@@ -903,6 +974,7 @@ impl ProcessState {
         let device = pool.device;
         if release > 0 {
             self.book_sub(t, device, Class::Pool, release);
+            self.pool_changed(key);
         }
     }
 
@@ -911,13 +983,14 @@ impl ProcessState {
             self.anomaly("pool_without_handle", || describe(c));
             return;
         };
-        match self.pools.get_mut(&PoolKey::Handle(h)) {
+        match self.pools.get_mut(&PoolId::Handle(h)) {
             Some(p) if !p.destroyed => {
                 let held = p.clear();
                 p.destroyed = true;
                 let device = p.device;
                 if held > 0 {
                     self.book_sub(t, device, Class::Pool, held);
+                    self.pool_changed(PoolId::Handle(h));
                 }
             }
             _ => self.anomaly("destroy_unknown_pool", || describe(c)),
@@ -926,11 +999,10 @@ impl ProcessState {
 
     // --- virtual memory management ---
 
-    /// Frees a VMM handle's physical memory (released and no longer mapped).
-    fn drop_handle(&mut self, t: &mut Totals, h: u64) {
+    /// Frees a VMM handle's physical memory (released and no longer mapped, or replaced).
+    fn drop_handle(&mut self, t: &mut Totals, h: u64, cause: EndCause, ts: u64) {
         if let Some(v) = self.vmm.remove(&h) {
-            self.book_sub(t, v.alloc.device, class_of(v.alloc.mem), v.alloc.bytes);
-            self.classify_gone(&v.alloc);
+            self.release(t, v.alloc, cause, ts);
         }
     }
 
@@ -958,7 +1030,7 @@ impl ProcessState {
                     m.counted = false;
                 }
             }
-            self.drop_handle(t, h);
+            self.drop_handle(t, h, EndCause::Replaced, c.ts_ns);
         }
         let mut a = self.new_alloc(c, mem, bytes);
         a.addr = None;
@@ -967,6 +1039,7 @@ impl ProcessState {
         }
         self.classify_new(&mut a, AllocRef::Vmm(h));
         self.book_add(t, a.device, class_of(mem), bytes, c.ts_ns);
+        self.started(&a);
         self.vmm.insert(
             h,
             VmmHandle {
@@ -1001,11 +1074,11 @@ impl ProcessState {
         };
         self.count_free(&c.api, 1, bytes);
         if unmapped {
-            self.drop_handle(t, h);
+            self.drop_handle(t, h, EndCause::VmmRelease, c.ts_ns);
         }
     }
 
-    fn unmap_at(&mut self, t: &mut Totals, addr: u64) {
+    fn unmap_at(&mut self, t: &mut Totals, addr: u64, ts: u64) {
         let Some(m) = self.mappings.remove(&addr) else {
             return;
         };
@@ -1016,11 +1089,11 @@ impl ProcessState {
             return;
         };
         v.mappings = v.mappings.saturating_sub(1);
-        if v.alloc.addr == Some(addr) {
-            v.alloc.addr = None;
-        }
         if v.released && v.mappings == 0 {
-            self.drop_handle(t, m.handle);
+            self.drop_handle(t, m.handle, EndCause::VmmRelease, ts);
+        } else if v.alloc.addr == Some(addr) {
+            v.alloc.addr = None;
+            Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
         }
     }
 
@@ -1031,12 +1104,15 @@ impl ProcessState {
         };
         if self.mappings.contains_key(&addr) {
             self.anomaly("map_over_mapping", || describe(c));
-            self.unmap_at(t, addr);
+            self.unmap_at(t, addr, c.ts_ns);
         }
         let counted = match self.vmm.get_mut(&h) {
             Some(v) if !v.released => {
                 v.mappings += 1;
-                v.alloc.addr.get_or_insert(addr);
+                if v.alloc.addr.is_none() {
+                    v.alloc.addr = Some(addr);
+                    Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
+                }
                 true
             }
             _ => {
@@ -1071,7 +1147,7 @@ impl ProcessState {
             return;
         }
         for a in starts {
-            self.unmap_at(t, a);
+            self.unmap_at(t, a, c.ts_ns);
         }
     }
 
@@ -1124,7 +1200,7 @@ impl ProcessState {
             if p.refs == 0 {
                 let ctx = p.ctx;
                 self.primary.remove(&c.device);
-                self.destroy_ctx(t, ctx, &c.api);
+                self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
             }
             return;
         }
@@ -1142,12 +1218,12 @@ impl ProcessState {
         {
             stack.pop();
         }
-        self.destroy_ctx(t, ctx, &c.api);
+        self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
     }
 
     /// Everything allocated in `ctx` is freed with it. VMM memory is not bound to a context
     /// and stays.
-    fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str) {
+    fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
         self.ctx_device.remove(&ctx);
         let addrs: Vec<u64> = self
             .by_addr
@@ -1171,12 +1247,13 @@ impl ProcessState {
         if freed.is_empty() {
             return;
         }
+        let calls = freed.len() as u64;
         let mut bytes = 0u64;
-        for a in &freed {
+        for a in freed {
             bytes = bytes.saturating_add(a.bytes);
-            self.release(t, a, false, 0);
+            self.release(t, a, EndCause::ContextDestroyed, ts);
         }
-        self.count_free(api, freed.len() as u64, bytes);
+        self.count_free(api, calls, bytes);
     }
 
     pub(crate) fn on_ctx_current(&mut self, c: &Call) {
@@ -1226,12 +1303,40 @@ impl ProcessState {
         for u in self.devices.values_mut() {
             u.clear_live();
         }
-        self.by_addr.clear();
-        self.arrays.clear();
-        self.vmm.clear();
+        let proc = self.proc;
+        let ended = |alloc| Change::Ended {
+            proc,
+            alloc,
+            cause: EndCause::ProcessExit,
+            ts_ns: e.ts_ns,
+        };
+        self.changes.extend(
+            std::mem::take(&mut self.by_addr)
+                .into_values()
+                .map(|a| ended(*a))
+                .chain(std::mem::take(&mut self.arrays).into_values().map(ended))
+                .chain(
+                    std::mem::take(&mut self.vmm)
+                        .into_values()
+                        .map(|v| ended(v.alloc)),
+                ),
+        );
+        for (pool, p) in std::mem::take(&mut self.pools) {
+            if p.held > 0 {
+                self.changes.push(Change::PoolHeld {
+                    proc,
+                    pool,
+                    device: p.device,
+                    held: 0,
+                });
+            }
+        }
+        self.changes.push(Change::Exited {
+            proc,
+            ts_ns: e.ts_ns,
+        });
         self.mappings.clear();
         self.reserved.clear();
-        self.pools.clear();
         self.default_pools.clear();
         self.ctx_device.clear();
         self.primary.clear();
