@@ -33,6 +33,8 @@ mod process;
 mod usage;
 
 #[cfg(test)]
+mod change_tests;
+#[cfg(test)]
 mod classify_tests;
 #[cfg(test)]
 mod proptests;

@@ -1,0 +1,308 @@
+//! The change stream is complete: replaying only the changes [`Ledger::apply`] returns
+//! rebuilds every process's live allocations, their classes and the pool-held bytes.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::tests::Sim;
+use super::*;
+use crate::trace::{Call, Mem};
+
+const PROCS: u32 = 2;
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { slot: u64, bytes: u64, mem: Mem },
+    AllocAsync { slot: u64, bytes: u64, pool: bool },
+    Free { slot: u64, is_async: bool },
+    Fill { slot: u64, bytes: u64 },
+    Array { handle: u64, bytes: u64 },
+    ArrayDestroy { handle: u64 },
+    Vmm { handle: u64, bytes: u64, host: bool },
+    Map { slot: u64, handle: u64 },
+    Unmap { slot: u64 },
+    Release { handle: u64 },
+    Trim { keep: u64 },
+    PoolDestroy,
+    CtxCreate { ctx: u64, device: i32 },
+    CtxDestroy { ctx: u64 },
+    Exit,
+}
+
+fn op() -> impl Strategy<Value = (u32, Op)> {
+    let mem = prop_oneof![Just(Mem::Device), Just(Mem::HostPinned), Just(Mem::Managed),];
+    let op = prop_oneof![
+        8 => (0..10u64, 1..64u64, mem).prop_map(|(slot, m, mem)| Op::Alloc { slot, bytes: m * MIB, mem }),
+        4 => (0..10u64, 1..64u64, any::<bool>())
+            .prop_map(|(slot, m, pool)| Op::AllocAsync { slot: slot + 16, bytes: m * MIB, pool }),
+        8 => (0..26u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
+        4 => (0..26u64, 1..64u64).prop_map(|(slot, m)| Op::Fill { slot, bytes: m * MIB }),
+        2 => (0..4u64, 1..64u64).prop_map(|(handle, m)| Op::Array { handle, bytes: m * MIB }),
+        2 => (0..4u64).prop_map(|handle| Op::ArrayDestroy { handle }),
+        2 => (0..4u64, 1..64u64, any::<bool>())
+            .prop_map(|(handle, m, host)| Op::Vmm { handle, bytes: m * MIB, host }),
+        2 => (0..4u64, 0..4u64).prop_map(|(slot, handle)| Op::Map { slot, handle }),
+        2 => (0..4u64).prop_map(|slot| Op::Unmap { slot }),
+        2 => (0..4u64).prop_map(|handle| Op::Release { handle }),
+        1 => (0..64u64).prop_map(|m| Op::Trim { keep: m * MIB }),
+        1 => Just(Op::PoolDestroy),
+        2 => (0..3u64, 0..2i32).prop_map(|(ctx, device)| Op::CtxCreate { ctx, device }),
+        1 => (0..3u64).prop_map(|ctx| Op::CtxDestroy { ctx }),
+        1 => Just(Op::Exit),
+    ];
+    (0..PROCS, op)
+}
+
+fn addr(slot: u64) -> u64 {
+    0x7f00_0000_0000 + slot * (1 << 30)
+}
+
+fn vaddr(slot: u64) -> u64 {
+    0x6000_0000_0000 + slot * (1 << 30)
+}
+
+const POOL: u64 = 0xb00;
+
+fn record(s: &mut Sim, op: &Op) -> Record {
+    match *op {
+        Op::Alloc { slot, bytes, mem } => {
+            let api = match mem {
+                Mem::Device => "cuMemAlloc_v2",
+                Mem::Managed => "cuMemAllocManaged",
+                _ => "cuMemHostAlloc",
+            };
+            s.alloc_mem(api, mem, addr(slot), bytes)
+        }
+        Op::AllocAsync { slot, bytes, pool } => {
+            s.alloc_async(addr(slot), bytes, pool.then_some(POOL))
+        }
+        Op::Free { slot, is_async } => {
+            if is_async {
+                s.free_async(addr(slot))
+            } else {
+                s.free(addr(slot))
+            }
+        }
+        Op::Fill { slot, bytes } => Record::Copy(Call {
+            addr: Some(addr(slot) + MIB / 2),
+            bytes: Some(bytes),
+            ..s.call("cuMemcpyHtoD_v2")
+        }),
+        Op::Array { handle, bytes } => Record::Alloc(Call {
+            handle: Some(0xa000 + handle),
+            bytes: Some(bytes),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayCreate_v2")
+        }),
+        Op::ArrayDestroy { handle } => Record::Free(Call {
+            handle: Some(0xa000 + handle),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayDestroy")
+        }),
+        Op::Vmm {
+            handle,
+            bytes,
+            host,
+        } => Record::VmmCreate(Call {
+            handle: Some(0x4000 + handle),
+            bytes: Some(bytes),
+            mem: Some(if host { Mem::VmmHost } else { Mem::VmmDevice }),
+            device: Some(0),
+            ..s.call("cuMemCreate")
+        }),
+        Op::Map { slot, handle } => s.vmm_map(vaddr(slot), MIB, 0x4000 + handle),
+        Op::Unmap { slot } => s.vmm_unmap(vaddr(slot), MIB),
+        Op::Release { handle } => s.vmm_release(0x4000 + handle),
+        Op::Trim { keep } => s.trim(POOL, keep),
+        Op::PoolDestroy => Record::PoolDestroy(Call {
+            pool: Some(POOL),
+            ..s.call("cuMemPoolDestroy")
+        }),
+        Op::CtxCreate { ctx, device } => s.ctx_create(0xc000 + ctx, device),
+        Op::CtxDestroy { ctx } => Record::CtxDestroy(Call {
+            handle: Some(0xc000 + ctx),
+            ..s.call("cuCtxDestroy_v2")
+        }),
+        Op::Exit => s.exit(),
+    }
+}
+
+/// What the change stream alone says each process holds.
+#[derive(Default)]
+struct Rebuilt {
+    live: BTreeMap<(u32, u64), LiveAllocation>,
+    pools: BTreeMap<(u32, PoolId), u64>,
+    ooms: u64,
+    anomalies: BTreeMap<u32, u64>,
+}
+
+impl Rebuilt {
+    fn apply(&mut self, changes: &[Change]) {
+        for ch in changes {
+            match ch {
+                Change::Started { proc, alloc } => {
+                    let old = self.live.insert((*proc, alloc.seq()), alloc.clone());
+                    assert!(old.is_none(), "started twice: {alloc:?}");
+                }
+                Change::Ended { proc, alloc, .. } => {
+                    let old = self.live.remove(&(*proc, alloc.seq()));
+                    assert_eq!(old.map(|a| a.bytes), Some(alloc.bytes), "ended unstarted");
+                }
+                Change::Updated { proc, was, alloc } => {
+                    let old = self
+                        .live
+                        .insert((*proc, alloc.seq()), alloc.clone())
+                        .expect("updated a live allocation");
+                    assert_eq!(old.class, *was);
+                }
+                Change::PoolHeld {
+                    proc, pool, held, ..
+                } => {
+                    self.pools.insert((*proc, *pool), *held);
+                }
+                Change::Oom { .. } => self.ooms += 1,
+                Change::Anomaly { proc, .. } => *self.anomalies.entry(*proc).or_default() += 1,
+                Change::Phase { .. }
+                | Change::HostFinding { .. }
+                | Change::Exited { .. }
+                | Change::Lost { .. } => {}
+            }
+        }
+    }
+
+    fn classes(&self, proc: u32) -> ClassBytes {
+        let mut c = ClassBytes::default();
+        for a in self
+            .live
+            .range((proc, 0)..=(proc, u64::MAX))
+            .map(|(_, a)| a)
+        {
+            c.add(a.class, a.bytes);
+        }
+        c.set(Class::Pool, self.pool_held(proc));
+        c
+    }
+
+    fn pool_held(&self, proc: u32) -> u64 {
+        self.pools
+            .iter()
+            .filter(|((p, _), _)| *p == proc)
+            .map(|(_, b)| b)
+            .sum()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn the_change_stream_rebuilds_the_ledger(ops in prop::collection::vec(op(), 1..250)) {
+        let mut ledger = Ledger::new();
+        let mut sims: Vec<Sim> = (0..PROCS).map(|p| Sim::new(p, 1000 + p)).collect();
+        let mut rebuilt = Rebuilt::default();
+        for (proc, op) in &ops {
+            let s = &mut sims[*proc as usize];
+            if matches!(op, Op::Exit) {
+                // A new life under a new record id, as the recorder numbers processes.
+                let rec = record(s, op);
+                rebuilt.apply(ledger.apply(&rec));
+                s.proc += PROCS;
+                s.pid += PROCS;
+                continue;
+            }
+            let rec = record(s, op);
+            rebuilt.apply(ledger.apply(&rec));
+        }
+        for p in ledger.processes() {
+            let mut want: Vec<&LiveAllocation> = p.live_allocations().collect();
+            want.sort_by_key(|a| a.seq());
+            let got: Vec<&LiveAllocation> = rebuilt
+                .live
+                .range((p.proc, 0)..=(p.proc, u64::MAX))
+                .map(|(_, a)| a)
+                .collect();
+            prop_assert_eq!(got, want, "live set of {}", p.proc);
+            prop_assert_eq!(rebuilt.classes(p.proc), p.classes(), "classes of {}", p.proc);
+            prop_assert_eq!(rebuilt.pool_held(p.proc), p.usage.pool_held_bytes);
+            let anomalies: u64 = p.anomalies.values().map(|a| a.count).sum();
+            prop_assert_eq!(rebuilt.anomalies.get(&p.proc).copied().unwrap_or(0), anomalies);
+        }
+        let held: u64 = ledger.processes().map(|p| p.usage.pool_held_bytes).sum();
+        prop_assert_eq!(rebuilt.pools.values().sum::<u64>(), held);
+    }
+}
+
+#[test]
+fn every_way_an_allocation_ends_names_its_cause() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let mut ended = |l: &mut Ledger, rec: &Record| -> Vec<EndCause> {
+        l.apply(rec)
+            .iter()
+            .filter_map(|c| match c {
+                Change::Ended { cause, .. } => Some(*cause),
+                _ => None,
+            })
+            .collect()
+    };
+    l.apply(&s.ctx_create(0xc1, 0));
+    l.apply(&s.alloc(addr(0), MIB));
+    assert_eq!(ended(&mut l, &s.free(addr(0))), [EndCause::Free]);
+    l.apply(&s.alloc_async(addr(1), MIB, None));
+    assert_eq!(ended(&mut l, &s.free_async(addr(1))), [EndCause::PoolFree]);
+    l.apply(&s.alloc(addr(2), MIB));
+    assert_eq!(
+        ended(&mut l, &s.alloc(addr(2), 2 * MIB)),
+        [EndCause::Replaced]
+    );
+    l.apply(&record(
+        &mut s,
+        &Op::Array {
+            handle: 1,
+            bytes: MIB,
+        },
+    ));
+    assert_eq!(
+        ended(&mut l, &record(&mut s, &Op::ArrayDestroy { handle: 1 })),
+        [EndCause::ArrayDestroy]
+    );
+    l.apply(&s.vmm_create(0x4001, MIB));
+    l.apply(&s.vmm_map(vaddr(0), MIB, 0x4001));
+    assert!(ended(&mut l, &s.vmm_release(0x4001)).is_empty());
+    assert_eq!(
+        ended(&mut l, &s.vmm_unmap(vaddr(0), MIB)),
+        [EndCause::VmmRelease]
+    );
+    l.apply(&s.alloc(addr(3), MIB));
+    assert_eq!(
+        ended(&mut l, &record(&mut s, &Op::CtxDestroy { ctx: 2 })),
+        Vec::<EndCause>::new(),
+        "another context's destruction ends nothing"
+    );
+    assert_eq!(
+        ended(
+            &mut l,
+            &Record::CtxDestroy(Call {
+                handle: Some(0xc1),
+                ..s.call("cuCtxDestroy_v2")
+            })
+        ),
+        [EndCause::ContextDestroyed, EndCause::ContextDestroyed],
+        "the live allocation at addr(2) and at addr(3)"
+    );
+    l.apply(&s.alloc(addr(4), MIB));
+    let exit = s.exit();
+    let changes = l.apply(&exit).to_vec();
+    assert!(matches!(
+        &changes[..],
+        [
+            Change::Ended {
+                cause: EndCause::ProcessExit,
+                ..
+            },
+            Change::PoolHeld { held: 0, .. },
+            Change::Exited { proc: 1, .. }
+        ]
+    ));
+}
