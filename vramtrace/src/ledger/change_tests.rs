@@ -237,7 +237,7 @@ proptest! {
 fn every_way_an_allocation_ends_names_its_cause() {
     let mut l = Ledger::new();
     let mut s = Sim::new(1, 100);
-    let mut ended = |l: &mut Ledger, rec: &Record| -> Vec<EndCause> {
+    let ended = |l: &mut Ledger, rec: &Record| -> Vec<EndCause> {
         l.apply(rec)
             .iter()
             .filter_map(|c| match c {
