@@ -741,6 +741,8 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!((c.ret, c.bytes, c.addr), (2, Some(1 << 30), None));
+        assert_eq!(c.mem, Some(crate::trace::Mem::Device));
+        assert!(c.is_oom());
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn generate(path: &Path, events: u64) -> Result<()> {
                 Record::Failed(Call {
                     ret: 2,
                     bytes: Some(bytes << 20),
+                    mem: Some(Mem::Device),
                     stack,
                     ..call("cuMemAlloc_v2")
                 })

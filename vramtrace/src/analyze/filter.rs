@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, IsTerminal as _, Read};
 use std::path::Path;
 
-use super::{ReadStatus, Replay, Report, postmortem::Collector};
+use super::{ReadStatus, Report, postmortem::Collector};
 use crate::trace::read::{ReadError, TraceReader};
 
 /// What the report shows.
@@ -80,23 +80,18 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
         }),
         None => Box::new(file),
     };
-    let mut reader = TraceReader::new(BufReader::with_capacity(1 << 20, input))?;
-    let mut replay = Replay {
-        post: Collector::new(filters.top),
-        ..Replay::default()
-    };
-    // The reader keeps the header out of the stream; the ledger needs its NVML facts.
-    replay.apply(crate::trace::Record::Header(Box::new(
-        reader.header().clone(),
-    )));
-    for rec in reader.by_ref() {
-        replay.apply(rec);
+    let mut replay =
+        crate::ledger::Replay::new(TraceReader::new(BufReader::with_capacity(1 << 20, input))?);
+    let mut post = Collector::new(filters.top);
+    while let Some(rec) = replay.advance() {
+        post.observe(replay.ledger(), &rec);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let status = ReadStatus::from(reader.summary());
-    let mut report = replay.report(Some(&status));
+    let (ledger, summary) = replay.finish();
+    let status = ReadStatus::from(summary);
+    let mut report = super::report(ledger, post, None, None, Some(&status));
     apply(&mut report, filters);
     Ok(report)
 }

@@ -1,23 +1,34 @@
-//! Leak suspects: allocating stacks whose live bytes keep growing through the steady state.
+//! Leak suspects: allocating stacks whose live bytes keep growing and are not given back.
 //!
-//! The steady state of a process starts at its first explicit free (the load phase only
-//! allocates) and ends at its last allocation or free before its exit or the end of the
-//! trace. It is cut into thirds; a stack is
-//! a suspect when its live bytes are higher at the end of each third than at the end of the
-//! one before. Memory that is held by design is told apart and listed as retention:
+//! Everything here is read from the Ledger's change stream: an allocation started, an
+//! allocation ended (by a free, its context's destruction, a replacement at its address:
+//! every end but the process's exit, which is where a leak shows), the end of the load
+//! phase. The steady state of a process starts when the Ledger ends its load phase and ends
+//! at its last allocation or free before its exit or the end of the trace. It is cut into
+//! thirds by allocation and free events. A stack made at least [`MIN_STEADY_ALLOCS`]
+//! allocations in the steady state and holds more at its end than at its start is a
+//! suspect when either
+//!
+//! - its live bytes are higher at the end of each third than at the end of the one before
+//!   (it grew all through the run), or
+//! - none of its allocations was ever given back (it only grows). This rule does not depend
+//!   on how threads interleave: a thread that leaks in every step of its own, run before or
+//!   after the others, grows in one third and is flat in the rest, yet never frees.
+//!
+//! Memory that is held by design is told apart and listed as retention:
 //!
 //! - stream-ordered pools: a free returns memory to the pool (the ledger's pool-held bytes),
 //!   so pool memory never counts as live in the first place;
 //! - caching allocators (PyTorch's, most servers'): segments grow while the working set warms
-//!   up, then stay flat; a stack whose live bytes stopped growing in the last two thirds is
-//!   retention, not a leak.
+//!   up, then stay flat, and the same stack frees some of them; a stack that frees and whose
+//!   live bytes stopped growing in the last third is retention, not a leak.
 
 use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::postmortem::{StackFrames, mem_name};
-use crate::ledger::{Ledger, LiveAllocation};
+use super::postmortem::StackFrames;
+use crate::ledger::{Change, EndCause, Ledger, LiveAllocation, Phase};
 use crate::trace::Mem;
 
 /// History points kept per stack; halved when full.
@@ -134,6 +145,9 @@ pub struct LeakSuspect {
     pub live_at_thirds: [u64; 4],
     /// Growth through the steady state, bytes per second.
     pub growth_bytes_per_s: f64,
+    /// Why it is a suspect: `grew_every_third` or `never_freed` (see the module's rules).
+    #[serde(default)]
+    pub rule: String,
 }
 
 /// Memory held by design: not a leak.
@@ -158,8 +172,30 @@ pub struct LeakReport {
 }
 
 impl LeakTracker {
+    /// One change the Ledger made.
+    pub fn observe(&mut self, ch: &Change) {
+        match ch {
+            Change::Started { proc, alloc } => self.on_alloc(*proc, alloc),
+            Change::Ended {
+                proc,
+                alloc,
+                cause,
+                ts_ns,
+            } if *cause != EndCause::ProcessExit => self.on_free(*proc, alloc, *ts_ns),
+            Change::Phase { proc, phase, ts_ns } if *phase != Phase::Load => {
+                let span = self.procs.entry(*proc).or_default();
+                if span.first_free.is_none() {
+                    span.first_free = Some(*ts_ns);
+                    span.first_free_event = span.events;
+                }
+            }
+            Change::Exited { proc, ts_ns } => self.on_exit(*proc, *ts_ns),
+            _ => {}
+        }
+    }
+
     /// An allocation the ledger just booked.
-    pub fn on_alloc(&mut self, proc: u32, a: &LiveAllocation) {
+    fn on_alloc(&mut self, proc: u32, a: &LiveAllocation) {
         let span = self.procs.entry(proc).or_default();
         if span.exit.is_some() {
             return;
@@ -189,17 +225,13 @@ impl LeakTracker {
         s.record(ord);
     }
 
-    /// An allocation about to be freed.
-    pub fn on_free(&mut self, proc: u32, a: &LiveAllocation, ts: u64) {
+    /// An allocation that ended, by any cause but the process's exit.
+    fn on_free(&mut self, proc: u32, a: &LiveAllocation, ts: u64) {
         let span = self.procs.entry(proc).or_default();
         if span.exit.is_some() {
             return;
         }
         let ord = span.active(ts);
-        if span.first_free.is_none() {
-            span.first_free = Some(ts);
-            span.first_free_event = ord;
-        }
         if let Some(s) = self.stacks.get_mut(&(proc, a.stack)) {
             s.frees += 1;
             s.live_bytes = s.live_bytes.saturating_sub(a.bytes);
@@ -209,7 +241,7 @@ impl LeakTracker {
     }
 
     /// The process exited: what its stacks hold now is what they held at the end.
-    pub fn on_exit(&mut self, proc: u32, ts: u64) {
+    fn on_exit(&mut self, proc: u32, ts: u64) {
         self.procs.entry(proc).or_default().exit.get_or_insert(ts);
     }
 
@@ -245,23 +277,31 @@ impl LeakTracker {
             let d = end - start;
             let (o0, n) = (span.first_free_event, span.events - span.first_free_event);
             let b = [o0, o0 + n / 3, o0 + 2 * n / 3, span.events].map(|o| s.live_at(o));
-            let grows = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
-            if grows && s.steady_allocs >= MIN_STEADY_ALLOCS {
+            let grew_every_third = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
+            let never_freed = s.frees == 0 && b[3] > b[0];
+            if (grew_every_third || never_freed) && s.steady_allocs >= MIN_STEADY_ALLOCS {
                 out.suspects.push(LeakSuspect {
                     proc,
                     pid: p.pid,
                     comm: p.comm().to_owned(),
                     stack: frames(stack),
                     api: s.api.clone(),
-                    mem: mem_name(s.mem),
+                    mem: s.mem.name().to_owned(),
                     live_bytes: s.live_bytes,
                     live_allocations: s.live_count,
                     allocs: s.allocs,
                     frees: s.frees,
                     live_at_thirds: b,
-                    growth_bytes_per_s: (b[3] - b[0]) as f64 / (d as f64 / 1e9),
+                    growth_bytes_per_s: b[3].saturating_sub(b[0]) as f64 / (d as f64 / 1e9),
+                    rule: if grew_every_third {
+                        "grew_every_third"
+                    } else {
+                        "never_freed"
+                    }
+                    .to_owned(),
                 });
-            } else if s.steady_allocs > 0 && s.last_alloc_ts >= start && b[2] == b[3] {
+            } else if s.steady_allocs > 0 && s.frees > 0 && s.last_alloc_ts >= start && b[2] == b[3]
+            {
                 out.retention.push(Retention {
                     proc,
                     pid: p.pid,

@@ -660,9 +660,8 @@ impl Replay {
             Record::Footer(f) => self.footer = Some(f.clone()),
             _ => {}
         }
-        self.post.before(&self.ledger, &rec);
         self.ledger.apply(&rec);
-        self.post.after(&self.ledger, &rec);
+        self.post.observe(&self.ledger, &rec);
     }
 
     /// The report, with what the reader found about the file.
@@ -673,75 +672,87 @@ impl Replay {
             footer,
             post,
         } = self;
-        let postmortem = post.finish(&ledger);
-        let header = read.and_then(|r| r.header.clone()).or(header);
-        let footer = read.and_then(|r| r.footer.clone()).or(footer);
+        report(ledger, post, header, footer, read)
+    }
+}
 
-        // The footer's count is the sum over `lost` records: the larger of the two, not both.
-        let lost_events = ledger
-            .lost_events()
-            .max(footer.as_ref().map_or(0, |f| f.lost_events));
-        let stack_failed = ledger
-            .stack_failed()
-            .max(footer.as_ref().map_or(0, |f| f.stack_failed));
-        let start = header.as_ref().map(|h| h.start_monotonic_ns);
-        let end = footer
-            .as_ref()
-            .map(|f| f.end_ts_ns)
-            .or_else(|| ledger.time_span().map(|(_, last)| last));
-        let duration_ns = match (start, end, ledger.time_span()) {
-            (Some(s), Some(e), _) if s > 0 && e >= s => Some(e - s),
-            (_, _, Some((first, last))) => Some(last - first),
-            _ => None,
-        };
+/// The report of a replayed trace: the Ledger at its end, what the postmortem collected,
+/// and what the reader found about the file.
+pub(crate) fn report(
+    ledger: Ledger,
+    post: postmortem::Collector,
+    header: Option<Header>,
+    footer: Option<Footer>,
+    read: Option<&ReadStatus>,
+) -> Report {
+    let postmortem = post.finish(&ledger);
+    let header = read.and_then(|r| r.header.clone()).or(header);
+    let footer = read.and_then(|r| r.footer.clone()).or(footer);
 
-        let nvml = header
-            .as_ref()
-            .and_then(|h| h.nvml.as_ref())
-            .or(ledger.nvml().info())
-            .map(|i| nvml_report(i, ledger.nvml().samples()));
-        let t = ledger.totals();
-        let machine = MachineReport {
-            nvml_gpus: ledger.nvml().gpus().to_vec(),
-            peak_device_bytes: t.usage.peak_device_bytes,
-            peak_ts_ns: t.usage.peak_device_ts_ns,
-            peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
-            devices: t
-                .devices
-                .iter()
-                .map(|(&d, u)| device_report(d, u))
-                .collect(),
-        };
+    // The footer's count is the sum over `lost` records: the larger of the two, not both.
+    let lost_events = ledger
+        .lost_events()
+        .max(footer.as_ref().map_or(0, |f| f.lost_events));
+    let stack_failed = ledger
+        .stack_failed()
+        .max(footer.as_ref().map_or(0, |f| f.stack_failed));
+    let start = header.as_ref().map(|h| h.start_monotonic_ns);
+    let end = footer
+        .as_ref()
+        .map(|f| f.end_ts_ns)
+        .or_else(|| ledger.time_span().map(|(_, last)| last));
+    let duration_ns = match (start, end, ledger.time_span()) {
+        (Some(s), Some(e), _) if s > 0 && e >= s => Some(e - s),
+        (_, _, Some((first, last))) => Some(last - first),
+        _ => None,
+    };
 
-        Report {
-            complete: read.map_or(footer.is_some(), |r| r.complete),
-            digest_ok: read.and_then(|r| r.digest_ok),
-            problems: read
-                .map(|r| {
-                    r.problems
-                        .iter()
-                        .map(|(line, message)| ReadProblem {
-                            line: *line,
-                            message: message.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            header: header.as_ref().map(header_summary),
-            lost_events,
-            stack_failed,
-            duration_ns,
-            machine,
-            processes: ledger
-                .processes()
-                .map(|p| {
-                    let mut r = with_nvml(process_report(p), &ledger);
-                    add_classification(&mut r, p, &ledger);
-                    r
-                })
-                .collect(),
-            nvml,
-            postmortem,
-        }
+    let nvml = header
+        .as_ref()
+        .and_then(|h| h.nvml.as_ref())
+        .or(ledger.nvml().info())
+        .map(|i| nvml_report(i, ledger.nvml().samples()));
+    let t = ledger.totals();
+    let machine = MachineReport {
+        nvml_gpus: ledger.nvml().gpus().to_vec(),
+        peak_device_bytes: t.usage.peak_device_bytes,
+        peak_ts_ns: t.usage.peak_device_ts_ns,
+        peak_device_and_pool_bytes: t.usage.peak_device_and_pool_bytes,
+        devices: t
+            .devices
+            .iter()
+            .map(|(&d, u)| device_report(d, u))
+            .collect(),
+    };
+
+    Report {
+        complete: read.map_or(footer.is_some(), |r| r.complete),
+        digest_ok: read.and_then(|r| r.digest_ok),
+        problems: read
+            .map(|r| {
+                r.problems
+                    .iter()
+                    .map(|(line, message)| ReadProblem {
+                        line: *line,
+                        message: message.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        header: header.as_ref().map(header_summary),
+        lost_events,
+        stack_failed,
+        duration_ns,
+        machine,
+        processes: ledger
+            .processes()
+            .map(|p| {
+                let mut r = with_nvml(process_report(p), &ledger);
+                add_classification(&mut r, p, &ledger);
+                r
+            })
+            .collect(),
+        nvml,
+        postmortem,
     }
 }

@@ -2,9 +2,11 @@
 //! failure happened (who held what, made by which stack, since when, what else was on the
 //! GPU, and what would have fit), leak suspects, and the timeline.
 //!
-//! Nothing here keeps accounts of its own: at each record the [`Collector`] looks at the
-//! [`Ledger`] just before and just after the ledger applies it, and remembers what the
-//! explanation needs.
+//! Nothing here keeps accounts of its own or decides a fact again: after each record the
+//! [`Collector`] reads what the [`Ledger`] changed ([`Change`]) and its state. An OOM is the
+//! Ledger's snapshot ([`Oom`]: the failing device, its NVML device and figures, the other
+//! processes there), which the explanation extends with stacks, ages and the memory
+//! allocated since the process's last low point; the load phase is the Ledger's.
 
 use std::collections::BTreeMap;
 
@@ -15,19 +17,11 @@ use serde::{Deserialize, Serialize};
 use super::leaks::{LeakReport, LeakTracker};
 use super::timeline::{Timeline, TimelineReport};
 use crate::api::cuda_error_name;
-use crate::ledger::{Ledger, LiveAllocation, ProcessState};
-use crate::trace::{Call, GpuSample, Mem, Record, Stack};
+use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Phase};
+use crate::trace::{Mem, Record, Stack};
 
-/// `CUDA_ERROR_OUT_OF_MEMORY`.
-const OUT_OF_MEMORY: i32 = 2;
 /// Frames kept per stack in the report.
 const FRAMES: usize = 12;
-
-/// The class of a live allocation (weights, kv_cache, dynamic, pool, host_fallback, unknown),
-/// as the Ledger's classifier decided it. The one place the postmortem asks for it.
-pub fn class_of(a: &LiveAllocation) -> Option<&'static str> {
-    Some(a.class.name())
-}
 
 /// Everything the postmortem found, part of the [`Report`](super::Report).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,18 +70,6 @@ pub struct Holder {
     pub stack: Option<u32>,
 }
 
-/// Another process's memory at the moment of a failure.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OtherProcess {
-    pub proc: u32,
-    pub pid: u32,
-    pub comm: String,
-    /// Live device bytes on the failing device (all devices when it is unknown).
-    pub device_bytes: u64,
-    /// Pool-held bytes there.
-    pub pool_held_bytes: u64,
-}
-
 /// Memory allocated since the process's last low point and still held at the failure: the
 /// dynamic memory of the step that failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,15 +82,9 @@ pub struct SinceLow {
     pub bytes: u64,
     /// Allocations.
     pub allocations: u64,
-}
-
-/// What NVML said about the failing device, nearest before the failure.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceCapacity {
-    pub nvml_ts_ns: u64,
-    pub total_bytes: Option<u64>,
-    pub used_bytes: Option<u64>,
-    pub free_bytes: Option<u64>,
+    /// Of `bytes`, what the Ledger classified as dynamic.
+    #[serde(default)]
+    pub dynamic_bytes: u64,
 }
 
 /// Why an allocation failed with `CUDA_ERROR_OUT_OF_MEMORY`.
@@ -125,7 +101,11 @@ pub struct OomExplanation {
     pub error: String,
     /// Bytes requested, when the call has a size.
     pub request_bytes: Option<u64>,
+    /// The device (CUDA ordinal), as the Ledger told it.
     pub device: Option<i32>,
+    /// Its NVML index, as the Ledger mapped it.
+    #[serde(default)]
+    pub nvml_index: Option<u32>,
     /// The stack of the failed call.
     pub stack: StackFrames,
     /// Live device bytes the process held on that device (all devices when unknown).
@@ -144,15 +124,15 @@ pub struct OomExplanation {
     pub top_stacks: Vec<StackHolding>,
     /// The largest allocations held, largest first, with how long each had been held.
     pub largest: Vec<Holder>,
-    /// The other traced processes with memory on that device.
-    pub others: Vec<OtherProcess>,
+    /// The other traced processes with memory on that device (device and pool-held bytes).
+    pub others: Vec<OomNeighbour>,
     /// Device bytes of all traced processes on that device.
     pub all_traced_device_bytes: u64,
     /// The process's peak device bytes before the failure, and when.
     pub peak_before_bytes: u64,
     pub peak_before_ts_ns: Option<u64>,
-    /// NVML's view of the device, when the trace has samples.
-    pub capacity: Option<DeviceCapacity>,
+    /// NVML's view of the device at the nearest sample before the failure.
+    pub capacity: Option<NvmlAtOom>,
     /// The dynamic memory of the failing step.
     pub since_low: Option<SinceLow>,
     /// What the process held then in stacks the leak analysis found growing all run.
@@ -171,6 +151,9 @@ pub struct LeakShare {
     pub stacks: u64,
     /// Of `bytes`, what was allocated since the process's last low point.
     pub since_low_bytes: u64,
+    /// Of `since_low_bytes`, what the Ledger classified as dynamic.
+    #[serde(default)]
+    pub since_low_dynamic_bytes: u64,
 }
 
 /// What one stack held at a failure: bytes, allocations, and bytes allocated since the
@@ -181,14 +164,7 @@ struct Held {
     bytes: u64,
     allocations: u64,
     since_low_bytes: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ProcTrack {
-    /// The first explicit free: the load phase is over, the steady state begins.
-    first_free_ts: Option<u64>,
-    /// The latest time the device bytes were at their lowest since the first free.
-    low: Option<(u64, u64)>,
+    since_low_dynamic_bytes: u64,
 }
 
 /// Watches the replay: the hooks run around [`Ledger::apply`].
@@ -199,8 +175,9 @@ pub struct Collector {
     /// Per failure: device bytes and allocations held by each stack then (all of them, not
     /// only the top ones), to weigh the leak suspects once they are known.
     oom_stacks: Vec<Vec<Held>>,
-    nvml: BTreeMap<u32, (u64, GpuSample)>,
-    procs: HashMap<u32, ProcTrack>,
+    /// Per process, once its load phase is over: the latest time its device bytes were at
+    /// their lowest since then (bytes, time).
+    lows: HashMap<u32, (u64, u64)>,
     pub(super) leaks: LeakTracker,
     pub(super) timeline: Timeline,
 }
@@ -218,103 +195,71 @@ impl Collector {
             top: top.max(1),
             ooms: Vec::new(),
             oom_stacks: Vec::new(),
-            nvml: BTreeMap::new(),
-            procs: HashMap::default(),
+            lows: HashMap::default(),
             leaks: LeakTracker::default(),
             timeline: Timeline::default(),
         }
     }
 
-    /// Before the ledger applies `rec`: what it is about to forget.
-    pub fn before(&mut self, ledger: &Ledger, rec: &Record) {
-        match rec {
-            Record::Failed(c) if c.ret == OUT_OF_MEMORY => {
-                let (e, stacks) = self.explain(ledger, c);
+    /// After the ledger applied `rec`: what it changed.
+    pub fn observe(&mut self, ledger: &Ledger, rec: &Record) {
+        let changes = ledger.changes();
+        for ch in changes {
+            self.leaks.observe(ch);
+            if let Change::Oom { proc, oom } = ch {
+                let (e, stacks) = self.explain(ledger, *proc, oom);
                 self.ooms.push(e);
                 self.oom_stacks.push(stacks);
             }
-            Record::Free(c) => {
-                if let Some(a) = c
-                    .addr
-                    .and_then(|addr| ledger.process(c.proc)?.live_at(addr))
-                {
-                    self.leaks.on_free(c.proc, a, c.ts_ns);
-                }
-                let t = self.procs.entry(c.proc).or_default();
-                t.first_free_ts.get_or_insert(c.ts_ns);
-            }
-            Record::Nvml(s) => {
-                for g in &s.gpus {
-                    self.nvml.insert(g.index, (s.ts_ns, g.clone()));
-                }
-            }
-            _ => {}
         }
-    }
-
-    /// After the ledger applied `rec`.
-    pub fn after(&mut self, ledger: &Ledger, rec: &Record) {
-        let proc = match rec {
-            Record::Alloc(c) => {
-                if let Some(a) = c
-                    .addr
-                    .and_then(|addr| ledger.process(c.proc)?.live_at(addr))
-                {
-                    self.leaks.on_alloc(c.proc, a);
-                }
-                c.proc
-            }
-            Record::Exit(e) => {
-                self.leaks.on_exit(e.proc, e.ts_ns);
-                e.proc
-            }
-            _ => match rec.call() {
-                Some(c) => c.proc,
-                None => return,
-            },
+        let Some(proc) = changes
+            .first()
+            .and_then(Change::proc)
+            .or_else(|| rec.proc())
+        else {
+            return;
         };
         let Some(p) = ledger.process(proc) else {
             return;
         };
         let ts = p.last_ts_ns.unwrap_or(0);
         self.timeline.note(p, ts);
-        let t = self.procs.entry(proc).or_default();
-        if t.first_free_ts.is_some() {
+        if p.classifier.phase != Phase::Load && !p.exited() {
             let now = p.usage.device_bytes;
-            if t.low.is_none_or(|(b, _)| now <= b) {
-                t.low = Some((now, ts));
+            let low = self.lows.entry(proc).or_insert((now, ts));
+            if now <= low.0 {
+                *low = (now, ts);
             }
         }
     }
 
-    /// The explanation of failed call `c`, and what each stack held then.
-    fn explain(&self, ledger: &Ledger, c: &Call) -> (OomExplanation, Vec<Held>) {
-        let now = c.ts_ns;
+    /// The explanation of the Ledger's OOM `oom` in process `proc`, and what each stack held
+    /// then.
+    fn explain(&self, ledger: &Ledger, proc: u32, oom: &Oom) -> (OomExplanation, Vec<Held>) {
+        let now = oom.ts_ns;
         let mut e = OomExplanation {
-            proc: c.proc,
-            pid: c.pid,
-            tid: c.tid,
+            proc,
+            tid: oom.tid,
             ts_ns: now,
-            api: c.api.to_string(),
-            error: cuda_error_name(c.ret).to_owned(),
-            request_bytes: c.bytes,
-            device: c.device,
-            stack: frames_of(ledger, c.stack),
+            api: oom.api.clone(),
+            error: cuda_error_name(oom.ret).to_owned(),
+            request_bytes: oom.requested_bytes,
+            device: oom.device,
+            nvml_index: oom.nvml_index,
+            stack: frames_of(ledger, oom.stack),
+            others: oom.others.clone(),
+            capacity: oom.nvml.clone(),
             ..Default::default()
         };
-        let Some(p) = ledger.process(c.proc) else {
+        e.others
+            .sort_by_key(|o| (std::cmp::Reverse(o.device_bytes), o.proc));
+        let Some(p) = ledger.process(proc) else {
             e.verdict = verdict(&e);
             return (e, Vec::new());
         };
+        e.pid = p.pid;
         e.comm = p.comm().to_owned();
-        // The device: the call's, else the one where the process holds the most.
-        if e.device.is_none() {
-            e.device = p
-                .devices
-                .iter()
-                .max_by_key(|(_, u)| u.device_bytes)
-                .and_then(|(d, _)| *d);
-        }
+        // The Ledger's device; when it could not tell, every device of the process.
         let on_device = |a: &LiveAllocation| e.device.is_none() || a.device == e.device;
         let usage = match e.device {
             Some(d) => p.devices.get(&Some(d)).copied().unwrap_or_default(),
@@ -326,21 +271,18 @@ impl Collector {
         e.peak_before_bytes = usage.peak_device_bytes;
         e.peak_before_ts_ns = usage.peak_device_ts_ns;
 
-        let low = self.procs.get(&c.proc).and_then(|t| t.low);
-        let mut since = low.map(|(b, ts)| SinceLow {
+        let mut since = self.lows.get(&proc).map(|&(b, ts)| SinceLow {
             low_ts_ns: ts,
             low_bytes: b,
             ..Default::default()
         });
         let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::default();
-        let mut since_by_stack: HashMap<Option<u32>, u64> = HashMap::default();
+        let mut since_by_stack: HashMap<Option<u32>, (u64, u64)> = HashMap::default();
         let mut largest: Vec<&LiveAllocation> = Vec::new();
         for a in p.live_allocations() {
             e.live_allocations += 1;
-            *e.by_class
-                .entry(class_of(a).unwrap_or("unknown").to_owned())
-                .or_default() += a.bytes;
-            *e.by_mem.entry(mem_name(a.mem)).or_default() += a.bytes;
+            *e.by_class.entry(a.class.name().to_owned()).or_default() += a.bytes;
+            *e.by_mem.entry(a.mem.name().to_owned()).or_default() += a.bytes;
             if a.mem.is_host() || !on_device(a) {
                 continue;
             }
@@ -352,11 +294,23 @@ impl Collector {
             h.allocations += 1;
             h.oldest_ts_ns = h.oldest_ts_ns.min(a.ts_ns);
             if let Some(s) = since.as_mut().filter(|s| a.ts_ns > s.low_ts_ns) {
+                let dynamic = if a.class == Class::Dynamic {
+                    a.bytes
+                } else {
+                    0
+                };
                 s.bytes += a.bytes;
                 s.allocations += 1;
-                *since_by_stack.entry(a.stack).or_default() += a.bytes;
+                s.dynamic_bytes += dynamic;
+                let st = since_by_stack.entry(a.stack).or_default();
+                st.0 += a.bytes;
+                st.1 += dynamic;
             }
             largest.push(a);
+        }
+        if p.usage.pool_held_bytes > 0 {
+            e.by_class
+                .insert(Class::Pool.name().to_owned(), p.usage.pool_held_bytes);
         }
         e.since_low = since.filter(|s| s.allocations > 0);
 
@@ -364,11 +318,15 @@ impl Collector {
         stacks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(&b.0)));
         let held: Vec<Held> = stacks
             .iter()
-            .map(|(id, h)| Held {
-                stack: *id,
-                bytes: h.bytes,
-                allocations: h.allocations,
-                since_low_bytes: since_by_stack.get(id).copied().unwrap_or(0),
+            .map(|(id, h)| {
+                let (since, dynamic) = since_by_stack.get(id).copied().unwrap_or_default();
+                Held {
+                    stack: *id,
+                    bytes: h.bytes,
+                    allocations: h.allocations,
+                    since_low_bytes: since,
+                    since_low_dynamic_bytes: dynamic,
+                }
             })
             .collect();
         e.top_stacks = stacks
@@ -388,39 +346,15 @@ impl Collector {
                 bytes: a.bytes,
                 api: a.api.to_string(),
                 mem: Some(a.mem),
-                class: class_of(a).unwrap_or("unknown").to_owned(),
+                class: a.class.name().to_owned(),
                 ts_ns: a.ts_ns,
                 held_for_ns: now.saturating_sub(a.ts_ns),
                 stack: a.stack,
             })
             .collect();
 
-        e.all_traced_device_bytes = e.held_device_bytes;
-        for q in ledger.processes() {
-            if q.proc == p.proc || q.exited() {
-                continue;
-            }
-            let u = match e.device {
-                Some(d) => q.devices.get(&Some(d)).copied().unwrap_or_default(),
-                None => q.usage,
-            };
-            if u.device_and_pool_bytes() == 0 {
-                continue;
-            }
-            e.all_traced_device_bytes += u.device_bytes;
-            e.others.push(other(q, u.device_bytes, u.pool_held_bytes));
-        }
-        e.others.sort_by_key(|a| std::cmp::Reverse(a.device_bytes));
-
-        e.capacity = e.device.and_then(|d| {
-            let (ts, g) = self.nvml.get(&u32::try_from(d).ok()?)?;
-            Some(DeviceCapacity {
-                nvml_ts_ns: *ts,
-                total_bytes: g.total_bytes,
-                used_bytes: g.used_bytes,
-                free_bytes: g.free_bytes,
-            })
-        });
+        e.all_traced_device_bytes =
+            e.held_device_bytes + e.others.iter().map(|o| o.device_bytes).sum::<u64>();
         e.verdict = verdict(&e);
         (e, held)
     }
@@ -443,6 +377,7 @@ impl Collector {
                 share.allocations += h.allocations;
                 share.stacks += 1;
                 share.since_low_bytes += h.since_low_bytes;
+                share.since_low_dynamic_bytes += h.since_low_dynamic_bytes;
             }
             if share.bytes > 0 {
                 e.in_leak_suspects = Some(share);
@@ -455,24 +390,6 @@ impl Collector {
             timeline: self.timeline.report(),
         }
     }
-}
-
-fn other(q: &ProcessState, device_bytes: u64, pool_held_bytes: u64) -> OtherProcess {
-    OtherProcess {
-        proc: q.proc,
-        pid: q.pid,
-        comm: q.comm().to_owned(),
-        device_bytes,
-        pool_held_bytes,
-    }
-}
-
-/// The `mem` name as the trace writes it.
-pub(super) fn mem_name(m: Mem) -> String {
-    serde_json::to_value(m)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{m:?}"))
 }
 
 /// One frame as a line: the function and source where known, else the file and offset.
@@ -554,8 +471,17 @@ fn verdict(e: &OomExplanation) -> String {
         if leaked > 0 && e.in_leak_suspects.is_some_and(|l| l.bytes != leaked) {
             v.push_str(&format!(", {} of that in leak suspects", hb(leaked)));
         }
-        // What the step itself holds: the rest.
-        let step = s.bytes.saturating_sub(leaked);
+        // What the step itself holds: what the Ledger classified as dynamic, leak suspects
+        // apart, so that the sentence never names more dynamic memory than the classes hold.
+        let leaked_dynamic = e.in_leak_suspects.map_or(0, |l| l.since_low_dynamic_bytes);
+        let step = s.dynamic_bytes.saturating_sub(leaked_dynamic);
+        let long_lived = s.bytes.saturating_sub(leaked).saturating_sub(step);
+        if long_lived > 0 {
+            v.push_str(&format!(
+                ", {} of that not dynamic by its class",
+                hb(long_lived)
+            ));
+        }
         if step > 0 {
             v.push_str(&format!(
                 "; {} is dynamic memory of the step that failed",
@@ -675,6 +601,7 @@ mod tests {
                 recs.push(Record::Failed(Call {
                     ret: 2,
                     bytes: Some(300 * MIB),
+                    mem: Some(Mem::Device),
                     ..call("cuMemAlloc_v2", ts + 30, 3)
                 }));
             }

@@ -88,7 +88,7 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
         let _ = writeln!(
             o,
             "   NVML at {}: total {}, used {}, free {}",
-            at(c.nvml_ts_ns, start),
+            at(c.ts_ns, start),
             q(c.total_bytes),
             q(c.used_bytes),
             q(c.free_bytes)

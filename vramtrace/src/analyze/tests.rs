@@ -75,6 +75,7 @@ fn trace() -> Vec<Record> {
         Record::Failed(Call {
             ret: 2,
             bytes: Some(40 * GIB),
+            mem: Some(Mem::Device),
             ..call(1, 4242, "cuMemAlloc_v2", 3.0)
         }),
         Record::Free(Call {

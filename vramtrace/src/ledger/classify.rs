@@ -177,22 +177,9 @@ impl fmt::Display for Evidence {
             Evidence::NotFilled => f.write_str("not filled from host"),
             Evidence::Outlived(n) => write!(f, "outlived {n} frees"),
             Evidence::Young(n) => write!(f, "outlived only {n} frees"),
-            Evidence::InHostRam(m) => write!(f, "lives in host RAM ({})", mem_name(*m)),
+            Evidence::InHostRam(m) => write!(f, "lives in host RAM ({})", m.name()),
             Evidence::UnknownSize => f.write_str("size unknown"),
         }
-    }
-}
-
-fn mem_name(m: Mem) -> &'static str {
-    match m {
-        Mem::Device => "device",
-        Mem::DeviceAsync => "stream-ordered",
-        Mem::Array => "array",
-        Mem::VmmDevice => "VMM device",
-        Mem::VmmHost => "host-located VMM",
-        Mem::Managed => "managed",
-        Mem::HostPinned => "pinned",
-        Mem::HostRegistered => "registered",
     }
 }
 

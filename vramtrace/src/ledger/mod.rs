@@ -30,6 +30,7 @@ mod change;
 pub mod classify;
 pub mod nvml;
 mod process;
+mod replay;
 mod usage;
 
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub use process::{
     Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
     OomNeighbour, ProcessState,
 };
+pub use replay::{Replay, header_record};
 pub use usage::{Totals, Usage};
 
 use crate::trace::{Call, Record, Stack};
@@ -207,24 +209,26 @@ impl Ledger {
             return;
         };
         let device = st.call_device(c);
+        // On the failing device; on every device when it could not be told.
         let on_device = |p: &ProcessState| match device {
-            Some(_) => p
-                .devices
-                .get(&device)
-                .map_or(0, |u| u.device_and_pool_bytes()),
-            None => p.usage.device_and_pool_bytes(),
+            Some(_) => p.devices.get(&device).copied().unwrap_or_default(),
+            None => p.usage,
         };
         let others = self
             .procs
             .values()
             .filter(|p| p.proc != c.proc && !p.exited())
-            .map(|p| OomNeighbour {
-                proc: p.proc,
-                pid: p.pid,
-                comm: p.comm().to_owned(),
-                device_bytes: on_device(p),
+            .map(|p| {
+                let u = on_device(p);
+                OomNeighbour {
+                    proc: p.proc,
+                    pid: p.pid,
+                    comm: p.comm().to_owned(),
+                    device_bytes: u.device_bytes,
+                    pool_held_bytes: u.pool_held_bytes,
+                }
             })
-            .filter(|o| o.device_bytes > 0)
+            .filter(|o| o.device_bytes + o.pool_held_bytes > 0)
             .collect();
         let nvml_index = device.and_then(|d| self.nvml_index_of(st, d));
         let oom = Oom {
@@ -237,7 +241,7 @@ impl Ledger {
             device,
             nvml_index,
             live_by_class: st.classes().to_map(),
-            device_bytes: on_device(st),
+            device_bytes: on_device(st).device_and_pool_bytes(),
             others,
             nvml: nvml_index
                 .and_then(|i| nvml_at(&self.nvml, i))

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::change::{Change, EndCause, PoolId};
@@ -80,7 +81,7 @@ impl LiveAllocation {
 
 /// An allocation in host RAM by a traced process: a finding, a violation under the
 /// vram-only policy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFinding {
     /// When it returned.
     pub ts_ns: u64,
@@ -101,7 +102,7 @@ pub struct HostFinding {
 }
 
 /// What NVML said about a GPU at the sample nearest an out-of-memory failure.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NvmlAtOom {
     /// When the sample was taken.
     pub ts_ns: u64,
@@ -114,7 +115,7 @@ pub struct NvmlAtOom {
 }
 
 /// Another traced process on the GPU of an out-of-memory failure, at that moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomNeighbour {
     /// Its `process` record id.
     pub proc: u32,
@@ -122,13 +123,16 @@ pub struct OomNeighbour {
     pub pid: u32,
     /// Short name.
     pub comm: String,
-    /// Its live device bytes on that GPU (pool-held included).
+    /// Its live device bytes on that GPU.
     pub device_bytes: u64,
+    /// Its pool-held bytes there.
+    #[serde(default)]
+    pub pool_held_bytes: u64,
 }
 
 /// A request that failed for want of memory (`CUDA_ERROR_OUT_OF_MEMORY`, or a failed
 /// `cuMemCreate`), with what was held at that moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Oom {
     /// When it failed.
     pub ts_ns: u64,

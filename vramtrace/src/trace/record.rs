@@ -381,6 +381,21 @@ pub enum Mem {
 }
 
 impl Mem {
+    /// The name used in traces, reports and the live view: `device`, `device_async`,
+    /// `array`, `vmm_device`, `vmm_host`, `managed`, `host_pinned`, `host_registered`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mem::Device => "device",
+            Mem::DeviceAsync => "device_async",
+            Mem::Array => "array",
+            Mem::VmmDevice => "vmm_device",
+            Mem::VmmHost => "vmm_host",
+            Mem::Managed => "managed",
+            Mem::HostPinned => "host_pinned",
+            Mem::HostRegistered => "host_registered",
+        }
+    }
+
     /// True when the memory lives in host RAM (or may, for managed memory).
     pub fn is_host(self) -> bool {
         matches!(

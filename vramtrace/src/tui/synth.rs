@@ -101,6 +101,7 @@ pub fn oom(proc: u32, ts_ns: u64, bytes: u64) -> Record {
     Record::Failed(Call {
         ret: 2,
         bytes: Some(bytes),
+        mem: Some(Mem::Device),
         ..call(proc, ts_ns, "cuMemAlloc_v2")
     })
 }
