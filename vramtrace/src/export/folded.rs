@@ -5,8 +5,7 @@ use std::path::Path;
 
 use super::{ExportError, Moment, Options, records, replay};
 use crate::analyze::postmortem::frame_line;
-use crate::ledger::Ledger;
-use crate::trace::Record;
+use crate::ledger::{Change, Ledger, Replay};
 
 /// Where the moment falls: stop before applying record `index` (`None`: at the end).
 fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String), ExportError> {
@@ -19,10 +18,7 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
         _ => None,
     };
     replay(trace, |l, rec, n| {
-        if let Record::Failed(c) = rec
-            && c.ret == 2
-            && first_oom.is_none()
-        {
+        if first_oom.is_none() && l.changes().iter().any(|c| matches!(c, Change::Oom { .. })) {
             first_oom = Some(n);
         }
         let p = l.totals().usage.peak_device_bytes;
@@ -51,14 +47,9 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
 /// The ledger as it was at the moment.
 pub(super) fn ledger_at(trace: &Path, opts: &Options) -> Result<(Ledger, String), ExportError> {
     let (stop, what) = find_moment(trace, opts.at)?;
-    let mut ledger = Ledger::new();
-    for (n, rec) in records(trace)?.enumerate() {
-        if stop.is_some_and(|s| n as u64 >= s) {
-            break;
-        }
-        ledger.apply(&rec);
-    }
-    Ok((ledger, what))
+    let mut replay = Replay::new(records(trace)?);
+    while stop.is_none_or(|s| replay.applied() < s) && replay.advance().is_some() {}
+    Ok((replay.finish().0, what))
 }
 
 fn clean(s: &str) -> String {

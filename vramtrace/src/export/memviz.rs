@@ -21,9 +21,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::pickle::Pickle;
-use super::{ExportError, Options, apply_ending, io, records};
-use crate::ledger::{Ledger, LiveAllocation};
-use crate::trace::{Frame, Mem, Record};
+use super::{ExportError, Options, io, records};
+use crate::ledger::{Change, Ledger, LiveAllocation, Replay};
+use crate::trace::{Frame, Mem};
 
 fn frames(p: &mut Pickle, ledger: &Ledger, stack: Option<u32>) {
     p.list();
@@ -79,71 +79,65 @@ pub(super) fn write<W: Write>(
     w: &mut W,
     opts: &Options,
 ) -> Result<String, ExportError> {
-    let reader = records(trace)?;
-    let start = reader.header().start_monotonic_ns;
+    let mut replay = Replay::new(records(trace)?);
+    let start = replay.header().start_monotonic_ns;
     let us = |ts: u64| ts.saturating_sub(start) / 1000;
-    let mut ledger = Ledger::new();
     // One pickled list body per device ordinal (unknown devices on 0).
     let mut traces: BTreeMap<usize, Pickle> = BTreeMap::new();
     let mut n = 0u64;
-    let mut nvml_free: BTreeMap<u32, u64> = BTreeMap::new();
     let dev = |d: Option<i32>| d.and_then(|d| usize::try_from(d).ok()).unwrap_or(0);
-    for rec in reader {
-        let wanted = rec.call().is_some_and(|c| opts.wants(c.pid));
-        match &rec {
-            Record::Nvml(s) => {
-                for g in &s.gpus {
-                    if let Some(f) = g.free_bytes {
-                        nvml_free.insert(g.index, f);
-                    }
+    while replay.advance().is_some() {
+        let ledger = replay.ledger();
+        for ch in ledger.changes() {
+            let Some(proc) = ch.proc() else { continue };
+            if !ledger.process(proc).is_some_and(|p| opts.wants(p.pid)) {
+                continue;
+            }
+            match ch {
+                Change::Oom { oom, .. } => {
+                    let p = traces.entry(dev(oom.device)).or_default();
+                    p.dict();
+                    p.kv_str("action", "oom");
+                    p.kv_uint("addr", 0);
+                    p.kv_uint("size", oom.requested_bytes.unwrap_or(0));
+                    p.kv_uint("stream", 0);
+                    p.kv_uint("time_us", us(oom.ts_ns));
+                    // NVML's free bytes on the failing GPU, as the Ledger mapped it.
+                    p.kv_uint(
+                        "device_free",
+                        oom.nvml.as_ref().and_then(|g| g.free_bytes).unwrap_or(0),
+                    );
+                    p.str("frames");
+                    frames(p, ledger, oom.stack);
+                    p.end_dict();
+                    n += 1;
                 }
+                // Every block that ends leaves its segment, whatever ended it (a free, a
+                // reused address, an exit, a destroyed context): else the page's
+                // allocator-state view finds blocks in no segment.
+                Change::Ended {
+                    alloc: a, ts_ns, ..
+                } if shown(a) => {
+                    freed(
+                        traces.entry(dev(a.device)).or_default(),
+                        ledger,
+                        a,
+                        us(*ts_ns),
+                    );
+                    n += 1;
+                }
+                Change::Started { alloc: a, .. } if shown(a) => {
+                    let p = traces.entry(dev(a.device)).or_default();
+                    for action in ["segment_alloc", "alloc"] {
+                        entry(p, ledger, action, a, us(a.ts_ns));
+                    }
+                    n += 1;
+                }
+                _ => {}
             }
-            Record::Failed(c) if wanted && c.ret == 2 => {
-                let d = dev(c.device);
-                let p = traces.entry(d).or_default();
-                p.dict();
-                p.kv_str("action", "oom");
-                p.kv_uint("addr", 0);
-                p.kv_uint("size", c.bytes.unwrap_or(0));
-                p.kv_uint("stream", 0);
-                p.kv_uint("time_us", us(c.ts_ns));
-                p.kv_uint(
-                    "device_free",
-                    u32::try_from(d)
-                        .ok()
-                        .and_then(|i| nvml_free.get(&i).copied())
-                        .unwrap_or(0),
-                );
-                p.str("frames");
-                frames(p, &ledger, c.stack);
-                p.end_dict();
-                n += 1;
-            }
-            _ => {}
-        }
-        // Every block that ends leaves its segment, whatever ended it (a free, a reused
-        // address, an exit, a destroyed context): else the page's allocator-state view finds
-        // blocks in no segment.
-        let ended = apply_ending(&mut ledger, &rec);
-        if rec.pid().is_some_and(|pid| opts.wants(pid)) {
-            let ts = us(rec.ts_ns().unwrap_or(start));
-            for a in ended.iter().filter(|a| shown(a)) {
-                freed(traces.entry(dev(a.device)).or_default(), &ledger, a, ts);
-                n += 1;
-            }
-        }
-        if let Record::Alloc(c) = &rec
-            && wanted
-            && let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
-            && shown(a)
-        {
-            let p = traces.entry(dev(a.device)).or_default();
-            for action in ["segment_alloc", "alloc"] {
-                entry(p, &ledger, action, a, us(c.ts_ns));
-            }
-            n += 1;
         }
     }
+    let ledger = replay.ledger();
 
     let mut p = Pickle::new();
     p.dict();
@@ -172,7 +166,7 @@ pub(super) fn write<W: Write>(
             p.str("is_expandable");
             p.bool(false);
             p.str("frames");
-            frames(&mut p, &ledger, a.stack);
+            frames(&mut p, ledger, a.stack);
             p.str("blocks");
             p.list();
             p.dict();
@@ -180,7 +174,7 @@ pub(super) fn write<W: Write>(
             p.kv_uint("requested_size", a.bytes);
             p.kv_str("state", "active_allocated");
             p.str("frames");
-            frames(&mut p, &ledger, a.stack);
+            frames(&mut p, ledger, a.stack);
             p.end_dict();
             p.end_list();
             p.end_dict();
@@ -209,8 +203,8 @@ pub(super) fn write<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::Exit;
     use crate::trace::read::tests::{alloc, free, write_trace};
+    use crate::trace::{Exit, Record};
 
     /// How many times `needle` is in `haystack` (the pickle writes every string out).
     fn count(haystack: &[u8], needle: &str) -> usize {

@@ -6,7 +6,9 @@
 //! - `memory-viz`: a pickle in the layout of `torch.cuda.memory._snapshot()`, which
 //!   pytorch.org/memory_viz opens.
 //!
-//! Every exporter replays the trace through the one [`Ledger`]; none keeps accounts of its own.
+//! Every exporter replays the trace through the one [`Ledger`] ([`Replay`]) and reads its
+//! change stream: none keeps accounts of its own or decides again that an allocation ended
+//! or that a call ran out of memory.
 
 mod folded;
 mod memviz;
@@ -18,9 +20,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::ledger::{Ledger, LiveAllocation};
+use crate::ledger::{Ledger, Replay};
+use crate::trace::Record;
 use crate::trace::read::{ReadError, TraceReader};
-use crate::trace::{Call, Exit, Record};
 
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -160,83 +162,12 @@ fn io(source: std::io::Error) -> ExportError {
     }
 }
 
-/// Applies `rec` to `ledger` and returns the allocations at an address (those
-/// [`live_at`](crate::ledger::ProcessState::live_at) finds: not arrays or VMM handles) that it
-/// ended: the one a free gives back, the one an allocation at a still-live address replaces,
-/// and what an exit or a destroyed context lets go of. A viewer needs each to end there.
-fn apply_ending(ledger: &mut Ledger, rec: &Record) -> Vec<LiveAllocation> {
-    // The same allocation still at its address: same sequence number.
-    let at_address = |ledger: &Ledger, proc: u32, a: &LiveAllocation| {
-        ledger
-            .process(proc)
-            .and_then(|p| p.live_at(a.addr?))
-            .is_some_and(|b| b.seq == a.seq)
-    };
-    let (proc, mut ended): (u32, Vec<LiveAllocation>) = match rec {
-        Record::Free(c) | Record::Alloc(c) => (
-            c.proc,
-            c.addr
-                .and_then(|x| ledger.process(c.proc)?.live_at(x))
-                .cloned()
-                .into_iter()
-                .collect(),
-        ),
-        Record::Exit(Exit { proc, .. }) | Record::CtxDestroy(Call { proc, .. }) => (
-            *proc,
-            ledger
-                .live_allocations(*proc)
-                .filter(|a| at_address(ledger, *proc, a))
-                .cloned()
-                .collect(),
-        ),
-        _ => {
-            ledger.apply(rec);
-            return Vec::new();
-        }
-    };
-    ledger.apply(rec);
-    ended.retain(|a| !at_address(ledger, proc, a));
-    ended
-}
-
-/// Replays a whole trace through a ledger, calling `each` after every record.
+/// Replays a whole trace through the Ledger (its header's facts first), calling `each` with
+/// the Ledger after every record, the record and its index.
 fn replay(trace: &Path, mut each: impl FnMut(&Ledger, &Record, u64)) -> Result<Ledger, ReadError> {
-    let mut ledger = Ledger::new();
-    for (n, rec) in records(trace)?.enumerate() {
-        ledger.apply(&rec);
-        each(&ledger, &rec, n as u64);
+    let mut replay = Replay::new(records(trace)?);
+    while let Some(rec) = replay.advance() {
+        each(replay.ledger(), &rec, replay.applied() - 1);
     }
-    Ok(ledger)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::trace::read::tests::{alloc, free};
-
-    fn addrs(ended: &[LiveAllocation]) -> Vec<u64> {
-        ended.iter().filter_map(|a| a.addr).collect()
-    }
-
-    #[test]
-    fn every_way_an_allocation_ends_is_told() {
-        let mut ledger = Ledger::new();
-        assert!(apply_ending(&mut ledger, &alloc(0)).is_empty());
-        assert!(apply_ending(&mut ledger, &alloc(1)).is_empty());
-        assert!(apply_ending(&mut ledger, &alloc(2)).is_empty());
-        let a = |i: u64| 0x7f00_0000_0000 + i * (1 << 20);
-        // A free ends its allocation.
-        assert_eq!(addrs(&apply_ending(&mut ledger, &free(1))), [a(1)]);
-        // An allocation at an address still live ends the one there.
-        assert_eq!(addrs(&apply_ending(&mut ledger, &alloc(0))), [a(0)]);
-        // An exit ends what is left.
-        let exit = Record::Exit(Exit {
-            proc: 1,
-            pid: 4242,
-            ts_ns: 6_000_000_000,
-        });
-        let mut left = addrs(&apply_ending(&mut ledger, &exit));
-        left.sort_unstable();
-        assert_eq!(left, [a(0), a(2)]);
-    }
+    Ok(replay.finish().0)
 }

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{ExportError, Options, apply_ending, io, records};
+use super::{ExportError, Options, io, records};
 use crate::analyze::human_bytes;
-use crate::ledger::{Ledger, LiveAllocation};
+use crate::ledger::{Change, LiveAllocation, Replay};
 use crate::trace::Record;
 
 struct Out<'a, W: Write> {
@@ -42,8 +42,10 @@ fn slice_name(a: &LiveAllocation) -> String {
     format!("{} {}", a.api, human_bytes(a.bytes))
 }
 
+/// An allocation's slice id: its process and its number there, unique whatever address is
+/// reused.
 fn slice_id(proc: u32, a: &LiveAllocation) -> String {
-    format!("{proc}:{:x}:{}", a.addr.unwrap_or(0), a.ts_ns)
+    format!("{proc}:{}", a.seq())
 }
 
 pub(super) fn write<W: Write>(
@@ -51,8 +53,8 @@ pub(super) fn write<W: Write>(
     w: &mut W,
     opts: &Options,
 ) -> Result<String, ExportError> {
-    let reader = records(trace)?;
-    let start = reader.header().start_monotonic_ns;
+    let mut replay = Replay::new(records(trace)?);
+    let start = replay.header().start_monotonic_ns;
     w.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
         .map_err(io)?;
     let mut o = Out {
@@ -61,50 +63,61 @@ pub(super) fn write<W: Write>(
         start,
         events: 0,
     };
-    let mut ledger = Ledger::new();
     let mut last: HashMap<u32, (u64, u64, u64)> = HashMap::new();
     let mut ooms = 0u64;
     let mut end = start;
-    for rec in reader {
-        if rec.pid().is_some_and(|p| !opts.wants(p)) {
-            ledger.apply(&rec);
-            continue;
-        }
-        match &rec {
-            Record::Process(p) => {
-                o.event(&json!({"ph":"M","name":"process_name","pid":p.pid,
-                    "args":{"name":format!("{} ({})", p.comm, p.pid)}}))?;
-            }
-            Record::Failed(c) if c.ret == 2 => {
-                ooms += 1;
-                o.event(&json!({"ph":"i","s":"p","name":format!("OOM: {} {}", c.api,
-                    c.bytes.map_or_else(|| "?".to_owned(), human_bytes)),
-                    "pid":c.pid,"tid":c.tid,"ts":o.us(c.ts_ns),
-                    "args":{"request_bytes":c.bytes,"device":c.device,"stack":c.stack}}))?;
-            }
-            _ => {}
-        }
-        // Each allocation's slice ends where it did: a free, a reused address, an exit, a
-        // destroyed context.
-        let ts = rec.ts_ns().unwrap_or(start);
-        for a in apply_ending(&mut ledger, &rec) {
-            o.event(&json!({"ph":"e","cat":"allocation","name":slice_name(&a),
-                "id":slice_id(rec.proc().unwrap_or(0), &a),"pid":rec.pid(),"tid":a.tid,
-                "ts":o.us(ts)}))?;
-        }
-        if let Record::Alloc(c) = &rec
-            && let Some(a) = c.addr.and_then(|x| ledger.process(c.proc)?.live_at(x))
+    while let Some(rec) = replay.advance() {
+        let ledger = replay.ledger();
+        if let Record::Process(p) = &rec
+            && opts.wants(p.pid)
         {
-            o.event(&json!({"ph":"b","cat":"allocation","name":slice_name(a),
-                "id":slice_id(c.proc, a),"pid":c.pid,"tid":c.tid,"ts":o.us(c.ts_ns),
-                "args":{"bytes":a.bytes,"addr":a.addr,"mem":a.mem,"device":a.device,
-                        "stack":a.stack}}))?;
-            if a.mem.is_host() {
-                o.event(
-                    &json!({"ph":"i","s":"t","name":format!("host memory: {}", slice_name(a)),
-                    "pid":c.pid,"tid":c.tid,"ts":o.us(c.ts_ns),
-                    "args":{"mem":a.mem,"bytes":a.bytes}}),
-                )?;
+            o.event(&json!({"ph":"M","name":"process_name","pid":p.pid,
+                "args":{"name":format!("{} ({})", p.comm, p.pid)}}))?;
+        }
+        let pid_of = |proc: u32| ledger.process(proc).map_or(0, |p| p.pid);
+        // Each allocation's slice begins and ends where the Ledger says it did: a free, a
+        // reused address, a released VMM handle, an exit, a destroyed context.
+        for ch in ledger.changes() {
+            let Some(proc) = ch.proc() else { continue };
+            let pid = pid_of(proc);
+            if !opts.wants(pid) {
+                continue;
+            }
+            match ch {
+                Change::Started { alloc: a, .. } => {
+                    o.event(&json!({"ph":"b","cat":"allocation","name":slice_name(a),
+                        "id":slice_id(proc, a),"pid":pid,"tid":a.tid,"ts":o.us(a.ts_ns),
+                        "args":{"bytes":a.bytes,"addr":a.addr,"handle":a.handle,"mem":a.mem,
+                                "device":a.device,"class":a.class,"stack":a.stack}}))?;
+                }
+                Change::Ended {
+                    alloc: a,
+                    cause,
+                    ts_ns,
+                    ..
+                } => {
+                    o.event(&json!({"ph":"e","cat":"allocation","name":slice_name(a),
+                        "id":slice_id(proc, a),"pid":pid,"tid":a.tid,"ts":o.us(*ts_ns),
+                        "args":{"ended_by":cause.name()}}))?;
+                }
+                Change::HostFinding { finding: f, .. } => {
+                    o.event(&json!({"ph":"i","s":"t",
+                        "name":format!("host memory: {} {}", f.api, human_bytes(f.bytes)),
+                        "pid":pid,"tid":f.tid,"ts":o.us(f.ts_ns),
+                        "args":{"mem":f.mem,"bytes":f.bytes,"stack":f.stack}}))?;
+                }
+                Change::Oom { oom, .. } => {
+                    ooms += 1;
+                    o.event(
+                        &json!({"ph":"i","s":"p","name":format!("OOM: {} {}", oom.api,
+                        oom.requested_bytes.map_or_else(|| "?".to_owned(), human_bytes)),
+                        "pid":pid,"tid":oom.tid,"ts":o.us(oom.ts_ns),
+                        "args":{"request_bytes":oom.requested_bytes,"device":oom.device,
+                                "nvml_index":oom.nvml_index,"held_bytes":oom.device_bytes,
+                                "stack":oom.stack}}),
+                    )?;
+                }
+                _ => {}
             }
         }
         let Some(proc) = rec.proc() else {
@@ -113,6 +126,9 @@ pub(super) fn write<W: Write>(
         let Some(p) = ledger.process(proc) else {
             continue;
         };
+        if !opts.wants(p.pid) {
+            continue;
+        }
         let ts = p.last_ts_ns.unwrap_or(start);
         end = end.max(ts);
         let now = (
@@ -129,13 +145,14 @@ pub(super) fn write<W: Write>(
         }
     }
     // Allocations never freed end with the trace.
-    for p in ledger.processes() {
+    for p in replay.ledger().processes() {
         if !opts.wants(p.pid) || p.exited() {
             continue;
         }
-        for a in p.live_allocations().filter(|a| a.addr.is_some()) {
+        for a in p.live_allocations() {
             o.event(&json!({"ph":"e","cat":"allocation","name":slice_name(a),
-                "id":slice_id(p.proc, a),"pid":p.pid,"tid":a.tid,"ts":o.us(end)}))?;
+                "id":slice_id(p.proc, a),"pid":p.pid,"tid":a.tid,"ts":o.us(end),
+                "args":{"ended_by":"end_of_trace"}}))?;
         }
     }
     let n = o.events;

@@ -16,13 +16,13 @@ use ratatui::layout::{Position, Rect};
 
 use super::{
     Control, Effect, Msg, ReplayStatus,
-    class::{Class, nvml_gpu, nvml_process_bytes},
+    class::{Class, nvml_process_bytes},
     list::AllocList,
     mirror::{Change, Mirror},
     view,
 };
 use crate::{
-    ledger::Ledger,
+    ledger::{Change as LedgerChange, Ledger},
     procinfo::sanitize,
     stacks::symbolize_offline,
     trace::{Frame, Header, Mem, NvmlSample, Record},
@@ -34,8 +34,6 @@ const EVENT_LOG: usize = 2000;
 const ALERT_LOG: usize = 200;
 /// Samples of used bytes kept per GPU for the sparkline.
 const HISTORY: usize = 1024;
-/// `CUDA_ERROR_OUT_OF_MEMORY`.
-const CUDA_OOM: i32 = 2;
 /// Seek step of `+` and `-`.
 pub const SEEK_NS: i64 = 10_000_000_000;
 /// Changes to the listed allocations kept for the next refresh; past that the list is
@@ -235,6 +233,8 @@ pub struct Seen {
     pub failed: u64,
     /// Host-memory allocations per process record id.
     pub host_fallbacks_by_proc: HashMap<u32, u64>,
+    /// Out-of-memory failures per process record id, as the Ledger decided them.
+    pub ooms_by_proc: HashMap<u32, u64>,
 }
 
 /// A row of the process table.
@@ -487,9 +487,9 @@ impl App {
         let watch = self.list_for.as_ref().map(|l| l.0);
         for rec in recs {
             self.ledger.apply(&rec);
-            self.mirror
-                .track(&self.ledger, &rec, watch, &mut self.pending);
+            self.mirror.track(&self.ledger, watch, &mut self.pending);
             self.note(&rec);
+            self.note_changes();
         }
         if self.pending.len() > PENDING {
             // A burst (a replay catching up): ordering the list again costs less.
@@ -537,38 +537,6 @@ impl App {
         self.start_ns.get_or_insert(c.ts_ns);
         if matches!(rec, Record::Failed(_)) {
             self.seen.failed += 1;
-            if c.ret == CUDA_OOM {
-                self.seen.ooms += 1;
-                let what = c
-                    .bytes
-                    .map_or_else(String::new, |b| format!(" {}", bytes(b)));
-                let text = format!(
-                    "OOM: pid {} {} {}{} failed",
-                    c.pid,
-                    self.name_of(c.proc),
-                    sanitize(&c.api),
-                    what
-                );
-                self.alert(c.ts_ns, text);
-            }
-        }
-        if matches!(rec, Record::Alloc(_) | Record::VmmCreate(_)) && c.mem.is_some_and(Mem::is_host)
-        {
-            self.seen.host_fallbacks += 1;
-            let n = self.seen.host_fallbacks_by_proc.entry(c.proc).or_insert(0);
-            *n += 1;
-            // One alert per process and API at first, then every thousandth: visible without
-            // flooding the log.
-            if *n == 1 || n.is_multiple_of(1000) {
-                let text = format!(
-                    "host fallback: pid {} {} {} {}",
-                    c.pid,
-                    self.name_of(c.proc),
-                    sanitize(&c.api),
-                    c.bytes.map_or_else(String::new, bytes)
-                );
-                self.alert(c.ts_ns, text);
-            }
         }
         let kind = rec.kind();
         if !matches!(kind, "ctx_current") {
@@ -581,6 +549,55 @@ impl App {
                 addr: c.addr,
                 ret: c.ret,
             });
+        }
+    }
+
+    /// What the Ledger decided with the record just applied that the alerts show: an
+    /// out-of-memory failure (on which GPU), memory placed in host RAM.
+    fn note_changes(&mut self) {
+        let mut alerts = Vec::new();
+        for ch in self.ledger.changes() {
+            match ch {
+                LedgerChange::Oom { proc, oom } => {
+                    self.seen.ooms += 1;
+                    *self.seen.ooms_by_proc.entry(*proc).or_insert(0) += 1;
+                    let what = oom
+                        .requested_bytes
+                        .map_or_else(String::new, |b| format!(" {}", bytes(b)));
+                    let gpu = oom
+                        .device
+                        .map_or_else(String::new, |d| format!(" on GPU {d}"));
+                    let text = format!(
+                        "OOM: pid {} {} {}{} failed{gpu}",
+                        self.ledger.process(*proc).map_or(0, |p| p.pid),
+                        self.name_of(*proc),
+                        sanitize(&oom.api),
+                        what
+                    );
+                    alerts.push((oom.ts_ns, text));
+                }
+                LedgerChange::HostFinding { proc, finding: f } => {
+                    self.seen.host_fallbacks += 1;
+                    let n = self.seen.host_fallbacks_by_proc.entry(*proc).or_insert(0);
+                    *n += 1;
+                    // One alert per process at first, then every thousandth: visible without
+                    // flooding the log.
+                    if *n == 1 || n.is_multiple_of(1000) {
+                        let text = format!(
+                            "host fallback: pid {} {} {} {}",
+                            self.ledger.process(*proc).map_or(0, |p| p.pid),
+                            self.name_of(*proc),
+                            sanitize(&f.api),
+                            bytes(f.bytes)
+                        );
+                        alerts.push((f.ts_ns, text));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ts, text) in alerts {
+            self.alert(ts, text);
         }
     }
 
@@ -619,8 +636,6 @@ impl App {
             return;
         }
         self.dirty = false;
-        let watch = self.list_for.as_ref().map(|l| l.0);
-        self.mirror.rescan(&self.ledger, watch, &mut self.pending);
         self.update_rates();
         self.build_procs();
         self.build_allocs();
@@ -657,10 +672,29 @@ impl App {
             g.pool = u.pool_held_bytes;
             g.peak = u.peak_device_and_pool_bytes;
         }
+        // Which NVML GPU each CUDA ordinal is, as the Ledger maps it for the processes that
+        // hold memory there (through their CUDA_VISIBLE_DEVICES); processes that disagree
+        // leave it unknown.
+        let mut nvml_of: BTreeMap<i32, Option<u32>> = BTreeMap::new();
+        for p in self.ledger.processes().filter(|p| !p.exited()) {
+            for d in p.devices.keys().flatten() {
+                let i = self.ledger.nvml_index(p.proc, *d);
+                let e = nvml_of.entry(*d).or_insert(i);
+                if *e != i {
+                    *e = None;
+                }
+            }
+        }
         if let Some(s) = nvml {
+            // A GPU no traced process maps to shows under its NVML index.
             for g in &s.gpus {
-                let dev = i32::try_from(g.index).ok();
-                gpus.entry(dev).or_insert_with(|| gpu_row(dev));
+                if !nvml_of.values().any(|i| *i == Some(g.index))
+                    && let Ok(d) = i32::try_from(g.index)
+                    && !nvml_of.contains_key(&d)
+                {
+                    nvml_of.insert(d, Some(g.index));
+                    gpus.entry(Some(d)).or_insert_with(|| gpu_row(Some(d)));
+                }
             }
         }
         let mut procs = Vec::new();
@@ -700,11 +734,7 @@ impl App {
                     .map(|n| traced as f64 * 100.0 / n as f64),
                 rate: self.rates.get(&p.proc).copied().unwrap_or(0.0),
                 peak: p.usage.peak_device_and_pool_bytes,
-                ooms: p
-                    .failed
-                    .values()
-                    .map(|f| f.rets.get(&CUDA_OOM).copied().unwrap_or(0))
-                    .sum(),
+                ooms: self.seen.ooms_by_proc.get(&p.proc).copied().unwrap_or(0),
                 host_fallbacks: self
                     .seen
                     .host_fallbacks_by_proc
@@ -720,7 +750,8 @@ impl App {
             g.by_class = sums.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
         }
         for g in gpus.values_mut() {
-            if let Some(s) = nvml_gpu(nvml, g.device) {
+            let index = g.device.and_then(|d| nvml_of.get(&d).copied().flatten());
+            if let Some(s) = index.and_then(|i| nvml?.gpus.iter().find(|s| s.index == i)) {
                 g.nvml_total = s.total_bytes;
                 g.nvml_used = s.used_bytes;
                 g.nvml_free = s.free_bytes;

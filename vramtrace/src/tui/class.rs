@@ -1,10 +1,7 @@
 //! What the view calls an allocation's class and NVML's figures: the one place that reads
 //! them from the Ledger and the samples.
 
-use crate::{
-    ledger::LiveAllocation,
-    trace::{GpuSample, NvmlSample},
-};
+use crate::{ledger::LiveAllocation, trace::NvmlSample};
 
 /// What memory is for, as the view shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,13 +58,6 @@ pub fn class_of(a: &LiveAllocation) -> Class {
         L::HostFallback => Class::HostFallback,
         L::Pool | L::Unknown => Class::Unknown,
     }
-}
-
-/// NVML's figures for one GPU (NVML index taken as the CUDA ordinal, which holds unless
-/// `CUDA_VISIBLE_DEVICES` reorders them).
-pub fn nvml_gpu(sample: Option<&NvmlSample>, device: Option<i32>) -> Option<&GpuSample> {
-    let index = u32::try_from(device?).ok()?;
-    sample?.gpus.iter().find(|g| g.index == index)
 }
 
 /// NVML's bytes for a process, all GPUs together; `None` when NVML did not say.

@@ -1,22 +1,19 @@
 //! The view's copy of every process's live allocations, as rows, kept in step with the
 //! Ledger record by record, with the sums the process and GPU tables show.
 //!
-//! After each record the mirror reads back from the Ledger only the allocations that record
-//! can have changed: the address it allocated, freed or copied into, and those that have
-//! just outlived enough frees to be classified again (`docs/classification.md`). The Ledger
-//! stays the one accounting path; what the mirror cannot tell exactly from the record (a
-//! context destroyed, VMM mappings, CUDA arrays, an exit) makes it read the whole process
-//! again at the next refresh, which is what the view did on every tick before.
+//! The mirror decides nothing: after each record it takes the Ledger's change stream
+//! (an allocation started, ended for whatever cause, or changed class, fill or mapping) and
+//! moves its rows and sums with it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use super::{
     app::{AllocRow, Slot},
     class::{Class, class_of},
 };
 use crate::{
-    ledger::{Ledger, LiveAllocation, Phase, ProcessState, classify::SURVIVE_FREES},
-    trace::{Mem, Record},
+    ledger::{Change as LedgerChange, Ledger, LiveAllocation},
+    trace::Mem,
 };
 
 /// A row that changed in the process the view lists: what it was, what it is now.
@@ -99,15 +96,9 @@ fn saturate(s: &Sums) -> [u64; Class::ALL.len()] {
 #[derive(Clone, Debug, Default)]
 pub struct ProcRows {
     rows: BTreeMap<Slot, AllocRow>,
-    /// Allocations that may be classified again once the process has made this many frees.
-    young: BTreeSet<(u64, Slot)>,
     by_class: Sums,
     /// Rows in device memory per device: how many, and their bytes per class.
     by_device: BTreeMap<Option<i32>, (usize, Sums)>,
-    /// VMM handles among the rows.
-    vmm: usize,
-    /// Read the whole process again at the next refresh.
-    stale: bool,
 }
 
 impl ProcRows {
@@ -118,13 +109,6 @@ impl ProcRows {
             self.by_class[i] += b;
         } else {
             self.by_class[i] -= b;
-        }
-        if matches!(r.slot, Slot::Vmm(_)) {
-            if add {
-                self.vmm += 1;
-            } else {
-                self.vmm -= 1;
-            }
         }
         if r.mem.is_host() {
             return;
@@ -155,18 +139,6 @@ impl ProcRows {
             self.count(o, false);
         }
         old
-    }
-
-    /// Remembers when `a` may change class by age: the classifier decides again for an
-    /// allocation made after the load phase once it has outlived `SURVIVE_FREES` frees.
-    fn note_young(&mut self, a: &LiveAllocation, slot: Slot, frees: u64) {
-        if a.made_in == Phase::Load {
-            return;
-        }
-        let due = a.frees_before.saturating_add(SURVIVE_FREES);
-        if due > frees {
-            self.young.insert((due, slot));
-        }
     }
 
     pub fn len(&self) -> usize {
@@ -208,151 +180,23 @@ impl Mirror {
         self.procs.get(&proc)
     }
 
-    /// Follows one record that the Ledger has just applied. Changes to the rows of `watch`
-    /// (the process the view lists) go into `changes`.
-    pub fn track(
-        &mut self,
-        ledger: &Ledger,
-        rec: &Record,
-        watch: Option<u32>,
-        changes: &mut Vec<Change>,
-    ) {
-        let proc = match rec {
-            Record::Exit(e) => e.proc,
-            _ => match rec.call() {
-                Some(c) => c.proc,
-                None => return,
-            },
-        };
-        let Some(p) = ledger.process(proc) else {
-            return;
-        };
-        let pr = self.procs.entry(proc).or_default();
-        if pr.stale {
-            return;
-        }
-        let mut reread = None;
-        match rec {
-            Record::Alloc(c) => match c.mem {
-                Some(Mem::Array | Mem::VmmDevice | Mem::VmmHost) => pr.stale = true,
-                _ => reread = c.addr.map(Slot::Addr),
-            },
-            Record::Free(c) if c.mem == Some(Mem::Array) => pr.stale = true,
-            Record::Free(c) => reread = c.addr.map(Slot::Addr),
-            Record::Copy(c) => {
-                if let Some(addr) = c.addr {
-                    // The allocation the Ledger credits with the copy: the one that starts
-                    // at or below the address, when it covers it; else a VMM mapping.
-                    let below = pr.rows.range(..=Slot::Addr(addr)).next_back();
-                    let inside = below.is_some_and(|(s, r)| match s {
-                        Slot::Addr(start) => {
-                            addr < start.saturating_add(r.bytes) || (addr == *start && r.bytes == 0)
-                        }
-                        _ => false,
-                    });
-                    reread = below.map(|(s, _)| *s);
-                    if !inside && pr.vmm > 0 {
-                        pr.stale = true;
-                    }
+    /// Follows what the Ledger changed with the record it just applied: rows come, go and
+    /// change exactly as its allocations do. Changes to the rows of `watch` (the process the
+    /// view lists) go into `changes`.
+    pub fn track(&mut self, ledger: &Ledger, watch: Option<u32>, changes: &mut Vec<Change>) {
+        for ch in ledger.changes() {
+            let (proc, slot, row) = match ch {
+                LedgerChange::Started { proc, alloc }
+                | LedgerChange::Updated { proc, alloc, .. } => {
+                    (*proc, slot_of(alloc), Some(self.apis.row(alloc)))
                 }
-            }
-            Record::Exit(_)
-            | Record::VmmCreate(_)
-            | Record::VmmRelease(_)
-            | Record::VmmMap(_)
-            | Record::VmmUnmap(_)
-            | Record::CtxDestroy(_) => pr.stale = true,
-            _ => {}
-        }
-        if pr.stale {
-            return;
-        }
-        if let Some(slot) = reread {
-            self.reread(p, slot, watch, changes);
-        }
-        // A free may have made older allocations long-lived.
-        let frees = p.classifier.frees;
-        loop {
-            let Some(pr) = self.procs.get_mut(&proc) else {
-                return;
+                LedgerChange::Ended { proc, alloc, .. } => (*proc, slot_of(alloc), None),
+                _ => continue,
             };
-            let Some(&(due, slot)) = pr.young.first() else {
-                return;
-            };
-            if due > frees {
-                return;
+            let old = self.procs.entry(proc).or_default().put(slot, row.clone());
+            if old != row && watch == Some(proc) {
+                changes.push(Change { old, new: row });
             }
-            pr.young.pop_first();
-            match slot {
-                Slot::Addr(_) => self.reread(p, slot, watch, changes),
-                Slot::Array(_) | Slot::Vmm(_) => {
-                    pr.stale = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads the allocation at an address of `p` back from the Ledger.
-    fn reread(&mut self, p: &ProcessState, slot: Slot, watch: Option<u32>, c: &mut Vec<Change>) {
-        let Slot::Addr(addr) = slot else {
-            return;
-        };
-        let live = p.live_at(addr);
-        let row = live.map(|a| self.apis.row(a));
-        let pr = self.procs.entry(p.proc).or_default();
-        if let Some(a) = live {
-            pr.note_young(a, slot, p.classifier.frees);
-        }
-        let old = pr.put(slot, row.clone());
-        if old != row && watch == Some(p.proc) {
-            c.push(Change { old, new: row });
-        }
-    }
-
-    /// Reads every process marked stale again from the Ledger; changes to `watch` go into
-    /// `changes`, in no particular order.
-    pub fn rescan(&mut self, ledger: &Ledger, watch: Option<u32>, changes: &mut Vec<Change>) {
-        for (&proc, pr) in self.procs.iter_mut().filter(|(_, pr)| pr.stale) {
-            let mut fresh = ProcRows::default();
-            if let Some(p) = ledger.process(proc) {
-                let frees = p.classifier.frees;
-                for a in p.live_allocations() {
-                    let row = self.apis.row(a);
-                    let slot = row.slot;
-                    fresh.note_young(a, slot, frees);
-                    fresh.put(slot, Some(row));
-                }
-            }
-            if watch == Some(proc) {
-                diff(&pr.rows, &fresh.rows, changes);
-            }
-            *pr = fresh;
-        }
-    }
-}
-
-/// The rows that differ between two maps.
-fn diff(old: &BTreeMap<Slot, AllocRow>, new: &BTreeMap<Slot, AllocRow>, out: &mut Vec<Change>) {
-    use std::cmp::Ordering;
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        let step = match (a.peek().copied(), b.peek().copied()) {
-            (None, None) => return,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-        };
-        let (o, n) = match step {
-            Ordering::Less => (a.next().map(|(_, r)| r), None),
-            Ordering::Greater => (None, b.next().map(|(_, r)| r)),
-            Ordering::Equal => (a.next().map(|(_, r)| r), b.next().map(|(_, r)| r)),
-        };
-        if o != n {
-            out.push(Change {
-                old: o.cloned(),
-                new: n.cloned(),
-            });
         }
     }
 }
