@@ -7,6 +7,9 @@
 //!   **warm-up** (a profiling pass, the first iteration); once `STEADY_FREES` device frees
 //!   have been seen, allocation and free churn is established: **steady** state. Phases are
 //!   counted in events, never in wall-clock time, so a replay decides exactly as the live run.
+//!   Only the process's own frees count: what a context destroy takes with it, and what the
+//!   process's exit leaves, is teardown, not churn, and moves no phase (the `contexts`
+//!   workload destroys a scratch context, then loads its weights).
 //! - An allocation is *long-lived* when it was made in the load phase, or when it has outlived
 //!   `SURVIVE_FREES` device frees since it was made. Until then an allocation made after the
 //!   load phase is *dynamic*.
@@ -136,7 +139,7 @@ impl ClassBytes {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// From the first allocation to the first free of device memory.
+    /// From the first allocation to the process's first free of device memory.
     #[default]
     Load,
     /// After the first device free, until churn is established.
@@ -209,7 +212,8 @@ pub(crate) enum AllocRef {
 pub struct Classifier {
     /// The process's phase now.
     pub phase: Phase,
-    /// Device frees seen (allocations released, by any entry point).
+    /// Device frees seen: allocations the process gave back, by any entry point (not those
+    /// its destroyed contexts took with them).
     pub frees: u64,
     /// When the load phase ended (the first device free).
     pub load_end_ts_ns: Option<u64>,
@@ -302,11 +306,12 @@ impl Classifier {
         true
     }
 
-    /// A live allocation is gone. `freed` is true when it was given back (a free, a release,
-    /// its context destroyed), which advances the phase; false when it is only forgotten.
-    pub(crate) fn on_gone(&mut self, a: &LiveAllocation, freed: bool, ts_ns: u64) {
+    /// The process gave a live allocation back: a free, a VMM handle released and unmapped,
+    /// an array destroyed, an address allocated over a live one (a free that was not seen).
+    /// That is churn: a device free counts towards the phases and ages what is still live.
+    pub(crate) fn on_gone(&mut self, a: &LiveAllocation, ts_ns: u64) {
         self.live.sub(a.class, a.bytes);
-        if !freed || a.mem.is_host() {
+        if a.mem.is_host() {
             return;
         }
         self.frees += 1;
@@ -318,6 +323,15 @@ impl Classifier {
             self.phase = Phase::Steady;
             self.steady_ts_ns = Some(ts_ns);
         }
+    }
+
+    /// A live allocation went with its context (`cuCtxDestroy*`, the primary context's last
+    /// release). That is teardown, not churn: its bytes leave the counters, but it is not
+    /// counted as a device free, so it neither ends the load phase nor ages anything. A
+    /// framework that destroys a scratch context while loading (a probe of the device, a
+    /// second context for a check) is still loading.
+    pub(crate) fn on_ctx_gone(&mut self, a: &LiveAllocation) {
+        self.live.sub(a.class, a.bytes);
     }
 
     /// The next allocation that just became long-lived, with its sequence number: the caller

@@ -104,6 +104,78 @@ fn kv_cache_after_profiling_becomes_long_lived() {
     assert_eq!(c.get(Class::Dynamic), 0);
 }
 
+fn ctx_destroy(s: &mut Sim, ctx: u64) -> Record {
+    Record::CtxDestroy(Call {
+        handle: Some(ctx),
+        ..s.call("cuCtxDestroy_v2")
+    })
+}
+
+/// A scratch context made and destroyed with its allocations while loading (the `contexts`
+/// workload): teardown, not the process's frees. The weights and the KV cache made after it
+/// are still made in the load phase.
+#[test]
+fn ctx_destroy_does_not_end_loading() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.ctx_create(0xc0, 0));
+    l.apply(&s.ctx_create(0xc1, 0));
+    for i in 0..classify::STEADY_FREES {
+        l.apply(&s.alloc(0x10_0000_0000 + i * GIB, 8 * MIB));
+    }
+    l.apply(&ctx_destroy(&mut s, 0xc1));
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.phase, Phase::Load);
+    assert_eq!((p.classifier.frees, p.classifier.load_end_ts_ns), (0, None));
+    assert_eq!(p.frees["cuCtxDestroy_v2"].count, classify::STEADY_FREES);
+
+    l.apply(&s.alloc(0x1000, 64 * MIB));
+    l.apply(&copy(&mut s, 0x1000, 64 * MIB));
+    l.apply(&s.alloc(0x20_0000_0000, GIB));
+    assert_eq!(class_of(&l, 1, 0x1000), Class::Weights);
+    assert_eq!(class_of(&l, 1, 0x20_0000_0000), Class::KvCache);
+
+    // The process's own free ends loading.
+    l.apply(&s.alloc(0x30_0000_0000, MIB));
+    l.apply(&s.free(0x30_0000_0000));
+    let p = l.process(1).expect("known");
+    assert_eq!((p.classifier.phase, p.classifier.frees), (Phase::Warmup, 1));
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::Weights), 64 * MIB);
+    assert_eq!(c.get(Class::KvCache), GIB);
+    assert_eq!(c.get(Class::Dynamic), 0);
+}
+
+/// A context destroyed in steady state takes its allocations without ageing anything: a buffer
+/// made in steady state is long-lived only once the process's own churn has gone past it.
+#[test]
+fn ctx_destroy_does_not_age_young_allocations() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.ctx_create(0xc0, 0));
+    for i in 0..classify::STEADY_FREES {
+        let a = 0x10_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, MIB));
+        l.apply(&s.free(a));
+    }
+    let young = 0x20_0000_0000;
+    l.apply(&s.alloc(young, 256 * MIB));
+    l.apply(&s.ctx_create(0xc1, 0));
+    for i in 0..2 * classify::SURVIVE_FREES {
+        l.apply(&s.alloc(0x30_0000_0000 + i * GIB, MIB));
+    }
+    l.apply(&ctx_destroy(&mut s, 0xc1));
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.frees, classify::STEADY_FREES);
+    assert_eq!(class_of(&l, 1, young), Class::Dynamic);
+    for i in 0..classify::SURVIVE_FREES {
+        let a = 0x40_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, MIB));
+        l.apply(&s.free(a));
+    }
+    assert_eq!(class_of(&l, 1, young), Class::KvCache);
+}
+
 /// A weights candidate filled only partly stays a long-lived buffer; filling it later turns
 /// it into weights.
 #[test]

@@ -468,7 +468,7 @@ impl ProcessState {
     /// outlived enough frees is classified again.
     fn classify_gone(&mut self, a: &LiveAllocation) {
         let ts = self.last_ts_ns.unwrap_or(0);
-        self.classifier.on_gone(a, true, ts);
+        self.classifier.on_gone(a, ts);
         while let Some((at, seq)) = self.classifier.next_due() {
             let live = match at {
                 AllocRef::Addr(k) => self.by_addr.get_mut(&k).map(|a| &mut **a),
@@ -1174,7 +1174,10 @@ impl ProcessState {
         let mut bytes = 0u64;
         for a in &freed {
             bytes = bytes.saturating_add(a.bytes);
-            self.release(t, a, false, 0);
+            // Not `release`: teardown is not one of the process's frees, and nothing of a
+            // context goes back into a pool.
+            self.book_sub(t, a.device, class_of(a.mem), a.bytes);
+            self.classifier.on_ctx_gone(a);
         }
         self.count_free(api, freed.len() as u64, bytes);
     }
