@@ -14,7 +14,12 @@
 //!   `SURVIVE_FREES` device frees since it was made. Until then an allocation made after the
 //!   load phase is *dynamic*.
 //! - A long-lived allocation filled from the host for at least half its bytes is *weights*;
-//!   one that is not is a *KV cache / long-lived buffer*.
+//!   one that is not is a *KV cache / long-lived buffer*. An allocation made in the load phase
+//!   is weights already when copies made while the process was still loading filled
+//!   `LOAD_FILL_PCT` (1%) of it: weight buffers are seen filled only 12% or 6% through host
+//!   copies, the rest by other paths, while what the host copies into a KV cache while
+//!   loading is a header of a few KiB. Copies after loading count only towards the half, so
+//!   inputs staged into a persistent buffer while serving do not turn it into weights.
 //! - Host-resident memory is *host fallback* whatever else is known; bytes freed into a
 //!   stream-ordered pool and still held from the GPU are *pool*.
 //!
@@ -39,6 +44,12 @@ pub const SURVIVE_FREES: u64 = 16;
 /// Share of an allocation's bytes, in percent, that host-to-device copies must have filled
 /// for it to read as weights.
 pub const WEIGHTS_FILL_PCT: u64 = 50;
+/// Share of an allocation made in the load phase, in percent, that host-to-device copies made
+/// while the process was still loading must have filled for it to read as weights. Weight
+/// buffers are seen filled only 12% and 6% through host copies, the rest by other paths
+/// (storage straight to the GPU, a kernel); a header or a table copied into a KV cache is a
+/// few KiB in hundreds of MiB, far below 1%. `docs/classification.md` has the evidence.
+pub const LOAD_FILL_PCT: u64 = 1;
 
 /// What a byte of memory is. Serialized in snake_case: `weights`, `kv_cache`, `dynamic`,
 /// `pool`, `host_fallback`, `unknown`.
@@ -156,10 +167,15 @@ pub type Evidences = ArrayVec<Evidence, 3>;
 pub enum Evidence {
     /// Made in the given phase.
     Made(Phase),
-    /// Percent of its bytes filled by host-to-device copies (capped at 100).
+    /// Percent of its bytes filled by host-to-device copies (capped at 100; 0 is under 1%).
     FilledFromHost(u64),
     /// No host-to-device copy landed in it.
     NotFilled,
+    /// Percent of its bytes filled by copies made while the process was loading (0 is under
+    /// 1%); given when copies after loading filled more.
+    FilledWhileLoading(u64),
+    /// Made in the load phase, filled from host only after it.
+    NotFilledWhileLoading,
     /// Outlived this many device frees since it was made.
     Outlived(u64),
     /// Made after the load phase and outlived only this many device frees so far.
@@ -176,8 +192,12 @@ impl fmt::Display for Evidence {
             Evidence::Made(Phase::Load) => f.write_str("allocated in load phase"),
             Evidence::Made(Phase::Warmup) => f.write_str("allocated in warm-up"),
             Evidence::Made(Phase::Steady) => f.write_str("allocated in steady state"),
+            Evidence::FilledFromHost(0) => f.write_str("filled from host: under 1%"),
             Evidence::FilledFromHost(p) => write!(f, "filled from host: {p}%"),
             Evidence::NotFilled => f.write_str("not filled from host"),
+            Evidence::FilledWhileLoading(0) => f.write_str("filled while loading: under 1%"),
+            Evidence::FilledWhileLoading(p) => write!(f, "filled while loading: {p}%"),
+            Evidence::NotFilledWhileLoading => f.write_str("not filled while loading"),
             Evidence::Outlived(n) => write!(f, "outlived {n} frees"),
             Evidence::Young(n) => write!(f, "outlived only {n} frees"),
             Evidence::InHostRam(m) => write!(f, "lives in host RAM ({})", mem_name(*m)),
@@ -253,19 +273,27 @@ impl Classifier {
                 Evidence::Young(age)
             });
         }
-        let pct = if a.bytes == 0 {
-            0
-        } else {
-            (u128::from(a.filled_from_host) * 100 / u128::from(a.bytes)).min(100) as u64
-        };
-        ev.push(if pct > 0 {
-            Evidence::FilledFromHost(pct)
+        ev.push(if a.bytes > 0 && a.filled_from_host > 0 {
+            Evidence::FilledFromHost(percent(a.filled_from_host, a.bytes))
         } else {
             Evidence::NotFilled
         });
-        let filled = pct >= WEIGHTS_FILL_PCT;
+        let filled = reaches(a.filled_from_host, a.bytes, WEIGHTS_FILL_PCT);
+        let mut loaded = false;
+        if a.made_in == Phase::Load {
+            loaded = reaches(a.filled_while_loading, a.bytes, LOAD_FILL_PCT);
+            if a.filled_while_loading < a.filled_from_host {
+                ev.push(if a.filled_while_loading > 0 {
+                    Evidence::FilledWhileLoading(percent(a.filled_while_loading, a.bytes))
+                } else {
+                    Evidence::NotFilledWhileLoading
+                });
+            }
+        }
         let class = match a.made_in {
-            Phase::Load if filled => Class::Weights,
+            // Made and filled while loading, even partly: the rest of a weight buffer may come
+            // by paths that are not host copies.
+            Phase::Load if filled || loaded => Class::Weights,
             Phase::Load => Class::KvCache,
             // Loading may free a temporary or two before it is done: what the warm-up fills
             // from host is still weights.
@@ -291,6 +319,16 @@ impl Classifier {
             self.young
                 .push_back((self.frees.saturating_add(SURVIVE_FREES), a.seq, at));
         }
+    }
+
+    /// A host-to-device copy put `bytes` into `a`: counted (apart, while the process is
+    /// loading), and the allocation decided again. True when its class changed.
+    pub(crate) fn on_fill(&mut self, a: &mut LiveAllocation, bytes: u64) -> bool {
+        a.filled_from_host = a.filled_from_host.saturating_add(bytes);
+        if self.phase == Phase::Load {
+            a.filled_while_loading = a.filled_while_loading.saturating_add(bytes);
+        }
+        self.reclassify(a)
     }
 
     /// Decides again and moves the allocation's bytes to its new class. True when it changed.
@@ -350,6 +388,19 @@ impl Classifier {
         self.live = ClassBytes::default();
         self.young.clear();
     }
+}
+
+/// `part` as a percentage of `whole`, rounded down, at most 100; 0 for an empty `whole`.
+fn percent(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    (u128::from(part) * 100 / u128::from(whole)).min(100) as u64
+}
+
+/// Whether `part` is at least `pct` percent of a non-empty `whole`, exactly.
+fn reaches(part: u64, whole: u64, pct: u64) -> bool {
+    whole > 0 && part > 0 && u128::from(part) * 100 >= u128::from(whole) * u128::from(pct)
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ pub struct LiveAllocation {
     pub pool: Option<u64>,
     /// Bytes copied into it from the host (`cuMemcpyHtoD*`), all copies together.
     pub filled_from_host: u64,
+    /// The part of `filled_from_host` copied while the process was in its load phase.
+    pub filled_while_loading: u64,
     /// What it is, as far as the evidence so far tells (`docs/classification.md`).
     pub class: classify::Class,
     /// The evidence that decided `class`.
@@ -650,6 +652,7 @@ impl ProcessState {
             ctx,
             pool: None,
             filled_from_host: 0,
+            filled_while_loading: 0,
             class: classify::Class::Unknown,
             evidence: classify::Evidences::new(),
             made_in: Phase::Load,
@@ -802,8 +805,7 @@ impl ProcessState {
             let end = start.saturating_add(a.bytes);
             if addr < end || (addr == start && a.bytes == 0) {
                 let inside = len.min(end - addr);
-                a.filled_from_host = a.filled_from_host.saturating_add(inside);
-                self.classifier.reclassify(a);
+                self.classifier.on_fill(a, inside);
                 return;
             }
         }
@@ -814,8 +816,7 @@ impl ProcessState {
                 if m.counted
                     && let Some(v) = self.vmm.get_mut(&m.handle)
                 {
-                    v.alloc.filled_from_host = v.alloc.filled_from_host.saturating_add(inside);
-                    self.classifier.reclassify(&mut v.alloc);
+                    self.classifier.on_fill(&mut v.alloc, inside);
                 }
                 return;
             }
