@@ -24,6 +24,8 @@ const CLASSES: [&str; 6] = [
 /// long-lived buffers made before exit are expected wrong). Each scenario's measured figure
 /// is well above this (see the table the test prints).
 const THRESHOLD: f64 = 0.9;
+/// What the scenarios that have nothing left wrong must reach: those a rule was made for.
+const STRICT: f64 = 0.95;
 
 fn process(r: &Recorded) -> &Value {
     let pid = r.truth["pid"].as_u64().expect("truth has pid");
@@ -59,17 +61,22 @@ fn mib(b: u64) -> String {
 #[test]
 fn classification_matches_ground_truth() {
     let (lib, _) = sim();
-    let scenarios: &[(&str, &[&str])] = &[
-        ("llm-server", &["--threads", "4"]),
-        ("training", &[]),
-        ("pools", &[]),
-        ("vmm", &[]),
-        ("host", &[]),
-        ("mixed", &["--threads", "2"]),
+    let scenarios: &[(&str, &[&str], f64)] = &[
+        ("llm-server", &["--threads", "4"], THRESHOLD),
+        ("training", &[], THRESHOLD),
+        ("pools", &[], THRESHOLD),
+        ("vmm", &[], THRESHOLD),
+        ("host", &[], THRESHOLD),
+        ("mixed", &["--threads", "2"], THRESHOLD),
+        // A context destroyed before loading is teardown, not the end of loading.
+        ("contexts", &[], STRICT),
+        // Weights filled only 12% and 6% from host while loading.
+        ("partly-filled", &["--threads", "2"], STRICT),
     ];
-    let mut table = String::from("scenario     score   class          traced MiB     true MiB\n");
+    let mut table =
+        String::from("scenario        score   class          traced MiB     true MiB\n");
     let mut failures = Vec::new();
-    for (scenario, args) in scenarios {
+    for (scenario, args, floor) in scenarios {
         let r = record(lib, scenario, args);
         let p = process(&r);
         let traced = &p["classes_at_exit"];
@@ -98,7 +105,7 @@ fn classification_matches_ground_truth() {
         assert_eq!(sum, held, "{scenario}: classes sum to the bytes held");
         for (i, c) in CLASSES.iter().enumerate() {
             table.push_str(&format!(
-                "{:<12} {:>5}   {:<13} {:>11} {:>12}\n",
+                "{:<15} {:>5}   {:<13} {:>11} {:>12}\n",
                 if i == 0 { scenario } else { "" },
                 if i == 0 {
                     format!("{s:.3}")
@@ -110,15 +117,12 @@ fn classification_matches_ground_truth() {
                 mib(bytes_of(truth, c)),
             ));
         }
-        if s < THRESHOLD {
-            failures.push(format!("{scenario}: {s:.3}"));
+        if s < *floor {
+            failures.push(format!("{scenario}: {s:.3} < {floor}"));
         }
     }
     println!("{table}");
-    assert!(
-        failures.is_empty(),
-        "below {THRESHOLD}: {failures:?}\n{table}"
-    );
+    assert!(failures.is_empty(), "too low: {failures:?}\n{table}");
 }
 
 fn host_calls(r: &Recorded) -> Vec<&vramtrace::trace::Call> {

@@ -40,6 +40,9 @@ enum Scenario {
     Oom,
     /// A created context with allocations, destroyed; then the primary context.
     Contexts,
+    /// Weights filled only partly from host (12% and 6% of each buffer), a KV cache with a
+    /// small header copied from host, then serving.
+    PartlyFilled,
     /// Device and host memory allocated, then exit(0) without freeing.
     ExitWithoutFree,
     /// A short run of every family.
@@ -199,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Host => scenarios::host(&rt, seed)?,
         Scenario::Oom => scenarios::oom(&rt, seed),
         Scenario::Contexts => scenarios::contexts(&rt, seed),
+        Scenario::PartlyFilled => scenarios::partly_filled(&rt, seed, threads),
         Scenario::ExitWithoutFree => scenarios::exit_without_free(&rt, seed),
         Scenario::Mixed => scenarios::mixed(&rt, seed, threads)?,
         Scenario::Leak => scenarios::leak(&rt, seed)?,

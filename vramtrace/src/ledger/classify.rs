@@ -7,11 +7,19 @@
 //!   **warm-up** (a profiling pass, the first iteration); once `STEADY_FREES` device frees
 //!   have been seen, allocation and free churn is established: **steady** state. Phases are
 //!   counted in events, never in wall-clock time, so a replay decides exactly as the live run.
+//!   Only the process's own frees count: what a context destroy takes with it, and what the
+//!   process's exit leaves, is teardown, not churn, and moves no phase (the `contexts`
+//!   workload destroys a scratch context, then loads its weights).
 //! - An allocation is *long-lived* when it was made in the load phase, or when it has outlived
 //!   `SURVIVE_FREES` device frees since it was made. Until then an allocation made after the
 //!   load phase is *dynamic*.
 //! - A long-lived allocation filled from the host for at least half its bytes is *weights*;
-//!   one that is not is a *KV cache / long-lived buffer*.
+//!   one that is not is a *KV cache / long-lived buffer*. An allocation made in the load phase
+//!   is weights already when copies made while the process was still loading filled
+//!   `LOAD_FILL_PCT` (1%) of it: weight buffers are seen filled only 12% or 6% through host
+//!   copies, the rest by other paths, while what the host copies into a KV cache while
+//!   loading is a header of a few KiB. Copies after loading count only towards the half, so
+//!   inputs staged into a persistent buffer while serving do not turn it into weights.
 //! - Host-resident memory is *host fallback* whatever else is known; bytes freed into a
 //!   stream-ordered pool and still held from the GPU are *pool*.
 //!
@@ -36,6 +44,12 @@ pub const SURVIVE_FREES: u64 = 16;
 /// Share of an allocation's bytes, in percent, that host-to-device copies must have filled
 /// for it to read as weights.
 pub const WEIGHTS_FILL_PCT: u64 = 50;
+/// Share of an allocation made in the load phase, in percent, that host-to-device copies made
+/// while the process was still loading must have filled for it to read as weights. Weight
+/// buffers are seen filled only 12% and 6% through host copies, the rest by other paths
+/// (storage straight to the GPU, a kernel); a header or a table copied into a KV cache is a
+/// few KiB in hundreds of MiB, far below 1%. `docs/classification.md` has the evidence.
+pub const LOAD_FILL_PCT: u64 = 1;
 
 /// What a byte of memory is. Serialized in snake_case: `weights`, `kv_cache`, `dynamic`,
 /// `pool`, `host_fallback`, `unknown`.
@@ -136,7 +150,7 @@ impl ClassBytes {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// From the first allocation to the first free of device memory.
+    /// From the first allocation to the process's first free of device memory.
     #[default]
     Load,
     /// After the first device free, until churn is established.
@@ -153,10 +167,15 @@ pub type Evidences = ArrayVec<Evidence, 3>;
 pub enum Evidence {
     /// Made in the given phase.
     Made(Phase),
-    /// Percent of its bytes filled by host-to-device copies (capped at 100).
+    /// Percent of its bytes filled by host-to-device copies (capped at 100; 0 is under 1%).
     FilledFromHost(u64),
     /// No host-to-device copy landed in it.
     NotFilled,
+    /// Percent of its bytes filled by copies made while the process was loading (0 is under
+    /// 1%); given when copies after loading filled more.
+    FilledWhileLoading(u64),
+    /// Made in the load phase, filled from host only after it.
+    NotFilledWhileLoading,
     /// Outlived this many device frees since it was made.
     Outlived(u64),
     /// Made after the load phase and outlived only this many device frees so far.
@@ -173,8 +192,12 @@ impl fmt::Display for Evidence {
             Evidence::Made(Phase::Load) => f.write_str("allocated in load phase"),
             Evidence::Made(Phase::Warmup) => f.write_str("allocated in warm-up"),
             Evidence::Made(Phase::Steady) => f.write_str("allocated in steady state"),
+            Evidence::FilledFromHost(0) => f.write_str("filled from host: under 1%"),
             Evidence::FilledFromHost(p) => write!(f, "filled from host: {p}%"),
             Evidence::NotFilled => f.write_str("not filled from host"),
+            Evidence::FilledWhileLoading(0) => f.write_str("filled while loading: under 1%"),
+            Evidence::FilledWhileLoading(p) => write!(f, "filled while loading: {p}%"),
+            Evidence::NotFilledWhileLoading => f.write_str("not filled while loading"),
             Evidence::Outlived(n) => write!(f, "outlived {n} frees"),
             Evidence::Young(n) => write!(f, "outlived only {n} frees"),
             Evidence::InHostRam(m) => write!(f, "lives in host RAM ({})", m.name()),
@@ -196,7 +219,8 @@ pub(crate) enum AllocRef {
 pub struct Classifier {
     /// The process's phase now.
     pub phase: Phase,
-    /// Device frees seen (allocations released, by any entry point).
+    /// Device frees seen: allocations the process gave back, by any entry point (not those
+    /// its destroyed contexts took with them).
     pub frees: u64,
     /// When the load phase ended (the first device free).
     pub load_end_ts_ns: Option<u64>,
@@ -236,19 +260,27 @@ impl Classifier {
                 Evidence::Young(age)
             });
         }
-        let pct = if a.bytes == 0 {
-            0
-        } else {
-            (u128::from(a.filled_from_host) * 100 / u128::from(a.bytes)).min(100) as u64
-        };
-        ev.push(if pct > 0 {
-            Evidence::FilledFromHost(pct)
+        ev.push(if a.bytes > 0 && a.filled_from_host > 0 {
+            Evidence::FilledFromHost(percent(a.filled_from_host, a.bytes))
         } else {
             Evidence::NotFilled
         });
-        let filled = pct >= WEIGHTS_FILL_PCT;
+        let filled = reaches(a.filled_from_host, a.bytes, WEIGHTS_FILL_PCT);
+        let mut loaded = false;
+        if a.made_in == Phase::Load {
+            loaded = reaches(a.filled_while_loading, a.bytes, LOAD_FILL_PCT);
+            if a.filled_while_loading < a.filled_from_host {
+                ev.push(if a.filled_while_loading > 0 {
+                    Evidence::FilledWhileLoading(percent(a.filled_while_loading, a.bytes))
+                } else {
+                    Evidence::NotFilledWhileLoading
+                });
+            }
+        }
         let class = match a.made_in {
-            Phase::Load if filled => Class::Weights,
+            // Made and filled while loading, even partly: the rest of a weight buffer may come
+            // by paths that are not host copies.
+            Phase::Load if filled || loaded => Class::Weights,
             Phase::Load => Class::KvCache,
             // Loading may free a temporary or two before it is done: what the warm-up fills
             // from host is still weights.
@@ -276,6 +308,16 @@ impl Classifier {
         }
     }
 
+    /// A host-to-device copy put `bytes` into `a`: counted (apart, while the process is
+    /// loading), and the allocation decided again. True when its class changed.
+    pub(crate) fn on_fill(&mut self, a: &mut LiveAllocation, bytes: u64) -> bool {
+        a.filled_from_host = a.filled_from_host.saturating_add(bytes);
+        if self.phase == Phase::Load {
+            a.filled_while_loading = a.filled_while_loading.saturating_add(bytes);
+        }
+        self.reclassify(a)
+    }
+
     /// Decides again and moves the allocation's bytes to its new class. True when it changed.
     pub(crate) fn reclassify(&mut self, a: &mut LiveAllocation) -> bool {
         let (class, evidence) = self.decide(a);
@@ -289,11 +331,12 @@ impl Classifier {
         true
     }
 
-    /// A live allocation is gone. `freed` is true when it was given back (a free, a release,
-    /// its context destroyed), which advances the phase; false when it is only forgotten.
-    pub(crate) fn on_gone(&mut self, a: &LiveAllocation, freed: bool, ts_ns: u64) {
+    /// The process gave a live allocation back: a free, a VMM handle released and unmapped,
+    /// an array destroyed, an address allocated over a live one (a free that was not seen).
+    /// That is churn: a device free counts towards the phases and ages what is still live.
+    pub(crate) fn on_gone(&mut self, a: &LiveAllocation, ts_ns: u64) {
         self.live.sub(a.class, a.bytes);
-        if !freed || a.mem.is_host() {
+        if a.mem.is_host() {
             return;
         }
         self.frees += 1;
@@ -305,6 +348,15 @@ impl Classifier {
             self.phase = Phase::Steady;
             self.steady_ts_ns = Some(ts_ns);
         }
+    }
+
+    /// A live allocation went with its context (`cuCtxDestroy*`, the primary context's last
+    /// release). That is teardown, not churn: its bytes leave the counters, but it is not
+    /// counted as a device free, so it neither ends the load phase nor ages anything. A
+    /// framework that destroys a scratch context while loading (a probe of the device, a
+    /// second context for a check) is still loading.
+    pub(crate) fn on_ctx_gone(&mut self, a: &LiveAllocation) {
+        self.live.sub(a.class, a.bytes);
     }
 
     /// The next allocation that just became long-lived, with its sequence number: the caller
@@ -323,6 +375,19 @@ impl Classifier {
         self.live = ClassBytes::default();
         self.young.clear();
     }
+}
+
+/// `part` as a percentage of `whole`, rounded down, at most 100; 0 for an empty `whole`.
+fn percent(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    (u128::from(part) * 100 / u128::from(whole)).min(100) as u64
+}
+
+/// Whether `part` is at least `pct` percent of a non-empty `whole`, exactly.
+fn reaches(part: u64, whole: u64, pct: u64) -> bool {
+    whole > 0 && part > 0 && u128::from(part) * 100 >= u128::from(whole) * u128::from(pct)
 }
 
 #[cfg(test)]

@@ -104,19 +104,184 @@ fn kv_cache_after_profiling_becomes_long_lived() {
     assert_eq!(c.get(Class::Dynamic), 0);
 }
 
-/// A weights candidate filled only partly stays a long-lived buffer; filling it later turns
-/// it into weights.
+fn ctx_destroy(s: &mut Sim, ctx: u64) -> Record {
+    Record::CtxDestroy(Call {
+        handle: Some(ctx),
+        ..s.call("cuCtxDestroy_v2")
+    })
+}
+
+/// A scratch context made and destroyed with its allocations while loading (the `contexts`
+/// workload): teardown, not the process's frees. The weights and the KV cache made after it
+/// are still made in the load phase.
+#[test]
+fn ctx_destroy_does_not_end_loading() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.ctx_create(0xc0, 0));
+    l.apply(&s.ctx_create(0xc1, 0));
+    for i in 0..classify::STEADY_FREES {
+        l.apply(&s.alloc(0x10_0000_0000 + i * GIB, 8 * MIB));
+    }
+    l.apply(&ctx_destroy(&mut s, 0xc1));
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.phase, Phase::Load);
+    assert_eq!((p.classifier.frees, p.classifier.load_end_ts_ns), (0, None));
+    assert_eq!(p.frees["cuCtxDestroy_v2"].count, classify::STEADY_FREES);
+
+    l.apply(&s.alloc(0x1000, 64 * MIB));
+    l.apply(&copy(&mut s, 0x1000, 64 * MIB));
+    l.apply(&s.alloc(0x20_0000_0000, GIB));
+    assert_eq!(class_of(&l, 1, 0x1000), Class::Weights);
+    assert_eq!(class_of(&l, 1, 0x20_0000_0000), Class::KvCache);
+
+    // The process's own free ends loading.
+    l.apply(&s.alloc(0x30_0000_0000, MIB));
+    l.apply(&s.free(0x30_0000_0000));
+    let p = l.process(1).expect("known");
+    assert_eq!((p.classifier.phase, p.classifier.frees), (Phase::Warmup, 1));
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::Weights), 64 * MIB);
+    assert_eq!(c.get(Class::KvCache), GIB);
+    assert_eq!(c.get(Class::Dynamic), 0);
+}
+
+/// A context destroyed in steady state takes its allocations without ageing anything: a buffer
+/// made in steady state is long-lived only once the process's own churn has gone past it.
+#[test]
+fn ctx_destroy_does_not_age_young_allocations() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    l.apply(&s.ctx_create(0xc0, 0));
+    for i in 0..classify::STEADY_FREES {
+        let a = 0x10_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, MIB));
+        l.apply(&s.free(a));
+    }
+    let young = 0x20_0000_0000;
+    l.apply(&s.alloc(young, 256 * MIB));
+    l.apply(&s.ctx_create(0xc1, 0));
+    for i in 0..2 * classify::SURVIVE_FREES {
+        l.apply(&s.alloc(0x30_0000_0000 + i * GIB, MIB));
+    }
+    l.apply(&ctx_destroy(&mut s, 0xc1));
+    let p = l.process(1).expect("known");
+    assert_eq!(p.classifier.frees, classify::STEADY_FREES);
+    assert_eq!(class_of(&l, 1, young), Class::Dynamic);
+    for i in 0..classify::SURVIVE_FREES {
+        let a = 0x40_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, MIB));
+        l.apply(&s.free(a));
+    }
+    assert_eq!(class_of(&l, 1, young), Class::KvCache);
+}
+
+fn evidence(l: &Ledger, proc: u32, addr: u64) -> Vec<String> {
+    l.live_allocations(proc)
+        .find(|a| a.addr == Some(addr))
+        .expect("allocation is live")
+        .evidence
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A buffer with only a header copied in stays a long-lived buffer; filling it later turns it
+/// into weights.
 #[test]
 fn fill_changes_the_class() {
     let mut l = Ledger::new();
     let mut s = Sim::new(1, 100);
     l.apply(&s.alloc(0x1000, 100 * MIB));
-    l.apply(&copy(&mut s, 0x1000, 10 * MIB));
+    l.apply(&copy(&mut s, 0x1000, 4096));
     assert_eq!(class_of(&l, 1, 0x1000), Class::KvCache);
+    assert_eq!(
+        evidence(&l, 1, 0x1000),
+        ["allocated in load phase", "filled from host: under 1%"]
+    );
     l.apply(&copy(&mut s, 0x1000 + 10 * MIB, 60 * MIB));
     assert_eq!(class_of(&l, 1, 0x1000), Class::Weights);
     assert_eq!(classes(&l, 1).get(Class::Weights), 100 * MIB);
     assert_eq!(classes(&l, 1).get(Class::KvCache), 0);
+}
+
+/// Weight buffers filled only partly through host copies while loading (12% and 6% of each
+/// 96 MiB buffer, the rest by other paths) are weights; a KV cache with a 4 KiB header copied
+/// in, and one never filled, are not.
+#[test]
+fn partly_filled_while_loading_is_weights() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let buf = 96 * MIB;
+    let mut weights = Vec::new();
+    for i in 0..4u64 {
+        let a = 0x10_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, buf));
+        let part = buf * if i < 2 { 12 } else { 6 } / 100;
+        for q in 0..4 {
+            l.apply(&copy(&mut s, a + q * buf / 4, part / 4));
+        }
+        weights.push(a);
+    }
+    let (kv_header, kv) = (0x20_0000_0000, 0x30_0000_0000);
+    l.apply(&s.alloc(kv_header, 384 * MIB));
+    l.apply(&copy(&mut s, kv_header, 4096));
+    l.apply(&s.alloc(kv, 256 * MIB));
+    for &w in &weights {
+        assert_eq!(class_of(&l, 1, w), Class::Weights);
+    }
+    assert_eq!(
+        evidence(&l, 1, weights[0]),
+        ["allocated in load phase", "filled from host: 11%"]
+    );
+    assert_eq!(class_of(&l, 1, kv_header), Class::KvCache);
+    assert_eq!(class_of(&l, 1, kv), Class::KvCache);
+    // Serving churn changes none of it.
+    for i in 0..2 * classify::SURVIVE_FREES {
+        let a = 0x40_0000_0000 + i * GIB;
+        l.apply(&s.alloc(a, 16 * MIB));
+        l.apply(&s.free(a));
+    }
+    let c = classes(&l, 1);
+    assert_eq!(c.get(Class::Weights), 4 * buf);
+    assert_eq!(c.get(Class::KvCache), 640 * MIB);
+    assert_eq!(c.get(Class::Dynamic), 0);
+}
+
+/// The low share counts only copies made while loading: a buffer made in the load phase and
+/// filled in part by copies after it (inputs staged into a persistent buffer, a KV cache
+/// restored from host while serving) stays a long-lived buffer until it is half filled.
+#[test]
+fn copies_after_loading_need_half() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let (buf, early) = (0x1000, 0x10_0000_0000);
+    l.apply(&s.alloc(buf, 300 * MIB));
+    l.apply(&s.alloc(early, 100 * MIB));
+    l.apply(&copy(&mut s, early, 2 * MIB));
+    l.apply(&s.alloc(0x20_0000_0000, MIB));
+    l.apply(&s.free(0x20_0000_0000));
+    for i in 0..30 {
+        l.apply(&copy(&mut s, buf + i * MIB, MIB));
+        l.apply(&copy(&mut s, early + 2 * MIB + i * MIB, MIB));
+    }
+    assert_eq!(class_of(&l, 1, buf), Class::KvCache);
+    assert_eq!(
+        evidence(&l, 1, buf),
+        [
+            "allocated in load phase",
+            "filled from host: 10%",
+            "not filled while loading"
+        ]
+    );
+    // 2% filled while loading: weights, whatever came after.
+    assert_eq!(class_of(&l, 1, early), Class::Weights);
+    assert_eq!(
+        evidence(&l, 1, early)[1..],
+        ["filled from host: 32%", "filled while loading: 2%"]
+    );
+    l.apply(&copy(&mut s, buf + 30 * MIB, 120 * MIB));
+    assert_eq!(class_of(&l, 1, buf), Class::Weights);
 }
 
 /// Pool-held bytes are `pool`; host memory is `host_fallback` and a finding.

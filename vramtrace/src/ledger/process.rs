@@ -56,6 +56,8 @@ pub struct LiveAllocation {
     pub pool: Option<u64>,
     /// Bytes copied into it from the host (`cuMemcpyHtoD*`), all copies together.
     pub filled_from_host: u64,
+    /// The part of `filled_from_host` copied while the process was in its load phase.
+    pub filled_while_loading: u64,
     /// What it is, as far as the evidence so far tells (`docs/classification.md`).
     pub class: classify::Class,
     /// The evidence that decided `class`.
@@ -478,7 +480,7 @@ impl ProcessState {
     /// outlived enough frees is classified again.
     fn classify_gone(&mut self, a: &LiveAllocation) {
         let ts = self.last_ts_ns.unwrap_or(0);
-        self.classifier.on_gone(a, true, ts);
+        self.classifier.on_gone(a, ts);
         while let Some((at, seq)) = self.classifier.next_due() {
             let live = match at {
                 AllocRef::Addr(k) => self.by_addr.get_mut(&k).map(|a| &mut **a),
@@ -660,7 +662,13 @@ impl ProcessState {
     fn release(&mut self, t: &mut Totals, a: LiveAllocation, cause: EndCause, ts: u64) {
         let class = class_of(a.mem);
         self.book_sub(t, a.device, class, a.bytes);
-        self.classify_gone(&a);
+        if cause == EndCause::ContextDestroyed {
+            // Teardown is not one of the process's frees: it neither ends loading nor ages
+            // young allocations, and nothing of a context goes back into a pool.
+            self.classifier.on_ctx_gone(&a);
+        } else {
+            self.classify_gone(&a);
+        }
         let mut cause = cause;
         if cause == EndCause::Free && a.mem == Mem::DeviceAsync {
             let key = self.resolve_pool(a.pool, a.device);
@@ -714,6 +722,7 @@ impl ProcessState {
             ctx,
             pool: None,
             filled_from_host: 0,
+            filled_while_loading: 0,
             class: classify::Class::Unknown,
             evidence: classify::Evidences::new(),
             made_in: Phase::Load,
@@ -870,8 +879,7 @@ impl ProcessState {
             if addr < end || (addr == start && a.bytes == 0) {
                 let inside = len.min(end - addr);
                 let was = a.class;
-                a.filled_from_host = a.filled_from_host.saturating_add(inside);
-                self.classifier.reclassify(a);
+                self.classifier.on_fill(a, inside);
                 Self::updated(&mut self.changes, self.proc, was, a);
                 return;
             }
@@ -884,8 +892,7 @@ impl ProcessState {
                     && let Some(v) = self.vmm.get_mut(&m.handle)
                 {
                     let was = v.alloc.class;
-                    v.alloc.filled_from_host = v.alloc.filled_from_host.saturating_add(inside);
-                    self.classifier.reclassify(&mut v.alloc);
+                    self.classifier.on_fill(&mut v.alloc, inside);
                     Self::updated(&mut self.changes, self.proc, was, &v.alloc);
                 }
                 return;
