@@ -668,6 +668,196 @@ mod tests {
         );
     }
 
+    fn process(proc: u32, pid: u32, visible: Option<&str>) -> Record {
+        Record::Process(crate::trace::Process {
+            id: proc,
+            pid,
+            comm: "worker".into(),
+            cuda_visible_devices: visible.map(str::to_owned),
+            ..Default::default()
+        })
+    }
+
+    fn ctx(api: &str, ctx: u64, device: Option<i32>, ts: u64) -> Call {
+        Call {
+            handle: Some(ctx),
+            device,
+            ..call(api, ts, 9)
+        }
+    }
+
+    /// Steady churn from stack 3 beside `n` cycles of (create a context, allocate 1 MiB in
+    /// it from stack 5, destroy the context): the Ledger frees those with their context, so
+    /// stack 5 is no leak suspect.
+    #[test]
+    fn memory_freed_with_its_context_is_no_leak() {
+        let mut recs = vec![process(1, 7, None)];
+        recs.push(Record::CtxCreate(ctx("cuCtxCreate_v2", 0xc0, Some(0), 500)));
+        let mut ts = 1_000;
+        for cycle in 0..12u64 {
+            for i in 0..4 {
+                recs.push(alloc(0x30_0000_0000 + i * MIB, MIB, ts, 3));
+                recs.push(free(0x30_0000_0000 + i * MIB, ts + 1));
+                ts += 10;
+            }
+            let c = 0xd000 + cycle;
+            recs.push(Record::CtxCreate(ctx("cuCtxCreate_v2", c, Some(0), ts)));
+            let mut a = alloc(0x50_0000_0000 + cycle * MIB, MIB, ts + 1, 5);
+            if let Record::Alloc(call) = &mut a {
+                call.device = None;
+            }
+            recs.push(a);
+            recs.push(Record::CtxDestroy(ctx("cuCtxDestroy_v2", c, None, ts + 2)));
+            ts += 1_000;
+        }
+        let r = summarize(recs.into_iter(), None);
+        let ids: Vec<_> = r
+            .postmortem
+            .leaks
+            .suspects
+            .iter()
+            .map(|s| s.stack.id)
+            .collect();
+        assert!(!ids.contains(&Some(5)), "{:#?}", r.postmortem.leaks);
+        assert_eq!(r.processes[0].live_allocations_at_exit, 0);
+    }
+
+    /// A process holds 1 GiB on GPU 0, makes a context on GPU 1 current and asks for 3 GiB
+    /// there: the explanation is about GPU 1, where it held nothing.
+    #[test]
+    fn an_oom_on_a_second_gpu_is_explained_there() {
+        let mut recs = vec![process(1, 7, None)];
+        recs.push(alloc(0x10_0000_0000, 1 << 30, 1_000, 1));
+        recs.push(Record::CtxCreate(ctx(
+            "cuCtxCreate_v2",
+            0xc1,
+            Some(1),
+            2_000,
+        )));
+        recs.push(Record::Failed(Call {
+            ret: 2,
+            bytes: Some(3 << 30),
+            mem: Some(Mem::Device),
+            device: None,
+            ..call("cuMemAlloc_v2", 3_000, 2)
+        }));
+        let r = summarize(recs.into_iter(), None);
+        assert_eq!(r.postmortem.ooms.len(), 1);
+        let e = &r.postmortem.ooms[0];
+        assert_eq!(e.device, Some(1));
+        assert_eq!(e.held_device_bytes, 0);
+        assert!(
+            e.verdict.contains("held 0 B on the device"),
+            "{}",
+            e.verdict
+        );
+        // The Ledger recorded the same device: the OOM is told once, the same way.
+        assert_eq!(r.processes[0].ooms.len(), 1);
+    }
+
+    /// With CUDA_VISIBLE_DEVICES=1 the process's device 0 is NVML's GPU 1: the verdict quotes
+    /// GPU 1's free memory, not GPU 0's.
+    #[test]
+    fn cuda_visible_devices_picks_the_nvml_gpu_of_an_oom() {
+        let header = crate::trace::Header {
+            nvml: Some(crate::trace::NvmlInfo {
+                available: true,
+                gpus: (0..2)
+                    .map(|index| crate::trace::GpuInfo {
+                        index,
+                        uuid: Some(format!("GPU-{index}aaa")),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let gpu = |index: u32, free: u64| GpuSample {
+            index,
+            total_bytes: Some(80 << 30),
+            free_bytes: Some(free),
+            ..Default::default()
+        };
+        let recs = vec![
+            Record::Header(Box::new(header)),
+            process(1, 7, Some("1")),
+            alloc(0x10_0000_0000, 1 << 30, 1_000, 1),
+            Record::Nvml(NvmlSample {
+                ts_ns: 1_500,
+                gpus: vec![gpu(0, 70 << 30), gpu(1, 512 * MIB)],
+            }),
+            Record::Failed(Call {
+                ret: 2,
+                bytes: Some(1 << 30),
+                mem: Some(Mem::Device),
+                ..call("cuMemAlloc_v2", 2_000, 2)
+            }),
+        ];
+        let r = summarize(recs.into_iter(), None);
+        let e = &r.postmortem.ooms[0];
+        assert_eq!((e.device, e.nvml_index), (Some(0), Some(1)));
+        assert_eq!(
+            e.capacity.as_ref().and_then(|c| c.free_bytes),
+            Some(512 * MIB)
+        );
+        assert!(
+            e.verdict.contains("NVML saw 512.0 MiB free"),
+            "{}",
+            e.verdict
+        );
+    }
+
+    /// Thread 0 leaks 1 MiB per step from stack 4 and runs all its steps before the other
+    /// threads churn: the leak grows in the first third only, yet it never frees, so it is a
+    /// suspect; the churning stack is not.
+    #[test]
+    fn a_leak_is_found_however_the_threads_interleave() {
+        let mut recs = vec![process(1, 7, None)];
+        recs.push(alloc(0x10_0000_0000, 512 * MIB, 100, 1));
+        let mut ts = 1_000;
+        // The first free ends the load phase.
+        recs.push(alloc(0x20_0000_0000, MIB, ts, 3));
+        recs.push(free(0x20_0000_0000, ts + 1));
+        for step in 0..20u64 {
+            ts += 100;
+            recs.push(alloc(0x30_0000_0000, 8 * MIB, ts, 3));
+            recs.push(alloc(0x40_0000_0000 + step * MIB, MIB, ts + 1, 4));
+            recs.push(free(0x30_0000_0000, ts + 2));
+        }
+        for _ in 0..200u64 {
+            ts += 100;
+            recs.push(alloc(0x30_0000_0000, 8 * MIB, ts, 3));
+            recs.push(free(0x30_0000_0000, ts + 2));
+        }
+        let r = summarize(recs.into_iter(), None);
+        let l = &r.postmortem.leaks;
+        let found: Vec<_> = l
+            .suspects
+            .iter()
+            .map(|s| (s.stack.id, s.rule.as_str(), s.live_bytes))
+            .collect();
+        assert_eq!(found, [(Some(4), "never_freed", 20 * MIB)], "{l:#?}");
+    }
+
+    /// The verdict never calls more memory the failing step's dynamic memory than the
+    /// Ledger classified as dynamic.
+    #[test]
+    fn the_verdict_agrees_with_the_class_breakdown() {
+        let r = training();
+        let e = &r.postmortem.ooms[0];
+        let dynamic = e.by_class.get("dynamic").copied().unwrap_or(0);
+        let s = e.since_low.as_ref().expect("a low point");
+        assert!(s.dynamic_bytes <= dynamic, "{s:?} {:?}", e.by_class);
+        if dynamic == 0 {
+            assert!(
+                !e.verdict.contains("dynamic memory of the step"),
+                "{}",
+                e.verdict
+            );
+        }
+    }
+
     #[test]
     fn the_text_report_shows_the_postmortem() {
         let t = super::super::render_text(&training());
