@@ -256,7 +256,7 @@ fn out_of_memory_is_captured_with_what_was_held() {
         .lines()
         .find(|l| l.starts_with("vramtrace: OOM in pid"))
         .unwrap_or_else(|| panic!("no live OOM line:\n{}", r.stderr));
-    assert!(line.contains("of 1.0 GiB failed; held"), "{line}");
+    assert!(line.contains("of 1.0 GiB failed on GPU 0; held"), "{line}");
     assert!(
         line.contains("weights") && line.contains("kv_cache"),
         "{line}"

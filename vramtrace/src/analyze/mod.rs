@@ -26,7 +26,7 @@ pub use render::{human_bytes, render_text};
 use crate::ledger::{
     Class, DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
 };
-use crate::trace::{Footer, Frame, Header, Mem, NvmlInfo, Record};
+use crate::trace::{Footer, Header, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -360,23 +360,9 @@ pub struct OomReport {
     pub nvml: Option<OomNvml>,
 }
 
-/// One frame as a line of text: the symbol where known, then the file and offset.
-pub fn frame_text(f: &Frame) -> String {
-    let place = match (&f.file, f.offset) {
-        (Some(file), Some(off)) => format!("{file}+{off:#x}"),
-        (Some(file), None) => file.clone(),
-        _ => format!("{:#x}", f.addr),
-    };
-    match (&f.sym, &f.unknown) {
-        (Some(sym), _) => format!("{sym} ({place})"),
-        (None, Some(why)) => format!("{place} ({why})"),
-        (None, None) => place,
-    }
-}
-
 fn stack_text(ledger: &Ledger, id: Option<u32>) -> Vec<String> {
     id.and_then(|id| ledger.stack(id))
-        .map(|s| s.frames.iter().map(frame_text).collect())
+        .map(|s| s.frames.iter().map(postmortem::frame_line).collect())
         .unwrap_or_default()
 }
 
