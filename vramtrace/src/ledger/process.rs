@@ -490,10 +490,10 @@ impl ProcessState {
             if let Some(live) = live
                 && live.seq == seq
             {
+                // Its evidence changed (it outlived enough frees), whether its class did or not.
                 let was = live.class;
-                if self.classifier.reclassify(live) {
-                    Self::updated(&mut self.changes, self.proc, was, live);
-                }
+                self.classifier.reclassify(live);
+                Self::updated(&mut self.changes, self.proc, was, live);
             }
         }
     }
