@@ -6,7 +6,8 @@
 //! boundary: codes are `u32` constants with a conversion on the user side.
 #![no_std]
 
-/// `CallEvent::kind`: a driver call, sent at its return.
+/// `CallEvent::kind`: a driver call, sent at its return, or flagged `flags::NO_RETURN` once
+/// it is known never to return.
 pub const EVENT_CALL: u32 = 1;
 /// `ExitEvent::kind`: a traced process ended (its last thread exited).
 pub const EVENT_EXIT: u32 = 2;
@@ -18,6 +19,9 @@ pub const MAX_ARGS: usize = 6;
 pub const BLOB_WORDS: usize = 5;
 /// Frames kept per user stack. The kernel's `perf_event_max_stack` default is 127.
 pub const MAX_STACK_DEPTH: usize = 127;
+/// API ids are below this: the bound of the loop that clears a thread's in-flight entries at
+/// its exit. User space refuses to hook more symbols than this.
+pub const MAX_API_IDS: u32 = 256;
 
 /// The attach cookie of every driver-call probe. One entry program and one return program
 /// serve every hooked symbol; the cookie tells them which symbol fired and what to read.
@@ -73,9 +77,14 @@ pub mod flags {
     pub const STACK_FAULT: u32 = 1 << 4;
     /// The probe sent a signal to the calling thread (vram-only policy).
     pub const SIGNALLED: u32 = 1 << 5;
+    /// The call never returned: its thread ended inside it, or the same thread entered the
+    /// same entry point again first (a signal handler that never returned, a `longjmp` out
+    /// of the driver). `ts_ns` is when that was seen; `ret` and `out` mean nothing.
+    pub const NO_RETURN: u32 = 1 << 6;
 }
 
-/// Indices into the per-CPU `COUNTERS` array.
+/// Indices into the per-CPU `COUNTERS` array. Each counts one kind of loss (or delivery); the
+/// programs add to them atomically.
 pub mod counter {
     /// An event was dropped because the ring buffer was full.
     pub const LOST_RINGBUF: u32 = 0;
@@ -83,14 +92,27 @@ pub mod counter {
     pub const LOST_ENTRY: u32 = 1;
     /// A stack capture failed (the event is delivered without a stack).
     pub const STACK_FAILED: u32 = 2;
-    /// A return arrived whose entry was never seen (probes attached mid-call).
+    /// A return arrived whose entry was never seen: the process became traced, or the probes
+    /// were attached, while the call was in flight. The return of a call whose entry was
+    /// dropped for a full in-flight map is not counted again here.
     pub const RETURN_WITHOUT_ENTRY: u32 = 3;
     /// Events written to the ring buffer.
     pub const SUBMITTED: u32 = 4;
     /// A process-exit event was dropped because the ring buffer was full.
     pub const LOST_EXIT: u32 = 5;
+    /// The fork tracepoint could not add a child (process or thread) to a full `FILTER`: a
+    /// child process so left out is not traced at all.
+    pub const FILTER_FULL: u32 = 6;
+    /// An event of a process that the full `SEEN` map could not remember was delivered: the
+    /// process's exit will not be.
+    pub const SEEN_FULL: u32 = 7;
+    /// A call by a thread that the full `THREADS` map could not remember: if it never
+    /// returns, its entry is not cleared at the thread's exit and the call is not reported.
+    pub const THREADS_FULL: u32 = 8;
+    /// A probe fired with an API id outside the hooked table; the call is dropped.
+    pub const UNKNOWN_API: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 10;
 }
 
 /// `FILTER` map values: which processes are traced when the PID filter is on.

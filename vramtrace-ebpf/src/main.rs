@@ -2,15 +2,26 @@
 //! symbol (multi-uprobe links; the attach cookie says which symbol fired and what to read),
 //! plus tracepoints for process exit and fork.
 //!
+//! Every loss is counted in `COUNTERS`: an event the ring buffer had no room for, an entry
+//! the in-flight map had no room for, a return whose entry was never seen, a child the PID
+//! filter had no room for, a process or thread the bookkeeping maps had no room for, an API
+//! id outside the table. A call that never returns (its thread ended inside it) is still
+//! delivered, flagged `NO_RETURN`, when its entry is cleared at the thread's exit.
+//!
 //! The programs capture; they do not interpret. Which argument is a size, a handle or an
 //! out-pointer is decided in user space (`vramtrace/src/api.rs`), so the kernel side stays
 //! small and the same for every entry point.
 #![no_std]
 #![no_main]
+#![expect(
+    unstable_features,
+    reason = "the BPF target has no atomic read-modify-write in core: counters add with asm"
+)]
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_EXIST, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_user, bpf_send_signal_thread,
@@ -20,9 +31,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use vramtrace_common::{
-    BLOB_WORDS, CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_ARGS, cookie, counter,
-    filter, flags,
+    BLOB_WORDS, CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_API_IDS, MAX_ARGS,
+    cookie, counter, filter, flags,
 };
+
+/// `-EEXIST`, as map updates return it.
+const EEXIST: i32 = -17;
 
 /// Nonzero: trace only processes in `FILTER`.
 #[unsafe(no_mangle)]
@@ -44,13 +58,29 @@ static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(20);
 /// (then the thread-group leader's exit ends the process).
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
+/// Number of API ids in use (at most `MAX_API_IDS`): the bound of the loop that clears a
+/// thread's in-flight entries.
+#[unsafe(no_mangle)]
+static API_COUNT: Global<u32> = Global::new(MAX_API_IDS);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// In-flight calls: entry state kept until the matching return.
+/// In-flight calls: entry state kept until the matching return, or until the thread exits
+/// (then the call is delivered flagged `NO_RETURN`). Not an LRU map: an LRU map evicts
+/// without telling anyone, so an evicted call could be neither delivered nor counted, and
+/// under pressure it would evict the entries of calls that are merely slow (a blocking
+/// `cuMemAlloc` while the GPU is busy).
 #[map]
 static INFLIGHT: HashMap<EntryKey, CallEvent> = HashMap::with_max_entries(65536, 0);
+
+/// Threads (pid_tgid) that entered a hooked call, so that only their exits look for
+/// in-flight entries to clear. The value counts the thread's calls whose entry `INFLIGHT`
+/// had no room for and that have not returned yet: their returns are counted once, as
+/// `LOST_ENTRY`, not again as `RETURN_WITHOUT_ENTRY`. Only the thread itself touches its
+/// entry (its probes and its exit), so the value needs no atomics.
+#[map]
+static THREADS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
 /// User stacks, deduplicated by the kernel.
 #[map]
@@ -64,17 +94,43 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static FILTER: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 
-/// Processes that called the driver, so that only their exits are reported.
+/// Processes whose calls were delivered, so that only their exits are reported.
 #[map]
 static SEEN: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
+/// Adds one to a loss counter. The add is atomic: programs run with migration disabled but
+/// can be preempted, so another program on the same CPU may update the same slot between a
+/// plain load and store, and one of the two counts would be lost. The BPF target's `core`
+/// has no atomic read-modify-write (`AtomicU64::fetch_add` is not there), so the add is the
+/// instruction itself: `BPF_ATOMIC | BPF_ADD` without fetch, which every kernel with BPF
+/// atomics runs (<https://docs.kernel.org/bpf/standardization/instruction-set.html>).
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from a per-CPU array lookup and is valid for this CPU
-        // while the program runs; no other program touches this CPU's slot concurrently.
-        unsafe { *slot += 1 };
+        // SAFETY: the pointer comes from a per-CPU array lookup: it is non-null, aligned for
+        // u64 and valid while the program runs. The instruction adds to it in place and
+        // touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({slot} + 0) += {one}",
+                slot = in(reg) slot,
+                one = in(reg) 1u64,
+            );
+        }
     }
+}
+
+/// Inserts a `u32` value written to the stack first. Given `&CONSTANT`, the compiler may
+/// point the update at any read-only global with the same bytes, and the load-time settings
+/// are such globals: `&filter::TRACE` (1) became the address of `CAPTURE_STACKS` (1 as
+/// compiled), so that `--no-stacks` (0) put every followed child in the filter as "do not
+/// trace". A volatile store makes the stack slot the value's only source.
+#[inline(always)]
+fn insert_u32<K>(map: &HashMap<K, u32>, key: &K, value: u32, flags: u64) -> Result<(), i32> {
+    let mut slot = 0u32;
+    // SAFETY: `slot` is a live, aligned local.
+    unsafe { core::ptr::write_volatile(&mut slot, value) };
+    map.insert(key, &slot, flags)
 }
 
 #[inline(always)]
@@ -113,6 +169,16 @@ fn try_call_entry(ctx: &ProbeContext) {
     // SAFETY: bpf_get_attach_cookie only reads the context it is given.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let api = (cookie & cookie::API_MASK) as u32;
+    if !known_api(api) {
+        bump(counter::UNKNOWN_API);
+        return;
+    }
+    // SAFETY: plain map lookup keyed by pid_tgid.
+    if unsafe { THREADS.get(&pid_tgid) }.is_none()
+        && insert_u32(&THREADS, &pid_tgid, 0, BPF_NOEXIST as u64).is_err()
+    {
+        bump(counter::THREADS_FULL);
+    }
 
     let mut ev = CallEvent {
         kind: EVENT_CALL,
@@ -175,8 +241,106 @@ fn try_call_entry(ctx: &ProbeContext) {
         api,
         _pad: 0,
     };
-    if INFLIGHT.insert(&key, &ev, 0).is_err() {
-        bump(counter::LOST_ENTRY);
+    match INFLIGHT.insert(&key, &ev, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // The thread is back in this entry point while its previous call there never
+            // returned (a signal handler that did not return, a longjmp out of the driver):
+            // that call is delivered as it is, then replaced.
+            if let Some(stale) = INFLIGHT.get_ptr(&key) {
+                deliver_unreturned(stale);
+            }
+            if INFLIGHT.insert(&key, &ev, BPF_EXIST as u64).is_err() {
+                entry_dropped(pid_tgid);
+            }
+        }
+        Err(_) => entry_dropped(pid_tgid),
+    }
+}
+
+/// Whether `api` is an id of the hooked table (and so within the bound of the exit loop).
+#[inline(always)]
+fn known_api(api: u32) -> bool {
+    api < API_COUNT.load() && api < MAX_API_IDS
+}
+
+/// The in-flight map had no room for a call's entry: the call is lost. Its return will find
+/// no entry; the thread's count tells it that the loss is counted already.
+#[inline(always)]
+fn entry_dropped(pid_tgid: u64) {
+    bump(counter::LOST_ENTRY);
+    if let Some(dropped) = THREADS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: a live map value; only this thread's programs touch its entry.
+        unsafe { *dropped = (*dropped).saturating_add(1) };
+    }
+}
+
+/// Whether this is the first event delivered for process `tgid`; remembers that it is not
+/// the first any more.
+#[inline(always)]
+fn first_event(tgid: u32) -> bool {
+    // SAFETY: plain map lookup keyed by tgid.
+    if unsafe { SEEN.get(&tgid) }.is_some() {
+        return false;
+    }
+    if insert_u32(&SEEN, &tgid, 1, 0).is_err() {
+        bump(counter::SEEN_FULL);
+    }
+    true
+}
+
+/// Delivers the call whose entry `entry` holds as one that never returned: stamped now,
+/// flagged `NO_RETURN`, no return code or out-parameters. Runs on the calling thread (at its
+/// exit, or at its next entry into the same entry point), so the call cannot return
+/// afterwards and be delivered a second time.
+#[inline(always)]
+fn deliver_unreturned(entry: *const CallEvent) {
+    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
+        bump(counter::LOST_RINGBUF);
+        return;
+    };
+    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; the caller
+    // removes or replaces the entry only after this copy.
+    let mut ev = unsafe { *entry };
+    // SAFETY: no preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ret = 0;
+    ev.out = [0; 2];
+    ev.flags |= flags::NO_RETURN;
+    let first = first_event(ev.pid);
+    if first && let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    slot.write(ev);
+    slot.submit(if first {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        submit_flags()
+    });
+    bump(counter::SUBMITTED);
+}
+
+/// Clears the in-flight entries of a thread that is exiting: each is a call that will never
+/// return, delivered as such. Only threads that entered a hooked call are looked at.
+#[inline(always)]
+fn clear_inflight(pid_tgid: u64) {
+    if THREADS.remove(&pid_tgid).is_err() {
+        return;
+    }
+    let count = API_COUNT.load();
+    for api in 0..MAX_API_IDS {
+        if api >= count {
+            break;
+        }
+        let key = EntryKey {
+            pid_tgid,
+            api,
+            _pad: 0,
+        };
+        if let Some(entry) = INFLIGHT.get_ptr(&key) {
+            deliver_unreturned(entry);
+            let _ = INFLIGHT.remove(&key);
+        }
     }
 }
 
@@ -191,6 +355,10 @@ fn try_call_return(ctx: &RetProbeContext) {
     // SAFETY: bpf_get_attach_cookie only reads the context it is given.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let api = (cookie & cookie::API_MASK) as u32;
+    if !known_api(api) {
+        // Counted at entry.
+        return;
+    }
     let key = EntryKey {
         pid_tgid,
         api,
@@ -200,7 +368,11 @@ fn try_call_return(ctx: &RetProbeContext) {
         if !traced((pid_tgid >> 32) as u32) {
             return;
         }
-        bump(counter::RETURN_WITHOUT_ENTRY);
+        match THREADS.get_ptr_mut(&pid_tgid) {
+            // SAFETY: a live map value; only this thread's programs touch its entry.
+            Some(dropped) if unsafe { *dropped } > 0 => unsafe { *dropped -= 1 },
+            _ => bump(counter::RETURN_WITHOUT_ENTRY),
+        }
         return;
     };
     let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
@@ -234,13 +406,9 @@ fn try_call_return(ctx: &RetProbeContext) {
     }
     // The first event of a process wakes the reader at once, so that user space reads the
     // process's mappings while it still runs (its stacks stay resolvable after it exits).
-    // SAFETY: plain map lookup keyed by tgid.
-    let first = unsafe { SEEN.get(&ev.pid) }.is_none();
-    if first {
-        let _ = SEEN.insert(&ev.pid, &1, 0);
-        if let Ok(comm) = bpf_get_current_comm() {
-            ev.comm = comm;
-        }
+    let first = first_event(ev.pid);
+    if first && let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
     }
     slot.write(ev);
     slot.submit(if first {
@@ -273,6 +441,11 @@ fn try_process_exit(ctx: &TracePointContext) {
         // Threads were added to the filter by the fork tracepoint; forget them.
         let _ = FILTER.remove(&tid);
     }
+    // The tracepoint fires for every exiting thread, in its own context: its calls that
+    // never returned are delivered before the process's exit, which comes with its last
+    // thread. (Should a thread that lost the race to the last one arrive here after it, its
+    // calls come after the exit, and user space takes them for a new process.)
+    clear_inflight(pid_tgid);
     if !group_dead {
         return;
     }
@@ -318,7 +491,9 @@ fn try_process_fork(ctx: &TracePointContext) {
     };
     // A new thread of a traced process shares its tgid and is covered already; a new
     // process gets its own entry. Thread ids land here too and are removed at their exit.
-    let _ = FILTER.insert(&(child as u32), &filter::TRACE, 0);
+    if insert_u32(&FILTER, &(child as u32), filter::TRACE, 0).is_err() {
+        bump(counter::FILTER_FULL);
+    }
 }
 
 #[cfg(not(test))]

@@ -270,10 +270,14 @@ impl Converter {
 const U32: u64 = 0xffff_ffff;
 
 /// Turns the captured registers of one call into its record. Every interpretation of an
-/// argument lives here.
+/// argument lives here. A call flagged `NO_RETURN` becomes an `unreturned` record with what
+/// its arguments asked for; it is delivered once, in place of its return, so it never
+/// doubles a record of the same call.
 fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut Call) -> Record {
     let a = &ev.args;
-    let ok = ev.ret == 0;
+    // A call that never returned has no result and no out-parameters: only what it was asked.
+    let returned = ev.flags & flags::NO_RETURN == 0;
+    let ok = returned && ev.ret == 0;
     // The 32-bit ABI passes sizes and device pointers as unsigned int: the upper halves of
     // the registers and of the out-parameter are not ours.
     let word = |v: u64| if legacy32 { v & U32 } else { v };
@@ -289,7 +293,10 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
 
     macro_rules! done {
         ($variant:ident) => {
-            if ok {
+            if !returned {
+                c.ret = 0;
+                Record::Unreturned(std::mem::take(c))
+            } else if ok {
                 Record::$variant(std::mem::take(c))
             } else {
                 Record::Failed(std::mem::take(c))
@@ -822,6 +829,37 @@ mod tests {
             out.last().and_then(|r| r.call()).unwrap().signalled,
             Some(10)
         );
+    }
+
+    #[test]
+    fn a_call_that_never_returned_is_unreturned_with_what_it_asked() {
+        let mut conv = Converter::new(table(&["cuMemAllocManaged", "cuMemAllocPitch_v2"]));
+        conv.set_host_signal(6);
+        let mut out = Vec::new();
+        // Whatever the return registers hold, a call that never returned has no result.
+        let mut ev = call(0, [0x7000, 4096, 1, 0, 0, 0], 0x7f00_0000_0000, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.flags |= flags::NO_RETURN | flags::SIGNALLED;
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Some(Record::Unreturned(c)) = out.last() else {
+            panic!("not unreturned: {out:?}");
+        };
+        assert_eq!(
+            (c.bytes, c.mem, c.addr, c.ret, c.signalled),
+            (Some(4096), Some(Mem::Managed), None, 0, Some(6))
+        );
+        // The pitch is an out-parameter too: the request is width x height.
+        let mut ev = call(1, [0x7000, 0x7008, 100, 10, 4, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.flags |= flags::NO_RETURN;
+            c.out[1] = 512;
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Some(Record::Unreturned(c)) = out.last() else {
+            panic!("not unreturned: {out:?}");
+        };
+        assert_eq!((c.bytes, c.pitch, c.addr), (Some(1000), None, None));
     }
 
     #[test]

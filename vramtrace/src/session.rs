@@ -481,6 +481,7 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
     let mut lost_total = 0u64;
     let mut stack_failed = 0u64;
     let mut command_status = None;
+    let mut undecodable = 0u64;
 
     let mut pump = |tracer: &mut Tracer,
                     resolver: &mut StackResolver,
@@ -494,6 +495,7 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
         if bad > 0 {
             tracing::warn!("{bad} ring buffer items could not be decoded");
         }
+        undecodable += bad;
         let mut env = LiveEnv { tracer, resolver };
         for ev in raw.drain(..) {
             converter.convert(&ev, &mut env, &mut records);
@@ -512,17 +514,28 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
                 writer.write(rec)?;
             }
         }
-        let now = tracer.counters();
+        // What the probes counted, and what reached user space but could not become a record.
+        let mut now = tracer.counters();
+        now.unknown_api += converter.unknown_api;
+        now.undecodable = undecodable;
         let lost = now.lost_since(reported, monotonic_ns());
         if lost.events() > 0 || lost.stack_failed > 0 {
             // A live view shows the loss itself; stderr would tear its screen.
             if lost.events() > 0 && writer.live.is_none() {
+                let kinds: Vec<String> = lost
+                    .kinds()
+                    .filter(|&(_, n)| n > 0)
+                    .map(|(kind, n)| format!("{kind}: {n}"))
+                    .collect();
                 eprintln!(
-                    "vramtrace: {} events lost (ring buffer full: {}, in-flight map full: {}, exits: {}); enlarge --ring-size",
+                    "vramtrace: {} events lost ({}){}",
                     lost.events(),
-                    lost.ringbuf_full,
-                    lost.entry_map_full,
-                    lost.exit_dropped
+                    kinds.join(", "),
+                    if lost.ringbuf_full > 0 {
+                        "; enlarge --ring-size"
+                    } else {
+                        ""
+                    }
                 );
             }
             *lost_total += lost.events();

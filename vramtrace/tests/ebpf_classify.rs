@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Recorded, record, record_with, sim};
+use common::{Recorded, record, record_dying, record_with, sim};
 use serde_json::Value;
 use vramtrace::trace::{Mem, Record};
 
@@ -224,6 +224,73 @@ fn vram_only_signals_the_thread_at_each_host_allocation() {
     let p = process(&r);
     let findings = p["host_fallback"].as_array().expect("list");
     assert!(findings.iter().all(|f| f["signalled"].as_u64() == Some(10)));
+    // Each signalled call returned: it is its own record, once, never also one that did not.
+    assert!(
+        !r.records
+            .iter()
+            .any(|rec| matches!(rec, Record::Unreturned(_))),
+        "no call is unreturned when every call returns"
+    );
+}
+
+#[test]
+fn a_signal_that_kills_at_the_call_still_leaves_its_record() {
+    let (lib, _) = sim();
+    // No handler: SIGUSR1 ends the process at its first host allocation, before the driver
+    // runs a single instruction of it.
+    let r = record_dying(
+        lib,
+        &["--policy", "vram-only", "--on-violation", "signal:SIGUSR1"],
+        &[],
+        "host",
+        &[],
+    );
+    assert!(r.truth.is_null(), "the workload died before reporting");
+    let pid = r
+        .records
+        .iter()
+        .find_map(|rec| match rec {
+            Record::Process(p) if p.comm.starts_with("vramtrace-work") => Some(p.pid),
+            _ => None,
+        })
+        .expect("the workload's process record");
+    let unreturned: Vec<(usize, &vramtrace::trace::Call)> = r
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rec)| match rec {
+            Record::Unreturned(c) => Some((i, c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unreturned.len(), 1, "{unreturned:?}");
+    let (at, c) = unreturned[0];
+    assert_eq!(
+        (c.pid, &*c.api, c.mem, c.bytes, c.signalled),
+        (
+            pid,
+            "cuMemAllocManaged",
+            Some(Mem::Managed),
+            Some(64 << 20),
+            Some(libc::SIGUSR1 as u32)
+        ),
+        "{c:?}"
+    );
+    // It never became an allocation, and it came before the process's exit.
+    assert!(
+        !r.records.iter().any(|rec| matches!(
+            rec,
+            Record::Alloc(c) if c.pid == pid && c.mem.is_some_and(Mem::is_host)
+        )),
+        "no host allocation was made"
+    );
+    let exit = r
+        .records
+        .iter()
+        .position(|rec| matches!(rec, Record::Exit(e) if e.pid == pid))
+        .expect("the process's exit");
+    assert!(at < exit, "unreturned at line {at}, exit at {exit}");
+    assert_eq!(r.analysis["lost_events"].as_u64(), Some(0), "nothing lost");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Recorded, record, sim};
+use common::{Recorded, record, record_env, sim};
 use serde_json::Value;
 use vramtrace::trace::Record;
 
@@ -43,8 +43,15 @@ fn check_against_truth(r: &Recorded) {
         .collect();
     let mut truth_calls = as_map(&r.truth["calls"]);
     truth_calls.retain(|api, _| hooked.contains(api));
-    let calls = calls_of(&|_| true);
+    // The workload counts a call when it returns: one that never did is apart.
+    let calls = calls_of(&|rec| !matches!(rec, Record::Unreturned(_)));
     assert_eq!(calls, truth_calls, "calls by API");
+    let unreturned = calls_of(&|rec| matches!(rec, Record::Unreturned(_)));
+    assert_eq!(
+        unreturned,
+        as_map(&r.truth["unreturned"]),
+        "calls that never returned, by API"
+    );
     let failed = calls_of(&|rec| matches!(rec, Record::Failed(_)));
     assert_eq!(failed, as_map(&r.truth["failed"]), "failed calls by API");
 
@@ -223,5 +230,59 @@ fn stacks_name_the_calling_function() {
     assert!(
         depth >= 3,
         "frame-pointer walk beyond the caller (max depth {depth})"
+    );
+}
+
+/// The size of the allocation that springs the simulated driver's trap.
+const TRAP_BYTES: u64 = 5 << 20;
+
+#[test]
+fn a_thread_that_ends_inside_a_call_leaves_an_unreturned_record() {
+    let (lib, _) = sim();
+    let trap_bytes = TRAP_BYTES.to_string();
+    let r = record_env(
+        lib,
+        &[],
+        &[
+            ("SIMCUDA_TRAP", "exit-thread"),
+            ("SIMCUDA_TRAP_BYTES", &trap_bytes),
+        ],
+        "trapped-call",
+        &[],
+    );
+    // Counts, bytes, and exactly one call that never returned, as the workload says.
+    check_against_truth(&r);
+    let tid = r.truth["trapped_tid"].as_u64().expect("trapped_tid") as u32;
+    let (at, call) = r
+        .records
+        .iter()
+        .enumerate()
+        .find_map(|(i, rec)| match rec {
+            Record::Unreturned(c) => Some((i, c)),
+            _ => None,
+        })
+        .expect("an unreturned record");
+    assert_eq!(
+        (&*call.api, call.tid, call.bytes, call.addr),
+        ("cuMemAlloc_v2", tid, Some(TRAP_BYTES), None),
+        "{call:?}"
+    );
+    // It was delivered when the thread ended, not when the process did: before the main
+    // thread's allocation that waited for the thread to be gone.
+    let after = r
+        .records
+        .iter()
+        .position(|rec| matches!(rec, Record::Alloc(c) if c.bytes == Some(4 << 20)))
+        .expect("the allocation after the thread ended");
+    assert!(
+        at < after,
+        "unreturned at line {at}, after-allocation at {after}"
+    );
+    // Nothing was lost, nothing counted twice: no allocation of the trapped size either.
+    assert!(
+        !r.records
+            .iter()
+            .any(|rec| matches!(rec, Record::Alloc(c) if c.bytes == Some(TRAP_BYTES))),
+        "the call that never returned is not an allocation"
     );
 }

@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
-use std::sync::{Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use crate::procaddr;
 
@@ -764,7 +766,65 @@ pub extern "C" fn cuGetProcAddress_v2(
 // Device memory
 // ---------------------------------------------------------------------------
 
+/// What the trap does to the call that springs it.
+enum TrapAction {
+    /// The calling thread ends inside the call (the raw `exit` system call: no unwinding,
+    /// no return), as a thread killed in the driver would.
+    ExitThread,
+    /// The call creates `DIR/entered`, then waits inside the driver until `DIR/release`
+    /// exists, then goes on as usual.
+    Block(PathBuf),
+}
+
+/// A `cuMemAlloc_v2` of exactly `bytes` springs the trap.
+struct Trap {
+    bytes: u64,
+    action: TrapAction,
+}
+
+/// `SIMCUDA_TRAP=exit-thread` or `SIMCUDA_TRAP=block:DIR`, with `SIMCUDA_TRAP_BYTES=N`: read
+/// once, at the first `cuMemAlloc_v2`.
+fn read_trap() -> Option<Trap> {
+    let bytes = env_u64("SIMCUDA_TRAP_BYTES")?;
+    let spec = std::env::var("SIMCUDA_TRAP").ok()?;
+    let action = match spec.split_once(':') {
+        None if spec == "exit-thread" => TrapAction::ExitThread,
+        Some(("block", dir)) => TrapAction::Block(PathBuf::from(dir)),
+        _ => return None,
+    };
+    Some(Trap { bytes, action })
+}
+
+/// Springs the trap for a `cuMemAlloc_v2` of `bytes`, if one is set for that size. Runs
+/// before the state is locked: a thread that ends or waits here holds nothing.
+fn spring_trap(bytes: u64) {
+    static TRAP: OnceLock<Option<Trap>> = OnceLock::new();
+    let Some(trap) = TRAP.get_or_init(read_trap) else {
+        return;
+    };
+    if trap.bytes != bytes {
+        return;
+    }
+    match &trap.action {
+        TrapAction::ExitThread => {
+            // SAFETY: the exit system call ends only the calling thread and never returns;
+            // no lock is held and nothing on this thread's stack is used again.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("the exit system call returned");
+        }
+        TrapAction::Block(dir) => {
+            // Whoever waits for this file learns that the call is in flight; if it cannot
+            // be written, the waiter times out and says so.
+            let _ = std::fs::write(dir.join("entered"), b"");
+            while !dir.join("release").exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 pub extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    spring_trap(bytes as u64);
     code(with(|st| {
         nonnull(dptr)?;
         let a = st.alloc(bytes as u64, false)?;

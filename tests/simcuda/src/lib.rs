@@ -39,6 +39,10 @@
 //!   the last reference of a primary context, frees every `cuMemAlloc*` /
 //!   `cuMemAllocPitch*` allocation and array made in it (stream-ordered
 //!   allocations belong to their pool and are left alone).
+//! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
+//!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
+//!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
+//!   (`SIMCUDA_TRAP=block:DIR`).
 //! - `cuGetProcAddress` / `cuGetProcAddress_v2` resolve like driver 535: by
 //!   base name and requested version (`cuMemAlloc` at 3020+ gives
 //!   `cuMemAlloc_v2`), with `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`

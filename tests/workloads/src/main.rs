@@ -52,6 +52,10 @@ enum Scenario {
     Leak,
     /// Every hooked entry point once, whatever the results.
     ProbeAll,
+    /// A worker thread's cuMemAlloc_v2 springs the simulated driver's trap
+    /// (SIMCUDA_TRAP=exit-thread or block:DIR, SIMCUDA_TRAP_BYTES=N): it ends the thread
+    /// inside the call, or waits inside it until released.
+    TrappedCall,
 }
 
 #[derive(Parser, Debug)]
@@ -206,6 +210,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::ExitWithoutFree => scenarios::exit_without_free(&rt, seed),
         Scenario::Mixed => scenarios::mixed(&rt, seed, threads)?,
         Scenario::Leak => scenarios::leak(&rt, seed)?,
+        Scenario::TrappedCall => scenarios::trapped_call(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

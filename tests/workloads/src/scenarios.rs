@@ -552,3 +552,97 @@ pub fn leak(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
     );
     Ok(extra)
 }
+
+/// The id of the calling thread.
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Waits until `path` exists, for at most 60 s.
+fn wait_for(path: &std::path::Path) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        anyhow::ensure!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{} did not appear within 60 s",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// A worker thread's `cuMemAlloc_v2` springs the simulated driver's trap (`SIMCUDA_TRAP`,
+/// `SIMCUDA_TRAP_BYTES`), with 2 MiB allocated on the main thread before it.
+///
+/// - `exit-thread`: the worker ends inside the call. The main thread waits until it is gone,
+///   then allocates and frees 4 MiB; the report names the worker (`trapped_tid`) and the
+///   call that never returned (`unreturned`).
+/// - `block:DIR`: the worker waits inside the call. The main thread allocates 3 MiB while
+///   it does, creates `DIR/during-done`, and waits for the worker, whose call returns once
+///   someone creates `DIR/release`.
+pub fn trapped_call(rt: &Rt) -> anyhow::Result<Extra> {
+    use anyhow::Context as _;
+    let bytes: u64 = std::env::var("SIMCUDA_TRAP_BYTES")
+        .context("SIMCUDA_TRAP_BYTES is not set")?
+        .parse()
+        .context("SIMCUDA_TRAP_BYTES is not a number of bytes")?;
+    let spec = std::env::var("SIMCUDA_TRAP").context("SIMCUDA_TRAP is not set")?;
+    let mut extra = Extra::new();
+    let before = rt.alloc(2 * MIB, Dynamic);
+    if spec == "exit-thread" {
+        let alloc = rt.cu.mem_alloc;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Never joined: the thread ends inside the driver, without finishing.
+        std::thread::spawn(move || {
+            let _ = tx.send(gettid());
+            let mut ptr = 0u64;
+            // SAFETY: `alloc` is cuMemAlloc_v2 as resolved, called with a live out-pointer.
+            unsafe { (alloc.f)(&mut ptr, bytes as usize) };
+        });
+        let tid = rx.recv().context("the trapped thread did not start")?;
+        let task = std::path::PathBuf::from(format!("/proc/self/task/{tid}"));
+        let start = std::time::Instant::now();
+        while task.exists() {
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "thread {tid} did not end in the trapped call"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(p) = rt.alloc(4 * MIB, Dynamic) {
+            rt.free(p);
+        }
+        extra.insert("trapped_tid".into(), json!(tid));
+        let mut unreturned = Extra::new();
+        unreturned.insert(rt.cu.mem_alloc.name.into(), json!(1));
+        extra.insert("unreturned".into(), Value::Object(unreturned));
+    } else if let Some(dir) = spec.strip_prefix("block:") {
+        let dir = std::path::Path::new(dir);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let worker = s.spawn(|| {
+                rt.thread_init();
+                let tid = gettid();
+                (tid, rt.alloc(bytes, Dynamic))
+            });
+            wait_for(&dir.join("entered"))?;
+            let during = rt.alloc(3 * MIB, Dynamic);
+            std::fs::write(dir.join("during-done"), b"")?;
+            let (tid, trapped) = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("the trapped thread panicked"))?;
+            for p in [during, trapped].into_iter().flatten() {
+                rt.free(p);
+            }
+            extra.insert("trapped_tid".into(), json!(tid));
+            Ok(())
+        })?;
+    } else {
+        anyhow::bail!("SIMCUDA_TRAP={spec:?}: expected exit-thread or block:DIR");
+    }
+    if let Some(p) = before {
+        rt.free(p);
+    }
+    Ok(extra)
+}

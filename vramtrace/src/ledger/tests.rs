@@ -835,6 +835,7 @@ fn lost_stack_and_time_span() {
         entry_map_full: 1,
         exit_dropped: 1,
         stack_failed: 9,
+        ..Default::default()
     }));
     l.apply(&Record::Stack(Stack {
         id: 4,

@@ -18,7 +18,7 @@ use aya::{
     },
 };
 use thiserror::Error;
-use vramtrace_common::{counter, filter};
+use vramtrace_common::{MAX_API_IDS, counter, filter};
 
 use crate::api::{APIS, Hooked};
 use crate::decode::{RawEvent, parse};
@@ -46,6 +46,33 @@ pub struct Config {
     pub wakeup_bytes: u64,
     /// Where on each function the probes go.
     pub probe_at: placement::ProbeAt,
+    /// Capacities of the kernel side's bookkeeping maps.
+    pub maps: MapSizes,
+}
+
+/// Capacities of the kernel side's bookkeeping maps. What does not fit is counted as lost,
+/// never dropped silently; the defaults are far above what a machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Calls in flight at once, over all threads (`INFLIGHT`).
+    pub inflight: u32,
+    /// Threads that entered a hooked call and are alive (`THREADS`).
+    pub threads: u32,
+    /// Processes and threads in the PID filter (`FILTER`).
+    pub filter: u32,
+    /// Processes with delivered events that are alive (`SEEN`).
+    pub seen: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            inflight: 65536,
+            threads: 65536,
+            filter: 8192,
+            seen: 16384,
+        }
+    }
 }
 
 impl Default for Config {
@@ -59,6 +86,7 @@ impl Default for Config {
             ring_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
             probe_at: placement::ProbeAt::Auto,
+            maps: MapSizes::default(),
         }
     }
 }
@@ -110,6 +138,8 @@ pub enum ProbeError {
     },
     #[error("no process with PID {0}")]
     NoSuchPid(u32),
+    #[error("{count} driver symbols to hook; the probes handle at most {max}")]
+    TooManySymbols { count: usize, max: u32 },
 }
 
 /// Wraps an error as advice when its cause is missing privileges (EPERM or EACCES anywhere in
@@ -130,7 +160,8 @@ where
     otherwise(err)
 }
 
-/// Cumulative loss counters, summed over CPUs.
+/// Cumulative loss counters: the kernel side's, summed over CPUs, and the two that user space
+/// keeps for what reached it and could not become a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub lost_ringbuf: u64,
@@ -139,17 +170,31 @@ pub struct Counters {
     pub stack_failed: u64,
     pub return_without_entry: u64,
     pub submitted: u64,
+    pub filter_full: u64,
+    pub seen_full: u64,
+    pub threads_full: u64,
+    /// API ids outside the table: the probes' count plus the converter's.
+    pub unknown_api: u64,
+    /// Ring-buffer items that could not be decoded (counted by the reader, not the probes).
+    pub undecodable: u64,
 }
 
 impl Counters {
     /// The loss since `earlier`, as a trace record.
     pub fn lost_since(&self, earlier: &Counters, ts_ns: u64) -> Lost {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
         Lost {
             ts_ns,
-            ringbuf_full: self.lost_ringbuf - earlier.lost_ringbuf,
-            entry_map_full: self.lost_entry - earlier.lost_entry,
-            exit_dropped: self.lost_exit - earlier.lost_exit,
-            stack_failed: self.stack_failed - earlier.stack_failed,
+            ringbuf_full: d(self.lost_ringbuf, earlier.lost_ringbuf),
+            entry_map_full: d(self.lost_entry, earlier.lost_entry),
+            exit_dropped: d(self.lost_exit, earlier.lost_exit),
+            stack_failed: d(self.stack_failed, earlier.stack_failed),
+            return_without_entry: d(self.return_without_entry, earlier.return_without_entry),
+            filter_map_full: d(self.filter_full, earlier.filter_full),
+            seen_map_full: d(self.seen_full, earlier.seen_full),
+            thread_map_full: d(self.threads_full, earlier.threads_full),
+            unknown_api: d(self.unknown_api, earlier.unknown_api),
+            undecodable: d(self.undecodable, earlier.undecodable),
         }
     }
 }
@@ -217,6 +262,58 @@ impl Tracer {
         let stacks = u32::from(config.stacks);
         // Wake the reader well before the ring fills, whatever its size.
         let wakeup_bytes = config.wakeup_bytes.min(u64::from(config.ring_bytes / 4));
+        // The API ids are known before anything is loaded: their count bounds the loop that
+        // clears an exiting thread's in-flight calls.
+        let mut apis = Vec::new();
+        let mut libraries = Vec::new();
+        let mut targets = Vec::new();
+        for path in &config.libraries {
+            let exports =
+                libcuda::exported_functions(path).map_err(|source| ProbeError::Symbols {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut probes = Vec::new();
+            let mut points = Vec::new();
+            for def in APIS {
+                for f in libcuda::dedup_by_address(&libcuda::variants(&exports, def.base)) {
+                    let hooked = Hooked::new(def, &f.name);
+                    let id = match apis.iter().position(|h: &Hooked| h.symbol == hooked.symbol) {
+                        Some(i) => i,
+                        None => {
+                            apis.push(hooked.clone());
+                            apis.len() - 1
+                        }
+                    };
+                    let cookie = hooked.cookie(id as u16);
+                    let place = placement::place(path, f.file_offset, config.probe_at);
+                    tracing::debug!("{}+{}: {}", f.name, place.offset, place.reason);
+                    points.push((f.file_offset + place.offset, cookie));
+                    probes.push(Probe {
+                        symbol: f.name.clone(),
+                        symbol_offset: f.file_offset,
+                        probe_offset: place.offset,
+                    });
+                }
+            }
+            if points.is_empty() {
+                return Err(ProbeError::NoSymbols { path: path.clone() });
+            }
+            libraries.push(LibraryRecord {
+                path: path.display().to_string(),
+                build_id: libcuda::build_id(path),
+                probes,
+            });
+            targets.push((path.clone(), points));
+        }
+        let api_count = u32::try_from(apis.len())
+            .ok()
+            .filter(|&n| n <= MAX_API_IDS)
+            .ok_or(ProbeError::TooManySymbols {
+                count: apis.len(),
+                max: MAX_API_IDS,
+            })?;
+        let sizes = config.maps;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("FILTER_ENABLED", &filter_enabled, true)
@@ -225,7 +322,12 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
-            .map_max_entries("EVENTS", config.ring_bytes);
+            .override_global("API_COUNT", &api_count, true)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .map_max_entries("INFLIGHT", sizes.inflight)
+            .map_max_entries("THREADS", sizes.threads)
+            .map_max_entries("FILTER", sizes.filter)
+            .map_max_entries("SEEN", sizes.seen);
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|e| or_permission(e, ProbeError::Load))?;
@@ -287,50 +389,10 @@ impl Tracer {
             })?;
         }
 
-        let mut apis = Vec::new();
-        let mut libraries = Vec::new();
-        let mut targets = Vec::new();
-        for path in &config.libraries {
-            let exports =
-                libcuda::exported_functions(path).map_err(|source| ProbeError::Symbols {
-                    path: path.clone(),
-                    source,
-                })?;
-            let mut probes = Vec::new();
-            let mut points = Vec::new();
-            for def in APIS {
-                for f in libcuda::dedup_by_address(&libcuda::variants(&exports, def.base)) {
-                    let hooked = Hooked::new(def, &f.name);
-                    let id = match apis.iter().position(|h: &Hooked| h.symbol == hooked.symbol) {
-                        Some(i) => i,
-                        None => {
-                            apis.push(hooked.clone());
-                            apis.len() - 1
-                        }
-                    };
-                    let cookie = hooked.cookie(id as u16);
-                    let place = placement::place(path, f.file_offset, config.probe_at);
-                    tracing::debug!("{}+{}: {}", f.name, place.offset, place.reason);
-                    points.push((f.file_offset + place.offset, cookie));
-                    probes.push(Probe {
-                        symbol: f.name.clone(),
-                        symbol_offset: f.file_offset,
-                        probe_offset: place.offset,
-                    });
-                }
-            }
-            if points.is_empty() {
-                return Err(ProbeError::NoSymbols { path: path.clone() });
-            }
-            libraries.push(LibraryRecord {
-                path: path.display().to_string(),
-                build_id: libcuda::build_id(path),
-                probes,
-            });
-            targets.push((path.clone(), points));
-        }
-
-        for (prog, name) in [("call_entry", "uprobe"), ("call_return", "uretprobe")] {
+        // The return program goes in first: a call that enters while only one of the two is
+        // attached then shows as a return without entry, which is counted, instead of an
+        // entry whose return never comes, which would pass for a call that never returned.
+        for (prog, name) in [("call_return", "uretprobe"), ("call_entry", "uprobe")] {
             let p: &mut UProbe = ebpf
                 .program_mut(prog)
                 .ok_or(ProbeError::Missing("uprobe program"))?
@@ -399,6 +461,11 @@ impl Tracer {
             stack_failed: read(counter::STACK_FAILED),
             return_without_entry: read(counter::RETURN_WITHOUT_ENTRY),
             submitted: read(counter::SUBMITTED),
+            filter_full: read(counter::FILTER_FULL),
+            seen_full: read(counter::SEEN_FULL),
+            threads_full: read(counter::THREADS_FULL),
+            unknown_api: read(counter::UNKNOWN_API),
+            undecodable: 0,
         }
     }
 

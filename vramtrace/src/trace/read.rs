@@ -21,7 +21,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 23] = [
+pub const RECORD_TYPES: [&str; 24] = [
     "header",
     "process",
     "stack",
@@ -41,6 +41,7 @@ pub const RECORD_TYPES: [&str; 23] = [
     "ctx_destroy",
     "ctx_current",
     "copy",
+    "unreturned",
     "exit",
     "lost",
     "nvml",
@@ -662,10 +663,11 @@ fn type_index(rec: &Record) -> usize {
         Record::CtxDestroy(_) => 16,
         Record::CtxCurrent(_) => 17,
         Record::Copy(_) => 18,
-        Record::Exit(_) => 19,
-        Record::Lost(_) => 20,
-        Record::Nvml(_) => 21,
-        Record::Footer(_) => 22,
+        Record::Unreturned(_) => 19,
+        Record::Exit(_) => 20,
+        Record::Lost(_) => 21,
+        Record::Nvml(_) => 22,
+        Record::Footer(_) => 23,
     }
 }
 
@@ -826,6 +828,7 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
             b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),
             b"copy" => Some(as_call(line, names, Record::Copy)),
+            b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
             b"process" => Some(as_rec::<Process>(line, Record::Process)),
             b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),
             b"exit" => Some(as_rec::<Exit>(line, Record::Exit)),
@@ -1282,12 +1285,19 @@ pub(crate) mod tests {
             Record::CtxDestroy(call("cuCtxDestroy_v2")),
             Record::CtxCurrent(call("cuCtxSetCurrent")),
             Record::Copy(call("cuMemcpyHtoD_v2")),
+            Record::Unreturned(Call {
+                mem: Some(Mem::Managed),
+                signalled: Some(6),
+                ..call("cuMemAllocManaged")
+            }),
             Record::Lost(Lost {
                 ts_ns: 5_000_002_000,
                 ringbuf_full: 3,
                 entry_map_full: 1,
                 exit_dropped: 0,
                 stack_failed: 2,
+                return_without_entry: 1,
+                ..Lost::default()
             }),
             Record::Nvml(crate::trace::record::NvmlSample {
                 ts_ns: 5_000_002_500,
@@ -1379,6 +1389,7 @@ pub(crate) mod tests {
                 | Record::CtxDestroy(_)
                 | Record::CtxCurrent(_)
                 | Record::Copy(_)
+                | Record::Unreturned(_)
                 | Record::Exit(_)
                 | Record::Lost(_)
                 | Record::Nvml(_)

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 0;
+pub const FORMAT_MINOR: u32 = 1;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,12 @@ pub enum Record {
     CtxCurrent(Call),
     /// Host-to-device copy: the destination range only.
     Copy(Call),
+    /// A driver call that never returned: its thread ended inside it (the process was killed,
+    /// a signal sent at the call ended it), or the thread entered the same entry point again
+    /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
+    /// is when that was seen, and `ret` is 0 without meaning. Never an allocation. Added in
+    /// format 1.1.
+    Unreturned(Call),
     /// A traced process ended: everything it held is gone.
     Exit(Exit),
     /// Events that the kernel side could not deliver, counted since the last such record.
@@ -91,6 +97,7 @@ impl Record {
             Record::CtxDestroy(_) => "ctx_destroy",
             Record::CtxCurrent(_) => "ctx_current",
             Record::Copy(_) => "copy",
+            Record::Unreturned(_) => "unreturned",
             Record::Exit(_) => "exit",
             Record::Lost(_) => "lost",
             Record::Nvml(_) => "nvml",
@@ -116,7 +123,8 @@ impl Record {
             | Record::CtxCreate(c)
             | Record::CtxDestroy(c)
             | Record::CtxCurrent(c)
-            | Record::Copy(c) => Some(c),
+            | Record::Copy(c)
+            | Record::Unreturned(c) => Some(c),
             _ => None,
         }
     }
@@ -492,7 +500,10 @@ pub struct Exit {
     pub ts_ns: u64,
 }
 
-/// Loss counters from the kernel side, as deltas since the previous `lost` record.
+/// Loss counters, as deltas since the previous `lost` record: the kernel side's, and the
+/// converter's for what reached user space and could not become a record. The fields after
+/// `stack_failed` came with format 1.1; they are left out when zero and read as zero when
+/// absent, so traces of either version read the same.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lost {
     /// `CLOCK_MONOTONIC` nanoseconds when the counters were read.
@@ -505,6 +516,28 @@ pub struct Lost {
     pub exit_dropped: u64,
     /// Stacks that could not be captured (their events were delivered without a stack).
     pub stack_failed: u64,
+    /// Calls whose return came without their entry: the process became traced, or the probes
+    /// were attached, while the call was in flight.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub return_without_entry: u64,
+    /// Children (processes or threads) of traced processes that the full PID filter could
+    /// not take: such a process is not traced at all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub filter_map_full: u64,
+    /// Events of processes that the kernel side's map of seen processes had no room for:
+    /// their exits are not reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seen_map_full: u64,
+    /// Calls by threads that the kernel side's map of calling threads had no room for: one
+    /// of them that never returns is not reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub thread_map_full: u64,
+    /// Calls with an API id outside the table of hooked symbols, dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_api: u64,
+    /// Ring-buffer items that could not be decoded, dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub undecodable: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -512,9 +545,29 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl Lost {
-    /// Events that never reached user space.
+    /// Losses: events that never became records, and the failures that leave facts out of
+    /// the trace (an untraced child, an unreported exit, an unreported unfinished call). The
+    /// footer's `lost_events` is their sum over the trace. Stacks are apart: their events
+    /// were delivered.
     pub fn events(&self) -> u64 {
-        self.ringbuf_full + self.entry_map_full + self.exit_dropped
+        self.kinds().map(|(_, n)| n).sum()
+    }
+
+    /// Each kind of loss that [`events`](Self::events) sums, named as in the trace, with its
+    /// count.
+    pub fn kinds(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("ringbuf_full", self.ringbuf_full),
+            ("entry_map_full", self.entry_map_full),
+            ("exit_dropped", self.exit_dropped),
+            ("return_without_entry", self.return_without_entry),
+            ("filter_map_full", self.filter_map_full),
+            ("seen_map_full", self.seen_map_full),
+            ("thread_map_full", self.thread_map_full),
+            ("unknown_api", self.unknown_api),
+            ("undecodable", self.undecodable),
+        ]
+        .into_iter()
     }
 }
 

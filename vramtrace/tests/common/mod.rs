@@ -78,6 +78,39 @@ pub fn record(lib: &Path, scenario: &str, args: &[&str]) -> Recorded {
 
 /// Like [`record`], with more options for `vramtrace record`.
 pub fn record_with(lib: &Path, record_args: &[&str], scenario: &str, args: &[&str]) -> Recorded {
+    record_env(lib, record_args, &[], scenario, args)
+}
+
+/// Like [`record_with`], with environment variables for the recorder and so the workload.
+pub fn record_env(
+    lib: &Path,
+    record_args: &[&str],
+    env: &[(&str, &str)],
+    scenario: &str,
+    args: &[&str],
+) -> Recorded {
+    run(lib, record_args, env, scenario, args, true)
+}
+
+/// Like [`record_env`], for a workload that dies before it reports: `truth` is null.
+pub fn record_dying(
+    lib: &Path,
+    record_args: &[&str],
+    env: &[(&str, &str)],
+    scenario: &str,
+    args: &[&str],
+) -> Recorded {
+    run(lib, record_args, env, scenario, args, false)
+}
+
+fn run(
+    lib: &Path,
+    record_args: &[&str],
+    env: &[(&str, &str)],
+    scenario: &str,
+    args: &[&str],
+    truth_required: bool,
+) -> Recorded {
     require_root();
     let (_, workload) = sim();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,6 +122,7 @@ pub fn record_with(lib: &Path, record_args: &[&str], scenario: &str, args: &[&st
         .arg("--libcuda")
         .arg(lib)
         .args(record_args)
+        .envs(env.iter().copied())
         .arg("--")
         .arg(workload)
         .arg("--lib")
@@ -99,14 +133,14 @@ pub fn record_with(lib: &Path, record_args: &[&str], scenario: &str, args: &[&st
         .expect("running vramtrace record");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let truth_line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
+    let truth_line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    let truth: Value = match truth_line {
+        Some(line) => serde_json::from_str(line).expect("ground truth is JSON"),
+        None if !truth_required => Value::Null,
+        None => {
             panic!("no ground truth from the workload; stdout:\n{stdout}\nstderr:\n{stderr}")
-        });
-    let truth: Value = serde_json::from_str(truth_line).expect("ground truth is JSON");
+        }
+    };
     let mut reader = TraceReader::open(&trace).expect("trace opens");
     let records: Vec<Record> = reader.by_ref().collect();
     let summary = reader.summary();
