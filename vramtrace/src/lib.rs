@@ -30,5 +30,7 @@ pub mod probe;
 pub mod procinfo;
 pub mod session;
 pub mod stacks;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trace;
 pub mod tui;

@@ -245,6 +245,15 @@ impl LeakTracker {
         self.procs.entry(proc).or_default().exit.get_or_insert(ts);
     }
 
+    /// Live bytes per (process, stack) as the tracker counts them.
+    #[cfg(test)]
+    pub(crate) fn live_by_stack(&self) -> HashMap<(u32, Option<u32>), u64> {
+        self.stacks
+            .iter()
+            .map(|(k, s)| (*k, s.live_bytes))
+            .collect()
+    }
+
     /// The suspects and retention, with `frames` to describe a stack.
     pub fn report(
         self,

@@ -12,6 +12,8 @@ mod render_post;
 pub mod timeline;
 
 #[cfg(test)]
+mod agreement_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;

@@ -119,6 +119,12 @@ impl Timeline {
         e.now = new;
     }
 
+    /// A process's device, pool-held and host bytes as last noted.
+    #[cfg(test)]
+    pub(crate) fn now(&self, proc: u32) -> Option<(u64, u64, u64)> {
+        self.procs.get(&proc).map(|p| p.now)
+    }
+
     /// The timeline, every series as long as the longest.
     pub fn report(self) -> TimelineReport {
         let len = self

@@ -1,0 +1,353 @@
+//! What the unit and property tests share: a builder of driver calls as the converter writes
+//! them ([`Sim`]) and random sequences of them over several processes ([`sequence`]), so that
+//! every consumer of the Ledger can be held to agree with it on the same input.
+
+use proptest::prelude::*;
+
+use crate::trace::{
+    Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, Mem, Process, Record, Stack,
+};
+
+/// Processes in a random sequence.
+pub const PROCS: u32 = 2;
+/// A mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// Stacks allocations come from.
+pub const STACKS: u32 = 3;
+
+/// A header of the current format and nothing else: what a trace written by a test needs.
+pub fn header() -> Header {
+    Header {
+        format: FORMAT_NAME.into(),
+        version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+        ..Header::default()
+    }
+}
+
+/// Builds calls for one process and thread, with a clock that ticks on every call.
+pub struct Sim {
+    pub proc: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ts: u64,
+}
+
+impl Sim {
+    pub fn new(proc: u32, pid: u32) -> Self {
+        Sim {
+            proc,
+            pid,
+            tid: pid,
+            ts: 1_000,
+        }
+    }
+
+    pub fn call(&mut self, api: &str) -> Call {
+        self.ts += 10;
+        Call {
+            api: api.into(),
+            proc: self.proc,
+            pid: self.pid,
+            tid: self.tid,
+            ts_ns: self.ts,
+            ..Default::default()
+        }
+    }
+
+    pub fn process(&self, comm: &str) -> Record {
+        Record::Process(Process {
+            id: self.proc,
+            pid: self.pid,
+            comm: comm.into(),
+            ..Default::default()
+        })
+    }
+
+    pub fn alloc(&mut self, addr: u64, bytes: u64) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Device),
+            ..self.call("cuMemAlloc_v2")
+        })
+    }
+
+    pub fn alloc_mem(&mut self, api: &str, mem: Mem, addr: u64, bytes: u64) -> Record {
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(mem),
+            ..self.call(api)
+        })
+    }
+
+    pub fn free(&mut self, addr: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            ..self.call("cuMemFree_v2")
+        })
+    }
+
+    pub fn alloc_async(&mut self, addr: u64, bytes: u64, pool: Option<u64>) -> Record {
+        let api = if pool.is_some() {
+            "cuMemAllocFromPoolAsync"
+        } else {
+            "cuMemAllocAsync"
+        };
+        Record::Alloc(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::DeviceAsync),
+            stream: Some(7),
+            pool,
+            ..self.call(api)
+        })
+    }
+
+    pub fn free_async(&mut self, addr: u64) -> Record {
+        Record::Free(Call {
+            addr: Some(addr),
+            mem: Some(Mem::DeviceAsync),
+            stream: Some(7),
+            ..self.call("cuMemFreeAsync")
+        })
+    }
+
+    pub fn trim(&mut self, pool: u64, keep: u64) -> Record {
+        Record::PoolTrim(Call {
+            pool: Some(pool),
+            bytes: Some(keep),
+            ..self.call("cuMemPoolTrimTo")
+        })
+    }
+
+    pub fn vmm_create(&mut self, handle: u64, bytes: u64) -> Record {
+        Record::VmmCreate(Call {
+            handle: Some(handle),
+            bytes: Some(bytes),
+            mem: Some(Mem::VmmDevice),
+            device: Some(0),
+            ..self.call("cuMemCreate")
+        })
+    }
+
+    pub fn vmm_release(&mut self, handle: u64) -> Record {
+        Record::VmmRelease(Call {
+            handle: Some(handle),
+            ..self.call("cuMemRelease")
+        })
+    }
+
+    pub fn vmm_map(&mut self, addr: u64, bytes: u64, handle: u64) -> Record {
+        Record::VmmMap(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            offset: Some(0),
+            handle: Some(handle),
+            ..self.call("cuMemMap")
+        })
+    }
+
+    pub fn vmm_unmap(&mut self, addr: u64, bytes: u64) -> Record {
+        Record::VmmUnmap(Call {
+            addr: Some(addr),
+            bytes: Some(bytes),
+            ..self.call("cuMemUnmap")
+        })
+    }
+
+    pub fn ctx_create(&mut self, ctx: u64, device: i32) -> Record {
+        Record::CtxCreate(Call {
+            handle: Some(ctx),
+            device: Some(device),
+            ..self.call("cuCtxCreate_v2")
+        })
+    }
+
+    pub fn ctx_current(&mut self, api: &str, ctx: u64) -> Record {
+        Record::CtxCurrent(Call {
+            handle: Some(ctx),
+            ..self.call(api)
+        })
+    }
+
+    pub fn exit(&mut self) -> Record {
+        self.ts += 10;
+        Record::Exit(Exit {
+            proc: self.proc,
+            pid: self.pid,
+            ts_ns: self.ts,
+        })
+    }
+}
+
+/// One driver call, or an exit, of a random sequence.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Alloc { slot: u64, bytes: u64, mem: Mem },
+    AllocAsync { slot: u64, bytes: u64, pool: bool },
+    Free { slot: u64, is_async: bool },
+    Fill { slot: u64, bytes: u64 },
+    Array { handle: u64, bytes: u64 },
+    ArrayDestroy { handle: u64 },
+    Vmm { handle: u64, bytes: u64, host: bool },
+    Map { slot: u64, handle: u64 },
+    Unmap { slot: u64 },
+    Release { handle: u64 },
+    Trim { keep: u64 },
+    PoolDestroy,
+    CtxCreate { ctx: u64, device: i32 },
+    CtxDestroy { ctx: u64 },
+    Exit,
+}
+
+/// A call of one of [`PROCS`] processes.
+pub fn op() -> impl Strategy<Value = (u32, Op)> {
+    let mem = prop_oneof![Just(Mem::Device), Just(Mem::HostPinned), Just(Mem::Managed),];
+    let op = prop_oneof![
+        8 => (0..10u64, 1..64u64, mem).prop_map(|(slot, m, mem)| Op::Alloc { slot, bytes: m * MIB, mem }),
+        4 => (0..10u64, 1..64u64, any::<bool>())
+            .prop_map(|(slot, m, pool)| Op::AllocAsync { slot: slot + 16, bytes: m * MIB, pool }),
+        8 => (0..26u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
+        4 => (0..26u64, 1..64u64).prop_map(|(slot, m)| Op::Fill { slot, bytes: m * MIB }),
+        2 => (0..4u64, 1..64u64).prop_map(|(handle, m)| Op::Array { handle, bytes: m * MIB }),
+        2 => (0..4u64).prop_map(|handle| Op::ArrayDestroy { handle }),
+        2 => (0..4u64, 1..64u64, any::<bool>())
+            .prop_map(|(handle, m, host)| Op::Vmm { handle, bytes: m * MIB, host }),
+        2 => (0..4u64, 0..4u64).prop_map(|(slot, handle)| Op::Map { slot, handle }),
+        2 => (0..4u64).prop_map(|slot| Op::Unmap { slot }),
+        2 => (0..4u64).prop_map(|handle| Op::Release { handle }),
+        1 => (0..64u64).prop_map(|m| Op::Trim { keep: m * MIB }),
+        1 => Just(Op::PoolDestroy),
+        2 => (0..3u64, 0..2i32).prop_map(|(ctx, device)| Op::CtxCreate { ctx, device }),
+        1 => (0..3u64).prop_map(|ctx| Op::CtxDestroy { ctx }),
+        1 => Just(Op::Exit),
+    ];
+    (0..PROCS, op)
+}
+
+/// The device address of allocation slot `slot`.
+pub fn addr(slot: u64) -> u64 {
+    0x7f00_0000_0000 + slot * (1 << 30)
+}
+
+/// The VMM virtual address of mapping slot `slot`.
+pub fn vaddr(slot: u64) -> u64 {
+    0x6000_0000_0000 + slot * (1 << 30)
+}
+
+/// The one explicit pool's handle.
+pub const POOL: u64 = 0xb00;
+
+/// The record `op` makes, from `s`'s process and thread; allocations come from one of
+/// three stacks by slot.
+pub fn record(s: &mut Sim, op: &Op) -> Record {
+    match *op {
+        Op::Alloc { slot, bytes, mem } => {
+            let api = match mem {
+                Mem::Device => "cuMemAlloc_v2",
+                Mem::Managed => "cuMemAllocManaged",
+                _ => "cuMemHostAlloc",
+            };
+            s.alloc_mem(api, mem, addr(slot), bytes)
+        }
+        Op::AllocAsync { slot, bytes, pool } => {
+            s.alloc_async(addr(slot), bytes, pool.then_some(POOL))
+        }
+        Op::Free { slot, is_async } => {
+            if is_async {
+                s.free_async(addr(slot))
+            } else {
+                s.free(addr(slot))
+            }
+        }
+        Op::Fill { slot, bytes } => Record::Copy(Call {
+            addr: Some(addr(slot) + MIB / 2),
+            bytes: Some(bytes),
+            ..s.call("cuMemcpyHtoD_v2")
+        }),
+        Op::Array { handle, bytes } => Record::Alloc(Call {
+            handle: Some(0xa000 + handle),
+            bytes: Some(bytes),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayCreate_v2")
+        }),
+        Op::ArrayDestroy { handle } => Record::Free(Call {
+            handle: Some(0xa000 + handle),
+            mem: Some(Mem::Array),
+            ..s.call("cuArrayDestroy")
+        }),
+        Op::Vmm {
+            handle,
+            bytes,
+            host,
+        } => Record::VmmCreate(Call {
+            handle: Some(0x4000 + handle),
+            bytes: Some(bytes),
+            mem: Some(if host { Mem::VmmHost } else { Mem::VmmDevice }),
+            device: Some(0),
+            ..s.call("cuMemCreate")
+        }),
+        Op::Map { slot, handle } => s.vmm_map(vaddr(slot), MIB, 0x4000 + handle),
+        Op::Unmap { slot } => s.vmm_unmap(vaddr(slot), MIB),
+        Op::Release { handle } => s.vmm_release(0x4000 + handle),
+        Op::Trim { keep } => s.trim(POOL, keep),
+        Op::PoolDestroy => Record::PoolDestroy(Call {
+            pool: Some(POOL),
+            ..s.call("cuMemPoolDestroy")
+        }),
+        Op::CtxCreate { ctx, device } => s.ctx_create(0xc000 + ctx, device),
+        Op::CtxDestroy { ctx } => Record::CtxDestroy(Call {
+            handle: Some(0xc000 + ctx),
+            ..s.call("cuCtxDestroy_v2")
+        }),
+        Op::Exit => s.exit(),
+    }
+}
+
+/// A random sequence: each process's `process` record, the stacks, then the calls, exits
+/// (a process that exits comes back under a new record id) and out-of-memory failures.
+pub fn sequence(len: usize) -> impl Strategy<Value = Vec<Record>> {
+    prop::collection::vec((op(), 0..40u8), 1..len).prop_map(|ops| {
+        let mut out: Vec<Record> = (1..=STACKS)
+            .map(|id| {
+                Record::Stack(Stack {
+                    id,
+                    frames: vec![Frame {
+                        addr: 0x1000 * u64::from(id),
+                        sym: Some(format!("site{id}")),
+                        ..Default::default()
+                    }],
+                    truncated: None,
+                })
+            })
+            .collect();
+        let mut sims: Vec<Sim> = (0..PROCS).map(|p| Sim::new(p, 1000 + p)).collect();
+        for s in &sims {
+            out.push(s.process("worker"));
+        }
+        for ((proc, op), oom) in ops {
+            let s = &mut sims[proc as usize];
+            if oom == 0 {
+                out.push(Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(1 << 40),
+                    mem: Some(Mem::Device),
+                    stack: Some(1),
+                    ..s.call("cuMemAlloc_v2")
+                }));
+            }
+            let mut rec = record(s, &op);
+            if let Record::Alloc(c) | Record::VmmCreate(c) = &mut rec {
+                c.stack = Some(1 + (c.addr.or(c.handle).unwrap_or(0) >> 30) as u32 % STACKS);
+            }
+            out.push(rec);
+            if matches!(op, Op::Exit) {
+                s.proc += PROCS;
+                s.pid += PROCS;
+                out.push(s.process("worker"));
+            }
+        }
+        out
+    })
+}
