@@ -26,7 +26,8 @@ pub use postmortem::Postmortem;
 pub use render::{human_bytes, render_text};
 
 use crate::ledger::{
-    Class, DeviceReconciliation, GpuReconciliation, Ledger, LiveAllocation, ProcessState, Usage,
+    Class, DeviceReconciliation, GpuReconciliation, HostFinding, Ledger, LiveAllocation, Oom,
+    ProcessState, Usage,
 };
 use crate::trace::{Footer, Header, Mem, NvmlInfo, Record};
 
@@ -284,82 +285,24 @@ pub struct ProcessReport {
     pub ooms: Vec<OomReport>,
 }
 
-/// A host-memory allocation by a traced process.
+/// A host-memory allocation by a traced process: the Ledger's finding and its stack.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFallbackReport {
-    /// Entry point.
-    pub api: String,
-    /// Bytes placed in host RAM.
-    pub bytes: u64,
-    /// Kind of host memory.
-    pub mem: Option<Mem>,
-    /// Flags argument as passed.
-    pub flags: Option<u64>,
-    /// When it returned.
-    pub ts_ns: u64,
-    /// Calling thread.
-    pub tid: u32,
-    /// Stack id.
-    pub stack_id: Option<u32>,
+    /// The finding, as the Ledger made it.
+    #[serde(flatten)]
+    pub finding: HostFinding,
     /// The stack's frames, innermost first, as text (empty when there is no stack).
     pub stack: Vec<String>,
-    /// The signal sent to the thread at the call (vram-only policy).
-    pub signalled: Option<u32>,
 }
 
-/// Another traced process on the GPU at an out-of-memory failure.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OomOther {
-    /// `process` record id.
-    pub proc: u32,
-    /// Process id.
-    pub pid: u32,
-    /// Short name.
-    pub comm: String,
-    /// Its device plus pool-held bytes on that GPU.
-    pub device_bytes: u64,
-}
-
-/// NVML's view of the GPU at the sample nearest an out-of-memory failure.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OomNvml {
-    /// When sampled.
-    pub ts_ns: u64,
-    /// Free bytes.
-    pub free_bytes: Option<u64>,
-    /// Used bytes.
-    pub used_bytes: Option<u64>,
-    /// Total bytes.
-    pub total_bytes: Option<u64>,
-}
-
-/// A request that failed for want of memory.
+/// A request that failed for want of memory: the Ledger's snapshot and its stack.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomReport {
-    /// When.
-    pub ts_ns: u64,
-    /// Calling thread.
-    pub tid: u32,
-    /// Entry point.
-    pub api: String,
-    /// Return code.
-    pub ret: i32,
-    /// Bytes asked for.
-    pub requested_bytes: Option<u64>,
-    /// Device asked.
-    pub device: Option<i32>,
-    /// The process's device plus pool-held bytes on that device then.
-    pub device_bytes: u64,
-    /// The process's live bytes by class then.
-    pub live_by_class: BTreeMap<Class, u64>,
-    /// Stack id.
-    pub stack_id: Option<u32>,
+    /// The failure and what was held then, as the Ledger recorded it.
+    #[serde(flatten)]
+    pub oom: Oom,
     /// The stack's frames, innermost first, as text.
     pub stack: Vec<String>,
-    /// Other traced processes on that GPU.
-    pub others: Vec<OomOther>,
-    /// NVML at the nearest sample, when sampled.
-    pub nvml: Option<OomNvml>,
 }
 
 fn stack_text(ledger: &Ledger, id: Option<u32>) -> Vec<String> {
@@ -377,47 +320,16 @@ fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) 
         .host_fallback
         .iter()
         .map(|h| HostFallbackReport {
-            api: h.api.clone(),
-            bytes: h.bytes,
-            mem: h.mem,
-            flags: h.flags,
-            ts_ns: h.ts_ns,
-            tid: h.tid,
-            stack_id: h.stack,
+            finding: h.clone(),
             stack: stack_text(ledger, h.stack),
-            signalled: h.signalled,
         })
         .collect();
     r.ooms = p
         .ooms
         .iter()
         .map(|o| OomReport {
-            ts_ns: o.ts_ns,
-            tid: o.tid,
-            api: o.api.clone(),
-            ret: o.ret,
-            requested_bytes: o.requested_bytes,
-            device: o.device,
-            device_bytes: o.device_bytes,
-            live_by_class: o.live_by_class.clone(),
-            stack_id: o.stack,
+            oom: o.clone(),
             stack: stack_text(ledger, o.stack),
-            others: o
-                .others
-                .iter()
-                .map(|n| OomOther {
-                    proc: n.proc,
-                    pid: n.pid,
-                    comm: n.comm.clone(),
-                    device_bytes: n.device_bytes,
-                })
-                .collect(),
-            nvml: o.nvml.as_ref().map(|n| OomNvml {
-                ts_ns: n.ts_ns,
-                free_bytes: n.free_bytes,
-                used_bytes: n.used_bytes,
-                total_bytes: n.total_bytes,
-            }),
         })
         .collect();
 }

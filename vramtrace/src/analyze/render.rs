@@ -362,7 +362,7 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         let signalled = p
             .host_fallback
             .iter()
-            .filter(|h| h.signalled.is_some())
+            .filter(|h| h.finding.signalled.is_some())
             .count();
         let _ = write!(
             o,
@@ -376,14 +376,14 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             let _ = write!(
                 o,
                 "    {:>10}  {} at {}",
-                human_bytes(h.bytes),
-                h.api,
-                at(h.ts_ns, start)
+                human_bytes(h.finding.bytes),
+                h.finding.api,
+                at(h.finding.ts_ns, start)
             );
-            if let Some(f) = h.flags {
+            if let Some(f) = h.finding.flags {
                 let _ = write!(o, ", flags {f:#x}");
             }
-            if let Some(sig) = h.signalled {
+            if let Some(sig) = h.finding.signalled {
                 let _ = write!(o, ", signal {sig} sent");
             }
             if let Some(top) = h.stack.first() {
@@ -399,19 +399,20 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         let _ = writeln!(
             o,
             "  OUT OF MEMORY at {}: {} of {} failed ({}) on {}; held {} ({})",
-            at(oom.ts_ns, start),
-            oom.api,
-            oom.requested_bytes
+            at(oom.oom.ts_ns, start),
+            oom.oom.api,
+            oom.oom
+                .requested_bytes
                 .map_or_else(|| "?".to_owned(), human_bytes),
-            cuda_error_name(oom.ret),
-            device_name(oom.device),
-            human_bytes(oom.device_bytes),
-            class_line(&oom.live_by_class)
+            cuda_error_name(oom.oom.ret),
+            device_name(oom.oom.device),
+            human_bytes(oom.oom.device_bytes),
+            class_line(&oom.oom.live_by_class)
         );
         if let Some(top) = oom.stack.first() {
             let _ = writeln!(o, "    from {top}");
         }
-        for n in &oom.others {
+        for n in &oom.oom.others {
             let _ = writeln!(
                 o,
                 "    also on the GPU: pid {} ({}) with {}",

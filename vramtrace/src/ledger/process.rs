@@ -98,6 +98,7 @@ pub struct HostFinding {
     /// The flags argument, as passed.
     pub flags: Option<u64>,
     /// Id of the call's stack.
+    #[serde(rename = "stack_id")]
     pub stack: Option<u32>,
     /// The signal the probe sent the thread at the call.
     pub signalled: Option<u32>,
@@ -147,6 +148,7 @@ pub struct Oom {
     /// Bytes asked for, when the call has a size.
     pub requested_bytes: Option<u64>,
     /// Id of the call's stack.
+    #[serde(rename = "stack_id")]
     pub stack: Option<u32>,
     /// The device asked (CUDA ordinal), when it could be told.
     pub device: Option<i32>,
