@@ -709,10 +709,13 @@ const FIRST_GPU_BYTES: u64 = GIB;
 /// What it asks of device 1: more than a simulated device of `SIMCUDA_CAPACITY=2G` has.
 const SECOND_GPU_REQUEST: u64 = 3 * GIB;
 
-/// The memory `second-gpu-oom` holds on device 0, in the primary context.
+/// The memory `second-gpu-oom` holds on device 0, in the primary context: weights, filled
+/// from host.
 #[inline(never)]
 fn hold_on_first_gpu(rt: &Rt) -> Option<u64> {
-    rt.alloc(FIRST_GPU_BYTES, Weights)
+    let p = rt.alloc(FIRST_GPU_BYTES, Weights)?;
+    rt.fill(rt.cu.htod, p, FIRST_GPU_BYTES);
+    Some(p)
 }
 
 /// 1 GiB held on device 0 in the primary context; then a context created on device 1
