@@ -224,7 +224,7 @@ fn memory_of_destroyed_contexts_is_no_leak() {
     let per_cycle = cycles["bytes_per_cycle"].as_u64().expect("bytes_per_cycle");
     assert_eq!(cycles["cycles"].as_u64(), Some(12), "{}", r.truth);
 
-    // The site is named when its memory is live: at a moment inside the last cycle, between
+    // The site is named when its memory is live: at a moment inside the first cycle, between
     // its allocation and the next call (the cuCtxDestroy that frees it), the folded export
     // holds its bytes under its name. So the checks below that it is absent can fail.
     let at = r
@@ -235,7 +235,7 @@ fn memory_of_destroyed_contexts_is_no_leak() {
         .collect::<Vec<_>>();
     let i = at
         .iter()
-        .rposition(|c| c.api.as_ref() == "cuMemAlloc_v2" && c.bytes == Some(per_cycle))
+        .position(|c| c.api.as_ref() == "cuMemAlloc_v2" && c.bytes == Some(per_cycle))
         .expect("a per-context allocation in the trace");
     let next = at.get(i + 1).expect("a call after it");
     let mid_ns = (at[i].ts_ns + next.ts_ns) / 2 - r.header.start_monotonic_ns;
