@@ -8,6 +8,7 @@ use std::{path::Path, process::Command};
 
 use common::{Recorded, record, sim};
 use serde_json::Value;
+use vramtrace::trace::Record;
 
 /// Runs vramtrace with `args`; returns its stdout, asserting it succeeded.
 fn vramtrace(args: &[&str], trace: &Path) -> String {
@@ -200,4 +201,174 @@ fn oom_is_explained_and_exported() {
         !said.contains(" 0 ooms"),
         "the OOM is in the snapshot: {said}"
     );
+}
+
+/// The workload's own report in the analysis.
+fn process_of<'a>(r: &Recorded, analysis: &'a Value) -> &'a Value {
+    let pid = r.truth["pid"].as_u64().expect("truth has pid");
+    analysis["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("process {pid} in the analysis: {:#}", analysis["processes"]))
+}
+
+#[test]
+fn memory_of_destroyed_contexts_is_no_leak() {
+    let (lib, _) = sim();
+    let r = record(lib, "ctx-cycles", &[]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let cycles = &r.truth["ctx_cycles"];
+    let function = cycles["function"].as_str().expect("function");
+    let per_cycle = cycles["bytes_per_cycle"].as_u64().expect("bytes_per_cycle");
+    assert_eq!(cycles["cycles"].as_u64(), Some(12), "{}", r.truth);
+
+    // The site is named when its memory is live: at a moment inside the first cycle, between
+    // its allocation and the next call (the cuCtxDestroy that frees it), the folded export
+    // holds its bytes under its name. So the checks below that it is absent can fail.
+    let at = r
+        .records
+        .iter()
+        .filter_map(Record::call)
+        .filter(|c| u64::from(c.pid) == r.truth["pid"].as_u64().expect("pid"))
+        .collect::<Vec<_>>();
+    let i = at
+        .iter()
+        .position(|c| c.api.as_ref() == "cuMemAlloc_v2" && c.bytes == Some(per_cycle))
+        .expect("a per-context allocation in the trace");
+    let next = at.get(i + 1).expect("a call after it");
+    let mid_ns = (at[i].ts_ns + next.ts_ns) / 2 - r.header.start_monotonic_ns;
+    let secs = format!("{}", mid_ns as f64 / 1e9);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("folded");
+    let out_s = out.to_str().expect("utf-8 path");
+    vramtrace(
+        &[
+            "export", "--format", "folded", "--at", &secs, "--output", out_s,
+        ],
+        &r.trace,
+    );
+    let folded = std::fs::read_to_string(&out).expect("folded written");
+    assert!(
+        folded.lines().any(|l| l.contains(function)
+            && l.rsplit_once(' ').and_then(|(_, b)| b.parse::<u64>().ok()) == Some(per_cycle)),
+        "{per_cycle} bytes under {function} at +{secs} s:\n{folded}"
+    );
+
+    // At the end: no suspect is that site, and the process holds none of its memory.
+    let leaks = &r.analysis["postmortem"]["leaks"];
+    for s in of_pid(&r, &leaks["suspects"]) {
+        assert!(
+            !frames(&s["stack"]).iter().any(|f| f.contains(function)),
+            "memory freed by cuCtxDestroy is a leak suspect: {s:#}"
+        );
+    }
+    let p = process_of(&r, &r.analysis);
+    let kept = r.truth["kept_allocations"].as_u64().expect("kept");
+    assert_eq!(
+        p["device_bytes_at_exit"].as_u64(),
+        r.truth["device_bytes_at_exit"].as_u64(),
+        "only the weights are held at exit: {p:#}"
+    );
+    assert_eq!(p["live_allocations_at_exit"].as_u64(), Some(kept), "{p:#}");
+    let held = p["largest_at_exit"].as_array().expect("largest_at_exit");
+    assert!(
+        held.iter().all(|a| a["bytes"].as_u64() != Some(per_cycle)),
+        "no per-context buffer is held at exit: {held:#?}"
+    );
+}
+
+/// The simulated driver with two GPUs of 2 GiB: 3 GiB fails on either.
+const TWO_GPUS: [(&str, &str); 2] = [("SIMCUDA_DEVICES", "2"), ("SIMCUDA_CAPACITY", "2G")];
+
+/// Records `second-gpu-oom` with `env` besides [`TWO_GPUS`], without NVML so that the
+/// header lists no GPUs whatever the machine has: an ordinal maps to an NVML index through
+/// `CUDA_VISIBLE_DEVICES` alone.
+fn second_gpu_oom(env: &[(&str, &str)]) -> Recorded {
+    let (lib, _) = sim();
+    let env: Vec<(&str, &str)> = TWO_GPUS.iter().chain(env).copied().collect();
+    let r = common::record_env(lib, &["--no-nvml"], &env, "second-gpu-oom", &[]);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    let oom = &r.truth["oom"];
+    assert_eq!(
+        (oom["device"].as_u64(), oom["ret"].as_u64()),
+        (Some(1), Some(2)),
+        "the workload failed on device 1: {}",
+        r.truth
+    );
+    r
+}
+
+/// The one OOM explanation of the workload, checked for what holds whatever the mapping:
+/// device 1, the request, nothing held there, and the Ledger's own record of it.
+fn oom_on_second_gpu(r: &Recorded) -> &Value {
+    let requested = r.truth["oom"]["request_bytes"].as_u64().expect("request");
+    let ooms = of_pid(r, &r.analysis["postmortem"]["ooms"]);
+    assert_eq!(
+        ooms.len(),
+        1,
+        "one OOM: {:#}",
+        r.analysis["postmortem"]["ooms"]
+    );
+    let e = ooms[0];
+    assert_eq!(e["device"].as_i64(), Some(1), "{e:#}");
+    assert_eq!(e["request_bytes"].as_u64(), Some(requested), "{e:#}");
+    assert_eq!(
+        e["held_device_bytes"].as_u64(),
+        Some(0),
+        "nothing held on device 1: {e:#}"
+    );
+    let verdict = e["verdict"].as_str().expect("verdict");
+    assert!(
+        verdict.contains("this process held 0 B on the device"),
+        "{verdict}"
+    );
+    let p = process_of(r, &r.analysis);
+    let ooms = p["ooms"].as_array().expect("the process's ooms");
+    assert_eq!(ooms.len(), 1, "{p:#}");
+    assert_eq!(ooms[0]["device"].as_i64(), Some(1), "{:#}", ooms[0]);
+    assert_eq!(ooms[0]["device_bytes"].as_u64(), Some(0), "{:#}", ooms[0]);
+    // What it held was on device 0, and still is at exit.
+    let held = r.truth["held_on_device0"].as_u64().expect("held");
+    assert_eq!(p["device_bytes_at_exit"].as_u64(), Some(held), "{p:#}");
+    e
+}
+
+#[test]
+fn oom_on_the_second_gpu_is_on_device_1() {
+    let r = second_gpu_oom(&[]);
+    let e = oom_on_second_gpu(&r);
+    // No CUDA_VISIBLE_DEVICES and no NVML list: the ordinal is the NVML index.
+    assert_eq!(e["nvml_index"].as_u64(), Some(1), "{e:#}");
+}
+
+#[test]
+fn cuda_visible_devices_maps_the_oom_to_its_nvml_index() {
+    // The simulated driver ignores CUDA_VISIBLE_DEVICES (its ordinal 1 is its second device
+    // either way); what is tested is the tracer's reading of it and the Ledger's mapping.
+    let r = second_gpu_oom(&[("CUDA_VISIBLE_DEVICES", "1,0")]);
+    assert_eq!(
+        r.truth["cuda_visible_devices"].as_str(),
+        Some("1,0"),
+        "{}",
+        r.truth
+    );
+    let pid = r.truth["pid"].as_u64().expect("pid");
+    let process = r
+        .records
+        .iter()
+        .find_map(|rec| match rec {
+            Record::Process(p) if u64::from(p.pid) == pid => Some(p),
+            _ => None,
+        })
+        .expect("the workload's process record");
+    assert_eq!(
+        process.cuda_visible_devices.as_deref(),
+        Some("1,0"),
+        "{process:?}"
+    );
+    let e = oom_on_second_gpu(&r);
+    // Ordinal 1 is the second entry of "1,0": NVML index 0.
+    assert_eq!(e["nvml_index"].as_u64(), Some(0), "{e:#}");
 }

@@ -56,6 +56,14 @@ enum Scenario {
     /// (SIMCUDA_TRAP=exit-thread or block:DIR, SIMCUDA_TRAP_BYTES=N): it ends the thread
     /// inside the call, or waits inside it until released.
     TrappedCall,
+    /// 12 cycles of (cuCtxCreate, 1 MiB allocated in the new context, context destroyed)
+    /// beside steady alloc/free churn from another call site; none of the 12 MiB is live at
+    /// the end.
+    CtxCycles,
+    /// 1 GiB held on device 0, then 3 GiB asked of device 1 in a context created there, which
+    /// fails; status 1 without freeing. Needs SIMCUDA_DEVICES=2 and SIMCUDA_CAPACITY=2G on
+    /// the simulated driver.
+    SecondGpuOom,
 }
 
 #[derive(Parser, Debug)]
@@ -211,6 +219,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Mixed => scenarios::mixed(&rt, seed, threads)?,
         Scenario::Leak => scenarios::leak(&rt, seed)?,
         Scenario::TrappedCall => scenarios::trapped_call(&rt)?,
+        Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
+        Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(
@@ -241,7 +251,7 @@ fn main() -> anyhow::Result<()> {
     print_last_line(&v);
     match args.scenario {
         // A crash-like end: nothing freed, no destructors, status 1.
-        Scenario::Oom => std::process::exit(1),
+        Scenario::Oom | Scenario::SecondGpuOom => std::process::exit(1),
         // The process ends with everything still allocated.
         Scenario::ExitWithoutFree => std::process::exit(0),
         _ => Ok(()),

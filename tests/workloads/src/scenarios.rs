@@ -2,6 +2,8 @@
 //! `main` prints it. Every call tolerates failure (with NVIDIA's library and no
 //! GPU everything fails), and nothing that failed is used afterwards.
 
+use std::ffi::c_int;
+
 use serde_json::{Map, Value, json};
 
 use crate::book::Label::{Dynamic, KvCache, Weights};
@@ -645,4 +647,131 @@ pub fn trapped_call(rt: &Rt) -> anyhow::Result<Extra> {
         rt.free(p);
     }
     Ok(extra)
+}
+
+/// Cycles of the `ctx-cycles` scenario.
+const CTX_CYCLES: u64 = 12;
+/// Bytes each cycle allocates in the context it creates.
+const CTX_CYCLE_BYTES: u64 = MIB;
+
+/// The allocation made in each short-lived context of `ctx-cycles`; destroying the context
+/// frees it. A function of its own so that its stack is told apart from the churn's.
+#[inline(never)]
+fn per_context_buffer(rt: &Rt) -> Option<u64> {
+    rt.alloc(CTX_CYCLE_BYTES, Dynamic)
+}
+
+/// Steady churn in the primary context: a buffer allocated and freed at once, never of the
+/// per-context buffer's size.
+#[inline(never)]
+fn churn_buffer(rt: &Rt, rng: &mut Rng) {
+    if let Some(p) = rt.alloc(rng.size(2 * MIB, 6 * MIB, 4096), Dynamic) {
+        rt.free(p);
+    }
+}
+
+/// Cycles of (create a context with `cuCtxCreate`, allocate 1 MiB in it, destroy it) beside
+/// steady churn in the primary context, after two weight buffers that stay to the end. What
+/// the contexts held went with them: none of it is live at the end, and the call site that
+/// made it grew by nothing.
+pub fn ctx_cycles(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    let kept = load_weights(rt, &mut rng, 2, 8 * MIB, 16 * MIB).len();
+    let mut cycles = 0u64;
+    for _ in 0..CTX_CYCLES {
+        for _ in 0..3 {
+            churn_buffer(rt, &mut rng);
+        }
+        if let Some(c) = rt.ctx_create(rt.device) {
+            if per_context_buffer(rt).is_some() {
+                cycles += 1;
+            }
+            // Destroying it frees the buffer: never freed by cuMemFree.
+            rt.ctx_destroy(c, rt.primary);
+        }
+        churn_buffer(rt, &mut rng);
+    }
+    let mut extra = Extra::new();
+    extra.insert(
+        "ctx_cycles".into(),
+        json!({
+            "function": "per_context_buffer",
+            "bytes_per_cycle": CTX_CYCLE_BYTES,
+            "cycles": cycles,
+        }),
+    );
+    extra.insert("kept_allocations".into(), json!(kept));
+    extra
+}
+
+/// What `second-gpu-oom` holds on device 0 before it fails on device 1.
+const FIRST_GPU_BYTES: u64 = GIB;
+/// What it asks of device 1: more than a simulated device of `SIMCUDA_CAPACITY=2G` has.
+const SECOND_GPU_REQUEST: u64 = 3 * GIB;
+
+/// The memory `second-gpu-oom` holds on device 0, in the primary context: weights, filled
+/// from host.
+#[inline(never)]
+fn hold_on_first_gpu(rt: &Rt) -> Option<u64> {
+    let p = rt.alloc(FIRST_GPU_BYTES, Weights)?;
+    rt.fill(rt.cu.htod, p, FIRST_GPU_BYTES);
+    Some(p)
+}
+
+/// 1 GiB held on device 0 in the primary context; then a context created on device 1
+/// (`cuCtxCreate` makes it current) and 3 GiB asked of it, which fails with
+/// `CUDA_ERROR_OUT_OF_MEMORY` on a simulated driver with `SIMCUDA_DEVICES=2` (or more) and
+/// `SIMCUDA_CAPACITY=2G`: the failure is on device 1, where the process holds nothing.
+/// Ends like `oom`: the failure reported for a moment, then exit status 1 without freeing.
+pub fn second_gpu_oom(rt: &Rt) -> Extra {
+    let mut extra = Extra::new();
+    let held = hold_on_first_gpu(rt).map_or(0, |_| FIRST_GPU_BYTES);
+    let mut failure = json!(null);
+    let mut second: c_int = -1;
+    if rt.device_count < 2 {
+        eprintln!(
+            "second-gpu-oom: the driver has {} device(s), this needs 2 \
+             (SIMCUDA_DEVICES=2 on the simulated driver)",
+            rt.device_count
+        );
+    } else if call!(rt.d, rt.cu.device_get, &mut second, 1) != 0 {
+        eprintln!("second-gpu-oom: cuDeviceGet(1) failed");
+    } else if let Some(c) = rt.ctx_create(second) {
+        let mut total = 0usize;
+        call!(rt.d, rt.cu.total_mem, &mut total, second);
+        let mut ptr = 0u64;
+        let r = call!(rt.d, rt.cu.mem_alloc, &mut ptr, SECOND_GPU_REQUEST as usize);
+        rt.d.bytes(rt.cu.mem_alloc.name, SECOND_GPU_REQUEST, r);
+        if r == 0 {
+            // Device 1 had the room (SIMCUDA_CAPACITY above 3 GiB): the truth says so.
+            eprintln!("second-gpu-oom: {SECOND_GPU_REQUEST} bytes fit on device 1");
+            rt.book()
+                .add(crate::book::Key::Ptr(ptr), SECOND_GPU_REQUEST, KvCache, c);
+        } else {
+            eprintln!(
+                "second-gpu-oom: {} of {SECOND_GPU_REQUEST} bytes on device 1 failed with {r}",
+                rt.cu.mem_alloc.name
+            );
+        }
+        failure = json!({
+            "api": rt.cu.mem_alloc.name,
+            "request_bytes": SECOND_GPU_REQUEST,
+            "ret": r,
+            "device": 1,
+            "device_total_bytes": total,
+        });
+        // Back to the primary context of device 0, which `--check` asks about.
+        rt.pop(rt.primary);
+    }
+    // As in `oom`: a moment to report the failure, so that the tracer reads the mappings.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    extra.insert("oom".into(), failure);
+    extra.insert("held_on_device0".into(), json!(held));
+    // The simulated driver ignores CUDA_VISIBLE_DEVICES (its ordinals are its devices); the
+    // tracer maps ordinals to NVML devices through it all the same.
+    extra.insert(
+        "cuda_visible_devices".into(),
+        json!(std::env::var("CUDA_VISIBLE_DEVICES").ok()),
+    );
+    extra
 }
