@@ -60,16 +60,6 @@ pub struct RecordOptions {
     pub host_signal: u32,
 }
 
-/// Bytes in the unit that suits `unit_of`, one decimal, no unit name: `4.1`.
-fn in_unit(b: u64, unit_of: u64) -> String {
-    let unit = match unit_of {
-        u if u >= 1 << 30 => 1u64 << 30,
-        u if u >= 1 << 20 => 1 << 20,
-        _ => 1 << 10,
-    };
-    format!("{:.1}", b as f64 / unit as f64)
-}
-
 /// One line on stderr for what the ledger decided that a user must see as it happens: a
 /// violation, an out-of-memory failure.
 fn change_line(ch: &Change, ledger: &Ledger, policy: Policy) -> Option<String> {
@@ -100,7 +90,7 @@ fn change_line(ch: &Change, ledger: &Ledger, policy: Policy) -> Option<String> {
                 .live_by_class
                 .iter()
                 .filter(|(c, b)| **b > 0 && **c != Class::HostFallback)
-                .map(|(c, b)| format!("{c} {}", in_unit(*b, held)))
+                .map(|(c, b)| format!("{c} {}", human_bytes(*b)))
                 .collect();
             Some(format!(
                 "vramtrace: OOM in pid {pid} ({comm}): {} of {} failed on GPU {}; held {}{}",

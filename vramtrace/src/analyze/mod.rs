@@ -227,6 +227,9 @@ pub struct ProcessReport {
     pub comm: String,
     /// Command line, when known.
     pub cmdline: Vec<String>,
+    /// Its `CUDA_VISIBLE_DEVICES`, when set: how its CUDA device numbers map to NVML's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_visible_devices: Option<String>,
     /// True when the process exited during the trace; false: the `*_at_exit` figures are at
     /// the end of the trace, with the process still running.
     pub exited: bool,
@@ -453,6 +456,7 @@ fn process_report(p: &ProcessState) -> ProcessReport {
         proc: p.proc,
         pid: p.pid,
         comm: p.comm().to_owned(),
+        cuda_visible_devices: p.info.as_ref().and_then(|i| i.cuda_visible_devices.clone()),
         cmdline: p
             .info
             .as_ref()

@@ -114,11 +114,11 @@ pub struct OomExplanation {
     pub held_pool_bytes: u64,
     /// Its live host bytes.
     pub held_host_bytes: u64,
-    /// Its live allocations.
+    /// Its live allocations on that device.
     pub live_allocations: u64,
-    /// Live bytes by class (`unknown` until the classifier says).
+    /// Its live bytes on that device by class, pool-held included (the Ledger's figures).
     pub by_class: BTreeMap<String, u64>,
-    /// Live bytes by kind of memory.
+    /// Its live bytes on that device by kind of memory.
     pub by_mem: BTreeMap<String, u64>,
     /// The stacks holding the most bytes, most first.
     pub top_stacks: Vec<StackHolding>,
@@ -279,13 +279,18 @@ impl Collector {
         let mut by_stack: HashMap<Option<u32>, StackHolding> = HashMap::default();
         let mut since_by_stack: HashMap<Option<u32>, (u64, u64)> = HashMap::default();
         let mut largest: Vec<&LiveAllocation> = Vec::new();
+        // What the Ledger says the process held on that device, by class.
+        for (c, b) in p.classes_on(e.device).to_map() {
+            if b > 0 {
+                e.by_class.insert(c.name().to_owned(), b);
+            }
+        }
         for a in p.live_allocations() {
-            e.live_allocations += 1;
-            *e.by_class.entry(a.class.name().to_owned()).or_default() += a.bytes;
-            *e.by_mem.entry(a.mem.name().to_owned()).or_default() += a.bytes;
             if a.mem.is_host() || !on_device(a) {
                 continue;
             }
+            e.live_allocations += 1;
+            *e.by_mem.entry(a.mem.name().to_owned()).or_default() += a.bytes;
             let h = by_stack.entry(a.stack).or_insert_with(|| StackHolding {
                 oldest_ts_ns: a.ts_ns,
                 ..Default::default()
@@ -307,10 +312,6 @@ impl Collector {
                 st.1 += dynamic;
             }
             largest.push(a);
-        }
-        if p.usage.pool_held_bytes > 0 {
-            e.by_class
-                .insert(Class::Pool.name().to_owned(), p.usage.pool_held_bytes);
         }
         e.since_low = since.filter(|s| s.allocations > 0);
 

@@ -185,6 +185,9 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             p.pid, p.comm
         );
     }
+    if let Some(v) = &p.cuda_visible_devices {
+        let _ = writeln!(o, "  CUDA_VISIBLE_DEVICES={v}");
+    }
     if !p.cmdline.is_empty() {
         let _ = writeln!(o, "  cmdline: {}", p.cmdline.join(" "));
     }

@@ -44,9 +44,11 @@ fn stack_lines(o: &mut String, s: &StackFrames, indent: &str) {
 }
 
 fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
-    let dev = e
-        .device
-        .map_or_else(|| "GPU ?".to_owned(), |d| format!("GPU {d}"));
+    let dev = match (e.device, e.nvml_index) {
+        (Some(d), Some(i)) if i64::from(d) != i64::from(i) => format!("GPU {d} (NVML GPU {i})"),
+        (Some(d), _) => format!("GPU {d}"),
+        (None, _) => "GPU ? (the device could not be told: every device counts)".to_owned(),
+    };
     let _ = writeln!(
         o,
         "\n== OUT OF MEMORY at {}: {} (pid {}) {} of {} on {dev} failed with {}",

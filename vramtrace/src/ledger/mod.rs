@@ -240,7 +240,7 @@ impl Ledger {
             stack: c.stack,
             device,
             nvml_index,
-            live_by_class: st.classes().to_map(),
+            live_by_class: st.classes_on(device).to_map(),
             device_bytes: on_device(st).device_and_pool_bytes(),
             others,
             nvml: nvml_index

@@ -154,7 +154,9 @@ pub struct Oom {
     pub device: Option<i32>,
     /// That device's NVML index, when it could be told.
     pub nvml_index: Option<u32>,
-    /// The process's live bytes by class (every class, zeros included).
+    /// The process's live GPU bytes by class on that device (every device when it could
+    /// not be told), pool-held included, host memory not; every class, zeros included. Sums
+    /// to `device_bytes`.
     pub live_by_class: BTreeMap<classify::Class, u64>,
     /// The process's device plus pool-held bytes on that device (all devices when it could
     /// not be told).
@@ -463,6 +465,25 @@ impl ProcessState {
     pub fn classes(&self) -> ClassBytes {
         let mut c = self.classifier.live;
         c.set(classify::Class::Pool, self.usage.pool_held_bytes);
+        c
+    }
+
+    /// Live GPU memory by class on one device (`None`: every device), pool-held bytes
+    /// there included, host memory not: what an out-of-memory failure on that device weighs.
+    /// Scans the live allocations: for rare moments, not for every record.
+    pub fn classes_on(&self, device: Option<i32>) -> ClassBytes {
+        let mut c = ClassBytes::default();
+        for a in self
+            .live_allocations()
+            .filter(|a| !a.mem.is_host() && (device.is_none() || a.device == device))
+        {
+            c.add(a.class, a.bytes);
+        }
+        let pool = match device {
+            Some(_) => self.devices.get(&device).map_or(0, |u| u.pool_held_bytes),
+            None => self.usage.pool_held_bytes,
+        };
+        c.set(classify::Class::Pool, pool);
         c
     }
 
