@@ -114,6 +114,9 @@ pub struct OomExplanation {
     pub held_pool_bytes: u64,
     /// Its live host bytes.
     pub held_host_bytes: u64,
+    /// Its live device bytes on its other devices (0 when the failing device is not known).
+    #[serde(default)]
+    pub held_other_devices_bytes: u64,
     /// Its live allocations on that device.
     pub live_allocations: u64,
     /// Its live bytes on that device by class, pool-held included (the Ledger's figures).
@@ -268,6 +271,9 @@ impl Collector {
         e.held_device_bytes = usage.device_bytes;
         e.held_pool_bytes = usage.pool_held_bytes;
         e.held_host_bytes = p.usage.host_bytes;
+        if e.device.is_some() {
+            e.held_other_devices_bytes = p.usage.device_bytes.saturating_sub(usage.device_bytes);
+        }
         e.peak_before_bytes = usage.peak_device_bytes;
         e.peak_before_ts_ns = usage.peak_device_ts_ns;
 
@@ -453,6 +459,12 @@ fn verdict(e: &OomExplanation) -> String {
         v.push_str(&format!(
             " plus {} cached in stream-ordered pools (cuMemPoolTrimTo would give it back)",
             hb(e.held_pool_bytes)
+        ));
+    }
+    if e.held_other_devices_bytes > 0 {
+        v.push_str(&format!(
+            " (and {} on its other GPUs, which does not count here)",
+            hb(e.held_other_devices_bytes)
         ));
     }
     let others: u64 = e.others.iter().map(|o| o.device_bytes).sum();

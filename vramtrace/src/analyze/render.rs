@@ -356,7 +356,7 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         let _ = writeln!(
             o,
             "  {:<24} {}",
-            "classes at peak:",
+            "classes at peak, then:",
             class_line(&p.classes_at_peak)
         );
     }

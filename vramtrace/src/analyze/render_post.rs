@@ -83,8 +83,12 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
         .iter()
         .map(|(k, v)| format!("{k} {}", hb(*v)))
         .collect();
-    let _ = writeln!(o, "   by class: {}", classes.join(", "));
-    let _ = writeln!(o, "   by memory kind: {}", mems.join(", "));
+    if classes.is_empty() {
+        let _ = writeln!(o, "   nothing of this process's was on that device");
+    } else {
+        let _ = writeln!(o, "   by class: {}", classes.join(", "));
+        let _ = writeln!(o, "   by memory kind: {}", mems.join(", "));
+    }
     if let Some(c) = &e.capacity {
         let q = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), hb);
         let _ = writeln!(
