@@ -261,6 +261,9 @@ pub struct ProcessReport {
     pub failed: BTreeMap<String, FailedTotal>,
     /// All failed calls.
     pub failed_total: u64,
+    /// Calls that never returned, per entry point (the thread died in the driver).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreturned: BTreeMap<String, u64>,
     /// Inconsistent input, per kind.
     pub anomalies: BTreeMap<String, AnomalyReport>,
     /// Per device.
@@ -476,6 +479,7 @@ fn process_report(p: &ProcessState) -> ProcessReport {
         allocs: total(&p.allocs),
         frees: total(&p.frees),
         failed_total: failed.values().map(|f| f.count).sum(),
+        unreturned: p.unreturned.clone(),
         failed,
         anomalies: p
             .anomalies

@@ -259,6 +259,19 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         }
     }
 
+    if !p.unreturned.is_empty() {
+        let calls: Vec<String> = p
+            .unreturned
+            .iter()
+            .map(|(api, n)| format!("{n} x {api}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  never returned (the thread died in the driver; nothing was made): {}",
+            calls.join(", ")
+        );
+    }
+
     if !p.largest_at_exit.is_empty() {
         let _ = writeln!(
             o,

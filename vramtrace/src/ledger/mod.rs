@@ -187,6 +187,7 @@ impl Ledger {
             Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
             Record::CtxCurrent(_) => st.on_ctx_current(c),
             Record::Copy(_) => st.on_copy(c),
+            Record::Unreturned(_) => *st.unreturned.entry(c.api.to_string()).or_default() += 1,
             _ => {}
         }
         changes.append(&mut st.changes);

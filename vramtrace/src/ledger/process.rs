@@ -346,6 +346,9 @@ pub struct ProcessState {
     pub frees: BTreeMap<String, ApiCount>,
     /// Failed calls per entry point.
     pub failed: BTreeMap<String, FailedCount>,
+    /// Calls that never returned (the thread died in the driver, or a signal sent at the
+    /// call ended it), per entry point: what they asked for was never made.
+    pub unreturned: BTreeMap<String, u64>,
     /// Inconsistent input, per kind.
     pub anomalies: BTreeMap<&'static str, Anomaly>,
     /// Set when the process exited.

@@ -712,3 +712,22 @@ fn pool_allocations_are_booked_on_the_pools_device() {
     assert_eq!(p.devices[&Some(1)].pool_held_bytes, MIB);
     assert!(!p.devices.contains_key(&Some(0)));
 }
+
+#[test]
+fn a_call_that_never_returned_is_counted_and_makes_nothing() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let changes = l
+        .apply(&Record::Unreturned(Call {
+            bytes: Some(GIB),
+            mem: Some(Mem::Managed),
+            signalled: Some(10),
+            ..s.call("cuMemAllocManaged")
+        }))
+        .to_vec();
+    assert!(changes.is_empty(), "{changes:?}");
+    let p = l.process(1).expect("known");
+    assert_eq!(p.unreturned.get("cuMemAllocManaged"), Some(&1));
+    assert_eq!(p.live_allocations().count(), 0);
+    assert_eq!(p.usage.host_bytes, 0);
+}
