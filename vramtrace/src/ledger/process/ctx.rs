@@ -1,0 +1,121 @@
+//! Contexts: each thread's stack of current contexts, primary contexts, and what a
+//! context's destruction frees.
+
+use super::{LiveAllocation, ProcessState, describe};
+use crate::ledger::change::EndCause;
+use crate::ledger::usage::Totals;
+use crate::trace::Call;
+
+#[derive(Clone, Debug)]
+pub(super) struct PrimaryCtx {
+    pub(super) ctx: u64,
+    pub(super) refs: u32,
+}
+
+impl ProcessState {
+    pub(crate) fn on_ctx_create(&mut self, c: &Call) {
+        let Some(ctx) = c.handle else {
+            self.anomaly("ctx_without_handle", || describe(c));
+            return;
+        };
+        self.ctx_device.insert(ctx, c.device);
+        if c.api.starts_with("cuDevicePrimaryCtxRetain") {
+            // Retaining the primary context does not make it current.
+            let p = self
+                .primary
+                .entry(c.device)
+                .or_insert(PrimaryCtx { ctx, refs: 0 });
+            p.ctx = ctx;
+            p.refs += 1;
+        } else {
+            // cuCtxCreate pushes the new context on the calling thread's stack.
+            self.threads.entry(c.tid).or_default().push(ctx);
+        }
+    }
+
+    pub(crate) fn on_ctx_destroy(&mut self, t: &mut Totals, c: &Call) {
+        if c.api.starts_with("cuDevicePrimaryCtxRelease") {
+            let Some(p) = self.primary.get_mut(&c.device) else {
+                self.anomaly("release_unretained_primary_ctx", || describe(c));
+                return;
+            };
+            p.refs = p.refs.saturating_sub(1);
+            if p.refs == 0 {
+                let ctx = p.ctx;
+                self.primary.remove(&c.device);
+                self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
+            }
+            return;
+        }
+        let Some(ctx) = c.handle else {
+            self.anomaly("ctx_without_handle", || describe(c));
+            return;
+        };
+        if !self.ctx_device.contains_key(&ctx) {
+            self.anomaly("destroy_unknown_ctx", || describe(c));
+        }
+        // The destroyed context is popped from the calling thread only; other threads keep it
+        // current (and get CUDA_ERROR_CONTEXT_IS_DESTROYED from then on).
+        if let Some(stack) = self.threads.get_mut(&c.tid)
+            && stack.last() == Some(&ctx)
+        {
+            stack.pop();
+        }
+        self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
+    }
+
+    /// Everything allocated in `ctx` is freed with it. VMM memory is not bound to a context
+    /// and stays.
+    fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
+        self.ctx_device.remove(&ctx);
+        let addrs: Vec<u64> = self
+            .by_addr
+            .iter()
+            .filter(|(_, a)| a.ctx == Some(ctx))
+            .map(|(&k, _)| k)
+            .collect();
+        let arrays: Vec<u64> = self
+            .arrays
+            .iter()
+            .filter(|(_, a)| a.ctx == Some(ctx))
+            .map(|(&k, _)| k)
+            .collect();
+        let mut freed: Vec<LiveAllocation> = Vec::with_capacity(addrs.len() + arrays.len());
+        freed.extend(
+            addrs
+                .iter()
+                .filter_map(|k| self.by_addr.remove(k).map(|a| *a)),
+        );
+        freed.extend(arrays.iter().filter_map(|k| self.arrays.remove(k)));
+        if freed.is_empty() {
+            return;
+        }
+        let calls = freed.len() as u64;
+        let mut bytes = 0u64;
+        for a in freed {
+            bytes = bytes.saturating_add(a.bytes);
+            self.release(t, a, EndCause::ContextDestroyed, ts);
+        }
+        self.count_free(api, calls, bytes);
+    }
+
+    pub(crate) fn on_ctx_current(&mut self, c: &Call) {
+        let ctx = c.handle.unwrap_or(0);
+        let stack = self.threads.entry(c.tid).or_default();
+        if c.api.starts_with("cuCtxPushCurrent") {
+            stack.push(ctx);
+        } else if c.api.starts_with("cuCtxPopCurrent") {
+            match stack.pop() {
+                None => self.anomaly("pop_empty_ctx_stack", || describe(c)),
+                Some(top) if c.handle.is_some_and(|h| h != top) => {
+                    self.anomaly("pop_other_ctx", || describe(c));
+                }
+                Some(_) => {}
+            }
+        } else if let Some(top) = stack.last_mut() {
+            *top = ctx;
+        } else if ctx != 0 {
+            stack.push(ctx);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Stream-ordered pools: the blocks a pool holds from the GPU, and the pool records.
+
+use super::{ProcessState, describe};
+use crate::ledger::change::PoolId;
+use crate::ledger::usage::{Class, Totals};
+use crate::trace::Call;
+
+/// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
+/// GPU. An allocation reuses the smallest held block that fits (the rest of that block stays
+/// held); one that fits in no block takes new memory from the GPU. A trim gives back the
+/// largest blocks first. This is the suballocation the driver documents for pools; the
+/// driver may also trim on its own (release threshold), so held bytes are an upper bound.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Pool {
+    pub(super) device: Option<i32>,
+    /// Sum of `blocks`.
+    pub(super) held: u64,
+    pub(super) blocks: Vec<u64>,
+    pub(super) destroyed: bool,
+}
+
+impl Pool {
+    pub(super) fn new(device: Option<i32>) -> Self {
+        Pool {
+            device,
+            ..Pool::default()
+        }
+    }
+
+    pub(super) fn give(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.blocks.push(bytes);
+            self.held += bytes;
+        }
+    }
+
+    /// Serves an allocation of `bytes` from a held block, if one fits: the bytes reused.
+    pub(super) fn take(&mut self, bytes: u64) -> u64 {
+        let best = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b >= bytes)
+            .min_by_key(|(i, b)| (**b, *i))
+            .map(|(i, _)| i);
+        let Some(i) = best else { return 0 };
+        let block = self.blocks.remove(i);
+        if block > bytes {
+            self.blocks.push(block - bytes);
+        }
+        self.held -= bytes;
+        bytes
+    }
+
+    /// Gives back held bytes above `keep`, largest blocks first: the bytes released.
+    pub(super) fn trim(&mut self, keep: u64) -> u64 {
+        let mut excess = self.held.saturating_sub(keep);
+        let released = excess;
+        while excess > 0 {
+            let Some(i) = self
+                .blocks
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, b)| (**b, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            if self.blocks[i] <= excess {
+                excess -= self.blocks.remove(i);
+            } else {
+                self.blocks[i] -= excess;
+                excess = 0;
+            }
+        }
+        self.held -= released - excess;
+        released - excess
+    }
+
+    /// Lets go of everything held: the bytes released.
+    pub(super) fn clear(&mut self) -> u64 {
+        self.blocks.clear();
+        std::mem::take(&mut self.held)
+    }
+
+    pub(super) fn absorb(&mut self, other: Pool) {
+        self.held += other.held;
+        self.blocks.extend(other.blocks);
+    }
+}
+
+impl ProcessState {
+    fn merge_default_pool(&mut self, t: &mut Totals, device: Option<i32>, handle: u64, ts: u64) {
+        self.default_pools.insert(device, handle);
+        let Some(old) = self.pools.remove(&PoolId::Default(device)) else {
+            self.pools
+                .entry(PoolId::Handle(handle))
+                .or_insert_with(|| Pool::new(device));
+            return;
+        };
+        let (old_device, old_held) = (old.device, old.held);
+        let pool = self
+            .pools
+            .entry(PoolId::Handle(handle))
+            .or_insert_with(|| Pool::new(old_device));
+        pool.absorb(old);
+        let to = pool.device;
+        if to != old_device && old_held > 0 {
+            self.book_sub(t, old_device, Class::Pool, old_held);
+            self.book_add(t, to, Class::Pool, old_held, ts);
+        }
+        if old_held > 0 {
+            self.pool_changed(PoolId::Default(device));
+            self.pool_changed(PoolId::Handle(handle));
+        }
+    }
+
+    pub(crate) fn on_pool_create(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        if c.api.starts_with("cuDeviceGetDefaultMemPool") {
+            self.merge_default_pool(t, c.device, h, c.ts_ns);
+            return;
+        }
+        let fresh = Pool::new(c.device);
+        match self.pools.get(&PoolId::Handle(h)) {
+            Some(p) if !p.destroyed => {
+                self.anomaly("pool_create_over_live", || describe(c));
+            }
+            _ => {
+                self.pools.insert(PoolId::Handle(h), fresh);
+            }
+        }
+    }
+
+    pub(crate) fn on_pool_trim(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        let Some(keep) = c.bytes else {
+            self.anomaly("trim_without_size", || describe(c));
+            return;
+        };
+        let key = PoolId::Handle(h);
+        if !self.pools.contains_key(&key) {
+            // A handle never seen: the default pool got through an entry point that is not
+            // traced (cuDeviceGetMemPool). With one default pool in use it can only be that.
+            let unresolved: Vec<Option<i32>> = self
+                .pools
+                .iter()
+                .filter_map(|(k, p)| match k {
+                    PoolId::Default(d) if p.held > 0 => Some(*d),
+                    _ => None,
+                })
+                .collect();
+            match unresolved.as_slice() {
+                [] => return,
+                [d] => self.merge_default_pool(t, *d, h, c.ts_ns),
+                _ => {
+                    self.anomaly("trim_ambiguous_pool", || describe(c));
+                    return;
+                }
+            }
+        }
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return;
+        };
+        let release = pool.trim(keep);
+        let device = pool.device;
+        if release > 0 {
+            self.book_sub(t, device, Class::Pool, release);
+            self.pool_changed(key);
+        }
+    }
+
+    pub(crate) fn on_pool_destroy(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.pool.or(c.handle) else {
+            self.anomaly("pool_without_handle", || describe(c));
+            return;
+        };
+        match self.pools.get_mut(&PoolId::Handle(h)) {
+            Some(p) if !p.destroyed => {
+                let held = p.clear();
+                p.destroyed = true;
+                let device = p.device;
+                if held > 0 {
+                    self.book_sub(t, device, Class::Pool, held);
+                    self.pool_changed(PoolId::Handle(h));
+                }
+            }
+            _ => self.anomaly("destroy_unknown_pool", || describe(c)),
+        }
+    }
+}

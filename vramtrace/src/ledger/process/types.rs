@@ -1,0 +1,201 @@
+//! What the Ledger reports about a process: live allocations, findings, out-of-memory
+//! failures, counters, anomalies and the exit snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::classify::{self, ClassBytes, Phase};
+use crate::ledger::usage::Usage;
+use crate::trace::Mem;
+
+/// An allocation that is live: device or host memory, a CUDA array, or a VMM handle's
+/// physical memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveAllocation {
+    /// Address (for VMM: the first address it is mapped at, while mapped).
+    pub addr: Option<u64>,
+    /// CUDA array or VMM handle.
+    pub handle: Option<u64>,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Where it lives.
+    pub mem: Mem,
+    /// The entry point that made it.
+    pub api: Arc<str>,
+    /// When it was made.
+    pub ts_ns: u64,
+    /// The thread that made it.
+    pub tid: u32,
+    /// Id of the stack that made it.
+    pub stack: Option<u32>,
+    /// Device ordinal, when it could be told.
+    pub device: Option<i32>,
+    /// The context that was current on the thread when it was made.
+    pub ctx: Option<u64>,
+    /// The pool of a stream-ordered allocation, when its handle is known.
+    pub pool: Option<u64>,
+    /// Bytes copied into it from the host (`cuMemcpyHtoD*`), all copies together.
+    pub filled_from_host: u64,
+    /// The part of `filled_from_host` copied while the process was in its load phase.
+    pub filled_while_loading: u64,
+    /// What it is, as far as the evidence so far tells (`docs/classification.md`).
+    pub class: classify::Class,
+    /// The evidence that decided `class`.
+    pub evidence: classify::Evidences,
+    /// The process's phase when it was made.
+    pub made_in: Phase,
+    /// Device frees the process had made before it was made.
+    pub frees_before: u64,
+    /// The size was not known (counted as 0 bytes).
+    pub size_unknown: bool,
+    /// Unique within the process.
+    pub(crate) seq: u64,
+}
+
+impl LiveAllocation {
+    /// A number unique among the allocations of its process, in the order they were made:
+    /// with the process's id it names the allocation in the change stream, whatever address
+    /// is reused.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// An allocation in host RAM by a traced process: a finding, a violation under the
+/// vram-only policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFinding {
+    /// When it returned.
+    pub ts_ns: u64,
+    /// The calling thread.
+    pub tid: u32,
+    /// The entry point.
+    pub api: String,
+    /// Bytes placed in host RAM.
+    pub bytes: u64,
+    /// What kind of host memory.
+    pub mem: Option<Mem>,
+    /// The flags argument, as passed.
+    pub flags: Option<u64>,
+    /// Id of the call's stack.
+    #[serde(rename = "stack_id")]
+    pub stack: Option<u32>,
+    /// The signal the probe sent the thread at the call.
+    pub signalled: Option<u32>,
+}
+
+/// What NVML said about a GPU at the sample nearest an out-of-memory failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvmlAtOom {
+    /// When the sample was taken.
+    pub ts_ns: u64,
+    /// Free bytes on the GPU, when NVML told.
+    pub free_bytes: Option<u64>,
+    /// Used bytes on the GPU, when NVML told.
+    pub used_bytes: Option<u64>,
+    /// Total bytes, when NVML told.
+    pub total_bytes: Option<u64>,
+}
+
+/// Another traced process on the GPU of an out-of-memory failure, at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomNeighbour {
+    /// Its `process` record id.
+    pub proc: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Short name.
+    pub comm: String,
+    /// Its live device bytes on that GPU.
+    pub device_bytes: u64,
+    /// Its pool-held bytes there.
+    #[serde(default)]
+    pub pool_held_bytes: u64,
+}
+
+/// A request that failed for want of memory (`CUDA_ERROR_OUT_OF_MEMORY`, or a failed
+/// `cuMemCreate`), with what was held at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Oom {
+    /// When it failed.
+    pub ts_ns: u64,
+    /// The calling thread.
+    pub tid: u32,
+    /// The entry point.
+    pub api: String,
+    /// The driver's return code.
+    pub ret: i32,
+    /// Bytes asked for, when the call has a size.
+    pub requested_bytes: Option<u64>,
+    /// Id of the call's stack.
+    #[serde(rename = "stack_id")]
+    pub stack: Option<u32>,
+    /// The device asked (CUDA ordinal), when it could be told.
+    pub device: Option<i32>,
+    /// That device's NVML index, when it could be told.
+    pub nvml_index: Option<u32>,
+    /// The process's live GPU bytes by class on that device (every device when it could
+    /// not be told), pool-held included, host memory not; every class, zeros included. Sums
+    /// to `device_bytes`.
+    pub live_by_class: BTreeMap<classify::Class, u64>,
+    /// The process's device plus pool-held bytes on that device (all devices when it could
+    /// not be told).
+    pub device_bytes: u64,
+    /// The other traced processes on the same device.
+    pub others: Vec<OomNeighbour>,
+    /// The GPU's NVML figures at the nearest sample, when NVML was sampled.
+    pub nvml: Option<NvmlAtOom>,
+}
+
+/// Calls and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiCount {
+    /// Calls.
+    pub count: u64,
+    /// Bytes allocated or freed by them (for frees: the sizes of the allocations found).
+    pub bytes: u64,
+}
+
+/// Failed calls of one entry point.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailedCount {
+    /// Calls.
+    pub count: u64,
+    /// Bytes requested, where the call has a size.
+    pub bytes: u64,
+    /// Calls per `CUresult`.
+    pub rets: BTreeMap<i32, u64>,
+}
+
+/// Input that does not fit what the ledger knows: a free of an unknown address, a double
+/// free, an unmap of an unknown range. Counted, never fatal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Anomaly {
+    /// Occurrences.
+    pub count: u64,
+    /// The first few, described.
+    pub examples: Vec<String>,
+}
+
+/// What a process held when it exited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitSnapshot {
+    /// When the exit was seen.
+    pub ts_ns: u64,
+    /// Live device bytes.
+    pub device_bytes: u64,
+    /// Pool-held bytes.
+    pub pool_held_bytes: u64,
+    /// Live host bytes.
+    pub host_bytes: u64,
+    /// Per device (live and pool-held; peaks as of the exit).
+    pub devices: BTreeMap<Option<i32>, Usage>,
+    /// How many allocations were live.
+    pub live_allocations: usize,
+    /// Live bytes by class (pool-held and host bytes included).
+    pub classes: ClassBytes,
+    /// The largest of them, largest first.
+    pub largest: Vec<LiveAllocation>,
+}

@@ -1,0 +1,193 @@
+//! Virtual memory management: handles, their mappings, and reserved address space.
+
+use super::{LiveAllocation, ProcessState, class_of, describe};
+use crate::ledger::change::EndCause;
+use crate::ledger::classify::AllocRef;
+use crate::ledger::usage::Totals;
+use crate::trace::{Call, Mem};
+
+#[derive(Clone, Debug)]
+pub(super) struct VmmHandle {
+    pub(super) alloc: LiveAllocation,
+    pub(super) released: bool,
+    pub(super) mappings: u32,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Mapping {
+    pub(super) bytes: u64,
+    pub(super) handle: u64,
+    /// Whether the mapping was counted on its handle (the handle was live when mapped).
+    pub(super) counted: bool,
+}
+
+impl ProcessState {
+    /// Frees a VMM handle's physical memory (released and no longer mapped, or replaced).
+    fn drop_handle(&mut self, t: &mut Totals, h: u64, cause: EndCause, ts: u64) {
+        if let Some(v) = self.vmm.remove(&h) {
+            self.release(t, v.alloc, cause, ts);
+        }
+    }
+
+    pub(crate) fn on_vmm_create(&mut self, t: &mut Totals, c: &Call) {
+        let mem = match c.mem {
+            Some(m @ (Mem::VmmDevice | Mem::VmmHost)) => m,
+            _ => {
+                self.anomaly("vmm_create_without_location", || describe(c));
+                Mem::VmmDevice
+            }
+        };
+        let bytes = c.bytes.unwrap_or_else(|| {
+            self.anomaly("alloc_without_size", || describe(c));
+            0
+        });
+        self.count_alloc(&c.api, bytes);
+        let Some(h) = c.handle else {
+            self.anomaly("alloc_without_handle", || describe(c));
+            return;
+        };
+        if self.vmm.contains_key(&h) {
+            self.anomaly("alloc_over_live", || describe(c));
+            for m in self.mappings.values_mut() {
+                if m.handle == h {
+                    m.counted = false;
+                }
+            }
+            self.drop_handle(t, h, EndCause::Replaced, c.ts_ns);
+        }
+        let mut a = self.new_alloc(c, mem, bytes);
+        a.addr = None;
+        if mem.is_host() {
+            self.note_host_finding(c, mem, bytes);
+        }
+        self.classify_new(&mut a, AllocRef::Vmm(h));
+        self.book_add(t, a.device, class_of(mem), bytes, c.ts_ns);
+        self.started(&a);
+        self.vmm.insert(
+            h,
+            VmmHandle {
+                alloc: a,
+                released: false,
+                mappings: 0,
+            },
+        );
+    }
+
+    pub(crate) fn on_vmm_release(&mut self, t: &mut Totals, c: &Call) {
+        let Some(h) = c.handle else {
+            self.count_free(&c.api, 1, 0);
+            self.anomaly("free_without_handle", || describe(c));
+            return;
+        };
+        let (bytes, unmapped) = match self.vmm.get_mut(&h) {
+            Some(v) if !v.released => {
+                v.released = true;
+                (v.alloc.bytes, v.mappings == 0)
+            }
+            Some(_) => {
+                self.count_free(&c.api, 1, 0);
+                self.anomaly("double_release", || describe(c));
+                return;
+            }
+            None => {
+                self.count_free(&c.api, 1, 0);
+                self.anomaly("free_unknown_handle", || describe(c));
+                return;
+            }
+        };
+        self.count_free(&c.api, 1, bytes);
+        if unmapped {
+            self.drop_handle(t, h, EndCause::VmmRelease, c.ts_ns);
+        }
+    }
+
+    fn unmap_at(&mut self, t: &mut Totals, addr: u64, ts: u64) {
+        let Some(m) = self.mappings.remove(&addr) else {
+            return;
+        };
+        if !m.counted {
+            return;
+        }
+        let Some(v) = self.vmm.get_mut(&m.handle) else {
+            return;
+        };
+        v.mappings = v.mappings.saturating_sub(1);
+        if v.released && v.mappings == 0 {
+            self.drop_handle(t, m.handle, EndCause::VmmRelease, ts);
+        } else if v.alloc.addr == Some(addr) {
+            v.alloc.addr = None;
+            Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
+        }
+    }
+
+    pub(crate) fn on_vmm_map(&mut self, t: &mut Totals, c: &Call) {
+        let (Some(addr), Some(h)) = (c.addr, c.handle) else {
+            self.anomaly("map_without_address_or_handle", || describe(c));
+            return;
+        };
+        if self.mappings.contains_key(&addr) {
+            self.anomaly("map_over_mapping", || describe(c));
+            self.unmap_at(t, addr, c.ts_ns);
+        }
+        let counted = match self.vmm.get_mut(&h) {
+            Some(v) if !v.released => {
+                v.mappings += 1;
+                if v.alloc.addr.is_none() {
+                    v.alloc.addr = Some(addr);
+                    Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
+                }
+                true
+            }
+            _ => {
+                self.anomaly("map_unknown_handle", || describe(c));
+                false
+            }
+        };
+        let bytes = c
+            .bytes
+            .or_else(|| self.vmm.get(&h).map(|v| v.alloc.bytes))
+            .unwrap_or(0);
+        self.mappings.insert(
+            addr,
+            Mapping {
+                bytes,
+                handle: h,
+                counted,
+            },
+        );
+    }
+
+    pub(crate) fn on_vmm_unmap(&mut self, t: &mut Totals, c: &Call) {
+        let Some(addr) = c.addr else {
+            self.anomaly("unmap_without_address", || describe(c));
+            return;
+        };
+        // One call may cover several mappings (a range mapped handle by handle).
+        let end = addr.saturating_add(c.bytes.unwrap_or(1).max(1));
+        let starts: Vec<u64> = self.mappings.range(addr..end).map(|(&a, _)| a).collect();
+        if starts.is_empty() {
+            self.anomaly("unmap_unknown_range", || describe(c));
+            return;
+        }
+        for a in starts {
+            self.unmap_at(t, a, c.ts_ns);
+        }
+    }
+
+    pub(crate) fn on_reserve(&mut self, c: &Call) {
+        let (Some(addr), Some(bytes)) = (c.addr, c.bytes) else {
+            self.anomaly("reserve_without_range", || describe(c));
+            return;
+        };
+        if self.reserved.insert(addr, bytes).is_some() {
+            self.anomaly("reserve_over_reserved", || describe(c));
+        }
+    }
+
+    pub(crate) fn on_unreserve(&mut self, c: &Call) {
+        let removed = c.addr.and_then(|a| self.reserved.remove(&a));
+        if removed.is_none() {
+            self.anomaly("unreserve_unknown_range", || describe(c));
+        }
+    }
+}

@@ -1,0 +1,904 @@
+//! The tolerant trace reader: streams records, and collects what is wrong instead of stopping.
+//!
+//! Only the header is required ([`TraceReader::new`] fails without a readable one). After it,
+//! a bad line is a [`Problem`] with its line number and the next line is read; a line cut
+//! short by a crash ends the trace; the footer's digest and counts are checked when it comes.
+//! Call [`TraceReader::summary`] once the iterator is exhausted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+mod fast;
+
+use fast::{fast_call, leading_tag};
+
+use super::record::{
+    Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Footer, Header, Lost, Process, Record,
+    Stack,
+};
+
+/// Every `type` that [`Record::kind`] returns, in declaration order.
+pub const RECORD_TYPES: [&str; 24] = [
+    "header",
+    "process",
+    "stack",
+    "alloc",
+    "free",
+    "failed",
+    "vmm_create",
+    "vmm_release",
+    "vmm_map",
+    "vmm_unmap",
+    "reserve",
+    "unreserve",
+    "pool_create",
+    "pool_destroy",
+    "pool_trim",
+    "ctx_create",
+    "ctx_destroy",
+    "ctx_current",
+    "copy",
+    "unreturned",
+    "exit",
+    "lost",
+    "nvml",
+    "footer",
+];
+
+/// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
+/// skipped rather than buffered whole.
+const MAX_LINE: usize = 16 << 20;
+
+/// Why a trace could not be opened at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("opening trace file {path} failed")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the trace header failed")]
+    Io(#[from] io::Error),
+    #[error("the file is empty: not a vramtrace trace")]
+    Empty,
+    #[error("not a vramtrace trace: {reason}")]
+    NotATrace { reason: String },
+    #[error("not a vramtrace trace: its header says format {found:?}, not {FORMAT_NAME:?}")]
+    WrongFormat { found: String },
+    #[error("the trace header's version {found:?} is not MAJOR.MINOR")]
+    BadVersion { found: String },
+    #[error(
+        "trace format version {found} is newer than this vramtrace (reads {reads}.x); \
+         upgrade vramtrace"
+    )]
+    NewerMajor { found: String, reads: u32 },
+    #[error(
+        "trace format version {found} is older than this vramtrace reads ({reads}.x); \
+         read it with the vramtrace that recorded it"
+    )]
+    OlderMajor { found: String, reads: u32 },
+    #[error("the trace header is cut short (the recording stopped while writing it)")]
+    TruncatedHeader,
+    #[error("the trace header is malformed: {message}")]
+    BadHeader {
+        message: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What kind of thing is wrong with a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// Not JSON at all.
+    NotJson,
+    /// JSON, but not a record this reader knows (missing field, wrong type, no `type`).
+    BadRecord,
+    /// A `type` this reader does not know, in a trace of a minor version it should know.
+    UnknownType,
+    /// A second header.
+    UnexpectedHeader,
+    /// The last line has no newline: the recording stopped mid-line.
+    Truncated,
+    /// A line longer than any record can be.
+    TooLong,
+    /// A line after the footer.
+    AfterFooter,
+    /// The footer's SHA-256 is not that of the bytes before it: changed or cut and resumed.
+    DigestMismatch,
+    /// The footer's counts are not the lines read.
+    CountMismatch,
+    /// Reading failed; nothing after this was read.
+    Io,
+}
+
+/// Something wrong in a trace, with the 1-based line it is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub line: u64,
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// What a read found, once the records are exhausted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadSummary {
+    pub header: Header,
+    pub footer: Option<Footer>,
+    /// The footer is there, its digest and counts match, and nothing follows it.
+    pub complete: bool,
+    /// Whether the footer's digest matched; `None` without a footer.
+    pub digest_ok: Option<bool>,
+    pub problems: Vec<Problem>,
+    /// Lines read, the header, the footer and bad lines included.
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Lines of a `type` this reader does not know, in a trace of a newer minor version:
+    /// additions it may ignore, so not problems.
+    pub skipped_types: BTreeMap<String, u64>,
+}
+
+/// Streams the records of a trace between its header and footer.
+///
+/// As an [`Iterator`] it yields [`Record`]s; [`next_record`](Self::next_record) also gives
+/// their line numbers. Bad lines are skipped and collected as [`Problem`]s.
+pub struct TraceReader<R> {
+    input: R,
+    /// The current line, when it is not whole in `input`'s buffer; reused.
+    buf: Vec<u8>,
+    /// How far into `input`'s buffer lines were read without consuming them.
+    pos: usize,
+    /// Where in `input`'s buffer the bytes not yet hashed start (`<= pos`).
+    hash_from: usize,
+    hasher: BatchedHash,
+    names: Names,
+    header: Header,
+    /// The trace's minor version: types unknown to us are expected when it is newer.
+    minor: u32,
+    footer: Option<Footer>,
+    digest_ok: Option<bool>,
+    counts_ok: bool,
+    /// Lines after the header, by `type`, to check against the footer.
+    counts: Counts,
+    skipped_types: BTreeMap<String, u64>,
+    problems: Vec<Problem>,
+    lines: u64,
+    bytes: u64,
+    after_footer: bool,
+    /// Something followed the footer.
+    trailing: bool,
+    done: bool,
+}
+
+impl TraceReader<BufReader<File>> {
+    /// Opens a trace file and reads its header.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|source| ReadError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::new(BufReader::with_capacity(1 << 20, file))
+    }
+}
+
+/// How a line read ended.
+enum LineEnd {
+    Eof,
+    /// A complete line, its newline included.
+    Newline,
+    /// The input ended without a newline.
+    Cut,
+    /// Longer than [`MAX_LINE`]; `len` bytes were consumed up to and with its newline.
+    TooLong {
+        len: u64,
+    },
+}
+
+/// What [`TraceReader::next_in_buffer`] found.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one line; boxing would cost an allocation per record"
+)]
+enum InBuffer {
+    Line(Result<Parsed, (ProblemKind, String)>),
+    /// Longer than [`MAX_LINE`], of this many bytes with its newline.
+    TooLong(u64),
+    /// A line after the footer.
+    AfterFooter,
+}
+
+/// A line parsed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one line; boxing would cost an allocation per record"
+)]
+enum Parsed {
+    Record(Record),
+    /// Valid JSON with a `type` this reader does not know.
+    Unknown(String),
+}
+
+impl<R: BufRead> TraceReader<R> {
+    /// Reads and checks the header from `input`.
+    pub fn new(input: R) -> Result<Self, ReadError> {
+        let mut reader = TraceReader {
+            input,
+            buf: Vec::with_capacity(4096),
+            pos: 0,
+            hash_from: 0,
+            hasher: BatchedHash::default(),
+            names: Names::default(),
+            header: Header::default(),
+            minor: 0,
+            footer: None,
+            digest_ok: None,
+            counts_ok: true,
+            counts: Counts::default(),
+            skipped_types: BTreeMap::new(),
+            problems: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            after_footer: false,
+            trailing: false,
+            done: false,
+        };
+        match reader.read_line(false)? {
+            LineEnd::Eof => return Err(ReadError::Empty),
+            LineEnd::Cut => return Err(ReadError::TruncatedHeader),
+            LineEnd::TooLong { .. } => {
+                return Err(ReadError::NotATrace {
+                    reason: "its first line is not JSON".into(),
+                });
+            }
+            LineEnd::Newline => {}
+        }
+        reader.lines = 1;
+        reader.bytes = reader.buf.len() as u64;
+        reader.hasher.update(&reader.buf);
+        let (header, minor) = parse_header(&reader.buf)?;
+        reader.header = header;
+        reader.minor = minor;
+        Ok(reader)
+    }
+
+    /// The trace's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Problems found so far.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// The next record between header and footer, with its 1-based line number; `None` at the
+    /// end of the trace (its footer, a cut line, the end of input, or a read error).
+    pub fn next_record(&mut self) -> Option<(u64, Record)> {
+        while !self.done {
+            match self.next_in_buffer() {
+                Ok(Some(InBuffer::Line(parsed))) => {
+                    if let Some(rec) = self.take(self.lines, parsed) {
+                        return Some(rec);
+                    }
+                    continue;
+                }
+                Ok(Some(InBuffer::TooLong(len))) => {
+                    self.too_long(self.lines, len);
+                    continue;
+                }
+                Ok(Some(InBuffer::AfterFooter)) => {
+                    self.after_footer_line(self.lines);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.read_failed(&e);
+                    return None;
+                }
+            }
+            // The next line is not whole in the buffer: read it into `buf`.
+            let end = match self.read_line(!self.after_footer) {
+                Ok(end) => end,
+                Err(e) => {
+                    self.read_failed(&e);
+                    return None;
+                }
+            };
+            let line = self.lines + 1;
+            match end {
+                LineEnd::Eof => {
+                    self.done = true;
+                    return None;
+                }
+                LineEnd::Cut => {
+                    self.lines = line;
+                    self.bytes += self.buf.len() as u64;
+                    self.done = true;
+                    if self.after_footer {
+                        self.trailing = true;
+                        self.problem(
+                            line,
+                            ProblemKind::AfterFooter,
+                            "bytes after the footer (the trace was appended to)".into(),
+                        );
+                    } else {
+                        self.problem(
+                            line,
+                            ProblemKind::Truncated,
+                            format!(
+                                "the last line is cut short after {} bytes (no newline): the \
+                                 recording stopped while writing it",
+                                self.buf.len()
+                            ),
+                        );
+                    }
+                    return None;
+                }
+                LineEnd::TooLong { len } => {
+                    self.lines = line;
+                    self.bytes += len;
+                    self.too_long(line, len);
+                    continue;
+                }
+                LineEnd::Newline => {
+                    self.lines = line;
+                    self.bytes += self.buf.len() as u64;
+                }
+            }
+            if self.after_footer {
+                self.after_footer_line(line);
+                continue;
+            }
+            let parsed = parse_line(&self.buf, &mut self.names);
+            if !matches!(parsed, Ok(Parsed::Record(Record::Footer(_)))) {
+                self.hasher.update(&self.buf);
+            }
+            if let Some(rec) = self.take(line, parsed) {
+                return Some(rec);
+            }
+        }
+        None
+    }
+
+    /// The next line when it lies whole in `input`'s buffer, parsed there without copying it;
+    /// `None` when the buffer holds no whole line (the bytes before it are then hashed and
+    /// consumed). Lines before the footer are hashed in runs, not one by one.
+    fn next_in_buffer(&mut self) -> io::Result<Option<InBuffer>> {
+        let chunk = loop {
+            match self.input.fill_buf() {
+                Ok(chunk) => break chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let start = self.pos;
+        let Some(len) = memchr::memchr(b'\n', &chunk[start..]).map(|i| i + 1) else {
+            if !self.after_footer {
+                self.hasher.update(&chunk[self.hash_from..start]);
+            }
+            self.input.consume(start);
+            self.pos = 0;
+            self.hash_from = 0;
+            return Ok(None);
+        };
+        self.pos += len;
+        self.lines += 1;
+        self.bytes += len as u64;
+        // As when the line is read into `buf`: too long first, wherever it is.
+        if len > MAX_LINE {
+            return Ok(Some(InBuffer::TooLong(len as u64)));
+        }
+        if self.after_footer {
+            return Ok(Some(InBuffer::AfterFooter));
+        }
+        let parsed = parse_line(&chunk[start..self.pos], &mut self.names);
+        if matches!(parsed, Ok(Parsed::Record(Record::Footer(_)))) {
+            // The digest covers what came before the footer, and nothing after.
+            self.hasher.update(&chunk[self.hash_from..start]);
+            self.hash_from = self.pos;
+        }
+        Ok(Some(InBuffer::Line(parsed)))
+    }
+
+    /// Books a parsed line `line`: the record to hand out, or what is wrong with it.
+    fn take(
+        &mut self,
+        line: u64,
+        parsed: Result<Parsed, (ProblemKind, String)>,
+    ) -> Option<(u64, Record)> {
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err((kind, message)) => {
+                self.problem(line, kind, message);
+                return None;
+            }
+        };
+        match parsed {
+            Parsed::Record(Record::Footer(footer)) => self.check_footer(line, footer),
+            Parsed::Record(Record::Header(_)) => {
+                self.problem(
+                    line,
+                    ProblemKind::UnexpectedHeader,
+                    "a second header, skipped".into(),
+                );
+            }
+            Parsed::Record(rec) => {
+                self.counts.known[type_index(&rec)] += 1;
+                return Some((line, rec));
+            }
+            Parsed::Unknown(kind) => {
+                self.counts.add(&kind);
+                if self.minor > FORMAT_MINOR {
+                    count(&mut self.skipped_types, &kind);
+                } else {
+                    self.problem(
+                        line,
+                        ProblemKind::UnknownType,
+                        format!(
+                            "unknown record type {kind:?} in a version {}.{} trace",
+                            FORMAT_MAJOR, self.minor
+                        ),
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// What was read. Meaningful once [`next_record`](Self::next_record) has returned `None`.
+    pub fn summary(&self) -> ReadSummary {
+        ReadSummary {
+            header: self.header.clone(),
+            footer: self.footer.clone(),
+            complete: self.done
+                && self.footer.is_some()
+                && self.digest_ok == Some(true)
+                && self.counts_ok
+                && !self.trailing,
+            digest_ok: self.digest_ok,
+            problems: self.problems.clone(),
+            lines: self.lines,
+            bytes: self.bytes,
+            skipped_types: self.skipped_types.clone(),
+        }
+    }
+
+    /// Reading failed: the trace ends here.
+    fn read_failed(&mut self, e: &io::Error) {
+        self.done = true;
+        self.problem(
+            self.lines + 1,
+            ProblemKind::Io,
+            format!("reading failed, nothing after this was read: {e}"),
+        );
+    }
+
+    /// Line `line`, of `len` bytes, is longer than any record: skipped.
+    fn too_long(&mut self, line: u64, len: u64) {
+        self.trailing |= self.after_footer;
+        self.problem(
+            line,
+            ProblemKind::TooLong,
+            format!("line of {len} bytes skipped: no record is that long"),
+        );
+    }
+
+    /// Line `line` follows the footer.
+    fn after_footer_line(&mut self, line: u64) {
+        self.trailing = true;
+        self.problem(
+            line,
+            ProblemKind::AfterFooter,
+            "a line after the footer (the trace was appended to)".into(),
+        );
+    }
+
+    fn problem(&mut self, line: u64, kind: ProblemKind, message: String) {
+        self.problems.push(Problem {
+            line,
+            kind,
+            message,
+        });
+    }
+
+    fn check_footer(&mut self, line: u64, footer: Footer) {
+        let digest = self.hasher.finalize_hex();
+        let digest_ok = digest.eq_ignore_ascii_case(&footer.sha256);
+        if !digest_ok {
+            self.problem(
+                line,
+                ProblemKind::DigestMismatch,
+                format!(
+                    "the footer's SHA-256 is {}, but the lines before it hash to {digest}: \
+                     the trace was changed",
+                    footer.sha256
+                ),
+            );
+        }
+        let mut diffs = Vec::new();
+        let read_counts = self.counts.to_map();
+        let kinds = footer.counts.keys().chain(read_counts.keys());
+        for kind in kinds.collect::<std::collections::BTreeSet<_>>() {
+            let said = footer.counts.get(kind).copied().unwrap_or(0);
+            let read = read_counts.get(kind).copied().unwrap_or(0);
+            if said != read {
+                diffs.push(format!("{kind}: footer says {said}, read {read}"));
+            }
+        }
+        self.counts_ok = diffs.is_empty();
+        if !self.counts_ok {
+            self.problem(
+                line,
+                ProblemKind::CountMismatch,
+                format!(
+                    "the footer's counts are not the lines read ({})",
+                    diffs.join(", ")
+                ),
+            );
+        }
+        self.digest_ok = Some(digest_ok);
+        self.footer = Some(footer);
+        self.after_footer = true;
+    }
+
+    /// Reads one line into `buf`, at most [`MAX_LINE`] bytes of it; `hash_skipped` says whether
+    /// the bytes of a too-long line go into the digest.
+    fn read_line(&mut self, hash_skipped: bool) -> io::Result<LineEnd> {
+        self.buf.clear();
+        let n = (&mut self.input)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(LineEnd::Eof);
+        }
+        if self.buf.last() == Some(&b'\n') {
+            return Ok(LineEnd::Newline);
+        }
+        if n < MAX_LINE {
+            return Ok(LineEnd::Cut);
+        }
+        // Too long: skip to the end of the line without keeping it.
+        if hash_skipped {
+            self.hasher.update(&self.buf);
+        }
+        let mut len = n as u64;
+        loop {
+            let chunk = self.input.fill_buf()?;
+            if chunk.is_empty() {
+                // A too-long line that is also cut: reported as too long, then the end.
+                return Ok(LineEnd::TooLong { len });
+            }
+            let (used, found) = match memchr_newline(chunk) {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if hash_skipped {
+                self.hasher.update(&chunk[..used]);
+            }
+            self.input.consume(used);
+            len += used as u64;
+            if found {
+                return Ok(LineEnd::TooLong { len });
+            }
+        }
+    }
+}
+
+/// SHA-256 fed in large pieces: hashing line by line costs about twice as much, per byte, as
+/// hashing 64 KiB at a time.
+#[derive(Default)]
+struct BatchedHash {
+    hasher: Sha256,
+    pending: Vec<u8>,
+}
+
+impl BatchedHash {
+    const BATCH: usize = 64 << 10;
+
+    fn update(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() > Self::BATCH {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+            if bytes.len() > Self::BATCH {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The hex digest of everything so far; starts over.
+    fn finalize_hex(&mut self) -> String {
+        self.hasher.update(&self.pending);
+        self.pending.clear();
+        hex::encode(self.hasher.finalize_reset())
+    }
+}
+
+impl<R: BufRead> Iterator for TraceReader<R> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        self.next_record().map(|(_, rec)| rec)
+    }
+}
+
+impl<R: BufRead> std::iter::FusedIterator for TraceReader<R> {}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', bytes)
+}
+
+/// The position of `rec`'s type in [`RECORD_TYPES`].
+fn type_index(rec: &Record) -> usize {
+    match rec {
+        Record::Header(_) => 0,
+        Record::Process(_) => 1,
+        Record::Stack(_) => 2,
+        Record::Alloc(_) => 3,
+        Record::Free(_) => 4,
+        Record::Failed(_) => 5,
+        Record::VmmCreate(_) => 6,
+        Record::VmmRelease(_) => 7,
+        Record::VmmMap(_) => 8,
+        Record::VmmUnmap(_) => 9,
+        Record::Reserve(_) => 10,
+        Record::Unreserve(_) => 11,
+        Record::PoolCreate(_) => 12,
+        Record::PoolDestroy(_) => 13,
+        Record::PoolTrim(_) => 14,
+        Record::CtxCreate(_) => 15,
+        Record::CtxDestroy(_) => 16,
+        Record::CtxCurrent(_) => 17,
+        Record::Copy(_) => 18,
+        Record::Unreturned(_) => 19,
+        Record::Exit(_) => 20,
+        Record::Lost(_) => 21,
+        Record::Nvml(_) => 22,
+        Record::Footer(_) => 23,
+    }
+}
+
+/// Lines by `type`: the known types in an array, for the price of a match per line.
+#[derive(Default)]
+struct Counts {
+    known: [u64; RECORD_TYPES.len()],
+    other: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, kind: &str) {
+        match RECORD_TYPES.iter().position(|&k| k == kind) {
+            Some(i) => self.known[i] += 1,
+            None => count(&mut self.other, kind),
+        }
+    }
+
+    /// The counts that are not zero, by type.
+    fn to_map(&self) -> BTreeMap<String, u64> {
+        let mut map = self.other.clone();
+        for (kind, &n) in RECORD_TYPES.iter().zip(&self.known) {
+            if n > 0 {
+                map.insert((*kind).to_owned(), n);
+            }
+        }
+        map
+    }
+}
+
+/// The entry-point names read so far: a trace names a handful of them millions of times, and
+/// each call shares its name instead of allocating it.
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// More distinct names than any driver exports: past this, names are not kept.
+    const MAX: usize = 512;
+
+    fn get(&mut self, bytes: &[u8]) -> Option<Arc<str>> {
+        if let Some(name) = self.0.iter().find(|n| n.as_bytes() == bytes) {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = std::str::from_utf8(bytes).ok()?.into();
+        if self.0.len() < Self::MAX {
+            self.0.push(name.clone());
+        }
+        Some(name)
+    }
+}
+
+fn count(counts: &mut BTreeMap<String, u64>, kind: &str) {
+    match counts.get_mut(kind) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(kind.to_owned(), 1);
+        }
+    }
+}
+
+/// Checks the first line: a header of this format and major version. Returns it and the
+/// trace's minor version.
+fn parse_header(line: &[u8]) -> Result<(Header, u32), ReadError> {
+    // A loose look first, so that a wrong format or version gets its own message even when
+    // the rest of the header is not what this version expects.
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|_| ReadError::NotATrace {
+            reason: "its first line is not JSON".into(),
+        })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ReadError::NotATrace {
+            reason: "its first line is not a JSON object".into(),
+        });
+    };
+    if obj.get("type").and_then(|t| t.as_str()) != Some("header") {
+        return Err(ReadError::NotATrace {
+            reason: "its first line is not a header".into(),
+        });
+    }
+    match obj.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT_NAME) => {}
+        Some(other) => {
+            return Err(ReadError::WrongFormat {
+                found: other.to_owned(),
+            });
+        }
+        None => {
+            return Err(ReadError::NotATrace {
+                reason: "its header has no format".into(),
+            });
+        }
+    }
+    let version =
+        obj.get("version")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ReadError::BadVersion {
+                found: obj
+                    .get("version")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            })?;
+    let bad_version = || ReadError::BadVersion {
+        found: version.to_owned(),
+    };
+    let (major, minor) = version.split_once('.').ok_or_else(bad_version)?;
+    let major: u32 = major.parse().map_err(|_| bad_version())?;
+    if major > FORMAT_MAJOR {
+        return Err(ReadError::NewerMajor {
+            found: version.to_owned(),
+            reads: FORMAT_MAJOR,
+        });
+    }
+    if major < FORMAT_MAJOR {
+        return Err(ReadError::OlderMajor {
+            found: version.to_owned(),
+            reads: FORMAT_MAJOR,
+        });
+    }
+    let minor: u32 = minor.parse().map_err(|_| bad_version())?;
+    match serde_json::from_value::<Record>(value) {
+        Ok(Record::Header(header)) => Ok((*header, minor)),
+        Ok(_) => Err(ReadError::NotATrace {
+            reason: "its first line is not a header".into(),
+        }),
+        Err(source) => Err(ReadError::BadHeader {
+            message: describe(&source),
+            source,
+        }),
+    }
+}
+
+/// Parses one line (its newline included).
+fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, String)> {
+    // Fast path for what the writer produces: `{"type":"KIND",...}`. Each record struct ignores
+    // the `type` key it does not know, so it can be read straight from the line, skipping
+    // serde's buffering of internally tagged enums (which doubles the cost of a line).
+    if let Some(tag) = leading_tag(line) {
+        fn as_rec<T: for<'de> Deserialize<'de>>(
+            line: &[u8],
+            wrap: fn(T) -> Record,
+        ) -> Result<Record, serde_json::Error> {
+            serde_json::from_slice::<T>(line).map(wrap)
+        }
+        let parsed = match tag {
+            b"alloc" => Some(as_call(line, names, Record::Alloc)),
+            b"free" => Some(as_call(line, names, Record::Free)),
+            b"failed" => Some(as_call(line, names, Record::Failed)),
+            b"vmm_create" => Some(as_call(line, names, Record::VmmCreate)),
+            b"vmm_release" => Some(as_call(line, names, Record::VmmRelease)),
+            b"vmm_map" => Some(as_call(line, names, Record::VmmMap)),
+            b"vmm_unmap" => Some(as_call(line, names, Record::VmmUnmap)),
+            b"reserve" => Some(as_call(line, names, Record::Reserve)),
+            b"unreserve" => Some(as_call(line, names, Record::Unreserve)),
+            b"pool_create" => Some(as_call(line, names, Record::PoolCreate)),
+            b"pool_destroy" => Some(as_call(line, names, Record::PoolDestroy)),
+            b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
+            b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
+            b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
+            b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),
+            b"copy" => Some(as_call(line, names, Record::Copy)),
+            b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
+            b"process" => Some(as_rec::<Process>(line, Record::Process)),
+            b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),
+            b"exit" => Some(as_rec::<Exit>(line, Record::Exit)),
+            b"lost" => Some(as_rec::<Lost>(line, Record::Lost)),
+            b"footer" => Some(as_rec::<Footer>(line, Record::Footer)),
+            b"header" => Some(as_rec::<Header>(line, |h| Record::Header(Box::new(h)))),
+            _ => None,
+        };
+        match parsed {
+            Some(Ok(rec)) => return Ok(Parsed::Record(rec)),
+            Some(Err(e)) => return Err(classify(&e, Some(tag))),
+            None => {}
+        }
+    }
+    match serde_json::from_slice::<Record>(line) {
+        Ok(rec) => Ok(Parsed::Record(rec)),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Tag {
+                #[serde(rename = "type")]
+                ty: String,
+            }
+            match serde_json::from_slice::<Tag>(line) {
+                Ok(Tag { ty }) if !RECORD_TYPES.contains(&ty.as_str()) => Ok(Parsed::Unknown(ty)),
+                Ok(Tag { ty }) => Err(classify(&e, Some(ty.as_bytes()))),
+                Err(_) => Err(classify(&e, None)),
+            }
+        }
+    }
+}
+
+/// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.
+fn as_call(
+    line: &[u8],
+    names: &mut Names,
+    wrap: fn(Call) -> Record,
+) -> Result<Record, serde_json::Error> {
+    match fast_call(line, names) {
+        Some(call) => Ok(wrap(call)),
+        None => serde_json::from_slice::<Call>(line).map(wrap),
+    }
+}
+
+fn classify(e: &serde_json::Error, tag: Option<&[u8]>) -> (ProblemKind, String) {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            let what = match tag {
+                Some(tag) => format!("a bad `{}` record", String::from_utf8_lossy(tag)),
+                None => "JSON but not a record".to_owned(),
+            };
+            (ProblemKind::BadRecord, format!("{what}: {}", describe(e)))
+        }
+        _ => (ProblemKind::NotJson, format!("not JSON: {}", describe(e))),
+    }
+}
+
+/// serde_json's message with its column, without its "line 1" (each line is parsed alone).
+fn describe(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&position) {
+        Some(msg) if e.column() > 0 => format!("{msg} (column {})", e.column()),
+        Some(msg) => msg.to_owned(),
+        None => full,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
