@@ -411,32 +411,17 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             let _ = writeln!(o, "    ... and {} more", total - 5);
         }
     }
-    for oom in &p.ooms {
+    // Each failure is told once, in the postmortem's OUT OF MEMORY section, which extends
+    // the Ledger's snapshot; the process names how many.
+    if !p.ooms.is_empty() {
+        let gpus: std::collections::BTreeSet<String> =
+            p.ooms.iter().map(|x| device_name(x.oom.device)).collect();
         let _ = writeln!(
             o,
-            "  OUT OF MEMORY at {}: {} of {} failed ({}) on {}; held {} ({})",
-            at(oom.oom.ts_ns, start),
-            oom.oom.api,
-            oom.oom
-                .requested_bytes
-                .map_or_else(|| "?".to_owned(), human_bytes),
-            cuda_error_name(oom.oom.ret),
-            device_name(oom.oom.device),
-            human_bytes(oom.oom.device_bytes),
-            class_line(&oom.oom.live_by_class)
+            "  out-of-memory failures: {} on {} (see OUT OF MEMORY below)",
+            p.ooms.len(),
+            gpus.into_iter().collect::<Vec<_>>().join(", ")
         );
-        if let Some(top) = oom.stack.first() {
-            let _ = writeln!(o, "    from {top}");
-        }
-        for n in &oom.oom.others {
-            let _ = writeln!(
-                o,
-                "    also on the GPU: pid {} ({}) with {}",
-                n.pid,
-                n.comm,
-                human_bytes(n.device_bytes)
-            );
-        }
     }
 }
 
