@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use vramtrace_common::{
@@ -289,24 +289,11 @@ fn first_event(tgid: u32) -> bool {
     true
 }
 
-/// Delivers the call whose entry `entry` holds as one that never returned: stamped now,
-/// flagged `NO_RETURN`, no return code or out-parameters. Runs on the calling thread (at its
-/// exit, or at its next entry into the same entry point), so the call cannot return
-/// afterwards and be delivered a second time.
+/// Writes `ev` into its reserved ring-buffer slot and submits it. The first event of a
+/// process carries its name and wakes the reader at once, so that user space reads the
+/// process's mappings while it still runs (its stacks stay resolvable after it exits).
 #[inline(always)]
-fn deliver_unreturned(entry: *const CallEvent) {
-    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
-        bump(counter::LOST_RINGBUF);
-        return;
-    };
-    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; the caller
-    // removes or replaces the entry only after this copy.
-    let mut ev = unsafe { *entry };
-    // SAFETY: no preconditions.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.ret = 0;
-    ev.out = [0; 2];
-    ev.flags |= flags::NO_RETURN;
+fn submit(mut slot: RingBufEntry<CallEvent>, mut ev: CallEvent) {
     let first = first_event(ev.pid);
     if first && let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
@@ -318,6 +305,27 @@ fn deliver_unreturned(entry: *const CallEvent) {
         submit_flags()
     });
     bump(counter::SUBMITTED);
+}
+
+/// Delivers the call whose entry `entry` holds as one that never returned: stamped now,
+/// flagged `NO_RETURN`, no return code or out-parameters. Runs on the calling thread (at its
+/// exit, or at its next entry into the same entry point), so the call cannot return
+/// afterwards and be delivered a second time.
+#[inline(always)]
+fn deliver_unreturned(entry: *const CallEvent) {
+    let Some(slot) = EVENTS.reserve::<CallEvent>(0) else {
+        bump(counter::LOST_RINGBUF);
+        return;
+    };
+    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; the caller
+    // removes or replaces the entry only after this copy.
+    let mut ev = unsafe { *entry };
+    // SAFETY: no preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ret = 0;
+    ev.out = [0; 2];
+    ev.flags |= flags::NO_RETURN;
+    submit(slot, ev);
 }
 
 /// Clears the in-flight entries of a thread that is exiting: each is a call that will never
@@ -375,7 +383,7 @@ fn try_call_return(ctx: &RetProbeContext) {
         }
         return;
     };
-    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
+    let Some(slot) = EVENTS.reserve::<CallEvent>(0) else {
         bump(counter::LOST_RINGBUF);
         let _ = INFLIGHT.remove(&key);
         return;
@@ -404,19 +412,7 @@ fn try_call_return(ctx: &RetProbeContext) {
             }
         }
     }
-    // The first event of a process wakes the reader at once, so that user space reads the
-    // process's mappings while it still runs (its stacks stay resolvable after it exits).
-    let first = first_event(ev.pid);
-    if first && let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
-    slot.write(ev);
-    slot.submit(if first {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        submit_flags()
-    });
-    bump(counter::SUBMITTED);
+    submit(slot, ev);
 }
 
 #[tracepoint]
