@@ -224,7 +224,7 @@ impl StackNormalizer {
 
     /// Normalizes from the snapshot of a process that is gone. `None` when there is no
     /// snapshot.
-    fn from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> Option<Normalized> {
+    fn normalize_from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> Option<Normalized> {
         let maps = self.maps.get(&pid)?;
         let frames: Vec<Frame> = addrs
             .iter()
@@ -278,7 +278,7 @@ impl StackNormalizer {
         // PID 0 would mean "this process" to blazesym.
         if pid == 0 || !procinfo::process_exists(pid) {
             return self
-                .from_snapshot(pid, addrs)
+                .normalize_from_snapshot(pid, addrs)
                 .unwrap_or_else(|| unknown(reason::PROCESS_EXITED));
         }
         if self.files.len() >= FILES_LIMIT {
@@ -298,7 +298,7 @@ impl StackNormalizer {
             Ok(output) => output,
             Err(err) => {
                 // A zombie still has a /proc entry but no mappings: the snapshot knows them.
-                if let Some(n) = self.from_snapshot(pid, addrs) {
+                if let Some(n) = self.normalize_from_snapshot(pid, addrs) {
                     return n;
                 }
                 let gone = err.kind() == ErrorKind::NotFound || !procinfo::process_exists(pid);
