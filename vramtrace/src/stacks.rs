@@ -48,9 +48,10 @@ pub mod reason {
 /// generate code (JITs) cannot grow the cache without bound.
 const CACHE_LIMIT: usize = 1 << 18;
 
-/// Files held open by the normalizer past this count are let go (and blazesym's caches
-/// with them), for the same reason.
-const FILES_LIMIT: usize = 1 << 12;
+/// Files held open past this count are let go (and blazesym's caches with them), for the
+/// same reason and to stay well within the usual limit of 1024 descriptors: the normalizer
+/// and the symbolizer each hold at most this many, mostly the same ones.
+const FILES_LIMIT: usize = 256;
 
 /// What symbolization found for one (file, offset).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,6 +378,9 @@ pub struct StackSymbolizer {
     /// symbolizer may have cached them under `/proc/self/fd/N`, so that the number is not
     /// reused for another file meanwhile.
     files: HashMap<(u64, u64), MappedFile>,
+    /// Frames without an open file (a process gone before its files were opened) are read
+    /// by path.
+    by_path: ByPath,
 }
 
 impl Default for StackSymbolizer {
@@ -400,6 +404,7 @@ impl StackSymbolizer {
             symbolizer: new_symbolizer(),
             symbols: HashMap::new(),
             files: HashMap::new(),
+            by_path: ByPath::default(),
         }
     }
 
@@ -407,8 +412,10 @@ impl StackSymbolizer {
     /// symbolized. Frames without an open file are read by path, checking the build ID
     /// ([`symbolize_offline`]).
     pub fn symbolize(&mut self, stack: &mut Normalized) {
-        if self.symbols.len() >= CACHE_LIMIT {
-            // blazesym's own caches grow with every file seen; start afresh.
+        if self.symbols.len() + self.by_path.len() >= CACHE_LIMIT || self.files.len() >= FILES_LIMIT
+        {
+            // blazesym's own caches grow with every file seen, and each file held open is a
+            // descriptor: start afresh.
             *self = Self::new();
         }
         let mut by_path = false;
@@ -431,7 +438,7 @@ impl StackSymbolizer {
                 .apply(frame);
         }
         if by_path {
-            symbolize_offline(&mut stack.frames);
+            self.by_path.symbolize(&self.symbolizer, &mut stack.frames);
         }
     }
 }
@@ -502,13 +509,17 @@ impl SymbolWorker {
         })
     }
 
-    /// Queues a stack for symbolization.
-    pub fn submit(&mut self, job: Job) {
-        if let Some(jobs) = &self.jobs
-            && jobs.send(job).is_ok()
-        {
+    /// Queues a stack for symbolization; `false` when the thread is gone (the stack then
+    /// stays as normalized).
+    pub fn submit(&mut self, job: Job) -> bool {
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if sent {
             self.outstanding += 1;
         }
+        sent
     }
 
     /// Stacks submitted and not yet taken back.
@@ -518,9 +529,18 @@ impl SymbolWorker {
 
     /// A symbolized stack, if one is ready; never waits.
     pub fn try_done(&mut self) -> Option<Job> {
-        let job = self.done.try_recv().ok()?;
-        self.outstanding -= 1;
-        Some(job)
+        match self.done.try_recv() {
+            Ok(job) => {
+                self.outstanding -= 1;
+                Some(job)
+            }
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                // The thread is gone (it panicked): what it had will never come back.
+                self.outstanding = 0;
+                None
+            }
+        }
     }
 
     /// The next symbolized stack, waiting for it; `None` when nothing is outstanding (or
@@ -529,9 +549,16 @@ impl SymbolWorker {
         if self.outstanding == 0 {
             return None;
         }
-        let job = self.done.recv().ok()?;
-        self.outstanding -= 1;
-        Some(job)
+        match self.done.recv() {
+            Ok(job) => {
+                self.outstanding -= 1;
+                Some(job)
+            }
+            Err(_) => {
+                self.outstanding = 0;
+                None
+            }
+        }
     }
 }
 
@@ -565,42 +592,57 @@ fn mapped_name(link: &Path) -> Option<String> {
 /// `unknown = "build id mismatch"` rather than a wrong name; a missing file gets
 /// `"file not found"`. Frames that already have a symbol or an `unknown` are left alone.
 pub fn symbolize_offline(frames: &mut [Frame]) {
-    let symbolizer = new_symbolizer();
-    // Per file: its local build ID, read once.
-    let mut local_ids: HashMap<String, Result<Option<String>, ()>> = HashMap::new();
-    let mut cache: HashMap<(String, u64), Symbol> = HashMap::new();
-    for frame in frames.iter_mut() {
-        if frame.sym.is_some() || frame.unknown.is_some() {
-            continue;
-        }
-        let (Some(file), Some(offset)) = (frame.file.clone(), frame.offset) else {
-            continue;
-        };
-        let local = local_ids.entry(file.clone()).or_insert_with(|| {
-            let path = Path::new(&file);
-            if path.is_file() {
-                Ok(crate::probe::libcuda::build_id(path))
-            } else {
-                Err(())
-            }
-        });
-        match (&*local, &frame.build_id) {
-            (Err(()), _) => {
-                frame.unknown = Some(reason::FILE_MISSING.to_string());
+    ByPath::default().symbolize(&new_symbolizer(), frames);
+}
+
+/// What symbolizing by path keeps between frames: each file's local build ID, and the
+/// symbols found.
+#[derive(Debug, Default)]
+struct ByPath {
+    local_ids: HashMap<String, Result<Option<String>, ()>>,
+    symbols: HashMap<(String, u64), Symbol>,
+}
+
+impl ByPath {
+    fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    /// [`symbolize_offline`] with `symbolizer` and these caches.
+    fn symbolize(&mut self, symbolizer: &Symbolizer, frames: &mut [Frame]) {
+        for frame in frames.iter_mut() {
+            if frame.sym.is_some() || frame.unknown.is_some() {
                 continue;
             }
-            (Ok(local), Some(recorded)) if local.as_deref() != Some(recorded.as_str()) => {
-                frame.unknown = Some(reason::BUILD_ID_MISMATCH.to_string());
+            let (Some(file), Some(offset)) = (frame.file.clone(), frame.offset) else {
                 continue;
+            };
+            let local = self.local_ids.entry(file.clone()).or_insert_with(|| {
+                let path = Path::new(&file);
+                if path.is_file() {
+                    Ok(crate::probe::libcuda::build_id(path))
+                } else {
+                    Err(())
+                }
+            });
+            match (&*local, &frame.build_id) {
+                (Err(()), _) => {
+                    frame.unknown = Some(reason::FILE_MISSING.to_string());
+                    continue;
+                }
+                (Ok(local), Some(recorded)) if local.as_deref() != Some(recorded.as_str()) => {
+                    frame.unknown = Some(reason::BUILD_ID_MISMATCH.to_string());
+                    continue;
+                }
+                _ => {}
             }
-            _ => {}
+            self.symbols
+                .entry((file, offset))
+                .or_insert_with_key(|(file, offset)| {
+                    symbolize_file(symbolizer, Path::new(file), *offset)
+                })
+                .apply(frame);
         }
-        cache
-            .entry((file, offset))
-            .or_insert_with_key(|(file, offset)| {
-                symbolize_file(&symbolizer, Path::new(file), *offset)
-            })
-            .apply(frame);
     }
 }
 
