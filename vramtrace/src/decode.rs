@@ -64,7 +64,8 @@ pub trait Environment {
     fn process(&mut self, pid: u32) -> Option<Process>;
     /// The user stack recorded under `stack_id` in the kernel's stack map, innermost first.
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
-    /// Normalizes (and symbolizes) addresses of process `pid`.
+    /// Normalizes addresses of process `pid` (file, build ID, offset). Symbols may come with
+    /// them or later: recording fills them in off the draining path.
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
     /// Process `pid` ended: what was kept about it can go.
     fn exited(&mut self, _pid: u32) {}

@@ -7,7 +7,7 @@
 //!   the loss counters.
 //! - [`decode`]: the one converter from raw probe events to trace [`trace::Record`]s.
 //! - [`stacks`]: normalizes user stacks at record time (file, build ID, offset) and
-//!   symbolizes them.
+//!   symbolizes them on a worker thread, or later.
 //! - [`procinfo`]: what `/proc` says about a traced process.
 //! - [`nvml`]: the driver's own view of GPU memory: header facts and the sampling poller.
 //! - [`ledger`]: live allocations per process and device; the single accounting path for live
@@ -15,7 +15,8 @@
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
 //! - [`analyze`]: the postmortem summary of a trace.
 //! - [`export`]: a trace converted for Perfetto, flame graphs and PyTorch's memory_viz.
-//! - [`session`]: `vramtrace record`: the pieces above wired together.
+//! - [`session`]: `vramtrace record`: the [`session::Recorder`] wires the pieces above
+//!   together.
 //! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
 //! - [`cli`]: the command line.
 

@@ -1,8 +1,13 @@
-//! `vramtrace record`: attaches the probes, optionally starts the command to trace, and
-//! streams every event through the converter into the trace file until the command exits,
-//! the duration elapses, or the user interrupts.
+//! `vramtrace record`: the [`Recorder`] attaches the probes, optionally starts the command to
+//! trace, and streams every event through the converter into the trace file until the
+//! command exits, the duration elapses, or the user interrupts.
+//!
+//! The path that drains the ring buffer converts events and normalizes stacks only; stacks
+//! are symbolized on a thread of their own ([`SymbolWorker`]), and the records behind a
+//! stack being symbolized wait in a backlog so that the trace keeps its order.
 
 use std::{
+    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     process::ExitStatus,
     sync::mpsc,
@@ -14,12 +19,12 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     analyze::human_bytes,
-    decode::{Converter, Environment},
+    decode::{Converter, Environment, RawEvent},
     ledger::{Change, Class, Ledger},
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
-    stacks::StackResolver,
+    stacks::{Job, MappedFile, Normalized, StackNormalizer, SymbolWorker},
     trace::{
         FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, NvmlInfo, NvmlSample, Process,
         Record, Scope, write::TraceWriter,
@@ -123,25 +128,30 @@ pub struct RecordOutcome {
     pub processes: u64,
 }
 
-/// The live [`Environment`]: `/proc`, the kernel's stack map and the symbolizer.
+/// The live [`Environment`]: `/proc`, the kernel's stack map and the normalizer. It only
+/// normalizes; the files behind the frames of the last stack it normalized wait in
+/// `files` for the symbolizer.
 struct LiveEnv<'a> {
     tracer: &'a Tracer,
-    resolver: &'a mut StackResolver,
+    normalizer: &'a mut StackNormalizer,
+    files: Vec<Option<MappedFile>>,
 }
 
 impl Environment for LiveEnv<'_> {
     fn process(&mut self, pid: u32) -> Option<Process> {
-        self.resolver.remember(pid);
+        self.normalizer.remember(pid);
         procinfo::read_process(pid).ok().map(|p| p.into_record(0))
     }
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
         self.tracer.stack(stack_id)
     }
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
-        self.resolver.resolve(pid, addrs)
+        let n = self.normalizer.normalize(pid, addrs);
+        self.files = n.files;
+        n.frames
     }
     fn exited(&mut self, pid: u32) {
-        self.resolver.forget(pid);
+        self.normalizer.forget(pid);
     }
 }
 
@@ -200,24 +210,27 @@ struct NvmlFeed {
 }
 
 impl NvmlFeed {
-    /// Writes the samples that arrived. A sample equal to the previous one apart from its
-    /// time is left out when nothing else was written since: an idle GPU does not fill the
-    /// trace, and every sample that could change a reconciliation is kept.
-    fn drain(&mut self, writer: &mut Sinks) -> Result<()> {
-        let Some(rx) = &self.rx else { return Ok(()) };
+    /// The samples that arrived and are worth writing, given that `emitted` records were
+    /// emitted so far. A sample equal to the previous one apart from its time is left out
+    /// when nothing else was emitted since: an idle GPU does not fill the trace, and every
+    /// sample that could change a reconciliation is kept.
+    fn take(&mut self, mut emitted: u64) -> Vec<NvmlSample> {
+        let mut out = Vec::new();
+        let Some(rx) = &self.rx else { return out };
         while let Ok(sample) = rx.try_recv() {
             let same = self
                 .last
                 .as_ref()
                 .is_some_and(|l| !nvml::changed(l, &sample));
-            if same && writer.lines_written() == self.lines_at_last {
+            if same && emitted == self.lines_at_last {
                 continue;
             }
-            writer.write(Record::Nvml(sample.clone()))?;
-            self.lines_at_last = writer.lines_written();
-            self.last = Some(sample);
+            emitted += 1;
+            self.lines_at_last = emitted;
+            self.last = Some(sample.clone());
+            out.push(sample);
         }
-        Ok(())
+        out
     }
 }
 
@@ -266,14 +279,6 @@ fn start_nvml(interval: Option<Duration>, quiet: bool) -> (NvmlInfo, NvmlFeed, O
     }
 }
 
-/// A live consumer of the recording (the `top` view).
-pub struct LiveSink {
-    /// Receives every batch of records as it is written, the header included.
-    pub on_records: Box<dyn FnMut(Vec<Record>) + Send>,
-    /// The recording stops when this fires or its sender is dropped.
-    pub stop: tokio::sync::oneshot::Receiver<()>,
-}
-
 /// Runs a recording to its end.
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome> {
     record_with(opts, None).await
@@ -302,10 +307,6 @@ impl Sinks {
         Ok(())
     }
 
-    fn lines_written(&self) -> u64 {
-        self.lines
-    }
-
     fn count_violations(&mut self, n: u64) {
         self.violations += n;
         if let Some(w) = self.writer.as_mut() {
@@ -327,135 +328,483 @@ impl Sinks {
     }
 }
 
-/// Runs a recording to its end, handing every batch of records to `live` as well.
+/// Records in trace order on their way to the sinks, held back behind a `stack` record
+/// whose frames are being symbolized, so that the trace keeps its order (a stack before the
+/// first call that refers to it) while the ring buffer goes on being drained.
+#[derive(Debug, Default)]
+struct Backlog {
+    queue: VecDeque<Record>,
+    /// Stack ids being symbolized → their frames once done.
+    waiting: HashMap<u32, Option<Vec<Frame>>>,
+}
+
+impl Backlog {
+    fn push(&mut self, rec: Record) {
+        self.queue.push_back(rec);
+    }
+
+    /// The stack `id`, pushed already, waits for its symbols.
+    fn hold(&mut self, id: u32) {
+        self.waiting.insert(id, None);
+    }
+
+    /// The symbolized frames of stack `id`.
+    fn symbolized(&mut self, id: u32, frames: Vec<Frame>) {
+        if let Some(slot) = self.waiting.get_mut(&id) {
+            *slot = Some(frames);
+        }
+    }
+
+    /// The next record that can be written: the front, unless it is a stack still waiting
+    /// for its symbols.
+    fn pop_ready(&mut self) -> Option<Record> {
+        if let Some(Record::Stack(s)) = self.queue.front()
+            && self.waiting.get(&s.id).is_some_and(Option::is_none)
+        {
+            return None;
+        }
+        let mut rec = self.queue.pop_front()?;
+        if let Record::Stack(s) = &mut rec
+            && let Some(Some(frames)) = self.waiting.remove(&s.id)
+        {
+            s.frames = frames;
+        }
+        Some(rec)
+    }
+
+    /// Stops waiting: the stacks still held go out as they are (normalized, not named).
+    fn release_all(&mut self) {
+        self.waiting.retain(|_, frames| frames.is_some());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Time spent on the path that drains the ring buffer, for `--verbose` and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    /// Ring-buffer items taken.
+    pub events: u64,
+    /// Nanoseconds spent taking, converting (normalizing stacks included) and accounting
+    /// them.
+    pub ns: u64,
+}
+
+impl DrainStats {
+    /// Mean microseconds per event.
+    pub fn us_per_event(&self) -> f64 {
+        if self.events == 0 {
+            0.0
+        } else {
+            self.ns as f64 / self.events as f64 / 1e3
+        }
+    }
+}
+
+/// A recording: the attached probes, the converter, the stack normalizer and its symbolizer
+/// thread, the NVML feed and the sinks. [`attach`](Self::attach) starts it,
+/// [`pump`](Self::pump) moves what arrived into the trace, [`finish`](Self::finish) seals it;
+/// [`record_with`] drives them from the ring buffer, a tick, signals and the traced command.
+pub struct Recorder {
+    tracer: Tracer,
+    converter: Converter,
+    normalizer: StackNormalizer,
+    symbols: SymbolWorker,
+    /// The same accounting as `analyze`, live, for what must be printed or counted as it
+    /// happens (OOMs, vram-only violations); `None` when nothing reads it (the live view
+    /// runs the one Ledger of its own).
+    ledger: Option<Ledger>,
+    sinks: Sinks,
+    backlog: Backlog,
+    nvml_feed: NvmlFeed,
+    nvml_poller: Option<Poller>,
+    policy: Policy,
+    quiet: bool,
+    verbose: bool,
+    output_name: String,
+    raw: Vec<RawEvent>,
+    converted: Vec<Record>,
+    /// Records emitted so far (the header included), written or still in the backlog.
+    emitted: u64,
+    reported: Counters,
+    lost_total: u64,
+    stack_failed: u64,
+    undecodable: u64,
+    drain: DrainStats,
+}
+
+/// What [`Recorder::finish`] leaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    /// Lines written between header and footer.
+    pub records: u64,
+    pub lost_events: u64,
+    pub processes: u64,
+    pub drain: DrainStats,
+}
+
+impl Recorder {
+    /// Finds the driver libraries, attaches the probes, starts NVML and writes the header:
+    /// from here on every call is recorded.
+    pub fn attach(
+        opts: &RecordOptions,
+        live: Option<Box<dyn FnMut(Vec<Record>) + Send>>,
+    ) -> Result<Self> {
+        let libraries = if opts.libcuda.is_empty() {
+            probe::libcuda::discover(&[], &opts.pids)
+                .context("finding the CUDA driver library")?
+                .into_iter()
+                .map(|l| l.path)
+                .collect()
+        } else {
+            for path in &opts.libcuda {
+                if !path.exists() {
+                    bail!("--libcuda {}: no such file", path.display());
+                }
+            }
+            opts.libcuda.clone()
+        };
+        let config = probe::Config {
+            libraries,
+            pids: opts.pids.clone(),
+            follow_children_of_self: !opts.command.is_empty(),
+            stacks: opts.stacks,
+            ring_bytes: opts.ring_bytes,
+            probe_at: opts.probe_at,
+            host_signal: if opts.policy == Policy::VramOnly {
+                opts.host_signal
+            } else {
+                0
+            },
+            ..probe::Config::default()
+        };
+        let tracer = Tracer::start(&config).context("starting the probes")?;
+        if opts.verbose {
+            for lib in &tracer.libraries {
+                eprintln!("vramtrace: {} probes on {}", lib.probes.len(), lib.path);
+                for p in &lib.probes {
+                    eprintln!(
+                        "  {:<32} at {:#x}+{}",
+                        p.symbol, p.symbol_offset, p.probe_offset
+                    );
+                }
+            }
+        }
+
+        let (nvml_info, nvml_feed, nvml_poller) = start_nvml(opts.nvml_interval, opts.quiet);
+        let (host, kernel) = uname();
+        let header = Header {
+            format: FORMAT_NAME.into(),
+            version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            host,
+            kernel,
+            libraries: tracer.libraries.clone(),
+            start_unix_ns: unix_ns(),
+            start_monotonic_ns: monotonic_ns(),
+            scope: Scope {
+                all: opts.pids.is_empty() && opts.command.is_empty(),
+                pids: opts.pids.clone(),
+                command: opts.command.clone(),
+            },
+            nvml: Some(nvml_info),
+            policy: (opts.policy == Policy::VramOnly).then(|| "vram-only".to_owned()),
+            extra: Default::default(),
+        };
+        let writer = match &opts.output {
+            Some(path) => {
+                let w = TraceWriter::create(path)
+                    .with_context(|| format!("creating the trace {}", path.display()))?;
+                hand_back_to_sudo_user(path);
+                Some(w)
+            }
+            None => None,
+        };
+        let output_name = opts
+            .output
+            .as_ref()
+            .map_or_else(|| "no file".to_string(), |p| p.display().to_string());
+        let mut sinks = Sinks {
+            writer,
+            live,
+            batch: Vec::new(),
+            lines: 0,
+            violations: 0,
+        };
+        sinks.write(Record::Header(Box::new(header)))?;
+        // On disk at once: the header says the probes are attached.
+        sinks.flush()?;
+
+        let mut converter = Converter::new(tracer.apis.clone());
+        converter.set_host_signal(config.host_signal);
+        Ok(Self {
+            tracer,
+            converter,
+            normalizer: StackNormalizer::new(),
+            symbols: SymbolWorker::spawn().context("starting the symbolizer thread")?,
+            ledger: (!opts.quiet || opts.policy == Policy::VramOnly).then(Ledger::new),
+            sinks,
+            backlog: Backlog::default(),
+            nvml_feed,
+            nvml_poller,
+            policy: opts.policy,
+            quiet: opts.quiet,
+            verbose: opts.verbose,
+            output_name,
+            raw: Vec::with_capacity(4096),
+            converted: Vec::with_capacity(4096),
+            emitted: 1,
+            reported: Counters::default(),
+            lost_total: 0,
+            stack_failed: 0,
+            undecodable: 0,
+            drain: DrainStats::default(),
+        })
+    }
+
+    /// Starts the command to trace (the probes already follow this process's children) and
+    /// says what is being traced.
+    pub fn spawn(&self, opts: &RecordOptions) -> Result<Option<tokio::process::Child>> {
+        let child = if opts.command.is_empty() {
+            None
+        } else {
+            let mut cmd = tokio::process::Command::new(&opts.command[0]);
+            cmd.args(&opts.command[1..]);
+            Some(
+                cmd.spawn()
+                    .with_context(|| format!("starting {}", opts.command[0]))?,
+            )
+        };
+        if !self.quiet {
+            match &child {
+                Some(c) => eprintln!(
+                    "vramtrace: tracing {} (pid {}) into {}",
+                    opts.command.join(" "),
+                    c.id().unwrap_or(0),
+                    self.output_name
+                ),
+                None => eprintln!(
+                    "vramtrace: tracing {} into {}; Ctrl-C to stop",
+                    if opts.pids.is_empty() {
+                        "every process".to_string()
+                    } else {
+                        format!("PIDs {:?}", opts.pids)
+                    },
+                    self.output_name
+                ),
+            }
+        }
+        Ok(child)
+    }
+
+    /// The ring buffer's descriptor, to wait on.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.tracer.ring_fd()
+    }
+
+    /// Moves everything that arrived into the trace: the ring buffer's events, the stacks
+    /// symbolized since, the losses counted, the NVML samples; then flushes, so that what was
+    /// recorded reaches the file within a tick (a recorder that is killed leaves a trace
+    /// readable up to that point).
+    pub fn pump(&mut self) -> Result<()> {
+        self.drain();
+        while let Some(job) = self.symbols.try_done() {
+            self.backlog.symbolized(job.id, job.stack.frames);
+        }
+        if self.symbols.outstanding() == 0 {
+            // Nothing is being symbolized: a stack still held would wait forever (the
+            // thread died); it goes out as normalized.
+            self.backlog.release_all();
+        }
+        self.account_losses();
+        for sample in self.nvml_feed.take(self.emitted) {
+            self.emit(Record::Nvml(sample));
+        }
+        self.release()?;
+        self.sinks.flush()
+    }
+
+    /// The path that drains the ring buffer: events become records, stacks are normalized
+    /// (never symbolized: a stack that needs symbols goes to the symbolizer thread), the
+    /// ledger notes what must be said at once.
+    fn drain(&mut self) {
+        let started = std::time::Instant::now();
+        let bad = self.tracer.drain(&mut self.raw);
+        if bad > 0 {
+            tracing::warn!("{bad} ring buffer items could not be decoded");
+        }
+        self.undecodable += bad;
+        self.drain.events += self.raw.len() as u64 + bad;
+        let mut env = LiveEnv {
+            tracer: &self.tracer,
+            normalizer: &mut self.normalizer,
+            files: Vec::new(),
+        };
+        let mut raw = std::mem::take(&mut self.raw);
+        for ev in raw.drain(..) {
+            self.converter.convert(&ev, &mut env, &mut self.converted);
+            for rec in self.converted.drain(..) {
+                if let Some(ledger) = self.ledger.as_mut() {
+                    ledger.apply(&rec);
+                    for ch in ledger.changes() {
+                        if self.policy == Policy::VramOnly
+                            && matches!(ch, Change::HostFinding { .. })
+                        {
+                            self.sinks.count_violations(1);
+                        }
+                        if let Some(line) = change_line(ch, ledger, self.policy)
+                            && !self.quiet
+                        {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+                if let Record::Stack(s) = &rec {
+                    let stack = Normalized {
+                        frames: s.frames.clone(),
+                        files: std::mem::take(&mut env.files),
+                    };
+                    if stack.needs_symbols() && self.symbols.submit(Job { id: s.id, stack }) {
+                        self.backlog.hold(s.id);
+                    }
+                }
+                self.backlog.push(rec);
+                self.emitted += 1;
+            }
+        }
+        self.raw = raw;
+        self.drain.ns += started.elapsed().as_nanos() as u64;
+    }
+
+    /// Queues a record that does not come from the ring buffer.
+    fn emit(&mut self, rec: Record) {
+        self.backlog.push(rec);
+        self.emitted += 1;
+    }
+
+    /// Writes what the backlog can give.
+    fn release(&mut self) -> Result<()> {
+        while let Some(rec) = self.backlog.pop_ready() {
+            self.sinks.write(rec)?;
+        }
+        Ok(())
+    }
+
+    /// What the probes counted, and what reached user space but could not become a record:
+    /// a `lost` record, and a line on stderr.
+    fn account_losses(&mut self) {
+        let mut now = self.tracer.counters();
+        now.unknown_api += self.converter.unknown_api;
+        now.undecodable = self.undecodable;
+        let lost = now.lost_since(&self.reported, monotonic_ns());
+        if lost.events() == 0 && lost.stack_failed == 0 {
+            return;
+        }
+        // A live view shows the loss itself; stderr would tear its screen.
+        if lost.events() > 0 && self.sinks.live.is_none() {
+            let kinds: Vec<String> = lost
+                .kinds()
+                .filter(|&(_, n)| n > 0)
+                .map(|(kind, n)| format!("{kind}: {n}"))
+                .collect();
+            eprintln!(
+                "vramtrace: {} events lost ({}){}",
+                lost.events(),
+                kinds.join(", "),
+                if lost.ringbuf_full > 0 {
+                    "; enlarge --ring-size"
+                } else {
+                    ""
+                }
+            );
+        }
+        self.lost_total += lost.events();
+        self.stack_failed += lost.stack_failed;
+        self.emit(Record::Lost(lost));
+        self.reported = now;
+    }
+
+    /// Time spent on the path that drains the ring buffer so far.
+    pub fn drain_stats(&self) -> DrainStats {
+        self.drain
+    }
+
+    /// Takes what is left, waits for the stacks still being symbolized, writes the footer
+    /// and says what was recorded.
+    pub fn finish(mut self) -> Result<Finished> {
+        self.pump()?;
+        if let Some(p) = self.nvml_poller.take() {
+            p.stop();
+        }
+        while let Some(job) = self.symbols.wait_done() {
+            self.backlog.symbolized(job.id, job.stack.frames);
+        }
+        self.backlog.release_all();
+        self.release()?;
+        self.sinks.flush()?;
+        let processes = self.converter.processes_seen();
+        let lines = self.sinks.lines;
+        let violations = self.sinks.violations;
+        if let Some(w) = self.sinks.writer.take() {
+            w.finish(monotonic_ns(), self.lost_total, self.stack_failed)
+                .context("finishing the trace")?;
+        }
+        if self.verbose {
+            eprintln!(
+                "vramtrace: drain path: {} events, {:.1} µs per event",
+                self.drain.events,
+                self.drain.us_per_event()
+            );
+        }
+        if !self.quiet {
+            eprintln!(
+                "vramtrace: {} records from {} processes written to {}{}{}",
+                lines.saturating_sub(1),
+                processes,
+                self.output_name,
+                if self.lost_total > 0 {
+                    format!("; {} events LOST", self.lost_total)
+                } else {
+                    "; no events lost".into()
+                },
+                if self.policy == Policy::VramOnly {
+                    format!("; {violations} vram-only violations")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(Finished {
+            records: lines.saturating_sub(1),
+            lost_events: self.lost_total,
+            processes,
+            drain: self.drain,
+        })
+    }
+}
+
+/// A live consumer of the recording (the `top` view).
+pub struct LiveSink {
+    /// Receives every batch of records as it is written, the header included.
+    pub on_records: Box<dyn FnMut(Vec<Record>) + Send>,
+    /// The recording stops when this fires or its sender is dropped.
+    pub stop: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Runs a recording to its end, handing every batch of records to `live` as well: pumps on
+/// every wake-up of the ring buffer and every 100 ms, until the command exits, the duration
+/// elapses, a signal arrives or the live sink hangs up.
 pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<RecordOutcome> {
     let (live, mut stop) = match live {
         Some(l) => (Some(l.on_records), Some(l.stop)),
         None => (None, None),
     };
-    let libraries = if opts.libcuda.is_empty() {
-        probe::libcuda::discover(&[], &opts.pids)
-            .context("finding the CUDA driver library")?
-            .into_iter()
-            .map(|l| l.path)
-            .collect()
-    } else {
-        for path in &opts.libcuda {
-            if !path.exists() {
-                bail!("--libcuda {}: no such file", path.display());
-            }
-        }
-        opts.libcuda.clone()
-    };
-    let config = probe::Config {
-        libraries,
-        pids: opts.pids.clone(),
-        follow_children_of_self: !opts.command.is_empty(),
-        stacks: opts.stacks,
-        ring_bytes: opts.ring_bytes,
-        probe_at: opts.probe_at,
-        host_signal: if opts.policy == Policy::VramOnly {
-            opts.host_signal
-        } else {
-            0
-        },
-        ..probe::Config::default()
-    };
-    let mut tracer = Tracer::start(&config).context("starting the probes")?;
-    if opts.verbose {
-        for lib in &tracer.libraries {
-            eprintln!("vramtrace: {} probes on {}", lib.probes.len(), lib.path);
-            for p in &lib.probes {
-                eprintln!(
-                    "  {:<32} at {:#x}+{}",
-                    p.symbol, p.symbol_offset, p.probe_offset
-                );
-            }
-        }
-    }
-
-    let (nvml_info, mut nvml_feed, nvml_poller) = start_nvml(opts.nvml_interval, opts.quiet);
-    let (host, kernel) = uname();
-    let header = Header {
-        format: FORMAT_NAME.into(),
-        version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        host,
-        kernel,
-        libraries: tracer.libraries.clone(),
-        start_unix_ns: unix_ns(),
-        start_monotonic_ns: monotonic_ns(),
-        scope: Scope {
-            all: opts.pids.is_empty() && opts.command.is_empty(),
-            pids: opts.pids.clone(),
-            command: opts.command.clone(),
-        },
-        nvml: Some(nvml_info),
-        policy: (opts.policy == Policy::VramOnly).then(|| "vram-only".to_owned()),
-        extra: Default::default(),
-    };
-    let writer = match &opts.output {
-        Some(path) => {
-            let w = TraceWriter::create(path)
-                .with_context(|| format!("creating the trace {}", path.display()))?;
-            hand_back_to_sudo_user(path);
-            Some(w)
-        }
-        None => None,
-    };
-    let output_name = opts
-        .output
-        .as_ref()
-        .map_or_else(|| "no file".to_string(), |p| p.display().to_string());
-    let mut writer = Sinks {
-        writer,
-        live,
-        batch: Vec::new(),
-        lines: 0,
-        violations: 0,
-    };
-    writer.write(Record::Header(Box::new(header)))?;
-    // On disk at once: the header says the probes are attached.
-    writer.flush()?;
-
-    let mut child = if opts.command.is_empty() {
-        None
-    } else {
-        let mut cmd = tokio::process::Command::new(&opts.command[0]);
-        cmd.args(&opts.command[1..]);
-        Some(
-            cmd.spawn()
-                .with_context(|| format!("starting {}", opts.command[0]))?,
-        )
-    };
-    if !opts.quiet {
-        match &child {
-            Some(c) => eprintln!(
-                "vramtrace: tracing {} (pid {}) into {}",
-                opts.command.join(" "),
-                c.id().unwrap_or(0),
-                output_name
-            ),
-            None => eprintln!(
-                "vramtrace: tracing {} into {}; Ctrl-C to stop",
-                if opts.pids.is_empty() {
-                    "every process".to_string()
-                } else {
-                    format!("PIDs {:?}", opts.pids)
-                },
-                output_name
-            ),
-        }
-    }
-
-    let mut converter = Converter::new(tracer.apis.clone());
-    converter.set_host_signal(config.host_signal);
-    // The same accounting as `analyze`, live: what it notices is printed as it happens.
-    let mut ledger = Ledger::new();
-    let policy = opts.policy;
-    let quiet = opts.quiet;
-    let mut resolver = StackResolver::new();
-    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
+    let mut recorder = Recorder::attach(&opts, live)?;
+    let mut child = recorder.spawn(&opts)?;
+    let ring_fd = recorder.ring_fd().try_clone_to_owned()?;
     // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which keeps it open and
     // unchanged for its whole life.
     let ring = unsafe { AsyncFd::register(ring_fd) }
@@ -465,80 +814,7 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut raw = Vec::with_capacity(4096);
-    let mut records = Vec::with_capacity(4096);
-    let mut reported = Counters::default();
-    let mut lost_total = 0u64;
-    let mut stack_failed = 0u64;
     let mut command_status = None;
-    let mut undecodable = 0u64;
-
-    let mut pump = |tracer: &mut Tracer,
-                    resolver: &mut StackResolver,
-                    converter: &mut Converter,
-                    writer: &mut Sinks,
-                    reported: &mut Counters,
-                    lost_total: &mut u64,
-                    stack_failed: &mut u64|
-     -> Result<()> {
-        let bad = tracer.drain(&mut raw);
-        if bad > 0 {
-            tracing::warn!("{bad} ring buffer items could not be decoded");
-        }
-        undecodable += bad;
-        let mut env = LiveEnv { tracer, resolver };
-        for ev in raw.drain(..) {
-            converter.convert(&ev, &mut env, &mut records);
-            for rec in records.drain(..) {
-                ledger.apply(&rec);
-                for ch in ledger.changes() {
-                    if policy == Policy::VramOnly && matches!(ch, Change::HostFinding { .. }) {
-                        writer.count_violations(1);
-                    }
-                    if let Some(line) = change_line(ch, &ledger, policy)
-                        && !quiet
-                    {
-                        eprintln!("{line}");
-                    }
-                }
-                writer.write(rec)?;
-            }
-        }
-        // What the probes counted, and what reached user space but could not become a record.
-        let mut now = tracer.counters();
-        now.unknown_api += converter.unknown_api;
-        now.undecodable = undecodable;
-        let lost = now.lost_since(reported, monotonic_ns());
-        if lost.events() > 0 || lost.stack_failed > 0 {
-            // A live view shows the loss itself; stderr would tear its screen.
-            if lost.events() > 0 && writer.live.is_none() {
-                let kinds: Vec<String> = lost
-                    .kinds()
-                    .filter(|&(_, n)| n > 0)
-                    .map(|(kind, n)| format!("{kind}: {n}"))
-                    .collect();
-                eprintln!(
-                    "vramtrace: {} events lost ({}){}",
-                    lost.events(),
-                    kinds.join(", "),
-                    if lost.ringbuf_full > 0 {
-                        "; enlarge --ring-size"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            *lost_total += lost.events();
-            *stack_failed += lost.stack_failed;
-            writer.write(Record::Lost(lost))?;
-            *reported = now;
-        }
-        nvml_feed.drain(writer)?;
-        // What was recorded reaches the file within a tick: a recorder that is killed leaves
-        // a trace readable up to that point.
-        writer.flush()?;
-        Ok(())
-    };
 
     loop {
         tokio::select! {
@@ -570,29 +846,12 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
                 command_status = Some(status.context("waiting for the traced command")?);
                 child = None;
                 // Everything the command did was submitted before it exited: take it all.
-                pump(&mut tracer, &mut resolver, &mut converter, &mut writer, &mut reported, &mut lost_total, &mut stack_failed)?;
                 break;
             }
         }
-        pump(
-            &mut tracer,
-            &mut resolver,
-            &mut converter,
-            &mut writer,
-            &mut reported,
-            &mut lost_total,
-            &mut stack_failed,
-        )?;
+        recorder.pump()?;
     }
-    pump(
-        &mut tracer,
-        &mut resolver,
-        &mut converter,
-        &mut writer,
-        &mut reported,
-        &mut lost_total,
-        &mut stack_failed,
-    )?;
+    recorder.pump()?;
     if let Some(mut c) = child {
         // Interrupted while the command still runs: it keeps running untraced, as the user
         // started it; say so.
@@ -603,38 +862,142 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
             command_status = Some(status);
         }
     }
-    if let Some(p) = nvml_poller {
-        p.stop();
+    let done = recorder.finish()?;
+    Ok(RecordOutcome {
+        records: done.records,
+        lost_events: done.lost_events,
+        command_status,
+        processes: done.processes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Call, Exit, Stack};
+
+    fn stack(id: u32, sym: Option<&str>) -> Record {
+        Record::Stack(Stack {
+            id,
+            frames: vec![Frame {
+                addr: 0x1000,
+                file: Some("/bin/app".into()),
+                offset: Some(0x10),
+                sym: sym.map(str::to_owned),
+                ..Frame::default()
+            }],
+            truncated: None,
+        })
     }
-    let processes = converter.processes_seen();
-    let lines = writer.lines_written();
-    let violations = writer.violations;
-    if let Some(w) = writer.writer.take() {
-        w.finish(monotonic_ns(), lost_total, stack_failed)
-            .context("finishing the trace")?;
+
+    fn call(stack: u32) -> Record {
+        Record::Alloc(Call {
+            api: "cuMemAlloc_v2".into(),
+            stack: Some(stack),
+            ..Call::default()
+        })
     }
-    if !opts.quiet {
-        eprintln!(
-            "vramtrace: {} records from {} processes written to {}{}{}",
-            lines.saturating_sub(1),
-            processes,
-            output_name,
-            if lost_total > 0 {
-                format!("; {lost_total} events LOST")
-            } else {
-                "; no events lost".into()
-            },
-            if opts.policy == Policy::VramOnly {
-                format!("; {violations} vram-only violations")
-            } else {
-                String::new()
-            }
+
+    fn exit() -> Record {
+        Record::Exit(Exit {
+            proc: 1,
+            pid: 1,
+            ts_ns: 1,
+        })
+    }
+
+    fn drain(b: &mut Backlog) -> Vec<Record> {
+        std::iter::from_fn(|| b.pop_ready()).collect()
+    }
+
+    #[test]
+    fn the_backlog_holds_records_behind_a_stack_being_symbolized() {
+        let mut b = Backlog::default();
+        b.push(stack(1, None));
+        b.push(call(1));
+        assert_eq!(drain(&mut b), [stack(1, None), call(1)]);
+
+        b.push(stack(2, None));
+        b.hold(2);
+        b.push(call(2));
+        b.push(exit());
+        assert_eq!(drain(&mut b), []);
+        assert_eq!(b.len(), 3);
+        // A result for a stack that is not held changes nothing.
+        b.symbolized(9, Vec::new());
+        assert_eq!(drain(&mut b), []);
+        let Record::Stack(done) = stack(2, Some("train_step")) else {
+            unreachable!()
+        };
+        b.symbolized(2, done.frames);
+        assert_eq!(
+            drain(&mut b),
+            [stack(2, Some("train_step")), call(2), exit()]
+        );
+        assert!(b.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_stack_that_never_comes_back_goes_out_as_normalized() {
+        let mut b = Backlog::default();
+        b.push(stack(1, None));
+        b.hold(1);
+        b.push(call(1));
+        assert_eq!(drain(&mut b), []);
+        b.release_all();
+        assert_eq!(drain(&mut b), [stack(1, None), call(1)]);
+    }
+
+    #[test]
+    fn stacks_come_back_in_trace_order_whatever_order_they_finish() {
+        let mut b = Backlog::default();
+        for id in [1, 2] {
+            b.push(stack(id, None));
+            b.hold(id);
+            b.push(call(id));
+        }
+        let Record::Stack(named) = stack(0, Some("f")) else {
+            unreachable!()
+        };
+        b.symbolized(2, named.frames.clone());
+        assert_eq!(drain(&mut b), []);
+        b.symbolized(1, named.frames);
+        assert_eq!(
+            drain(&mut b),
+            [stack(1, Some("f")), call(1), stack(2, Some("f")), call(2)]
         );
     }
-    Ok(RecordOutcome {
-        records: lines.saturating_sub(1),
-        lost_events: lost_total,
-        command_status,
-        processes,
-    })
+
+    #[test]
+    fn nvml_samples_repeat_only_after_other_records() {
+        let (tx, rx) = mpsc::channel();
+        let mut feed = NvmlFeed {
+            rx: Some(rx),
+            last: None,
+            lines_at_last: 0,
+        };
+        let sample = |ts_ns| NvmlSample {
+            ts_ns,
+            ..NvmlSample::default()
+        };
+        for ts in [1, 2, 3] {
+            tx.send(sample(ts)).expect("send");
+        }
+        // The first is new; the next two say the same with nothing written between.
+        assert_eq!(feed.take(5).len(), 1);
+        tx.send(sample(4)).expect("send");
+        assert_eq!(feed.take(6).len(), 0);
+        tx.send(sample(5)).expect("send");
+        assert_eq!(feed.take(7).len(), 1);
+    }
+
+    #[test]
+    fn drain_stats_are_per_event() {
+        let d = DrainStats {
+            events: 4,
+            ns: 10_000,
+        };
+        assert_eq!(d.us_per_event(), 2.5);
+        assert_eq!(DrainStats::default().us_per_event(), 0.0);
+    }
 }

@@ -1,10 +1,13 @@
-//! Normalizes user stacks at record time and symbolizes them, then or later.
+//! Normalizes user stacks at record time and symbolizes them off that path, or later.
 //!
 //! A stack captured in the kernel is a list of virtual addresses, meaningful only while the
-//! process lives and keeps its mappings. At record time each address is normalized to (file,
-//! build ID, file offset), which stays meaningful after the process is gone and on another
-//! machine ([`symbolize_offline`]). Symbolization fills the function name and source line.
-//! Failing at either step is data ([`Frame::unknown`]), never an error (blazesym's model).
+//! process lives and keeps its mappings. While the ring buffer is drained each address is
+//! normalized to (file, build ID, file offset) ([`StackNormalizer`]), which stays meaningful
+//! after the process is gone and on another machine ([`symbolize_offline`]). Symbolization
+//! fills the function name and source line: it reads symbol tables and DWARF, which for a
+//! large library takes seconds the first time, so recording does it on a thread of its own
+//! ([`SymbolWorker`]) from the files the normalizer held open. Failing at either step is
+//! data ([`Frame::unknown`]), never an error (blazesym's model).
 //!
 //! Every frame is a return address (see [`Stack`](crate::trace::Stack)): the instruction
 //! after a call. Symbolization looks up the byte before it, so that a call that is the last
@@ -16,9 +19,11 @@
 //! on the host.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 use blazesym::normalize::{self, NormalizeOpts, Normalizer, UserMeta};
 use blazesym::symbolize::source::{Elf, Source};
@@ -43,16 +48,16 @@ pub mod reason {
 /// generate code (JITs) cannot grow the cache without bound.
 const CACHE_LIMIT: usize = 1 << 18;
 
+/// Files held open past this count are let go (and blazesym's caches with them), for the
+/// same reason and to stay well within the usual limit of 1024 descriptors: the normalizer
+/// and the symbolizer each hold at most this many, mostly the same ones.
+const FILES_LIMIT: usize = 256;
+
 /// What symbolization found for one (file, offset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Symbol {
-    Found {
-        sym: String,
-        src: Option<String>,
-    },
+    Found { sym: String, src: Option<String> },
     Unknown(String),
-    /// Not looked up yet.
-    Pending,
 }
 
 impl Symbol {
@@ -63,7 +68,6 @@ impl Symbol {
                 frame.src = src.clone();
             }
             Symbol::Unknown(reason) => frame.unknown = Some(reason.clone()),
-            Symbol::Pending => {}
         }
     }
 }
@@ -104,54 +108,105 @@ fn new_symbolizer() -> Symbolizer {
         .build()
 }
 
-/// Normalizes and symbolizes the stacks of live processes, with caches that make repeated
-/// stacks cheap.
+/// A file that a traced process mapped, held open from normalization until symbolization,
+/// so that it can be read after the process is gone, whatever its root or mount namespace
+/// and even when it was deleted or replaced on disk since.
+#[derive(Clone, Debug)]
+pub struct MappedFile {
+    dev: u64,
+    ino: u64,
+    file: Arc<File>,
+}
+
+impl MappedFile {
+    /// Opens the file behind a `/proc/PID/map_files/` link.
+    fn open(link: &Path) -> Option<Self> {
+        let file = File::open(link).ok()?;
+        let meta = file.metadata().ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            file: Arc::new(file),
+        })
+    }
+
+    /// A path that reaches the open file (this process's descriptor of it).
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// A stack normalized on the path that drains the ring buffer, not yet symbolized.
+#[derive(Clone, Debug, Default)]
+pub struct Normalized {
+    /// One frame per address: file, build ID and offset where the address is in a file.
+    pub frames: Vec<Frame>,
+    /// The file behind each frame, where it could be opened; parallel to `frames`.
+    pub files: Vec<Option<MappedFile>>,
+}
+
+impl Normalized {
+    /// Whether a frame still waits for its symbol.
+    pub fn needs_symbols(&self) -> bool {
+        self.frames.iter().any(needs_symbol)
+    }
+}
+
+/// Whether symbolization has anything to do for `frame`: normalized, neither named nor
+/// given up on.
+fn needs_symbol(frame: &Frame) -> bool {
+    frame.offset.is_some() && frame.sym.is_none() && frame.unknown.is_none()
+}
+
+/// Normalizes the stacks of live processes: (file, build ID, offset) per address, from the
+/// process's mappings. Cheap enough for the path that drains the ring buffer: it reads
+/// `/proc/PID/maps` and ELF notes, never symbol tables or debug information.
 ///
 /// Files are reached through `/proc/PID/map_files/`, which names exactly the file the process
 /// mapped, whatever its mount namespace or root (a container, a chroot) and even when the
 /// file was replaced on disk since. The path recorded in [`Frame::file`] is that link's
 /// target: the path the kernel gives for the file (for a container process, the path inside
-/// the container).
-pub struct StackResolver {
+/// the container). The file itself is opened and handed on ([`MappedFile`]) for the
+/// symbolizer.
+pub struct StackNormalizer {
     normalizer: Normalizer,
-    symbolizer: Symbolizer,
-    /// (device, inode, file offset) → symbol; the same file is one entry whichever process
-    /// or path reached it.
-    symbols: HashMap<(u64, u64, u64), Symbol>,
     /// The file mappings of each process, read when it was first seen: stacks of a process
-    /// that exits before they are resolved (a crash right after an OOM, a short job) are
+    /// that exits before they are normalized (a crash right after an OOM, a short job) are
     /// normalized from here.
     maps: HashMap<u32, Vec<MapsFile>>,
     /// Build IDs of files reached through a maps snapshot.
     build_ids: HashMap<String, Option<String>>,
+    /// Files opened so far, by (device, inode): one descriptor per file, whichever process
+    /// or path reached it.
+    files: HashMap<(u64, u64), MappedFile>,
 }
 
-impl Default for StackResolver {
+impl Default for StackNormalizer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for StackResolver {
+impl std::fmt::Debug for StackNormalizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StackResolver")
-            .field("cached_symbols", &self.symbols.len())
+        f.debug_struct("StackNormalizer")
+            .field("processes", &self.maps.len())
+            .field("open_files", &self.files.len())
             .finish_non_exhaustive()
     }
 }
 
-impl StackResolver {
-    /// A resolver with empty caches.
+impl StackNormalizer {
+    /// A normalizer with empty caches.
     pub fn new() -> Self {
         Self {
             normalizer: Normalizer::builder()
                 .enable_build_ids(true)
                 .enable_build_id_caching(true)
                 .build(),
-            symbolizer: new_symbolizer(),
-            symbols: HashMap::new(),
             maps: HashMap::new(),
             build_ids: HashMap::new(),
+            files: HashMap::new(),
         }
     }
 
@@ -168,11 +223,11 @@ impl StackResolver {
         self.maps.remove(&pid);
     }
 
-    /// Normalizes from the snapshot of a process that is gone, symbolizing from the files on
-    /// this machine. `None` when there is no snapshot.
-    fn resolve_from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> Option<Vec<Frame>> {
+    /// Normalizes from the snapshot of a process that is gone. `None` when there is no
+    /// snapshot.
+    fn normalize_from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> Option<Normalized> {
         let maps = self.maps.get(&pid)?;
-        let mut frames: Vec<Frame> = addrs
+        let frames: Vec<Frame> = addrs
             .iter()
             .map(
                 |&addr| match maps.iter().find(|m| m.start <= addr && addr < m.end) {
@@ -195,37 +250,43 @@ impl StackResolver {
                 },
             )
             .collect();
-        symbolize_offline(&mut frames);
-        Some(frames)
+        Some(Normalized {
+            files: vec![None; frames.len()],
+            frames,
+        })
     }
 
-    /// Resolves the user stack `addrs` (innermost first) of the live process `pid`.
+    /// Normalizes the user stack `addrs` (innermost first) of the live process `pid`.
     ///
-    /// Returns one frame per address, in order. A frame that cannot be normalized or
-    /// symbolized carries the reason in `unknown`; if the process is gone, every frame says
-    /// "process exited".
-    pub fn resolve(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
-        let unknown = |addr: u64, reason: &str| Frame {
-            addr,
-            unknown: Some(reason.to_string()),
-            ..Frame::default()
+    /// Returns one frame per address, in order. A frame that cannot be normalized carries
+    /// the reason in `unknown`; if the process is gone and left no snapshot, every frame
+    /// says "process exited".
+    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Normalized {
+        let unknown = |reason: &str| Normalized {
+            frames: addrs
+                .iter()
+                .map(|&addr| Frame {
+                    addr,
+                    unknown: Some(reason.to_string()),
+                    ..Frame::default()
+                })
+                .collect(),
+            files: vec![None; addrs.len()],
         };
         if addrs.is_empty() {
-            return Vec::new();
+            return Normalized::default();
         }
         // PID 0 would mean "this process" to blazesym.
         if pid == 0 || !procinfo::process_exists(pid) {
-            if let Some(frames) = self.resolve_from_snapshot(pid, addrs) {
-                return frames;
-            }
-            return addrs
-                .iter()
-                .map(|&a| unknown(a, reason::PROCESS_EXITED))
-                .collect();
+            return self
+                .normalize_from_snapshot(pid, addrs)
+                .unwrap_or_else(|| unknown(reason::PROCESS_EXITED));
         }
-        if self.symbols.len() >= CACHE_LIMIT {
+        if self.files.len() >= FILES_LIMIT {
             // blazesym's own caches grow with every file and path seen; start afresh.
+            let maps = std::mem::take(&mut self.maps);
             *self = Self::new();
+            self.maps = maps;
         }
         let opts = NormalizeOpts {
             map_files: true,
@@ -238,46 +299,41 @@ impl StackResolver {
             Ok(output) => output,
             Err(err) => {
                 // A zombie still has a /proc entry but no mappings: the snapshot knows them.
-                if let Some(frames) = self.resolve_from_snapshot(pid, addrs) {
-                    return frames;
+                if let Some(n) = self.normalize_from_snapshot(pid, addrs) {
+                    return n;
                 }
                 let gone = err.kind() == ErrorKind::NotFound || !procinfo::process_exists(pid);
-                let reason = if gone {
-                    reason::PROCESS_EXITED.to_string()
+                return if gone {
+                    unknown(reason::PROCESS_EXITED)
                 } else {
-                    format!("normalization failed: {err}")
+                    unknown(&format!("normalization failed: {err}"))
                 };
-                return addrs.iter().map(|&a| unknown(a, &reason)).collect();
             }
         };
 
-        // map_files path → the path it names, read once per mapping.
-        let mut names: HashMap<&Path, Option<String>> = HashMap::new();
-        let mut frames = Vec::with_capacity(addrs.len());
+        // map_files path → (the path it names, the open file), once per mapping.
+        let mut links: HashMap<&Path, (Option<String>, Option<MappedFile>)> = HashMap::new();
+        let mut out = Normalized {
+            frames: Vec::with_capacity(addrs.len()),
+            files: Vec::with_capacity(addrs.len()),
+        };
         for (&addr, &(offset, meta_idx)) in addrs.iter().zip(&output.outputs) {
             let mut frame = Frame {
                 addr,
                 ..Frame::default()
             };
+            let mut file = None;
             match output.meta.get(meta_idx) {
                 Some(UserMeta::Elf(elf)) => {
-                    frame.file = names
-                        .entry(elf.path.as_path())
-                        .or_insert_with(|| mapped_name(&elf.path))
-                        .clone();
+                    let (name, mapped) = links.entry(elf.path.as_path()).or_insert_with(|| {
+                        let mapped = MappedFile::open(&elf.path)
+                            .map(|m| self.files.entry((m.dev, m.ino)).or_insert(m).clone());
+                        (mapped_name(&elf.path), mapped)
+                    });
+                    frame.file = name.clone();
                     frame.offset = Some(offset);
                     frame.build_id = elf.build_id.as_deref().map(hex::encode);
-                    let symbol = match fs::metadata(&elf.path) {
-                        Ok(meta) => self
-                            .symbols
-                            .entry((meta.dev(), meta.ino(), offset))
-                            .or_insert_with(|| symbolize_file(&self.symbolizer, &elf.path, offset))
-                            .clone(),
-                        // The process went away since normalization: the file is read from
-                        // its path below instead.
-                        Err(_) => Symbol::Pending,
-                    };
-                    symbol.apply(&mut frame);
+                    file = mapped.clone();
                 }
                 Some(UserMeta::Sym(sym)) => {
                     // Symbolized in place (the vDSO): there is no file to come back to.
@@ -288,28 +344,231 @@ impl StackResolver {
                     frame.unknown = Some(normalize::Reason::Unsupported.to_string());
                 }
             }
-            frames.push(frame);
+            out.frames.push(frame);
+            out.files.push(file);
         }
-        if frames
-            .iter()
-            .any(|f| f.offset.is_some() && f.sym.is_none() && f.unknown.is_none())
-        {
-            // The process exited between normalization and symbolization: name the files
-            // from the snapshot when the map_files links are gone, and read them by path.
-            if let Some(maps) = self.maps.get(&pid) {
-                for f in frames
-                    .iter_mut()
-                    .filter(|f| f.file.is_none() && f.offset.is_some())
-                {
-                    f.file = maps
-                        .iter()
-                        .find(|m| m.start <= f.addr && f.addr < m.end)
-                        .map(|m| m.path.clone());
-                }
+        // The process exited between normalization and opening its files: name them from
+        // the snapshot; they are then read by path.
+        if let Some(maps) = self.maps.get(&pid) {
+            for f in out
+                .frames
+                .iter_mut()
+                .filter(|f| f.file.is_none() && f.offset.is_some())
+            {
+                f.file = maps
+                    .iter()
+                    .find(|m| m.start <= f.addr && f.addr < m.end)
+                    .map(|m| m.path.clone());
             }
-            symbolize_offline(&mut frames);
         }
-        frames
+        out
+    }
+}
+
+/// Symbolizes normalized stacks: function names and source lines, from the files the
+/// normalizer opened or, failing that, from the files on this machine by path. The slow
+/// part (symbol tables, DWARF), kept off the path that drains the ring buffer
+/// ([`SymbolWorker`]).
+pub struct StackSymbolizer {
+    symbolizer: Symbolizer,
+    /// (device, inode, file offset) → symbol; the same file is one entry whichever process
+    /// or path reached it.
+    symbols: HashMap<(u64, u64, u64), Symbol>,
+    /// The files the symbolizer has read through their descriptors: held as long as the
+    /// symbolizer may have cached them under `/proc/self/fd/N`, so that the number is not
+    /// reused for another file meanwhile.
+    files: HashMap<(u64, u64), MappedFile>,
+    /// Frames without an open file (a process gone before its files were opened) are read
+    /// by path.
+    by_path: ByPath,
+}
+
+impl Default for StackSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for StackSymbolizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackSymbolizer")
+            .field("cached_symbols", &self.symbols.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackSymbolizer {
+    /// A symbolizer with empty caches.
+    pub fn new() -> Self {
+        Self {
+            symbolizer: new_symbolizer(),
+            symbols: HashMap::new(),
+            files: HashMap::new(),
+            by_path: ByPath::default(),
+        }
+    }
+
+    /// Fills `sym` and `src` of the frames of `stack` that were normalized but not
+    /// symbolized. Frames without an open file are read by path, checking the build ID
+    /// ([`symbolize_offline`]).
+    pub fn symbolize(&mut self, stack: &mut Normalized) {
+        if self.symbols.len() + self.by_path.len() >= CACHE_LIMIT || self.files.len() >= FILES_LIMIT
+        {
+            // blazesym's own caches grow with every file seen, and each file held open is a
+            // descriptor: start afresh.
+            *self = Self::new();
+        }
+        let mut by_path = false;
+        for (frame, file) in stack.frames.iter_mut().zip(&stack.files) {
+            if !needs_symbol(frame) {
+                continue;
+            }
+            let (Some(file), Some(offset)) = (file, frame.offset) else {
+                by_path = true;
+                continue;
+            };
+            let held = self
+                .files
+                .entry((file.dev, file.ino))
+                .or_insert_with(|| file.clone());
+            let symbolizer = &self.symbolizer;
+            self.symbols
+                .entry((held.dev, held.ino, offset))
+                .or_insert_with(|| symbolize_file(symbolizer, &held.path(), offset))
+                .apply(frame);
+        }
+        if by_path {
+            self.by_path.symbolize(&self.symbolizer, &mut stack.frames);
+        }
+    }
+}
+
+/// Normalizes and symbolizes at once, for callers that can wait for symbols (tests,
+/// benchmarks); recording splits the two ([`StackNormalizer`], [`SymbolWorker`]).
+#[derive(Debug, Default)]
+pub struct StackResolver {
+    pub normalizer: StackNormalizer,
+    pub symbolizer: StackSymbolizer,
+}
+
+impl StackResolver {
+    /// A resolver with empty caches.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves the user stack `addrs` (innermost first) of the live process `pid`: one
+    /// frame per address, in order, each with its symbol or why it has none.
+    pub fn resolve(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let mut stack = self.normalizer.normalize(pid, addrs);
+        self.symbolizer.symbolize(&mut stack);
+        stack.frames
+    }
+}
+
+/// A stack handed to the [`SymbolWorker`], and handed back symbolized.
+#[derive(Debug)]
+pub struct Job {
+    /// The trace's stack id.
+    pub id: u32,
+    pub stack: Normalized,
+}
+
+/// Symbolizes stacks on a thread of its own, in the order they were submitted, so that a
+/// large library being read for the first time never holds up the ring buffer.
+#[derive(Debug)]
+pub struct SymbolWorker {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Submitted and not yet taken back.
+    outstanding: usize,
+}
+
+impl SymbolWorker {
+    /// Starts the thread.
+    pub fn spawn() -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("symbolize".into())
+            .spawn(move || {
+                let mut symbolizer = StackSymbolizer::new();
+                for mut job in rx {
+                    symbolizer.symbolize(&mut job.stack);
+                    if tx.send(job).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            outstanding: 0,
+        })
+    }
+
+    /// Queues a stack for symbolization; `false` when the thread is gone (the stack then
+    /// stays as normalized).
+    pub fn submit(&mut self, job: Job) -> bool {
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if sent {
+            self.outstanding += 1;
+        }
+        sent
+    }
+
+    /// Stacks submitted and not yet taken back.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// A symbolized stack, if one is ready; never waits.
+    pub fn try_done(&mut self) -> Option<Job> {
+        match self.done.try_recv() {
+            Ok(job) => {
+                self.outstanding -= 1;
+                Some(job)
+            }
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                // The thread is gone (it panicked): what it had will never come back.
+                self.outstanding = 0;
+                None
+            }
+        }
+    }
+
+    /// The next symbolized stack, waiting for it; `None` when nothing is outstanding (or
+    /// the thread is gone).
+    pub fn wait_done(&mut self) -> Option<Job> {
+        if self.outstanding == 0 {
+            return None;
+        }
+        match self.done.recv() {
+            Ok(job) => {
+                self.outstanding -= 1;
+                Some(job)
+            }
+            Err(_) => {
+                self.outstanding = 0;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SymbolWorker {
+    fn drop(&mut self) {
+        // Hanging up ends the thread's loop once the job in hand is done.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -333,42 +592,57 @@ fn mapped_name(link: &Path) -> Option<String> {
 /// `unknown = "build id mismatch"` rather than a wrong name; a missing file gets
 /// `"file not found"`. Frames that already have a symbol or an `unknown` are left alone.
 pub fn symbolize_offline(frames: &mut [Frame]) {
-    let symbolizer = new_symbolizer();
-    // Per file: its local build ID, read once.
-    let mut local_ids: HashMap<String, Result<Option<String>, ()>> = HashMap::new();
-    let mut cache: HashMap<(String, u64), Symbol> = HashMap::new();
-    for frame in frames.iter_mut() {
-        if frame.sym.is_some() || frame.unknown.is_some() {
-            continue;
-        }
-        let (Some(file), Some(offset)) = (frame.file.clone(), frame.offset) else {
-            continue;
-        };
-        let local = local_ids.entry(file.clone()).or_insert_with(|| {
-            let path = Path::new(&file);
-            if path.is_file() {
-                Ok(crate::probe::libcuda::build_id(path))
-            } else {
-                Err(())
-            }
-        });
-        match (&*local, &frame.build_id) {
-            (Err(()), _) => {
-                frame.unknown = Some(reason::FILE_MISSING.to_string());
+    ByPath::default().symbolize(&new_symbolizer(), frames);
+}
+
+/// What symbolizing by path keeps between frames: each file's local build ID, and the
+/// symbols found.
+#[derive(Debug, Default)]
+struct ByPath {
+    local_ids: HashMap<String, Result<Option<String>, ()>>,
+    symbols: HashMap<(String, u64), Symbol>,
+}
+
+impl ByPath {
+    fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    /// [`symbolize_offline`] with `symbolizer` and these caches.
+    fn symbolize(&mut self, symbolizer: &Symbolizer, frames: &mut [Frame]) {
+        for frame in frames.iter_mut() {
+            if frame.sym.is_some() || frame.unknown.is_some() {
                 continue;
             }
-            (Ok(local), Some(recorded)) if local.as_deref() != Some(recorded.as_str()) => {
-                frame.unknown = Some(reason::BUILD_ID_MISMATCH.to_string());
+            let (Some(file), Some(offset)) = (frame.file.clone(), frame.offset) else {
                 continue;
+            };
+            let local = self.local_ids.entry(file.clone()).or_insert_with(|| {
+                let path = Path::new(&file);
+                if path.is_file() {
+                    Ok(crate::probe::libcuda::build_id(path))
+                } else {
+                    Err(())
+                }
+            });
+            match (&*local, &frame.build_id) {
+                (Err(()), _) => {
+                    frame.unknown = Some(reason::FILE_MISSING.to_string());
+                    continue;
+                }
+                (Ok(local), Some(recorded)) if local.as_deref() != Some(recorded.as_str()) => {
+                    frame.unknown = Some(reason::BUILD_ID_MISMATCH.to_string());
+                    continue;
+                }
+                _ => {}
             }
-            _ => {}
+            self.symbols
+                .entry((file, offset))
+                .or_insert_with_key(|(file, offset)| {
+                    symbolize_file(symbolizer, Path::new(file), *offset)
+                })
+                .apply(frame);
         }
-        cache
-            .entry((file, offset))
-            .or_insert_with_key(|(file, offset)| {
-                symbolize_file(&symbolizer, Path::new(file), *offset)
-            })
-            .apply(frame);
     }
 }
 
@@ -542,6 +816,62 @@ mod tests {
                 addr: 0x10,
                 ..Frame::default()
             }
+        );
+    }
+
+    /// Normalized while the process lives, symbolized on the worker after it is gone and
+    /// its file deleted: the descriptor opened at normalization still reaches the file.
+    #[test]
+    fn the_worker_symbolizes_after_the_process_and_its_file_are_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("sleep");
+        fs::copy("/usr/bin/sleep", &copy).expect("copy sleep");
+        let mut child = std::process::Command::new(&copy)
+            .arg("30")
+            .spawn()
+            .expect("spawn the copy of sleep");
+        let pid = child.id();
+        // An address in the copy's first executable mapping, once it is mapped.
+        let mut addr = None;
+        for _ in 0..200 {
+            let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            addr = parse_maps(&maps)
+                .iter()
+                .find(|m| Path::new(&m.path) == copy)
+                .map(|m| m.start + 0x10);
+            if addr.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let addr = addr.expect("sleep maps its executable");
+        let mut normalizer = StackNormalizer::new();
+        let stack = normalizer.normalize(pid, &[addr]);
+        let _ = child.kill();
+        let _ = child.wait();
+        fs::remove_file(&copy).expect("delete the copy");
+        drop(normalizer);
+        assert!(stack.needs_symbols(), "{stack:?}");
+        assert!(stack.files[0].is_some(), "{stack:?}");
+
+        let mut worker = SymbolWorker::spawn().expect("worker");
+        worker.submit(Job { id: 7, stack });
+        assert_eq!(worker.outstanding(), 1);
+        let done = worker.wait_done().expect("symbolized");
+        assert_eq!(done.id, 7);
+        assert_eq!(worker.wait_done().map(|j| j.id), None);
+        let frame = &done.stack.frames[0];
+        println!("{frame:?}");
+        assert_eq!(frame.file.as_deref(), copy.to_str());
+        // Read from the file (a stripped binary may have no symbol there: then the reason
+        // is the symbolizer's, not a missing file).
+        assert!(
+            frame.sym.is_some()
+                || frame
+                    .unknown
+                    .as_deref()
+                    .is_some_and(|u| u != reason::FILE_MISSING && u != reason::PROCESS_EXITED),
+            "{frame:?}"
         );
     }
 

@@ -1,5 +1,8 @@
-//! `vramtrace top --replay` in a real terminal: tmux runs it, keys are sent with
-//! `send-keys`, and the screen is read back with `capture-pane`. Needs tmux, not root.
+//! `vramtrace top` in a real terminal: tmux runs it, keys are sent with `send-keys`, and the
+//! screen is read back with `capture-pane`. Needs tmux; the live view also needs root, as
+//! every eBPF test does.
+
+mod common;
 
 use std::{
     path::Path,
@@ -8,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vramtrace::tui::synth;
+use vramtrace::{
+    trace::{Record, read::TraceReader},
+    tui::synth,
+};
 
 /// A tmux server of our own, killed on drop even when the test fails.
 struct Tmux {
@@ -60,13 +66,17 @@ impl Drop for Tmux {
 }
 
 fn start(name: &str, trace: &Path) -> Tmux {
+    start_with(name, &format!("--replay '{}'", trace.display()))
+}
+
+/// Runs `vramtrace top ARGS` in a tmux session of its own.
+fn start_with(name: &str, args: &str) -> Tmux {
     let tmux = Tmux {
         socket: format!("vramtrace-test-{}-{name}", std::process::id()),
     };
     let command = format!(
-        "'{}' top --replay '{}'; echo \"EXITED $?\"; sleep 60",
+        "'{}' top {args}; echo \"EXITED $?\"; sleep 60",
         env!("CARGO_BIN_EXE_vramtrace"),
-        trace.display()
     );
     let out = tmux.cmd(&[
         "new-session",
@@ -129,4 +139,49 @@ fn a_missing_trace_is_an_error_with_a_restored_terminal() {
     let s = tmux.wait_for("EXITED 2");
     assert!(s.contains("vramtrace: error: reading"), "{s}");
     assert!(!s.contains("vramtrace top │"), "{s}");
+}
+
+/// The live view over the simulated driver: it shows the workload as it runs, and the trace
+/// it writes on the side is sealed on quit with its stacks symbolized.
+#[test]
+fn live_view_shows_a_workload_and_writes_a_symbolized_trace() {
+    common::require_root();
+    let (lib, workload) = common::sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("live.jsonl");
+    let tmux = start_with(
+        "live",
+        &format!("--libcuda '{}' -o '{}'", lib.display(), trace.display()),
+    );
+    tmux.wait_for("live: every process");
+    // The header is written once the probes are attached.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&trace).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "the probes never attached");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::process::Command::new(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("mixed")
+        .output()
+        .expect("running the workload");
+    assert!(out.status.success(), "{out:?}");
+    tmux.wait_for("vramtrace-workl");
+
+    tmux.keys(&["q"]);
+    tmux.wait_for("EXITED 0");
+    let mut reader = TraceReader::open(&trace).expect("the trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(summary.complete, "{:?}", summary.problems);
+    assert_eq!(summary.digest_ok, Some(true));
+    let named = records.iter().any(|r| match r {
+        Record::Stack(s) => s
+            .frames
+            .iter()
+            .any(|f| f.sym.as_deref().is_some_and(|n| n.contains("scenarios::"))),
+        _ => false,
+    });
+    assert!(named, "a stack names the workload's own functions");
 }
