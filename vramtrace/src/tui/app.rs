@@ -16,7 +16,7 @@ use ratatui::layout::{Position, Rect};
 
 use super::{
     Control, Effect, Msg, ReplayStatus,
-    class::{Class, nvml_process_bytes},
+    class::{ViewClass, nvml_process_bytes},
     list::AllocList,
     mirror::{Change, Mirror},
     view,
@@ -179,7 +179,7 @@ impl Filter {
         self.api.is_none() && self.class.is_none() && self.min_bytes == 0
     }
 
-    pub fn matches(&self, api: &str, class: Class, bytes: u64) -> bool {
+    pub fn matches(&self, api: &str, class: ViewClass, bytes: u64) -> bool {
         bytes >= self.min_bytes
             && self
                 .api
@@ -246,8 +246,8 @@ pub struct ProcRow {
     pub container: String,
     /// Live device bytes (pool-held excluded).
     pub traced: u64,
-    /// Live bytes per class, indexed by [`Class::index`].
-    pub by_class: [u64; Class::ALL.len()],
+    /// Live bytes per class, indexed by [`ViewClass::index`].
+    pub by_class: [u64; ViewClass::ALL.len()],
     pub pool: u64,
     pub host: u64,
     pub nvml: Option<u64>,
@@ -282,7 +282,7 @@ pub struct AllocRow {
     pub bytes: u64,
     /// Index into [`App::apis`].
     pub api: u16,
-    pub class: Class,
+    pub class: ViewClass,
     pub mem: Mem,
     pub ts_ns: u64,
     pub tid: u32,
@@ -303,7 +303,7 @@ impl AllocRow {
 pub struct GpuRow {
     pub device: Option<i32>,
     /// Traced live bytes per class on this GPU.
-    pub by_class: [u64; Class::ALL.len()],
+    pub by_class: [u64; ViewClass::ALL.len()],
     pub pool: u64,
     pub nvml_total: Option<u64>,
     pub nvml_used: Option<u64>,
@@ -316,7 +316,7 @@ impl GpuRow {
     pub fn traced(&self) -> u64 {
         self.by_class
             .iter()
-            .take(Class::HostFallback.index())
+            .take(ViewClass::HostFallback.index())
             .sum::<u64>()
             .saturating_add(self.pool)
     }
@@ -699,7 +699,7 @@ impl App {
         }
         let mut procs = Vec::new();
         // Device bytes per class summed wide over the processes, saturated once at the end.
-        let mut on_gpus: BTreeMap<Option<i32>, [u128; Class::ALL.len()]> = BTreeMap::new();
+        let mut on_gpus: BTreeMap<Option<i32>, [u128; ViewClass::ALL.len()]> = BTreeMap::new();
         for p in self.ledger.processes() {
             let rows = self.mirror.process(p.proc);
             let by_class = rows.map(|r| r.by_class()).unwrap_or_default();
@@ -903,7 +903,7 @@ impl App {
 fn gpu_row(device: Option<i32>) -> GpuRow {
     GpuRow {
         device,
-        by_class: [0; Class::ALL.len()],
+        by_class: [0; ViewClass::ALL.len()],
         pool: 0,
         nvml_total: None,
         nvml_used: None,

@@ -5,7 +5,7 @@ use crate::{ledger::LiveAllocation, trace::NvmlSample};
 
 /// What memory is for, as the view shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Class {
+pub enum ViewClass {
     Weights,
     KvCache,
     Dynamic,
@@ -14,49 +14,49 @@ pub enum Class {
     Unknown,
 }
 
-impl Class {
+impl ViewClass {
     /// Every class, in the order the memory bar and the columns show them.
-    pub const ALL: [Class; 5] = [
-        Class::Weights,
-        Class::KvCache,
-        Class::Dynamic,
-        Class::Unknown,
-        Class::HostFallback,
+    pub const ALL: [ViewClass; 5] = [
+        ViewClass::Weights,
+        ViewClass::KvCache,
+        ViewClass::Dynamic,
+        ViewClass::Unknown,
+        ViewClass::HostFallback,
     ];
 
     /// Short name for tables and the filter (`class:kv`).
     pub fn label(self) -> &'static str {
         match self {
-            Class::Weights => "weights",
-            Class::KvCache => "kv",
-            Class::Dynamic => "dynamic",
-            Class::HostFallback => "host",
-            Class::Unknown => "unknown",
+            ViewClass::Weights => "weights",
+            ViewClass::KvCache => "kv",
+            ViewClass::Dynamic => "dynamic",
+            ViewClass::HostFallback => "host",
+            ViewClass::Unknown => "unknown",
         }
     }
 
-    /// Index into per-class arrays, following [`Class::ALL`].
+    /// Index into per-class arrays, following [`ViewClass::ALL`].
     pub fn index(self) -> usize {
         match self {
-            Class::Weights => 0,
-            Class::KvCache => 1,
-            Class::Dynamic => 2,
-            Class::Unknown => 3,
-            Class::HostFallback => 4,
+            ViewClass::Weights => 0,
+            ViewClass::KvCache => 1,
+            ViewClass::Dynamic => 2,
+            ViewClass::Unknown => 3,
+            ViewClass::HostFallback => 4,
         }
     }
 }
 
 /// The class of a live allocation, as the Ledger's classifier decided it. Pool-held bytes
 /// are not allocations: the view shows them from the Ledger's pool figures.
-pub fn class_of(a: &LiveAllocation) -> Class {
+pub fn class_of(a: &LiveAllocation) -> ViewClass {
     use crate::ledger::Class as L;
     match a.class {
-        L::Weights => Class::Weights,
-        L::KvCache => Class::KvCache,
-        L::Dynamic => Class::Dynamic,
-        L::HostFallback => Class::HostFallback,
-        L::Pool | L::Unknown => Class::Unknown,
+        L::Weights => ViewClass::Weights,
+        L::KvCache => ViewClass::KvCache,
+        L::Dynamic => ViewClass::Dynamic,
+        L::HostFallback => ViewClass::HostFallback,
+        L::Pool | L::Unknown => ViewClass::Unknown,
     }
 }
 

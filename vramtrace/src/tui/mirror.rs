@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     app::{AllocRow, Slot},
-    class::{Class, class_of},
+    class::{ViewClass, class_of},
 };
 use crate::{
     ledger::{Change as LedgerChange, Ledger, LiveAllocation},
@@ -86,9 +86,9 @@ pub fn slot_of(a: &LiveAllocation) -> Slot {
 
 /// Byte sums are kept wide: added and taken away as rows come and go, and saturated to
 /// `u64` only when read, they equal the saturating sum over the live rows.
-type Sums = [u128; Class::ALL.len()];
+type Sums = [u128; ViewClass::ALL.len()];
 
-fn saturate(s: &Sums) -> [u64; Class::ALL.len()] {
+fn saturate(s: &Sums) -> [u64; ViewClass::ALL.len()] {
     s.map(|v| u64::try_from(v).unwrap_or(u64::MAX))
 }
 
@@ -157,8 +157,8 @@ impl ProcRows {
         self.rows.get(&slot)
     }
 
-    /// Live bytes per class, indexed by [`Class::index`].
-    pub fn by_class(&self) -> [u64; Class::ALL.len()] {
+    /// Live bytes per class, indexed by [`ViewClass::index`].
+    pub fn by_class(&self) -> [u64; ViewClass::ALL.len()] {
         saturate(&self.by_class)
     }
 

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::{
     App, Mode, Msg,
     app::{AllocRow, Focus},
-    class::Class,
+    class::ViewClass,
     mirror::Apis,
     synth::{self, T0},
     update,
@@ -246,8 +246,8 @@ fn named(apis: &Apis, r: &AllocRow) -> (String, AllocRow) {
     )
 }
 
-fn saturating_sum(it: impl Iterator<Item = (Class, u64)>) -> [u64; Class::ALL.len()] {
-    let mut s = [0u64; Class::ALL.len()];
+fn saturating_sum(it: impl Iterator<Item = (ViewClass, u64)>) -> [u64; ViewClass::ALL.len()] {
+    let mut s = [0u64; ViewClass::ALL.len()];
     for (c, b) in it {
         s[c.index()] = s[c.index()].saturating_add(b);
     }

@@ -15,7 +15,7 @@ use ratatui::{
 
 use super::{
     app::{AllocOrder, App, Focus, GpuRow, Mode, ProcCol, ProcRow, bytes},
-    class::Class,
+    class::ViewClass,
 };
 use crate::procinfo::sanitize;
 
@@ -333,10 +333,10 @@ fn render_gpu_bar(app: &App, theme: &Theme, frame: &mut Frame, area: Rect, g: &G
         .max(4) as u64;
     // Parts in the order of SEGMENTS; without NVML the bar is traced bytes against the peak.
     let parts: [u64; 7] = [
-        g.by_class[Class::Weights.index()],
-        g.by_class[Class::KvCache.index()],
-        g.by_class[Class::Dynamic.index()],
-        g.by_class[Class::Unknown.index()],
+        g.by_class[ViewClass::Weights.index()],
+        g.by_class[ViewClass::KvCache.index()],
+        g.by_class[ViewClass::Dynamic.index()],
+        g.by_class[ViewClass::Unknown.index()],
         g.pool,
         g.overhead().unwrap_or(0),
         match g.nvml_total {
@@ -429,9 +429,9 @@ fn proc_cell(r: &ProcRow, col: ProcCol) -> String {
 }
 
 /// Per-class columns, on terminals wide enough for them.
-fn class_columns(width: u16) -> &'static [Class] {
+fn class_columns(width: u16) -> &'static [ViewClass] {
     if width >= 150 {
-        &[Class::Weights, Class::KvCache, Class::Dynamic]
+        &[ViewClass::Weights, ViewClass::KvCache, ViewClass::Dynamic]
     } else {
         &[]
     }
