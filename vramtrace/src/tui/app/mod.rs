@@ -9,14 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crossterm::event::{
-    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
-};
-use ratatui::layout::{Position, Rect};
+use ratatui::layout::Rect;
 
 use super::{
-    Control, Effect, Msg, ReplayStatus,
-    class::{ViewClass, nvml_process_bytes},
+    Effect, Msg, ReplayStatus,
+    class::ViewClass,
     list::AllocList,
     mirror::{Change, Mirror},
     view,
@@ -39,6 +36,13 @@ pub const SEEK_NS: i64 = 10_000_000_000;
 /// Changes to the listed allocations kept for the next refresh; past that the list is
 /// ordered again from the rows.
 const PENDING: usize = 1 << 16;
+
+mod filter;
+mod input;
+mod model;
+
+pub use filter::{Filter, parse_size};
+use input::{on_key, on_mouse};
 
 /// Where the records come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,69 +145,6 @@ impl AllocOrder {
         }
         .then(b.slot.cmp(&a.slot))
     }
-}
-
-/// The allocation filter: `api:NAME class:NAME min:SIZE`, a bare word matching the API.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub api: Option<String>,
-    pub class: Option<String>,
-    pub min_bytes: u64,
-    /// As typed, for display.
-    pub text: String,
-}
-
-impl Filter {
-    /// Parses the filter line; an unreadable size is an error to show, not a filter.
-    pub fn parse(text: &str) -> Result<Filter, String> {
-        let mut f = Filter {
-            text: text.trim().to_string(),
-            ..Filter::default()
-        };
-        for tok in text.split_whitespace() {
-            match tok.split_once(':') {
-                Some(("api", v)) => f.api = Some(v.to_ascii_lowercase()),
-                Some(("class", v)) => f.class = Some(v.to_ascii_lowercase()),
-                Some(("min", v)) => {
-                    f.min_bytes =
-                        parse_size(v).ok_or_else(|| format!("min:{v}: not a size (1M, 2G)"))?
-                }
-                Some((k, _)) => return Err(format!("{k}: unknown filter (api, class, min)")),
-                None => f.api = Some(tok.to_ascii_lowercase()),
-            }
-        }
-        Ok(f)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.api.is_none() && self.class.is_none() && self.min_bytes == 0
-    }
-
-    pub fn matches(&self, api: &str, class: ViewClass, bytes: u64) -> bool {
-        bytes >= self.min_bytes
-            && self
-                .api
-                .as_ref()
-                .is_none_or(|a| api.to_ascii_lowercase().contains(a.as_str()))
-            && self
-                .class
-                .as_ref()
-                .is_none_or(|c| class.label().starts_with(c.as_str()))
-    }
-}
-
-/// `1024`, `4K`, `1.5M`, `2G`, `1T` (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&s[..i], 1 << 20),
-        (i, 'g' | 'G') => (&s[..i], 1 << 30),
-        (i, 't' | 'T') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    let v: f64 = num.parse().ok()?;
-    (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u64)
 }
 
 /// One call in the event stream.
@@ -664,179 +605,6 @@ impl App {
         }
     }
 
-    fn build_procs(&mut self) {
-        let nvml = self.nvml.as_ref();
-        let mut gpus: BTreeMap<Option<i32>, GpuRow> = BTreeMap::new();
-        for (dev, u) in &self.ledger.totals().devices {
-            let g = gpus.entry(*dev).or_insert_with(|| gpu_row(*dev));
-            g.pool = u.pool_held_bytes;
-            g.peak = u.peak_device_and_pool_bytes;
-        }
-        // Which NVML GPU each CUDA ordinal is, as the Ledger maps it for the processes that
-        // hold memory there (through their CUDA_VISIBLE_DEVICES); processes that disagree
-        // leave it unknown.
-        let mut nvml_of: BTreeMap<i32, Option<u32>> = BTreeMap::new();
-        for p in self.ledger.processes().filter(|p| !p.exited()) {
-            for d in p.devices.keys().flatten() {
-                let i = self.ledger.nvml_index(p.proc, *d);
-                let e = nvml_of.entry(*d).or_insert(i);
-                if *e != i {
-                    *e = None;
-                }
-            }
-        }
-        if let Some(s) = nvml {
-            // A GPU no traced process maps to shows under its NVML index.
-            for g in &s.gpus {
-                if !nvml_of.values().any(|i| *i == Some(g.index))
-                    && let Ok(d) = i32::try_from(g.index)
-                    && !nvml_of.contains_key(&d)
-                {
-                    nvml_of.insert(d, Some(g.index));
-                    gpus.entry(Some(d)).or_insert_with(|| gpu_row(Some(d)));
-                }
-            }
-        }
-        let mut procs = Vec::new();
-        // Device bytes per class summed wide over the processes, saturated once at the end.
-        let mut on_gpus: BTreeMap<Option<i32>, [u128; ViewClass::ALL.len()]> = BTreeMap::new();
-        for p in self.ledger.processes() {
-            let rows = self.mirror.process(p.proc);
-            let by_class = rows.map(|r| r.by_class()).unwrap_or_default();
-            let live = rows.map_or(0, |r| r.len());
-            for (dev, sums) in rows.into_iter().flat_map(|r| r.by_device()) {
-                let g = on_gpus.entry(dev).or_default();
-                for (t, v) in g.iter_mut().zip(sums) {
-                    *t += v;
-                }
-            }
-            if self.hide_exited && p.exited() {
-                continue;
-            }
-            let nvml_bytes = nvml_process_bytes(nvml, p.pid);
-            let traced = p.usage.device_and_pool_bytes();
-            let info = p.info.as_ref();
-            procs.push(ProcRow {
-                proc: p.proc,
-                pid: p.pid,
-                name: sanitize(p.comm()),
-                container: info
-                    .and_then(|i| i.container.as_deref())
-                    .map(|c| sanitize(&c.chars().take(12).collect::<String>()))
-                    .unwrap_or_default(),
-                traced: p.usage.device_bytes,
-                by_class,
-                pool: p.usage.pool_held_bytes,
-                host: p.usage.host_bytes,
-                nvml: nvml_bytes,
-                coverage: nvml_bytes
-                    .filter(|n| *n > 0)
-                    .map(|n| traced as f64 * 100.0 / n as f64),
-                rate: self.rates.get(&p.proc).copied().unwrap_or(0.0),
-                peak: p.usage.peak_device_and_pool_bytes,
-                ooms: self.seen.ooms_by_proc.get(&p.proc).copied().unwrap_or(0),
-                host_fallbacks: self
-                    .seen
-                    .host_fallbacks_by_proc
-                    .get(&p.proc)
-                    .copied()
-                    .unwrap_or(0),
-                exited: p.exited(),
-                live,
-            });
-        }
-        for (dev, sums) in on_gpus {
-            let g = gpus.entry(dev).or_insert_with(|| gpu_row(dev));
-            g.by_class = sums.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
-        }
-        for g in gpus.values_mut() {
-            let index = g.device.and_then(|d| nvml_of.get(&d).copied().flatten());
-            if let Some(s) = index.and_then(|i| nvml?.gpus.iter().find(|s| s.index == i)) {
-                g.nvml_total = s.total_bytes;
-                g.nvml_used = s.used_bytes;
-                g.nvml_free = s.free_bytes;
-            }
-        }
-        sort_procs(&mut procs, self.proc_sort, self.proc_desc);
-        if !self.paused {
-            for g in gpus.values() {
-                let h = self.history.entry(g.device).or_default();
-                if h.len() == HISTORY {
-                    h.pop_front();
-                }
-                h.push_back(g.nvml_used.unwrap_or_else(|| g.traced()));
-            }
-        }
-        self.view.gpus = gpus.into_values().collect();
-        self.view.host_bytes = self.ledger.totals().usage.host_bytes;
-        self.view.procs = procs;
-        // Keep the selection on the same process when rows move.
-        let found = self
-            .selected_proc
-            .and_then(|s| self.view.procs.iter().position(|r| r.proc == s));
-        self.proc_cursor = match found {
-            Some(i) => i,
-            None => self
-                .proc_cursor
-                .min(self.view.procs.len().saturating_sub(1)),
-        };
-        self.selected_proc = self.view.procs.get(self.proc_cursor).map(|r| r.proc);
-    }
-
-    fn build_allocs(&mut self) {
-        let Some(proc) = self.selected_proc else {
-            self.view.allocs.clear();
-            self.view.allocs_unfiltered = 0;
-            self.list_for = None;
-            self.pending.clear();
-            self.pending_overflow = false;
-            return;
-        };
-        let rows = self.mirror.process(proc);
-        let apis = &self.mirror.apis;
-        let filter = &self.filter;
-        let shown = |r: &AllocRow| filter.matches(apis.name(r.api), r.class, r.bytes);
-        let order = self.alloc_order;
-        let listed = self
-            .list_for
-            .as_ref()
-            .is_some_and(|(p, o, f)| *p == proc && *o == order && f == filter);
-        if listed && !self.pending_overflow {
-            // Only what changed since the last refresh moves.
-            for ch in self.pending.drain(..) {
-                if let Some(old) = ch.old.as_ref().filter(|r| shown(r)) {
-                    self.view.allocs.remove(old);
-                }
-                if let Some(new) = ch.new.filter(|r| shown(r)) {
-                    self.view.allocs.insert(new);
-                }
-            }
-        } else {
-            // Another process, order or filter (or a burst): list from the rows.
-            let all = rows.into_iter().flat_map(|r| r.rows());
-            let picked: Vec<AllocRow> = all.filter(|r| shown(r)).cloned().collect();
-            self.view.allocs = AllocList::from_rows(picked, order);
-            self.list_for = Some((proc, order, self.filter.clone()));
-            self.pending.clear();
-            self.pending_overflow = false;
-        }
-        self.view.allocs_unfiltered = rows.map_or(0, |r| r.len());
-        // At the top of the newest-first list the view follows new allocations, as `tail -f`
-        // does; anywhere else the selection stays on its allocation.
-        let found = self
-            .selected_alloc
-            .filter(|_| !(self.alloc_cursor == 0 && order == AllocOrder::Newest))
-            .and_then(|(slot, ts)| rows?.row(slot).filter(|r| r.ts_ns == ts))
-            .and_then(|r| self.view.allocs.position(r));
-        self.alloc_cursor = match found {
-            Some(i) => i,
-            None => self
-                .alloc_cursor
-                .min(self.view.allocs.len().saturating_sub(1)),
-        };
-        self.selected_alloc = self.view.allocs.get(self.alloc_cursor).map(AllocRow::key);
-    }
-
     fn move_cursor(&mut self, delta: isize) {
         match self.focus {
             Focus::Processes => {
@@ -900,47 +668,11 @@ impl App {
     }
 }
 
-fn gpu_row(device: Option<i32>) -> GpuRow {
-    GpuRow {
-        device,
-        by_class: [0; ViewClass::ALL.len()],
-        pool: 0,
-        nvml_total: None,
-        nvml_used: None,
-        nvml_free: None,
-        peak: 0,
-    }
-}
-
 fn step(cur: usize, delta: isize, n: usize) -> usize {
     if n == 0 {
         return 0;
     }
     cur.saturating_add_signed(delta).min(n - 1)
-}
-
-fn sort_procs(rows: &mut [ProcRow], col: ProcCol, desc: bool) {
-    use std::cmp::Ordering;
-    let f = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(Ordering::Equal);
-    rows.sort_by(|a, b| {
-        let o = match col {
-            ProcCol::Pid => a.pid.cmp(&b.pid),
-            ProcCol::Name => a.name.cmp(&b.name),
-            ProcCol::Container => a.container.cmp(&b.container),
-            ProcCol::Traced => a.traced.cmp(&b.traced),
-            ProcCol::Pool => a.pool.cmp(&b.pool),
-            ProcCol::Host => a.host.cmp(&b.host),
-            ProcCol::Nvml => a.nvml.cmp(&b.nvml),
-            ProcCol::Coverage => f(a.coverage.unwrap_or(-1.0), b.coverage.unwrap_or(-1.0)),
-            ProcCol::Rate => f(a.rate, b.rate),
-            ProcCol::Peak => a.peak.cmp(&b.peak),
-            ProcCol::Ooms => a.ooms.cmp(&b.ooms),
-            ProcCol::HostFallbacks => a.host_fallbacks.cmp(&b.host_fallbacks),
-        };
-        let o = if desc { o.reverse() } else { o };
-        // Ties in a stable order: a table whose rows swap on every tick cannot be read.
-        o.then(a.proc.cmp(&b.proc))
-    });
 }
 
 /// Bytes in binary units, short: `512B`, `1.5K`, `12M`, `80G`.
@@ -1006,175 +738,5 @@ pub fn update(app: &mut App, msg: Msg) -> Option<Effect> {
             on_mouse(app, m);
             None
         }
-    }
-}
-
-fn on_key(app: &mut App, k: KeyEvent) -> Option<Effect> {
-    if k.kind == KeyEventKind::Release {
-        return None;
-    }
-    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
-        return Some(Effect::Exit(None));
-    }
-    if let Some(input) = app.input.as_mut() {
-        match k.code {
-            KeyCode::Esc => {
-                app.input = None;
-                app.input_error = None;
-            }
-            KeyCode::Enter => match Filter::parse(input) {
-                Ok(f) => {
-                    app.filter = f;
-                    app.input = None;
-                    app.input_error = None;
-                    app.alloc_cursor = 0;
-                    app.selected_alloc = None;
-                    app.refresh_now();
-                }
-                Err(e) => app.input_error = Some(e),
-            },
-            KeyCode::Backspace => {
-                input.pop();
-            }
-            KeyCode::Char(c) if !c.is_control() => input.push(c),
-            _ => {}
-        }
-        return None;
-    }
-    if app.help {
-        // Any key closes the help; q still quits.
-        app.help = false;
-        if k.code != KeyCode::Char('q') {
-            return None;
-        }
-    }
-    match k.code {
-        KeyCode::Char('q') => return Some(Effect::Exit(None)),
-        KeyCode::Char('?') | KeyCode::F(1) => app.help = true,
-        KeyCode::Esc => {
-            if app.detail {
-                app.detail = false;
-            } else if !app.filter.is_empty() {
-                app.filter = Filter::default();
-                app.refresh_now();
-            } else {
-                app.focus = Focus::Processes;
-            }
-        }
-        KeyCode::Up | KeyCode::Char('k') => app.move_cursor(-1),
-        KeyCode::Down | KeyCode::Char('j') => app.move_cursor(1),
-        KeyCode::PageUp => app.move_cursor(-app.page()),
-        KeyCode::PageDown => app.move_cursor(app.page()),
-        KeyCode::Home => app.move_cursor(isize::MIN / 2),
-        KeyCode::End => app.move_cursor(isize::MAX / 2),
-        KeyCode::Tab | KeyCode::BackTab | KeyCode::Left | KeyCode::Right => {
-            app.focus = match app.focus {
-                Focus::Processes => Focus::Allocations,
-                Focus::Allocations => Focus::Processes,
-            };
-        }
-        KeyCode::Char('h') => app.focus = Focus::Processes,
-        KeyCode::Char('l') => app.focus = Focus::Allocations,
-        KeyCode::Enter => match app.focus {
-            Focus::Processes => app.focus = Focus::Allocations,
-            Focus::Allocations => {
-                app.detail = !app.detail;
-                app.prepare_detail();
-            }
-        },
-        KeyCode::Char('/') => {
-            app.input = Some(app.filter.text.clone());
-            app.input_error = None;
-        }
-        KeyCode::Char('s') => {
-            match app.focus {
-                Focus::Processes => app.proc_sort = app.proc_sort.next(),
-                Focus::Allocations => {
-                    app.alloc_order = match app.alloc_order {
-                        AllocOrder::Newest => AllocOrder::Largest,
-                        AllocOrder::Largest => AllocOrder::Newest,
-                    }
-                }
-            }
-            app.refresh_now();
-        }
-        KeyCode::Char('S') | KeyCode::Char('r') => {
-            app.proc_desc = !app.proc_desc;
-            app.refresh_now();
-        }
-        KeyCode::Char('e') => app.show_events = !app.show_events,
-        KeyCode::Char('x') => {
-            app.hide_exited = !app.hide_exited;
-            app.refresh_now();
-        }
-        KeyCode::Char('p') | KeyCode::Char(' ') => {
-            if app.is_replay() {
-                return Some(Effect::Replay(Control::Pause(!app.paused)));
-            }
-            app.paused = !app.paused;
-            if !app.paused {
-                let held = std::mem::take(&mut app.held);
-                app.apply(held);
-                app.refresh();
-            }
-        }
-        KeyCode::Char('n') | KeyCode::Char('.') if app.is_replay() => {
-            return Some(Effect::Replay(Control::Step));
-        }
-        KeyCode::Char('+') | KeyCode::Char('=') if app.is_replay() => {
-            return Some(Effect::Replay(Control::Seek(super::SeekTo::Rel(SEEK_NS))));
-        }
-        KeyCode::Char('-') if app.is_replay() => {
-            return Some(Effect::Replay(Control::Seek(super::SeekTo::Rel(-SEEK_NS))));
-        }
-        KeyCode::Char('g') if app.is_replay() => {
-            return Some(Effect::Replay(Control::Seek(super::SeekTo::Start)));
-        }
-        KeyCode::Char('G') if app.is_replay() => {
-            return Some(Effect::Replay(Control::Seek(super::SeekTo::End)));
-        }
-        _ => {}
-    }
-    None
-}
-
-fn on_mouse(app: &mut App, m: MouseEvent) {
-    let areas = view::areas(app, app.size);
-    let pos = Position::new(m.column, m.row);
-    let pane = if areas.procs.contains(pos) {
-        Some((Focus::Processes, areas.procs))
-    } else if areas.allocs.contains(pos) {
-        Some((Focus::Allocations, areas.allocs))
-    } else {
-        None
-    };
-    let Some((focus, area)) = pane else { return };
-    match m.kind {
-        MouseEventKind::ScrollDown => {
-            app.focus = focus;
-            app.move_cursor(3);
-        }
-        MouseEventKind::ScrollUp => {
-            app.focus = focus;
-            app.move_cursor(-3);
-        }
-        MouseEventKind::Down(MouseButton::Left) => {
-            app.focus = focus;
-            // Border and header rows come first; the table scrolls to keep the cursor in view.
-            let first_row = area.y + 2;
-            if m.row < first_row {
-                return;
-            }
-            let visible = usize::from(area.height.saturating_sub(3).max(1));
-            let cursor = match focus {
-                Focus::Processes => app.proc_cursor,
-                Focus::Allocations => app.alloc_cursor,
-            };
-            let offset = view::scroll_offset(cursor, visible);
-            let target = offset + usize::from(m.row - first_row);
-            let delta = target as isize - cursor as isize;
-            app.move_cursor(delta);
-        }
-        _ => {}
     }
 }
