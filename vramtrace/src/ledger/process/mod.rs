@@ -99,12 +99,24 @@ pub struct ProcessState {
     pub(crate) changes: Vec<Change>,
 }
 
-/// The counter of entry point `api`, without allocating its name but the first time.
-fn counter<'a>(counts: &'a mut BTreeMap<String, ApiCount>, api: &str) -> &'a mut ApiCount {
-    if !counts.contains_key(api) {
-        counts.insert(api.to_owned(), ApiCount::default());
+/// Adds `calls` and `bytes` to the counter of entry point `api`: one lookup, and its name
+/// allocated only the first time.
+fn count(counts: &mut BTreeMap<String, ApiCount>, api: &str, calls: u64, bytes: u64) {
+    match counts.get_mut(api) {
+        Some(e) => {
+            e.count += calls;
+            e.bytes = e.bytes.saturating_add(bytes);
+        }
+        None => {
+            counts.insert(
+                api.to_owned(),
+                ApiCount {
+                    count: calls,
+                    bytes,
+                },
+            );
+        }
     }
-    counts.get_mut(api).expect("inserted above")
 }
 
 fn class_of(mem: Mem) -> Class {
@@ -418,15 +430,11 @@ impl ProcessState {
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
-        let e = counter(&mut self.allocs, api);
-        e.count += 1;
-        e.bytes = e.bytes.saturating_add(bytes);
+        count(&mut self.allocs, api, 1, bytes);
     }
 
     fn count_free(&mut self, api: &str, calls: u64, bytes: u64) {
-        let e = counter(&mut self.frees, api);
-        e.count += calls;
-        e.bytes = e.bytes.saturating_add(bytes);
+        count(&mut self.frees, api, calls, bytes);
     }
 
     fn new_alloc(&self, c: &Call, mem: Mem, bytes: u64) -> LiveAllocation {
