@@ -100,9 +100,16 @@ impl<R: BufRead> Replay<R> {
             let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
             s.spawn(move || {
                 loop {
-                    let mut batch = empty_rx
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(READ_AHEAD_BATCH));
+                    // The records are dropped here, on the thread that made them: their
+                    // entry-point names are shared, and a count moved on both threads would
+                    // bounce between the cores on every record.
+                    let mut batch = match empty_rx.try_recv() {
+                        Ok(mut used) => {
+                            used.clear();
+                            used
+                        }
+                        Err(_) => Vec::with_capacity(READ_AHEAD_BATCH),
+                    };
                     batch.extend(reader.by_ref().take(READ_AHEAD_BATCH));
                     // The reader is fused: an empty batch is the end of the trace.
                     if batch.is_empty() || full_tx.send(batch).is_err() {
@@ -110,11 +117,11 @@ impl<R: BufRead> Replay<R> {
                     }
                 }
             });
-            for mut batch in full_rx {
-                for rec in batch.drain(..) {
-                    ledger.apply(&rec);
+            for batch in full_rx {
+                for rec in &batch {
+                    ledger.apply(rec);
                     *applied += 1;
-                    each(ledger, &rec);
+                    each(ledger, rec);
                 }
                 // The reader may have finished and gone: then the batch is not needed.
                 let _ = empty_tx.send(batch);
