@@ -73,7 +73,7 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
     // Only long reads get a bar: a short one would flash.
     let bar = (filters.progress && std::io::stderr().is_terminal() && len > (64 << 20))
         .then(|| progress_bar(len));
-    let input: Box<dyn Read> = match &bar {
+    let input: Box<dyn Read + Send> = match &bar {
         Some(b) => Box::new(Progress {
             inner: file,
             bar: b.clone(),
@@ -83,9 +83,7 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
     let mut replay =
         crate::ledger::Replay::new(TraceReader::new(BufReader::with_capacity(1 << 20, input))?);
     let mut post = Collector::new(filters.top);
-    while let Some(rec) = replay.advance() {
-        post.observe(replay.ledger(), &rec);
-    }
+    replay.run_read_ahead(|ledger, rec| post.observe(ledger, rec));
     if let Some(b) = bar {
         b.finish_and_clear();
     }

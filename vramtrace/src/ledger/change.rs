@@ -10,6 +10,8 @@
 //! The stream is complete: replaying only the changes rebuilds every process's live
 //! allocations, their classes and the pool-held bytes (a property test holds it to that).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::classify::{Class, Phase};
@@ -81,15 +83,15 @@ pub enum Change {
     Started {
         /// The process.
         proc: u32,
-        /// The allocation as booked.
-        alloc: LiveAllocation,
+        /// The allocation as booked (shared with the Ledger until it changes).
+        alloc: Arc<LiveAllocation>,
     },
     /// A live allocation ended.
     Ended {
         /// The process.
         proc: u32,
         /// The allocation as it was when it ended.
-        alloc: LiveAllocation,
+        alloc: Arc<LiveAllocation>,
         /// Why.
         cause: EndCause,
         /// When (the time of the record that ended it).
@@ -102,8 +104,8 @@ pub enum Change {
         proc: u32,
         /// Its class before the change.
         was: Class,
-        /// The allocation as it is now.
-        alloc: LiveAllocation,
+        /// The allocation as it is now (shared with the Ledger until it changes).
+        alloc: Arc<LiveAllocation>,
     },
     /// The bytes a stream-ordered pool holds from the GPU changed.
     PoolHeld {

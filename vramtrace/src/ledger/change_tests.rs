@@ -23,7 +23,9 @@ impl Rebuilt {
         for ch in changes {
             match ch {
                 Change::Started { proc, alloc } => {
-                    let old = self.live.insert((*proc, alloc.seq()), alloc.clone());
+                    let old = self
+                        .live
+                        .insert((*proc, alloc.seq()), LiveAllocation::clone(alloc));
                     assert!(old.is_none(), "started twice: {alloc:?}");
                 }
                 Change::Ended { proc, alloc, .. } => {
@@ -33,7 +35,7 @@ impl Rebuilt {
                 Change::Updated { proc, was, alloc } => {
                     let old = self
                         .live
-                        .insert((*proc, alloc.seq()), alloc.clone())
+                        .insert((*proc, alloc.seq()), LiveAllocation::clone(alloc))
                         .expect("updated a live allocation");
                     assert_eq!(old.class, *was);
                 }

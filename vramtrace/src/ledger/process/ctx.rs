@@ -1,6 +1,8 @@
 //! Contexts: each thread's stack of current contexts, primary contexts, and what a
 //! context's destruction frees.
 
+use std::sync::Arc;
+
 use super::{LiveAllocation, ProcessState, describe};
 use crate::ledger::change::EndCause;
 use crate::ledger::usage::Totals;
@@ -80,12 +82,8 @@ impl ProcessState {
             .filter(|(_, a)| a.ctx == Some(ctx))
             .map(|(&k, _)| k)
             .collect();
-        let mut freed: Vec<LiveAllocation> = Vec::with_capacity(addrs.len() + arrays.len());
-        freed.extend(
-            addrs
-                .iter()
-                .filter_map(|k| self.by_addr.remove(k).map(|a| *a)),
-        );
+        let mut freed: Vec<Arc<LiveAllocation>> = Vec::with_capacity(addrs.len() + arrays.len());
+        freed.extend(addrs.iter().filter_map(|k| self.by_addr.remove(k)));
         freed.extend(arrays.iter().filter_map(|k| self.arrays.remove(k)));
         if freed.is_empty() {
             return;

@@ -10,6 +10,7 @@ mod types;
 mod vmm;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 
@@ -82,9 +83,10 @@ pub struct ProcessState {
     /// Out-of-memory failures (the first [`OOMS`]).
     pub ooms: Vec<Oom>,
 
-    /// Boxed: the tree moves its values as it rebalances.
-    by_addr: BTreeMap<u64, Box<LiveAllocation>>,
-    arrays: HashMap<u64, LiveAllocation>,
+    /// Shared with the changes that report them (`Arc::make_mut` copies one only while a
+    /// consumer still holds it); boxed, too, so the tree moves pointers as it rebalances.
+    by_addr: BTreeMap<u64, Arc<LiveAllocation>>,
+    arrays: HashMap<u64, Arc<LiveAllocation>>,
     vmm: HashMap<u64, VmmHandle>,
     mappings: BTreeMap<u64, Mapping>,
     reserved: BTreeMap<u64, u64>,
@@ -100,12 +102,24 @@ pub struct ProcessState {
     pub(crate) changes: Vec<Change>,
 }
 
-/// The counter of entry point `api`, without allocating its name but the first time.
-fn counter<'a>(counts: &'a mut BTreeMap<String, ApiCount>, api: &str) -> &'a mut ApiCount {
-    if !counts.contains_key(api) {
-        counts.insert(api.to_owned(), ApiCount::default());
+/// Adds `calls` and `bytes` to the counter of entry point `api`: one lookup, and its name
+/// allocated only the first time.
+fn count(counts: &mut BTreeMap<String, ApiCount>, api: &str, calls: u64, bytes: u64) {
+    match counts.get_mut(api) {
+        Some(e) => {
+            e.count += calls;
+            e.bytes = e.bytes.saturating_add(bytes);
+        }
+        None => {
+            counts.insert(
+                api.to_owned(),
+                ApiCount {
+                    count: calls,
+                    bytes,
+                },
+            );
+        }
     }
-    counts.get_mut(api).expect("inserted above")
 }
 
 fn class_of(mem: Mem) -> Class {
@@ -157,8 +171,8 @@ impl ProcessState {
         self.by_addr
             .values()
             .map(|a| &**a)
-            .chain(self.arrays.values())
-            .chain(self.vmm.values().map(|v| &v.alloc))
+            .chain(self.arrays.values().map(|a| &**a))
+            .chain(self.vmm.values().map(|v| &*v.alloc))
     }
 
     /// The live allocation at `addr` (device, stream-ordered or host memory; not arrays or
@@ -225,7 +239,7 @@ impl ProcessState {
         self.classifier.on_gone(a, ts);
         while let Some((at, seq)) = self.classifier.next_due() {
             let live = match at {
-                AllocRef::Addr(k) => self.by_addr.get_mut(&k).map(|a| &mut **a),
+                AllocRef::Addr(k) => self.by_addr.get_mut(&k),
                 AllocRef::Array(h) => self.arrays.get_mut(&h),
                 AllocRef::Vmm(h) => self.vmm.get_mut(&h).map(|v| &mut v.alloc),
             };
@@ -234,7 +248,7 @@ impl ProcessState {
             {
                 // Its evidence changed (it outlived enough frees), whether its class did or not.
                 let was = live.class;
-                self.classifier.reclassify(live);
+                self.classifier.reclassify(Arc::make_mut(live));
                 Self::updated(&mut self.changes, self.proc, was, live);
             }
         }
@@ -297,19 +311,24 @@ impl ProcessState {
     }
 
     /// A new allocation is about to be inserted: the change says so.
-    fn started(&mut self, a: &LiveAllocation) {
+    fn started(&mut self, a: &Arc<LiveAllocation>) {
         self.changes.push(Change::Started {
             proc: self.proc,
-            alloc: a.clone(),
+            alloc: Arc::clone(a),
         });
     }
 
     /// A live allocation changed (class, fill, mapping): the change says so.
-    fn updated(changes: &mut Vec<Change>, proc: u32, was: classify::Class, a: &LiveAllocation) {
+    fn updated(
+        changes: &mut Vec<Change>,
+        proc: u32,
+        was: classify::Class,
+        a: &Arc<LiveAllocation>,
+    ) {
         changes.push(Change::Updated {
             proc,
             was,
-            alloc: a.clone(),
+            alloc: Arc::clone(a),
         });
     }
 
@@ -401,7 +420,7 @@ impl ProcessState {
 
     /// Gives a live allocation's bytes back and says why it ended: a stream-ordered
     /// allocation freed by a call goes into its pool, anything else to the GPU or the host.
-    fn release(&mut self, t: &mut Totals, a: LiveAllocation, cause: EndCause, ts: u64) {
+    fn release(&mut self, t: &mut Totals, a: Arc<LiveAllocation>, cause: EndCause, ts: u64) {
         let class = class_of(a.mem);
         self.book_sub(t, a.device, class, a.bytes);
         if cause == EndCause::ContextDestroyed {
@@ -433,15 +452,11 @@ impl ProcessState {
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
-        let e = counter(&mut self.allocs, api);
-        e.count += 1;
-        e.bytes = e.bytes.saturating_add(bytes);
+        count(&mut self.allocs, api, 1, bytes);
     }
 
     fn count_free(&mut self, api: &str, calls: u64, bytes: u64) {
-        let e = counter(&mut self.frees, api);
-        e.count += calls;
-        e.bytes = e.bytes.saturating_add(bytes);
+        count(&mut self.frees, api, calls, bytes);
     }
 
     fn new_alloc(&self, c: &Call, mem: Mem, bytes: u64) -> LiveAllocation {
@@ -503,6 +518,7 @@ impl ProcessState {
             }
             self.classify_new(&mut a, AllocRef::Array(h));
             self.book_add(t, a.device, Class::Device, bytes, ts);
+            let a = Arc::new(a);
             self.started(&a);
             self.arrays.insert(h, a);
             return;
@@ -514,7 +530,7 @@ impl ProcessState {
         };
         if let Some(old) = self.by_addr.remove(&addr) {
             self.anomaly("alloc_over_live", || describe(c));
-            self.release(t, *old, EndCause::Replaced, ts);
+            self.release(t, old, EndCause::Replaced, ts);
         }
         self.freed.remove(&addr);
 
@@ -543,8 +559,9 @@ impl ProcessState {
         }
         self.classify_new(&mut a, AllocRef::Addr(addr));
         self.book_add(t, a.device, class_of(mem), bytes, ts);
+        let a = Arc::new(a);
         self.started(&a);
-        self.by_addr.insert(addr, Box::new(a));
+        self.by_addr.insert(addr, a);
     }
 
     pub(crate) fn on_free(&mut self, t: &mut Totals, c: &Call) {
@@ -599,7 +616,7 @@ impl ProcessState {
             });
         }
         self.count_free(&c.api, 1, a.bytes);
-        self.release(t, *a, EndCause::Free, ts);
+        self.release(t, a, EndCause::Free, ts);
         self.remember_freed(addr);
     }
 
@@ -621,7 +638,7 @@ impl ProcessState {
             if addr < end || (addr == start && a.bytes == 0) {
                 let inside = len.min(end - addr);
                 let was = a.class;
-                self.classifier.on_fill(a, inside);
+                self.classifier.on_fill(Arc::make_mut(a), inside);
                 Self::updated(&mut self.changes, self.proc, was, a);
                 return;
             }
@@ -634,7 +651,7 @@ impl ProcessState {
                     && let Some(v) = self.vmm.get_mut(&m.handle)
                 {
                     let was = v.alloc.class;
-                    self.classifier.on_fill(&mut v.alloc, inside);
+                    self.classifier.on_fill(Arc::make_mut(&mut v.alloc), inside);
                     Self::updated(&mut self.changes, self.proc, was, &v.alloc);
                 }
                 return;
@@ -680,7 +697,7 @@ impl ProcessState {
         self.changes.extend(
             std::mem::take(&mut self.by_addr)
                 .into_values()
-                .map(|a| ended(*a))
+                .map(ended)
                 .chain(std::mem::take(&mut self.arrays).into_values().map(ended))
                 .chain(
                     std::mem::take(&mut self.vmm)

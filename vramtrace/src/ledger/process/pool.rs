@@ -1,5 +1,7 @@
 //! Stream-ordered pools: the blocks a pool holds from the GPU, and the pool records.
 
+use std::collections::BTreeMap;
+
 use super::{ProcessState, describe};
 use crate::ledger::change::PoolId;
 use crate::ledger::usage::{Class, Totals};
@@ -15,7 +17,10 @@ pub(super) struct Pool {
     pub(super) device: Option<i32>,
     /// Sum of `blocks`.
     pub(super) held: u64,
-    pub(super) blocks: Vec<u64>,
+    /// The held blocks as a multiset, by size: blocks of one size are alike, so which of
+    /// them a take or a trim picks changes nothing, and the smallest that fits or the
+    /// largest is one tree lookup, however many the pool holds.
+    blocks: BTreeMap<u64, u32>,
     pub(super) destroyed: bool,
 }
 
@@ -29,24 +34,32 @@ impl Pool {
 
     pub(super) fn give(&mut self, bytes: u64) {
         if bytes > 0 {
-            self.blocks.push(bytes);
+            self.add_block(bytes);
             self.held += bytes;
+        }
+    }
+
+    fn add_block(&mut self, bytes: u64) {
+        *self.blocks.entry(bytes).or_default() += 1;
+    }
+
+    fn remove_block(&mut self, bytes: u64) {
+        if let Some(n) = self.blocks.get_mut(&bytes) {
+            *n -= 1;
+            if *n == 0 {
+                self.blocks.remove(&bytes);
+            }
         }
     }
 
     /// Serves an allocation of `bytes` from a held block, if one fits: the bytes reused.
     pub(super) fn take(&mut self, bytes: u64) -> u64 {
-        let best = self
-            .blocks
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b >= bytes)
-            .min_by_key(|(i, b)| (**b, *i))
-            .map(|(i, _)| i);
-        let Some(i) = best else { return 0 };
-        let block = self.blocks.remove(i);
+        let Some((&block, _)) = self.blocks.range(bytes..).next() else {
+            return 0;
+        };
+        self.remove_block(block);
         if block > bytes {
-            self.blocks.push(block - bytes);
+            self.add_block(block - bytes);
         }
         self.held -= bytes;
         bytes
@@ -57,19 +70,14 @@ impl Pool {
         let mut excess = self.held.saturating_sub(keep);
         let released = excess;
         while excess > 0 {
-            let Some(i) = self
-                .blocks
-                .iter()
-                .enumerate()
-                .max_by_key(|(i, b)| (**b, std::cmp::Reverse(*i)))
-                .map(|(i, _)| i)
-            else {
+            let Some((&block, _)) = self.blocks.iter().next_back() else {
                 break;
             };
-            if self.blocks[i] <= excess {
-                excess -= self.blocks.remove(i);
+            self.remove_block(block);
+            if block <= excess {
+                excess -= block;
             } else {
-                self.blocks[i] -= excess;
+                self.add_block(block - excess);
                 excess = 0;
             }
         }
@@ -85,7 +93,9 @@ impl Pool {
 
     pub(super) fn absorb(&mut self, other: Pool) {
         self.held += other.held;
-        self.blocks.extend(other.blocks);
+        for (size, n) in other.blocks {
+            *self.blocks.entry(size).or_default() += n;
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Virtual memory management: handles, their mappings, and reserved address space.
 
+use std::sync::Arc;
+
 use super::{LiveAllocation, ProcessState, class_of, describe};
 use crate::ledger::change::EndCause;
 use crate::ledger::classify::AllocRef;
@@ -8,7 +10,7 @@ use crate::trace::{Call, Mem};
 
 #[derive(Clone, Debug)]
 pub(super) struct VmmHandle {
-    pub(super) alloc: LiveAllocation,
+    pub(super) alloc: Arc<LiveAllocation>,
     pub(super) released: bool,
     pub(super) mappings: u32,
 }
@@ -62,6 +64,7 @@ impl ProcessState {
         }
         self.classify_new(&mut a, AllocRef::Vmm(h));
         self.book_add(t, a.device, class_of(mem), bytes, c.ts_ns);
+        let a = Arc::new(a);
         self.started(&a);
         self.vmm.insert(
             h,
@@ -115,7 +118,7 @@ impl ProcessState {
         if v.released && v.mappings == 0 {
             self.drop_handle(t, m.handle, EndCause::VmmRelease, ts);
         } else if v.alloc.addr == Some(addr) {
-            v.alloc.addr = None;
+            Arc::make_mut(&mut v.alloc).addr = None;
             Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
         }
     }
@@ -133,7 +136,7 @@ impl ProcessState {
             Some(v) if !v.released => {
                 v.mappings += 1;
                 if v.alloc.addr.is_none() {
-                    v.alloc.addr = Some(addr);
+                    Arc::make_mut(&mut v.alloc).addr = Some(addr);
                     Self::updated(&mut self.changes, self.proc, v.alloc.class, &v.alloc);
                 }
                 true
