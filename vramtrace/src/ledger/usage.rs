@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 /// Which counter a booking moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Class {
+pub(crate) enum Held {
     /// Memory on a GPU that the process holds: device, stream-ordered, arrays, VMM physical.
     Device,
     /// Memory freed into a stream-ordered pool: still held from the GPU, not live.
@@ -43,22 +43,22 @@ impl Usage {
         self.device_bytes.saturating_add(self.pool_held_bytes)
     }
 
-    fn counter(&mut self, class: Class) -> &mut u64 {
+    fn counter(&mut self, class: Held) -> &mut u64 {
         match class {
-            Class::Device => &mut self.device_bytes,
-            Class::Pool => &mut self.pool_held_bytes,
-            Class::Host => &mut self.host_bytes,
+            Held::Device => &mut self.device_bytes,
+            Held::Pool => &mut self.pool_held_bytes,
+            Held::Host => &mut self.host_bytes,
         }
     }
 
-    pub(crate) fn add(&mut self, class: Class, bytes: u64, ts_ns: u64) {
+    pub(crate) fn add(&mut self, class: Held, bytes: u64, ts_ns: u64) {
         let c = self.counter(class);
         *c = c.saturating_add(bytes);
         self.note_peaks(ts_ns);
     }
 
     /// Takes `bytes` off; false (and the counter clamped at zero) when it held fewer.
-    pub(crate) fn sub(&mut self, class: Class, bytes: u64) -> bool {
+    pub(crate) fn sub(&mut self, class: Held, bytes: u64) -> bool {
         let c = self.counter(class);
         match c.checked_sub(bytes) {
             Some(v) => {
@@ -107,9 +107,9 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub(crate) fn add(&mut self, device: Option<i32>, class: Class, bytes: u64, ts_ns: u64) {
+    pub(crate) fn add(&mut self, device: Option<i32>, class: Held, bytes: u64, ts_ns: u64) {
         self.usage.add(class, bytes, ts_ns);
-        if class != Class::Host {
+        if class != Held::Host {
             self.devices
                 .entry(device)
                 .or_default()
@@ -117,9 +117,9 @@ impl Totals {
         }
     }
 
-    pub(crate) fn sub(&mut self, device: Option<i32>, class: Class, bytes: u64) -> bool {
+    pub(crate) fn sub(&mut self, device: Option<i32>, class: Held, bytes: u64) -> bool {
         let mut ok = self.usage.sub(class, bytes);
-        if class != Class::Host {
+        if class != Held::Host {
             ok &= self.devices.entry(device).or_default().sub(class, bytes);
         }
         ok

@@ -16,7 +16,7 @@ use foldhash::{HashMap, HashSet};
 
 use super::change::{Change, EndCause, PoolId};
 use super::classify::{self, AllocRef, ClassBytes, Classifier, Phase};
-use super::usage::{Class, Totals, Usage};
+use super::usage::{Held, Totals, Usage};
 use crate::trace::{Call, Exit, Mem, Process};
 
 /// How many examples of each anomaly are kept.
@@ -122,11 +122,11 @@ fn count(counts: &mut BTreeMap<String, ApiCount>, api: &str, calls: u64, bytes: 
     }
 }
 
-fn class_of(mem: Mem) -> Class {
+fn class_of(mem: Mem) -> Held {
     if mem.is_host() {
-        Class::Host
+        Held::Host
     } else {
-        Class::Device
+        Held::Device
     }
 }
 
@@ -350,9 +350,9 @@ impl ProcessState {
         });
     }
 
-    fn book_add(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64, ts: u64) {
+    fn book_add(&mut self, t: &mut Totals, device: Option<i32>, class: Held, bytes: u64, ts: u64) {
         self.usage.add(class, bytes, ts);
-        if class != Class::Host {
+        if class != Held::Host {
             self.devices
                 .entry(device)
                 .or_default()
@@ -360,16 +360,16 @@ impl ProcessState {
         }
         t.add(device, class, bytes, ts);
         let now = self.usage.device_and_pool_bytes();
-        if class != Class::Host && now > self.classes_peak_bytes {
+        if class != Held::Host && now > self.classes_peak_bytes {
             self.classes_peak_bytes = now;
             self.classes_at_peak = self.classes();
             self.classes_at_peak_ts_ns = Some(ts);
         }
     }
 
-    fn book_sub(&mut self, t: &mut Totals, device: Option<i32>, class: Class, bytes: u64) {
+    fn book_sub(&mut self, t: &mut Totals, device: Option<i32>, class: Held, bytes: u64) {
         let mut ok = self.usage.sub(class, bytes);
-        if class != Class::Host {
+        if class != Held::Host {
             ok &= self.devices.entry(device).or_default().sub(class, bytes);
         }
         ok &= t.sub(device, class, bytes);
@@ -438,7 +438,7 @@ impl ProcessState {
             if !pool.destroyed {
                 pool.give(a.bytes);
                 let device = pool.device;
-                self.book_add(t, device, Class::Pool, a.bytes, ts);
+                self.book_add(t, device, Held::Pool, a.bytes, ts);
                 self.pool_changed(key);
                 cause = EndCause::PoolFree;
             }
@@ -517,7 +517,7 @@ impl ProcessState {
                 self.release(t, old, EndCause::Replaced, ts);
             }
             self.classify_new(&mut a, AllocRef::Array(h));
-            self.book_add(t, a.device, Class::Device, bytes, ts);
+            self.book_add(t, a.device, Held::Device, bytes, ts);
             let a = Arc::new(a);
             self.started(&a);
             self.arrays.insert(h, a);
@@ -550,7 +550,7 @@ impl ProcessState {
             let reuse = pool.take(bytes);
             let pool_device = pool.device;
             if reuse > 0 {
-                self.book_sub(t, pool_device, Class::Pool, reuse);
+                self.book_sub(t, pool_device, Held::Pool, reuse);
                 self.pool_changed(key);
             }
         }
@@ -679,10 +679,10 @@ impl ProcessState {
         });
         // Everything the process held is gone: take it off the machine totals.
         for (&device, u) in &self.devices {
-            t.sub(device, Class::Device, u.device_bytes);
-            t.sub(device, Class::Pool, u.pool_held_bytes);
+            t.sub(device, Held::Device, u.device_bytes);
+            t.sub(device, Held::Pool, u.pool_held_bytes);
         }
-        t.sub(None, Class::Host, self.usage.host_bytes);
+        t.sub(None, Held::Host, self.usage.host_bytes);
         self.usage.clear_live();
         for u in self.devices.values_mut() {
             u.clear_live();

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{ProcessState, describe};
 use crate::ledger::change::PoolId;
-use crate::ledger::usage::{Class, Totals};
+use crate::ledger::usage::{Held, Totals};
 use crate::trace::Call;
 
 /// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
@@ -116,8 +116,8 @@ impl ProcessState {
         pool.absorb(old);
         let to = pool.device;
         if to != old_device && old_held > 0 {
-            self.book_sub(t, old_device, Class::Pool, old_held);
-            self.book_add(t, to, Class::Pool, old_held, ts);
+            self.book_sub(t, old_device, Held::Pool, old_held);
+            self.book_add(t, to, Held::Pool, old_held, ts);
         }
         if old_held > 0 {
             self.pool_changed(PoolId::Default(device));
@@ -181,7 +181,7 @@ impl ProcessState {
         let release = pool.trim(keep);
         let device = pool.device;
         if release > 0 {
-            self.book_sub(t, device, Class::Pool, release);
+            self.book_sub(t, device, Held::Pool, release);
             self.pool_changed(key);
         }
     }
@@ -197,7 +197,7 @@ impl ProcessState {
                 p.destroyed = true;
                 let device = p.device;
                 if held > 0 {
-                    self.book_sub(t, device, Class::Pool, held);
+                    self.book_sub(t, device, Held::Pool, held);
                     self.pool_changed(PoolId::Handle(h));
                 }
             }
