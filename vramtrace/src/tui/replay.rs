@@ -12,6 +12,7 @@ use std::{
 };
 
 use super::{Control, Msg, ReplayStatus, SeekTo};
+use crate::ledger::header_record;
 use crate::trace::{Record, read::TraceReader};
 
 /// Records per message while catching up (seeking, or a burst).
@@ -105,13 +106,12 @@ impl Replayer {
     fn open(&mut self) -> Result<(), String> {
         let reader = TraceReader::open(&self.path)
             .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
-        let header = reader.header().clone();
+        // The header's facts go to the Ledger first, as every replay gives them.
+        let header = header_record(&reader);
         self.reader = Some(reader);
         self.peeked = None;
         self.finished = false;
-        let _ = self
-            .tx
-            .send(Msg::Records(vec![Record::Header(Box::new(header))]));
+        let _ = self.tx.send(Msg::Records(vec![header]));
         // The clock starts at the first timed record: the header's instant may be long before.
         if let Some(ts) = self.next_ts() {
             self.start_ns.get_or_insert(ts);

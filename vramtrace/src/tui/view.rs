@@ -551,7 +551,7 @@ fn render_allocs(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     ];
     if wide {
         header.extend(["DEV", "MEM"]);
-        widths.extend([Constraint::Length(3), Constraint::Length(8)]);
+        widths.extend([Constraint::Length(3), Constraint::Length(15)]);
     }
     let visible = usize::from(area.height.saturating_sub(3).max(1));
     let offset = scroll_offset(app.alloc_cursor, visible);
@@ -572,7 +572,7 @@ fn render_allocs(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
             ];
             if wide {
                 cells.push(r.device.map_or_else(|| "?".into(), |d| d.to_string()));
-                cells.push(mem_name(r.mem).to_string());
+                cells.push(r.mem.name().to_string());
             }
             let style = if i == app.alloc_cursor {
                 theme.selected(focused)
@@ -586,20 +586,6 @@ fn render_allocs(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         .block(block(title, focused, theme))
         .column_spacing(1);
     frame.render_widget(table, area);
-}
-
-fn mem_name(m: crate::trace::Mem) -> &'static str {
-    use crate::trace::Mem;
-    match m {
-        Mem::Device => "device",
-        Mem::DeviceAsync => "async",
-        Mem::Array => "array",
-        Mem::VmmDevice => "vmm",
-        Mem::VmmHost => "vmm-host",
-        Mem::Managed => "managed",
-        Mem::HostPinned => "pinned",
-        Mem::HostRegistered => "register",
-    }
 }
 
 fn render_events(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
@@ -652,7 +638,7 @@ fn render_detail(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
                 bytes(a.bytes),
                 a.bytes,
                 sanitize(app.api_name(a.api)),
-                mem_name(a.mem),
+                a.mem.name(),
                 a.class.label(),
                 a.device.map_or_else(|| "?".into(), |d| d.to_string()),
             )));
