@@ -19,10 +19,12 @@
 //!   together.
 //! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
 //! - [`cli`]: the command line.
+//! - [`console`]: stdout and stderr for a reader that may go away.
 
 pub mod analyze;
 pub mod api;
 pub mod cli;
+pub mod console;
 pub mod decode;
 pub mod export;
 pub mod ledger;

@@ -8,6 +8,7 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use vramtrace::{
     analyze,
     cli::{AnalyzeArgs, Cli, Command, ExportArgs, OnViolation, RecordArgs},
+    console,
     session::{self, Policy, RecordOptions},
 };
 
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("vramtrace: error: {err:#}");
+            vramtrace::say!("vramtrace: error: {err:#}");
             ExitCode::from(2)
         }
     }
@@ -120,11 +121,15 @@ fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
     };
     let report = analyze::analyze_file_with(&args.trace, &filters)
         .with_context(|| format!("reading {}", args.trace.display()))?;
+    // A reader that goes away (`| head`) ends the report; `console::print` says so quietly.
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_string_pretty(&report)?;
+        json.push('\n');
+        console::print(&json)
     } else {
-        print!("{}", analyze::render_text(&report));
+        console::print(&analyze::render_text(&report))
     }
+    .context("writing the report")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,6 +150,6 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("exporting {}", args.trace.display()))?;
-    eprintln!("{note}");
+    vramtrace::say!("{note}");
     Ok(ExitCode::SUCCESS)
 }

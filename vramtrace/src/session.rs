@@ -257,7 +257,7 @@ fn start_nvml(interval: Option<Duration>, quiet: bool) -> (NvmlInfo, NvmlFeed, O
         Ok(n) => n,
         Err(e) => {
             if !quiet {
-                eprintln!(
+                crate::say!(
                     "vramtrace: NVML not available: {}; tracing without it",
                     e.reason
                 );
@@ -484,11 +484,13 @@ impl Recorder {
         let tracer = Tracer::start(&config).context("starting the probes")?;
         if opts.verbose {
             for lib in &tracer.libraries {
-                eprintln!("vramtrace: {} probes on {}", lib.probes.len(), lib.path);
+                crate::say!("vramtrace: {} probes on {}", lib.probes.len(), lib.path);
                 for p in &lib.probes {
-                    eprintln!(
+                    crate::say!(
                         "  {:<32} at {:#x}+{}",
-                        p.symbol, p.symbol_offset, p.probe_offset
+                        p.symbol,
+                        p.symbol_offset,
+                        p.probe_offset
                     );
                 }
             }
@@ -580,13 +582,13 @@ impl Recorder {
         };
         if !self.quiet {
             match &child {
-                Some(c) => eprintln!(
+                Some(c) => crate::say!(
                     "vramtrace: tracing {} (pid {}) into {}",
                     opts.command.join(" "),
                     c.id().unwrap_or(0),
                     self.output_name
                 ),
-                None => eprintln!(
+                None => crate::say!(
                     "vramtrace: tracing {} into {}; Ctrl-C to stop",
                     if opts.pids.is_empty() {
                         "every process".to_string()
@@ -658,7 +660,7 @@ impl Recorder {
                         if let Some(line) = change_line(ch, ledger, self.policy)
                             && !self.quiet
                         {
-                            eprintln!("{line}");
+                            crate::say!("{line}");
                         }
                     }
                 }
@@ -710,7 +712,7 @@ impl Recorder {
                 .filter(|&(_, n)| n > 0)
                 .map(|(kind, n)| format!("{kind}: {n}"))
                 .collect();
-            eprintln!(
+            crate::say!(
                 "vramtrace: {} events lost ({}){}",
                 lost.events(),
                 kinds.join(", "),
@@ -753,14 +755,14 @@ impl Recorder {
                 .context("finishing the trace")?;
         }
         if self.verbose {
-            eprintln!(
+            crate::say!(
                 "vramtrace: drain path: {} events, {:.1} µs per event",
                 self.drain.events,
                 self.drain.us_per_event()
             );
         }
         if !self.quiet {
-            eprintln!(
+            crate::say!(
                 "vramtrace: {} records from {} processes written to {}{}{}",
                 lines.saturating_sub(1),
                 processes,
@@ -856,7 +858,7 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
         // Interrupted while the command still runs: it keeps running untraced, as the user
         // started it; say so.
         if let Some(pid) = c.id() {
-            eprintln!("vramtrace: stopped tracing; pid {pid} continues untraced");
+            crate::say!("vramtrace: stopped tracing; pid {pid} continues untraced");
         }
         if let Ok(Some(status)) = c.try_wait() {
             command_status = Some(status);

@@ -1,0 +1,31 @@
+//! Writing to stdout and stderr when their reader may go away (`| head`): a report ends at a
+//! closed pipe, and a diagnostic never stops a recording.
+
+use std::io::{self, ErrorKind, Write as _};
+
+/// Like `eprintln!`, but a stderr that cannot be written (its reader gone, as under
+/// `2>&1 | head`) is ignored: a diagnostic must never end a recording, as `eprintln!`'s panic
+/// would.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::console::say_args(::std::format_args!($($arg)*))
+    };
+}
+
+/// What [`say!`] does: one line on stderr, write errors ignored.
+#[doc(hidden)]
+pub fn say_args(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "{args}");
+}
+
+/// Writes `text` to stdout and flushes it. A reader that went away ends the output and is not
+/// an error, as for other command-line tools (Rust ignores SIGPIPE, so the write says
+/// `BrokenPipe` instead of the process being killed).
+pub fn print(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
