@@ -19,6 +19,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses `args` (the program's name first) like `Cli::try_parse_from`, and refuses
+    /// `record --` with nothing after it: clap reads that as no command at all, which would
+    /// trace every process instead of the command the user meant to give.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let cli = Self::try_parse_from(&args)?;
+        if let Command::Record(r) = &cli.command
+            && r.command.is_empty()
+            && args.last().is_some_and(|a| a == "--")
+        {
+            use clap::CommandFactory as _;
+            return Err(Self::command().error(
+                clap::error::ErrorKind::InvalidValue,
+                "`record --` needs the command to trace after `--` \
+                 (leave `--` out to trace every process)",
+            ));
+        }
+        Ok(cli)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Record allocations into a JSON Lines trace (needs root or CAP_BPF+CAP_PERFMON).
@@ -250,6 +276,24 @@ mod tests {
         assert_eq!(r.command, ["python", "-c", "x"]);
         assert_eq!(r.probe_at, ProbeAt::Auto);
         assert_eq!((r.nvml_interval, r.no_nvml), (500, false));
+    }
+
+    #[test]
+    fn record_refuses_a_double_dash_with_nothing_after_it() {
+        let err = Cli::try_parse_args(["vramtrace", "record", "-o", "t.jsonl", "--"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("needs the command"), "{err}");
+        // Without `--`, every process; with a command, that command.
+        for (args, command) in [
+            (&["vramtrace", "record", "-o", "t.jsonl"][..], &[][..]),
+            (&["vramtrace", "record", "--", "true"], &["true"]),
+            (&["vramtrace", "record", "--", "--"], &["--"]),
+        ] {
+            let Command::Record(r) = Cli::try_parse_args(args).unwrap().command else {
+                panic!()
+            };
+            assert_eq!(r.command, command, "{args:?}");
+        }
     }
 
     #[test]

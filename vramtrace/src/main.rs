@@ -3,7 +3,6 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use clap::Parser as _;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use vramtrace::{
     analyze,
@@ -13,7 +12,7 @@ use vramtrace::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

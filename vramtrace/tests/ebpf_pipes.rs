@@ -1,6 +1,7 @@
 //! A reader that goes away: `analyze` and `export` end quietly when their output pipe is
 //! closed (as under `| head`), and `record` keeps recording, and finishes its trace, when
-//! the reader of its stderr is gone.
+//! the reader of its stderr is gone. Also `record --` with no command after it, which is
+//! refused before anything is written.
 
 mod common;
 
@@ -98,4 +99,20 @@ fn record_keeps_recording_when_its_stderr_reader_goes_away() {
     assert!(summary.complete, "{:?}", summary.problems);
     assert!(summary.footer.is_some(), "the footer is written");
     assert!(calls > 0, "the workload's calls were recorded");
+}
+
+#[test]
+fn record_with_an_empty_command_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let out = vramtrace()
+        .args(["record", "-o"])
+        .arg(&trace)
+        .args(["--duration", "1", "--"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("command"), "{stderr}");
+    assert!(!trace.exists(), "no trace is left behind");
 }
