@@ -226,7 +226,8 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, value_name = "FORMAT")]
     pub format: crate::export::Format,
-    /// File to write.
+    /// File to write. memory-viz of several processes: one file per process, with `.PID`
+    /// before the extension.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// For flamegraph, folded and memory-viz: the moment to show: `peak`, `oom` (the first

@@ -13,15 +13,16 @@
 //! `free_requested` + `free_completed` + `segment_free` when it is freed, or when its process
 //! exits or its context is destroyed with it still live. An out-of-memory
 //! failure is an `oom` entry. `segments` are the allocations live at the end of the trace.
+//! One snapshot per process: the page knows no processes, and two of them may be given the
+//! same virtual address.
 //! Device memory only (device, stream-ordered, managed); VMM handles and arrays have no
 //! single address a block could have, and are left out.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use super::pickle::Pickle;
-use super::{ExportError, Options, io, records};
+use super::{ExportError, Options, records};
 use crate::ledger::{Change, Ledger, LiveAllocation, Replay};
 use crate::trace::{Frame, Mem};
 
@@ -74,43 +75,72 @@ fn freed(p: &mut Pickle, ledger: &Ledger, a: &LiveAllocation, ts_us: u64) {
     }
 }
 
-pub(super) fn write<W: Write>(
-    trace: &Path,
-    w: &mut W,
-    opts: &Options,
-) -> Result<String, ExportError> {
+/// One process's snapshot while the trace is replayed: its device traces, one pickled list
+/// body per device ordinal (unknown devices on 0).
+#[derive(Default)]
+struct Building {
+    traces: BTreeMap<usize, Pickle>,
+}
+
+impl Building {
+    fn trace(&mut self, device: Option<i32>) -> &mut Pickle {
+        self.traces.entry(dev(device)).or_default()
+    }
+}
+
+/// The snapshots of a trace, one per process: the page has no notion of a process, and two
+/// processes' allocations at the same address in one device trace make it pair one's free
+/// with the other's alloc.
+pub(super) struct Snapshots {
+    /// Each process's pickle by PID, in PID order; one unnamed one when no process had device
+    /// memory to show.
+    pub files: Vec<(Option<u32>, Vec<u8>)>,
+    /// Allocation and OOM events written, all files together.
+    pub events: u64,
+    /// Allocations live at the end, all files together.
+    pub live: u64,
+}
+
+fn dev(d: Option<i32>) -> usize {
+    d.and_then(|d| usize::try_from(d).ok()).unwrap_or(0)
+}
+
+pub(super) fn snapshots(trace: &Path, opts: &Options) -> Result<Snapshots, ExportError> {
     let mut replay = Replay::new(records(trace)?);
     let start = replay.header().start_monotonic_ns;
     let us = |ts: u64| ts.saturating_sub(start) / 1000;
-    // One pickled list body per device ordinal (unknown devices on 0).
-    let mut traces: BTreeMap<usize, Pickle> = BTreeMap::new();
-    let mut n = 0u64;
-    let dev = |d: Option<i32>| d.and_then(|d| usize::try_from(d).ok()).unwrap_or(0);
+    let mut by_pid: BTreeMap<u32, Building> = BTreeMap::new();
+    let mut events = 0u64;
     while replay.advance().is_some() {
         let ledger = replay.ledger();
         for ch in ledger.changes() {
-            let Some(proc) = ch.proc() else { continue };
-            if !ledger.process(proc).is_some_and(|p| opts.wants(p.pid)) {
+            let Some(pid) = ch
+                .proc()
+                .and_then(|proc| ledger.process(proc))
+                .map(|p| p.pid)
+                .filter(|&pid| opts.wants(pid))
+            else {
                 continue;
-            }
+            };
             match ch {
                 Change::Oom { oom, .. } => {
-                    let p = traces.entry(dev(oom.device)).or_default();
+                    let p = by_pid.entry(pid).or_default().trace(oom.device);
                     p.dict();
                     p.kv_str("action", "oom");
                     p.kv_uint("addr", 0);
                     p.kv_uint("size", oom.requested_bytes.unwrap_or(0));
                     p.kv_uint("stream", 0);
                     p.kv_uint("time_us", us(oom.ts_ns));
-                    // NVML's free bytes on the failing GPU, as the Ledger mapped it.
-                    p.kv_uint(
-                        "device_free",
-                        oom.nvml.as_ref().and_then(|g| g.free_bytes).unwrap_or(0),
-                    );
+                    // NVML's free bytes on the failing GPU, as the Ledger mapped it. Unknown is
+                    // left out rather than written as 0: the page reads the key only to print
+                    // it, and 0 would say the GPU was full.
+                    if let Some(free) = oom.nvml.as_ref().and_then(|g| g.free_bytes) {
+                        p.kv_uint("device_free", free);
+                    }
                     p.str("frames");
                     frames(p, ledger, oom.stack);
                     p.end_dict();
-                    n += 1;
+                    events += 1;
                 }
                 // Every block that ends leaves its segment, whatever ended it (a free, a
                 // reused address, an exit, a destroyed context): else the page's
@@ -118,36 +148,55 @@ pub(super) fn write<W: Write>(
                 Change::Ended {
                     alloc: a, ts_ns, ..
                 } if shown(a) => {
-                    freed(
-                        traces.entry(dev(a.device)).or_default(),
-                        ledger,
-                        a,
-                        us(*ts_ns),
-                    );
-                    n += 1;
+                    let p = by_pid.entry(pid).or_default().trace(a.device);
+                    freed(p, ledger, a, us(*ts_ns));
+                    events += 1;
                 }
                 Change::Started { alloc: a, .. } if shown(a) => {
-                    let p = traces.entry(dev(a.device)).or_default();
+                    let p = by_pid.entry(pid).or_default().trace(a.device);
                     for action in ["segment_alloc", "alloc"] {
                         entry(p, ledger, action, a, us(a.ts_ns));
                     }
-                    n += 1;
+                    events += 1;
                 }
                 _ => {}
             }
         }
     }
     let ledger = replay.ledger();
+    for proc in ledger.processes() {
+        if opts.wants(proc.pid) && proc.live_allocations().any(shown) {
+            by_pid.entry(proc.pid).or_default();
+        }
+    }
 
+    let mut live = 0u64;
+    let mut files: Vec<(Option<u32>, Vec<u8>)> = by_pid
+        .iter()
+        .map(|(&pid, b)| {
+            let (bytes, n) = snapshot(ledger, Some(pid), b);
+            live += n;
+            (Some(pid), bytes)
+        })
+        .collect();
+    if files.is_empty() {
+        files.push((None, snapshot(ledger, None, &Building::default()).0));
+    }
+    Ok(Snapshots {
+        files,
+        events,
+        live,
+    })
+}
+
+/// The pickle of one process's snapshot (`None`: no process), and how many segments it holds.
+fn snapshot(ledger: &Ledger, pid: Option<u32>, b: &Building) -> (Vec<u8>, u64) {
     let mut p = Pickle::new();
     p.dict();
     p.str("segments");
     p.list();
     let mut live = 0u64;
-    for proc in ledger.processes() {
-        if !opts.wants(proc.pid) {
-            continue;
-        }
+    for proc in ledger.processes().filter(|p| Some(p.pid) == pid) {
         for a in proc.live_allocations().filter(|a| shown(a)) {
             live += 1;
             p.dict();
@@ -183,21 +232,17 @@ pub(super) fn write<W: Write>(
     p.end_list();
     p.str("device_traces");
     p.list();
-    let devices = traces.keys().copied().max().map_or(0, |m| m + 1);
+    let devices = b.traces.keys().copied().max().map_or(0, |m| m + 1);
     for d in 0..devices {
         p.list();
-        if let Some(t) = traces.get(&d) {
+        if let Some(t) = b.traces.get(&d) {
             p.buf.extend_from_slice(&t.buf);
         }
         p.end_list();
     }
     p.end_list();
     p.end_dict();
-    w.write_all(&p.finish()).map_err(io)?;
-    Ok(format!(
-        "wrote a PyTorch memory snapshot ({n} allocation events, {live} allocations live at the end) \
-         for pytorch.org/memory_viz: drag the file onto the page"
-    ))
+    (p.finish(), live)
 }
 
 #[cfg(test)]
@@ -219,9 +264,103 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.jsonl");
         std::fs::write(&path, bytes).expect("write trace");
-        let mut out = Vec::new();
-        write(&path, &mut out, &Options::default()).expect("export");
-        out
+        let mut snaps = snapshots(&path, &Options::default()).expect("export");
+        assert_eq!(snaps.files.len(), 1, "one process, one file");
+        snaps.files.remove(0).1
+    }
+
+    /// Runs the page's check on `file`; panics with what it said unless it passed.
+    fn page_check(file: &Path) -> String {
+        let check = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/memviz_check.py"
+            ))
+            .arg(file)
+            .output()
+            .expect("python3 runs");
+        let said = String::from_utf8_lossy(&check.stdout).into_owned()
+            + &String::from_utf8_lossy(&check.stderr);
+        assert!(check.status.success(), "{}: {said}", file.display());
+        said
+    }
+
+    #[test]
+    fn each_process_gets_a_snapshot_the_page_reads() {
+        use crate::testing::{Sim, header};
+        use crate::trace::{Call, write::TraceWriter};
+        // Two processes on the same GPU, given the same virtual address with other sizes (each
+        // has its own address space); one of them runs out of memory with NVML unknown.
+        let (mut a, mut b) = (Sim::new(0, 1000), Sim::new(1, 1001));
+        let addr = 0x7f00_0000_0000;
+        let mut recs = vec![a.process("a"), b.process("b")];
+        recs.push(a.alloc(addr, 1 << 20));
+        recs.push(b.alloc(addr, 3 << 20));
+        recs.push(a.free(addr));
+        recs.push(Record::Failed(Call {
+            ret: 2,
+            bytes: Some(1 << 40),
+            mem: Some(Mem::Device),
+            ..b.call("cuMemAlloc_v2")
+        }));
+        recs.push(b.free(addr));
+        recs.push(b.alloc(addr + (8 << 20), 2 << 20));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trace = dir.path().join("t.jsonl");
+        let mut w = TraceWriter::create(&trace).expect("create");
+        w.write(&Record::Header(Box::new(header())))
+            .expect("header");
+        for r in &recs {
+            w.write(r).expect("write");
+        }
+        w.finish(u64::MAX / 2, 0, 0).expect("finish");
+
+        let out = dir.path().join("snap.pickle");
+        let note = super::super::export_file(
+            &trace,
+            super::super::Format::MemoryViz,
+            &out,
+            &Options::default(),
+        )
+        .expect("export");
+        let files = [
+            dir.path().join("snap.1000.pickle"),
+            dir.path().join("snap.1001.pickle"),
+        ];
+        for f in &files {
+            assert!(note.contains(&f.display().to_string()), "{note}");
+            let said = page_check(f);
+            assert!(said.contains("1 devices"), "{said}");
+        }
+        assert!(!out.exists(), "no merged file beside the per-process ones");
+        assert!(note.contains("1 allocations live at the end"), "{note}");
+
+        let b = std::fs::read(&files[1]).expect("read");
+        assert_eq!(count(&b, "oom"), 1);
+        // NVML's free bytes were not known: the key is left out, not written as 0.
+        assert_eq!(count(&b, "device_free"), 0);
+
+        // One PID asked for: one file, at OUT.
+        let one = dir.path().join("one.pickle");
+        let opts = Options {
+            pids: vec![1000],
+            ..Options::default()
+        };
+        let note = super::super::export_file(&trace, super::super::Format::MemoryViz, &one, &opts)
+            .expect("export");
+        assert!(note.contains(&one.display().to_string()), "{note}");
+        page_check(&one);
+    }
+
+    #[test]
+    fn per_process_names_go_before_the_extension() {
+        use super::super::per_process;
+        assert_eq!(
+            per_process(Path::new("d/snap.pickle"), 7),
+            Path::new("d/snap.7.pickle")
+        );
+        assert_eq!(per_process(Path::new("snap"), 7), Path::new("snap.7"));
     }
 
     #[test]

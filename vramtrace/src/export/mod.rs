@@ -104,13 +104,17 @@ fn records(trace: &Path) -> Result<TraceReader<std::io::BufReader<File>>, ReadEr
     TraceReader::open(trace)
 }
 
-/// Writes `trace` as `format` into `out`; returns a note for the user.
+/// Writes `trace` as `format` into `out`; returns a note for the user. A memory-viz export of
+/// several processes writes one file per process beside `out` ([`per_process`]).
 pub fn export_file(
     trace: &Path,
     format: Format,
     out: &Path,
     opts: &Options,
 ) -> Result<String, ExportError> {
+    if format == Format::MemoryViz {
+        return memviz_files(trace, out, opts);
+    }
     let werr = |source| ExportError::Write {
         path: out.to_owned(),
         source,
@@ -138,10 +142,62 @@ pub fn export_file(
             }
             format!("wrote {} stacks, {what}, to {}", lines.len(), out.display())
         }
-        Format::MemoryViz => memviz::write(trace, &mut w, opts).map_err(|e| lift(e, out))?,
+        Format::MemoryViz => unreachable!("written by memviz_files"),
     };
     w.flush().map_err(werr)?;
     Ok(note)
+}
+
+/// The memory-viz snapshots: `out` when the trace has one process to show (or none), else
+/// `out` with `.PID` before its extension for each process.
+fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<String, ExportError> {
+    let snaps = memviz::snapshots(trace, opts)?;
+    let several = snaps.files.len() > 1;
+    let mut written = Vec::new();
+    for (pid, bytes) in &snaps.files {
+        let path = match pid {
+            Some(pid) if several => per_process(out, *pid),
+            _ => out.to_owned(),
+        };
+        std::fs::write(&path, bytes).map_err(|source| ExportError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    let (events, live) = (snaps.events, snaps.live);
+    let what = format!("{events} allocation events, {live} allocations live at the end");
+    Ok(if several {
+        let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "wrote {} PyTorch memory snapshots, one per process ({what}), for \
+             pytorch.org/memory_viz: {}; drag one file at a time onto the page",
+            written.len(),
+            files.join(", ")
+        )
+    } else {
+        format!(
+            "wrote a PyTorch memory snapshot ({what}) to {} for pytorch.org/memory_viz: drag \
+             the file onto the page",
+            out.display()
+        )
+    })
+}
+
+/// `out` with `.PID` inserted before its extension: `snap.pickle` -> `snap.1234.pickle`,
+/// `snap` -> `snap.1234`.
+pub fn per_process(out: &Path, pid: u32) -> PathBuf {
+    let name = match (out.file_stem(), out.extension()) {
+        (Some(stem), Some(ext)) => {
+            format!("{}.{pid}.{}", stem.to_string_lossy(), ext.to_string_lossy())
+        }
+        _ => format!(
+            "{}.{pid}",
+            out.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ),
+    };
+    out.with_file_name(name)
 }
 
 /// A read error stays one; an I/O error is the output's.

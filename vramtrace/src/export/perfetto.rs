@@ -161,3 +161,44 @@ pub(super) fn write<W: Write>(
         "wrote {n} trace events ({ooms} OOM) for ui.perfetto.dev or chrome://tracing"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Sim, header};
+    use crate::trace::{Call, Mem, Record, TraceWriter};
+
+    #[test]
+    fn the_oom_instant_says_its_device_and_nvml_index() {
+        let mut s = Sim::new(0, 1000);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trace = dir.path().join("t.jsonl");
+        let mut w = TraceWriter::create(&trace).expect("create");
+        w.write(&Record::Header(Box::new(header())))
+            .expect("header");
+        w.write(&s.process("a")).expect("process");
+        w.write(&Record::Failed(Call {
+            ret: 2,
+            bytes: Some(1 << 40),
+            mem: Some(Mem::Device),
+            device: Some(1),
+            ..s.call("cuMemAlloc_v2")
+        }))
+        .expect("failed");
+        w.finish(u64::MAX / 2, 0, 0).expect("finish");
+
+        let mut out = Vec::new();
+        write(&trace, &mut out, &Options::default()).expect("export");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        let events = v["traceEvents"].as_array().expect("traceEvents");
+        let oom: Vec<_> = events
+            .iter()
+            .filter(|e| e["ph"] == "i" && e["name"].as_str().is_some_and(|n| n.starts_with("OOM")))
+            .collect();
+        assert_eq!(oom.len(), 1, "{v:#}");
+        let args = &oom[0]["args"];
+        assert_eq!(args["device"].as_i64(), Some(1), "{args:#}");
+        // No NVML list in the trace: the ordinal is taken for the NVML index.
+        assert!(args.get("nvml_index").is_some(), "{args:#}");
+    }
+}
