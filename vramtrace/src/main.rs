@@ -11,6 +11,9 @@ use vramtrace::{
     session::{self, Policy, RecordOptions},
 };
 
+/// `analyze --strict`'s exit status when the trace is not complete.
+const STRICT_NOT_COMPLETE: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -125,6 +128,10 @@ fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
     } else {
         print!("{}", analyze::render_text(&report));
     }
+    if args.strict && report.integrity != vramtrace::trace::Integrity::Complete {
+        // Apart from 2, an error: the report was made, and the trace is not whole.
+        return Ok(ExitCode::from(STRICT_NOT_COMPLETE));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -135,7 +142,7 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         .map(str::parse::<vramtrace::export::Moment>)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let note = vramtrace::export::export_file(
+    let exported = vramtrace::export::export_file(
         &args.trace,
         args.format,
         &args.output,
@@ -145,6 +152,9 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("exporting {}", args.trace.display()))?;
-    eprintln!("{note}");
+    eprintln!("{}", exported.note);
+    if let Some(warning) = exported.warning() {
+        eprintln!("{warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }

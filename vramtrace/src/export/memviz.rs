@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::pickle::Pickle;
-use super::{ExportError, Options, io, records};
+use super::{ExportError, Exported, Options, io, records};
 use crate::ledger::{Change, Ledger, LiveAllocation, Replay};
 use crate::trace::{Frame, Mem};
 
@@ -78,7 +78,7 @@ pub(super) fn write<W: Write>(
     trace: &Path,
     w: &mut W,
     opts: &Options,
-) -> Result<String, ExportError> {
+) -> Result<Exported, ExportError> {
     let mut replay = Replay::new(records(trace)?);
     let start = replay.header().start_monotonic_ns;
     let us = |ts: u64| ts.saturating_sub(start) / 1000;
@@ -194,10 +194,13 @@ pub(super) fn write<W: Write>(
     p.end_list();
     p.end_dict();
     w.write_all(&p.finish()).map_err(io)?;
-    Ok(format!(
-        "wrote a PyTorch memory snapshot ({n} allocation events, {live} allocations live at the end) \
-         for pytorch.org/memory_viz: drag the file onto the page"
-    ))
+    Ok(Exported {
+        note: format!(
+            "wrote a PyTorch memory snapshot ({n} allocation events, {live} allocations live at \
+             the end) for pytorch.org/memory_viz: drag the file onto the page"
+        ),
+        integrity: replay.integrity(),
+    })
 }
 
 #[cfg(test)]
