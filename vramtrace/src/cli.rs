@@ -204,6 +204,10 @@ pub struct AnalyzeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Exit with status 3 after the report unless the trace is complete (not cut short,
+    /// altered or appended to).
+    #[arg(long)]
+    pub strict: bool,
     /// Only these processes (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,

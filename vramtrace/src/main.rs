@@ -11,6 +11,9 @@ use vramtrace::{
     session::{self, Policy, RecordOptions},
 };
 
+/// `analyze --strict`'s exit status when the trace is not complete.
+const STRICT_NOT_COMPLETE: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let level = match cli.verbose {
@@ -129,6 +132,10 @@ fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
         console::print(&analyze::render_text(&report))
     }
     .context("writing the report")?;
+    if args.strict && report.integrity != vramtrace::trace::Integrity::Complete {
+        // Apart from 2, an error: the report was made, and the trace is not whole.
+        return Ok(ExitCode::from(STRICT_NOT_COMPLETE));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,7 +146,7 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         .map(str::parse::<vramtrace::export::Moment>)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let note = vramtrace::export::export_file(
+    let exported = vramtrace::export::export_file(
         &args.trace,
         args.format,
         &args.output,
@@ -149,6 +156,9 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("exporting {}", args.trace.display()))?;
-    vramtrace::say!("{note}");
+    vramtrace::say!("{}", exported.note);
+    if let Some(warning) = exported.warning() {
+        vramtrace::say!("{warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }

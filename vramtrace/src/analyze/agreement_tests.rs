@@ -143,8 +143,9 @@ proptest! {
 
         // memory-viz: the segments are the live device allocations at an address.
         let out = dir.path().join("m.pickle");
-        let note =
-            export_file(&trace, Format::MemoryViz, &out, &Options::default()).expect("memviz");
+        let note = export_file(&trace, Format::MemoryViz, &out, &Options::default())
+            .expect("memviz")
+            .note;
         let shown = live
             .iter()
             .filter(|a| {

@@ -29,17 +29,20 @@ use crate::ledger::{
     Class, DeviceReconciliation, GpuReconciliation, HostFinding, Ledger, LiveAllocation, Oom,
     ProcessState, Usage,
 };
-use crate::trace::{Footer, Header, Mem, NvmlInfo, Record};
+use crate::trace::{Footer, Header, Integrity, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReadStatus {
-    /// The file ended with a valid footer.
-    pub complete: bool,
+    /// The reader's verdict on the file as a whole.
+    pub integrity: Integrity,
     /// Whether the footer's SHA-256 matched (`None`: not checked, or no footer).
     pub digest_ok: Option<bool>,
     /// Lines that could not be read: (line number, what was wrong).
     pub problems: Vec<(u64, String)>,
+    /// What the verdict rests on when it is not [`Integrity::Complete`] and a line says why
+    /// (the digest or counts that differ, the lines after the footer): (line, what).
+    pub integrity_notes: Vec<(u64, String)>,
     /// The header, when the reader keeps it out of the record stream.
     pub header: Option<Header>,
     /// The footer, when the reader keeps it out of the record stream.
@@ -49,11 +52,18 @@ pub struct ReadStatus {
 /// The summary of one trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    /// The trace ended with a valid footer.
+    /// `integrity` is complete: kept for readers of older reports.
     pub complete: bool,
+    /// Whether the trace is whole: complete, cut short, altered or appended to.
+    #[serde(default)]
+    pub integrity: Integrity,
+    /// Why the verdict is not complete, where a line of the trace says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub integrity_notes: Vec<ReadProblem>,
     /// Whether the footer's digest matched (`None`: not checked).
     pub digest_ok: Option<bool>,
-    /// Lines that could not be read.
+    /// Lines that could not be read (a line that reads but was changed is not one: the
+    /// verdict reports it).
     pub problems: Vec<ReadProblem>,
     /// Where and with what the trace was recorded.
     pub header: Option<HeaderSummary>,
@@ -537,18 +547,32 @@ pub fn analyze_file(path: &std::path::Path) -> Result<Report, crate::trace::read
 
 impl From<crate::trace::read::ReadSummary> for ReadStatus {
     fn from(s: crate::trace::read::ReadSummary) -> Self {
-        ReadStatus {
-            complete: s.complete,
-            digest_ok: s.digest_ok,
-            problems: s
-                .problems
-                .iter()
+        let (notes, problems): (Vec<_>, Vec<_>) =
+            s.problems.iter().partition(|p| p.kind.is_integrity());
+        let pairs = |ps: Vec<&crate::trace::Problem>| {
+            ps.into_iter()
                 .map(|p| (p.line, p.message.clone()))
-                .collect(),
+                .collect()
+        };
+        ReadStatus {
+            integrity: s.integrity,
+            digest_ok: s.digest_ok,
+            problems: pairs(problems),
+            integrity_notes: pairs(notes),
             header: Some(s.header),
             footer: s.footer,
         }
     }
+}
+
+fn problems(lines: &[(u64, String)]) -> Vec<ReadProblem> {
+    lines
+        .iter()
+        .map(|(line, message)| ReadProblem {
+            line: *line,
+            message: message.clone(),
+        })
+        .collect()
 }
 
 /// A replay in progress: the Ledger, and the header and footer when they come by.
@@ -633,20 +657,20 @@ pub(crate) fn report(
             .collect(),
     };
 
+    // Without the reader's verdict, a footer among the records is taken at its word.
+    let integrity = match (read, footer.is_some()) {
+        (Some(r), _) => r.integrity,
+        (None, true) => Integrity::Complete,
+        (None, false) => Integrity::CutShort,
+    };
     Report {
-        complete: read.map_or(footer.is_some(), |r| r.complete),
-        digest_ok: read.and_then(|r| r.digest_ok),
-        problems: read
-            .map(|r| {
-                r.problems
-                    .iter()
-                    .map(|(line, message)| ReadProblem {
-                        line: *line,
-                        message: message.clone(),
-                    })
-                    .collect()
-            })
+        complete: integrity == Integrity::Complete,
+        integrity,
+        integrity_notes: read
+            .map(|r| problems(&r.integrity_notes))
             .unwrap_or_default(),
+        digest_ok: read.and_then(|r| r.digest_ok),
+        problems: read.map(|r| problems(&r.problems)).unwrap_or_default(),
         header: header.as_ref().map(header_summary),
         lost_events,
         stack_failed,

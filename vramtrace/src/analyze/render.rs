@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::{HeldAllocation, ProcessReport, Report};
 use crate::api::cuda_error_name;
+use crate::trace::Integrity;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -107,20 +108,14 @@ pub fn render_text(r: &Report) -> String {
         }
     }
 
-    let altered = r.digest_ok == Some(false);
-    if !r.complete {
-        let _ = writeln!(
-            o,
-            "!!! TRACE INCOMPLETE: no valid footer, the recording was cut short; \
-             figures cover only what was recorded"
-        );
-    }
-    if altered {
-        let _ = writeln!(
-            o,
-            "!!! TRACE ALTERED: the footer's SHA-256 does not match the file; \
-             do not trust these figures"
-        );
+    if r.integrity != Integrity::Complete {
+        let _ = writeln!(o, "!!! {}", r.integrity.describe());
+        for p in r.integrity_notes.iter().take(3) {
+            let _ = writeln!(o, "      line {}: {}", p.line, p.message);
+        }
+        if r.integrity_notes.len() > 3 {
+            let _ = writeln!(o, "      ... and {} more", r.integrity_notes.len() - 3);
+        }
     }
     if r.lost_events > 0 {
         let _ = writeln!(
@@ -139,7 +134,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(o, "      ... and {} more", r.problems.len() - 5);
         }
     }
-    if r.complete && !altered && r.lost_events == 0 && r.problems.is_empty() {
+    if r.integrity == Integrity::Complete && r.lost_events == 0 && r.problems.is_empty() {
         let digest = match r.digest_ok {
             Some(true) => "digest verified",
             _ => "digest not checked",

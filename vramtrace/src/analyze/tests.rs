@@ -126,7 +126,7 @@ fn trace() -> Vec<Record> {
 
 fn summary() -> Report {
     let read = ReadStatus {
-        complete: true,
+        integrity: Integrity::Complete,
         digest_ok: Some(true),
         ..Default::default()
     };
@@ -216,9 +216,10 @@ fn header_and_footer_from_read_status() {
         .into_iter()
         .filter(|r| !matches!(r, Record::Header(_) | Record::Footer(_)));
     let read = ReadStatus {
-        complete: false,
+        integrity: Integrity::Altered,
         digest_ok: Some(false),
         problems: vec![(7, "expected value".into())],
+        integrity_notes: vec![(30, "the footer's SHA-256 is 00".into())],
         header: Some(header()),
         footer: None,
     };
@@ -226,8 +227,9 @@ fn header_and_footer_from_read_status() {
     assert_eq!(r.header.as_ref().map(|h| h.kernel.as_str()), Some("6.18.0"));
     assert_eq!(r.problems[0].line, 7);
     let text = render_text(&r);
-    assert!(text.contains("!!! TRACE INCOMPLETE"), "{text}");
+    assert!(!text.contains("CUT SHORT"), "{text}");
     assert!(text.contains("!!! TRACE ALTERED"), "{text}");
+    assert!(text.contains("line 30: the footer's SHA-256"), "{text}");
     assert!(text.contains("!!! 1 UNREADABLE LINES SKIPPED"), "{text}");
     assert!(text.contains("line 7: expected value"), "{text}");
     assert!(!text.contains("trace complete"), "{text}");
@@ -282,7 +284,7 @@ fn clean_trace_says_so() {
         f.lost_events = 0;
     }
     let read = ReadStatus {
-        complete: true,
+        integrity: Integrity::Complete,
         digest_ok: Some(true),
         ..Default::default()
     };
@@ -458,4 +460,93 @@ fn nvml_unavailable_is_said_once() {
     let r = summarize(std::iter::once(Record::Header(Box::new(header()))), None);
     assert!(r.nvml.is_none());
     assert!(!render_text(&r).contains("NVML"));
+}
+
+/// Analyzes `bytes` as a trace file.
+fn analyze_bytes(bytes: &[u8]) -> Report {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(&path, bytes).expect("write");
+    analyze_file(&path).expect("analyze")
+}
+
+/// A finished trace of two allocations and their frees, as the writer writes it.
+fn finished_trace() -> Vec<u8> {
+    use crate::trace::read::tests::{alloc, free, write_trace};
+    write_trace(&[alloc(0), free(0), alloc(1), free(1)], true).0
+}
+
+/// The one integrity line `analyze` prints, and the unreadable-lines line if any.
+fn verdict_lines(r: &Report) -> Vec<String> {
+    render_text(r)
+        .lines()
+        .filter(|l| l.starts_with("!!! TRACE") || l.contains("UNREADABLE"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_whole_trace_is_complete() {
+    let r = analyze_bytes(&finished_trace());
+    assert_eq!(r.integrity, Integrity::Complete);
+    assert!(r.complete);
+    // The footer tells of lost events, so no "trace complete" line; no verdict line either.
+    assert_eq!(verdict_lines(&r), Vec::<String>::new());
+    let json = serde_json::to_value(&r).expect("json");
+    assert_eq!(json["integrity"], "complete");
+    assert_eq!(json["complete"], true);
+}
+
+#[test]
+fn a_trace_without_footer_is_cut_short() {
+    let bytes = finished_trace();
+    let last = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("lines");
+    let r = analyze_bytes(&bytes[..=last]);
+    assert_eq!(r.integrity, Integrity::CutShort);
+    assert!(!r.complete);
+    let lines = verdict_lines(&r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("!!! TRACE CUT SHORT"), "{lines:?}");
+    assert_eq!(
+        serde_json::to_value(&r).expect("json")["integrity"],
+        "cut_short"
+    );
+}
+
+#[test]
+fn a_changed_line_is_altered_not_cut_short_nor_unreadable() {
+    let text = String::from_utf8(finished_trace()).expect("utf-8");
+    // The second allocation's size: the line still reads, as another number.
+    let changed = text.replacen("\"bytes\":", "\"bytes\":9", 1);
+    assert_ne!(changed, text);
+    let r = analyze_bytes(changed.as_bytes());
+    assert_eq!(r.integrity, Integrity::Altered);
+    assert_eq!(r.problems, [], "a line that reads is not unreadable");
+    let lines = verdict_lines(&r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("!!! TRACE ALTERED"), "{lines:?}");
+    assert!(render_text(&r).contains("SHA-256"));
+    assert_eq!(
+        serde_json::to_value(&r).expect("json")["integrity"],
+        "altered"
+    );
+}
+
+#[test]
+fn lines_after_the_footer_are_appended_not_cut_short() {
+    let mut bytes = finished_trace();
+    bytes.extend(b"{\"type\":\"exit\",\"ts_ns\":1,\"pid\":1}\n");
+    let r = analyze_bytes(&bytes);
+    assert_eq!(r.integrity, Integrity::Appended);
+    assert_eq!(r.problems, []);
+    let lines = verdict_lines(&r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("!!! TRACE APPENDED TO"), "{lines:?}");
+    assert_eq!(
+        serde_json::to_value(&r).expect("json")["integrity"],
+        "appended"
+    );
 }

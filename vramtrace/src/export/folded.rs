@@ -6,9 +6,14 @@ use std::path::Path;
 use super::{ExportError, Moment, Options, records, replay};
 use crate::analyze::postmortem::frame_line;
 use crate::ledger::{Change, Ledger, Replay};
+use crate::trace::Integrity;
 
-/// Where the moment falls: stop before applying record `index` (`None`: at the end).
-fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String), ExportError> {
+/// A stop before record `index` (`None`: at the end), what the moment is, and the trace's
+/// verdict (the whole trace is read to find the moment).
+type Found = (Option<u64>, String, Integrity);
+
+/// Where the moment falls.
+fn find_moment(trace: &Path, at: Option<Moment>) -> Result<Found, ExportError> {
     let mut peak = (0u64, None::<u64>);
     let mut first_oom = None;
     let start = records(trace)?.header().start_monotonic_ns;
@@ -17,7 +22,7 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
         Some(Moment::Secs(s)) => Some((s * 1e9) as u64),
         _ => None,
     };
-    replay(trace, |l, rec, n| {
+    let integrity = replay(trace, |l, rec, n| {
         if first_oom.is_none() && l.changes().iter().any(|c| matches!(c, Change::Oom { .. })) {
             first_oom = Some(n);
         }
@@ -31,8 +36,9 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
         {
             secs_at = Some(n);
         }
-    })?;
-    Ok(match at {
+    })?
+    .1;
+    let (stop, what) = match at {
         Some(Moment::End) => (None, "at the end of the trace".into()),
         Some(Moment::Peak) => (peak.1, "at the peak".into()),
         Some(Moment::Secs(s)) => (secs_at, format!("at +{s} s")),
@@ -41,27 +47,32 @@ fn find_moment(trace: &Path, at: Option<Moment>) -> Result<(Option<u64>, String)
             None if at.is_some() => (peak.1, "at the peak (the trace has no OOM)".into()),
             None => (peak.1, "at the peak".into()),
         },
-    })
+    };
+    Ok((stop, what, integrity))
 }
 
-/// The ledger as it was at the moment.
-pub(super) fn ledger_at(trace: &Path, opts: &Options) -> Result<(Ledger, String), ExportError> {
-    let (stop, what) = find_moment(trace, opts.at)?;
+/// The ledger as it was at the moment, what the moment is, and the trace's verdict.
+pub(super) fn ledger_at(
+    trace: &Path,
+    opts: &Options,
+) -> Result<(Ledger, String, Integrity), ExportError> {
+    let (stop, what, integrity) = find_moment(trace, opts.at)?;
     let mut replay = Replay::new(records(trace)?);
     while stop.is_none_or(|s| replay.applied() < s) && replay.advance().is_some() {}
-    Ok((replay.finish().0, what))
+    Ok((replay.finish().0, what, integrity))
 }
 
 fn clean(s: &str) -> String {
     s.replace([';', '\n'], ":").replace(' ', "\u{a0}")
 }
 
-/// Folded lines of live device and host bytes by stack at the moment `opts` names.
+/// Folded lines of live device and host bytes by stack at the moment `opts` names, what the
+/// moment is, and the trace's verdict.
 pub(super) fn at_moment(
     trace: &Path,
     opts: &Options,
-) -> Result<(Vec<String>, String), ExportError> {
-    let (ledger, what) = ledger_at(trace, opts)?;
+) -> Result<(Vec<String>, String, Integrity), ExportError> {
+    let (ledger, what, integrity) = ledger_at(trace, opts)?;
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     for p in ledger.processes() {
         if !opts.wants(p.pid) {
@@ -85,5 +96,6 @@ pub(super) fn at_moment(
             .map(|(k, b)| format!("{k} {b}"))
             .collect(),
         what,
+        integrity,
     ))
 }

@@ -24,6 +24,7 @@ use std::path::Path;
 use super::pickle::Pickle;
 use super::{ExportError, Options, records};
 use crate::ledger::{Change, Ledger, LiveAllocation, Replay};
+use crate::trace::read::Integrity;
 use crate::trace::{Frame, Mem};
 
 fn frames(p: &mut Pickle, ledger: &Ledger, stack: Option<u32>) {
@@ -99,6 +100,8 @@ pub(super) struct Snapshots {
     pub events: u64,
     /// Allocations live at the end, all files together.
     pub live: u64,
+    /// The reader's verdict on the trace.
+    pub integrity: Integrity,
 }
 
 fn dev(d: Option<i32>) -> usize {
@@ -186,6 +189,7 @@ pub(super) fn snapshots(trace: &Path, opts: &Options) -> Result<Snapshots, Expor
         files,
         events,
         live,
+        integrity: replay.integrity(),
     })
 }
 
@@ -323,7 +327,8 @@ mod tests {
             &out,
             &Options::default(),
         )
-        .expect("export");
+        .expect("export")
+        .note;
         let files = [
             dir.path().join("snap.1000.pickle"),
             dir.path().join("snap.1001.pickle"),
@@ -348,7 +353,8 @@ mod tests {
             ..Options::default()
         };
         let note = super::super::export_file(&trace, super::super::Format::MemoryViz, &one, &opts)
-            .expect("export");
+            .expect("export")
+            .note;
         assert!(note.contains(&one.display().to_string()), "{note}");
         page_check(&one);
     }

@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use crate::ledger::{Ledger, Replay};
 use crate::trace::Record;
-use crate::trace::read::{ReadError, TraceReader};
+use crate::trace::read::{Integrity, ReadError, TraceReader};
 
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -104,14 +104,32 @@ fn records(trace: &Path) -> Result<TraceReader<std::io::BufReader<File>>, ReadEr
     TraceReader::open(trace)
 }
 
-/// Writes `trace` as `format` into `out`; returns a note for the user. A memory-viz export of
-/// several processes writes one file per process beside `out` ([`per_process`]).
+/// What an export wrote, and how far the trace it came from can be trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// What was written, for the user.
+    pub note: String,
+    /// The reader's verdict on the trace.
+    pub integrity: Integrity,
+}
+
+impl Exported {
+    /// The warning to give, as `analyze` gives it, unless the trace is complete.
+    pub fn warning(&self) -> Option<String> {
+        (self.integrity != Integrity::Complete)
+            .then(|| format!("vramtrace: warning: {}", self.integrity.describe()))
+    }
+}
+
+/// Writes `trace` as `format` into `out`; returns what was written and the trace's verdict.
+/// A memory-viz export of several processes writes one file per process beside `out`
+/// ([`per_process`]).
 pub fn export_file(
     trace: &Path,
     format: Format,
     out: &Path,
     opts: &Options,
-) -> Result<String, ExportError> {
+) -> Result<Exported, ExportError> {
     if format == Format::MemoryViz {
         return memviz_files(trace, out, opts);
     }
@@ -124,7 +142,7 @@ pub fn export_file(
     let note = match format {
         Format::Perfetto => perfetto::write(trace, &mut w, opts).map_err(|e| lift(e, out))?,
         Format::Folded | Format::Flamegraph => {
-            let (lines, what) = folded::at_moment(trace, opts)?;
+            let (lines, what, integrity) = folded::at_moment(trace, opts)?;
             if lines.is_empty() {
                 return Err(ExportError::Empty);
             }
@@ -140,7 +158,10 @@ pub fn export_file(
                 inferno::flamegraph::from_lines(&mut o, lines.iter().map(String::as_str), &mut w)
                     .map_err(|e| ExportError::Flamegraph(e.to_string()))?;
             }
-            format!("wrote {} stacks, {what}, to {}", lines.len(), out.display())
+            Exported {
+                note: format!("wrote {} stacks, {what}, to {}", lines.len(), out.display()),
+                integrity,
+            }
         }
         Format::MemoryViz => unreachable!("written by memviz_files"),
     };
@@ -150,7 +171,7 @@ pub fn export_file(
 
 /// The memory-viz snapshots: `out` when the trace has one process to show (or none), else
 /// `out` with `.PID` before its extension for each process.
-fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<String, ExportError> {
+fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<Exported, ExportError> {
     let snaps = memviz::snapshots(trace, opts)?;
     let several = snaps.files.len() > 1;
     let mut written = Vec::new();
@@ -167,7 +188,7 @@ fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<String, Expo
     }
     let (events, live) = (snaps.events, snaps.live);
     let what = format!("{events} allocation events, {live} allocations live at the end");
-    Ok(if several {
+    let note = if several {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         format!(
             "wrote {} PyTorch memory snapshots, one per process ({what}), for \
@@ -181,6 +202,10 @@ fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<String, Expo
              the file onto the page",
             out.display()
         )
+    };
+    Ok(Exported {
+        note,
+        integrity: snaps.integrity,
     })
 }
 
@@ -219,11 +244,16 @@ fn io(source: std::io::Error) -> ExportError {
 }
 
 /// Replays a whole trace through the Ledger (its header's facts first), calling `each` with
-/// the Ledger after every record, the record and its index.
-fn replay(trace: &Path, mut each: impl FnMut(&Ledger, &Record, u64)) -> Result<Ledger, ReadError> {
+/// the Ledger after every record, the record and its index. Returns the Ledger at the end and
+/// the trace's verdict.
+fn replay(
+    trace: &Path,
+    mut each: impl FnMut(&Ledger, &Record, u64),
+) -> Result<(Ledger, Integrity), ReadError> {
     let mut replay = Replay::new(records(trace)?);
     while let Some(rec) = replay.advance() {
         each(replay.ledger(), &rec, replay.applied() - 1);
     }
-    Ok(replay.finish().0)
+    let (ledger, summary) = replay.finish();
+    Ok((ledger, summary.integrity))
 }

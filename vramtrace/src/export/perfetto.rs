@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{ExportError, Options, io, records};
+use super::{ExportError, Exported, Options, io, records};
 use crate::analyze::human_bytes;
 use crate::ledger::{Change, LiveAllocation, Replay};
 use crate::trace::Record;
@@ -52,7 +52,7 @@ pub(super) fn write<W: Write>(
     trace: &Path,
     w: &mut W,
     opts: &Options,
-) -> Result<String, ExportError> {
+) -> Result<Exported, ExportError> {
     let mut replay = Replay::new(records(trace)?);
     let start = replay.header().start_monotonic_ns;
     w.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
@@ -157,9 +157,12 @@ pub(super) fn write<W: Write>(
     }
     let n = o.events;
     o.w.write_all(b"\n]}\n").map_err(io)?;
-    Ok(format!(
-        "wrote {n} trace events ({ooms} OOM) for ui.perfetto.dev or chrome://tracing"
-    ))
+    Ok(Exported {
+        note: format!(
+            "wrote {n} trace events ({ooms} OOM) for ui.perfetto.dev or chrome://tracing"
+        ),
+        integrity: replay.integrity(),
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 
 use super::{Change, Ledger};
 use crate::trace::Record;
-use crate::trace::read::{ReadError, ReadSummary, TraceReader};
+use crate::trace::read::{Integrity, ReadError, ReadSummary, TraceReader};
 
 /// Records per batch that [`Replay::run_read_ahead`] reads ahead.
 pub const READ_AHEAD_BATCH: usize = 1024;
@@ -127,6 +127,11 @@ impl<R: BufRead> Replay<R> {
                 let _ = empty_tx.send(batch);
             }
         });
+    }
+
+    /// The reader's verdict on the trace, once the records are read.
+    pub fn integrity(&self) -> Integrity {
+        self.reader.summary().integrity
     }
 
     /// The Ledger and what the reader found, once the records are read.

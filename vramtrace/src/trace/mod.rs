@@ -4,6 +4,8 @@ pub mod read;
 pub mod record;
 pub mod write;
 
-pub use read::{Problem, ProblemKind, RECORD_TYPES, ReadError, ReadSummary, TraceReader};
+pub use read::{
+    Integrity, Problem, ProblemKind, RECORD_TYPES, ReadError, ReadSummary, TraceReader,
+};
 pub use record::*;
 pub use write::{TraceWriter, WriteError};

@@ -61,6 +61,8 @@ pub enum Msg {
     Replay(ReplayStatus),
     /// The replay starts over: forget every record seen.
     Reset,
+    /// A replayed trace was read to its end: the reader's verdict on it.
+    Integrity(crate::trace::Integrity),
     /// The producer stopped: a recording ended, or could not start (with why).
     Ended(Result<(), String>),
 }

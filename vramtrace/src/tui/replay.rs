@@ -125,8 +125,11 @@ impl Replayer {
     fn peek(&mut self) -> Option<&Record> {
         if self.peeked.is_none() {
             self.peeked = self.reader.as_mut().and_then(|r| r.next());
-            if self.peeked.is_none() {
+            if self.peeked.is_none() && !self.finished {
                 self.finished = true;
+                if let Some(r) = &self.reader {
+                    let _ = self.tx.send(Msg::Integrity(r.summary().integrity));
+                }
             }
         }
         self.peeked.as_ref()

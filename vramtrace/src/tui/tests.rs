@@ -542,3 +542,20 @@ fn live_event_times_count_from_the_session_start() {
     assert!(screen.contains("+5.250s alloc"), "{screen}");
     assert!(screen.contains("live: every process │ 6.0s"), "{screen}");
 }
+
+#[test]
+fn a_replayed_trace_that_is_not_complete_is_an_alert() {
+    use crate::trace::Integrity;
+    let mut app = replay();
+    update(&mut app, Msg::Integrity(Integrity::Complete));
+    assert!(app.alerts.is_empty());
+    for (verdict, text) in [
+        (Integrity::CutShort, "TRACE CUT SHORT"),
+        (Integrity::Altered, "TRACE ALTERED"),
+        (Integrity::Appended, "TRACE APPENDED TO"),
+    ] {
+        update(&mut app, Msg::Integrity(verdict));
+        let last = app.alerts.back().map(|a| a.text.as_str()).unwrap_or("");
+        assert!(last.starts_with(text), "{verdict}: {last}");
+    }
+}

@@ -135,12 +135,74 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Whether a trace is the whole of what was recorded, and nothing else: one verdict, decided
+/// by [`TraceReader::summary`] alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integrity {
+    /// The footer is there, its digest and counts match, and nothing follows it.
+    Complete,
+    /// No footer: the recording stopped before writing it (a crash, a kill, a full disk), or
+    /// the file was cut. The records read are all there is.
+    #[default]
+    CutShort,
+    /// A footer is there, but its SHA-256 or its counts are not those of the lines before
+    /// it: the file was changed after it was written.
+    Altered,
+    /// A valid footer, then more lines: something was appended to a finished trace.
+    Appended,
+}
+
+impl Integrity {
+    /// One line for a person: what the verdict means for the figures read from the trace.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Integrity::Complete => "trace complete: footer present, digest and counts verified",
+            Integrity::CutShort => {
+                "TRACE CUT SHORT: no footer, the recording stopped before it ended; \
+                 figures cover only what was recorded"
+            }
+            Integrity::Altered => {
+                "TRACE ALTERED: the footer's SHA-256 or counts do not match the lines \
+                 before it; do not trust these figures"
+            }
+            Integrity::Appended => {
+                "TRACE APPENDED TO: lines follow a valid footer; they were not read"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Integrity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Integrity::Complete => "complete",
+            Integrity::CutShort => "cut_short",
+            Integrity::Altered => "altered",
+            Integrity::Appended => "appended",
+        })
+    }
+}
+
+impl ProblemKind {
+    /// Whether this is about the trace as a whole (its footer, or what follows it), which
+    /// the [`Integrity`] verdict reports, rather than a line that could not be read.
+    pub fn is_integrity(self) -> bool {
+        matches!(
+            self,
+            ProblemKind::DigestMismatch | ProblemKind::CountMismatch | ProblemKind::AfterFooter
+        )
+    }
+}
+
 /// What a read found, once the records are exhausted.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReadSummary {
     pub header: Header,
     pub footer: Option<Footer>,
-    /// The footer is there, its digest and counts match, and nothing follows it.
+    /// The one verdict on the file as a whole.
+    pub integrity: Integrity,
+    /// `integrity` is [`Integrity::Complete`].
     pub complete: bool,
     /// Whether the footer's digest matched; `None` without a footer.
     pub digest_ok: Option<bool>,
@@ -463,19 +525,30 @@ impl<R: BufRead> TraceReader<R> {
 
     /// What was read. Meaningful once [`next_record`](Self::next_record) has returned `None`.
     pub fn summary(&self) -> ReadSummary {
+        let integrity = self.integrity();
         ReadSummary {
             header: self.header.clone(),
             footer: self.footer.clone(),
-            complete: self.done
-                && self.footer.is_some()
-                && self.digest_ok == Some(true)
-                && self.counts_ok
-                && !self.trailing,
+            integrity,
+            complete: integrity == Integrity::Complete,
             digest_ok: self.digest_ok,
             problems: self.problems.clone(),
             lines: self.lines,
             bytes: self.bytes,
             skipped_types: self.skipped_types.clone(),
+        }
+    }
+
+    /// The verdict on the file: an altered footer outweighs lines appended after it.
+    fn integrity(&self) -> Integrity {
+        if !self.done || self.footer.is_none() {
+            Integrity::CutShort
+        } else if self.digest_ok != Some(true) || !self.counts_ok {
+            Integrity::Altered
+        } else if self.trailing {
+            Integrity::Appended
+        } else {
+            Integrity::Complete
         }
     }
 

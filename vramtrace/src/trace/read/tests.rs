@@ -450,6 +450,7 @@ fn round_trip() {
     let read: Vec<Record> = read.into_iter().map(|(_, r)| r).collect();
     assert_eq!(read, recs);
     assert!(s.complete, "{:?}", s.problems);
+    assert_eq!(s.integrity, Integrity::Complete);
     assert_eq!(s.digest_ok, Some(true));
     assert_eq!(s.problems, []);
     assert_eq!(s.header, header());
@@ -622,6 +623,7 @@ fn a_flipped_byte_fails_the_digest() {
     assert_ne!(read[4].1, recs[4]);
     assert_eq!(s.digest_ok, Some(false));
     assert!(!s.complete);
+    assert_eq!(s.integrity, Integrity::Altered, "altered, not cut short");
     assert_eq!(
         kinds(&s.problems),
         [(recs.len() as u64 + 2, ProblemKind::DigestMismatch)]
@@ -637,6 +639,7 @@ fn a_trace_without_footer_reads_to_its_last_line() {
     let read: Vec<Record> = read.into_iter().map(|(_, r)| r).collect();
     assert_eq!(read, recs);
     assert!(!s.complete);
+    assert_eq!(s.integrity, Integrity::CutShort);
     assert_eq!(s.footer, None);
     assert_eq!(s.digest_ok, None);
     assert_eq!(s.problems, []);
@@ -650,6 +653,7 @@ fn a_cut_last_line_is_truncated_even_if_it_parses() {
     let read: Vec<Record> = read.into_iter().map(|(_, r)| r).collect();
     assert_eq!(read, [alloc(0)]);
     assert_eq!(kinds(&s.problems), [(3, ProblemKind::Truncated)]);
+    assert_eq!(s.integrity, Integrity::CutShort);
     assert_eq!(s.lines, 3);
     assert_eq!(s.bytes, bytes.len() as u64);
 }
@@ -700,6 +704,7 @@ fn counts_that_disagree_are_a_problem() {
             .contains("alloc: footer says 2, read 1")
     );
     assert!(!s.complete);
+    assert_eq!(s.integrity, Integrity::Altered);
 }
 
 #[test]
@@ -715,6 +720,18 @@ fn lines_after_the_footer_are_a_problem() {
         [(4, ProblemKind::AfterFooter), (5, ProblemKind::AfterFooter)]
     );
     assert!(!s.complete);
+    assert_eq!(s.integrity, Integrity::Appended, "appended, not cut short");
+}
+
+#[test]
+fn a_changed_footer_with_lines_after_it_is_altered() {
+    let (mut bytes, _) = write_trace(&[alloc(0)], true);
+    let text = String::from_utf8(bytes).expect("utf-8");
+    let text = text.replace("\"alloc\":1", "\"alloc\":3");
+    bytes = text.into_bytes();
+    bytes.extend(b"{\"type\":\"tail\"}\n");
+    let (_, s) = read_all(&bytes);
+    assert_eq!(s.integrity, Integrity::Altered, "the worse verdict wins");
 }
 
 #[test]

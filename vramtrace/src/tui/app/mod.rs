@@ -728,6 +728,13 @@ pub fn update(app: &mut App, msg: Msg) -> Option<Effect> {
             app.size = Rect::new(0, 0, w, h);
             None
         }
+        Msg::Integrity(integrity) => {
+            // Told as `analyze` and `export` tell it; a complete trace needs no alert.
+            if integrity != crate::trace::Integrity::Complete {
+                app.alert(app.now_ns, integrity.describe().to_owned());
+            }
+            None
+        }
         Msg::Ended(Err(e)) => Some(Effect::Exit(Some(e))),
         Msg::Ended(Ok(())) => {
             app.alert(app.now_ns, "recording ended".into());
