@@ -100,7 +100,8 @@ impl StackStat {
 
 #[derive(Clone, Copy, Debug, Default)]
 struct ProcSpan {
-    first_free: Option<u64>,
+    /// When the Ledger ended the process's load phase: the steady state starts here.
+    load_end: Option<u64>,
     exit: Option<u64>,
     /// The last allocation or free before the exit: the steady state ends here, so that an
     /// idle tail (teardown, a final evaluation) does not make a growing stack look flat.
@@ -108,7 +109,8 @@ struct ProcSpan {
     /// Allocations and frees so far: the steady state is cut into thirds by these, not by
     /// time, so that a pause (a stall, an evaluation) does not make a leak look flat.
     events: u64,
-    first_free_event: u64,
+    /// `events` when the load phase ended.
+    load_end_event: u64,
 }
 
 impl ProcSpan {
@@ -184,9 +186,9 @@ impl LeakTracker {
             } if *cause != EndCause::ProcessExit => self.on_free(*proc, alloc, *ts_ns),
             Change::Phase { proc, phase, ts_ns } if *phase != Phase::Load => {
                 let span = self.procs.entry(*proc).or_default();
-                if span.first_free.is_none() {
-                    span.first_free = Some(*ts_ns);
-                    span.first_free_event = span.events;
+                if span.load_end.is_none() {
+                    span.load_end = Some(*ts_ns);
+                    span.load_end_event = span.events;
                 }
             }
             Change::Exited { proc, ts_ns } => self.on_exit(*proc, *ts_ns),
@@ -201,7 +203,7 @@ impl LeakTracker {
             return;
         }
         let ord = span.active(a.ts_ns);
-        let steady = span.first_free.is_some_and(|f| a.ts_ns >= f);
+        let steady = span.load_end.is_some_and(|f| a.ts_ns >= f);
         let s = self
             .stacks
             .entry((proc, a.stack))
@@ -272,7 +274,7 @@ impl LeakTracker {
             let Some(p) = ledger.process(proc) else {
                 continue;
             };
-            let Some(start) = span.first_free else {
+            let Some(start) = span.load_end else {
                 continue;
             };
             let end = span
@@ -284,7 +286,7 @@ impl LeakTracker {
                 continue;
             }
             let d = end - start;
-            let (o0, n) = (span.first_free_event, span.events - span.first_free_event);
+            let (o0, n) = (span.load_end_event, span.events - span.load_end_event);
             let b = [o0, o0 + n / 3, o0 + 2 * n / 3, span.events].map(|o| s.live_at(o));
             let grew_every_third = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
             let never_freed = s.frees == 0 && b[3] > b[0];
