@@ -220,9 +220,50 @@ pub struct AnalyzeArgs {
     /// End of the time window, seconds after the recording started.
     #[arg(long, value_name = "SECS")]
     pub to: Option<f64>,
-    /// How many stacks and allocations to list per finding.
+    /// The state at this moment, seconds after the recording started, as if the recording
+    /// had ended there: the figures "at exit" are those at that moment, and a process that
+    /// exited later has not exited. The whole file is still read and verified.
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = non_negative_secs,
+        allow_negative_numbers = true,
+        conflicts_with_all = ["from", "to", "at_ns"]
+    )]
+    pub at: Option<f64>,
+    /// As --at, at this CLOCK_MONOTONIC time in nanoseconds: the clock of the trace's
+    /// `ts_ns` (Python's time.monotonic_ns() in the traced program).
+    #[arg(long, value_name = "NS", conflicts_with_all = ["from", "to"])]
+    pub at_ns: Option<u64>,
+    /// How many stacks and allocations to list per finding (per process, the largest live
+    /// allocations: a large N lists them all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+}
+
+impl AnalyzeArgs {
+    /// The moment `--at` or `--at-ns` names, if one does.
+    pub fn moment(&self) -> Option<crate::analyze::Moment> {
+        use crate::analyze::Moment;
+        self.at
+            .map(Moment::AfterStart)
+            .or(self.at_ns.map(Moment::Monotonic))
+    }
+}
+
+/// Seconds that are a moment in a recording: finite and not negative.
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_finite() && secs >= 0.0 {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{s:?} is not a moment in the recording: give seconds after its start, \
+             finite and not negative"
+        ))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -113,11 +113,13 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
 }
 
 fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
+    let at = args.moment();
     let filters = analyze::Filters {
         pids: args.pids,
         gpu: args.gpu,
         from_s: args.from,
         to_s: args.to,
+        at,
         top: args.top,
         progress: true,
     };

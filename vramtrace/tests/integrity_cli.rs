@@ -127,3 +127,102 @@ fn export_warns_unless_the_trace_is_complete() {
         }
     }
 }
+
+/// `path` compressed with gzip, beside it as `NAME.gz`.
+fn gzipped(path: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let gz = path.with_extension("jsonl.gz");
+    let mut z = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).expect("create"),
+        flate2::Compression::default(),
+    );
+    z.write_all(&std::fs::read(path).expect("read"))
+        .expect("compress");
+    z.finish().expect("compress");
+    gz
+}
+
+fn json_report(cmd: &mut Command) -> serde_json::Value {
+    let out = run(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+#[test]
+fn analyze_and_export_read_a_gzip_trace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = complete_trace(dir.path());
+    let gz = gzipped(&plain);
+    let analyze = |path: &Path| json_report(vramtrace().args(["analyze", "--json"]).arg(path));
+    let report = analyze(&gz);
+    assert_eq!(report["integrity"], "complete");
+    assert_eq!(report, analyze(&plain));
+    let out_file = dir.path().join("gz.perfetto");
+    let out = run(vramtrace()
+        .args(["export", "-f", "perfetto", "-o"])
+        .arg(&out_file)
+        .arg(&gz));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn analyze_at_a_moment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gz = gzipped(&complete_trace(dir.path()));
+    let at = |args: &[&str]| {
+        json_report(
+            vramtrace()
+                .args(["analyze", "--json", "--top", "1000000"])
+                .args(args)
+                .arg(&gz),
+        )
+    };
+    // The allocation is 1000 ns after the start; the recording ends 2000 ns after it.
+    let before = at(&["--at", "0.0000005"]);
+    assert_eq!(before["at_ns"], 5_000_000_500u64);
+    let live: u64 = before["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["live_allocations_at_exit"].as_u64())
+        .sum();
+    assert_eq!(live, 0, "{before}");
+    let after = at(&["--at-ns", "5000001500"]);
+    assert_eq!(after["at_ns"], 5_000_001_500u64);
+    assert_eq!(after["integrity"], "complete");
+    let p = &after["processes"][0];
+    assert_eq!(p["live_allocations_at_exit"], 1);
+    assert_eq!(p["device_bytes_at_exit"], 1 << 20);
+    assert_eq!(p["largest_at_exit"].as_array().map(Vec::len), Some(1));
+    let end = json_report(vramtrace().args(["analyze", "--json"]).arg(&gz));
+    assert_eq!(end["at_ns"], serde_json::Value::Null);
+
+    let text = run(vramtrace()
+        .args(["analyze", "--at-ns", "5000001500"])
+        .arg(&gz));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("state at +0.000 s (ts 5000001500 ns)"),
+        "{text}"
+    );
+
+    for bad in [
+        &["--at", "-1"][..],
+        &["--at", "nan"],
+        &["--at", "inf"],
+        &["--at", "1", "--from", "0"],
+        &["--at", "1", "--to", "2"],
+        &["--at-ns", "5", "--to", "2"],
+        &["--at", "1", "--at-ns", "5"],
+    ] {
+        let out = run(vramtrace().arg("analyze").args(bad).arg(&gz));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("--at"), "{bad:?}: {stderr}");
+    }
+}

@@ -1,13 +1,33 @@
 //! `vramtrace analyze` with filters: which processes, which GPU, which time window, how many
 //! stacks. The whole trace is always replayed (a window needs what was allocated before it);
-//! the filters choose what the report shows.
+//! the filters choose what the report shows. A moment ([`Filters::at`]) is the exception: the
+//! replay stops applying records there, and the report is the state at that moment.
 
-use std::fs::File;
 use std::io::{BufReader, IsTerminal as _, Read};
 use std::path::Path;
 
 use super::{ReadStatus, Report, postmortem::Collector};
-use crate::trace::read::{ReadError, TraceReader};
+use crate::trace::read::{ReadError, TraceReader, decompressed, open_file};
+
+/// A moment in a recording.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Moment {
+    /// Seconds after the start of the recording (the header's `start_monotonic_ns`).
+    AfterStart(f64),
+    /// A CLOCK_MONOTONIC time in nanoseconds, the clock of the records' `ts_ns` (Python's
+    /// `time.monotonic_ns()` in a traced program).
+    Monotonic(u64),
+}
+
+impl Moment {
+    /// The moment on the records' clock, for a recording that started at `start_ns`.
+    pub fn ts_ns(self, start_ns: u64) -> u64 {
+        match self {
+            Moment::AfterStart(s) => start_ns.saturating_add(secs_to_ns(s)),
+            Moment::Monotonic(ns) => ns,
+        }
+    }
+}
 
 /// What the report shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +40,8 @@ pub struct Filters {
     pub from_s: Option<f64>,
     /// Seconds after the start of the recording.
     pub to_s: Option<f64>,
+    /// The state at this moment instead of at the end of the recording.
+    pub at: Option<Moment>,
     /// Stacks and allocations listed per finding.
     pub top: usize,
     /// A progress bar on stderr, when stderr is a terminal.
@@ -33,6 +55,7 @@ impl Default for Filters {
             gpu: None,
             from_s: None,
             to_s: None,
+            at: None,
             top: 10,
             progress: false,
         }
@@ -63,12 +86,11 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// Reads a trace file, streaming, and reports what `filters` select.
+/// Reads a trace file (gzip-compressed or not), streaming, and reports what `filters` select.
 pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadError> {
-    let file = File::open(path).map_err(|source| ReadError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = open_file(path)?;
+    // The bar counts the bytes on disk, compressed or not: those are the ones whose total
+    // is known.
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     // Only long reads get a bar: a short one would flash.
     let bar = (filters.progress && std::io::stderr().is_terminal() && len > (64 << 20))
@@ -80,23 +102,38 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
         }),
         None => Box::new(file),
     };
-    let mut replay =
-        crate::ledger::Replay::new(TraceReader::new(BufReader::with_capacity(1 << 20, input))?);
+    let input = decompressed(input).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader = TraceReader::new(BufReader::with_capacity(1 << 20, input))?;
+    let start = reader.header().start_monotonic_ns;
+    let at_ns = filters.at.map(|m| m.ts_ns(start));
+    let mut replay = crate::ledger::Replay::new(reader).until(at_ns);
     let mut post = Collector::new(filters.top);
     replay.run_read_ahead(|ledger, rec| post.observe(ledger, rec));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     let (ledger, summary) = replay.finish();
-    let status = ReadStatus::from(summary);
-    let mut report = super::report(ledger, post, None, None, Some(&status));
+    let mut status = ReadStatus::from(summary);
+    if at_ns.is_some() {
+        // The footer's end and counts are the whole recording's, not the moment's.
+        status.footer = None;
+    }
+    let mut report = super::report(ledger, post, None, None, Some(&status), filters.top);
+    if let Some(at) = at_ns {
+        report.at_ns = Some(at);
+        report.duration_ns = (start > 0 && at >= start).then(|| at - start);
+    }
     apply(&mut report, filters);
     Ok(report)
 }
 
 fn secs_to_ns(s: f64) -> u64 {
     if s.is_finite() && s > 0.0 {
-        (s * 1e9) as u64
+        // Rounded: 0.3 s is 300000000 ns, not 299999999.
+        (s * 1e9).round() as u64
     } else {
         0
     }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::cuda_error_name;
-pub use filter::{Filters, analyze_file_with};
+pub use filter::{Filters, Moment, analyze_file_with};
 pub use postmortem::Postmortem;
 pub use render::{human_bytes, render_text};
 
@@ -71,8 +71,14 @@ pub struct Report {
     pub lost_events: u64,
     /// Stacks that could not be captured.
     pub stack_failed: u64,
-    /// From the start of the recording to its end (or its last event).
+    /// From the start of the recording to its end (or its last event); with `at_ns`, to it.
     pub duration_ns: Option<u64>,
+    /// The moment the report describes, when not the end of the recording (`analyze --at`):
+    /// a CLOCK_MONOTONIC time like the records' `ts_ns`. Records after it were read, so the
+    /// integrity verdict covers the whole file, but not counted; the figures "at exit" are
+    /// those at this moment, and a process that exited after it has not exited.
+    #[serde(default)]
+    pub at_ns: Option<u64>,
     /// All processes together.
     pub machine: MachineReport,
     /// One entry per traced process (per `process` record: PIDs may repeat).
@@ -350,7 +356,7 @@ fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) 
         .collect();
 }
 
-/// How many held allocations a process report lists.
+/// How many held allocations a process report lists, unless told how many.
 const LARGEST: usize = 10;
 
 fn held(a: &LiveAllocation) -> HeldAllocation {
@@ -400,14 +406,16 @@ fn header_summary(h: &Header) -> HeaderSummary {
     }
 }
 
-fn process_report(p: &ProcessState) -> ProcessReport {
+/// What `p` did and holds, with its `limit` largest live allocations (a process that exited
+/// lists those its exit snapshot kept, fewer when it kept fewer).
+fn process_report(p: &ProcessState, limit: usize) -> ProcessReport {
     let (device_at, pool_at, host_at, live_at, largest, devices, end) = match &p.exit {
         Some(e) => (
             e.device_bytes,
             e.pool_held_bytes,
             e.host_bytes,
             e.live_allocations,
-            e.largest.iter().take(LARGEST).map(held).collect(),
+            e.largest.iter().take(limit).map(held).collect(),
             &e.devices,
             Some(e.ts_ns),
         ),
@@ -419,7 +427,7 @@ fn process_report(p: &ProcessState) -> ProcessReport {
                 p.usage.pool_held_bytes,
                 p.usage.host_bytes,
                 live.len(),
-                live.into_iter().take(LARGEST).map(held).collect(),
+                live.into_iter().take(limit).map(held).collect(),
                 &p.devices,
                 p.last_ts_ns,
             )
@@ -604,18 +612,20 @@ impl Replay {
             footer,
             post,
         } = self;
-        report(ledger, post, header, footer, read)
+        report(ledger, post, header, footer, read, LARGEST)
     }
 }
 
 /// The report of a replayed trace: the Ledger at its end, what the postmortem collected,
-/// and what the reader found about the file.
+/// and what the reader found about the file; each process lists its `largest` largest live
+/// allocations.
 pub(crate) fn report(
     ledger: Ledger,
     post: postmortem::Collector,
     header: Option<Header>,
     footer: Option<Footer>,
     read: Option<&ReadStatus>,
+    largest: usize,
 ) -> Report {
     let postmortem = post.finish(&ledger);
     let header = read.and_then(|r| r.header.clone()).or(header);
@@ -675,11 +685,12 @@ pub(crate) fn report(
         lost_events,
         stack_failed,
         duration_ns,
+        at_ns: None,
         machine,
         processes: ledger
             .processes()
             .map(|p| {
-                let mut r = with_nvml(process_report(p), &ledger);
+                let mut r = with_nvml(process_report(p, largest), &ledger);
                 add_classification(&mut r, p, &ledger);
                 r
             })

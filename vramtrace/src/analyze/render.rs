@@ -108,6 +108,14 @@ pub fn render_text(r: &Report) -> String {
         }
     }
 
+    if let Some(ts) = r.at_ns {
+        let _ = writeln!(
+            o,
+            "state at {} (ts {ts} ns), as if the recording had ended there: figures \"at \
+             exit\" are at that moment; later records were read, not counted",
+            at(ts, start)
+        );
+    }
     if r.integrity != Integrity::Complete {
         let _ = writeln!(o, "!!! {}", r.integrity.describe());
         for p in r.integrity_notes.iter().take(3) {

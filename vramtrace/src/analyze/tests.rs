@@ -550,3 +550,76 @@ fn lines_after_the_footer_are_appended_not_cut_short() {
         "appended"
     );
 }
+
+/// Analyzes `bytes` as a trace file with `filters`.
+fn analyze_bytes_with(bytes: &[u8], filters: &Filters) -> Report {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(&path, bytes).expect("write");
+    analyze_file_with(&path, filters).expect("analyze")
+}
+
+#[test]
+fn at_a_moment_the_report_is_the_state_then() {
+    use crate::trace::read::tests::{alloc, free, write_trace};
+    let pid = 4242;
+    let mut records = vec![Record::Process(Process {
+        id: 1,
+        pid,
+        ..Default::default()
+    })];
+    // 30 allocations, the first 10 freed before the moment and the rest after it.
+    let late_free = |i: u64| match free(i) {
+        Record::Free(c) => Record::Free(Call {
+            ts_ns: 5_000_100_000 + i * 1000,
+            ..c
+        }),
+        _ => unreachable!("free() makes a free"),
+    };
+    records.extend((0..30).map(alloc));
+    records.extend((0..30).map(late_free));
+    records.push(Record::Exit(Exit {
+        proc: 1,
+        pid,
+        ts_ns: 5_000_900_000,
+    }));
+    let (bytes, _) = write_trace(&records, true);
+    let moment = late_free(9).ts_ns().expect("timed");
+    let header_start = crate::trace::read::tests::header().start_monotonic_ns;
+    let by_secs = Moment::AfterStart((moment - header_start) as f64 / 1e9);
+    for at in [Moment::Monotonic(moment), by_secs] {
+        let filters = Filters {
+            at: Some(at),
+            top: 1_000_000,
+            ..Filters::default()
+        };
+        let r = analyze_bytes_with(&bytes, &filters);
+        assert_eq!(r.at_ns, Some(moment), "{at:?}");
+        assert_eq!(r.integrity, Integrity::Complete, "the whole file was read");
+        assert_eq!(r.duration_ns, Some(moment - header_start));
+        let p = &r.processes[0];
+        assert!(!p.exited, "the process exits after the moment");
+        assert_eq!(p.live_allocations_at_exit, 20);
+        assert_eq!(
+            p.largest_at_exit.len(),
+            20,
+            "--top lists every live allocation"
+        );
+        assert_eq!(p.device_bytes_at_exit, 20 << 20);
+        let text = render_text(&r);
+        assert!(
+            text.contains(&format!("state at +0.000 s (ts {moment} ns)")),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["at_ns"], moment);
+    }
+    let end = analyze_bytes_with(&bytes, &Filters::default());
+    assert_eq!(end.at_ns, None);
+    assert_eq!(
+        serde_json::to_value(&end).expect("json")["at_ns"],
+        serde_json::Value::Null
+    );
+    assert_eq!(end.processes[0].live_allocations_at_exit, 0);
+    assert!(!render_text(&end).contains("state at"));
+}

@@ -100,7 +100,7 @@ pub enum ExportError {
 }
 
 /// Reads `trace` record by record, from its start.
-fn records(trace: &Path) -> Result<TraceReader<std::io::BufReader<File>>, ReadError> {
+fn records(trace: &Path) -> Result<TraceReader<crate::trace::Input>, ReadError> {
     TraceReader::open(trace)
 }
 

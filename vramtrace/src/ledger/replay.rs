@@ -6,15 +6,17 @@
 //! consumer's Ledger knows which NVML device a CUDA ordinal is. What the reader found wrong
 //! with the file (bad lines, a cut, a digest that does not match) is kept once, in its
 //! [`ReadSummary`], for the consumer to report.
+//!
+//! A replay may stop at a moment ([`Replay::until`]): the state as if the recording had ended
+//! there. The records after it are still read, so the verdict covers the whole file.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::mpsc;
 
 use super::{Change, Ledger};
 use crate::trace::Record;
-use crate::trace::read::{Integrity, ReadError, ReadSummary, TraceReader};
+use crate::trace::read::{Input, Integrity, ReadError, ReadSummary, TraceReader};
 
 /// Records per batch that [`Replay::run_read_ahead`] reads ahead.
 pub const READ_AHEAD_BATCH: usize = 1024;
@@ -26,10 +28,22 @@ pub struct Replay<R> {
     reader: TraceReader<R>,
     ledger: Ledger,
     applied: u64,
+    /// Records later than this CLOCK_MONOTONIC time are read but not applied.
+    cutoff: Option<u64>,
 }
 
-impl Replay<BufReader<File>> {
-    /// Opens a trace file, reads its header and gives its facts to a new Ledger.
+/// Whether `rec` is applied under `cutoff`: it is at or before it, or has no time (a
+/// `process` or `stack` record, which only later timed records use).
+fn in_time(cutoff: Option<u64>, rec: &Record) -> bool {
+    match (cutoff, rec.ts_ns()) {
+        (Some(c), Some(ts)) => ts <= c,
+        _ => true,
+    }
+}
+
+impl Replay<Input> {
+    /// Opens a trace file (gzip-compressed or not), reads its header and gives its facts to a
+    /// new Ledger.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
         TraceReader::open(path).map(Replay::new)
     }
@@ -44,13 +58,28 @@ impl<R: BufRead> Replay<R> {
             reader,
             ledger,
             applied: 0,
+            cutoff: None,
         }
     }
 
+    /// Stops applying records at `cutoff` (a CLOCK_MONOTONIC time, the records' `ts_ns`
+    /// clock): later records are read, for the reader's verdict on the whole file, but the
+    /// Ledger and [`Replay::advance`]'s caller never see them. `None`: apply everything.
+    pub fn until(mut self, cutoff: Option<u64>) -> Self {
+        self.cutoff = cutoff;
+        self
+    }
+
     /// Reads the next record and applies it: the record, with [`Replay::changes`] and
-    /// [`Replay::ledger`] as they are after it. `None` at the end of the trace.
+    /// [`Replay::ledger`] as they are after it. `None` at the end of the trace. Records after
+    /// the cutoff are read past.
     pub fn advance(&mut self) -> Option<Record> {
-        let rec = self.reader.next()?;
+        let rec = loop {
+            let rec = self.reader.next()?;
+            if in_time(self.cutoff, &rec) {
+                break rec;
+            }
+        };
         self.ledger.apply(&rec);
         self.applied += 1;
         Some(rec)
@@ -94,7 +123,9 @@ impl<R: BufRead> Replay<R> {
             reader,
             ledger,
             applied,
+            cutoff,
         } = self;
+        let cutoff = *cutoff;
         std::thread::scope(|s| {
             let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Record>>(READ_AHEAD_BATCHES);
             let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
@@ -118,7 +149,7 @@ impl<R: BufRead> Replay<R> {
                 }
             });
             for batch in full_rx {
-                for rec in &batch {
+                for rec in batch.iter().filter(|r| in_time(cutoff, r)) {
                     ledger.apply(rec);
                     *applied += 1;
                     each(ledger, rec);
@@ -162,6 +193,59 @@ mod tests {
             seen.push((rec, replay.changes().to_vec()));
         }
         (seen, replay)
+    }
+
+    #[test]
+    fn a_cutoff_shows_the_state_at_that_moment_and_still_reads_the_whole_file() {
+        use crate::trace::{Exit, Process};
+        let records = [
+            Record::Process(Process {
+                id: 1,
+                pid: 4242,
+                ..Default::default()
+            }),
+            alloc(0),
+            free(0),
+            alloc(1),
+            // Freed, and the process gone, after the cutoff.
+            free(1),
+            Record::Exit(Exit {
+                proc: 1,
+                pid: 4242,
+                ts_ns: 5_000_003_000,
+            }),
+        ];
+        let cutoff = alloc(1).ts_ns().expect("timed") + 200;
+        let (bytes, _) = write_trace(&records, true);
+        let state = |ledger: &Ledger| {
+            let p = ledger.processes().next().expect("the process");
+            let live: Vec<_> = p.live_allocations().map(|a| a.addr).collect();
+            (live, p.usage.device_bytes, p.exit.is_some())
+        };
+        let one = {
+            let mut r = Replay::new(TraceReader::new(bytes.as_slice()).expect("header"))
+                .until(Some(cutoff));
+            let seen: Vec<Record> = std::iter::from_fn(|| r.advance()).collect();
+            assert_eq!(seen, records[..4], "the records up to the cutoff");
+            r
+        };
+        let mut two =
+            Replay::new(TraceReader::new(bytes.as_slice()).expect("header")).until(Some(cutoff));
+        two.run_read_ahead(|_, rec| assert!(rec.ts_ns().is_none_or(|t| t <= cutoff)));
+        for r in [one, two] {
+            assert_eq!(r.applied(), 4);
+            let (ledger, summary) = r.finish();
+            let alloc1 = alloc(1).call().and_then(|c| c.addr);
+            assert_eq!(state(&ledger), (vec![alloc1], 1 << 20, false));
+            assert_eq!(
+                summary.integrity,
+                Integrity::Complete,
+                "the whole file was read"
+            );
+        }
+        let mut all = Replay::new(TraceReader::new(bytes.as_slice()).expect("header"));
+        all.run();
+        assert_eq!(state(all.ledger()), (vec![], 0, true));
     }
 
     #[test]

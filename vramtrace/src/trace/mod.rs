@@ -5,7 +5,8 @@ pub mod record;
 pub mod write;
 
 pub use read::{
-    Integrity, Problem, ProblemKind, RECORD_TYPES, ReadError, ReadSummary, TraceReader,
+    Input, Integrity, Problem, ProblemKind, RECORD_TYPES, ReadError, ReadSummary, TraceReader,
+    open_input,
 };
 pub use record::*;
 pub use write::{TraceWriter, WriteError};

@@ -26,7 +26,7 @@ pub struct Replayer {
     speed: f64,
     tx: Sender<Msg>,
     ctl: Receiver<Control>,
-    reader: Option<TraceReader<std::io::BufReader<std::fs::File>>>,
+    reader: Option<TraceReader<crate::trace::Input>>,
     /// The next record, read but not sent.
     peeked: Option<Record>,
     batch: Vec<Record>,

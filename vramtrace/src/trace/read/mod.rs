@@ -248,14 +248,57 @@ pub struct TraceReader<R> {
     done: bool,
 }
 
-impl TraceReader<BufReader<File>> {
-    /// Opens a trace file and reads its header.
+/// A trace file's bytes as the reader reads them: decompressed, when the file is gzip.
+pub type Input = BufReader<Box<dyn Read + Send>>;
+
+/// The first bytes of every gzip member ([RFC 1952](https://www.rfc-editor.org/rfc/rfc1952),
+/// 2.3.1).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Opens a trace file for reading: the one way every command opens one. A gzip-compressed
+/// trace is decompressed as it is read, found by its first bytes rather than its name.
+pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, ReadError> {
+    decompressed(open_file(path)?).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Opens the file itself, for a caller that counts the bytes read from the disk (a progress
+/// bar) before they go to [`decompressed`]; otherwise [`open_input`] does both.
+pub fn open_file(path: &Path) -> Result<File, ReadError> {
+    File::open(path).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `input`, decompressed when it starts with gzip's magic bytes, else as it is. Every member
+/// of a multi-member file is read (`cat a.gz b.gz`, `pigz`). A gzip stream that is cut short
+/// fails the read where it ends, which the reader reports as the end of the trace.
+pub fn decompressed<R: Read + Send + 'static>(mut input: R) -> io::Result<Box<dyn Read + Send>> {
+    let mut magic = [0u8; GZIP_MAGIC.len()];
+    let mut got = 0;
+    while got < magic.len() {
+        match input.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let input = io::Cursor::new(magic[..got].to_vec()).chain(input);
+    Ok(if magic[..got] == GZIP_MAGIC {
+        Box::new(flate2::read::MultiGzDecoder::new(input))
+    } else {
+        Box::new(input)
+    })
+}
+
+impl TraceReader<Input> {
+    /// Opens a trace file, gzip-compressed or not, and reads its header.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let file = File::open(path).map_err(|source| ReadError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::new(BufReader::with_capacity(1 << 20, file))
+        Self::new(BufReader::with_capacity(1 << 20, open_input(path)?))
     }
 }
 

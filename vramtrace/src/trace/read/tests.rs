@@ -480,6 +480,81 @@ fn open_reads_a_file() {
     assert!(matches!(missing, Some(ReadError::Open { .. })));
 }
 
+/// `bytes` as gzip writes them.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(bytes).expect("compress");
+    z.finish().expect("compress")
+}
+
+/// What [`TraceReader::open`] reads from a file of `bytes`: the records and the summary.
+fn open_all(bytes: &[u8]) -> (Vec<(u64, Record)>, ReadSummary) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No `.gz`: the content says it is gzip, not the name.
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(&path, bytes).expect("write");
+    let mut r = TraceReader::open(&path).expect("open");
+    let records = std::iter::from_fn(|| r.next_record()).collect();
+    (records, r.summary())
+}
+
+/// Allocations and frees enough for the compressed trace to span several deflate blocks.
+fn long_body() -> Vec<Record> {
+    let mut records = body();
+    records.extend((0..4000).map(|i| if i % 2 == 0 { alloc(i) } else { free(i - 1) }));
+    records
+}
+
+#[test]
+fn a_gzip_trace_reads_as_the_plain_one() {
+    for finish in [true, false] {
+        let (plain, _) = write_trace(&long_body(), finish);
+        let want = open_all(&plain);
+        assert_eq!(open_all(&gzip(&plain)), want, "finish: {finish}");
+        // Members compressed one after another (`cat a.gz b.gz`, pigz) are one trace.
+        let half = plain.len() / 2;
+        let mut members = gzip(&plain[..half]);
+        members.extend(gzip(&plain[half..]));
+        assert_eq!(open_all(&members), want, "two members, finish: {finish}");
+    }
+    let (plain, _) = write_trace(&long_body(), true);
+    assert_eq!(open_all(&gzip(&plain)).1.integrity, Integrity::Complete);
+}
+
+#[test]
+fn a_gzip_trace_cut_short_reads_to_where_it_ends() {
+    let (plain, _) = write_trace(&long_body(), true);
+    let (all, _) = open_all(&plain);
+    let z = gzip(&plain);
+    let (read, summary) = open_all(&z[..z.len() / 2]);
+    assert_eq!(summary.integrity, Integrity::CutShort);
+    assert_eq!(
+        kinds(&summary.problems).last().map(|k| k.1),
+        Some(ProblemKind::Io)
+    );
+    assert!(!read.is_empty() && read.len() < all.len() && read[..] == all[..read.len()]);
+    // Cut in gzip's own trailer (CRC-32 and length, RFC 1952 2.3.1): every line is there and
+    // the footer's digest vouches for them, but the damaged file is said.
+    let (read, summary) = open_all(&z[..z.len() - 4]);
+    assert_eq!(read, all);
+    assert_eq!(summary.integrity, Integrity::Complete);
+    assert_eq!(
+        kinds(&summary.problems).last().map(|k| k.1),
+        Some(ProblemKind::Io)
+    );
+    // Cut anywhere, even in the gzip header or the trace header: an error or a cut, no panic.
+    for cut in (0..z.len()).step_by(z.len() / 16 + 1).chain(0..24) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.jsonl.gz");
+        std::fs::write(&path, &z[..cut]).expect("write");
+        if let Ok(mut r) = TraceReader::open(&path) {
+            r.by_ref().for_each(drop);
+            assert_ne!(r.summary().integrity, Integrity::Complete, "cut at {cut}");
+        }
+    }
+}
+
 #[test]
 fn empty_file_is_refused() {
     assert!(matches!(TraceReader::new(&b""[..]), Err(ReadError::Empty)));
