@@ -1,0 +1,231 @@
+"""Compares what vramtrace recorded with what PyTorch and NVML said at the same moments.
+
+For each scenario's trace and truth (written by workload.py), and each mark in the truth,
+asks `vramtrace analyze --at-ns TS --json` for the Ledger's state at that moment; vramtrace
+decides, this script only compares:
+
+- every segment of torch.cuda.memory_snapshot() must be a traced allocation of the same
+  address and size (expandable segments: covered by traced mappings);
+- traced device bytes must be at least torch.cuda.memory_reserved(); what is more is
+  memory allocated outside PyTorch's allocator (cuBLAS, the graph pools' bookkeeping...),
+  listed by entry point;
+- traced device bytes must not exceed NVML's figure for the process; the difference is the
+  context's own memory (code, stacks, the driver's allocations), which the driver does not
+  allocate through any entry point;
+- named tensors (model parameters, activations) must be in an allocation of the expected class;
+- a PyTorch out-of-memory error must be an OOM in vramtrace's analysis, with the size asked.
+
+Prints one table; exits 1 when a check fails.
+
+usage: python3 compare.py --vramtrace BIN DIR [DIR ...]   (each DIR holds NAME.jsonl.gz and NAME.truth.json)
+       python3 compare.py --vramtrace BIN --trace T --truth J
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+MiB = 1 << 20
+DEVICE_MEM = {"device", "device_async", "vmm_device", "array"}
+
+
+def analyze(vramtrace, trace, pid, at_ns=None):
+    cmd = [vramtrace, "analyze", trace, "--json", "--top", "1000000", "--pid", str(pid)]
+    if at_ns is not None:
+        cmd += ["--at-ns", str(at_ns)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def mib(n):
+    return "-" if n is None else f"{n / MiB:.1f}"
+
+
+def match_segments(segs, live):
+    """Segments matched to traced allocations: exact address and size, or (expandable)
+    every byte covered by traced mappings. Returns (matched, total, unmatched, matched_allocs)."""
+    by_addr = {}
+    for a in live:
+        if a.get("addr") is not None:
+            by_addr.setdefault(a["addr"], []).append(a)
+    used = set()
+    unmatched = []
+    matched = 0
+    for s in segs:
+        start, size = s["address"], s["size"]
+        if not s["expandable"]:
+            hit = [a for a in by_addr.get(start, []) if a["bytes"] == size]
+            if hit:
+                matched += 1
+                used.add(id(hit[0]))
+            else:
+                unmatched.append(s)
+            continue
+        # Expandable: the mapped pieces lie end to end from the segment's start.
+        pos, end, pieces = start, start + size, []
+        while pos < end:
+            hit = [a for a in by_addr.get(pos, []) if a["bytes"] > 0]
+            if not hit:
+                break
+            pieces.append(hit[0])
+            pos += hit[0]["bytes"]
+        if pos == end:
+            matched += 1
+            used.update(id(a) for a in pieces)
+        else:
+            unmatched.append(s)
+    return matched, len(segs), unmatched, used
+
+
+def check_scenario(vramtrace, trace, truth_path):
+    with open(truth_path) as f:
+        truth = json.load(f)
+    name, pid = truth["scenario"], truth["pid"]
+    rows, failures = [], []
+    for m in truth["marks"]:
+        rep = analyze(vramtrace, trace, pid, m["ts_ns"])
+        procs = [p for p in rep["processes"] if p["pid"] == pid]
+        if not procs:
+            failures.append(f"{name}/{m['name']}: pid {pid} not in the trace")
+            continue
+        p = procs[0]
+        live = p["largest_at_exit"]
+        device_live = [a for a in live if a["mem"] in DEVICE_MEM and a.get("device") in (0, None)]
+        traced = sum(a["bytes"] for a in device_live)
+        pool_held = p["pool_held_bytes_at_exit"]
+        row = {
+            "scenario": name,
+            "mark": m["name"],
+            "reserved": m["reserved"],
+            "traced": traced,
+            "pool_held": pool_held,
+        }
+        # Segments.
+        if m["segments"] is not None:
+            matched, total, unmatched, used = match_segments(m["segments"], device_live)
+            row["segments"] = f"{matched}/{total}"
+            for s in unmatched:
+                failures.append(
+                    f"{name}/{m['name']}: segment at {s['address']:#x} of {s['size']} bytes"
+                    f"{' (expandable)' if s['expandable'] else ''} has no traced allocation"
+                )
+            outside = [a for a in device_live if id(a) not in used]
+        else:
+            row["segments"] = "n/a"
+            outside = []
+        row["outside"] = sum(a["bytes"] for a in outside)
+        outside_by_api = {}
+        for a in outside:
+            outside_by_api[a["api"]] = outside_by_api.get(a["api"], 0) + a["bytes"]
+        row["outside_by_api"] = outside_by_api
+        # Reserved against traced: the pools' held bytes count for the stream-ordered backend.
+        if traced + pool_held < m["reserved"]:
+            failures.append(
+                f"{name}/{m['name']}: traced {traced} (+{pool_held} pool-held) bytes < "
+                f"torch reserved {m['reserved']}"
+            )
+        # NVML.
+        nvml = (m.get("nvml_used") or {}).get("0")
+        row["nvml"] = nvml
+        row["ctx"] = None if nvml is None else nvml - traced
+        if nvml is not None and traced > nvml:
+            failures.append(f"{name}/{m['name']}: traced {traced} bytes > NVML's {nvml}")
+        # Classes of named tensors.
+        classes = []
+        for tname, t in m["tensors"].items():
+            home = [
+                a for a in live
+                if a.get("addr") is not None and a["addr"] <= t["ptr"] < a["addr"] + a["bytes"]
+            ]
+            got = home[0].get("class") if home else None
+            ok = got == t["expect"]
+            classes.append(ok)
+            if not ok:
+                failures.append(
+                    f"{name}/{m['name']}: {tname} at {t['ptr']:#x} is in "
+                    f"{'no traced allocation' if not home else 'class ' + str(got)}, "
+                    f"expected {t['expect']}"
+                )
+        row["classes"] = f"{sum(classes)}/{len(classes)}" if classes else "-"
+        rows.append(row)
+    # Out of memory.
+    if truth["ooms"]:
+        rep = analyze(vramtrace, trace, pid)
+        found = rep["postmortem"]["ooms"]
+        for o in truth["ooms"]:
+            hit = [x for x in found if x.get("request_bytes") == o["requested"]]
+            if not hit:
+                failures.append(
+                    f"{name}: PyTorch's out-of-memory for {o['requested']} bytes is not an OOM "
+                    f"in the analysis (found: {[x.get('request_bytes') for x in found]})"
+                )
+            else:
+                rows.append({
+                    "scenario": name, "mark": "oom", "reserved": None,
+                    "traced": hit[0]["held_device_bytes"], "pool_held": hit[0]["held_pool_bytes"],
+                    "segments": "-", "outside": None, "outside_by_api": {},
+                    "nvml": None, "ctx": None, "classes": f"{len(hit)} failed calls",
+                })
+    return truth, rows, failures
+
+
+def print_table(rows):
+    head = ["scenario", "mark", "torch reserved", "traced device", "pool-held",
+            "segments matched", "outside torch", "NVML process", "NVML - traced", "classes ok"]
+    body = [[r["scenario"], r["mark"], mib(r["reserved"]), mib(r["traced"]), mib(r["pool_held"]),
+             r["segments"], mib(r["outside"]), mib(r["nvml"]), mib(r["ctx"]), r["classes"]]
+            for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)] if body else []
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    print("(MiB)")
+    print(line(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for b in body:
+        print(line(b))
+    extra = [(r["scenario"], r["mark"], r["outside_by_api"]) for r in rows if r["outside_by_api"]]
+    for s, m, by in extra:
+        print(f"outside torch's allocator at {s}/{m}: "
+              + ", ".join(f"{api} {mib(b)} MiB" for api, b in sorted(by.items())))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vramtrace", required=True)
+    ap.add_argument("--trace")
+    ap.add_argument("--truth")
+    ap.add_argument("dirs", nargs="*")
+    args = ap.parse_args()
+    pairs = []
+    if args.trace:
+        pairs.append((args.trace, args.truth))
+    for d in args.dirs:
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".truth.json"):
+                stem = f[: -len(".truth.json")]
+                for ext in (".jsonl.gz", ".jsonl"):
+                    if os.path.exists(os.path.join(d, stem + ext)):
+                        pairs.append((os.path.join(d, stem + ext), os.path.join(d, f)))
+                        break
+    if not pairs:
+        sys.exit("no trace and truth pairs found")
+    all_rows, all_failures = [], []
+    for trace, truth in pairs:
+        try:
+            _, rows, failures = check_scenario(args.vramtrace, trace, truth)
+        except (RuntimeError, KeyError, ValueError) as err:
+            rows, failures = [], [f"{trace}: {err}"]
+        all_rows += rows
+        all_failures += failures
+    print_table(all_rows)
+    for f in all_failures:
+        print(f"FAIL {f}")
+    print(f"{len(pairs)} scenarios, {len(all_rows)} points, {len(all_failures)} failures")
+    sys.exit(1 if all_failures else 0)
+
+
+if __name__ == "__main__":
+    main()

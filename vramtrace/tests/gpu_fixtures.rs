@@ -1,0 +1,44 @@
+//! Traces recorded by the GPU check (tests/gpu/README.md) on a real NVIDIA GPU, replayed
+//! through the same comparison with their ground truth: PyTorch's segments, reserved bytes,
+//! NVML's per-process figure, the classes of parameters and activations, the OOM.
+//!
+//! The fixtures in tests/data/gpu/ were recorded on an H100 with driver 580 (CUDA 13.0) and
+//! PyTorch 2.11; each is `NAME.jsonl.gz` with `NAME.truth.json`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gpu")
+}
+
+fn compare(args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/gpu/compare.py");
+    Command::new("python3")
+        .arg(script)
+        .args(["--vramtrace", env!("CARGO_BIN_EXE_vramtrace")])
+        .args(args)
+        .output()
+        .expect("python3 runs")
+}
+
+#[test]
+fn every_gpu_fixture_agrees_with_its_ground_truth() {
+    let dir = fixtures();
+    let truths = std::fs::read_dir(&dir)
+        .expect("tests/data/gpu exists")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".truth.json"))
+        .count();
+    assert!(truths >= 6, "expected the six scenarios' fixtures in {dir:?}");
+    let out = compare(&[dir.to_str().expect("utf-8 path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the comparison failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("{truths} scenarios")), "{stdout}");
+    assert!(stdout.contains(" 0 failures"), "{stdout}");
+}
