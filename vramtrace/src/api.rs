@@ -286,10 +286,6 @@ pub fn is_variant(name: &str, base: &str) -> bool {
 /// `CUDA_ERROR_OUT_OF_MEMORY`.
 pub const CUDA_ERROR_OUT_OF_MEMORY: i32 = 2;
 
-/// Return codes that say the driver or device is not there, not that memory ran out:
-/// `CUDA_ERROR_NOT_INITIALIZED`, `CUDA_ERROR_DEINITIALIZED`, `CUDA_ERROR_NO_DEVICE`.
-pub const NO_DRIVER: [i32; 3] = [3, 4, 100];
-
 /// The name of a `CUresult` code (CUDA driver API reference, "Error Handling").
 pub fn cuda_error_name(code: i32) -> &'static str {
     match code {

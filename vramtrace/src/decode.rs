@@ -754,6 +754,22 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_cu_mem_create_is_not_an_oom() {
+        // Driver 580 refuses PyTorch's first cuMemCreate (expandable segments) with
+        // CUDA_ERROR_NOT_PERMITTED (800) before any memory is used: a failure, not an OOM.
+        let mut c = crate::trace::Call {
+            api: "cuMemCreate".into(),
+            ret: 800,
+            bytes: Some(2 << 20),
+            mem: Some(crate::trace::Mem::VmmDevice),
+            ..Default::default()
+        };
+        assert!(!c.is_oom());
+        c.ret = crate::api::CUDA_ERROR_OUT_OF_MEMORY;
+        assert!(c.is_oom());
+    }
+
+    #[test]
     fn legacy_abi_masks_upper_halves() {
         let mut conv = Converter::new(table(&["cuMemAlloc"]));
         let mut out = Vec::new();

@@ -390,9 +390,17 @@ fn oom_records_what_was_held() {
         ..a.call("cuMemCreate")
     }));
     assert!(none.is_empty(), "{none:?}");
-    // A failed cuMemCreate for any other reason is one.
+    // Nor a cuMemCreate the driver refuses (CUDA_ERROR_NOT_PERMITTED, seen on driver 580).
+    let refused = l.apply(&Record::Failed(Call {
+        ret: 800,
+        bytes: Some(2 * MIB),
+        mem: Some(Mem::VmmDevice),
+        ..a.call("cuMemCreate")
+    }));
+    assert!(refused.is_empty(), "{refused:?}");
+    // A cuMemCreate out of memory is one.
     l.apply(&Record::Failed(Call {
-        ret: 1,
+        ret: 2,
         bytes: Some(GIB),
         mem: Some(Mem::VmmDevice),
         ..a.call("cuMemCreate")

@@ -475,17 +475,14 @@ pub struct Call {
 }
 
 impl Call {
-    /// Whether this call, as a failure, ran out of memory: an allocating entry point that
-    /// returned `CUDA_ERROR_OUT_OF_MEMORY`, or a `cuMemCreate` that failed for any reason but
-    /// a missing driver or device (the physical memory could not be had). The one rule: the
+    /// Whether this call, as a failure, ran out of memory: an allocating entry point
+    /// (`cuMemCreate` included) that returned `CUDA_ERROR_OUT_OF_MEMORY`. Other failures are
+    /// not: PyTorch's expandable segments, for one, try a `cuMemCreate` that driver 580
+    /// refuses with `CUDA_ERROR_NOT_PERMITTED` before any memory is used. The one rule: the
     /// Ledger decides with it, and everything else reads the Ledger's OOMs.
     pub fn is_oom(&self) -> bool {
-        use crate::api::{CUDA_ERROR_OUT_OF_MEMORY, NO_DRIVER};
-        let create = self.api.starts_with("cuMemCreate");
-        let allocates = create || self.mem.is_some();
-        allocates
-            && (self.ret == CUDA_ERROR_OUT_OF_MEMORY
-                || (create && self.ret != 0 && !NO_DRIVER.contains(&self.ret)))
+        let allocates = self.api.starts_with("cuMemCreate") || self.mem.is_some();
+        allocates && self.ret == crate::api::CUDA_ERROR_OUT_OF_MEMORY
     }
 }
 
