@@ -30,7 +30,10 @@ fn every_gpu_fixture_agrees_with_its_ground_truth() {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with(".truth.json"))
         .count();
-    assert!(truths >= 6, "expected the six scenarios' fixtures in {dir:?}");
+    assert!(
+        truths >= 6,
+        "expected the six scenarios' fixtures in {dir:?}"
+    );
     let out = compare(&[dir.to_str().expect("utf-8 path")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -41,4 +44,38 @@ fn every_gpu_fixture_agrees_with_its_ground_truth() {
     );
     assert!(stdout.contains(&format!("{truths} scenarios")), "{stdout}");
     assert!(stdout.contains(" 0 failures"), "{stdout}");
+}
+
+#[test]
+fn a_ground_truth_that_disagrees_fails_the_comparison() {
+    // The comparison must be able to fail: one segment a granule larger than traced, and the
+    // activation expected to be weights.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = fixtures();
+    std::fs::copy(
+        src.join("caching.jsonl.gz"),
+        dir.path().join("caching.jsonl.gz"),
+    )
+    .expect("copy trace");
+    let text = std::fs::read_to_string(src.join("caching.truth.json")).expect("truth");
+    let mut truth: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let marks = truth["marks"].as_array_mut().expect("marks");
+    let in_step = marks
+        .iter_mut()
+        .find(|m| m["name"] == "in_step")
+        .expect("an in_step mark");
+    let size = in_step["segments"][0]["size"].as_u64().expect("size");
+    in_step["segments"][0]["size"] = (size + (2 << 20)).into();
+    in_step["tensors"]["activation"]["expect"] = "weights".into();
+    std::fs::write(
+        dir.path().join("caching.truth.json"),
+        serde_json::to_string(&truth).expect("json"),
+    )
+    .expect("write truth");
+    let out = compare(&[dir.path().to_str().expect("utf-8 path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("has no traced allocation"), "{stdout}");
+    assert!(stdout.contains("expected weights"), "{stdout}");
+    assert!(stdout.contains(" 2 failures"), "{stdout}");
 }
