@@ -41,6 +41,16 @@ impl Cli {
                  (leave `--` out to trace every process)",
             ));
         }
+        if let Command::Analyze(a) = &cli.command
+            && let (Some(from), Some(to)) = (a.from, a.to)
+            && from >= to
+        {
+            use clap::CommandFactory as _;
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("the window --from {from} --to {to} is empty: --from must be before --to"),
+            ));
+        }
         Ok(cli)
     }
 }
@@ -214,11 +224,13 @@ pub struct AnalyzeArgs {
     /// Only this GPU (device ordinal).
     #[arg(long, value_name = "N")]
     pub gpu: Option<i32>,
-    /// Start of the time window, seconds after the recording started.
-    #[arg(long, value_name = "SECS")]
+    /// Start of the time window, seconds after the recording started: calls, peaks, OOMs
+    /// and findings are those inside the window.
+    #[arg(long, value_name = "SECS", value_parser = non_negative_secs, allow_negative_numbers = true)]
     pub from: Option<f64>,
-    /// End of the time window, seconds after the recording started.
-    #[arg(long, value_name = "SECS")]
+    /// End of the time window, seconds after the recording started: what is held "at exit"
+    /// is held then, as with --at.
+    #[arg(long, value_name = "SECS", value_parser = non_negative_secs, allow_negative_numbers = true)]
     pub to: Option<f64>,
     /// The state at this moment, seconds after the recording started, as if the recording
     /// had ended there: the figures "at exit" are those at that moment, and a process that

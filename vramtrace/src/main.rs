@@ -125,6 +125,12 @@ fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
     };
     let report = analyze::analyze_file_with(&args.trace, &filters)
         .with_context(|| format!("reading {}", args.trace.display()))?;
+    if !report.filters.unmatched.is_empty() {
+        for m in &report.filters.unmatched {
+            vramtrace::say!("vramtrace: {m}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     // A reader that goes away (`| head`) ends the report; `console::print` says so quietly.
     if args.json {
         let mut json = serde_json::to_string_pretty(&report)?;

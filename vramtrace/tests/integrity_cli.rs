@@ -226,3 +226,31 @@ fn analyze_at_a_moment() {
         assert!(stderr.contains("--at"), "{bad:?}: {stderr}");
     }
 }
+
+#[test]
+fn analyze_refuses_bad_windows_and_filters_that_match_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = complete_trace(dir.path());
+    for (bad, says) in [
+        (&["--from", "2", "--to", "1"][..], "--from must be before --to"),
+        (&["--from", "1", "--to", "1"], "--from must be before --to"),
+        (&["--from", "-1"], "not a moment"),
+        (&["--to", "nan"], "not a moment"),
+        (&["--pid", "1"], "pid 1 is not in this trace; it has 4242"),
+        (&["--gpu", "3"], "GPU 3 is not in this trace; it has GPU 0"),
+    ] {
+        let out = run(vramtrace().arg("analyze").args(bad).arg(&trace));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains(says), "{bad:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bad:?}: no report");
+    }
+    let ok = json_report(
+        vramtrace()
+            .args(["analyze", "--json", "--pid", "4242", "--gpu", "0"])
+            .arg(&trace),
+    );
+    assert_eq!(ok["filters"]["pids"], serde_json::json!([4242]));
+    assert_eq!(ok["filters"]["gpu"], 0);
+    assert_eq!(ok["processes"].as_array().map(Vec::len), Some(1));
+}

@@ -6,7 +6,11 @@
 use std::io::{BufReader, IsTerminal as _, Read};
 use std::path::Path;
 
-use super::{ReadStatus, Report, postmortem::Collector};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::window::Window;
+use super::{AppliedFilters, ReadStatus, Report, postmortem::Collector};
+use crate::ledger::{ClassBytes, Ledger, Step};
 use crate::trace::read::{ReadError, TraceReader, decompressed, open_file};
 
 /// A moment in a recording.
@@ -109,25 +113,103 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
     let reader = TraceReader::new(BufReader::with_capacity(1 << 20, input))?;
     let start = reader.header().start_monotonic_ns;
     let at_ns = filters.at.map(|m| m.ts_ns(start));
-    let mut replay = crate::ledger::Replay::new(reader).until(at_ns);
+    let from_ns = filters.from_s.map(|s| Moment::AfterStart(s).ts_ns(start));
+    let to_ns = filters.to_s.map(|s| Moment::AfterStart(s).ts_ns(start));
+    // The end of a window is a moment: what is held "at exit" is held there.
+    let cutoff = at_ns.or(to_ns);
+    let mut replay = crate::ledger::Replay::new(reader).until(cutoff);
     let mut post = Collector::new(filters.top);
-    replay.run_read_ahead(|ledger, rec| post.observe(ledger, rec));
+    let mut window = Window::new(from_ns);
+    replay.run_read_ahead_around(|step, ledger, rec| match step {
+        Step::Before => window.before(ledger, rec),
+        Step::After => {
+            post.observe(ledger, rec);
+            window.after(ledger, rec);
+        }
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     let (ledger, summary) = replay.finish();
     let mut status = ReadStatus::from(summary);
-    if at_ns.is_some() {
+    if cutoff.is_some() {
         // The footer's end and counts are the whole recording's, not the moment's.
         status.footer = None;
     }
+    let unmatched = unmatched(&ledger, filters);
+    let in_window: BTreeSet<u32> = ledger
+        .processes()
+        .filter(|p| window.saw(p))
+        .map(|p| p.proc)
+        .collect();
+    // Per GPU, the classes are those of the allocations on it: only the Ledger knows them.
+    let gpu_classes: BTreeMap<u32, ClassBytes> = match filters.gpu {
+        Some(g) => ledger
+            .processes()
+            .map(|p| (p.proc, p.classes_on(Some(g))))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let mut report = super::report(ledger, post, None, None, Some(&status), filters.top);
-    if let Some(at) = at_ns {
-        report.at_ns = Some(at);
+    if let Some(at) = cutoff {
+        report.at_ns = at_ns;
         report.duration_ns = (start > 0 && at >= start).then(|| at - start);
     }
+    report.processes.retain(|p| in_window.contains(&p.proc));
+    window.narrow_machine(&mut report.machine);
+    for p in &mut report.processes {
+        window.narrow(p);
+        if let Some(c) = gpu_classes.get(&p.proc) {
+            p.classes_at_exit = c.to_map();
+        }
+    }
     apply(&mut report, filters);
+    report.filters = AppliedFilters {
+        pids: filters.pids.clone(),
+        gpu: filters.gpu,
+        from_s: filters.from_s,
+        to_s: filters.to_s,
+        unmatched,
+    };
     Ok(report)
+}
+
+/// What a `--pid` or `--gpu` filter names that the trace does not hold, each with what it
+/// does hold.
+fn unmatched(ledger: &Ledger, f: &Filters) -> Vec<String> {
+    let mut out = Vec::new();
+    let held: Vec<String> = ledger
+        .processes()
+        .map(|p| format!("{} ({})", p.pid, p.comm()))
+        .collect();
+    let held = if held.is_empty() {
+        "no process".to_owned()
+    } else {
+        held.join(", ")
+    };
+    for pid in &f.pids {
+        if !ledger.processes().any(|p| p.pid == *pid) {
+            out.push(format!("pid {pid} is not in this trace; it has {held}"));
+        }
+    }
+    if let Some(g) = f.gpu {
+        let gpus: BTreeSet<i32> = ledger
+            .processes()
+            .flat_map(|p| p.devices.keys().flatten().copied())
+            .collect();
+        if !gpus.contains(&g) {
+            let have = if gpus.is_empty() {
+                "no GPU told apart".to_owned()
+            } else {
+                gpus.iter()
+                    .map(|d| format!("GPU {d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push(format!("GPU {g} is not in this trace; it has {have}"));
+        }
+    }
+    out
 }
 
 fn secs_to_ns(s: f64) -> u64 {
@@ -166,8 +248,19 @@ pub fn apply(r: &mut Report, f: &Filters) {
     pm.timeline.clip(from, to);
     if let Some(g) = f.gpu {
         r.machine.devices.retain(|d| d.device == Some(g));
+        // A process that never touched the GPU is not in its report; one that did shows
+        // its figures there (calls are counted per process, on every GPU).
+        r.processes
+            .retain(|p| p.devices.iter().any(|d| d.device == Some(g)));
         for p in &mut r.processes {
             p.devices.retain(|d| d.device == Some(g));
+            if let Some(d) = p.devices.first() {
+                p.peak_device_bytes = d.peak_device_bytes;
+                p.peak_ts_ns = d.peak_ts_ns;
+                p.device_bytes_at_exit = d.device_bytes_at_exit;
+                p.pool_held_bytes_at_exit = d.pool_held_bytes_at_exit;
+            }
+            p.ooms.retain(|o| o.oom.device == Some(g));
             p.largest_at_exit.retain(|a| a.device == Some(g));
         }
     }

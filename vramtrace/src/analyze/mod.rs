@@ -10,6 +10,7 @@ pub mod postmortem;
 mod render;
 mod render_post;
 pub mod timeline;
+mod window;
 
 #[cfg(test)]
 mod agreement_tests;
@@ -79,6 +80,9 @@ pub struct Report {
     /// those at this moment, and a process that exited after it has not exited.
     #[serde(default)]
     pub at_ns: Option<u64>,
+    /// The filters the report was narrowed by (`analyze --pid/--gpu/--from/--to`).
+    #[serde(default)]
+    pub filters: AppliedFilters,
     /// All processes together.
     pub machine: MachineReport,
     /// One entry per traced process (per `process` record: PIDs may repeat).
@@ -230,6 +234,33 @@ pub struct HeldAllocation {
     /// The evidence that decided the class.
     #[serde(default)]
     pub evidence: Vec<String>,
+}
+
+/// The filters a report was narrowed by, echoed in it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppliedFilters {
+    /// Only these PIDs (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    /// Only this device ordinal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<i32>,
+    /// The window's start, seconds after the recording started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_s: Option<f64>,
+    /// The window's end, seconds after the recording started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_s: Option<f64>,
+    /// What a filter names that the trace does not hold, each with what it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<String>,
+}
+
+impl AppliedFilters {
+    /// Whether any filter was given.
+    pub fn any(&self) -> bool {
+        !self.pids.is_empty() || self.gpu.is_some() || self.from_s.is_some() || self.to_s.is_some()
+    }
 }
 
 /// One traced process.
@@ -686,6 +717,7 @@ pub(crate) fn report(
         stack_failed,
         duration_ns,
         at_ns: None,
+        filters: AppliedFilters::default(),
         machine,
         processes: ledger
             .processes()

@@ -116,6 +116,35 @@ pub fn render_text(r: &Report) -> String {
             at(ts, start)
         );
     }
+    if r.filters.any() {
+        let f = &r.filters;
+        let mut parts = Vec::new();
+        if !f.pids.is_empty() {
+            let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
+            parts.push(format!("pid {}", pids.join(", ")));
+        }
+        if let Some(g) = f.gpu {
+            parts.push(format!(
+                "GPU {g} (calls are counted per process, on every GPU)"
+            ));
+        }
+        match (f.from_s, f.to_s) {
+            (Some(a), Some(b)) => parts.push(format!("from +{a:.3} s to +{b:.3} s")),
+            (Some(a), None) => parts.push(format!("from +{a:.3} s")),
+            (None, Some(b)) => parts.push(format!("to +{b:.3} s")),
+            (None, None) => {}
+        }
+        let _ = writeln!(o, "filtered: {}", parts.join("; "));
+        if f.to_s.is_some() {
+            let _ = writeln!(
+                o,
+                "  figures \"at exit\" are at the window's end; calls, peaks and failures are \
+                 those inside the window"
+            );
+        } else if f.from_s.is_some() {
+            let _ = writeln!(o, "  calls, peaks and failures are those inside the window");
+        }
+    }
     if r.integrity != Integrity::Complete {
         let _ = writeln!(o, "!!! {}", r.integrity.describe());
         for p in r.integrity_notes.iter().take(3) {

@@ -623,3 +623,122 @@ fn at_a_moment_the_report_is_the_state_then() {
     assert_eq!(end.processes[0].live_allocations_at_exit, 0);
     assert!(!render_text(&end).contains("state at"));
 }
+
+#[test]
+fn a_window_narrows_the_process_section_too() {
+    use crate::trace::read::tests::{alloc, free, write_trace};
+    let pid = 4242;
+    let shifted = |r: Record, ts_ns: u64| match r {
+        Record::Alloc(c) => Record::Alloc(Call { ts_ns, ..c }),
+        Record::Free(c) => Record::Free(Call { ts_ns, ..c }),
+        other => other,
+    };
+    let t0 = 5_000_000_000;
+    let mut records = vec![Record::Process(Process {
+        id: 1,
+        pid,
+        ..Default::default()
+    })];
+    // 10 MiB allocated, then freed; later 3 MiB allocated and kept.
+    records.extend((0..10).map(alloc));
+    records.extend((0..10).map(|i| shifted(free(i), t0 + 100_000 + i * 1000)));
+    records.extend((20..23).map(|i| shifted(alloc(i), t0 + 200_000 + i * 1000)));
+    records.push(Record::Exit(Exit {
+        proc: 1,
+        pid,
+        ts_ns: t0 + 900_000,
+    }));
+    let (bytes, _) = write_trace(&records, true);
+    let start = crate::trace::read::tests::header().start_monotonic_ns;
+    let secs = |ts: u64| (ts - start) as f64 / 1e9;
+
+    // After the frees: only the late allocations, their own peak, held at the window's end.
+    let late = Filters {
+        from_s: Some(secs(t0 + 150_000)),
+        to_s: Some(secs(t0 + 300_000)),
+        ..Filters::default()
+    };
+    let r = analyze_bytes_with(&bytes, &late);
+    let p = &r.processes[0];
+    assert_eq!(p.allocs["cuMemAlloc_v2"].count, 3);
+    assert_eq!(p.allocs["cuMemAlloc_v2"].bytes, 3 << 20);
+    assert!(p.frees.is_empty(), "{:?}", p.frees);
+    assert_eq!(
+        p.peak_device_bytes,
+        3 << 20,
+        "not the 10 MiB before the window"
+    );
+    assert_eq!(p.peak_ts_ns, Some(t0 + 200_000 + 22 * 1000));
+    assert_eq!(p.devices[0].peak_device_bytes, 3 << 20);
+    assert_eq!(r.machine.peak_device_bytes, 3 << 20);
+    assert!(!p.exited, "it exits after the window");
+    assert_eq!(p.device_bytes_at_exit, 3 << 20);
+    assert_eq!(r.filters.from_s, late.from_s);
+    let text = render_text(&r);
+    assert!(text.contains("filtered: from +"), "{text}");
+    let json = serde_json::to_value(&r).expect("json");
+    assert_eq!(json["filters"]["to_s"], serde_json::json!(late.to_s));
+
+    // Around the frees: the frees, and the peak is what was held when the window opened.
+    let frees = Filters {
+        from_s: Some(secs(t0 + 50_000)),
+        to_s: Some(secs(t0 + 150_000)),
+        ..Filters::default()
+    };
+    let r = analyze_bytes_with(&bytes, &frees);
+    let p = &r.processes[0];
+    assert!(p.allocs.is_empty(), "{:?}", p.allocs);
+    assert_eq!(p.frees["cuMemFree_v2"].count, 10);
+    assert_eq!(p.peak_device_bytes, 10 << 20);
+    assert_eq!(
+        p.peak_ts_ns,
+        Some(t0 + 50_000),
+        "held when the window opened"
+    );
+    assert_eq!(p.device_bytes_at_exit, 0);
+
+    // A window after the process exited shows no process.
+    let after = Filters {
+        from_s: Some(secs(t0 + 950_000)),
+        ..Filters::default()
+    };
+    assert!(analyze_bytes_with(&bytes, &after).processes.is_empty());
+}
+
+#[test]
+fn filters_that_match_nothing_say_what_the_trace_holds() {
+    use crate::trace::read::tests::{alloc, write_trace};
+    let mut records = vec![Record::Process(Process {
+        id: 1,
+        pid: 4242,
+        comm: "python3".into(),
+        ..Default::default()
+    })];
+    records.extend((0..3).map(alloc));
+    let (bytes, _) = write_trace(&records, true);
+    let r = analyze_bytes_with(
+        &bytes,
+        &Filters {
+            pids: vec![1],
+            gpu: Some(3),
+            ..Filters::default()
+        },
+    );
+    assert_eq!(
+        r.filters.unmatched,
+        [
+            "pid 1 is not in this trace; it has 4242 (python3)",
+            "GPU 3 is not in this trace; it has GPU 0"
+        ]
+    );
+    assert!(r.processes.is_empty());
+    let on_0 = analyze_bytes_with(
+        &bytes,
+        &Filters {
+            gpu: Some(0),
+            ..Filters::default()
+        },
+    );
+    assert!(on_0.filters.unmatched.is_empty());
+    assert_eq!(on_0.processes.len(), 1);
+}

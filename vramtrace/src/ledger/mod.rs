@@ -56,7 +56,7 @@ pub use process::{
     Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
     OomNeighbour, ProcessState,
 };
-pub use replay::{Replay, header_record};
+pub use replay::{Replay, Step, header_record};
 pub use usage::{Totals, Usage};
 
 use crate::trace::{Call, Record, Stack};

@@ -23,6 +23,15 @@ pub const READ_AHEAD_BATCH: usize = 1024;
 /// Batches [`Replay::run_read_ahead`] reads ahead at most.
 pub const READ_AHEAD_BATCHES: usize = 4;
 
+/// Where [`Replay::run_read_ahead_around`] is in applying a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The record is not applied yet.
+    Before,
+    /// The record is applied.
+    After,
+}
+
 /// A trace being replayed: the reader and the Ledger it feeds.
 pub struct Replay<R> {
     reader: TraceReader<R>,
@@ -115,7 +124,22 @@ impl<R: BufRead> Replay<R> {
     /// digest) in batches of [`READ_AHEAD_BATCH`] records, at most [`READ_AHEAD_BATCHES`]
     /// ahead, so the read runs beside the Ledger instead of before it and memory stays
     /// bounded. The records and their order are those of [`Replay::advance`].
-    pub fn run_read_ahead(&mut self, mut each: impl FnMut(&Ledger, &Record))
+    pub fn run_read_ahead(&mut self, each: impl FnMut(&Ledger, &Record))
+    where
+        R: Send,
+    {
+        let mut each = each;
+        self.run_read_ahead_around(|step, ledger, rec| {
+            if step == Step::After {
+                each(ledger, rec);
+            }
+        });
+    }
+
+    /// [`Replay::run_read_ahead`], calling `each` twice per record: with [`Step::Before`]
+    /// and the Ledger as it is before the record is applied (a report over a window takes
+    /// its baseline there), then with [`Step::After`].
+    pub fn run_read_ahead_around(&mut self, mut each: impl FnMut(Step, &Ledger, &Record))
     where
         R: Send,
     {
@@ -150,9 +174,10 @@ impl<R: BufRead> Replay<R> {
             });
             for batch in full_rx {
                 for rec in batch.iter().filter(|r| in_time(cutoff, r)) {
+                    each(Step::Before, ledger, rec);
                     ledger.apply(rec);
                     *applied += 1;
-                    each(ledger, rec);
+                    each(Step::After, ledger, rec);
                 }
                 // The reader may have finished and gone: then the batch is not needed.
                 let _ = empty_tx.send(batch);
