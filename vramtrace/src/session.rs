@@ -763,9 +763,10 @@ impl Recorder {
         }
         if !self.quiet {
             crate::say!(
-                "vramtrace: {} records from {} processes written to {}{}{}",
+                "vramtrace: {} records from {} process{} written to {}{}{}",
                 lines.saturating_sub(1),
                 processes,
+                if processes == 1 { "" } else { "es" },
                 self.output_name,
                 if self.lost_total > 0 {
                     format!("; {} events LOST", self.lost_total)

@@ -79,3 +79,34 @@ fn a_ground_truth_that_disagrees_fails_the_comparison() {
     assert!(stdout.contains("expected weights"), "{stdout}");
     assert!(stdout.contains(" 2 failures"), "{stdout}");
 }
+
+#[test]
+fn the_h100_oom_is_explained_with_what_was_taken_since_nvml_last_looked() {
+    // NVML's last sample in the trace was taken before PyTorch allocated 72 GiB in 3 ms;
+    // its free figure alone (79.2 GiB) would say the 8 GiB request should have fit.
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["analyze", "--json"])
+        .arg(fixtures().join("oom.jsonl.gz"))
+        .output()
+        .expect("vramtrace runs");
+    assert!(out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let oom = &r["postmortem"]["ooms"][0];
+    assert_eq!(oom["request_bytes"], 8u64 << 30);
+    // Nine 8 GiB tensors and the 2 MiB segment of the first small one.
+    assert_eq!(oom["held_device_bytes"], (72u64 << 30) + (2 << 20));
+    let verdict = oom["verdict"].as_str().expect("a verdict");
+    assert!(
+        verdict.contains("took 72.0 GiB on the GPU since: about 7.2 GiB free at the failure"),
+        "{verdict}"
+    );
+    assert!(!verdict.contains("enough free memory"), "{verdict}");
+    // The largest holders are cited by the frame that made them, not a stack number.
+    let holder = &oom["largest"][0];
+    assert!(
+        holder["top_frame"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("c10::cuda::CUDACachingAllocator")),
+        "{holder}"
+    );
+}

@@ -31,6 +31,9 @@ use super::postmortem::StackFrames;
 use crate::ledger::{Change, EndCause, Ledger, LiveAllocation, Phase};
 use crate::trace::Mem;
 
+/// The shortest steady state a growth rate per second is given for.
+pub const RATE_MIN_NS: u64 = 1_000_000_000;
+
 /// History points kept per stack; halved when full.
 const HISTORY: usize = 128;
 /// Allocations a stack must make in the steady state before it can be a suspect.
@@ -145,8 +148,15 @@ pub struct LeakSuspect {
     pub frees: u64,
     /// Live bytes at the start of the steady state and at the end of each third.
     pub live_at_thirds: [u64; 4],
-    /// Growth through the steady state, bytes per second.
-    pub growth_bytes_per_s: f64,
+    /// Growth through the steady state: bytes, and over how long.
+    #[serde(default)]
+    pub growth_bytes: u64,
+    #[serde(default)]
+    pub growth_over_ns: u64,
+    /// The same per second, when the steady state lasted at least [`RATE_MIN_NS`]: a rate
+    /// from a few milliseconds would be extrapolation, not a measurement.
+    #[serde(default)]
+    pub growth_bytes_per_s: Option<f64>,
     /// Why it is a suspect: `grew_every_third` or `never_freed` (see the module's rules).
     #[serde(default)]
     pub rule: String,
@@ -303,7 +313,10 @@ impl LeakTracker {
                     allocs: s.allocs,
                     frees: s.frees,
                     live_at_thirds: b,
-                    growth_bytes_per_s: b[3].saturating_sub(b[0]) as f64 / (d as f64 / 1e9),
+                    growth_bytes: b[3].saturating_sub(b[0]),
+                    growth_over_ns: d,
+                    growth_bytes_per_s: (d >= RATE_MIN_NS)
+                        .then(|| b[3].saturating_sub(b[0]) as f64 / (d as f64 / 1e9)),
                     rule: if grew_every_third {
                         "grew_every_third"
                     } else {

@@ -234,6 +234,9 @@ pub struct HeldAllocation {
     /// The evidence that decided the class.
     #[serde(default)]
     pub evidence: Vec<String>,
+    /// Its stack's first named frame outside the driver and the CUDA runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_frame: Option<String>,
 }
 
 /// The filters a report was narrowed by, echoed in it.
@@ -404,6 +407,8 @@ fn held(a: &LiveAllocation) -> HeldAllocation {
         filled_from_host: a.filled_from_host,
         class: Some(a.class),
         evidence: a.evidence.iter().map(ToString::to_string).collect(),
+        // Filled in by `report`, which has the stacks.
+        top_frame: None,
     }
 }
 
@@ -724,6 +729,9 @@ pub(crate) fn report(
             .map(|p| {
                 let mut r = with_nvml(process_report(p, largest), &ledger);
                 add_classification(&mut r, p, &ledger);
+                for a in &mut r.largest_at_exit {
+                    a.top_frame = postmortem::top_frame(&ledger, a.stack);
+                }
                 r
             })
             .collect(),

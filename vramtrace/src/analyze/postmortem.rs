@@ -68,6 +68,9 @@ pub struct Holder {
     /// How long it had been held at the failure.
     pub held_for_ns: u64,
     pub stack: Option<u32>,
+    /// The stack's first named frame outside the driver and the CUDA runtime, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_frame: Option<String>,
 }
 
 /// Memory allocated since the process's last low point and still held at the failure: the
@@ -357,6 +360,7 @@ impl Collector {
                 ts_ns: a.ts_ns,
                 held_for_ns: now.saturating_sub(a.ts_ns),
                 stack: a.stack,
+                top_frame: top_frame(ledger, a.stack),
             })
             .collect();
 
@@ -418,6 +422,48 @@ pub fn frame_line(f: &crate::trace::Frame) -> String {
     }
 }
 
+/// The frame that names who made an allocation: stack `id`'s first named frame outside the
+/// driver and the CUDA runtime (their frames name only the entry point), else its first.
+pub fn top_frame(ledger: &Ledger, id: Option<u32>) -> Option<String> {
+    let stack = ledger.stack(id?)?;
+    let inside_cuda = |f: &crate::trace::Frame| {
+        f.file.as_deref().is_some_and(|file| {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            base.starts_with("libcuda.so") || base.starts_with("libcudart.so")
+        })
+    };
+    let f = stack
+        .frames
+        .iter()
+        .find(|f| f.sym.is_some() && !inside_cuda(f))
+        .or(stack.frames.first())?;
+    let mut short = f.clone();
+    short.sym = f.sym.as_deref().map(|s| without_parameters(s).to_owned());
+    Some(frame_line(&short))
+}
+
+/// A demangled C++ name without its parameter list and what follows it (`ns::f(int) const`
+/// is `ns::f`): enough to cite a frame on one line. Other names are kept whole.
+fn without_parameters(sym: &str) -> &str {
+    const ANONYMOUS: &str = "(anonymous namespace)";
+    let mut depth = 0i32;
+    let mut i = 0;
+    while let Some(c) = sym[i..].chars().next() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            '(' if sym[i..].starts_with(ANONYMOUS) => {
+                i += ANONYMOUS.len();
+                continue;
+            }
+            '(' if depth == 0 && i > 0 => return &sym[..i],
+            _ => {}
+        }
+        i += c.len_utf8();
+    }
+    sym
+}
+
 /// The frames of stack `id`, as lines.
 pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
     StackFrames {
@@ -441,12 +487,37 @@ fn verdict(e: &OomExplanation) -> String {
         Some(b) => format!("The request needed {}", hb(b)),
         None => "The request's size is not known".to_owned(),
     };
-    let free = e.capacity.as_ref().and_then(|c| c.free_bytes);
+    // Device and pool-held bytes of every traced process on the GPU: NVML's sample counts
+    // both as used.
+    let traced_now = e.held_device_bytes
+        + e.held_pool_bytes
+        + e.others
+            .iter()
+            .map(|o| o.device_bytes + o.pool_held_bytes)
+            .sum::<u64>();
+    let free = e
+        .capacity
+        .as_ref()
+        .and_then(|c| c.free_at_failure(traced_now));
     match (&e.capacity, free) {
         (Some(c), Some(f)) => {
-            v.push_str(&format!("; NVML saw {} free", hb(f)));
-            if let Some(t) = c.total_bytes {
-                v.push_str(&format!(" of {}", hb(t)));
+            let taken = c.taken_since(traced_now);
+            if taken > 0 {
+                v.push_str(&format!(
+                    "; NVML's last sample ({} before) saw {} free{}, and traced processes took {} \
+                     on the GPU since: about {} free at the failure",
+                    super::render_post::dur(e.ts_ns.saturating_sub(c.ts_ns)),
+                    hb(c.free_bytes.unwrap_or(0)),
+                    c.total_bytes
+                        .map_or_else(String::new, |t| format!(" of {}", hb(t))),
+                    hb(taken),
+                    hb(f)
+                ));
+            } else {
+                v.push_str(&format!("; NVML saw {} free", hb(f)));
+                if let Some(t) = c.total_bytes {
+                    v.push_str(&format!(" of {}", hb(t)));
+                }
             }
         }
         _ => v.push_str("; free memory on the device is unknown (no NVML sample in the trace)"),
@@ -540,6 +611,36 @@ fn verdict(e: &OomExplanation) -> String {
         );
     }
     v
+}
+
+#[cfg(test)]
+mod citation_tests {
+    use super::without_parameters;
+
+    #[test]
+    fn a_cited_frame_drops_the_parameter_list() {
+        assert_eq!(
+            without_parameters(
+                "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc(unsigned long, CUstream_st*)"
+            ),
+            "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc"
+        );
+        assert_eq!(
+            without_parameters("void at::f<std::function<void (int)> >(int) [clone .isra.0]"),
+            "void at::f<std::function<void (int)> >"
+        );
+        assert_eq!(without_parameters("cudaMalloc"), "cudaMalloc");
+        assert_eq!(
+            without_parameters("(anonymous namespace)::g"),
+            "(anonymous namespace)::g"
+        );
+        assert_eq!(
+            without_parameters(
+                "at::native::(anonymous namespace)::addmm_out_cuda_impl(at::Tensor&)"
+            ),
+            "at::native::(anonymous namespace)::addmm_out_cuda_impl"
+        );
+    }
 }
 
 #[cfg(test)]

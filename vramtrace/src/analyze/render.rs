@@ -478,7 +478,12 @@ fn render_process_nvml(o: &mut String, p: &ProcessReport) {
 }
 
 fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
-    let mut s = format!("{:>10}  {:?} by {}", human_bytes(a.bytes), a.mem, a.api);
+    let mut s = format!(
+        "{:>10}  {} by {}",
+        human_bytes(a.bytes),
+        a.mem.name(),
+        a.api
+    );
     if let Some(addr) = a.addr {
         let _ = write!(s, " at {addr:#x}");
     }
@@ -491,8 +496,14 @@ fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
         let _ = write!(s, " on {}", device_name(a.device));
     }
     let _ = write!(s, ", since {}", at(a.ts_ns, start));
-    if let Some(st) = a.stack {
-        let _ = write!(s, ", stack {st}");
+    match (&a.top_frame, a.stack) {
+        (Some(f), _) => {
+            let _ = write!(s, ", from {f}");
+        }
+        (None, Some(st)) => {
+            let _ = write!(s, ", stack {st} (not in the trace)");
+        }
+        (None, None) => {}
     }
     if a.filled_from_host > 0 {
         let _ = write!(s, ", {} filled from host", human_bytes(a.filled_from_host));

@@ -9,7 +9,7 @@ use super::render::{at, secs};
 use super::timeline::sparkline;
 
 /// A duration a person reads at a glance: `850 µs`, `12.5 ms`, `3.200 s`.
-fn dur(ns: u64) -> String {
+pub(super) fn dur(ns: u64) -> String {
     match ns {
         n if n < 1_000_000 => format!("{} µs", n / 1000),
         n if n < 1_000_000_000 => format!("{:.1} ms", n as f64 / 1e6),
@@ -119,13 +119,17 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
         for h in &e.largest {
             let _ = writeln!(
                 o,
-                "      {:>10}  {} ({}) made at {}, held for {}, stack {}",
+                "      {:>10}  {} ({}) made at {}, held for {}{}",
                 hb(h.bytes),
                 h.api,
                 h.class,
                 at(h.ts_ns, start),
                 dur(h.held_for_ns),
-                h.stack.map_or_else(|| "-".to_owned(), |s| s.to_string())
+                match (&h.top_frame, h.stack) {
+                    (Some(f), _) => format!(", from {f}"),
+                    (None, Some(s)) => format!(", stack {s} (not in the trace)"),
+                    (None, None) => String::new(),
+                }
             );
         }
     }
@@ -160,14 +164,17 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
         for l in &pm.leaks.suspects {
             let _ = writeln!(
                 o,
-                "   {} (pid {}): {} live in {} allocations ({} made, {} freed), growing {}/s via {}",
+                "   {} (pid {}): {} live in {} allocations ({} made, {} freed), {} via {}",
                 l.comm,
                 l.pid,
                 hb(l.live_bytes),
                 l.live_allocations,
                 l.allocs,
                 l.frees,
-                hb(l.growth_bytes_per_s as u64),
+                match l.growth_bytes_per_s {
+                    Some(rate) => format!("growing {}/s", hb(rate as u64)),
+                    None => format!("grew {} in {}", hb(l.growth_bytes), dur(l.growth_over_ns)),
+                },
                 l.api
             );
             stack_lines(o, &l.stack, "      ");
@@ -192,34 +199,86 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
         .iter()
         .any(|p| p.device_bytes.iter().any(|&b| b > 0))
     {
-        let span = t.bucket_ns.saturating_mul(
-            t.processes
-                .iter()
-                .map(|p| p.device_bytes.len())
-                .max()
-                .unwrap_or(0) as u64,
-        );
+        let len = t
+            .processes
+            .iter()
+            .map(|p| p.device_bytes.len())
+            .max()
+            .unwrap_or(0);
+        // One column covers whole buckets: its width is theirs, not the span divided evenly.
+        let column_ns = t
+            .bucket_ns
+            .saturating_mul(super::timeline::buckets_per_column(len, SPARK) as u64);
         let _ = writeln!(
             o,
-            "\n== DEVICE MEMORY OVER TIME (from {}, {} per column max, ^ marks the peak)",
+            "\n== DEVICE MEMORY OVER TIME (from {}, {} per column, each column its highest; \
+             ^ marks the peak)",
             at(t.start_ns, start),
-            secs(span.div_ceil(SPARK as u64).max(t.bucket_ns))
+            dur(column_ns)
         );
-        for p in &t.processes {
+        let labels: Vec<String> = t
+            .processes
+            .iter()
+            .map(|p| format!("{} {}", p.comm, p.pid))
+            .collect();
+        let label_width = labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(16);
+        for (p, label) in t.processes.iter().zip(&labels) {
             let peak = p.device_bytes.iter().copied().max().unwrap_or(0);
             if peak == 0 {
                 continue;
             }
             let (line, at_cell) = sparkline(&p.device_bytes, SPARK);
-            let _ = writeln!(
-                o,
-                "   {:<16} |{line}| peak {}",
-                format!("{} {}", p.comm, p.pid),
-                hb(peak)
-            );
+            let _ = writeln!(o, "   {label:<label_width$} |{line}| peak {}", hb(peak));
             if let Some(c) = at_cell {
-                let _ = writeln!(o, "   {:<16}  {}^", "", " ".repeat(c));
+                let _ = writeln!(o, "   {:<label_width$}  {}^", "", " ".repeat(c));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::timeline::{ProcessTimeline, TimelineReport};
+
+    #[test]
+    fn the_timeline_says_its_real_column_width_and_marks_the_peak_under_it() {
+        // 200 buckets of 3 ms in 60 columns: 4 buckets, 12 ms, a column.
+        let mut device_bytes = vec![1u64; 200];
+        device_bytes[150] = 100;
+        let pm = Postmortem {
+            timeline: TimelineReport {
+                start_ns: 1_000_000_000,
+                bucket_ns: 3_000_000,
+                processes: vec![ProcessTimeline {
+                    proc: 1,
+                    pid: 123456,
+                    comm: "a-very-long-process-name".into(),
+                    device_bytes,
+                    ..ProcessTimeline::default()
+                }],
+            },
+            ..Postmortem::default()
+        };
+        let mut o = String::new();
+        render_postmortem(&mut o, &pm, Some(1_000_000_000));
+        assert!(o.contains("12.0 ms per column"), "{o}");
+        let lines: Vec<&str> = o.lines().collect();
+        let bar = lines.iter().position(|l| l.contains('█')).expect("a bar");
+        let peak_col = lines[bar].chars().position(|c| c == '█').expect("peak");
+        let caret_col = lines[bar + 1]
+            .chars()
+            .position(|c| c == '^')
+            .expect("caret");
+        assert_eq!(caret_col, peak_col, "{o}");
+        assert_eq!(
+            150 / 4 + lines[bar].chars().position(|c| c == '|').unwrap() + 1,
+            peak_col
+        );
     }
 }

@@ -177,6 +177,10 @@ impl TimelineReport {
         let first = from.map_or(0, |f| {
             (f.saturating_sub(self.start_ns) / self.bucket_ns) as usize
         });
+        // The first bucket kept is where the clipped timeline starts.
+        self.start_ns = self
+            .start_ns
+            .saturating_add((first as u64).saturating_mul(self.bucket_ns));
         let last = to.map(|t| (t.saturating_sub(self.start_ns) / self.bucket_ns) as usize);
         for p in &mut self.processes {
             for v in [
@@ -209,7 +213,7 @@ pub fn sparkline(values: &[u64], width: usize) -> (String, Option<usize>) {
     if values.is_empty() || width == 0 {
         return (String::new(), None);
     }
-    let per = values.len().div_ceil(width);
+    let per = buckets_per_column(values.len(), width);
     let cells: Vec<u64> = values
         .chunks(per)
         .map(|c| c.iter().copied().max().unwrap_or(0))
@@ -228,6 +232,11 @@ pub fn sparkline(values: &[u64], width: usize) -> (String, Option<usize>) {
         })
         .collect();
     (s, peak)
+}
+
+/// How many buckets of a series of `len` one column of a [`sparkline`] `width` wide covers.
+pub fn buckets_per_column(len: usize, width: usize) -> usize {
+    len.div_ceil(width.max(1)).max(1)
 }
 
 #[cfg(test)]

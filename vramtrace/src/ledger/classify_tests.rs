@@ -371,6 +371,7 @@ fn oom_records_what_was_held() {
             free_bytes: Some(MIB),
             used_bytes: Some(79 * GIB),
             total_bytes: Some(80 * GIB),
+            traced_bytes: None,
         },
     );
     let oom = l

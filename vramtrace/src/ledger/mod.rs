@@ -365,5 +365,10 @@ fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
         free_bytes: g.free_bytes,
         used_bytes: g.used_bytes,
         total_bytes: g.total_bytes,
+        traced_bytes: nvml
+            .gpus()
+            .iter()
+            .find(|r| r.index == index)
+            .map(|r| r.traced_bytes),
     })
 }

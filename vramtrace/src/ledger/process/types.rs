@@ -97,6 +97,28 @@ pub struct NvmlAtOom {
     pub used_bytes: Option<u64>,
     /// Total bytes, when NVML told.
     pub total_bytes: Option<u64>,
+    /// Device plus pool-held bytes of every traced process on this GPU when the sample was
+    /// taken, when the trace's own sample is the source: what the traced processes took
+    /// since the sample is not in NVML's free figure yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traced_bytes: Option<u64>,
+}
+
+impl NvmlAtOom {
+    /// NVML's free bytes, less what the traced processes took on this GPU since the sample
+    /// (`traced_now`: their device plus pool-held bytes at the failure): the free memory at
+    /// the failure as far as is known. A sample taken before a burst of allocations would
+    /// otherwise show memory that was no longer free.
+    pub fn free_at_failure(&self, traced_now: u64) -> Option<u64> {
+        let free = self.free_bytes?;
+        let since = traced_now.saturating_sub(self.traced_bytes.unwrap_or(traced_now));
+        Some(free.saturating_sub(since))
+    }
+
+    /// Bytes the traced processes took on this GPU since the sample.
+    pub fn taken_since(&self, traced_now: u64) -> u64 {
+        traced_now.saturating_sub(self.traced_bytes.unwrap_or(traced_now))
+    }
 }
 
 /// Another traced process on the GPU of an out-of-memory failure, at that moment.
