@@ -20,10 +20,10 @@ case "$SCENARIO" in
 esac
 if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then ENV+=("CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"); fi
 echo
-echo "\$ sudo ${ENV[*]:+env ${ENV[*]} }vramtrace record -o $TRACE --libcuda $LIB -- vramtrace-workload --lib $LIB $SCENARIO"
+echo "\$ sudo ${ENV[*]:+env ${ENV[*]} }vramtrace record --force -o $TRACE --libcuda $LIB -- vramtrace-workload --lib $LIB $SCENARIO"
 # The OOM scenarios exit with status 1, which vramtrace record passes on: analyze anyway.
 STATUS=0
-$SUDO env "${ENV[@]}" ./target/release/vramtrace record -o "$TRACE" --libcuda "$LIB" -- \
+$SUDO env "${ENV[@]}" ./target/release/vramtrace record --force -o "$TRACE" --libcuda "$LIB" -- \
   ./target/release/vramtrace-workload --lib "$LIB" "$SCENARIO" >/dev/null || STATUS=$?
 if [ "$STATUS" -ne 0 ]; then echo "(the workload exited with status $STATUS)"; fi
 echo

@@ -71,8 +71,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Trace file to write (created mode 0600; given to the sudo user when run under sudo).
+    /// Default: vramtrace-<unix seconds>.jsonl in the current directory. An existing file is
+    /// not overwritten without --force.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Overwrite the -o file if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Trace only this process and its descendants (repeatable). Default: every process.
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -209,7 +214,7 @@ pub struct TopArgs {
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// The trace file.
+    /// The trace file (`-`: standard input).
     pub trace: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
@@ -283,10 +288,14 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, value_name = "FORMAT")]
     pub format: crate::export::Format,
-    /// File to write. memory-viz of several processes: one file per process, with `.PID`
-    /// before the extension.
+    /// File to write (`-`: standard output). memory-viz of several processes: one file per
+    /// process, with `.PID` before the extension. An existing file is not overwritten
+    /// without --force.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Overwrite output files that exist.
+    #[arg(long)]
+    pub force: bool,
     /// For flamegraph, folded and memory-viz: the moment to show: `peak`, `oom` (the first
     /// out-of-memory failure), `end`, or seconds after the start. Default: the first OOM if
     /// there is one, else the peak.
@@ -295,7 +304,7 @@ pub struct ExportArgs {
     /// Only these processes (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
-    /// The trace file.
+    /// The trace file (`-`: standard input; a pipe or `<(...)` works too).
     pub trace: PathBuf,
 }
 

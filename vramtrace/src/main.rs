@@ -73,6 +73,12 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
             .unwrap_or(0);
         format!("vramtrace-{secs}.jsonl").into()
     });
+    if !args.force && output.exists() {
+        bail!(
+            "{} exists: pass --force to overwrite it, or choose another -o",
+            output.display()
+        );
+    }
     let host_signal = match args.on_violation {
         Some(OnViolation::Signal(_)) if args.policy != Policy::VramOnly => {
             bail!("--on-violation needs --policy vram-only")
@@ -161,6 +167,7 @@ fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
         &vramtrace::export::Options {
             at,
             pids: args.pids,
+            force: args.force,
         },
     )
     .with_context(|| format!("exporting {}", args.trace.display()))?;

@@ -257,3 +257,97 @@ fn analyze_refuses_bad_windows_and_filters_that_match_nothing() {
     assert_eq!(ok["filters"]["gpu"], 0);
     assert_eq!(ok["processes"].as_array().map(Vec::len), Some(1));
 }
+
+/// Runs `cmd` with `input` on its standard input.
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vramtrace runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("vramtrace ends")
+}
+
+#[test]
+fn a_dash_reads_standard_input_and_writes_standard_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = complete_trace(dir.path());
+    let bytes = std::fs::read(&trace).expect("read");
+    let gz = std::fs::read(gzipped(&trace)).expect("read gz");
+
+    let from_file = run(vramtrace().args(["analyze", "--json"]).arg(&trace));
+    for input in [&bytes, &gz] {
+        let piped = run_with_stdin(vramtrace().args(["analyze", "--json", "-"]), input);
+        assert!(piped.status.success(), "{piped:?}");
+        assert_eq!(
+            piped.stdout, from_file.stdout,
+            "the same report from a pipe"
+        );
+    }
+
+    // Every export format from a pipe, to standard output: the same as from the file.
+    for format in ["folded", "flamegraph", "perfetto", "memory-viz"] {
+        let file_out = dir.path().join(format!("file.{format}"));
+        let from_file = run(vramtrace()
+            .args(["export", "-f", format, "-o"])
+            .arg(&file_out)
+            .arg(&trace));
+        assert!(from_file.status.success(), "{format}: {from_file:?}");
+        let piped = run_with_stdin(
+            vramtrace().args(["export", "-f", format, "-o", "-", "-"]),
+            &gz,
+        );
+        let stderr = String::from_utf8_lossy(&piped.stderr);
+        assert!(piped.status.success(), "{format}: {stderr}");
+        assert_eq!(
+            piped.stdout,
+            std::fs::read(&file_out).expect("written"),
+            "{format}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_existing_output_is_not_overwritten_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = complete_trace(dir.path());
+    let out = dir.path().join("mine.folded");
+    std::fs::write(&out, "keep me").expect("write");
+
+    let refused = run(vramtrace()
+        .args(["export", "-f", "folded", "-o"])
+        .arg(&out)
+        .arg(&trace));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("exists: pass --force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).expect("read"), "keep me");
+
+    let forced = run(vramtrace()
+        .args(["export", "--force", "-f", "folded", "-o"])
+        .arg(&out)
+        .arg(&trace));
+    assert!(forced.status.success(), "{forced:?}");
+    assert_ne!(std::fs::read_to_string(&out).expect("read"), "keep me");
+
+    // record refuses before it traces anything (no privileges needed to be told).
+    let kept = dir.path().join("kept.jsonl");
+    std::fs::write(&kept, "a trace").expect("write");
+    let record = run(vramtrace()
+        .args(["record", "-o"])
+        .arg(&kept)
+        .args(["--", "true"]));
+    assert!(!record.status.success());
+    let stderr = String::from_utf8_lossy(&record.stderr);
+    assert!(stderr.contains("exists: pass --force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&kept).expect("read"), "a trace");
+
+    let top = run(vramtrace().args(["top", "--replay", "-"]));
+    assert!(!top.status.success());
+    assert!(String::from_utf8_lossy(&top.stderr).contains("needs a trace file"));
+}

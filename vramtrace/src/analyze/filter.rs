@@ -92,10 +92,10 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 
 /// Reads a trace file (gzip-compressed or not), streaming, and reports what `filters` select.
 pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadError> {
-    let file = open_file(path)?;
+    let (file, len) = open_file(path)?;
     // The bar counts the bytes on disk, compressed or not: those are the ones whose total
-    // is known.
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // is known (not for a pipe).
+    let len = len.unwrap_or(0);
     // Only long reads get a bar: a short one would flash.
     let bar = (filters.progress && std::io::stderr().is_terminal() && len > (64 << 20))
         .then(|| progress_bar(len));
@@ -104,7 +104,7 @@ pub fn analyze_file_with(path: &Path, filters: &Filters) -> Result<Report, ReadE
             inner: file,
             bar: b.clone(),
         }),
-        None => Box::new(file),
+        None => file,
     };
     let input = decompressed(input).map_err(|source| ReadError::Open {
         path: path.to_owned(),

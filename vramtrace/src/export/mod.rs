@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use crate::ledger::{Ledger, Replay};
 use crate::trace::Record;
-use crate::trace::read::{Integrity, ReadError, TraceReader};
+use crate::trace::read::{Integrity, ReadError, TraceReader, is_stdin, open_file};
 
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -74,6 +74,8 @@ pub struct Options {
     pub at: Option<Moment>,
     /// Only these PIDs (empty: all).
     pub pids: Vec<u32>,
+    /// Overwrite output files that exist.
+    pub force: bool,
 }
 
 impl Options {
@@ -97,6 +99,88 @@ pub enum ExportError {
     Flamegraph(String),
     #[error("there is nothing to show at that moment: no live allocation")]
     Empty,
+    #[error("{} exists: pass --force to overwrite it, or choose another -o", .0.display())]
+    Exists(PathBuf),
+    #[error("memory-viz of several processes writes one file per process: give -o FILE, or --pid")]
+    SeveralToStdout,
+    #[error("reading the trace from standard input into a temporary file failed")]
+    Spool(#[source] std::io::Error),
+}
+
+/// Whether `out` names standard output.
+fn is_stdout(out: &Path) -> bool {
+    out.as_os_str() == "-"
+}
+
+/// `out` as the notes name it.
+fn shown(out: &Path) -> String {
+    if is_stdout(out) {
+        "standard output".to_owned()
+    } else {
+        out.display().to_string()
+    }
+}
+
+/// Standard output whose reader may go away (`| head`): the rest of the export is dropped
+/// then, as other command-line tools do, instead of failing.
+struct Stdout {
+    out: std::io::Stdout,
+    gone: bool,
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.gone {
+            return Ok(buf.len());
+        }
+        match self.out.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+fn stdout() -> Stdout {
+    Stdout {
+        out: std::io::stdout(),
+        gone: false,
+    }
+}
+
+/// Refuses to write over `out` unless told to.
+fn check_new(out: &Path, opts: &Options) -> Result<(), ExportError> {
+    if !opts.force && !is_stdout(out) && out.exists() {
+        return Err(ExportError::Exists(out.to_owned()));
+    }
+    Ok(())
+}
+
+/// `trace` as a file that can be read more than once: itself when it is a regular file;
+/// standard input (`-`), a pipe or `<(...)` are copied into a temporary file first (the
+/// stack views read the trace twice: once to find the moment, once to stop there).
+fn rereadable(trace: &Path) -> Result<(PathBuf, Option<tempfile::TempPath>), ExportError> {
+    let regular = !is_stdin(trace) && std::fs::metadata(trace).is_ok_and(|m| m.is_file());
+    if regular {
+        return Ok((trace.to_owned(), None));
+    }
+    let (mut input, _) = open_file(trace)?;
+    let mut spool = tempfile::NamedTempFile::new().map_err(ExportError::Spool)?;
+    std::io::copy(&mut input, &mut spool).map_err(ExportError::Spool)?;
+    let path = spool.into_temp_path();
+    Ok((path.to_path_buf(), Some(path)))
 }
 
 /// Reads `trace` record by record, from its start.
@@ -130,14 +214,21 @@ pub fn export_file(
     out: &Path,
     opts: &Options,
 ) -> Result<Exported, ExportError> {
+    let (trace, _spool) = rereadable(trace)?;
+    let trace = trace.as_path();
     if format == Format::MemoryViz {
         return memviz_files(trace, out, opts);
     }
+    check_new(out, opts)?;
     let werr = |source| ExportError::Write {
         path: out.to_owned(),
         source,
     };
-    let file = File::create(out).map_err(werr)?;
+    let file: Box<dyn Write> = if is_stdout(out) {
+        Box::new(stdout())
+    } else {
+        Box::new(File::create(out).map_err(werr)?)
+    };
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let note = match format {
         Format::Perfetto => perfetto::write(trace, &mut w, opts).map_err(|e| lift(e, out))?,
@@ -159,7 +250,7 @@ pub fn export_file(
                     .map_err(|e| ExportError::Flamegraph(e.to_string()))?;
             }
             Exported {
-                note: format!("wrote {} stacks, {what}, to {}", lines.len(), out.display()),
+                note: format!("wrote {} stacks, {what}, to {}", lines.len(), shown(out)),
                 integrity,
             }
         }
@@ -174,13 +265,31 @@ pub fn export_file(
 fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<Exported, ExportError> {
     let snaps = memviz::snapshots(trace, opts)?;
     let several = snaps.files.len() > 1;
-    let mut written = Vec::new();
-    for (pid, bytes) in &snaps.files {
-        let path = match pid {
+    if several && is_stdout(out) {
+        return Err(ExportError::SeveralToStdout);
+    }
+    let paths: Vec<PathBuf> = snaps
+        .files
+        .iter()
+        .map(|(pid, _)| match pid {
             Some(pid) if several => per_process(out, *pid),
             _ => out.to_owned(),
+        })
+        .collect();
+    // Nothing is written unless every file may be.
+    for path in &paths {
+        check_new(path, opts)?;
+    }
+    let mut written = Vec::new();
+    for (path, (_, bytes)) in paths.into_iter().zip(&snaps.files) {
+        let wrote = if is_stdout(&path) {
+            stdout()
+                .write_all(bytes)
+                .and_then(|()| std::io::stdout().flush())
+        } else {
+            std::fs::write(&path, bytes)
         };
-        std::fs::write(&path, bytes).map_err(|source| ExportError::Write {
+        wrote.map_err(|source| ExportError::Write {
             path: path.clone(),
             source,
         })?;
@@ -200,7 +309,7 @@ fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<Exported, Ex
         format!(
             "wrote a PyTorch memory snapshot ({what}) to {} for pytorch.org/memory_viz: drag \
              the file onto the page",
-            out.display()
+            shown(out)
         )
     };
     Ok(Exported {

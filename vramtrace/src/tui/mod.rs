@@ -115,6 +115,12 @@ pub fn top(args: TopArgs) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     match args.replay {
+        Some(path) if crate::trace::read::is_stdin(&path) => {
+            bail!(
+                "top --replay needs a trace file: it reads its keys from the terminal (and \
+                 replays from the start on request), not from standard input"
+            )
+        }
         Some(path) => {
             let speed = args.speed.unwrap_or(1.0);
             let (ctl_tx, ctl_rx) = mpsc::channel();

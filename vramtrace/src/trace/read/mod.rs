@@ -255,22 +255,38 @@ pub type Input = BufReader<Box<dyn Read + Send>>;
 /// 2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Opens a trace file for reading: the one way every command opens one. A gzip-compressed
-/// trace is decompressed as it is read, found by its first bytes rather than its name.
+/// Opens a trace file for reading: the one way every command opens one. `-` is standard
+/// input. A gzip-compressed trace is decompressed as it is read, found by its first bytes
+/// rather than its name.
 pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, ReadError> {
-    decompressed(open_file(path)?).map_err(|source| ReadError::Open {
+    decompressed(open_file(path)?.0).map_err(|source| ReadError::Open {
         path: path.to_owned(),
         source,
     })
 }
 
-/// Opens the file itself, for a caller that counts the bytes read from the disk (a progress
-/// bar) before they go to [`decompressed`]; otherwise [`open_input`] does both.
-pub fn open_file(path: &Path) -> Result<File, ReadError> {
-    File::open(path).map_err(|source| ReadError::Open {
+/// Whether `path` names standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Opens the file itself (`-`: standard input), with its length when it is a regular file,
+/// for a caller that counts the bytes read from the disk (a progress bar) before they go to
+/// [`decompressed`]; otherwise [`open_input`] does both.
+pub fn open_file(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>), ReadError> {
+    if is_stdin(path) {
+        return Ok((Box::new(io::stdin()), None));
+    }
+    let file = File::open(path).map_err(|source| ReadError::Open {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    let len = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok((Box::new(file), len))
 }
 
 /// `input`, decompressed when it starts with gzip's magic bytes, else as it is. Every member
