@@ -57,7 +57,7 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Record allocations into a JSON Lines trace (needs root or CAP_BPF+CAP_PERFMON).
+    /// Record allocations into a JSON Lines trace (needs root, or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
     Record(RecordArgs),
     /// Summarize a trace: per process, allocations, peaks, what was held at exit, failures.
     Analyze(AnalyzeArgs),

@@ -258,3 +258,65 @@ fn advice_for_what_a_user_gets_wrong() {
     let e = String::from_utf8_lossy(&unprivileged.stderr);
     assert!(e.contains("sudo") && e.contains("CAP_BPF"), "{e}");
 }
+
+/// `record` run as the unprivileged user `nobody` with `caps` as its ambient capabilities,
+/// tracing a simulated workload into a directory that user may write.
+fn record_as_nobody(
+    caps: &[&str],
+) -> (std::process::Output, std::path::PathBuf, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let trace = dir.path().join("caps.jsonl");
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["record", "--no-nvml", "--libcuda"])
+        .arg(lib)
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("mixed")
+        .output()
+        .unwrap();
+    (out, trace, dir)
+}
+
+#[test]
+fn the_documented_capabilities_are_enough_and_a_missing_one_is_named() {
+    require_root();
+    // Exactly the four the README lists, as an unprivileged user: a whole trace.
+    let (out, trace, _dir) = record_as_nobody(&["bpf", "perfmon", "sys_ptrace", "dac_read_search"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (records, summary) = read(&trace);
+    assert_eq!(
+        summary.integrity,
+        vramtrace::trace::Integrity::Complete,
+        "{stderr}"
+    );
+    assert!(
+        records.iter().any(|r| matches!(r, Record::Alloc(_))),
+        "allocations traced: {stderr}"
+    );
+
+    // Without CAP_DAC_READ_SEARCH tracefs cannot be read: the error says that is what lacks,
+    // not to grant what the user already has.
+    let (out, trace, _dir) = record_as_nobody(&["bpf", "perfmon", "sys_ptrace"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("this process lacks CAP_DAC_READ_SEARCH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lacks CAP_BPF"), "{stderr}");
+    assert!(!trace.exists(), "a refused recording leaves no file");
+}

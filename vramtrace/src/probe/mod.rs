@@ -1,6 +1,7 @@
 //! Loads the eBPF programs, attaches them to every exported variant of every hooked driver
 //! entry point, and reads what they send: ring-buffer events, stacks and loss counters.
 
+mod caps;
 pub mod libcuda;
 pub mod placement;
 
@@ -94,11 +95,12 @@ impl Default for Config {
 /// What can go wrong while loading and attaching.
 #[derive(Debug, Error)]
 pub enum ProbeError {
-    #[error(
-        "not permitted to load eBPF programs: run with sudo, or grant the capabilities \
-         CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which vramtrace))"
-    )]
-    Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("not permitted to {action}: {}", caps::advice())]
+    Permission {
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("loading the eBPF programs failed")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF program {name} was rejected")]
@@ -153,7 +155,10 @@ where
         if let Some(io) = e.downcast_ref::<io::Error>()
             && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
         {
-            return ProbeError::Permission(Box::new(err));
+            return ProbeError::Permission {
+                action: "load and attach the eBPF programs".into(),
+                source: Box::new(err),
+            };
         }
         source = e.source();
     }
@@ -225,7 +230,10 @@ fn tracepoint_field_offset(
             Ok(text) => return Ok(parse_field_offset(&text, field)),
             // Not being allowed to read tracefs means not being allowed to trace.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(ProbeError::Permission(Box::new(e)));
+                return Err(ProbeError::Permission {
+                    action: format!("read {path} (tracefs is readable by root only)"),
+                    source: Box::new(e),
+                });
             }
             Err(e) => {
                 first_error.get_or_insert((path, e));

@@ -53,7 +53,7 @@ pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
-        "the eBPF integration tests load BPF programs and need root (or CAP_BPF+CAP_PERFMON): \
+        "the eBPF integration tests load BPF programs and need root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): \
          run ./scripts/test.sh, which runs them under sudo"
     );
 }
