@@ -210,6 +210,15 @@ pub struct TopArgs {
     /// Replay speed: 2 plays twice as fast as recorded (default 1).
     #[arg(long, value_name = "X", requires = "replay")]
     pub speed: Option<f64>,
+    /// Open the replay paused at this moment: `peak`, `oom` (the first out-of-memory
+    /// failure; the peak when there is none), `end`, or seconds after the recording started.
+    #[arg(long, value_name = "WHEN", requires = "replay", value_parser = moment)]
+    pub at: Option<String>,
+}
+
+/// A moment as `export --at` and `top --at` take it, checked when parsed.
+fn moment(s: &str) -> Result<String, String> {
+    s.parse::<crate::export::Moment>().map(|_| s.to_owned())
 }
 
 #[derive(Debug, Args)]

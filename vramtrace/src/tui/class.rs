@@ -50,14 +50,32 @@ impl ViewClass {
 /// The class of a live allocation, as the Ledger's classifier decided it. Pool-held bytes
 /// are not allocations: the view shows them from the Ledger's pool figures.
 pub fn class_of(a: &LiveAllocation) -> ViewClass {
+    view_class(a.class)
+}
+
+/// The view's class for the Ledger's.
+pub fn view_class(c: crate::ledger::Class) -> ViewClass {
     use crate::ledger::Class as L;
-    match a.class {
+    match c {
         L::Weights => ViewClass::Weights,
         L::KvCache => ViewClass::KvCache,
         L::Dynamic => ViewClass::Dynamic,
         L::HostFallback => ViewClass::HostFallback,
         L::Pool | L::Unknown => ViewClass::Unknown,
     }
+}
+
+/// Bytes per view class of the Ledger's class counters, pool-held bytes left out (the view
+/// shows them apart).
+pub fn view_classes(c: &crate::ledger::ClassBytes) -> [u64; ViewClass::ALL.len()] {
+    let mut out = [0u64; ViewClass::ALL.len()];
+    for class in crate::ledger::Class::ALL {
+        if class != crate::ledger::Class::Pool {
+            let v = &mut out[view_class(class).index()];
+            *v = v.saturating_add(c.get(class));
+        }
+    }
+    out
 }
 
 /// NVML's bytes for a process, all GPUs together; `None` when NVML did not say.

@@ -63,6 +63,8 @@ pub enum Msg {
     Reset,
     /// A replayed trace was read to its end: the reader's verdict on it.
     Integrity(crate::trace::Integrity),
+    /// Where a replayed trace's out-of-memory failures and alerts are, for the jump keys.
+    Marks(Marks),
     /// The producer stopped: a recording ended, or could not start (with why).
     Ended(Result<(), String>),
 }
@@ -83,6 +85,8 @@ pub enum Control {
     /// One timed record forward (pauses).
     Step,
     Seek(SeekTo),
+    /// Seek to this time on the trace clock and pause there.
+    Jump(u64),
 }
 
 /// Where to seek.
@@ -92,6 +96,30 @@ pub enum SeekTo {
     End,
     /// Nanoseconds forward (or back, negative) from the current position.
     Rel(i64),
+    /// This time on the trace clock.
+    Abs(u64),
+}
+
+/// Moments of a replayed trace, found by a first pass of the Ledger over it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// When all processes together held the most device memory.
+    pub peak_ns: Option<u64>,
+    /// Each out-of-memory failure.
+    pub ooms: Vec<u64>,
+    /// Each alert: out-of-memory failures, host-memory findings and anomalies.
+    pub alerts: Vec<u64>,
+}
+
+impl Marks {
+    /// The first of `times` after `pos` (`forward`) or the last before it.
+    pub fn next(times: &[u64], pos: u64, forward: bool) -> Option<u64> {
+        if forward {
+            times.iter().copied().find(|&t| t > pos)
+        } else {
+            times.iter().rev().copied().find(|&t| t < pos)
+        }
+    }
 }
 
 /// The replay's position on the trace clock.
@@ -131,7 +159,13 @@ pub fn top(args: TopArgs) -> Result<()> {
                 ),
                 speed,
             };
-            let producer = replay::Replayer::new(path, speed, tx.clone(), ctl_rx);
+            let at = args
+                .at
+                .as_deref()
+                .map(str::parse::<crate::export::Moment>)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let producer = replay::Replayer::new(path, speed, tx.clone(), ctl_rx).at(at);
             thread::Builder::new()
                 .name("replay".into())
                 .spawn(move || producer.run())

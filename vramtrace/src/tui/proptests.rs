@@ -296,6 +296,14 @@ fn check_against_rebuild(app: &App) {
             .iter()
             .find(|r| r.proc == p.proc)
             .expect("a row per process");
+        if let Some(e) = &p.exit {
+            // An exited process shows what it held when it exited.
+            let by_class = crate::tui::class::view_classes(&e.classes);
+            assert_eq!(row.by_class, by_class, "classes of exited proc {}", p.proc);
+            assert_eq!(row.live, e.live_allocations);
+            assert_eq!(row.traced, e.device_bytes);
+            continue;
+        }
         let mut apis = Apis::default();
         let by_class = saturating_sum(p.live_allocations().map(|a| {
             let r = apis.row(a);

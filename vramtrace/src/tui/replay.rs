@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Control, Msg, ReplayStatus, SeekTo};
-use crate::ledger::header_record;
+use super::{Control, Marks, Msg, ReplayStatus, SeekTo};
+use crate::export::Moment;
+use crate::ledger::{Change, Replay, header_record};
 use crate::trace::{Record, read::TraceReader};
 
 /// Records per message while catching up (seeking, or a burst).
@@ -37,6 +38,35 @@ pub struct Replayer {
     anchor: (Instant, u64),
     paused: bool,
     finished: bool,
+    /// Where to open, paused (`top --replay --at`).
+    at: Option<Moment>,
+    /// The first pass's marks, once it is done.
+    marks: Option<Receiver<Result<Marks, String>>>,
+}
+
+/// The out-of-memory failures, alerts and peak of the trace at `path`: one pass of the Ledger
+/// over it, reading its change stream.
+pub fn scan(path: &std::path::Path) -> Result<Marks, String> {
+    let mut replay = Replay::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut marks = Marks::default();
+    replay.run_read_ahead(|ledger, rec| {
+        for c in ledger.changes() {
+            match c {
+                Change::Oom { oom, .. } => {
+                    marks.ooms.push(oom.ts_ns);
+                    marks.alerts.push(oom.ts_ns);
+                }
+                Change::HostFinding { finding, .. } => marks.alerts.push(finding.ts_ns),
+                Change::Anomaly { .. } => marks.alerts.extend(rec.ts_ns()),
+                _ => {}
+            }
+        }
+    });
+    let (ledger, _) = replay.finish();
+    marks.peak_ns = ledger.totals().usage.peak_device_ts_ns;
+    marks.alerts.sort_unstable();
+    marks.alerts.dedup();
+    Ok(marks)
 }
 
 impl Replayer {
@@ -55,6 +85,70 @@ impl Replayer {
             anchor: (Instant::now(), 0),
             paused: false,
             finished: false,
+            at: None,
+            marks: None,
+        }
+    }
+
+    /// Opens paused at `at` instead of playing from the start.
+    pub fn at(mut self, at: Option<Moment>) -> Self {
+        self.at = at;
+        self
+    }
+
+    /// Starts the first pass that finds the marks, on a thread of its own.
+    fn start_scan(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("replay-marks".into())
+            .spawn(move || {
+                let _ = tx.send(scan(&path));
+            });
+        if spawned.is_ok() {
+            self.marks = Some(rx);
+        }
+    }
+
+    /// Passes the marks on once the first pass is done (`wait`: until it is); returns them.
+    fn take_marks(&mut self, wait: bool) -> Option<Marks> {
+        let rx = self.marks.as_ref()?;
+        let got = if wait {
+            rx.recv().ok()
+        } else {
+            rx.try_recv().ok()
+        }?;
+        self.marks = None;
+        match got {
+            Ok(m) => {
+                let _ = self.tx.send(Msg::Marks(m.clone()));
+                Some(m)
+            }
+            // The replay itself says what is wrong with the file.
+            Err(_) => None,
+        }
+    }
+
+    /// Where `top --replay --at` opens, on the trace clock.
+    fn opening(&mut self, at: Moment) -> u64 {
+        let header_start = self
+            .reader
+            .as_ref()
+            .map(|r| r.header().start_monotonic_ns)
+            .filter(|&s| s > 0)
+            .or(self.start_ns)
+            .unwrap_or(0);
+        match at {
+            Moment::End => u64::MAX,
+            Moment::Secs(s) => header_start.saturating_add((s * 1e9).round() as u64),
+            Moment::Peak | Moment::Oom => {
+                let marks = self.take_marks(true).unwrap_or_default();
+                let oom = (at == Moment::Oom).then(|| marks.ooms.first().copied());
+                oom.flatten()
+                    .or(marks.peak_ns)
+                    .or(self.start_ns)
+                    .unwrap_or(0)
+            }
         }
     }
 
@@ -65,10 +159,18 @@ impl Replayer {
             let _ = self.tx.send(Msg::Ended(Err(e)));
             return;
         }
+        self.start_scan();
+        if let Some(at) = self.at {
+            let target = self.opening(at);
+            if !self.control(Control::Jump(target)) {
+                return;
+            }
+        }
         loop {
             if !self.controls() {
                 return;
             }
+            self.take_marks(false);
             let target = if self.paused {
                 self.pos_ns
             } else {
@@ -225,12 +327,17 @@ impl Replayer {
                 self.paused = true;
                 self.step();
             }
+            Control::Jump(ts) => {
+                self.paused = true;
+                return self.control(Control::Seek(SeekTo::Abs(ts)));
+            }
             Control::Seek(to) => {
                 let start = self.start_ns.unwrap_or(self.pos_ns);
                 let target = match to {
                     SeekTo::Start => start,
                     SeekTo::End => u64::MAX,
                     SeekTo::Rel(d) => self.pos_ns.saturating_add_signed(d).max(start),
+                    SeekTo::Abs(ts) => ts.max(start),
                 };
                 if target < self.pos_ns {
                     if self.tx.send(Msg::Reset).is_err() {
@@ -252,5 +359,71 @@ impl Replayer {
             }
         }
         self.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn gpu_fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/gpu")
+            .join(name)
+    }
+
+    #[test]
+    fn the_marks_are_the_ledgers_ooms_and_peak() {
+        // PyTorch on an H100 filling the GPU with 8 GiB tensors: two failed cuMemAlloc_v2
+        // (the caching allocator retries once after freeing its cache).
+        let m = scan(&gpu_fixture("oom.jsonl.gz")).expect("scans");
+        assert_eq!(m.ooms.len(), 2, "{m:?}");
+        assert!(m.ooms[0] <= m.ooms[1]);
+        assert!(m.alerts.contains(&m.ooms[0]));
+        let peak = m.peak_ns.expect("a peak");
+        assert!(peak <= m.ooms[0], "the peak comes before the failure");
+        assert_eq!(Marks::next(&m.ooms, 0, true), Some(m.ooms[0]));
+        assert_eq!(Marks::next(&m.ooms, m.ooms[0], true), Some(m.ooms[1]));
+        assert_eq!(Marks::next(&m.ooms, m.ooms[0], false), None);
+        assert_eq!(Marks::next(&m.ooms, u64::MAX, false), Some(m.ooms[1]));
+    }
+
+    #[test]
+    fn at_oom_opens_paused_at_the_first_failure() {
+        let path = gpu_fixture("oom.jsonl.gz");
+        let first_oom = scan(&path).expect("scans").ooms[0];
+        let (tx, rx) = mpsc::channel();
+        let (ctl_tx, ctl_rx) = mpsc::channel();
+        let replayer = Replayer::new(path, 1.0, tx, ctl_rx).at(Some(Moment::Oom));
+        let worker = std::thread::spawn(move || replayer.run());
+        let mut failed_seen = 0;
+        let mut status = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Msg::Records(recs)) => {
+                    failed_seen += recs
+                        .iter()
+                        .filter(|r| matches!(r, Record::Failed(c) if c.ret == 2))
+                        .count();
+                }
+                Ok(Msg::Replay(s)) if s.paused => {
+                    status = Some(s);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        drop(ctl_tx);
+        drop(rx);
+        let _ = worker.join();
+        let s = status.expect("a paused status");
+        assert_eq!(s.pos_ns, first_oom);
+        assert_eq!(
+            failed_seen, 1,
+            "the records up to the first failure, and no further"
+        );
     }
 }

@@ -194,10 +194,12 @@ pub fn render(app: &App, frame: &mut Frame) {
     }
 }
 
-/// Seconds as `12.3s`, `5m03s`, `2h01m`.
+/// Seconds as `0.042s`, `12.3s`, `5m03s`, `2h01m`.
 fn duration(ns: u64) -> String {
     let s = ns / 1_000_000_000;
-    if s < 60 {
+    if s < 1 {
+        format!("{:.3}s", ns as f64 / 1e9)
+    } else if s < 60 {
         format!("{:.1}s", ns as f64 / 1e9)
     } else if s < 3600 {
         format!("{}m{:02}s", s / 60, s % 60)
@@ -320,8 +322,10 @@ fn render_gpu_bar(app: &App, theme: &Theme, frame: &mut Frame, area: Rect, g: &G
             bytes(traced),
             bytes(g.overhead().unwrap_or(0))
         ),
+        // Without NVML the GPU's size is not known: the bar is scaled to the traced peak,
+        // and says so, so that a small process at its peak does not read as a full GPU.
         _ => format!(
-            " traced {} peak {} host {} NVML: n/a",
+            " traced {} / peak {} (no NVML: GPU size unknown) host {}",
             bytes(traced),
             bytes(g.peak),
             bytes(app.view.host_bytes)
@@ -727,6 +731,11 @@ const HELP: &[(&str, &str)] = &[
     ("n .", "replay: one event forward"),
     ("+ -", "replay: seek 10 s"),
     ("g G", "replay: start / end"),
+    (
+        "o O",
+        "replay: next / previous out-of-memory failure (paused there)",
+    ),
+    ("a A", "replay: next / previous alert (paused there)"),
     ("q", "quit"),
 ];
 

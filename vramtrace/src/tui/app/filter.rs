@@ -23,7 +23,14 @@ impl Filter {
         for tok in text.split_whitespace() {
             match tok.split_once(':') {
                 Some(("api", v)) => f.api = Some(v.to_ascii_lowercase()),
-                Some(("class", v)) => f.class = Some(v.to_ascii_lowercase()),
+                Some(("class", v)) => {
+                    let v = v.to_ascii_lowercase();
+                    if !ViewClass::ALL.iter().any(|c| c.label().starts_with(&v)) || v.is_empty() {
+                        let names: Vec<&str> = ViewClass::ALL.iter().map(|c| c.label()).collect();
+                        return Err(format!("class:{v}: not a class ({})", names.join(", ")));
+                    }
+                    f.class = Some(v);
+                }
                 Some(("min", v)) => {
                     f.min_bytes =
                         parse_size(v).ok_or_else(|| format!("min:{v}: not a size (1M, 2G)"))?
@@ -49,6 +56,24 @@ impl Filter {
                 .class
                 .as_ref()
                 .is_none_or(|c| class.label().starts_with(c.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_that_does_not_exist_is_refused_like_a_bad_size() {
+        assert!(Filter::parse("class:kv").is_ok());
+        assert!(Filter::parse("class:WEI").is_ok());
+        let e = Filter::parse("class:bogus").expect_err("refused");
+        assert_eq!(
+            e,
+            "class:bogus: not a class (weights, kv, dynamic, unknown, host)"
+        );
+        assert!(Filter::parse("class:").is_err());
+        assert!(Filter::parse("min:abc").is_err());
     }
 }
 

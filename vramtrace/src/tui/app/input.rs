@@ -126,6 +126,33 @@ pub(super) fn on_key(app: &mut App, k: KeyEvent) -> Option<Effect> {
         KeyCode::Char('-') if app.is_replay() => {
             return Some(Effect::Replay(Control::Seek(SeekTo::Rel(-SEEK_NS))));
         }
+        KeyCode::Char(c @ ('o' | 'O' | 'a' | 'A')) if app.is_replay() => {
+            let Some(marks) = &app.marks else {
+                app.alert(
+                    app.now_ns,
+                    "still looking for OOMs and alerts in the trace".into(),
+                );
+                return None;
+            };
+            let times = if c.eq_ignore_ascii_case(&'o') {
+                &marks.ooms
+            } else {
+                &marks.alerts
+            };
+            let forward = c.is_ascii_lowercase();
+            match crate::tui::Marks::next(times, app.now_ns, forward) {
+                Some(ts) => return Some(Effect::Replay(Control::Jump(ts))),
+                None => {
+                    let what = if c.eq_ignore_ascii_case(&'o') {
+                        "OOM"
+                    } else {
+                        "alert"
+                    };
+                    let dir = if forward { "after" } else { "before" };
+                    app.alert(app.now_ns, format!("no {what} {dir} this point"));
+                }
+            }
+        }
         KeyCode::Char('g') if app.is_replay() => {
             return Some(Effect::Replay(Control::Seek(SeekTo::Start)));
         }

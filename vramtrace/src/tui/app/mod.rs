@@ -293,6 +293,8 @@ pub struct App {
     /// header, else the first call.
     pub start_ns: Option<u64>,
     pub replay: Option<ReplayStatus>,
+    /// A replay's out-of-memory failures and alerts, for the jump keys, once found.
+    pub marks: Option<crate::tui::Marks>,
     /// Live mode: records that arrived while paused, applied on resume.
     pub held: Vec<Record>,
     pub paused: bool,
@@ -349,6 +351,7 @@ impl App {
             now_ns: 0,
             start_ns: None,
             replay: None,
+            marks: None,
             held: Vec::new(),
             paused: false,
             events: VecDeque::new(),
@@ -722,6 +725,10 @@ pub fn update(app: &mut App, msg: Msg) -> Option<Effect> {
         }
         Msg::Reset => {
             app.reset();
+            None
+        }
+        Msg::Marks(marks) => {
+            app.marks = Some(marks);
             None
         }
         Msg::Resize(w, h) => {

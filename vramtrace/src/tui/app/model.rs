@@ -62,6 +62,24 @@ impl App {
             let nvml_bytes = nvml_process_bytes(nvml, p.pid);
             let traced = p.usage.device_and_pool_bytes();
             let info = p.info.as_ref();
+            // A process that exited shows what it held then (dimmed), so that the replay of
+            // a crash still shows who held what.
+            let (device, pool, host, by_class, live) = match &p.exit {
+                Some(e) => (
+                    e.device_bytes,
+                    e.pool_held_bytes,
+                    e.host_bytes,
+                    crate::tui::class::view_classes(&e.classes),
+                    e.live_allocations,
+                ),
+                None => (
+                    p.usage.device_bytes,
+                    p.usage.pool_held_bytes,
+                    p.usage.host_bytes,
+                    by_class,
+                    live,
+                ),
+            };
             procs.push(ProcRow {
                 proc: p.proc,
                 pid: p.pid,
@@ -70,10 +88,10 @@ impl App {
                     .and_then(|i| i.container.as_deref())
                     .map(|c| sanitize(&c.chars().take(12).collect::<String>()))
                     .unwrap_or_default(),
-                traced: p.usage.device_bytes,
+                traced: device,
                 by_class,
-                pool: p.usage.pool_held_bytes,
-                host: p.usage.host_bytes,
+                pool,
+                host,
                 nvml: nvml_bytes,
                 coverage: nvml_bytes
                     .filter(|n| *n > 0)
