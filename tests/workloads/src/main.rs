@@ -64,6 +64,9 @@ enum Scenario {
     /// fails; status 1 without freeing. Needs SIMCUDA_DEVICES=2 and SIMCUDA_CAPACITY=2G on
     /// the simulated driver.
     SecondGpuOom,
+    /// A context on device 1 made through cuCtxCreate_v4 (resolved at CUDA 12.5) with flags 4
+    /// and 24 MiB in it, then 2 MiB on device 0; nothing freed. Needs SIMCUDA_DEVICES=2.
+    CtxV4,
 }
 
 #[derive(Parser, Debug)]
@@ -221,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::TrappedCall => scenarios::trapped_call(&rt)?,
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
+        Scenario::CtxV4 => scenarios::ctx_v4(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(
