@@ -822,49 +822,60 @@ mod tests {
 
     #[test]
     fn nvidia_variants_of_every_hooked_family() {
-        let exports = nvidia_exports();
-        for (family, bases) in FAMILIES {
-            println!("{family}:");
-            for base in *bases {
-                let found = variants(&exports, base);
-                let listed: Vec<String> = found
-                    .iter()
-                    .map(|f| format!("{} @ {:#x}", f.name, f.file_offset))
-                    .collect();
-                println!("  {base}: {}", listed.join(", "));
+        // What each generation exports decides what is expected of it: every name the
+        // driver derives from a hooked base (`base_...`) is one of its variants, and each
+        // `cuCtxCreate` variant is one whose signature the decoder knows.
+        for generation in crate::testing::nvidia::generations() {
+            let exports = exported_functions(&generation.path)
+                .unwrap_or_else(|err| panic!("{}: {}", generation.label(), ErrorChain(&err)));
+            println!("{}:", generation.label());
+            for (family, bases) in FAMILIES {
+                println!("  {family}:");
+                for base in *bases {
+                    let found = variants(&exports, base);
+                    let listed: Vec<String> = found
+                        .iter()
+                        .map(|f| format!("{} @ {:#x}", f.name, f.file_offset))
+                        .collect();
+                    println!("    {base}: {}", listed.join(", "));
+                    assert!(
+                        !found.is_empty(),
+                        "{base} is not exported by {}",
+                        generation.label()
+                    );
+                    let derived: Vec<&str> = exports
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .filter(|n| {
+                            n.strip_prefix(base)
+                                .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+                        })
+                        .collect();
+                    let mut derived = derived;
+                    derived.sort_unstable();
+                    assert_eq!(
+                        names(&found),
+                        derived,
+                        "{}: every name derived from {base} is a variant of it",
+                        generation.label()
+                    );
+                }
+            }
+            for f in variants(&exports, "cuCtxCreate") {
                 assert!(
-                    !found.is_empty(),
-                    "{base} is not exported by {NVIDIA_LIBCUDA}"
+                    [
+                        "cuCtxCreate",
+                        "cuCtxCreate_v2",
+                        "cuCtxCreate_v3",
+                        "cuCtxCreate_v4"
+                    ]
+                    .contains(&f.name.as_str()),
+                    "{}: {} has a signature the decoder does not know (api::CtxArgs)",
+                    generation.label(),
+                    f.name
                 );
             }
         }
-        let expect = |base: &str, want: &[&str]| {
-            assert_eq!(names(&variants(&exports, base)), want, "variants of {base}");
-        };
-        expect("cuMemAlloc", &["cuMemAlloc", "cuMemAlloc_v2"]);
-        expect("cuMemFree", &["cuMemFree", "cuMemFree_v2"]);
-        expect(
-            "cuMemAllocAsync",
-            &["cuMemAllocAsync", "cuMemAllocAsync_ptsz"],
-        );
-        expect("cuMemFreeAsync", &["cuMemFreeAsync", "cuMemFreeAsync_ptsz"]);
-        expect("cuMemAllocHost", &["cuMemAllocHost", "cuMemAllocHost_v2"]);
-        expect(
-            "cuMemcpyHtoD",
-            &["cuMemcpyHtoD", "cuMemcpyHtoD_v2", "cuMemcpyHtoD_v2_ptds"],
-        );
-        expect(
-            "cuMemcpyHtoDAsync",
-            &[
-                "cuMemcpyHtoDAsync",
-                "cuMemcpyHtoDAsync_v2",
-                "cuMemcpyHtoDAsync_v2_ptsz",
-            ],
-        );
-        expect(
-            "cuCtxCreate",
-            &["cuCtxCreate", "cuCtxCreate_v2", "cuCtxCreate_v3"],
-        );
     }
 
     #[test]
