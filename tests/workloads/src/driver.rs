@@ -320,6 +320,12 @@ impl Driver {
         pfn
     }
 
+    /// The exported symbol that `base` resolves to at `version` with `flags`, if any.
+    pub fn resolved_name(&self, base: &str, version: c_int, flags: u64) -> Option<String> {
+        let pfn = self.proc_address(base, version, flags);
+        (!pfn.is_null()).then(|| symbol_name(pfn)).flatten()
+    }
+
     /// Resolves `base` and checks that it is the export `expect`, whose C
     /// signature `F` must be.
     pub fn resolve<F: Copy>(
