@@ -758,13 +758,10 @@ mod tests {
         ("proc address", &["cuGetProcAddress"]),
     ];
 
-    fn nvidia_exports() -> Vec<ExportedFn> {
-        exported_functions(Path::new(NVIDIA_LIBCUDA)).unwrap_or_else(|err| {
-            panic!(
-                "NVIDIA's {NVIDIA_LIBCUDA} is needed (Debian package libcuda1, non-free): {}",
-                ErrorChain(&err)
-            )
-        })
+    /// The exports of one of NVIDIA's driver generations (`testing::nvidia`).
+    fn nvidia_exports(generation: &crate::testing::nvidia::Generation) -> Vec<ExportedFn> {
+        exported_functions(&generation.path)
+            .unwrap_or_else(|err| panic!("{}: {}", generation.label(), ErrorChain(&err)))
     }
 
     fn names<'a>(fns: &[&'a ExportedFn]) -> Vec<&'a str> {
@@ -880,33 +877,38 @@ mod tests {
 
     #[test]
     fn nvidia_exports_have_sane_offsets_and_no_aliases() {
-        let path = Path::new(NVIDIA_LIBCUDA);
-        let exports = nvidia_exports();
-        assert!(exports.len() > 500, "{} exports", exports.len());
-        let len = fs::metadata(path).expect("libcuda metadata").len();
-        for f in &exports {
-            assert!(f.file_offset < len, "{} past the end of the file", f.name);
-            assert!(f.size > 0, "{} has no size", f.name);
-        }
-        // Probes go on the file offset; the driver's code segment is loaded at an offset
-        // equal to its address, so the two agree. A wrong segment computation would not.
-        let alloc = exports
-            .iter()
-            .find(|f| f.name == "cuMemAlloc_v2")
-            .expect("cuMemAlloc_v2");
-        assert_eq!(alloc.file_offset, alloc.vaddr);
+        for generation in crate::testing::nvidia::generations() {
+            let label = generation.label();
+            let path = generation.path.as_path();
+            let exports = nvidia_exports(&generation);
+            assert!(exports.len() > 500, "{label}: {} exports", exports.len());
+            let len = fs::metadata(path).expect("libcuda metadata").len();
+            for f in &exports {
+                assert!(f.file_offset < len, "{label}: {} past the end", f.name);
+                assert!(f.size > 0, "{label}: {} has no size", f.name);
+            }
+            // Probes go on the file offset; the driver's code segment is loaded at an offset
+            // equal to its address, so the two agree. A wrong segment computation would not.
+            let alloc = exports
+                .iter()
+                .find(|f| f.name == "cuMemAlloc_v2")
+                .expect("cuMemAlloc_v2");
+            assert_eq!(alloc.file_offset, alloc.vaddr, "{label}");
 
-        // Driver 535 gives each exported name its own code: no two names share an address,
-        // so `dedup_by_address` is a no-op for it (it guards other builds).
-        let all: Vec<&ExportedFn> = exports.iter().collect();
-        let unique = dedup_by_address(&all);
-        let aliased: Vec<&str> = exports
-            .iter()
-            .filter(|f| !unique.iter().any(|u| std::ptr::eq(*u, *f)))
-            .map(|f| f.name.as_str())
-            .collect();
-        println!("names sharing an address with an earlier one: {aliased:?}");
-        assert!(aliased.is_empty());
+            // Each generation gives each exported name its own code: no two names share an
+            // address, so `dedup_by_address` is a no-op for them (it guards other builds).
+            let all: Vec<&ExportedFn> = exports.iter().collect();
+            let unique = dedup_by_address(&all);
+            let aliased: Vec<&str> = exports
+                .iter()
+                .filter(|f| !unique.iter().any(|u| std::ptr::eq(*u, *f)))
+                .map(|f| f.name.as_str())
+                .collect();
+            assert!(
+                aliased.is_empty(),
+                "{label}: names sharing an address with an earlier one: {aliased:?}"
+            );
+        }
     }
 
     #[test]
