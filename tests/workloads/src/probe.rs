@@ -29,28 +29,32 @@ fn null() -> P {
 const CTX_FLAGS: c_uint = CTX_SCHED_BLOCKING_SYNC;
 
 pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<Extra> {
-    let v = version;
+    #[expect(
+        non_snake_case,
+        reason = "V is the CUDA version every call below is resolved at, as the constant was"
+    )]
+    let V = version;
     let mib = MIB as usize;
     let src = vec![0x42u8; mib];
     let srcp = src.as_ptr().cast();
 
     // Initialization and devices.
-    let init = sym!(d, FnInit, "cuInit", v, 0, "cuInit");
+    let init = sym!(d, FnInit, "cuInit", V, 0, "cuInit");
     let init_ret = call!(d, init, 0);
     let f = sym!(
         d,
         FnOutInt,
         "cuDriverGetVersion",
-        v,
+        V,
         0,
         "cuDriverGetVersion"
     );
     let mut driver_version = 0;
     call!(d, f, &mut driver_version);
-    let f = sym!(d, FnOutInt, "cuDeviceGetCount", v, 0, "cuDeviceGetCount");
+    let f = sym!(d, FnOutInt, "cuDeviceGetCount", V, 0, "cuDeviceGetCount");
     let mut count = 0;
     call!(d, f, &mut count);
-    let f = sym!(d, FnDeviceGet, "cuDeviceGet", v, 0, "cuDeviceGet");
+    let f = sym!(d, FnDeviceGet, "cuDeviceGet", V, 0, "cuDeviceGet");
     let mut dev = 0;
     call!(d, f, &mut dev, 0);
     let f = sym!(
@@ -67,7 +71,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnTotalMem,
         "cuDeviceTotalMem",
-        v,
+        V,
         0,
         "cuDeviceTotalMem_v2"
     );
@@ -79,28 +83,28 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnOutHandleDev,
         "cuDevicePrimaryCtxRetain",
-        v,
+        V,
         0,
         "cuDevicePrimaryCtxRetain"
     );
     let mut primary: P = null();
     call!(d, retain, &mut primary, dev);
-    let f = sym!(d, FnHandle, "cuCtxSetCurrent", v, 0, "cuCtxSetCurrent");
+    let f = sym!(d, FnHandle, "cuCtxSetCurrent", V, 0, "cuCtxSetCurrent");
     call!(d, f, primary);
-    let f = sym!(d, FnOutHandle, "cuCtxGetCurrent", v, 0, "cuCtxGetCurrent");
+    let f = sym!(d, FnOutHandle, "cuCtxGetCurrent", V, 0, "cuCtxGetCurrent");
     let mut cur: P = null();
     call!(d, f, &mut cur);
     let f = sym!(d, FnMemInfo32, "cuMemGetInfo", 2000, 0, "cuMemGetInfo");
     let (mut free32, mut tot32): (c_uint, c_uint) = (0, 0);
     call!(d, f, &mut free32, &mut tot32);
-    let f = sym!(d, FnMemInfo, "cuMemGetInfo", v, 0, "cuMemGetInfo_v2");
+    let f = sym!(d, FnMemInfo, "cuMemGetInfo", V, 0, "cuMemGetInfo_v2");
     let (mut free, mut tot) = (0usize, 0usize);
     call!(d, f, &mut free, &mut tot);
 
     // The resolvers themselves, called through the pointers they return.
     let gpa1 = sym!(d, FnGpa, "cuGetProcAddress", 11030, 0, "cuGetProcAddress");
     let mut pfn: P = null();
-    call!(d, gpa1, c"cuMemAlloc".as_ptr(), &mut pfn, v, 0);
+    call!(d, gpa1, c"cuMemAlloc".as_ptr(), &mut pfn, V, 0);
     let gpa2 = sym!(
         d,
         FnGpa2,
@@ -110,16 +114,16 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         "cuGetProcAddress_v2"
     );
     let mut status: c_int = 0;
-    call!(d, gpa2, c"cuMemAlloc".as_ptr(), &mut pfn, v, 0, &mut status);
+    call!(d, gpa2, c"cuMemAlloc".as_ptr(), &mut pfn, V, 0, &mut status);
 
     // What `cuCtxCreate` means at this version (`_v3` before 12.5, `_v4` from it where the
     // driver has it); each variant is also called by the version that returns it.
-    let ctx_create_at_version = d.resolved_name("cuCtxCreate", v, 0);
+    let ctx_create_at_version = d.resolved_name("cuCtxCreate", V, 0);
     let create1 = sym!(d, FnCtxCreate, "cuCtxCreate", 2000, 0, "cuCtxCreate");
     let create2 = sym!(d, FnCtxCreate, "cuCtxCreate", 3020, 0, "cuCtxCreate_v2");
     let create3 = sym!(d, FnCtxCreate3, "cuCtxCreate", 12000, 0, "cuCtxCreate_v3");
     let create4 = d
-        .resolve::<FnCtxCreate4>("cuCtxCreate", v.max(12050), 0, "cuCtxCreate_v4")
+        .resolve::<FnCtxCreate4>("cuCtxCreate", V.max(12050), 0, "cuCtxCreate_v4")
         .ok();
     let (mut c1, mut c2, mut c3, mut c4): (P, P, P, P) = (null(), null(), null(), null());
     call!(d, create1, &mut c1, CTX_FLAGS, dev);
@@ -130,7 +134,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         let params = CtxCreateParams::none();
         call!(d, create4, &mut c4, &params, CTX_FLAGS, dev);
         ctx_creates.push(create4.name);
-        let destroy = sym!(d, FnHandle, "cuCtxDestroy", v, 0, "cuCtxDestroy_v2");
+        let destroy = sym!(d, FnHandle, "cuCtxDestroy", V, 0, "cuCtxDestroy_v2");
         if !c4.is_null() {
             call!(d, destroy, c4);
         }
@@ -139,7 +143,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnOutHandle,
         "cuCtxPopCurrent",
-        v,
+        V,
         0,
         "cuCtxPopCurrent_v2"
     );
@@ -155,16 +159,16 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     call!(d, pop2, &mut popped);
     call!(d, pop1, &mut popped);
     let push1 = sym!(d, FnHandle, "cuCtxPushCurrent", 2000, 0, "cuCtxPushCurrent");
-    let push2 = sym!(d, FnHandle, "cuCtxPushCurrent", v, 0, "cuCtxPushCurrent_v2");
+    let push2 = sym!(d, FnHandle, "cuCtxPushCurrent", V, 0, "cuCtxPushCurrent_v2");
     call!(d, push1, c2);
     call!(d, push2, c3);
-    let f = sym!(d, FnVoid, "cuCtxSynchronize", v, 0, "cuCtxSynchronize");
+    let f = sym!(d, FnVoid, "cuCtxSynchronize", V, 0, "cuCtxSynchronize");
     call!(d, f);
-    let destroy2 = sym!(d, FnHandle, "cuCtxDestroy", v, 0, "cuCtxDestroy_v2");
+    let destroy2 = sym!(d, FnHandle, "cuCtxDestroy", V, 0, "cuCtxDestroy_v2");
     let destroy1 = sym!(d, FnHandle, "cuCtxDestroy", 2000, 0, "cuCtxDestroy");
     call!(d, destroy2, c3);
     call!(d, destroy1, c2);
-    let set = sym!(d, FnHandle, "cuCtxSetCurrent", v, 0, "cuCtxSetCurrent");
+    let set = sym!(d, FnHandle, "cuCtxSetCurrent", V, 0, "cuCtxSetCurrent");
     call!(d, set, primary);
     let ctx = primary as u64;
 
@@ -187,17 +191,17 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     let f = sym!(d, FnU32, "cuMemFree", 2000, 0, "cuMemFree");
     call!(d, f, p32);
 
-    let f = sym!(d, FnAlloc, "cuMemAlloc", v, 0, "cuMemAlloc_v2");
+    let f = sym!(d, FnAlloc, "cuMemAlloc", V, 0, "cuMemAlloc_v2");
     let mut ptr = 0u64;
     let r = call!(d, f, &mut ptr, mib);
     d.bytes(f.name, MIB, r);
-    let f = sym!(d, FnHtoD, "cuMemcpyHtoD", v, 0, "cuMemcpyHtoD_v2");
+    let f = sym!(d, FnHtoD, "cuMemcpyHtoD", V, 0, "cuMemcpyHtoD_v2");
     call!(d, f, ptr, srcp, mib);
     let f = sym!(
         d,
         FnHtoD,
         "cuMemcpyHtoD",
-        v,
+        V,
         PER_THREAD,
         "cuMemcpyHtoD_v2_ptds"
     );
@@ -206,7 +210,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnHtoDAsync,
         "cuMemcpyHtoDAsync",
-        v,
+        V,
         0,
         "cuMemcpyHtoDAsync_v2"
     );
@@ -215,12 +219,12 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnHtoDAsync,
         "cuMemcpyHtoDAsync",
-        v,
+        V,
         PER_THREAD,
         "cuMemcpyHtoDAsync_v2_ptsz"
     );
     call!(d, f, ptr, srcp, mib, null());
-    let f = sym!(d, FnU64, "cuMemFree", v, 0, "cuMemFree_v2");
+    let f = sym!(d, FnU64, "cuMemFree", V, 0, "cuMemFree_v2");
     call!(d, f, ptr);
 
     let f = sym!(d, FnPitch32, "cuMemAllocPitch", 2000, 0, "cuMemAllocPitch");
@@ -235,7 +239,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.add(Key::Ptr(u64::from(p32)), bytes, Label::Dynamic, ctx);
     }
-    let f = sym!(d, FnPitch, "cuMemAllocPitch", v, 0, "cuMemAllocPitch_v2");
+    let f = sym!(d, FnPitch, "cuMemAllocPitch", V, 0, "cuMemAllocPitch_v2");
     let (mut pp, mut pitch) = (0u64, 0usize);
     let r = call!(d, f, &mut pp, &mut pitch, 1000, 256, 4);
     let bytes = if r == 0 {
@@ -253,27 +257,27 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnOutHandleDev,
         "cuDeviceGetDefaultMemPool",
-        v,
+        V,
         0,
         "cuDeviceGetDefaultMemPool"
     );
     let mut pool0: P = null();
     call!(d, f, &mut pool0, dev);
-    let alloc_async = sym!(d, FnAllocAsync, "cuMemAllocAsync", v, 0, "cuMemAllocAsync");
+    let alloc_async = sym!(d, FnAllocAsync, "cuMemAllocAsync", V, 0, "cuMemAllocAsync");
     let alloc_async_pt = sym!(
         d,
         FnAllocAsync,
         "cuMemAllocAsync",
-        v,
+        V,
         PER_THREAD,
         "cuMemAllocAsync_ptsz"
     );
-    let free_async = sym!(d, FnFreeAsync, "cuMemFreeAsync", v, 0, "cuMemFreeAsync");
+    let free_async = sym!(d, FnFreeAsync, "cuMemFreeAsync", V, 0, "cuMemFreeAsync");
     let free_async_pt = sym!(
         d,
         FnFreeAsync,
         "cuMemFreeAsync",
-        v,
+        V,
         PER_THREAD,
         "cuMemFreeAsync_ptsz"
     );
@@ -287,7 +291,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         }
         call!(d, freef, a, null());
     }
-    let f = sym!(d, FnPoolCreate, "cuMemPoolCreate", v, 0, "cuMemPoolCreate");
+    let f = sym!(d, FnPoolCreate, "cuMemPoolCreate", V, 0, "cuMemPoolCreate");
     let props = PoolProps {
         alloc_type: 1,
         handle_types: 0,
@@ -302,7 +306,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnAllocFromPool,
         "cuMemAllocFromPoolAsync",
-        v,
+        V,
         0,
         "cuMemAllocFromPoolAsync"
     );
@@ -310,7 +314,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnAllocFromPool,
         "cuMemAllocFromPoolAsync",
-        v,
+        V,
         PER_THREAD,
         "cuMemAllocFromPoolAsync_ptsz"
     );
@@ -322,11 +326,11 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
             book.pool_alloc(pool as u64, a, MIB, Label::Dynamic, ctx);
         }
     }
-    let f = sym!(d, FnTrim, "cuMemPoolTrimTo", v, 0, "cuMemPoolTrimTo");
+    let f = sym!(d, FnTrim, "cuMemPoolTrimTo", V, 0, "cuMemPoolTrimTo");
     if call!(d, f, pool0, 0) == 0 {
         book.pool_trim(pool0 as u64, 0);
     }
-    let f = sym!(d, FnHandle, "cuMemPoolDestroy", v, 0, "cuMemPoolDestroy");
+    let f = sym!(d, FnHandle, "cuMemPoolDestroy", V, 0, "cuMemPoolDestroy");
     if call!(d, f, pool) == 0 {
         book.pool_destroy(pool as u64);
     }
@@ -337,7 +341,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnGranularity,
         "cuMemGetAllocationGranularity",
-        v,
+        V,
         0,
         "cuMemGetAllocationGranularity"
     );
@@ -345,7 +349,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if call!(d, f, &mut g, &prop, 0) != 0 || g == 0 {
         g = 2 * mib;
     }
-    let f = sym!(d, FnMemCreate, "cuMemCreate", v, 0, "cuMemCreate");
+    let f = sym!(d, FnMemCreate, "cuMemCreate", V, 0, "cuMemCreate");
     let mut h = 0u64;
     let r = call!(d, f, &mut h, g, &prop, 0);
     d.bytes(f.name, g as u64, r);
@@ -356,31 +360,31 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnReserve,
         "cuMemAddressReserve",
-        v,
+        V,
         0,
         "cuMemAddressReserve"
     );
     let mut va = 0u64;
     call!(d, f, &mut va, 2 * g, 0, 0, 0);
-    let f = sym!(d, FnMap, "cuMemMap", v, 0, "cuMemMap");
+    let f = sym!(d, FnMap, "cuMemMap", V, 0, "cuMemMap");
     if call!(d, f, va, g, 0, h, 0) == 0 {
         book.map(va, g as u64, h);
     }
-    let f = sym!(d, FnSetAccess, "cuMemSetAccess", v, 0, "cuMemSetAccess");
+    let f = sym!(d, FnSetAccess, "cuMemSetAccess", V, 0, "cuMemSetAccess");
     let desc = AccessDesc {
         location: MemLocation { kind: 1, id: dev },
         flags: 3,
     };
     call!(d, f, va, g, &desc, 1);
-    let f = sym!(d, FnRange, "cuMemUnmap", v, 0, "cuMemUnmap");
+    let f = sym!(d, FnRange, "cuMemUnmap", V, 0, "cuMemUnmap");
     if call!(d, f, va, g) == 0 {
         book.unmap(va, g as u64);
     }
-    let f = sym!(d, FnU64, "cuMemRelease", v, 0, "cuMemRelease");
+    let f = sym!(d, FnU64, "cuMemRelease", V, 0, "cuMemRelease");
     if call!(d, f, h) == 0 {
         book.phys_release(h);
     }
-    let f = sym!(d, FnRange, "cuMemAddressFree", v, 0, "cuMemAddressFree");
+    let f = sym!(d, FnRange, "cuMemAddressFree", V, 0, "cuMemAddressFree");
     call!(d, f, va, 2 * g);
 
     // Arrays.
@@ -398,7 +402,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.add(Key::Array(a1 as u64), bytes, Label::Dynamic, ctx);
     }
-    let f = sym!(d, FnArray, "cuArrayCreate", v, 0, "cuArrayCreate_v2");
+    let f = sym!(d, FnArray, "cuArrayCreate", V, 0, "cuArrayCreate_v2");
     let desc = ArrayDesc {
         width: 256,
         height: 256,
@@ -434,7 +438,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.add(Key::Array(a3 as u64), bytes3, Label::Dynamic, ctx);
     }
-    let f = sym!(d, FnArray3D, "cuArray3DCreate", v, 0, "cuArray3DCreate_v2");
+    let f = sym!(d, FnArray3D, "cuArray3DCreate", V, 0, "cuArray3DCreate_v2");
     let d3 = Array3DDesc {
         width: 64,
         height: 64,
@@ -453,7 +457,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnMipmap,
         "cuMipmappedArrayCreate",
-        v,
+        V,
         0,
         "cuMipmappedArrayCreate"
     );
@@ -472,14 +476,14 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.add(Key::Array(m as u64), mbytes, Label::Dynamic, ctx);
     }
-    let f = sym!(d, FnHandle, "cuArrayDestroy", v, 0, "cuArrayDestroy");
+    let f = sym!(d, FnHandle, "cuArrayDestroy", V, 0, "cuArrayDestroy");
     book.remove(Key::Array(a2 as u64));
     call!(d, f, a2);
     let f = sym!(
         d,
         FnHandle,
         "cuMipmappedArrayDestroy",
-        v,
+        V,
         0,
         "cuMipmappedArrayDestroy"
     );
@@ -487,7 +491,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     call!(d, f, m);
 
     // Host memory.
-    let f = sym!(d, FnManaged, "cuMemAllocManaged", v, 0, "cuMemAllocManaged");
+    let f = sym!(d, FnManaged, "cuMemAllocManaged", V, 0, "cuMemAllocManaged");
     let mut mp = 0u64;
     let r = call!(d, f, &mut mp, mib, 1);
     d.bytes(f.name, MIB, r);
@@ -508,18 +512,18 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.host_add(h1 as u64, MIB);
     }
-    let f = sym!(d, FnAllocHost, "cuMemAllocHost", v, 0, "cuMemAllocHost_v2");
+    let f = sym!(d, FnAllocHost, "cuMemAllocHost", V, 0, "cuMemAllocHost_v2");
     let mut h2: P = null();
     let r = call!(d, f, &mut h2, mib);
     d.bytes(f.name, MIB, r);
     if r == 0 {
         book.host_add(h2 as u64, MIB);
     }
-    let f = sym!(d, FnHostAlloc, "cuMemHostAlloc", v, 0, "cuMemHostAlloc");
+    let f = sym!(d, FnHostAlloc, "cuMemHostAlloc", V, 0, "cuMemHostAlloc");
     let mut h3: P = null();
     let r = call!(d, f, &mut h3, mib, 0);
     d.bytes(f.name, MIB, r);
-    let f = sym!(d, FnHandle, "cuMemFreeHost", v, 0, "cuMemFreeHost");
+    let f = sym!(d, FnHandle, "cuMemFreeHost", V, 0, "cuMemFreeHost");
     call!(d, f, h3);
     let buf_a: &'static mut [u8] = Box::leak(vec![0u8; mib].into_boxed_slice());
     let buf_b: &'static mut [u8] = Box::leak(vec![0u8; mib].into_boxed_slice());
@@ -537,7 +541,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnHostRegister,
         "cuMemHostRegister",
-        v,
+        V,
         0,
         "cuMemHostRegister_v2"
     );
@@ -550,7 +554,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnHandle,
         "cuMemHostUnregister",
-        v,
+        V,
         0,
         "cuMemHostUnregister"
     );
@@ -572,7 +576,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         d,
         FnDev,
         "cuDevicePrimaryCtxRelease",
-        v,
+        V,
         0,
         "cuDevicePrimaryCtxRelease_v2"
     );
@@ -585,7 +589,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     );
     extra.insert(
         "cuda_version".into(),
-        json!({"asked": v, "cuCtxCreate": ctx_create_at_version}),
+        json!({"asked": V, "cuCtxCreate": ctx_create_at_version}),
     );
     extra.insert(
         "ctx_create".into(),
