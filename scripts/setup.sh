@@ -2,6 +2,10 @@
 # Installs what building and testing vramtrace needs on a fresh Debian 12 machine:
 # the pinned Rust toolchains, bpf-linker on LLVM 22, and NVIDIA's driver libraries
 # (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests.
+# The newer driver generations Debian ships (550 from trixie, 555 from experimental) are
+# fetched with `apt-get download` and unpacked into a side folder, never installed:
+# $VRAMTRACE_NVIDIA_DIR (default /var/cache/vramtrace/nvidia)/<generation>/, where the
+# tests look for them.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -34,6 +38,68 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# The newer generations: generation and the suite that ships it. The newest package of each
+# generation that the suite has is fetched, by its exact version.
+NVIDIA_DIR=${VRAMTRACE_NVIDIA_DIR:-/var/cache/vramtrace/nvidia}
+SIDE_GENERATIONS=("550 trixie" "555 experimental")
+LIBCUDA_IN_PACKAGE=usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1
+side_missing=()
+for g in "${SIDE_GENERATIONS[@]}"; do
+  gen=${g%% *}
+  [ -e "$NVIDIA_DIR/$gen/$LIBCUDA_IN_PACKAGE" ] || side_missing+=("$g")
+done
+if [ ${#side_missing[@]} -gt 0 ]; then
+  sources=/etc/apt/sources.list.d/vramtrace-nvidia.sources
+  prefs=/etc/apt/preferences.d/vramtrace-nvidia
+  if [ ! -f "$sources" ] || [ ! -f "$prefs" ]; then
+    log "adding trixie's and experimental's non-free component (pinned to -1: never installed)"
+    $SUDO tee "$sources" >/dev/null <<'SOURCES'
+# vramtrace: newer NVIDIA driver libraries (550 from trixie, 555 from experimental), fetched by
+# scripts/setup.sh with `apt-get download` into a side folder for the tests. Never installed:
+# /etc/apt/preferences.d/vramtrace-nvidia pins both suites to -1.
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie experimental
+Components: non-free
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    $SUDO tee "$prefs" >/dev/null <<'PREFS'
+# vramtrace: nothing from these suites is ever installed; scripts/setup.sh only downloads
+# libcuda1 from them, by exact version, into a side folder.
+Package: *
+Pin: release n=trixie
+Pin-Priority: -1
+
+Package: *
+Pin: release a=experimental
+Pin-Priority: -1
+PREFS
+  fi
+  $SUDO apt-get update -qq
+  for g in "${side_missing[@]}"; do
+    gen=${g%% *} suite=${g##* }
+    version=$(apt-cache madison libcuda1 | awk -v gen="$gen." -v suite="$suite/" \
+      'index($3, gen) == 1 && index($0, " " suite) { print $3; exit }')
+    if [ -z "$version" ]; then
+      echo "no libcuda1 $gen.* in $suite/non-free: apt-cache madison libcuda1 lists none" >&2
+      exit 1
+    fi
+    log "libcuda1=$version ($suite) into $NVIDIA_DIR/$gen (downloaded, not installed)"
+    tmp=$(mktemp -d)
+    # apt drops root to _apt for the download, which needs to write here.
+    chown _apt "$tmp" 2>/dev/null || chmod 777 "$tmp"
+    (cd "$tmp" && $SUDO apt-get download -qq "libcuda1=$version")
+    $SUDO mkdir -p "$NVIDIA_DIR"
+    $SUDO rm -rf "$NVIDIA_DIR/$gen.partial"
+    $SUDO dpkg-deb -x "$tmp"/libcuda1_*.deb "$NVIDIA_DIR/$gen.partial"
+    echo "$version" | $SUDO tee "$NVIDIA_DIR/$gen.partial/VERSION" >/dev/null
+    # Complete or absent: the tests never see half a library.
+    $SUDO rm -rf "$NVIDIA_DIR/$gen"
+    $SUDO mv "$NVIDIA_DIR/$gen.partial" "$NVIDIA_DIR/$gen"
+    rm -rf "$tmp"
+  done
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

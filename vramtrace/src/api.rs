@@ -73,7 +73,9 @@ pub enum Kind {
     /// `cuMemHostUnregister(void *p)`
     MemHostUnregister,
     /// `cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)`; `_v3` takes
-    /// `(pctx, CUexecAffinityParam *params, int numParams, unsigned flags, CUdevice dev)`.
+    /// `(pctx, CUexecAffinityParam *params, int numParams, unsigned flags, CUdevice dev)`,
+    /// `_v4` (CUDA 12.5) `(pctx, CUctxCreateParams *params, unsigned flags, CUdevice dev)`:
+    /// see [`CtxArgs`].
     CtxCreate,
     /// `cuCtxDestroy(CUcontext ctx)`
     CtxDestroy,
@@ -241,8 +243,8 @@ pub struct Hooked {
     pub kind: Kind,
     /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).
     pub legacy32: bool,
-    /// `cuCtxCreate_v3`: the device is argument 4, not 2.
-    pub ctx_v3: bool,
+    /// Where this variant's flags and device sit (`cuCtxCreate*` only).
+    pub ctx: CtxArgs,
     /// The cookie flags for this symbol.
     pub flags: u64,
 }
@@ -256,7 +258,7 @@ impl Hooked {
             symbol: symbol.into(),
             kind: def.kind,
             legacy32: def.legacy32 && !versioned,
-            ctx_v3: def.kind == Kind::CtxCreate && suffix.starts_with("_v3"),
+            ctx: CtxArgs::of(suffix),
             flags: def.flags,
         }
     }
@@ -264,6 +266,44 @@ impl Hooked {
     /// The attach cookie for this symbol, whose API id is `id`.
     pub fn cookie(&self, id: u16) -> u64 {
         cookie::make(id, self.flags)
+    }
+}
+
+/// The argument indices of `flags` and `dev` in one variant of `cuCtxCreate`, whose
+/// signatures differ by what comes between the out-pointer and them (CUDA driver API
+/// reference, "Context Management"; `cuda.h` of CUDA 12.5 for `_v4`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtxArgs {
+    /// `unsigned int flags`.
+    pub flags: usize,
+    /// `CUdevice dev`.
+    pub device: usize,
+}
+
+impl CtxArgs {
+    /// `cuCtxCreate`, `_v2`: `(pctx, flags, dev)`.
+    pub const V2: CtxArgs = CtxArgs {
+        flags: 1,
+        device: 2,
+    };
+    /// `_v3`: `(pctx, CUexecAffinityParam *paramsArray, int numParams, flags, dev)`.
+    pub const V3: CtxArgs = CtxArgs {
+        flags: 3,
+        device: 4,
+    };
+    /// `_v4`: `(pctx, CUctxCreateParams *ctxCreateParams, flags, dev)`.
+    pub const V4: CtxArgs = CtxArgs {
+        flags: 2,
+        device: 3,
+    };
+
+    /// The layout of the variant named by `suffix` (what follows the base name).
+    fn of(suffix: &str) -> CtxArgs {
+        match suffix {
+            "_v3" => CtxArgs::V3,
+            "_v4" => CtxArgs::V4,
+            _ => CtxArgs::V2,
+        }
     }
 }
 
@@ -329,8 +369,10 @@ mod tests {
         assert!(Hooked::new(alloc, "cuMemAlloc").legacy32);
         assert!(!Hooked::new(alloc, "cuMemAlloc_v2").legacy32);
         let ctx = APIS.iter().find(|d| d.base == "cuCtxCreate").unwrap();
-        assert!(Hooked::new(ctx, "cuCtxCreate_v3").ctx_v3);
-        assert!(!Hooked::new(ctx, "cuCtxCreate_v2").ctx_v3);
+        assert_eq!(Hooked::new(ctx, "cuCtxCreate").ctx, CtxArgs::V2);
+        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v2").ctx, CtxArgs::V2);
+        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v3").ctx, CtxArgs::V3);
+        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v4").ctx, CtxArgs::V4);
     }
 
     #[test]

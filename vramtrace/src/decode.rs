@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 use vramtrace_common::{CallEvent, EVENT_CALL, EVENT_EXIT, ExitEvent, flags};
 
-use crate::api::{Hooked, Kind};
+use crate::api::{CtxArgs, Hooked, Kind};
 use crate::trace::{Call, Exit, Frame, Mem, Process, Record, Stack};
 
 /// A ring-buffer item that could not be decoded.
@@ -141,7 +141,7 @@ impl Converter {
                 };
                 let kind = api.kind;
                 let legacy32 = api.legacy32;
-                let ctx_v3 = api.ctx_v3;
+                let ctx = api.ctx;
                 let symbol = api.symbol.clone();
                 let proc = self.proc_id(ev.pid, &ev.comm, env, out);
                 let stack = self.stack_id(proc, ev, env, out);
@@ -158,7 +158,7 @@ impl Converter {
                         .then_some(self.host_signal),
                     ..Call::default()
                 };
-                out.push(interpret(kind, legacy32, ctx_v3, ev, &mut call));
+                out.push(interpret(kind, legacy32, ctx, ev, &mut call));
             }
         }
     }
@@ -274,7 +274,7 @@ const U32: u64 = 0xffff_ffff;
 /// argument lives here. A call flagged `NO_RETURN` becomes an `unreturned` record with what
 /// its arguments asked for; it is delivered once, in place of its return, so it never
 /// doubles a record of the same call.
-fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut Call) -> Record {
+fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut Call) -> Record {
     let a = &ev.args;
     // A call that never returned has no result and no out-parameters: only what it was asked.
     let returned = ev.flags & flags::NO_RETURN == 0;
@@ -495,8 +495,8 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
             done!(Free)
         }
         Kind::CtxCreate => {
-            c.device = Some(if ctx_v3 { a[4] } else { a[2] } as i32);
-            c.flags = Some(if ctx_v3 { a[3] } else { a[1] } & U32);
+            c.device = Some(a[ctx.device] as i32);
+            c.flags = Some(a[ctx.flags] & U32);
             if ok {
                 c.handle = out0(c);
             }
@@ -734,6 +734,36 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(p.comm, "train", "captured, escape sequence removed");
+    }
+
+    #[test]
+    fn every_cu_ctx_create_variant_is_read_by_its_own_signature() {
+        // Flags 4 (CU_CTX_SCHED_BLOCKING_SYNC) on device 3, in each variant's argument order.
+        let mut conv = Converter::new(table(&[
+            "cuCtxCreate",
+            "cuCtxCreate_v2",
+            "cuCtxCreate_v3",
+            "cuCtxCreate_v4",
+        ]));
+        let calls = [
+            [0x7000, 4, 3, 0, 0, 0],
+            [0x7000, 4, 3, 0, 0, 0],
+            [0x7000, 0x8000, 1, 4, 3, 0],
+            [0x7000, 0x8000, 4, 3, 0, 0],
+        ];
+        for (api, args) in calls.into_iter().enumerate() {
+            let mut out = Vec::new();
+            conv.convert(&call(api as u32, args, 0xc0, 0), &mut FakeEnv, &mut out);
+            let Some(Record::CtxCreate(c)) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!(
+                (c.device, c.flags, c.handle),
+                (Some(3), Some(4), Some(0xc0)),
+                "{}",
+                c.api
+            );
+        }
     }
 
     #[test]

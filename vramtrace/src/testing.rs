@@ -4,6 +4,9 @@
 
 use proptest::prelude::*;
 
+#[path = "../tests/common/nvidia.rs"]
+pub mod nvidia;
+
 use crate::trace::{
     Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, Mem, Process, Record, Stack,
 };

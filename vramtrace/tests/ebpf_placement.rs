@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeMap, path::Path};
 
-use common::{NVIDIA_LIBCUDA, record_with, sim};
+use common::{nvidia::generations, record_with, sim};
 use vramtrace::{
     probe::placement::{self, ProbeAt},
     trace::{Header, Record},
@@ -90,14 +90,29 @@ fn same_events_at_entry_and_auto(lib: &Path, expected_offset: u64) {
     }
 }
 
-#[test]
-fn nvidia_driver_is_traced_identically_at_the_symbol_and_on_its_je() {
-    assert!(
-        Path::new(NVIDIA_LIBCUDA).exists(),
-        "{NVIDIA_LIBCUDA} is missing: install Debian's libcuda1 (non-free); scripts/setup.sh does"
-    );
+/// Each of NVIDIA's driver generations Debian ships: 535, 550 and 555.
+fn nvidia_generation_is_traced_identically(name: &str) {
+    let g = generations()
+        .into_iter()
+        .find(|g| g.name == name)
+        .expect("a generation common::nvidia lists");
     // cmpl $imm32, disp32(%rip) is 10 bytes; the je after it is emulated.
-    same_events_at_entry_and_auto(Path::new(NVIDIA_LIBCUDA), 10);
+    same_events_at_entry_and_auto(&g.path, 10);
+}
+
+#[test]
+fn nvidia_535_is_traced_identically_at_the_symbol_and_on_its_je() {
+    nvidia_generation_is_traced_identically("535");
+}
+
+#[test]
+fn nvidia_550_is_traced_identically_at_the_symbol_and_on_its_je() {
+    nvidia_generation_is_traced_identically("550");
+}
+
+#[test]
+fn nvidia_555_is_traced_identically_at_the_symbol_and_on_its_je() {
+    nvidia_generation_is_traced_identically("555");
 }
 
 #[test]

@@ -192,6 +192,59 @@ fn context_destroy_frees_its_allocations() {
 }
 
 #[test]
+fn a_context_made_by_cu_ctx_create_v4_books_its_memory_on_its_device() {
+    let (lib, _) = sim();
+    let r = record_env(lib, &[], &[("SIMCUDA_DEVICES", "2")], "ctx-v4", &[]);
+    check_against_truth(&r);
+    let truth = &r.truth["ctx_v4"];
+    assert_eq!(truth["api"].as_str(), Some("cuCtxCreate_v4"), "{truth}");
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    // The call is read by its own signature: flags 4 on device 1, not device 4.
+    let created: Vec<_> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::CtxCreate(c) if c.pid == pid && &*c.api == "cuCtxCreate_v4" => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    let c = created[0];
+    assert_eq!(
+        (c.device, c.flags, c.handle),
+        (
+            truth["device"].as_i64().map(|d| d as i32),
+            truth["flags"].as_u64(),
+            truth["ctx"].as_u64()
+        ),
+        "{c:?}"
+    );
+    // What was allocated in it is on device 1; the primary context's on device 0.
+    let p = r.analysis["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .expect("the workload in the analysis");
+    let by_device: BTreeMap<i64, u64> = p["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["device"].as_i64().expect("a known device"),
+                d["device_bytes_at_exit"].as_u64().expect("bytes"),
+            )
+        })
+        .collect();
+    let want: BTreeMap<i64, u64> = as_map(&truth["device_bytes"])
+        .into_iter()
+        .map(|(d, b)| (d.parse().expect("ordinal"), b))
+        .collect();
+    assert_eq!(by_device, want, "{:#}", p["devices"]);
+}
+
+#[test]
 fn exit_without_free() {
     let (lib, _) = sim();
     check_against_truth(&record(lib, "exit-without-free", &[]));

@@ -26,7 +26,8 @@ pub const NOT_FOUND: CUresult = 500;
 pub const HOST_MEMORY_ALREADY_REGISTERED: CUresult = 712;
 pub const HOST_MEMORY_NOT_REGISTERED: CUresult = 713;
 
-const DRIVER_VERSION: c_int = 12020;
+/// CUDA 12.5: the first version whose `cuCtxCreate` is `cuCtxCreate_v4`.
+const DRIVER_VERSION: c_int = 12050;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// Device allocation alignment and VMM granularity.
@@ -1469,6 +1470,35 @@ pub extern "C" fn cuCtxCreate_v3(
 ) -> CUresult {
     if num_params < 0 || (num_params > 0 && params.is_null()) {
         return INVALID_VALUE;
+    }
+    ctx_create(pctx, dev)
+}
+
+/// `CUctxCreateParams` (`cuda.h`, CUDA 12.5).
+#[repr(C)]
+pub struct CtxCreateParams {
+    exec_affinity_params: *const c_void,
+    num_exec_affinity_params: c_int,
+    cig_params: *const c_void,
+}
+
+/// `cuCtxCreate_v4`, what `cuCtxCreate` means from CUDA 12.5: the parameters may be null;
+/// execution affinity and CIG parameters cannot both be given.
+pub extern "C" fn cuCtxCreate_v4(
+    pctx: *mut Handle,
+    params: *const CtxCreateParams,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: a non-null `params` points to a `CUctxCreateParams` per the API contract.
+    if let Some(p) = unsafe { params.as_ref() } {
+        let affinity = p.num_exec_affinity_params != 0;
+        if p.num_exec_affinity_params < 0
+            || (affinity && p.exec_affinity_params.is_null())
+            || (affinity && !p.cig_params.is_null())
+        {
+            return INVALID_VALUE;
+        }
     }
     ctx_create(pctx, dev)
 }

@@ -152,6 +152,7 @@ exports! {
     cuCtxCreate,
     cuCtxCreate_v2,
     cuCtxCreate_v3,
+    cuCtxCreate_v4,
     cuCtxDestroy,
     cuCtxDestroy_v2,
     cuDevicePrimaryCtxRetain,

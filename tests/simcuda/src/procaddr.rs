@@ -1,4 +1,4 @@
-//! `cuGetProcAddress` resolution, as measured on NVIDIA's driver 535.
+//! `cuGetProcAddress` resolution, as measured on NVIDIA's drivers 535 and 580.
 //!
 //! Each base name maps to the exported variants and the CUDA version from which
 //! each one is returned; with the per-thread-default-stream flag the `_ptsz` /
@@ -130,6 +130,9 @@ const TABLE: &[(&str, Versions, Versions)] = &[
             (2000, "cuCtxCreate"),
             (3020, "cuCtxCreate_v2"),
             (11040, "cuCtxCreate_v3"),
+            // Measured on driver 580 (vramtrace/tests/data/gpu/procaddr-580.json): 12000
+            // gives `_v3`, 12050 and 13000 give `_v4`.
+            (12050, "cuCtxCreate_v4"),
         ],
         &[],
     ),

@@ -60,6 +60,7 @@ const EXPORTS: &[&str] = &[
     "cuCtxCreate",
     "cuCtxCreate_v2",
     "cuCtxCreate_v3",
+    "cuCtxCreate_v4",
     "cuCtxDestroy",
     "cuCtxDestroy_v2",
     "cuDevicePrimaryCtxRetain",
@@ -237,6 +238,12 @@ fn memory_model() {
             resolve("cuCtxCreate", 12040, 0),
             (addr_of("cuCtxCreate_v3"), 0)
         );
+        for version in [12050, 13000] {
+            assert_eq!(
+                resolve("cuCtxCreate", version, 0),
+                (addr_of("cuCtxCreate_v4"), 0)
+            );
+        }
         assert_eq!(
             resolve("cuMemAlloc_v2", 12040, 0),
             (std::ptr::null_mut(), 1)

@@ -50,6 +50,27 @@ impl AllocProp {
     }
 }
 
+/// `CUctxCreateParams` (CUDA 12.5), none of its parameters given.
+#[repr(C)]
+pub struct CtxCreateParams {
+    pub exec_affinity_params: P,
+    pub num_exec_affinity_params: c_int,
+    pub cig_params: P,
+}
+
+impl CtxCreateParams {
+    pub fn none() -> CtxCreateParams {
+        CtxCreateParams {
+            exec_affinity_params: std::ptr::null_mut(),
+            num_exec_affinity_params: 0,
+            cig_params: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// `CU_CTX_SCHED_BLOCKING_SYNC`.
+pub const CTX_SCHED_BLOCKING_SYNC: c_uint = 4;
+
 /// `CUmemAccessDesc`.
 #[repr(C)]
 pub struct AccessDesc {
@@ -148,6 +169,7 @@ pub type FnHostAlloc = unsafe extern "C" fn(*mut P, usize, c_uint) -> R;
 pub type FnHostRegister = unsafe extern "C" fn(P, usize, c_uint) -> R;
 pub type FnCtxCreate = unsafe extern "C" fn(*mut P, c_uint, c_int) -> R;
 pub type FnCtxCreate3 = unsafe extern "C" fn(*mut P, P, c_int, c_uint, c_int) -> R;
+pub type FnCtxCreate4 = unsafe extern "C" fn(*mut P, *const CtxCreateParams, c_uint, c_int) -> R;
 pub type FnDev = unsafe extern "C" fn(c_int) -> R;
 pub type FnOutHandle = unsafe extern "C" fn(*mut P) -> R;
 pub type FnVoid = unsafe extern "C" fn() -> R;
@@ -296,6 +318,12 @@ impl Driver {
             return std::ptr::null_mut();
         }
         pfn
+    }
+
+    /// The exported symbol that `base` resolves to at `version` with `flags`, if any.
+    pub fn resolved_name(&self, base: &str, version: c_int, flags: u64) -> Option<String> {
+        let pfn = self.proc_address(base, version, flags);
+        (!pfn.is_null()).then(|| symbol_name(pfn)).flatten()
     }
 
     /// Resolves `base` and checks that it is the export `expect`, whose C

@@ -64,6 +64,9 @@ enum Scenario {
     /// fails; status 1 without freeing. Needs SIMCUDA_DEVICES=2 and SIMCUDA_CAPACITY=2G on
     /// the simulated driver.
     SecondGpuOom,
+    /// A context on device 1 made through cuCtxCreate_v4 (resolved at CUDA 12.5) with flags 4
+    /// and 24 MiB in it, then 2 MiB on device 0; nothing freed. Needs SIMCUDA_DEVICES=2.
+    CtxV4,
 }
 
 #[derive(Parser, Debug)]
@@ -89,6 +92,10 @@ struct Args {
     /// bytes); adds "check" to the report. Meant for the simulated driver.
     #[arg(long)]
     check: bool,
+    /// The CUDA version `probe-all` asks `cuGetProcAddress_v2` for (12000, 12050, 13000, ...):
+    /// what a runtime of that version gets.
+    #[arg(long, default_value_t = driver::CUDA_VERSION)]
+    cuda_version: i32,
     /// Count the signals of this kind (USR1, SIGUSR2, 10, ...) that the process receives
     /// instead of dying of them; adds "signals_received" to the report. For the tracer's
     /// vram-only policy, which signals the thread at each host-memory call.
@@ -193,7 +200,7 @@ fn main() -> anyhow::Result<()> {
 
     if let Scenario::ProbeAll = args.scenario {
         let mut book = Book::default();
-        let extra = probe::probe_all(&d, &mut book)?;
+        let extra = probe::probe_all(&d, &mut book, args.cuda_version)?;
         print_last_line(&report(args.scenario, &d, &book, 0, extra));
         return Ok(());
     }
@@ -221,6 +228,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::TrappedCall => scenarios::trapped_call(&rt)?,
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
+        Scenario::CtxV4 => scenarios::ctx_v4(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

@@ -1,7 +1,8 @@
 //! `probe-all`: every hooked entry point called once, with well-formed
 //! arguments, whatever the results. Each is resolved through the driver's
-//! `cuGetProcAddress_v2` (per-thread variants with the per-thread flag, legacy
-//! variants at the version that returns them), falling back to `dlsym`.
+//! `cuGetProcAddress_v2` at the CUDA version asked for (per-thread variants with
+//! the per-thread flag, older variants at the version that returns them), falling
+//! back to `dlsym`.
 
 use std::ffi::{c_int, c_uint};
 
@@ -23,8 +24,16 @@ fn null() -> P {
     std::ptr::null_mut()
 }
 
-pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
-    const V: c_int = CUDA_VERSION;
+/// `CU_CTX_SCHED_BLOCKING_SYNC`, passed to every `cuCtxCreate` variant so that the tracer's
+/// reading of the flags and the device can be checked.
+const CTX_FLAGS: c_uint = CTX_SCHED_BLOCKING_SYNC;
+
+pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<Extra> {
+    #[expect(
+        non_snake_case,
+        reason = "V is the CUDA version every call below is resolved at, as the constant was"
+    )]
+    let V = version;
     let mib = MIB as usize;
     let src = vec![0x42u8; mib];
     let srcp = src.as_ptr().cast();
@@ -40,8 +49,8 @@ pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
         0,
         "cuDriverGetVersion"
     );
-    let mut version = 0;
-    call!(d, f, &mut version);
+    let mut driver_version = 0;
+    call!(d, f, &mut driver_version);
     let f = sym!(d, FnOutInt, "cuDeviceGetCount", V, 0, "cuDeviceGetCount");
     let mut count = 0;
     call!(d, f, &mut count);
@@ -107,13 +116,29 @@ pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
     let mut status: c_int = 0;
     call!(d, gpa2, c"cuMemAlloc".as_ptr(), &mut pfn, V, 0, &mut status);
 
+    // What `cuCtxCreate` means at this version (`_v3` before 12.5, `_v4` from it where the
+    // driver has it); each variant is also called by the version that returns it.
+    let ctx_create_at_version = d.resolved_name("cuCtxCreate", V, 0);
     let create1 = sym!(d, FnCtxCreate, "cuCtxCreate", 2000, 0, "cuCtxCreate");
     let create2 = sym!(d, FnCtxCreate, "cuCtxCreate", 3020, 0, "cuCtxCreate_v2");
-    let create3 = sym!(d, FnCtxCreate3, "cuCtxCreate", V, 0, "cuCtxCreate_v3");
-    let (mut c1, mut c2, mut c3): (P, P, P) = (null(), null(), null());
-    call!(d, create1, &mut c1, 0, dev);
-    call!(d, create2, &mut c2, 0, dev);
-    call!(d, create3, &mut c3, null(), 0, 0, dev);
+    let create3 = sym!(d, FnCtxCreate3, "cuCtxCreate", 12000, 0, "cuCtxCreate_v3");
+    let create4 = d
+        .resolve::<FnCtxCreate4>("cuCtxCreate", V.max(12050), 0, "cuCtxCreate_v4")
+        .ok();
+    let (mut c1, mut c2, mut c3, mut c4): (P, P, P, P) = (null(), null(), null(), null());
+    call!(d, create1, &mut c1, CTX_FLAGS, dev);
+    call!(d, create2, &mut c2, CTX_FLAGS, dev);
+    call!(d, create3, &mut c3, null(), 0, CTX_FLAGS, dev);
+    let mut ctx_creates = vec![create1.name, create2.name, create3.name];
+    if let Some(create4) = create4 {
+        let params = CtxCreateParams::none();
+        call!(d, create4, &mut c4, &params, CTX_FLAGS, dev);
+        ctx_creates.push(create4.name);
+        let destroy = sym!(d, FnHandle, "cuCtxDestroy", V, 0, "cuCtxDestroy_v2");
+        if !c4.is_null() {
+            call!(d, destroy, c4);
+        }
+    }
     let pop2 = sym!(
         d,
         FnOutHandle,
@@ -560,7 +585,15 @@ pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
     let mut extra = Extra::new();
     extra.insert(
         "driver".into(),
-        json!({"init_ret": init_ret, "version": version, "devices": count}),
+        json!({"init_ret": init_ret, "version": driver_version, "devices": count}),
+    );
+    extra.insert(
+        "cuda_version".into(),
+        json!({"asked": V, "cuCtxCreate": ctx_create_at_version}),
+    );
+    extra.insert(
+        "ctx_create".into(),
+        json!({"apis": ctx_creates, "device": dev, "flags": CTX_FLAGS}),
     );
     Ok(extra)
 }

@@ -657,6 +657,22 @@ impl Rt {
         })
     }
 
+    /// `cuCtxCreate_v4` (`create`, resolved by the caller) with empty parameters and `flags`.
+    pub fn ctx_create_v4(
+        &self,
+        create: Sym<FnCtxCreate4>,
+        device: c_int,
+        flags: c_uint,
+    ) -> Option<u64> {
+        let mut ctx: P = std::ptr::null_mut();
+        let params = CtxCreateParams::none();
+        let r = call!(self.d, create, &mut ctx, &params, flags, device);
+        (r == 0).then(|| {
+            CURRENT.with(|c| c.set(ctx as u64));
+            ctx as u64
+        })
+    }
+
     /// Destroys `ctx`; `then_current` is what the thread's stack has on top
     /// afterwards.
     pub fn ctx_destroy(&self, ctx: u64, then_current: u64) {

@@ -775,3 +775,53 @@ pub fn second_gpu_oom(rt: &Rt) -> Extra {
     );
     extra
 }
+
+/// What `ctx-v4` allocates in the context it makes on device 1.
+const CTX_V4_BYTES: [u64; 3] = [4 * MIB, 8 * MIB, 12 * MIB];
+/// What it allocates on device 0, in the primary context.
+const CTX_V4_DEVICE0_BYTES: u64 = 2 * MIB;
+
+/// A context made on device 1 through `cuCtxCreate_v4` (what `cuGetProcAddress_v2` returns
+/// for `cuCtxCreate` at CUDA 12.5 and later) with flags `CU_CTX_SCHED_BLOCKING_SYNC` (4),
+/// 24 MiB allocated in it; then 2 MiB in device 0's primary context. Nothing is freed, so
+/// each device's bytes at exit are known. Needs 2 devices (SIMCUDA_DEVICES=2).
+pub fn ctx_v4(rt: &Rt) -> anyhow::Result<Extra> {
+    use crate::driver::{CTX_SCHED_BLOCKING_SYNC, FnCtxCreate4};
+    if rt.device_count < 2 {
+        anyhow::bail!(
+            "ctx-v4: the driver has {} device(s), this needs 2 (SIMCUDA_DEVICES=2 on the \
+             simulated driver)",
+            rt.device_count
+        );
+    }
+    let create =
+        rt.d.resolve::<FnCtxCreate4>("cuCtxCreate", 12050, 0, "cuCtxCreate_v4")?;
+    let mut second: c_int = -1;
+    let r = call!(rt.d, rt.cu.device_get, &mut second, 1);
+    if r != 0 {
+        anyhow::bail!("ctx-v4: cuDeviceGet(1) failed with {r}");
+    }
+    let Some(ctx) = rt.ctx_create_v4(create, second, CTX_SCHED_BLOCKING_SYNC) else {
+        anyhow::bail!("ctx-v4: cuCtxCreate_v4 on device {second} failed");
+    };
+    let on_second: u64 = CTX_V4_BYTES
+        .iter()
+        .filter(|&&b| rt.alloc(b, KvCache).is_some())
+        .sum();
+    rt.pop(rt.primary);
+    let on_first = rt
+        .alloc(CTX_V4_DEVICE0_BYTES, KvCache)
+        .map_or(0, |_| CTX_V4_DEVICE0_BYTES);
+    let mut extra = Extra::new();
+    extra.insert(
+        "ctx_v4".into(),
+        json!({
+            "api": create.name,
+            "ctx": ctx,
+            "device": second,
+            "flags": CTX_SCHED_BLOCKING_SYNC,
+            "device_bytes": {"0": on_first, "1": on_second},
+        }),
+    );
+    Ok(extra)
+}

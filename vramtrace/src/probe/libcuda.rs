@@ -758,13 +758,10 @@ mod tests {
         ("proc address", &["cuGetProcAddress"]),
     ];
 
-    fn nvidia_exports() -> Vec<ExportedFn> {
-        exported_functions(Path::new(NVIDIA_LIBCUDA)).unwrap_or_else(|err| {
-            panic!(
-                "NVIDIA's {NVIDIA_LIBCUDA} is needed (Debian package libcuda1, non-free): {}",
-                ErrorChain(&err)
-            )
-        })
+    /// The exports of one of NVIDIA's driver generations (`testing::nvidia`).
+    fn nvidia_exports(generation: &crate::testing::nvidia::Generation) -> Vec<ExportedFn> {
+        exported_functions(&generation.path)
+            .unwrap_or_else(|err| panic!("{}: {}", generation.label(), ErrorChain(&err)))
     }
 
     fn names<'a>(fns: &[&'a ExportedFn]) -> Vec<&'a str> {
@@ -822,80 +819,96 @@ mod tests {
 
     #[test]
     fn nvidia_variants_of_every_hooked_family() {
-        let exports = nvidia_exports();
-        for (family, bases) in FAMILIES {
-            println!("{family}:");
-            for base in *bases {
-                let found = variants(&exports, base);
-                let listed: Vec<String> = found
-                    .iter()
-                    .map(|f| format!("{} @ {:#x}", f.name, f.file_offset))
-                    .collect();
-                println!("  {base}: {}", listed.join(", "));
+        // What each generation exports decides what is expected of it: every name the
+        // driver derives from a hooked base (`base_...`) is one of its variants, and each
+        // `cuCtxCreate` variant is one whose signature the decoder knows.
+        for generation in crate::testing::nvidia::generations() {
+            let exports = exported_functions(&generation.path)
+                .unwrap_or_else(|err| panic!("{}: {}", generation.label(), ErrorChain(&err)));
+            println!("{}:", generation.label());
+            for (family, bases) in FAMILIES {
+                println!("  {family}:");
+                for base in *bases {
+                    let found = variants(&exports, base);
+                    let listed: Vec<String> = found
+                        .iter()
+                        .map(|f| format!("{} @ {:#x}", f.name, f.file_offset))
+                        .collect();
+                    println!("    {base}: {}", listed.join(", "));
+                    assert!(
+                        !found.is_empty(),
+                        "{base} is not exported by {}",
+                        generation.label()
+                    );
+                    let derived: Vec<&str> = exports
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .filter(|n| {
+                            n.strip_prefix(base)
+                                .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+                        })
+                        .collect();
+                    let mut derived = derived;
+                    derived.sort_unstable();
+                    assert_eq!(
+                        names(&found),
+                        derived,
+                        "{}: every name derived from {base} is a variant of it",
+                        generation.label()
+                    );
+                }
+            }
+            for f in variants(&exports, "cuCtxCreate") {
                 assert!(
-                    !found.is_empty(),
-                    "{base} is not exported by {NVIDIA_LIBCUDA}"
+                    [
+                        "cuCtxCreate",
+                        "cuCtxCreate_v2",
+                        "cuCtxCreate_v3",
+                        "cuCtxCreate_v4"
+                    ]
+                    .contains(&f.name.as_str()),
+                    "{}: {} has a signature the decoder does not know (api::CtxArgs)",
+                    generation.label(),
+                    f.name
                 );
             }
         }
-        let expect = |base: &str, want: &[&str]| {
-            assert_eq!(names(&variants(&exports, base)), want, "variants of {base}");
-        };
-        expect("cuMemAlloc", &["cuMemAlloc", "cuMemAlloc_v2"]);
-        expect("cuMemFree", &["cuMemFree", "cuMemFree_v2"]);
-        expect(
-            "cuMemAllocAsync",
-            &["cuMemAllocAsync", "cuMemAllocAsync_ptsz"],
-        );
-        expect("cuMemFreeAsync", &["cuMemFreeAsync", "cuMemFreeAsync_ptsz"]);
-        expect("cuMemAllocHost", &["cuMemAllocHost", "cuMemAllocHost_v2"]);
-        expect(
-            "cuMemcpyHtoD",
-            &["cuMemcpyHtoD", "cuMemcpyHtoD_v2", "cuMemcpyHtoD_v2_ptds"],
-        );
-        expect(
-            "cuMemcpyHtoDAsync",
-            &[
-                "cuMemcpyHtoDAsync",
-                "cuMemcpyHtoDAsync_v2",
-                "cuMemcpyHtoDAsync_v2_ptsz",
-            ],
-        );
-        expect(
-            "cuCtxCreate",
-            &["cuCtxCreate", "cuCtxCreate_v2", "cuCtxCreate_v3"],
-        );
     }
 
     #[test]
     fn nvidia_exports_have_sane_offsets_and_no_aliases() {
-        let path = Path::new(NVIDIA_LIBCUDA);
-        let exports = nvidia_exports();
-        assert!(exports.len() > 500, "{} exports", exports.len());
-        let len = fs::metadata(path).expect("libcuda metadata").len();
-        for f in &exports {
-            assert!(f.file_offset < len, "{} past the end of the file", f.name);
-            assert!(f.size > 0, "{} has no size", f.name);
-        }
-        // Probes go on the file offset; the driver's code segment is loaded at an offset
-        // equal to its address, so the two agree. A wrong segment computation would not.
-        let alloc = exports
-            .iter()
-            .find(|f| f.name == "cuMemAlloc_v2")
-            .expect("cuMemAlloc_v2");
-        assert_eq!(alloc.file_offset, alloc.vaddr);
+        for generation in crate::testing::nvidia::generations() {
+            let label = generation.label();
+            let path = generation.path.as_path();
+            let exports = nvidia_exports(&generation);
+            assert!(exports.len() > 500, "{label}: {} exports", exports.len());
+            let len = fs::metadata(path).expect("libcuda metadata").len();
+            for f in &exports {
+                assert!(f.file_offset < len, "{label}: {} past the end", f.name);
+                assert!(f.size > 0, "{label}: {} has no size", f.name);
+            }
+            // Probes go on the file offset; the driver's code segment is loaded at an offset
+            // equal to its address, so the two agree. A wrong segment computation would not.
+            let alloc = exports
+                .iter()
+                .find(|f| f.name == "cuMemAlloc_v2")
+                .expect("cuMemAlloc_v2");
+            assert_eq!(alloc.file_offset, alloc.vaddr, "{label}");
 
-        // Driver 535 gives each exported name its own code: no two names share an address,
-        // so `dedup_by_address` is a no-op for it (it guards other builds).
-        let all: Vec<&ExportedFn> = exports.iter().collect();
-        let unique = dedup_by_address(&all);
-        let aliased: Vec<&str> = exports
-            .iter()
-            .filter(|f| !unique.iter().any(|u| std::ptr::eq(*u, *f)))
-            .map(|f| f.name.as_str())
-            .collect();
-        println!("names sharing an address with an earlier one: {aliased:?}");
-        assert!(aliased.is_empty());
+            // Each generation gives each exported name its own code: no two names share an
+            // address, so `dedup_by_address` is a no-op for them (it guards other builds).
+            let all: Vec<&ExportedFn> = exports.iter().collect();
+            let unique = dedup_by_address(&all);
+            let aliased: Vec<&str> = exports
+                .iter()
+                .filter(|f| !unique.iter().any(|u| std::ptr::eq(*u, *f)))
+                .map(|f| f.name.as_str())
+                .collect();
+            assert!(
+                aliased.is_empty(),
+                "{label}: names sharing an address with an earlier one: {aliased:?}"
+            );
+        }
     }
 
     #[test]

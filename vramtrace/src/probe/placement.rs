@@ -397,10 +397,9 @@ mod tests {
         assert!(p.reason.contains("+11"), "{}", p.reason);
     }
 
-    /// Bytes of every exported function of NVIDIA's driver library, by name.
-    fn nvidia_exports() -> Vec<(String, u64, Vec<u8>)> {
+    /// Bytes of every exported function of one of NVIDIA's driver libraries, by name.
+    fn nvidia_exports(path: &Path) -> Vec<(String, u64, Vec<u8>)> {
         use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-        let path = Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1");
         let data = std::fs::read(path).unwrap_or_else(|e| {
             panic!(
                 "{}: {e}; install Debian's libcuda1 (non-free): scripts/setup.sh does",
@@ -433,25 +432,32 @@ mod tests {
 
     #[test]
     fn nvidia_exports_are_probed_on_their_je() {
-        let exports = nvidia_exports();
-        assert!(exports.len() > 500, "{} exports", exports.len());
-        let by_name = |name: &str| {
-            let (_, off, code) = exports
-                .iter()
-                .find(|(n, ..)| n == name)
-                .unwrap_or_else(|| panic!("{name}"));
-            choose(code, *off)
-        };
-        for name in [
-            "cuMemAlloc_v2",
-            "cuMemFree_v2",
-            "cuMemCreate",
-            "cuMemAllocAsync_ptsz",
-            "cuCtxCreate_v2",
-        ] {
-            let p = by_name(name);
-            assert_eq!(p.offset, 10, "{name}: {}", p.reason);
+        for generation in crate::testing::nvidia::generations() {
+            exports_of_one_generation_are_probed_on_their_je(&generation);
         }
+    }
+
+    fn exports_of_one_generation_are_probed_on_their_je(
+        generation: &crate::testing::nvidia::Generation,
+    ) {
+        let label = generation.label();
+        let exports = nvidia_exports(&generation.path);
+        assert!(exports.len() > 500, "{label}: {} exports", exports.len());
+        // Every exported variant of every hooked entry point, as this library names them.
+        let mut hooked = 0;
+        for (name, off, code) in &exports {
+            if !crate::api::APIS
+                .iter()
+                .any(|d| crate::api::is_variant(name, d.base))
+            {
+                continue;
+            }
+            let p = choose(code, *off);
+            assert_eq!(p.offset, 10, "{label}: {name}: {}", p.reason);
+            hooked += 1;
+        }
+        println!("{label}: {hooked} hooked variants, each probed at +10");
+        assert!(hooked >= 50, "{label}: {hooked} hooked variants");
         // Every export: the chosen instruction is one the kernel emulates; the driver API
         // proper (cu*) all share the cmpl/je prologue.
         let mut at_symbol = Vec::new();
@@ -466,18 +472,21 @@ mod tests {
             let insn = decoder.decode();
             assert!(
                 emulated(&code[k..k + insn.len()]).is_some(),
-                "{name}: {}",
+                "{label}: {name}: {}",
                 p.reason
             );
             if name.starts_with("cu") && !name.starts_with("cudbg") {
                 assert_eq!(
                     (k, &code[..2], code[10]),
                     (10, &[0x81, 0x3d][..], 0x74),
-                    "{name}"
+                    "{label}: {name}"
                 );
             }
         }
-        assert!(at_symbol.len() < exports.len() / 10, "{at_symbol:#?}");
+        assert!(
+            at_symbol.len() < exports.len() / 10,
+            "{label}: {at_symbol:#?}"
+        );
     }
 
     /// Property tests on synthetic prologues: each instruction is hand-encoded, so what the

@@ -11,8 +11,10 @@ use std::{
 use serde_json::Value;
 use vramtrace::trace::{Record, read::TraceReader};
 
-/// NVIDIA's driver library from Debian's libcuda1 package.
-pub const NVIDIA_LIBCUDA: &str = "/usr/lib/x86_64-linux-gnu/libcuda.so.1";
+pub mod nvidia;
+
+/// NVIDIA's driver library from Debian's libcuda1 package (bookworm: 535), installed.
+pub const NVIDIA_LIBCUDA: &str = nvidia::INSTALLED_LIBCUDA;
 
 fn target_dir() -> PathBuf {
     // The test binary lives in target/<profile>/deps.
