@@ -114,6 +114,13 @@ impl Converter {
         self.host_signal = signal;
     }
 
+    /// The PIDs seen with a traced call whose exit has not been seen, in order.
+    pub fn running(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// Processes seen so far (every PID generation counts once).
     pub fn processes_seen(&self) -> u64 {
         u64::from(self.next_proc - 1)

@@ -734,6 +734,30 @@ impl Recorder {
         self.drain
     }
 
+    /// The traced command exited and this process reaped it: its exit is recorded even
+    /// when the ring buffer lost the event (the converter ignores an exit it already saw).
+    /// What the ring still holds goes first.
+    pub fn reaped(&mut self, pid: u32) -> Result<()> {
+        self.pump()?;
+        self.raw.push(RawEvent::Exit(vramtrace_common::ExitEvent {
+            kind: vramtrace_common::EVENT_EXIT,
+            pid,
+            tid: pid,
+            _pad: 0,
+            ts_ns: monotonic_ns(),
+        }));
+        self.pump()
+    }
+
+    /// What the footer says of how the recording stopped: why, and which traced processes
+    /// were still running then (they go on untraced).
+    pub fn stopped(&mut self, why: &str) {
+        let running = self.converter.running();
+        if let Some(w) = self.sinks.writer.as_mut() {
+            w.stopped(why, running);
+        }
+    }
+
     /// Takes what is left, waits for the stacks still being symbolized, writes the footer
     /// and says what was recorded.
     pub fn finish(mut self) -> Result<Finished> {
@@ -797,6 +821,9 @@ pub struct LiveSink {
     pub stop: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// How long a signal that stops the recording waits for the traced command to end too.
+const CHILD_GRACE: Duration = Duration::from_millis(1500);
+
 /// Runs a recording to its end, handing every batch of records to `live` as well: pumps on
 /// every wake-up of the ring buffer and every 100 ms, until the command exits, the duration
 /// elapses, a signal arrives or the live sink hangs up.
@@ -818,28 +845,30 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut command_status = None;
+    let child_pid = child.as_ref().and_then(tokio::process::Child::id);
 
-    loop {
-        tokio::select! {
+    let why = loop {
+        let why = tokio::select! {
             guard = ring.readable() => {
                 let mut guard = guard?;
                 guard.clear_ready();
+                None
             }
-            _ = tick.tick() => {}
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = tick.tick() => None,
+            _ = sigint.recv() => Some("SIGINT"),
+            _ = sigterm.recv() => Some("SIGTERM"),
             _ = async {
                 match stop.as_mut() {
                     Some(s) => { let _ = s.await; }
                     None => std::future::pending().await,
                 }
-            } => break,
+            } => Some("live view closed"),
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
-            } => break,
+            } => Some("duration"),
             status = async {
                 match child.as_mut() {
                     Some(c) => c.wait().await,
@@ -849,22 +878,40 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
                 command_status = Some(status.context("waiting for the traced command")?);
                 child = None;
                 // Everything the command did was submitted before it exited: take it all.
-                break;
+                Some("command exited")
             }
+        };
+        if let Some(why) = why {
+            break why;
         }
         recorder.pump()?;
+    };
+    if let Some(c) = child.as_mut()
+        && matches!(why, "SIGINT" | "SIGTERM")
+    {
+        // Ctrl-C in a terminal reaches the command too: give it a moment to end, so that
+        // its end is recorded and its status passed on, rather than said to go on.
+        if let Ok(status) = tokio::time::timeout(CHILD_GRACE, c.wait()).await {
+            command_status = Some(status.context("waiting for the traced command")?);
+            child = None;
+        }
     }
     recorder.pump()?;
     if let Some(mut c) = child {
-        // Interrupted while the command still runs: it keeps running untraced, as the user
-        // started it; say so.
-        if let Some(pid) = c.id() {
-            crate::say!("vramtrace: stopped tracing; pid {pid} continues untraced");
-        }
         if let Ok(Some(status)) = c.try_wait() {
             command_status = Some(status);
+        } else if let Some(pid) = c.id() {
+            // Interrupted while the command still runs: it keeps running untraced, as the
+            // user started it; say so, here and in the trace's footer.
+            crate::say!("vramtrace: stopped tracing; pid {pid} continues untraced");
         }
     }
+    if command_status.is_some()
+        && let Some(pid) = child_pid
+    {
+        recorder.reaped(pid)?;
+    }
+    recorder.stopped(why);
     let done = recorder.finish()?;
     Ok(RecordOutcome {
         records: done.records,

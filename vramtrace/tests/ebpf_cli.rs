@@ -191,6 +191,20 @@ fn a_full_ring_buffer_is_counted_never_silent() {
         })
         .sum();
     assert_eq!(lost_records, footer.lost_events);
+    // The command's exit is in the trace even when the ring had no room for its event: the
+    // recorder reaped it.
+    let pid = records
+        .iter()
+        .find_map(|r| r.call().map(|c| c.pid))
+        .expect("a traced call");
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, Record::Exit(e) if e.pid == pid)),
+        "the command's exit is recorded"
+    );
+    assert_eq!(footer.stopped_by.as_deref(), Some("command exited"));
+    assert!(footer.untraced_after.is_empty());
     let analysis = vramtrace().args(["analyze"]).arg(&trace).output().unwrap();
     let text = String::from_utf8_lossy(&analysis.stdout);
     assert!(
@@ -319,4 +333,107 @@ fn the_documented_capabilities_are_enough_and_a_missing_one_is_named() {
     );
     assert!(!stderr.contains("lacks CAP_BPF"), "{stderr}");
     assert!(!trace.exists(), "a refused recording leaves no file");
+}
+
+/// `record -- workload trapped-call` whose worker thread blocks inside cuMemAlloc_v2 until
+/// released, in a process group of its own (as a shell puts a job), waiting until the call
+/// is entered. Returns the recorder, the trace path, the trap directory and the temp dir;
+/// the recorder's stderr goes to `stderr.txt` there (a pipe would stay open as long as the
+/// command that inherits it runs).
+fn record_blocked_command() -> (
+    std::process::Child,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    use std::os::unix::process::CommandExt as _;
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("sig.jsonl");
+    let trap = dir.path().join("trap");
+    std::fs::create_dir(&trap).unwrap();
+    let rec = vramtrace()
+        .args(["record", "--no-nvml", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("trapped-call")
+        .env("SIMCUDA_TRAP", format!("block:{}", trap.display()))
+        .env("SIMCUDA_TRAP_BYTES", "12345")
+        .process_group(0)
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !trap.join("entered").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the call was not entered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (rec, trace, trap, dir)
+}
+
+#[test]
+fn ctrl_c_ends_the_command_and_vramtrace_with_its_status_recorded() {
+    require_root();
+    let (mut rec, trace, _trap, dir) = record_blocked_command();
+    // Ctrl-C in a terminal: SIGINT to the whole process group.
+    // SAFETY: signalling a process group this test created.
+    unsafe { libc::killpg(rec.id() as i32, libc::SIGINT) };
+    let status = rec.wait().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.txt")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("continues untraced"), "{stderr}");
+    let (records, summary) = read(&trace);
+    assert!(summary.complete, "{stderr}");
+    assert!(
+        records.iter().any(|r| matches!(r, Record::Exit(_))),
+        "the command's end is recorded: {stderr}"
+    );
+    let footer = summary.footer.expect("a footer");
+    assert_eq!(footer.stopped_by.as_deref(), Some("SIGINT"));
+    assert!(
+        footer.untraced_after.is_empty(),
+        "{:?}",
+        footer.untraced_after
+    );
+}
+
+#[test]
+fn a_signal_to_vramtrace_alone_leaves_the_command_running_and_says_so_in_the_trace() {
+    require_root();
+    let (mut rec, trace, trap, dir) = record_blocked_command();
+    // SAFETY: signalling the recorder this test started.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGTERM) };
+    let status = rec.wait().unwrap();
+    // Let the workload go and end.
+    std::fs::write(trap.join("release"), b"").unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.txt")).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("continues untraced"), "{stderr}");
+    let (records, summary) = read(&trace);
+    assert!(summary.complete, "{stderr}");
+    let pid = records
+        .iter()
+        .find_map(|r| r.call().map(|c| c.pid))
+        .expect("a traced call");
+    assert!(!records.iter().any(|r| matches!(r, Record::Exit(_))));
+    let footer = summary.footer.expect("a footer");
+    assert_eq!(footer.stopped_by.as_deref(), Some("SIGTERM"));
+    assert_eq!(footer.untraced_after, [pid]);
+    let report = vramtrace().arg("analyze").arg(&trace).output().unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(text.contains("stopped: SIGTERM"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pid {pid} (vramtrace-workl) still running when the recording stopped: it went on untraced"
+        )),
+        "{text}"
+    );
 }

@@ -80,6 +80,9 @@ pub struct Report {
     /// those at this moment, and a process that exited after it has not exited.
     #[serde(default)]
     pub at_ns: Option<u64>,
+    /// Why the recording stopped, as its footer says (`SIGINT`, `command exited`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     /// The filters the report was narrowed by (`analyze --pid/--gpu/--from/--to`).
     #[serde(default)]
     pub filters: AppliedFilters,
@@ -283,6 +286,9 @@ pub struct ProcessReport {
     /// True when the process exited during the trace; false: the `*_at_exit` figures are at
     /// the end of the trace, with the process still running.
     pub exited: bool,
+    /// Still running when the recording stopped, as the footer says: it went on untraced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untraced_after: bool,
     /// When it exited, or its last event.
     pub end_ts_ns: Option<u64>,
     /// Highest live device bytes (pool-held excluded).
@@ -722,6 +728,7 @@ pub(crate) fn report(
         stack_failed,
         duration_ns,
         at_ns: None,
+        stopped_by: footer.as_ref().and_then(|f| f.stopped_by.clone()),
         filters: AppliedFilters::default(),
         machine,
         processes: ledger
@@ -732,6 +739,10 @@ pub(crate) fn report(
                 for a in &mut r.largest_at_exit {
                     a.top_frame = postmortem::top_frame(&ledger, a.stack);
                 }
+                r.untraced_after = !r.exited
+                    && footer
+                        .as_ref()
+                        .is_some_and(|f| f.untraced_after.contains(&r.pid));
                 r
             })
             .collect(),

@@ -89,6 +89,11 @@ pub fn render_text(r: &Report) -> String {
             if let Some(d) = r.duration_ns {
                 let _ = write!(o, ", lasted {}", secs(d));
             }
+            if let Some(why) = &r.stopped_by
+                && r.at_ns.is_none()
+            {
+                let _ = write!(o, ", stopped: {why}");
+            }
             o.push('\n');
             for l in &h.libraries {
                 let _ = writeln!(
@@ -210,6 +215,12 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
     let end = p.end_ts_ns.map(|t| at(t, start)).unwrap_or_default();
     if p.exited {
         let _ = writeln!(o, "pid {} ({}) exited at {end}", p.pid, p.comm);
+    } else if p.untraced_after {
+        let _ = writeln!(
+            o,
+            "pid {} ({}) still running when the recording stopped: it went on untraced",
+            p.pid, p.comm
+        );
     } else {
         let _ = writeln!(
             o,

@@ -582,6 +582,14 @@ pub struct Footer {
     /// Host-memory allocations recorded as violations (`vram-only` policy); absent when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub violations: u64,
+    /// Why the recording stopped: `command exited`, `SIGINT`, `SIGTERM`, `duration`,
+    /// `live view closed`; absent in traces that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+    /// Processes still running when the recording stopped, which go on untraced: neither
+    /// their exit nor what they did after is in the trace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untraced_after: Vec<u32>,
     /// Hex SHA-256 of every byte of the file before this line.
     pub sha256: String,
 }

@@ -64,6 +64,8 @@ pub struct TraceWriter {
     lines: u64,
     finished: bool,
     violations: u64,
+    stopped_by: Option<String>,
+    untraced_after: Vec<u32>,
 }
 
 impl TraceWriter {
@@ -91,6 +93,8 @@ impl TraceWriter {
             lines: 0,
             finished: false,
             violations: 0,
+            stopped_by: None,
+            untraced_after: Vec::new(),
         })
     }
 
@@ -147,16 +151,23 @@ impl TraceWriter {
         self.lines
     }
 
-    /// Writes the footer, flushes and fsyncs, and returns the footer.
-    ///
-    /// `lost_events` and `stack_failed` are the totals over the recording (the sums of the
-    /// `lost` records' deltas).
+    /// What the footer says of how the recording stopped: why, and which traced processes
+    /// were still running then (they go on untraced).
+    pub fn stopped(&mut self, why: &str, untraced_after: Vec<u32>) {
+        self.stopped_by = Some(why.to_owned());
+        self.untraced_after = untraced_after;
+    }
+
     /// Counts host-memory allocations that broke the `vram-only` policy: the footer's
     /// `violations`.
     pub fn count_violations(&mut self, n: u64) {
         self.violations = self.violations.saturating_add(n);
     }
 
+    /// Writes the footer, flushes and fsyncs, and returns the footer.
+    ///
+    /// `lost_events` and `stack_failed` are the totals over the recording (the sums of the
+    /// `lost` records' deltas).
     pub fn finish(
         mut self,
         end_ts_ns: u64,
@@ -173,6 +184,8 @@ impl TraceWriter {
             lost_events,
             stack_failed,
             violations: self.violations,
+            stopped_by: self.stopped_by.take(),
+            untraced_after: std::mem::take(&mut self.untraced_after),
             sha256: hex::encode(self.hasher.finalize_reset()),
         };
         let rec = Record::Footer(footer.clone());
