@@ -232,7 +232,10 @@ fn analyze_refuses_bad_windows_and_filters_that_match_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = complete_trace(dir.path());
     for (bad, says) in [
-        (&["--from", "2", "--to", "1"][..], "--from must be before --to"),
+        (
+            &["--from", "2", "--to", "1"][..],
+            "--from must be before --to",
+        ),
         (&["--from", "1", "--to", "1"], "--from must be before --to"),
         (&["--from", "-1"], "not a moment"),
         (&["--to", "nan"], "not a moment"),
