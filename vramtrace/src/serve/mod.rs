@@ -592,3 +592,6 @@ async fn analysis(State(shared): State<Arc<Shared>>) -> Response {
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;
