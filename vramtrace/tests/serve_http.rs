@@ -424,6 +424,10 @@ fn traces_a_simulated_workload_live() {
     assert_eq!(health["vram_bytes_used"], device);
     let snap = server.json("/api/snapshot");
     assert_eq!(snap["processes"][0]["device_bytes"], device);
+    let mut ws = ws_connect(server.addr);
+    let first = ws_json(&mut ws);
+    assert_eq!(first["type"], "state");
+    assert_eq!(first["state"]["vram_bytes_used"], device);
     assert!(
         snap["processes"][0]["cmdline"][0]
             .as_str()
@@ -524,4 +528,79 @@ fn prometheus_scrapes_serve_and_answers_for_the_workloads_bytes() {
     );
     let v: Value = serde_json::from_str(&up.body).expect("JSON");
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+}
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn ws_connect(addr: SocketAddr) -> Ws {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let (ws, resp) =
+        tungstenite::client(format!("ws://{addr}/ws"), stream).expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+fn ws_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn websocket_clients_get_the_state_then_nothing_unchanged_and_hold_bounded_memory() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/async.jsonl.gz");
+    let server = Server::start(&["--replay", fixture]);
+    let snapshot = server.json("/api/snapshot");
+
+    let mut first = ws_connect(server.addr);
+    let msg = ws_json(&mut first);
+    assert_eq!(msg["type"], "state");
+    assert_eq!(msg["state"]["vram_bytes_used"], snapshot["vram_bytes_used"]);
+    assert_eq!(msg["state"]["records"], snapshot["records"]);
+    // A replay does not change: nothing more comes but heartbeats (none within 2 s).
+    first
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .ok();
+    match first.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("an unchanged state was resent: {other:?}"),
+    }
+
+    let before = rss_kib(server.child.id());
+    let mut clients: Vec<Ws> = (0..100).map(|_| ws_connect(server.addr)).collect();
+    for c in &mut clients {
+        assert_eq!(ws_json(c)["type"], "state");
+    }
+    let after = rss_kib(server.child.id());
+    eprintln!("server RSS: {before} KiB before, {after} KiB with 100 more WebSocket clients");
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "100 clients cost {} KiB",
+        after - before
+    );
+    // The HTTP side still answers while they are connected.
+    assert_eq!(server.get("/api/health").status, 200);
+    for mut c in clients {
+        let _ = c.close(None);
+    }
 }

@@ -6,10 +6,11 @@
 //!
 //! Endpoints (all `GET`; a bearer token on every one when `--token-file` is given):
 //! `/api/health`, `/metrics` (Prometheus text, OpenMetrics on request), `/api/snapshot`,
-//! `/api/config`; under `--replay` also `/api/analysis` and `/api/snapshot?at=SECS`.
+//! `/api/config`, `/ws` (a WebSocket: the state, then its changes); under `--replay` also `/api/analysis` and `/api/snapshot?at=SECS`.
 
 pub mod metrics;
 pub mod state;
+pub mod ws;
 
 use std::{
     net::SocketAddr,
@@ -113,6 +114,8 @@ pub struct Shared {
     pub config: Config,
     token: Option<String>,
     started: Instant,
+    /// The WebSocket stream's producer side.
+    pub stream: ws::Stream,
 }
 
 impl Shared {
@@ -183,6 +186,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         config,
         token,
         started: Instant::now(),
+        stream: ws::Stream::default(),
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -191,6 +195,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         let addr = listener.local_addr()?;
         crate::say!("vramtrace: serving on http://{addr}/ (metrics at /metrics)");
         let app = router(shared.clone());
+        tokio::spawn(ws::produce(shared.clone()));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown())
@@ -277,6 +282,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/snapshot", get(snapshot))
         .route("/api/config", get(config))
         .route("/api/analysis", get(analysis))
+        .route("/ws", get(ws::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
