@@ -121,6 +121,15 @@ pub struct ServeArgs {
     /// Do not use NVML.
     #[arg(long)]
     pub no_nvml: bool,
+    /// Read GPU telemetry (NVML, else nvidia-smi) and the machine's figures every this many
+    /// milliseconds (at least 250; under 1000 is warned about).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        env = "VRAMTRACE_POLL_INTERVAL"
+    )]
+    pub poll_interval: u64,
     /// Command to start and trace, with its descendants; tracing ends when it exits, serving
     /// goes on until SIGINT or SIGTERM.
     #[arg(last = true, value_name = "CMD", conflicts_with = "replay")]

@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod state;
+pub mod telemetry;
 pub mod ws;
 
 use std::{
@@ -70,6 +71,10 @@ pub struct Served {
     /// Why the recording failed, when it did.
     pub error: Option<String>,
     pub records: u64,
+    /// The latest telemetry reading (GPUs and the machine); null before the first.
+    pub telemetry: Value,
+    /// Readings taken, to tell a new one.
+    pub telemetry_seq: u64,
 }
 
 impl Served {
@@ -80,6 +85,8 @@ impl Served {
             tracing,
             error: None,
             records: 0,
+            telemetry: Value::Null,
+            telemetry_seq: 0,
         }
     }
 
@@ -105,6 +112,7 @@ pub struct Config {
     pub command: Vec<String>,
     pub stacks: bool,
     pub nvml_interval_ms: Option<u64>,
+    pub poll_interval_ms: u64,
     pub token_required: bool,
 }
 
@@ -146,6 +154,20 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
     if args.nvml_interval == 0 {
         bail!("--nvml-interval must be at least 1 millisecond");
     }
+    let poll = Duration::from_millis(args.poll_interval);
+    if poll < telemetry::MIN_INTERVAL {
+        bail!(
+            "--poll-interval must be at least {} ms",
+            telemetry::MIN_INTERVAL.as_millis()
+        );
+    }
+    if poll < telemetry::DEFAULT_INTERVAL {
+        crate::say!(
+            "vramtrace: warning: polling telemetry every {} ms costs NVML and CPU time; the default is {} ms",
+            poll.as_millis(),
+            telemetry::DEFAULT_INTERVAL.as_millis()
+        );
+    }
     let config = Config {
         version: env!("CARGO_PKG_VERSION"),
         listen: args.listen,
@@ -156,6 +178,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         command: args.command.clone(),
         stacks: !args.no_stacks,
         nvml_interval_ms: nvml_interval.map(|d| d.as_millis() as u64),
+        poll_interval_ms: poll.as_millis() as u64,
         token_required: token.is_some(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -196,6 +219,13 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         crate::say!("vramtrace: serving on http://{addr}/ (metrics at /metrics)");
         let app = router(shared.clone());
         tokio::spawn(ws::produce(shared.clone()));
+        if args.replay.is_none() {
+            telemetry::spawn(shared.clone(), poll).context("starting the telemetry poller")?;
+        } else {
+            shared.lock().telemetry = json!({
+                "unavailable": "serving a trace: this machine's telemetry does not describe it"
+            });
+        }
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown())
@@ -523,6 +553,7 @@ pub fn snapshot_json(s: &Served) -> Value {
         "host_findings": s.model.host_findings,
         "lost_events": s.model.lost_events,
         "nvml": nvml_json(&s.ledger),
+        "telemetry": s.telemetry,
     })
 }
 

@@ -128,7 +128,12 @@ pub async fn produce(shared: Arc<Shared>) {
         tick.tick().await;
         let state = {
             let s = shared.lock();
-            let key = (s.model.version, s.tracing, s.ledger.nvml().samples());
+            let key = (
+                s.model.version,
+                s.tracing,
+                s.ledger.nvml().samples(),
+                s.telemetry_seq,
+            );
             if seen == Some(key) {
                 continue;
             }
