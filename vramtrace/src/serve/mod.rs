@@ -78,7 +78,8 @@ pub struct Served {
 }
 
 impl Served {
-    fn new(tracing: Tracing) -> Self {
+    /// Empty, in the given tracing state.
+    pub fn new(tracing: Tracing) -> Self {
         Served {
             ledger: Ledger::new(),
             model: Model::default(),
@@ -127,6 +128,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What the handlers share, around `served` (the benchmark and tests build one).
+    pub fn new(served: Served, config: Config, token: Option<String>) -> Self {
+        Shared {
+            served: Mutex::new(served),
+            config,
+            token,
+            started: Instant::now(),
+            stream: ws::Stream::default(),
+        }
+    }
+
     /// The state; a handler that panicked while holding it left it usable.
     pub fn lock(&self) -> MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
@@ -204,13 +216,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         }
         None => Served::new(Tracing::Starting),
     };
-    let shared = Arc::new(Shared {
-        served: Mutex::new(served),
-        config,
-        token,
-        started: Instant::now(),
-        stream: ws::Stream::default(),
-    });
+    let shared = Arc::new(Shared::new(served, config, token));
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
