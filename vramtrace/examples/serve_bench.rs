@@ -39,14 +39,18 @@ fn stats(name: &str, mut ms: Vec<f64>, bytes: usize) {
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     let p99 = ms[(ms.len() * 99 / 100).min(ms.len() - 1)];
     println!(
-        "| {name:<34} | {mean:8.2} | {p99:8.2} | {:>9.1} |",
+        "| {name:<36} | {mean:8.2} | {p99:8.2} | {:>9.1} |",
         bytes as f64 / 1024.0
     );
 }
 
 fn get(addr: SocketAddr, path: &str) -> usize {
     let mut s = TcpStream::connect(addr).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).expect("read");
     buf.len()
@@ -154,8 +158,8 @@ fn main() {
     let rss2 = rss_kib();
 
     println!();
-    println!("| what ({RUNS} runs)                    |  mean ms |   p99 ms |       KiB |");
-    println!("|------------------------------------|---------:|---------:|----------:|");
+    println!("| what ({RUNS} runs)                      |  mean ms |   p99 ms |       KiB |");
+    println!("|--------------------------------------|---------:|---------:|----------:|");
     stats("/metrics rendered (top 20)", m, m_bytes);
     stats("/metrics over HTTP on loopback", hm, hm_bytes);
     stats("/ws full state (= /api/snapshot)", full, full_bytes);

@@ -424,10 +424,25 @@ fn traces_a_simulated_workload_live() {
     assert_eq!(health["vram_bytes_used"], device);
     let snap = server.json("/api/snapshot");
     assert_eq!(snap["processes"][0]["device_bytes"], device);
+    // The stream starts from the state last sent (at most 1/5 s old); its changes bring
+    // it to what the workload holds.
     let mut ws = ws_connect(server.addr);
     let first = ws_json(&mut ws);
     assert_eq!(first["type"], "state");
-    assert_eq!(first["state"]["vram_bytes_used"], device);
+    let mut state = first["state"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state["vram_bytes_used"] != device {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never showed {device}: {state}"
+        );
+        let msg = ws_json(&mut ws);
+        if msg["type"] == "changes" {
+            for (k, v) in msg["changes"]["set"].as_object().expect("set") {
+                state[k] = v.clone();
+            }
+        }
+    }
     assert!(
         snap["processes"][0]["cmdline"][0]
             .as_str()
@@ -528,6 +543,59 @@ fn prometheus_scrapes_serve_and_answers_for_the_workloads_bytes() {
     );
     let v: Value = serde_json::from_str(&up.body).expect("JSON");
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+
+    // Every query of the Grafana dashboard is valid PromQL against these metrics, and the
+    // panels about memory held now show the workload.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana-dashboard.json"
+        ))
+        .expect("the dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut shown = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("an expression")
+                .replace("$instance", ".*");
+            let r = request(
+                api,
+                &format!(
+                    "GET /api/v1/query?query={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                    percent_encode(&expr)
+                ),
+            );
+            let v: Value = serde_json::from_str(&r.body).expect("JSON");
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            if !v["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+                shown.push(panel["title"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    for title in [
+        "VRAM traced now",
+        "Traced device memory by class",
+        "Top processes by device memory",
+    ] {
+        assert!(
+            shown.iter().any(|t| t == title),
+            "{title} showed nothing: {shown:?}"
+        );
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 type Ws = tungstenite::WebSocket<TcpStream>;

@@ -58,8 +58,6 @@ pub enum Tracing {
     Ended,
     /// A trace file, replayed to its end.
     Replay,
-    /// The recording failed.
-    Failed,
 }
 
 /// The Ledger and the Model it feeds.
@@ -68,8 +66,6 @@ pub struct Served {
     pub ledger: Ledger,
     pub model: Model,
     pub tracing: Tracing,
-    /// Why the recording failed, when it did.
-    pub error: Option<String>,
     pub records: u64,
     /// The latest telemetry reading (GPUs and the machine); null before the first.
     pub telemetry: Value,
@@ -84,7 +80,6 @@ impl Served {
             ledger: Ledger::new(),
             model: Model::default(),
             tracing,
-            error: None,
             records: 0,
             telemetry: Value::Null,
             telemetry_seq: 0,
@@ -263,27 +258,26 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
                 }),
                 stop: stop_rx,
             };
-            let outcome = tokio::select! {
-                r = session::record_with(opts, Some(live)) => Some(r),
-                _ = shutdown() => None,
-            };
-            match outcome {
-                Some(Ok(_)) => {
+            // The recording handles SIGINT and SIGTERM itself, so that the trace (with -o)
+            // is sealed; the server stops on the same signals.
+            let started = Instant::now();
+            match session::record_with(opts, Some(live)).await {
+                Ok(outcome) => {
+                    let by_itself = outcome.command_status.is_some()
+                        || args
+                            .duration
+                            .is_some_and(|d| started.elapsed().as_secs_f64() >= d);
                     shared.lock().tracing = Tracing::Ended;
+                    if !by_itself {
+                        server.abort();
+                        return Ok(());
+                    }
                     crate::say!("vramtrace: recording ended; still serving (Ctrl-C to stop)");
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     crate::say!("vramtrace: recording failed: {e:#}");
-                    let mut s = shared.lock();
-                    s.tracing = Tracing::Failed;
-                    s.error = Some(format!("{e:#}"));
-                    drop(s);
                     server.abort();
                     return Err(e);
-                }
-                None => {
-                    server.abort();
-                    return Ok(());
                 }
             }
         }
@@ -503,11 +497,10 @@ fn last_oom_json(s: &Served) -> Value {
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.lock();
     let body = json!({
-        "status": if s.tracing == Tracing::Failed { "failed" } else { "ok" },
+        "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs_f64(),
         "tracing": s.tracing,
-        "error": s.error,
         "records": s.records,
         "lost_events": s.model.lost_events,
         "nvml": nvml_json(&s.ledger),
