@@ -30,15 +30,19 @@ impl Cli {
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
         let cli = Self::try_parse_from(&args)?;
-        if let Command::Record(r) = &cli.command
-            && r.command.is_empty()
-            && args.last().is_some_and(|a| a == "--")
-        {
+        let (verb, command) = match &cli.command {
+            Command::Record(r) => ("record", Some(&r.command)),
+            Command::Serve(s) => ("serve", Some(&s.command)),
+            _ => ("", None),
+        };
+        if command.is_some_and(Vec::is_empty) && args.last().is_some_and(|a| a == "--") {
             use clap::CommandFactory as _;
             return Err(Self::command().error(
                 clap::error::ErrorKind::InvalidValue,
-                "`record --` needs the command to trace after `--` \
-                 (leave `--` out to trace every process)",
+                format!(
+                    "`{verb} --` needs the command to trace after `--` \
+                     (leave `--` out to trace every process)"
+                ),
             ));
         }
         if let Command::Analyze(a) = &cli.command
@@ -428,6 +432,22 @@ mod tests {
             };
             assert_eq!(r.command, command, "{args:?}");
         }
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_by_default_and_refuses_an_empty_double_dash() {
+        let Command::Serve(s) = Cli::try_parse_args(["vramtrace", "serve"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9477");
+        assert_eq!(s.top, 20);
+        let err = Cli::try_parse_args(["vramtrace", "serve", "--"]).unwrap_err();
+        assert!(
+            err.to_string().contains("`serve --` needs the command"),
+            "{err}"
+        );
+        // A replay takes no tracing options.
+        assert!(Cli::try_parse_args(["vramtrace", "serve", "--replay", "t", "-p", "1"]).is_err());
     }
 
     #[test]
