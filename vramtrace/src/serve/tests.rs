@@ -85,3 +85,23 @@ fn per_process_series_are_bounded_by_top_and_the_rest_counted() {
     assert!(text.contains("\nvramtrace_processes 30\n"));
     assert!(!text.contains("0x"), "no address in any label");
 }
+
+#[test]
+fn health_names_the_last_oom_with_its_breakdown() {
+    use crate::tui::synth;
+    let recs = vec![
+        synth::process(1, 77, "trainer"),
+        synth::alloc(1, synth::T0, 0x1000, 8 * MIB, None),
+        synth::oom(1, synth::T0 + 10, 1 << 30),
+    ];
+    let s = served(&recs);
+    assert_eq!(s.model.ooms, 1);
+    let oom = super::last_oom_json(&s);
+    assert_eq!(oom["pid"], 77);
+    assert_eq!(oom["comm"], "trainer");
+    let summary = oom["summary"].as_str().expect("a summary");
+    assert!(summary.contains("requested 1.0 GiB"), "{summary}");
+    assert!(summary.contains("8.0 MiB"), "{summary}");
+    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    assert!(text.contains("\nvramtrace_oom_total 1\n"), "{text}");
+}
