@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing vramtrace needs on a fresh Debian 12 machine:
 # the pinned Rust toolchains, bpf-linker on LLVM 22, and NVIDIA's driver libraries
-# (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests.
+# (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests, and
+# Debian's prometheus (prometheus, promtool) for the service's tests.
 # The newer driver generations Debian ships (550 from trixie, 555 from experimental) are
 # fetched with `apt-get download` and unpacked into a side folder, never installed:
 # $VRAMTRACE_NVIDIA_DIR (default /var/cache/vramtrace/nvidia)/<generation>/, where the
@@ -20,7 +21,8 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libcuda1 >/dev/null 2>&1 || need_apt+=(libcuda1)
 dpkg -s libnvidia-ml1 >/dev/null 2>&1 || need_apt+=(libnvidia-ml1)
-for p in build-essential pkg-config jq tmux python3; do
+# prometheus (with promtool): the service's tests scrape `vramtrace serve` with the real one.
+for p in build-essential pkg-config jq tmux python3 prometheus; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 

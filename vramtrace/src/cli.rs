@@ -30,15 +30,19 @@ impl Cli {
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
         let cli = Self::try_parse_from(&args)?;
-        if let Command::Record(r) = &cli.command
-            && r.command.is_empty()
-            && args.last().is_some_and(|a| a == "--")
-        {
+        let (verb, command) = match &cli.command {
+            Command::Record(r) => ("record", Some(&r.command)),
+            Command::Serve(s) => ("serve", Some(&s.command)),
+            _ => ("", None),
+        };
+        if command.is_some_and(Vec::is_empty) && args.last().is_some_and(|a| a == "--") {
             use clap::CommandFactory as _;
             return Err(Self::command().error(
                 clap::error::ErrorKind::InvalidValue,
-                "`record --` needs the command to trace after `--` \
-                 (leave `--` out to trace every process)",
+                format!(
+                    "`{verb} --` needs the command to trace after `--` \
+                     (leave `--` out to trace every process)"
+                ),
             ));
         }
         if let Command::Analyze(a) = &cli.command
@@ -66,6 +70,82 @@ pub enum Command {
     Top(TopArgs),
     /// Convert a trace for other viewers: Perfetto, flame graphs, PyTorch's memory_viz.
     Export(ExportArgs),
+    /// Serve the live state over read-only HTTP: health, Prometheus metrics, JSON snapshots
+    /// (needs root); `--replay FILE` serves a trace instead (no root).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Another than loopback only when asked: the service has no TLS
+    /// of its own (put a proxy in front) and names the processes of this machine.
+    #[arg(long, value_name = "ADDR", env = "VRAMTRACE_LISTEN",
+          default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::serve::DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// A file whose first line is the bearer token every request must carry
+    /// (`Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "FILE", env = "VRAMTRACE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Per-process metric series for this many processes, largest first; the rest are
+    /// counted in `vramtrace_processes_omitted`.
+    #[arg(long, value_name = "N", default_value_t = 20, env = "VRAMTRACE_TOP")]
+    pub top: usize,
+    /// Serve this trace file instead of tracing live (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Also write the trace to this file.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "replay")]
+    pub output: Option<PathBuf>,
+    /// Trace only this process and its descendants (repeatable). Default: every process.
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "replay")]
+    pub pids: Vec<u32>,
+    /// The driver library to attach to (repeatable). Default: found as `record` finds it.
+    #[arg(long, value_name = "PATH", conflicts_with = "replay")]
+    pub libcuda: Vec<PathBuf>,
+    /// Stop tracing after this many seconds (the server goes on serving what it saw).
+    #[arg(long, value_name = "SECS", conflicts_with = "replay", value_parser = positive_secs)]
+    pub duration: Option<f64>,
+    /// Do not capture call stacks.
+    #[arg(long, conflicts_with = "replay")]
+    pub no_stacks: bool,
+    /// Ring buffer size in bytes (a power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, conflicts_with = "replay")]
+    pub ring_size: u32,
+    /// Where the probes go on each function (as for `record`).
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = ProbeAt::Auto)]
+    pub probe_at: ProbeAt,
+    /// Sample NVML every this many milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        env = "VRAMTRACE_NVML_INTERVAL"
+    )]
+    pub nvml_interval: u64,
+    /// Do not use NVML.
+    #[arg(long)]
+    pub no_nvml: bool,
+    /// Read GPU telemetry (NVML, else nvidia-smi) and the machine's figures every this many
+    /// milliseconds (at least 250; under 1000 is warned about).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        env = "VRAMTRACE_POLL_INTERVAL"
+    )]
+    pub poll_interval: u64,
+    /// Command to start and trace, with its descendants; tracing ends when it exits, serving
+    /// goes on until SIGINT or SIGTERM.
+    #[arg(last = true, value_name = "CMD", conflicts_with = "replay")]
+    pub command: Vec<String>,
+}
+
+/// Seconds that are a duration: finite and positive.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +450,22 @@ mod tests {
             };
             assert_eq!(r.command, command, "{args:?}");
         }
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_by_default_and_refuses_an_empty_double_dash() {
+        let Command::Serve(s) = Cli::try_parse_args(["vramtrace", "serve"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9477");
+        assert_eq!(s.top, 20);
+        let err = Cli::try_parse_args(["vramtrace", "serve", "--"]).unwrap_err();
+        assert!(
+            err.to_string().contains("`serve --` needs the command"),
+            "{err}"
+        );
+        // A replay takes no tracing options.
+        assert!(Cli::try_parse_args(["vramtrace", "serve", "--replay", "t", "-p", "1"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`session`]: `vramtrace record`: the [`session::Recorder`] wires the pieces above
 //!   together.
 //! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
+//! - [`serve`]: `vramtrace serve`: read-only HTTP (health, Prometheus metrics, snapshots)
+//!   over the same Ledger, live or replaying a trace.
 //! - [`cli`]: the command line.
 //! - [`console`]: stdout and stderr for a reader that may go away.
 
@@ -31,6 +33,7 @@ pub mod ledger;
 pub mod nvml;
 pub mod probe;
 pub mod procinfo;
+pub mod serve;
 pub mod session;
 pub mod stacks;
 #[cfg(test)]

@@ -48,6 +48,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Analyze(args) => analyze_cmd(args),
         Command::Top(args) => vramtrace::tui::top(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export_cmd(args),
+        Command::Serve(args) => {
+            vramtrace::serve::serve(args, cli.verbose > 0).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -101,6 +101,10 @@ struct Args {
     /// vram-only policy, which signals the thread at each host-memory call.
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     handle_signal: Option<i32>,
+    /// After the report, wait this many seconds before exiting, holding whatever the
+    /// scenario left allocated: for a live observer (`vramtrace serve`, `top`).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    hold: f64,
 }
 
 static SIGNALS_RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -257,6 +261,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     print_last_line(&v);
+    if args.hold.is_finite() && args.hold > 0.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(args.hold));
+    }
     match args.scenario {
         // A crash-like end: nothing freed, no destructors, status 1.
         Scenario::Oom | Scenario::SecondGpuOom => std::process::exit(1),

@@ -150,6 +150,66 @@ impl Nvml {
     }
 }
 
+/// One GPU's live telemetry, for the service: every figure NVML could not read is `None`
+/// (never a zero it did not report).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GpuTelemetry {
+    pub index: u32,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    /// Percent of the last sample period a kernel ran.
+    pub utilization_gpu_percent: Option<u32>,
+    /// Percent of the last sample period device memory was read or written.
+    pub utilization_memory_percent: Option<u32>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_free_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_watts: Option<f64>,
+    pub power_limit_watts: Option<f64>,
+    /// Fan 0's speed, percent of its maximum.
+    pub fan_percent: Option<u32>,
+    pub encoder_percent: Option<u32>,
+    pub decoder_percent: Option<u32>,
+    /// Processes on the GPU, by PID.
+    pub processes: Vec<GpuProcess>,
+}
+
+impl Nvml {
+    /// Utilization, memory, temperature, power and its limit, fan, encoder and decoder use
+    /// and processes of every GPU NVML can open.
+    pub fn telemetry(&self) -> Vec<GpuTelemetry> {
+        use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+        let count = self.nvml.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|index| {
+                let d = self.nvml.device_by_index(index).ok()?;
+                let mem = d.memory_info().ok();
+                let util = d.utilization_rates().ok();
+                let compute = d.running_compute_processes().unwrap_or_default();
+                let graphics = d.running_graphics_processes().unwrap_or_default();
+                Some(GpuTelemetry {
+                    index,
+                    name: d.name().ok(),
+                    uuid: d.uuid().ok(),
+                    utilization_gpu_percent: util.as_ref().map(|u| u.gpu),
+                    utilization_memory_percent: util.as_ref().map(|u| u.memory),
+                    memory_total_bytes: mem.as_ref().map(|m| m.total),
+                    memory_used_bytes: mem.as_ref().map(|m| m.used),
+                    memory_free_bytes: mem.as_ref().map(|m| m.free),
+                    temperature_celsius: d.temperature(TemperatureSensor::Gpu).ok(),
+                    power_watts: d.power_usage().ok().map(|mw| f64::from(mw) / 1e3),
+                    power_limit_watts: d.enforced_power_limit().ok().map(|mw| f64::from(mw) / 1e3),
+                    fan_percent: d.fan_speed(0).ok(),
+                    encoder_percent: d.encoder_utilization().ok().map(|u| u.utilization),
+                    decoder_percent: d.decoder_utilization().ok().map(|u| u.utilization),
+                    processes: merge_processes(compute.iter().chain(graphics.iter())),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Merges NVML's compute and graphics process lists by PID, sorted by PID. A process listed
 /// twice gets the larger known figure; "not available" only when no list had one.
 pub fn merge_processes<'a>(lists: impl Iterator<Item = &'a ProcessInfo>) -> Vec<GpuProcess> {

@@ -1,0 +1,633 @@
+//! `vramtrace serve`: read-only HTTP over the one Ledger, live (through the same
+//! [`Recorder`](crate::session::Recorder) as `record`) or replaying a trace file.
+//!
+//! Every record goes through the Ledger; the service's [`Model`] moves only with the
+//! Ledger's change stream, and the responses read the Model and the Ledger's state.
+//!
+//! Endpoints (all `GET`; a bearer token on every one when `--token-file` is given):
+//! `/api/health`, `/metrics` (Prometheus text, OpenMetrics on request), `/api/snapshot`,
+//! `/api/config`, `/ws` (a WebSocket: the state, then its changes); under `--replay` also `/api/analysis` and `/api/snapshot?at=SECS`.
+
+pub mod metrics;
+pub mod state;
+pub mod telemetry;
+pub mod ws;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use axum::{
+    Router,
+    extract::{Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use state::Model;
+
+use crate::{
+    analyze,
+    cli::ServeArgs,
+    ledger::{Class, Ledger, Replay},
+    session::{self, LiveSink, RecordOptions},
+};
+
+/// The port `serve` listens on unless told otherwise (DCGM exporter has 9400).
+pub const DEFAULT_PORT: u16 = 9477;
+/// Longest request target (path and query) accepted.
+const MAX_TARGET: usize = 2048;
+
+/// Whether records still arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tracing {
+    /// The probes are being attached.
+    Starting,
+    /// Live: records arrive.
+    Live,
+    /// The recording ended (its command exited, or its duration passed); the state stays.
+    Ended,
+    /// A trace file, replayed to its end.
+    Replay,
+}
+
+/// The Ledger and the Model it feeds.
+#[derive(Debug)]
+pub struct Served {
+    pub ledger: Ledger,
+    pub model: Model,
+    pub tracing: Tracing,
+    pub records: u64,
+    /// The latest telemetry reading (GPUs and the machine); null before the first.
+    pub telemetry: Value,
+    /// Readings taken, to tell a new one.
+    pub telemetry_seq: u64,
+}
+
+impl Served {
+    /// Empty, in the given tracing state.
+    pub fn new(tracing: Tracing) -> Self {
+        Served {
+            ledger: Ledger::new(),
+            model: Model::default(),
+            tracing,
+            records: 0,
+            telemetry: Value::Null,
+            telemetry_seq: 0,
+        }
+    }
+
+    /// Applies records in trace order; the Model takes what each changed.
+    pub fn apply(&mut self, records: &[crate::trace::Record]) {
+        for rec in records {
+            let changes = self.ledger.apply(rec);
+            self.model.take(changes);
+            self.records += 1;
+        }
+    }
+}
+
+/// The settings `/api/config` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub version: &'static str,
+    pub listen: SocketAddr,
+    pub top: usize,
+    pub replay: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub pids: Vec<u32>,
+    pub command: Vec<String>,
+    pub stacks: bool,
+    pub nvml_interval_ms: Option<u64>,
+    pub poll_interval_ms: u64,
+    pub token_required: bool,
+}
+
+/// What every handler shares.
+pub struct Shared {
+    pub served: Mutex<Served>,
+    pub config: Config,
+    token: Option<String>,
+    started: Instant,
+    /// The WebSocket stream's producer side.
+    pub stream: ws::Stream,
+}
+
+impl Shared {
+    /// What the handlers share, around `served` (the benchmark and tests build one).
+    pub fn new(served: Served, config: Config, token: Option<String>) -> Self {
+        Shared {
+            served: Mutex::new(served),
+            config,
+            token,
+            started: Instant::now(),
+            stream: ws::Stream::default(),
+        }
+    }
+
+    /// The state; a handler that panicked while holding it left it usable.
+    pub fn lock(&self) -> MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads the bearer token: the file's first line, which must not be empty.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Runs `vramtrace serve` until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
+    if args.top == 0 {
+        bail!("--top must be at least 1");
+    }
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let nvml_interval = (!args.no_nvml).then(|| Duration::from_millis(args.nvml_interval));
+    if args.nvml_interval == 0 {
+        bail!("--nvml-interval must be at least 1 millisecond");
+    }
+    let poll = Duration::from_millis(args.poll_interval);
+    if poll < telemetry::MIN_INTERVAL {
+        bail!(
+            "--poll-interval must be at least {} ms",
+            telemetry::MIN_INTERVAL.as_millis()
+        );
+    }
+    if poll < telemetry::DEFAULT_INTERVAL {
+        crate::say!(
+            "vramtrace: warning: polling telemetry every {} ms costs NVML and CPU time; the default is {} ms",
+            poll.as_millis(),
+            telemetry::DEFAULT_INTERVAL.as_millis()
+        );
+    }
+    let config = Config {
+        version: env!("CARGO_PKG_VERSION"),
+        listen: args.listen,
+        top: args.top,
+        replay: args.replay.clone(),
+        output: args.output.clone(),
+        pids: args.pids.clone(),
+        command: args.command.clone(),
+        stacks: !args.no_stacks,
+        nvml_interval_ms: nvml_interval.map(|d| d.as_millis() as u64),
+        poll_interval_ms: poll.as_millis() as u64,
+        token_required: token.is_some(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let served = match &args.replay {
+        Some(path) => {
+            let mut served = Served::new(Tracing::Replay);
+            let mut replay =
+                Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
+            let model = &mut served.model;
+            let mut n = 0;
+            replay.run_read_ahead(|ledger, _| {
+                model.take(ledger.changes());
+                n += 1;
+            });
+            served.records = n;
+            let (ledger, _) = replay.finish();
+            served.ledger = ledger;
+            served
+        }
+        None => Served::new(Tracing::Starting),
+    };
+    let shared = Arc::new(Shared::new(served, config, token));
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        crate::say!("vramtrace: serving on http://{addr}/ (metrics at /metrics)");
+        let app = router(shared.clone());
+        tokio::spawn(ws::produce(shared.clone()));
+        if args.replay.is_none() {
+            telemetry::spawn(shared.clone(), poll).context("starting the telemetry poller")?;
+        } else {
+            shared.lock().telemetry = json!({
+                "unavailable": "serving a trace: this machine's telemetry does not describe it"
+            });
+        }
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown())
+                .await
+        });
+        if args.replay.is_none() {
+            let opts = RecordOptions {
+                output: args.output.clone(),
+                pids: args.pids.clone(),
+                libcuda: args.libcuda.clone(),
+                duration: args.duration.map(Duration::from_secs_f64),
+                command: args.command.clone(),
+                stacks: !args.no_stacks,
+                ring_bytes: args.ring_size,
+                probe_at: args.probe_at,
+                verbose,
+                quiet: true,
+                nvml_interval,
+                policy: session::Policy::Report,
+                host_signal: 0,
+            };
+            let (_stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+            let sink = shared.clone();
+            let live = LiveSink {
+                on_records: Box::new(move |batch| {
+                    let mut s = sink.lock();
+                    s.tracing = Tracing::Live;
+                    s.apply(&batch);
+                }),
+                stop: stop_rx,
+            };
+            // The recording handles SIGINT and SIGTERM itself, so that the trace (with -o)
+            // is sealed; the server stops on the same signals.
+            let started = Instant::now();
+            match session::record_with(opts, Some(live)).await {
+                Ok(outcome) => {
+                    let by_itself = outcome.command_status.is_some()
+                        || args
+                            .duration
+                            .is_some_and(|d| started.elapsed().as_secs_f64() >= d);
+                    shared.lock().tracing = Tracing::Ended;
+                    if !by_itself {
+                        server.abort();
+                        return Ok(());
+                    }
+                    crate::say!("vramtrace: recording ended; still serving (Ctrl-C to stop)");
+                }
+                Err(e) => {
+                    crate::say!("vramtrace: recording failed: {e:#}");
+                    server.abort();
+                    return Err(e);
+                }
+            }
+        }
+        server
+            .await
+            .context("the server task")?
+            .context("serving")?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The routes, behind the checks every request goes through.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/metrics", get(metrics_handler))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/config", get(config))
+        .route("/api/analysis", get(analysis))
+        .route("/ws", get(ws::handler))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (status, json_body(&json!({ "error": msg }))).into_response()
+}
+
+/// Refuses what a read-only service must not take: a request with a body, an overlong
+/// target, a missing or wrong bearer token.
+async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_TARGET {
+        return error(StatusCode::URI_TOO_LONG, "request target too long");
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "this service is read-only and takes no request body",
+        );
+    }
+    if let Some(token) = &shared.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// JSON with `<`, `>` and `&` escaped, so that no name a traced process chose can become
+/// markup in a page that embeds the response; serde_json escapes control characters.
+pub fn json_text(v: &impl Serialize) -> String {
+    let s = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn json_body(v: &impl Serialize) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, "application/json")], json_text(v))
+}
+
+async fn metrics_handler(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let format =
+        metrics::Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = {
+        let s = shared.lock();
+        metrics::render(&s.model, &s.ledger, shared.config.top, format)
+    };
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+fn nvml_json(ledger: &Ledger) -> Value {
+    match ledger.nvml().info() {
+        Some(i) if i.available => json!({ "available": true, "driver_version": i.driver_version }),
+        Some(i) => {
+            json!({ "available": false, "reason": i.reason.as_deref().unwrap_or("unknown") })
+        }
+        None => {
+            json!({ "available": false, "reason": "no NVML facts yet (the recording has not started)" })
+        }
+    }
+}
+
+fn class_map(by: &state::ByClass) -> serde_json::Map<String, Value> {
+    Class::ALL
+        .iter()
+        .zip(by)
+        .filter(|(c, _)| !matches!(c, Class::Pool | Class::HostFallback))
+        .map(|(c, b)| (c.name().to_owned(), json!(b)))
+        .collect()
+}
+
+/// Per GPU: traced bytes by class, pool-held, and NVML's figures where it has them.
+fn gpus_json(s: &Served) -> Vec<Value> {
+    let mut out = Vec::new();
+    let traced = s.model.gpus(&s.ledger);
+    let info = s.ledger.nvml().info();
+    let latest = s.ledger.nvml().latest();
+    let mut nvml_indices: Vec<u32> = info
+        .map(|i| i.gpus.iter().map(|g| g.index).collect())
+        .unwrap_or_default();
+    for g in traced.keys() {
+        if let state::Gpu::Nvml(i) = g
+            && !nvml_indices.contains(i)
+        {
+            nvml_indices.push(*i);
+        }
+    }
+    let mut gpus: Vec<state::Gpu> = nvml_indices.into_iter().map(state::Gpu::Nvml).collect();
+    gpus.extend(traced.keys().filter(|g| !matches!(g, state::Gpu::Nvml(_))));
+    gpus.sort();
+    for g in gpus {
+        let sums = traced.get(&g).copied().unwrap_or_default();
+        let mut v = json!({
+            "gpu": g.label(),
+            "traced_device_bytes": sums.device.iter().sum::<u64>(),
+            "traced_by_class": class_map(&sums.device),
+            "pool_held_bytes": sums.pool_held,
+        });
+        if let state::Gpu::Nvml(i) = g {
+            let gi = info.and_then(|inf| inf.gpus.iter().find(|x| x.index == i));
+            let sample = latest.and_then(|l| l.gpus.iter().find(|x| x.index == i));
+            v["index"] = json!(i);
+            v["name"] = json!(gi.and_then(|x| x.name.clone()));
+            v["uuid"] = json!(gi.and_then(|x| x.uuid.clone()));
+            // Absent when NVML did not say: never a zero it did not report.
+            v["memory"] = match sample {
+                Some(x) => json!({
+                    "total_bytes": x.total_bytes.or(gi.and_then(|g| g.total_bytes)),
+                    "used_bytes": x.used_bytes,
+                    "free_bytes": x.free_bytes,
+                }),
+                None => json!({ "unavailable": "no NVML sample of this GPU" }),
+            };
+        }
+        out.push(v);
+    }
+    out
+}
+
+fn last_oom_json(s: &Served) -> Value {
+    let Some((proc, oom)) = &s.model.last_oom else {
+        return Value::Null;
+    };
+    let p = s.ledger.process(*proc);
+    let mut v = json!(oom);
+    v["pid"] = json!(p.map(|p| p.pid));
+    v["comm"] = json!(p.map(|p| p.comm()));
+    let breakdown: Vec<String> = oom
+        .live_by_class
+        .iter()
+        .filter(|(_, b)| **b > 0)
+        .map(|(c, b)| format!("{} {}", c.name(), analyze::human_bytes(*b)))
+        .collect();
+    let available = oom
+        .nvml
+        .as_ref()
+        .and_then(|n| n.free_bytes)
+        .map(|f| format!(", available {}", analyze::human_bytes(f)))
+        .unwrap_or_default();
+    v["summary"] = json!(format!(
+        "{}{}requested {}{}",
+        breakdown.join(", "),
+        if breakdown.is_empty() { "" } else { ", " },
+        oom.requested_bytes
+            .map_or_else(|| "? bytes".to_owned(), analyze::human_bytes),
+        available
+    ));
+    v
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let s = shared.lock();
+    let body = json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": shared.started.elapsed().as_secs_f64(),
+        "tracing": s.tracing,
+        "records": s.records,
+        "lost_events": s.model.lost_events,
+        "nvml": nvml_json(&s.ledger),
+        "gpus": gpus_json(&s),
+        "vram_bytes_used": s.model.vram_bytes_used(),
+        "ooms": s.model.ooms,
+        "last_oom": last_oom_json(&s),
+    });
+    drop(s);
+    json_body(&body).into_response()
+}
+
+/// The full state: what `/api/snapshot` returns and the WebSocket's first message.
+pub fn snapshot_json(s: &Served) -> Value {
+    let procs: Vec<Value> = s
+        .model
+        .ranked()
+        .into_iter()
+        .map(|(proc, row)| {
+            let st = s.ledger.process(proc);
+            let info = st.and_then(|p| p.info.as_ref());
+            json!({
+                "pid": st.map(|p| p.pid),
+                "comm": st.map(|p| p.comm()),
+                "cmdline": info.map(|i| &i.cmdline),
+                "container": info.and_then(|i| i.container.as_deref()),
+                "device_bytes": row.device_bytes(),
+                "pool_held_bytes": row.pool_held_bytes(),
+                "host_bytes": row.host_bytes,
+                "live_allocations": row.live,
+                "by_gpu": row.device.iter().map(|(d, by)| json!({
+                    "device": d, "by_class": class_map(by)
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "tracing": s.tracing,
+        "records": s.records,
+        "time_span_ns": s.ledger.time_span(),
+        "vram_bytes_used": s.model.vram_bytes_used(),
+        "pool_held_bytes": s.model.pool_held_bytes(),
+        "host_bytes": s.model.host_bytes(),
+        "gpus": gpus_json(s),
+        "processes": procs,
+        "allocations": s.model.allocations,
+        "ooms": s.model.ooms,
+        "last_oom": last_oom_json(s),
+        "host_findings": s.model.host_findings,
+        "lost_events": s.model.lost_events,
+        "nvml": nvml_json(&s.ledger),
+        "telemetry": s.telemetry,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct SnapshotQuery {
+    at: Option<f64>,
+}
+
+async fn snapshot(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "at= must be a number of seconds");
+    };
+    match q.at {
+        None => json_body(&snapshot_json(&shared.lock())).into_response(),
+        Some(at) => {
+            let Some(path) = shared.config.replay.clone() else {
+                return error(StatusCode::BAD_REQUEST, "at= needs serve --replay");
+            };
+            if !(at.is_finite() && at >= 0.0) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "at= must be seconds, finite and not negative",
+                );
+            }
+            let result = tokio::task::spawn_blocking(move || snapshot_at(&path, at)).await;
+            match result {
+                Ok(Ok(v)) => json_body(&v).into_response(),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+    }
+}
+
+/// The state `secs` after the start of the recording: the trace replayed up to then.
+fn snapshot_at(path: &std::path::Path, secs: f64) -> Result<Value> {
+    let replay = Replay::open(path)?;
+    let start = replay.header().start_monotonic_ns;
+    let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
+    let mut replay = replay.until(Some(cutoff));
+    let mut served = Served::new(Tracing::Replay);
+    let model = &mut served.model;
+    let mut n = 0;
+    replay.run_read_ahead(|ledger, _| {
+        model.take(ledger.changes());
+        n += 1;
+    });
+    served.records = n;
+    served.ledger = replay.finish().0;
+    let mut v = snapshot_json(&served);
+    v["at_seconds"] = json!(secs);
+    Ok(v)
+}
+
+async fn config(State(shared): State<Arc<Shared>>) -> Response {
+    json_body(&shared.config).into_response()
+}
+
+async fn analysis(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(path) = shared.config.replay.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the analysis is served under serve --replay only",
+        );
+    };
+    let result = tokio::task::spawn_blocking(move || analyze::analyze_file(&path)).await;
+    match result {
+        Ok(Ok(report)) => json_body(&report).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

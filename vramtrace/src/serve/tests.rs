@@ -1,0 +1,107 @@
+//! The service's model held to the Ledger it follows, its escaping, and its bounds.
+
+use proptest::prelude::*;
+
+use super::{Served, Tracing, json_text, metrics, snapshot_json};
+use crate::testing::{MIB, Sim, sequence};
+use crate::trace::Record;
+
+fn served(records: &[Record]) -> Served {
+    let mut s = Served::new(Tracing::Replay);
+    s.apply(records);
+    s
+}
+
+proptest! {
+    /// The sums the service shows are the Ledger's, whatever the sequence: the model moves
+    /// only by the change stream and loses nothing.
+    #[test]
+    fn the_model_agrees_with_the_ledger(records in sequence(120)) {
+        let s = served(&records);
+        let totals = s.ledger.totals().usage;
+        prop_assert_eq!(s.model.vram_bytes_used(), totals.device_bytes);
+        prop_assert_eq!(s.model.pool_held_bytes(), totals.pool_held_bytes);
+        prop_assert_eq!(s.model.host_bytes(), totals.host_bytes);
+        for p in s.ledger.processes() {
+            let row = s.model.procs.get(&p.proc).cloned().unwrap_or_default();
+            prop_assert_eq!(row.device_bytes(), p.usage.device_bytes);
+            prop_assert_eq!(row.pool_held_bytes(), p.usage.pool_held_bytes);
+            prop_assert_eq!(row.host_bytes, p.usage.host_bytes);
+            prop_assert_eq!(row.live, p.live_allocations().count() as u64);
+        }
+        let gpus = s.model.gpus(&s.ledger);
+        let by_gpu: u64 = gpus.values().map(|g| g.device.iter().sum::<u64>()).sum();
+        prop_assert_eq!(by_gpu, totals.device_bytes);
+    }
+}
+
+#[test]
+fn names_with_control_characters_and_markup_are_escaped_everywhere() {
+    let mut p = Sim::new(1, 4242);
+    let evil = "ev\u{1b}[31mil<script>\"x\"\n&";
+    let mut recs = vec![p.process(evil)];
+    if let Some(Record::Process(proc)) = recs.first_mut() {
+        proc.cmdline = vec![evil.into(), "--flag=</td>".into()];
+    }
+    recs.push(p.alloc(0x1000, 8 * MIB));
+    let s = served(&recs);
+
+    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("vramtrace_process_device_bytes{"))
+        .expect("a per-process series");
+    assert!(
+        line.contains(r#"comm="ev�[31mil<script>\"x\"\n&""#),
+        "{line}"
+    );
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
+
+    let json = json_text(&snapshot_json(&s));
+    assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'));
+    assert!(!json.chars().any(char::is_control));
+    let back: serde_json::Value = serde_json::from_str(&json).expect("still JSON");
+    assert_eq!(back["processes"][0]["comm"], evil);
+}
+
+#[test]
+fn per_process_series_are_bounded_by_top_and_the_rest_counted() {
+    let mut recs = Vec::new();
+    for i in 0..30u32 {
+        let mut p = Sim::new(i + 1, 1000 + i);
+        recs.push(p.process(&format!("proc{i}")));
+        recs.push(p.alloc(0x1000, u64::from(i + 1) * MIB));
+    }
+    let s = served(&recs);
+    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vramtrace_process_device_bytes{"))
+        .collect();
+    assert_eq!(series.len(), 20);
+    // The largest first: proc29 holds 30 MiB.
+    assert!(series[0].contains("comm=\"proc29\""), "{}", series[0]);
+    assert!(text.contains("\nvramtrace_processes_omitted 10\n"));
+    assert!(text.contains("\nvramtrace_processes 30\n"));
+    assert!(!text.contains("0x"), "no address in any label");
+}
+
+#[test]
+fn health_names_the_last_oom_with_its_breakdown() {
+    use crate::tui::synth;
+    let recs = vec![
+        synth::process(1, 77, "trainer"),
+        synth::alloc(1, synth::T0, 0x1000, 8 * MIB, None),
+        synth::oom(1, synth::T0 + 10, 1 << 30),
+    ];
+    let s = served(&recs);
+    assert_eq!(s.model.ooms, 1);
+    let oom = super::last_oom_json(&s);
+    assert_eq!(oom["pid"], 77);
+    assert_eq!(oom["comm"], "trainer");
+    let summary = oom["summary"].as_str().expect("a summary");
+    assert!(summary.contains("requested 1.0 GiB"), "{summary}");
+    assert!(summary.contains("8.0 MiB"), "{summary}");
+    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    assert!(text.contains("\nvramtrace_oom_total 1\n"), "{text}");
+}
