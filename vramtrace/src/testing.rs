@@ -184,20 +184,66 @@ impl Sim {
 /// One driver call, or an exit, of a random sequence.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Alloc { slot: u64, bytes: u64, mem: Mem },
-    AllocAsync { slot: u64, bytes: u64, pool: bool },
-    Free { slot: u64, is_async: bool },
-    Fill { slot: u64, bytes: u64 },
-    Array { handle: u64, bytes: u64 },
-    ArrayDestroy { handle: u64 },
-    Vmm { handle: u64, bytes: u64, host: bool },
-    Map { slot: u64, handle: u64 },
-    Unmap { slot: u64 },
-    Release { handle: u64 },
-    Trim { keep: u64 },
+    Alloc {
+        slot: u64,
+        bytes: u64,
+        mem: Mem,
+    },
+    AllocAsync {
+        slot: u64,
+        bytes: u64,
+        pool: bool,
+    },
+    Free {
+        slot: u64,
+        is_async: bool,
+    },
+    Fill {
+        slot: u64,
+        bytes: u64,
+    },
+    /// A unified copy (`cuMemcpy`) into slot `slot` from slot `from` (device memory when it
+    /// is live, host memory otherwise) or, with `from` `None`, from a host address; or, with
+    /// `to_host`, from slot `slot` to a host address.
+    UnifiedCopy {
+        slot: u64,
+        from: Option<u64>,
+        bytes: u64,
+        to_host: bool,
+    },
+    Array {
+        handle: u64,
+        bytes: u64,
+    },
+    ArrayDestroy {
+        handle: u64,
+    },
+    Vmm {
+        handle: u64,
+        bytes: u64,
+        host: bool,
+    },
+    Map {
+        slot: u64,
+        handle: u64,
+    },
+    Unmap {
+        slot: u64,
+    },
+    Release {
+        handle: u64,
+    },
+    Trim {
+        keep: u64,
+    },
     PoolDestroy,
-    CtxCreate { ctx: u64, device: i32 },
-    CtxDestroy { ctx: u64 },
+    CtxCreate {
+        ctx: u64,
+        device: i32,
+    },
+    CtxDestroy {
+        ctx: u64,
+    },
     Exit,
 }
 
@@ -210,6 +256,9 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
             .prop_map(|(slot, m, pool)| Op::AllocAsync { slot: slot + 16, bytes: m * MIB, pool }),
         8 => (0..26u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
         4 => (0..26u64, 1..64u64).prop_map(|(slot, m)| Op::Fill { slot, bytes: m * MIB }),
+        3 => (0..26u64, prop::option::of(0..26u64), 1..64u64, any::<bool>()).prop_map(
+            |(slot, from, m, to_host)| Op::UnifiedCopy { slot, from, bytes: m * MIB, to_host }
+        ),
         2 => (0..4u64, 1..64u64).prop_map(|(handle, m)| Op::Array { handle, bytes: m * MIB }),
         2 => (0..4u64).prop_map(|handle| Op::ArrayDestroy { handle }),
         2 => (0..4u64, 1..64u64, any::<bool>())
@@ -266,6 +315,26 @@ pub fn record(s: &mut Sim, op: &Op) -> Record {
             bytes: Some(bytes),
             ..s.call("cuMemcpyHtoD_v2")
         }),
+        Op::UnifiedCopy {
+            slot,
+            from,
+            bytes,
+            to_host,
+        } => {
+            let host = 0x5555_0000_0000;
+            let (dst, src) = if to_host {
+                (host, addr(slot))
+            } else {
+                (addr(slot) + MIB / 2, from.map_or(host, addr))
+            };
+            Record::Copy(Call {
+                addr: Some(dst),
+                src: Some(src),
+                src_mem: Some(crate::trace::CopySrc::Unified),
+                bytes: Some(bytes),
+                ..s.call("cuMemcpy")
+            })
+        }
         Op::Array { handle, bytes } => Record::Alloc(Call {
             handle: Some(0xa000 + handle),
             bytes: Some(bytes),

@@ -1659,3 +1659,255 @@ pub extern "C" fn cuMemcpyHtoDAsync(
 ) -> CUresult {
     htod(u64::from(dst), src, u64::from(n))
 }
+
+// ---------------------------------------------------------------------------
+// Unified, 2D and 3D copies
+// ---------------------------------------------------------------------------
+
+/// `CUmemorytype`.
+const MEMORYTYPE_HOST: c_uint = 1;
+const MEMORYTYPE_DEVICE: c_uint = 2;
+const MEMORYTYPE_ARRAY: c_uint = 3;
+const MEMORYTYPE_UNIFIED: c_uint = 4;
+
+/// `CUDA_MEMCPY2D` (`_v2`).
+#[repr(C)]
+pub struct Memcpy2D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_memory_type: c_uint,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: Handle,
+    src_pitch: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_memory_type: c_uint,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: Handle,
+    dst_pitch: usize,
+    width_in_bytes: usize,
+    height: usize,
+}
+
+/// `CUDA_MEMCPY3D` (`_v2`).
+#[repr(C)]
+pub struct Memcpy3D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_z: usize,
+    src_lod: usize,
+    src_memory_type: c_uint,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: Handle,
+    reserved0: *mut c_void,
+    src_pitch: usize,
+    src_height: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_z: usize,
+    dst_lod: usize,
+    dst_memory_type: c_uint,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: Handle,
+    reserved1: *mut c_void,
+    dst_pitch: usize,
+    dst_height: usize,
+    width_in_bytes: usize,
+    height: usize,
+    depth: usize,
+}
+
+/// One side of a copy, as its memory type says.
+enum Side {
+    Host(u64),
+    Device(u64),
+    Array(u64),
+    Unified(u64),
+}
+
+impl State {
+    /// Whether `[p, p + n)` lies inside one device allocation or mapping: `None` when `p`
+    /// is in no device memory at all.
+    fn device_range(&self, p: u64, n: u64) -> Option<bool> {
+        let end = p.checked_add(n)?;
+        if let Some((a, rec)) = self.allocs.range(..=p).next_back()
+            && p < a + rec.size
+        {
+            return Some(end <= a + rec.size);
+        }
+        if let Some((m, rec)) = self.mappings.range(..=p).next_back()
+            && p < m + rec.size
+        {
+            return Some(end <= m + rec.size);
+        }
+        None
+    }
+
+    /// Checks one side of a copy of `n` bytes, as the driver would: device memory must hold
+    /// the whole range, an array must exist, host memory must not be null. A unified
+    /// address is device memory when it lies in one, host memory otherwise.
+    fn copy_side(&self, side: &Side, n: u64) -> Result<(), CUresult> {
+        match *side {
+            Side::Host(p) => nonnull(p as *const u8),
+            Side::Device(p) => match self.device_range(p, n) {
+                Some(true) => Ok(()),
+                _ => Err(INVALID_VALUE),
+            },
+            Side::Array(h) => {
+                if self.arrays.contains_key(&h) {
+                    Ok(())
+                } else {
+                    Err(INVALID_HANDLE)
+                }
+            }
+            Side::Unified(p) => match self.device_range(p, n) {
+                Some(true) => Ok(()),
+                Some(false) => Err(INVALID_VALUE),
+                None => nonnull(p as *const u8),
+            },
+        }
+    }
+
+    fn copy(&mut self, dst: Side, src: Side, n: u64) -> Result<(), CUresult> {
+        self.current()?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.copy_side(&dst, n)?;
+        self.copy_side(&src, n)
+    }
+}
+
+fn side(kind: c_uint, host: u64, device: u64, array: Handle) -> Result<Side, CUresult> {
+    match kind {
+        MEMORYTYPE_HOST => Ok(Side::Host(host)),
+        MEMORYTYPE_DEVICE => Ok(Side::Device(device)),
+        MEMORYTYPE_ARRAY => Ok(Side::Array(array as u64)),
+        MEMORYTYPE_UNIFIED => Ok(Side::Unified(device)),
+        _ => Err(INVALID_VALUE),
+    }
+}
+
+fn unified(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    code(with(|st| {
+        st.copy(Side::Unified(dst), Side::Unified(src), n as u64)
+    }))
+}
+
+pub extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpyAsync(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpyAsync_ptsz(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    unified(dst, src, n)
+}
+
+fn copy_2d(p: *const Memcpy2D) -> CUresult {
+    code(with(|st| {
+        nonnull(p)?;
+        // SAFETY: non-null, and the caller passes a CUDA_MEMCPY2D as cuda.h declares.
+        let c = unsafe { &*p };
+        let src = side(
+            c.src_memory_type,
+            c.src_host as u64,
+            c.src_device,
+            c.src_array,
+        )?;
+        let dst = side(
+            c.dst_memory_type,
+            c.dst_host as u64,
+            c.dst_device,
+            c.dst_array,
+        )?;
+        if c.width_in_bytes > c.src_pitch.max(c.width_in_bytes)
+            || c.width_in_bytes > c.dst_pitch.max(c.width_in_bytes)
+        {
+            return Err(INVALID_VALUE);
+        }
+        st.copy(dst, src, (c.width_in_bytes as u64) * (c.height as u64))
+    }))
+}
+
+pub extern "C" fn cuMemcpy2D_v2(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2D_v2_ptds(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DUnaligned_v2(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DUnaligned_v2_ptds(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DAsync_v2(p: *const Memcpy2D, _s: Handle) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DAsync_v2_ptsz(p: *const Memcpy2D, _s: Handle) -> CUresult {
+    copy_2d(p)
+}
+
+fn copy_3d(p: *const Memcpy3D) -> CUresult {
+    code(with(|st| {
+        nonnull(p)?;
+        // SAFETY: non-null, and the caller passes a CUDA_MEMCPY3D as cuda.h declares.
+        let c = unsafe { &*p };
+        let src = side(
+            c.src_memory_type,
+            c.src_host as u64,
+            c.src_device,
+            c.src_array,
+        )?;
+        let dst = side(
+            c.dst_memory_type,
+            c.dst_host as u64,
+            c.dst_device,
+            c.dst_array,
+        )?;
+        let n = (c.width_in_bytes as u64) * (c.height.max(1) as u64) * (c.depth.max(1) as u64);
+        st.copy(dst, src, n)
+    }))
+}
+
+pub extern "C" fn cuMemcpy3D_v2(p: *const Memcpy3D) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3D_v2_ptds(p: *const Memcpy3D) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3DAsync_v2(p: *const Memcpy3D, _s: Handle) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3DAsync_v2_ptsz(p: *const Memcpy3D, _s: Handle) -> CUresult {
+    copy_3d(p)
+}

@@ -174,6 +174,41 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(2000, "cuMemcpyHtoDAsync"), (3020, "cuMemcpyHtoDAsync_v2")],
         &[(7000, "cuMemcpyHtoDAsync_v2_ptsz")],
     ),
+    (
+        "cuMemcpy",
+        &[(4000, "cuMemcpy")],
+        &[(7000, "cuMemcpy_ptds")],
+    ),
+    (
+        "cuMemcpyAsync",
+        &[(4000, "cuMemcpyAsync")],
+        &[(7000, "cuMemcpyAsync_ptsz")],
+    ),
+    (
+        "cuMemcpy2D",
+        &[(3020, "cuMemcpy2D_v2")],
+        &[(7000, "cuMemcpy2D_v2_ptds")],
+    ),
+    (
+        "cuMemcpy2DUnaligned",
+        &[(3020, "cuMemcpy2DUnaligned_v2")],
+        &[(7000, "cuMemcpy2DUnaligned_v2_ptds")],
+    ),
+    (
+        "cuMemcpy2DAsync",
+        &[(3020, "cuMemcpy2DAsync_v2")],
+        &[(7000, "cuMemcpy2DAsync_v2_ptsz")],
+    ),
+    (
+        "cuMemcpy3D",
+        &[(3020, "cuMemcpy3D_v2")],
+        &[(7000, "cuMemcpy3D_v2_ptds")],
+    ),
+    (
+        "cuMemcpy3DAsync",
+        &[(3020, "cuMemcpy3DAsync_v2")],
+        &[(7000, "cuMemcpy3DAsync_v2_ptsz")],
+    ),
 ];
 
 /// Resolves `base` for `version` and `flags` to an exported symbol name, or to

@@ -78,6 +78,20 @@ const EXPORTS: &[&str] = &[
     "cuMemcpyHtoDAsync",
     "cuMemcpyHtoDAsync_v2",
     "cuMemcpyHtoDAsync_v2_ptsz",
+    "cuMemcpy",
+    "cuMemcpy_ptds",
+    "cuMemcpyAsync",
+    "cuMemcpyAsync_ptsz",
+    "cuMemcpy2D_v2",
+    "cuMemcpy2D_v2_ptds",
+    "cuMemcpy2DUnaligned_v2",
+    "cuMemcpy2DUnaligned_v2_ptds",
+    "cuMemcpy2DAsync_v2",
+    "cuMemcpy2DAsync_v2_ptsz",
+    "cuMemcpy3D_v2",
+    "cuMemcpy3D_v2_ptds",
+    "cuMemcpy3DAsync_v2",
+    "cuMemcpy3DAsync_v2_ptsz",
 ];
 
 /// The cdylib of this package: `SIMCUDA_LIB` if set, else next to the `deps`

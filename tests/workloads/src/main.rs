@@ -52,6 +52,9 @@ enum Scenario {
     Leak,
     /// Every hooked entry point once, whatever the results.
     ProbeAll,
+    /// Weights filled only through unified, 2D and 3D copies from host memory; a KV cache
+    /// written only by device-to-device copies through the same entry points; then serving.
+    Copies,
     /// A worker thread's cuMemAlloc_v2 springs the simulated driver's trap
     /// (SIMCUDA_TRAP=exit-thread or block:DIR, SIMCUDA_TRAP_BYTES=N): it ends the thread
     /// inside the call, or waits inside it until released.
@@ -221,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::TrappedCall => scenarios::trapped_call(&rt)?,
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
+        Scenario::Copies => scenarios::copies(&rt, seed)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

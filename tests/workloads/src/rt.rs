@@ -252,6 +252,16 @@ impl Rt {
         Ok(rt)
     }
 
+    /// The host buffer that fills copy from.
+    pub fn host_src(&self) -> u64 {
+        self.host_src.as_ptr() as u64
+    }
+
+    /// The host buffer's length.
+    pub fn host_len(&self) -> u64 {
+        self.host_src.len() as u64
+    }
+
     pub fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -775,3 +775,97 @@ pub fn second_gpu_oom(rt: &Rt) -> Extra {
     );
     extra
 }
+
+/// Weights filled only through unified, 2D and 3D copies from host memory (`cuMemcpy`,
+/// `cuMemcpyAsync_ptsz`, `cuMemcpy2D_v2` from `CU_MEMORYTYPE_HOST`, `cuMemcpy3DAsync_v2`
+/// from a `CU_MEMORYTYPE_UNIFIED` host address); a KV cache written only by device-to-device
+/// copies through the same entry points (a unified `cuMemcpy` from a weight buffer,
+/// `cuMemcpy2DAsync_v2` from `CU_MEMORYTYPE_DEVICE`, `cuMemcpy3D_v2` from a unified device
+/// address) and by a copy to host; then serving.
+pub fn copies(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    use crate::driver::*;
+    let d = &rt.d;
+    let v = CUDA_VERSION;
+    let memcpy: Sym<FnMemcpy> = d.resolve("cuMemcpy", v, 0, "cuMemcpy")?;
+    let memcpy_async: Sym<FnMemcpyAsync> =
+        d.resolve("cuMemcpyAsync", v, PER_THREAD, "cuMemcpyAsync_ptsz")?;
+    let copy_2d: Sym<FnMemcpy2D> = d.resolve("cuMemcpy2D", v, 0, "cuMemcpy2D_v2")?;
+    let copy_2d_async: Sym<FnMemcpy2DAsync> =
+        d.resolve("cuMemcpy2DAsync", v, 0, "cuMemcpy2DAsync_v2")?;
+    let copy_3d: Sym<FnMemcpy3D> = d.resolve("cuMemcpy3D", v, 0, "cuMemcpy3D_v2")?;
+    let copy_3d_async: Sym<FnMemcpy3DAsync> =
+        d.resolve("cuMemcpy3DAsync", v, 0, "cuMemcpy3DAsync_v2")?;
+    let host = rt.host_src();
+    let chunk = rt.host_len();
+    let mut filled = Vec::new();
+    eprintln!("copies: loading weights through unified, 2D and 3D copies");
+    // cuMemcpy and cuMemcpyAsync_ptsz: the whole buffer, in chunks of the host buffer.
+    for (i, bytes) in [48 * MIB, 32 * MIB, 24 * MIB, 16 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(p) = rt.alloc(bytes, Weights) else {
+            continue;
+        };
+        let mut off = 0;
+        while off < bytes {
+            let n = (bytes - off).min(chunk) as usize;
+            if i % 2 == 0 {
+                call!(d, memcpy, p + off, host, n);
+            } else {
+                call!(d, memcpy_async, p + off, host, n, std::ptr::null_mut());
+            }
+            off += n as u64;
+        }
+        filled.push(p);
+    }
+    // cuMemcpy2D_v2 from host memory: 8 MiB as 8192 rows of 1 KiB into a 1 KiB pitch.
+    if let Some(p) = rt.alloc(8 * MIB, Weights) {
+        let rows = 4096; // each copy: 4 MiB, the host buffer holds 64
+        for half in 0..2u64 {
+            let c =
+                Memcpy2D::to_device(MEMORYTYPE_HOST, host, p + half * 4 * MIB, 1024, 1024, rows);
+            call!(d, copy_2d, &c);
+        }
+    }
+    // cuMemcpy3DAsync_v2 from a unified host address: 16 MiB as 64 × 256 × 1 KiB, twice.
+    if let Some(p) = rt.alloc(32 * MIB, Weights) {
+        for half in 0..2u64 {
+            let c =
+                Memcpy3D::to_device(MEMORYTYPE_UNIFIED, host, p + half * 16 * MIB, 1024, 256, 64);
+            call!(d, copy_3d_async, &c, std::ptr::null_mut());
+        }
+    }
+    eprintln!("copies: a KV cache written by device-to-device copies");
+    let mut rng = Rng::new(seed);
+    let source = filled.first().copied();
+    for k in 0..3 {
+        let bytes = rng.size(128 * MIB, 256 * MIB, 2 * MIB);
+        let Some(p) = rt.alloc(bytes, KvCache) else {
+            continue;
+        };
+        let Some(w) = source else {
+            continue;
+        };
+        match k {
+            // Unified, from a weight buffer: device to device.
+            0 => {
+                call!(d, memcpy, p, w, (32 * MIB) as usize);
+            }
+            // 2D from CU_MEMORYTYPE_DEVICE.
+            1 => {
+                let c = Memcpy2D::to_device(MEMORYTYPE_DEVICE, w, p, 4096, 4096, 8192);
+                call!(d, copy_2d_async, &c, std::ptr::null_mut());
+            }
+            // 3D from a unified device address; then a unified copy back to host.
+            _ => {
+                let c = Memcpy3D::to_device(MEMORYTYPE_UNIFIED, w, p, 4096, 64, 128);
+                call!(d, copy_3d, &c);
+                let mut back = vec![0u8; MIB as usize];
+                call!(d, memcpy, back.as_mut_ptr() as u64, p, back.len());
+            }
+        }
+    }
+    steady_state(rt, seed, 1, 40, 16 * MIB);
+    Ok(Extra::new())
+}

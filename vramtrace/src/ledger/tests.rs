@@ -596,6 +596,112 @@ fn copies_mark_allocations_filled_from_host() {
 }
 
 #[test]
+fn unified_copies_fill_by_where_the_addresses_lie() {
+    use crate::trace::CopySrc;
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let copy =
+        |s: &mut Sim, api: &str, dst: Option<u64>, src: CopySrc, from: Option<u64>, n: u64| {
+            Record::Copy(Call {
+                addr: dst,
+                src_mem: Some(src),
+                src: from,
+                bytes: Some(n),
+                ..s.call(api)
+            })
+        };
+    let (a, b, pinned, host) = (0x10_0000, 0x40_0000, 0x7700_0000, 0x5555_0000);
+    let recs = vec![
+        s.alloc(a, MIB),
+        s.alloc(b, MIB),
+        s.alloc_mem("cuMemHostAlloc", Mem::HostPinned, pinned, MIB),
+        // Host to device: a fill of a.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(a),
+            CopySrc::Unified,
+            Some(host),
+            1000,
+        ),
+        // Pinned host memory is host memory: a fill of a too.
+        copy(
+            &mut s,
+            "cuMemcpyAsync_ptsz",
+            Some(a + 4096),
+            CopySrc::Unified,
+            Some(pinned),
+            24,
+        ),
+        // Device to device, by address and by type: no fill of b.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(b),
+            CopySrc::Unified,
+            Some(a + 16),
+            512,
+        ),
+        copy(
+            &mut s,
+            "cuMemcpy2D_v2",
+            Some(b),
+            CopySrc::Device,
+            Some(a),
+            512,
+        ),
+        copy(&mut s, "cuMemcpy3D_v2", Some(b), CopySrc::Array, None, 512),
+        // An unknown source is never taken for host memory.
+        copy(
+            &mut s,
+            "cuMemcpy3D_v2",
+            Some(b),
+            CopySrc::Unified,
+            None,
+            512,
+        ),
+        // Device to host, host to host: no fill, nothing amiss.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(host),
+            CopySrc::Unified,
+            Some(a),
+            64,
+        ),
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(pinned),
+            CopySrc::Unified,
+            Some(host),
+            64,
+        ),
+        copy(&mut s, "cuMemcpy2D_v2", None, CopySrc::Host, Some(host), 64),
+        // A 2D copy from host memory: a fill of b.
+        copy(
+            &mut s,
+            "cuMemcpy2D_v2",
+            Some(b + 8),
+            CopySrc::Host,
+            Some(host),
+            256,
+        ),
+    ];
+    apply_all(&mut l, recs);
+    let live: Vec<_> = l.live_allocations(1).collect();
+    let at = |addr: u64| live.iter().find(|x| x.addr == Some(addr)).expect("live");
+    assert_eq!(at(a).filled_from_host, 1024);
+    assert_eq!(at(b).filled_from_host, 256);
+    assert_eq!(at(pinned).filled_from_host, 0);
+    assert!(
+        proc(&l, 1).anomalies.is_empty(),
+        "{:?}",
+        proc(&l, 1).anomalies
+    );
+}
+
+#[test]
 fn pid_reuse_keeps_processes_apart() {
     let mut l = Ledger::new();
     let mut a = Sim::new(1, 4242);
