@@ -25,6 +25,10 @@ pub enum DecodeError {
 }
 
 /// One decoded ring-buffer item.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is a call: boxing it would allocate per event on the draining path"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Call(CallEvent),
