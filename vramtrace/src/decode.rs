@@ -362,9 +362,24 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
             done!(Free)
         }
         Kind::MemPoolCreate => {
-            // CUmemPoolProps: allocType, handleTypes, location { type, id }.
+            // CUmemPoolProps: allocType, handleTypes (word 0), location { type, id } (word
+            // 1), win32SecurityAttributes, maxSize, usage. A pool of managed memory, or one
+            // located in host memory, hands out host memory: its `mem` says which. A device
+            // pool has none, as before.
             if blob_ok {
-                c.device = Some((ev.blob[1] >> 32) as i32);
+                let alloc_type = ev.blob[0] & U32;
+                let location = ev.blob[1] & U32;
+                let host_located = (2..=4).contains(&location);
+                if alloc_type == MEM_ALLOCATION_TYPE_MANAGED {
+                    c.mem = Some(Mem::Managed);
+                } else if host_located {
+                    c.mem = Some(Mem::HostPinned);
+                }
+                if !host_located {
+                    c.device = Some((ev.blob[1] >> 32) as i32);
+                }
+            } else {
+                c.unreadable.push("props".into());
             }
             if ok {
                 c.pool = out0(c);
@@ -566,6 +581,9 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
         }
     }
 }
+
+/// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
+const MEM_ALLOCATION_TYPE_MANAGED: u64 = 2;
 
 /// `CUmemorytype` values (`cuda.h`).
 const MEMORYTYPE_HOST: u64 = 1;
@@ -1050,6 +1068,29 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!((c.addr, c.src_mem, c.unreadable.len()), (None, None, 1));
+    }
+
+    #[test]
+    fn pool_props_say_where_the_pool_memory_lives() {
+        let mut conv = Converter::new(table(&["cuMemPoolCreate"]));
+        let mut out = Vec::new();
+        // allocType, handleTypes | location { type, id }.
+        for (word0, word1, mem, device) in [
+            (1, 1 | (2 << 32), None, Some(2)),
+            (2, 1, Some(Mem::Managed), Some(0)),
+            (1, 2, Some(Mem::HostPinned), None),
+            (1, 3 | (1 << 32), Some(Mem::HostPinned), None),
+        ] {
+            let mut ev = call(0, [0x7000, 0x7100, 0, 0, 0, 0], 0xb00, 0);
+            if let RawEvent::Call(c) = &mut ev {
+                c.blob = [word0, word1, 0, 0, 0];
+            }
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+            let Some(Record::PoolCreate(c)) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((c.mem, c.device, c.pool), (mem, device, Some(0xb00)));
+        }
     }
 
     #[test]

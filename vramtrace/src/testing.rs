@@ -113,6 +113,16 @@ impl Sim {
         })
     }
 
+    /// `cuMemPoolCreate` of a pool whose memory is `mem` (`None`: device memory).
+    pub fn pool_create(&mut self, pool: u64, mem: Option<Mem>) -> Record {
+        Record::PoolCreate(Call {
+            pool: Some(pool),
+            mem,
+            device: mem.is_none().then_some(0),
+            ..self.call("cuMemPoolCreate")
+        })
+    }
+
     pub fn trim(&mut self, pool: u64, keep: u64) -> Record {
         Record::PoolTrim(Call {
             pool: Some(pool),
@@ -236,6 +246,10 @@ pub enum Op {
     Trim {
         keep: u64,
     },
+    /// The explicit pool created anew, of device, managed or pinned host memory.
+    PoolCreate {
+        mem: Option<Mem>,
+    },
     PoolDestroy,
     CtxCreate {
         ctx: u64,
@@ -268,6 +282,8 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
         2 => (0..4u64).prop_map(|handle| Op::Release { handle }),
         1 => (0..64u64).prop_map(|m| Op::Trim { keep: m * MIB }),
         1 => Just(Op::PoolDestroy),
+        1 => prop_oneof![Just(None), Just(Some(Mem::Managed)), Just(Some(Mem::HostPinned))]
+            .prop_map(|mem| Op::PoolCreate { mem }),
         2 => (0..3u64, 0..2i32).prop_map(|(ctx, device)| Op::CtxCreate { ctx, device }),
         1 => (0..3u64).prop_map(|ctx| Op::CtxDestroy { ctx }),
         1 => Just(Op::Exit),
@@ -361,6 +377,7 @@ pub fn record(s: &mut Sim, op: &Op) -> Record {
         Op::Unmap { slot } => s.vmm_unmap(vaddr(slot), MIB),
         Op::Release { handle } => s.vmm_release(0x4000 + handle),
         Op::Trim { keep } => s.trim(POOL, keep),
+        Op::PoolCreate { mem } => s.pool_create(POOL, mem),
         Op::PoolDestroy => Record::PoolDestroy(Call {
             pool: Some(POOL),
             ..s.call("cuMemPoolDestroy")

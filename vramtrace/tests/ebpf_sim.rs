@@ -349,3 +349,16 @@ fn unified_2d_and_3d_copies_are_decoded() {
     assert_eq!(c3.src_mem, Some(CopySrc::Unified));
     assert_eq!(c3.src, c2.src, "both from the first weight buffer");
 }
+
+/// Allocations from pools of managed or host memory are host memory: the bytes at exit, by
+/// where they live, are the workload's.
+#[test]
+fn managed_and_host_pools_hand_out_host_memory() {
+    let (lib, _) = sim();
+    let r = record(lib, "host-pools", &[]);
+    check_against_truth(&r);
+    assert!(
+        r.truth["host_bytes_at_exit"].as_u64().unwrap_or(0) > 0,
+        "some host-pool memory is live at exit"
+    );
+}

@@ -46,6 +46,7 @@ const MEM_LOCATION_HOST: u32 = 2;
 const MEM_LOCATION_HOST_NUMA: u32 = 3;
 const MEM_LOCATION_HOST_NUMA_CURRENT: u32 = 4;
 const MEM_ALLOCATION_TYPE_PINNED: u32 = 1;
+const MEM_ALLOCATION_TYPE_MANAGED: u32 = 2;
 
 fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
@@ -146,6 +147,10 @@ struct Pool {
     held: Vec<(u64, u64)>,
     destroyed: bool,
     is_default: bool,
+    /// A pool of host or managed memory (`CU_MEM_LOCATION_TYPE_HOST*`,
+    /// `CU_MEM_ALLOCATION_TYPE_MANAGED`): its allocations are host memory, and a freed one
+    /// goes back to the host at once.
+    host: bool,
 }
 
 struct Phys {
@@ -171,6 +176,8 @@ enum HostKind {
     Pinned,
     Managed,
     Registered,
+    /// From a host or managed pool (`cuMemAllocFromPoolAsync`), freed by `cuMemFreeAsync`.
+    Pooled,
 }
 
 struct HostRec {
@@ -284,6 +291,7 @@ impl State {
                     held: Vec::new(),
                     destroyed: false,
                     is_default: true,
+                    host: false,
                 },
             );
             st.default_pools.push(h);
@@ -379,7 +387,7 @@ impl State {
             && self
                 .host
                 .get(&p)
-                .is_some_and(|h| h.kind == HostKind::Managed)
+                .is_some_and(|h| matches!(h.kind, HostKind::Managed | HostKind::Pooled))
         {
             self.host.remove(&p);
             // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was
@@ -406,6 +414,10 @@ impl State {
         let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
         if pool.destroyed {
             return Err(INVALID_VALUE);
+        }
+        if pool.host {
+            let p = self.host_alloc(size, HostKind::Pooled)?;
+            return Ok(p as u64);
         }
         let dev = pool.dev;
         let best = pool
@@ -959,12 +971,23 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
         nonnull(props)?;
         // SAFETY: checked non-null; the caller passes a `CUmemPoolProps`.
         let props = unsafe { &*props };
-        if props.alloc_type != MEM_ALLOCATION_TYPE_PINNED
-            || props.location.kind != MEM_LOCATION_DEVICE
-        {
+        let host_location = matches!(
+            props.location.kind,
+            MEM_LOCATION_HOST | MEM_LOCATION_HOST_NUMA | MEM_LOCATION_HOST_NUMA_CURRENT
+        );
+        let host = match props.alloc_type {
+            MEM_ALLOCATION_TYPE_PINNED => host_location,
+            MEM_ALLOCATION_TYPE_MANAGED => true,
+            _ => return Err(INVALID_VALUE),
+        };
+        if !host_location && props.location.kind != MEM_LOCATION_DEVICE {
             return Err(INVALID_VALUE);
         }
-        let dev = st.device(props.location.id)?;
+        let dev = if host_location {
+            st.current()?.1
+        } else {
+            st.device(props.location.id)?
+        };
         let h = st.handle();
         st.pools.insert(
             h,
@@ -973,6 +996,7 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
                 held: Vec::new(),
                 destroyed: false,
                 is_default: false,
+                host,
             },
         );
         put(pool, h as Handle);

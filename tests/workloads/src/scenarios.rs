@@ -869,3 +869,37 @@ pub fn copies(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
     steady_state(rt, seed, 1, 40, 16 * MIB);
     Ok(Extra::new())
 }
+
+/// Pools of managed memory and of host memory (`cuMemPoolCreate` with
+/// `CU_MEM_ALLOCATION_TYPE_MANAGED`, and with `CU_MEM_LOCATION_TYPE_HOST` /
+/// `CU_MEM_LOCATION_TYPE_HOST_NUMA`) beside a device pool: their allocations are host memory.
+/// Some of each freed, some left live at exit.
+pub fn host_pools(rt: &Rt, seed: u64) -> Extra {
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 4, 8 * MIB, 32 * MIB);
+    let device_pool = rt.pool_create();
+    let managed = rt.pool_create_of(2, 1, rt.device);
+    let pinned_host = rt.pool_create_of(1, 2, 0);
+    let numa_host = rt.pool_create_of(1, 3, 0);
+    for round in 0..6u64 {
+        let mut live = Vec::new();
+        if let Some(p) = device_pool
+            && let Some(a) = rt.alloc_from_pool(rt.cu.alloc_from_pool, p, 8 * MIB)
+        {
+            rt.free_async(rt.cu.free_async, a);
+        }
+        for pool in [managed, pinned_host, numa_host].into_iter().flatten() {
+            let bytes = rng.size(MIB, 16 * MIB, 4096);
+            if let Some(a) = rt.alloc_from_host_pool(pool, bytes) {
+                live.push(a);
+            }
+        }
+        // Every other round's allocations stay live to the end.
+        if round % 2 == 0 {
+            for a in live {
+                rt.free_host_pooled(a);
+            }
+        }
+    }
+    Extra::new()
+}

@@ -837,3 +837,46 @@ fn a_call_that_never_returned_is_counted_and_makes_nothing() {
     assert_eq!(p.live_allocations().count(), 0);
     assert_eq!(p.usage.host_bytes, 0);
 }
+
+#[test]
+fn managed_and_host_pools_hand_out_host_memory() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.pool_create(0xb1, Some(Mem::Managed)),
+        s.pool_create(0xb2, Some(Mem::HostPinned)),
+        s.pool_create(0xb3, None),
+        s.alloc_async(0x10_0000, 4 * MIB, Some(0xb1)),
+        s.alloc_async(0x20_0000, 2 * MIB, Some(0xb2)),
+        s.alloc_async(0x30_0000, MIB, Some(0xb3)),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, 6 * MIB);
+    assert_eq!(p.usage.device_bytes, MIB);
+    assert_eq!(p.host_fallback_total, 2, "each a host-memory finding");
+    let mems: Vec<_> = {
+        let mut m: Vec<_> = l.live_allocations(1).map(|a| (a.addr, a.mem)).collect();
+        m.sort();
+        m
+    };
+    assert_eq!(
+        mems,
+        [
+            (Some(0x10_0000), Mem::Managed),
+            (Some(0x20_0000), Mem::HostPinned),
+            (Some(0x30_0000), Mem::DeviceAsync)
+        ]
+    );
+    // Freed, host-pool memory goes back to the host: nothing is pool-held GPU memory.
+    let recs = vec![
+        s.free_async(0x10_0000),
+        s.free_async(0x20_0000),
+        s.free_async(0x30_0000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, 0);
+    assert_eq!(p.usage.pool_held_bytes, MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}

@@ -504,7 +504,17 @@ impl ProcessState {
             0
         });
         self.count_alloc(&c.api, bytes);
+        // An allocation from a pool of managed or host memory is host memory, not the GPU's;
+        // the pool keeps none of it once freed (see `Pool::host`).
+        let host_pool = match (mem, c.pool) {
+            (Mem::DeviceAsync, Some(h)) => self.pools.get(&PoolId::Handle(h)).and_then(|p| p.host),
+            _ => None,
+        };
+        let mem = host_pool.unwrap_or(mem);
         let mut a = self.new_alloc(c, mem, bytes);
+        if host_pool.is_some() {
+            a.pool = c.pool;
+        }
         let ts = c.ts_ns;
 
         if mem == Mem::Array {
@@ -604,6 +614,8 @@ impl ProcessState {
             return;
         };
         let fits = match c.mem {
+            // cuMemFreeAsync*: stream-ordered memory, of a host or managed pool too.
+            Some(Mem::DeviceAsync) if a.pool.is_some() && a.mem.is_host() => true,
             // cuMemFree*, cuMemFreeAsync*: device memory of either kind.
             None | Some(Mem::Device) | Some(Mem::DeviceAsync) => {
                 matches!(a.mem, Mem::Device | Mem::DeviceAsync)
