@@ -34,6 +34,20 @@ pub enum Kind {
     MemPoolTrimTo,
     /// `cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)`
     DeviceGetDefaultMemPool,
+    /// `cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)`: the device's current pool.
+    DeviceGetMemPool,
+    /// `cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool)`: the pool `cuMemAllocAsync`
+    /// takes from on `dev` from now on.
+    DeviceSetMemPool,
+    /// `cuMemGetDefaultMemPool(CUmemoryPool *pool_out, CUmemLocation *location,
+    /// CUmemAllocationType type)` (CUDA 13.0)
+    MemGetDefaultMemPool,
+    /// `cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *location, CUmemAllocationType
+    /// type)` (CUDA 13.0): the current pool of a location and type.
+    MemGetMemPool,
+    /// `cuMemSetMemPool(CUmemLocation *location, CUmemAllocationType type, CUmemoryPool
+    /// pool)` (CUDA 13.0)
+    MemSetMemPool,
     /// `cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     /// const CUmemAllocationProp *prop, unsigned long long flags)`
     MemCreate,
@@ -186,6 +200,21 @@ pub const APIS: &[ApiDef] = &[
         Kind::DeviceGetDefaultMemPool,
         DEREF_ARG0,
     ),
+    def("cuDeviceGetMemPool", Kind::DeviceGetMemPool, DEREF_ARG0),
+    def("cuDeviceSetMemPool", Kind::DeviceSetMemPool, 0),
+    // CUmemLocation is 8 bytes: the blob reads past it, into the caller's frame (a read
+    // that faults leaves the location unreadable, nothing worse).
+    def(
+        "cuMemGetDefaultMemPool",
+        Kind::MemGetDefaultMemPool,
+        DEREF_ARG0 | with_blob_arg(1),
+    ),
+    def(
+        "cuMemGetMemPool",
+        Kind::MemGetMemPool,
+        DEREF_ARG0 | with_blob_arg(1),
+    ),
+    def("cuMemSetMemPool", Kind::MemSetMemPool, with_blob_arg(0)),
     // Virtual memory management.
     def(
         "cuMemCreate",

@@ -367,17 +367,7 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
             // located in host memory, hands out host memory: its `mem` says which. A device
             // pool has none, as before.
             if blob_ok {
-                let alloc_type = ev.blob[0] & U32;
-                let location = ev.blob[1] & U32;
-                let host_located = (2..=4).contains(&location);
-                if alloc_type == MEM_ALLOCATION_TYPE_MANAGED {
-                    c.mem = Some(Mem::Managed);
-                } else if host_located {
-                    c.mem = Some(Mem::HostPinned);
-                }
-                if !host_located {
-                    c.device = Some((ev.blob[1] >> 32) as i32);
-                }
+                (c.mem, c.device) = pool_location(ev.blob[0] & U32, ev.blob[1]);
             } else {
                 c.unreadable.push("props".into());
             }
@@ -389,6 +379,34 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
         Kind::DeviceGetDefaultMemPool => {
             c.device = Some(a[1] as i32);
             if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::DeviceGetMemPool => {
+            c.device = Some(a[1] as i32);
+            if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::DeviceSetMemPool => {
+            c.device = Some(a[0] as i32);
+            c.pool = Some(a[1]);
+            done!(PoolCreate)
+        }
+        Kind::MemGetDefaultMemPool | Kind::MemGetMemPool | Kind::MemSetMemPool => {
+            let set = kind == Kind::MemSetMemPool;
+            if blob_ok {
+                // CUmemLocation { type, id } is word 0; the allocation type is an argument.
+                let alloc_type = if set { a[1] } else { a[2] } & U32;
+                (c.mem, c.device) = pool_location(alloc_type, ev.blob[0]);
+            } else {
+                c.unreadable.push("location".into());
+            }
+            if set {
+                c.pool = Some(a[2]);
+            } else if ok {
                 c.pool = out0(c);
             }
             done!(PoolCreate)
@@ -584,6 +602,23 @@ fn interpret(kind: Kind, legacy32: bool, ctx_v3: bool, ev: &CallEvent, c: &mut C
 
 /// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
 const MEM_ALLOCATION_TYPE_MANAGED: u64 = 2;
+
+/// What a pool's allocation type and `CUmemLocation` (`{ type, id }` in one word) say of its
+/// memory: host memory of a kind (managed, or pinned at a host location) with no device, or
+/// device memory (no `mem`) on a device.
+fn pool_location(alloc_type: u64, location: u64) -> (Option<Mem>, Option<i32>) {
+    let host_located = (2..=4).contains(&(location & U32));
+    if alloc_type == MEM_ALLOCATION_TYPE_MANAGED {
+        (
+            Some(Mem::Managed),
+            (!host_located).then_some((location >> 32) as i32),
+        )
+    } else if host_located {
+        (Some(Mem::HostPinned), None)
+    } else {
+        (None, Some((location >> 32) as i32))
+    }
+}
 
 /// `CUmemorytype` values (`cuda.h`).
 const MEMORYTYPE_HOST: u64 = 1;
@@ -1091,6 +1126,44 @@ mod tests {
             };
             assert_eq!((c.mem, c.device, c.pool), (mem, device, Some(0xb00)));
         }
+    }
+
+    #[test]
+    fn pools_by_location_and_the_current_pool() {
+        let mut conv = Converter::new(table(&[
+            "cuMemGetDefaultMemPool",
+            "cuMemSetMemPool",
+            "cuDeviceSetMemPool",
+            "cuDeviceGetMemPool",
+        ]));
+        let mut out = Vec::new();
+        let mut last = |ev: RawEvent| {
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+            let Some(Record::PoolCreate(c)) = out.last() else {
+                panic!("{out:?}")
+            };
+            (c.mem, c.device, c.pool)
+        };
+        // cuMemGetDefaultMemPool(&pool, &{HOST, 0}, PINNED).
+        let mut ev = call(0, [0x7000, 0x7100, 1, 0, 0, 0], 0xc1, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [2, 0, 0, 0, 0];
+        }
+        assert_eq!(last(ev), (Some(Mem::HostPinned), None, Some(0xc1)));
+        // cuMemSetMemPool(&{DEVICE, 1}, PINNED, pool).
+        let mut ev = call(1, [0x7100, 1, 0xb3, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [1 | (1 << 32), 0, 0, 0, 0];
+        }
+        assert_eq!(last(ev), (None, Some(1), Some(0xb3)));
+        assert_eq!(
+            last(call(2, [1, 0xb3, 0, 0, 0, 0], 0, 0)),
+            (None, Some(1), Some(0xb3))
+        );
+        assert_eq!(
+            last(call(3, [0x7000, 2, 0, 0, 0, 0], 0xb4, 0)),
+            (None, Some(2), Some(0xb4))
+        );
     }
 
     #[test]

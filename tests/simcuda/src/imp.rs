@@ -195,6 +195,11 @@ struct State {
     primary: Vec<Primary>,
     pools: HashMap<u64, Pool>,
     default_pools: Vec<u64>,
+    /// Per device, the pool `cuMemAllocAsync` takes from (`cuDeviceSetMemPool`).
+    current_pools: Vec<u64>,
+    /// The default and current pools of host memory, by (allocation type, host-located),
+    /// made when first asked for.
+    host_pools: HashMap<(u32, bool), (u64, u64)>,
     phys: HashMap<u64, Phys>,
     reservations: BTreeMap<u64, u64>,
     mappings: BTreeMap<u64, Mapping>,
@@ -276,6 +281,8 @@ impl State {
             primary: (0..devices).map(|_| Primary::default()).collect(),
             pools: HashMap::new(),
             default_pools: Vec::new(),
+            current_pools: Vec::new(),
+            host_pools: HashMap::new(),
             phys: HashMap::new(),
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
@@ -295,6 +302,7 @@ impl State {
                 },
             );
             st.default_pools.push(h);
+            st.current_pools.push(h);
         }
         st
     }
@@ -918,7 +926,7 @@ fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, pool: Option<Handle>) -> CU
             Some(p) => p as u64,
             None => {
                 let (_, dev) = st.current()?;
-                st.default_pools[dev]
+                st.current_pools[dev]
             }
         };
         let a = st.pool_alloc(pool_id, bytes as u64)?;
@@ -1934,4 +1942,134 @@ pub extern "C" fn cuMemcpy3DAsync_v2(p: *const Memcpy3D, _s: Handle) -> CUresult
 
 pub extern "C" fn cuMemcpy3DAsync_v2_ptsz(p: *const Memcpy3D, _s: Handle) -> CUresult {
     copy_3d(p)
+}
+
+// ---------------------------------------------------------------------------
+// Pool selection: the current pool of a device, and CUDA 13.0's pools by location
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuDeviceGetMemPool(pool: *mut Handle, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        let d = st.device(dev)?;
+        put(pool, st.current_pools[d] as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDeviceSetMemPool(dev: CUdevice, pool: Handle) -> CUresult {
+    code(with(|st| {
+        let d = st.device(dev)?;
+        let p = st.pools.get(&(pool as u64)).ok_or(INVALID_HANDLE)?;
+        // The driver takes only a pool of device memory located on that device.
+        if p.destroyed || p.host || p.dev != d {
+            return Err(INVALID_VALUE);
+        }
+        st.current_pools[d] = pool as u64;
+        Ok(())
+    }))
+}
+
+impl State {
+    /// Which pools a location and allocation type name: a device's (`Ok(Some(dev))`) or a
+    /// host memory kind's (`Ok(None)`, keyed as `host_pools` is).
+    fn pool_slot(
+        &mut self,
+        location: *const MemLocation,
+        alloc_type: c_uint,
+    ) -> Result<Result<usize, (u32, bool)>, CUresult> {
+        nonnull(location)?;
+        // SAFETY: non-null, and the caller passes a CUmemLocation as cuda.h declares.
+        let loc = unsafe { *location };
+        let host_located = matches!(
+            loc.kind,
+            MEM_LOCATION_HOST | MEM_LOCATION_HOST_NUMA | MEM_LOCATION_HOST_NUMA_CURRENT
+        );
+        match (alloc_type, host_located) {
+            (MEM_ALLOCATION_TYPE_PINNED, false) if loc.kind == MEM_LOCATION_DEVICE => {
+                Ok(Ok(self.device(loc.id)?))
+            }
+            (MEM_ALLOCATION_TYPE_PINNED, true) | (MEM_ALLOCATION_TYPE_MANAGED, _) => {
+                let key = (alloc_type, host_located);
+                if !self.host_pools.contains_key(&key) {
+                    let (_, dev) = self.current()?;
+                    let h = self.handle();
+                    self.pools.insert(
+                        h,
+                        Pool {
+                            dev,
+                            held: Vec::new(),
+                            destroyed: false,
+                            is_default: true,
+                            host: true,
+                        },
+                    );
+                    self.host_pools.insert(key, (h, h));
+                }
+                Ok(Err(key))
+            }
+            _ => Err(INVALID_VALUE),
+        }
+    }
+}
+
+fn get_pool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+    current: bool,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        let h = match st.pool_slot(location, alloc_type)? {
+            Ok(d) if current => st.current_pools[d],
+            Ok(d) => st.default_pools[d],
+            Err(key) => {
+                let (default, cur) = st.host_pools[&key];
+                if current { cur } else { default }
+            }
+        };
+        put(pool, h as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemGetDefaultMemPool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+) -> CUresult {
+    get_pool(pool, location, alloc_type, false)
+}
+
+pub extern "C" fn cuMemGetMemPool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+) -> CUresult {
+    get_pool(pool, location, alloc_type, true)
+}
+
+pub extern "C" fn cuMemSetMemPool(
+    location: *const MemLocation,
+    alloc_type: c_uint,
+    pool: Handle,
+) -> CUresult {
+    code(with(|st| {
+        let slot = st.pool_slot(location, alloc_type)?;
+        let p = st.pools.get(&(pool as u64)).ok_or(INVALID_HANDLE)?;
+        if p.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        match slot {
+            Ok(d) if !p.host && p.dev == d => st.current_pools[d] = pool as u64,
+            Err(key) if p.host => {
+                if let Some(e) = st.host_pools.get_mut(&key) {
+                    e.1 = pool as u64;
+                }
+            }
+            _ => return Err(INVALID_VALUE),
+        }
+        Ok(())
+    }))
 }

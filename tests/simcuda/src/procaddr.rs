@@ -66,6 +66,15 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(11020, "cuMemFreeAsync_ptsz")],
     ),
     ("cuMemPoolCreate", &[(11020, "cuMemPoolCreate")], &[]),
+    ("cuDeviceGetMemPool", &[(11020, "cuDeviceGetMemPool")], &[]),
+    ("cuDeviceSetMemPool", &[(11020, "cuDeviceSetMemPool")], &[]),
+    (
+        "cuMemGetDefaultMemPool",
+        &[(13000, "cuMemGetDefaultMemPool")],
+        &[],
+    ),
+    ("cuMemGetMemPool", &[(13000, "cuMemGetMemPool")], &[]),
+    ("cuMemSetMemPool", &[(13000, "cuMemSetMemPool")], &[]),
     ("cuMemPoolDestroy", &[(11020, "cuMemPoolDestroy")], &[]),
     ("cuMemPoolTrimTo", &[(11020, "cuMemPoolTrimTo")], &[]),
     (

@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
         Scenario::Copies => scenarios::copies(&rt, seed)?,
-        Scenario::HostPools => scenarios::host_pools(&rt, seed),
+        Scenario::HostPools => scenarios::host_pools(&rt, seed)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

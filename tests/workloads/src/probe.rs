@@ -301,6 +301,39 @@ pub fn probe_all(d: &Driver, book: &mut Book) -> anyhow::Result<Extra> {
     );
     let mut pool0: P = null();
     call!(d, f, &mut pool0, dev);
+    // The device's current pool, set to itself; CUDA 13.0's pools by location where the
+    // library has them.
+    let f = sym!(
+        d,
+        FnOutHandleDev,
+        "cuDeviceGetMemPool",
+        V,
+        0,
+        "cuDeviceGetMemPool"
+    );
+    let mut current: P = null();
+    call!(d, f, &mut current, dev);
+    let f = sym!(
+        d,
+        FnDevSetPool,
+        "cuDeviceSetMemPool",
+        V,
+        0,
+        "cuDeviceSetMemPool"
+    );
+    call!(d, f, dev, pool0);
+    let here = MemLocation { kind: 1, id: dev };
+    for (base, current) in [("cuMemGetDefaultMemPool", false), ("cuMemGetMemPool", true)] {
+        if let Ok(f) = d.resolve_or_dlsym::<FnGetPoolAt>(base, 13000, 0, base) {
+            let mut p: P = null();
+            call!(d, f, &mut p, &here, 1);
+            let _ = current;
+        }
+    }
+    if let Ok(f) = d.resolve_or_dlsym::<FnSetPoolAt>("cuMemSetMemPool", 13000, 0, "cuMemSetMemPool")
+    {
+        call!(d, f, &here, 1, pool0);
+    }
     let alloc_async = sym!(d, FnAllocAsync, "cuMemAllocAsync", V, 0, "cuMemAllocAsync");
     let alloc_async_pt = sym!(
         d,

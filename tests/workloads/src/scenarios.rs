@@ -874,13 +874,63 @@ pub fn copies(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
 /// `CU_MEM_ALLOCATION_TYPE_MANAGED`, and with `CU_MEM_LOCATION_TYPE_HOST` /
 /// `CU_MEM_LOCATION_TYPE_HOST_NUMA`) beside a device pool: their allocations are host memory.
 /// Some of each freed, some left live at exit.
-pub fn host_pools(rt: &Rt, seed: u64) -> Extra {
+pub fn host_pools(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    use crate::driver::*;
     let mut rng = Rng::new(seed);
     load_weights(rt, &mut rng, 4, 8 * MIB, 32 * MIB);
     let device_pool = rt.pool_create();
     let managed = rt.pool_create_of(2, 1, rt.device);
     let pinned_host = rt.pool_create_of(1, 2, 0);
     let numa_host = rt.pool_create_of(1, 3, 0);
+    // The device's current pool set to the created one: cuMemAllocAsync takes from it, and
+    // a trim of it gives back what its frees left held. Then the default pool again, through
+    // CUDA 13.0's entry point by location.
+    let f_set: Sym<FnDevSetPool> =
+        rt.d.resolve("cuDeviceSetMemPool", 12040, 0, "cuDeviceSetMemPool")?;
+    let f_get: Sym<FnOutHandleDev> =
+        rt.d.resolve("cuDeviceGetMemPool", 12040, 0, "cuDeviceGetMemPool")?;
+    let get_default: Sym<FnGetPoolAt> =
+        rt.d.resolve("cuMemGetDefaultMemPool", 13000, 0, "cuMemGetDefaultMemPool")?;
+    let get_at: Sym<FnGetPoolAt> =
+        rt.d.resolve("cuMemGetMemPool", 13000, 0, "cuMemGetMemPool")?;
+    let set_at: Sym<FnSetPoolAt> =
+        rt.d.resolve("cuMemSetMemPool", 13000, 0, "cuMemSetMemPool")?;
+    let here = MemLocation {
+        kind: 1,
+        id: rt.device,
+    };
+    if let Some(p) = device_pool
+        && call!(rt.d, f_set, rt.device, p as P) == 0
+    {
+        let mut cur: P = std::ptr::null_mut();
+        call!(rt.d, f_get, &mut cur, rt.device);
+        let live: Vec<u64> = (0..4)
+            .filter_map(|_| rt.alloc_async(rt.cu.alloc_async, p, 4 * MIB))
+            .collect();
+        for a in live {
+            rt.free_async(rt.cu.free_async, a);
+        }
+        rt.pool_trim(p, 0);
+        let mut default: P = std::ptr::null_mut();
+        if call!(rt.d, get_default, &mut default, &here, 1) == 0 {
+            call!(rt.d, set_at, &here, 1, default);
+        }
+    }
+    // The default pool of pinned host memory, and the current pool of managed memory, by
+    // location: both hand out host memory.
+    let host = MemLocation { kind: 2, id: 0 };
+    let mut by_location = Vec::new();
+    let mut hp: P = std::ptr::null_mut();
+    if call!(rt.d, get_default, &mut hp, &host, 1) == 0 {
+        by_location.push(hp as u64);
+    }
+    let mut mp: P = std::ptr::null_mut();
+    if call!(rt.d, get_at, &mut mp, &here, 2) == 0 {
+        by_location.push(mp as u64);
+    }
+    for pool in by_location {
+        rt.alloc_from_host_pool(pool, 3 * MIB);
+    }
     for round in 0..6u64 {
         let mut live = Vec::new();
         if let Some(p) = device_pool
@@ -901,5 +951,5 @@ pub fn host_pools(rt: &Rt, seed: u64) -> Extra {
             }
         }
     }
-    Extra::new()
+    Ok(Extra::new())
 }

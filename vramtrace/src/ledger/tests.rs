@@ -880,3 +880,42 @@ fn managed_and_host_pools_hand_out_host_memory() {
     assert_eq!(p.usage.pool_held_bytes, MIB);
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }
+
+#[test]
+fn the_current_pool_and_pools_learned_by_location() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let learned = |s: &mut Sim, api: &str, pool: u64, mem: Option<Mem>| {
+        Record::PoolCreate(Call {
+            pool: Some(pool),
+            mem,
+            device: mem.is_none().then_some(0),
+            ..s.call(api)
+        })
+    };
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.ctx_current("cuCtxSetCurrent", 0xc0),
+        s.pool_create(0xb3, None),
+        learned(&mut s, "cuDeviceSetMemPool", 0xb3, None),
+        // cuMemAllocAsync now takes from 0xb3: its free is held there, and a trim of 0xb3
+        // gives it back.
+        s.alloc_async(0x30_0000, MIB, None),
+        s.free_async(0x30_0000),
+        s.trim(0xb3, 0),
+        // A host pool learned from CUDA 13's entry point by location, known or not.
+        learned(
+            &mut s,
+            "cuMemGetDefaultMemPool",
+            0xc1,
+            Some(Mem::HostPinned),
+        ),
+        learned(&mut s, "cuMemGetMemPool", 0xb3, None),
+        s.alloc_async(0x40_0000, 2 * MIB, Some(0xc1)),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.host_bytes, 2 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}

@@ -92,6 +92,9 @@ pub struct ProcessState {
     reserved: BTreeMap<u64, u64>,
     pools: HashMap<PoolId, Pool>,
     default_pools: HashMap<Option<i32>, u64>,
+    /// The pool `cuMemAllocAsync` takes from on a device, once `cuDeviceSetMemPool` (or
+    /// `cuMemSetMemPool` at a device location) set one; the default pool otherwise.
+    current_pools: HashMap<Option<i32>, u64>,
     ctx_device: HashMap<u64, Option<i32>>,
     primary: HashMap<Option<i32>, PrimaryCtx>,
     threads: HashMap<u32, Vec<u64>>,
@@ -405,7 +408,11 @@ impl ProcessState {
     }
 
     fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolId {
-        match pool.or_else(|| self.default_pools.get(&device).copied()) {
+        let current = || self.current_pools.get(&device).copied();
+        match pool
+            .or_else(current)
+            .or_else(|| self.default_pools.get(&device).copied())
+        {
             Some(h) => PoolId::Handle(h),
             None => PoolId::Default(device),
         }
@@ -781,6 +788,7 @@ impl ProcessState {
         self.mappings.clear();
         self.reserved.clear();
         self.default_pools.clear();
+        self.current_pools.clear();
         self.ctx_device.clear();
         self.primary.clear();
         self.threads.clear();

@@ -135,8 +135,35 @@ impl ProcessState {
             self.anomaly("pool_without_handle", || describe(c));
             return;
         };
-        if c.api.starts_with("cuDeviceGetDefaultMemPool") {
+        let api = &*c.api;
+        // The device's default pool: cuDeviceGetDefaultMemPool, or cuMemGetDefaultMemPool at
+        // a device location for pinned memory (a pool with no `mem`).
+        if api.starts_with("cuDeviceGetDefaultMemPool")
+            || (api.starts_with("cuMemGetDefaultMemPool") && c.mem.is_none())
+        {
             self.merge_default_pool(t, c.device, h, c.ts_ns);
+            return;
+        }
+        // The device's current pool, which cuMemAllocAsync takes from from now on.
+        if api.starts_with("cuDeviceSetMemPool")
+            || (api.starts_with("cuMemSetMemPool") && c.mem.is_none())
+        {
+            self.current_pools.insert(c.device, h);
+            self.pools
+                .entry(PoolId::Handle(h))
+                .or_insert_with(|| Pool::new(c.device));
+            return;
+        }
+        // A pool made elsewhere, learned: cuDeviceGetMemPool, cuMemGetMemPool, and the
+        // default or current pool of host or managed memory. It may be known already.
+        if !api.starts_with("cuMemPoolCreate") {
+            let pool = self
+                .pools
+                .entry(PoolId::Handle(h))
+                .or_insert_with(|| Pool::new(c.device));
+            if pool.host.is_none() {
+                pool.host = c.mem.filter(|m| m.is_host());
+            }
             return;
         }
         let fresh = Pool {
