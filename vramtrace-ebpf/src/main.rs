@@ -296,8 +296,13 @@ fn signal_dropped(ctx: &ProbeContext, cookie: u64) {
     let mut location = 0u32;
     if cookie & cookie::HOST_IF_LOCATION != 0
         && let Some(arg) = cookie::blob_arg(cookie)
+        && arg == 2
     {
-        let ptr = ctx.arg::<u64>(arg).unwrap_or(0).wrapping_add(8) as *const u32;
+        // The context is read at a constant offset only (the verifier refuses a computed
+        // one): the one entry point that sets HOST_IF_LOCATION, cuMemCreate, has its prop
+        // in argument 2.
+        let base = ctx.arg::<u64>(2);
+        let ptr = base.unwrap_or(0).wrapping_add(8) as *const u32;
         // SAFETY: a failed user read is an error, never a fault.
         location = unsafe { bpf_probe_read_user(ptr) }.unwrap_or(0);
     }
