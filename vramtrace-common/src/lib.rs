@@ -17,6 +17,10 @@ pub const MAX_ARGS: usize = 6;
 /// Words of a struct read at entry through one pointer argument (a `CUmemAllocationProp`,
 /// an array descriptor, pool properties). 40 bytes cover the largest one read.
 pub const BLOB_WORDS: usize = 5;
+/// Words of the second, wider window read through the same pointer argument, for structs whose
+/// fields of interest lie apart (`CUDA_MEMCPY2D`, `CUDA_MEMCPY3D`: the source near the start,
+/// the destination and extent near the end).
+pub const WIDE_WORDS: usize = 8;
 /// Frames kept per user stack. The kernel's `perf_event_max_stack` default is 127.
 pub const MAX_STACK_DEPTH: usize = 127;
 /// API ids are below this: the bound of the loop that clears a thread's in-flight entries at
@@ -47,6 +51,14 @@ pub mod cookie {
     /// probe checks `blob` word 1 (location type) at entry.
     pub const HOST_IF_LOCATION: u64 = 1 << 26;
 
+    /// Shift of the 5-bit field that counts the words skipped before the blob window.
+    pub const BLOB_SKIP_SHIFT: u32 = 27;
+    pub const BLOB_SKIP_MASK: u64 = 0x1f << BLOB_SKIP_SHIFT;
+    /// Shift of the 6-bit field that names where the wide window starts (words skipped + 1)
+    /// in the struct the blob argument points at; 0 means no wide window.
+    pub const WIDE_SHIFT: u32 = 32;
+    pub const WIDE_MASK: u64 = 0x3f << WIDE_SHIFT;
+
     /// Builds a cookie.
     pub const fn make(api: u16, flags: u64) -> u64 {
         api as u64 | flags
@@ -55,6 +67,23 @@ pub mod cookie {
     pub const fn blob_arg(c: u64) -> Option<usize> {
         let v = ((c & BLOB_ARG_MASK) >> BLOB_ARG_SHIFT) as usize;
         if v == 0 { None } else { Some(v - 1) }
+    }
+    /// Words skipped before the blob window.
+    pub const fn blob_skip(c: u64) -> usize {
+        ((c & BLOB_SKIP_MASK) >> BLOB_SKIP_SHIFT) as usize
+    }
+    /// The cookie bits that start the blob window `words` words into the struct.
+    pub const fn with_blob_skip(words: usize) -> u64 {
+        ((words as u64) << BLOB_SKIP_SHIFT) & BLOB_SKIP_MASK
+    }
+    /// Words skipped before the wide window, if there is one.
+    pub const fn wide_skip(c: u64) -> Option<usize> {
+        let v = ((c & WIDE_MASK) >> WIDE_SHIFT) as usize;
+        if v == 0 { None } else { Some(v - 1) }
+    }
+    /// The cookie bits that read the wide window `words` words into the struct.
+    pub const fn with_wide_skip(words: usize) -> u64 {
+        ((words as u64 + 1) << WIDE_SHIFT) & WIDE_MASK
     }
     /// The cookie bits that select `arg` as the blob source.
     pub const fn with_blob_arg(arg: usize) -> u64 {
@@ -69,7 +98,7 @@ pub mod flags {
     pub const OUT0_FAULT: u32 = 1 << 0;
     /// Reading `out[1]` through argument 1 faulted.
     pub const OUT1_FAULT: u32 = 1 << 1;
-    /// Copying the blob at entry faulted.
+    /// Copying the blob (or the wide window) at entry faulted.
     pub const BLOB_FAULT: u32 = 1 << 2;
     /// The return address could not be read at entry.
     pub const CALLER_FAULT: u32 = 1 << 3;
@@ -145,6 +174,8 @@ pub struct CallEvent {
     pub out: [u64; 2],
     /// A struct read through a pointer argument at entry, as the cookie asked.
     pub blob: [u64; BLOB_WORDS],
+    /// The wide window of the same struct, when the cookie asks for one.
+    pub wide: [u64; WIDE_WORDS],
     /// The return address at entry: the instruction after the call into the driver.
     pub caller: u64,
     /// Id in the `STACKS` map, or a negative errno, or -1 when no stack was asked for.
@@ -158,7 +189,7 @@ pub struct CallEvent {
     /// its name.
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<CallEvent>() == 176); // no hidden padding
+const _: () = assert!(core::mem::size_of::<CallEvent>() == 240); // no hidden padding
 
 /// A traced process ended.
 #[repr(C)]

@@ -27,12 +27,12 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_send_signal_thread,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use vramtrace_common::{
-    BLOB_WORDS, CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_API_IDS, MAX_ARGS,
-    cookie, counter, filter, flags,
+    CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_API_IDS, MAX_ARGS, cookie, counter,
+    filter, flags,
 };
 
 /// `-EEXIST`, as map updates return it.
@@ -81,6 +81,13 @@ static INFLIGHT: HashMap<EntryKey, CallEvent> = HashMap::with_max_entries(65536,
 /// entry (its probes and its exit), so the value needs no atomics.
 #[map]
 static THREADS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// One all-zero event, never written: what a new `INFLIGHT` entry starts from. The event is
+/// built in place in its map value, since it is too large to build on the 512-byte BPF stack
+/// beside what the helpers need, and a per-CPU scratch slot could be overwritten by another
+/// task's probe on the same CPU (uprobe programs can be preempted).
+#[map]
+static ZERO: Array<CallEvent> = Array::with_max_entries(1, 0);
 
 /// User stacks, deduplicated by the kernel.
 #[map]
@@ -180,16 +187,48 @@ fn try_call_entry(ctx: &ProbeContext) {
         bump(counter::THREADS_FULL);
     }
 
-    let mut ev = CallEvent {
-        kind: EVENT_CALL,
+    let key = EntryKey {
+        pid_tgid,
         api,
-        pid: tgid,
-        tid: pid_tgid as u32,
-        // SAFETY: no preconditions.
-        ts_entry_ns: unsafe { bpf_ktime_get_ns() },
-        stack_id: -1,
-        ..CallEvent::default()
+        _pad: 0,
     };
+    let Some(zero) = ZERO.get(0) else {
+        return;
+    };
+    match INFLIGHT.insert(&key, zero, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // The thread is back in this entry point while its previous call there never
+            // returned (a signal handler that did not return, a longjmp out of the driver):
+            // that call is delivered as it is, then replaced.
+            if let Some(stale) = INFLIGHT.get_ptr(&key) {
+                deliver_unreturned(stale);
+            }
+            if INFLIGHT.insert(&key, zero, BPF_EXIST as u64).is_err() {
+                entry_dropped(pid_tgid);
+                signal_dropped(ctx, cookie);
+                return;
+            }
+        }
+        Err(_) => {
+            entry_dropped(pid_tgid);
+            signal_dropped(ctx, cookie);
+            return;
+        }
+    }
+    let Some(ev) = INFLIGHT.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a live map value of exactly CallEvent's size, just inserted; only this thread's
+    // programs touch its entry (the key holds its pid_tgid).
+    let ev = unsafe { &mut *ev };
+    ev.kind = EVENT_CALL;
+    ev.api = api;
+    ev.pid = tgid;
+    ev.tid = pid_tgid as u32;
+    // SAFETY: no preconditions.
+    ev.ts_entry_ns = unsafe { bpf_ktime_get_ns() };
+    ev.stack_id = -1;
     for i in 0..MAX_ARGS {
         ev.args[i] = ctx.arg::<u64>(i).unwrap_or(0);
     }
@@ -205,11 +244,15 @@ fn try_call_entry(ctx: &ProbeContext) {
     if let Some(arg) = cookie::blob_arg(cookie)
         && arg < MAX_ARGS
     {
-        let ptr = ev.args[arg] as *const [u64; BLOB_WORDS];
-        // SAFETY: as above, a failed read is reported, never a fault.
-        match unsafe { bpf_probe_read_user(ptr) } {
-            Ok(blob) => ev.blob = blob,
-            Err(_) => ev.flags |= flags::BLOB_FAULT,
+        let base = ev.args[arg];
+        let skip = 8 * cookie::blob_skip(cookie) as u64;
+        if !read_words(base.wrapping_add(skip), &mut ev.blob) {
+            ev.flags |= flags::BLOB_FAULT;
+        }
+        if let Some(skip) = cookie::wide_skip(cookie)
+            && !read_words(base.wrapping_add(8 * skip as u64), &mut ev.wide)
+        {
+            ev.flags |= flags::BLOB_FAULT;
         }
     }
     if cookie & cookie::STACK != 0 && CAPTURE_STACKS.load() != 0 {
@@ -222,40 +265,64 @@ fn try_call_entry(ctx: &ProbeContext) {
             }
         }
     }
+    // Location type 2..=4 is host memory (CU_MEM_LOCATION_TYPE_HOST*); it sits in the low
+    // half of word 1 of CUmemAllocationProp.
+    if send_host_signal(cookie, ev.blob[1] as u32) {
+        ev.flags |= flags::SIGNALLED;
+    }
+}
+
+/// Under the vram-only policy, signals the calling thread when the call places memory in host
+/// RAM: always for `HOST_MEMORY`, by the location type for `HOST_IF_LOCATION`. Whether it
+/// was sent.
+#[inline(always)]
+fn send_host_signal(cookie: u64, location: u32) -> bool {
     let signal = HOST_SIGNAL.load();
-    if signal != 0 {
-        // Location type 2..=4 is host memory (CU_MEM_LOCATION_TYPE_HOST*); it sits in the low
-        // half of word 1 of CUmemAllocationProp.
-        let location = ev.blob[1] as u32;
-        let host = cookie & cookie::HOST_MEMORY != 0
-            || (cookie & cookie::HOST_IF_LOCATION != 0 && (2..=4).contains(&location));
-        if host {
-            // SAFETY: sends a signal to the current thread; no memory is touched.
-            if unsafe { bpf_send_signal_thread(signal) } == 0 {
-                ev.flags |= flags::SIGNALLED;
-            }
-        }
+    if signal == 0 {
+        return false;
     }
-    let key = EntryKey {
-        pid_tgid,
-        api,
-        _pad: 0,
+    let host = cookie & cookie::HOST_MEMORY != 0
+        || (cookie & cookie::HOST_IF_LOCATION != 0 && (2..=4).contains(&location));
+    // SAFETY: sends a signal to the current thread; no memory is touched.
+    host && unsafe { bpf_send_signal_thread(signal) } == 0
+}
+
+/// A call whose entry could not be kept is still signalled under the vram-only policy.
+#[inline(always)]
+fn signal_dropped(ctx: &ProbeContext, cookie: u64) {
+    if HOST_SIGNAL.load() == 0 {
+        return;
+    }
+    let mut location = 0u32;
+    if cookie & cookie::HOST_IF_LOCATION != 0
+        && let Some(arg) = cookie::blob_arg(cookie)
+        && arg == 2
+    {
+        // The context is read at a constant offset only (the verifier refuses a computed
+        // one): the one entry point that sets HOST_IF_LOCATION, cuMemCreate, has its prop
+        // in argument 2.
+        let base = ctx.arg::<u64>(2);
+        let ptr = base.unwrap_or(0).wrapping_add(8) as *const u32;
+        // SAFETY: a failed user read is an error, never a fault.
+        location = unsafe { bpf_probe_read_user(ptr) }.unwrap_or(0);
+    }
+    send_host_signal(cookie, location);
+}
+
+/// Copies `N` words of user memory at `addr` straight into `dst` (a field of the event), with
+/// no copy on the BPF stack: the event takes most of its 512 bytes already.
+#[inline(always)]
+fn read_words<const N: usize>(addr: u64, dst: &mut [u64; N]) -> bool {
+    // SAFETY: `dst` is a live, writable buffer of exactly N words; the helper validates the
+    // user address and fails instead of faulting.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            dst.as_mut_ptr().cast(),
+            (N * 8) as u32,
+            addr as *const core::ffi::c_void,
+        )
     };
-    match INFLIGHT.insert(&key, &ev, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(EEXIST) => {
-            // The thread is back in this entry point while its previous call there never
-            // returned (a signal handler that did not return, a longjmp out of the driver):
-            // that call is delivered as it is, then replaced.
-            if let Some(stale) = INFLIGHT.get_ptr(&key) {
-                deliver_unreturned(stale);
-            }
-            if INFLIGHT.insert(&key, &ev, BPF_EXIST as u64).is_err() {
-                entry_dropped(pid_tgid);
-            }
-        }
-        Err(_) => entry_dropped(pid_tgid),
-    }
+    rc == 0
 }
 
 /// Whether `api` is an id of the hooked table (and so within the bound of the exit loop).
@@ -293,12 +360,15 @@ fn first_event(tgid: u32) -> bool {
 /// process carries its name and wakes the reader at once, so that user space reads the
 /// process's mappings while it still runs (its stacks stay resolvable after it exits).
 #[inline(always)]
-fn submit(mut slot: RingBufEntry<CallEvent>, mut ev: CallEvent) {
-    let first = first_event(ev.pid);
+fn submit(mut slot: RingBufEntry<CallEvent>) {
+    let ev = slot.as_mut_ptr();
+    // SAFETY: the slot was filled by the caller; `ev` points at it.
+    let pid = unsafe { (*ev).pid };
+    let first = first_event(pid);
     if first && let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+        // SAFETY: as above.
+        unsafe { (*ev).comm = comm };
     }
-    slot.write(ev);
     slot.submit(if first {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -313,19 +383,22 @@ fn submit(mut slot: RingBufEntry<CallEvent>, mut ev: CallEvent) {
 /// afterwards and be delivered a second time.
 #[inline(always)]
 fn deliver_unreturned(entry: *const CallEvent) {
-    let Some(slot) = EVENTS.reserve::<CallEvent>(0) else {
+    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
         bump(counter::LOST_RINGBUF);
         return;
     };
-    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; the caller
-    // removes or replaces the entry only after this copy.
-    let mut ev = unsafe { *entry };
-    // SAFETY: no preconditions.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.ret = 0;
-    ev.out = [0; 2];
-    ev.flags |= flags::NO_RETURN;
-    submit(slot, ev);
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `entry` points into a live map value of exactly CallEvent's size, `ev` at a
+    // reserved ring-buffer slot of the same size; the caller removes or replaces the entry
+    // only after this copy. Copied in place: the event does not fit the BPF stack twice.
+    unsafe {
+        core::ptr::copy_nonoverlapping(entry, ev, 1);
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ret = 0;
+        (*ev).out = [0; 2];
+        (*ev).flags |= flags::NO_RETURN;
+    }
+    submit(slot);
 }
 
 /// Clears the in-flight entries of a thread that is exiting: each is a call that will never
@@ -383,15 +456,19 @@ fn try_call_return(ctx: &RetProbeContext) {
         }
         return;
     };
-    let Some(slot) = EVENTS.reserve::<CallEvent>(0) else {
+    let Some(mut slot) = EVENTS.reserve::<CallEvent>(0) else {
         bump(counter::LOST_RINGBUF);
         let _ = INFLIGHT.remove(&key);
         return;
     };
-    // SAFETY: `entry` points into a live map value of exactly CallEvent's size; it is copied
-    // out before the entry is removed below.
-    let mut ev = unsafe { *entry };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `entry` points into a live map value of exactly CallEvent's size, `ev` at a
+    // reserved ring-buffer slot of the same size; the entry is copied in place (the event
+    // does not fit the BPF stack) before it is removed below.
+    unsafe { core::ptr::copy_nonoverlapping(entry, ev, 1) };
     let _ = INFLIGHT.remove(&key);
+    // SAFETY: `ev` points at the reserved slot, filled above, for as long as `slot` lives.
+    let ev = unsafe { &mut *ev };
     // SAFETY: no preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.ret = ctx.ret::<i64>() as i32;
@@ -412,7 +489,7 @@ fn try_call_return(ctx: &RetProbeContext) {
             }
         }
     }
-    submit(slot, ev);
+    submit(slot);
 }
 
 #[tracepoint]

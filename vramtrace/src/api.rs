@@ -34,6 +34,20 @@ pub enum Kind {
     MemPoolTrimTo,
     /// `cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)`
     DeviceGetDefaultMemPool,
+    /// `cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)`: the device's current pool.
+    DeviceGetMemPool,
+    /// `cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool)`: the pool `cuMemAllocAsync`
+    /// takes from on `dev` from now on.
+    DeviceSetMemPool,
+    /// `cuMemGetDefaultMemPool(CUmemoryPool *pool_out, CUmemLocation *location,
+    /// CUmemAllocationType type)` (CUDA 13.0)
+    MemGetDefaultMemPool,
+    /// `cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *location, CUmemAllocationType
+    /// type)` (CUDA 13.0): the current pool of a location and type.
+    MemGetMemPool,
+    /// `cuMemSetMemPool(CUmemLocation *location, CUmemAllocationType type, CUmemoryPool
+    /// pool)` (CUDA 13.0)
+    MemSetMemPool,
     /// `cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     /// const CUmemAllocationProp *prop, unsigned long long flags)`
     MemCreate,
@@ -94,6 +108,19 @@ pub enum Kind {
     /// `cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount,
     /// CUstream hStream)`
     MemcpyHtoDAsync,
+    /// `cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount)`: unified addressing, the
+    /// direction follows from where the addresses lie.
+    Memcpy,
+    /// `cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream)`
+    MemcpyAsync,
+    /// `cuMemcpy2D(const CUDA_MEMCPY2D *pCopy)`, `cuMemcpy2DUnaligned(const CUDA_MEMCPY2D *)`
+    Memcpy2D,
+    /// `cuMemcpy2DAsync(const CUDA_MEMCPY2D *pCopy, CUstream hStream)`
+    Memcpy2DAsync,
+    /// `cuMemcpy3D(const CUDA_MEMCPY3D *pCopy)`
+    Memcpy3D,
+    /// `cuMemcpy3DAsync(const CUDA_MEMCPY3D *pCopy, CUstream hStream)`
+    Memcpy3DAsync,
 }
 
 /// A base name and what to capture for every exported variant of it.
@@ -110,7 +137,22 @@ pub struct ApiDef {
     pub legacy32: bool,
 }
 
-use cookie::{DEREF_ARG0, DEREF_ARG1, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg};
+use cookie::{
+    DEREF_ARG0, DEREF_ARG1, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg, with_blob_skip,
+    with_wide_skip,
+};
+
+/// `CUDA_MEMCPY2D` (64-bit ABI, 16 words): the blob holds words 2..7 (`srcMemoryType`,
+/// `srcHost`, `srcDevice`, `srcArray`, `srcPitch`), the wide window words 8..16 (`dstY`,
+/// `dstMemoryType`, `dstHost`, `dstDevice`, `dstArray`, `dstPitch`, `WidthInBytes`,
+/// `Height`). Only `dstXInBytes` (word 7) and `srcXInBytes`/`srcY` are left out.
+const COPY_2D: u64 = with_blob_arg(0) | with_blob_skip(2) | with_wide_skip(8);
+/// `CUDA_MEMCPY3D` (25 words): the blob holds words 4..9 (`srcMemoryType`, `srcHost`,
+/// `srcDevice`, `srcArray`, `reserved0`), the wide window words 17..25 (`dstDevice`,
+/// `dstArray`, `reserved1`, `dstPitch`, `dstHeight`, `WidthInBytes`, `Height`, `Depth`).
+/// `dstMemoryType` (word 15) is left out: the destination is `dstDevice` when it is set, and
+/// the Ledger takes it for device memory only inside a live device allocation.
+const COPY_3D: u64 = with_blob_arg(0) | with_blob_skip(4) | with_wide_skip(17);
 
 const fn def(base: &'static str, kind: Kind, flags: u64) -> ApiDef {
     ApiDef {
@@ -160,6 +202,21 @@ pub const APIS: &[ApiDef] = &[
         Kind::DeviceGetDefaultMemPool,
         DEREF_ARG0,
     ),
+    def("cuDeviceGetMemPool", Kind::DeviceGetMemPool, DEREF_ARG0),
+    def("cuDeviceSetMemPool", Kind::DeviceSetMemPool, 0),
+    // CUmemLocation is 8 bytes: the blob reads past it, into the caller's frame (a read
+    // that faults leaves the location unreadable, nothing worse).
+    def(
+        "cuMemGetDefaultMemPool",
+        Kind::MemGetDefaultMemPool,
+        DEREF_ARG0 | with_blob_arg(1),
+    ),
+    def(
+        "cuMemGetMemPool",
+        Kind::MemGetMemPool,
+        DEREF_ARG0 | with_blob_arg(1),
+    ),
+    def("cuMemSetMemPool", Kind::MemSetMemPool, with_blob_arg(0)),
     // Virtual memory management.
     def(
         "cuMemCreate",
@@ -231,6 +288,16 @@ pub const APIS: &[ApiDef] = &[
     // Fills from host memory.
     legacy("cuMemcpyHtoD", Kind::MemcpyHtoD, 0),
     legacy("cuMemcpyHtoDAsync", Kind::MemcpyHtoDAsync, 0),
+    // Unified, 2D and 3D copies: a fill when the source is not device memory and the
+    // destination is. The unversioned 2D/3D names take the CUDA 3.x descriptor, whose
+    // layout differs: they are hooked and counted, not decoded.
+    def("cuMemcpy", Kind::Memcpy, 0),
+    def("cuMemcpyAsync", Kind::MemcpyAsync, 0),
+    legacy("cuMemcpy2D", Kind::Memcpy2D, COPY_2D),
+    legacy("cuMemcpy2DUnaligned", Kind::Memcpy2D, COPY_2D),
+    legacy("cuMemcpy2DAsync", Kind::Memcpy2DAsync, COPY_2D),
+    legacy("cuMemcpy3D", Kind::Memcpy3D, COPY_3D),
+    legacy("cuMemcpy3DAsync", Kind::Memcpy3DAsync, COPY_3D),
 ];
 
 /// One exported symbol that probes are attached to. Its index in the hooked table is the API

@@ -11,7 +11,7 @@ use thiserror::Error;
 use vramtrace_common::{CallEvent, EVENT_CALL, EVENT_EXIT, ExitEvent, flags};
 
 use crate::api::{CtxArgs, Hooked, Kind};
-use crate::trace::{Call, Exit, Frame, Mem, Process, Record, Stack};
+use crate::trace::{Call, CopySrc, Exit, Frame, Mem, Process, Record, Stack};
 
 /// A ring-buffer item that could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub enum DecodeError {
 }
 
 /// One decoded ring-buffer item.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is a call: boxing it would allocate per event on the draining path"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Call(CallEvent),
@@ -365,9 +369,14 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             done!(Free)
         }
         Kind::MemPoolCreate => {
-            // CUmemPoolProps: allocType, handleTypes, location { type, id }.
+            // CUmemPoolProps: allocType, handleTypes (word 0), location { type, id } (word
+            // 1), win32SecurityAttributes, maxSize, usage. A pool of managed memory, or one
+            // located in host memory, hands out host memory: its `mem` says which. A device
+            // pool has none, as before.
             if blob_ok {
-                c.device = Some((ev.blob[1] >> 32) as i32);
+                (c.mem, c.device) = pool_location(ev.blob[0] & U32, ev.blob[1]);
+            } else {
+                c.unreadable.push("props".into());
             }
             if ok {
                 c.pool = out0(c);
@@ -377,6 +386,34 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
         Kind::DeviceGetDefaultMemPool => {
             c.device = Some(a[1] as i32);
             if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::DeviceGetMemPool => {
+            c.device = Some(a[1] as i32);
+            if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
+        Kind::DeviceSetMemPool => {
+            c.device = Some(a[0] as i32);
+            c.pool = Some(a[1]);
+            done!(PoolCreate)
+        }
+        Kind::MemGetDefaultMemPool | Kind::MemGetMemPool | Kind::MemSetMemPool => {
+            let set = kind == Kind::MemSetMemPool;
+            if blob_ok {
+                // CUmemLocation { type, id } is word 0; the allocation type is an argument.
+                let alloc_type = if set { a[1] } else { a[2] } & U32;
+                (c.mem, c.device) = pool_location(alloc_type, ev.blob[0]);
+            } else {
+                c.unreadable.push("location".into());
+            }
+            if set {
+                c.pool = Some(a[2]);
+            } else if ok {
                 c.pool = out0(c);
             }
             done!(PoolCreate)
@@ -542,6 +579,94 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             }
             done!(Copy)
         }
+        Kind::Memcpy | Kind::MemcpyAsync => {
+            c.addr = Some(a[0]);
+            c.src_mem = Some(CopySrc::Unified);
+            c.src = Some(a[1]);
+            c.bytes = Some(a[2]);
+            if kind == Kind::MemcpyAsync {
+                c.stream = Some(a[3]);
+            }
+            done!(Copy)
+        }
+        Kind::Memcpy2D | Kind::Memcpy2DAsync | Kind::Memcpy3D | Kind::Memcpy3DAsync => {
+            let three = matches!(kind, Kind::Memcpy3D | Kind::Memcpy3DAsync);
+            if matches!(kind, Kind::Memcpy2DAsync | Kind::Memcpy3DAsync) {
+                c.stream = Some(a[1]);
+            }
+            if legacy32 {
+                // The CUDA 3.x descriptor: 32-bit fields, another layout.
+                c.unreadable.push("descriptor (CUDA 3.x layout)".into());
+            } else if !blob_ok {
+                c.unreadable.push("descriptor".into());
+            } else {
+                copy_descriptor(three, ev, c);
+            }
+            done!(Copy)
+        }
+    }
+}
+
+/// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
+const MEM_ALLOCATION_TYPE_MANAGED: u64 = 2;
+
+/// What a pool's allocation type and `CUmemLocation` (`{ type, id }` in one word) say of its
+/// memory: host memory of a kind (managed, or pinned at a host location) with no device, or
+/// device memory (no `mem`) on a device.
+fn pool_location(alloc_type: u64, location: u64) -> (Option<Mem>, Option<i32>) {
+    let host_located = (2..=4).contains(&(location & U32));
+    if alloc_type == MEM_ALLOCATION_TYPE_MANAGED {
+        (
+            Some(Mem::Managed),
+            (!host_located).then_some((location >> 32) as i32),
+        )
+    } else if host_located {
+        (Some(Mem::HostPinned), None)
+    } else {
+        (None, Some((location >> 32) as i32))
+    }
+}
+
+/// `CUmemorytype` values (`cuda.h`).
+const MEMORYTYPE_HOST: u64 = 1;
+const MEMORYTYPE_DEVICE: u64 = 2;
+const MEMORYTYPE_ARRAY: u64 = 3;
+const MEMORYTYPE_UNIFIED: u64 = 4;
+
+/// Reads a `CUDA_MEMCPY2D` or `CUDA_MEMCPY3D` from the windows the cookie asked for
+/// (`crate::api`'s `COPY_2D`, `COPY_3D`): the source's memory type and address, the
+/// destination's device address, and the bytes copied (width × height × depth; the pitch
+/// only spaces the rows). A destination that is host memory or an array has no address here.
+fn copy_descriptor(three: bool, ev: &CallEvent, c: &mut Call) {
+    // blob: srcMemoryType, srcHost, srcDevice, srcArray, ...
+    let (src_type, src_host, src_device) = (ev.blob[0] & U32, ev.blob[1], ev.blob[2]);
+    (c.src_mem, c.src) = match src_type {
+        MEMORYTYPE_HOST => (Some(CopySrc::Host), Some(src_host)),
+        MEMORYTYPE_DEVICE => (Some(CopySrc::Device), Some(src_device)),
+        MEMORYTYPE_ARRAY => (Some(CopySrc::Array), None),
+        MEMORYTYPE_UNIFIED => (Some(CopySrc::Unified), Some(src_device)),
+        // Not a memory type: the source is unknown, which the Ledger never takes for host.
+        _ => {
+            c.unreadable.push("srcMemoryType".into());
+            (Some(CopySrc::Unified), None)
+        }
+    };
+    let w = &ev.wide;
+    if three {
+        // wide: dstDevice, dstArray, reserved1, dstPitch, dstHeight, WidthInBytes, Height,
+        // Depth. dstMemoryType is not in the windows: a zero dstDevice is no device address.
+        c.addr = (w[0] != 0).then_some(w[0]);
+        c.pitch = Some(w[3]);
+        c.bytes = Some(w[5].saturating_mul(w[6].max(1)).saturating_mul(w[7].max(1)));
+    } else {
+        // wide: dstY, dstMemoryType, dstHost, dstDevice, dstArray, dstPitch, WidthInBytes,
+        // Height.
+        let (dst_y, dst_type, dst_device, pitch) = (w[0], w[1] & U32, w[3], w[5]);
+        if matches!(dst_type, MEMORYTYPE_DEVICE | MEMORYTYPE_UNIFIED) {
+            c.addr = Some(dst_device.saturating_add(dst_y.saturating_mul(pitch)));
+        }
+        c.pitch = Some(pitch);
+        c.bytes = Some(w[6].saturating_mul(w[7].max(1)));
     }
 }
 
@@ -914,6 +1039,168 @@ mod tests {
             panic!("not unreturned: {out:?}");
         };
         assert_eq!((c.bytes, c.pitch, c.addr), (Some(1000), None, None));
+    }
+
+    #[test]
+    fn unified_copies_carry_both_addresses() {
+        let mut conv = Converter::new(table(&["cuMemcpy", "cuMemcpyAsync_ptsz"]));
+        let mut out = Vec::new();
+        conv.convert(
+            &call(1, [0xd000, 0x5000, 4096, 0x99, 0, 0], 0, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
+        let Some(Record::Copy(c)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.addr, c.src, c.src_mem, c.bytes, c.stream),
+            (
+                Some(0xd000),
+                Some(0x5000),
+                Some(CopySrc::Unified),
+                Some(4096),
+                Some(0x99)
+            )
+        );
+    }
+
+    #[test]
+    fn copy_descriptors_are_read_from_their_windows() {
+        let mut conv = Converter::new(table(&[
+            "cuMemcpy2DAsync_v2",
+            "cuMemcpy3D_v2",
+            "cuMemcpy2D",
+        ]));
+        let mut out = Vec::new();
+        // CUDA_MEMCPY2D words 2..7: srcMemoryType HOST, srcHost, srcDevice, srcArray, srcPitch;
+        // words 8..16: dstY 2, dstMemoryType DEVICE, dstHost, dstDevice, dstArray, dstPitch
+        // 1024, WidthInBytes 1000, Height 30.
+        let mut ev = call(0, [0x7000, 0x77, 0, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [1, 0x5000, 0, 0, 1000];
+            c.wide = [2, 2, 0, 0xd000, 0, 1024, 1000, 30];
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Some(Record::Copy(c)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.addr, c.src, c.src_mem, c.bytes, c.pitch, c.stream),
+            (
+                Some(0xd000 + 2048),
+                Some(0x5000),
+                Some(CopySrc::Host),
+                Some(30_000),
+                Some(1024),
+                Some(0x77)
+            )
+        );
+        // CUDA_MEMCPY3D words 4..9: srcMemoryType UNIFIED, srcHost, srcDevice; words 17..25:
+        // dstDevice, dstArray, reserved1, dstPitch, dstHeight, WidthInBytes, Height, Depth.
+        let mut ev = call(1, [0x7000, 0, 0, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [4, 0, 0xe000, 0, 0];
+            c.wide = [0xd000, 0, 0, 64, 8, 64, 8, 4];
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Some(Record::Copy(c)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.addr, c.src, c.src_mem, c.bytes),
+            (
+                Some(0xd000),
+                Some(0xe000),
+                Some(CopySrc::Unified),
+                Some(64 * 8 * 4)
+            )
+        );
+        // A device source, a host destination (no device address).
+        let mut ev = call(0, [0x7000, 0, 0, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [2, 0, 0xd000, 0, 0];
+            c.wide = [0, 1, 0x5000, 0, 0, 0, 100, 1];
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Some(Record::Copy(c)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.addr, c.src, c.src_mem),
+            (None, Some(0xd000), Some(CopySrc::Device))
+        );
+        // The CUDA 3.x descriptor is not decoded.
+        conv.convert(
+            &call(2, [0x7000, 0, 0, 0, 0, 0], 0, 0),
+            &mut FakeEnv,
+            &mut out,
+        );
+        let Some(Record::Copy(c)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!((c.addr, c.src_mem, c.unreadable.len()), (None, None, 1));
+    }
+
+    #[test]
+    fn pool_props_say_where_the_pool_memory_lives() {
+        let mut conv = Converter::new(table(&["cuMemPoolCreate"]));
+        let mut out = Vec::new();
+        // allocType, handleTypes | location { type, id }.
+        for (word0, word1, mem, device) in [
+            (1, 1 | (2 << 32), None, Some(2)),
+            (2, 1, Some(Mem::Managed), Some(0)),
+            (1, 2, Some(Mem::HostPinned), None),
+            (1, 3 | (1 << 32), Some(Mem::HostPinned), None),
+        ] {
+            let mut ev = call(0, [0x7000, 0x7100, 0, 0, 0, 0], 0xb00, 0);
+            if let RawEvent::Call(c) = &mut ev {
+                c.blob = [word0, word1, 0, 0, 0];
+            }
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+            let Some(Record::PoolCreate(c)) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((c.mem, c.device, c.pool), (mem, device, Some(0xb00)));
+        }
+    }
+
+    #[test]
+    fn pools_by_location_and_the_current_pool() {
+        let mut conv = Converter::new(table(&[
+            "cuMemGetDefaultMemPool",
+            "cuMemSetMemPool",
+            "cuDeviceSetMemPool",
+            "cuDeviceGetMemPool",
+        ]));
+        let mut out = Vec::new();
+        let mut last = |ev: RawEvent| {
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+            let Some(Record::PoolCreate(c)) = out.last() else {
+                panic!("{out:?}")
+            };
+            (c.mem, c.device, c.pool)
+        };
+        // cuMemGetDefaultMemPool(&pool, &{HOST, 0}, PINNED).
+        let mut ev = call(0, [0x7000, 0x7100, 1, 0, 0, 0], 0xc1, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [2, 0, 0, 0, 0];
+        }
+        assert_eq!(last(ev), (Some(Mem::HostPinned), None, Some(0xc1)));
+        // cuMemSetMemPool(&{DEVICE, 1}, PINNED, pool).
+        let mut ev = call(1, [0x7100, 1, 0xb3, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.blob = [1 | (1 << 32), 0, 0, 0, 0];
+        }
+        assert_eq!(last(ev), (None, Some(1), Some(0xb3)));
+        assert_eq!(
+            last(call(2, [1, 0xb3, 0, 0, 0, 0], 0, 0)),
+            (None, Some(1), Some(0xb3))
+        );
+        assert_eq!(
+            last(call(3, [0x7000, 2, 0, 0, 0, 0], 0xb4, 0)),
+            (None, Some(2), Some(0xb4))
+        );
     }
 
     #[test]

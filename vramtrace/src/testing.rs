@@ -116,6 +116,16 @@ impl Sim {
         })
     }
 
+    /// `cuMemPoolCreate` of a pool whose memory is `mem` (`None`: device memory).
+    pub fn pool_create(&mut self, pool: u64, mem: Option<Mem>) -> Record {
+        Record::PoolCreate(Call {
+            pool: Some(pool),
+            mem,
+            device: mem.is_none().then_some(0),
+            ..self.call("cuMemPoolCreate")
+        })
+    }
+
     pub fn trim(&mut self, pool: u64, keep: u64) -> Record {
         Record::PoolTrim(Call {
             pool: Some(pool),
@@ -187,20 +197,70 @@ impl Sim {
 /// One driver call, or an exit, of a random sequence.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Alloc { slot: u64, bytes: u64, mem: Mem },
-    AllocAsync { slot: u64, bytes: u64, pool: bool },
-    Free { slot: u64, is_async: bool },
-    Fill { slot: u64, bytes: u64 },
-    Array { handle: u64, bytes: u64 },
-    ArrayDestroy { handle: u64 },
-    Vmm { handle: u64, bytes: u64, host: bool },
-    Map { slot: u64, handle: u64 },
-    Unmap { slot: u64 },
-    Release { handle: u64 },
-    Trim { keep: u64 },
+    Alloc {
+        slot: u64,
+        bytes: u64,
+        mem: Mem,
+    },
+    AllocAsync {
+        slot: u64,
+        bytes: u64,
+        pool: bool,
+    },
+    Free {
+        slot: u64,
+        is_async: bool,
+    },
+    Fill {
+        slot: u64,
+        bytes: u64,
+    },
+    /// A unified copy (`cuMemcpy`) into slot `slot` from slot `from` (device memory when it
+    /// is live, host memory otherwise) or, with `from` `None`, from a host address; or, with
+    /// `to_host`, from slot `slot` to a host address.
+    UnifiedCopy {
+        slot: u64,
+        from: Option<u64>,
+        bytes: u64,
+        to_host: bool,
+    },
+    Array {
+        handle: u64,
+        bytes: u64,
+    },
+    ArrayDestroy {
+        handle: u64,
+    },
+    Vmm {
+        handle: u64,
+        bytes: u64,
+        host: bool,
+    },
+    Map {
+        slot: u64,
+        handle: u64,
+    },
+    Unmap {
+        slot: u64,
+    },
+    Release {
+        handle: u64,
+    },
+    Trim {
+        keep: u64,
+    },
+    /// The explicit pool created anew, of device, managed or pinned host memory.
+    PoolCreate {
+        mem: Option<Mem>,
+    },
     PoolDestroy,
-    CtxCreate { ctx: u64, device: i32 },
-    CtxDestroy { ctx: u64 },
+    CtxCreate {
+        ctx: u64,
+        device: i32,
+    },
+    CtxDestroy {
+        ctx: u64,
+    },
     Exit,
 }
 
@@ -213,6 +273,9 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
             .prop_map(|(slot, m, pool)| Op::AllocAsync { slot: slot + 16, bytes: m * MIB, pool }),
         8 => (0..26u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
         4 => (0..26u64, 1..64u64).prop_map(|(slot, m)| Op::Fill { slot, bytes: m * MIB }),
+        3 => (0..26u64, prop::option::of(0..26u64), 1..64u64, any::<bool>()).prop_map(
+            |(slot, from, m, to_host)| Op::UnifiedCopy { slot, from, bytes: m * MIB, to_host }
+        ),
         2 => (0..4u64, 1..64u64).prop_map(|(handle, m)| Op::Array { handle, bytes: m * MIB }),
         2 => (0..4u64).prop_map(|handle| Op::ArrayDestroy { handle }),
         2 => (0..4u64, 1..64u64, any::<bool>())
@@ -222,6 +285,8 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
         2 => (0..4u64).prop_map(|handle| Op::Release { handle }),
         1 => (0..64u64).prop_map(|m| Op::Trim { keep: m * MIB }),
         1 => Just(Op::PoolDestroy),
+        1 => prop_oneof![Just(None), Just(Some(Mem::Managed)), Just(Some(Mem::HostPinned))]
+            .prop_map(|mem| Op::PoolCreate { mem }),
         2 => (0..3u64, 0..2i32).prop_map(|(ctx, device)| Op::CtxCreate { ctx, device }),
         1 => (0..3u64).prop_map(|ctx| Op::CtxDestroy { ctx }),
         1 => Just(Op::Exit),
@@ -269,6 +334,26 @@ pub fn record(s: &mut Sim, op: &Op) -> Record {
             bytes: Some(bytes),
             ..s.call("cuMemcpyHtoD_v2")
         }),
+        Op::UnifiedCopy {
+            slot,
+            from,
+            bytes,
+            to_host,
+        } => {
+            let host = 0x5555_0000_0000;
+            let (dst, src) = if to_host {
+                (host, addr(slot))
+            } else {
+                (addr(slot) + MIB / 2, from.map_or(host, addr))
+            };
+            Record::Copy(Call {
+                addr: Some(dst),
+                src: Some(src),
+                src_mem: Some(crate::trace::CopySrc::Unified),
+                bytes: Some(bytes),
+                ..s.call("cuMemcpy")
+            })
+        }
         Op::Array { handle, bytes } => Record::Alloc(Call {
             handle: Some(0xa000 + handle),
             bytes: Some(bytes),
@@ -295,6 +380,7 @@ pub fn record(s: &mut Sim, op: &Op) -> Record {
         Op::Unmap { slot } => s.vmm_unmap(vaddr(slot), MIB),
         Op::Release { handle } => s.vmm_release(0x4000 + handle),
         Op::Trim { keep } => s.trim(POOL, keep),
+        Op::PoolCreate { mem } => s.pool_create(POOL, mem),
         Op::PoolDestroy => Record::PoolDestroy(Call {
             pool: Some(POOL),
             ..s.call("cuMemPoolDestroy")

@@ -339,3 +339,79 @@ fn a_thread_that_ends_inside_a_call_leaves_an_unreturned_record() {
         "the call that never returned is not an allocation"
     );
 }
+
+/// Unified, 2D and 3D copies: each traced under its own symbol with both of its addresses
+/// decoded, the fills told from the device-to-device copies (the classes are checked in
+/// `ebpf_classify`).
+#[test]
+fn unified_2d_and_3d_copies_are_decoded() {
+    use vramtrace::trace::CopySrc;
+    let (lib, _) = sim();
+    let r = record(lib, "copies", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let copies: Vec<_> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Copy(c) if c.pid == pid && c.api.starts_with("cuMemcpy") => Some(c),
+            _ => None,
+        })
+        .collect();
+    let of = |api: &str| copies.iter().filter(|c| &*c.api == api).collect::<Vec<_>>();
+    for api in [
+        "cuMemcpy",
+        "cuMemcpyAsync_ptsz",
+        "cuMemcpy2D_v2",
+        "cuMemcpy2DAsync_v2",
+        "cuMemcpy3D_v2",
+        "cuMemcpy3DAsync_v2",
+    ] {
+        assert!(!of(api).is_empty(), "{api} traced");
+        for c in of(api) {
+            assert!(c.unreadable.is_empty(), "{api}: {:?}", c.unreadable);
+            assert!(c.bytes.is_some_and(|b| b > 0), "{api} has its size");
+        }
+    }
+    // The 2D fills: 4096 rows of 1 KiB from host memory into a 1 KiB pitch.
+    for c in of("cuMemcpy2D_v2") {
+        assert_eq!(
+            (c.src_mem, c.bytes, c.pitch),
+            (Some(CopySrc::Host), Some(4 << 20), Some(1024))
+        );
+    }
+    // The 3D fills come from a unified host address, 64 × 256 × 1 KiB.
+    for c in of("cuMemcpy3DAsync_v2") {
+        assert_eq!(
+            (c.src_mem, c.bytes),
+            (Some(CopySrc::Unified), Some(16 << 20))
+        );
+        assert!(c.addr.is_some() && c.src.is_some());
+    }
+    // The device-to-device ones carry their device source.
+    let [c2] = of("cuMemcpy2DAsync_v2")[..] else {
+        panic!("one cuMemcpy2DAsync_v2")
+    };
+    assert_eq!(
+        (c2.src_mem, c2.bytes),
+        (Some(CopySrc::Device), Some(32 << 20))
+    );
+    let [c3] = of("cuMemcpy3D_v2")[..] else {
+        panic!("one cuMemcpy3D_v2")
+    };
+    assert_eq!(c3.src_mem, Some(CopySrc::Unified));
+    assert_eq!(c3.src, c2.src, "both from the first weight buffer");
+}
+
+/// Allocations from pools of managed or host memory are host memory: the bytes at exit, by
+/// where they live, are the workload's.
+#[test]
+fn managed_and_host_pools_hand_out_host_memory() {
+    let (lib, _) = sim();
+    let r = record(lib, "host-pools", &[]);
+    check_against_truth(&r);
+    assert!(
+        r.truth["host_bytes_at_exit"].as_u64().unwrap_or(0) > 0,
+        "some host-pool memory is live at exit"
+    );
+}

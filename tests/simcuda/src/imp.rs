@@ -47,6 +47,7 @@ const MEM_LOCATION_HOST: u32 = 2;
 const MEM_LOCATION_HOST_NUMA: u32 = 3;
 const MEM_LOCATION_HOST_NUMA_CURRENT: u32 = 4;
 const MEM_ALLOCATION_TYPE_PINNED: u32 = 1;
+const MEM_ALLOCATION_TYPE_MANAGED: u32 = 2;
 
 fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
@@ -147,6 +148,10 @@ struct Pool {
     held: Vec<(u64, u64)>,
     destroyed: bool,
     is_default: bool,
+    /// A pool of host or managed memory (`CU_MEM_LOCATION_TYPE_HOST*`,
+    /// `CU_MEM_ALLOCATION_TYPE_MANAGED`): its allocations are host memory, and a freed one
+    /// goes back to the host at once.
+    host: bool,
 }
 
 struct Phys {
@@ -172,6 +177,8 @@ enum HostKind {
     Pinned,
     Managed,
     Registered,
+    /// From a host or managed pool (`cuMemAllocFromPoolAsync`), freed by `cuMemFreeAsync`.
+    Pooled,
 }
 
 struct HostRec {
@@ -189,6 +196,11 @@ struct State {
     primary: Vec<Primary>,
     pools: HashMap<u64, Pool>,
     default_pools: Vec<u64>,
+    /// Per device, the pool `cuMemAllocAsync` takes from (`cuDeviceSetMemPool`).
+    current_pools: Vec<u64>,
+    /// The default and current pools of host memory, by (allocation type, host-located),
+    /// made when first asked for.
+    host_pools: HashMap<(u32, bool), (u64, u64)>,
     phys: HashMap<u64, Phys>,
     reservations: BTreeMap<u64, u64>,
     mappings: BTreeMap<u64, Mapping>,
@@ -270,6 +282,8 @@ impl State {
             primary: (0..devices).map(|_| Primary::default()).collect(),
             pools: HashMap::new(),
             default_pools: Vec::new(),
+            current_pools: Vec::new(),
+            host_pools: HashMap::new(),
             phys: HashMap::new(),
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
@@ -285,9 +299,11 @@ impl State {
                     held: Vec::new(),
                     destroyed: false,
                     is_default: true,
+                    host: false,
                 },
             );
             st.default_pools.push(h);
+            st.current_pools.push(h);
         }
         st
     }
@@ -380,7 +396,7 @@ impl State {
             && self
                 .host
                 .get(&p)
-                .is_some_and(|h| h.kind == HostKind::Managed)
+                .is_some_and(|h| matches!(h.kind, HostKind::Managed | HostKind::Pooled))
         {
             self.host.remove(&p);
             // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was
@@ -407,6 +423,10 @@ impl State {
         let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
         if pool.destroyed {
             return Err(INVALID_VALUE);
+        }
+        if pool.host {
+            let p = self.host_alloc(size, HostKind::Pooled)?;
+            return Ok(p as u64);
         }
         let dev = pool.dev;
         let best = pool
@@ -907,7 +927,7 @@ fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, pool: Option<Handle>) -> CU
             Some(p) => p as u64,
             None => {
                 let (_, dev) = st.current()?;
-                st.default_pools[dev]
+                st.current_pools[dev]
             }
         };
         let a = st.pool_alloc(pool_id, bytes as u64)?;
@@ -960,12 +980,23 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
         nonnull(props)?;
         // SAFETY: checked non-null; the caller passes a `CUmemPoolProps`.
         let props = unsafe { &*props };
-        if props.alloc_type != MEM_ALLOCATION_TYPE_PINNED
-            || props.location.kind != MEM_LOCATION_DEVICE
-        {
+        let host_location = matches!(
+            props.location.kind,
+            MEM_LOCATION_HOST | MEM_LOCATION_HOST_NUMA | MEM_LOCATION_HOST_NUMA_CURRENT
+        );
+        let host = match props.alloc_type {
+            MEM_ALLOCATION_TYPE_PINNED => host_location,
+            MEM_ALLOCATION_TYPE_MANAGED => true,
+            _ => return Err(INVALID_VALUE),
+        };
+        if !host_location && props.location.kind != MEM_LOCATION_DEVICE {
             return Err(INVALID_VALUE);
         }
-        let dev = st.device(props.location.id)?;
+        let dev = if host_location {
+            st.current()?.1
+        } else {
+            st.device(props.location.id)?
+        };
         let h = st.handle();
         st.pools.insert(
             h,
@@ -974,6 +1005,7 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
                 held: Vec::new(),
                 destroyed: false,
                 is_default: false,
+                host,
             },
         );
         put(pool, h as Handle);
@@ -1688,4 +1720,386 @@ pub extern "C" fn cuMemcpyHtoDAsync(
     _s: Handle,
 ) -> CUresult {
     htod(u64::from(dst), src, u64::from(n))
+}
+
+// ---------------------------------------------------------------------------
+// Unified, 2D and 3D copies
+// ---------------------------------------------------------------------------
+
+/// `CUmemorytype`.
+const MEMORYTYPE_HOST: c_uint = 1;
+const MEMORYTYPE_DEVICE: c_uint = 2;
+const MEMORYTYPE_ARRAY: c_uint = 3;
+const MEMORYTYPE_UNIFIED: c_uint = 4;
+
+/// `CUDA_MEMCPY2D` (`_v2`).
+#[repr(C)]
+pub struct Memcpy2D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_memory_type: c_uint,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: Handle,
+    src_pitch: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_memory_type: c_uint,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: Handle,
+    dst_pitch: usize,
+    width_in_bytes: usize,
+    height: usize,
+}
+
+/// `CUDA_MEMCPY3D` (`_v2`).
+#[repr(C)]
+pub struct Memcpy3D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_z: usize,
+    src_lod: usize,
+    src_memory_type: c_uint,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: Handle,
+    reserved0: *mut c_void,
+    src_pitch: usize,
+    src_height: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_z: usize,
+    dst_lod: usize,
+    dst_memory_type: c_uint,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: Handle,
+    reserved1: *mut c_void,
+    dst_pitch: usize,
+    dst_height: usize,
+    width_in_bytes: usize,
+    height: usize,
+    depth: usize,
+}
+
+/// One side of a copy, as its memory type says.
+enum Side {
+    Host(u64),
+    Device(u64),
+    Array(u64),
+    Unified(u64),
+}
+
+impl State {
+    /// Whether `[p, p + n)` lies inside one device allocation or mapping: `None` when `p`
+    /// is in no device memory at all.
+    fn device_range(&self, p: u64, n: u64) -> Option<bool> {
+        let end = p.checked_add(n)?;
+        if let Some((a, rec)) = self.allocs.range(..=p).next_back()
+            && p < a + rec.size
+        {
+            return Some(end <= a + rec.size);
+        }
+        if let Some((m, rec)) = self.mappings.range(..=p).next_back()
+            && p < m + rec.size
+        {
+            return Some(end <= m + rec.size);
+        }
+        None
+    }
+
+    /// Checks one side of a copy of `n` bytes, as the driver would: device memory must hold
+    /// the whole range, an array must exist, host memory must not be null. A unified
+    /// address is device memory when it lies in one, host memory otherwise.
+    fn copy_side(&self, side: &Side, n: u64) -> Result<(), CUresult> {
+        match *side {
+            Side::Host(p) => nonnull(p as *const u8),
+            Side::Device(p) => match self.device_range(p, n) {
+                Some(true) => Ok(()),
+                _ => Err(INVALID_VALUE),
+            },
+            Side::Array(h) => {
+                if self.arrays.contains_key(&h) {
+                    Ok(())
+                } else {
+                    Err(INVALID_HANDLE)
+                }
+            }
+            Side::Unified(p) => match self.device_range(p, n) {
+                Some(true) => Ok(()),
+                Some(false) => Err(INVALID_VALUE),
+                None => nonnull(p as *const u8),
+            },
+        }
+    }
+
+    fn copy(&mut self, dst: Side, src: Side, n: u64) -> Result<(), CUresult> {
+        self.current()?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.copy_side(&dst, n)?;
+        self.copy_side(&src, n)
+    }
+}
+
+fn side(kind: c_uint, host: u64, device: u64, array: Handle) -> Result<Side, CUresult> {
+    match kind {
+        MEMORYTYPE_HOST => Ok(Side::Host(host)),
+        MEMORYTYPE_DEVICE => Ok(Side::Device(device)),
+        MEMORYTYPE_ARRAY => Ok(Side::Array(array as u64)),
+        MEMORYTYPE_UNIFIED => Ok(Side::Unified(device)),
+        _ => Err(INVALID_VALUE),
+    }
+}
+
+fn unified(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    code(with(|st| {
+        st.copy(Side::Unified(dst), Side::Unified(src), n as u64)
+    }))
+}
+
+pub extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpyAsync(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    unified(dst, src, n)
+}
+
+pub extern "C" fn cuMemcpyAsync_ptsz(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    unified(dst, src, n)
+}
+
+fn copy_2d(p: *const Memcpy2D) -> CUresult {
+    code(with(|st| {
+        nonnull(p)?;
+        // SAFETY: non-null, and the caller passes a CUDA_MEMCPY2D as cuda.h declares.
+        let c = unsafe { &*p };
+        let src = side(
+            c.src_memory_type,
+            c.src_host as u64,
+            c.src_device,
+            c.src_array,
+        )?;
+        let dst = side(
+            c.dst_memory_type,
+            c.dst_host as u64,
+            c.dst_device,
+            c.dst_array,
+        )?;
+        if c.width_in_bytes > c.src_pitch.max(c.width_in_bytes)
+            || c.width_in_bytes > c.dst_pitch.max(c.width_in_bytes)
+        {
+            return Err(INVALID_VALUE);
+        }
+        st.copy(dst, src, (c.width_in_bytes as u64) * (c.height as u64))
+    }))
+}
+
+pub extern "C" fn cuMemcpy2D_v2(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2D_v2_ptds(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DUnaligned_v2(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DUnaligned_v2_ptds(p: *const Memcpy2D) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DAsync_v2(p: *const Memcpy2D, _s: Handle) -> CUresult {
+    copy_2d(p)
+}
+
+pub extern "C" fn cuMemcpy2DAsync_v2_ptsz(p: *const Memcpy2D, _s: Handle) -> CUresult {
+    copy_2d(p)
+}
+
+fn copy_3d(p: *const Memcpy3D) -> CUresult {
+    code(with(|st| {
+        nonnull(p)?;
+        // SAFETY: non-null, and the caller passes a CUDA_MEMCPY3D as cuda.h declares.
+        let c = unsafe { &*p };
+        let src = side(
+            c.src_memory_type,
+            c.src_host as u64,
+            c.src_device,
+            c.src_array,
+        )?;
+        let dst = side(
+            c.dst_memory_type,
+            c.dst_host as u64,
+            c.dst_device,
+            c.dst_array,
+        )?;
+        let n = (c.width_in_bytes as u64) * (c.height.max(1) as u64) * (c.depth.max(1) as u64);
+        st.copy(dst, src, n)
+    }))
+}
+
+pub extern "C" fn cuMemcpy3D_v2(p: *const Memcpy3D) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3D_v2_ptds(p: *const Memcpy3D) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3DAsync_v2(p: *const Memcpy3D, _s: Handle) -> CUresult {
+    copy_3d(p)
+}
+
+pub extern "C" fn cuMemcpy3DAsync_v2_ptsz(p: *const Memcpy3D, _s: Handle) -> CUresult {
+    copy_3d(p)
+}
+
+// ---------------------------------------------------------------------------
+// Pool selection: the current pool of a device, and CUDA 13.0's pools by location
+// ---------------------------------------------------------------------------
+
+pub extern "C" fn cuDeviceGetMemPool(pool: *mut Handle, dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        let d = st.device(dev)?;
+        put(pool, st.current_pools[d] as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDeviceSetMemPool(dev: CUdevice, pool: Handle) -> CUresult {
+    code(with(|st| {
+        let d = st.device(dev)?;
+        let p = st.pools.get(&(pool as u64)).ok_or(INVALID_HANDLE)?;
+        // The driver takes only a pool of device memory located on that device.
+        if p.destroyed || p.host || p.dev != d {
+            return Err(INVALID_VALUE);
+        }
+        st.current_pools[d] = pool as u64;
+        Ok(())
+    }))
+}
+
+impl State {
+    /// Which pools a location and allocation type name: a device's (`Ok(Some(dev))`) or a
+    /// host memory kind's (`Ok(None)`, keyed as `host_pools` is).
+    fn pool_slot(
+        &mut self,
+        location: *const MemLocation,
+        alloc_type: c_uint,
+    ) -> Result<Result<usize, (u32, bool)>, CUresult> {
+        nonnull(location)?;
+        // SAFETY: non-null, and the caller passes a CUmemLocation as cuda.h declares.
+        let loc = unsafe { *location };
+        let host_located = matches!(
+            loc.kind,
+            MEM_LOCATION_HOST | MEM_LOCATION_HOST_NUMA | MEM_LOCATION_HOST_NUMA_CURRENT
+        );
+        match (alloc_type, host_located) {
+            (MEM_ALLOCATION_TYPE_PINNED, false) if loc.kind == MEM_LOCATION_DEVICE => {
+                Ok(Ok(self.device(loc.id)?))
+            }
+            (MEM_ALLOCATION_TYPE_PINNED, true) | (MEM_ALLOCATION_TYPE_MANAGED, _) => {
+                let key = (alloc_type, host_located);
+                if !self.host_pools.contains_key(&key) {
+                    let (_, dev) = self.current()?;
+                    let h = self.handle();
+                    self.pools.insert(
+                        h,
+                        Pool {
+                            dev,
+                            held: Vec::new(),
+                            destroyed: false,
+                            is_default: true,
+                            host: true,
+                        },
+                    );
+                    self.host_pools.insert(key, (h, h));
+                }
+                Ok(Err(key))
+            }
+            _ => Err(INVALID_VALUE),
+        }
+    }
+}
+
+fn get_pool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+    current: bool,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(pool)?;
+        let h = match st.pool_slot(location, alloc_type)? {
+            Ok(d) if current => st.current_pools[d],
+            Ok(d) => st.default_pools[d],
+            Err(key) => {
+                let (default, cur) = st.host_pools[&key];
+                if current { cur } else { default }
+            }
+        };
+        put(pool, h as Handle);
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemGetDefaultMemPool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+) -> CUresult {
+    get_pool(pool, location, alloc_type, false)
+}
+
+pub extern "C" fn cuMemGetMemPool(
+    pool: *mut Handle,
+    location: *const MemLocation,
+    alloc_type: c_uint,
+) -> CUresult {
+    get_pool(pool, location, alloc_type, true)
+}
+
+pub extern "C" fn cuMemSetMemPool(
+    location: *const MemLocation,
+    alloc_type: c_uint,
+    pool: Handle,
+) -> CUresult {
+    code(with(|st| {
+        let slot = st.pool_slot(location, alloc_type)?;
+        let p = st.pools.get(&(pool as u64)).ok_or(INVALID_HANDLE)?;
+        if p.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        match slot {
+            Ok(d) if !p.host && p.dev == d => st.current_pools[d] = pool as u64,
+            Err(key) if p.host => {
+                if let Some(e) = st.host_pools.get_mut(&key) {
+                    e.1 = pool as u64;
+                }
+            }
+            _ => return Err(INVALID_VALUE),
+        }
+        Ok(())
+    }))
 }

@@ -35,6 +35,11 @@
 //! - Host memory (pinned, managed, registered, host-located VMM) never counts
 //!   against device capacity; pinned and managed memory is real `malloc`ed
 //!   memory, and copies into managed memory really copy.
+//! - Copies: `cuMemcpy*` (unified addressing) and `cuMemcpy2D*` / `cuMemcpy3D*` (the `_v2`
+//!   descriptors; the CUDA 3.x unversioned names are not exported) check each side as the
+//!   driver would (device memory must hold the whole range, an array must exist, host memory
+//!   must not be null; a unified address is device memory when it lies in one) and move no
+//!   data: `CUDA_ERROR_INVALID_VALUE` (1) or `CUDA_ERROR_INVALID_HANDLE` (400) otherwise.
 //! - Contexts: a per-thread context stack. Destroying a context, or releasing
 //!   the last reference of a primary context, frees every `cuMemAlloc*` /
 //!   `cuMemAllocPitch*` allocation and array made in it (stream-ordered
@@ -126,6 +131,11 @@ exports! {
     cuMemPoolDestroy,
     cuMemPoolTrimTo,
     cuDeviceGetDefaultMemPool,
+    cuDeviceGetMemPool,
+    cuDeviceSetMemPool,
+    cuMemGetDefaultMemPool,
+    cuMemGetMemPool,
+    cuMemSetMemPool,
     cuMemCreate,
     cuMemRelease,
     cuMemAddressReserve,
@@ -171,4 +181,18 @@ exports! {
     cuMemcpyHtoDAsync,
     cuMemcpyHtoDAsync_v2,
     cuMemcpyHtoDAsync_v2_ptsz,
+    cuMemcpy,
+    cuMemcpy_ptds,
+    cuMemcpyAsync,
+    cuMemcpyAsync_ptsz,
+    cuMemcpy2D_v2,
+    cuMemcpy2D_v2_ptds,
+    cuMemcpy2DUnaligned_v2,
+    cuMemcpy2DUnaligned_v2_ptds,
+    cuMemcpy2DAsync_v2,
+    cuMemcpy2DAsync_v2_ptsz,
+    cuMemcpy3D_v2,
+    cuMemcpy3D_v2_ptds,
+    cuMemcpy3DAsync_v2,
+    cuMemcpy3DAsync_v2_ptsz,
 }

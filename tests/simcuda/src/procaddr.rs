@@ -66,6 +66,15 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(11020, "cuMemFreeAsync_ptsz")],
     ),
     ("cuMemPoolCreate", &[(11020, "cuMemPoolCreate")], &[]),
+    ("cuDeviceGetMemPool", &[(11020, "cuDeviceGetMemPool")], &[]),
+    ("cuDeviceSetMemPool", &[(11020, "cuDeviceSetMemPool")], &[]),
+    (
+        "cuMemGetDefaultMemPool",
+        &[(13000, "cuMemGetDefaultMemPool")],
+        &[],
+    ),
+    ("cuMemGetMemPool", &[(13000, "cuMemGetMemPool")], &[]),
+    ("cuMemSetMemPool", &[(13000, "cuMemSetMemPool")], &[]),
     ("cuMemPoolDestroy", &[(11020, "cuMemPoolDestroy")], &[]),
     ("cuMemPoolTrimTo", &[(11020, "cuMemPoolTrimTo")], &[]),
     (
@@ -176,6 +185,41 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         "cuMemcpyHtoDAsync",
         &[(2000, "cuMemcpyHtoDAsync"), (3020, "cuMemcpyHtoDAsync_v2")],
         &[(7000, "cuMemcpyHtoDAsync_v2_ptsz")],
+    ),
+    (
+        "cuMemcpy",
+        &[(4000, "cuMemcpy")],
+        &[(7000, "cuMemcpy_ptds")],
+    ),
+    (
+        "cuMemcpyAsync",
+        &[(4000, "cuMemcpyAsync")],
+        &[(7000, "cuMemcpyAsync_ptsz")],
+    ),
+    (
+        "cuMemcpy2D",
+        &[(3020, "cuMemcpy2D_v2")],
+        &[(7000, "cuMemcpy2D_v2_ptds")],
+    ),
+    (
+        "cuMemcpy2DUnaligned",
+        &[(3020, "cuMemcpy2DUnaligned_v2")],
+        &[(7000, "cuMemcpy2DUnaligned_v2_ptds")],
+    ),
+    (
+        "cuMemcpy2DAsync",
+        &[(3020, "cuMemcpy2DAsync_v2")],
+        &[(7000, "cuMemcpy2DAsync_v2_ptsz")],
+    ),
+    (
+        "cuMemcpy3D",
+        &[(3020, "cuMemcpy3D_v2")],
+        &[(7000, "cuMemcpy3D_v2_ptds")],
+    ),
+    (
+        "cuMemcpy3DAsync",
+        &[(3020, "cuMemcpy3DAsync_v2")],
+        &[(7000, "cuMemcpy3DAsync_v2_ptsz")],
     ),
 ];
 

@@ -177,6 +177,149 @@ pub type FnHtoD = unsafe extern "C" fn(u64, *const c_void, usize) -> R;
 pub type FnHtoD32 = unsafe extern "C" fn(c_uint, *const c_void, c_uint) -> R;
 pub type FnHtoDAsync = unsafe extern "C" fn(u64, *const c_void, usize, P) -> R;
 pub type FnHtoDAsync32 = unsafe extern "C" fn(c_uint, *const c_void, c_uint, P) -> R;
+pub type FnDevSetPool = unsafe extern "C" fn(c_int, P) -> R;
+pub type FnGetPoolAt = unsafe extern "C" fn(*mut P, *const MemLocation, c_uint) -> R;
+pub type FnSetPoolAt = unsafe extern "C" fn(*const MemLocation, c_uint, P) -> R;
+pub type FnMemcpy = unsafe extern "C" fn(u64, u64, usize) -> R;
+pub type FnMemcpyAsync = unsafe extern "C" fn(u64, u64, usize, P) -> R;
+pub type FnMemcpy2D = unsafe extern "C" fn(*const Memcpy2D) -> R;
+pub type FnMemcpy2DAsync = unsafe extern "C" fn(*const Memcpy2D, P) -> R;
+pub type FnMemcpy3D = unsafe extern "C" fn(*const Memcpy3D) -> R;
+pub type FnMemcpy3DAsync = unsafe extern "C" fn(*const Memcpy3D, P) -> R;
+/// The unversioned 2D/3D copies take the CUDA 3.x descriptors; probe-all passes zeroes.
+pub type FnMemcpyLegacy = unsafe extern "C" fn(*const [u64; 32]) -> R;
+pub type FnMemcpyLegacyAsync = unsafe extern "C" fn(*const [u64; 32], P) -> R;
+
+/// `CUmemorytype`.
+pub const MEMORYTYPE_HOST: c_uint = 1;
+pub const MEMORYTYPE_DEVICE: c_uint = 2;
+pub const MEMORYTYPE_UNIFIED: c_uint = 4;
+
+/// `CUDA_MEMCPY2D` (`_v2`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Memcpy2D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_memory_type: c_uint,
+    pub src_host: *const c_void,
+    pub src_device: u64,
+    pub src_array: P,
+    pub src_pitch: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_memory_type: c_uint,
+    pub dst_host: P,
+    pub dst_device: u64,
+    pub dst_array: P,
+    pub dst_pitch: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+}
+
+impl Memcpy2D {
+    /// A `width` × `height` copy from `src` (of memory type `src_type`, pitch `width`) to
+    /// device memory at `dst` with row pitch `dst_pitch`.
+    pub fn to_device(
+        src_type: c_uint,
+        src: u64,
+        dst: u64,
+        dst_pitch: usize,
+        width: usize,
+        height: usize,
+    ) -> Memcpy2D {
+        Memcpy2D {
+            src_x_in_bytes: 0,
+            src_y: 0,
+            src_memory_type: src_type,
+            src_host: src as *const c_void,
+            src_device: src,
+            src_array: std::ptr::null_mut(),
+            src_pitch: width,
+            dst_x_in_bytes: 0,
+            dst_y: 0,
+            dst_memory_type: MEMORYTYPE_DEVICE,
+            dst_host: std::ptr::null_mut(),
+            dst_device: dst,
+            dst_array: std::ptr::null_mut(),
+            dst_pitch,
+            width_in_bytes: width,
+            height,
+        }
+    }
+}
+
+/// `CUDA_MEMCPY3D` (`_v2`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Memcpy3D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_z: usize,
+    pub src_lod: usize,
+    pub src_memory_type: c_uint,
+    pub src_host: *const c_void,
+    pub src_device: u64,
+    pub src_array: P,
+    pub reserved0: P,
+    pub src_pitch: usize,
+    pub src_height: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_z: usize,
+    pub dst_lod: usize,
+    pub dst_memory_type: c_uint,
+    pub dst_host: P,
+    pub dst_device: u64,
+    pub dst_array: P,
+    pub reserved1: P,
+    pub dst_pitch: usize,
+    pub dst_height: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+    pub depth: usize,
+}
+
+impl Memcpy3D {
+    /// A `width` × `height` × `depth` copy from `src` (of memory type `src_type`, packed) to
+    /// device memory at `dst`, packed.
+    pub fn to_device(
+        src_type: c_uint,
+        src: u64,
+        dst: u64,
+        width: usize,
+        height: usize,
+        depth: usize,
+    ) -> Memcpy3D {
+        Memcpy3D {
+            src_x_in_bytes: 0,
+            src_y: 0,
+            src_z: 0,
+            src_lod: 0,
+            src_memory_type: src_type,
+            src_host: src as *const c_void,
+            src_device: src,
+            src_array: std::ptr::null_mut(),
+            reserved0: std::ptr::null_mut(),
+            src_pitch: width,
+            src_height: height,
+            dst_x_in_bytes: 0,
+            dst_y: 0,
+            dst_z: 0,
+            dst_lod: 0,
+            dst_memory_type: MEMORYTYPE_DEVICE,
+            dst_host: std::ptr::null_mut(),
+            dst_device: dst,
+            dst_array: std::ptr::null_mut(),
+            reserved1: std::ptr::null_mut(),
+            dst_pitch: width,
+            dst_height: height,
+            width_in_bytes: width,
+            height,
+            depth,
+        }
+    }
+}
 
 /// A resolved entry point and the exported symbol it is.
 #[derive(Clone, Copy)]

@@ -52,6 +52,12 @@ enum Scenario {
     Leak,
     /// Every hooked entry point once, whatever the results.
     ProbeAll,
+    /// Weights filled only through unified, 2D and 3D copies from host memory; a KV cache
+    /// written only by device-to-device copies through the same entry points; then serving.
+    Copies,
+    /// Pools of managed memory and of host memory beside a device pool: their allocations
+    /// are host memory; some freed, some live at exit.
+    HostPools,
     /// A worker thread's cuMemAlloc_v2 springs the simulated driver's trap
     /// (SIMCUDA_TRAP=exit-thread or block:DIR, SIMCUDA_TRAP_BYTES=N): it ends the thread
     /// inside the call, or waits inside it until released.
@@ -233,6 +239,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
         Scenario::CtxV4 => scenarios::ctx_v4(&rt)?,
+        Scenario::Copies => scenarios::copies(&rt, seed)?,
+        Scenario::HostPools => scenarios::host_pools(&rt, seed)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

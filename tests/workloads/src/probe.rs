@@ -224,6 +224,69 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         "cuMemcpyHtoDAsync_v2_ptsz"
     );
     call!(d, f, ptr, srcp, mib, null());
+    // Unified, 2D and 3D copies from host memory, every variant.
+    let host = src.as_ptr() as u64;
+    for (ver, flags, exp) in [(V, 0, "cuMemcpy"), (V, PER_THREAD, "cuMemcpy_ptds")] {
+        let f = d.resolve_or_dlsym::<FnMemcpy>("cuMemcpy", ver, flags, exp)?;
+        call!(d, f, ptr, host, mib);
+    }
+    for (flags, exp) in [(0, "cuMemcpyAsync"), (PER_THREAD, "cuMemcpyAsync_ptsz")] {
+        let f = d.resolve_or_dlsym::<FnMemcpyAsync>("cuMemcpyAsync", V, flags, exp)?;
+        call!(d, f, ptr, host, mib, null());
+    }
+    let c2 = Memcpy2D::to_device(MEMORYTYPE_HOST, host, ptr, 1024, 1024, 1024);
+    for (base, flags, exp) in [
+        ("cuMemcpy2D", 0, "cuMemcpy2D_v2"),
+        ("cuMemcpy2D", PER_THREAD, "cuMemcpy2D_v2_ptds"),
+        ("cuMemcpy2DUnaligned", 0, "cuMemcpy2DUnaligned_v2"),
+        (
+            "cuMemcpy2DUnaligned",
+            PER_THREAD,
+            "cuMemcpy2DUnaligned_v2_ptds",
+        ),
+    ] {
+        let f = d.resolve_or_dlsym::<FnMemcpy2D>(base, V, flags, exp)?;
+        call!(d, f, &c2);
+    }
+    for (flags, exp) in [
+        (0, "cuMemcpy2DAsync_v2"),
+        (PER_THREAD, "cuMemcpy2DAsync_v2_ptsz"),
+    ] {
+        let f = d.resolve_or_dlsym::<FnMemcpy2DAsync>("cuMemcpy2DAsync", V, flags, exp)?;
+        call!(d, f, &c2, null());
+    }
+    let c3 = Memcpy3D::to_device(MEMORYTYPE_HOST, host, ptr, 1024, 32, 32);
+    for (flags, exp) in [(0, "cuMemcpy3D_v2"), (PER_THREAD, "cuMemcpy3D_v2_ptds")] {
+        let f = d.resolve_or_dlsym::<FnMemcpy3D>("cuMemcpy3D", V, flags, exp)?;
+        call!(d, f, &c3);
+    }
+    for (flags, exp) in [
+        (0, "cuMemcpy3DAsync_v2"),
+        (PER_THREAD, "cuMemcpy3DAsync_v2_ptsz"),
+    ] {
+        let f = d.resolve_or_dlsym::<FnMemcpy3DAsync>("cuMemcpy3DAsync", V, flags, exp)?;
+        call!(d, f, &c3, null());
+    }
+    // The CUDA 3.x names, where the library has them (NVIDIA's does; the simulated one
+    // does not): zeroed descriptors, whatever the results.
+    let zeroes = [0u64; 32];
+    for (base, exp) in [
+        ("cuMemcpy2D", "cuMemcpy2D"),
+        ("cuMemcpy2DUnaligned", "cuMemcpy2DUnaligned"),
+        ("cuMemcpy3D", "cuMemcpy3D"),
+    ] {
+        if let Ok(f) = d.resolve_or_dlsym::<FnMemcpyLegacy>(base, 2000, 0, exp) {
+            call!(d, f, &zeroes);
+        }
+    }
+    for (base, exp) in [
+        ("cuMemcpy2DAsync", "cuMemcpy2DAsync"),
+        ("cuMemcpy3DAsync", "cuMemcpy3DAsync"),
+    ] {
+        if let Ok(f) = d.resolve_or_dlsym::<FnMemcpyLegacyAsync>(base, 2000, 0, exp) {
+            call!(d, f, &zeroes, null());
+        }
+    }
     let f = sym!(d, FnU64, "cuMemFree", V, 0, "cuMemFree_v2");
     call!(d, f, ptr);
 
@@ -263,6 +326,39 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     );
     let mut pool0: P = null();
     call!(d, f, &mut pool0, dev);
+    // The device's current pool, set to itself; CUDA 13.0's pools by location where the
+    // library has them.
+    let f = sym!(
+        d,
+        FnOutHandleDev,
+        "cuDeviceGetMemPool",
+        V,
+        0,
+        "cuDeviceGetMemPool"
+    );
+    let mut current: P = null();
+    call!(d, f, &mut current, dev);
+    let f = sym!(
+        d,
+        FnDevSetPool,
+        "cuDeviceSetMemPool",
+        V,
+        0,
+        "cuDeviceSetMemPool"
+    );
+    call!(d, f, dev, pool0);
+    let here = MemLocation { kind: 1, id: dev };
+    for (base, current) in [("cuMemGetDefaultMemPool", false), ("cuMemGetMemPool", true)] {
+        if let Ok(f) = d.resolve_or_dlsym::<FnGetPoolAt>(base, 13000, 0, base) {
+            let mut p: P = null();
+            call!(d, f, &mut p, &here, 1);
+            let _ = current;
+        }
+    }
+    if let Ok(f) = d.resolve_or_dlsym::<FnSetPoolAt>("cuMemSetMemPool", 13000, 0, "cuMemSetMemPool")
+    {
+        call!(d, f, &here, 1, pool0);
+    }
     let alloc_async = sym!(d, FnAllocAsync, "cuMemAllocAsync", V, 0, "cuMemAllocAsync");
     let alloc_async_pt = sym!(
         d,

@@ -252,6 +252,16 @@ impl Rt {
         Ok(rt)
     }
 
+    /// The host buffer that fills copy from.
+    pub fn host_src(&self) -> u64 {
+        self.host_src.as_ptr() as u64
+    }
+
+    /// The host buffer's length.
+    pub fn host_len(&self) -> u64 {
+        self.host_src.len() as u64
+    }
+
     pub fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -461,19 +471,47 @@ impl Rt {
         })
     }
 
+    /// `cuMemAllocFromPoolAsync` from a pool of managed or host memory: host memory.
+    pub fn alloc_from_host_pool(&self, pool: u64, bytes: u64) -> Option<u64> {
+        let f = self.cu.alloc_from_pool;
+        let mut ptr = 0u64;
+        let r = call!(
+            self.d,
+            f,
+            &mut ptr,
+            bytes as usize,
+            p(pool),
+            std::ptr::null_mut()
+        );
+        self.d.bytes(f.name, bytes, r);
+        (r == 0).then(|| {
+            self.book().host_add(ptr, bytes);
+            ptr
+        })
+    }
+
+    /// `cuMemFreeAsync` of an allocation from a pool of managed or host memory.
+    pub fn free_host_pooled(&self, ptr: u64) {
+        self.book().host_remove(ptr);
+        call!(self.d, self.cu.free_async, ptr, std::ptr::null_mut());
+    }
+
     pub fn free_async(&self, f: Sym<FnFreeAsync>, ptr: u64) {
         self.book().remove(Key::Ptr(ptr));
         call!(self.d, f, ptr, std::ptr::null_mut());
     }
 
     pub fn pool_create(&self) -> Option<u64> {
+        self.pool_create_of(1, 1, self.device)
+    }
+
+    /// `cuMemPoolCreate` of allocation type `alloc_type` (1 pinned, 2 managed) at location
+    /// `kind` (1 device, 2 host, 3 host NUMA node), `id`.
+    pub fn pool_create_of(&self, alloc_type: u32, kind: u32, id: c_int) -> Option<u64> {
         let props = PoolProps {
-            alloc_type: 1,
+            alloc_type,
             handle_types: 0,
-            location: MemLocation {
-                kind: 1,
-                id: self.device,
-            },
+            location: MemLocation { kind, id },
             win32_security: std::ptr::null_mut(),
             max_size: 0,
             reserved: [0; 56],

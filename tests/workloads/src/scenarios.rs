@@ -825,3 +825,181 @@ pub fn ctx_v4(rt: &Rt) -> anyhow::Result<Extra> {
     );
     Ok(extra)
 }
+
+/// Weights filled only through unified, 2D and 3D copies from host memory (`cuMemcpy`,
+/// `cuMemcpyAsync_ptsz`, `cuMemcpy2D_v2` from `CU_MEMORYTYPE_HOST`, `cuMemcpy3DAsync_v2`
+/// from a `CU_MEMORYTYPE_UNIFIED` host address); a KV cache written only by device-to-device
+/// copies through the same entry points (a unified `cuMemcpy` from a weight buffer,
+/// `cuMemcpy2DAsync_v2` from `CU_MEMORYTYPE_DEVICE`, `cuMemcpy3D_v2` from a unified device
+/// address) and by a copy to host; then serving.
+pub fn copies(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    use crate::driver::*;
+    let d = &rt.d;
+    let v = CUDA_VERSION;
+    let memcpy: Sym<FnMemcpy> = d.resolve("cuMemcpy", v, 0, "cuMemcpy")?;
+    let memcpy_async: Sym<FnMemcpyAsync> =
+        d.resolve("cuMemcpyAsync", v, PER_THREAD, "cuMemcpyAsync_ptsz")?;
+    let copy_2d: Sym<FnMemcpy2D> = d.resolve("cuMemcpy2D", v, 0, "cuMemcpy2D_v2")?;
+    let copy_2d_async: Sym<FnMemcpy2DAsync> =
+        d.resolve("cuMemcpy2DAsync", v, 0, "cuMemcpy2DAsync_v2")?;
+    let copy_3d: Sym<FnMemcpy3D> = d.resolve("cuMemcpy3D", v, 0, "cuMemcpy3D_v2")?;
+    let copy_3d_async: Sym<FnMemcpy3DAsync> =
+        d.resolve("cuMemcpy3DAsync", v, 0, "cuMemcpy3DAsync_v2")?;
+    let host = rt.host_src();
+    let chunk = rt.host_len();
+    let mut filled = Vec::new();
+    eprintln!("copies: loading weights through unified, 2D and 3D copies");
+    // cuMemcpy and cuMemcpyAsync_ptsz: the whole buffer, in chunks of the host buffer.
+    for (i, bytes) in [48 * MIB, 32 * MIB, 24 * MIB, 16 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(p) = rt.alloc(bytes, Weights) else {
+            continue;
+        };
+        let mut off = 0;
+        while off < bytes {
+            let n = (bytes - off).min(chunk) as usize;
+            if i % 2 == 0 {
+                call!(d, memcpy, p + off, host, n);
+            } else {
+                call!(d, memcpy_async, p + off, host, n, std::ptr::null_mut());
+            }
+            off += n as u64;
+        }
+        filled.push(p);
+    }
+    // cuMemcpy2D_v2 from host memory: 8 MiB as 8192 rows of 1 KiB into a 1 KiB pitch.
+    if let Some(p) = rt.alloc(8 * MIB, Weights) {
+        let rows = 4096; // each copy: 4 MiB, the host buffer holds 64
+        for half in 0..2u64 {
+            let c =
+                Memcpy2D::to_device(MEMORYTYPE_HOST, host, p + half * 4 * MIB, 1024, 1024, rows);
+            call!(d, copy_2d, &c);
+        }
+    }
+    // cuMemcpy3DAsync_v2 from a unified host address: 16 MiB as 64 × 256 × 1 KiB, twice.
+    if let Some(p) = rt.alloc(32 * MIB, Weights) {
+        for half in 0..2u64 {
+            let c =
+                Memcpy3D::to_device(MEMORYTYPE_UNIFIED, host, p + half * 16 * MIB, 1024, 256, 64);
+            call!(d, copy_3d_async, &c, std::ptr::null_mut());
+        }
+    }
+    eprintln!("copies: a KV cache written by device-to-device copies");
+    let mut rng = Rng::new(seed);
+    let source = filled.first().copied();
+    for k in 0..3 {
+        let bytes = rng.size(128 * MIB, 256 * MIB, 2 * MIB);
+        let Some(p) = rt.alloc(bytes, KvCache) else {
+            continue;
+        };
+        let Some(w) = source else {
+            continue;
+        };
+        match k {
+            // Unified, from a weight buffer: device to device.
+            0 => {
+                call!(d, memcpy, p, w, (32 * MIB) as usize);
+            }
+            // 2D from CU_MEMORYTYPE_DEVICE.
+            1 => {
+                let c = Memcpy2D::to_device(MEMORYTYPE_DEVICE, w, p, 4096, 4096, 8192);
+                call!(d, copy_2d_async, &c, std::ptr::null_mut());
+            }
+            // 3D from a unified device address; then a unified copy back to host.
+            _ => {
+                let c = Memcpy3D::to_device(MEMORYTYPE_UNIFIED, w, p, 4096, 64, 128);
+                call!(d, copy_3d, &c);
+                let mut back = vec![0u8; MIB as usize];
+                call!(d, memcpy, back.as_mut_ptr() as u64, p, back.len());
+            }
+        }
+    }
+    steady_state(rt, seed, 1, 40, 16 * MIB);
+    Ok(Extra::new())
+}
+
+/// Pools of managed memory and of host memory (`cuMemPoolCreate` with
+/// `CU_MEM_ALLOCATION_TYPE_MANAGED`, and with `CU_MEM_LOCATION_TYPE_HOST` /
+/// `CU_MEM_LOCATION_TYPE_HOST_NUMA`) beside a device pool: their allocations are host memory.
+/// Some of each freed, some left live at exit.
+pub fn host_pools(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    use crate::driver::*;
+    let mut rng = Rng::new(seed);
+    load_weights(rt, &mut rng, 4, 8 * MIB, 32 * MIB);
+    let device_pool = rt.pool_create();
+    let managed = rt.pool_create_of(2, 1, rt.device);
+    let pinned_host = rt.pool_create_of(1, 2, 0);
+    let numa_host = rt.pool_create_of(1, 3, 0);
+    // The device's current pool set to the created one: cuMemAllocAsync takes from it, and
+    // a trim of it gives back what its frees left held. Then the default pool again, through
+    // CUDA 13.0's entry point by location.
+    let f_set: Sym<FnDevSetPool> =
+        rt.d.resolve("cuDeviceSetMemPool", 12040, 0, "cuDeviceSetMemPool")?;
+    let f_get: Sym<FnOutHandleDev> =
+        rt.d.resolve("cuDeviceGetMemPool", 12040, 0, "cuDeviceGetMemPool")?;
+    let get_default: Sym<FnGetPoolAt> =
+        rt.d.resolve("cuMemGetDefaultMemPool", 13000, 0, "cuMemGetDefaultMemPool")?;
+    let get_at: Sym<FnGetPoolAt> =
+        rt.d.resolve("cuMemGetMemPool", 13000, 0, "cuMemGetMemPool")?;
+    let set_at: Sym<FnSetPoolAt> =
+        rt.d.resolve("cuMemSetMemPool", 13000, 0, "cuMemSetMemPool")?;
+    let here = MemLocation {
+        kind: 1,
+        id: rt.device,
+    };
+    if let Some(p) = device_pool
+        && call!(rt.d, f_set, rt.device, p as P) == 0
+    {
+        let mut cur: P = std::ptr::null_mut();
+        call!(rt.d, f_get, &mut cur, rt.device);
+        let live: Vec<u64> = (0..4)
+            .filter_map(|_| rt.alloc_async(rt.cu.alloc_async, p, 4 * MIB))
+            .collect();
+        for a in live {
+            rt.free_async(rt.cu.free_async, a);
+        }
+        rt.pool_trim(p, 0);
+        let mut default: P = std::ptr::null_mut();
+        if call!(rt.d, get_default, &mut default, &here, 1) == 0 {
+            call!(rt.d, set_at, &here, 1, default);
+        }
+    }
+    // The default pool of pinned host memory, and the current pool of managed memory, by
+    // location: both hand out host memory.
+    let host = MemLocation { kind: 2, id: 0 };
+    let mut by_location = Vec::new();
+    let mut hp: P = std::ptr::null_mut();
+    if call!(rt.d, get_default, &mut hp, &host, 1) == 0 {
+        by_location.push(hp as u64);
+    }
+    let mut mp: P = std::ptr::null_mut();
+    if call!(rt.d, get_at, &mut mp, &here, 2) == 0 {
+        by_location.push(mp as u64);
+    }
+    for pool in by_location {
+        rt.alloc_from_host_pool(pool, 3 * MIB);
+    }
+    for round in 0..6u64 {
+        let mut live = Vec::new();
+        if let Some(p) = device_pool
+            && let Some(a) = rt.alloc_from_pool(rt.cu.alloc_from_pool, p, 8 * MIB)
+        {
+            rt.free_async(rt.cu.free_async, a);
+        }
+        for pool in [managed, pinned_host, numa_host].into_iter().flatten() {
+            let bytes = rng.size(MIB, 16 * MIB, 4096);
+            if let Some(a) = rt.alloc_from_host_pool(pool, bytes) {
+                live.push(a);
+            }
+        }
+        // Every other round's allocations stay live to the end.
+        if round % 2 == 0 {
+            for a in live {
+                rt.free_host_pooled(a);
+            }
+        }
+    }
+    Ok(Extra::new())
+}

@@ -596,6 +596,112 @@ fn copies_mark_allocations_filled_from_host() {
 }
 
 #[test]
+fn unified_copies_fill_by_where_the_addresses_lie() {
+    use crate::trace::CopySrc;
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let copy =
+        |s: &mut Sim, api: &str, dst: Option<u64>, src: CopySrc, from: Option<u64>, n: u64| {
+            Record::Copy(Call {
+                addr: dst,
+                src_mem: Some(src),
+                src: from,
+                bytes: Some(n),
+                ..s.call(api)
+            })
+        };
+    let (a, b, pinned, host) = (0x10_0000, 0x40_0000, 0x7700_0000, 0x5555_0000);
+    let recs = vec![
+        s.alloc(a, MIB),
+        s.alloc(b, MIB),
+        s.alloc_mem("cuMemHostAlloc", Mem::HostPinned, pinned, MIB),
+        // Host to device: a fill of a.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(a),
+            CopySrc::Unified,
+            Some(host),
+            1000,
+        ),
+        // Pinned host memory is host memory: a fill of a too.
+        copy(
+            &mut s,
+            "cuMemcpyAsync_ptsz",
+            Some(a + 4096),
+            CopySrc::Unified,
+            Some(pinned),
+            24,
+        ),
+        // Device to device, by address and by type: no fill of b.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(b),
+            CopySrc::Unified,
+            Some(a + 16),
+            512,
+        ),
+        copy(
+            &mut s,
+            "cuMemcpy2D_v2",
+            Some(b),
+            CopySrc::Device,
+            Some(a),
+            512,
+        ),
+        copy(&mut s, "cuMemcpy3D_v2", Some(b), CopySrc::Array, None, 512),
+        // An unknown source is never taken for host memory.
+        copy(
+            &mut s,
+            "cuMemcpy3D_v2",
+            Some(b),
+            CopySrc::Unified,
+            None,
+            512,
+        ),
+        // Device to host, host to host: no fill, nothing amiss.
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(host),
+            CopySrc::Unified,
+            Some(a),
+            64,
+        ),
+        copy(
+            &mut s,
+            "cuMemcpy",
+            Some(pinned),
+            CopySrc::Unified,
+            Some(host),
+            64,
+        ),
+        copy(&mut s, "cuMemcpy2D_v2", None, CopySrc::Host, Some(host), 64),
+        // A 2D copy from host memory: a fill of b.
+        copy(
+            &mut s,
+            "cuMemcpy2D_v2",
+            Some(b + 8),
+            CopySrc::Host,
+            Some(host),
+            256,
+        ),
+    ];
+    apply_all(&mut l, recs);
+    let live: Vec<_> = l.live_allocations(1).collect();
+    let at = |addr: u64| live.iter().find(|x| x.addr == Some(addr)).expect("live");
+    assert_eq!(at(a).filled_from_host, 1024);
+    assert_eq!(at(b).filled_from_host, 256);
+    assert_eq!(at(pinned).filled_from_host, 0);
+    assert!(
+        proc(&l, 1).anomalies.is_empty(),
+        "{:?}",
+        proc(&l, 1).anomalies
+    );
+}
+
+#[test]
 fn pid_reuse_keeps_processes_apart() {
     let mut l = Ledger::new();
     let mut a = Sim::new(1, 4242);
@@ -730,4 +836,86 @@ fn a_call_that_never_returned_is_counted_and_makes_nothing() {
     assert_eq!(p.unreturned.get("cuMemAllocManaged"), Some(&1));
     assert_eq!(p.live_allocations().count(), 0);
     assert_eq!(p.usage.host_bytes, 0);
+}
+
+#[test]
+fn managed_and_host_pools_hand_out_host_memory() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.pool_create(0xb1, Some(Mem::Managed)),
+        s.pool_create(0xb2, Some(Mem::HostPinned)),
+        s.pool_create(0xb3, None),
+        s.alloc_async(0x10_0000, 4 * MIB, Some(0xb1)),
+        s.alloc_async(0x20_0000, 2 * MIB, Some(0xb2)),
+        s.alloc_async(0x30_0000, MIB, Some(0xb3)),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, 6 * MIB);
+    assert_eq!(p.usage.device_bytes, MIB);
+    assert_eq!(p.host_fallback_total, 2, "each a host-memory finding");
+    let mems: Vec<_> = {
+        let mut m: Vec<_> = l.live_allocations(1).map(|a| (a.addr, a.mem)).collect();
+        m.sort();
+        m
+    };
+    assert_eq!(
+        mems,
+        [
+            (Some(0x10_0000), Mem::Managed),
+            (Some(0x20_0000), Mem::HostPinned),
+            (Some(0x30_0000), Mem::DeviceAsync)
+        ]
+    );
+    // Freed, host-pool memory goes back to the host: nothing is pool-held GPU memory.
+    let recs = vec![
+        s.free_async(0x10_0000),
+        s.free_async(0x20_0000),
+        s.free_async(0x30_0000),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.host_bytes, 0);
+    assert_eq!(p.usage.pool_held_bytes, MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+#[test]
+fn the_current_pool_and_pools_learned_by_location() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let learned = |s: &mut Sim, api: &str, pool: u64, mem: Option<Mem>| {
+        Record::PoolCreate(Call {
+            pool: Some(pool),
+            mem,
+            device: mem.is_none().then_some(0),
+            ..s.call(api)
+        })
+    };
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.ctx_current("cuCtxSetCurrent", 0xc0),
+        s.pool_create(0xb3, None),
+        learned(&mut s, "cuDeviceSetMemPool", 0xb3, None),
+        // cuMemAllocAsync now takes from 0xb3: its free is held there, and a trim of 0xb3
+        // gives it back.
+        s.alloc_async(0x30_0000, MIB, None),
+        s.free_async(0x30_0000),
+        s.trim(0xb3, 0),
+        // A host pool learned from CUDA 13's entry point by location, known or not.
+        learned(
+            &mut s,
+            "cuMemGetDefaultMemPool",
+            0xc1,
+            Some(Mem::HostPinned),
+        ),
+        learned(&mut s, "cuMemGetMemPool", 0xb3, None),
+        s.alloc_async(0x40_0000, 2 * MIB, Some(0xc1)),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.host_bytes, 2 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 1;
+pub const FORMAT_MINOR: u32 = 2;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -472,6 +472,30 @@ pub struct Call {
     /// The signal the probe sent to the calling thread at this call (vram-only policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signalled: Option<u32>,
+    /// What a copy's source is, as its arguments say; absent for the host-to-device entry
+    /// points, whose signature says it (`cuMemcpyHtoD*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_mem: Option<CopySrc>,
+    /// The source address of a copy (`src_mem` `host`, `device` or `unified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<u64>,
+}
+
+/// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or
+/// unified addressing for `cuMemcpy`, `cuMemcpyAsync`). The Ledger decides from it, and for
+/// `unified` from what it knows of the address, whether the copy fills from host memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopySrc {
+    /// Host memory (`CU_MEMORYTYPE_HOST`).
+    Host,
+    /// Device memory (`CU_MEMORYTYPE_DEVICE`).
+    Device,
+    /// A CUDA array (`CU_MEMORYTYPE_ARRAY`): device memory.
+    Array,
+    /// An address in the unified address space (`CU_MEMORYTYPE_UNIFIED`, `cuMemcpy*`):
+    /// device or host, as the Ledger knows the address.
+    Unified,
 }
 
 impl Call {

@@ -17,7 +17,7 @@ use foldhash::{HashMap, HashSet};
 use super::change::{Change, EndCause, PoolId};
 use super::classify::{self, AllocRef, ClassBytes, Classifier, Phase};
 use super::usage::{Held, Totals, Usage};
-use crate::trace::{Call, Exit, Mem, Process};
+use crate::trace::{Call, CopySrc, Exit, Mem, Process};
 
 /// How many examples of each anomaly are kept.
 const EXAMPLES: usize = 3;
@@ -92,6 +92,9 @@ pub struct ProcessState {
     reserved: BTreeMap<u64, u64>,
     pools: HashMap<PoolId, Pool>,
     default_pools: HashMap<Option<i32>, u64>,
+    /// The pool `cuMemAllocAsync` takes from on a device, once `cuDeviceSetMemPool` (or
+    /// `cuMemSetMemPool` at a device location) set one; the default pool otherwise.
+    current_pools: HashMap<Option<i32>, u64>,
     ctx_device: HashMap<u64, Option<i32>>,
     primary: HashMap<Option<i32>, PrimaryCtx>,
     threads: HashMap<u32, Vec<u64>>,
@@ -405,7 +408,11 @@ impl ProcessState {
     }
 
     fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolId {
-        match pool.or_else(|| self.default_pools.get(&device).copied()) {
+        let current = || self.current_pools.get(&device).copied();
+        match pool
+            .or_else(current)
+            .or_else(|| self.default_pools.get(&device).copied())
+        {
             Some(h) => PoolId::Handle(h),
             None => PoolId::Default(device),
         }
@@ -504,7 +511,17 @@ impl ProcessState {
             0
         });
         self.count_alloc(&c.api, bytes);
+        // An allocation from a pool of managed or host memory is host memory, not the GPU's;
+        // the pool keeps none of it once freed (see `Pool::host`).
+        let host_pool = match (mem, c.pool) {
+            (Mem::DeviceAsync, Some(h)) => self.pools.get(&PoolId::Handle(h)).and_then(|p| p.host),
+            _ => None,
+        };
+        let mem = host_pool.unwrap_or(mem);
         let mut a = self.new_alloc(c, mem, bytes);
+        if host_pool.is_some() {
+            a.pool = c.pool;
+        }
         let ts = c.ts_ns;
 
         if mem == Mem::Array {
@@ -604,6 +621,8 @@ impl ProcessState {
             return;
         };
         let fits = match c.mem {
+            // cuMemFreeAsync*: stream-ordered memory, of a host or managed pool too.
+            Some(Mem::DeviceAsync) if a.pool.is_some() && a.mem.is_host() => true,
             // cuMemFree*, cuMemFreeAsync*: device memory of either kind.
             None | Some(Mem::Device) | Some(Mem::DeviceAsync) => {
                 matches!(a.mem, Mem::Device | Mem::DeviceAsync)
@@ -627,19 +646,42 @@ impl ProcessState {
         *e.rets.entry(c.ret).or_default() += 1;
     }
 
+    /// A copy. It fills device memory from the host when its source is not device memory and
+    /// its destination lies inside a live device allocation or mapping: the host-to-device
+    /// entry points say so by their signature; 2D/3D copies by their source's memory type;
+    /// unified copies (`cuMemcpy*`, `CU_MEMORYTYPE_UNIFIED`) by where the Ledger knows the
+    /// addresses to lie. A source inside no device allocation the Ledger knows is host
+    /// memory (device memory made before tracing began would read as host: a fill too many,
+    /// never one too few).
     pub(crate) fn on_copy(&mut self, c: &Call) {
+        // Whether the entry point's signature says the copy is host to device.
+        let htod = c.src_mem.is_none();
+        match c.src_mem {
+            None | Some(CopySrc::Host) => {}
+            Some(CopySrc::Device | CopySrc::Array) => return,
+            Some(CopySrc::Unified) => match c.src {
+                Some(src) if !self.is_device_memory(src) => {}
+                _ => return,
+            },
+        }
         let Some(addr) = c.addr else {
-            self.anomaly("copy_without_address", || describe(c));
+            if htod {
+                self.anomaly("copy_without_address", || describe(c));
+            }
             return;
         };
         let len = c.bytes.unwrap_or(0);
         if let Some((&start, a)) = self.by_addr.range_mut(..=addr).next_back() {
             let end = start.saturating_add(a.bytes);
             if addr < end || (addr == start && a.bytes == 0) {
-                let inside = len.min(end - addr);
-                let was = a.class;
-                self.classifier.on_fill(Arc::make_mut(a), inside);
-                Self::updated(&mut self.changes, self.proc, was, a);
+                // Host to host memory is no fill; the HtoD entry points may fill managed
+                // memory, and do.
+                if htod || !a.mem.is_host() {
+                    let inside = len.min(end - addr);
+                    let was = a.class;
+                    self.classifier.on_fill(Arc::make_mut(a), inside);
+                    Self::updated(&mut self.changes, self.proc, was, a);
+                }
                 return;
             }
         }
@@ -649,6 +691,7 @@ impl ProcessState {
                 let inside = len.min(end - addr);
                 if m.counted
                     && let Some(v) = self.vmm.get_mut(&m.handle)
+                    && (htod || !v.alloc.mem.is_host())
                 {
                     let was = v.alloc.class;
                     self.classifier.on_fill(Arc::make_mut(&mut v.alloc), inside);
@@ -657,7 +700,30 @@ impl ProcessState {
                 return;
             }
         }
-        self.anomaly("copy_outside_allocations", || describe(c));
+        // A unified or typed copy to an address outside device memory is device (or host) to
+        // host: no fill, and nothing amiss.
+        if htod {
+            self.anomaly("copy_outside_allocations", || describe(c));
+        }
+    }
+
+    /// Whether `addr` lies in device memory the Ledger knows: a live device allocation, or a
+    /// mapping of a device-located VMM handle (or of a handle made before tracing began).
+    fn is_device_memory(&self, addr: u64) -> bool {
+        if let Some((&start, a)) = self.by_addr.range(..=addr).next_back()
+            && addr < start.saturating_add(a.bytes.max(1))
+        {
+            return !a.mem.is_host();
+        }
+        if let Some((&start, m)) = self.mappings.range(..=addr).next_back()
+            && addr < start.saturating_add(m.bytes)
+        {
+            return self
+                .vmm
+                .get(&m.handle)
+                .is_none_or(|v| !v.alloc.mem.is_host());
+        }
+        false
     }
 
     // --- process end ---
@@ -722,6 +788,7 @@ impl ProcessState {
         self.mappings.clear();
         self.reserved.clear();
         self.default_pools.clear();
+        self.current_pools.clear();
         self.ctx_device.clear();
         self.primary.clear();
         self.threads.clear();

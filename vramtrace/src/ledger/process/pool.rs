@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::{ProcessState, describe};
 use crate::ledger::change::PoolId;
 use crate::ledger::usage::{Held, Totals};
-use crate::trace::Call;
+use crate::trace::{Call, Mem};
 
 /// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
 /// GPU. An allocation reuses the smallest held block that fits (the rest of that block stays
@@ -15,6 +15,11 @@ use crate::trace::Call;
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pool {
     pub(super) device: Option<i32>,
+    /// A pool of managed memory or located in host memory (`cuMemPoolCreate`'s props): what
+    /// its allocations are. They are host memory, booked as such; what such a pool keeps
+    /// after a free is host memory too, and not modelled (nothing of it is pool-held GPU
+    /// memory).
+    pub(super) host: Option<Mem>,
     /// Sum of `blocks`.
     pub(super) held: u64,
     /// The held blocks as a multiset, by size: blocks of one size are alike, so which of
@@ -130,11 +135,41 @@ impl ProcessState {
             self.anomaly("pool_without_handle", || describe(c));
             return;
         };
-        if c.api.starts_with("cuDeviceGetDefaultMemPool") {
+        let api = &*c.api;
+        // The device's default pool: cuDeviceGetDefaultMemPool, or cuMemGetDefaultMemPool at
+        // a device location for pinned memory (a pool with no `mem`).
+        if api.starts_with("cuDeviceGetDefaultMemPool")
+            || (api.starts_with("cuMemGetDefaultMemPool") && c.mem.is_none())
+        {
             self.merge_default_pool(t, c.device, h, c.ts_ns);
             return;
         }
-        let fresh = Pool::new(c.device);
+        // The device's current pool, which cuMemAllocAsync takes from from now on.
+        if api.starts_with("cuDeviceSetMemPool")
+            || (api.starts_with("cuMemSetMemPool") && c.mem.is_none())
+        {
+            self.current_pools.insert(c.device, h);
+            self.pools
+                .entry(PoolId::Handle(h))
+                .or_insert_with(|| Pool::new(c.device));
+            return;
+        }
+        // A pool made elsewhere, learned: cuDeviceGetMemPool, cuMemGetMemPool, and the
+        // default or current pool of host or managed memory. It may be known already.
+        if !api.starts_with("cuMemPoolCreate") {
+            let pool = self
+                .pools
+                .entry(PoolId::Handle(h))
+                .or_insert_with(|| Pool::new(c.device));
+            if pool.host.is_none() {
+                pool.host = c.mem.filter(|m| m.is_host());
+            }
+            return;
+        }
+        let fresh = Pool {
+            host: c.mem.filter(|m| m.is_host()),
+            ..Pool::new(c.device)
+        };
         match self.pools.get(&PoolId::Handle(h)) {
             Some(p) if !p.destroyed => {
                 self.anomaly("pool_create_over_live", || describe(c));

@@ -1,7 +1,7 @@
 //! The fast path for call lines: the shape the writer gives them, read without serde.
 
 use super::Names;
-use crate::trace::record::{Call, Mem};
+use crate::trace::record::{Call, CopySrc, Mem};
 
 /// Parses a call line in exactly the shape the writer gives it: `{"type":"KIND",` then known
 /// keys without whitespace, integers without sign (but `ret`, `device`), strings without
@@ -30,6 +30,8 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
     const FLAGS: usize = 15;
     const PITCH: usize = 16;
     const STACK: usize = 17;
+    const SRC: usize = 18;
+    const SRC_MEM: usize = 19;
     const REQUIRED: u32 =
         (1 << API) | (1 << PROC) | (1 << PID) | (1 << TID) | (1 << TS_NS) | (1 << RET);
 
@@ -113,6 +115,18 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
             STACK => {
                 call.stack = Some(cur.unsigned()?.try_into().ok()?);
             }
+            SRC => {
+                call.src = Some(cur.unsigned()?);
+            }
+            SRC_MEM => {
+                call.src_mem = Some(match cur.raw_string()? {
+                    b"host" => CopySrc::Host,
+                    b"device" => CopySrc::Device,
+                    b"array" => CopySrc::Array,
+                    b"unified" => CopySrc::Unified,
+                    _ => return None,
+                });
+            }
             _ => unreachable!("call_key returns no other index"),
         }
         let bit = 1u32 << field;
@@ -150,6 +164,8 @@ pub(super) fn call_key(rest: &[u8]) -> Option<(usize, usize)> {
         [b'"', b'f', b'l', _] => (15, b"\"flags\":"),
         [b'"', b'p', b'i', b't'] => (16, b"\"pitch\":"),
         [b'"', b's', b't', b'a'] => (17, b"\"stack\":"),
+        [b'"', b's', b'r', b'c'] if rest.get(4) == Some(&b'_') => (19, b"\"src_mem\":"),
+        [b'"', b's', b'r', b'c'] => (18, b"\"src\":"),
         _ => return None,
     };
     rest.starts_with(lit).then_some((i, lit.len()))

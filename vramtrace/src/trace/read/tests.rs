@@ -94,6 +94,8 @@ pub(crate) fn body() -> Vec<Record> {
         stack: Some(1),
         unreadable: vec!["pitch".into()],
         signalled: Some(6),
+        src_mem: Some(crate::trace::CopySrc::Unified),
+        src: Some(0x5500_0000),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -1030,6 +1032,13 @@ fn call() -> impl Strategy<Value = Call> {
                 stack,
                 unreadable,
                 signalled: None,
+                // Drawn from the fields above rather than by strategies of their own: a
+                // larger strategy overflows the test thread's stack in debug builds.
+                src_mem: flags.and_then(|f| {
+                    use crate::trace::CopySrc::*;
+                    [None, Some(Host), Some(Device), Some(Array), Some(Unified)][f as usize % 5]
+                }),
+                src: flags.and(offset),
             },
         )
 }
