@@ -139,6 +139,10 @@ pub struct OomExplanation {
     pub peak_before_ts_ns: Option<u64>,
     /// NVML's view of the device at the nearest sample before the failure.
     pub capacity: Option<NvmlAtOom>,
+    /// Device and pool-held bytes of every traced process on the failing device at the
+    /// failure (the Ledger's figure): what was taken since NVML's sample is measured by it.
+    #[serde(default)]
+    pub traced_on_device: u64,
     /// The dynamic memory of the failing step.
     pub since_low: Option<SinceLow>,
     /// What the process held then in stacks the leak analysis found growing all run.
@@ -255,6 +259,7 @@ impl Collector {
             stack: frames_of(ledger, oom.stack),
             others: oom.others.clone(),
             capacity: oom.nvml.clone(),
+            traced_on_device: oom.traced_on_device(),
             ..Default::default()
         };
         e.others
@@ -487,14 +492,9 @@ fn verdict(e: &OomExplanation) -> String {
         Some(b) => format!("The request needed {}", hb(b)),
         None => "The request's size is not known".to_owned(),
     };
-    // Device and pool-held bytes of every traced process on the GPU: NVML's sample counts
-    // both as used.
-    let traced_now = e.held_device_bytes
-        + e.held_pool_bytes
-        + e.others
-            .iter()
-            .map(|o| o.device_bytes + o.pool_held_bytes)
-            .sum::<u64>();
+    // Device and pool-held bytes of every traced process on the GPU (NVML's sample counts
+    // both as used), as the Ledger's OOM gives them.
+    let traced_now = e.traced_on_device;
     let free = e
         .capacity
         .as_ref()

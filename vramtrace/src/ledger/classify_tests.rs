@@ -520,3 +520,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn free_at_a_failure_counts_what_was_taken_since_the_sample() {
+    use crate::ledger::{NvmlAtOom, Oom, OomNeighbour};
+    let oom = Oom {
+        device_bytes: 72 * GIB,
+        others: vec![OomNeighbour {
+            device_bytes: GIB,
+            pool_held_bytes: GIB,
+            ..OomNeighbour::default()
+        }],
+        nvml: Some(NvmlAtOom {
+            free_bytes: Some(79 * GIB),
+            traced_bytes: Some(GIB),
+            ..NvmlAtOom::default()
+        }),
+        ..Oom::default()
+    };
+    assert_eq!(oom.traced_on_device(), 74 * GIB);
+    // 73 GiB taken since the sample, which saw 1 GiB traced and 79 GiB free.
+    assert_eq!(oom.free_at_failure(), Some(6 * GIB));
+    let unknown_then = Oom {
+        nvml: Some(NvmlAtOom {
+            free_bytes: Some(79 * GIB),
+            traced_bytes: None,
+            ..NvmlAtOom::default()
+        }),
+        ..oom.clone()
+    };
+    assert_eq!(
+        unknown_then.free_at_failure(),
+        Some(79 * GIB),
+        "nothing known to subtract"
+    );
+    assert_eq!(Oom::default().free_at_failure(), None);
+}

@@ -477,10 +477,10 @@ fn last_oom_json(s: &Served) -> Value {
         .filter(|(_, b)| **b > 0)
         .map(|(c, b)| format!("{} {}", c.name(), analyze::human_bytes(*b)))
         .collect();
+    // NVML's free figure less what traced processes took since its sample: a sample from
+    // before a burst of allocations would show memory that was no longer free.
     let available = oom
-        .nvml
-        .as_ref()
-        .and_then(|n| n.free_bytes)
+        .free_at_failure()
         .map(|f| format!(", available {}", analyze::human_bytes(f)))
         .unwrap_or_default();
     v["summary"] = json!(format!(

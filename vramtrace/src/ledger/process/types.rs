@@ -171,6 +171,23 @@ pub struct Oom {
     pub nvml: Option<NvmlAtOom>,
 }
 
+impl Oom {
+    /// Device plus pool-held bytes of every traced process on the failing device at the
+    /// failure: what NVML counts as used there.
+    pub fn traced_on_device(&self) -> u64 {
+        self.others.iter().fold(self.device_bytes, |t, o| {
+            t.saturating_add(o.device_bytes)
+                .saturating_add(o.pool_held_bytes)
+        })
+    }
+
+    /// NVML's free bytes less what traced processes took on the device since the sample:
+    /// the free memory at the failure, as far as is known.
+    pub fn free_at_failure(&self) -> Option<u64> {
+        self.nvml.as_ref()?.free_at_failure(self.traced_on_device())
+    }
+}
+
 /// Calls and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApiCount {
