@@ -292,13 +292,8 @@ pub struct TopArgs {
     pub speed: Option<f64>,
     /// Open the replay paused at this moment: `peak`, `oom` (the first out-of-memory
     /// failure; the peak when there is none), `end`, or seconds after the recording started.
-    #[arg(long, value_name = "WHEN", requires = "replay", value_parser = moment)]
-    pub at: Option<String>,
-}
-
-/// A moment as `export --at` and `top --at` take it, checked when parsed.
-fn moment(s: &str) -> Result<String, String> {
-    s.parse::<crate::export::Moment>().map(|_| s.to_owned())
+    #[arg(long, value_name = "WHEN", requires = "replay")]
+    pub at: Option<crate::export::Moment>,
 }
 
 #[derive(Debug, Args)]
@@ -389,7 +384,7 @@ pub struct ExportArgs {
     /// out-of-memory failure), `end`, or seconds after the start. Default: the first OOM if
     /// there is one, else the peak.
     #[arg(long, value_name = "WHEN")]
-    pub at: Option<String>,
+    pub at: Option<crate::export::Moment>,
     /// Only these processes (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,

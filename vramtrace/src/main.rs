@@ -157,12 +157,7 @@ fn analyze_cmd(args: AnalyzeArgs) -> Result<ExitCode> {
 }
 
 fn export_cmd(args: ExportArgs) -> Result<ExitCode> {
-    let at = args
-        .at
-        .as_deref()
-        .map(str::parse::<vramtrace::export::Moment>)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let at = args.at;
     let exported = vramtrace::export::export_file(
         &args.trace,
         args.format,

@@ -195,19 +195,9 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         .context("starting the runtime")?;
     let served = match &args.replay {
         Some(path) => {
-            let mut served = Served::new(Tracing::Replay);
-            let mut replay =
+            let replay =
                 Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
-            let model = &mut served.model;
-            let mut n = 0;
-            replay.run_read_ahead(|ledger, _| {
-                model.take(ledger.changes());
-                n += 1;
-            });
-            served.records = n;
-            let (ledger, _) = replay.finish();
-            served.ledger = ledger;
-            served
+            replayed(replay)
         }
         None => Served::new(Tracing::Starting),
     };
@@ -463,6 +453,21 @@ fn gpus_json(s: &Served) -> Vec<Value> {
     out
 }
 
+/// The served state of a replay run to its end (or its cutoff): the model fed by the
+/// Ledger's change stream, and the Ledger.
+fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>) -> Served {
+    let mut served = Served::new(Tracing::Replay);
+    let model = &mut served.model;
+    let mut n = 0;
+    replay.run_read_ahead(|ledger, _| {
+        model.take(ledger.changes());
+        n += 1;
+    });
+    served.records = n;
+    served.ledger = replay.finish().0;
+    served
+}
+
 fn last_oom_json(s: &Served) -> Value {
     let Some((proc, oom)) = &s.model.last_oom else {
         return Value::Null;
@@ -595,16 +600,7 @@ fn snapshot_at(path: &std::path::Path, secs: f64) -> Result<Value> {
     let replay = Replay::open(path)?;
     let start = replay.header().start_monotonic_ns;
     let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    let mut replay = replay.until(Some(cutoff));
-    let mut served = Served::new(Tracing::Replay);
-    let model = &mut served.model;
-    let mut n = 0;
-    replay.run_read_ahead(|ledger, _| {
-        model.take(ledger.changes());
-        n += 1;
-    });
-    served.records = n;
-    served.ledger = replay.finish().0;
+    let served = replayed(replay.until(Some(cutoff)));
     let mut v = snapshot_json(&served);
     v["at_seconds"] = json!(secs);
     Ok(v)

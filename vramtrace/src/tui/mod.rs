@@ -159,13 +159,7 @@ pub fn top(args: TopArgs) -> Result<()> {
                 ),
                 speed,
             };
-            let at = args
-                .at
-                .as_deref()
-                .map(str::parse::<crate::export::Moment>)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let producer = replay::Replayer::new(path, speed, tx.clone(), ctl_rx).at(at);
+            let producer = replay::Replayer::new(path, speed, tx.clone(), ctl_rx).at(args.at);
             thread::Builder::new()
                 .name("replay".into())
                 .spawn(move || producer.run())
