@@ -588,13 +588,15 @@ impl Recorder {
                     c.id().unwrap_or(0),
                     self.output_name
                 ),
+                None if opts.pids.is_empty() => crate::say!(
+                    "vramtrace: tracing every process into {}; Ctrl-C to stop",
+                    self.output_name
+                ),
                 None => crate::say!(
-                    "vramtrace: tracing {} into {}; Ctrl-C to stop",
-                    if opts.pids.is_empty() {
-                        "every process".to_string()
-                    } else {
-                        format!("PIDs {:?}", opts.pids)
-                    },
+                    "vramtrace: tracing PIDs {:?} and their children into {} until they exit \
+                     (Ctrl-C to stop); attached while they run: what they allocated before now \
+                     is not in the trace",
+                    opts.pids,
                     self.output_name
                 ),
             }
@@ -821,6 +823,18 @@ pub struct LiveSink {
     pub stop: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// Whether process `pid` still runs (a zombie has ended: its memory is gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command, which is in parentheses and may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// How long a signal that stops the recording waits for the traced command to end too.
 const CHILD_GRACE: Duration = Duration::from_millis(1500);
 
@@ -854,7 +868,13 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
                 guard.clear_ready();
                 None
             }
-            _ = tick.tick() => None,
+            _ = tick.tick() => {
+                // `-p PID...`: the recording ends when every process it was given has exited.
+                (!opts.pids.is_empty()
+                    && opts.command.is_empty()
+                    && opts.pids.iter().all(|&pid| !process_alive(pid)))
+                .then_some("traced processes exited")
+            }
             _ = sigint.recv() => Some("SIGINT"),
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = async {

@@ -365,6 +365,7 @@ fn record_blocked_command() -> (
         .env("SIMCUDA_TRAP", format!("block:{}", trap.display()))
         .env("SIMCUDA_TRAP_BYTES", "12345")
         .process_group(0)
+        .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
         .spawn()
         .unwrap();
@@ -436,4 +437,65 @@ fn a_signal_to_vramtrace_alone_leaves_the_command_running_and_says_so_in_the_tra
         )),
         "{text}"
     );
+}
+
+#[test]
+fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("attach.jsonl");
+    // Allocates, then waits for a line before the rest of its work: attached in between.
+    let mut target = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read _; exec {} --lib {} mixed",
+            workload.display(),
+            lib.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr_path = dir.path().join("stderr.txt");
+    let mut rec = vramtrace()
+        .args(["record", "--no-nvml", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .args(["-p", &target.id().to_string()])
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_header(&trace);
+    use std::io::Write as _;
+    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(target.wait().unwrap().success());
+    // No signal: the recorder ends by itself once the process it was given has exited.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = rec.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the recorder did not end after its PID exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("what they allocated before now is not in the trace"),
+        "{stderr}"
+    );
+    let (_, summary) = read(&trace);
+    let footer = summary.footer.expect("a footer");
+    assert_eq!(
+        footer.stopped_by.as_deref(),
+        Some("traced processes exited")
+    );
+    let report = vramtrace().arg("analyze").arg(&trace).output().unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(text.contains("attached with -p while it ran"), "{text}");
 }

@@ -286,6 +286,10 @@ pub struct ProcessReport {
     /// True when the process exited during the trace; false: the `*_at_exit` figures are at
     /// the end of the trace, with the process still running.
     pub exited: bool,
+    /// Named by `record -p`: attached while it ran, so what it allocated before the
+    /// recording started is not in the trace (NVML's per-process figure still counts it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
     /// Still running when the recording stopped, as the footer says: it went on untraced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub untraced_after: bool,
@@ -739,6 +743,9 @@ pub(crate) fn report(
                 for a in &mut r.largest_at_exit {
                     a.top_frame = postmortem::top_frame(&ledger, a.stack);
                 }
+                r.attached = header
+                    .as_ref()
+                    .is_some_and(|h| h.scope.pids.contains(&r.pid));
                 r.untraced_after = !r.exited
                     && footer
                         .as_ref()

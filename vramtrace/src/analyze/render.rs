@@ -228,6 +228,13 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             p.pid, p.comm
         );
     }
+    if p.attached {
+        let _ = writeln!(
+            o,
+            "  traced since the recording started (attached with -p while it ran): what it \
+             allocated before is not in these figures; NVML's figure below still counts it"
+        );
+    }
     if let Some(v) = &p.cuda_visible_devices {
         let _ = writeln!(o, "  CUDA_VISIBLE_DEVICES={v}");
     }
