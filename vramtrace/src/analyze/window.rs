@@ -37,37 +37,6 @@ pub(crate) struct Window {
     machine: Usage,
 }
 
-/// A fresh peak tracker holding `u`'s current levels as its peaks, reached at `ts`.
-fn level(u: &Usage, ts: u64) -> Usage {
-    Usage {
-        device_bytes: u.device_bytes,
-        pool_held_bytes: u.pool_held_bytes,
-        host_bytes: u.host_bytes,
-        peak_device_bytes: u.device_bytes,
-        peak_device_ts_ns: Some(ts),
-        peak_device_and_pool_bytes: u.device_and_pool_bytes(),
-        peak_device_and_pool_ts_ns: Some(ts),
-        peak_host_bytes: u.host_bytes,
-        peak_host_ts_ns: Some(ts),
-    }
-}
-
-/// Raises `peak`'s peaks to `now`'s levels where they are higher, at `ts`.
-fn raise(peak: &mut Usage, now: &Usage, ts: u64) {
-    if now.device_bytes > peak.peak_device_bytes {
-        peak.peak_device_bytes = now.device_bytes;
-        peak.peak_device_ts_ns = Some(ts);
-    }
-    if now.device_and_pool_bytes() > peak.peak_device_and_pool_bytes {
-        peak.peak_device_and_pool_bytes = now.device_and_pool_bytes();
-        peak.peak_device_and_pool_ts_ns = Some(ts);
-    }
-    if now.host_bytes > peak.peak_host_bytes {
-        peak.peak_host_bytes = now.host_bytes;
-        peak.peak_host_ts_ns = Some(ts);
-    }
-}
-
 impl Window {
     /// A window starting at `from` (CLOCK_MONOTONIC ns); `None`: from the start, where the
     /// Ledger's own counts and peaks already are the window's.
@@ -103,16 +72,16 @@ impl Window {
                 },
             );
             let peaks = Peaks {
-                all: level(&p.usage, from),
+                all: Usage::starting_at(&p.usage, from),
                 devices: p
                     .devices
                     .iter()
-                    .map(|(&d, u)| (d, level(u, from)))
+                    .map(|(&d, u)| (d, Usage::starting_at(u, from)))
                     .collect(),
             };
             self.peaks.insert(p.proc, peaks);
         }
-        self.machine = level(&ledger.totals().usage, from);
+        self.machine = Usage::starting_at(&ledger.totals().usage, from);
         self.baseline = Some(base);
     }
 
@@ -125,11 +94,11 @@ impl Window {
             return;
         };
         let ts = rec.ts_ns().unwrap_or(0);
-        raise(&mut self.machine, &ledger.totals().usage, ts);
+        self.machine.follow(&ledger.totals().usage, ts);
         let peaks = self.peaks.entry(p.proc).or_default();
-        raise(&mut peaks.all, &p.usage, ts);
+        peaks.all.follow(&p.usage, ts);
         for (&d, u) in &p.devices {
-            raise(peaks.devices.entry(d).or_default(), u, ts);
+            peaks.devices.entry(d).or_default().follow(u, ts);
         }
     }
 

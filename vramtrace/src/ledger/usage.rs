@@ -88,6 +88,31 @@ impl Usage {
         }
     }
 
+    /// A tracker at `now`'s levels, taken as its peaks at `ts_ns` and nothing earlier: the
+    /// peaks of a window that opens then.
+    pub(crate) fn starting_at(now: &Usage, ts_ns: u64) -> Usage {
+        Usage {
+            device_bytes: now.device_bytes,
+            pool_held_bytes: now.pool_held_bytes,
+            host_bytes: now.host_bytes,
+            peak_device_bytes: now.device_bytes,
+            peak_device_ts_ns: Some(ts_ns),
+            peak_device_and_pool_bytes: now.device_and_pool_bytes(),
+            peak_device_and_pool_ts_ns: Some(ts_ns),
+            peak_host_bytes: now.host_bytes,
+            peak_host_ts_ns: Some(ts_ns),
+        }
+    }
+
+    /// Moves this tracker's levels to `now`'s at `ts_ns`, raising its peaks where they are
+    /// passed.
+    pub(crate) fn follow(&mut self, now: &Usage, ts_ns: u64) {
+        self.device_bytes = now.device_bytes;
+        self.pool_held_bytes = now.pool_held_bytes;
+        self.host_bytes = now.host_bytes;
+        self.note_peaks(ts_ns);
+    }
+
     /// Zeroes the live counters, keeping the peaks.
     pub(crate) fn clear_live(&mut self) {
         self.device_bytes = 0;
