@@ -122,7 +122,10 @@ def check_scenario(vramtrace, trace, truth_path):
         p = procs[0]
         live = p["largest_at_exit"]
         device_live = [a for a in live if a["mem"] in DEVICE_MEM and a.get("device") in (0, None)]
-        traced = sum(a["bytes"] for a in device_live)
+        # The Ledger's own figure for the GPU, not a sum made here.
+        traced = sum(
+            d["device_bytes_at_exit"] for d in p["devices"] if d.get("device") in (0, None)
+        )
         pool_held = p["pool_held_bytes_at_exit"]
         row = {
             "scenario": name,
