@@ -90,24 +90,30 @@ fn traces_every_process_until_sigterm() {
     }
 }
 
+/// A workload `scenario` that waits for a line on its stdin before touching the driver,
+/// its stdout going to `stdout`.
+fn waiting_workload(scenario: &str, stdout: Stdio) -> std::process::Child {
+    let (lib, workload) = sim();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read _; exec {} --lib {} {scenario}",
+            workload.display(),
+            lib.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn traces_only_the_named_pid() {
     require_root();
     let (lib, workload) = sim();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("pid.jsonl");
-    // The target waits for a line on stdin before touching the driver.
-    let mut target = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "read _; exec {} --lib {} host",
-            workload.display(),
-            lib.display()
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut target = waiting_workload("host", Stdio::piped());
     let mut rec = vramtrace()
         .args(["record", "-o"])
         .arg(&trace)
@@ -442,21 +448,11 @@ fn a_signal_to_vramtrace_alone_leaves_the_command_running_and_says_so_in_the_tra
 #[test]
 fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
     require_root();
-    let (lib, workload) = sim();
+    let (lib, _) = sim();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("attach.jsonl");
-    // Allocates, then waits for a line before the rest of its work: attached in between.
-    let mut target = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "read _; exec {} --lib {} mixed",
-            workload.display(),
-            lib.display()
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Already running when the recorder attaches; it touches the driver once told to.
+    let mut target = waiting_workload("mixed", Stdio::null());
     let stderr_path = dir.path().join("stderr.txt");
     let mut rec = vramtrace()
         .args(["record", "--no-nvml", "-o"])
