@@ -23,9 +23,50 @@ pub fn say_args(args: std::fmt::Arguments<'_>) {
 /// an error, as for other command-line tools (Rust ignores SIGPIPE, so the write says
 /// `BrokenPipe` instead of the process being killed).
 pub fn print(text: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
-        other => other,
+    let mut out = stdout();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Standard output whose reader may go away (`| head`): what is written after that is
+/// dropped instead of failing, so that a report or an export ends quietly.
+pub struct Stdout {
+    out: io::Stdout,
+    gone: bool,
+}
+
+/// Standard output, as [`Stdout`].
+pub fn stdout() -> Stdout {
+    Stdout {
+        out: io::stdout(),
+        gone: false,
+    }
+}
+
+impl io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.gone {
+            return Ok(buf.len());
+        }
+        match self.out.write(buf) {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.gone {
+            return Ok(());
+        }
+        match self.out.flush() {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(())
+            }
+            r => r,
+        }
     }
 }

@@ -121,45 +121,6 @@ fn shown(out: &Path) -> String {
     }
 }
 
-/// Standard output whose reader may go away (`| head`): the rest of the export is dropped
-/// then, as other command-line tools do, instead of failing.
-struct Stdout {
-    out: std::io::Stdout,
-    gone: bool,
-}
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.gone {
-            return Ok(buf.len());
-        }
-        match self.out.write(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.gone = true;
-                Ok(buf.len())
-            }
-            r => r,
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self.out.flush() {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.gone = true;
-                Ok(())
-            }
-            r => r,
-        }
-    }
-}
-
-fn stdout() -> Stdout {
-    Stdout {
-        out: std::io::stdout(),
-        gone: false,
-    }
-}
-
 /// Refuses to write over `out` unless told to.
 fn check_new(out: &Path, opts: &Options) -> Result<(), ExportError> {
     if !opts.force && !is_stdout(out) && out.exists() {
@@ -225,7 +186,7 @@ pub fn export_file(
         source,
     };
     let file: Box<dyn Write> = if is_stdout(out) {
-        Box::new(stdout())
+        Box::new(crate::console::stdout())
     } else {
         Box::new(File::create(out).map_err(werr)?)
     };
@@ -283,9 +244,8 @@ fn memviz_files(trace: &Path, out: &Path, opts: &Options) -> Result<Exported, Ex
     let mut written = Vec::new();
     for (path, (_, bytes)) in paths.into_iter().zip(&snaps.files) {
         let wrote = if is_stdout(&path) {
-            stdout()
-                .write_all(bytes)
-                .and_then(|()| std::io::stdout().flush())
+            let mut out = crate::console::stdout();
+            out.write_all(bytes).and_then(|()| out.flush())
         } else {
             std::fs::write(&path, bytes)
         };
