@@ -93,9 +93,12 @@ pub struct ServeArgs {
     /// Serve this trace file instead of tracing live (no root needed).
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
-    /// Also write the trace to this file.
+    /// Also write the trace to this file (an existing one is refused without --force).
     #[arg(short, long, value_name = "FILE", conflicts_with = "replay")]
     pub output: Option<PathBuf>,
+    /// Overwrite the -o file if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// Trace only this process and its descendants (repeatable). Default: every process.
     #[arg(short, long = "pid", value_name = "PID", conflicts_with = "replay")]
     pub pids: Vec<u32>,
@@ -278,9 +281,12 @@ pub struct TopArgs {
     /// The driver library to attach to (repeatable). Default: found as `record` finds it.
     #[arg(long, value_name = "PATH", conflicts_with = "replay")]
     pub libcuda: Vec<PathBuf>,
-    /// Also write the trace to this file.
+    /// Also write the trace to this file (an existing one is refused without --force).
     #[arg(short, long, value_name = "FILE", conflicts_with = "replay")]
     pub output: Option<PathBuf>,
+    /// Overwrite the -o file if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// Do not capture call stacks.
     #[arg(long, conflicts_with = "replay")]
     pub no_stacks: bool,

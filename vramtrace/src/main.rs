@@ -76,12 +76,6 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
             .unwrap_or(0);
         format!("vramtrace-{secs}.jsonl").into()
     });
-    if !args.force && output.exists() {
-        bail!(
-            "{} exists: pass --force to overwrite it, or choose another -o",
-            output.display()
-        );
-    }
     let host_signal = match args.on_violation {
         Some(OnViolation::Signal(_)) if args.policy != Policy::VramOnly => {
             bail!("--on-violation needs --policy vram-only")
@@ -96,6 +90,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         .context("starting the runtime")?;
     let outcome = runtime.block_on(session::record(RecordOptions {
         output: Some(output),
+        force: args.force,
         pids: args.pids,
         libcuda: args.libcuda,
         duration,

@@ -46,6 +46,9 @@ pub enum Policy {
 pub struct RecordOptions {
     /// The trace file; `None` records into the sink of [`record_with`] only.
     pub output: Option<PathBuf>,
+    /// Overwrite `output` if it exists; otherwise an existing file is refused, before
+    /// anything is attached.
+    pub force: bool,
     pub pids: Vec<u32>,
     pub libcuda: Vec<PathBuf>,
     pub duration: Option<Duration>,
@@ -453,6 +456,15 @@ impl Recorder {
         opts: &RecordOptions,
         live: Option<Box<dyn FnMut(Vec<Record>) + Send>>,
     ) -> Result<Self> {
+        if let Some(path) = &opts.output
+            && !opts.force
+            && path.exists()
+        {
+            bail!(
+                "{} exists: pass --force to overwrite it, or choose another -o",
+                path.display()
+            );
+        }
         let libraries = if opts.libcuda.is_empty() {
             probe::libcuda::discover(&[], &opts.pids)
                 .context("finding the CUDA driver library")?

@@ -225,6 +225,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         if args.replay.is_none() {
             let opts = RecordOptions {
                 output: args.output.clone(),
+                force: args.force,
                 pids: args.pids.clone(),
                 libcuda: args.libcuda.clone(),
                 duration: args.duration.map(Duration::from_secs_f64),

@@ -179,6 +179,7 @@ pub fn top(args: TopArgs) -> Result<()> {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
             let opts = RecordOptions {
                 output: args.output,
+                force: args.force,
                 pids: args.pids,
                 libcuda: args.libcuda,
                 duration: None,
