@@ -265,11 +265,7 @@ fn try_call_entry(ctx: &ProbeContext) {
                     bump(counter::STACK_FAILED);
                 }
             },
-            stack_mode::COPY => {
-                if send_stack_copy(ctx, ev) {
-                    ev.flags |= flags::STACK_COPIED;
-                }
-            }
+            stack_mode::COPY if send_stack_copy(ctx, ev) => ev.flags |= flags::STACK_COPIED,
             _ => {}
         }
     }
