@@ -198,9 +198,101 @@ pub struct StackSample {
     pub bp: u64,
     /// Address of `stack[0]`: the start of the page that holds `sp`.
     pub base: u64,
+    /// `py_status::*`: whether the calling thread's CPython frames were read.
+    pub py_status: u32,
+    /// Entries of `py` that hold frames, innermost first.
+    pub py_count: u32,
+    /// The calling thread's CPython frames, as the interpreter held them at entry.
+    pub py: [PyFrameRaw; MAX_PY_FRAMES],
     pub stack: [u8; STACK_COPY_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<StackSample>() == 56 + STACK_COPY_BYTES);
+const _: () = assert!(
+    core::mem::size_of::<StackSample>()
+        == 64 + MAX_PY_FRAMES * core::mem::size_of::<PyFrameRaw>() + STACK_COPY_BYTES
+);
+
+/// CPython frames read per stack copy, at most (entry shims included).
+pub const MAX_PY_FRAMES: usize = 64;
+
+/// `StackSample::py_status` values.
+pub mod py_status {
+    /// The process has no CPython layout in `PY_PROCS` (not Python, or not detected yet).
+    pub const NONE: u32 = 0;
+    /// Every frame of the thread was read.
+    pub const OK: u32 = 1;
+    /// No thread state of the interpreter belongs to the calling thread.
+    pub const NO_THREAD: u32 = 2;
+    /// Reading the interpreter's memory failed; the frames before the fault were kept.
+    pub const FAULT: u32 = 3;
+    /// The thread had more frames than `MAX_PY_FRAMES`; the innermost were kept.
+    pub const TRUNCATED: u32 = 4;
+}
+
+/// `PyFrameRaw::flags` bits.
+pub mod py_frame {
+    /// The frame is the first one its call of the eval loop ran (3.11 `is_entry`).
+    pub const ENTRY: u64 = 1 << 0;
+    /// A shim frame that the eval loop pushes at its start (3.12+ `FRAME_OWNED_BY_CSTACK`):
+    /// it marks where one call of the eval loop begins and is not a frame of the program.
+    pub const SHIM: u64 = 1 << 1;
+}
+
+/// One CPython frame as read in the kernel: resolved to a function, file and line in user
+/// space, from the code object's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrameRaw {
+    /// Address of the frame's code object (`f_code`, `f_executable`).
+    pub code: u64,
+    /// The instruction: 3.10 `f_lasti` (an index in code units); 3.11+ the address of the
+    /// instruction (`prev_instr`, `instr_ptr`).
+    pub instr: u64,
+    /// `py_frame::*` bits.
+    pub flags: u64,
+}
+const _: () = assert!(core::mem::size_of::<PyFrameRaw>() == 24);
+
+/// How to find a CPython process's thread states and walk their frames: addresses and field
+/// offsets of that interpreter's version, filled by user space (`PY_PROCS`, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyConfig {
+    /// Address of the runtime's pointer to its first interpreter (`_PyRuntime.interpreters.head`).
+    pub interp_head: u64,
+    /// `PyInterpreterState::next`.
+    pub interp_next: u32,
+    /// `PyInterpreterState` → its first thread state (`tstate_head`, `threads.head`).
+    pub interp_threads: u32,
+    /// `PyThreadState::next`.
+    pub tstate_next: u32,
+    /// `PyThreadState` → the thread's id: `native_thread_id` (3.11+) or `thread_id` (a
+    /// `pthread_t`, when `pthread_tid` is nonzero).
+    pub tstate_tid: u32,
+    /// Nonzero: `tstate_tid` holds a `pthread_t` (glibc: the thread's `struct pthread`) and
+    /// the kernel's thread id is the `u32` at this offset in it.
+    pub pthread_tid: u32,
+    /// `PyThreadState` → the current frame (3.10 `frame`, 3.13 `current_frame`) or the
+    /// `_PyCFrame` (3.11, 3.12 `cframe`).
+    pub tstate_frame: u32,
+    /// Nonzero: `tstate_frame` points at a `_PyCFrame` and the current frame is at this
+    /// offset plus one in it.
+    pub cframe_frame: u32,
+    /// Frame → the calling frame (`f_back`, `previous`).
+    pub frame_previous: u32,
+    /// Frame → its code object (`f_code`, `f_executable`).
+    pub frame_code: u32,
+    /// Frame → its instruction (`f_lasti`, `prev_instr`, `instr_ptr`).
+    pub frame_instr: u32,
+    /// Bytes of that field: 4 (`int f_lasti`) or 8 (a pointer).
+    pub instr_size: u32,
+    /// `py_frame::*` flag that `entry_byte` marks (0: none, as in 3.10).
+    pub entry_flag: u32,
+    /// Frame → the byte that marks an entry frame (`is_entry`, `owner`).
+    pub entry_offset: u32,
+    /// The value of that byte that marks it (`true`, `FRAME_OWNED_BY_CSTACK`).
+    pub entry_value: u32,
+}
+const _: () = assert!(core::mem::size_of::<PyConfig>() == 64);
 
 /// One driver call, captured at entry and completed at return.
 #[repr(C)]
@@ -281,4 +373,6 @@ mod pod {
     unsafe impl aya::Pod for super::EntryKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackSample {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PyConfig {}
 }

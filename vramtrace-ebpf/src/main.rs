@@ -19,6 +19,8 @@
 )]
 #![feature(asm_experimental_arch)]
 
+mod python;
+
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_EXIST, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -317,11 +319,14 @@ fn send_stack_copy(ctx: &ProbeContext, ev: &CallEvent) -> bool {
             len += 4096;
         }
         (*s).len = len;
+        python::read_frames(ev.pid, ev.tid, s);
     }
     // The first call of a process wakes the reader at once, as its first event does: its
-    // mappings are read while it runs.
-    // SAFETY: plain map lookup keyed by tgid.
-    let first = unsafe { SEEN.get(&ev.pid) }.is_none();
+    // mappings are read while it runs. So does a copy with Python frames: their code objects
+    // are read from the process's memory, which is gone once it exits.
+    // SAFETY: plain map lookup keyed by tgid; `s` is the slot filled above.
+    let first = unsafe { SEEN.get(&ev.pid) }.is_none()
+        || unsafe { (*s).py_status } != vramtrace_common::py_status::NONE;
     slot.submit(if first {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -9,10 +9,12 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 use vramtrace_common::{
-    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_STACK, ExitEvent, STACK_COPY_BYTES, StackSample, flags,
+    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_STACK, ExitEvent, MAX_PY_FRAMES, PyFrameRaw,
+    STACK_COPY_BYTES, StackSample, flags,
 };
 
 use crate::api::{CtxArgs, Hooked, Kind};
+use crate::stacks::python::PyInsert;
 use crate::stacks::unwind::Unwound;
 use crate::trace::{Call, CopySrc, Exit, Frame, Mem, Process, Record, Stack};
 
@@ -66,6 +68,29 @@ pub struct SampleView<'a> {
     pub base: u64,
     /// The user memory copied: `len` bytes from `base`.
     pub stack: &'a [u8],
+    /// `py_status::*` of the Python frames read with the copy.
+    pub py_status: u32,
+    /// Those frames, as the wire has them (`PyFrameRaw`, innermost first).
+    pub py: &'a [u8],
+}
+
+impl SampleView<'_> {
+    /// The Python frames read with the copy, innermost first.
+    pub fn py_frames(&self) -> Vec<PyFrameRaw> {
+        let word = |c: &[u8], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&c[at..at + 8]);
+            u64::from_ne_bytes(w)
+        };
+        self.py
+            .chunks_exact(size_of::<PyFrameRaw>())
+            .map(|c| PyFrameRaw {
+                code: word(c, 0),
+                instr: word(c, 8),
+                flags: word(c, 16),
+            })
+            .collect()
+    }
 }
 
 /// Whether a ring-buffer item is a stack copy.
@@ -96,6 +121,8 @@ pub fn parse_sample(bytes: &[u8]) -> Result<SampleView<'_>, DecodeError> {
     };
     use std::mem::offset_of;
     let len = (u32_at(offset_of!(StackSample, len)) as usize).min(STACK_COPY_BYTES);
+    let py_count = (u32_at(offset_of!(StackSample, py_count)) as usize).min(MAX_PY_FRAMES);
+    let py = offset_of!(StackSample, py);
     Ok(SampleView {
         ts_entry_ns: u64_at(offset_of!(StackSample, ts_entry_ns)),
         pid: u32_at(offset_of!(StackSample, pid)),
@@ -105,6 +132,8 @@ pub fn parse_sample(bytes: &[u8]) -> Result<SampleView<'_>, DecodeError> {
         bp: u64_at(offset_of!(StackSample, bp)),
         base: u64_at(offset_of!(StackSample, base)),
         stack: &bytes[header..header + len],
+        py_status: u32_at(offset_of!(StackSample, py_status)),
+        py: &bytes[py..py + py_count * size_of::<PyFrameRaw>()],
     })
 }
 
@@ -139,8 +168,14 @@ pub trait Environment {
     fn exited(&mut self, _pid: u32) {}
 }
 
-/// What makes two frames the same: the file and offset when normalized, else the address.
-type FrameKey = (Option<String>, Option<u64>, u64);
+/// What makes two frames the same: the file and offset when normalized, else the address;
+/// for a Python frame, its code object's address, name, line and why it has none.
+type FrameKey = (
+    Option<String>,
+    Option<u64>,
+    u64,
+    Option<(Option<String>, Option<String>, Option<String>)>,
+);
 
 /// Interprets raw events. Keeps the process generation of every PID (a PID seen again after
 /// its exit is a new process) and the stacks already written.
@@ -150,8 +185,8 @@ pub struct Converter {
     next_proc: u32,
     /// (proc id, caller, kernel stack id) → trace stack id.
     stack_ids: HashMap<(u32, u64, i64), u32>,
-    /// (proc id, unwound addresses, why they end) → trace stack id, for copied stacks.
-    unwound_ids: HashMap<(u32, Vec<u64>, Option<String>), u32>,
+    /// (proc id, unwound stack with its Python frames) → trace stack id, for copied stacks.
+    unwound_ids: HashMap<(u32, Unwound), u32>,
     /// Normalized frames → trace stack id, so that one stack seen from several processes or
     /// kernel ids is written once.
     stack_by_frames: HashMap<Vec<FrameKey>, u32>,
@@ -288,28 +323,33 @@ impl Converter {
                 .unwrap_or_else(|| Unwound {
                     addrs: Vec::new(),
                     truncated: Some("the stack copy of this call was not received".into()),
+                    python: Vec::new(),
                 });
-            let Unwound {
-                mut addrs,
-                mut truncated,
-            } = unwound;
-            if addrs.is_empty() && has_caller {
+            let mut unwound = unwound;
+            if unwound.addrs.is_empty() && has_caller {
                 // Nothing unwound: the return address read at entry is still the caller.
-                addrs.push(ev.caller);
-                if let Some(why) = truncated.as_mut() {
+                unwound.addrs.push(ev.caller);
+                if let Some(why) = unwound.truncated.as_mut() {
                     why.push_str("; immediate caller only");
                 }
             }
-            if addrs.is_empty() {
+            if unwound.addrs.is_empty() {
                 return None;
             }
-            let key = (proc, addrs, truncated);
+            let key = (proc, unwound);
             if let Some(&id) = self.unwound_ids.get(&key) {
                 return Some(id);
             }
-            let (proc, addrs, truncated) = key;
-            let id = self.emit_stack(ev.pid, &addrs, truncated.clone(), env, out);
-            self.unwound_ids.insert((proc, addrs, truncated), id);
+            let (proc, unwound) = key;
+            let id = self.emit_stack(
+                ev.pid,
+                &unwound.addrs,
+                &unwound.python,
+                unwound.truncated.clone(),
+                env,
+                out,
+            );
+            self.unwound_ids.insert((proc, unwound), id);
             return Some(id);
         }
         if ev.stack_id < 0 && !has_caller {
@@ -344,30 +384,37 @@ impl Converter {
                 -ev.stack_id
             ));
         }
-        let id = self.emit_stack(ev.pid, &addrs, truncated, env, out);
+        let id = self.emit_stack(ev.pid, &addrs, &[], truncated, env, out);
         self.stack_ids.insert(key, id);
         Some(id)
     }
 
-    /// The trace id of the stack `addrs` of process `pid`: normalized, then written once
-    /// (one stack seen from several processes or captures is written once) unless it is
-    /// truncated.
+    /// The trace id of the stack `addrs` of process `pid`: normalized, the Python frames put
+    /// in place of the eval-loop frames they ran in, then written once (one stack seen from
+    /// several processes or captures is written once) unless it is truncated.
     fn emit_stack(
         &mut self,
         pid: u32,
         addrs: &[u64],
+        python: &[PyInsert],
         truncated: Option<String>,
         env: &mut dyn Environment,
         out: &mut Vec<Record>,
     ) -> u32 {
-        let frames = env.frames(pid, addrs);
+        let frames = interleave(env.frames(pid, addrs), python);
         let content: Vec<_> = frames
             .iter()
             .map(|f| {
                 (
                     f.file.clone(),
                     f.offset,
-                    if f.file.is_some() { 0 } else { f.addr },
+                    if f.file.is_some() && !f.python {
+                        0
+                    } else {
+                        f.addr
+                    },
+                    // Python frames are told apart by name and line, not by file offset.
+                    f.python.then(|| (f.sym.clone(), f.src.clone(), f.unknown.clone())),
                 )
             })
             .collect();
@@ -388,6 +435,22 @@ impl Converter {
         }));
         id
     }
+}
+
+/// Puts each group of Python frames in place of the native frame it ran in.
+fn interleave(native: Vec<Frame>, python: &[PyInsert]) -> Vec<Frame> {
+    if python.is_empty() {
+        return native;
+    }
+    let mut out = Vec::with_capacity(native.len() + python.len() * 2);
+    let mut inserts = python.iter().peekable();
+    for (i, frame) in native.into_iter().enumerate() {
+        match inserts.next_if(|p| p.at == i) {
+            Some(p) => out.extend(p.frames.iter().cloned()),
+            None => out.push(frame),
+        }
+    }
+    out
 }
 
 const U32: u64 = 0xffff_ffff;

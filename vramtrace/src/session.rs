@@ -24,6 +24,7 @@ use crate::{
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
+    stacks::python::{PyWatcher, PythonStacks},
     stacks::unwind::{CopyUnwinder, Unwound},
     stacks::{Job, MappedFile, Normalized, StackNormalizer, SymbolWorker},
     trace::{
@@ -139,12 +140,17 @@ struct LiveEnv<'a> {
     tracer: &'a Tracer,
     normalizer: &'a mut StackNormalizer,
     unwinder: &'a mut CopyUnwinder,
+    python: Option<&'a PyWatcher>,
     files: Vec<Option<MappedFile>>,
 }
 
 impl Environment for LiveEnv<'_> {
     fn process(&mut self, pid: u32) -> Option<Process> {
         self.normalizer.remember(pid);
+        self.unwinder.remember(pid);
+        if let Some(w) = self.python {
+            w.watch(pid);
+        }
         procinfo::read_process(pid).ok().map(|p| p.into_record(0))
     }
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
@@ -161,6 +167,9 @@ impl Environment for LiveEnv<'_> {
     fn exited(&mut self, pid: u32) {
         self.normalizer.forget(pid);
         self.unwinder.forget(pid);
+        if let Some(w) = self.python {
+            w.forget(pid);
+        }
     }
 }
 
@@ -422,6 +431,8 @@ pub struct Recorder {
     converter: Converter,
     normalizer: StackNormalizer,
     unwinder: CopyUnwinder,
+    /// Finds CPython interpreters in traced processes (`--stacks dwarf`).
+    python: Option<PyWatcher>,
     symbols: SymbolWorker,
     /// The same accounting as `analyze`, live, for what must be printed or counted as it
     /// happens (OOMs, vram-only violations); `None` when nothing reads it (the live view
@@ -500,7 +511,17 @@ impl Recorder {
             },
             ..probe::Config::default()
         };
-        let tracer = Tracer::start(&config).context("starting the probes")?;
+        let mut tracer = Tracer::start(&config).context("starting the probes")?;
+        let python = if opts.stacks == crate::probe::StackMode::Dwarf {
+            let map = tracer.take_python_map().context("the CPython layout map")?;
+            let w = PyWatcher::spawn(map).context("starting the CPython watcher thread")?;
+            for &pid in &opts.pids {
+                w.watch(pid);
+            }
+            Some(w)
+        } else {
+            None
+        };
         if opts.verbose {
             for lib in &tracer.libraries {
                 crate::say!("vramtrace: {} probes on {}", lib.probes.len(), lib.path);
@@ -565,7 +586,14 @@ impl Recorder {
             tracer,
             converter,
             normalizer: StackNormalizer::new(),
-            unwinder: CopyUnwinder::new(),
+            unwinder: {
+                let mut u = CopyUnwinder::new();
+                if let Some(w) = &python {
+                    u.python = PythonStacks::new(w.registry());
+                }
+                u
+            },
+            python,
             symbols: SymbolWorker::spawn().context("starting the symbolizer thread")?,
             ledger: (!opts.quiet || opts.policy == Policy::VramOnly).then(Ledger::new),
             sinks,
@@ -595,10 +623,15 @@ impl Recorder {
         } else {
             let mut cmd = tokio::process::Command::new(&opts.command[0]);
             cmd.args(&opts.command[1..]);
-            Some(
-                cmd.spawn()
-                    .with_context(|| format!("starting {}", opts.command[0]))?,
-            )
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {}", opts.command[0]))?;
+            // Looked at from its start: a shared libpython is mapped before the program's
+            // first line, so its first call already has its Python frames.
+            if let (Some(w), Some(pid)) = (&self.python, child.id()) {
+                w.watch(pid);
+            }
+            Some(child)
         };
         if !self.quiet {
             match &child {
@@ -669,6 +702,7 @@ impl Recorder {
             tracer: &self.tracer,
             normalizer: &mut self.normalizer,
             unwinder: &mut self.unwinder,
+            python: self.python.as_ref(),
             files: Vec::new(),
         };
         let mut raw = std::mem::take(&mut self.raw);
@@ -691,9 +725,15 @@ impl Recorder {
                     }
                 }
                 if let Record::Stack(s) = &rec {
+                    // The files are those of the native frames: Python frames have none.
+                    let mut native = std::mem::take(&mut env.files).into_iter();
                     let stack = Normalized {
                         frames: s.frames.clone(),
-                        files: std::mem::take(&mut env.files),
+                        files: s
+                            .frames
+                            .iter()
+                            .map(|f| if f.python { None } else { native.next().flatten() })
+                            .collect(),
                     };
                     if stack.needs_symbols() && self.symbols.submit(Job { id: s.id, stack }) {
                         self.backlog.hold(s.id);

@@ -496,6 +496,14 @@ impl Tracer {
         Some(trace.frames().iter().map(|f| f.ip).collect())
     }
 
+    /// The map of CPython layouts per process (`PY_PROCS`), for the thread that finds
+    /// interpreters; `None` once taken.
+    pub fn take_python_map(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<MapData, u32, vramtrace_common::PyConfig>, ProbeError> {
+        take_map(&mut self.ebpf, "PY_PROCS")
+    }
+
     /// Loss and delivery counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let read = |index: u32| -> u64 {

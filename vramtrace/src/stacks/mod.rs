@@ -30,6 +30,7 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 
+pub mod python;
 pub mod unwind;
 
 use crate::probe::libcuda::{MapsFile, parse_maps};

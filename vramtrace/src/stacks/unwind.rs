@@ -26,6 +26,7 @@ use vramtrace_common::{MAX_STACK_DEPTH, STACK_COPY_BYTES};
 
 use crate::decode::SampleView;
 use crate::probe::libcuda::{MapsFile, parse_maps};
+use crate::stacks::python::{PyInsert, PythonStacks};
 
 /// A process's mappings are read again at most this often when an address falls outside
 /// them (a library loaded since, or an address that is not code at all).
@@ -156,11 +157,14 @@ impl ProcessUnwind {
 }
 
 /// A stack unwound from a copy: return addresses, innermost first (the driver entry point
-/// itself is left out), and why it ends early, when it does.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// itself is left out), why it ends early, when it does, and the Python frames that take
+/// the place of the interpreter's eval-loop frames among them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Unwound {
     pub addrs: Vec<u64>,
     pub truncated: Option<String>,
+    /// In the order of `addrs`; each replaces the native frame at its index.
+    pub python: Vec<PyInsert>,
 }
 
 /// Unwinds copied stacks and keeps each result until its call's event asks for it.
@@ -175,6 +179,8 @@ pub struct CopyUnwinder {
     /// Copies unwound, and how many of them ended early.
     pub unwound: u64,
     pub truncated: u64,
+    /// Names the Python frames read with each copy.
+    pub python: PythonStacks,
 }
 
 impl Default for CopyUnwinder {
@@ -203,12 +209,16 @@ impl CopyUnwinder {
             newest_ns: 0,
             unwound: 0,
             truncated: 0,
+            python: PythonStacks::default(),
         }
     }
 
     /// Unwinds the copy `s` now and keeps the result for its call ([`take`](Self::take)).
     pub fn add(&mut self, s: &SampleView<'_>) {
-        let unwound = self.unwind(s);
+        let mut unwound = self.unwind(s);
+        unwound.python =
+            self.python
+                .interleave(s.pid, &unwound.addrs, s.py_status, &s.py_frames());
         self.unwound += 1;
         self.truncated += u64::from(unwound.truncated.is_some());
         self.newest_ns = self.newest_ns.max(s.ts_entry_ns);
@@ -224,9 +234,18 @@ impl CopyUnwinder {
         self.pending.remove(&(tid, ts_entry_ns))
     }
 
+    /// Reads the mappings of `pid` (a process seen for the first time) now, while it runs:
+    /// its copies may be drained after it has exited.
+    pub fn remember(&mut self, pid: u32) {
+        if !self.procs.contains_key(&pid) {
+            self.read_process(pid);
+        }
+    }
+
     /// Process `pid` ended: its mappings can go.
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.python.forget(pid);
     }
 
     /// Unwinds one copy. Reads the process's mappings the first time, and again (at most
@@ -257,6 +276,7 @@ impl CopyUnwinder {
             return Unwound {
                 addrs: Vec::new(),
                 truncated: Some("process exited before its mappings were read".into()),
+                python: Vec::new(),
             };
         };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {

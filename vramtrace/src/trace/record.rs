@@ -364,6 +364,9 @@ pub struct Frame {
     /// Why this frame could not be normalized or symbolized. Data, not an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
+    /// An interpreter frame (CPython): `file` is the source file, `sym` the qualified function name, `src` `file:line`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub python: bool,
 }
 
 /// Where memory lives and how it was obtained.
