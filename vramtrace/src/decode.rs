@@ -77,13 +77,16 @@ pub struct SampleView<'a> {
 impl SampleView<'_> {
     /// The Python frames read with the copy, innermost first.
     pub fn py_frames(&self) -> Vec<PyFrameRaw> {
-        let word = |c: &[u8], at: usize| {
+        let word = |c: &[u8; 24], at: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&c[at..at + 8]);
             u64::from_ne_bytes(w)
         };
+        const _: () = assert!(size_of::<PyFrameRaw>() == 24);
         self.py
-            .chunks_exact(size_of::<PyFrameRaw>())
+            .as_chunks::<24>()
+            .0
+            .iter()
             .map(|c| PyFrameRaw {
                 code: word(c, 0),
                 instr: word(c, 8),
@@ -414,7 +417,8 @@ impl Converter {
                         f.addr
                     },
                     // Python frames are told apart by name and line, not by file offset.
-                    f.python.then(|| (f.sym.clone(), f.src.clone(), f.unknown.clone())),
+                    f.python
+                        .then(|| (f.sym.clone(), f.src.clone(), f.unknown.clone())),
                 )
             })
             .collect();

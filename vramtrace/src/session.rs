@@ -732,7 +732,13 @@ impl Recorder {
                         files: s
                             .frames
                             .iter()
-                            .map(|f| if f.python { None } else { native.next().flatten() })
+                            .map(|f| {
+                                if f.python {
+                                    None
+                                } else {
+                                    native.next().flatten()
+                                }
+                            })
                             .collect(),
                     };
                     if stack.needs_symbols() && self.symbols.submit(Job { id: s.id, stack }) {

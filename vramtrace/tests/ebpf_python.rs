@@ -114,11 +114,10 @@ fn check(version: &str, python: &Path) {
                 )
             })
             .collect();
-        let id = allocs
-            .get(&bytes)
-            .copied()
-            .flatten()
-            .unwrap_or_else(|| panic!("{version}: no stack for the allocation of {bytes} bytes"));
+        let id =
+            allocs.get(&bytes).copied().flatten().unwrap_or_else(|| {
+                panic!("{version}: no stack for the allocation of {bytes} bytes")
+            });
         let frames = stacks[&id];
         let unknown: Vec<_> = frames
             .iter()
@@ -134,7 +133,10 @@ fn check(version: &str, python: &Path) {
         // In their place: after the ctypes/libffi frames that called the driver, before the
         // interpreter's startup (or thread start) frames; no eval-loop frame left over.
         let first = frames.iter().position(|f| f.python).expect("python frames");
-        let last = frames.iter().rposition(|f| f.python).expect("python frames");
+        let last = frames
+            .iter()
+            .rposition(|f| f.python)
+            .expect("python frames");
         let native_before = &frames[..first];
         assert!(
             native_before

@@ -407,7 +407,8 @@ fn detect_in(
         return Ok(None);
     };
     let read_at = |addr: u64, len: u64| -> Option<&[u8]> {
-        elf.segments().find_map(|s| s.data_range(addr, len).ok().flatten())
+        elf.segments()
+            .find_map(|s| s.data_range(addr, len).ok().flatten())
     };
     let minor = match py_version {
         Some(addr) => {
@@ -583,7 +584,8 @@ impl PyWatcher {
                         } else {
                             // Soon after exec the loader is mapping libraries: look often,
                             // then less so.
-                            entry.2 = (entry.2 * 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
+                            entry.2 = (entry.2 * 2)
+                                .clamp(Duration::from_millis(1), Duration::from_millis(50));
                             entry.1 = now + entry.2;
                         }
                     }
@@ -672,17 +674,18 @@ fn read_str(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Option<String> {
         1 => bytes.iter().map(|&b| char::from(b)).collect(),
         2 => char::decode_utf16(
             bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&c| u16::from_le_bytes(c)),
         )
         .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect(),
         _ => bytes
-            .chunks_exact(4)
-            .map(|c| {
-                char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|&c| char::from_u32(u32::from_le_bytes(c)).unwrap_or(char::REPLACEMENT_CHARACTER))
             .collect(),
     })
 }
@@ -717,7 +720,7 @@ fn read_code(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Result<Code, String
 pub fn line_310(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
     let mut line = firstlineno;
     let mut end = 0u64;
-    for pair in table.chunks_exact(2) {
+    for pair in table.as_chunks::<2>().0 {
         let start = end;
         end += u64::from(pair[0]);
         let delta = pair[1] as i8;
@@ -998,7 +1001,10 @@ mod tests {
     #[test]
     fn names_interpreters_by_file() {
         assert_eq!(python_name("/usr/lib/libpython3.12.so.1.0"), Some(12));
-        assert_eq!(python_name("/root/.pyenv/versions/3.10.13/bin/python3.10"), Some(10));
+        assert_eq!(
+            python_name("/root/.pyenv/versions/3.10.13/bin/python3.10"),
+            Some(10)
+        );
         assert_eq!(python_name("/usr/bin/python3"), None);
         assert_eq!(python_name("/usr/lib/libcuda.so.1"), None);
     }
@@ -1018,7 +1024,7 @@ mod tests {
         // Short form (2 units, line 10), one-line form +2 (1 unit, line 12), no-column form
         // -1 (3 units, line 11), no location (1 unit), long form +3 (1 unit, line 14).
         let table = [
-            0x80 | (0 << 3) | 1,
+            0x80 | 1,
             0,
             0x80 | (12 << 3),
             1,

@@ -216,9 +216,9 @@ impl CopyUnwinder {
     /// Unwinds the copy `s` now and keeps the result for its call ([`take`](Self::take)).
     pub fn add(&mut self, s: &SampleView<'_>) {
         let mut unwound = self.unwind(s);
-        unwound.python =
-            self.python
-                .interleave(s.pid, &unwound.addrs, s.py_status, &s.py_frames());
+        unwound.python = self
+            .python
+            .interleave(s.pid, &unwound.addrs, s.py_status, &s.py_frames());
         self.unwound += 1;
         self.truncated += u64::from(unwound.truncated.is_some());
         self.newest_ns = self.newest_ns.max(s.ts_entry_ns);

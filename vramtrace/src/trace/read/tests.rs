@@ -130,6 +130,15 @@ pub(crate) fn body() -> Vec<Record> {
                     sym: Some("c10::cuda::CUDACachingAllocator::malloc".into()),
                     src: Some("CUDACachingAllocator.cpp:1234".into()),
                     unknown: None,
+                    python: false,
+                },
+                Frame {
+                    addr: 0x7f00_0000_1000,
+                    file: Some("/srv/train.py".into()),
+                    sym: Some("Trainer.step".into()),
+                    src: Some("/srv/train.py:42".into()),
+                    python: true,
+                    ..Frame::default()
                 },
                 Frame {
                     addr: 0x1234,
