@@ -427,10 +427,14 @@ pub fn frame_line(f: &crate::trace::Frame) -> String {
     }
 }
 
-/// The frame that names who made an allocation: stack `id`'s first named frame outside the
-/// driver and the CUDA runtime (their frames name only the entry point), else its first.
+/// The frame that names who made an allocation: stack `id`'s first named Python frame (the
+/// user's code, where the interpreter ran it), else its first named frame outside the driver
+/// and the CUDA runtime (their frames name only the entry point), else its first.
 pub fn top_frame(ledger: &Ledger, id: Option<u32>) -> Option<String> {
     let stack = ledger.stack(id?)?;
+    if let Some(f) = stack.frames.iter().find(|f| f.python && f.sym.is_some()) {
+        return Some(frame_line(f));
+    }
     let inside_cuda = |f: &crate::trace::Frame| {
         f.file.as_deref().is_some_and(|file| {
             let base = file.rsplit('/').next().unwrap_or(file);
@@ -615,7 +619,42 @@ fn verdict(e: &OomExplanation) -> String {
 
 #[cfg(test)]
 mod citation_tests {
-    use super::without_parameters;
+    use super::{top_frame, without_parameters};
+    use crate::ledger::Ledger;
+    use crate::trace::{Frame, Record, Stack};
+
+    #[test]
+    fn a_python_frame_names_the_allocation() {
+        let native = |sym: &str| Frame {
+            addr: 0x1000,
+            file: Some("/usr/lib/libffi.so.8".into()),
+            offset: Some(0x10),
+            sym: Some(sym.into()),
+            ..Frame::default()
+        };
+        let mut ledger = Ledger::new();
+        ledger.apply(&Record::Stack(Stack {
+            id: 1,
+            frames: vec![
+                native("ffi_call"),
+                native("_ctypes_callproc"),
+                Frame {
+                    addr: 0x7f00,
+                    file: Some("/srv/train.py".into()),
+                    sym: Some("Model.load.<locals>.layer".into()),
+                    src: Some("/srv/train.py:51".into()),
+                    python: true,
+                    ..Frame::default()
+                },
+                native("Py_RunMain"),
+            ],
+            truncated: None,
+        }));
+        assert_eq!(
+            top_frame(&ledger, Some(1)).as_deref(),
+            Some("Model.load.<locals>.layer (/srv/train.py:51)")
+        );
+    }
 
     #[test]
     fn a_cited_frame_drops_the_parameter_list() {
