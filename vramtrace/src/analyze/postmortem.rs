@@ -18,6 +18,7 @@ use super::leaks::{LeakReport, LeakTracker};
 use super::timeline::{Timeline, TimelineReport};
 use crate::api::cuda_error_name;
 use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Phase};
+use crate::site::{Site, SiteKey};
 use crate::trace::{Mem, Record, Stack};
 
 /// Frames kept per stack in the report.
@@ -34,13 +35,30 @@ pub struct Postmortem {
     pub timeline: TimelineReport,
 }
 
-/// A stack as the report shows it: frames innermost first, symbolized where the trace has it.
+/// A stack as the report shows it: frames innermost first, symbolized where the trace has it,
+/// and the frame in the user's code that the finding is titled by.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackFrames {
-    /// The `stack` record id; `None`: the call had no stack.
+    /// The `stack` record id; `None`: the call had no stack. For a finding that groups
+    /// several stacks, the one that holds the most.
     pub id: Option<u32>,
     /// `function (file:line)`, or `file+0xoffset`, or `0xaddr (why unknown)`.
     pub frames: Vec<String>,
+    /// The frame in the user's code (or the best frame of a stack that has none), with its
+    /// title: `train.py:88 forward`. Absent when there is no stack record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// The other stacks grouped into the finding: the same frames in the user's code,
+    /// reached through other paths in the runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<u32>,
+}
+
+impl StackFrames {
+    /// Whether the finding includes stack `id`.
+    pub fn covers(&self, id: Option<u32>) -> bool {
+        self.id == id || id.is_some_and(|i| self.merged.contains(&i))
+    }
 }
 
 /// Live bytes made by one stack at the moment of a failure.
@@ -68,7 +86,8 @@ pub struct Holder {
     /// How long it had been held at the failure.
     pub held_for_ns: u64,
     pub stack: Option<u32>,
-    /// The stack's first named frame outside the driver and the CUDA runtime, as text.
+    /// The title of the stack's site: its frame in the user's code (`train.py:88 forward`),
+    /// or its first named frame outside the driver and the CUDA runtime when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_frame: Option<String>,
 }
@@ -344,11 +363,10 @@ impl Collector {
                 }
             })
             .collect();
-        e.top_stacks = stacks
+        e.top_stacks = by_site(ledger, stacks)
             .into_iter()
             .take(self.top)
-            .map(|(id, mut h)| {
-                h.stack = frames_of(ledger, id);
+            .map(|mut h| {
                 h.held_for_ns = now.saturating_sub(h.oldest_ts_ns);
                 h
             })
@@ -385,7 +403,7 @@ impl Collector {
                 leaks
                     .suspects
                     .iter()
-                    .any(|l| l.proc == e.proc && l.stack.id == *id)
+                    .any(|l| l.proc == e.proc && l.stack.covers(*id))
             };
             let mut share = LeakShare::default();
             for h in held.iter().filter(|h| suspect(&h.stack)) {
@@ -408,76 +426,61 @@ impl Collector {
     }
 }
 
-/// One frame as a line: the function and source where known, else the file and offset.
-pub fn frame_line(f: &crate::trace::Frame) -> String {
-    let place = match (&f.file, f.offset) {
-        (Some(file), Some(off)) => {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            format!("{base}+{off:#x}")
-        }
-        _ => format!("{:#x}", f.addr),
-    };
-    match (&f.sym, &f.src) {
-        (Some(sym), Some(src)) => format!("{sym} ({src})"),
-        (Some(sym), None) => format!("{sym} ({place})"),
-        (None, _) => match &f.unknown {
-            Some(why) => format!("{place} ({why})"),
-            None => place,
-        },
-    }
-}
+pub use crate::site::frame_line;
 
-/// The frame that names who made an allocation: stack `id`'s first named frame outside the
-/// driver and the CUDA runtime (their frames name only the entry point), else its first.
+/// The title of stack `id`'s [`Site`]: its frame in the user's code, or its best frame
+/// when it has none.
 pub fn top_frame(ledger: &Ledger, id: Option<u32>) -> Option<String> {
-    let stack = ledger.stack(id?)?;
-    let inside_cuda = |f: &crate::trace::Frame| {
-        f.file.as_deref().is_some_and(|file| {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            base.starts_with("libcuda.so") || base.starts_with("libcudart.so")
-        })
-    };
-    let f = stack
-        .frames
-        .iter()
-        .find(|f| f.sym.is_some() && !inside_cuda(f))
-        .or(stack.frames.first())?;
-    let mut short = f.clone();
-    short.sym = f.sym.as_deref().map(|s| without_parameters(s).to_owned());
-    Some(frame_line(&short))
+    ledger.stack(id?)?.site().map(|s| s.title)
 }
 
-/// A demangled C++ name without its parameter list and what follows it (`ns::f(int) const`
-/// is `ns::f`): enough to cite a frame on one line. Other names are kept whole.
-fn without_parameters(sym: &str) -> &str {
-    const ANONYMOUS: &str = "(anonymous namespace)";
-    let mut depth = 0i32;
-    let mut i = 0;
-    while let Some(c) = sym[i..].chars().next() {
-        match c {
-            '<' => depth += 1,
-            '>' => depth -= 1,
-            '(' if sym[i..].starts_with(ANONYMOUS) => {
-                i += ANONYMOUS.len();
-                continue;
-            }
-            '(' if depth == 0 && i > 0 => return &sym[..i],
-            _ => {}
-        }
-        i += c.len_utf8();
-    }
-    sym
-}
-
-/// The frames of stack `id`, as lines.
+/// The frames of stack `id`, as lines, and its site.
 pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
+    let stack = id.and_then(|i| ledger.stack(i));
     StackFrames {
         id,
-        frames: id
-            .and_then(|i| ledger.stack(i))
+        frames: stack
             .map(|s: &Stack| s.frames.iter().take(FRAMES).map(frame_line).collect())
             .unwrap_or_default(),
+        site: stack.and_then(Stack::site),
+        merged: Vec::new(),
     }
+}
+
+/// What findings of stack `id` are grouped by.
+pub fn site_key(ledger: &Ledger, id: Option<u32>) -> SiteKey {
+    SiteKey::of(id, id.and_then(|i| ledger.stack(i)))
+}
+
+/// What each stack held, grouped by site ([`SiteKey`]): one holding per group, cited by
+/// the stack in it that held the most, largest first. `stacks` is sorted by bytes, largest
+/// first.
+fn by_site(ledger: &Ledger, stacks: Vec<(Option<u32>, StackHolding)>) -> Vec<StackHolding> {
+    let mut groups: Vec<(SiteKey, StackHolding)> = Vec::new();
+    let mut index: HashMap<SiteKey, usize> = HashMap::default();
+    for (id, h) in stacks {
+        let key = site_key(ledger, id);
+        match index.get(&key).and_then(|&i| groups.get_mut(i)) {
+            Some((_, g)) => {
+                g.bytes += h.bytes;
+                g.allocations += h.allocations;
+                g.oldest_ts_ns = g.oldest_ts_ns.min(h.oldest_ts_ns);
+                g.stack.merged.extend(id);
+            }
+            None => {
+                index.insert(key.clone(), groups.len());
+                // The first of a group holds the most of it: it cites the group.
+                let stack = frames_of(ledger, id);
+                groups.push((key, StackHolding { stack, ..h }));
+            }
+        }
+    }
+    let mut out: Vec<StackHolding> = groups.into_iter().map(|(_, h)| h).collect();
+    for h in &mut out {
+        h.stack.merged.sort_unstable();
+    }
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.id.cmp(&b.stack.id)));
+    out
 }
 
 /// What a request of `request` bytes would still lack with `freed` bytes given back beside
@@ -611,36 +614,6 @@ fn verdict(e: &OomExplanation) -> String {
         );
     }
     v
-}
-
-#[cfg(test)]
-mod citation_tests {
-    use super::without_parameters;
-
-    #[test]
-    fn a_cited_frame_drops_the_parameter_list() {
-        assert_eq!(
-            without_parameters(
-                "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc(unsigned long, CUstream_st*)"
-            ),
-            "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc"
-        );
-        assert_eq!(
-            without_parameters("void at::f<std::function<void (int)> >(int) [clone .isra.0]"),
-            "void at::f<std::function<void (int)> >"
-        );
-        assert_eq!(without_parameters("cudaMalloc"), "cudaMalloc");
-        assert_eq!(
-            without_parameters("(anonymous namespace)::g"),
-            "(anonymous namespace)::g"
-        );
-        assert_eq!(
-            without_parameters(
-                "at::native::(anonymous namespace)::addmm_out_cuda_impl(at::Tensor&)"
-            ),
-            "at::native::(anonymous namespace)::addmm_out_cuda_impl"
-        );
-    }
 }
 
 #[cfg(test)]

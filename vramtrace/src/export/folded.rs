@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{ExportError, Moment, Options, records, replay};
-use crate::analyze::postmortem::frame_line;
 use crate::ledger::{Change, Ledger, Replay};
+use crate::site::frame_line;
 use crate::trace::Integrity;
 
 /// A stop before record `index` (`None`: at the end), what the moment is, and the trace's

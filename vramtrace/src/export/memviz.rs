@@ -37,15 +37,20 @@ fn frames(p: &mut Pickle, ledger: &Ledger, stack: Option<u32>) {
     p.end_list();
 }
 
+/// One frame as PyTorch's snapshots write it: `{"filename", "line", "name"}`. A Python frame
+/// is its `.py` file, line and function, as PyTorch's own; a native one its source line
+/// where debug information had it, else its object file.
 fn frame(p: &mut Pickle, f: &Frame) {
-    let (file, line) = match f.src.as_deref().and_then(|s| s.rsplit_once(':')) {
-        Some((file, line)) => (file.to_owned(), line.parse::<u64>().unwrap_or(0)),
+    let (file, line) = match f.source() {
+        Some((file, line)) => (file.to_owned(), line.map_or(0, u64::from)),
         None => (f.file.clone().unwrap_or_else(|| "??".into()), 0),
     };
-    let name = f.sym.clone().unwrap_or_else(|| match f.offset {
-        Some(off) => format!("+{off:#x}"),
-        None => format!("{:#x}", f.addr),
-    });
+    let name = match (&f.sym, f.offset) {
+        (Some(sym), _) => sym.clone(),
+        (None, _) if f.python => "<python>".into(),
+        (None, Some(off)) => format!("+{off:#x}"),
+        (None, None) => format!("{:#x}", f.addr),
+    };
     p.dict();
     p.kv_str("filename", &file);
     p.kv_uint("line", line);
