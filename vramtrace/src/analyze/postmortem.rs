@@ -21,7 +21,7 @@ use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNe
 use crate::site::{Site, SiteKey};
 use crate::trace::{Mem, Record, Stack};
 
-/// Frames kept per stack in the report.
+/// Frames kept per stack in the report, and more when its site is deeper.
 const FRAMES: usize = 12;
 
 /// Everything the postmortem found, part of the [`Report`](super::Report).
@@ -434,15 +434,18 @@ pub fn top_frame(ledger: &Ledger, id: Option<u32>) -> Option<String> {
     ledger.stack(id?)?.site().map(|s| s.title)
 }
 
-/// The frames of stack `id`, as lines, and its site.
+/// The frames of stack `id`, as lines, and its site. The frames reach at least two past
+/// the site, however deep in the stack it is.
 pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
     let stack = id.and_then(|i| ledger.stack(i));
+    let site = stack.and_then(Stack::site);
+    let keep = FRAMES.max(site.as_ref().map_or(0, |s| s.frame + 3));
     StackFrames {
         id,
         frames: stack
-            .map(|s: &Stack| s.frames.iter().take(FRAMES).map(frame_line).collect())
+            .map(|s: &Stack| s.frames.iter().take(keep).map(frame_line).collect())
             .unwrap_or_default(),
-        site: stack.and_then(Stack::site),
+        site,
         merged: Vec::new(),
     }
 }
@@ -619,6 +622,7 @@ fn verdict(e: &OomExplanation) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::{Report, summarize};
+    use super::StackFrames;
     use crate::trace::{Call, Frame, GpuSample, Mem, NvmlSample, Record, Stack};
 
     const MIB: u64 = 1 << 20;
@@ -751,6 +755,123 @@ mod tests {
         );
         assert_eq!(class("dynamic"), Some((256 + 9) * MIB), "{:?}", e.by_class);
         assert_eq!(e.by_class.len(), 2, "{:?}", e.by_class);
+    }
+
+    /// A PyTorch stack: the caching allocator (at `path` within it), the interpreter, and
+    /// the Python line `train.py:LINE` in `forward`.
+    fn py_stack(id: u32, line: u32, path: u64) -> Record {
+        Record::Stack(Stack {
+            id,
+            frames: vec![
+                Frame {
+                    addr: 0x7f00_0000_0000 + path,
+                    file: Some("/venv/torch/lib/libc10_cuda.so".into()),
+                    offset: Some(path),
+                    sym: Some("c10::cuda::CUDACachingAllocator::malloc(unsigned long)".into()),
+                    ..Default::default()
+                },
+                Frame {
+                    addr: 0x5500_001d_0000,
+                    file: Some("/usr/bin/python3.12".into()),
+                    offset: Some(0x1d_0000),
+                    sym: Some("_PyEval_EvalFrameDefault".into()),
+                    ..Default::default()
+                },
+                Frame {
+                    file: Some("/home/me/train.py".into()),
+                    sym: Some("forward".into()),
+                    src: Some(format!("/home/me/train.py:{line}")),
+                    python: true,
+                    ..Default::default()
+                },
+            ],
+            truncated: None,
+        })
+    }
+
+    /// As [`training`], from Python lines: weights (line 20), the cache (30), activations
+    /// (91); the leak is line 88, reached through two paths of the allocator (stacks 4 and
+    /// 5, in turn).
+    fn python_training() -> Report {
+        let mut recs = vec![
+            py_stack(1, 20, 0x100),
+            py_stack(2, 30, 0x100),
+            py_stack(3, 91, 0x100),
+            py_stack(4, 88, 0x100),
+            py_stack(5, 88, 0x200),
+        ];
+        recs.push(alloc(0x10_0000_0000, 512 * MIB, 1_000, 1));
+        recs.push(alloc(0x20_0000_0000, 64 * MIB, 2_000, 2));
+        let mut ts = 10_000;
+        for step in 0..10u64 {
+            recs.push(alloc(0x30_0000_0000, 256 * MIB, ts, 3));
+            let path = 4 + (step % 2) as u32;
+            recs.push(alloc(0x40_0000_0000 + step * MIB, MIB, ts + 10, path));
+            if step == 9 {
+                recs.push(Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(300 * MIB),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", ts + 30, 3)
+                }));
+            }
+            recs.push(free(0x30_0000_0000, ts + 1_000));
+            ts += 1_000_000;
+        }
+        summarize(recs.into_iter(), None)
+    }
+
+    #[test]
+    fn findings_from_one_user_line_are_one_titled_by_it() {
+        let r = python_training();
+        let e = &r.postmortem.ooms[0];
+        let site = |h: &StackFrames| h.site.clone().expect("a site");
+        assert_eq!(site(&e.stack).title, "train.py:91 forward");
+        let titles: Vec<String> = e.top_stacks.iter().map(|h| site(&h.stack).title).collect();
+        assert_eq!(
+            titles,
+            [
+                "train.py:20 forward",
+                "train.py:91 forward",
+                "train.py:30 forward",
+                "train.py:88 forward"
+            ]
+        );
+        // The leak's two paths through the allocator are one holding, cited by the first.
+        let leak = &e.top_stacks[3];
+        assert_eq!((leak.bytes, leak.allocations), (10 * MIB, 10));
+        assert_eq!((leak.stack.id, &leak.stack.merged[..]), (Some(4), &[5][..]));
+        let s = site(&leak.stack);
+        assert!(s.user && s.python);
+        assert_eq!((s.frame, s.line), (2, Some(88)));
+        assert_eq!(leak.stack.frames[2], "forward (/home/me/train.py:88)");
+
+        // One suspect, not one per path; the OOM weighs both.
+        let l = &r.postmortem.leaks.suspects;
+        assert_eq!(l.len(), 1, "{l:#?}");
+        assert_eq!((l[0].live_bytes, l[0].allocs), (10 * MIB, 10));
+        assert!(l[0].stack.covers(Some(4)) && l[0].stack.covers(Some(5)));
+        assert!(!l[0].stack.covers(Some(3)) && !l[0].stack.covers(None));
+        let share = e.in_leak_suspects.expect("the leak is weighed");
+        assert_eq!((share.bytes, share.stacks), (10 * MIB, 2));
+
+        // The JSON carries the site; the text is titled by it.
+        let json = serde_json::to_value(&r.postmortem).expect("json");
+        assert_eq!(
+            json["leaks"]["suspects"][0]["stack"]["site"]["title"],
+            "train.py:88 forward"
+        );
+        assert_eq!(json["ooms"][0]["top_stacks"][3]["stack"]["merged"][0], 5);
+        let text = super::super::render_text(&r);
+        assert!(
+            text.contains("failed call's stack from train.py:91 forward:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oldest held for 9.0 ms from train.py:88 forward (2 stacks)"),
+            "{text}"
+        );
+        assert!(text.contains("   train.py:88 forward in "), "{text}");
     }
 
     #[test]
