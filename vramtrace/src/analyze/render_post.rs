@@ -280,6 +280,59 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
 mod tests {
     use super::*;
     use crate::analyze::timeline::{ProcessTimeline, TimelineReport};
+    use crate::site::Site;
+
+    fn frames(n: usize, site: Option<usize>) -> StackFrames {
+        StackFrames {
+            id: Some(1),
+            frames: (0..n).map(|i| format!("f{i}")).collect(),
+            site: site.map(|frame| Site {
+                title: format!("f{frame}"),
+                frame,
+                user: true,
+                ..Site::default()
+            }),
+            merged: Vec::new(),
+        }
+    }
+
+    fn lines(s: &StackFrames) -> Vec<String> {
+        let mut o = String::new();
+        stack_lines(&mut o, s, "");
+        o.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_deep_site_is_shown_past_the_runtime_frames() {
+        assert_eq!(
+            lines(&frames(15, Some(10))),
+            [
+                "f0",
+                "f1",
+                "... 8 frames",
+                "f10",
+                "f11",
+                "f12",
+                "f13",
+                "... 1 more frames"
+            ]
+        );
+        assert_eq!(
+            lines(&frames(8, Some(3))),
+            ["f0", "f1", "f2", "f3", "f4", "f5", "... 2 more frames"]
+        );
+        assert_eq!(lines(&frames(3, None)), ["f0", "f1", "f2"]);
+        let mut merged = frames(1, Some(0));
+        merged.merged = vec![4, 9];
+        assert_eq!(from(&merged), " from f0 (3 stacks)");
+        if let Some(s) = merged.site.as_mut() {
+            s.user = false;
+        }
+        assert_eq!(
+            from(&merged),
+            " from f0 (no frame in the user's code) (3 stacks)"
+        );
+    }
 
     #[test]
     fn the_timeline_says_its_real_column_width_and_marks_the_peak_under_it() {
