@@ -95,7 +95,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         libcuda: args.libcuda,
         duration,
         command: args.command,
-        stacks: !args.no_stacks,
+        stacks: args.stack.mode(),
         ring_bytes: args.ring_size,
         probe_at: args.probe_at,
         verbose,

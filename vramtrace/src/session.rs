@@ -24,6 +24,7 @@ use crate::{
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
+    stacks::unwind::{CopyUnwinder, Unwound},
     stacks::{Job, MappedFile, Normalized, StackNormalizer, SymbolWorker},
     trace::{
         FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, NvmlInfo, NvmlSample, Process,
@@ -53,7 +54,7 @@ pub struct RecordOptions {
     pub libcuda: Vec<PathBuf>,
     pub duration: Option<Duration>,
     pub command: Vec<String>,
-    pub stacks: bool,
+    pub stacks: crate::probe::StackMode,
     pub ring_bytes: u32,
     pub probe_at: probe::placement::ProbeAt,
     pub verbose: bool,
@@ -137,6 +138,7 @@ pub struct RecordOutcome {
 struct LiveEnv<'a> {
     tracer: &'a Tracer,
     normalizer: &'a mut StackNormalizer,
+    unwinder: &'a mut CopyUnwinder,
     files: Vec<Option<MappedFile>>,
 }
 
@@ -148,6 +150,9 @@ impl Environment for LiveEnv<'_> {
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
         self.tracer.stack(stack_id)
     }
+    fn unwound(&mut self, tid: u32, ts_entry_ns: u64) -> Option<Unwound> {
+        self.unwinder.take(tid, ts_entry_ns)
+    }
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         let n = self.normalizer.normalize(pid, addrs);
         self.files = n.files;
@@ -155,6 +160,7 @@ impl Environment for LiveEnv<'_> {
     }
     fn exited(&mut self, pid: u32) {
         self.normalizer.forget(pid);
+        self.unwinder.forget(pid);
     }
 }
 
@@ -415,6 +421,7 @@ pub struct Recorder {
     tracer: Tracer,
     converter: Converter,
     normalizer: StackNormalizer,
+    unwinder: CopyUnwinder,
     symbols: SymbolWorker,
     /// The same accounting as `analyze`, live, for what must be printed or counted as it
     /// happens (OOMs, vram-only violations); `None` when nothing reads it (the live view
@@ -558,6 +565,7 @@ impl Recorder {
             tracer,
             converter,
             normalizer: StackNormalizer::new(),
+            unwinder: CopyUnwinder::new(),
             symbols: SymbolWorker::spawn().context("starting the symbolizer thread")?,
             ledger: (!opts.quiet || opts.policy == Policy::VramOnly).then(Ledger::new),
             sinks,
@@ -648,7 +656,10 @@ impl Recorder {
     /// ledger notes what must be said at once.
     fn drain(&mut self) {
         let started = std::time::Instant::now();
-        let bad = self.tracer.drain(&mut self.raw);
+        let unwinder = &mut self.unwinder;
+        let bad = self
+            .tracer
+            .drain(&mut self.raw, &mut |sample| unwinder.add(sample));
         if bad > 0 {
             tracing::warn!("{bad} ring buffer items could not be decoded");
         }
@@ -657,6 +668,7 @@ impl Recorder {
         let mut env = LiveEnv {
             tracer: &self.tracer,
             normalizer: &mut self.normalizer,
+            unwinder: &mut self.unwinder,
             files: Vec::new(),
         };
         let mut raw = std::mem::take(&mut self.raw);

@@ -184,7 +184,7 @@ pub fn top(args: TopArgs) -> Result<()> {
                 libcuda: args.libcuda,
                 duration: None,
                 command: Vec::new(),
-                stacks: !args.no_stacks,
+                stacks: args.stack.mode(),
                 ring_bytes: 8 << 20,
                 probe_at: ProbeAt::Auto,
                 verbose: false,

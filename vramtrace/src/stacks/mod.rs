@@ -30,6 +30,8 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 
+pub mod unwind;
+
 use crate::probe::libcuda::{MapsFile, parse_maps};
 use crate::procinfo;
 use crate::trace::Frame;
