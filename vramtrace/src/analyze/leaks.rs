@@ -15,6 +15,9 @@
 //!   on how threads interleave: a thread that leaks in every step of its own, run before or
 //!   after the others, grows in one third and is flat in the rest, yet never frees.
 //!
+//! The stacks of a process that reach the driver from the same frames in the user's code
+//! ([`SiteKey`]) are judged as one: their sums follow these rules.
+//!
 //! Memory that is held by design is told apart and listed as retention:
 //!
 //! - stream-ordered pools: a free returns memory to the pool (the ledger's pool-held bytes),
@@ -304,7 +307,7 @@ impl LeakTracker {
                 continue;
             };
             // The member that holds the most (the first of equals) cites the group.
-            let Some(&(cited, first)) = members.iter().rev().max_by_key(|(_, s)| s.live_bytes)
+            let Some(&(cited, most)) = members.iter().rev().max_by_key(|(_, s)| s.live_bytes)
             else {
                 continue;
             };
@@ -346,8 +349,8 @@ impl LeakTracker {
                     pid: p.pid,
                     comm: p.comm().to_owned(),
                     stack: describe(),
-                    api: first.api.clone(),
-                    mem: first.mem.name().to_owned(),
+                    api: most.api.clone(),
+                    mem: most.mem.name().to_owned(),
                     live_bytes,
                     live_allocations: sum(|s| s.live_count),
                     allocs: sum(|s| s.allocs),
