@@ -211,7 +211,10 @@ fn twenty_short_lived_processes_recorded_machine_wide() {
         .expect("starting vramtrace record");
     let start = Instant::now();
     while !std::fs::metadata(&trace).is_ok_and(|m| m.len() > 0) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the recorder did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the recorder did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let children: Vec<_> = (0..20)
@@ -239,7 +242,11 @@ fn twenty_short_lived_processes_recorded_machine_wide() {
     let mut reader = TraceReader::open(&trace).expect("trace opens");
     let records: Vec<Record> = reader.by_ref().collect();
     let summary = reader.summary();
-    assert!(summary.complete && summary.problems.is_empty(), "{:?}", summary.problems);
+    assert!(
+        summary.complete && summary.problems.is_empty(),
+        "{:?}",
+        summary.problems
+    );
     let mut seen = 0;
     for rec in &records {
         let Record::Process(p) = rec else { continue };
