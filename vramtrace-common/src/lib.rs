@@ -13,6 +13,17 @@ pub const EVENT_CALL: u32 = 1;
 pub const EVENT_EXIT: u32 = 2;
 /// `StackSample::kind`: a copy of a call's user stack, sent at its entry.
 pub const EVENT_STACK: u32 = 3;
+/// `ExitEvent::kind` reused: a new process was stopped (`SIGSTOP`) at its first driver call
+/// (`HOLD_NEW`); user space reads it, then lets it go on (`SIGCONT`).
+pub const EVENT_HOLD: u32 = 4;
+
+/// `SEEN` values: what is known of a process.
+pub mod seen {
+    /// Stopped at its first call (`EVENT_HOLD` sent); no event delivered yet.
+    pub const HELD: u32 = 2;
+    /// An event was delivered.
+    pub const DELIVERED: u32 = 1;
+}
 
 /// Number of argument registers captured at entry (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
 pub const MAX_ARGS: usize = 6;

@@ -26,17 +26,19 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_send_signal_thread,
+        bpf_probe_read_user, bpf_send_signal, bpf_send_signal_thread,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use vramtrace_common::{
-    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_STACK, EntryKey, ExitEvent, MAX_API_IDS, MAX_ARGS,
-    STACK_COPY_PAGES, StackSample, cookie, counter, filter, flags, stack_mode,
+    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_HOLD, EVENT_STACK, EntryKey, ExitEvent, MAX_API_IDS,
+    MAX_ARGS, STACK_COPY_PAGES, StackSample, cookie, counter, filter, flags, seen, stack_mode,
 };
 
+/// `SIGSTOP` on Linux.
+const SIGSTOP: u32 = 19;
 /// `-EEXIST`, as map updates return it.
 const EEXIST: i32 = -17;
 
@@ -46,6 +48,10 @@ static FILTER_ENABLED: Global<u32> = Global::new(0);
 /// How user stacks are captured for calls whose cookie asks for one (`stack_mode::*`).
 #[unsafe(no_mangle)]
 static STACK_MODE: Global<u32> = Global::new(stack_mode::FRAME_POINTERS);
+/// Nonzero: stop a new process at its first driver call (`SIGSTOP`) and tell user space
+/// (`EVENT_HOLD`), which reads it and lets it go on.
+#[unsafe(no_mangle)]
+static HOLD_NEW: Global<u32> = Global::new(0);
 /// Signal sent to a thread that places memory in host RAM (vram-only policy); 0 = none.
 #[unsafe(no_mangle)]
 static HOST_SIGNAL: Global<u32> = Global::new(0);
@@ -181,6 +187,9 @@ fn try_call_entry(ctx: &ProbeContext) {
     if !known_api(api) {
         bump(counter::UNKNOWN_API);
         return;
+    }
+    if HOLD_NEW.load() != 0 {
+        hold_if_new(tgid);
     }
     // SAFETY: plain map lookup keyed by pid_tgid.
     if unsafe { THREADS.get(&pid_tgid) }.is_none()
@@ -325,7 +334,7 @@ fn send_stack_copy(ctx: &ProbeContext, ev: &CallEvent) -> bool {
     // mappings are read while it runs. So does a copy with Python frames: their code objects
     // are read from the process's memory, which is gone once it exits.
     // SAFETY: plain map lookup keyed by tgid; `s` is the slot filled above.
-    let first = unsafe { SEEN.get(&ev.pid) }.is_none()
+    let first = !matches!(unsafe { SEEN.get(&ev.pid) }, Some(&seen::DELIVERED))
         || unsafe { (*s).py_status } != vramtrace_common::py_status::NONE;
     slot.submit(if first {
         BPF_RB_FORCE_WAKEUP as u64
@@ -405,15 +414,42 @@ fn entry_dropped(pid_tgid: u64) {
     }
 }
 
+/// Stops process `tgid` at its first driver call, once: `EVENT_HOLD` goes out first, waking
+/// the reader, and the stop is sent only if it did (a process is never stopped without user
+/// space knowing to let it go on).
+#[inline(always)]
+fn hold_if_new(tgid: u32) {
+    // SAFETY: plain map lookup keyed by tgid.
+    if unsafe { SEEN.get(&tgid) }.is_some()
+        || insert_u32(&SEEN, &tgid, seen::HELD, BPF_NOEXIST as u64).is_err()
+    {
+        return;
+    }
+    let ev = ExitEvent {
+        kind: EVENT_HOLD,
+        pid: tgid,
+        tid: bpf_get_current_pid_tgid() as u32,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output(&ev, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+        bump(counter::LOST_RINGBUF);
+        return;
+    }
+    // SAFETY: sends SIGSTOP to the current process; no memory is touched.
+    unsafe { bpf_send_signal(SIGSTOP) };
+}
+
 /// Whether this is the first event delivered for process `tgid`; remembers that it is not
 /// the first any more.
 #[inline(always)]
 fn first_event(tgid: u32) -> bool {
     // SAFETY: plain map lookup keyed by tgid.
-    if unsafe { SEEN.get(&tgid) }.is_some() {
+    if let Some(&seen::DELIVERED) = unsafe { SEEN.get(&tgid) } {
         return false;
     }
-    if insert_u32(&SEEN, &tgid, 1, 0).is_err() {
+    if insert_u32(&SEEN, &tgid, seen::DELIVERED, 0).is_err() {
         bump(counter::SEEN_FULL);
     }
     true

@@ -546,6 +546,12 @@ pub struct StackArgs {
     /// Same as `--stacks off`.
     #[arg(long, conflicts_with = "stacks")]
     pub no_stacks: bool,
+    /// Stop each new process at its first driver call (SIGSTOP) until its command line and
+    /// mappings are read, then let it go on (SIGCONT): stacks and names even for processes
+    /// that end milliseconds later. An interactive shell that runs such a process in the
+    /// foreground sees it stop; meant for machine-wide recording of short-lived jobs.
+    #[arg(long)]
+    pub hold_new: bool,
 }
 
 impl StackArgs {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 use vramtrace_common::{
-    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_STACK, ExitEvent, MAX_PY_FRAMES, PyFrameRaw,
-    STACK_COPY_BYTES, StackSample, flags,
+    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_HOLD, EVENT_STACK, ExitEvent, MAX_PY_FRAMES,
+    PyFrameRaw, STACK_COPY_BYTES, StackSample, flags,
 };
 
 use crate::api::{CtxArgs, Hooked, Kind};
@@ -38,6 +38,9 @@ pub enum DecodeError {
 pub enum RawEvent {
     Call(CallEvent),
     Exit(ExitEvent),
+    /// A new process was stopped at its first driver call (`--hold-new`); whoever drains
+    /// the ring reads it and lets it go on. The converter ignores it.
+    Hold(ExitEvent),
 }
 
 /// Decodes one ring-buffer item, checking its length against its kind.
@@ -50,6 +53,7 @@ pub fn parse(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     match kind {
         EVENT_CALL => Ok(RawEvent::Call(read_pod::<CallEvent>(bytes, kind)?)),
         EVENT_EXIT => Ok(RawEvent::Exit(read_pod::<ExitEvent>(bytes, kind)?)),
+        EVENT_HOLD => Ok(RawEvent::Hold(read_pod::<ExitEvent>(bytes, kind)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -239,6 +243,7 @@ impl Converter {
     /// record first when this is its first mention).
     pub fn convert(&mut self, raw: &RawEvent, env: &mut dyn Environment, out: &mut Vec<Record>) {
         match raw {
+            RawEvent::Hold(_) => {}
             RawEvent::Exit(e) => {
                 // A process that exits without a single traced call is of no interest.
                 env.exited(e.pid);

@@ -96,6 +96,7 @@ fn record(args: RecordArgs, verbose: bool) -> Result<ExitCode> {
         duration,
         command: args.command,
         stacks: args.stack.mode(),
+        hold_new: args.stack.hold_new,
         ring_bytes: args.ring_size,
         probe_at: args.probe_at,
         verbose,

@@ -56,6 +56,8 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     pub command: Vec<String>,
     pub stacks: crate::probe::StackMode,
+    /// Stop each new process at its first driver call until it has been read (`--hold-new`).
+    pub hold_new: bool,
     pub ring_bytes: u32,
     pub probe_at: probe::placement::ProbeAt,
     pub verbose: bool,
@@ -141,16 +143,20 @@ struct LiveEnv<'a> {
     normalizer: &'a mut StackNormalizer,
     unwinder: &'a mut CopyUnwinder,
     python: Option<&'a PyWatcher>,
+    early: &'a mut HashMap<u32, Process>,
     files: Vec<Option<MappedFile>>,
 }
 
 impl Environment for LiveEnv<'_> {
     fn process(&mut self, pid: u32) -> Option<Process> {
-        self.normalizer.remember(pid);
-        self.unwinder.remember(pid);
         if let Some(w) = self.python {
             w.watch(pid);
         }
+        if let Some(p) = self.early.remove(&pid) {
+            return Some(p);
+        }
+        self.normalizer.remember(pid);
+        self.unwinder.learn(pid);
         procinfo::read_process(pid).ok().map(|p| p.into_record(0))
     }
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
@@ -170,6 +176,33 @@ impl Environment for LiveEnv<'_> {
         if let Some(w) = self.python {
             w.forget(pid);
         }
+    }
+}
+
+/// Lets a process stopped at its first driver call go on.
+fn resume(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory preconditions; a process that is gone yields ESRCH.
+    if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
+        tracing::debug!("SIGCONT to {pid}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Reads what `/proc` says about a process seen for the first time (its command line, and
+/// its mappings for the normalizer, from the unwinder's read), before its first event.
+fn early_sight(
+    pid: u32,
+    unwinder: &CopyUnwinder,
+    normalizer: &mut StackNormalizer,
+    early: &mut HashMap<u32, Process>,
+) {
+    if let Some(maps) = unwinder.maps(pid) {
+        normalizer.remember_maps(pid, maps.to_vec());
+    }
+    if let Ok(p) = procinfo::read_process(pid) {
+        early.insert(pid, p.into_record(0));
     }
 }
 
@@ -433,6 +466,8 @@ pub struct Recorder {
     unwinder: CopyUnwinder,
     /// Finds CPython interpreters in traced processes (`--stacks dwarf`).
     python: Option<PyWatcher>,
+    /// Processes read when their first stack copy arrived, before their first event.
+    early: HashMap<u32, Process>,
     symbols: SymbolWorker,
     /// The same accounting as `analyze`, live, for what must be printed or counted as it
     /// happens (OOMs, vram-only violations); `None` when nothing reads it (the live view
@@ -502,6 +537,7 @@ impl Recorder {
             pids: opts.pids.clone(),
             follow_children_of_self: !opts.command.is_empty(),
             stacks: opts.stacks,
+            hold_new: opts.hold_new,
             ring_bytes: opts.ring_bytes,
             probe_at: opts.probe_at,
             host_signal: if opts.policy == Policy::VramOnly {
@@ -594,6 +630,7 @@ impl Recorder {
                 u
             },
             python,
+            early: HashMap::new(),
             symbols: SymbolWorker::spawn().context("starting the symbolizer thread")?,
             ledger: (!opts.quiet || opts.policy == Policy::VramOnly).then(Ledger::new),
             sinks,
@@ -689,20 +726,40 @@ impl Recorder {
     /// ledger notes what must be said at once.
     fn drain(&mut self) {
         let started = std::time::Instant::now();
-        let unwinder = &mut self.unwinder;
-        let bad = self
-            .tracer
-            .drain(&mut self.raw, &mut |sample| unwinder.add(sample));
+        let (unwinder, normalizer, early) =
+            (&mut self.unwinder, &mut self.normalizer, &mut self.early);
+        let bad = self.tracer.drain(&mut self.raw, &mut |sample| {
+            let new = !unwinder.knows(sample.pid);
+            unwinder.add(sample);
+            if new {
+                // The first copy of a process wakes this reader at once: what the process
+                // is and what it maps are read now, while it most likely still runs.
+                early_sight(sample.pid, unwinder, normalizer, early);
+            }
+        });
         if bad > 0 {
             tracing::warn!("{bad} ring buffer items could not be decoded");
         }
         self.undecodable += bad;
         self.drain.events += self.raw.len() as u64 + bad;
+        for ev in &self.raw {
+            if let RawEvent::Hold(h) = ev {
+                // Stopped at its first driver call: read it, then let it go on.
+                if let Some(w) = &self.python {
+                    // Its interpreter is known to the probes before its first stack.
+                    w.look_now(h.pid);
+                }
+                self.unwinder.learn(h.pid);
+                early_sight(h.pid, &self.unwinder, &mut self.normalizer, &mut self.early);
+                resume(h.pid);
+            }
+        }
         let mut env = LiveEnv {
             tracer: &self.tracer,
             normalizer: &mut self.normalizer,
             unwinder: &mut self.unwinder,
             python: self.python.as_ref(),
+            early: &mut self.early,
             files: Vec::new(),
         };
         let mut raw = std::mem::take(&mut self.raw);

@@ -276,7 +276,7 @@ fn full_process_and_thread_maps_are_counted() {
             .iter()
             .map(|e| match e {
                 RawEvent::Call(c) => c.pid,
-                RawEvent::Exit(x) => x.pid,
+                RawEvent::Exit(x) | RawEvent::Hold(x) => x.pid,
             })
             .collect::<std::collections::BTreeSet<_>>()
     );

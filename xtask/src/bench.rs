@@ -122,8 +122,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "bpftrace not installed".into(),
                 )),
             }
-            rows.push(ctx.vramtrace(ProbeAt::Entry));
-            rows.push(ctx.vramtrace(ProbeAt::Auto));
+            rows.push(ctx.vramtrace(ProbeAt::Entry, "dwarf"));
+            for stacks in ["off", "fp", "dwarf"] {
+                rows.push(ctx.vramtrace(ProbeAt::Auto, stacks));
+            }
         }
     }
     print_table(&rows);
@@ -303,10 +305,10 @@ impl Ctx<'_> {
         self.row("bpftrace", result)
     }
 
-    fn vramtrace(&self, probe_at: ProbeAt) -> Row {
+    fn vramtrace(&self, probe_at: ProbeAt, stacks: &str) -> Row {
         let mode = match probe_at {
-            ProbeAt::Entry => "vramtrace entry",
-            ProbeAt::Auto => "vramtrace auto",
+            ProbeAt::Entry => format!("vramtrace entry {stacks}"),
+            ProbeAt::Auto => format!("vramtrace auto {stacks}"),
         };
         let result = (|| {
             let dir = std::env::temp_dir().join(format!("vtbench-{}", std::process::id()));
@@ -327,6 +329,8 @@ impl Ctx<'_> {
                     &caller.pid().to_string(),
                     "--probe-at",
                     probe_at,
+                    "--stacks",
+                    stacks,
                     "-o",
                 ])
                 .arg(&trace)
@@ -378,10 +382,16 @@ impl Ctx<'_> {
                 })
                 .unwrap_or(0);
             let lost = footer["lost_events"].as_u64().unwrap_or(0);
+            let stacks_failed = footer["stack_failed"].as_u64().unwrap_or(0);
             let _ = fs::remove_dir_all(&dir);
-            Ok((ns, calls, Some(events), Some(lost)))
+            Ok((ns, calls, Some(events), Some(lost), stacks_failed))
         })();
-        self.row(mode, result)
+        let failed = result.as_ref().map_or(0, |r| r.4);
+        let mut row = self.row(&mode, result.map(|(ns, c, e, l, _)| (ns, c, e, l)));
+        if failed > 0 {
+            row.note = format!("{failed} stacks not captured");
+        }
+        row
     }
 }
 
@@ -505,7 +515,7 @@ fn symbol_file_offset(lib: &Path, name: &str) -> Result<u64> {
 fn print_table(rows: &[Row]) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(
-        "{:<18} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "{:<22} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}",
         "mode", "lib", "threads", "calls", "ns/call", "added", "events", "lost"
     );
     for row in rows {
@@ -521,7 +531,7 @@ fn print_table(rows: &[Row]) {
             _ => "-".to_string(),
         };
         println!(
-            "{:<18} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}{}",
+            "{:<22} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}{}",
             row.mode,
             row.lib,
             row.threads,

@@ -39,6 +39,8 @@ pub struct Config {
     pub follow_children_of_self: bool,
     /// How user stacks of allocations are captured.
     pub stacks: StackMode,
+    /// Stop each new process at its first driver call until user space has read it.
+    pub hold_new: bool,
     /// Signal sent to a thread that places memory in host RAM; 0 for none.
     pub host_signal: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
@@ -110,6 +112,7 @@ impl Default for Config {
             pids: Vec::new(),
             follow_children_of_self: false,
             stacks: StackMode::default(),
+            hold_new: false,
             host_signal: 0,
             ring_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
@@ -295,6 +298,7 @@ impl Tracer {
             tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
         let stacks = config.stacks.wire();
+        let hold_new = u32::from(config.hold_new);
         // Wake the reader well before the ring fills, whatever its size.
         let wakeup_bytes = config.wakeup_bytes.min(u64::from(config.ring_bytes / 4));
         // The API ids are known before anything is loaded: their count bounds the loop that
@@ -353,6 +357,7 @@ impl Tracer {
         loader
             .override_global("FILTER_ENABLED", &filter_enabled, true)
             .override_global("STACK_MODE", &stacks, true)
+            .override_global("HOLD_NEW", &hold_new, true)
             .override_global("HOST_SIGNAL", &config.host_signal, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)

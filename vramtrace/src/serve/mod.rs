@@ -231,6 +231,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
                 duration: args.duration.map(Duration::from_secs_f64),
                 command: args.command.clone(),
                 stacks: args.stack.mode(),
+                hold_new: args.stack.hold_new,
                 ring_bytes: args.ring_size,
                 probe_at: args.probe_at,
                 verbose,

@@ -493,8 +493,13 @@ pub type Registry = Arc<Mutex<HashMap<u32, Arc<PyProcess>>>>;
 
 enum Msg {
     Watch(u32),
+    /// Look at once, then say so.
+    Now(u32, mpsc::Sender<()>),
     Forget(u32),
 }
+
+/// How long [`PyWatcher::look_now`] waits for its answer, at most.
+const LOOK_NOW_WAIT: Duration = Duration::from_millis(500);
 
 /// Looks for interpreters in the processes it is told about, on a thread of its own, and
 /// gives the kernel side their layouts (`PY_PROCS`).
@@ -523,12 +528,25 @@ impl PyWatcher {
                         .map(|&(_, next, _)| next.saturating_duration_since(Instant::now()))
                         .min()
                         .unwrap_or(Duration::from_secs(3600));
+                    let mut reply = None;
                     match rx.recv_timeout(wait) {
                         Ok(Msg::Watch(pid)) => {
                             if !done.contains(&pid) && !watching.contains_key(&pid) {
                                 let now = Instant::now();
                                 watching.insert(pid, (now + WATCH_FOR, now, Duration::ZERO));
                             }
+                        }
+                        Ok(Msg::Now(pid, tx)) => {
+                            let now = Instant::now();
+                            if !done.contains(&pid) {
+                                let e = watching.entry(pid).or_insert((
+                                    now + WATCH_FOR,
+                                    now,
+                                    Duration::ZERO,
+                                ));
+                                e.1 = now;
+                            }
+                            reply = Some(tx);
                         }
                         Ok(Msg::Forget(pid)) => {
                             watching.remove(&pid);
@@ -589,6 +607,9 @@ impl PyWatcher {
                             entry.1 = now + entry.2;
                         }
                     }
+                    if let Some(tx) = reply {
+                        let _ = tx.send(());
+                    }
                 }
             })?;
         Ok(PyWatcher { tx, registry })
@@ -598,6 +619,16 @@ impl PyWatcher {
     /// it or a few seconds have passed.
     pub fn watch(&self, pid: u32) {
         let _ = self.tx.send(Msg::Watch(pid));
+    }
+
+    /// Looks at process `pid` at once (a process held at its first driver call) and returns
+    /// when that is done, so that its first stack has its Python frames; goes on looking as
+    /// [`watch`](Self::watch) does if no interpreter is mapped yet.
+    pub fn look_now(&self, pid: u32) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Msg::Now(pid, tx)).is_ok() {
+            let _ = rx.recv_timeout(LOOK_NOW_WAIT);
+        }
     }
 
     /// Process `pid` ended: its entry goes, from the kernel's map too (its pid may be reused).

@@ -146,6 +146,7 @@ impl ElfUnwindInfo {
 /// One process: its executable mappings and an unwinder over them.
 struct ProcessUnwind {
     unwinder: UnwinderX86_64<SectionBytes>,
+    maps: Vec<MapsFile>,
     exec: Vec<Range<u64>>,
     read_at: Instant,
 }
@@ -234,12 +235,22 @@ impl CopyUnwinder {
         self.pending.remove(&(tid, ts_entry_ns))
     }
 
-    /// Reads the mappings of `pid` (a process seen for the first time) now, while it runs:
-    /// its copies may be drained after it has exited.
-    pub fn remember(&mut self, pid: u32) {
-        if !self.procs.contains_key(&pid) {
+    /// Reads the mappings of `pid` now, if they were not read yet (a process stopped at its
+    /// first call, before any copy of its stack arrived).
+    pub fn learn(&mut self, pid: u32) {
+        if !self.knows(pid) {
             self.read_process(pid);
         }
+    }
+
+    /// Whether the mappings of `pid` were read (it was seen and had not exited then).
+    pub fn knows(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    /// The file mappings of `pid` as last read.
+    pub fn maps(&self, pid: u32) -> Option<&[MapsFile]> {
+        self.procs.get(&pid).map(|p| p.maps.as_slice())
     }
 
     /// Process `pid` ended: its mappings can go.
@@ -321,6 +332,10 @@ impl CopyUnwinder {
             return;
         };
         let maps = parse_maps(&text);
+        if maps.is_empty() {
+            // A zombie: its mappings are gone; what was read before stays.
+            return;
+        }
         if self.files.len() > FILES_LIMIT {
             self.files.clear();
         }
@@ -339,6 +354,7 @@ impl CopyUnwinder {
             pid,
             ProcessUnwind {
                 unwinder,
+                maps,
                 exec,
                 read_at: Instant::now(),
             },

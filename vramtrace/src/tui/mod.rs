@@ -185,6 +185,7 @@ pub fn top(args: TopArgs) -> Result<()> {
                 duration: None,
                 command: Vec::new(),
                 stacks: args.stack.mode(),
+                hold_new: args.stack.hold_new,
                 ring_bytes: 8 << 20,
                 probe_at: ProbeAt::Auto,
                 verbose: false,

@@ -133,16 +133,16 @@ pub(crate) fn body() -> Vec<Record> {
                     python: false,
                 },
                 Frame {
-                    addr: 0x7f00_0000_1000,
-                    file: Some("/srv/train.py".into()),
-                    sym: Some("Trainer.step".into()),
-                    src: Some("/srv/train.py:42".into()),
-                    python: true,
+                    addr: 0x1234,
+                    unknown: Some("no mapping".into()),
                     ..Frame::default()
                 },
                 Frame {
-                    addr: 0x1234,
-                    unknown: Some("no mapping".into()),
+                    addr: 0x7f00_0000_1000,
+                    file: Some("/home/me/train.py".into()),
+                    sym: Some("Model.forward".into()),
+                    src: Some("/home/me/train.py:88".into()),
+                    python: true,
                     ..Frame::default()
                 },
             ],
