@@ -669,18 +669,13 @@ fn read_u64(mem: &dyn Memory, addr: u64) -> Option<u64> {
 
 /// A `str` object's text.
 fn read_str(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Option<String> {
-    let mut head = [0u8; 80];
-    let head = head.get_mut(..(l.compact_size as usize + 8).min(80))?;
-    if !mem.read(addr, head) {
+    // No more than the smallest string object holds: the next byte may be unmapped.
+    let length = read_u64(mem, addr + l.str_length)?;
+    let mut state = [0u8; 4];
+    if !mem.read(addr + l.str_state, &mut state) {
         return None;
     }
-    let word = |at: u64| {
-        head.get(at as usize..at as usize + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    let length = word(l.str_length)?;
-    let state = word(l.str_state)? as u32;
+    let state = u32::from_le_bytes(state);
     if length > MAX_STRING {
         return None;
     }
@@ -691,7 +686,7 @@ fn read_str(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Option<String> {
         (true, true) => addr + l.ascii_size,
         (true, false) => addr + l.compact_size,
         // A legacy string keeps its characters behind a pointer.
-        (false, _) => word(l.compact_size)?,
+        (false, _) => read_u64(mem, addr + l.compact_size)?,
     };
     let width = match kind {
         1 | 2 | 4 => kind as usize,
@@ -1121,6 +1116,100 @@ mod tests {
         b[10] = 0x0e;
         assert!(Layout::from_debug_offsets(&b).is_err());
         assert!(Layout::from_debug_offsets(&b[..100]).is_err());
+    }
+
+    /// Process memory made of a few pieces.
+    struct FakeMem(Vec<(u64, Vec<u8>)>);
+
+    impl Memory for FakeMem {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            self.0.iter().any(|(at, bytes)| {
+                let Some(from) = addr.checked_sub(*at) else {
+                    return false;
+                };
+                match bytes.get(from as usize..from as usize + buf.len()) {
+                    Some(src) => {
+                        buf.copy_from_slice(src);
+                        true
+                    }
+                    None => false,
+                }
+            })
+        }
+    }
+
+    /// A compact ASCII `str` of 3.12's layout.
+    fn ascii(text: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 40];
+        b[16..24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        // kind 1, compact, ascii.
+        b[32..36].copy_from_slice(&((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
+        b.extend_from_slice(text.as_bytes());
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn reads_a_code_object_and_its_strings() {
+        let l = Layout::table(12).expect("3.12").code;
+        let mut code = vec![0u8; 256];
+        let mut put =
+            |at: u64, v: u64| code[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+        put(l.filename, 0x2000);
+        put(l.name, 0x3000);
+        put(l.linetable, 0x4000);
+        code[l.firstlineno as usize..l.firstlineno as usize + 4]
+            .copy_from_slice(&7i32.to_le_bytes());
+        let mut table = vec![0u8; 32];
+        table[16..24].copy_from_slice(&2u64.to_le_bytes());
+        table.extend_from_slice(&[0x81, 0]);
+        // A UCS-2 name: compact, not ASCII.
+        let mut name = vec![0u8; 56];
+        name[16..24].copy_from_slice(&2u64.to_le_bytes());
+        name[32..36].copy_from_slice(&((2u32 << 2) | (1 << 5)).to_le_bytes());
+        for c in "fé".encode_utf16() {
+            name.extend_from_slice(&c.to_le_bytes());
+        }
+        let mem = FakeMem(vec![
+            (0x1000, code),
+            (0x2000, ascii("/srv/train.py")),
+            (0x3000, name),
+            (0x4000, table),
+        ]);
+        let c = read_code(&mem, &l, 0x1000).expect("readable");
+        assert_eq!(c.filename, "/srv/train.py");
+        assert_eq!(c.name, "fé");
+        assert_eq!(c.firstlineno, 7);
+        assert_eq!(c.linetable, vec![0x81, 0]);
+        assert!(read_code(&mem, &l, 0x9000).is_err());
+    }
+
+    #[test]
+    fn an_unknown_layout_is_said_at_each_eval_loop_frame() {
+        let registry: Registry = Arc::default();
+        registry.lock().expect("lock").insert(
+            7,
+            Arc::new(PyProcess {
+                path: "/usr/lib/libpython3.14.so.1.0".into(),
+                minor: 14,
+                layout: Err("CPython 3.14: layout not known".into()),
+                eval: vec![0x1000..0x2000],
+                config: None,
+            }),
+        );
+        let mut py = PythonStacks::new(registry);
+        let inserts = py.interleave(7, &[0x500, 0x1800, 0x600, 0x1900], py_status::NONE, &[]);
+        assert_eq!(inserts.iter().map(|i| i.at).collect::<Vec<_>>(), vec![1, 3]);
+        for i in &inserts {
+            assert_eq!(i.frames.len(), 1);
+            assert!(i.frames[0].python);
+            assert_eq!(
+                i.frames[0].unknown.as_deref(),
+                Some("CPython 3.14: layout not known")
+            );
+        }
+        // A process without an interpreter keeps its native frames.
+        assert!(py.interleave(8, &[0x1800], py_status::NONE, &[]).is_empty());
     }
 
     #[test]
