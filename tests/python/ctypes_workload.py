@@ -11,6 +11,7 @@ import ctypes
 import json
 import sys
 import threading
+import time
 
 lib = ctypes.CDLL(sys.argv[1])
 printing = threading.Lock()
@@ -79,6 +80,10 @@ def main():
     for t in threads:
         t.join()
     alloc(5 << 20)
+    # The recorder names code objects from this process's memory when it drains their
+    # stacks: stay a moment, as a real workload does, rather than exit under it
+    # (docs/stacks.md, "Python frames").
+    time.sleep(1)
 
 
 if __name__ == "__main__":

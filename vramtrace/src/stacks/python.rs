@@ -280,6 +280,8 @@ pub struct PyProcess {
     pub eval: Vec<Range<u64>>,
     /// What the kernel side walks; `None` when the layout is not known.
     pub config: Option<PyConfig>,
+    /// Where its object types are, to check what is read.
+    pub types: Types,
 }
 
 impl PyProcess {
@@ -392,9 +394,13 @@ fn detect_in(
     let mut runtime = None;
     let mut py_version = None;
     let mut eval = Vec::new();
+    let mut types = Types::default();
     for sym in elf.symbols().chain(elf.dynamic_symbols()) {
         match sym.name() {
             Ok("_PyRuntime") => runtime = Some(sym.address()),
+            Ok("PyCode_Type") => types.code = Some(sym.address()),
+            Ok("PyUnicode_Type") => types.str = Some(sym.address()),
+            Ok("PyBytes_Type") => types.bytes = Some(sym.address()),
             Ok("Py_Version") => py_version = Some(sym.address()),
             Ok("_PyEval_EvalFrameDefault" | "_PyEval_EvalFrameDefault.cold") => {
                 eval.push(sym.address()..sym.address() + sym.size().max(1));
@@ -485,6 +491,11 @@ fn detect_in(
             .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
             .collect(),
         config,
+        types: Types {
+            code: types.code.map(|a| a.wrapping_add(bias)),
+            str: types.str.map(|a| a.wrapping_add(bias)),
+            bytes: types.bytes.map(|a| a.wrapping_add(bias)),
+        },
     }))
 }
 
@@ -549,6 +560,7 @@ impl PyWatcher {
                             reply = Some(tx);
                         }
                         Ok(Msg::Forget(pid)) => {
+                            tracing::debug!("pid {pid}: ended; its CPython layout goes");
                             watching.remove(&pid);
                             done.remove(&pid);
                             let _ = map.remove(&pid);
@@ -569,10 +581,17 @@ impl PyWatcher {
                         let found = detect(pid, pthread_tid);
                         let finished = match found {
                             Ok(Some(p)) => {
-                                if let Some(cfg) = p.config
-                                    && let Err(e) = map.insert(&pid, &cfg, 0)
-                                {
-                                    tracing::warn!("PY_PROCS: adding pid {pid} failed: {e}");
+                                if let Some(cfg) = p.config {
+                                    match map.insert(&pid, &cfg, 0) {
+                                        Ok(()) => tracing::debug!(
+                                            "pid {pid}: CPython 3.{} in {}",
+                                            p.minor,
+                                            p.path
+                                        ),
+                                        Err(e) => {
+                                            tracing::warn!("PY_PROCS: adding pid {pid} failed: {e}")
+                                        }
+                                    }
                                 }
                                 if let Err(why) = &p.layout {
                                     tracing::info!("pid {pid}: {why}; no Python frames");
@@ -726,19 +745,43 @@ fn read_bytes(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Option<Vec<u8>> {
     mem.read(addr + l.bytes_data, &mut out).then_some(out)
 }
 
-fn read_code(mem: &dyn Memory, l: &CodeLayout, addr: u64) -> Result<Code, String> {
+fn read_code(mem: &dyn Memory, l: &CodeLayout, types: &Types, addr: u64) -> Result<Code, String> {
     let unreadable = || format!("code object at {addr:#x} could not be read");
     let ptr = |at: u64| read_u64(mem, addr + at).ok_or_else(unreadable);
     let mut first = [0u8; 4];
     if !mem.read(addr + l.firstlineno, &mut first) {
         return Err(unreadable());
     }
+    // An object is what it should be only if its type says so: a code object freed since
+    // the call (a process tearing down) is not named from what its memory holds now.
+    let typed =
+        |obj: u64, ty: Option<u64>| ty.is_none_or(|ty| read_u64(mem, obj + OB_TYPE) == Some(ty));
+    let not_code = || format!("the object at {addr:#x} is no longer a code object");
+    if !typed(addr, types.code) {
+        return Err(not_code());
+    }
+    let (filename, name, linetable) = (ptr(l.filename)?, ptr(l.name)?, ptr(l.linetable)?);
+    if !typed(filename, types.str) || !typed(name, types.str) || !typed(linetable, types.bytes) {
+        return Err(not_code());
+    }
     Ok(Code {
-        filename: read_str(mem, l, ptr(l.filename)?).ok_or_else(unreadable)?,
-        name: read_str(mem, l, ptr(l.name)?).ok_or_else(unreadable)?,
+        filename: read_str(mem, l, filename).ok_or_else(unreadable)?,
+        name: read_str(mem, l, name).ok_or_else(unreadable)?,
         firstlineno: i32::from_le_bytes(first),
-        linetable: read_bytes(mem, l, ptr(l.linetable)?).ok_or_else(unreadable)?,
+        linetable: read_bytes(mem, l, linetable).ok_or_else(unreadable)?,
     })
+}
+
+/// `PyObject::ob_type`, the same in every version.
+const OB_TYPE: u64 = 8;
+
+/// Where the interpreter's `code`, `str` and `bytes` types are in the process, where its
+/// symbol table says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Types {
+    pub code: Option<u64>,
+    pub str: Option<u64>,
+    pub bytes: Option<u64>,
 }
 
 /// The line of the instruction at byte offset `offset`, from a 3.10 line table (PEP 626:
@@ -918,7 +961,10 @@ impl PythonStacks {
         let mut groups = groups.into_iter();
         for at in evals {
             let frames = match groups.next() {
-                Some(g) => g.iter().map(|f| self.frame(pid, &layout, f)).collect(),
+                Some(g) => g
+                    .iter()
+                    .map(|f| self.frame(pid, &layout, proc.types, f))
+                    .collect(),
                 None => vec![unknown(match status {
                     py_status::TRUNCATED => "deeper than the Python frames read",
                     py_status::FAULT => "the interpreter's frames could not be read further",
@@ -931,8 +977,8 @@ impl PythonStacks {
     }
 
     /// One named Python frame.
-    fn frame(&mut self, pid: u32, layout: &Layout, raw: &PyFrameRaw) -> Frame {
-        let code = self.code(pid, layout, raw.code);
+    fn frame(&mut self, pid: u32, layout: &Layout, types: Types, raw: &PyFrameRaw) -> Frame {
+        let code = self.code(pid, layout, types, raw.code);
         let mut frame = Frame {
             addr: raw.code,
             python: true,
@@ -966,7 +1012,13 @@ impl PythonStacks {
         frame
     }
 
-    fn code(&mut self, pid: u32, layout: &Layout, addr: u64) -> Result<Arc<Code>, String> {
+    fn code(
+        &mut self,
+        pid: u32,
+        layout: &Layout,
+        types: Types,
+        addr: u64,
+    ) -> Result<Arc<Code>, String> {
         if let Some(c) = self.code.get(&(pid, addr)) {
             return c.clone();
         }
@@ -979,7 +1031,7 @@ impl PythonStacks {
             .or_insert_with(|| File::open(format!("/proc/{pid}/mem")).ok().map(Arc::new))
             .clone();
         let found = match mem {
-            Some(mem) => read_code(mem.as_ref(), &layout.code, addr).map(Arc::new),
+            Some(mem) => read_code(mem.as_ref(), &layout.code, &types, addr).map(Arc::new),
             None => Err(format!(
                 "code object at {addr:#x} not read: the process exited before it was named"
             )),
@@ -1176,12 +1228,21 @@ mod tests {
             (0x3000, name),
             (0x4000, table),
         ]);
-        let c = read_code(&mem, &l, 0x1000).expect("readable");
+        let c = read_code(&mem, &l, &Types::default(), 0x1000).expect("readable");
         assert_eq!(c.filename, "/srv/train.py");
         assert_eq!(c.name, "fé");
         assert_eq!(c.firstlineno, 7);
         assert_eq!(c.linetable, vec![0x81, 0]);
-        assert!(read_code(&mem, &l, 0x9000).is_err());
+        assert!(read_code(&mem, &l, &Types::default(), 0x9000).is_err());
+        // A code object of the wrong type is not named.
+        let types = Types {
+            code: Some(0x77),
+            ..Types::default()
+        };
+        assert!(
+            read_code(&mem, &l, &types, 0x1000)
+                .is_err_and(|e| e.contains("no longer a code object"))
+        );
     }
 
     #[test]
@@ -1195,6 +1256,7 @@ mod tests {
                 layout: Err("CPython 3.14: layout not known".into()),
                 eval: vec![0x1000..0x2000],
                 config: None,
+                types: Types::default(),
             }),
         );
         let mut py = PythonStacks::new(registry);
