@@ -131,11 +131,14 @@ impl Frame {
     /// that is not runtime ([`is_runtime_file`]). A frame without a file (unmapped, JIT code,
     /// the vDSO) is not.
     pub fn is_user_code(&self) -> bool {
-        self.python
-            || self
-                .file
-                .as_deref()
-                .is_some_and(|f| !f.starts_with('[') && !is_runtime_file(f))
+        if self.python {
+            // A Python frame that could not be read (`unknown`: no name, no line) says
+            // nothing of who called.
+            return self.sym.is_some() || self.src.is_some();
+        }
+        self.file
+            .as_deref()
+            .is_some_and(|f| !f.starts_with('[') && !is_runtime_file(f))
     }
 
     /// The source file and line (`src`), where known: the `.py` file of a Python frame, the
@@ -210,13 +213,15 @@ impl Frame {
     }
 }
 
-/// The index of the frame in the user's code, innermost first: the first Python frame, else
-/// the first native frame outside the runtime ([`Frame::is_user_code`]). `None` when the
-/// stack has none: only runtime frames, or cut short before it reached the user's code.
+/// The index of the frame in the user's code, innermost first: the first read Python frame,
+/// else the first native frame outside the runtime ([`Frame::is_user_code`]). `None` when
+/// the stack has none: only runtime frames, or cut short before it reached the user's code.
+/// A Python frame that could not be read (its reason in `unknown`) says nothing of who
+/// called.
 pub fn user_frame(frames: &[Frame]) -> Option<usize> {
     frames
         .iter()
-        .position(|f| f.python)
+        .position(|f| f.python && f.is_user_code())
         .or_else(|| frames.iter().position(Frame::is_user_code))
 }
 
@@ -365,6 +370,23 @@ mod tests {
             python: true,
             ..Frame::default()
         }
+    }
+
+    #[test]
+    fn an_unnamed_python_frame_is_not_the_users_code() {
+        let unnamed = Frame {
+            python: true,
+            file: Some("/usr/lib/libpython3.14.so.1.0".into()),
+            unknown: Some("CPython 3.14: layout not known".into()),
+            ..Frame::default()
+        };
+        let frames = [
+            native("/usr/lib/libffi.so.8", 0x10, Some("ffi_call"), None),
+            unnamed.clone(),
+            py("/srv/train.py", 7, "main"),
+        ];
+        assert_eq!(user_frame(&frames), Some(2));
+        assert_eq!(user_frame(&[unnamed]), None);
     }
 
     const CUDA: &str = "/usr/lib/x86_64-linux-gnu/libcuda.so.1";
