@@ -1254,7 +1254,7 @@ mod tests {
                 path: "/usr/lib/libpython3.14.so.1.0".into(),
                 minor: 14,
                 layout: Err("CPython 3.14: layout not known".into()),
-                eval: vec![0x1000..0x2000],
+                eval: vec![0x1000..0x2000, 0x3000..0x3100],
                 config: None,
                 types: Types::default(),
             }),
