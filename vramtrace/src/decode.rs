@@ -386,6 +386,11 @@ impl Converter {
                 }
                 None => truncated = Some("stack no longer in the kernel's stack map".into()),
             }
+        } else if ev.flags & flags::STACK_FAULT != 0 && -ev.stack_id == i64::from(libc::ENOSPC) {
+            truncated = Some(
+                "stack not captured: the ring buffer was more than half full; immediate caller only"
+                    .into(),
+            );
         } else if ev.flags & flags::STACK_FAULT != 0 {
             truncated = Some(format!(
                 "stack capture failed (errno {}); immediate caller only",
