@@ -182,3 +182,34 @@ fn python_frames_match_the_interpreters_own_call_paths() {
         "no CPython of {VERSIONS:?} under $HOME/.pyenv/versions"
     );
 }
+
+/// A CPython whose layout is not known (3.9 here) gets a frame that says so in place of each
+/// call of its eval loop, never frames read with a guessed layout.
+#[test]
+fn an_unknown_version_is_said_not_guessed() {
+    const UNKNOWN: &str = "3.9.18";
+    let Some(python) = pyenv_python(UNKNOWN) else {
+        eprintln!("CPython {UNKNOWN} is not under $HOME/.pyenv/versions: skipped");
+        return;
+    };
+    let (records, printed) = record(&python);
+    assert_eq!(printed.len(), 9, "{printed:?}");
+    let stacks: Vec<&[Frame]> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stack(s) if s.frames.iter().any(|f| f.python) => Some(s.frames.as_slice()),
+            _ => None,
+        })
+        .collect();
+    assert!(!stacks.is_empty(), "no stack with a Python frame");
+    for frames in stacks {
+        for f in frames.iter().filter(|f| f.python) {
+            assert_eq!(f.sym, None, "{f:?}");
+            assert_eq!(
+                f.unknown.as_deref(),
+                Some("CPython 3.9: layout not known"),
+                "{f:?}"
+            );
+        }
+    }
+}
