@@ -12,6 +12,16 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // The programs are built from the wire types too: a change there (a field, a size)
+    // must rebuild them, or the embedded object and user space disagree on every event.
+    if let Some(common) = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "vramtrace-common")
+        .and_then(|p| p.manifest_path.parent())
+    {
+        println!("cargo:rerun-if-changed={common}");
+    }
     let ebpf = metadata
         .packages
         .into_iter()

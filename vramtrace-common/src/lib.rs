@@ -223,7 +223,7 @@ const _: () = assert!(
 );
 
 /// CPython frames read per stack copy, at most (entry shims included).
-pub const MAX_PY_FRAMES: usize = 64;
+pub const MAX_PY_FRAMES: usize = 128;
 
 /// `StackSample::py_status` values.
 pub mod py_status {
