@@ -34,6 +34,11 @@ fn workload() -> PathBuf {
 }
 
 /// Records the workload under `python`; returns the trace's records and the paths printed.
+///
+/// With `--hold-new`: the process is held at its first driver call (`cuInit`) until its
+/// interpreter is found, so that even its first allocation has its Python frames however
+/// loaded the machine is. Without it the recorder looks for the interpreter from the
+/// command's start, which is fast enough in practice but a race all the same.
 fn record(python: &Path) -> (Vec<Record>, Vec<Value>) {
     require_root();
     let (lib, _) = sim();
@@ -45,6 +50,7 @@ fn record(python: &Path) -> (Vec<Record>, Vec<Value>) {
         .arg(&trace)
         .arg("--libcuda")
         .arg(lib)
+        .arg("--hold-new")
         .arg("--")
         .arg(python)
         .arg(workload())

@@ -510,7 +510,7 @@ enum Msg {
 }
 
 /// How long [`PyWatcher::look_now`] waits for its answer, at most.
-const LOOK_NOW_WAIT: Duration = Duration::from_millis(500);
+const LOOK_NOW_WAIT: Duration = Duration::from_secs(2);
 
 /// Looks for interpreters in the processes it is told about, on a thread of its own, and
 /// gives the kernel side their layouts (`PY_PROCS`).
