@@ -74,6 +74,8 @@ pub struct Ledger {
     nvml: NvmlLedger,
     /// The latest NVML figures per device ordinal, for out-of-memory records.
     nvml_at_oom: BTreeMap<i32, NvmlAtOom>,
+    /// PIDs the recording attached to while they ran (`record -p`), from the header.
+    attached: Vec<u32>,
     /// What the latest record changed.
     changes: Vec<Change>,
 }
@@ -100,7 +102,10 @@ impl Ledger {
 
     fn apply_record(&mut self, rec: &Record) {
         match rec {
-            Record::Header(h) => self.nvml.set_info(h.nvml.clone()),
+            Record::Header(h) => {
+                self.nvml.set_info(h.nvml.clone());
+                self.attached.clone_from(&h.scope.pids);
+            }
             Record::Footer(_) => {}
             Record::Nvml(s) => self.nvml.apply(s, &self.procs),
             Record::Process(p) => {
@@ -245,8 +250,9 @@ impl Ledger {
             device_bytes: on_device(st).device_and_pool_bytes(),
             others,
             nvml: nvml_index
-                .and_then(|i| nvml_at(&self.nvml, i))
+                .and_then(|i| nvml_at(&self.nvml, i, st.pid))
                 .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
+            attached: self.attached.contains(&st.pid),
         };
         self.changes.push(Change::Oom {
             proc: c.proc,
@@ -356,8 +362,9 @@ impl Ledger {
     }
 }
 
-/// What the latest NVML sample said about the GPU of NVML index `index`.
-fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
+/// What the latest NVML sample said about the GPU of NVML index `index`, and about process
+/// `pid` on it.
+fn nvml_at(nvml: &NvmlLedger, index: u32, pid: u32) -> Option<NvmlAtOom> {
     let sample = nvml.latest()?;
     let g = sample.gpus.iter().find(|g| g.index == index)?;
     Some(NvmlAtOom {
@@ -370,5 +377,10 @@ fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
             .iter()
             .find(|r| r.index == index)
             .map(|r| r.traced_bytes),
+        process_used_bytes: g
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .and_then(|p| p.used_bytes),
     })
 }
