@@ -1087,7 +1087,6 @@ mod tests {
                     processes: vec![crate::trace::GpuProcess {
                         pid: 7,
                         used_bytes: Some(3 << 30),
-                        ..Default::default()
                     }],
                     ..Default::default()
                 }],
