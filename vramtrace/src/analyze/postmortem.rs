@@ -1113,6 +1113,36 @@ mod tests {
         );
     }
 
+    /// A process attached while it ran made its context before tracing began: with one GPU
+    /// visible to it (CUDA_VISIBLE_DEVICES names one), its OOM is on that GPU, not "GPU ?".
+    #[test]
+    fn a_context_made_before_tracing_is_on_the_one_visible_gpu() {
+        let unknown_ctx = |c: Call| Call { device: None, ..c };
+        for (visible, want) in [(Some("3"), Some(0)), (Some("0,1"), None), (None, None)] {
+            let recs = vec![
+                process(1, 7, visible),
+                Record::Alloc(unknown_ctx(Call {
+                    addr: Some(0x10_0000_0000),
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 1_000, 1)
+                })),
+                Record::Failed(unknown_ctx(Call {
+                    ret: 2,
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 2_000, 2)
+                })),
+            ];
+            let r = summarize(recs.into_iter(), None);
+            let e = &r.postmortem.ooms[0];
+            assert_eq!(e.device, want, "CUDA_VISIBLE_DEVICES={visible:?}");
+            if want.is_some() {
+                assert_eq!(e.held_device_bytes, 1 << 30);
+            }
+        }
+    }
+
     /// Thread 0 leaks 1 MiB per step from stack 4 and runs all its steps before the other
     /// threads churn: the leak grows in the first third only, yet it never frees, so it is a
     /// suspect; the churning stack is not.

@@ -109,9 +109,11 @@ impl Ledger {
             Record::Footer(_) => {}
             Record::Nvml(s) => self.nvml.apply(s, &self.procs),
             Record::Process(p) => {
+                let gpus = self.nvml_gpus().len();
                 let st = self.proc_mut(p.id, p.pid);
                 st.pid = p.pid;
                 st.info = Some(p.clone());
+                st.sole_device = sole_device(gpus, p.cuda_visible_devices.as_deref());
             }
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s.clone());
@@ -360,6 +362,16 @@ impl Ledger {
     pub fn time_span(&self) -> Option<(u64, u64)> {
         self.first_ts_ns.zip(self.last_ts_ns)
     }
+}
+
+/// The one CUDA device a process can see, when it can see one only: its
+/// `CUDA_VISIBLE_DEVICES` names one device, or it is unset and NVML lists one GPU (`gpus`).
+fn sole_device(gpus: usize, visible: Option<&str>) -> Option<i32> {
+    let one = match visible {
+        Some(v) => v.split(',').filter(|d| !d.trim().is_empty()).count() == 1,
+        None => gpus == 1,
+    };
+    one.then_some(0)
 }
 
 /// What the latest NVML sample said about the GPU of NVML index `index`, and about process
