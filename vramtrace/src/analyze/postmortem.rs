@@ -162,8 +162,8 @@ pub struct OomExplanation {
     /// failure (the Ledger's figure): what was taken since NVML's sample is measured by it.
     #[serde(default)]
     pub traced_on_device: u64,
-    /// The process was attached to while it ran (`record -p`): its figures count what it
-    /// allocated since.
+    /// The process was already running when the recording started (`record -p`, or a
+    /// machine-wide recording): its figures count what it allocated since.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
     /// NVML's per-process figure on the device beyond the traced allocations, when NVML
@@ -543,7 +543,7 @@ fn verdict(e: &OomExplanation) -> String {
         hb(e.held_device_bytes)
     ));
     if e.attached {
-        v.push_str(" as traced since the recording began (attached with -p while it ran)");
+        v.push_str(" as traced since the recording began (it was already running)");
     }
     if e.held_pool_bytes > 0 {
         v.push_str(&format!(
@@ -1105,7 +1105,7 @@ mod tests {
         assert!(
             e.verdict.contains(
                 "this process held 2.0 GiB on the device as traced since the recording began \
-                 (attached with -p while it ran); NVML counted 3.0 GiB for it, 1.0 GiB beyond \
+                 (it was already running); NVML counted 3.0 GiB for it, 1.0 GiB beyond \
                  the traced allocations (what it allocated before tracing began, and its context)"
             ),
             "{}",

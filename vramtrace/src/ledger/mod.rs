@@ -74,8 +74,10 @@ pub struct Ledger {
     nvml: NvmlLedger,
     /// The latest NVML figures per device ordinal, for out-of-memory records.
     nvml_at_oom: BTreeMap<i32, NvmlAtOom>,
-    /// PIDs the recording attached to while they ran (`record -p`), from the header.
-    attached: Vec<u32>,
+    /// What the header said was traced, and when the recording started: which processes
+    /// were already running then.
+    scope: crate::trace::Scope,
+    start_monotonic_ns: u64,
     /// What the latest record changed.
     changes: Vec<Change>,
 }
@@ -104,16 +106,20 @@ impl Ledger {
         match rec {
             Record::Header(h) => {
                 self.nvml.set_info(h.nvml.clone());
-                self.attached.clone_from(&h.scope.pids);
+                self.scope.clone_from(&h.scope);
+                self.start_monotonic_ns = h.start_monotonic_ns;
             }
             Record::Footer(_) => {}
             Record::Nvml(s) => self.nvml.apply(s, &self.procs),
             Record::Process(p) => {
                 let gpus = self.nvml_gpus().len();
+                let running_before = self.scope.pids.contains(&p.pid)
+                    || (self.scope.all && started_before(p.start_time, self.start_monotonic_ns));
                 let st = self.proc_mut(p.id, p.pid);
                 st.pid = p.pid;
                 st.info = Some(p.clone());
                 st.sole_device = sole_device(gpus, p.cuda_visible_devices.as_deref());
+                st.running_before = running_before;
             }
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s.clone());
@@ -254,7 +260,7 @@ impl Ledger {
             nvml: nvml_index
                 .and_then(|i| nvml_at(&self.nvml, i, st.pid))
                 .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
-            attached: self.attached.contains(&st.pid),
+            attached: st.running_before,
         };
         self.changes.push(Change::Oom {
             proc: c.proc,
@@ -362,6 +368,20 @@ impl Ledger {
     pub fn time_span(&self) -> Option<(u64, u64)> {
         self.first_ts_ns.zip(self.last_ts_ns)
     }
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s start time (`USER_HZ`, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// Whether a process that started `start_ticks` after boot was already running when the
+/// recording started (`start_monotonic_ns`; the two clocks agree on a machine that never
+/// slept). One tick of doubt counts as not before.
+fn started_before(start_ticks: Option<u64>, start_monotonic_ns: u64) -> bool {
+    let Some(ticks) = start_ticks else {
+        return false;
+    };
+    let tick_ns = 1_000_000_000 / USER_HZ;
+    ticks.saturating_add(1).saturating_mul(tick_ns) < start_monotonic_ns
 }
 
 /// The one CUDA device a process can see, when it can see one only: its

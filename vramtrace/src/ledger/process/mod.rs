@@ -86,6 +86,10 @@ pub struct ProcessState {
     /// `CUDA_VISIBLE_DEVICES`): the device of calls whose context is not known (created
     /// before tracing began). Set by the Ledger.
     pub(crate) sole_device: Option<i32>,
+    /// It was already running when the recording started (attached with `-p`, or found by
+    /// a machine-wide recording): what it allocated before is not in these figures. Set by
+    /// the Ledger.
+    pub running_before: bool,
 
     /// Shared with the changes that report them (`Arc::make_mut` copies one only while a
     /// consumer still holds it); boxed, too, so the tree moves pointers as it rebalances.

@@ -173,8 +173,8 @@ pub struct Oom {
     pub others: Vec<OomNeighbour>,
     /// The GPU's NVML figures at the nearest sample, when NVML was sampled.
     pub nvml: Option<NvmlAtOom>,
-    /// The process was attached to while it ran (`record -p`): what it allocated before
-    /// is not in `device_bytes`; NVML's per-process figure (`nvml.process_used_bytes`)
+    /// The process was already running when the recording started (`record -p`, or a
+    /// machine-wide recording): what it allocated before is not in `device_bytes`; NVML's per-process figure (`nvml.process_used_bytes`)
     /// counts it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
