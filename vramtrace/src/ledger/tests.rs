@@ -566,6 +566,34 @@ fn primary_ctx_is_refcounted() {
     assert_eq!(anomalies(proc(&l, 1), "release_unretained_primary_ctx"), 1);
 }
 
+/// Resetting the primary context frees what it holds; the context stays retained and
+/// current, so what is allocated next is still on its device.
+#[test]
+fn primary_ctx_reset_frees_and_keeps_the_context() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::CtxCreate(Call {
+            handle: Some(0xe0),
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxRetain")
+        }),
+        s.ctx_current("cuCtxSetCurrent", 0xe0),
+        s.alloc(0x1000, GIB),
+        s.alloc(0x9000_0000, MIB),
+        Record::CtxDestroy(Call {
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxReset_v2")
+        }),
+        s.alloc(0x1000, 2 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.frees["cuDevicePrimaryCtxReset_v2"].bytes, GIB + MIB);
+    assert_eq!(p.devices[&Some(2)].device_bytes, 2 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 #[test]
 fn copies_mark_allocations_filled_from_host() {
     let mut l = Ledger::new();
