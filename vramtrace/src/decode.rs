@@ -745,7 +745,7 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             c.handle = Some(a[0]);
             done!(CtxDestroy)
         }
-        Kind::DevicePrimaryCtxRelease => {
+        Kind::DevicePrimaryCtxRelease | Kind::DevicePrimaryCtxReset => {
             c.device = Some(a[0] as i32);
             done!(CtxDestroy)
         }

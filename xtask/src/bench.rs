@@ -47,12 +47,16 @@ pub struct BenchArgs {
     /// Use the binaries as they are.
     #[arg(long)]
     no_build: bool,
+    /// A CPython for the rows whose calls come from Python through ctypes (its frames are
+    /// recorded in the stacks); default: 3.12 under ~/.pyenv, skipped when absent.
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 /// One measured configuration.
 struct Row {
     mode: String,
-    lib: &'static str,
+    lib: String,
     threads: u64,
     calls: u64,
     ns_per_call: Option<f64>,
@@ -106,6 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 lib,
                 lib_name,
                 threads,
+                python: None,
             };
             rows.push(ctx.bare());
             rows.push(ctx.tracefs(&tracefs, "tracefs@symbol", symbol_offset));
@@ -128,6 +133,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    // Calls from Python: the stacks run through the interpreter, whose frames are recorded.
+    let python = args.python.clone().or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let p = Path::new(&home).join(".pyenv/versions/3.12.1/bin/python3");
+        p.exists().then_some(p)
+    });
+    match &python {
+        Some(python) if args.sim.exists() => {
+            for threads in [1, 4] {
+                let ctx = Ctx {
+                    args,
+                    lib: &args.sim,
+                    lib_name: "sim",
+                    threads,
+                    python: Some(python),
+                };
+                rows.push(ctx.bare());
+                for stacks in ["off", "fp", "dwarf"] {
+                    rows.push(ctx.vramtrace(ProbeAt::Auto, stacks));
+                }
+            }
+        }
+        _ => eprintln!("xtask bench: no CPython 3.12 (--python); skipping the Python rows"),
+    }
     print_table(&rows);
     println!(
         "lost: for tracefs, events the ftrace ring buffer overwrote (nobody reads it during the \
@@ -145,13 +174,25 @@ struct Ctx<'a> {
     lib: &'a Path,
     lib_name: &'static str,
     threads: u64,
+    /// The CPython that runs the Python caller, for the rows whose calls come from Python.
+    python: Option<&'a Path>,
+}
+
+impl Ctx<'_> {
+    /// The library column: the driver, and `+py` when the calls come from Python.
+    fn lib_label(&self) -> String {
+        match self.python {
+            Some(_) => format!("{}+py", self.lib_name),
+            None => self.lib_name.to_string(),
+        }
+    }
 }
 
 impl Row {
     fn failed(mode: &str, ctx: &Ctx<'_>, note: String) -> Row {
         Row {
             mode: mode.into(),
-            lib: ctx.lib_name,
+            lib: ctx.lib_label(),
             threads: ctx.threads,
             calls: 0,
             ns_per_call: None,
@@ -170,14 +211,22 @@ struct Caller {
 
 impl Caller {
     fn start(ctx: &Ctx<'_>) -> Result<Caller> {
-        let mut child = Command::new(&ctx.args.callloop)
+        let mut command = match ctx.python {
+            Some(python) => {
+                let mut c = Command::new(python);
+                c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/callloop.py"));
+                c
+            }
+            None => Command::new(&ctx.args.callloop),
+        };
+        let mut child = command
             .arg(ctx.lib)
             .arg(ctx.args.calls.to_string())
             .arg(ctx.threads.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", ctx.args.callloop.display()))?;
+            .context("starting the caller")?;
         let mut stdout = BufReader::new(child.stdout.take().context("caller stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
@@ -225,7 +274,7 @@ impl Ctx<'_> {
         match result {
             Ok((ns, calls, events, lost)) => Row {
                 mode: mode.into(),
-                lib: self.lib_name,
+                lib: self.lib_label(),
                 threads: self.threads,
                 calls,
                 ns_per_call: Some(ns),

@@ -288,7 +288,8 @@ pub struct ProcessReport {
     /// True when the process exited during the trace; false: the `*_at_exit` figures are at
     /// the end of the trace, with the process still running.
     pub exited: bool,
-    /// Named by `record -p`: attached while it ran, so what it allocated before the
+    /// Already running when the recording started (named by `record -p`, or found by a
+    /// machine-wide recording): what it allocated before the
     /// recording started is not in the trace (NVML's per-process figure still counts it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
@@ -757,9 +758,7 @@ pub(crate) fn report(
                 for a in &mut r.largest_at_exit {
                     a.top_frame = postmortem::top_frame(&ledger, a.stack);
                 }
-                r.attached = header
-                    .as_ref()
-                    .is_some_and(|h| h.scope.pids.contains(&r.pid));
+                r.attached = p.running_before;
                 r.untraced_after = !r.exited
                     && footer
                         .as_ref()

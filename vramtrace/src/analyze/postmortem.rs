@@ -162,6 +162,14 @@ pub struct OomExplanation {
     /// failure (the Ledger's figure): what was taken since NVML's sample is measured by it.
     #[serde(default)]
     pub traced_on_device: u64,
+    /// The process was already running when the recording started (`record -p`, or a
+    /// machine-wide recording): its figures count what it allocated since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
+    /// NVML's per-process figure on the device beyond the traced allocations, when NVML
+    /// gave one (the Ledger's [`Oom::untraced_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untraced_bytes: Option<u64>,
     /// The dynamic memory of the failing step.
     pub since_low: Option<SinceLow>,
     /// What the process held then in stacks the leak analysis found growing all run.
@@ -279,6 +287,8 @@ impl Collector {
             others: oom.others.clone(),
             capacity: oom.nvml.clone(),
             traced_on_device: oom.traced_on_device(),
+            attached: oom.attached,
+            untraced_bytes: oom.untraced_bytes(),
             ..Default::default()
         };
         e.others
@@ -532,10 +542,28 @@ fn verdict(e: &OomExplanation) -> String {
         "; this process held {} on the device",
         hb(e.held_device_bytes)
     ));
+    if e.attached {
+        v.push_str(" as traced since the recording began (it was already running)");
+    }
     if e.held_pool_bytes > 0 {
         v.push_str(&format!(
             " plus {} cached in stream-ordered pools (cuMemPoolTrimTo would give it back)",
             hb(e.held_pool_bytes)
+        ));
+    }
+    if let (Some(used), Some(beyond)) = (
+        e.capacity.as_ref().and_then(|c| c.process_used_bytes),
+        e.untraced_bytes,
+    ) {
+        v.push_str(&format!(
+            "; NVML counted {} for it, {} beyond the traced allocations ({})",
+            hb(used),
+            hb(beyond),
+            if e.attached {
+                "what it allocated before tracing began, and its context"
+            } else {
+                "its CUDA context and memory not obtained through the hooked calls"
+            }
         ));
     }
     if e.held_other_devices_bytes > 0 {
@@ -1025,6 +1053,94 @@ mod tests {
             "{}",
             e.verdict
         );
+    }
+
+    /// A process attached with -p held 1 GiB before tracing began: its OOM says what was
+    /// traced since, and what NVML counted for it beyond that.
+    #[test]
+    fn an_attached_process_oom_says_what_nvml_counted_beyond_the_trace() {
+        let header = crate::trace::Header {
+            scope: crate::trace::Scope {
+                pids: vec![7],
+                ..Default::default()
+            },
+            nvml: Some(crate::trace::NvmlInfo {
+                available: true,
+                gpus: vec![crate::trace::GpuInfo {
+                    index: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let recs = vec![
+            Record::Header(Box::new(header)),
+            process(1, 7, None),
+            alloc(0x10_0000_0000, 2 << 30, 1_000, 1),
+            Record::Nvml(NvmlSample {
+                ts_ns: 1_500,
+                gpus: vec![GpuSample {
+                    index: 0,
+                    total_bytes: Some(80 << 30),
+                    free_bytes: Some(512 * MIB),
+                    processes: vec![crate::trace::GpuProcess {
+                        pid: 7,
+                        used_bytes: Some(3 << 30),
+                    }],
+                    ..Default::default()
+                }],
+            }),
+            Record::Failed(Call {
+                ret: 2,
+                bytes: Some(1 << 30),
+                mem: Some(Mem::Device),
+                ..call("cuMemAlloc_v2", 2_000, 2)
+            }),
+        ];
+        let r = summarize(recs.into_iter(), None);
+        let e = &r.postmortem.ooms[0];
+        assert!(e.attached);
+        assert_eq!(e.untraced_bytes, Some(1 << 30));
+        assert!(
+            e.verdict.contains(
+                "this process held 2.0 GiB on the device as traced since the recording began \
+                 (it was already running); NVML counted 3.0 GiB for it, 1.0 GiB beyond \
+                 the traced allocations (what it allocated before tracing began, and its context)"
+            ),
+            "{}",
+            e.verdict
+        );
+    }
+
+    /// A process attached while it ran made its context before tracing began: with one GPU
+    /// visible to it (CUDA_VISIBLE_DEVICES names one), its OOM is on that GPU, not "GPU ?".
+    #[test]
+    fn a_context_made_before_tracing_is_on_the_one_visible_gpu() {
+        let unknown_ctx = |c: Call| Call { device: None, ..c };
+        for (visible, want) in [(Some("3"), Some(0)), (Some("0,1"), None), (None, None)] {
+            let recs = vec![
+                process(1, 7, visible),
+                Record::Alloc(unknown_ctx(Call {
+                    addr: Some(0x10_0000_0000),
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 1_000, 1)
+                })),
+                Record::Failed(unknown_ctx(Call {
+                    ret: 2,
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 2_000, 2)
+                })),
+            ];
+            let r = summarize(recs.into_iter(), None);
+            let e = &r.postmortem.ooms[0];
+            assert_eq!(e.device, want, "CUDA_VISIBLE_DEVICES={visible:?}");
+            if want.is_some() {
+                assert_eq!(e.held_device_bytes, 1 << 30);
+            }
+        }
     }
 
     /// Thread 0 leaks 1 MiB per step from stack 4 and runs all its steps before the other
