@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{require_root, sim};
+use common::sim;
 use serde_json::Value;
-use vramtrace::trace::{Frame, Record, read::TraceReader};
+use vramtrace::trace::{Frame, Record};
 
 /// The versions every machine of the project has, built by pyenv without frame pointers.
 const VERSIONS: &[&str] = &["3.10.13", "3.11.7", "3.12.1", "3.13.0"];
@@ -40,39 +39,20 @@ fn workload() -> PathBuf {
 /// loaded the machine is. Without it the recorder looks for the interpreter from the
 /// command's start, which is fast enough in practice but a race all the same.
 fn record(python: &Path) -> (Vec<Record>, Vec<Value>) {
-    require_root();
     let (lib, _) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("trace.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--libcuda")
-        .arg(lib)
-        .arg("--hold-new")
-        .arg("--")
-        .arg(python)
-        .arg(workload())
-        .arg(lib)
-        .output()
-        .expect("running vramtrace record");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed: {stdout}\n{stderr}",
-        python.display()
+    let workload = workload();
+    let r = common::record_command(
+        lib,
+        &["--hold-new"],
+        &[python.as_os_str(), workload.as_os_str(), lib.as_os_str()],
     );
-    let printed: Vec<Value> = stdout
+    let printed: Vec<Value> = r
+        .stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("the workload prints JSON"))
         .collect();
-    let mut reader = TraceReader::open(&trace).expect("trace opens");
-    let records: Vec<Record> = reader.by_ref().collect();
-    assert!(reader.summary().complete, "{:?}", reader.summary().problems);
-    (records, printed)
+    (r.records, printed)
 }
 
 fn python_frames(frames: &[Frame]) -> Vec<(String, String)> {

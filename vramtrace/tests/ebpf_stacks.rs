@@ -88,20 +88,29 @@ fn check_paths(stdout: &str, by_size: &HashMap<u64, Stack>, ends: &[&[&str]]) ->
     checked
 }
 
+/// Builds `tests/native/SOURCE` with `compiler` and `flags`, and records it running against
+/// the simulated driver under `vramtrace record RECORD_ARGS`.
+fn record_native(
+    source: &str,
+    compiler: &str,
+    flags: &[&str],
+    record_args: &[&str],
+) -> common::RecordedCommand {
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_native(source, compiler, flags, dir.path());
+    record_command(lib, record_args, &[exe.as_os_str(), lib.as_os_str()])
+}
+
+/// Flags that leave frame pointers out: only CFI unwinding recovers these stacks.
+const NO_FRAME_POINTERS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-pthread"];
+
 const MAIN_THREAD: &[&str] = &["__libc_start_call_main", "__libc_start_main_impl", "_start"];
 const OTHER_THREAD: &[&str] = &["start_thread", "clone3"];
 
 #[test]
 fn c_without_frame_pointers_with_threads() {
-    let (lib, _) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exe = compile_native(
-        "alloc_paths.c",
-        "cc",
-        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
-        dir.path(),
-    );
-    let r = record_command(lib, &["--hold-new"], &[exe.as_os_str(), lib.as_os_str()]);
+    let r = record_native("alloc_paths.c", "cc", NO_FRAME_POINTERS, &["--hold-new"]);
     let by_size = stacks_by_size(&r.records);
     // The path lines of the complete stacks; the deep recursion is checked below.
     let (deep, whole): (Vec<&str>, Vec<&str>) =
@@ -139,15 +148,7 @@ fn c_without_frame_pointers_with_threads() {
 
 #[test]
 fn cpp_after_exceptions_without_frame_pointers() {
-    let (lib, _) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exe = compile_native(
-        "throw_catch.cpp",
-        "c++",
-        &["-O2", "-g", "-fomit-frame-pointer"],
-        dir.path(),
-    );
-    let r = record_command(lib, &["--hold-new"], &[exe.as_os_str(), lib.as_os_str()]);
+    let r = record_native("throw_catch.cpp", "c++", NO_FRAME_POINTERS, &["--hold-new"]);
     let by_size = stacks_by_size(&r.records);
     let checked = check_paths(&r.stdout, &by_size, &[MAIN_THREAD]);
     assert_eq!(checked, 4, "{}", r.stdout);
@@ -156,9 +157,7 @@ fn cpp_after_exceptions_without_frame_pointers() {
 #[test]
 fn frame_pointer_mode_stays_available() {
     // `--stacks fp` is the kernel's walk: right for code built with frame pointers.
-    let (lib, _) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exe = compile_native(
+    let r = record_native(
         "alloc_paths.c",
         "cc",
         &[
@@ -168,12 +167,7 @@ fn frame_pointer_mode_stays_available() {
             "-mno-omit-leaf-frame-pointer",
             "-pthread",
         ],
-        dir.path(),
-    );
-    let r = record_command(
-        lib,
-        &["--stacks", "fp"],
-        &[exe.as_os_str(), lib.as_os_str()],
+        &["--stacks", "fp", "--hold-new"],
     );
     let by_size = stacks_by_size(&r.records);
     let main_path: String = r
@@ -193,12 +187,7 @@ fn twenty_short_lived_processes_recorded_machine_wide() {
     require_root();
     let (lib, _) = sim();
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = compile_native(
-        "alloc_paths.c",
-        "cc",
-        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
-        dir.path(),
-    );
+    let exe = compile_native("alloc_paths.c", "cc", NO_FRAME_POINTERS, dir.path());
     let trace = dir.path().join("all.jsonl");
     let mut rec = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
         .args(["record", "--no-nvml", "--hold-new", "-o"])
