@@ -6,11 +6,17 @@
 //!
 //! Endpoints (all `GET`; a bearer token on every one when `--token-file` is given):
 //! `/api/health`, `/metrics` (Prometheus text, OpenMetrics on request), `/api/snapshot`,
-//! `/api/config`, `/ws` (a WebSocket: the state, then its changes); under `--replay` also `/api/analysis` and `/api/snapshot?at=SECS`.
+//! `/api/config`, `/ws` (a WebSocket: the state, then its changes), `/api/allocations`
+//! (live allocations, a window of rows), `/api/stack?id=`; under `--replay` also
+//! `/api/analysis`, `/api/snapshot?at=SECS` and `/api/timeline`. Every other `GET` is the
+//! web page (`web/`, embedded).
 
+pub mod api;
 pub mod metrics;
 pub mod state;
 pub mod telemetry;
+pub mod timeline;
+pub mod web;
 pub mod ws;
 
 use std::{
@@ -71,6 +77,8 @@ pub struct Served {
     pub telemetry: Value,
     /// Readings taken, to tell a new one.
     pub telemetry_seq: u64,
+    /// Bytes by class over time, for a replayed trace.
+    pub timeline: Option<timeline::Timeline>,
 }
 
 impl Served {
@@ -83,6 +91,7 @@ impl Served {
             records: 0,
             telemetry: Value::Null,
             telemetry_seq: 0,
+            timeline: None,
         }
     }
 
@@ -197,7 +206,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         Some(path) => {
             let replay =
                 Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
-            replayed(replay)
+            replayed(replay, true)
         }
         None => Served::new(Tracing::Starting),
     };
@@ -303,6 +312,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/snapshot", get(snapshot))
         .route("/api/config", get(config))
         .route("/api/analysis", get(analysis))
+        .route("/api/allocations", get(api::allocations_handler))
+        .route("/api/stack", get(api::stack_handler))
+        .route("/api/timeline", get(api::timeline_handler))
         .route("/ws", get(ws::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -351,8 +363,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint")
+async fn not_found(req: Request) -> Response {
+    web::serve(&req).unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no such endpoint"))
 }
 
 /// JSON with `<`, `>` and `&` escaped, so that no name a traced process chose can become
@@ -437,6 +449,11 @@ fn gpus_json(s: &Served) -> Vec<Value> {
             let gi = info.and_then(|inf| inf.gpus.iter().find(|x| x.index == i));
             let sample = latest.and_then(|l| l.gpus.iter().find(|x| x.index == i));
             v["index"] = json!(i);
+            if let Some(r) = s.ledger.nvml().gpus().iter().find(|r| r.index == i) {
+                v["coverage"] = json!(r.coverage);
+                v["unexplained_bytes"] = json!(r.unexplained_bytes());
+                v["untraced_processes"] = json!(r.untraced_processes);
+            }
             v["name"] = json!(gi.and_then(|x| x.name.clone()));
             v["uuid"] = json!(gi.and_then(|x| x.uuid.clone()));
             // Absent when NVML did not say: never a zero it did not report.
@@ -456,15 +473,34 @@ fn gpus_json(s: &Served) -> Vec<Value> {
 
 /// The served state of a replay run to its end (or its cutoff): the model fed by the
 /// Ledger's change stream, and the Ledger.
-fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>) -> Served {
+/// With `timeline`, the bytes by class are noted after each record that moved them.
+fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -> Served {
     let mut served = Served::new(Tracing::Replay);
     let model = &mut served.model;
+    let mut line = timeline.then(|| timeline::Timeline::new(replay.header().start_monotonic_ns));
     let mut n = 0;
     replay.run_read_ahead(|ledger, _| {
-        model.take(ledger.changes());
+        let changes = ledger.changes();
+        model.take(changes);
         n += 1;
+        if let (Some(line), Some((_, ts))) = (line.as_mut(), ledger.time_span())
+            && !changes.is_empty()
+        {
+            line.note(ts, timeline::class_totals(model));
+            for ch in changes {
+                if let crate::ledger::Change::Oom { proc, oom } = ch {
+                    line.ooms.push(timeline::Mark {
+                        ts_ns: oom.ts_ns,
+                        pid: ledger.process(*proc).map(|p| p.pid),
+                        api: oom.api.clone(),
+                        requested_bytes: oom.requested_bytes,
+                    });
+                }
+            }
+        }
     });
     served.records = n;
+    served.timeline = line;
     served.ledger = replay.finish().0;
     served
 }
@@ -537,6 +573,10 @@ pub fn snapshot_json(s: &Served) -> Value {
                 "pool_held_bytes": row.pool_held_bytes(),
                 "host_bytes": row.host_bytes,
                 "live_allocations": row.live,
+                "allocations_started": row.started,
+                "ooms": row.ooms,
+                "host_findings": row.host_findings,
+                "nvml": s.ledger.nvml().process(proc).map(|n| &n.latest),
                 "by_gpu": row.device.iter().map(|(d, by)| json!({
                     "device": d, "by_class": class_map(by)
                 })).collect::<Vec<_>>(),
@@ -601,7 +641,7 @@ fn snapshot_at(path: &std::path::Path, secs: f64) -> Result<Value> {
     let replay = Replay::open(path)?;
     let start = replay.header().start_monotonic_ns;
     let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    let served = replayed(replay.until(Some(cutoff)));
+    let served = replayed(replay.until(Some(cutoff)), false);
     let mut v = snapshot_json(&served);
     v["at_seconds"] = json!(secs);
     Ok(v)
