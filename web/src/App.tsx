@@ -82,11 +82,11 @@ export default function App({ live }: { live?: LiveOptions }) {
               {replay && <Postmortem cursor={cursor} onCursor={setCursor} />}
               <section aria-label="GPUs" className="grid grid-cols-1 gap-4 md:grid-cols-2 2xl:grid-cols-3">
                 {state.gpus.length === 0 ? (
-                  <Panel>
+                  <Panel className="md:col-span-2 2xl:col-span-3">
                     <p className="text-slate-400" data-testid="no-gpus">No GPU yet: nothing traced, and NVML lists none.</p>
                   </Panel>
                 ) : (
-                  state.gpus.map((g) => <GpuCard key={g.gpu} gpu={g} telemetry={teleGpus.find((t) => String(t.index) === g.gpu)} history={atState ? [] : history} />)
+                  state.gpus.map((g) => <GpuCard key={g.gpu} wide={state.gpus.length === 1} gpu={g} telemetry={teleGpus.find((t) => String(t.index) === g.gpu)} history={atState ? [] : history} />)
                 )}
               </section>
               <div className="grid grid-cols-1 gap-4 lg:grid-cols-5">

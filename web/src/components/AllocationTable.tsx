@@ -132,10 +132,10 @@ export function AllocationTable({ pid, version, fetcher = fetchAllocations, onSe
           </span>
           <span role="gridcell" className="hidden truncate font-mono text-xs text-slate-300 sm:block">{r?.api ?? ""}</span>
           <span role="gridcell" className="truncate text-xs text-slate-300" title={r?.top_frame ?? ""}>
-            {r ? `${r.comm} · ${r.top_frame ?? r.addr ?? ""}` : ""}
+            {r ? <><span className="text-slate-100">{r.top_frame ?? r.addr ?? "?"}</span> <span className="text-slate-500">· {r.comm} {r.pid}</span></> : ""}
           </span>
           <span role="gridcell" className="hidden font-mono text-xs text-slate-400 sm:block">{r?.addr ? r.addr.slice(-8) : ""}</span>
-          <span role="gridcell" className="text-right font-mono text-xs text-slate-400">{r ? formatSeconds(r.t) : ""}</span>
+          <span role="gridcell" className="text-right font-mono text-xs text-slate-400">{r && r.t !== null ? `+${formatSeconds(r.t)}` : ""}</span>
         </div>,
       );
     }
@@ -163,7 +163,7 @@ export function AllocationTable({ pid, version, fetcher = fetchAllocations, onSe
         onKeyDown={onKey}
         onScroll={(e) => setScrollTop((e.target as HTMLDivElement).scrollTop)}
         className="relative overflow-auto rounded-xl border border-white/10 bg-black/20 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300"
-        style={{ height: viewRows * ROW_HEIGHT }}
+        style={{ height: (total === 0 ? 3 : viewRows) * ROW_HEIGHT }}
       >
         <div role="row" aria-rowindex={1} className="sr-only">
           <span role="columnheader">Size</span>
@@ -171,7 +171,7 @@ export function AllocationTable({ pid, version, fetcher = fetchAllocations, onSe
           <span role="columnheader">Entry point</span>
           <span role="columnheader">Made by</span>
           <span role="columnheader">Address</span>
-          <span role="columnheader">Age</span>
+          <span role="columnheader">Made at (since the first event)</span>
         </div>
         <div style={{ height: (total ?? 0) * ROW_HEIGHT, position: "relative" }}>{rows}</div>
         {total === 0 && <p className="absolute inset-0 grid place-items-center text-slate-400">No live allocations.</p>}

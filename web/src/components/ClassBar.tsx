@@ -47,7 +47,7 @@ export function ClassBar({ parts, capacity, label, legend = true, height = "lg" 
           {parts.map((p) => {
             const c = classInfo(p.key);
             return (
-              <li key={p.key} className="flex items-center gap-1.5" data-testid={`class-${p.key}`}>
+              <li key={p.key} className="flex items-center gap-1.5" data-testid={`class-${p.key}`} data-bytes={p.bytes}>
                 <span aria-hidden className="inline-block h-2.5 w-2.5 rounded-sm" style={{ background: c.color }} />
                 <span>{c.label}</span>
                 <span className="font-mono text-slate-100">{formatBytes(p.bytes)}</span>

@@ -7,7 +7,7 @@ import type { Sample } from "../hooks/useLiveState";
 import { ClassBar } from "./ClassBar";
 import { Sparkline } from "./Sparkline";
 
-export function GpuCard({ gpu, telemetry, history }: { gpu: Gpu; telemetry?: TelemetryGpu; history: Sample[] }) {
+export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; telemetry?: TelemetryGpu; history: Sample[]; wide?: boolean }) {
   const total = gpu.memory?.total_bytes ?? telemetry?.memory_total_bytes ?? null;
   const used = gpu.memory?.used_bytes ?? telemetry?.memory_used_bytes ?? null;
   const traced = gpu.traced_device_bytes + gpu.pool_held_bytes;
@@ -22,7 +22,7 @@ export function GpuCard({ gpu, telemetry, history }: { gpu: Gpu; telemetry?: Tel
       animate={{ opacity: 1, y: 0 }}
       aria-labelledby={headingId}
       data-testid={`gpu-card-${gpu.gpu}`}
-      className="rounded-2xl border border-white/10 bg-gradient-to-br from-white/[0.07] to-white/[0.02] p-5 backdrop-blur-xl"
+      className={`rounded-2xl border border-white/10 bg-gradient-to-br from-white/[0.07] to-white/[0.02] p-5 backdrop-blur-xl ${wide ? "md:col-span-2 2xl:col-span-3" : ""}`}
     >
       <header className="flex items-start justify-between gap-3">
         <div className="min-w-0">
@@ -37,8 +37,10 @@ export function GpuCard({ gpu, telemetry, history }: { gpu: Gpu; telemetry?: Tel
           <p className="font-mono text-sm text-slate-200">{gpu.coverage === undefined || gpu.coverage === null ? "no NVML" : formatPercent(gpu.coverage)}</p>
         </div>
       </header>
+      <div className={wide ? "lg:grid lg:grid-cols-[3fr_2fr] lg:items-end lg:gap-8" : ""}>
+      <div>
       <div className="mt-4 flex flex-wrap items-baseline gap-x-3">
-        <p className="bg-gradient-to-r from-cyan-300 via-fuchsia-300 to-violet-300 bg-clip-text font-display text-4xl font-bold text-transparent" data-testid="gpu-traced">
+        <p className="bg-gradient-to-r from-cyan-300 via-fuchsia-300 to-violet-300 bg-clip-text font-display text-4xl font-bold text-transparent" data-testid="gpu-traced" data-bytes={traced}>
           {formatBytes(traced)}
         </p>
         <p className="text-sm text-slate-400">
@@ -49,6 +51,7 @@ export function GpuCard({ gpu, telemetry, history }: { gpu: Gpu; telemetry?: Tel
       <div className="mt-4">
         <ClassBar parts={gpuClasses(gpu)} capacity={total} label={`${title} memory`} />
       </div>
+      </div>
       <div className="mt-4 grid grid-cols-2 gap-3">
         <div>
           <p className="text-xs text-slate-400">Traced memory</p>
@@ -58,6 +61,7 @@ export function GpuCard({ gpu, telemetry, history }: { gpu: Gpu; telemetry?: Tel
           <p className="text-xs text-slate-400">Utilization {telemetry?.utilization_gpu_percent !== undefined && telemetry?.utilization_gpu_percent !== null ? `${telemetry.utilization_gpu_percent}%` : "—"}</p>
           <Sparkline id={`spark-util-${gpu.gpu}`} values={util} max={100} label={`${title} utilization over the last samples`} color="#e879f9" />
         </div>
+      </div>
       </div>
     </motion.article>
   );

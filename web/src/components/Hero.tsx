@@ -30,7 +30,7 @@ export function Hero({ state, cursor }: { state: State; cursor?: number | null }
         GPU memory
       </h1>
       <p className="mt-3 font-display text-5xl font-bold leading-none tracking-tight sm:text-7xl">
-        <span className="bg-gradient-to-r from-cyan-200 via-fuchsia-200 to-violet-200 bg-clip-text text-transparent" data-testid="hero-bytes">
+        <span className="bg-gradient-to-r from-cyan-200 via-fuchsia-200 to-violet-200 bg-clip-text text-transparent" data-testid="hero-bytes" data-bytes={traced}>
           {formatBytes(traced)}
         </span>
       </p>

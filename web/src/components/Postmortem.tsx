@@ -59,7 +59,7 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
               const t = (o.ts_ns - start) / 1e9;
               const frames = o.top_stacks?.[0]?.stack?.frames ?? [];
               return (
-                <li key={i} className="rounded-xl border border-rose-400/30 bg-rose-500/10 p-3" data-testid="pm-oom">
+                <li key={i} className="rounded-xl border border-rose-400/30 bg-rose-500/10 p-3" data-testid="pm-oom" data-ts-ns={o.ts_ns}>
                   <div className="flex flex-wrap items-baseline justify-between gap-2">
                     <p className="font-semibold">
                       {o.comm} <span className="font-mono text-slate-400">pid {o.pid}</span> · {o.api} of {formatBytes(o.request_bytes)}

@@ -64,7 +64,7 @@ export function ProcessList({ processes, selected, onSelect }: { processes: Proc
                       {(p.cmdline ?? []).join(" ")}
                     </p>
                   </div>
-                  <p className="font-display text-xl font-semibold" data-testid="process-bytes">{formatBytes(p.device_bytes + p.pool_held_bytes)}</p>
+                  <p className="font-display text-xl font-semibold" data-testid="process-bytes" data-bytes={p.device_bytes + p.pool_held_bytes}>{formatBytes(p.device_bytes + p.pool_held_bytes)}</p>
                 </div>
                 <div className="mt-2">
                   <ClassBar parts={processClasses(p)} label={`Process ${p.pid} memory`} legend={false} height="sm" />
