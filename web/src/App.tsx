@@ -1,6 +1,7 @@
 import { MotionConfig } from "framer-motion";
 import { Gauge, ListTree, Server, Table2 } from "lucide-react";
-import { useEffect, useRef, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
+import { formatSeconds } from "./lib/format";
 import { Alerts } from "./components/Alerts";
 import { AllocationTable } from "./components/AllocationTable";
 import { ConnectionBanner } from "./components/ConnectionBanner";
@@ -12,7 +13,7 @@ import { ProcessList } from "./components/ProcessList";
 import { StackPanel } from "./components/StackPanel";
 import { SystemSummary } from "./components/SystemSummary";
 import { useLiveState, type LiveOptions } from "./hooks/useLiveState";
-import { fetchSnapshotAt, type AllocationRow } from "./lib/api";
+import { allocationsAt, fetchSnapshotAt, type AllocationRow } from "./lib/api";
 import type { State } from "./lib/types";
 
 export default function App({ live }: { live?: LiveOptions }) {
@@ -49,6 +50,7 @@ export default function App({ live }: { live?: LiveOptions }) {
   const state = atState ?? liveState;
   const replay = liveState?.tracing === "replay";
   const teleGpus = state?.telemetry?.gpus?.gpus ?? [];
+  const fetcherAt = useMemo(() => allocationsAt(atState ? cursor : null), [atState, cursor]);
 
   return (
     <MotionConfig reducedMotion="user">
@@ -98,8 +100,8 @@ export default function App({ live }: { live?: LiveOptions }) {
                 </Panel>
               </div>
               <div className="grid grid-cols-1 gap-4 lg:grid-cols-5">
-                <Panel title={replay ? "Allocations live at the end of the trace" : "Live allocations"} labelledBy="allocs-title" icon={<Table2 aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
-                  <AllocationTable pid={pid} version={version} onSelect={setRow} />
+                <Panel title={replay ? (cursor === null ? "Allocations live at the end of the trace" : `Allocations live at ${formatSeconds(cursor)}`) : "Live allocations"} labelledBy="allocs-title" icon={<Table2 aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
+                  <AllocationTable key={cursor === null ? "now" : `at-${cursor}`} pid={pid} version={version} onSelect={setRow} fetcher={fetcherAt} />
                 </Panel>
                 <Panel title="Stack" labelledBy="stack-title" className="lg:col-span-2">
                   <StackPanel row={row} />

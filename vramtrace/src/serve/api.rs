@@ -20,6 +20,7 @@ pub const MAX_ROWS: usize = 1000;
 
 #[derive(Debug, Deserialize)]
 pub struct AllocQuery {
+    at: Option<f64>,
     pid: Option<u32>,
     #[serde(default)]
     offset: usize,
@@ -112,7 +113,13 @@ pub async fn allocations_handler(
             "pid=, offset= and limit= must be numbers",
         );
     };
-    let v = allocations(&shared.lock(), &q);
+    let v = match q.at {
+        None => allocations(&shared.lock(), &q),
+        Some(at) => match shared.served_at(at).await {
+            Ok(s) => allocations(&s, &q),
+            Err(e) => return e.response(),
+        },
+    };
     match v {
         Ok(v) => json_body(&v).into_response(),
         Err(msg) => error(StatusCode::BAD_REQUEST, msg),
@@ -172,5 +179,115 @@ pub async fn timeline_handler(
     };
     let body = t.window(q.from, q.to, q.points.unwrap_or(600));
     drop(s);
+    json_body(&body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LifetimesQuery {
+    from: Option<f64>,
+    to: Option<f64>,
+    max: Option<usize>,
+}
+
+/// The allocations live in a window of a replayed trace, the largest `max`, for the
+/// lifetime view (PyTorch memory_viz's Active Memory Timeline).
+pub async fn lifetimes_handler(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<LifetimesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "from= and to= must be seconds, max= a count",
+        );
+    };
+    if [q.from, q.to].iter().flatten().any(|x| !x.is_finite()) {
+        return error(StatusCode::BAD_REQUEST, "from= and to= must be finite");
+    }
+    let s = shared.lock();
+    let Some(t) = &s.timeline else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the lifetimes are served under serve --replay only",
+        );
+    };
+    let body = t.lifetimes_window(q.from, q.to, q.max.unwrap_or(1500));
+    drop(s);
+    json_body(&body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FlameQuery {
+    at: Option<f64>,
+}
+
+/// Nodes of the flame graph smaller than this share of the whole are merged.
+const FLAME_MIN_SHARE: f64 = 0.002;
+
+#[derive(Default)]
+struct Node {
+    bytes: u64,
+    children: std::collections::BTreeMap<String, Node>,
+}
+
+impl Node {
+    fn json(&self, name: &str, min: u64) -> Value {
+        let mut kids: Vec<(&String, &Node)> = self.children.iter().collect();
+        kids.sort_by_key(|(_, n)| std::cmp::Reverse(n.bytes));
+        let mut out = Vec::new();
+        let mut small = 0;
+        for (k, n) in kids {
+            if n.bytes >= min {
+                out.push(n.json(k, min));
+            } else {
+                small += n.bytes;
+            }
+        }
+        if small > 0 {
+            out.push(json!({ "name": "(smaller)", "bytes": small, "children": [] }));
+        }
+        json!({ "name": name, "bytes": self.bytes, "children": out })
+    }
+}
+
+/// Live bytes by stack (device and host), the process at the root and the entry point at
+/// the leaves, as `export --format flamegraph` folds them: now, or at `at=` seconds of a
+/// replayed trace.
+pub fn flame(s: &Served) -> Value {
+    let mut root = Node::default();
+    for p in s.ledger.processes() {
+        let proc_name = format!("{} ({})", p.comm(), p.pid);
+        for a in s.ledger.live_allocations(p.proc) {
+            root.bytes += a.bytes;
+            let mut node = root.children.entry(proc_name.clone()).or_default();
+            node.bytes += a.bytes;
+            let frames: Vec<String> = match a.stack.and_then(|id| s.ledger.stack(id)) {
+                Some(st) => st.frames.iter().rev().map(frame_line).collect(),
+                None => vec!["[no stack]".into()],
+            };
+            for f in frames.into_iter().chain(std::iter::once(a.api.to_string())) {
+                node = node.children.entry(f).or_default();
+                node.bytes += a.bytes;
+            }
+        }
+    }
+    let min = ((root.bytes as f64) * FLAME_MIN_SHARE) as u64;
+    root.json("all", min.max(1))
+}
+
+pub async fn flame_handler(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<FlameQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "at= must be seconds");
+    };
+    let body = match q.at {
+        None => flame(&shared.lock()),
+        Some(at) => match shared.served_at(at).await {
+            Ok(s) => flame(&s),
+            Err(e) => return e.response(),
+        },
+    };
     json_body(&body).into_response()
 }

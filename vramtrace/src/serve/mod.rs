@@ -129,6 +129,8 @@ pub struct Shared {
     started: Instant,
     /// The WebSocket stream's producer side.
     pub stream: ws::Stream,
+    /// The state at the page's cursor, replayed once for every read at that moment.
+    at: Mutex<Option<(u64, Arc<Served>)>>,
 }
 
 impl Shared {
@@ -140,12 +142,63 @@ impl Shared {
             token,
             started: Instant::now(),
             stream: ws::Stream::default(),
+            at: Mutex::new(None),
         }
+    }
+
+    /// The state `secs` after the start of the replayed trace (`serve --replay` only): the
+    /// trace replayed through the Ledger up to then. The latest moment asked for is kept, so
+    /// that the snapshot, the allocations and the flame graph at one cursor cost one replay.
+    pub async fn served_at(self: &Arc<Self>, secs: f64) -> Result<Arc<Served>, AtError> {
+        let Some(path) = self.config.replay.clone() else {
+            return Err(AtError::NotReplay);
+        };
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(AtError::Bad);
+        }
+        let key = secs.to_bits();
+        let cached = |shared: &Shared| {
+            let at = shared.at.lock().unwrap_or_else(|e| e.into_inner());
+            at.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(s) = cached(self) {
+            return Ok(s);
+        }
+        let served = tokio::task::spawn_blocking(move || served_at(&path, secs))
+            .await
+            .map_err(|e| AtError::Failed(e.to_string()))?
+            .map_err(|e| AtError::Failed(format!("{e:#}")))?;
+        let served = Arc::new(served);
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, served.clone()));
+        Ok(served)
     }
 
     /// The state; a handler that panicked while holding it left it usable.
     pub fn lock(&self) -> MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why the state at a moment could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum AtError {
+    #[error("at= needs serve --replay")]
+    NotReplay,
+    #[error("at= must be seconds, finite and not negative")]
+    Bad,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AtError {
+    fn response(&self) -> Response {
+        let status = match self {
+            AtError::NotReplay | AtError::Bad => StatusCode::BAD_REQUEST,
+            AtError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, &self.to_string())
     }
 }
 
@@ -315,6 +368,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/allocations", get(api::allocations_handler))
         .route("/api/stack", get(api::stack_handler))
         .route("/api/timeline", get(api::timeline_handler))
+        .route("/api/lifetimes", get(api::lifetimes_handler))
+        .route("/api/flame", get(api::flame_handler))
         .route("/ws", get(ws::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -488,18 +543,30 @@ fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -
         {
             line.note(ts, timeline::class_totals(model));
             for ch in changes {
-                if let crate::ledger::Change::Oom { proc, oom } = ch {
-                    line.ooms.push(timeline::Mark {
+                match ch {
+                    crate::ledger::Change::Oom { proc, oom } => line.ooms.push(timeline::Mark {
                         ts_ns: oom.ts_ns,
                         pid: ledger.process(*proc).map(|p| p.pid),
                         api: oom.api.clone(),
                         requested_bytes: oom.requested_bytes,
-                    });
+                    }),
+                    crate::ledger::Change::Ended {
+                        proc, alloc, ts_ns, ..
+                    } => line.lifetimes.ended(*proc, alloc, *ts_ns),
+                    _ => {}
                 }
             }
         }
     });
     served.records = n;
+    if let Some(line) = line.as_mut() {
+        let ledger = replay.ledger();
+        for p in ledger.processes() {
+            for a in ledger.live_allocations(p.proc) {
+                line.lifetimes.live(p.proc, a);
+            }
+        }
+    }
     served.timeline = line;
     served.ledger = replay.finish().0;
     served
@@ -616,35 +683,23 @@ async fn snapshot(
     };
     match q.at {
         None => json_body(&snapshot_json(&shared.lock())).into_response(),
-        Some(at) => {
-            let Some(path) = shared.config.replay.clone() else {
-                return error(StatusCode::BAD_REQUEST, "at= needs serve --replay");
-            };
-            if !(at.is_finite() && at >= 0.0) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "at= must be seconds, finite and not negative",
-                );
+        Some(at) => match shared.served_at(at).await {
+            Ok(served) => {
+                let mut v = snapshot_json(&served);
+                v["at_seconds"] = json!(at);
+                json_body(&v).into_response()
             }
-            let result = tokio::task::spawn_blocking(move || snapshot_at(&path, at)).await;
-            match result {
-                Ok(Ok(v)) => json_body(&v).into_response(),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        }
+            Err(e) => e.response(),
+        },
     }
 }
 
 /// The state `secs` after the start of the recording: the trace replayed up to then.
-fn snapshot_at(path: &std::path::Path, secs: f64) -> Result<Value> {
+fn served_at(path: &std::path::Path, secs: f64) -> Result<Served> {
     let replay = Replay::open(path)?;
     let start = replay.header().start_monotonic_ns;
     let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    let served = replayed(replay.until(Some(cutoff)), false);
-    let mut v = snapshot_json(&served);
-    v["at_seconds"] = json!(secs);
-    Ok(v)
+    Ok(replayed(replay.until(Some(cutoff)), false))
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> Response {

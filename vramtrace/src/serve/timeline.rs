@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::state::{ByClass, Model};
-use crate::ledger::Class;
+use crate::ledger::{Class, LiveAllocation};
 
 /// Buckets kept at most; the width doubles past this.
 pub const CAP: usize = 8192;
@@ -40,6 +40,7 @@ pub struct Timeline {
     step_ns: u64,
     buckets: Vec<Bucket>,
     pub ooms: Vec<Mark>,
+    pub lifetimes: Lifetimes,
 }
 
 /// Device bytes by class (every process and GPU together), with the `pool` slot holding the
@@ -79,6 +80,7 @@ impl Timeline {
             step_ns: 1_000_000,
             buckets: Vec::new(),
             ooms: Vec::new(),
+            lifetimes: Lifetimes::default(),
         }
     }
 
@@ -190,6 +192,131 @@ impl Timeline {
                 .collect::<Vec<_>>(),
             "points": out,
             "ooms": ooms,
+        })
+    }
+}
+
+/// Lifetimes kept at most; past this the smallest half goes and the floor rises.
+pub const MAX_LIFETIMES: usize = 1 << 20;
+
+/// One device allocation from its start to its end (the Ledger's `Ended`), or still live at
+/// the end of the trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetime {
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    pub bytes: u64,
+    pub proc: u32,
+    pub stack: Option<u32>,
+    pub class: Class,
+}
+
+/// The allocations' lifetimes for the page's lifetime view: the largest [`MAX_LIFETIMES`],
+/// with the size under which allocations were left out said.
+#[derive(Clone, Debug, Default)]
+pub struct Lifetimes {
+    all: Vec<Lifetime>,
+    /// Allocations smaller than this are not kept.
+    pub floor: u64,
+}
+
+impl Lifetimes {
+    fn push(&mut self, l: Lifetime) {
+        if l.bytes < self.floor {
+            return;
+        }
+        self.all.push(l);
+        if self.all.len() > MAX_LIFETIMES {
+            let mut sizes: Vec<u64> = self.all.iter().map(|l| l.bytes).collect();
+            let mid = sizes.len() / 2;
+            let (_, median, _) = sizes.select_nth_unstable(mid);
+            self.floor = (*median).max(self.floor + 1);
+            let floor = self.floor;
+            self.all.retain(|l| l.bytes >= floor);
+        }
+    }
+
+    /// An allocation the Ledger ended at `end_ns`.
+    pub fn ended(&mut self, proc: u32, a: &LiveAllocation, end_ns: u64) {
+        if a.mem.is_host() {
+            return;
+        }
+        self.push(Lifetime {
+            start_ns: a.ts_ns,
+            end_ns: Some(end_ns),
+            bytes: a.bytes,
+            proc,
+            stack: a.stack,
+            class: a.class,
+        });
+    }
+
+    /// An allocation still live at the end of the trace.
+    pub fn live(&mut self, proc: u32, a: &LiveAllocation) {
+        if a.mem.is_host() {
+            return;
+        }
+        self.push(Lifetime {
+            start_ns: a.ts_ns,
+            end_ns: None,
+            bytes: a.bytes,
+            proc,
+            stack: a.stack,
+            class: a.class,
+        });
+    }
+
+    /// The `max` largest that were live at some time in `[from_ns, to_ns]`, in the order
+    /// they were made.
+    pub fn window(&self, from_ns: u64, to_ns: u64, max: usize) -> (usize, Vec<Lifetime>) {
+        let mut hit: Vec<Lifetime> = self
+            .all
+            .iter()
+            .filter(|l| l.start_ns <= to_ns && l.end_ns.is_none_or(|e| e >= from_ns))
+            .copied()
+            .collect();
+        let total = hit.len();
+        if hit.len() > max {
+            hit.select_nth_unstable_by(max, |a, b| b.bytes.cmp(&a.bytes));
+            hit.truncate(max);
+        }
+        hit.sort_by_key(|l| (l.start_ns, l.end_ns));
+        (total, hit)
+    }
+}
+
+impl Timeline {
+    /// The lifetimes view of `[from, to]` seconds: at most `max` allocations, the largest.
+    pub fn lifetimes_window(&self, from: Option<f64>, to: Option<f64>, max: usize) -> Value {
+        let dur = self.duration_s();
+        let from = from.unwrap_or(0.0).clamp(0.0, dur);
+        let to = to.unwrap_or(dur).clamp(from, dur.max(from));
+        let secs = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        let (total, rows) = self.lifetimes.window(
+            self.start_ns + (from * 1e9) as u64,
+            self.start_ns + (to * 1e9) as u64,
+            max.clamp(1, MAX_POINTS),
+        );
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|l| {
+                json!([
+                    secs(l.start_ns),
+                    l.end_ns.map(secs),
+                    l.bytes,
+                    l.class.name(),
+                    l.proc,
+                    l.stack
+                ])
+            })
+            .collect();
+        json!({
+            "from": from,
+            "to": to,
+            "columns": ["start", "end", "bytes", "class", "proc", "stack"],
+            "in_window": total,
+            "smaller_left_out_below_bytes": self.lifetimes.floor,
+            "rows": rows,
         })
     }
 }

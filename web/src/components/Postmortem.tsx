@@ -4,6 +4,9 @@ import { fetchAnalysis, fetchTimeline, type TimelineWindow } from "../lib/api";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { Panel } from "./Panel";
 import { Timeline } from "./Timeline";
+import { LifetimeView } from "./LifetimeView";
+import { FlameGraph } from "./FlameGraph";
+import { Flame, Layers } from "lucide-react";
 
 // The parts of `analyze --json` the page shows (vramtrace/src/analyze).
 interface OomExplained {
@@ -47,6 +50,12 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
       <Panel title="Memory timeline by class" labelledBy="pm-timeline" icon={<Crosshair aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
         {error && <p role="alert" className="text-rose-300">{error}</p>}
         {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the timeline" />}
+      </Panel>
+      <Panel title="Allocation lifetimes" labelledBy="pm-lifetimes" icon={<Layers aria-hidden className="h-4 w-4 text-cyan-300" />} className="lg:col-span-3">
+        {timeline ? <LifetimeView duration={timeline.duration_s} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the lifetimes" />}
+      </Panel>
+      <Panel title={`Flame graph ${cursor === null ? "at the end" : `at ${formatSeconds(cursor)}`}`} labelledBy="pm-flame" icon={<Flame aria-hidden className="h-4 w-4 text-orange-300" />} className="lg:col-span-3">
+        <FlameGraph at={cursor} />
       </Panel>
       <Panel title="Out-of-memory explanations" labelledBy="pm-ooms" icon={<AlertOctagon aria-hidden className="h-4 w-4 text-rose-300" />} className="lg:col-span-2">
         {!analysis ? (

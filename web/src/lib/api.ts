@@ -67,3 +67,29 @@ export const fetchTimeline = (from: number | null, to: number | null, points: nu
 export const fetchSnapshotAt = <T,>(at: number, signal?: AbortSignal) => getJson<T>(`/api/snapshot?at=${at}`, signal);
 
 export const fetchAnalysis = <T,>(signal?: AbortSignal) => getJson<T>("/api/analysis", signal);
+
+export interface LifetimesWindow {
+  from: number;
+  to: number;
+  in_window: number;
+  smaller_left_out_below_bytes: number;
+  /** [start s, end s | null, bytes, class, proc, stack] */
+  rows: [number, number | null, number, string, number, number | null][];
+}
+
+export const fetchLifetimes = (max: number, signal?: AbortSignal) => getJson<LifetimesWindow>(`/api/lifetimes?max=${max}`, signal);
+
+export interface FlameNode {
+  name: string;
+  bytes: number;
+  children: FlameNode[];
+}
+
+export const fetchFlame = (at: number | null, signal?: AbortSignal) => getJson<FlameNode>(`/api/flame${at !== null ? `?at=${at}` : ""}`, signal);
+
+export function allocationsAt(at: number | null): AllocFetcher {
+  return ({ pid, offset, limit, sort }) =>
+    getJson<AllocationPage>(
+      `/api/allocations?offset=${offset}&limit=${limit}&sort=${sort}${pid !== null ? `&pid=${pid}` : ""}${at !== null ? `&at=${at}` : ""}`,
+    );
+}

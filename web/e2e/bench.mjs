@@ -1,0 +1,135 @@
+// Benchmarks of the page in Debian's Chromium; prints tables, asserts nothing.
+//   replay: `vramtrace serve --replay TRACE` (a 10^7-event trace from `cargo xtask bench-web`):
+//           the server's start, the page's first meaningful render (the aggregate and the
+//           timeline drawn), and a cursor move (the page at another moment).
+//   live:   web_bench_server (100,000 live allocations, 5 changes/s): Chromium's CPU while
+//           the page follows the stream, every process of the browser together.
+// node web/e2e/bench.mjs --trace PATH --vramtrace target/release/vramtrace \
+//      --live-server target/release/examples/web_bench_server [--seconds 20]
+import { spawn } from "node:child_process";
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import { browser } from "./lib.mjs";
+
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : dflt;
+};
+const TICK = 100; // USER_HZ
+
+function start(cmd, args, pattern) {
+  const t0 = performance.now();
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const on = (d) => {
+      out += d;
+      const m = pattern.exec(out);
+      if (m) res({ child, url: `http://${m[1]}/`, ms: performance.now() - t0 });
+    };
+    child.stdout.setEncoding("utf8").on("data", on);
+    child.stderr.setEncoding("utf8").on("data", on);
+    child.once("exit", (c) => rej(new Error(`${cmd} exited (${c}): ${out}`)));
+  });
+}
+
+/** CPU ticks (user + system) of `pid` and every descendant. */
+function treeTicks(root) {
+  const parent = new Map();
+  const ticks = new Map();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, "utf8");
+      const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+      parent.set(Number(d), Number(f[1]));
+      ticks.set(Number(d), Number(f[11]) + Number(f[12]));
+    } catch {
+      /* gone */
+    }
+  }
+  let sum = 0;
+  for (const [pid, t] of ticks) {
+    let p = pid;
+    while (p && p !== root && parent.has(p)) p = parent.get(p);
+    if (p === root) sum += t;
+  }
+  return sum;
+}
+
+async function replay(b, vramtrace, trace) {
+  const size = statSync(trace).size;
+  const server = await start(vramtrace, ["serve", "--listen", "127.0.0.1:0", "--replay", trace], /serving on http:\/\/([^/]+)\//);
+  const rows = [];
+  try {
+    const ctx = await b.newContext({ viewport: { width: 1440, height: 900 } });
+    const p = await ctx.newPage();
+    for (let run = 0; run < 3; run++) {
+      const t0 = performance.now();
+      await p.goto(server.url);
+      await p.getByTestId("hero-bytes").waitFor();
+      const aggregate = performance.now() - t0;
+      await p.getByRole("img", { name: /^Memory by class over/ }).locator("svg path").first().waitFor();
+      const timeline = performance.now() - t0;
+      const t1 = performance.now();
+      await p.getByTestId("cursor").fill("1");
+      await p.getByTestId("hero-bytes").waitFor();
+      await p.waitForFunction(() => document.querySelector('[data-testid="tracing"]')?.parentElement?.textContent?.includes("at "));
+      await p.waitForResponse((r) => r.url().includes("/api/snapshot?at="), { timeout: 120_000 }).catch(() => {});
+      const cursor = performance.now() - t1;
+      rows.push({ aggregate, timeline, cursor });
+    }
+    await ctx.close();
+  } finally {
+    server.child.kill("SIGTERM");
+  }
+  const best = (k) => Math.min(...rows.map((r) => r[k]));
+  console.log(`\nreplay of ${trace} (${(size / 2 ** 20).toFixed(0)} MiB)`);
+  console.log("| measure | ms |\n|---|---:|");
+  console.log(`| serve --replay: start to listening (one replay through the Ledger) | ${server.ms.toFixed(0)} |`);
+  console.log(`| page: navigation to the aggregate shown | ${best("aggregate").toFixed(0)} |`);
+  console.log(`| page: navigation to the timeline drawn (first meaningful render) | ${best("timeline").toFixed(0)} |`);
+  console.log(`| page: cursor moved to 1 s, page at that moment | ${best("cursor").toFixed(0)} |`);
+}
+
+async function live(b, serverBin, seconds) {
+  const server = await start(serverBin, ["127.0.0.1:0"], /serving on http:\/\/([^/]+)\//);
+  try {
+    const ctx = await b.newContext({ viewport: { width: 1440, height: 900 } });
+    const p = await ctx.newPage();
+    await p.goto(server.url);
+    await p.getByTestId("hero-bytes").waitFor();
+    await p.waitForTimeout(3000);
+    const root = b.process()?.pid;
+    const cdp = await ctx.newCDPSession(p);
+    await cdp.send("Performance.enable");
+    const m0 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
+    const t0 = performance.now();
+    const c0 = treeTicks(root);
+    const wsFrames = { n: 0 };
+    p.on("websocket", () => {});
+    await p.waitForTimeout(seconds * 1000);
+    const c1 = treeTicks(root);
+    const wall = (performance.now() - t0) / 1000;
+    const m1 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
+    const total = await p.getByTestId("alloc-total").textContent();
+    console.log(`\nlive page, ${total}, 5 changes/s, ${seconds} s`);
+    console.log("| measure | % of one core |\n|---|---:|");
+    console.log(`| Chromium, every process (utime+stime) | ${(((c1 - c0) / TICK / wall) * 100).toFixed(1)} |`);
+    console.log(`| renderer main thread: tasks (CDP TaskDuration) | ${(((m1.TaskDuration - m0.TaskDuration) / wall) * 100).toFixed(1)} |`);
+    console.log(`| renderer: script (CDP ScriptDuration) | ${(((m1.ScriptDuration - m0.ScriptDuration) / wall) * 100).toFixed(1)} |`);
+    void wsFrames;
+    await ctx.close();
+  } finally {
+    server.child.kill("SIGTERM");
+  }
+}
+
+const b = await browser();
+try {
+  const trace = arg("trace");
+  if (trace) await replay(b, arg("vramtrace", "target/release/vramtrace"), trace);
+  const liveServer = arg("live-server");
+  if (liveServer) await live(b, liveServer, Number(arg("seconds", "20")));
+} finally {
+  await b.close();
+}
