@@ -22,7 +22,7 @@ export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; t
       animate={{ opacity: 1, y: 0 }}
       aria-labelledby={headingId}
       data-testid={`gpu-card-${gpu.gpu}`}
-      className={`rounded-2xl border border-white/10 bg-gradient-to-br from-white/[0.07] to-white/[0.02] p-5 backdrop-blur-xl ${wide ? "md:col-span-2 2xl:col-span-3" : ""}`}
+      className={`min-w-0 rounded-2xl border border-white/10 bg-gradient-to-br from-white/[0.07] to-white/[0.02] p-5 backdrop-blur-xl ${wide ? "md:col-span-2 2xl:col-span-3" : ""}`}
     >
       <header className="flex items-start justify-between gap-3">
         <div className="min-w-0">

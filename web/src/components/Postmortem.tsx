@@ -46,17 +46,7 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
   }, []);
   const start = analysis?.header.start_monotonic_ns ?? 0;
   return (
-    <div className="grid gap-4 lg:grid-cols-3">
-      <Panel title="Memory timeline by class" labelledBy="pm-timeline" icon={<Crosshair aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
-        {error && <p role="alert" className="text-rose-300">{error}</p>}
-        {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the timeline" />}
-      </Panel>
-      <Panel title="Allocation lifetimes" labelledBy="pm-lifetimes" icon={<Layers aria-hidden className="h-4 w-4 text-cyan-300" />} className="lg:col-span-3">
-        {timeline ? <LifetimeView duration={timeline.duration_s} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the lifetimes" />}
-      </Panel>
-      <Panel title={`Flame graph ${cursor === null ? "at the end" : `at ${formatSeconds(cursor)}`}`} labelledBy="pm-flame" icon={<Flame aria-hidden className="h-4 w-4 text-orange-300" />} className="lg:col-span-3">
-        <FlameGraph at={cursor} />
-      </Panel>
+    <div className="grid grid-cols-1 gap-4 lg:grid-cols-3">
       <Panel title="Out-of-memory explanations" labelledBy="pm-ooms" icon={<AlertOctagon aria-hidden className="h-4 w-4 text-rose-300" />} className="lg:col-span-2">
         {!analysis ? (
           <Skeleton label="Analyzing the trace" />
@@ -113,6 +103,16 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
             ))}
           </ul>
         )}
+      </Panel>
+      <Panel title="Memory timeline by class" labelledBy="pm-timeline" icon={<Crosshair aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
+        {error && <p role="alert" className="text-rose-300">{error}</p>}
+        {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the timeline" />}
+      </Panel>
+      <Panel title="Allocation lifetimes" labelledBy="pm-lifetimes" icon={<Layers aria-hidden className="h-4 w-4 text-cyan-300" />} className="lg:col-span-3">
+        {timeline ? <LifetimeView duration={timeline.duration_s} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the lifetimes" />}
+      </Panel>
+      <Panel title={`Flame graph ${cursor === null ? "at the end" : `at ${formatSeconds(cursor)}`}`} labelledBy="pm-flame" icon={<Flame aria-hidden className="h-4 w-4 text-orange-300" />} className="lg:col-span-3">
+        <FlameGraph at={cursor} />
       </Panel>
     </div>
   );
