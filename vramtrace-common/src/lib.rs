@@ -11,6 +11,19 @@
 pub const EVENT_CALL: u32 = 1;
 /// `ExitEvent::kind`: a traced process ended (its last thread exited).
 pub const EVENT_EXIT: u32 = 2;
+/// `StackSample::kind`: a copy of a call's user stack, sent at its entry.
+pub const EVENT_STACK: u32 = 3;
+/// `ExitEvent::kind` reused: a new process was stopped (`SIGSTOP`) at its first driver call
+/// (`HOLD_NEW`); user space reads it, then lets it go on (`SIGCONT`).
+pub const EVENT_HOLD: u32 = 4;
+
+/// `SEEN` values: what is known of a process.
+pub mod seen {
+    /// Stopped at its first call (`EVENT_HOLD` sent); no event delivered yet.
+    pub const HELD: u32 = 2;
+    /// An event was delivered.
+    pub const DELIVERED: u32 = 1;
+}
 
 /// Number of argument registers captured at entry (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
 pub const MAX_ARGS: usize = 6;
@@ -110,6 +123,20 @@ pub mod flags {
     /// same entry point again first (a signal handler that never returned, a `longjmp` out
     /// of the driver). `ts_ns` is when that was seen; `ret` and `out` mean nothing.
     pub const NO_RETURN: u32 = 1 << 6;
+    /// A copy of the user stack was sent for this call ([`StackSample`], keyed by `tid` and
+    /// `ts_entry_ns`), to be unwound in user space from its CFI.
+    pub const STACK_COPIED: u32 = 1 << 7;
+}
+
+/// `STACK_MODE` values: how user stacks are captured.
+pub mod stack_mode {
+    /// No stacks; the immediate caller only.
+    pub const OFF: u32 = 0;
+    /// The kernel's frame-pointer walk (`bpf_get_stackid`), deduplicated in its stack map.
+    pub const FRAME_POINTERS: u32 = 1;
+    /// A copy of the stack and the registers, unwound in user space (CFI, then frame
+    /// pointers where a module has no CFI).
+    pub const COPY: u32 = 2;
 }
 
 /// Indices into the per-CPU `COUNTERS` array. Each counts one kind of loss (or delivery); the
@@ -140,8 +167,11 @@ pub mod counter {
     pub const THREADS_FULL: u32 = 8;
     /// A probe fired with an API id outside the hooked table; the call is dropped.
     pub const UNKNOWN_API: u32 = 9;
+    /// A stack copy was dropped because its ring buffer was full (the call is delivered
+    /// with its immediate caller only).
+    pub const LOST_SAMPLE: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// `FILTER` map values: which processes are traced when the PID filter is on.
@@ -151,6 +181,37 @@ pub mod filter {
     /// Do not trace this process, but trace its children (the tracer itself, for `-- CMD`).
     pub const FOLLOW_ONLY: u32 = 2;
 }
+
+/// Pages of user stack copied per sample, from the page that holds the stack pointer upwards.
+pub const STACK_COPY_PAGES: usize = 4;
+/// Bytes of one stack copy.
+pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGES * 4096;
+
+/// The user stack of one call at its entry: registers and a copy of the stack memory, for
+/// unwinding in user space. Sent through the same ring buffer as the call, at entry, so it
+/// always comes before the call's [`CallEvent`], which refers to it by `tid` and
+/// `ts_entry_ns` (flag [`flags::STACK_COPIED`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackSample {
+    /// Always `EVENT_STACK`.
+    pub kind: u32,
+    /// Bytes of `stack` that hold user memory: whole pages, from the page that holds `sp`
+    /// up to the first page that cannot be read (the top of the stack) or the copy's size.
+    pub len: u32,
+    /// `CallEvent::ts_entry_ns` of the call.
+    pub ts_entry_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Instruction pointer, stack pointer and frame pointer at the probe.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Address of `stack[0]`: the start of the page that holds `sp`.
+    pub base: u64,
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<StackSample>() == 56 + STACK_COPY_BYTES);
 
 /// One driver call, captured at entry and completed at return.
 #[repr(C)]
@@ -229,4 +290,6 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EntryKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSample {}
 }

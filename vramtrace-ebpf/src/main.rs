@@ -24,26 +24,32 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_send_signal_thread,
+        bpf_probe_read_user, bpf_send_signal, bpf_send_signal_thread,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use vramtrace_common::{
-    CallEvent, EVENT_CALL, EVENT_EXIT, EntryKey, ExitEvent, MAX_API_IDS, MAX_ARGS, cookie, counter,
-    filter, flags,
+    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_HOLD, EVENT_STACK, EntryKey, ExitEvent, MAX_API_IDS,
+    MAX_ARGS, STACK_COPY_PAGES, StackSample, cookie, counter, filter, flags, seen, stack_mode,
 };
 
+/// `SIGSTOP` on Linux.
+const SIGSTOP: u32 = 19;
 /// `-EEXIST`, as map updates return it.
 const EEXIST: i32 = -17;
 
 /// Nonzero: trace only processes in `FILTER`.
 #[unsafe(no_mangle)]
 static FILTER_ENABLED: Global<u32> = Global::new(0);
-/// Nonzero: capture user stacks for calls whose cookie asks for one.
+/// How user stacks are captured for calls whose cookie asks for one (`stack_mode::*`).
 #[unsafe(no_mangle)]
-static CAPTURE_STACKS: Global<u32> = Global::new(1);
+static STACK_MODE: Global<u32> = Global::new(stack_mode::FRAME_POINTERS);
+/// Nonzero: stop a new process at its first driver call (`SIGSTOP`) and tell user space
+/// (`EVENT_HOLD`), which reads it and lets it go on.
+#[unsafe(no_mangle)]
+static HOLD_NEW: Global<u32> = Global::new(0);
 /// Signal sent to a thread that places memory in host RAM (vram-only policy); 0 = none.
 #[unsafe(no_mangle)]
 static HOST_SIGNAL: Global<u32> = Global::new(0);
@@ -129,7 +135,7 @@ fn bump(index: u32) {
 
 /// Inserts a `u32` value written to the stack first. Given `&CONSTANT`, the compiler may
 /// point the update at any read-only global with the same bytes, and the load-time settings
-/// are such globals: `&filter::TRACE` (1) became the address of `CAPTURE_STACKS` (1 as
+/// are such globals: `&filter::TRACE` (1) became the address of `STACK_MODE` (1 as
 /// compiled), so that `--no-stacks` (0) put every followed child in the filter as "do not
 /// trace". A volatile store makes the stack slot the value's only source.
 #[inline(always)]
@@ -179,6 +185,9 @@ fn try_call_entry(ctx: &ProbeContext) {
     if !known_api(api) {
         bump(counter::UNKNOWN_API);
         return;
+    }
+    if HOLD_NEW.load() != 0 {
+        hold_if_new(tgid);
     }
     // SAFETY: plain map lookup keyed by pid_tgid.
     if unsafe { THREADS.get(&pid_tgid) }.is_none()
@@ -255,14 +264,18 @@ fn try_call_entry(ctx: &ProbeContext) {
             ev.flags |= flags::BLOB_FAULT;
         }
     }
-    if cookie & cookie::STACK != 0 && CAPTURE_STACKS.load() != 0 {
-        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-            Ok(id) => ev.stack_id = id,
-            Err(e) => {
-                ev.stack_id = e as i64;
-                ev.flags |= flags::STACK_FAULT;
-                bump(counter::STACK_FAILED);
-            }
+    if cookie & cookie::STACK != 0 {
+        match STACK_MODE.load() {
+            stack_mode::FRAME_POINTERS => match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+                Ok(id) => ev.stack_id = id,
+                Err(e) => {
+                    ev.stack_id = e as i64;
+                    ev.flags |= flags::STACK_FAULT;
+                    bump(counter::STACK_FAILED);
+                }
+            },
+            stack_mode::COPY if send_stack_copy(ctx, ev) => ev.flags |= flags::STACK_COPIED,
+            _ => {}
         }
     }
     // Location type 2..=4 is host memory (CU_MEM_LOCATION_TYPE_HOST*); it sits in the low
@@ -270,6 +283,60 @@ fn try_call_entry(ctx: &ProbeContext) {
     if send_host_signal(cookie, ev.blob[1] as u32) {
         ev.flags |= flags::SIGNALLED;
     }
+}
+
+/// Sends a copy of the calling thread's user stack, with its registers, for user space to
+/// unwind: whole pages from the one that holds the stack pointer, up to the first page that
+/// cannot be read (the top of the stack) or `STACK_COPY_PAGES`. Whether it was sent; a full
+/// ring buffer is counted as `LOST_SAMPLE`.
+#[inline(always)]
+fn send_stack_copy(ctx: &ProbeContext, ev: &CallEvent) -> bool {
+    let Some(mut slot) = EVENTS.reserve::<StackSample>(0) else {
+        bump(counter::LOST_SAMPLE);
+        return false;
+    };
+    let s = slot.as_mut_ptr();
+    // SAFETY: `s` points at a reserved ring-buffer slot of exactly StackSample's size, owned
+    // by this program until it is submitted; `regs` points at the probed thread's saved user
+    // registers. Every copy from user memory goes through bpf_probe_read_user, which fails
+    // instead of faulting, into a page-sized window of `stack` at a constant offset.
+    unsafe {
+        let regs = ctx.regs;
+        (*s).kind = EVENT_STACK;
+        (*s).ts_entry_ns = ev.ts_entry_ns;
+        (*s).pid = ev.pid;
+        (*s).tid = ev.tid;
+        (*s).ip = (*regs).rip;
+        (*s).sp = (*regs).rsp;
+        (*s).bp = (*regs).rbp;
+        let base = (*regs).rsp & !4095;
+        (*s).base = base;
+        let mut len = 0u32;
+        for page in 0..STACK_COPY_PAGES {
+            let dst = (*s).stack.as_mut_ptr().add(page * 4096);
+            let src = base.wrapping_add(page as u64 * 4096);
+            let rc = aya_ebpf::helpers::generated::bpf_probe_read_user(
+                dst.cast(),
+                4096,
+                src as *const core::ffi::c_void,
+            );
+            if rc != 0 {
+                break;
+            }
+            len += 4096;
+        }
+        (*s).len = len;
+    }
+    // The first call of a process wakes the reader at once, as its first event does: its
+    // mappings are read while it runs.
+    // SAFETY: plain map lookup keyed by tgid.
+    let first = !matches!(unsafe { SEEN.get(&ev.pid) }, Some(&seen::DELIVERED));
+    slot.submit(if first {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        submit_flags()
+    });
+    true
 }
 
 /// Under the vram-only policy, signals the calling thread when the call places memory in host
@@ -342,15 +409,42 @@ fn entry_dropped(pid_tgid: u64) {
     }
 }
 
+/// Stops process `tgid` at its first driver call, once: `EVENT_HOLD` goes out first, waking
+/// the reader, and the stop is sent only if it did (a process is never stopped without user
+/// space knowing to let it go on).
+#[inline(always)]
+fn hold_if_new(tgid: u32) {
+    // SAFETY: plain map lookup keyed by tgid.
+    if unsafe { SEEN.get(&tgid) }.is_some()
+        || insert_u32(&SEEN, &tgid, seen::HELD, BPF_NOEXIST as u64).is_err()
+    {
+        return;
+    }
+    let ev = ExitEvent {
+        kind: EVENT_HOLD,
+        pid: tgid,
+        tid: bpf_get_current_pid_tgid() as u32,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output(&ev, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+        bump(counter::LOST_RINGBUF);
+        return;
+    }
+    // SAFETY: sends SIGSTOP to the current process; no memory is touched.
+    unsafe { bpf_send_signal(SIGSTOP) };
+}
+
 /// Whether this is the first event delivered for process `tgid`; remembers that it is not
 /// the first any more.
 #[inline(always)]
 fn first_event(tgid: u32) -> bool {
     // SAFETY: plain map lookup keyed by tgid.
-    if unsafe { SEEN.get(&tgid) }.is_some() {
+    if let Some(&seen::DELIVERED) = unsafe { SEEN.get(&tgid) } {
         return false;
     }
-    if insert_u32(&SEEN, &tgid, 1, 0).is_err() {
+    if insert_u32(&SEEN, &tgid, seen::DELIVERED, 0).is_err() {
         bump(counter::SEEN_FULL);
     }
     true

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probe::StackMode;
 use crate::probe::placement::ProbeAt;
 use crate::session::Policy;
 
@@ -108,9 +109,8 @@ pub struct ServeArgs {
     /// Stop tracing after this many seconds (the server goes on serving what it saw).
     #[arg(long, value_name = "SECS", conflicts_with = "replay", value_parser = positive_secs)]
     pub duration: Option<f64>,
-    /// Do not capture call stacks.
-    #[arg(long, conflicts_with = "replay")]
-    pub no_stacks: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, conflicts_with = "replay")]
     pub ring_size: u32,
@@ -171,9 +171,8 @@ pub struct RecordArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Do not capture call stacks (cheaper; the immediate caller is still recorded).
-    #[arg(long)]
-    pub no_stacks: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Ring buffer size in bytes (a power of two); larger survives longer bursts.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub ring_size: u32,
@@ -287,9 +286,8 @@ pub struct TopArgs {
     /// Overwrite the -o file if it exists.
     #[arg(long, requires = "output")]
     pub force: bool,
-    /// Do not capture call stacks.
-    #[arg(long, conflicts_with = "replay")]
-    pub no_stacks: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Replay this trace instead of tracing live (no root needed).
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
@@ -533,5 +531,36 @@ mod tests {
         };
         assert_eq!(r.probe_at, ProbeAt::Entry);
         assert!(Cli::try_parse_from(["vramtrace", "record", "--probe-at", "elsewhere"]).is_err());
+    }
+}
+
+/// How call stacks are captured, for every command that traces.
+#[derive(Args, Debug, Clone)]
+pub struct StackArgs {
+    /// How call stacks are captured: `dwarf` copies the stack of each allocating call and
+    /// unwinds it from the libraries' CFI (no frame pointers needed); `fp` follows frame
+    /// pointers in the kernel (cheaper, complete only through code built with them); `off`
+    /// records the immediate caller only.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = StackMode::Dwarf)]
+    pub stacks: StackMode,
+    /// Same as `--stacks off`.
+    #[arg(long, conflicts_with = "stacks")]
+    pub no_stacks: bool,
+    /// Stop each new process at its first driver call (SIGSTOP) until its command line and
+    /// mappings are read, then let it go on (SIGCONT): stacks and names even for processes
+    /// that end milliseconds later. An interactive shell that runs such a process in the
+    /// foreground sees it stop; meant for machine-wide recording of short-lived jobs.
+    #[arg(long)]
+    pub hold_new: bool,
+}
+
+impl StackArgs {
+    /// The mode chosen.
+    pub fn mode(&self) -> StackMode {
+        if self.no_stacks {
+            StackMode::Off
+        } else {
+            self.stacks
+        }
     }
 }

@@ -8,9 +8,13 @@
 use std::collections::HashMap;
 
 use thiserror::Error;
-use vramtrace_common::{CallEvent, EVENT_CALL, EVENT_EXIT, ExitEvent, flags};
+use vramtrace_common::{
+    CallEvent, EVENT_CALL, EVENT_EXIT, EVENT_HOLD, EVENT_STACK, ExitEvent, STACK_COPY_BYTES,
+    StackSample, flags,
+};
 
 use crate::api::{CtxArgs, Hooked, Kind};
+use crate::stacks::unwind::Unwound;
 use crate::trace::{Call, CopySrc, Exit, Frame, Mem, Process, Record, Stack};
 
 /// A ring-buffer item that could not be decoded.
@@ -33,6 +37,9 @@ pub enum DecodeError {
 pub enum RawEvent {
     Call(CallEvent),
     Exit(ExitEvent),
+    /// A new process was stopped at its first driver call (`--hold-new`); whoever drains
+    /// the ring reads it and lets it go on. The converter ignores it.
+    Hold(ExitEvent),
 }
 
 /// Decodes one ring-buffer item, checking its length against its kind.
@@ -45,8 +52,65 @@ pub fn parse(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     match kind {
         EVENT_CALL => Ok(RawEvent::Call(read_pod::<CallEvent>(bytes, kind)?)),
         EVENT_EXIT => Ok(RawEvent::Exit(read_pod::<ExitEvent>(bytes, kind)?)),
+        EVENT_HOLD => Ok(RawEvent::Hold(read_pod::<ExitEvent>(bytes, kind)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// A stack copy ([`StackSample`]) read in place from its ring-buffer item: the copy is
+/// unwound from there and never copied again.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleView<'a> {
+    pub ts_entry_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Address of `stack[0]`.
+    pub base: u64,
+    /// The user memory copied: `len` bytes from `base`.
+    pub stack: &'a [u8],
+}
+
+/// Whether a ring-buffer item is a stack copy.
+pub fn is_sample(bytes: &[u8]) -> bool {
+    bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        == Some(EVENT_STACK)
+}
+
+/// Reads a stack copy in place, checking its length and the length it claims.
+pub fn parse_sample(bytes: &[u8]) -> Result<SampleView<'_>, DecodeError> {
+    // The length is checked first: every read below is within the item.
+    let header = std::mem::offset_of!(StackSample, stack);
+    if bytes.len() < size_of::<StackSample>() {
+        return Err(DecodeError::Short {
+            kind: EVENT_STACK,
+            len: bytes.len(),
+        });
+    }
+    let u32_at =
+        |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u64_at = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    use std::mem::offset_of;
+    let len = (u32_at(offset_of!(StackSample, len)) as usize).min(STACK_COPY_BYTES);
+    Ok(SampleView {
+        ts_entry_ns: u64_at(offset_of!(StackSample, ts_entry_ns)),
+        pid: u32_at(offset_of!(StackSample, pid)),
+        tid: u32_at(offset_of!(StackSample, tid)),
+        ip: u64_at(offset_of!(StackSample, ip)),
+        sp: u64_at(offset_of!(StackSample, sp)),
+        bp: u64_at(offset_of!(StackSample, bp)),
+        base: u64_at(offset_of!(StackSample, base)),
+        stack: &bytes[header..header + len],
+    })
 }
 
 fn read_pod<T: aya::Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
@@ -68,6 +132,11 @@ pub trait Environment {
     fn process(&mut self, pid: u32) -> Option<Process>;
     /// The user stack recorded under `stack_id` in the kernel's stack map, innermost first.
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
+    /// The stack unwound from the copy sent for the call that thread `tid` entered at
+    /// `ts_entry_ns` (`--stacks dwarf`), once; `None` when no copy arrived.
+    fn unwound(&mut self, _tid: u32, _ts_entry_ns: u64) -> Option<Unwound> {
+        None
+    }
     /// Normalizes addresses of process `pid` (file, build ID, offset). Symbols may come with
     /// them or later: recording fills them in off the draining path.
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
@@ -86,6 +155,8 @@ pub struct Converter {
     next_proc: u32,
     /// (proc id, caller, kernel stack id) → trace stack id.
     stack_ids: HashMap<(u32, u64, i64), u32>,
+    /// (proc id, unwound addresses, why they end) → trace stack id, for copied stacks.
+    unwound_ids: HashMap<(u32, Vec<u64>, Option<String>), u32>,
     /// Normalized frames → trace stack id, so that one stack seen from several processes or
     /// kernel ids is written once.
     stack_by_frames: HashMap<Vec<FrameKey>, u32>,
@@ -105,6 +176,7 @@ impl Converter {
             procs: HashMap::new(),
             next_proc: 1,
             stack_ids: HashMap::new(),
+            unwound_ids: HashMap::new(),
             stack_by_frames: HashMap::new(),
             next_stack: 1,
             host_signal: 0,
@@ -134,6 +206,7 @@ impl Converter {
     /// record first when this is its first mention).
     pub fn convert(&mut self, raw: &RawEvent, env: &mut dyn Environment, out: &mut Vec<Record>) {
         match raw {
+            RawEvent::Hold(_) => {}
             RawEvent::Exit(e) => {
                 // A process that exits without a single traced call is of no interest.
                 env.exited(e.pid);
@@ -215,6 +288,36 @@ impl Converter {
         out: &mut Vec<Record>,
     ) -> Option<u32> {
         let has_caller = ev.flags & flags::CALLER_FAULT == 0 && ev.caller != 0;
+        if ev.flags & flags::STACK_COPIED != 0 {
+            let unwound = env
+                .unwound(ev.tid, ev.ts_entry_ns)
+                .unwrap_or_else(|| Unwound {
+                    addrs: Vec::new(),
+                    truncated: Some("the stack copy of this call was not received".into()),
+                });
+            let Unwound {
+                mut addrs,
+                mut truncated,
+            } = unwound;
+            if addrs.is_empty() && has_caller {
+                // Nothing unwound: the return address read at entry is still the caller.
+                addrs.push(ev.caller);
+                if let Some(why) = truncated.as_mut() {
+                    why.push_str("; immediate caller only");
+                }
+            }
+            if addrs.is_empty() {
+                return None;
+            }
+            let key = (proc, addrs, truncated);
+            if let Some(&id) = self.unwound_ids.get(&key) {
+                return Some(id);
+            }
+            let (proc, addrs, truncated) = key;
+            let id = self.emit_stack(ev.pid, &addrs, truncated.clone(), env, out);
+            self.unwound_ids.insert((proc, addrs, truncated), id);
+            return Some(id);
+        }
         if ev.stack_id < 0 && !has_caller {
             return None;
         }
@@ -247,7 +350,23 @@ impl Converter {
                 -ev.stack_id
             ));
         }
-        let frames = env.frames(ev.pid, &addrs);
+        let id = self.emit_stack(ev.pid, &addrs, truncated, env, out);
+        self.stack_ids.insert(key, id);
+        Some(id)
+    }
+
+    /// The trace id of the stack `addrs` of process `pid`: normalized, then written once
+    /// (one stack seen from several processes or captures is written once) unless it is
+    /// truncated.
+    fn emit_stack(
+        &mut self,
+        pid: u32,
+        addrs: &[u64],
+        truncated: Option<String>,
+        env: &mut dyn Environment,
+        out: &mut Vec<Record>,
+    ) -> u32 {
+        let frames = env.frames(pid, addrs);
         let content: Vec<_> = frames
             .iter()
             .map(|f| {
@@ -261,12 +380,10 @@ impl Converter {
         if truncated.is_none()
             && let Some(&id) = self.stack_by_frames.get(&content)
         {
-            self.stack_ids.insert(key, id);
-            return Some(id);
+            return id;
         }
         let id = self.next_stack;
         self.next_stack += 1;
-        self.stack_ids.insert(key, id);
         if truncated.is_none() {
             self.stack_by_frames.insert(content, id);
         }
@@ -275,7 +392,7 @@ impl Converter {
             frames,
             truncated,
         }));
-        Some(id)
+        id
     }
 }
 

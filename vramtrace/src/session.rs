@@ -24,6 +24,7 @@ use crate::{
     nvml::{self, Nvml, Poller},
     probe::{self, Counters, Tracer},
     procinfo,
+    stacks::unwind::{CopyUnwinder, Unwound},
     stacks::{Job, MappedFile, Normalized, StackNormalizer, SymbolWorker},
     trace::{
         FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, NvmlInfo, NvmlSample, Process,
@@ -53,7 +54,9 @@ pub struct RecordOptions {
     pub libcuda: Vec<PathBuf>,
     pub duration: Option<Duration>,
     pub command: Vec<String>,
-    pub stacks: bool,
+    pub stacks: crate::probe::StackMode,
+    /// Stop each new process at its first driver call until it has been read (`--hold-new`).
+    pub hold_new: bool,
     pub ring_bytes: u32,
     pub probe_at: probe::placement::ProbeAt,
     pub verbose: bool,
@@ -137,16 +140,24 @@ pub struct RecordOutcome {
 struct LiveEnv<'a> {
     tracer: &'a Tracer,
     normalizer: &'a mut StackNormalizer,
+    unwinder: &'a mut CopyUnwinder,
+    early: &'a mut HashMap<u32, Process>,
     files: Vec<Option<MappedFile>>,
 }
 
 impl Environment for LiveEnv<'_> {
     fn process(&mut self, pid: u32) -> Option<Process> {
+        if let Some(p) = self.early.remove(&pid) {
+            return Some(p);
+        }
         self.normalizer.remember(pid);
         procinfo::read_process(pid).ok().map(|p| p.into_record(0))
     }
     fn stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
         self.tracer.stack(stack_id)
+    }
+    fn unwound(&mut self, tid: u32, ts_entry_ns: u64) -> Option<Unwound> {
+        self.unwinder.take(tid, ts_entry_ns)
     }
     fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         let n = self.normalizer.normalize(pid, addrs);
@@ -155,6 +166,34 @@ impl Environment for LiveEnv<'_> {
     }
     fn exited(&mut self, pid: u32) {
         self.normalizer.forget(pid);
+        self.unwinder.forget(pid);
+    }
+}
+
+/// Lets a process stopped at its first driver call go on.
+fn resume(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory preconditions; a process that is gone yields ESRCH.
+    if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
+        tracing::debug!("SIGCONT to {pid}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Reads what `/proc` says about a process seen for the first time (its command line, and
+/// its mappings for the normalizer, from the unwinder's read), before its first event.
+fn early_sight(
+    pid: u32,
+    unwinder: &CopyUnwinder,
+    normalizer: &mut StackNormalizer,
+    early: &mut HashMap<u32, Process>,
+) {
+    if let Some(maps) = unwinder.maps(pid) {
+        normalizer.remember_maps(pid, maps.to_vec());
+    }
+    if let Ok(p) = procinfo::read_process(pid) {
+        early.insert(pid, p.into_record(0));
     }
 }
 
@@ -415,6 +454,9 @@ pub struct Recorder {
     tracer: Tracer,
     converter: Converter,
     normalizer: StackNormalizer,
+    unwinder: CopyUnwinder,
+    /// Processes read when their first stack copy arrived, before their first event.
+    early: HashMap<u32, Process>,
     symbols: SymbolWorker,
     /// The same accounting as `analyze`, live, for what must be printed or counted as it
     /// happens (OOMs, vram-only violations); `None` when nothing reads it (the live view
@@ -484,6 +526,7 @@ impl Recorder {
             pids: opts.pids.clone(),
             follow_children_of_self: !opts.command.is_empty(),
             stacks: opts.stacks,
+            hold_new: opts.hold_new,
             ring_bytes: opts.ring_bytes,
             probe_at: opts.probe_at,
             host_signal: if opts.policy == Policy::VramOnly {
@@ -558,6 +601,8 @@ impl Recorder {
             tracer,
             converter,
             normalizer: StackNormalizer::new(),
+            unwinder: CopyUnwinder::new(),
+            early: HashMap::new(),
             symbols: SymbolWorker::spawn().context("starting the symbolizer thread")?,
             ledger: (!opts.quiet || opts.policy == Policy::VramOnly).then(Ledger::new),
             sinks,
@@ -648,15 +693,35 @@ impl Recorder {
     /// ledger notes what must be said at once.
     fn drain(&mut self) {
         let started = std::time::Instant::now();
-        let bad = self.tracer.drain(&mut self.raw);
+        let (unwinder, normalizer, early) =
+            (&mut self.unwinder, &mut self.normalizer, &mut self.early);
+        let bad = self.tracer.drain(&mut self.raw, &mut |sample| {
+            let new = !unwinder.knows(sample.pid);
+            unwinder.add(sample);
+            if new {
+                // The first copy of a process wakes this reader at once: what the process
+                // is and what it maps are read now, while it most likely still runs.
+                early_sight(sample.pid, unwinder, normalizer, early);
+            }
+        });
         if bad > 0 {
             tracing::warn!("{bad} ring buffer items could not be decoded");
         }
         self.undecodable += bad;
         self.drain.events += self.raw.len() as u64 + bad;
+        for ev in &self.raw {
+            if let RawEvent::Hold(h) = ev {
+                // Stopped at its first driver call: read it, then let it go on.
+                self.unwinder.learn(h.pid);
+                early_sight(h.pid, &self.unwinder, &mut self.normalizer, &mut self.early);
+                resume(h.pid);
+            }
+        }
         let mut env = LiveEnv {
             tracer: &self.tracer,
             normalizer: &mut self.normalizer,
+            unwinder: &mut self.unwinder,
+            early: &mut self.early,
             files: Vec::new(),
         };
         let mut raw = std::mem::take(&mut self.raw);

@@ -102,7 +102,7 @@ fn tracer(pids: Vec<u32>, maps: MapSizes) -> Tracer {
     Tracer::start(&Config {
         libraries: vec![lib.clone()],
         pids,
-        stacks: false,
+        stacks: vramtrace::probe::StackMode::Off,
         maps,
         ..Config::default()
     })
@@ -112,7 +112,7 @@ fn tracer(pids: Vec<u32>, maps: MapSizes) -> Tracer {
 /// Every event delivered so far, and the counters.
 fn drain(tracer: &mut Tracer) -> (Vec<RawEvent>, Counters) {
     let mut events = Vec::new();
-    let bad = tracer.drain(&mut events);
+    let bad = tracer.drain(&mut events, &mut |_| {});
     assert_eq!(bad, 0, "undecodable ring buffer items");
     (events, tracer.counters())
 }
@@ -276,7 +276,7 @@ fn full_process_and_thread_maps_are_counted() {
             .iter()
             .map(|e| match e {
                 RawEvent::Call(c) => c.pid,
-                RawEvent::Exit(x) => x.pid,
+                RawEvent::Exit(x) | RawEvent::Hold(x) => x.pid,
             })
             .collect::<std::collections::BTreeSet<_>>()
     );

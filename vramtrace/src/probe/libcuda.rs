@@ -539,6 +539,8 @@ pub struct MapsFile {
     pub path: String,
     /// The file was deleted or replaced after it was mapped.
     pub deleted: bool,
+    /// The mapping is executable.
+    pub exec: bool,
 }
 
 /// Parses the file-backed mappings of `/proc/PID/maps`.
@@ -551,7 +553,8 @@ pub fn parse_maps(text: &str) -> Vec<MapsFile> {
             let (start, end) = range.split_once('-')?;
             let start = u64::from_str_radix(start, 16).ok()?;
             let end = u64::from_str_radix(end, 16).ok()?;
-            let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
+            let exec = fields.next()?.contains('x');
+            let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
             let path = fields.nth(2)?.trim_start();
             if !path.starts_with('/') {
                 return None;
@@ -567,6 +570,7 @@ pub fn parse_maps(text: &str) -> Vec<MapsFile> {
                 offset,
                 path: path.to_string(),
                 deleted,
+                exec,
             })
         })
         .collect()

@@ -22,7 +22,7 @@ use thiserror::Error;
 use vramtrace_common::{MAX_API_IDS, counter, filter};
 
 use crate::api::{APIS, Hooked};
-use crate::decode::{RawEvent, parse};
+use crate::decode::{RawEvent, SampleView, is_sample, parse, parse_sample};
 use crate::trace::{Library as LibraryRecord, Lost, Probe};
 
 /// The BPF object built by build.rs from vramtrace-ebpf.
@@ -37,8 +37,10 @@ pub struct Config {
     pub pids: Vec<u32>,
     /// Trace the children this process starts (for `record -- CMD`), not the process itself.
     pub follow_children_of_self: bool,
-    /// Capture user stacks of allocations.
-    pub stacks: bool,
+    /// How user stacks of allocations are captured.
+    pub stacks: StackMode,
+    /// Stop each new process at its first driver call until user space has read it.
+    pub hold_new: bool,
     /// Signal sent to a thread that places memory in host RAM; 0 for none.
     pub host_signal: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
@@ -49,6 +51,33 @@ pub struct Config {
     pub probe_at: placement::ProbeAt,
     /// Capacities of the kernel side's bookkeeping maps.
     pub maps: MapSizes,
+}
+
+/// How user stacks are captured (`--stacks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackMode {
+    /// Copy the stack at each call and unwind it in user space from the libraries' CFI
+    /// (`.eh_frame`), following frame pointers where a library has none: right for code
+    /// built without frame pointers (libcudart, libtorch, CPython).
+    #[default]
+    Dwarf,
+    /// The kernel's frame-pointer walk: cheapest, right only for code built with frame
+    /// pointers.
+    Fp,
+    /// No stacks; the immediate caller only.
+    Off,
+}
+
+impl StackMode {
+    /// The value the probes read (`stack_mode::*`).
+    pub fn wire(self) -> u32 {
+        match self {
+            StackMode::Dwarf => vramtrace_common::stack_mode::COPY,
+            StackMode::Fp => vramtrace_common::stack_mode::FRAME_POINTERS,
+            StackMode::Off => vramtrace_common::stack_mode::OFF,
+        }
+    }
 }
 
 /// Capacities of the kernel side's bookkeeping maps. What does not fit is counted as lost,
@@ -82,7 +111,8 @@ impl Default for Config {
             libraries: Vec::new(),
             pids: Vec::new(),
             follow_children_of_self: false,
-            stacks: true,
+            stacks: StackMode::default(),
+            hold_new: false,
             host_signal: 0,
             ring_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
@@ -267,7 +297,8 @@ impl Tracer {
         let exit_group_dead =
             tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
-        let stacks = u32::from(config.stacks);
+        let stacks = config.stacks.wire();
+        let hold_new = u32::from(config.hold_new);
         // Wake the reader well before the ring fills, whatever its size.
         let wakeup_bytes = config.wakeup_bytes.min(u64::from(config.ring_bytes / 4));
         // The API ids are known before anything is loaded: their count bounds the loop that
@@ -325,7 +356,8 @@ impl Tracer {
         let mut loader = EbpfLoader::new();
         loader
             .override_global("FILTER_ENABLED", &filter_enabled, true)
-            .override_global("CAPTURE_STACKS", &stacks, true)
+            .override_global("STACK_MODE", &stacks, true)
+            .override_global("HOLD_NEW", &hold_new, true)
             .override_global("HOST_SIGNAL", &config.host_signal, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
@@ -426,11 +458,26 @@ impl Tracer {
         })
     }
 
-    /// Moves every event waiting in the ring buffer into `out`; undecodable items are counted
-    /// in the return value, never dropped silently.
-    pub fn drain(&mut self, out: &mut Vec<RawEvent>) -> u64 {
+    /// Moves every event waiting in the ring buffer into `out`, and hands each stack copy to
+    /// `on_sample` in place, in ring order (a call's copy comes before its event);
+    /// undecodable items are counted in the return value, never dropped silently.
+    pub fn drain(
+        &mut self,
+        out: &mut Vec<RawEvent>,
+        on_sample: &mut dyn FnMut(&SampleView<'_>),
+    ) -> u64 {
         let mut bad = 0;
         while let Some(item) = self.ring.next() {
+            if is_sample(&item) {
+                match parse_sample(&item) {
+                    Ok(sample) => on_sample(&sample),
+                    Err(err) => {
+                        bad += 1;
+                        tracing::warn!("undecodable ring buffer item: {err}");
+                    }
+                }
+                continue;
+            }
             match parse(&item) {
                 Ok(ev) => out.push(ev),
                 Err(err) => {
@@ -466,7 +513,7 @@ impl Tracer {
             lost_ringbuf: read(counter::LOST_RINGBUF),
             lost_entry: read(counter::LOST_ENTRY),
             lost_exit: read(counter::LOST_EXIT),
-            stack_failed: read(counter::STACK_FAILED),
+            stack_failed: read(counter::STACK_FAILED) + read(counter::LOST_SAMPLE),
             return_without_entry: read(counter::RETURN_WITHOUT_ENTRY),
             submitted: read(counter::SUBMITTED),
             filter_full: read(counter::FILTER_FULL),

@@ -175,3 +175,69 @@ fn run(
         _dir: dir,
     }
 }
+
+/// What `vramtrace record -- CMD` produced for a command of the test's own.
+pub struct RecordedCommand {
+    pub records: Vec<Record>,
+    /// The command's standard output.
+    pub stdout: String,
+    /// vramtrace's and the command's standard error.
+    pub stderr: String,
+}
+
+/// Records `cmd` under `vramtrace record --libcuda LIB RECORD_ARGS -- CMD`; the trace must be
+/// complete and intact.
+pub fn record_command(
+    lib: &Path,
+    record_args: &[&str],
+    cmd: &[&std::ffi::OsStr],
+) -> RecordedCommand {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .args(record_args)
+        .arg("--")
+        .args(cmd)
+        .output()
+        .expect("running vramtrace record");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
+    let mut reader = TraceReader::open(&trace).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(
+        summary.complete && summary.problems.is_empty(),
+        "{:?}",
+        summary.problems
+    );
+    RecordedCommand {
+        records,
+        stdout,
+        stderr,
+    }
+}
+
+/// Compiles the test program `tests/native/NAME` with `compiler` and `flags` into `dir`.
+pub fn compile_native(name: &str, compiler: &str, flags: &[&str], dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/native")
+        .join(name);
+    let out = dir.join(name.split('.').next().unwrap_or(name));
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
+    assert!(status.success(), "compiling {}", source.display());
+    out
+}

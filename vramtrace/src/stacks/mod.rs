@@ -30,6 +30,8 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 
+pub mod unwind;
+
 use crate::probe::libcuda::{MapsFile, parse_maps};
 use crate::procinfo;
 use crate::trace::Frame;
@@ -212,10 +214,20 @@ impl StackNormalizer {
 
     /// Reads and keeps the file mappings of `pid` (a process seen for the first time), so
     /// that its stacks can be normalized even after it has exited.
+    /// A snapshot already kept is not replaced by an empty one (an exited process's).
     pub fn remember(&mut self, pid: u32) {
         if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/maps")) {
-            self.maps.insert(pid, parse_maps(&text));
+            self.remember_maps(pid, parse_maps(&text));
         }
+    }
+
+    /// Keeps `maps`, read by someone else, as the file mappings of `pid`, unless they are
+    /// empty (a process that has exited) and a snapshot is already kept.
+    pub fn remember_maps(&mut self, pid: u32, maps: Vec<MapsFile>) {
+        if maps.is_empty() && self.maps.contains_key(&pid) {
+            return;
+        }
+        self.maps.insert(pid, maps);
     }
 
     /// Forgets what [`remember`](Self::remember) kept for `pid` (its exit was processed).

@@ -1,0 +1,175 @@
+//! Recorded stacks against ground truth: C and C++ programs built at -O2 without frame
+//! pointers (so only CFI unwinding recovers their stacks), with threads and with exceptions
+//! thrown and caught, print the call path of every allocation; the stack recorded for that
+//! allocation must name exactly those functions, in order, and then end where the thread
+//! began (`main` and the C runtime, or the thread library), complete and untruncated.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{compile_native, record_command, sim};
+use vramtrace::trace::{Record, Stack};
+
+/// Bytes → the stack recorded for the allocation of that size.
+fn stacks_by_size(records: &[Record]) -> HashMap<u64, Stack> {
+    let stacks: HashMap<u32, &Stack> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stack(s) => Some((s.id, s)),
+            _ => None,
+        })
+        .collect();
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Alloc(c) => Some((c.bytes?, (*stacks.get(&c.stack?)?).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The function name of a frame, without parameters or a clone suffix.
+fn function(sym: &str) -> &str {
+    sym.split('(').next().unwrap_or(sym)
+}
+
+/// Checks every `BYTES PATH` line the program printed against the recorded stack of that
+/// allocation. `ends` are the functions a complete stack may end with after the path.
+fn check_paths(stdout: &str, by_size: &HashMap<u64, Stack>, ends: &[&[&str]]) -> usize {
+    let mut checked = 0;
+    for line in stdout.lines() {
+        let Some((bytes, path)) = line.split_once(' ') else {
+            continue;
+        };
+        let bytes: u64 = bytes.parse().expect("a size");
+        let want: Vec<&str> = path.split(',').collect();
+        let stack = by_size
+            .get(&bytes)
+            .unwrap_or_else(|| panic!("no stack recorded for the allocation of {bytes} bytes"));
+        let got: Vec<&str> = stack
+            .frames
+            .iter()
+            .map(|f| function(f.sym.as_deref().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            &got[..want.len().min(got.len())],
+            &want[..],
+            "allocation of {bytes} bytes: recorded {got:?}, ran through {want:?}"
+        );
+        for f in &stack.frames {
+            assert!(
+                f.unknown.is_none() && f.file.is_some(),
+                "every frame lies in a mapped file: {f:?}"
+            );
+        }
+        if !ends.is_empty() {
+            let rest = &got[want.len()..];
+            assert!(
+                ends.contains(&rest),
+                "allocation of {bytes} bytes: after {want:?} the stack ends with {rest:?}, \
+                 not where its thread began ({ends:?})"
+            );
+            assert_eq!(stack.truncated, None, "{bytes} bytes: {got:?}");
+        }
+        checked += 1;
+    }
+    checked
+}
+
+const MAIN_THREAD: &[&str] = &["__libc_start_call_main", "__libc_start_main_impl", "_start"];
+const OTHER_THREAD: &[&str] = &["start_thread", "clone3"];
+
+#[test]
+fn c_without_frame_pointers_with_threads() {
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_native(
+        "alloc_paths.c",
+        "cc",
+        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
+        dir.path(),
+    );
+    let r = record_command(lib, &["--hold-new"], &[exe.as_os_str(), lib.as_os_str()]);
+    let by_size = stacks_by_size(&r.records);
+    // The path lines of the complete stacks; the deep recursion is checked below.
+    let (deep, whole): (Vec<&str>, Vec<&str>) =
+        r.stdout.lines().partition(|l| l.ends_with(",deep"));
+    let checked = check_paths(&whole.join("\n"), &by_size, &[MAIN_THREAD, OTHER_THREAD]);
+    assert_eq!(
+        checked, 9,
+        "3 layers and 2 threads × 3 steps:\n{}",
+        r.stdout
+    );
+
+    // 25 frames of over 1 KiB each outgrow the 16 KiB copied: the stack is right as far as
+    // it goes and says why it ends.
+    let deep_line = deep.first().expect("the deep allocation ran");
+    let bytes: u64 = deep_line
+        .split(' ')
+        .next()
+        .and_then(|b| b.parse().ok())
+        .expect("size");
+    let stack = &by_size[&bytes];
+    let names: Vec<&str> = stack
+        .frames
+        .iter()
+        .map(|f| function(f.sym.as_deref().unwrap_or("?")))
+        .collect();
+    assert_eq!(names[0], "alloc_leaf", "{names:?}");
+    assert!(names[1..].iter().all(|n| *n == "deep"), "{names:?}");
+    assert!(names.len() > 8, "{names:?}");
+    assert_eq!(
+        stack.truncated.as_deref(),
+        Some("stack deeper than the 16 KiB copied"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn cpp_after_exceptions_without_frame_pointers() {
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_native(
+        "throw_catch.cpp",
+        "c++",
+        &["-O2", "-g", "-fomit-frame-pointer"],
+        dir.path(),
+    );
+    let r = record_command(lib, &["--hold-new"], &[exe.as_os_str(), lib.as_os_str()]);
+    let by_size = stacks_by_size(&r.records);
+    let checked = check_paths(&r.stdout, &by_size, &[MAIN_THREAD]);
+    assert_eq!(checked, 4, "{}", r.stdout);
+}
+
+#[test]
+fn frame_pointer_mode_stays_available() {
+    // `--stacks fp` is the kernel's walk: right for code built with frame pointers.
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_native(
+        "alloc_paths.c",
+        "cc",
+        &[
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-pthread",
+        ],
+        dir.path(),
+    );
+    let r = record_command(
+        lib,
+        &["--stacks", "fp"],
+        &[exe.as_os_str(), lib.as_os_str()],
+    );
+    let by_size = stacks_by_size(&r.records);
+    let main_path: String = r
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(",main"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(check_paths(&main_path, &by_size, &[]), 3, "{}", r.stdout);
+}
