@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         output: None,
         pids: Vec::new(),
         command: Vec::new(),
-        stacks: true,
+        stacks: vramtrace::probe::StackMode::default(),
         nvml_interval_ms: None,
         poll_interval_ms: 1000,
         token_required: false,
