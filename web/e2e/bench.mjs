@@ -32,8 +32,8 @@ function start(cmd, args, pattern) {
   });
 }
 
-/** CPU ticks (user + system) of `pid` and every descendant. */
-function treeTicks(root) {
+/** CPU ticks (user + system) by pid of every descendant of `root`, not `root` itself, nor `skip`'s tree. */
+function treeTicks(root, skip) {
   const parent = new Map();
   const ticks = new Map();
   for (const d of readdirSync("/proc")) {
@@ -47,13 +47,18 @@ function treeTicks(root) {
       /* gone */
     }
   }
-  let sum = 0;
+  const out = new Map();
   for (const [pid, t] of ticks) {
+    if (pid === root) continue;
     let p = pid;
-    while (p && p !== root && parent.has(p)) p = parent.get(p);
-    if (p === root) sum += t;
+    let skipped = false;
+    while (p && p !== root && parent.has(p)) {
+      if (p === skip) skipped = true;
+      p = parent.get(p);
+    }
+    if (p === root && !skipped) out.set(pid, t);
   }
-  return sum;
+  return out;
 }
 
 async function replay(b, vramtrace, trace) {
@@ -68,7 +73,7 @@ async function replay(b, vramtrace, trace) {
       await p.goto(server.url);
       await p.getByTestId("hero-bytes").waitFor();
       const aggregate = performance.now() - t0;
-      await p.getByRole("img", { name: /^Memory by class over/ }).locator("svg path").first().waitFor();
+      await p.getByRole("img", { name: /^Memory by class over/ }).locator("svg path.recharts-area-area").first().waitFor({ state: "attached" });
       const timeline = performance.now() - t0;
       const t1 = performance.now();
       await p.getByTestId("cursor").fill("1");
@@ -99,25 +104,29 @@ async function live(b, serverBin, seconds) {
     await p.goto(server.url);
     await p.getByTestId("hero-bytes").waitFor();
     await p.waitForTimeout(3000);
-    const root = b.process()?.pid;
+    // Chromium's processes are this script's descendants; the server is left out.
+    const root = process.pid;
+    const skip = server.child.pid;
     const cdp = await ctx.newCDPSession(p);
     await cdp.send("Performance.enable");
     const m0 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
     const t0 = performance.now();
-    const c0 = treeTicks(root);
-    const wsFrames = { n: 0 };
-    p.on("websocket", () => {});
+    const c0 = treeTicks(root, skip);
     await p.waitForTimeout(seconds * 1000);
-    const c1 = treeTicks(root);
+    const c1 = treeTicks(root, skip);
     const wall = (performance.now() - t0) / 1000;
     const m1 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
     const total = await p.getByTestId("alloc-total").textContent();
     console.log(`\nlive page, ${total}, 5 changes/s, ${seconds} s`);
     console.log("| measure | % of one core |\n|---|---:|");
-    console.log(`| Chromium, every process (utime+stime) | ${(((c1 - c0) / TICK / wall) * 100).toFixed(1)} |`);
+    // Per process, so that one that ended in between (a closed page's renderer) counts nothing.
+    let ticks = 0;
+    for (const [pid, t] of c1) ticks += t - (c0.get(pid) ?? 0);
+    console.log(`| Chromium, every process (utime+stime) | ${((ticks / TICK / wall) * 100).toFixed(1)} |`);
     console.log(`| renderer main thread: tasks (CDP TaskDuration) | ${(((m1.TaskDuration - m0.TaskDuration) / wall) * 100).toFixed(1)} |`);
-    console.log(`| renderer: script (CDP ScriptDuration) | ${(((m1.ScriptDuration - m0.ScriptDuration) / wall) * 100).toFixed(1)} |`);
-    void wsFrames;
+    for (const k of ["ScriptDuration", "RecalcStyleDuration", "LayoutDuration"]) {
+      console.log(`| renderer: ${k} (CDP) | ${(((m1[k] - m0[k]) / wall) * 100).toFixed(1)} |`);
+    }
     await ctx.close();
   } finally {
     server.child.kill("SIGTERM");
@@ -130,6 +139,7 @@ try {
   if (trace) await replay(b, arg("vramtrace", "target/release/vramtrace"), trace);
   const liveServer = arg("live-server");
   if (liveServer) await live(b, liveServer, Number(arg("seconds", "20")));
+  if (!trace && !liveServer) console.error("nothing to measure: give --trace and/or --live-server");
 } finally {
   await b.close();
 }

@@ -57,8 +57,8 @@ export default function App({ live }: { live?: LiveOptions }) {
       <a href="#main" className="sr-only focus:not-sr-only focus:absolute focus:left-2 focus:top-2 focus:z-50 focus:rounded focus:bg-white focus:px-3 focus:py-1 focus:text-black">
         Skip to content
       </a>
-      <div className="pointer-events-none fixed inset-0 -z-10 bg-[radial-gradient(circle_at_15%_0%,rgba(34,211,238,0.14),transparent_40%),radial-gradient(circle_at_90%_10%,rgba(217,70,239,0.16),transparent_40%),radial-gradient(circle_at_50%_100%,rgba(124,58,237,0.14),transparent_50%)]" />
-      <div className="mx-auto flex min-h-screen max-w-[1600px] flex-col gap-4 px-3 py-4 sm:px-6 sm:py-6">
+      <div aria-hidden className="pointer-events-none absolute inset-0 -z-10 [contain:strict] bg-[radial-gradient(circle_at_15%_0%,rgba(34,211,238,0.14),transparent_40%),radial-gradient(circle_at_90%_10%,rgba(217,70,239,0.16),transparent_40%),radial-gradient(circle_at_50%_100%,rgba(124,58,237,0.14),transparent_50%)]" />
+      <div className="relative isolate mx-auto flex min-h-screen max-w-[1600px] flex-col gap-4 px-3 py-4 sm:px-6 sm:py-6">
         <nav className="flex items-center justify-between" aria-label="vramtrace">
           <p className="flex items-center gap-2 font-display text-xl font-bold tracking-tight">
             <span aria-hidden className="grid h-8 w-8 place-items-center rounded-lg bg-gradient-to-br from-cyan-400 to-fuchsia-500 text-[#07060d]">

@@ -17,12 +17,11 @@ export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; t
   const util = history.map((h) => h.gpus[gpu.gpu]?.util ?? null);
   return (
     <motion.article
-      layout
       initial={{ opacity: 0, y: 12 }}
       animate={{ opacity: 1, y: 0 }}
       aria-labelledby={headingId}
       data-testid={`gpu-card-${gpu.gpu}`}
-      className={`min-w-0 rounded-2xl border border-white/10 bg-gradient-to-br from-white/[0.07] to-white/[0.02] p-5 backdrop-blur-xl ${wide ? "md:col-span-2 2xl:col-span-3" : ""}`}
+      className={`min-w-0 rounded-2xl border border-white/10 bg-gradient-to-br from-[#161327] to-[#0e0c18] p-5 ${wide ? "md:col-span-2 2xl:col-span-3" : ""}`}
     >
       <header className="flex items-start justify-between gap-3">
         <div className="min-w-0">

@@ -6,7 +6,7 @@ export function Panel(props: { title?: ReactNode; icon?: ReactNode; actions?: Re
   return (
     <section
       aria-labelledby={id}
-      className={`relative min-w-0 rounded-2xl border border-white/10 bg-white/[0.04] p-4 shadow-[0_0_40px_-12px_rgba(168,85,247,0.35)] backdrop-blur-xl sm:p-5 ${props.className ?? ""}`}
+      className={`relative min-w-0 rounded-2xl border border-white/10 bg-[#100e1c]/85 p-4 sm:p-5 ${props.className ?? ""}`}
     >
       {props.title !== undefined && (
         <header className="mb-3 flex items-center justify-between gap-2">

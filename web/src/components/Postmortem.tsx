@@ -40,8 +40,16 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     const ctl = new AbortController();
-    fetchTimeline(null, null, 600, ctl.signal).then(setTimeline, (e: Error) => ctl.signal.aborted || setError(e.message));
-    fetchAnalysis<Analysis>(ctl.signal).then(setAnalysis, (e: Error) => ctl.signal.aborted || setError(e.message));
+    // The analysis reads the whole trace on the server: asked for once the timeline is drawn,
+    // so that it does not hold up the first render.
+    fetchTimeline(null, null, 600, ctl.signal)
+      .then((t) => {
+        setTimeline(t);
+        return new Promise((r) => setTimeout(r, 50));
+      })
+      .catch((e: Error) => ctl.signal.aborted || setError(e.message))
+      .then(() => (ctl.signal.aborted ? null : fetchAnalysis<Analysis>(ctl.signal)))
+      .then((a) => a && setAnalysis(a), (e: Error) => ctl.signal.aborted || setError(e.message));
     return () => ctl.abort();
   }, []);
   const start = analysis?.header.start_monotonic_ns ?? 0;

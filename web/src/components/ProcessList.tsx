@@ -41,7 +41,6 @@ export function ProcessList({ processes, selected, onSelect }: { processes: Proc
           return (
             <motion.li
               key={String(p.pid)}
-              layout
               initial={{ opacity: 0, x: -8 }}
               animate={{ opacity: 1, x: 0 }}
               exit={{ opacity: 0, x: 8 }}
