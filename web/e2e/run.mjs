@@ -26,9 +26,9 @@ async function live(b) {
     await p.goto(server.url);
     await phone.goto(server.url);
     // The workload's ground truth: the last line it printed before holding.
-    const truth = JSON.parse(await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth"));
+    const truth = JSON.parse(await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth", 90_000));
     const row = p.getByTestId("process-row").filter({ hasText: EVIL.slice(0, 15) });
-    await row.waitFor({ timeout: 20_000 });
+    await row.waitFor({ timeout: 60_000 });
     const card = p.getByTestId("gpu-card-0");
     await until(async () => (await bytesOf(card.getByTestId("gpu-traced"))) === truth.device_bytes_at_exit, "the GPU card to show the workload's bytes");
     for (const cls of ["weights", "kv_cache"]) {
