@@ -18,7 +18,7 @@ async function live(b) {
   const port = await freePort();
   const trace = join(dir, "live.jsonl");
   // The workload holds what it allocated for a while, exits; then one that runs out of memory.
-  const script = `"$0" --lib "$1" --hold 8 llm-server; sleep 1; "$0" --lib "$1" oom; sleep 600`;
+  const script = `"$0" --lib "$1" --hold 12 llm-server; sleep 1; "$0" --lib "$1" oom; sleep 600`;
   let server = await serve(["-o", trace, "--libcuda", LIB, "--", "/bin/sh", "-c", script, path, LIB], { port });
   const pages = [await page(b, 1440), await page(b, 390)];
   try {
