@@ -29,8 +29,12 @@ async function live(b) {
     const truth = JSON.parse(await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth", 90_000));
     const row = p.getByTestId("process-row").filter({ hasText: EVIL.slice(0, 15) });
     await row.waitFor({ timeout: 60_000 });
-    const card = p.getByTestId("gpu-card-0");
-    await until(async () => (await bytesOf(card.getByTestId("gpu-traced"))) === truth.device_bytes_at_exit, "the GPU card to show the workload's bytes");
+    // The card of the GPU the workload used (named by NVML's index, or by the process's own
+    // ordinal until the Ledger can map it): the one that shows its bytes.
+    const card = p
+      .locator('[data-testid^="gpu-card-"]')
+      .filter({ has: p.locator(`[data-testid="gpu-traced"][data-bytes="${truth.device_bytes_at_exit}"]`) });
+    await card.waitFor({ timeout: 30_000 });
     for (const cls of ["weights", "kv_cache"]) {
       await until(async () => (await bytesOf(card.getByTestId(`class-${cls}`))) === truth.labels[cls], `the GPU card's ${cls} bytes (${truth.labels[cls]})`);
     }
@@ -92,7 +96,7 @@ async function postmortem(b) {
       // The cursor to the failure: the whole page shows that moment.
       await item.getByTestId("goto-oom").click();
       await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === oom.held_device_bytes, `the page at the OOM to show ${oom.held_device_bytes} bytes held`);
-      const card = p.getByTestId("gpu-card-0");
+      const card = p.locator('[data-testid^="gpu-card-"]').first();
       for (const [cls, bytes] of Object.entries(oom.by_class)) {
         eq(await bytesOf(card.getByTestId(`class-${cls}`)), bytes, `the GPU card's ${cls} at the OOM`);
       }
