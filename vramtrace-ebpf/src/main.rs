@@ -37,6 +37,8 @@ use vramtrace_common::{
 
 /// `SIGSTOP` on Linux.
 const SIGSTOP: u32 = 19;
+/// `ENOSPC`: what a stack copy the ring buffer had no room for is flagged with.
+const ENOSPC: i64 = 28;
 /// `-EEXIST`, as map updates return it.
 const EEXIST: i32 = -17;
 
@@ -274,7 +276,14 @@ fn try_call_entry(ctx: &ProbeContext) {
                     bump(counter::STACK_FAILED);
                 }
             },
-            stack_mode::COPY if send_stack_copy(ctx, ev) => ev.flags |= flags::STACK_COPIED,
+            stack_mode::COPY => {
+                if send_stack_copy(ctx, ev) {
+                    ev.flags |= flags::STACK_COPIED;
+                } else {
+                    ev.flags |= flags::STACK_FAULT;
+                    ev.stack_id = -ENOSPC;
+                }
+            }
             _ => {}
         }
     }
@@ -287,10 +296,19 @@ fn try_call_entry(ctx: &ProbeContext) {
 
 /// Sends a copy of the calling thread's user stack, with its registers, for user space to
 /// unwind: whole pages from the one that holds the stack pointer, up to the first page that
-/// cannot be read (the top of the stack) or `STACK_COPY_PAGES`. Whether it was sent; a full
-/// ring buffer is counted as `LOST_SAMPLE`.
+/// cannot be read (the top of the stack) or `STACK_COPY_PAGES`. Whether it was sent; a copy
+/// the ring buffer has no room for, or that would fill more than half of it, is counted as
+/// `LOST_SAMPLE`.
 #[inline(always)]
 fn send_stack_copy(ctx: &ProbeContext, ev: &CallEvent) -> bool {
+    // The calls come first: past half full, the ring keeps its room for events, and a
+    // copy is counted as lost instead of crowding them out.
+    let used = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64);
+    if used > size / 2 {
+        bump(counter::LOST_SAMPLE);
+        return false;
+    }
     let Some(mut slot) = EVENTS.reserve::<StackSample>(0) else {
         bump(counter::LOST_SAMPLE);
         return false;

@@ -97,6 +97,9 @@ pub enum Kind {
     DevicePrimaryCtxRetain,
     /// `cuDevicePrimaryCtxRelease(CUdevice dev)`
     DevicePrimaryCtxRelease,
+    /// `cuDevicePrimaryCtxReset(CUdevice dev)`: frees everything of the primary context,
+    /// which stays retained.
+    DevicePrimaryCtxReset,
     /// `cuCtxSetCurrent(CUcontext ctx)`
     CtxSetCurrent,
     /// `cuCtxPushCurrent(CUcontext ctx)`
@@ -282,6 +285,7 @@ pub const APIS: &[ApiDef] = &[
         Kind::DevicePrimaryCtxRelease,
         0,
     ),
+    def("cuDevicePrimaryCtxReset", Kind::DevicePrimaryCtxReset, 0),
     def("cuCtxSetCurrent", Kind::CtxSetCurrent, 0),
     def("cuCtxPushCurrent", Kind::CtxPushCurrent, 0),
     def("cuCtxPopCurrent", Kind::CtxPopCurrent, DEREF_ARG0),

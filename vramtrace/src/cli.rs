@@ -112,7 +112,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub stack: StackArgs,
     /// Ring buffer size in bytes (a power of two).
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, conflicts_with = "replay")]
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20, conflicts_with = "replay")]
     pub ring_size: u32,
     /// Where the probes go on each function (as for `record`).
     #[arg(long, value_enum, value_name = "WHERE", default_value_t = ProbeAt::Auto)]
@@ -174,7 +174,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub stack: StackArgs,
     /// Ring buffer size in bytes (a power of two); larger survives longer bursts.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
     pub ring_size: u32,
     /// Where the probes go on each function: `auto` skips leading instructions that the
     /// kernel would single-step when that is provably safe (much cheaper per call).

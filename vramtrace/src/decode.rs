@@ -344,6 +344,11 @@ impl Converter {
                 }
                 None => truncated = Some("stack no longer in the kernel's stack map".into()),
             }
+        } else if ev.flags & flags::STACK_FAULT != 0 && -ev.stack_id == i64::from(libc::ENOSPC) {
+            truncated = Some(
+                "stack not captured: the ring buffer was more than half full; immediate caller only"
+                    .into(),
+            );
         } else if ev.flags & flags::STACK_FAULT != 0 {
             truncated = Some(format!(
                 "stack capture failed (errno {}); immediate caller only",
@@ -674,7 +679,7 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             c.handle = Some(a[0]);
             done!(CtxDestroy)
         }
-        Kind::DevicePrimaryCtxRelease => {
+        Kind::DevicePrimaryCtxRelease | Kind::DevicePrimaryCtxReset => {
             c.device = Some(a[0] as i32);
             done!(CtxDestroy)
         }

@@ -13,6 +13,8 @@
 //! - [`ledger`]: live allocations per process and device; the single accounting path for live
 //!   tracing and replay.
 //! - [`trace`]: the JSON Lines trace file: records, writer, tolerant reader.
+//! - [`site`]: the frame of a stack in the user's code, which every report titles and
+//!   groups findings by, and how frames are written.
 //! - [`analyze`]: the postmortem summary of a trace.
 //! - [`export`]: a trace converted for Perfetto, flame graphs and PyTorch's memory_viz.
 //! - [`session`]: `vramtrace record`: the [`session::Recorder`] wires the pieces above
@@ -36,6 +38,7 @@ pub mod probe;
 pub mod procinfo;
 pub mod serve;
 pub mod session;
+pub mod site;
 pub mod stacks;
 #[cfg(test)]
 pub(crate) mod testing;

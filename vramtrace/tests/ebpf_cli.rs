@@ -493,5 +493,8 @@ fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
     );
     let report = vramtrace().arg("analyze").arg(&trace).output().unwrap();
     let text = String::from_utf8_lossy(&report.stdout);
-    assert!(text.contains("attached with -p while it ran"), "{text}");
+    assert!(
+        text.contains("traced since the recording started (it was already running)"),
+        "{text}"
+    );
 }

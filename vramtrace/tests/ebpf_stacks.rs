@@ -8,11 +8,20 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{compile_native, record_command, sim};
-use vramtrace::trace::{Record, Stack};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{compile_native, record_command, require_root, sim};
+use vramtrace::trace::{Record, Stack, read::TraceReader};
 
 /// Bytes → the stack recorded for the allocation of that size.
 fn stacks_by_size(records: &[Record]) -> HashMap<u64, Stack> {
+    stacks_by_size_of(records, None)
+}
+
+/// Bytes → the stack recorded for the allocation of that size, by process `proc` (a
+/// `process` record's id) or by any.
+fn stacks_by_size_of(records: &[Record], proc: Option<u32>) -> HashMap<u64, Stack> {
     let stacks: HashMap<u32, &Stack> = records
         .iter()
         .filter_map(|r| match r {
@@ -23,7 +32,9 @@ fn stacks_by_size(records: &[Record]) -> HashMap<u64, Stack> {
     records
         .iter()
         .filter_map(|r| match r {
-            Record::Alloc(c) => Some((c.bytes?, (*stacks.get(&c.stack?)?).clone())),
+            Record::Alloc(c) if proc.is_none_or(|p| p == c.proc) => {
+                Some((c.bytes?, (*stacks.get(&c.stack?)?).clone()))
+            }
             _ => None,
         })
         .collect()
@@ -172,4 +183,91 @@ fn frame_pointer_mode_stays_available() {
         .collect::<Vec<_>>()
         .join("\n");
     assert_eq!(check_paths(&main_path, &by_size, &[]), 3, "{}", r.stdout);
+}
+
+#[test]
+fn twenty_short_lived_processes_recorded_machine_wide() {
+    // No `-p` and no command: every process on the machine. Twenty copies of a program that
+    // lives a few milliseconds start at once; each must have its command line and every
+    // frame of every allocation resolved.
+    require_root();
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_native(
+        "alloc_paths.c",
+        "cc",
+        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
+        dir.path(),
+    );
+    let trace = dir.path().join("all.jsonl");
+    let mut rec = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["record", "--no-nvml", "--hold-new", "-o"])
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).expect("stderr file"))
+        .spawn()
+        .expect("starting vramtrace record");
+    let start = Instant::now();
+    while !std::fs::metadata(&trace).is_ok_and(|m| m.len() > 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the recorder did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(&exe)
+                .arg(lib)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("starting a workload")
+        })
+        .collect();
+    let mut outputs = HashMap::new();
+    for child in children {
+        let pid = child.id();
+        let out = child.wait_with_output().expect("workload output");
+        assert!(out.status.success(), "workload {pid} failed");
+        outputs.insert(pid, String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    // Let the recorder drain, then stop it.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    assert!(rec.wait().expect("recorder status").success());
+
+    let mut reader = TraceReader::open(&trace).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(
+        summary.complete && summary.problems.is_empty(),
+        "{:?}",
+        summary.problems
+    );
+    let mut seen = 0;
+    for rec in &records {
+        let Record::Process(p) = rec else { continue };
+        let Some(stdout) = outputs.get(&p.pid) else {
+            continue;
+        };
+        assert_eq!(
+            p.cmdline.first().map(String::as_str),
+            exe.to_str(),
+            "pid {} has its command line: {p:?}",
+            p.pid
+        );
+        let by_size = stacks_by_size_of(&records, Some(p.id));
+        let whole: Vec<&str> = stdout.lines().filter(|l| !l.ends_with(",deep")).collect();
+        assert_eq!(
+            check_paths(&whole.join("\n"), &by_size, &[MAIN_THREAD, OTHER_THREAD]),
+            9,
+            "pid {}",
+            p.pid
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 20, "every process was recorded");
 }

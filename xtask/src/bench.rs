@@ -47,12 +47,16 @@ pub struct BenchArgs {
     /// Use the binaries as they are.
     #[arg(long)]
     no_build: bool,
+    /// A CPython for the rows whose calls come from Python through ctypes (its frames are
+    /// recorded in the stacks); default: 3.12 under ~/.pyenv, skipped when absent.
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 /// One measured configuration.
 struct Row {
     mode: String,
-    lib: &'static str,
+    lib: String,
     threads: u64,
     calls: u64,
     ns_per_call: Option<f64>,
@@ -106,6 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 lib,
                 lib_name,
                 threads,
+                python: None,
             };
             rows.push(ctx.bare());
             rows.push(ctx.tracefs(&tracefs, "tracefs@symbol", symbol_offset));
@@ -122,9 +127,35 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "bpftrace not installed".into(),
                 )),
             }
-            rows.push(ctx.vramtrace(ProbeAt::Entry));
-            rows.push(ctx.vramtrace(ProbeAt::Auto));
+            rows.push(ctx.vramtrace(ProbeAt::Entry, "dwarf"));
+            for stacks in ["off", "fp", "dwarf"] {
+                rows.push(ctx.vramtrace(ProbeAt::Auto, stacks));
+            }
         }
+    }
+    // Calls from Python: the stacks run through the interpreter, whose frames are recorded.
+    let python = args.python.clone().or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let p = Path::new(&home).join(".pyenv/versions/3.12.1/bin/python3");
+        p.exists().then_some(p)
+    });
+    match &python {
+        Some(python) if args.sim.exists() => {
+            for threads in [1, 4] {
+                let ctx = Ctx {
+                    args,
+                    lib: &args.sim,
+                    lib_name: "sim",
+                    threads,
+                    python: Some(python),
+                };
+                rows.push(ctx.bare());
+                for stacks in ["off", "fp", "dwarf"] {
+                    rows.push(ctx.vramtrace(ProbeAt::Auto, stacks));
+                }
+            }
+        }
+        _ => eprintln!("xtask bench: no CPython 3.12 (--python); skipping the Python rows"),
     }
     print_table(&rows);
     println!(
@@ -143,13 +174,25 @@ struct Ctx<'a> {
     lib: &'a Path,
     lib_name: &'static str,
     threads: u64,
+    /// The CPython that runs the Python caller, for the rows whose calls come from Python.
+    python: Option<&'a Path>,
+}
+
+impl Ctx<'_> {
+    /// The library column: the driver, and `+py` when the calls come from Python.
+    fn lib_label(&self) -> String {
+        match self.python {
+            Some(_) => format!("{}+py", self.lib_name),
+            None => self.lib_name.to_string(),
+        }
+    }
 }
 
 impl Row {
     fn failed(mode: &str, ctx: &Ctx<'_>, note: String) -> Row {
         Row {
             mode: mode.into(),
-            lib: ctx.lib_name,
+            lib: ctx.lib_label(),
             threads: ctx.threads,
             calls: 0,
             ns_per_call: None,
@@ -168,14 +211,22 @@ struct Caller {
 
 impl Caller {
     fn start(ctx: &Ctx<'_>) -> Result<Caller> {
-        let mut child = Command::new(&ctx.args.callloop)
+        let mut command = match ctx.python {
+            Some(python) => {
+                let mut c = Command::new(python);
+                c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/callloop.py"));
+                c
+            }
+            None => Command::new(&ctx.args.callloop),
+        };
+        let mut child = command
             .arg(ctx.lib)
             .arg(ctx.args.calls.to_string())
             .arg(ctx.threads.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", ctx.args.callloop.display()))?;
+            .context("starting the caller")?;
         let mut stdout = BufReader::new(child.stdout.take().context("caller stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
@@ -223,7 +274,7 @@ impl Ctx<'_> {
         match result {
             Ok((ns, calls, events, lost)) => Row {
                 mode: mode.into(),
-                lib: self.lib_name,
+                lib: self.lib_label(),
                 threads: self.threads,
                 calls,
                 ns_per_call: Some(ns),
@@ -303,10 +354,10 @@ impl Ctx<'_> {
         self.row("bpftrace", result)
     }
 
-    fn vramtrace(&self, probe_at: ProbeAt) -> Row {
+    fn vramtrace(&self, probe_at: ProbeAt, stacks: &str) -> Row {
         let mode = match probe_at {
-            ProbeAt::Entry => "vramtrace entry",
-            ProbeAt::Auto => "vramtrace auto",
+            ProbeAt::Entry => format!("vramtrace entry {stacks}"),
+            ProbeAt::Auto => format!("vramtrace auto {stacks}"),
         };
         let result = (|| {
             let dir = std::env::temp_dir().join(format!("vtbench-{}", std::process::id()));
@@ -327,6 +378,8 @@ impl Ctx<'_> {
                     &caller.pid().to_string(),
                     "--probe-at",
                     probe_at,
+                    "--stacks",
+                    stacks,
                     "-o",
                 ])
                 .arg(&trace)
@@ -378,10 +431,16 @@ impl Ctx<'_> {
                 })
                 .unwrap_or(0);
             let lost = footer["lost_events"].as_u64().unwrap_or(0);
+            let stacks_failed = footer["stack_failed"].as_u64().unwrap_or(0);
             let _ = fs::remove_dir_all(&dir);
-            Ok((ns, calls, Some(events), Some(lost)))
+            Ok((ns, calls, Some(events), Some(lost), stacks_failed))
         })();
-        self.row(mode, result)
+        let failed = result.as_ref().map_or(0, |r| r.4);
+        let mut row = self.row(&mode, result.map(|(ns, c, e, l, _)| (ns, c, e, l)));
+        if failed > 0 {
+            row.note = format!("{failed} stacks not captured");
+        }
+        row
     }
 }
 
@@ -505,7 +564,7 @@ fn symbol_file_offset(lib: &Path, name: &str) -> Result<u64> {
 fn print_table(rows: &[Row]) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(
-        "{:<18} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "{:<22} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}",
         "mode", "lib", "threads", "calls", "ns/call", "added", "events", "lost"
     );
     for row in rows {
@@ -521,7 +580,7 @@ fn print_table(rows: &[Row]) {
             _ => "-".to_string(),
         };
         println!(
-            "{:<18} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}{}",
+            "{:<22} {:<7} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}{}",
             row.mode,
             row.lib,
             row.threads,

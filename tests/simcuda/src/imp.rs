@@ -492,6 +492,12 @@ impl State {
     }
 
     fn destroy_ctx_memory(&mut self, ctx: u64) {
+        self.free_ctx_memory(ctx);
+        self.contexts.remove(&ctx);
+    }
+
+    /// Frees what was allocated in `ctx` (not stream-ordered memory, which its pool keeps).
+    fn free_ctx_memory(&mut self, ctx: u64) {
         let dead: Vec<u64> = self
             .allocs
             .iter()
@@ -514,7 +520,6 @@ impl State {
                 self.uncharge(a.dev, a.bytes);
             }
         }
-        self.contexts.remove(&ctx);
     }
 
     fn new_ctx(&mut self, dev: usize, primary: bool) -> u64 {
@@ -1602,6 +1607,25 @@ pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
 
 pub extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
     primary_release(dev)
+}
+
+/// Frees everything of the primary context; it stays retained and usable.
+fn primary_reset(dev: CUdevice) -> CUresult {
+    code(with(|st| {
+        let d = st.device(dev)?;
+        if let Some(ctx) = st.primary[d].ctx {
+            st.free_ctx_memory(ctx);
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
+    primary_reset(dev)
+}
+
+pub extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
+    primary_reset(dev)
 }
 
 pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {

@@ -168,6 +168,8 @@ exports! {
     cuDevicePrimaryCtxRetain,
     cuDevicePrimaryCtxRelease,
     cuDevicePrimaryCtxRelease_v2,
+    cuDevicePrimaryCtxReset,
+    cuDevicePrimaryCtxReset_v2,
     cuCtxSetCurrent,
     cuCtxGetCurrent,
     cuCtxPushCurrent,

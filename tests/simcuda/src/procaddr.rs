@@ -163,6 +163,14 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         ],
         &[],
     ),
+    (
+        "cuDevicePrimaryCtxReset",
+        &[
+            (7000, "cuDevicePrimaryCtxReset"),
+            (11000, "cuDevicePrimaryCtxReset_v2"),
+        ],
+        &[],
+    ),
     ("cuCtxSetCurrent", &[(4000, "cuCtxSetCurrent")], &[]),
     ("cuCtxGetCurrent", &[(4000, "cuCtxGetCurrent")], &[]),
     (

@@ -656,6 +656,38 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     );
     call!(d, f, buf_a.as_mut_ptr().cast());
 
+    // Resetting the primary context frees what it holds; it stays retained.
+    let alloc = sym!(d, FnAlloc, "cuMemAlloc", V, 0, "cuMemAlloc_v2");
+    let resets = [
+        sym!(
+            d,
+            FnDev,
+            "cuDevicePrimaryCtxReset",
+            7000,
+            0,
+            "cuDevicePrimaryCtxReset"
+        ),
+        sym!(
+            d,
+            FnDev,
+            "cuDevicePrimaryCtxReset",
+            V,
+            0,
+            "cuDevicePrimaryCtxReset_v2"
+        ),
+    ];
+    for f in resets {
+        let mut p = 0u64;
+        let r = call!(d, alloc, &mut p, MIB as usize);
+        d.bytes(alloc.name, MIB, r);
+        if r == 0 {
+            book.add(Key::Ptr(p), MIB, Label::Dynamic, ctx);
+        }
+        if call!(d, f, dev) == 0 {
+            book.ctx_destroyed(ctx);
+        }
+    }
+
     // Releasing the only primary-context reference destroys it and what it holds.
     let f = sym!(
         d,

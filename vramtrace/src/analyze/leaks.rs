@@ -15,6 +15,9 @@
 //!   on how threads interleave: a thread that leaks in every step of its own, run before or
 //!   after the others, grows in one third and is flat in the rest, yet never frees.
 //!
+//! The stacks of a process that reach the driver from the same frames in the user's code
+//! ([`SiteKey`]) are judged as one: their sums follow these rules.
+//!
 //! Memory that is held by design is told apart and listed as retention:
 //!
 //! - stream-ordered pools: a free returns memory to the pool (the ledger's pool-held bytes),
@@ -23,12 +26,15 @@
 //!   up, then stay flat, and the same stack frees some of them; a stack that frees and whose
 //!   live bytes stopped growing in the last third is retention, not a leak.
 
+use std::collections::BTreeMap;
+
 use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::postmortem::StackFrames;
+use super::postmortem::{StackFrames, site_key};
 use crate::ledger::{Change, EndCause, Ledger, LiveAllocation, Phase};
+use crate::site::SiteKey;
 use crate::trace::Mem;
 
 /// The shortest steady state a growth rate per second is given for.
@@ -124,6 +130,9 @@ impl ProcSpan {
         self.events
     }
 }
+
+/// A stack of a finding, and what it made.
+type Member<'a> = (Option<u32>, &'a StackStat);
 
 /// Per-stack live bytes over time, from the allocations and frees the ledger booked.
 #[derive(Clone, Debug, Default)]
@@ -266,7 +275,9 @@ impl LeakTracker {
             .collect()
     }
 
-    /// The suspects and retention, with `frames` to describe a stack.
+    /// The suspects and retention, with `frames` to describe a stack. The stacks of a
+    /// process that share a site ([`SiteKey`]: the same frames in the user's code) are one
+    /// finding, judged on their sums and cited by the stack that holds the most.
     pub fn report(
         self,
         ledger: &Ledger,
@@ -275,11 +286,19 @@ impl LeakTracker {
         let mut out = LeakReport::default();
         let mut keys: Vec<_> = self.stacks.keys().copied().collect();
         keys.sort();
+        let mut groups: BTreeMap<(u32, SiteKey), Vec<Member<'_>>> = BTreeMap::new();
         for key in keys {
             let (proc, stack) = key;
-            let Some(s) = self.stacks.get(&key) else {
+            // Stream-ordered memory goes back to its pool, which is retention of its own.
+            let Some(s) = self.stacks.get(&key).filter(|s| s.mem != Mem::DeviceAsync) else {
                 continue;
             };
+            groups
+                .entry((proc, site_key(ledger, stack)))
+                .or_default()
+                .push((stack, s));
+        }
+        for ((proc, _), members) in groups {
             let span = self.procs.get(&proc).copied().unwrap_or_default();
             let Some(p) = ledger.process(proc) else {
                 continue;
@@ -287,31 +306,55 @@ impl LeakTracker {
             let Some(start) = span.load_end else {
                 continue;
             };
+            // The member that holds the most (the first of equals) cites the group.
+            let Some(&(cited, most)) = members.iter().rev().max_by_key(|(_, s)| s.live_bytes)
+            else {
+                continue;
+            };
+            let sum = |f: fn(&StackStat) -> u64| members.iter().map(|(_, s)| f(s)).sum::<u64>();
+            let live_bytes = sum(|s| s.live_bytes);
+            let frees = sum(|s| s.frees);
+            let steady_allocs = sum(|s| s.steady_allocs);
+            let last_alloc_ts = members
+                .iter()
+                .map(|(_, s)| s.last_alloc_ts)
+                .max()
+                .unwrap_or(0);
             let end = span
                 .last_activity
                 .or(span.exit)
                 .or(p.last_ts_ns)
                 .unwrap_or(start);
-            if end <= start || s.live_bytes == 0 || s.mem == Mem::DeviceAsync {
+            if end <= start || live_bytes == 0 {
                 continue;
             }
+            let describe = || {
+                let mut st = frames(cited);
+                st.merged = members
+                    .iter()
+                    .filter_map(|(id, _)| *id)
+                    .filter(|id| Some(*id) != cited)
+                    .collect();
+                st
+            };
             let d = end - start;
             let (o0, n) = (span.load_end_event, span.events - span.load_end_event);
-            let b = [o0, o0 + n / 3, o0 + 2 * n / 3, span.events].map(|o| s.live_at(o));
+            let b = [o0, o0 + n / 3, o0 + 2 * n / 3, span.events]
+                .map(|o| members.iter().map(|(_, s)| s.live_at(o)).sum::<u64>());
             let grew_every_third = b[1] < b[2] && b[2] < b[3] && b[0] < b[1];
-            let never_freed = s.frees == 0 && b[3] > b[0];
-            if (grew_every_third || never_freed) && s.steady_allocs >= MIN_STEADY_ALLOCS {
+            let never_freed = frees == 0 && b[3] > b[0];
+            if (grew_every_third || never_freed) && steady_allocs >= MIN_STEADY_ALLOCS {
                 out.suspects.push(LeakSuspect {
                     proc,
                     pid: p.pid,
                     comm: p.comm().to_owned(),
-                    stack: frames(stack),
-                    api: s.api.clone(),
-                    mem: s.mem.name().to_owned(),
-                    live_bytes: s.live_bytes,
-                    live_allocations: s.live_count,
-                    allocs: s.allocs,
-                    frees: s.frees,
+                    stack: describe(),
+                    api: most.api.clone(),
+                    mem: most.mem.name().to_owned(),
+                    live_bytes,
+                    live_allocations: sum(|s| s.live_count),
+                    allocs: sum(|s| s.allocs),
+                    frees,
                     live_at_thirds: b,
                     growth_bytes: b[3].saturating_sub(b[0]),
                     growth_over_ns: d,
@@ -324,15 +367,14 @@ impl LeakTracker {
                     }
                     .to_owned(),
                 });
-            } else if s.steady_allocs > 0 && s.frees > 0 && s.last_alloc_ts >= start && b[2] == b[3]
-            {
+            } else if steady_allocs > 0 && frees > 0 && last_alloc_ts >= start && b[2] == b[3] {
                 out.retention.push(Retention {
                     proc,
                     pid: p.pid,
                     comm: p.comm().to_owned(),
                     kind: "caching".into(),
-                    bytes: s.live_bytes,
-                    stack: Some(frames(stack)),
+                    bytes: live_bytes,
+                    stack: Some(describe()),
                 });
             }
         }

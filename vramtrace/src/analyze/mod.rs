@@ -30,7 +30,8 @@ use crate::ledger::{
     Class, DeviceReconciliation, GpuReconciliation, HostFinding, Ledger, LiveAllocation, Oom,
     ProcessState, Usage,
 };
-use crate::trace::{Footer, Header, Integrity, Mem, NvmlInfo, Record};
+use crate::site::Site;
+use crate::trace::{Footer, Frame, Header, Integrity, Mem, NvmlInfo, Record};
 
 /// What reading the trace file found, apart from the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -237,7 +238,8 @@ pub struct HeldAllocation {
     /// The evidence that decided the class.
     #[serde(default)]
     pub evidence: Vec<String>,
-    /// Its stack's first named frame outside the driver and the CUDA runtime.
+    /// The title of its stack's site: the frame in the user's code (`train.py:88 forward`),
+    /// or the first named frame outside the driver and the CUDA runtime when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_frame: Option<String>,
 }
@@ -286,7 +288,8 @@ pub struct ProcessReport {
     /// True when the process exited during the trace; false: the `*_at_exit` figures are at
     /// the end of the trace, with the process still running.
     pub exited: bool,
-    /// Named by `record -p`: attached while it ran, so what it allocated before the
+    /// Already running when the recording started (named by `record -p`, or found by a
+    /// machine-wide recording): what it allocated before the
     /// recording started is not in the trace (NVML's per-process figure still counts it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
@@ -359,6 +362,9 @@ pub struct HostFallbackReport {
     pub finding: HostFinding,
     /// The stack's frames, innermost first, as text (empty when there is no stack).
     pub stack: Vec<String>,
+    /// The stack's frame in the user's code, with its title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
 }
 
 /// A request that failed for want of memory: the Ledger's snapshot and its stack.
@@ -369,12 +375,19 @@ pub struct OomReport {
     pub oom: Oom,
     /// The stack's frames, innermost first, as text.
     pub stack: Vec<String>,
+    /// The stack's frame in the user's code, with its title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
 }
 
 fn stack_text(ledger: &Ledger, id: Option<u32>) -> Vec<String> {
     id.and_then(|id| ledger.stack(id))
-        .map(|s| s.frames.iter().map(postmortem::frame_line).collect())
+        .map(|s| s.frames.iter().map(Frame::line).collect())
         .unwrap_or_default()
+}
+
+fn site(ledger: &Ledger, id: Option<u32>) -> Option<Site> {
+    ledger.stack(id?)?.site()
 }
 
 /// Adds classification, host-memory findings and out-of-memory failures to a process report.
@@ -388,6 +401,7 @@ fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) 
         .map(|h| HostFallbackReport {
             finding: h.clone(),
             stack: stack_text(ledger, h.stack),
+            site: site(ledger, h.stack),
         })
         .collect();
     r.ooms = p
@@ -396,6 +410,7 @@ fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) 
         .map(|o| OomReport {
             oom: o.clone(),
             stack: stack_text(ledger, o.stack),
+            site: site(ledger, o.stack),
         })
         .collect();
 }
@@ -743,9 +758,7 @@ pub(crate) fn report(
                 for a in &mut r.largest_at_exit {
                     a.top_frame = postmortem::top_frame(&ledger, a.stack);
                 }
-                r.attached = header
-                    .as_ref()
-                    .is_some_and(|h| h.scope.pids.contains(&r.pid));
+                r.attached = p.running_before;
                 r.untraced_after = !r.exited
                     && footer
                         .as_ref()

@@ -18,9 +18,10 @@ use super::leaks::{LeakReport, LeakTracker};
 use super::timeline::{Timeline, TimelineReport};
 use crate::api::cuda_error_name;
 use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Phase};
+use crate::site::{Site, SiteKey};
 use crate::trace::{Mem, Record, Stack};
 
-/// Frames kept per stack in the report.
+/// Frames kept per stack in the report, and more when its site is deeper.
 const FRAMES: usize = 12;
 
 /// Everything the postmortem found, part of the [`Report`](super::Report).
@@ -34,13 +35,30 @@ pub struct Postmortem {
     pub timeline: TimelineReport,
 }
 
-/// A stack as the report shows it: frames innermost first, symbolized where the trace has it.
+/// A stack as the report shows it: frames innermost first, symbolized where the trace has it,
+/// and the frame in the user's code that the finding is titled by.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackFrames {
-    /// The `stack` record id; `None`: the call had no stack.
+    /// The `stack` record id; `None`: the call had no stack. For a finding that groups
+    /// several stacks, the one that holds the most.
     pub id: Option<u32>,
     /// `function (file:line)`, or `file+0xoffset`, or `0xaddr (why unknown)`.
     pub frames: Vec<String>,
+    /// The frame in the user's code (or the best frame of a stack that has none), with its
+    /// title: `train.py:88 forward`. Absent when there is no stack record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// The other stacks grouped into the finding: the same frames in the user's code,
+    /// reached through other paths in the runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<u32>,
+}
+
+impl StackFrames {
+    /// Whether the finding includes stack `id`.
+    pub fn covers(&self, id: Option<u32>) -> bool {
+        self.id == id || id.is_some_and(|i| self.merged.contains(&i))
+    }
 }
 
 /// Live bytes made by one stack at the moment of a failure.
@@ -68,7 +86,8 @@ pub struct Holder {
     /// How long it had been held at the failure.
     pub held_for_ns: u64,
     pub stack: Option<u32>,
-    /// The stack's first named frame outside the driver and the CUDA runtime, as text.
+    /// The title of the stack's site: its frame in the user's code (`train.py:88 forward`),
+    /// or its first named frame outside the driver and the CUDA runtime when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_frame: Option<String>,
 }
@@ -143,6 +162,14 @@ pub struct OomExplanation {
     /// failure (the Ledger's figure): what was taken since NVML's sample is measured by it.
     #[serde(default)]
     pub traced_on_device: u64,
+    /// The process was already running when the recording started (`record -p`, or a
+    /// machine-wide recording): its figures count what it allocated since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
+    /// NVML's per-process figure on the device beyond the traced allocations, when NVML
+    /// gave one (the Ledger's [`Oom::untraced_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untraced_bytes: Option<u64>,
     /// The dynamic memory of the failing step.
     pub since_low: Option<SinceLow>,
     /// What the process held then in stacks the leak analysis found growing all run.
@@ -260,6 +287,8 @@ impl Collector {
             others: oom.others.clone(),
             capacity: oom.nvml.clone(),
             traced_on_device: oom.traced_on_device(),
+            attached: oom.attached,
+            untraced_bytes: oom.untraced_bytes(),
             ..Default::default()
         };
         e.others
@@ -344,11 +373,10 @@ impl Collector {
                 }
             })
             .collect();
-        e.top_stacks = stacks
+        e.top_stacks = by_site(ledger, stacks)
             .into_iter()
             .take(self.top)
-            .map(|(id, mut h)| {
-                h.stack = frames_of(ledger, id);
+            .map(|mut h| {
                 h.held_for_ns = now.saturating_sub(h.oldest_ts_ns);
                 h
             })
@@ -385,7 +413,7 @@ impl Collector {
                 leaks
                     .suspects
                     .iter()
-                    .any(|l| l.proc == e.proc && l.stack.id == *id)
+                    .any(|l| l.proc == e.proc && l.stack.covers(*id))
             };
             let mut share = LeakShare::default();
             for h in held.iter().filter(|h| suspect(&h.stack)) {
@@ -408,76 +436,64 @@ impl Collector {
     }
 }
 
-/// One frame as a line: the function and source where known, else the file and offset.
-pub fn frame_line(f: &crate::trace::Frame) -> String {
-    let place = match (&f.file, f.offset) {
-        (Some(file), Some(off)) => {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            format!("{base}+{off:#x}")
-        }
-        _ => format!("{:#x}", f.addr),
-    };
-    match (&f.sym, &f.src) {
-        (Some(sym), Some(src)) => format!("{sym} ({src})"),
-        (Some(sym), None) => format!("{sym} ({place})"),
-        (None, _) => match &f.unknown {
-            Some(why) => format!("{place} ({why})"),
-            None => place,
-        },
-    }
-}
+pub use crate::site::frame_line;
 
-/// The frame that names who made an allocation: stack `id`'s first named frame outside the
-/// driver and the CUDA runtime (their frames name only the entry point), else its first.
+/// The title of stack `id`'s [`Site`]: its frame in the user's code, or its best frame
+/// when it has none.
 pub fn top_frame(ledger: &Ledger, id: Option<u32>) -> Option<String> {
-    let stack = ledger.stack(id?)?;
-    let inside_cuda = |f: &crate::trace::Frame| {
-        f.file.as_deref().is_some_and(|file| {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            base.starts_with("libcuda.so") || base.starts_with("libcudart.so")
-        })
-    };
-    let f = stack
-        .frames
-        .iter()
-        .find(|f| f.sym.is_some() && !inside_cuda(f))
-        .or(stack.frames.first())?;
-    let mut short = f.clone();
-    short.sym = f.sym.as_deref().map(|s| without_parameters(s).to_owned());
-    Some(frame_line(&short))
+    ledger.stack(id?)?.site().map(|s| s.title)
 }
 
-/// A demangled C++ name without its parameter list and what follows it (`ns::f(int) const`
-/// is `ns::f`): enough to cite a frame on one line. Other names are kept whole.
-fn without_parameters(sym: &str) -> &str {
-    const ANONYMOUS: &str = "(anonymous namespace)";
-    let mut depth = 0i32;
-    let mut i = 0;
-    while let Some(c) = sym[i..].chars().next() {
-        match c {
-            '<' => depth += 1,
-            '>' => depth -= 1,
-            '(' if sym[i..].starts_with(ANONYMOUS) => {
-                i += ANONYMOUS.len();
-                continue;
-            }
-            '(' if depth == 0 && i > 0 => return &sym[..i],
-            _ => {}
-        }
-        i += c.len_utf8();
-    }
-    sym
-}
-
-/// The frames of stack `id`, as lines.
+/// The frames of stack `id`, as lines, and its site. The frames reach at least two past
+/// the site, however deep in the stack it is.
 pub fn frames_of(ledger: &Ledger, id: Option<u32>) -> StackFrames {
+    let stack = id.and_then(|i| ledger.stack(i));
+    let site = stack.and_then(Stack::site);
+    let keep = FRAMES.max(site.as_ref().map_or(0, |s| s.frame + 3));
     StackFrames {
         id,
-        frames: id
-            .and_then(|i| ledger.stack(i))
-            .map(|s: &Stack| s.frames.iter().take(FRAMES).map(frame_line).collect())
+        frames: stack
+            .map(|s: &Stack| s.frames.iter().take(keep).map(frame_line).collect())
             .unwrap_or_default(),
+        site,
+        merged: Vec::new(),
     }
+}
+
+/// What findings of stack `id` are grouped by.
+pub fn site_key(ledger: &Ledger, id: Option<u32>) -> SiteKey {
+    SiteKey::of(id, id.and_then(|i| ledger.stack(i)))
+}
+
+/// What each stack held, grouped by site ([`SiteKey`]): one holding per group, cited by
+/// the stack in it that held the most, largest first. `stacks` is sorted by bytes, largest
+/// first.
+fn by_site(ledger: &Ledger, stacks: Vec<(Option<u32>, StackHolding)>) -> Vec<StackHolding> {
+    let mut groups: Vec<(SiteKey, StackHolding)> = Vec::new();
+    let mut index: HashMap<SiteKey, usize> = HashMap::default();
+    for (id, h) in stacks {
+        let key = site_key(ledger, id);
+        match index.get(&key).and_then(|&i| groups.get_mut(i)) {
+            Some((_, g)) => {
+                g.bytes += h.bytes;
+                g.allocations += h.allocations;
+                g.oldest_ts_ns = g.oldest_ts_ns.min(h.oldest_ts_ns);
+                g.stack.merged.extend(id);
+            }
+            None => {
+                index.insert(key.clone(), groups.len());
+                // The first of a group holds the most of it: it cites the group.
+                let stack = frames_of(ledger, id);
+                groups.push((key, StackHolding { stack, ..h }));
+            }
+        }
+    }
+    let mut out: Vec<StackHolding> = groups.into_iter().map(|(_, h)| h).collect();
+    for h in &mut out {
+        h.stack.merged.sort_unstable();
+    }
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.id.cmp(&b.stack.id)));
+    out
 }
 
 /// What a request of `request` bytes would still lack with `freed` bytes given back beside
@@ -526,10 +542,28 @@ fn verdict(e: &OomExplanation) -> String {
         "; this process held {} on the device",
         hb(e.held_device_bytes)
     ));
+    if e.attached {
+        v.push_str(" as traced since the recording began (it was already running)");
+    }
     if e.held_pool_bytes > 0 {
         v.push_str(&format!(
             " plus {} cached in stream-ordered pools (cuMemPoolTrimTo would give it back)",
             hb(e.held_pool_bytes)
+        ));
+    }
+    if let (Some(used), Some(beyond)) = (
+        e.capacity.as_ref().and_then(|c| c.process_used_bytes),
+        e.untraced_bytes,
+    ) {
+        v.push_str(&format!(
+            "; NVML counted {} for it, {} beyond the traced allocations ({})",
+            hb(used),
+            hb(beyond),
+            if e.attached {
+                "what it allocated before tracing began, and its context"
+            } else {
+                "its CUDA context and memory not obtained through the hooked calls"
+            }
         ));
     }
     if e.held_other_devices_bytes > 0 {
@@ -614,38 +648,9 @@ fn verdict(e: &OomExplanation) -> String {
 }
 
 #[cfg(test)]
-mod citation_tests {
-    use super::without_parameters;
-
-    #[test]
-    fn a_cited_frame_drops_the_parameter_list() {
-        assert_eq!(
-            without_parameters(
-                "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc(unsigned long, CUstream_st*)"
-            ),
-            "c10::cuda::CUDACachingAllocator::Native::DeviceCachingAllocator::malloc"
-        );
-        assert_eq!(
-            without_parameters("void at::f<std::function<void (int)> >(int) [clone .isra.0]"),
-            "void at::f<std::function<void (int)> >"
-        );
-        assert_eq!(without_parameters("cudaMalloc"), "cudaMalloc");
-        assert_eq!(
-            without_parameters("(anonymous namespace)::g"),
-            "(anonymous namespace)::g"
-        );
-        assert_eq!(
-            without_parameters(
-                "at::native::(anonymous namespace)::addmm_out_cuda_impl(at::Tensor&)"
-            ),
-            "at::native::(anonymous namespace)::addmm_out_cuda_impl"
-        );
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::super::{Report, summarize};
+    use super::StackFrames;
     use crate::trace::{Call, Frame, GpuSample, Mem, NvmlSample, Record, Stack};
 
     const MIB: u64 = 1 << 20;
@@ -778,6 +783,123 @@ mod tests {
         );
         assert_eq!(class("dynamic"), Some((256 + 9) * MIB), "{:?}", e.by_class);
         assert_eq!(e.by_class.len(), 2, "{:?}", e.by_class);
+    }
+
+    /// A PyTorch stack: the caching allocator (at `path` within it), the interpreter, and
+    /// the Python line `train.py:LINE` in `forward`.
+    fn py_stack(id: u32, line: u32, path: u64) -> Record {
+        Record::Stack(Stack {
+            id,
+            frames: vec![
+                Frame {
+                    addr: 0x7f00_0000_0000 + path,
+                    file: Some("/venv/torch/lib/libc10_cuda.so".into()),
+                    offset: Some(path),
+                    sym: Some("c10::cuda::CUDACachingAllocator::malloc(unsigned long)".into()),
+                    ..Default::default()
+                },
+                Frame {
+                    addr: 0x5500_001d_0000,
+                    file: Some("/usr/bin/python3.12".into()),
+                    offset: Some(0x1d_0000),
+                    sym: Some("_PyEval_EvalFrameDefault".into()),
+                    ..Default::default()
+                },
+                Frame {
+                    file: Some("/home/me/train.py".into()),
+                    sym: Some("forward".into()),
+                    src: Some(format!("/home/me/train.py:{line}")),
+                    python: true,
+                    ..Default::default()
+                },
+            ],
+            truncated: None,
+        })
+    }
+
+    /// As [`training`], from Python lines: weights (line 20), the cache (30), activations
+    /// (91); the leak is line 88, reached through two paths of the allocator (stacks 4 and
+    /// 5, in turn).
+    fn python_training() -> Report {
+        let mut recs = vec![
+            py_stack(1, 20, 0x100),
+            py_stack(2, 30, 0x100),
+            py_stack(3, 91, 0x100),
+            py_stack(4, 88, 0x100),
+            py_stack(5, 88, 0x200),
+        ];
+        recs.push(alloc(0x10_0000_0000, 512 * MIB, 1_000, 1));
+        recs.push(alloc(0x20_0000_0000, 64 * MIB, 2_000, 2));
+        let mut ts = 10_000;
+        for step in 0..10u64 {
+            recs.push(alloc(0x30_0000_0000, 256 * MIB, ts, 3));
+            let path = 4 + (step % 2) as u32;
+            recs.push(alloc(0x40_0000_0000 + step * MIB, MIB, ts + 10, path));
+            if step == 9 {
+                recs.push(Record::Failed(Call {
+                    ret: 2,
+                    bytes: Some(300 * MIB),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", ts + 30, 3)
+                }));
+            }
+            recs.push(free(0x30_0000_0000, ts + 1_000));
+            ts += 1_000_000;
+        }
+        summarize(recs.into_iter(), None)
+    }
+
+    #[test]
+    fn findings_from_one_user_line_are_one_titled_by_it() {
+        let r = python_training();
+        let e = &r.postmortem.ooms[0];
+        let site = |h: &StackFrames| h.site.clone().expect("a site");
+        assert_eq!(site(&e.stack).title, "train.py:91 forward");
+        let titles: Vec<String> = e.top_stacks.iter().map(|h| site(&h.stack).title).collect();
+        assert_eq!(
+            titles,
+            [
+                "train.py:20 forward",
+                "train.py:91 forward",
+                "train.py:30 forward",
+                "train.py:88 forward"
+            ]
+        );
+        // The leak's two paths through the allocator are one holding, cited by the first.
+        let leak = &e.top_stacks[3];
+        assert_eq!((leak.bytes, leak.allocations), (10 * MIB, 10));
+        assert_eq!((leak.stack.id, &leak.stack.merged[..]), (Some(4), &[5][..]));
+        let s = site(&leak.stack);
+        assert!(s.user && s.python);
+        assert_eq!((s.frame, s.line), (2, Some(88)));
+        assert_eq!(leak.stack.frames[2], "forward (/home/me/train.py:88)");
+
+        // One suspect, not one per path; the OOM weighs both.
+        let l = &r.postmortem.leaks.suspects;
+        assert_eq!(l.len(), 1, "{l:#?}");
+        assert_eq!((l[0].live_bytes, l[0].allocs), (10 * MIB, 10));
+        assert!(l[0].stack.covers(Some(4)) && l[0].stack.covers(Some(5)));
+        assert!(!l[0].stack.covers(Some(3)) && !l[0].stack.covers(None));
+        let share = e.in_leak_suspects.expect("the leak is weighed");
+        assert_eq!((share.bytes, share.stacks), (10 * MIB, 2));
+
+        // The JSON carries the site; the text is titled by it.
+        let json = serde_json::to_value(&r.postmortem).expect("json");
+        assert_eq!(
+            json["leaks"]["suspects"][0]["stack"]["site"]["title"],
+            "train.py:88 forward"
+        );
+        assert_eq!(json["ooms"][0]["top_stacks"][3]["stack"]["merged"][0], 5);
+        let text = super::super::render_text(&r);
+        assert!(
+            text.contains("failed call's stack from train.py:91 forward:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oldest held for 9.0 ms from train.py:88 forward (2 stacks)"),
+            "{text}"
+        );
+        assert!(text.contains("   train.py:88 forward in "), "{text}");
     }
 
     #[test]
@@ -931,6 +1053,94 @@ mod tests {
             "{}",
             e.verdict
         );
+    }
+
+    /// A process attached with -p held 1 GiB before tracing began: its OOM says what was
+    /// traced since, and what NVML counted for it beyond that.
+    #[test]
+    fn an_attached_process_oom_says_what_nvml_counted_beyond_the_trace() {
+        let header = crate::trace::Header {
+            scope: crate::trace::Scope {
+                pids: vec![7],
+                ..Default::default()
+            },
+            nvml: Some(crate::trace::NvmlInfo {
+                available: true,
+                gpus: vec![crate::trace::GpuInfo {
+                    index: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let recs = vec![
+            Record::Header(Box::new(header)),
+            process(1, 7, None),
+            alloc(0x10_0000_0000, 2 << 30, 1_000, 1),
+            Record::Nvml(NvmlSample {
+                ts_ns: 1_500,
+                gpus: vec![GpuSample {
+                    index: 0,
+                    total_bytes: Some(80 << 30),
+                    free_bytes: Some(512 * MIB),
+                    processes: vec![crate::trace::GpuProcess {
+                        pid: 7,
+                        used_bytes: Some(3 << 30),
+                    }],
+                    ..Default::default()
+                }],
+            }),
+            Record::Failed(Call {
+                ret: 2,
+                bytes: Some(1 << 30),
+                mem: Some(Mem::Device),
+                ..call("cuMemAlloc_v2", 2_000, 2)
+            }),
+        ];
+        let r = summarize(recs.into_iter(), None);
+        let e = &r.postmortem.ooms[0];
+        assert!(e.attached);
+        assert_eq!(e.untraced_bytes, Some(1 << 30));
+        assert!(
+            e.verdict.contains(
+                "this process held 2.0 GiB on the device as traced since the recording began \
+                 (it was already running); NVML counted 3.0 GiB for it, 1.0 GiB beyond \
+                 the traced allocations (what it allocated before tracing began, and its context)"
+            ),
+            "{}",
+            e.verdict
+        );
+    }
+
+    /// A process attached while it ran made its context before tracing began: with one GPU
+    /// visible to it (CUDA_VISIBLE_DEVICES names one), its OOM is on that GPU, not "GPU ?".
+    #[test]
+    fn a_context_made_before_tracing_is_on_the_one_visible_gpu() {
+        let unknown_ctx = |c: Call| Call { device: None, ..c };
+        for (visible, want) in [(Some("3"), Some(0)), (Some("0,1"), None), (None, None)] {
+            let recs = vec![
+                process(1, 7, visible),
+                Record::Alloc(unknown_ctx(Call {
+                    addr: Some(0x10_0000_0000),
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 1_000, 1)
+                })),
+                Record::Failed(unknown_ctx(Call {
+                    ret: 2,
+                    bytes: Some(1 << 30),
+                    mem: Some(Mem::Device),
+                    ..call("cuMemAlloc_v2", 2_000, 2)
+                })),
+            ];
+            let r = summarize(recs.into_iter(), None);
+            let e = &r.postmortem.ooms[0];
+            assert_eq!(e.device, want, "CUDA_VISIBLE_DEVICES={visible:?}");
+            if want.is_some() {
+                assert_eq!(e.held_device_bytes, 1 << 30);
+            }
+        }
     }
 
     /// Thread 0 leaks 1 MiB per step from stack 4 and runs all its steps before the other

@@ -231,7 +231,7 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
     if p.attached {
         let _ = writeln!(
             o,
-            "  traced since the recording started (attached with -p while it ran): what it \
+            "  traced since the recording started (it was already running): what it \
              allocated before is not in these figures; NVML's figure below still counts it"
         );
     }

@@ -22,6 +22,8 @@ const SPARK: usize = 60;
 /// Frames shown per stack in text.
 const TEXT_FRAMES: usize = 6;
 
+/// The frames of `s`, at most [`TEXT_FRAMES`] of them: the innermost, or, when its site is
+/// deeper, the two innermost and the frames from the site on.
 fn stack_lines(o: &mut String, s: &StackFrames, indent: &str) {
     if s.frames.is_empty() {
         let _ = writeln!(
@@ -31,16 +33,37 @@ fn stack_lines(o: &mut String, s: &StackFrames, indent: &str) {
         );
         return;
     }
-    for f in s.frames.iter().take(TEXT_FRAMES) {
+    let site = s.site.as_ref().map_or(0, |site| site.frame);
+    let mut shown = 0;
+    for (i, f) in s.frames.iter().enumerate() {
+        if site >= TEXT_FRAMES && i == 2 {
+            let _ = writeln!(o, "{indent}... {} frames", site - 2);
+        }
+        if site >= TEXT_FRAMES && (2..site).contains(&i) {
+            continue;
+        }
+        if shown == TEXT_FRAMES {
+            let _ = writeln!(o, "{indent}... {} more frames", s.frames.len() - i);
+            break;
+        }
         let _ = writeln!(o, "{indent}{f}");
+        shown += 1;
     }
-    if s.frames.len() > TEXT_FRAMES {
-        let _ = writeln!(
-            o,
-            "{indent}... {} more frames",
-            s.frames.len() - TEXT_FRAMES
-        );
+}
+
+/// ` from TITLE` for a finding whose stack has a site, and how many stacks it groups.
+fn from(s: &StackFrames) -> String {
+    let mut t = String::new();
+    if let Some(site) = &s.site {
+        let _ = write!(t, " from {}", site.title);
+        if !site.user {
+            t.push_str(" (no frame in the user's code)");
+        }
     }
+    if !s.merged.is_empty() {
+        let _ = write!(t, " ({} stacks)", s.merged.len() + 1);
+    }
+    t
 }
 
 fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
@@ -60,7 +83,7 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
         e.error
     );
     let _ = writeln!(o, "   {}", e.verdict);
-    let _ = writeln!(o, "   failed call's stack:");
+    let _ = writeln!(o, "   failed call's stack{}:", from(&e.stack));
     stack_lines(o, &e.stack, "      ");
     let _ = writeln!(
         o,
@@ -105,11 +128,12 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
         for (i, h) in e.top_stacks.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "   {:>2}. {} in {} allocations, oldest held for {}",
+                "   {:>2}. {} in {} allocations, oldest held for {}{}",
                 i + 1,
                 hb(h.bytes),
                 h.allocations,
-                dur(h.held_for_ns)
+                dur(h.held_for_ns),
+                from(&h.stack)
             );
             stack_lines(o, &h.stack, "         ");
         }
@@ -164,7 +188,11 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
         for l in &pm.leaks.suspects {
             let _ = writeln!(
                 o,
-                "   {} (pid {}): {} live in {} allocations ({} made, {} freed), {} via {}",
+                "   {}{} (pid {}): {} live in {} allocations ({} made, {} freed), {} via {}",
+                l.stack
+                    .site
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("{} in ", s.title)),
                 l.comm,
                 l.pid,
                 hb(l.live_bytes),
@@ -187,7 +215,14 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
                 "pool" => "freed into stream-ordered pools, still held from the GPU",
                 _ => "a caching allocator's segments: grew while warming up, then flat",
             };
-            let _ = writeln!(o, "   {} (pid {}): {} {what}", r.comm, r.pid, hb(r.bytes));
+            let _ = writeln!(
+                o,
+                "   {} (pid {}): {} {what}{}",
+                r.comm,
+                r.pid,
+                hb(r.bytes),
+                r.stack.as_ref().map_or(String::new(), from)
+            );
             if let Some(s) = &r.stack {
                 stack_lines(o, s, "      ");
             }
@@ -245,6 +280,59 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
 mod tests {
     use super::*;
     use crate::analyze::timeline::{ProcessTimeline, TimelineReport};
+    use crate::site::Site;
+
+    fn frames(n: usize, site: Option<usize>) -> StackFrames {
+        StackFrames {
+            id: Some(1),
+            frames: (0..n).map(|i| format!("f{i}")).collect(),
+            site: site.map(|frame| Site {
+                title: format!("f{frame}"),
+                frame,
+                user: true,
+                ..Site::default()
+            }),
+            merged: Vec::new(),
+        }
+    }
+
+    fn lines(s: &StackFrames) -> Vec<String> {
+        let mut o = String::new();
+        stack_lines(&mut o, s, "");
+        o.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_deep_site_is_shown_past_the_runtime_frames() {
+        assert_eq!(
+            lines(&frames(15, Some(10))),
+            [
+                "f0",
+                "f1",
+                "... 8 frames",
+                "f10",
+                "f11",
+                "f12",
+                "f13",
+                "... 1 more frames"
+            ]
+        );
+        assert_eq!(
+            lines(&frames(8, Some(3))),
+            ["f0", "f1", "f2", "f3", "f4", "f5", "... 2 more frames"]
+        );
+        assert_eq!(lines(&frames(3, None)), ["f0", "f1", "f2"]);
+        let mut merged = frames(1, Some(0));
+        merged.merged = vec![4, 9];
+        assert_eq!(from(&merged), " from f0 (3 stacks)");
+        if let Some(s) = merged.site.as_mut() {
+            s.user = false;
+        }
+        assert_eq!(
+            from(&merged),
+            " from f0 (no frame in the user's code) (3 stacks)"
+        );
+    }
 
     #[test]
     fn the_timeline_says_its_real_column_width_and_marks_the_peak_under_it() {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{ExportError, Moment, Options, records, replay};
-use crate::analyze::postmortem::frame_line;
 use crate::ledger::{Change, Ledger, Replay};
+use crate::site::frame_line;
 use crate::trace::Integrity;
 
 /// A stop before record `index` (`None`: at the end), what the moment is, and the trace's
@@ -98,4 +98,73 @@ pub(super) fn at_moment(
         what,
         integrity,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Sim, header};
+    use crate::trace::{Frame, Record, Stack, write::TraceWriter};
+
+    #[test]
+    fn python_frames_sit_among_the_native_ones() {
+        let mut sim = Sim::new(0, 1000);
+        let stack = Stack {
+            id: 1,
+            frames: vec![
+                Frame {
+                    addr: 0x7f00_0000_1000,
+                    file: Some("/usr/lib/libtorch_cuda.so".into()),
+                    offset: Some(0x1000),
+                    sym: Some("at::empty".into()),
+                    ..Frame::default()
+                },
+                Frame {
+                    file: Some("/home/me/train.py".into()),
+                    sym: Some("Model.forward".into()),
+                    src: Some("/home/me/train.py:88".into()),
+                    python: true,
+                    ..Frame::default()
+                },
+                Frame {
+                    addr: 0x5500_0000_2000,
+                    file: Some("/usr/bin/python3.12".into()),
+                    offset: Some(0x2000),
+                    sym: Some("main".into()),
+                    ..Frame::default()
+                },
+            ],
+            truncated: None,
+        };
+        let mut alloc = sim.alloc(0x7e00_0000_0000, 4096);
+        if let Record::Alloc(c) = &mut alloc {
+            c.stack = Some(1);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trace = dir.path().join("t.jsonl");
+        let mut w = TraceWriter::create(&trace).expect("create");
+        w.write(&Record::Header(Box::new(header())))
+            .expect("header");
+        for r in [sim.process("train"), Record::Stack(stack), alloc] {
+            w.write(&r).expect("write");
+        }
+        w.finish(u64::MAX / 2, 0, 0).expect("finish");
+
+        let opts = Options {
+            at: Some(Moment::End),
+            ..Options::default()
+        };
+        let (lines, _, _) = at_moment(&trace, &opts).expect("folded");
+        let nb = |s: &str| s.replace(' ', "\u{a0}");
+        assert_eq!(
+            lines,
+            [format!(
+                "{};{};{};{};cuMemAlloc_v2 4096",
+                nb("train (1000)"),
+                nb("main (python3.12+0x2000)"),
+                nb("Model.forward (/home/me/train.py:88)"),
+                nb("at::empty (libtorch_cuda.so+0x1000)"),
+            )]
+        );
+    }
 }

@@ -37,20 +37,31 @@ fn frames(p: &mut Pickle, ledger: &Ledger, stack: Option<u32>) {
     p.end_list();
 }
 
+/// One frame as PyTorch's snapshots write it: `{"filename", "line", "name"}`. A Python frame
+/// is its `.py` file, line and function, as PyTorch's own; a native one its source line
+/// where debug information had it, else its object file.
 fn frame(p: &mut Pickle, f: &Frame) {
-    let (file, line) = match f.src.as_deref().and_then(|s| s.rsplit_once(':')) {
-        Some((file, line)) => (file.to_owned(), line.parse::<u64>().unwrap_or(0)),
-        None => (f.file.clone().unwrap_or_else(|| "??".into()), 0),
-    };
-    let name = f.sym.clone().unwrap_or_else(|| match f.offset {
-        Some(off) => format!("+{off:#x}"),
-        None => format!("{:#x}", f.addr),
-    });
+    let (file, line, name) = frame_fields(f);
     p.dict();
     p.kv_str("filename", &file);
     p.kv_uint("line", line);
     p.kv_str("name", &name);
     p.end_dict();
+}
+
+/// `(filename, line, name)` of a frame.
+fn frame_fields(f: &Frame) -> (String, u64, String) {
+    let (file, line) = match f.source() {
+        Some((file, line)) => (file.to_owned(), line.map_or(0, u64::from)),
+        None => (f.file.clone().unwrap_or_else(|| "??".into()), 0),
+    };
+    let name = match (&f.sym, f.offset) {
+        (Some(sym), _) => sym.clone(),
+        (None, _) if f.python => "<python>".into(),
+        (None, Some(off)) => format!("+{off:#x}"),
+        (None, None) => format!("{:#x}", f.addr),
+    };
+    (file, line, name)
 }
 
 fn shown(a: &LiveAllocation) -> bool {
@@ -357,6 +368,42 @@ mod tests {
             .note;
         assert!(note.contains(&one.display().to_string()), "{note}");
         page_check(&one);
+    }
+
+    #[test]
+    fn frames_are_named_as_pytorch_names_them() {
+        let python = Frame {
+            file: Some("/home/me/train.py".into()),
+            sym: Some("Model.forward".into()),
+            src: Some("/home/me/train.py:88".into()),
+            python: true,
+            ..Frame::default()
+        };
+        assert_eq!(
+            frame_fields(&python),
+            ("/home/me/train.py".into(), 88, "Model.forward".into())
+        );
+        let native = Frame {
+            addr: 0x7f00_0000_1234,
+            file: Some("/usr/lib/libtorch_cuda.so".into()),
+            offset: Some(0x1234),
+            sym: Some("at::empty".into()),
+            src: Some("/build/aten/Empty.cpp:12".into()),
+            ..Frame::default()
+        };
+        assert_eq!(
+            frame_fields(&native),
+            ("/build/aten/Empty.cpp".into(), 12, "at::empty".into())
+        );
+        let bare = Frame {
+            sym: None,
+            src: None,
+            ..native
+        };
+        assert_eq!(
+            frame_fields(&bare),
+            ("/usr/lib/libtorch_cuda.so".into(), 0, "+0x1234".into())
+        );
     }
 
     #[test]

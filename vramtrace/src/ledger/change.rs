@@ -31,7 +31,8 @@ pub enum EndCause {
     /// A VMM handle's physical memory, gone once the handle was released and every mapping
     /// of it unmapped (`cuMemRelease`, `cuMemUnmap`).
     VmmRelease,
-    /// Its context was destroyed (`cuCtxDestroy`, the last `cuDevicePrimaryCtxRelease`).
+    /// Its context was destroyed (`cuCtxDestroy`, the last `cuDevicePrimaryCtxRelease`) or
+    /// reset (`cuDevicePrimaryCtxReset`).
     ContextDestroyed,
     /// Its process exited.
     ProcessExit,

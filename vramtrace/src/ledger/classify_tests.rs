@@ -372,6 +372,7 @@ fn oom_records_what_was_held() {
             used_bytes: Some(79 * GIB),
             total_bytes: Some(80 * GIB),
             traced_bytes: None,
+            process_used_bytes: None,
         },
     );
     let oom = l

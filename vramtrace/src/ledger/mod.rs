@@ -74,6 +74,10 @@ pub struct Ledger {
     nvml: NvmlLedger,
     /// The latest NVML figures per device ordinal, for out-of-memory records.
     nvml_at_oom: BTreeMap<i32, NvmlAtOom>,
+    /// What the header said was traced, and when the recording started: which processes
+    /// were already running then.
+    scope: crate::trace::Scope,
+    start_monotonic_ns: u64,
     /// What the latest record changed.
     changes: Vec<Change>,
 }
@@ -100,13 +104,22 @@ impl Ledger {
 
     fn apply_record(&mut self, rec: &Record) {
         match rec {
-            Record::Header(h) => self.nvml.set_info(h.nvml.clone()),
+            Record::Header(h) => {
+                self.nvml.set_info(h.nvml.clone());
+                self.scope.clone_from(&h.scope);
+                self.start_monotonic_ns = h.start_monotonic_ns;
+            }
             Record::Footer(_) => {}
             Record::Nvml(s) => self.nvml.apply(s, &self.procs),
             Record::Process(p) => {
+                let gpus = self.nvml_gpus().len();
+                let running_before = self.scope.pids.contains(&p.pid)
+                    || (self.scope.all && started_before(p.start_time, self.start_monotonic_ns));
                 let st = self.proc_mut(p.id, p.pid);
                 st.pid = p.pid;
                 st.info = Some(p.clone());
+                st.sole_device = sole_device(gpus, p.cuda_visible_devices.as_deref());
+                st.running_before = running_before;
             }
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s.clone());
@@ -245,8 +258,9 @@ impl Ledger {
             device_bytes: on_device(st).device_and_pool_bytes(),
             others,
             nvml: nvml_index
-                .and_then(|i| nvml_at(&self.nvml, i))
+                .and_then(|i| nvml_at(&self.nvml, i, st.pid))
                 .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
+            attached: st.running_before,
         };
         self.changes.push(Change::Oom {
             proc: c.proc,
@@ -356,8 +370,33 @@ impl Ledger {
     }
 }
 
-/// What the latest NVML sample said about the GPU of NVML index `index`.
-fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
+/// Clock ticks per second of `/proc/PID/stat`'s start time (`USER_HZ`, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// Whether a process that started `start_ticks` after boot was already running when the
+/// recording started (`start_monotonic_ns`; the two clocks agree on a machine that never
+/// slept). One tick of doubt counts as not before.
+fn started_before(start_ticks: Option<u64>, start_monotonic_ns: u64) -> bool {
+    let Some(ticks) = start_ticks else {
+        return false;
+    };
+    let tick_ns = 1_000_000_000 / USER_HZ;
+    ticks.saturating_add(1).saturating_mul(tick_ns) < start_monotonic_ns
+}
+
+/// The one CUDA device a process can see, when it can see one only: its
+/// `CUDA_VISIBLE_DEVICES` names one device, or it is unset and NVML lists one GPU (`gpus`).
+fn sole_device(gpus: usize, visible: Option<&str>) -> Option<i32> {
+    let one = match visible {
+        Some(v) => v.split(',').filter(|d| !d.trim().is_empty()).count() == 1,
+        None => gpus == 1,
+    };
+    one.then_some(0)
+}
+
+/// What the latest NVML sample said about the GPU of NVML index `index`, and about process
+/// `pid` on it.
+fn nvml_at(nvml: &NvmlLedger, index: u32, pid: u32) -> Option<NvmlAtOom> {
     let sample = nvml.latest()?;
     let g = sample.gpus.iter().find(|g| g.index == index)?;
     Some(NvmlAtOom {
@@ -370,5 +409,10 @@ fn nvml_at(nvml: &NvmlLedger, index: u32) -> Option<NvmlAtOom> {
             .iter()
             .find(|r| r.index == index)
             .map(|r| r.traced_bytes),
+        process_used_bytes: g
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .and_then(|p| p.used_bytes),
     })
 }

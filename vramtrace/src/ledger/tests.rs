@@ -566,6 +566,34 @@ fn primary_ctx_is_refcounted() {
     assert_eq!(anomalies(proc(&l, 1), "release_unretained_primary_ctx"), 1);
 }
 
+/// Resetting the primary context frees what it holds; the context stays retained and
+/// current, so what is allocated next is still on its device.
+#[test]
+fn primary_ctx_reset_frees_and_keeps_the_context() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::CtxCreate(Call {
+            handle: Some(0xe0),
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxRetain")
+        }),
+        s.ctx_current("cuCtxSetCurrent", 0xe0),
+        s.alloc(0x1000, GIB),
+        s.alloc(0x9000_0000, MIB),
+        Record::CtxDestroy(Call {
+            device: Some(2),
+            ..s.call("cuDevicePrimaryCtxReset_v2")
+        }),
+        s.alloc(0x1000, 2 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.frees["cuDevicePrimaryCtxReset_v2"].bytes, GIB + MIB);
+    assert_eq!(p.devices[&Some(2)].device_bytes, 2 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 #[test]
 fn copies_mark_allocations_filled_from_host() {
     let mut l = Ledger::new();
@@ -918,4 +946,57 @@ fn the_current_pool_and_pools_learned_by_location() {
     assert_eq!(p.usage.pool_held_bytes, 0);
     assert_eq!(p.usage.host_bytes, 2 * MIB);
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+/// A machine-wide recording finds processes that were already running: the Ledger says so
+/// (their earlier allocations are unseen), as it does for the PIDs of `record -p`; a process
+/// started after the recording began is whole.
+#[test]
+fn processes_running_before_the_recording_are_told_apart() {
+    let header = |all: bool, pids: Vec<u32>| {
+        Record::Header(Box::new(crate::trace::Header {
+            scope: crate::trace::Scope {
+                all,
+                pids,
+                ..Default::default()
+            },
+            // The recording started 100 s after boot.
+            start_monotonic_ns: 100_000_000_000,
+            ..Default::default()
+        }))
+    };
+    let process = |id: u32, pid: u32, start_ticks: u64| {
+        Record::Process(crate::trace::Process {
+            id,
+            pid,
+            start_time: Some(start_ticks),
+            ..Default::default()
+        })
+    };
+    let mut l = Ledger::new();
+    // 90 s after boot, 100.5 s after boot, 99.995 s (within a tick of the start).
+    apply_all(
+        &mut l,
+        [
+            header(true, vec![]),
+            process(1, 10, 9_000),
+            process(2, 11, 10_050),
+            process(3, 12, 9_999),
+        ],
+    );
+    assert!(proc(&l, 1).running_before);
+    assert!(!proc(&l, 2).running_before);
+    assert!(!proc(&l, 3).running_before, "a tick of doubt is not before");
+
+    let mut l = Ledger::new();
+    apply_all(
+        &mut l,
+        [
+            header(false, vec![20]),
+            process(1, 20, 10_050),
+            process(2, 21, 1),
+        ],
+    );
+    assert!(proc(&l, 1).running_before, "named by -p");
+    assert!(!proc(&l, 2).running_before, "a child started since");
 }

@@ -114,7 +114,7 @@ impl Default for Config {
             stacks: StackMode::default(),
             hold_new: false,
             host_signal: 0,
-            ring_bytes: 8 << 20,
+            ring_bytes: 32 << 20,
             wakeup_bytes: 256 << 10,
             probe_at: placement::ProbeAt::Auto,
             maps: MapSizes::default(),

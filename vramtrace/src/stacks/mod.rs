@@ -742,7 +742,7 @@ mod tests {
             assert!(sym.contains(name), "{sym}");
             assert_eq!(frame.unknown, None);
             let src = frame.src.as_deref().unwrap_or_default();
-            assert!(src.contains("stacks.rs:"), "{src}");
+            assert!(src.contains("stacks/mod.rs:"), "{src}");
             assert!(
                 frame.build_id.is_some()
                     || crate::probe::libcuda::build_id(Path::new(&exe)).is_none()

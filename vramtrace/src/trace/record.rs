@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 2;
+pub const FORMAT_MINOR: u32 = 3;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -364,6 +364,12 @@ pub struct Frame {
     /// Why this frame could not be normalized or symbolized. Data, not an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
+    /// A frame of the Python interpreter's own stack, not a native one: `file` is the `.py`
+    /// source, `sym` the qualified function name (`Model.forward`), `src` `path/file.py:LINE`,
+    /// `addr` the code object's address or 0, and no `offset` or `build_id`. Added in
+    /// format 1.3.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub python: bool,
 }
 
 /// Where memory lives and how it was obtained.

@@ -186,7 +186,7 @@ pub fn top(args: TopArgs) -> Result<()> {
                 command: Vec::new(),
                 stacks: args.stack.mode(),
                 hold_new: args.stack.hold_new,
-                ring_bytes: 8 << 20,
+                ring_bytes: 32 << 20,
                 probe_at: ProbeAt::Auto,
                 verbose: false,
                 quiet: true,

@@ -39,20 +39,51 @@ pub fn process(id: u32, pid: u32, comm: &str) -> Record {
     })
 }
 
+/// Frame `i` of a stack in libtorch_cuda.so, named `sym`.
+fn torch_frame(i: usize, sym: &str) -> Frame {
+    Frame {
+        addr: 0x5555_0000_1000 + i as u64 * 0x40,
+        file: Some("/usr/lib/python3/libtorch_cuda.so".into()),
+        offset: Some(0x1000 + i as u64 * 0x40),
+        sym: Some(sym.into()),
+        ..Frame::default()
+    }
+}
+
 pub fn stack(id: u32, syms: &[&str]) -> Record {
     Record::Stack(Stack {
         id,
         frames: syms
             .iter()
             .enumerate()
-            .map(|(i, s)| Frame {
-                addr: 0x5555_0000_1000 + i as u64 * 0x40,
-                file: Some("/usr/lib/python3/libtorch_cuda.so".into()),
-                offset: Some(0x1000 + i as u64 * 0x40),
-                sym: Some((*s).into()),
-                ..Frame::default()
-            })
+            .map(|(i, s)| torch_frame(i, s))
             .collect(),
+        truncated: None,
+    })
+}
+
+/// A PyTorch allocation: the caching allocator, the interpreter, then the Python frames.
+pub fn torch_stack(id: u32) -> Record {
+    let mut frames = vec![
+        torch_frame(0, "c10::cuda::CUDACachingAllocator::malloc"),
+        torch_frame(1, "at::empty"),
+        Frame {
+            file: Some("/usr/bin/python3.12".into()),
+            ..torch_frame(2, "_PyEval_EvalFrameDefault")
+        },
+    ];
+    for (line, sym) in [(88, "Model.forward"), (120, "main")] {
+        frames.push(Frame {
+            file: Some("/home/me/train.py".into()),
+            sym: Some(sym.into()),
+            src: Some(format!("/home/me/train.py:{line}")),
+            python: true,
+            ..Frame::default()
+        });
+    }
+    Record::Stack(Stack {
+        id,
+        frames,
         truncated: None,
     })
 }
@@ -121,14 +152,7 @@ pub fn scenario(seconds: u64) -> Vec<Record> {
     let mut r = vec![
         process(1, 1001, "trainer"),
         process(2, 1002, "server"),
-        stack(
-            1,
-            &[
-                "c10::cuda::CUDACachingAllocator::malloc",
-                "at::empty",
-                "main",
-            ],
-        ),
+        torch_stack(1),
         stack(
             2,
             &["ggml_backend_cuda_buffer_alloc", "llama_load_model", "main"],

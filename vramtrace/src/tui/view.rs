@@ -18,6 +18,7 @@ use super::{
     class::ViewClass,
 };
 use crate::procinfo::sanitize;
+use crate::site::Site;
 
 /// Where each part of the screen goes; shared by render and mouse handling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,6 +119,13 @@ impl Theme {
     }
     fn header(&self) -> Style {
         Style::new().add_modifier(Modifier::BOLD)
+    }
+    fn bold(&self) -> Style {
+        if self.color {
+            Style::new().add_modifier(Modifier::BOLD)
+        } else {
+            Style::new()
+        }
     }
     fn dim(&self) -> Style {
         if self.color {
@@ -656,7 +664,34 @@ fn render_detail(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
             match a.stack.and_then(|s| app.frames(s)) {
                 None => lines.push(Line::styled("no stack recorded", theme.dim())),
                 Some(frames) => {
+                    let site = Site::of(frames);
+                    if let Some(site) = &site {
+                        let whose = if site.user {
+                            ""
+                        } else {
+                            ", no frame in the user's code"
+                        };
+                        lines.push(Line::raw(format!(
+                            "from {} (#{}{whose})",
+                            sanitize(&site.title),
+                            site.frame
+                        )));
+                    }
                     for (i, f) in frames.iter().enumerate() {
+                        let style = if site.as_ref().is_some_and(|s| s.frame == i) {
+                            theme.bold()
+                        } else {
+                            Style::new()
+                        };
+                        if f.python {
+                            let name = sanitize(f.sym.as_deref().unwrap_or("<python>"));
+                            let at = f.src.as_deref().or(f.file.as_deref()).unwrap_or("?");
+                            lines.push(Line::styled(
+                                format!("#{i:<2} {:<14} {name} {}", "python", sanitize(at)),
+                                style,
+                            ));
+                            continue;
+                        }
                         let name = f
                             .sym
                             .as_deref()
@@ -675,7 +710,7 @@ fn render_detail(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
                         if let Some(src) = &f.src {
                             s.push_str(&format!(" {}", sanitize(src)));
                         }
-                        lines.push(Line::raw(s));
+                        lines.push(Line::styled(s, style));
                     }
                 }
             }

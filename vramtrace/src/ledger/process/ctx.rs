@@ -36,6 +36,17 @@ impl ProcessState {
     }
 
     pub(crate) fn on_ctx_destroy(&mut self, t: &mut Totals, c: &Call) {
+        if c.api.starts_with("cuDevicePrimaryCtxReset") {
+            // Everything allocated in the primary context goes; the context stays retained.
+            match self.primary.get(&c.device) {
+                Some(p) => {
+                    let ctx = p.ctx;
+                    self.free_ctx_memory(t, ctx, &c.api, c.ts_ns);
+                }
+                None => self.anomaly("reset_unretained_primary_ctx", || describe(c)),
+            }
+            return;
+        }
         if c.api.starts_with("cuDevicePrimaryCtxRelease") {
             let Some(p) = self.primary.get_mut(&c.device) else {
                 self.anomaly("release_unretained_primary_ctx", || describe(c));
@@ -70,6 +81,11 @@ impl ProcessState {
     /// and stays.
     fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
         self.ctx_device.remove(&ctx);
+        self.free_ctx_memory(t, ctx, api, ts);
+    }
+
+    /// Frees everything allocated in `ctx` (not VMM memory, which no context owns).
+    fn free_ctx_memory(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
         let addrs: Vec<u64> = self
             .by_addr
             .iter()

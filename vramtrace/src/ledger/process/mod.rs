@@ -82,6 +82,14 @@ pub struct ProcessState {
     pub host_fallback_total: u64,
     /// Out-of-memory failures (the first [`OOMS`]).
     pub ooms: Vec<Oom>,
+    /// The one device the process can see (one GPU on the machine, or one entry in its
+    /// `CUDA_VISIBLE_DEVICES`): the device of calls whose context is not known (created
+    /// before tracing began). Set by the Ledger.
+    pub(crate) sole_device: Option<i32>,
+    /// It was already running when the recording started (attached with `-p`, or found by
+    /// a machine-wide recording): what it allocated before is not in these figures. Set by
+    /// the Ledger.
+    pub running_before: bool,
 
     /// Shared with the changes that report them (`Arc::make_mut` copies one only while a
     /// consumer still holds it); boxed, too, so the tree moves pointers as it rebalances.
@@ -405,6 +413,7 @@ impl ProcessState {
     fn device_of(&self, c: &Call, ctx: Option<u64>) -> Option<i32> {
         c.device
             .or_else(|| ctx.and_then(|x| self.ctx_device.get(&x).copied().flatten()))
+            .or(self.sole_device)
     }
 
     fn resolve_pool(&self, pool: Option<u64>, device: Option<i32>) -> PoolId {

@@ -102,6 +102,10 @@ pub struct NvmlAtOom {
     /// since the sample is not in NVML's free figure yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traced_bytes: Option<u64>,
+    /// NVML's figure for the failing process on this GPU at the sample, when NVML listed it
+    /// with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_used_bytes: Option<u64>,
 }
 
 impl NvmlAtOom {
@@ -169,9 +173,23 @@ pub struct Oom {
     pub others: Vec<OomNeighbour>,
     /// The GPU's NVML figures at the nearest sample, when NVML was sampled.
     pub nvml: Option<NvmlAtOom>,
+    /// The process was already running when the recording started (`record -p`, or a
+    /// machine-wide recording): what it allocated before is not in `device_bytes`; NVML's per-process figure (`nvml.process_used_bytes`)
+    /// counts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
 }
 
 impl Oom {
+    /// What NVML counted for this process on the device beyond what was traced: memory
+    /// allocated before tracing began (an attached process) or outside the hooked entry
+    /// points (the context itself, libraries' own pools). `None` without NVML's
+    /// per-process figure.
+    pub fn untraced_bytes(&self) -> Option<u64> {
+        let used = self.nvml.as_ref()?.process_used_bytes?;
+        Some(used.saturating_sub(self.device_bytes))
+    }
+
     /// Device plus pool-held bytes of every traced process on the failing device at the
     /// failure: what NVML counts as used there.
     pub fn traced_on_device(&self) -> u64 {

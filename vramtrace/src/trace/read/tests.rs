@@ -130,10 +130,19 @@ pub(crate) fn body() -> Vec<Record> {
                     sym: Some("c10::cuda::CUDACachingAllocator::malloc".into()),
                     src: Some("CUDACachingAllocator.cpp:1234".into()),
                     unknown: None,
+                    python: false,
                 },
                 Frame {
                     addr: 0x1234,
                     unknown: Some("no mapping".into()),
+                    ..Frame::default()
+                },
+                Frame {
+                    addr: 0x7f00_0000_1000,
+                    file: Some("/home/me/train.py".into()),
+                    sym: Some("Model.forward".into()),
+                    src: Some("/home/me/train.py:88".into()),
+                    python: true,
                     ..Frame::default()
                 },
             ],
