@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing vramtrace needs on a fresh Debian 12 machine:
 # the pinned Rust toolchains, bpf-linker on LLVM 22, and NVIDIA's driver libraries
-# (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests, and
-# Debian's prometheus (prometheus, promtool) for the service's tests.
+# (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests,
+# Debian's prometheus (prometheus, promtool) for the service's tests, Node.js (Debian's
+# nodejs and npm where no Node 18 or later is installed) and Debian's chromium for the web
+# page; then builds the page (web/: npm ci, npm run build into web/dist, which the vramtrace
+# binary embeds).
 # The newer driver generations Debian ships (550 from trixie, 555 from experimental) are
 # fetched with `apt-get download` and unpacked into a side folder, never installed:
 # $VRAMTRACE_NVIDIA_DIR (default /var/cache/vramtrace/nvidia)/<generation>/, where the
@@ -22,9 +25,16 @@ dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libcuda1 >/dev/null 2>&1 || need_apt+=(libcuda1)
 dpkg -s libnvidia-ml1 >/dev/null 2>&1 || need_apt+=(libnvidia-ml1)
 # prometheus (with promtool): the service's tests scrape `vramtrace serve` with the real one.
-for p in build-essential pkg-config jq tmux python3 prometheus; do
+# chromium: the web page's end-to-end tests drive Debian's own (playwright-core, no download).
+for p in build-essential pkg-config jq tmux python3 prometheus chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
+
+# Node 18 or later builds the web page; Debian 12's nodejs is 18.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 18 ] || ! command -v npm >/dev/null 2>&1; then
+  need_apt+=(nodejs npm)
+fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "enabling Debian's non-free component (NVIDIA's driver libraries live there)"
@@ -122,5 +132,19 @@ fi
 
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   $SUDO mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+fi
+# The web page: its packages exactly as package-lock.json has them (again only when the lock
+# changed), then its build, unless web/dist is newer than every source of it.
+WEB="$(cd "$(dirname "$0")/.." && pwd)/web"
+lock_sum=$(sha256sum "$WEB/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$WEB/node_modules/.vramtrace-lock" 2>/dev/null)" != "$lock_sum" ]; then
+  log "web: npm ci"
+  (cd "$WEB" && npm ci --no-audit --no-fund)
+  echo "$lock_sum" > "$WEB/node_modules/.vramtrace-lock"
+fi
+if [ ! -f "$WEB/dist/index.html" ] || [ -n "$(find "$WEB/src" "$WEB/public" "$WEB/index.html" "$WEB/package-lock.json" \
+    "$WEB"/*.config.* "$WEB/tsconfig.json" -newer "$WEB/dist/index.html" -print -quit)" ]; then
+  log "web: npm run build (web/dist, embedded in the vramtrace binary)"
+  (cd "$WEB" && npm run build)
 fi
 log "setup complete"

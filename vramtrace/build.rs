@@ -8,6 +8,7 @@ use aya_build::{Package, Toolchain};
 const BPF_NIGHTLY: &str = "nightly-2026-07-20";
 
 fn main() -> anyhow::Result<()> {
+    web_dist()?;
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -39,4 +40,21 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::Custom(BPF_NIGHTLY),
     )
+}
+
+/// The web page (`web/`, built by `npm run build` into `web/dist`) is embedded in the binary
+/// by `serve::web`; without the build there is nothing to embed, which is said here rather
+/// than as a missing-directory error from the macro.
+fn web_dist() -> anyhow::Result<()> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let dist = std::path::Path::new(&manifest).join("../web/dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    if !dist.join("index.html").is_file() {
+        anyhow::bail!(
+            "the web page is not built: {} has no index.html. Run scripts/setup.sh \
+             (or `npm ci && npm run build` in web/) first; Node 18 or later is needed",
+            dist.display()
+        );
+    }
+    Ok(())
 }

@@ -20,8 +20,9 @@
 //! - [`session`]: `vramtrace record`: the [`session::Recorder`] wires the pieces above
 //!   together.
 //! - [`tui`]: `vramtrace top`: the live terminal view, and replay of a trace.
-//! - [`serve`]: `vramtrace serve`: read-only HTTP (health, Prometheus metrics, snapshots)
-//!   over the same Ledger, live or replaying a trace.
+//! - [`serve`]: `vramtrace serve`: read-only HTTP (health, Prometheus metrics, snapshots,
+//!   the embedded web page and its windowed reads) over the same Ledger, live or replaying a
+//!   trace.
 //! - [`cli`]: the command line.
 //! - [`console`]: stdout and stderr for a reader that may go away.
 

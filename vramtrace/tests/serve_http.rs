@@ -321,6 +321,20 @@ fn refuses_what_a_read_only_service_must_not_take() {
     promtool_check(&get("/metrics", auth).body);
 
     assert_eq!(get("/nope", auth).status, 404);
+    // The embedded web page, with a policy that lets only this server's scripts run.
+    let page = get("/", auth);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<div id=\"root\">"), "{}", page.body);
+    assert!(
+        page.head
+            .to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'self'; script-src 'self'"),
+        "{}",
+        page.head
+    );
+    assert_eq!(get("/../../etc/passwd", auth).status, 404);
+    assert_eq!(get("/api/allocations?limit=x", auth).status, 400);
+    assert_eq!(get("/api/allocations?sort=size", auth).status, 400);
     assert_eq!(get("/api/health/../../etc/passwd", auth).status, 404);
     let post = request(
         server.addr,

@@ -36,7 +36,7 @@ const PROCS: u32 = 2;
 
 /// A realistic mix: weights loaded first, then steps of alloc/free pairs on several threads
 /// from a few dozen stacks, a little of it stream-ordered, a rare failure.
-fn generate(path: &Path, events: u64) -> Result<()> {
+pub fn generate(path: &Path, events: u64) -> Result<()> {
     let mut w = TraceWriter::create(path)?;
     w.write(&Record::Header(Box::new(Header {
         format: "vramtrace".into(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_analyze;
+mod bench_web;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,9 @@ enum Task {
     /// Measures `vramtrace analyze` on generated traces of 10^5 to 10^7 events against
     /// `jq empty` on the same files (build vramtrace with --release first).
     BenchAnalyze(bench_analyze::BenchAnalyzeArgs),
+    /// Measures the web page in Chromium: first render on a 10^7-event trace under
+    /// `serve --replay`, CPU of the live page at 5 changes/s with 100,000 live allocations.
+    BenchWeb(bench_web::BenchWebArgs),
     /// Internal: runs a command and prints its wall time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure {
@@ -33,6 +37,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Bench(args) => bench::run(&args),
         Task::BenchAnalyze(args) => bench_analyze::run(&args),
+        Task::BenchWeb(args) => bench_web::run(&args),
         Task::Measure { cmd } => bench_analyze::measure_child(&cmd),
     }
 }

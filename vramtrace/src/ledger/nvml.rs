@@ -126,6 +126,15 @@ pub struct GpuReconciliation {
     pub untraced_processes: Vec<UntracedProcess>,
 }
 
+impl GpuReconciliation {
+    /// NVML's used memory that no traced allocation explains (`used_bytes - traced_bytes`,
+    /// not below zero): the driver's and contexts' own memory, untraced processes, and
+    /// anything the trace missed. Absent when NVML did not give its used figure.
+    pub fn unexplained_bytes(&self) -> Option<u64> {
+        self.used_bytes.map(|u| u.saturating_sub(self.traced_bytes))
+    }
+}
+
 /// What the ledger keeps of NVML.
 #[derive(Clone, Debug, Default)]
 pub struct NvmlLedger {

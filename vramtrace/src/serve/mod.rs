@@ -6,11 +6,17 @@
 //!
 //! Endpoints (all `GET`; a bearer token on every one when `--token-file` is given):
 //! `/api/health`, `/metrics` (Prometheus text, OpenMetrics on request), `/api/snapshot`,
-//! `/api/config`, `/ws` (a WebSocket: the state, then its changes); under `--replay` also `/api/analysis` and `/api/snapshot?at=SECS`.
+//! `/api/config`, `/ws` (a WebSocket: the state, then its changes), `/api/allocations`
+//! (live allocations, a window of rows), `/api/stack?id=`; under `--replay` also
+//! `/api/analysis`, `/api/snapshot?at=SECS` and `/api/timeline`. Every other `GET` is the
+//! web page (`web/`, embedded).
 
+pub mod api;
 pub mod metrics;
 pub mod state;
 pub mod telemetry;
+pub mod timeline;
+pub mod web;
 pub mod ws;
 
 use std::{
@@ -71,6 +77,8 @@ pub struct Served {
     pub telemetry: Value,
     /// Readings taken, to tell a new one.
     pub telemetry_seq: u64,
+    /// Bytes by class over time, for a replayed trace.
+    pub timeline: Option<timeline::Timeline>,
 }
 
 impl Served {
@@ -83,6 +91,7 @@ impl Served {
             records: 0,
             telemetry: Value::Null,
             telemetry_seq: 0,
+            timeline: None,
         }
     }
 
@@ -120,6 +129,8 @@ pub struct Shared {
     started: Instant,
     /// The WebSocket stream's producer side.
     pub stream: ws::Stream,
+    /// The state at the page's cursor, replayed once for every read at that moment.
+    at: Mutex<Option<(u64, Arc<Served>)>>,
 }
 
 impl Shared {
@@ -131,12 +142,63 @@ impl Shared {
             token,
             started: Instant::now(),
             stream: ws::Stream::default(),
+            at: Mutex::new(None),
         }
+    }
+
+    /// The state `secs` after the start of the replayed trace (`serve --replay` only): the
+    /// trace replayed through the Ledger up to then. The latest moment asked for is kept, so
+    /// that the snapshot, the allocations and the flame graph at one cursor cost one replay.
+    pub async fn served_at(self: &Arc<Self>, secs: f64) -> Result<Arc<Served>, AtError> {
+        let Some(path) = self.config.replay.clone() else {
+            return Err(AtError::NotReplay);
+        };
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(AtError::Bad);
+        }
+        let key = secs.to_bits();
+        let cached = |shared: &Shared| {
+            let at = shared.at.lock().unwrap_or_else(|e| e.into_inner());
+            at.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(s) = cached(self) {
+            return Ok(s);
+        }
+        let served = tokio::task::spawn_blocking(move || served_at(&path, secs))
+            .await
+            .map_err(|e| AtError::Failed(e.to_string()))?
+            .map_err(|e| AtError::Failed(format!("{e:#}")))?;
+        let served = Arc::new(served);
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, served.clone()));
+        Ok(served)
     }
 
     /// The state; a handler that panicked while holding it left it usable.
     pub fn lock(&self) -> MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why the state at a moment could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum AtError {
+    #[error("at= needs serve --replay")]
+    NotReplay,
+    #[error("at= must be seconds, finite and not negative")]
+    Bad,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AtError {
+    fn response(&self) -> Response {
+        let status = match self {
+            AtError::NotReplay | AtError::Bad => StatusCode::BAD_REQUEST,
+            AtError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, &self.to_string())
     }
 }
 
@@ -197,7 +259,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         Some(path) => {
             let replay =
                 Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
-            replayed(replay)
+            replayed(replay, true)
         }
         None => Served::new(Tracing::Starting),
     };
@@ -304,6 +366,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/snapshot", get(snapshot))
         .route("/api/config", get(config))
         .route("/api/analysis", get(analysis))
+        .route("/api/allocations", get(api::allocations_handler))
+        .route("/api/stack", get(api::stack_handler))
+        .route("/api/timeline", get(api::timeline_handler))
+        .route("/api/lifetimes", get(api::lifetimes_handler))
+        .route("/api/flame", get(api::flame_handler))
         .route("/ws", get(ws::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -352,8 +419,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint")
+async fn not_found(req: Request) -> Response {
+    web::serve(&req).unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no such endpoint"))
 }
 
 /// JSON with `<`, `>` and `&` escaped, so that no name a traced process chose can become
@@ -438,6 +505,11 @@ fn gpus_json(s: &Served) -> Vec<Value> {
             let gi = info.and_then(|inf| inf.gpus.iter().find(|x| x.index == i));
             let sample = latest.and_then(|l| l.gpus.iter().find(|x| x.index == i));
             v["index"] = json!(i);
+            if let Some(r) = s.ledger.nvml().gpus().iter().find(|r| r.index == i) {
+                v["coverage"] = json!(r.coverage);
+                v["unexplained_bytes"] = json!(r.unexplained_bytes());
+                v["untraced_processes"] = json!(r.untraced_processes);
+            }
             v["name"] = json!(gi.and_then(|x| x.name.clone()));
             v["uuid"] = json!(gi.and_then(|x| x.uuid.clone()));
             // Absent when NVML did not say: never a zero it did not report.
@@ -457,15 +529,46 @@ fn gpus_json(s: &Served) -> Vec<Value> {
 
 /// The served state of a replay run to its end (or its cutoff): the model fed by the
 /// Ledger's change stream, and the Ledger.
-fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>) -> Served {
+/// With `timeline`, the bytes by class are noted after each record that moved them.
+fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -> Served {
     let mut served = Served::new(Tracing::Replay);
     let model = &mut served.model;
+    let mut line = timeline.then(|| timeline::Timeline::new(replay.header().start_monotonic_ns));
     let mut n = 0;
     replay.run_read_ahead(|ledger, _| {
-        model.take(ledger.changes());
+        let changes = ledger.changes();
+        model.take(changes);
         n += 1;
+        if let (Some(line), Some((_, ts))) = (line.as_mut(), ledger.time_span())
+            && !changes.is_empty()
+        {
+            line.note(ts, timeline::class_totals(model));
+            for ch in changes {
+                match ch {
+                    crate::ledger::Change::Oom { proc, oom } => line.ooms.push(timeline::Mark {
+                        ts_ns: oom.ts_ns,
+                        pid: ledger.process(*proc).map(|p| p.pid),
+                        api: oom.api.clone(),
+                        requested_bytes: oom.requested_bytes,
+                    }),
+                    crate::ledger::Change::Ended {
+                        proc, alloc, ts_ns, ..
+                    } => line.lifetimes.ended(*proc, alloc, *ts_ns),
+                    _ => {}
+                }
+            }
+        }
     });
     served.records = n;
+    if let Some(line) = line.as_mut() {
+        let ledger = replay.ledger();
+        for p in ledger.processes() {
+            for a in ledger.live_allocations(p.proc) {
+                line.lifetimes.live(p.proc, a);
+            }
+        }
+    }
+    served.timeline = line;
     served.ledger = replay.finish().0;
     served
 }
@@ -538,6 +641,10 @@ pub fn snapshot_json(s: &Served) -> Value {
                 "pool_held_bytes": row.pool_held_bytes(),
                 "host_bytes": row.host_bytes,
                 "live_allocations": row.live,
+                "allocations_started": row.started,
+                "ooms": row.ooms,
+                "host_findings": row.host_findings,
+                "nvml": s.ledger.nvml().process(proc).map(|n| &n.latest),
                 "by_gpu": row.device.iter().map(|(d, by)| json!({
                     "device": d, "by_class": class_map(by)
                 })).collect::<Vec<_>>(),
@@ -577,35 +684,23 @@ async fn snapshot(
     };
     match q.at {
         None => json_body(&snapshot_json(&shared.lock())).into_response(),
-        Some(at) => {
-            let Some(path) = shared.config.replay.clone() else {
-                return error(StatusCode::BAD_REQUEST, "at= needs serve --replay");
-            };
-            if !(at.is_finite() && at >= 0.0) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "at= must be seconds, finite and not negative",
-                );
+        Some(at) => match shared.served_at(at).await {
+            Ok(served) => {
+                let mut v = snapshot_json(&served);
+                v["at_seconds"] = json!(at);
+                json_body(&v).into_response()
             }
-            let result = tokio::task::spawn_blocking(move || snapshot_at(&path, at)).await;
-            match result {
-                Ok(Ok(v)) => json_body(&v).into_response(),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        }
+            Err(e) => e.response(),
+        },
     }
 }
 
 /// The state `secs` after the start of the recording: the trace replayed up to then.
-fn snapshot_at(path: &std::path::Path, secs: f64) -> Result<Value> {
+fn served_at(path: &std::path::Path, secs: f64) -> Result<Served> {
     let replay = Replay::open(path)?;
     let start = replay.header().start_monotonic_ns;
     let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    let served = replayed(replay.until(Some(cutoff)));
-    let mut v = snapshot_json(&served);
-    v["at_seconds"] = json!(secs);
-    Ok(v)
+    Ok(replayed(replay.until(Some(cutoff)), false))
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> Response {

@@ -29,6 +29,10 @@ pub struct ProcRow {
     pub live: u64,
     /// The process exited.
     pub exited: bool,
+    /// Allocations it started, out-of-memory failures, host-memory findings.
+    pub started: u64,
+    pub ooms: u64,
+    pub host_findings: u64,
 }
 
 impl ProcRow {
@@ -71,6 +75,7 @@ impl Model {
             match ch {
                 Change::Started { proc, alloc } => {
                     *self.allocations.entry(alloc.mem.name()).or_default() += 1;
+                    self.procs.entry(*proc).or_default().started += 1;
                     self.book(*proc, alloc, alloc.class, true);
                 }
                 Change::Ended { proc, alloc, .. } => self.book(*proc, alloc, alloc.class, false),
@@ -93,9 +98,13 @@ impl Model {
                 }
                 Change::Oom { proc, oom } => {
                     self.ooms += 1;
+                    self.procs.entry(*proc).or_default().ooms += 1;
                     self.last_oom = Some((*proc, oom.clone()));
                 }
-                Change::HostFinding { .. } => self.host_findings += 1,
+                Change::HostFinding { proc, .. } => {
+                    self.host_findings += 1;
+                    self.procs.entry(*proc).or_default().host_findings += 1;
+                }
                 Change::Exited { proc, .. } => {
                     let row = self.procs.entry(*proc).or_default();
                     row.exited = true;

@@ -105,3 +105,33 @@ fn health_names_the_last_oom_with_its_breakdown() {
     let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
     assert!(text.contains("\nvramtrace_oom_total 1\n"), "{text}");
 }
+
+#[test]
+fn the_allocation_window_is_the_ledger_s_live_allocations_in_order() {
+    let mut p = Sim::new(1, 4242);
+    let mut recs = vec![p.process("w")];
+    for i in 0..50u64 {
+        recs.push(p.alloc(0x10_0000 * (i + 1), (i + 1) * MIB));
+    }
+    let s = served(&recs);
+    let q = |offset: usize, limit: usize| {
+        let q: super::api::AllocQuery = serde_json::from_value(serde_json::json!({
+            "offset": offset, "limit": limit
+        }))
+        .expect("a query");
+        super::api::allocations(&s, &q).expect("a window")
+    };
+    let all = q(0, 1000);
+    assert_eq!(all["total"], 50);
+    let page = q(10, 5);
+    let bytes: Vec<u64> = page["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["bytes"].as_u64().expect("bytes"))
+        .collect();
+    assert_eq!(bytes, [40, 39, 38, 37, 36].map(|m| m * MIB));
+    let flame = super::api::flame(&s);
+    assert_eq!(flame["bytes"], (1..=50).sum::<u64>() * MIB);
+    assert_eq!(flame["children"][0]["name"], "w (4242)");
+}

@@ -1,0 +1,151 @@
+// Benchmarks of the page in Debian's Chromium; prints tables, asserts nothing.
+//   replay: `vramtrace serve --replay TRACE` (a 10^7-event trace from `cargo xtask bench-web`):
+//           the server's start, the page's first meaningful render (the aggregate and the
+//           timeline drawn), and a cursor move (the page at another moment).
+//   live:   web_bench_server (100,000 live allocations, 5 changes/s): Chromium's CPU while
+//           the page follows the stream, every process of the browser together.
+// node web/e2e/bench.mjs --trace PATH --vramtrace target/release/vramtrace \
+//      --live-server target/release/examples/web_bench_server [--seconds 20]
+import { spawn } from "node:child_process";
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import { browser } from "./lib.mjs";
+
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : dflt;
+};
+const TICK = 100; // USER_HZ
+
+function start(cmd, args, pattern) {
+  const t0 = performance.now();
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const on = (d) => {
+      out += d;
+      const m = pattern.exec(out);
+      if (m) res({ child, url: `http://${m[1]}/`, ms: performance.now() - t0 });
+    };
+    child.stdout.setEncoding("utf8").on("data", on);
+    child.stderr.setEncoding("utf8").on("data", on);
+    child.once("exit", (c) => rej(new Error(`${cmd} exited (${c}): ${out}`)));
+  });
+}
+
+/** CPU ticks (user + system) by pid of every descendant of `root`, not `root` itself, nor `skip`'s tree. */
+function treeTicks(root, skip) {
+  const parent = new Map();
+  const ticks = new Map();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, "utf8");
+      const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+      parent.set(Number(d), Number(f[1]));
+      ticks.set(Number(d), Number(f[11]) + Number(f[12]));
+    } catch {
+      /* gone */
+    }
+  }
+  const out = new Map();
+  for (const [pid, t] of ticks) {
+    if (pid === root) continue;
+    let p = pid;
+    let skipped = false;
+    while (p && p !== root && parent.has(p)) {
+      if (p === skip) skipped = true;
+      p = parent.get(p);
+    }
+    if (p === root && !skipped) out.set(pid, t);
+  }
+  return out;
+}
+
+async function replay(b, vramtrace, trace) {
+  const size = statSync(trace).size;
+  const server = await start(vramtrace, ["serve", "--listen", "127.0.0.1:0", "--replay", trace], /serving on http:\/\/([^/]+)\//);
+  const rows = [];
+  try {
+    const ctx = await b.newContext({ viewport: { width: 1440, height: 900 } });
+    const p = await ctx.newPage();
+    for (let run = 0; run < 3; run++) {
+      const t0 = performance.now();
+      await p.goto(server.url);
+      await p.getByTestId("hero-bytes").waitFor();
+      const aggregate = performance.now() - t0;
+      await p.getByRole("img", { name: /^Memory by class over/ }).locator("svg path.recharts-area-area").first().waitFor({ state: "attached" });
+      const timeline = performance.now() - t0;
+      // The cursor to 1 s, then to the middle of the trace: until the page shows that moment.
+      const cursor = [];
+      for (const at of ["1", String(Number(await p.getByTestId("cursor").getAttribute("max")) / 2)]) {
+        const t1 = performance.now();
+        const answered = p.waitForResponse((r) => r.url().includes(`/api/snapshot?at=${at}`), { timeout: 300_000 });
+        await p.getByTestId("cursor").fill(at);
+        await answered;
+        await p.waitForTimeout(0);
+        cursor.push(performance.now() - t1);
+      }
+      await p.getByTestId("cursor").fill("0");
+      rows.push({ aggregate, timeline, cursor1: cursor[0], cursorMid: cursor[1] });
+    }
+    await ctx.close();
+  } finally {
+    server.child.kill("SIGTERM");
+  }
+  const best = (k) => Math.min(...rows.map((r) => r[k]));
+  console.log(`\nreplay of ${trace} (${(size / 2 ** 20).toFixed(0)} MiB)`);
+  console.log("| measure | ms |\n|---|---:|");
+  console.log(`| serve --replay: start to listening (one replay through the Ledger) | ${server.ms.toFixed(0)} |`);
+  console.log(`| page: navigation to the aggregate shown | ${best("aggregate").toFixed(0)} |`);
+  console.log(`| page: navigation to the timeline drawn (first meaningful render) | ${best("timeline").toFixed(0)} |`);
+  console.log(`| page: cursor to 1 s, the state there received (one replay up to it) | ${best("cursor1").toFixed(0)} |`);
+  console.log(`| page: cursor to the middle, the state there received | ${best("cursorMid").toFixed(0)} |`);
+}
+
+async function live(b, serverBin, seconds) {
+  const server = await start(serverBin, ["127.0.0.1:0"], /serving on http:\/\/([^/]+)\//);
+  try {
+    const ctx = await b.newContext({ viewport: { width: 1440, height: 900 } });
+    const p = await ctx.newPage();
+    await p.goto(server.url);
+    await p.getByTestId("hero-bytes").waitFor();
+    await p.waitForTimeout(3000);
+    // Chromium's processes are this script's descendants; the server is left out.
+    const root = process.pid;
+    const skip = server.child.pid;
+    const cdp = await ctx.newCDPSession(p);
+    await cdp.send("Performance.enable");
+    const m0 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
+    const t0 = performance.now();
+    const c0 = treeTicks(root, skip);
+    await p.waitForTimeout(seconds * 1000);
+    const c1 = treeTicks(root, skip);
+    const wall = (performance.now() - t0) / 1000;
+    const m1 = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
+    const total = await p.getByTestId("alloc-total").textContent();
+    console.log(`\nlive page, ${total}, 5 changes/s, ${seconds} s`);
+    console.log("| measure | % of one core |\n|---|---:|");
+    // Per process, so that one that ended in between (a closed page's renderer) counts nothing.
+    let ticks = 0;
+    for (const [pid, t] of c1) ticks += t - (c0.get(pid) ?? 0);
+    console.log(`| Chromium, every process (utime+stime) | ${((ticks / TICK / wall) * 100).toFixed(1)} |`);
+    console.log(`| renderer main thread: tasks (CDP TaskDuration) | ${(((m1.TaskDuration - m0.TaskDuration) / wall) * 100).toFixed(1)} |`);
+    for (const k of ["ScriptDuration", "RecalcStyleDuration", "LayoutDuration"]) {
+      console.log(`| renderer: ${k} (CDP) | ${(((m1[k] - m0[k]) / wall) * 100).toFixed(1)} |`);
+    }
+    await ctx.close();
+  } finally {
+    server.child.kill("SIGTERM");
+  }
+}
+
+const b = await browser();
+try {
+  const trace = arg("trace");
+  if (trace) await replay(b, arg("vramtrace", "target/release/vramtrace"), trace);
+  const liveServer = arg("live-server");
+  if (liveServer) await live(b, liveServer, Number(arg("seconds", "20")));
+  if (!trace && !liveServer) console.error("nothing to measure: give --trace and/or --live-server");
+} finally {
+  await b.close();
+}

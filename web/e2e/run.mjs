@@ -1,0 +1,150 @@
+// End-to-end: the page in Debian's Chromium against a real `vramtrace serve`.
+//   live:        a simulated workload traced live (eBPF, root): the GPU card shows its
+//                bytes by class, its row appears and goes when it exits, the OOM alert
+//                appears; the reconnect banner shows when the server stops and clears when
+//                it is back. The process is named <img src=x onerror=alert(1)>: nothing runs.
+//   postmortem:  `serve --replay` of an OOM trace: the cursor moves the page to the failure
+//                and its figures are those of `vramtrace analyze --json`.
+// Screenshots at 1440 and 390 px wide go to target/web-artifacts/.
+// Run: node web/e2e/run.mjs [live|postmortem]... (after scripts/setup.sh and a cargo build)
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { ARTIFACTS, BIN, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, serve, shot, stop, until, vramtrace } from "./lib.mjs";
+
+const bytesOf = async (loc) => Number(await loc.getAttribute("data-bytes"));
+
+async function live(b) {
+  const { dir, path } = evilWorkload();
+  const port = await freePort();
+  const trace = join(dir, "live.jsonl");
+  // The workload holds what it allocated for a while, exits; then one that runs out of memory.
+  const script = `"$0" --lib "$1" --hold 12 llm-server; sleep 1; "$0" --lib "$1" oom; sleep 600`;
+  let server = await serve(["-o", trace, "--libcuda", LIB, "--", "/bin/sh", "-c", script, path, LIB], { port });
+  const pages = [await page(b, 1440), await page(b, 390)];
+  try {
+    const [p, phone] = pages;
+    await p.goto(server.url);
+    await phone.goto(server.url);
+    // The workload's ground truth: the last line it printed before holding.
+    const truth = JSON.parse(await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth", 90_000));
+    const row = p.getByTestId("process-row").filter({ hasText: EVIL.slice(0, 15) });
+    await row.waitFor({ timeout: 60_000 });
+    // The card of the GPU the workload used (named by NVML's index, or by the process's own
+    // ordinal until the Ledger can map it): the one that shows its bytes.
+    const card = p
+      .locator('[data-testid^="gpu-card-"]')
+      .filter({ has: p.locator(`[data-testid="gpu-traced"][data-bytes="${truth.device_bytes_at_exit}"]`) });
+    await card.waitFor({ timeout: 30_000 });
+    for (const cls of ["weights", "kv_cache"]) {
+      await until(async () => (await bytesOf(card.getByTestId(`class-${cls}`))) === truth.labels[cls], `the GPU card's ${cls} bytes (${truth.labels[cls]})`);
+    }
+    eq(await bytesOf(row.getByTestId("process-bytes")), truth.device_bytes_at_exit, "the process row's bytes");
+    // The name is shown as text, in full in the command line; nothing of it became markup.
+    eq(await row.getByTestId("process-comm").textContent(), EVIL.slice(0, 15), "the process's name");
+    assert((await row.getByTestId("process-cmdline").textContent()).includes(EVIL), "the command line names the program");
+    eq(await p.locator("img").count(), 0, "img elements on the page");
+    await phone.getByTestId("process-row").first().waitFor();
+    await p.waitForTimeout(1200);
+    await shot(p, "live-1440");
+    await shot(phone, "live-390");
+    // The allocation table and the stack of one allocation.
+    await p.getByTestId("alloc-row").first().click();
+    await p.getByTestId("stack-frames").waitFor({ timeout: 10_000 });
+    assert((await p.getByTestId("stack-frames").textContent()).includes("vramtrace_workload"), "the stack names the workload's code");
+    // It exits: its row goes. Then the OOM.
+    await row.waitFor({ state: "detached", timeout: 30_000 });
+    await p.getByTestId("alert-oom").waitFor({ timeout: 30_000 });
+    assert((await p.getByTestId("alert-oom").textContent()).includes("Out of memory"), "the OOM alert");
+    await shot(p, "live-oom-1440");
+    // The server goes: the banner; it comes back (serving the trace it wrote): the banner goes.
+    await stop(server);
+    await p.getByTestId("reconnect-banner").waitFor({ timeout: 15_000 });
+    await shot(p, "reconnect-1440");
+    await shot(phone, "reconnect-390");
+    server = await serve(["--replay", trace], { port });
+    await p.getByTestId("reconnect-banner").waitFor({ state: "detached", timeout: 20_000 });
+    await phone.getByRole("button", { name: "Reconnect" }).click().catch(() => {});
+    await phone.getByTestId("reconnect-banner").waitFor({ state: "detached", timeout: 20_000 });
+    eq(await p.getByTestId("tracing").textContent(), "replaying a trace", "the page after the server came back");
+    for (const x of pages) assert(x.problems.length === 0, x.problems.join("; "));
+  } finally {
+    for (const x of pages) await x.context().close();
+    await stop(server);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function postmortem(b) {
+  const { dir, path } = evilWorkload();
+  const trace = join(dir, "oom.jsonl");
+  // The workload exits with status 1 after the failure, and record with it.
+  vramtrace(["record", "-o", trace, "--libcuda", LIB, "--", path, "--lib", LIB, "oom"], { okStatus: [1] });
+  const report = JSON.parse(vramtrace(["analyze", "--json", trace]));
+  const oom = report.postmortem.ooms[0];
+  assert(oom, "the trace holds an OOM");
+  const server = await serve(["--replay", trace]);
+  const pages = [await page(b, 1440), await page(b, 390)];
+  try {
+    for (const [i, p] of pages.entries()) {
+      await p.goto(server.url);
+      const item = p.getByTestId("pm-oom").first();
+      await item.waitFor({ timeout: 30_000 });
+      eq(await item.getByTestId("pm-oom-verdict").textContent(), oom.verdict, "the OOM's explanation");
+      eq(Number(await item.getAttribute("data-ts-ns")), oom.ts_ns, "the OOM's time");
+      // At the end of the trace the process has exited: nothing is held.
+      eq(await bytesOf(p.getByTestId("hero-bytes")), 0, "the bytes at the end");
+      // The cursor to the failure: the whole page shows that moment.
+      await item.getByTestId("goto-oom").click();
+      await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === oom.held_device_bytes, `the page at the OOM to show ${oom.held_device_bytes} bytes held`);
+      const card = p.locator('[data-testid^="gpu-card-"]').first();
+      for (const [cls, bytes] of Object.entries(oom.by_class)) {
+        eq(await bytesOf(card.getByTestId(`class-${cls}`)), bytes, `the GPU card's ${cls} at the OOM`);
+      }
+      const row = p.getByTestId("process-row").first();
+      eq(await bytesOf(row.getByTestId("process-bytes")), oom.held_device_bytes, "the process's bytes at the OOM");
+      eq(await row.getByTestId("process-comm").textContent(), EVIL.slice(0, 15), "the process's name");
+      // Back to the end with the keyboard on the cursor.
+      await p.getByTestId("cursor").focus();
+      await p.keyboard.press("End");
+      await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === 0, "the page at the end again");
+      await item.getByTestId("goto-oom").click();
+      await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === oom.held_device_bytes, "the page at the OOM again");
+      await p.waitForTimeout(600);
+      await shot(p, `postmortem-${i === 0 ? 1440 : 390}`);
+      eq(await p.locator("img").count(), 0, "img elements on the page");
+      assert(p.problems.length === 0, p.problems.join("; "));
+    }
+  } finally {
+    for (const x of pages) await x.context().close();
+    await stop(server);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const TESTS = { live, postmortem };
+const names = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(TESTS);
+for (const need of [BIN, LIB, CHROMIUM]) {
+  if (!existsSync(need)) {
+    console.error(`e2e: ${need} is missing: run scripts/setup.sh and cargo build --workspace first`);
+    process.exit(2);
+  }
+}
+if (process.getuid?.() !== 0) {
+  console.error("e2e: recording needs root (eBPF); run as root or under sudo");
+  process.exit(2);
+}
+const b = await browser();
+let failed = 0;
+for (const n of names) {
+  const t0 = Date.now();
+  try {
+    await TESTS[n](b);
+    console.log(`e2e ${n} ... ok (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failed += 1;
+    console.log(`e2e ${n} ... FAILED (${((Date.now() - t0) / 1000).toFixed(1)} s)\n${e.stack ?? e}`);
+  }
+}
+await b.close();
+console.log(`e2e: ${names.length - failed} passed, ${failed} failed; screenshots in ${ARTIFACTS}`);
+process.exit(failed ? 1 : 0);

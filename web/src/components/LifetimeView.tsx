@@ -1,0 +1,85 @@
+import { useEffect, useMemo, useRef, useState } from "react";
+import { fetchLifetimes, type LifetimesWindow } from "../lib/api";
+import { classInfo, formatBytes, formatSeconds } from "../lib/format";
+import { stack } from "../lib/lifetimes";
+
+/** Each allocation a band from its start to its end, stacked (memory_viz's Active Memory Timeline). */
+export function LifetimeView({ duration, cursor, onCursor }: { duration: number; cursor: number | null; onCursor: (t: number) => void }) {
+  const [data, setData] = useState<LifetimesWindow | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const canvas = useRef<HTMLCanvasElement>(null);
+  useEffect(() => {
+    const ctl = new AbortController();
+    fetchLifetimes(1500, ctl.signal).then(setData, (e: Error) => ctl.signal.aborted || setError(e.message));
+    return () => ctl.abort();
+  }, []);
+  const stacked = useMemo(() => (data ? stack(data.rows.map(([start, end, bytes, cls]) => ({ start, end, bytes, cls })), duration) : null), [data, duration]);
+  useEffect(() => {
+    const c = canvas.current;
+    if (!c || !stacked) return;
+    const dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth;
+    const h = c.clientHeight;
+    c.width = w * dpr;
+    c.height = h * dpr;
+    const g = c.getContext("2d");
+    if (!g) return;
+    g.scale(dpr, dpr);
+    g.clearRect(0, 0, w, h);
+    const span = Math.max(duration, 1e-9);
+    const x = (t: number) => (t / span) * w;
+    const y = (b: number) => h - (b / Math.max(stacked.peak, 1)) * (h - 4);
+    stacked.bands.forEach((b, i) => {
+      const base = classInfo(b.cls).color;
+      g.fillStyle = base;
+      g.globalAlpha = i % 2 ? 0.75 : 0.95;
+      g.beginPath();
+      const pts = b.steps;
+      for (let k = 0; k < pts.length; k++) {
+        const [t, off] = pts[k]!;
+        const tNext = k + 1 < pts.length ? pts[k + 1]![0] : b.end;
+        if (k === 0) g.moveTo(x(t), y(off + b.bytes));
+        g.lineTo(x(t), y(off + b.bytes));
+        g.lineTo(x(tNext), y(off + b.bytes));
+      }
+      for (let k = pts.length - 1; k >= 0; k--) {
+        const [t, off] = pts[k]!;
+        const tNext = k + 1 < pts.length ? pts[k + 1]![0] : b.end;
+        g.lineTo(x(tNext), y(off));
+        g.lineTo(x(t), y(off));
+      }
+      g.closePath();
+      g.fill();
+    });
+    g.globalAlpha = 1;
+    if (cursor !== null) {
+      g.strokeStyle = "#f0abfc";
+      g.lineWidth = 2;
+      g.beginPath();
+      g.moveTo(x(cursor), 0);
+      g.lineTo(x(cursor), h);
+      g.stroke();
+    }
+  }, [stacked, cursor, duration]);
+  if (error) return <p role="alert" className="text-rose-300">{error}</p>;
+  if (!data || !stacked) return <div role="status" aria-label="Loading the allocations' lifetimes" className="h-48 animate-pulse rounded-xl bg-white/5 motion-reduce:animate-none" />;
+  return (
+    <div>
+      <canvas
+        ref={canvas}
+        role="img"
+        aria-label={`Lifetimes of the ${data.rows.length} largest allocations of ${data.in_window}, stacked as they were live; highest ${formatBytes(stacked.peak)}. Click to move the cursor.`}
+        className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
+        onClick={(e) => {
+          const r = e.currentTarget.getBoundingClientRect();
+          onCursor(((e.clientX - r.left) / r.width) * duration);
+        }}
+        data-testid="lifetimes"
+      />
+      <p className="mt-1 text-xs text-slate-400">
+        {data.rows.length < data.in_window ? `The ${data.rows.length.toLocaleString("en-US")} largest of ${data.in_window.toLocaleString("en-US")} allocations` : `${data.rows.length.toLocaleString("en-US")} allocations`}
+        {data.smaller_left_out_below_bytes > 0 ? `; those under ${formatBytes(data.smaller_left_out_below_bytes)} are not kept` : ""} · 0 to {formatSeconds(duration)}
+      </p>
+    </div>
+  );
+}
