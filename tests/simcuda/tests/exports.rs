@@ -71,6 +71,8 @@ const EXPORTS: &[&str] = &[
     "cuDevicePrimaryCtxRetain",
     "cuDevicePrimaryCtxRelease",
     "cuDevicePrimaryCtxRelease_v2",
+    "cuDevicePrimaryCtxReset",
+    "cuDevicePrimaryCtxReset_v2",
     "cuCtxSetCurrent",
     "cuCtxGetCurrent",
     "cuCtxPushCurrent",
