@@ -86,6 +86,7 @@ fn main() {
         let text = metrics::render(
             &served.model,
             &served.ledger,
+            &[],
             20,
             metrics::Format::Prometheus,
         );

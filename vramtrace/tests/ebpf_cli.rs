@@ -358,8 +358,8 @@ fn record_blocked_command() -> (
     let trace = dir.path().join("sig.jsonl");
     let trap = dir.path().join("trap");
     std::fs::create_dir(&trap).unwrap();
-    let rec = vramtrace()
-        .args(["record", "--no-nvml", "-o"])
+    let mut rec = vramtrace();
+    rec.args(["record", "--no-nvml", "-o"])
         .arg(&trace)
         .arg("--libcuda")
         .arg(lib)
@@ -372,9 +372,19 @@ fn record_blocked_command() -> (
         .env("SIMCUDA_TRAP_BYTES", "12345")
         .process_group(0)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap());
+    // As in a terminal: the test may run where SIGINT is ignored (a job started in the
+    // background by a script ignores it), and an ignored signal stays ignored in the command
+    // vramtrace starts.
+    // SAFETY: signal() is async-signal-safe; the closure touches nothing else between fork
+    // and exec.
+    unsafe {
+        rec.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let rec = rec.spawn().unwrap();
     let start = Instant::now();
     while !trap.join("entered").exists() {
         assert!(

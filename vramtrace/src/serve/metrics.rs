@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use super::state::{Gpu, Model};
 use crate::ledger::{Class, Ledger};
+use crate::nvml::GpuTelemetry;
 
 /// The exposition format a scrape asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +85,7 @@ impl Writer {
         }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -133,7 +134,13 @@ pub fn api_family(api: &str) -> &'static str {
 }
 
 /// Everything `/metrics` says, in `format`.
-pub fn render(model: &Model, ledger: &Ledger, top: usize, format: Format) -> String {
+pub fn render(
+    model: &Model,
+    ledger: &Ledger,
+    gpus_now: &[GpuTelemetry],
+    top: usize,
+    format: Format,
+) -> String {
     let mut w = Writer {
         out: String::with_capacity(16 * 1024),
         format,
@@ -194,6 +201,7 @@ pub fn render(model: &Model, ledger: &Ledger, top: usize, format: Format) -> Str
     w.sample("vramtrace_vram_bytes_used", &[], model.vram_bytes_used());
 
     nvml(&mut w, ledger);
+    telemetry(&mut w, gpus_now);
 
     w.family(
         "vramtrace_allocations_total",
@@ -296,6 +304,57 @@ fn nvml(w: &mut Writer, ledger: &Ledger) {
     }
 }
 
+/// What the telemetry poller read of each GPU beside memory: utilization, temperature and
+/// power. A figure the GPU did not give is absent, never zero.
+fn telemetry(w: &mut Writer, gpus: &[GpuTelemetry]) {
+    fn percent(v: Option<u32>) -> Option<f64> {
+        v.map(|p| f64::from(p) / 100.0)
+    }
+    for (name, help, pick) in [
+        (
+            "vramtrace_gpu_utilization_ratio",
+            "Share of the last sample period in which a kernel ran on the GPU (NVML).",
+            (|g: &GpuTelemetry| percent(g.utilization_gpu_percent))
+                as fn(&GpuTelemetry) -> Option<f64>,
+        ),
+        (
+            "vramtrace_gpu_memory_activity_ratio",
+            "Share of the last sample period in which device memory was read or written (NVML).",
+            |g| percent(g.utilization_memory_percent),
+        ),
+        (
+            "vramtrace_gpu_temperature_celsius",
+            "GPU temperature (NVML).",
+            |g| g.temperature_celsius.map(f64::from),
+        ),
+        ("vramtrace_gpu_power_watts", "GPU power draw (NVML).", |g| {
+            g.power_watts
+        }),
+        (
+            "vramtrace_gpu_power_limit_watts",
+            "GPU power limit (NVML).",
+            |g| g.power_limit_watts,
+        ),
+    ] {
+        if gpus.iter().all(|g| pick(g).is_none()) {
+            continue;
+        }
+        w.family(name, Kind::Gauge, help);
+        for g in gpus {
+            let Some(v) = pick(g) else { continue };
+            w.sample(
+                name,
+                &[
+                    ("gpu", &Gpu::Nvml(g.index).label()),
+                    ("uuid", g.uuid.as_deref().unwrap_or("")),
+                    ("model", g.name.as_deref().unwrap_or("")),
+                ],
+                v,
+            );
+        }
+    }
+}
+
 /// Per-process series for the top `top` processes by bytes, and how many were left out.
 fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
     let ranked = model.ranked();
@@ -388,11 +447,11 @@ mod tests {
     #[test]
     fn openmetrics_names_counters_by_family_and_ends_with_eof() {
         let (model, ledger) = (Model::default(), Ledger::new());
-        let om = render(&model, &ledger, 20, Format::OpenMetrics);
+        let om = render(&model, &ledger, &[], 20, Format::OpenMetrics);
         assert!(om.contains("# TYPE vramtrace_oom counter\n"));
         assert!(om.contains("\nvramtrace_oom_total 0\n"));
         assert!(om.ends_with("# EOF\n"));
-        let text = render(&model, &ledger, 20, Format::Prometheus);
+        let text = render(&model, &ledger, &[], 20, Format::Prometheus);
         assert!(text.contains("# TYPE vramtrace_oom_total counter\n"));
         assert!(!text.contains("# EOF"));
     }

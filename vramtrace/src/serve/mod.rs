@@ -77,6 +77,8 @@ pub struct Served {
     pub telemetry: Value,
     /// Readings taken, to tell a new one.
     pub telemetry_seq: u64,
+    /// The GPUs of the latest reading, for `/metrics` (empty without NVML or nvidia-smi).
+    pub gpu_telemetry: Vec<crate::nvml::GpuTelemetry>,
     /// Bytes by class over time, for a replayed trace.
     pub timeline: Option<timeline::Timeline>,
 }
@@ -91,6 +93,7 @@ impl Served {
             records: 0,
             telemetry: Value::Null,
             telemetry_seq: 0,
+            gpu_telemetry: Vec::new(),
             timeline: None,
         }
     }
@@ -448,7 +451,13 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>, headers: HeaderMap) 
         metrics::Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let body = {
         let s = shared.lock();
-        metrics::render(&s.model, &s.ledger, shared.config.top, format)
+        metrics::render(
+            &s.model,
+            &s.ledger,
+            &s.gpu_telemetry,
+            shared.config.top,
+            format,
+        )
     };
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }

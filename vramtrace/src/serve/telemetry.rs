@@ -108,6 +108,8 @@ fn user_of(pid: u32) -> Option<(u32, Option<String>)> {
 /// The poller's state: NVML once loaded, or why not; sysinfo's handles.
 pub struct Poller {
     nvml: Result<Nvml, String>,
+    /// The GPUs of the latest reading.
+    pub last_gpus: Vec<GpuTelemetry>,
     system: Result<sysinfo::System, String>,
     disks: Result<sysinfo::Disks, String>,
 }
@@ -122,6 +124,7 @@ impl Poller {
     pub fn new() -> Self {
         Poller {
             nvml: Nvml::init().map_err(|e| e.reason),
+            last_gpus: Vec::new(),
             system: sysinfo::System::new().map_err(|e| e.to_string()),
             disks: sysinfo::Disks::new_with_refreshed_list().map_err(|e| e.to_string()),
         }
@@ -155,6 +158,10 @@ impl Poller {
                             "user": user.and_then(|u| u.1) })
                 })
                 .collect(),
+            Gpus::Unavailable { .. } => Vec::new(),
+        };
+        self.last_gpus = match &gpus {
+            Gpus::Nvml { gpus } | Gpus::NvidiaSmi { gpus } => gpus.clone(),
             Gpus::Unavailable { .. } => Vec::new(),
         };
         json!({ "gpus": gpus, "gpu_processes": users, "system": self.system() })
@@ -220,6 +227,7 @@ pub fn spawn(shared: Arc<Shared>, interval: Duration) -> std::io::Result<()> {
                     let mut s = shared.lock();
                     s.telemetry = t;
                     s.telemetry_seq += 1;
+                    s.gpu_telemetry.clone_from(&poller.last_gpus);
                 }
                 std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }

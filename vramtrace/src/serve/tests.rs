@@ -46,7 +46,7 @@ fn names_with_control_characters_and_markup_are_escaped_everywhere() {
     recs.push(p.alloc(0x1000, 8 * MIB));
     let s = served(&recs);
 
-    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    let text = metrics::render(&s.model, &s.ledger, &[], 20, metrics::Format::Prometheus);
     let line = text
         .lines()
         .find(|l| l.starts_with("vramtrace_process_device_bytes{"))
@@ -73,7 +73,7 @@ fn per_process_series_are_bounded_by_top_and_the_rest_counted() {
         recs.push(p.alloc(0x1000, u64::from(i + 1) * MIB));
     }
     let s = served(&recs);
-    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    let text = metrics::render(&s.model, &s.ledger, &[], 20, metrics::Format::Prometheus);
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("vramtrace_process_device_bytes{"))
@@ -102,7 +102,7 @@ fn health_names_the_last_oom_with_its_breakdown() {
     let summary = oom["summary"].as_str().expect("a summary");
     assert!(summary.contains("requested 1.0 GiB"), "{summary}");
     assert!(summary.contains("8.0 MiB"), "{summary}");
-    let text = metrics::render(&s.model, &s.ledger, 20, metrics::Format::Prometheus);
+    let text = metrics::render(&s.model, &s.ledger, &[], 20, metrics::Format::Prometheus);
     assert!(text.contains("\nvramtrace_oom_total 1\n"), "{text}");
 }
 
@@ -134,4 +134,33 @@ fn the_allocation_window_is_the_ledger_s_live_allocations_in_order() {
     let flame = super::api::flame(&s);
     assert_eq!(flame["bytes"], (1..=50).sum::<u64>() * MIB);
     assert_eq!(flame["children"][0]["name"], "w (4242)");
+}
+
+/// The telemetry poller's GPU figures become gauges by NVML index; what a GPU did not give
+/// is absent, and a gauge no GPU gave has no family at all.
+#[test]
+fn gpu_utilization_temperature_and_power_are_gauges() {
+    let s = served(&[]);
+    let gpu = crate::nvml::GpuTelemetry {
+        index: 0,
+        name: Some("NVIDIA H100 80GB HBM3".into()),
+        uuid: Some("GPU-abc".into()),
+        utilization_gpu_percent: Some(37),
+        utilization_memory_percent: Some(5),
+        temperature_celsius: Some(41),
+        power_watts: Some(71.23),
+        power_limit_watts: None,
+        ..Default::default()
+    };
+    let text = metrics::render(&s.model, &s.ledger, &[gpu], 20, metrics::Format::Prometheus);
+    let labels = r#"{gpu="0",uuid="GPU-abc",model="NVIDIA H100 80GB HBM3"}"#;
+    for line in [
+        format!("vramtrace_gpu_utilization_ratio{labels} 0.37"),
+        format!("vramtrace_gpu_memory_activity_ratio{labels} 0.05"),
+        format!("vramtrace_gpu_temperature_celsius{labels} 41"),
+        format!("vramtrace_gpu_power_watts{labels} 71.23"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(!text.contains("vramtrace_gpu_power_limit_watts"), "{text}");
 }
