@@ -425,13 +425,13 @@ fn traces_a_simulated_workload_live() {
         Some(host as f64)
     );
     assert_eq!(sample(&m, "vramtrace_processes"), Some(1.0));
+    // The fills that make allocations weights may still be on their way when the bytes are
+    // all there: the series is waited for too.
     let weights = truth["labels"]["weights"].as_u64().expect("weights");
-    assert_eq!(
-        sample(
-            &m,
-            "vramtrace_gpu_memory_traced_bytes{gpu=\"0\",class=\"weights\"}"
-        ),
-        Some(weights as f64)
+    wait_for(
+        &server,
+        "vramtrace_gpu_memory_traced_bytes{gpu=\"0\",class=\"weights\"}",
+        weights as f64,
     );
     let health = server.json("/api/health");
     assert_eq!(health["tracing"], "live");
