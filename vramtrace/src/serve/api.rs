@@ -167,18 +167,33 @@ pub async fn timeline_handler(
             "from= and to= must be seconds, points= a count",
         );
     };
-    if [q.from, q.to].iter().flatten().any(|x| !x.is_finite()) {
+    in_replay_window(&shared, q.from, q.to, "the timeline is", |t| {
+        t.window(q.from, q.to, q.points.unwrap_or(600))
+    })
+}
+
+/// Answers from the replayed trace's timeline for the window `from`..`to` (seconds): 400
+/// when the window is not finite, 404 when no trace is replayed. `what` names what is
+/// served, for the 404's message. The answer is written out after the lock is let go.
+fn in_replay_window<T: serde::Serialize>(
+    shared: &Shared,
+    from: Option<f64>,
+    to: Option<f64>,
+    what: &str,
+    answer: impl FnOnce(&super::timeline::Timeline) -> T,
+) -> Response {
+    if [from, to].iter().flatten().any(|x| !x.is_finite()) {
         return error(StatusCode::BAD_REQUEST, "from= and to= must be finite");
     }
-    let s = shared.lock();
-    let Some(t) = &s.timeline else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the timeline is served under serve --replay only",
-        );
+    let body = match &shared.lock().timeline {
+        Some(t) => answer(t),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("{what} served under serve --replay only"),
+            );
+        }
     };
-    let body = t.window(q.from, q.to, q.points.unwrap_or(600));
-    drop(s);
     json_body(&body).into_response()
 }
 
@@ -201,19 +216,9 @@ pub async fn lifetimes_handler(
             "from= and to= must be seconds, max= a count",
         );
     };
-    if [q.from, q.to].iter().flatten().any(|x| !x.is_finite()) {
-        return error(StatusCode::BAD_REQUEST, "from= and to= must be finite");
-    }
-    let s = shared.lock();
-    let Some(t) = &s.timeline else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the lifetimes are served under serve --replay only",
-        );
-    };
-    let body = t.lifetimes_window(q.from, q.to, q.max.unwrap_or(1500));
-    drop(s);
-    json_body(&body).into_response()
+    in_replay_window(&shared, q.from, q.to, "the lifetimes are", |t| {
+        t.lifetimes_window(q.from, q.to, q.max.unwrap_or(1500))
+    })
 }
 
 #[derive(Debug, Deserialize)]
