@@ -1,6 +1,7 @@
 // Helpers for the end-to-end tests: a real `vramtrace serve` (started as the CLI is), Debian's
 // Chromium driven by playwright-core (no browser download), and the simulated driver.
 import { spawn, execFileSync } from "node:child_process";
+import { createInterface } from "node:readline";
 import { createServer } from "node:net";
 import { mkdirSync, mkdtempSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -52,7 +53,8 @@ export function serve(args, { port = 0 } = {}) {
         rej(new Error(`vramtrace serve did not start within 60 s:\n${err}`));
       }
     }, 60_000);
-    child.stdout.setEncoding("utf8").on("data", (d) => stdout.push(...d.split("\n").filter(Boolean)));
+    // Whole lines only: a chunk of the pipe may end in the middle of one.
+    createInterface({ input: child.stdout, crlfDelay: Infinity }).on("line", (l) => l && stdout.push(l));
     child.stderr.setEncoding("utf8").on("data", (d) => {
       err += d;
       if (process.env.E2E_VERBOSE) process.stderr.write(`serve: ${d}`);
