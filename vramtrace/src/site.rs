@@ -158,7 +158,7 @@ impl Frame {
 
     /// The frame as a line of a stack: `function (file:line)` for a Python frame or a native
     /// one with its source line, `function (libfoo.so+0x1234)` without it, else the place and
-    /// why it has no name.
+    /// why it has no name; a function inlined into the next frame ends in ` [inlined]`.
     pub fn line(&self) -> String {
         if self.python {
             let name = self.sym.as_deref().unwrap_or("<python>");
@@ -168,13 +168,18 @@ impl Frame {
             };
         }
         let place = self.place();
-        match (&self.sym, &self.src) {
+        let line = match (&self.sym, &self.src) {
             (Some(sym), Some(src)) => format!("{sym} ({src})"),
             (Some(sym), None) => format!("{sym} ({place})"),
             (None, _) => match &self.unknown {
                 Some(why) => format!("{place} ({why})"),
                 None => place,
             },
+        };
+        if self.inlined {
+            format!("{line} [inlined]")
+        } else {
+            line
         }
     }
 

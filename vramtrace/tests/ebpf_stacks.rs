@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{compile_native, record_command, require_root, sim};
-use vramtrace::trace::{Record, Stack, read::TraceReader};
+use vramtrace::trace::{Frame, Record, Stack, read::TraceReader};
 
 /// Bytes → the stack recorded for the allocation of that size.
 fn stacks_by_size(records: &[Record]) -> HashMap<u64, Stack> {
@@ -45,6 +45,16 @@ fn function(sym: &str) -> &str {
     sym.split('(').next().unwrap_or(sym)
 }
 
+/// A frame as the programs print it in a path: its function, marked when it was inlined.
+fn path_name(f: &Frame) -> String {
+    let name = function(f.sym.as_deref().unwrap_or("?"));
+    if f.inlined {
+        format!("{name} [inlined]")
+    } else {
+        name.to_string()
+    }
+}
+
 /// Checks every `BYTES PATH` line the program printed against the recorded stack of that
 /// allocation. `ends` are the functions a complete stack may end with after the path.
 fn check_paths(stdout: &str, by_size: &HashMap<u64, Stack>, ends: &[&[&str]]) -> usize {
@@ -58,11 +68,7 @@ fn check_paths(stdout: &str, by_size: &HashMap<u64, Stack>, ends: &[&[&str]]) ->
         let stack = by_size
             .get(&bytes)
             .unwrap_or_else(|| panic!("no stack recorded for the allocation of {bytes} bytes"));
-        let got: Vec<&str> = stack
-            .frames
-            .iter()
-            .map(|f| function(f.sym.as_deref().unwrap_or("?")))
-            .collect();
+        let got: Vec<String> = stack.frames.iter().map(path_name).collect();
         assert_eq!(
             &got[..want.len().min(got.len())],
             &want[..],
@@ -77,7 +83,7 @@ fn check_paths(stdout: &str, by_size: &HashMap<u64, Stack>, ends: &[&[&str]]) ->
         if !ends.is_empty() {
             let rest = &got[want.len()..];
             assert!(
-                ends.contains(&rest),
+                ends.iter().any(|end| rest == *end),
                 "allocation of {bytes} bytes: after {want:?} the stack ends with {rest:?}, \
                  not where its thread began ({ends:?})"
             );
@@ -120,6 +126,51 @@ fn c_without_frame_pointers_with_threads() {
         checked, 9,
         "3 layers and 2 threads × 3 steps:\n{}",
         r.stdout
+    );
+
+    // The inlined function has a frame of its own, at the line of its call to alloc_leaf;
+    // the function it was inlined into is at the line of its call to it.
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/native/alloc_paths.c"),
+    )
+    .expect("the program's source");
+    let line_of = |marker: &str| {
+        let n = source
+            .lines()
+            .position(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{marker} is in the source"));
+        format!("alloc_paths.c:{}", n + 1)
+    };
+    let layer = &by_size[&(1 << 20)];
+    let places: Vec<(String, bool, String)> = layer.frames[1..3]
+        .iter()
+        .map(|f| {
+            let src = f.src.as_deref().unwrap_or("?");
+            let file = src.rsplit('/').next().unwrap_or(src);
+            (path_name(f), f.inlined, file.to_string())
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            (
+                "reserve_layer [inlined]".to_string(),
+                true,
+                line_of("/* the call in reserve_layer */")
+            ),
+            (
+                "load_layer".to_string(),
+                false,
+                line_of("/* the call in load_layer */")
+            ),
+        ],
+        "{:?}",
+        layer.frames
+    );
+    assert_eq!(
+        (layer.frames[1].addr, layer.frames[1].offset),
+        (layer.frames[2].addr, layer.frames[2].offset),
+        "an inlined frame shares its return address with the frame that holds it"
     );
 
     // 25 frames of over 1 KiB each outgrow the 16 KiB copied: the stack is right as far as

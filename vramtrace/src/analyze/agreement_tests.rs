@@ -97,6 +97,30 @@ proptest! {
     }
 
     #[test]
+    fn every_byte_a_process_allocated_is_ended_or_held(recs in sequence(200)) {
+        let report = super::summarize(recs.into_iter(), None);
+        for p in &report.processes {
+            let ended: u64 = p
+                .ended
+                .iter()
+                .filter(|(cause, _)| *cause != "process_exit")
+                .map(|(_, e)| e.bytes)
+                .sum();
+            prop_assert_eq!(
+                p.started.bytes,
+                ended + p.device_bytes_at_exit + p.host_bytes_at_exit,
+                "process {}: {:?}", p.proc, p.ended
+            );
+            if p.exited {
+                let at_exit = p.ended.get("process_exit").map_or(0, |e| e.bytes);
+                prop_assert_eq!(at_exit, p.device_bytes_at_exit + p.host_bytes_at_exit);
+            }
+        }
+        let text = super::render_text(&report);
+        prop_assert!(!text.contains("not accounted for"), "{}", text);
+    }
+
+    #[test]
     fn exports_agree_with_the_ledger(recs in sequence(120)) {
         let dir = tempfile::tempdir().expect("tempdir");
         let trace = write(dir.path(), &recs);

@@ -320,6 +320,14 @@ pub struct ProcessReport {
     pub allocs: BTreeMap<String, ApiTotal>,
     /// Frees per entry point (with the bytes of the allocations they freed).
     pub frees: BTreeMap<String, ApiTotal>,
+    /// Every allocation that became live, whatever made it.
+    #[serde(default)]
+    pub started: ApiTotal,
+    /// The allocations that ended, by cause (`free`, `pool_free`, `array_destroy`,
+    /// `vmm_release`, `context_destroyed`, `process_exit`, `replaced`): with what is held at
+    /// exit, they add up to `started`. A cause with nothing is left out.
+    #[serde(default)]
+    pub ended: BTreeMap<String, ApiTotal>,
     /// Failed calls per entry point.
     pub failed: BTreeMap<String, FailedTotal>,
     /// All failed calls.
@@ -557,6 +565,24 @@ fn process_report(p: &ProcessState, limit: usize) -> ProcessReport {
         largest_at_exit: largest,
         allocs: total(&p.allocs),
         frees: total(&p.frees),
+        started: ApiTotal {
+            count: p.started.count,
+            bytes: p.started.bytes,
+        },
+        ended: crate::ledger::EndCause::ALL
+            .iter()
+            .map(|c| (c, &p.ended[c.index()]))
+            .filter(|(_, e)| e.count > 0)
+            .map(|(c, e)| {
+                (
+                    c.name().to_owned(),
+                    ApiTotal {
+                        count: e.count,
+                        bytes: e.bytes,
+                    },
+                )
+            })
+            .collect(),
         failed_total: failed.values().map(|f| f.count).sum(),
         unreturned: p.unreturned.clone(),
         failed,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::{HeldAllocation, ProcessReport, Report};
+use super::{ApiTotal, HeldAllocation, ProcessReport, Report};
 use crate::api::cuda_error_name;
 use crate::trace::Integrity;
 
@@ -292,6 +292,7 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
     render_process_nvml(o, p);
     render_classes(o, p, start);
     render_api_table(o, p);
+    render_accounted(o, p);
 
     if p.failed_total > 0 {
         let _ = writeln!(o, "  failures ({}):", p.failed_total);
@@ -330,6 +331,17 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
         );
         for a in &p.largest_at_exit {
             let _ = writeln!(o, "    {}", held_line(a, start));
+        }
+        let count =
+            (p.live_allocations_at_exit as u64).saturating_sub(p.largest_at_exit.len() as u64);
+        if count > 0 {
+            let listed: u64 = p.largest_at_exit.iter().map(|a| a.bytes).sum();
+            let held = p.device_bytes_at_exit + p.host_bytes_at_exit;
+            let _ = writeln!(
+                o,
+                "    and {count} smaller allocation(s) holding {}",
+                human_bytes(held.saturating_sub(listed))
+            );
         }
     }
 
@@ -533,6 +545,53 @@ fn held_line(a: &HeldAllocation, start: Option<u64>) -> String {
         }
     }
     s
+}
+
+/// Every byte the process allocated, accounted for: what ended, by cause, and what it
+/// held at exit (or at the end). The API table counts calls; this line counts allocations,
+/// so that a release of memory still mapped, a context's teardown or an exit are where the
+/// bytes went, and the figures add up.
+fn render_accounted(o: &mut String, p: &ProcessReport) {
+    if p.started.count == 0 {
+        return;
+    }
+    let exit = crate::ledger::EndCause::ProcessExit.name();
+    let ended: Vec<(&String, &ApiTotal)> = p.ended.iter().filter(|(c, _)| *c != exit).collect();
+    let ended_bytes: u64 = ended.iter().map(|(_, e)| e.bytes).sum();
+    let held = p.device_bytes_at_exit + p.host_bytes_at_exit;
+    let label = if p.exited { "at exit" } else { "at end" };
+    let _ = write!(
+        o,
+        "  {:<24} allocated {} in {} = ended {}",
+        "every byte:",
+        bytes_exact(p.started.bytes),
+        p.started.count,
+        bytes_exact(ended_bytes)
+    );
+    if !ended.is_empty() {
+        let parts: Vec<String> = ended
+            .iter()
+            .map(|(c, e)| format!("{c} {} in {}", human_bytes(e.bytes), e.count))
+            .collect();
+        let _ = write!(o, " ({})", parts.join(", "));
+    }
+    let _ = write!(o, " + held {label} {}", bytes_exact(held));
+    let outside = i128::from(p.started.bytes) - i128::from(ended_bytes) - i128::from(held);
+    if outside != 0 {
+        let _ = write!(
+            o,
+            "; {outside} bytes not accounted for (an inconsistency: please report it)"
+        );
+    }
+    o.push('\n');
+    if p.pool_held_bytes_at_exit > 0 {
+        let _ = writeln!(
+            o,
+            "  {:<24} of what went back to stream-ordered pools, {} is still held from the GPU",
+            "",
+            bytes_exact(p.pool_held_bytes_at_exit)
+        );
+    }
 }
 
 fn render_api_table(o: &mut String, p: &ProcessReport) {

@@ -137,6 +137,18 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
             );
             stack_lines(o, &h.stack, "         ");
         }
+        let listed: (u64, u64) = e
+            .top_stacks
+            .iter()
+            .fold((0, 0), |(b, n), h| (b + h.bytes, n + h.allocations));
+        let (bytes, count) = rest(e, listed);
+        if count > 0 {
+            let _ = writeln!(
+                o,
+                "       and {} in {count} allocation(s) from other stacks",
+                hb(bytes)
+            );
+        }
     }
     if !e.largest.is_empty() {
         let _ = writeln!(o, "   largest holders:");
@@ -154,6 +166,18 @@ fn oom(o: &mut String, e: &OomExplanation, start: Option<u64>) {
                     (None, Some(s)) => format!(", stack {s} (not in the trace)"),
                     (None, None) => String::new(),
                 }
+            );
+        }
+        let listed = (
+            e.largest.iter().map(|h| h.bytes).sum(),
+            e.largest.len() as u64,
+        );
+        let (bytes, count) = rest(e, listed);
+        if count > 0 {
+            let _ = writeln!(
+                o,
+                "      and {count} smaller allocation(s) holding {}",
+                hb(bytes)
             );
         }
     }
@@ -274,6 +298,16 @@ pub(super) fn render_postmortem(o: &mut String, pm: &Postmortem, start: Option<u
             }
         }
     }
+}
+
+/// What a failure's lists leave out: the bytes and allocations on the device beyond the
+/// `listed` (bytes, allocations).
+fn rest(e: &OomExplanation, listed: (u64, u64)) -> (u64, u64) {
+    let total: u64 = e.by_mem.values().sum();
+    (
+        total.saturating_sub(listed.0),
+        e.live_allocations.saturating_sub(listed.1),
+    )
 }
 
 #[cfg(test)]

@@ -252,6 +252,12 @@ fn text_has_the_key_lines() {
         "held at end of trace:",
         "pool-held 256.0 MiB (268435456 bytes)",
         "peak host memory:        64.0 MiB",
+        // Every byte allocated is accounted for: ended by cause, or held.
+        "every byte:              allocated 2.5 GiB (2684354560 bytes) in 3 = ended 512.0 MiB \
+         (536870912 bytes) (free 512.0 MiB in 1) + held at exit 2.0 GiB (2147483648 bytes)",
+        "every byte:              allocated 320.0 MiB (335544320 bytes) in 2 = ended 256.0 MiB \
+         (268435456 bytes) (pool_free 256.0 MiB in 1) + held at end 64.0 MiB (67108864 bytes)",
+        "of what went back to stream-ordered pools, 256.0 MiB (268435456 bytes) is still held",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

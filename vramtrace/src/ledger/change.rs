@@ -42,6 +42,22 @@ pub enum EndCause {
 }
 
 impl EndCause {
+    /// Every cause, in the order of [`EndCause::index`].
+    pub const ALL: [EndCause; 7] = [
+        EndCause::Free,
+        EndCause::PoolFree,
+        EndCause::ArrayDestroy,
+        EndCause::VmmRelease,
+        EndCause::ContextDestroyed,
+        EndCause::ProcessExit,
+        EndCause::Replaced,
+    ];
+
+    /// The cause's place in [`EndCause::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name used in reports and JSON.
     pub fn name(self) -> &'static str {
         match self {

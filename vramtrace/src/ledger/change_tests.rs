@@ -109,6 +109,17 @@ proptest! {
             prop_assert_eq!(rebuilt.pool_held(p.proc), p.usage.pool_held_bytes);
             let anomalies: u64 = p.anomalies.values().map(|a| a.count).sum();
             prop_assert_eq!(rebuilt.anomalies.get(&p.proc).copied().unwrap_or(0), anomalies);
+            // What started is what ended, by each cause, and what is live: no byte outside.
+            let live_bytes: u64 = p.live_allocations().map(|a| a.bytes).sum();
+            let ended_bytes: u64 = p.ended.iter().map(|e| e.bytes).sum();
+            let ended_count: u64 = p.ended.iter().map(|e| e.count).sum();
+            prop_assert_eq!(p.started.bytes, ended_bytes + live_bytes, "bytes of {}", p.proc);
+            prop_assert_eq!(
+                p.started.count,
+                ended_count + p.live_allocations().count() as u64,
+                "allocations of {}", p.proc
+            );
+            prop_assert_eq!(live_bytes, p.usage.device_bytes + p.usage.host_bytes);
         }
         let held: u64 = ledger.processes().map(|p| p.usage.pool_held_bytes).sum();
         prop_assert_eq!(rebuilt.pools.values().sum::<u64>(), held);

@@ -27,7 +27,7 @@ use std::sync::{Arc, mpsc};
 
 use blazesym::normalize::{self, NormalizeOpts, Normalizer, UserMeta};
 use blazesym::symbolize::source::{Elf, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 
 pub mod python;
@@ -59,19 +59,49 @@ const FILES_LIMIT: usize = 256;
 /// What symbolization found for one (file, offset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Symbol {
-    Found { sym: String, src: Option<String> },
+    Found {
+        /// The function that holds the code, and its line (that of the outermost inlined
+        /// call, when calls were inlined there).
+        sym: String,
+        src: Option<String>,
+        /// The functions inlined at this address, innermost first, each with its own line.
+        inlined: Vec<(String, Option<String>)>,
+    },
     Unknown(String),
 }
 
 impl Symbol {
-    fn apply(&self, frame: &mut Frame) {
+    /// Names `frame`, and gives the frames of the calls inlined at its address, innermost
+    /// first, to go before it.
+    fn apply(&self, frame: &mut Frame) -> Vec<Frame> {
         match self {
-            Symbol::Found { sym, src } => {
+            Symbol::Found { sym, src, inlined } => {
                 frame.sym = Some(sym.clone());
                 frame.src = src.clone();
+                inlined
+                    .iter()
+                    .map(|(sym, src)| Frame {
+                        sym: Some(sym.clone()),
+                        src: src.clone(),
+                        inlined: true,
+                        ..frame.clone()
+                    })
+                    .collect()
             }
-            Symbol::Unknown(reason) => frame.unknown = Some(reason.clone()),
+            Symbol::Unknown(reason) => {
+                frame.unknown = Some(reason.clone());
+                Vec::new()
+            }
         }
+    }
+}
+
+/// `file:line` (or the file alone) of a place that debug information names.
+fn code_place(info: &CodeInfo<'_>) -> String {
+    let file = info.to_path();
+    match info.line {
+        Some(line) => format!("{}:{line}", file.display()),
+        None => file.display().to_string(),
     }
 }
 
@@ -81,19 +111,17 @@ fn symbolize_file(symbolizer: &Symbolizer, path: &Path, offset: u64) -> Symbol {
     // The byte before a return address is inside the call instruction.
     let lookup = offset.saturating_sub(1);
     match symbolizer.symbolize_single(&src, Input::FileOffset(lookup)) {
-        Ok(Symbolized::Sym(sym)) => {
-            let src = sym.code_info.as_ref().map(|info| {
-                let file = info.to_path();
-                match info.line {
-                    Some(line) => format!("{}:{line}", file.display()),
-                    None => file.display().to_string(),
-                }
-            });
-            Symbol::Found {
-                sym: sym.name.into_owned(),
-                src,
-            }
-        }
+        Ok(Symbolized::Sym(sym)) => Symbol::Found {
+            src: sym.code_info.as_deref().map(code_place),
+            // blazesym lists them outermost first.
+            inlined: sym
+                .inlined
+                .iter()
+                .rev()
+                .map(|f| (f.name.to_string(), f.code_info.as_ref().map(code_place)))
+                .collect(),
+            sym: sym.name.into_owned(),
+        },
         Ok(Symbolized::Unknown(reason)) => Symbol::Unknown(reason.to_string()),
         Err(err) if err.kind() == ErrorKind::NotFound => {
             Symbol::Unknown(reason::FILE_MISSING.to_string())
@@ -102,11 +130,45 @@ fn symbolize_file(symbolizer: &Symbolizer, path: &Path, offset: u64) -> Symbol {
     }
 }
 
+/// Puts the frames of inlined calls before the frame at whose address they were inlined:
+/// `inserts` holds, in increasing order of index, each such index and its frames.
+fn insert_inlined<T: Clone>(
+    frames: &mut Vec<Frame>,
+    parallel: Option<&mut Vec<T>>,
+    inserts: Vec<(usize, Vec<Frame>)>,
+) {
+    if inserts.is_empty() {
+        return;
+    }
+    let added: usize = inserts.iter().map(|(_, f)| f.len()).sum();
+    let mut out = Vec::with_capacity(frames.len() + added);
+    let mut out_parallel = parallel
+        .as_ref()
+        .map(|p| Vec::with_capacity(p.len() + added));
+    let mut inserts = inserts.into_iter().peekable();
+    for (i, frame) in std::mem::take(frames).into_iter().enumerate() {
+        if let Some((_, inlined)) = inserts.next_if(|(at, _)| *at == i) {
+            if let (Some(p), Some(out_p)) = (parallel.as_deref(), out_parallel.as_mut()) {
+                out_p.extend(std::iter::repeat_n(p[i].clone(), inlined.len()));
+            }
+            out.extend(inlined);
+        }
+        if let (Some(p), Some(out_p)) = (parallel.as_deref(), out_parallel.as_mut()) {
+            out_p.push(p[i].clone());
+        }
+        out.push(frame);
+    }
+    *frames = out;
+    if let (Some(p), Some(out_p)) = (parallel, out_parallel) {
+        *p = out_p;
+    }
+}
+
 fn new_symbolizer() -> Symbolizer {
     Symbolizer::builder()
         .enable_code_info(true)
-        // A frame has one name and one line; inlined callees have no field of their own.
-        .enable_inlined_fns(false)
+        // Each inlined call becomes a frame of its own (`Frame::inlined`).
+        .enable_inlined_fns(true)
         .enable_demangling(true)
         .build()
 }
@@ -432,7 +494,8 @@ impl StackSymbolizer {
             *self = Self::new();
         }
         let mut by_path = false;
-        for (frame, file) in stack.frames.iter_mut().zip(&stack.files) {
+        let mut inserts = Vec::new();
+        for (i, (frame, file)) in stack.frames.iter_mut().zip(&stack.files).enumerate() {
             if !needs_symbol(frame) {
                 continue;
             }
@@ -445,13 +508,19 @@ impl StackSymbolizer {
                 .entry((file.dev, file.ino))
                 .or_insert_with(|| file.clone());
             let symbolizer = &self.symbolizer;
-            self.symbols
+            let inlined = self
+                .symbols
                 .entry((held.dev, held.ino, offset))
                 .or_insert_with(|| symbolize_file(symbolizer, &held.path(), offset))
                 .apply(frame);
+            if !inlined.is_empty() {
+                inserts.push((i, inlined));
+            }
         }
+        insert_inlined(&mut stack.frames, Some(&mut stack.files), inserts);
         if by_path {
-            self.by_path.symbolize(&self.symbolizer, &mut stack.frames);
+            self.by_path
+                .symbolize(&self.symbolizer, &mut stack.frames, Some(&mut stack.files));
         }
     }
 }
@@ -604,8 +673,8 @@ fn mapped_name(link: &Path) -> Option<String> {
 /// A frame whose recorded build ID differs from the local file's gets
 /// `unknown = "build id mismatch"` rather than a wrong name; a missing file gets
 /// `"file not found"`. Frames that already have a symbol or an `unknown` are left alone.
-pub fn symbolize_offline(frames: &mut [Frame]) {
-    ByPath::default().symbolize(&new_symbolizer(), frames);
+pub fn symbolize_offline(frames: &mut Vec<Frame>) {
+    ByPath::default().symbolize(&new_symbolizer(), frames, None::<&mut Vec<()>>);
 }
 
 /// What symbolizing by path keeps between frames: each file's local build ID, and the
@@ -621,9 +690,16 @@ impl ByPath {
         self.symbols.len()
     }
 
-    /// [`symbolize_offline`] with `symbolizer` and these caches.
-    fn symbolize(&mut self, symbolizer: &Symbolizer, frames: &mut [Frame]) {
-        for frame in frames.iter_mut() {
+    /// [`symbolize_offline`] with `symbolizer` and these caches; `parallel`, one entry per
+    /// frame, gets the entry of a frame repeated for the frames inlined there.
+    fn symbolize<T: Clone>(
+        &mut self,
+        symbolizer: &Symbolizer,
+        frames: &mut Vec<Frame>,
+        parallel: Option<&mut Vec<T>>,
+    ) {
+        let mut inserts = Vec::new();
+        for (i, frame) in frames.iter_mut().enumerate() {
             if frame.sym.is_some() || frame.unknown.is_some() {
                 continue;
             }
@@ -649,13 +725,18 @@ impl ByPath {
                 }
                 _ => {}
             }
-            self.symbols
+            let inlined = self
+                .symbols
                 .entry((file, offset))
                 .or_insert_with_key(|(file, offset)| {
                     symbolize_file(symbolizer, Path::new(file), *offset)
                 })
                 .apply(frame);
+            if !inlined.is_empty() {
+                inserts.push((i, inlined));
+            }
         }
+        insert_inlined(frames, parallel, inserts);
     }
 }
 
@@ -809,7 +890,7 @@ mod tests {
         missing.file = Some("/nonexistent/libc.so.6".to_string());
         let mut already = frames[0].clone();
         already.unknown = None;
-        let mut batch = [
+        let mut batch = vec![
             wrong,
             missing,
             already.clone(),

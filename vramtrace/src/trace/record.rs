@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 3;
+pub const FORMAT_MINOR: u32 = 4;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -370,6 +370,11 @@ pub struct Frame {
     /// format 1.3.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub python: bool,
+    /// A function that the compiler inlined into the frame that follows (the next one out):
+    /// `sym` and `src` are its own, `addr`, `file`, `build_id` and `offset` those of the
+    /// return address it shares with the frames around it. Added in format 1.4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
 }
 
 /// Where memory lives and how it was obtained.

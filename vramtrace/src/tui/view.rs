@@ -698,7 +698,12 @@ fn render_detail(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
                             .map(sanitize)
                             .or_else(|| f.unknown.as_deref().map(|u| format!("[{}]", sanitize(u))))
                             .unwrap_or_else(|| "?".into());
-                        let mut s = format!("#{i:<2} {:#014x} {name}", f.addr);
+                        // An inlined call shares the address of the frame it is in.
+                        let mut s = if f.inlined {
+                            format!("#{i:<2} {:<14} {name}", "inlined")
+                        } else {
+                            format!("#{i:<2} {:#014x} {name}", f.addr)
+                        };
                         if let Some(file) = &f.file {
                             let base = file.rsplit('/').next().unwrap_or(file);
                             s.push_str(&format!(" ({}", sanitize(base)));

@@ -61,6 +61,11 @@ pub struct ProcessState {
     pub allocs: BTreeMap<String, ApiCount>,
     /// Frees per entry point (`cuMemRelease`, and context destruction for what it freed).
     pub frees: BTreeMap<String, ApiCount>,
+    /// Every allocation that became live (each `Change::Started`): the figure that ends
+    /// and live bytes add up to.
+    pub started: ApiCount,
+    /// The allocations that ended (each `Change::Ended`), by [`EndCause::index`].
+    pub ended: [ApiCount; EndCause::ALL.len()],
     /// Failed calls per entry point.
     pub failed: BTreeMap<String, FailedCount>,
     /// Calls that never returned (the thread died in the driver, or a signal sent at the
@@ -323,6 +328,8 @@ impl ProcessState {
 
     /// A new allocation is about to be inserted: the change says so.
     fn started(&mut self, a: &Arc<LiveAllocation>) {
+        self.started.count += 1;
+        self.started.bytes += a.bytes;
         self.changes.push(Change::Started {
             proc: self.proc,
             alloc: Arc::clone(a),
@@ -459,12 +466,19 @@ impl ProcessState {
                 cause = EndCause::PoolFree;
             }
         }
+        self.count_end(cause, a.bytes);
         self.changes.push(Change::Ended {
             proc: self.proc,
             alloc: a,
             cause,
             ts_ns: ts,
         });
+    }
+
+    fn count_end(&mut self, cause: EndCause, bytes: u64) {
+        let n = &mut self.ended[cause.index()];
+        n.count += 1;
+        n.bytes += bytes;
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
@@ -769,17 +783,15 @@ impl ProcessState {
             cause: EndCause::ProcessExit,
             ts_ns: e.ts_ns,
         };
-        self.changes.extend(
-            std::mem::take(&mut self.by_addr)
-                .into_values()
-                .map(ended)
-                .chain(std::mem::take(&mut self.arrays).into_values().map(ended))
-                .chain(
-                    std::mem::take(&mut self.vmm)
-                        .into_values()
-                        .map(|v| ended(v.alloc)),
-                ),
-        );
+        let gone: Vec<Arc<LiveAllocation>> = std::mem::take(&mut self.by_addr)
+            .into_values()
+            .chain(std::mem::take(&mut self.arrays).into_values())
+            .chain(std::mem::take(&mut self.vmm).into_values().map(|v| v.alloc))
+            .collect();
+        for a in &gone {
+            self.count_end(EndCause::ProcessExit, a.bytes);
+        }
+        self.changes.extend(gone.into_iter().map(ended));
         for (pool, p) in std::mem::take(&mut self.pools) {
             if p.held > 0 {
                 self.changes.push(Change::PoolHeld {

@@ -131,6 +131,17 @@ pub(crate) fn body() -> Vec<Record> {
                     src: Some("CUDACachingAllocator.cpp:1234".into()),
                     unknown: None,
                     python: false,
+                    inlined: false,
+                },
+                Frame {
+                    addr: 0x7f12_3456_7890,
+                    file: Some("/usr/lib/libtorch_cuda.so".into()),
+                    build_id: Some("ab12".into()),
+                    offset: Some(0x12_3456),
+                    sym: Some("c10::cuda::CUDACachingAllocator::Native::malloc".into()),
+                    src: Some("CUDACachingAllocator.cpp:3085".into()),
+                    inlined: true,
+                    ..Frame::default()
                 },
                 Frame {
                     addr: 0x1234,
@@ -949,6 +960,20 @@ fn the_schema_declares_every_field_written() {
         for req in def["required"].as_array().expect("required") {
             let req = req.as_str().expect("a string");
             assert!(obj.contains_key(req), "{kind} lacks required {req}");
+        }
+        // A stack's frames against the frame's own definition.
+        for frame in obj
+            .get("frames")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let props = schema["$defs"]["frame"]["properties"]
+                .as_object()
+                .expect("the frame's properties");
+            for key in frame.as_object().expect("a frame object").keys() {
+                assert!(props.contains_key(key), "frame.{key} is not in the schema");
+            }
         }
     }
 }
