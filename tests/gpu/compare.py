@@ -63,6 +63,45 @@ def stack_names(trace):
     return names
 
 
+def stack_quality(trace, pid):
+    """How well the stacks of one process's allocations name the code that made them: how
+    many allocations there are, how many of their stacks reach a Python frame of the
+    workload (CPython's own frames, read by the probe, with file and line), how many are
+    complete (not truncated), and one such Python frame as an example."""
+    opener = gzip.open if open(trace, "rb").read(2) == b"\x1f\x8b" else open
+    procs, stacks = set(), {}
+    allocs = []
+    with opener(trace, "rt") as f:
+        for line in f:
+            if '"type":"process"' in line:
+                rec = json.loads(line)
+                if rec.get("pid") == pid:
+                    procs.add(rec["id"])
+            elif '"type":"stack"' in line:
+                rec = json.loads(line)
+                py = [fr for fr in rec.get("frames", [])
+                      if fr.get("python") and fr.get("file", "").endswith("workload.py")]
+                example = f"{py[0].get('sym')} ({py[0].get('src')})" if py else None
+                stacks[rec["id"]] = (bool(py), rec.get("truncated") is None, example)
+            elif '"type":"alloc"' in line or '"type":"vmm_create"' in line:
+                rec = json.loads(line)
+                allocs.append((rec.get("proc"), rec.get("stack")))
+    mine = [s for p, s in allocs if p in procs]
+    with opener(trace, "rt") as f:
+        major, minor = (int(x) for x in json.loads(f.readline())["version"].split("."))
+    seen = [stacks[s] for s in mine if s in stacks]
+    example = next((e for _, _, e in seen if e), None)
+    return {
+        "allocations": len(mine),
+        "with_stack": len(seen),
+        "python": sum(1 for py, _, _ in seen if py),
+        "complete": sum(1 for _, whole, _ in seen if whole),
+        "example": example,
+        # Python frames came with format 1.3: older traces cannot have them.
+        "python_frames_recorded": (major, minor) >= (1, 3),
+    }
+
+
 def by_origin(allocs, stacks):
     out = {}
     for a in allocs:
@@ -210,7 +249,27 @@ def check_scenario(vramtrace, trace, truth_path):
                     "segments": "-", "outside": None, "outside_by_api": {},
                     "nvml": None, "ctx": None, "classes": f"{len(hit)} failed calls",
                 })
+    q = stack_quality(trace, pid)
+    q["scenario"] = name
+    truth["stacks"] = q
+    if q["allocations"] and not q["python"] and q["python_frames_recorded"]:
+        failures.append(
+            f"{name}: none of {q['allocations']} allocations has a Python frame of workload.py "
+            "in its stack (default --stacks dwarf on CPython)"
+        )
     return truth, rows, failures
+
+
+def print_stacks(quality):
+    """Per scenario: allocations, and how many of their stacks name the workload's Python
+    code and are whole."""
+    print("stacks (default --stacks dwarf):")
+    print("| scenario | allocations | with a stack | naming workload.py | complete | e.g. |")
+    print("|---|---|---|---|---|---|")
+    for q in quality:
+        python = q["python"] if q["python_frames_recorded"] else "n/a (format < 1.3)"
+        print(f"| {q['scenario']} | {q['allocations']} | {q['with_stack']} | {python} | "
+              f"{q['complete']} | {q['example'] or '-'} |")
 
 
 def print_table(rows):
@@ -252,15 +311,17 @@ def main():
                         break
     if not pairs:
         sys.exit("no trace and truth pairs found")
-    all_rows, all_failures = [], []
+    all_rows, all_failures, quality = [], [], []
     for trace, truth in pairs:
         try:
-            _, rows, failures = check_scenario(args.vramtrace, trace, truth)
+            t, rows, failures = check_scenario(args.vramtrace, trace, truth)
+            quality.append(t["stacks"])
         except (RuntimeError, KeyError, ValueError) as err:
             rows, failures = [], [f"{trace}: {err}"]
         all_rows += rows
         all_failures += failures
     print_table(all_rows)
+    print_stacks(quality)
     for f in all_failures:
         print(f"FAIL {f}")
     print(f"{len(pairs)} scenarios, {len(all_rows)} points, {len(all_failures)} failures")
