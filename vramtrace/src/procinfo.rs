@@ -31,6 +31,21 @@ pub struct ProcInfo {
     pub container: Option<String>,
     /// `CUDA_VISIBLE_DEVICES` from `/proc/PID/environ`, sanitized, when set and readable.
     pub cuda_visible_devices: Option<String>,
+    /// The Kubernetes pod it runs in, when it runs in one.
+    pub pod: Option<Pod>,
+}
+
+/// The Kubernetes pod a process runs in. The UID comes from the process's cgroup (the kubelet
+/// names the pod's cgroup after it), so it is there for every pod; the name and namespace only
+/// where the pod itself holds them (see [`read_pod`]), never guessed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's UID, `8-4-4-4-12` hex digits (32 for a static pod's, which is a hash).
+    pub uid: String,
+    /// The pod's name, when the process's environment says it.
+    pub name: Option<String>,
+    /// The pod's namespace, when the pod's service-account mount or environment says it.
+    pub namespace: Option<String>,
 }
 
 impl ProcInfo {
@@ -46,6 +61,9 @@ impl ProcInfo {
             exe: self.exe,
             container: self.container,
             cuda_visible_devices: self.cuda_visible_devices,
+            pod_uid: self.pod.as_ref().map(|p| p.uid.clone()),
+            pod_name: self.pod.as_ref().and_then(|p| p.name.clone()),
+            pod_namespace: self.pod.and_then(|p| p.namespace),
         }
     }
 }
@@ -161,13 +179,12 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
     let exe = fs::read_link(proc_path(pid, "exe"))
         .ok()
         .map(|p| sanitize(&p.to_string_lossy()));
-    let container = fs::read_to_string(proc_path(pid, "cgroup"))
-        .ok()
-        .and_then(|text| container_id(&text));
+    let cgroup = fs::read_to_string(proc_path(pid, "cgroup")).unwrap_or_default();
+    let container = container_id(&cgroup);
     // Only the owner and root may read it; unreadable is unknown, like unset.
-    let cuda_visible_devices = fs::read(proc_path(pid, "environ"))
-        .ok()
-        .and_then(|bytes| env_var(&bytes, "CUDA_VISIBLE_DEVICES"));
+    let environ = fs::read(proc_path(pid, "environ")).unwrap_or_default();
+    let cuda_visible_devices = env_var(&environ, "CUDA_VISIBLE_DEVICES");
+    let pod = pod_uid(&cgroup).map(|uid| read_pod(pid, uid, &environ));
     Ok(ProcInfo {
         pid,
         ppid: Some(stat.ppid),
@@ -177,7 +194,68 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
         exe,
         container,
         cuda_visible_devices,
+        pod,
     })
+}
+
+/// Where the kubelet writes a pod's namespace, in every container that mounts the pod's
+/// service-account token (the default).
+const SERVICE_ACCOUNT_NAMESPACE: &str = "var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The name and namespace of the pod `uid` that `pid` runs in, from what the pod holds:
+///
+/// - the namespace from the service-account mount the kubelet makes in the container
+///   (read through `/proc/PID/root`, so from the host as root), else from `POD_NAMESPACE`,
+///   the usual name of a downward-API variable;
+/// - the name from `POD_NAME` (downward API), else from `HOSTNAME`, which the runtime sets to
+///   the pod's hostname: its name unless the pod sets `spec.hostname`. `HOSTNAME` is taken only
+///   when `KUBERNETES_SERVICE_HOST` is set too, which the kubelet puts in every container, so
+///   that a process that only sits in a pod's cgroup (a `nsenter`ed one) is not named after
+///   the node.
+pub fn read_pod(pid: u32, uid: String, environ: &[u8]) -> Pod {
+    let mounted = fs::read_to_string(proc_path(pid, "root").join(SERVICE_ACCOUNT_NAMESPACE))
+        .ok()
+        .map(|s| sanitize(s.trim()))
+        .filter(|s| !s.is_empty());
+    pod_from_env(uid, environ, mounted)
+}
+
+/// [`read_pod`] once the files are read: `mounted` is the service-account mount's namespace.
+fn pod_from_env(uid: String, environ: &[u8], mounted: Option<String>) -> Pod {
+    let var = |name| env_var(environ, name).filter(|v| !v.is_empty());
+    let in_kubernetes = var("KUBERNETES_SERVICE_HOST").is_some();
+    Pod {
+        uid,
+        name: var("POD_NAME").or_else(|| var("HOSTNAME").filter(|_| in_kubernetes)),
+        namespace: mounted.or_else(|| var("POD_NAMESPACE")),
+    }
+}
+
+/// Finds the UID of the Kubernetes pod in the text of `/proc/PID/cgroup`.
+///
+/// The kubelet makes one cgroup per pod under its `kubepods` root, named after the pod's UID:
+/// with the cgroupfs driver `/kubepods/<qos>/pod<uid>/` (`/kubepods/pod<uid>/` for a
+/// Guaranteed pod), with the systemd driver
+/// `/kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _ for ->.slice/`; both under
+/// cgroup v1 (one line per hierarchy) and v2 (`0::`). Only a path under a `kubepods` component
+/// counts.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut components = path.split('/');
+        components.find(|c| c.contains("kubepods"))?;
+        components.find_map(pod_uid_in_component)
+    })
+}
+
+fn pod_uid_in_component(component: &str) -> Option<String> {
+    let name = component.strip_suffix(".slice").unwrap_or(component);
+    let (_, uid) = name.rsplit_once("pod")?;
+    let uid = uid.replace('_', "-").to_ascii_lowercase();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let groups: Vec<&str> = uid.split('-').collect();
+    let uuid = groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| hex(g, n));
+    (uuid || hex(&uid, 32)).then_some(uid)
 }
 
 /// The value of `name` in the bytes of `/proc/PID/environ` (`NAME=value` entries separated by
@@ -417,6 +495,128 @@ mod tests {
         {
             assert_eq!(id.len(), 64);
         }
+    }
+
+    const UID: &str = "0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab";
+
+    /// `/proc/PID/cgroup` of a container process in a pod, as each runtime and cgroup driver
+    /// lays it out, with the container id and pod UID each should give.
+    fn pod_samples() -> Vec<(String, &'static str)> {
+        let u = UID.replace('-', "_");
+        vec![
+            // containerd, systemd driver, cgroup v2 (kubeadm's default today).
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/\
+                     kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope\n"
+                ),
+                UID,
+            ),
+            // CRI-O, systemd driver, cgroup v2, a Guaranteed pod (no QoS level).
+            (
+                format!("0::/kubepods.slice/kubepods-pod{u}.slice/crio-{ID}.scope\n"),
+                UID,
+            ),
+            // containerd, cgroupfs driver, cgroup v1: one line per hierarchy.
+            (
+                format!(
+                    "12:pids:/kubepods/besteffort/pod{UID}/{ID}\n\
+                     11:cpu,cpuacct:/kubepods/besteffort/pod{UID}/{ID}\n\
+                     1:name=systemd:/kubepods/besteffort/pod{UID}/{ID}\n"
+                ),
+                UID,
+            ),
+            // CRI-O, cgroupfs driver, cgroup v2, Guaranteed.
+            (format!("0::/kubepods/pod{UID}/crio-{ID}\n"), UID),
+            // Docker (dockershim or cri-dockerd), systemd driver, cgroup v1.
+            (
+                format!(
+                    "4:memory:/kubepods.slice/kubepods-besteffort.slice/\
+                     kubepods-besteffort-pod{u}.slice/docker-{ID}.scope\n"
+                ),
+                UID,
+            ),
+            // kind: the node is itself a container, the kubelet's root nested in it.
+            (
+                format!(
+                    "0::/system.slice/docker-{}.scope/kubelet.slice/kubelet-kubepods.slice/\
+                     kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/\
+                     cri-containerd-{ID}.scope\n",
+                    "ab".repeat(32)
+                ),
+                UID,
+            ),
+            // A static pod: its UID is a 32-digit hash.
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/\
+                     kubepods-burstable-pod6e1b7a5c9d3f4e2a8b0c1d2e3f4a5b6c.slice/\
+                     cri-containerd-{ID}.scope\n"
+                ),
+                "6e1b7a5c9d3f4e2a8b0c1d2e3f4a5b6c",
+            ),
+        ]
+    }
+
+    #[test]
+    fn finds_pod_uids_and_container_ids_of_each_runtime() {
+        for (text, uid) in pod_samples() {
+            assert_eq!(pod_uid(&text).as_deref(), Some(uid), "{text}");
+            // The container is the innermost id, not the kind node's.
+            assert_eq!(container_id(&text).as_deref(), Some(ID), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_pod_outside_kubernetes() {
+        for text in [
+            "0::/\n".to_owned(),
+            "0::/user.slice/user-1000.slice/session-2.scope\n".to_owned(),
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("12:memory:/docker/{ID}\n"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+            // A pod-shaped name outside a kubepods root is not a pod.
+            format!("0::/system.slice/pod{UID}.slice\n"),
+            // The pod's own cgroup name cut short, or not hex.
+            "0::/kubepods.slice/kubepods-pod0f1e2d3c_aaaa.slice\n".to_owned(),
+            "0::/kubepods/besteffort/podzzzzzzzz-aaaa-4bbb-8ccc-0123456789ab/x\n".to_owned(),
+            // The kubepods slices above any pod (a QoS-level process).
+            "0::/kubepods.slice/kubepods-burstable.slice\n".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(pod_uid(&text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn pod_name_and_namespace_only_where_the_pod_says_them() {
+        let uid = || UID.to_owned();
+        let k8s = b"PATH=/bin\0HOSTNAME=vllm-7d9f-x2\0KUBERNETES_SERVICE_HOST=10.96.0.1\0";
+        let pod = pod_from_env(uid(), k8s, Some("inference".into()));
+        assert_eq!(pod.uid, UID);
+        assert_eq!(pod.name.as_deref(), Some("vllm-7d9f-x2"));
+        assert_eq!(pod.namespace.as_deref(), Some("inference"));
+        // The downward API's variables, where the pod spec sets them, say it outright.
+        let downward =
+            b"HOSTNAME=custom-host\0KUBERNETES_SERVICE_HOST=10.96.0.1\0POD_NAME=trainer-0\0POD_NAMESPACE=ml\0";
+        let pod = pod_from_env(uid(), downward, None);
+        assert_eq!(pod.name.as_deref(), Some("trainer-0"));
+        assert_eq!(pod.namespace.as_deref(), Some("ml"));
+        // The mount wins over a variable that could be anything.
+        let pod = pod_from_env(uid(), downward, Some("kube-ml".into()));
+        assert_eq!(pod.namespace.as_deref(), Some("kube-ml"));
+        // HOSTNAME without the kubelet's variables is the host's or a runtime's name.
+        let pod = pod_from_env(uid(), b"HOSTNAME=node-3\0", None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+        let pod = pod_from_env(uid(), b"", None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+    }
+
+    #[test]
+    fn the_test_process_is_read_without_a_pod_unless_in_one() {
+        let me = read_process(std::process::id()).expect("self");
+        let cgroup = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        assert_eq!(me.pod.as_ref().map(|p| p.uid.clone()), pod_uid(&cgroup));
     }
 
     #[test]

@@ -375,7 +375,7 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
         ranked.len().saturating_sub(top) as u64,
     );
     let shown = &ranked[..ranked.len().min(top)];
-    let labels: Vec<[String; 4]> = shown
+    let labels: Vec<[String; 7]> = shown
         .iter()
         .map(|(proc, _)| {
             let st = ledger.process(*proc);
@@ -386,6 +386,10 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
                 st.map(|s| s.comm().to_owned()).unwrap_or_default(),
                 command,
                 info.and_then(|i| i.container.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_uid.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_name.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_namespace.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -415,6 +419,9 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
                     ("comm", &l[1]),
                     ("command", &l[2]),
                     ("container", &l[3]),
+                    ("pod_uid", &l[4]),
+                    ("pod", &l[5]),
+                    ("namespace", &l[6]),
                 ],
                 pick(row),
             );
