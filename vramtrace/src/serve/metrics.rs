@@ -101,6 +101,9 @@ impl Writer {
     }
 }
 
+/// Every value [`api_family`] gives.
+pub const API_FAMILIES: [&str; 6] = ["device", "stream_ordered", "vmm", "array", "host", "other"];
+
 /// The API family of a driver entry point, for counters that must stay few.
 pub fn api_family(api: &str) -> &'static str {
     let base = api.split('_').next().unwrap_or(api);
@@ -211,7 +214,10 @@ pub fn render(
     for (kind, n) in &model.allocations {
         w.sample("vramtrace_allocations_total", &[("kind", kind)], *n);
     }
-    let mut failed: std::collections::BTreeMap<&str, u64> = Default::default();
+    // Every family from the start, at 0: a rate over a counter that appears with its first
+    // failure would miss that failure, and a dashboard would show no data instead of none.
+    let mut failed: std::collections::BTreeMap<&str, u64> =
+        API_FAMILIES.iter().map(|f| (*f, 0)).collect();
     for p in ledger.processes() {
         for (api, f) in &p.failed {
             *failed.entry(api_family(api)).or_default() += f.count;
@@ -449,6 +455,12 @@ mod tests {
         assert_eq!(api_family("cuMemHostAlloc"), "host");
         assert_eq!(api_family("cuArray3DCreate_v2"), "array");
         assert_eq!(api_family("cuCtxCreate_v2"), "other");
+        let (model, ledger) = (Model::default(), Ledger::new());
+        let text = render(&model, &ledger, &[], 20, Format::Prometheus);
+        for family in API_FAMILIES {
+            let zero = format!("vramtrace_failed_calls_total{{family=\"{family}\"}} 0\n");
+            assert!(text.contains(&zero), "{zero} in {text}");
+        }
     }
 
     #[test]

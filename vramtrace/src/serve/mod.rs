@@ -627,6 +627,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "vram_bytes_used": s.model.vram_bytes_used(),
         "ooms": s.model.ooms,
         "last_oom": last_oom_json(&s),
+        "websocket": shared.stream.health(),
     });
     drop(s);
     json_body(&body).into_response()
