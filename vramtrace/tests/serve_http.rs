@@ -1,7 +1,9 @@
 //! `vramtrace serve` as its clients meet it: an HTTP client on loopback against a real server,
 //! serving a recorded trace of the simulated driver and tracing a simulated workload live
-//! (eBPF, root); requests it must refuse; `promtool check metrics`; and a real Prometheus
-//! (Debian's `prometheus`) scraping it and answering a query for the workload's bytes.
+//! (eBPF, root); requests it must refuse; `promtool check metrics`; a real Prometheus
+//! (Debian's `prometheus`) scraping it and answering a query for the workload's bytes and
+//! every query of the Grafana dashboard; WebSocket clients, a stalled one among them; JSON
+//! logs; and the deploy/ samples checked by their own tools, nginx proxying serve for real.
 
 mod common;
 
@@ -1021,4 +1023,180 @@ fn log_format_json_makes_every_diagnostic_a_json_line() {
         "{:?}",
         human.said
     );
+}
+
+/// A command's stdout, the test failing with its stderr when it fails.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs it)"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `text` with `from` replaced by `to`, which must be there: the test must not silently miss
+/// a sample that changed shape.
+fn replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is no longer in the sample");
+    text.replace(from, to)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("addr").port()
+}
+
+/// The deploy/ samples, checked by the tools that run them: `promtool check config`,
+/// `systemd-analyze verify`, and `nginx -t` on the nginx sample (a self-signed certificate in
+/// place of the real one), which then really proxies HTTPS, HTTP/2 and a WebSocket upgrade to a
+/// serve and refuses what is not a GET.
+#[test]
+fn deploy_samples_pass_their_tools_and_nginx_proxies_serve() {
+    let deploy = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"));
+    run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(deploy.join("prometheus.yml")),
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = replaced(
+        &std::fs::read_to_string(deploy.join("vramtrace.service")).expect("the unit"),
+        "ExecStart=/usr/local/bin/vramtrace serve",
+        &format!("ExecStart={} serve", env!("CARGO_BIN_EXE_vramtrace")),
+    );
+    let unit_path = dir.path().join("vramtrace.service");
+    std::fs::write(&unit_path, unit).expect("unit");
+    run_ok(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit_path),
+    );
+
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/async.jsonl.gz");
+    let server = Server::start(&["--replay", fixture]);
+    let (crt, key) = (
+        dir.path().join("vramtrace.crt"),
+        dir.path().join("vramtrace.key"),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(Stdio::null()),
+    );
+    let (https, http) = (free_port(), free_port());
+    let mut site = std::fs::read_to_string(deploy.join("nginx.conf")).expect("nginx sample");
+    for (from, to) in [
+        ("/etc/ssl/certs/vramtrace.crt", crt.display().to_string()),
+        ("/etc/ssl/private/vramtrace.key", key.display().to_string()),
+        (
+            "listen 443 ssl http2;",
+            format!("listen 127.0.0.1:{https} ssl http2;"),
+        ),
+        ("listen 80;", format!("listen 127.0.0.1:{http};")),
+        ("127.0.0.1:9477", server.addr.to_string()),
+    ] {
+        site = replaced(&site, from, &to);
+    }
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("vramtrace.conf"), site).expect("site");
+    let main = dir.path().join("nginx.conf");
+    // What /etc/nginx/nginx.conf gives a site in conf.d, with its files in the temporary folder.
+    std::fs::write(
+        &main,
+        format!(
+            "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n\
+             access_log {d}/access.log;\nclient_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\ninclude {d}/vramtrace.conf;\n}}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    run_ok(
+        Command::new("nginx")
+            .arg("-t")
+            .arg("-c")
+            .arg(&main)
+            .stderr(Stdio::piped()),
+    );
+    struct Nginx(Child);
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects; the pid is our own child's.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+            let _ = self.0.wait();
+        }
+    }
+    let _nginx = Nginx(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&main)
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("nginx (scripts/setup.sh installs nginx-light)"),
+    );
+    let url = |path: &str| format!("https://127.0.0.1:{https}{path}");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "3"])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let body = curl(&[&url("/api/health")]);
+        if let Ok(v) = serde_json::from_str::<Value>(&body) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not proxy /api/health: {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(health["status"], "ok");
+    let status = |args: &[&str]| {
+        curl(
+            &[
+                &["-o", "/dev/null", "-w", "%{http_code} %{http_version}"],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    assert_eq!(status(&["--http2", &url("/metrics")]), "200 2");
+    assert_eq!(status(&["-X", "POST", &url("/api/health")]), "403 2");
+    assert!(status(&[&format!("http://127.0.0.1:{http}/")]).starts_with("301"));
+    // A WebSocket upgrade through the proxy: 101, then serve's first message.
+    let ws = curl(&[
+        "--http1.1",
+        "-N",
+        "-i",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &url("/ws"),
+    ]);
+    assert!(ws.starts_with("HTTP/1.1 101"), "{ws}");
+    assert!(ws.contains("\"type\":\"state\""), "{ws}");
 }
