@@ -1200,3 +1200,115 @@ fn deploy_samples_pass_their_tools_and_nginx_proxies_serve() {
     assert!(ws.starts_with("HTTP/1.1 101"), "{ws}");
     assert!(ws.contains("\"type\":\"state\""), "{ws}");
 }
+
+/// A cgroup laid out as the kubelet lays out a pod's container's (cgroup v2 with the systemd
+/// driver, or cgroup v1's pids hierarchy with cgroupfs), removed with what is left in it.
+struct PodCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl PodCgroup {
+    fn new(uid: &str, id: &str) -> PodCgroup {
+        let root = Path::new("/sys/fs/cgroup");
+        let dirs: Vec<std::path::PathBuf> = if root.join("cgroup.controllers").exists() {
+            let u = uid.replace('-', "_");
+            let slice = root.join("kubepods.slice/kubepods-besteffort.slice");
+            vec![
+                root.join("kubepods.slice"),
+                slice.clone(),
+                slice.join(format!("kubepods-besteffort-pod{u}.slice")),
+                slice.join(format!(
+                    "kubepods-besteffort-pod{u}.slice/cri-containerd-{id}.scope"
+                )),
+            ]
+        } else {
+            let pods = root.join("pids/kubepods/besteffort");
+            vec![
+                root.join("pids/kubepods"),
+                pods.clone(),
+                pods.join(format!("pod{uid}")),
+                pods.join(format!("pod{uid}/{id}")),
+            ]
+        };
+        let leaf = dirs.last().expect("a leaf");
+        std::fs::create_dir_all(leaf).unwrap_or_else(|e| panic!("making {}: {e}", leaf.display()));
+        PodCgroup { dirs }
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.dirs.last().expect("a leaf").join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // The workload started in it outlives serve (serve leaves its command running).
+        if let Ok(pids) = std::fs::read_to_string(self.procs()) {
+            for pid in pids.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: kill has no memory effects; these are the test's own workloads.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for dir in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_process_in_a_pods_cgroup_carries_its_container_and_pod_labels() {
+    require_root();
+    let (lib, workload) = sim();
+    let (lib, workload) = (
+        lib.to_str().expect("utf-8"),
+        workload.to_str().expect("utf-8"),
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let uid = format!("{:08x}-aaaa-4bbb-8ccc-{nanos:012x}", std::process::id());
+    let id = format!(
+        "{:064x}",
+        u128::from(nanos) << 32 | u128::from(std::process::id())
+    );
+    let cgroup = PodCgroup::new(&uid, &id);
+    // As a pod's container starts: in the pod's cgroup, with the kubelet's variables.
+    let script = format!(
+        "echo $$ > {} && env HOSTNAME=trainer-0 KUBERNETES_SERVICE_HOST=10.96.0.1 \
+         POD_NAMESPACE=ml {workload} --lib {lib} --hold 20 exit-without-free",
+        cgroup.procs().display()
+    );
+    let server = Server::start(&["--libcuda", lib, "--", "sh", "-c", &script]);
+    let truth = truth_of(&server);
+    let device = truth["device_bytes_at_exit"]
+        .as_u64()
+        .expect("device bytes");
+    let m = wait_for(&server, "vramtrace_vram_bytes_used", device as f64);
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("vramtrace_process_device_bytes{"))
+        .expect("a per-process series");
+    for label in [
+        format!("container=\"{id}\""),
+        format!("pod_uid=\"{uid}\""),
+        "pod=\"trainer-0\"".to_owned(),
+        "namespace=\"ml\"".to_owned(),
+    ] {
+        assert!(line.contains(&label), "{label} in {line}");
+    }
+    let snap = server.json("/api/snapshot");
+    let p = &snap["processes"][0];
+    assert_eq!(p["container"], id.as_str());
+    assert_eq!(
+        p["pod"],
+        serde_json::json!({"uid": uid, "name": "trainer-0", "namespace": "ml"})
+    );
+    drop(server);
+    drop(cgroup);
+}
