@@ -812,6 +812,13 @@ fn websocket_clients_get_the_state_then_nothing_unchanged_and_hold_bounded_memor
     }
 }
 
+/// The simulated driver and the workload, as the strings a command line takes.
+fn sim_paths() -> (String, String) {
+    let (lib, workload) = sim();
+    let s = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+    (s(lib), s(workload))
+}
+
 /// The WebSocket part of `/api/health`: clients now, and those dropped by why.
 fn ws_health(server: &Server) -> (u64, u64, u64) {
     let h = server.json("/api/health");
@@ -826,11 +833,8 @@ fn ws_health(server: &Server) -> (u64, u64, u64) {
 #[test]
 fn a_stalled_websocket_client_is_dropped_while_the_others_keep_their_updates() {
     require_root();
-    let (lib, workload) = sim();
-    let (lib, workload) = (
-        lib.to_str().expect("utf-8"),
-        workload.to_str().expect("utf-8"),
-    );
+    let (lib, workload) = sim_paths();
+    let (lib, workload) = (lib.as_str(), workload.as_str());
     // The state keeps moving for a minute: a process appears with its memory, then exits, one
     // after another.
     let script = format!(
@@ -1263,11 +1267,8 @@ impl Drop for PodCgroup {
 #[test]
 fn a_process_in_a_pods_cgroup_carries_its_container_and_pod_labels() {
     require_root();
-    let (lib, workload) = sim();
-    let (lib, workload) = (
-        lib.to_str().expect("utf-8"),
-        workload.to_str().expect("utf-8"),
-    );
+    let (lib, workload) = sim_paths();
+    let (lib, workload) = (lib.as_str(), workload.as_str());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
