@@ -494,19 +494,13 @@ fn traces_a_simulated_workload_live() {
 #[test]
 fn prometheus_scrapes_serve_and_answers_for_the_workloads_bytes() {
     require_root();
-    let (lib, workload) = sim();
-    let lib = lib.to_str().expect("utf-8");
-    let server = Server::start(&[
-        "--libcuda",
-        lib,
-        "--",
-        workload.to_str().expect("utf-8"),
-        "--lib",
-        lib,
-        "--hold",
-        "60",
-        "exit-without-free",
-    ]);
+    let (lib, workload) = sim_paths();
+    // In a pod, so that the dashboard's panel by pod has something to show.
+    let pod = PodCgroup::new();
+    let script = pod.start(&format!(
+        "{workload} --lib {lib} --hold 60 exit-without-free"
+    ));
+    let server = Server::start(&["--libcuda", &lib, "--", "sh", "-c", &script]);
     let truth = truth_of(&server);
     let device = truth["device_bytes_at_exit"]
         .as_u64()
@@ -1209,10 +1203,23 @@ fn deploy_samples_pass_their_tools_and_nginx_proxies_serve() {
 /// driver, or cgroup v1's pids hierarchy with cgroupfs), removed with what is left in it.
 struct PodCgroup {
     dirs: Vec<std::path::PathBuf>,
+    /// The pod's UID.
+    uid: String,
+    /// The container's id.
+    id: String,
 }
 
 impl PodCgroup {
-    fn new(uid: &str, id: &str) -> PodCgroup {
+    /// A pod of its own for this test process, named after its PID and the clock.
+    fn new() -> PodCgroup {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        let pid = std::process::id();
+        let uid = format!("{pid:08x}-aaaa-4bbb-8ccc-{nanos:012x}");
+        let id = format!("{:064x}", (u128::from(nanos) << 32) | u128::from(pid));
+        let (uid, id) = (uid.as_str(), id.as_str());
         let root = Path::new("/sys/fs/cgroup");
         let dirs: Vec<std::path::PathBuf> = if root.join("cgroup.controllers").exists() {
             let u = uid.replace('-', "_");
@@ -1236,7 +1243,21 @@ impl PodCgroup {
         };
         let leaf = dirs.last().expect("a leaf");
         std::fs::create_dir_all(leaf).unwrap_or_else(|e| panic!("making {}: {e}", leaf.display()));
-        PodCgroup { dirs }
+        PodCgroup {
+            dirs,
+            uid: uid.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// A shell command that runs `command` as the pod's container would start: in the pod's
+    /// cgroup, with the kubelet's variables (pod `ml/trainer-0`).
+    fn start(&self, command: &str) -> String {
+        format!(
+            "echo $$ > {} && env HOSTNAME=trainer-0 KUBERNETES_SERVICE_HOST=10.96.0.1 \
+             POD_NAMESPACE=ml {command}",
+            self.procs().display()
+        )
     }
 
     fn procs(&self) -> std::path::PathBuf {
@@ -1253,13 +1274,17 @@ impl Drop for PodCgroup {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        for dir in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+        // The leaf empties as the killed workload exits; the parents may hold another test's
+        // pod, which removes them in its turn.
+        let (leaf, parents) = self.dirs.split_last().expect("a leaf");
+        for _ in 0..50 {
+            if std::fs::remove_dir(leaf).is_ok() || !leaf.exists() {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for dir in parents.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -1269,22 +1294,11 @@ fn a_process_in_a_pods_cgroup_carries_its_container_and_pod_labels() {
     require_root();
     let (lib, workload) = sim_paths();
     let (lib, workload) = (lib.as_str(), workload.as_str());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    let uid = format!("{:08x}-aaaa-4bbb-8ccc-{nanos:012x}", std::process::id());
-    let id = format!(
-        "{:064x}",
-        u128::from(nanos) << 32 | u128::from(std::process::id())
-    );
-    let cgroup = PodCgroup::new(&uid, &id);
-    // As a pod's container starts: in the pod's cgroup, with the kubelet's variables.
-    let script = format!(
-        "echo $$ > {} && env HOSTNAME=trainer-0 KUBERNETES_SERVICE_HOST=10.96.0.1 \
-         POD_NAMESPACE=ml {workload} --lib {lib} --hold 20 exit-without-free",
-        cgroup.procs().display()
-    );
+    let cgroup = PodCgroup::new();
+    let (uid, id) = (cgroup.uid.clone(), cgroup.id.clone());
+    let script = cgroup.start(&format!(
+        "{workload} --lib {lib} --hold 20 exit-without-free"
+    ));
     let server = Server::start(&["--libcuda", lib, "--", "sh", "-c", &script]);
     let truth = truth_of(&server);
     let device = truth["device_bytes_at_exit"]
