@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 3;
+pub const FORMAT_MINOR: u32 = 4;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
