@@ -252,6 +252,9 @@ async fn stream_to(shared: &Shared, socket: &mut WebSocket) -> End {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
     let mut ping = tokio::time::interval(PING);
+    // After a slow send, the next ping still comes a whole period after the last: a burst of
+    // missed ticks would drop a client before its pong could arrive.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     // A ping is out and nothing has come back since.
     let mut unanswered = false;
