@@ -5,8 +5,10 @@
 //! a terminal. Only `/proc/PID/stat` is required; the rest is best effort, because a zombie, a
 //! kernel thread or a process owned by another user legitimately hides some of it.
 
+use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::trace::Process;
@@ -199,23 +201,25 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
 }
 
 /// Where the kubelet writes a pod's namespace, in every container that mounts the pod's
-/// service-account token (the default).
+/// service-account token (the default). Relative to the container's root.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// The name and namespace of the pod `uid` that `pid` runs in, from what the pod holds:
 ///
-/// - the namespace from the service-account mount the kubelet makes in the container
-///   (read through `/proc/PID/root`, so from the host as root), else from `POD_NAMESPACE`,
-///   the usual name of a downward-API variable;
+/// - the namespace from the service-account mount the kubelet makes in the container (read
+///   inside the process's root, see [`read_in_root`]), else from `POD_NAMESPACE`, the usual
+///   name of a downward-API variable;
 /// - the name from `POD_NAME` (downward API), else from `HOSTNAME`, which the runtime sets to
 ///   the pod's hostname: its name unless the pod sets `spec.hostname`. `HOSTNAME` is taken only
 ///   when `KUBERNETES_SERVICE_HOST` is set too, which the kubelet puts in every container, so
 ///   that a process that only sits in a pod's cgroup (a `nsenter`ed one) is not named after
 ///   the node.
+///
+/// The process controls all of these, so a value that is not shaped like a Kubernetes name
+/// (a DNS label for a namespace, a DNS subdomain for a pod) is left out.
 pub fn read_pod(pid: u32, uid: String, environ: &[u8]) -> Pod {
-    let mounted = fs::read_to_string(proc_path(pid, "root").join(SERVICE_ACCOUNT_NAMESPACE))
-        .ok()
-        .map(|s| sanitize(s.trim()))
+    let mounted = read_in_root(pid, SERVICE_ACCOUNT_NAMESPACE, 256)
+        .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     pod_from_env(uid, environ, mounted)
 }
@@ -226,9 +230,60 @@ fn pod_from_env(uid: String, environ: &[u8], mounted: Option<String>) -> Pod {
     let in_kubernetes = var("KUBERNETES_SERVICE_HOST").is_some();
     Pod {
         uid,
-        name: var("POD_NAME").or_else(|| var("HOSTNAME").filter(|_| in_kubernetes)),
-        namespace: mounted.or_else(|| var("POD_NAMESPACE")),
+        name: var("POD_NAME")
+            .or_else(|| var("HOSTNAME").filter(|_| in_kubernetes))
+            .filter(|n| is_dns_name(n, 253, true)),
+        namespace: mounted
+            .or_else(|| var("POD_NAMESPACE"))
+            .filter(|n| is_dns_name(n, 63, false)),
     }
+}
+
+/// A DNS label (`dots` false) or subdomain (`dots` true) as Kubernetes names objects: at most
+/// `max` lower-case letters, digits, '-' (and '.'), starting and ending with a letter or digit.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| ok(b) || b == b'-' || (dots && b == b'.'))
+        && s.bytes().next().is_some_and(ok)
+        && s.bytes().last().is_some_and(ok)
+}
+
+/// Reads at most `max` bytes of `path` (relative) inside the root directory of `pid`, as the
+/// process would see it: every symbolic link on the way, absolute ones included, resolves
+/// within that root (`openat2` with `RESOLVE_IN_ROOT`). Through `/proc/PID/root/PATH` alone an
+/// absolute link would resolve in the reader's root: a container's `/var/run -> /run` would
+/// miss, and a link a process planted would read a file of the host's. `None` when it cannot
+/// be read, or on a kernel without `openat2` (before 5.6).
+pub fn read_in_root(pid: u32, path: &str, max: usize) -> Option<String> {
+    let root = fs::File::open(proc_path(pid, "root")).ok()?;
+    let path = CString::new(path).ok()?;
+    // SAFETY: open_how is three integers; all zero is a valid value, set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the directory descriptor is open for the call's length, `path` is a
+    // NUL-terminated string that lives through it, and `how` is an `open_how` of the size
+    // passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(max as u64).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Finds the UID of the Kubernetes pod in the text of `/proc/PID/cgroup`.
@@ -610,6 +665,72 @@ mod tests {
         assert_eq!((pod.name, pod.namespace), (None, None));
         let pod = pod_from_env(uid(), b"", None);
         assert_eq!((pod.name, pod.namespace), (None, None));
+    }
+
+    #[test]
+    fn pod_names_that_are_not_kubernetes_names_are_left_out() {
+        let env = b"KUBERNETES_SERVICE_HOST=10.96.0.1\0HOSTNAME=Evil\x1b[31m\0POD_NAMESPACE=a/b\0";
+        let pod = pod_from_env(UID.to_owned(), env, None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+        let pod = pod_from_env(UID.to_owned(), b"", Some("x".repeat(64)));
+        assert_eq!(pod.namespace, None);
+        let env = b"POD_NAME=web-0.shard-a\0";
+        let pod = pod_from_env(UID.to_owned(), env, Some("kube-system".into()));
+        assert_eq!(pod.name.as_deref(), Some("web-0.shard-a"));
+        assert_eq!(pod.namespace.as_deref(), Some("kube-system"));
+    }
+
+    /// A thread with a root of its own (`unshare(CLONE_FS)`, `chroot`), as a container's
+    /// process has: the service-account file is found through the image's absolute
+    /// `/var/run -> /run` link, and a link a process planted towards a host file reads nothing.
+    /// Needs root (chroot), as CI is.
+    #[test]
+    fn reads_inside_the_process_root_with_its_own_links() {
+        assert_eq!(
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            0,
+            "this test chroots a thread: run it as root"
+        );
+        let image = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        let secret = host.path().join("secret");
+        fs::write(&secret, "host-secret").expect("host file");
+        let sa = image
+            .path()
+            .join("run/secrets/kubernetes.io/serviceaccount");
+        fs::create_dir_all(&sa).expect("mkdir");
+        fs::write(sa.join("namespace"), "inference\n").expect("namespace");
+        fs::create_dir_all(image.path().join("var")).expect("mkdir");
+        std::os::unix::fs::symlink("/run", image.path().join("var/run")).expect("symlink");
+        std::os::unix::fs::symlink(&secret, image.path().join("leak")).expect("symlink");
+
+        let root = CString::new(image.path().as_os_str().as_encoded_bytes()).expect("path");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
+            // NUL-terminated path, which lives through the calls.
+            let ok =
+                unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(root.as_ptr()) == 0 };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = tid_tx.send(ok.then_some(tid as u32));
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx
+            .recv()
+            .expect("the thread")
+            .expect("unshare and chroot");
+        let namespace = read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256);
+        let leaked = read_in_root(tid, "leak", 256);
+        let through_proc = fs::read_to_string(proc_path(tid, "root").join("leak")).ok();
+        let _ = done_tx.send(());
+        thread.join().expect("the thread");
+        assert_eq!(namespace.as_deref(), Some("inference\n"));
+        assert_eq!(leaked, None);
+        // Through /proc/TID/root alone, the planted link reads the host's file.
+        assert_eq!(through_proc.as_deref(), Some("host-secret"));
     }
 
     #[test]
