@@ -2,7 +2,7 @@
 # Installs what building and testing vramtrace needs on a fresh Debian 12 machine:
 # the pinned Rust toolchains, bpf-linker on LLVM 22, and NVIDIA's driver libraries
 # (libcuda1, libnvidia-ml1) from Debian's non-free component for the integration tests,
-# Debian's prometheus (prometheus, promtool) for the service's tests, Node.js (Debian's
+# Debian's prometheus (prometheus, promtool) and nginx for the service's tests, Node.js (Debian's
 # nodejs and npm where no Node 18 or later is installed) and Debian's chromium for the web
 # page; then builds the page (web/: npm ci, npm run build into web/dist, which the vramtrace
 # binary embeds).
@@ -26,7 +26,9 @@ dpkg -s libcuda1 >/dev/null 2>&1 || need_apt+=(libcuda1)
 dpkg -s libnvidia-ml1 >/dev/null 2>&1 || need_apt+=(libnvidia-ml1)
 # prometheus (with promtool): the service's tests scrape `vramtrace serve` with the real one.
 # chromium: the web page's end-to-end tests drive Debian's own (playwright-core, no download).
-for p in build-essential pkg-config jq tmux python3 prometheus chromium; do
+# nginx-light, openssl, curl, systemd (systemd-analyze): the deploy/ samples are checked with
+# the tools that run them, and serve is proxied through the nginx sample (TLS, WebSocket).
+for p in build-essential pkg-config jq tmux python3 prometheus chromium nginx-light openssl curl systemd; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 

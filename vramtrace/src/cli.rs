@@ -16,8 +16,27 @@ pub struct Cli {
     /// More detail on stderr (repeat for debug output).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How diagnostics on stderr are written: `human` lines, or `json`, one object a line
+    /// (timestamp, level, message, fields) for a log collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Human,
+        env = "VRAMTRACE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How diagnostics on stderr are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for a person.
+    Human,
+    /// One JSON object a line.
+    Json,
 }
 
 impl Cli {

@@ -2,6 +2,20 @@
 //! closed pipe, and a diagnostic never stops a recording.
 
 use std::io::{self, ErrorKind, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether diagnostics are JSON lines (`--log-format json`), set once at start.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`say!`] go through the `tracing` subscriber (which then writes JSON lines) instead
+/// of writing its own line, so that stderr holds one format only.
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// The `tracing` target of the diagnostics [`say!`] writes in JSON mode; the subscriber lets
+/// it through at every verbosity, as the human lines are.
+pub const SAY_TARGET: &str = "vramtrace::console";
 
 /// Like `eprintln!`, but a stderr that cannot be written (its reader gone, as under
 /// `2>&1 | head`) is ignored: a diagnostic must never end a recording, as `eprintln!`'s panic
@@ -16,7 +30,21 @@ macro_rules! say {
 /// What [`say!`] does: one line on stderr, write errors ignored.
 #[doc(hidden)]
 pub fn say_args(args: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "{args}");
+    if !JSON.load(Ordering::Relaxed) {
+        let _ = writeln!(io::stderr().lock(), "{args}");
+        return;
+    }
+    // The human lines start with "vramtrace: " and, for the worst news, "error: " or
+    // "warning: "; in a JSON line those are the level, not part of the message.
+    let text = args.to_string();
+    let text = text.strip_prefix("vramtrace: ").unwrap_or(&text);
+    if let Some(m) = text.strip_prefix("error: ") {
+        tracing::error!(target: SAY_TARGET, "{m}");
+    } else if let Some(m) = text.strip_prefix("warning: ") {
+        tracing::warn!(target: SAY_TARGET, "{m}");
+    } else {
+        tracing::info!(target: SAY_TARGET, "{text}");
+    }
 }
 
 /// Writes `text` to stdout and flushes it. A reader that went away ends the output and is not

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use vramtrace::{
     analyze,
-    cli::{AnalyzeArgs, Cli, Command, ExportArgs, OnViolation, RecordArgs},
+    cli::{AnalyzeArgs, Cli, Command, ExportArgs, LogFormat, OnViolation, RecordArgs},
     console,
     session::{self, Policy, RecordOptions},
 };
@@ -21,18 +21,36 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VRAMTRACE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(if matches!(cli.command, Command::Top(_)) {
-            // Log lines would tear the live view's screen.
-            BoxMakeWriter::new(std::io::sink)
-        } else {
-            BoxMakeWriter::new(std::io::stderr)
-        })
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VRAMTRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let writer = if matches!(cli.command, Command::Top(_)) {
+        // Log lines would tear the live view's screen.
+        BoxMakeWriter::new(std::io::sink)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
+    match cli.log_format {
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+        LogFormat::Json => {
+            // `say!`'s diagnostics become events of their own target, shown at every
+            // verbosity as the human lines are.
+            let say = format!("{}=info", console::SAY_TARGET)
+                .parse()
+                .expect("a valid directive");
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_env_filter(filter.add_directive(say))
+                .with_writer(writer)
+                .init();
+            console::set_json(true);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -5,8 +5,10 @@
 //! a terminal. Only `/proc/PID/stat` is required; the rest is best effort, because a zombie, a
 //! kernel thread or a process owned by another user legitimately hides some of it.
 
+use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::trace::Process;
@@ -31,6 +33,21 @@ pub struct ProcInfo {
     pub container: Option<String>,
     /// `CUDA_VISIBLE_DEVICES` from `/proc/PID/environ`, sanitized, when set and readable.
     pub cuda_visible_devices: Option<String>,
+    /// The Kubernetes pod it runs in, when it runs in one.
+    pub pod: Option<Pod>,
+}
+
+/// The Kubernetes pod a process runs in. The UID comes from the process's cgroup (the kubelet
+/// names the pod's cgroup after it), so it is there for every pod; the name and namespace only
+/// where the pod itself holds them (see [`read_pod`]), never guessed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's UID, `8-4-4-4-12` hex digits (32 for a static pod's, which is a hash).
+    pub uid: String,
+    /// The pod's name, when the process's environment says it.
+    pub name: Option<String>,
+    /// The pod's namespace, when the pod's service-account mount or environment says it.
+    pub namespace: Option<String>,
 }
 
 impl ProcInfo {
@@ -46,6 +63,9 @@ impl ProcInfo {
             exe: self.exe,
             container: self.container,
             cuda_visible_devices: self.cuda_visible_devices,
+            pod_uid: self.pod.as_ref().map(|p| p.uid.clone()),
+            pod_name: self.pod.as_ref().and_then(|p| p.name.clone()),
+            pod_namespace: self.pod.and_then(|p| p.namespace),
         }
     }
 }
@@ -161,13 +181,12 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
     let exe = fs::read_link(proc_path(pid, "exe"))
         .ok()
         .map(|p| sanitize(&p.to_string_lossy()));
-    let container = fs::read_to_string(proc_path(pid, "cgroup"))
-        .ok()
-        .and_then(|text| container_id(&text));
+    let cgroup = fs::read_to_string(proc_path(pid, "cgroup")).unwrap_or_default();
+    let container = container_id(&cgroup);
     // Only the owner and root may read it; unreadable is unknown, like unset.
-    let cuda_visible_devices = fs::read(proc_path(pid, "environ"))
-        .ok()
-        .and_then(|bytes| env_var(&bytes, "CUDA_VISIBLE_DEVICES"));
+    let environ = fs::read(proc_path(pid, "environ")).unwrap_or_default();
+    let cuda_visible_devices = env_var(&environ, "CUDA_VISIBLE_DEVICES");
+    let pod = pod_uid(&cgroup).map(|uid| read_pod(pid, uid, &environ));
     Ok(ProcInfo {
         pid,
         ppid: Some(stat.ppid),
@@ -177,7 +196,121 @@ pub fn read_process(pid: u32) -> Result<ProcInfo, ProcError> {
         exe,
         container,
         cuda_visible_devices,
+        pod,
     })
+}
+
+/// Where the kubelet writes a pod's namespace, in every container that mounts the pod's
+/// service-account token (the default). Relative to the container's root.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The name and namespace of the pod `uid` that `pid` runs in, from what the pod holds:
+///
+/// - the namespace from the service-account mount the kubelet makes in the container (read
+///   inside the process's root, see [`read_in_root`]), else from `POD_NAMESPACE`, the usual
+///   name of a downward-API variable;
+/// - the name from `POD_NAME` (downward API), else from `HOSTNAME`, which the runtime sets to
+///   the pod's hostname: its name unless the pod sets `spec.hostname`. `HOSTNAME` is taken only
+///   when `KUBERNETES_SERVICE_HOST` is set too, which the kubelet puts in every container, so
+///   that a process that only sits in a pod's cgroup (a `nsenter`ed one) is not named after
+///   the node.
+///
+/// The process controls all of these, so a value that is not shaped like a Kubernetes name
+/// (a DNS label for a namespace, a DNS subdomain for a pod) is left out.
+pub fn read_pod(pid: u32, uid: String, environ: &[u8]) -> Pod {
+    let mounted = read_in_root(pid, SERVICE_ACCOUNT_NAMESPACE, 256)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    pod_from_env(uid, environ, mounted)
+}
+
+/// [`read_pod`] once the files are read: `mounted` is the service-account mount's namespace.
+fn pod_from_env(uid: String, environ: &[u8], mounted: Option<String>) -> Pod {
+    let var = |name| env_var(environ, name).filter(|v| !v.is_empty());
+    let in_kubernetes = var("KUBERNETES_SERVICE_HOST").is_some();
+    Pod {
+        uid,
+        name: var("POD_NAME")
+            .or_else(|| var("HOSTNAME").filter(|_| in_kubernetes))
+            .filter(|n| is_dns_name(n, 253, true)),
+        namespace: mounted
+            .or_else(|| var("POD_NAMESPACE"))
+            .filter(|n| is_dns_name(n, 63, false)),
+    }
+}
+
+/// A DNS label (`dots` false) or subdomain (`dots` true) as Kubernetes names objects: at most
+/// `max` lower-case letters, digits, '-' (and '.'), starting and ending with a letter or digit.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| ok(b) || b == b'-' || (dots && b == b'.'))
+        && s.bytes().next().is_some_and(ok)
+        && s.bytes().last().is_some_and(ok)
+}
+
+/// Reads at most `max` bytes of `path` (relative) inside the root directory of `pid`, as the
+/// process would see it: every symbolic link on the way, absolute ones included, resolves
+/// within that root (`openat2` with `RESOLVE_IN_ROOT`). Through `/proc/PID/root/PATH` alone an
+/// absolute link would resolve in the reader's root: a container's `/var/run -> /run` would
+/// miss, and a link a process planted would read a file of the host's. `None` when it cannot
+/// be read, or on a kernel without `openat2` (before 5.6).
+pub fn read_in_root(pid: u32, path: &str, max: usize) -> Option<String> {
+    let root = fs::File::open(proc_path(pid, "root")).ok()?;
+    let path = CString::new(path).ok()?;
+    // SAFETY: open_how is three integers; all zero is a valid value, set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the directory descriptor is open for the call's length, `path` is a
+    // NUL-terminated string that lives through it, and `how` is an `open_how` of the size
+    // passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(max as u64).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Finds the UID of the Kubernetes pod in the text of `/proc/PID/cgroup`.
+///
+/// The kubelet makes one cgroup per pod under its `kubepods` root, named after the pod's UID:
+/// with the cgroupfs driver `/kubepods/<qos>/pod<uid>/` (`/kubepods/pod<uid>/` for a
+/// Guaranteed pod), with the systemd driver
+/// `/kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _ for ->.slice/`; both under
+/// cgroup v1 (one line per hierarchy) and v2 (`0::`). Only a path under a `kubepods` component
+/// counts.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut components = path.split('/');
+        components.find(|c| c.contains("kubepods"))?;
+        components.find_map(pod_uid_in_component)
+    })
+}
+
+fn pod_uid_in_component(component: &str) -> Option<String> {
+    let name = component.strip_suffix(".slice").unwrap_or(component);
+    let (_, uid) = name.rsplit_once("pod")?;
+    let uid = uid.replace('_', "-").to_ascii_lowercase();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let groups: Vec<&str> = uid.split('-').collect();
+    let uuid = groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| hex(g, n));
+    (uuid || hex(&uid, 32)).then_some(uid)
 }
 
 /// The value of `name` in the bytes of `/proc/PID/environ` (`NAME=value` entries separated by
@@ -417,6 +550,194 @@ mod tests {
         {
             assert_eq!(id.len(), 64);
         }
+    }
+
+    const UID: &str = "0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab";
+
+    /// `/proc/PID/cgroup` of a container process in a pod, as each runtime and cgroup driver
+    /// lays it out, with the container id and pod UID each should give.
+    fn pod_samples() -> Vec<(String, &'static str)> {
+        let u = UID.replace('-', "_");
+        vec![
+            // containerd, systemd driver, cgroup v2 (kubeadm's default today).
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/\
+                     kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope\n"
+                ),
+                UID,
+            ),
+            // CRI-O, systemd driver, cgroup v2, a Guaranteed pod (no QoS level).
+            (
+                format!("0::/kubepods.slice/kubepods-pod{u}.slice/crio-{ID}.scope\n"),
+                UID,
+            ),
+            // containerd, cgroupfs driver, cgroup v1: one line per hierarchy.
+            (
+                format!(
+                    "12:pids:/kubepods/besteffort/pod{UID}/{ID}\n\
+                     11:cpu,cpuacct:/kubepods/besteffort/pod{UID}/{ID}\n\
+                     1:name=systemd:/kubepods/besteffort/pod{UID}/{ID}\n"
+                ),
+                UID,
+            ),
+            // CRI-O, cgroupfs driver, cgroup v2, Guaranteed.
+            (format!("0::/kubepods/pod{UID}/crio-{ID}\n"), UID),
+            // Docker (dockershim or cri-dockerd), systemd driver, cgroup v1.
+            (
+                format!(
+                    "4:memory:/kubepods.slice/kubepods-besteffort.slice/\
+                     kubepods-besteffort-pod{u}.slice/docker-{ID}.scope\n"
+                ),
+                UID,
+            ),
+            // kind: the node is itself a container, the kubelet's root nested in it.
+            (
+                format!(
+                    "0::/system.slice/docker-{}.scope/kubelet.slice/kubelet-kubepods.slice/\
+                     kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/\
+                     cri-containerd-{ID}.scope\n",
+                    "ab".repeat(32)
+                ),
+                UID,
+            ),
+            // A static pod: its UID is a 32-digit hash.
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/\
+                     kubepods-burstable-pod6e1b7a5c9d3f4e2a8b0c1d2e3f4a5b6c.slice/\
+                     cri-containerd-{ID}.scope\n"
+                ),
+                "6e1b7a5c9d3f4e2a8b0c1d2e3f4a5b6c",
+            ),
+        ]
+    }
+
+    #[test]
+    fn finds_pod_uids_and_container_ids_of_each_runtime() {
+        for (text, uid) in pod_samples() {
+            assert_eq!(pod_uid(&text).as_deref(), Some(uid), "{text}");
+            // The container is the innermost id, not the kind node's.
+            assert_eq!(container_id(&text).as_deref(), Some(ID), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_pod_outside_kubernetes() {
+        for text in [
+            "0::/\n".to_owned(),
+            "0::/user.slice/user-1000.slice/session-2.scope\n".to_owned(),
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("12:memory:/docker/{ID}\n"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+            // A pod-shaped name outside a kubepods root is not a pod.
+            format!("0::/system.slice/pod{UID}.slice\n"),
+            // The pod's own cgroup name cut short, or not hex.
+            "0::/kubepods.slice/kubepods-pod0f1e2d3c_aaaa.slice\n".to_owned(),
+            "0::/kubepods/besteffort/podzzzzzzzz-aaaa-4bbb-8ccc-0123456789ab/x\n".to_owned(),
+            // The kubepods slices above any pod (a QoS-level process).
+            "0::/kubepods.slice/kubepods-burstable.slice\n".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(pod_uid(&text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn pod_name_and_namespace_only_where_the_pod_says_them() {
+        let uid = || UID.to_owned();
+        let k8s = b"PATH=/bin\0HOSTNAME=vllm-7d9f-x2\0KUBERNETES_SERVICE_HOST=10.96.0.1\0";
+        let pod = pod_from_env(uid(), k8s, Some("inference".into()));
+        assert_eq!(pod.uid, UID);
+        assert_eq!(pod.name.as_deref(), Some("vllm-7d9f-x2"));
+        assert_eq!(pod.namespace.as_deref(), Some("inference"));
+        // The downward API's variables, where the pod spec sets them, say it outright.
+        let downward =
+            b"HOSTNAME=custom-host\0KUBERNETES_SERVICE_HOST=10.96.0.1\0POD_NAME=trainer-0\0POD_NAMESPACE=ml\0";
+        let pod = pod_from_env(uid(), downward, None);
+        assert_eq!(pod.name.as_deref(), Some("trainer-0"));
+        assert_eq!(pod.namespace.as_deref(), Some("ml"));
+        // The mount wins over a variable that could be anything.
+        let pod = pod_from_env(uid(), downward, Some("kube-ml".into()));
+        assert_eq!(pod.namespace.as_deref(), Some("kube-ml"));
+        // HOSTNAME without the kubelet's variables is the host's or a runtime's name.
+        let pod = pod_from_env(uid(), b"HOSTNAME=node-3\0", None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+        let pod = pod_from_env(uid(), b"", None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+    }
+
+    #[test]
+    fn pod_names_that_are_not_kubernetes_names_are_left_out() {
+        let env = b"KUBERNETES_SERVICE_HOST=10.96.0.1\0HOSTNAME=Evil\x1b[31m\0POD_NAMESPACE=a/b\0";
+        let pod = pod_from_env(UID.to_owned(), env, None);
+        assert_eq!((pod.name, pod.namespace), (None, None));
+        let pod = pod_from_env(UID.to_owned(), b"", Some("x".repeat(64)));
+        assert_eq!(pod.namespace, None);
+        let env = b"POD_NAME=web-0.shard-a\0";
+        let pod = pod_from_env(UID.to_owned(), env, Some("kube-system".into()));
+        assert_eq!(pod.name.as_deref(), Some("web-0.shard-a"));
+        assert_eq!(pod.namespace.as_deref(), Some("kube-system"));
+    }
+
+    /// A thread with a root of its own (`unshare(CLONE_FS)`, `chroot`), as a container's
+    /// process has: the service-account file is found through the image's absolute
+    /// `/var/run -> /run` link, and a link a process planted towards a host file reads nothing.
+    /// Needs root (chroot), as CI is.
+    #[test]
+    fn reads_inside_the_process_root_with_its_own_links() {
+        assert_eq!(
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            0,
+            "this test chroots a thread: run it as root"
+        );
+        let image = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        let secret = host.path().join("secret");
+        fs::write(&secret, "host-secret").expect("host file");
+        let sa = image
+            .path()
+            .join("run/secrets/kubernetes.io/serviceaccount");
+        fs::create_dir_all(&sa).expect("mkdir");
+        fs::write(sa.join("namespace"), "inference\n").expect("namespace");
+        fs::create_dir_all(image.path().join("var")).expect("mkdir");
+        std::os::unix::fs::symlink("/run", image.path().join("var/run")).expect("symlink");
+        std::os::unix::fs::symlink(&secret, image.path().join("leak")).expect("symlink");
+
+        let root = CString::new(image.path().as_os_str().as_encoded_bytes()).expect("path");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
+            // NUL-terminated path, which lives through the calls.
+            let ok =
+                unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(root.as_ptr()) == 0 };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = tid_tx.send(ok.then_some(tid as u32));
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx
+            .recv()
+            .expect("the thread")
+            .expect("unshare and chroot");
+        let namespace = read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256);
+        let leaked = read_in_root(tid, "leak", 256);
+        let through_proc = fs::read_to_string(proc_path(tid, "root").join("leak")).ok();
+        let _ = done_tx.send(());
+        thread.join().expect("the thread");
+        assert_eq!(namespace.as_deref(), Some("inference\n"));
+        assert_eq!(leaked, None);
+        // Through /proc/TID/root alone, the planted link reads the host's file.
+        assert_eq!(through_proc.as_deref(), Some("host-secret"));
+    }
+
+    #[test]
+    fn the_test_process_is_read_without_a_pod_unless_in_one() {
+        let me = read_process(std::process::id()).expect("self");
+        let cgroup = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        assert_eq!(me.pod.as_ref().map(|p| p.uid.clone()), pod_uid(&cgroup));
     }
 
     #[test]

@@ -279,6 +279,69 @@ fn advice_for_what_a_user_gets_wrong() {
     assert!(e.contains("sudo") && e.contains("CAP_BPF"), "{e}");
 }
 
+/// `--log-format json` (and `VRAMTRACE_LOG_FORMAT=json`): every line `record` writes on stderr
+/// is a JSON object with a timestamp, a level and a message; an error is at level ERROR.
+#[test]
+fn record_writes_json_lines_when_asked() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.jsonl");
+    let lines = |stderr: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                assert!(
+                    v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+                    "{l}"
+                );
+                assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+                v
+            })
+            .collect()
+    };
+    let ok = vramtrace()
+        .args(["--log-format", "json", "record", "--libcuda"])
+        .arg(lib)
+        .arg("-o")
+        .arg(&out)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("exit-without-free")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let said = lines(&ok.stderr);
+    let message = |v: &serde_json::Value| v["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        said.iter().any(|v| message(v).starts_with("tracing ")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|v| message(v).contains("written to")),
+        "{said:?}"
+    );
+
+    let missing = vramtrace()
+        .env("VRAMTRACE_LOG_FORMAT", "json")
+        .args(["record", "--libcuda", "/nonexistent/libcuda.so.1", "-o"])
+        .arg(dir.path().join("y.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let said = lines(&missing.stderr);
+    assert!(
+        said.iter()
+            .any(|v| v["level"] == "ERROR" && message(v).contains("/nonexistent/libcuda.so.1")),
+        "{said:?}"
+    );
+}
+
 /// `record` run as the unprivileged user `nobody` with `caps` as its ambient capabilities,
 /// tracing a simulated workload into a directory that user may write.
 fn record_as_nobody(

@@ -101,6 +101,9 @@ impl Writer {
     }
 }
 
+/// Every value [`api_family`] gives.
+pub const API_FAMILIES: [&str; 6] = ["device", "stream_ordered", "vmm", "array", "host", "other"];
+
 /// The API family of a driver entry point, for counters that must stay few.
 pub fn api_family(api: &str) -> &'static str {
     let base = api.split('_').next().unwrap_or(api);
@@ -211,7 +214,10 @@ pub fn render(
     for (kind, n) in &model.allocations {
         w.sample("vramtrace_allocations_total", &[("kind", kind)], *n);
     }
-    let mut failed: std::collections::BTreeMap<&str, u64> = Default::default();
+    // Every family from the start, at 0: a rate over a counter that appears with its first
+    // failure would miss that failure, and a dashboard would show no data instead of none.
+    let mut failed: std::collections::BTreeMap<&str, u64> =
+        API_FAMILIES.iter().map(|f| (*f, 0)).collect();
     for p in ledger.processes() {
         for (api, f) in &p.failed {
             *failed.entry(api_family(api)).or_default() += f.count;
@@ -375,7 +381,7 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
         ranked.len().saturating_sub(top) as u64,
     );
     let shown = &ranked[..ranked.len().min(top)];
-    let labels: Vec<[String; 4]> = shown
+    let labels: Vec<[String; 7]> = shown
         .iter()
         .map(|(proc, _)| {
             let st = ledger.process(*proc);
@@ -386,6 +392,10 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
                 st.map(|s| s.comm().to_owned()).unwrap_or_default(),
                 command,
                 info.and_then(|i| i.container.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_uid.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_name.clone()).unwrap_or_default(),
+                info.and_then(|i| i.pod_namespace.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -415,6 +425,9 @@ fn processes(w: &mut Writer, model: &Model, ledger: &Ledger, top: usize) {
                     ("comm", &l[1]),
                     ("command", &l[2]),
                     ("container", &l[3]),
+                    ("pod_uid", &l[4]),
+                    ("pod", &l[5]),
+                    ("namespace", &l[6]),
                 ],
                 pick(row),
             );
@@ -442,6 +455,12 @@ mod tests {
         assert_eq!(api_family("cuMemHostAlloc"), "host");
         assert_eq!(api_family("cuArray3DCreate_v2"), "array");
         assert_eq!(api_family("cuCtxCreate_v2"), "other");
+        let (model, ledger) = (Model::default(), Ledger::new());
+        let text = render(&model, &ledger, &[], 20, Format::Prometheus);
+        for family in API_FAMILIES {
+            let zero = format!("vramtrace_failed_calls_total{{family=\"{family}\"}} 0\n");
+            assert!(text.contains(&zero), "{zero} in {text}");
+        }
     }
 
     #[test]

@@ -627,6 +627,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "vram_bytes_used": s.model.vram_bytes_used(),
         "ooms": s.model.ooms,
         "last_oom": last_oom_json(&s),
+        "websocket": shared.stream.health(),
     });
     drop(s);
     json_body(&body).into_response()
@@ -646,6 +647,11 @@ pub fn snapshot_json(s: &Served) -> Value {
                 "comm": st.map(|p| p.comm()),
                 "cmdline": info.map(|i| &i.cmdline),
                 "container": info.and_then(|i| i.container.as_deref()),
+                "pod": info.and_then(|i| i.pod_uid.as_ref()).map(|uid| json!({
+                    "uid": uid,
+                    "name": info.and_then(|i| i.pod_name.as_deref()),
+                    "namespace": info.and_then(|i| i.pod_namespace.as_deref()),
+                })),
                 "device_bytes": row.device_bytes(),
                 "pool_held_bytes": row.pool_held_bytes(),
                 "host_bytes": row.host_bytes,

@@ -164,3 +164,57 @@ fn gpu_utilization_temperature_and_power_are_gauges() {
     }
     assert!(!text.contains("vramtrace_gpu_power_limit_watts"), "{text}");
 }
+
+#[test]
+fn pod_labels_where_the_process_is_in_a_pod_and_empty_where_not() {
+    let (mut pod, mut host) = (Sim::new(1, 4242), Sim::new(2, 4343));
+    let mut recs = vec![pod.process("vllm"), host.process("train")];
+    if let Some(Record::Process(proc)) = recs.first_mut() {
+        proc.container = Some("ab".repeat(32));
+        proc.pod_uid = Some("0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab".into());
+        proc.pod_name = Some("vllm-7d9f-x2".into());
+        proc.pod_namespace = Some("inference".into());
+    }
+    recs.push(pod.alloc(0x1000, 8 * MIB));
+    recs.push(host.alloc(0x1000, 4 * MIB));
+    let s = served(&recs);
+
+    let text = metrics::render(&s.model, &s.ledger, &[], 20, metrics::Format::Prometheus);
+    let series = |pid: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("vramtrace_process_device_bytes{")
+                    && l.contains(&format!("pid=\"{pid}\""))
+            })
+            .unwrap_or_else(|| panic!("a series for {pid} in {text}"))
+            .to_owned()
+    };
+    let line = series("4242");
+    for label in [
+        "pod_uid=\"0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab\"",
+        "pod=\"vllm-7d9f-x2\"",
+        "namespace=\"inference\"",
+    ] {
+        assert!(line.contains(label), "{label} in {line}");
+    }
+    let line = series("4343");
+    for label in [
+        "container=\"\"",
+        "pod_uid=\"\"",
+        "pod=\"\"",
+        "namespace=\"\"",
+    ] {
+        assert!(line.contains(label), "{label} in {line}");
+    }
+
+    let snap = snapshot_json(&s);
+    let procs = snap["processes"].as_array().expect("processes");
+    let by_pid = |pid: u32| procs.iter().find(|p| p["pid"] == pid).expect("the process");
+    assert_eq!(
+        by_pid(4242)["pod"],
+        serde_json::json!({"uid": "0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab",
+                           "name": "vllm-7d9f-x2", "namespace": "inference"})
+    );
+    assert!(by_pid(4343)["pod"].is_null());
+    assert!(by_pid(4343)["container"].is_null());
+}

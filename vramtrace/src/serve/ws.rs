@@ -3,10 +3,16 @@
 //! quiet; GPUs that appear or disappear named. A client that falls behind is dropped: one
 //! producer builds each message once and hands it to every client through a bounded
 //! channel, so a slow reader costs at most [`BACKLOG`] shared messages, never a queue of its
-//! own.
+//! own. A client that stops reading altogether is dropped too, within [`PING`] to twice that:
+//! it no longer answers the pings (a browser answers them without the page's script), and
+//! whatever the kernel's socket buffers still take, a write that waits [`SEND_TIMEOUT`] ends
+//! it. Every client dropped is counted by why, in `/api/health`.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,6 +36,9 @@ pub const BACKLOG: usize = 16;
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A heartbeat goes out after this long without a message.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A ping goes out this often; a client that has sent nothing (no pong) by the next one is
+/// dropped.
+pub const PING: Duration = Duration::from_secs(5);
 
 /// The producer's side: the state last sent and the channel to every client.
 pub struct Stream {
@@ -37,6 +46,11 @@ pub struct Stream {
     /// The state every change sent so far adds up to, and its sequence number; a new client
     /// starts from it (taken under this lock, so it and the changes after it fit).
     last: Mutex<(Value, u64)>,
+    /// Clients dropped for falling more than [`BACKLOG`] messages behind.
+    dropped_behind: AtomicU64,
+    /// Clients dropped for not taking a message within [`SEND_TIMEOUT`] or not answering a
+    /// ping within [`PING`].
+    dropped_unresponsive: AtomicU64,
 }
 
 impl Default for Stream {
@@ -44,6 +58,8 @@ impl Default for Stream {
         Stream {
             tx: broadcast::channel(BACKLOG).0,
             last: Mutex::new((Value::Null, 0)),
+            dropped_behind: AtomicU64::new(0),
+            dropped_unresponsive: AtomicU64::new(0),
         }
     }
 }
@@ -53,6 +69,25 @@ impl Stream {
     pub fn clients(&self) -> usize {
         self.tx.receiver_count()
     }
+
+    /// What `/api/health` says of the stream: clients now, and those dropped by why.
+    pub fn health(&self) -> Value {
+        json!({
+            "clients": self.clients(),
+            "dropped_behind": self.dropped_behind.load(Ordering::Relaxed),
+            "dropped_unresponsive": self.dropped_unresponsive.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Why a client's stream ended.
+enum End {
+    /// It closed, or its connection failed.
+    Gone,
+    /// It fell more than [`BACKLOG`] messages behind.
+    Behind(u64),
+    /// It did not take a message within [`SEND_TIMEOUT`], or answer a ping within [`PING`].
+    Unresponsive(&'static str),
 }
 
 /// The processes of a snapshot keyed by pid, for a change per process.
@@ -159,14 +194,49 @@ pub async fn handler(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) ->
         .on_upgrade(move |socket| client(shared, socket))
 }
 
-async fn send(socket: &mut WebSocket, msg: Message) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
+async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), End> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Unresponsive("took no message within the send timeout")),
+    }
 }
 
 async fn client(shared: Arc<Shared>, mut socket: WebSocket) {
+    let end = stream_to(&shared, &mut socket).await;
+    let stream = &shared.stream;
+    let (counter, code, reason) = match end {
+        End::Gone => return,
+        End::Behind(n) => {
+            tracing::info!(behind = n, "dropping a WebSocket client that fell behind");
+            (
+                &stream.dropped_behind,
+                1008,
+                "too slow: fell behind the stream; reconnect for the full state",
+            )
+        }
+        End::Unresponsive(why) => {
+            tracing::info!(why, "dropping an unresponsive WebSocket client");
+            (
+                &stream.dropped_unresponsive,
+                1001,
+                "unresponsive: reconnect for the full state",
+            )
+        }
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    // A client that reads nothing will not read this either: tried briefly, then the
+    // connection is dropped with the socket.
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+}
+
+/// Sends the state, then its changes, heartbeats and pings, until the client goes or must be
+/// dropped.
+async fn stream_to(shared: &Shared, socket: &mut WebSocket) -> End {
     let (mut rx, first) = {
         let mut last = shared.stream.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.0.is_null() {
@@ -176,46 +246,50 @@ async fn client(shared: Arc<Shared>, mut socket: WebSocket) {
         let first = json!({ "type": "state", "seq": last.1, "state": last.0 });
         (shared.stream.tx.subscribe(), json_text(&first))
     };
-    if !send(&mut socket, Message::Text(first.into())).await {
-        return;
+    if let Err(end) = send(socket, Message::Text(first.into())).await {
+        return end;
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
+    let mut ping = tokio::time::interval(PING);
+    // After a slow send, the next ping still comes a whole period after the last: a burst of
+    // missed ticks would drop a client before its pong could arrive.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    // A ping is out and nothing has come back since.
+    let mut unanswered = false;
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(text) => {
-                    if !send(&mut socket, Message::Text(text)).await {
-                        return;
+                    if let Err(end) = send(socket, Message::Text(text)).await {
+                        return end;
                     }
                     heartbeat.reset();
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::info!("dropping a WebSocket client {n} messages behind");
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        socket.send(Message::Close(Some(CloseFrame {
-                            code: 1008,
-                            reason: "too slow: fell behind the stream; reconnect for the full state"
-                                .into(),
-                        }))),
-                    )
-                    .await;
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Lagged(n)) => return End::Behind(n),
+                Err(broadcast::error::RecvError::Closed) => return End::Gone,
             },
             _ = heartbeat.tick() => {
                 let beat = json_text(&json!({ "type": "heartbeat" }));
-                if !send(&mut socket, Message::Text(beat.into())).await {
-                    return;
+                if let Err(end) = send(socket, Message::Text(beat.into())).await {
+                    return end;
                 }
+            }
+            _ = ping.tick() => {
+                if unanswered {
+                    return End::Unresponsive("did not answer a ping");
+                }
+                if let Err(end) = send(socket, Message::Ping(Default::default())).await {
+                    return end;
+                }
+                unanswered = true;
             }
             incoming = socket.recv() => match incoming {
                 // Read-only: what a client sends is read (pings answered by the library) and
-                // ignored; a close or an error ends it.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
+                // ignored, but it shows the client reads; a close or an error ends it.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return End::Gone,
+                Some(Ok(_)) => unanswered = false,
             },
         }
     }

@@ -326,6 +326,15 @@ pub struct Process {
     /// and readable: maps its CUDA device ordinals to NVML indices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_visible_devices: Option<String>,
+    /// UID of the Kubernetes pod it runs in, from its cgroup, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Name of that pod, when the process's environment says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Namespace of that pod, when its service-account mount or environment says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
 }
 
 /// A user call stack, innermost frame first. Frame 0 is the immediate caller of the driver

@@ -112,6 +112,9 @@ pub(crate) fn body() -> Vec<Record> {
             exe: Some("/usr/bin/python3.12".into()),
             container: Some("3f2a".into()),
             cuda_visible_devices: Some("1,GPU-5f2e".into()),
+            pod_uid: Some("0f1e2d3c-aaaa-4bbb-8ccc-0123456789ab".into()),
+            pod_name: Some("trainer-0".into()),
+            pod_namespace: Some("ml".into()),
         }),
         Record::Process(Process {
             id: 2,
