@@ -29,6 +29,7 @@ pub struct Cu {
     pub pool_create: Sym<FnPoolCreate>,
     pub pool_destroy: Sym<FnHandle>,
     pub pool_trim: Sym<FnTrim>,
+    pub pool_set_attr: Sym<FnPoolAttr>,
     pub default_pool: Sym<FnOutHandleDev>,
     pub mem_create: Sym<FnMemCreate>,
     pub mem_release: Sym<FnU64>,
@@ -96,6 +97,7 @@ impl Cu {
             pool_create: d.resolve("cuMemPoolCreate", v, 0, "cuMemPoolCreate")?,
             pool_destroy: d.resolve("cuMemPoolDestroy", v, 0, "cuMemPoolDestroy")?,
             pool_trim: d.resolve("cuMemPoolTrimTo", v, 0, "cuMemPoolTrimTo")?,
+            pool_set_attr: d.resolve("cuMemPoolSetAttribute", v, 0, "cuMemPoolSetAttribute")?,
             default_pool: d.resolve(
                 "cuDeviceGetDefaultMemPool",
                 v,
@@ -524,6 +526,30 @@ impl Rt {
     pub fn pool_trim(&self, pool: u64, keep: u64) {
         if call!(self.d, self.cu.pool_trim, p(pool), keep as usize) == 0 {
             self.book().pool_trim(pool, keep);
+        }
+    }
+
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD` of `pool`: what it keeps reserved at a
+    /// synchronization.
+    pub fn pool_set_threshold(&self, pool: u64, threshold: u64) {
+        let mut v = threshold;
+        let attr = 4; // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+        if call!(
+            self.d,
+            self.cu.pool_set_attr,
+            p(pool),
+            attr,
+            (&raw mut v).cast()
+        ) == 0
+        {
+            self.book().pool_threshold(pool, threshold);
+        }
+    }
+
+    /// `cuCtxSynchronize`: pools give back what they hold above their release threshold.
+    pub fn synchronize(&self) {
+        if call!(self.d, self.cu.synchronize) == 0 {
+            self.book().sync();
         }
     }
 
