@@ -171,6 +171,39 @@ fn stream_ordered_pools() {
     check_against_truth(&record(lib, "pools", &[]));
 }
 
+/// A pool keeps its release threshold of reserved bytes through stream, per-thread stream,
+/// event and context synchronizations; the default pool keeps nothing. The held bytes at
+/// exit (the threshold, plus a block freed after the last synchronization) are exact.
+#[test]
+fn pool_release_thresholds_at_synchronizations() {
+    let (lib, _) = sim();
+    let r = record(lib, "pool-release", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let syncs: BTreeSet<&str> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Sync(c) if c.pid == pid && c.ret == 0 => Some(&*c.api),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        syncs,
+        BTreeSet::from([
+            "cuCtxSynchronize",
+            "cuEventSynchronize",
+            "cuStreamSynchronize",
+            "cuStreamSynchronize_ptsz"
+        ])
+    );
+    assert_eq!(
+        r.truth["pool_held_bytes_at_exit"].as_u64(),
+        Some(18 << 20),
+        "the 12 MiB threshold and the 6 MiB block freed after the last synchronization"
+    );
+}
+
 /// `probe-all` on the simulated driver: every hooked entry point at each CUDA version,
 /// against the workload's ground truth; the pool's release threshold and the
 /// synchronizations decide what the default pool holds at exit.

@@ -60,12 +60,31 @@ pub struct Cu {
     pub push_current: Sym<FnHandle>,
     pub pop_current: Sym<FnOutHandle>,
     pub synchronize: Sym<FnVoid>,
+    pub stream_sync: Sym<FnHandle>,
+    pub event_create: Sym<FnEventCreate>,
+    pub event_sync: Sym<FnHandle>,
+    pub event_destroy: Sym<FnHandle>,
     pub htod: Sym<FnHtoD>,
     pub htod_async: Sym<FnHtoDAsync>,
 }
 
+/// What a workload synchronizes with: each one lets pools give back what they hold above
+/// their release threshold.
+#[derive(Clone, Copy, Debug)]
+pub enum SyncPoint {
+    /// `cuStreamSynchronize` of the legacy default stream.
+    Stream,
+    /// `cuStreamSynchronize_ptsz` of the per-thread default stream.
+    StreamPerThread,
+    /// `cuEventSynchronize` of an event made for it.
+    Event,
+    /// `cuCtxSynchronize`.
+    Context,
+}
+
 /// The stream-ordered entry points resolved with the per-thread-default-stream flag.
 pub struct Ptsz {
+    pub stream_sync: Sym<FnHandle>,
     pub alloc_async: Sym<FnAllocAsync>,
     pub alloc_from_pool: Sym<FnAllocFromPool>,
     pub free_async: Sym<FnFreeAsync>,
@@ -154,6 +173,10 @@ impl Cu {
             push_current: d.resolve("cuCtxPushCurrent", v, 0, "cuCtxPushCurrent_v2")?,
             pop_current: d.resolve("cuCtxPopCurrent", v, 0, "cuCtxPopCurrent_v2")?,
             synchronize: d.resolve("cuCtxSynchronize", v, 0, "cuCtxSynchronize")?,
+            stream_sync: d.resolve("cuStreamSynchronize", v, 0, "cuStreamSynchronize")?,
+            event_create: d.resolve("cuEventCreate", v, 0, "cuEventCreate")?,
+            event_sync: d.resolve("cuEventSynchronize", v, 0, "cuEventSynchronize")?,
+            event_destroy: d.resolve("cuEventDestroy", v, 0, "cuEventDestroy_v2")?,
             htod: d.resolve("cuMemcpyHtoD", v, 0, "cuMemcpyHtoD_v2")?,
             htod_async: d.resolve("cuMemcpyHtoDAsync", v, 0, "cuMemcpyHtoDAsync_v2")?,
         })
@@ -164,6 +187,7 @@ impl Ptsz {
     pub fn load(d: &Driver) -> anyhow::Result<Ptsz> {
         let (v, f) = (CUDA_VERSION, PER_THREAD);
         Ok(Ptsz {
+            stream_sync: d.resolve("cuStreamSynchronize", v, f, "cuStreamSynchronize_ptsz")?,
             alloc_async: d.resolve("cuMemAllocAsync", v, f, "cuMemAllocAsync_ptsz")?,
             alloc_from_pool: d.resolve(
                 "cuMemAllocFromPoolAsync",
@@ -548,7 +572,33 @@ impl Rt {
 
     /// `cuCtxSynchronize`: pools give back what they hold above their release threshold.
     pub fn synchronize(&self) {
-        if call!(self.d, self.cu.synchronize) == 0 {
+        self.sync(SyncPoint::Context);
+    }
+
+    /// A synchronization of the kind asked: pools give back what they hold above their
+    /// release threshold.
+    pub fn sync(&self, kind: SyncPoint) {
+        let r = match kind {
+            SyncPoint::Context => call!(self.d, self.cu.synchronize),
+            SyncPoint::Stream => call!(self.d, self.cu.stream_sync, std::ptr::null_mut()),
+            SyncPoint::StreamPerThread => match Ptsz::load(&self.d) {
+                Ok(pt) => call!(self.d, pt.stream_sync, std::ptr::null_mut()),
+                Err(e) => {
+                    eprintln!("cuStreamSynchronize_ptsz: {e}");
+                    return;
+                }
+            },
+            SyncPoint::Event => {
+                let mut event: P = std::ptr::null_mut();
+                if call!(self.d, self.cu.event_create, &mut event, 0) != 0 {
+                    return;
+                }
+                let r = call!(self.d, self.cu.event_sync, event);
+                call!(self.d, self.cu.event_destroy, event);
+                r
+            }
+        };
+        if r == 0 {
             self.book().sync();
         }
     }
