@@ -171,6 +171,27 @@ fn stream_ordered_pools() {
     check_against_truth(&record(lib, "pools", &[]));
 }
 
+/// The synchronization entry points that `pid` called and that succeeded, as traced.
+fn synchronizations(r: &Recorded, pid: u32) -> BTreeSet<&str> {
+    r.records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Sync(c) if c.pid == pid && c.ret == 0 => Some(&*c.api),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stream, per-thread stream, event and context synchronizations.
+fn every_synchronization() -> BTreeSet<&'static str> {
+    BTreeSet::from([
+        "cuCtxSynchronize",
+        "cuEventSynchronize",
+        "cuStreamSynchronize",
+        "cuStreamSynchronize_ptsz",
+    ])
+}
+
 /// A pool keeps its release threshold of reserved bytes through stream, per-thread stream,
 /// event and context synchronizations; the default pool keeps nothing. The held bytes at
 /// exit (the threshold, plus a block freed after the last synchronization) are exact.
@@ -180,23 +201,7 @@ fn pool_release_thresholds_at_synchronizations() {
     let r = record(lib, "pool-release", &[]);
     check_against_truth(&r);
     let pid = r.truth["pid"].as_u64().expect("pid") as u32;
-    let syncs: BTreeSet<&str> = r
-        .records
-        .iter()
-        .filter_map(|rec| match rec {
-            Record::Sync(c) if c.pid == pid && c.ret == 0 => Some(&*c.api),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        syncs,
-        BTreeSet::from([
-            "cuCtxSynchronize",
-            "cuEventSynchronize",
-            "cuStreamSynchronize",
-            "cuStreamSynchronize_ptsz"
-        ])
-    );
+    assert_eq!(synchronizations(&r, pid), every_synchronization());
     assert_eq!(
         r.truth["pool_held_bytes_at_exit"].as_u64(),
         Some(18 << 20),
@@ -246,22 +251,9 @@ fn probe_all_matches_its_ground_truth_at_every_cuda_version() {
             "cudaVersion {version}"
         );
         assert_eq!(p["pool_held_bytes_at_exit"].as_u64(), Some(1 << 20));
-        let syncs: BTreeSet<&str> = r
-            .records
-            .iter()
-            .filter_map(|rec| match rec {
-                Record::Sync(c) if c.pid == pid && c.ret == 0 => Some(&*c.api),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            syncs,
-            BTreeSet::from([
-                "cuCtxSynchronize",
-                "cuEventSynchronize",
-                "cuStreamSynchronize",
-                "cuStreamSynchronize_ptsz"
-            ]),
+            synchronizations(&r, pid),
+            every_synchronization(),
             "cudaVersion {version}"
         );
     }
