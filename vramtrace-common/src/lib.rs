@@ -51,6 +51,10 @@ pub mod cookie {
     pub const DEREF_ARG0: u64 = 1 << 16;
     /// At return, read a `u64` through the pointer in argument 1 into `CallEvent::out[1]`.
     pub const DEREF_ARG1: u64 = 1 << 17;
+    /// At return, read a `u64` through the pointer in argument 2 into `CallEvent::out[1]`
+    /// (never together with `DEREF_ARG1`): a value an entry point reads or writes through
+    /// its third argument (`cuMemPoolSetAttribute` / `cuMemPoolGetAttribute`).
+    pub const DEREF_ARG2: u64 = 1 << 18;
     /// Shift of the 3-bit field that names the pointer argument (index + 1) whose pointee is
     /// copied into `CallEvent::blob` at entry; 0 means none.
     pub const BLOB_ARG_SHIFT: u32 = 20;
@@ -109,7 +113,7 @@ pub mod cookie {
 pub mod flags {
     /// Reading `out[0]` through argument 0 faulted.
     pub const OUT0_FAULT: u32 = 1 << 0;
-    /// Reading `out[1]` through argument 1 faulted.
+    /// Reading `out[1]` through argument 1 (or argument 2, `DEREF_ARG2`) faulted.
     pub const OUT1_FAULT: u32 = 1 << 1;
     /// Copying the blob (or the wide window) at entry faulted.
     pub const BLOB_FAULT: u32 = 1 << 2;

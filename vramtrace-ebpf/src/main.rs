@@ -604,6 +604,12 @@ fn try_call_return(ctx: &RetProbeContext) {
                 Ok(v) => ev.out[1] = v,
                 Err(_) => ev.flags |= flags::OUT1_FAULT,
             }
+        } else if cookie & cookie::DEREF_ARG2 != 0 {
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(ev.args[2] as *const u64) } {
+                Ok(v) => ev.out[1] = v,
+                Err(_) => ev.flags |= flags::OUT1_FAULT,
+            }
         }
     }
     submit(slot);

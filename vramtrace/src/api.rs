@@ -32,6 +32,16 @@ pub enum Kind {
     MemPoolDestroy,
     /// `cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)`
     MemPoolTrimTo,
+    /// `cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)`:
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD` (a `cuuint64_t`) is what the pool keeps reserved
+    /// at a synchronization.
+    MemPoolSetAttribute,
+    /// `cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)`
+    MemPoolGetAttribute,
+    /// `cuCtxSynchronize(void)`, `cuStreamSynchronize(CUstream hStream)`,
+    /// `cuEventSynchronize(CUevent hEvent)`: where pools give memory above their release
+    /// threshold back to the GPU.
+    Synchronize,
     /// `cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)`
     DeviceGetDefaultMemPool,
     /// `cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)`: the device's current pool.
@@ -141,8 +151,8 @@ pub struct ApiDef {
 }
 
 use cookie::{
-    DEREF_ARG0, DEREF_ARG1, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg, with_blob_skip,
-    with_wide_skip,
+    DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg,
+    with_blob_skip, with_wide_skip,
 };
 
 /// `CUDA_MEMCPY2D` (64-bit ABI, 16 words): the blob holds words 2..7 (`srcMemoryType`,
@@ -200,6 +210,23 @@ pub const APIS: &[ApiDef] = &[
     ),
     def("cuMemPoolDestroy", Kind::MemPoolDestroy, 0),
     def("cuMemPoolTrimTo", Kind::MemPoolTrimTo, 0),
+    // The value is read at return: a set's input is still there, a get's output is written.
+    def(
+        "cuMemPoolSetAttribute",
+        Kind::MemPoolSetAttribute,
+        DEREF_ARG2,
+    ),
+    def(
+        "cuMemPoolGetAttribute",
+        Kind::MemPoolGetAttribute,
+        DEREF_ARG2,
+    ),
+    // Synchronizations: a pool releases what it holds above its release threshold at the
+    // next stream, event or context synchronization (CUDA driver API reference,
+    // "CUmemPool_attribute").
+    def("cuCtxSynchronize", Kind::Synchronize, 0),
+    def("cuStreamSynchronize", Kind::Synchronize, 0),
+    def("cuEventSynchronize", Kind::Synchronize, 0),
     def(
         "cuDeviceGetDefaultMemPool",
         Kind::DeviceGetDefaultMemPool,
@@ -392,6 +419,25 @@ pub fn is_variant(name: &str, base: &str) -> bool {
         rest = &r[digits..];
     }
     matches!(rest, "" | "_ptsz" | "_ptds")
+}
+
+/// `CUmemPool_attribute` (CUDA driver API reference, "Data types used by CUDA driver").
+pub mod pool_attr {
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`: reserved bytes the pool keeps at a
+    /// synchronization; what it holds above that goes back to the GPU. 0 by default.
+    pub const RELEASE_THRESHOLD: u32 = 4;
+    /// `CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`: bytes the pool has from the GPU, in use or
+    /// held.
+    pub const RESERVED_MEM_CURRENT: u32 = 5;
+    /// `CU_MEMPOOL_ATTR_USED_MEM_CURRENT`: bytes of the pool's live allocations.
+    pub const USED_MEM_CURRENT: u32 = 7;
+
+    /// Whether the attribute's value is a `cuuint64_t` byte count (release threshold,
+    /// reserved and used, current and high); the others (the reuse policies, 1..=3) are an
+    /// `int`.
+    pub const fn is_bytes(attr: u32) -> bool {
+        matches!(attr, 4..=8)
+    }
 }
 
 /// `CUDA_ERROR_OUT_OF_MEMORY`.

@@ -615,6 +615,29 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             c.bytes = Some(a[1]);
             done!(PoolTrim)
         }
+        Kind::MemPoolSetAttribute | Kind::MemPoolGetAttribute => {
+            c.pool = Some(a[0]);
+            let attr = (a[1] & U32) as u32;
+            c.attr = Some(attr);
+            // The value is read at return: a set's input, or what a get wrote.
+            if ok {
+                if ev.flags & flags::OUT1_FAULT != 0 {
+                    c.unreadable.push("value".into());
+                } else {
+                    c.value = Some(pool_attr_value(attr, ev.out[1]));
+                }
+            }
+            done!(PoolAttr)
+        }
+        Kind::Synchronize => {
+            // cuCtxSynchronize takes nothing; the others name what they wait for.
+            if c.api.starts_with("cuStreamSynchronize") {
+                c.stream = Some(a[0]);
+            } else if c.api.starts_with("cuEventSynchronize") {
+                c.handle = Some(a[0]);
+            }
+            done!(Sync)
+        }
         Kind::MemCreate => {
             c.bytes = Some(a[1]);
             c.flags = Some(a[3]);
@@ -797,6 +820,16 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
 
 /// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
 const MEM_ALLOCATION_TYPE_MANAGED: u64 = 2;
+
+/// A pool attribute's value from the 8 bytes read at its pointer: the reuse policies are an
+/// `int`, the byte counts a `cuuint64_t` (CUDA driver API reference, `CUmemPool_attribute`).
+fn pool_attr_value(attr: u32, raw: u64) -> u64 {
+    if crate::api::pool_attr::is_bytes(attr) {
+        raw
+    } else {
+        raw & U32
+    }
+}
 
 /// What a pool's allocation type and `CUmemLocation` (`{ type, id }` in one word) say of its
 /// memory: host memory of a kind (managed, or pinned at a host location) with no device, or
@@ -1152,6 +1185,83 @@ mod tests {
             panic!()
         };
         assert_eq!((c.bytes, c.pitch), (Some(1024 * 300), Some(1024)));
+    }
+
+    /// The value of a pool attribute is read at return through the third argument: a
+    /// `cuuint64_t` for the byte counts, an `int` for the reuse policies (the upper half is
+    /// not the caller's).
+    #[test]
+    fn pool_attributes_are_read_by_their_type() {
+        let mut conv = Converter::new(table(&[
+            "cuMemPoolSetAttribute",
+            "cuMemPoolGetAttribute",
+            "cuStreamSynchronize_ptsz",
+            "cuEventSynchronize",
+            "cuCtxSynchronize",
+        ]));
+        let mut out = Vec::new();
+        let cases = [(0, 4, 5 << 32), (1, 5, 3 << 30), (1, 2, 0xdead_0000_0001)];
+        for (api, attr, raw) in cases {
+            let mut ev = call(api, [0x5600, attr, 0x7000, 0, 0, 0], 0, 0);
+            if let RawEvent::Call(c) = &mut ev {
+                c.out[1] = raw;
+            }
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+        }
+        let got: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::PoolAttr(c) => Some((&*c.api, c.pool, c.attr, c.value)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "cuMemPoolSetAttribute",
+                    Some(0x5600),
+                    Some(4),
+                    Some(5 << 32)
+                ),
+                (
+                    "cuMemPoolGetAttribute",
+                    Some(0x5600),
+                    Some(5),
+                    Some(3 << 30)
+                ),
+                ("cuMemPoolGetAttribute", Some(0x5600), Some(2), Some(1)),
+            ]
+        );
+        // A value that could not be read is said so, not taken for 0.
+        let mut ev = call(1, [0x5600, 4, 0x7000, 0, 0, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut ev {
+            c.flags |= flags::OUT1_FAULT;
+        }
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        let Record::PoolAttr(c) = out.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.value, c.unreadable.clone()),
+            (None, vec!["value".into()])
+        );
+
+        for (api, stream, handle) in [
+            (2, Some(0x99), None),
+            (3, None, Some(0x99)),
+            (4, None, None),
+        ] {
+            conv.convert(
+                &call(api, [0x99, 0, 0, 0, 0, 0], 0, 0),
+                &mut FakeEnv,
+                &mut out,
+            );
+            let Record::Sync(c) = out.last().unwrap() else {
+                panic!()
+            };
+            assert_eq!((c.stream, c.handle), (stream, handle));
+        }
     }
 
     #[test]

@@ -134,6 +134,26 @@ impl Sim {
         })
     }
 
+    /// `cuMemPoolSetAttribute` (`get`: `cuMemPoolGetAttribute`) of `attr` with `value`.
+    pub fn pool_attr(&mut self, get: bool, pool: u64, attr: u32, value: u64) -> Record {
+        let api = if get {
+            "cuMemPoolGetAttribute"
+        } else {
+            "cuMemPoolSetAttribute"
+        };
+        Record::PoolAttr(Call {
+            pool: Some(pool),
+            attr: Some(attr),
+            value: Some(value),
+            ..self.call(api)
+        })
+    }
+
+    /// A synchronization (`cuStreamSynchronize`, `cuCtxSynchronize`, ...).
+    pub fn sync(&mut self, api: &str) -> Record {
+        Record::Sync(self.call(api))
+    }
+
     pub fn vmm_create(&mut self, handle: u64, bytes: u64) -> Record {
         Record::VmmCreate(Call {
             handle: Some(handle),

@@ -21,6 +21,13 @@ fn as_map(v: &Value) -> BTreeMap<String, u64> {
 
 /// Every count and byte the workload reports must be what the trace says.
 fn check_against_truth(r: &Recorded) {
+    let pid = check_calls_against_truth(r);
+    check_exit_against_truth(r, pid);
+}
+
+/// Every hooked call the workload made is traced once, with its result and its bytes.
+/// Returns the workload's PID.
+fn check_calls_against_truth(r: &Recorded) -> u32 {
     let pid = r.truth["pid"].as_u64().expect("truth has pid") as u32;
     let calls_of = |f: &dyn Fn(&Record) -> bool| {
         let mut m = BTreeMap::<String, u64>::new();
@@ -83,7 +90,11 @@ fn check_against_truth(r: &Recorded) {
         .collect();
     failed_bytes.retain(|_, v| *v > 0);
     assert_eq!(failed_bytes, truth_failed, "failed request bytes by API");
+    pid
+}
 
+/// What the process held at exit, its peak, and that nothing was lost.
+fn check_exit_against_truth(r: &Recorded, pid: u32) {
     let procs = r.analysis["processes"].as_array().expect("processes");
     let p = procs
         .iter()
@@ -158,6 +169,94 @@ fn training_with_pitch_and_arrays() {
 fn stream_ordered_pools() {
     let (lib, _) = sim();
     check_against_truth(&record(lib, "pools", &[]));
+}
+
+/// The synchronization entry points that `pid` called and that succeeded, as traced.
+fn synchronizations(r: &Recorded, pid: u32) -> BTreeSet<&str> {
+    r.records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Sync(c) if c.pid == pid && c.ret == 0 => Some(&*c.api),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stream, per-thread stream, event and context synchronizations.
+fn every_synchronization() -> BTreeSet<&'static str> {
+    BTreeSet::from([
+        "cuCtxSynchronize",
+        "cuEventSynchronize",
+        "cuStreamSynchronize",
+        "cuStreamSynchronize_ptsz",
+    ])
+}
+
+/// A pool keeps its release threshold of reserved bytes through stream, per-thread stream,
+/// event and context synchronizations; the default pool keeps nothing. The held bytes at
+/// exit (the threshold, plus a block freed after the last synchronization) are exact.
+#[test]
+fn pool_release_thresholds_at_synchronizations() {
+    let (lib, _) = sim();
+    let r = record(lib, "pool-release", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    assert_eq!(synchronizations(&r, pid), every_synchronization());
+    assert_eq!(
+        r.truth["pool_held_bytes_at_exit"].as_u64(),
+        Some(18 << 20),
+        "the 12 MiB threshold and the 6 MiB block freed after the last synchronization"
+    );
+}
+
+/// `probe-all` on the simulated driver: every hooked entry point at each CUDA version,
+/// against the workload's ground truth; the pool's release threshold and the
+/// synchronizations decide what the default pool holds at exit.
+#[test]
+fn probe_all_matches_its_ground_truth_at_every_cuda_version() {
+    let (lib, _) = sim();
+    for version in ["12000", "12050", "13000"] {
+        let r = record(lib, "probe-all", &["--cuda-version", version]);
+        // Not what it holds at exit: probe-all ends by releasing its contexts, which the
+        // workload's book and the Ledger treat differently for pool and host memory.
+        let pid = check_calls_against_truth(&r);
+        let procs = r.analysis["processes"].as_array().expect("processes");
+        let p = procs
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+            .expect("the workload in the analysis");
+        assert_eq!(
+            p["pool_held_bytes_at_exit"], r.truth["pool_held_bytes_at_exit"],
+            "cudaVersion {version}: pool-held bytes"
+        );
+        let attrs: Vec<(Option<u32>, Option<u64>)> = r
+            .records
+            .iter()
+            .filter_map(|rec| match rec {
+                Record::PoolAttr(c) if c.pid == pid => Some((c.attr, c.value)),
+                _ => None,
+            })
+            .collect();
+        // Threshold set to 1 MiB, read back, the reserved bytes read (nothing held after
+        // the trim), the threshold set to 0, then to 1 MiB again: 1 MiB held at exit.
+        assert_eq!(
+            attrs,
+            vec![
+                (Some(4), Some(1 << 20)),
+                (Some(4), Some(1 << 20)),
+                (Some(5), Some(0)),
+                (Some(4), Some(0)),
+                (Some(4), Some(1 << 20)),
+            ],
+            "cudaVersion {version}"
+        );
+        assert_eq!(p["pool_held_bytes_at_exit"].as_u64(), Some(1 << 20));
+        assert_eq!(
+            synchronizations(&r, pid),
+            every_synchronization(),
+            "cudaVersion {version}"
+        );
+    }
 }
 
 #[test]

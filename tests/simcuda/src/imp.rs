@@ -1,7 +1,7 @@
 //! The implementations behind the exported entry points, and the memory model.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -152,6 +152,33 @@ struct Pool {
     /// `CU_MEM_ALLOCATION_TYPE_MANAGED`): its allocations are host memory, and a freed one
     /// goes back to the host at once.
     host: bool,
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`: reserved bytes kept at a synchronization.
+    threshold: u64,
+    /// The three reuse policies (`CU_MEMPOOL_ATTR_REUSE_*`, attributes 1..=3), 1 by default.
+    reuse: [u64; 3],
+    /// `CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH` and `CU_MEMPOOL_ATTR_USED_MEM_HIGH`.
+    reserved_high: u64,
+    used_high: u64,
+}
+
+impl Pool {
+    fn new(dev: usize, is_default: bool, host: bool) -> Self {
+        Pool {
+            dev,
+            held: Vec::new(),
+            destroyed: false,
+            is_default,
+            host,
+            threshold: 0,
+            reuse: [1; 3],
+            reserved_high: 0,
+            used_high: 0,
+        }
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.held.iter().map(|(_, s)| s).sum()
+    }
 }
 
 struct Phys {
@@ -206,6 +233,8 @@ struct State {
     mappings: BTreeMap<u64, Mapping>,
     arrays: HashMap<u64, ArrayRec>,
     host: BTreeMap<usize, HostRec>,
+    /// Live events (`cuEventCreate`).
+    events: HashSet<u64>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -289,19 +318,11 @@ impl State {
             mappings: BTreeMap::new(),
             arrays: HashMap::new(),
             host: BTreeMap::new(),
+            events: HashSet::new(),
         };
         for dev in 0..devices {
             let h = st.handle();
-            st.pools.insert(
-                h,
-                Pool {
-                    dev,
-                    held: Vec::new(),
-                    destroyed: false,
-                    is_default: true,
-                    host: false,
-                },
-            );
+            st.pools.insert(h, Pool::new(dev, true, false));
             st.default_pools.push(h);
             st.current_pools.push(h);
         }
@@ -455,10 +476,46 @@ impl State {
                 pool: Some(pool_id),
             },
         );
+        let used = self.pool_used(pool_id);
+        if let Some(pool) = self.pools.get_mut(&pool_id) {
+            pool.used_high = pool.used_high.max(used);
+            pool.reserved_high = pool.reserved_high.max(used + pool.held_bytes());
+        }
         Ok(addr)
     }
 
+    /// Bytes of a pool's live allocations.
+    fn pool_used(&self, pool_id: u64) -> u64 {
+        self.allocs
+            .values()
+            .filter(|a| a.pool == Some(pool_id))
+            .map(|a| a.size)
+            .sum()
+    }
+
+    /// Releases held blocks, largest first, until the pool reserves (in use plus held) no
+    /// more than `keep`, as `cuMemPoolTrimTo` and a synchronization above the release
+    /// threshold do.
     fn trim(&mut self, pool_id: u64, keep: u64) -> Result<(), CUresult> {
+        let used = self.pool_used(pool_id);
+        self.trim_held(pool_id, keep.saturating_sub(used))
+    }
+
+    /// At a stream, event or context synchronization every pool of device memory gives back
+    /// what it holds above its release threshold.
+    fn sync_pools(&mut self) {
+        let due: Vec<(u64, u64)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.destroyed && !p.host && !p.held.is_empty())
+            .map(|(id, p)| (*id, p.threshold))
+            .collect();
+        for (id, threshold) in due {
+            let _ = self.trim(id, threshold);
+        }
+    }
+
+    fn trim_held(&mut self, pool_id: u64, keep: u64) -> Result<(), CUresult> {
         let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
         if pool.destroyed {
             return Err(INVALID_VALUE);
@@ -1003,16 +1060,7 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
             st.device(props.location.id)?
         };
         let h = st.handle();
-        st.pools.insert(
-            h,
-            Pool {
-                dev,
-                held: Vec::new(),
-                destroyed: false,
-                is_default: false,
-                host,
-            },
-        );
+        st.pools.insert(h, Pool::new(dev, false, host));
         put(pool, h as Handle);
         Ok(())
     }))
@@ -1034,6 +1082,75 @@ pub extern "C" fn cuMemPoolDestroy(pool: Handle) -> CUresult {
 
 pub extern "C" fn cuMemPoolTrimTo(pool: Handle, keep: usize) -> CUresult {
     code(with(|st| st.trim(pool as u64, keep as u64)))
+}
+
+/// `CUmemPool_attribute` values (CUDA driver API reference).
+const ATTR_RELEASE_THRESHOLD: c_int = 4;
+const ATTR_RESERVED_MEM_CURRENT: c_int = 5;
+const ATTR_RESERVED_MEM_HIGH: c_int = 6;
+const ATTR_USED_MEM_CURRENT: c_int = 7;
+const ATTR_USED_MEM_HIGH: c_int = 8;
+
+pub extern "C" fn cuMemPoolSetAttribute(pool: Handle, attr: c_int, value: *mut c_void) -> CUresult {
+    code(with(|st| {
+        nonnull(value)?;
+        let id = pool as u64;
+        let p = st.pools.get_mut(&id).ok_or(INVALID_VALUE)?;
+        if p.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        match attr {
+            1..=3 => {
+                // SAFETY: checked non-null; the reuse policies are an `int`.
+                let v = unsafe { value.cast::<c_int>().read() };
+                p.reuse[(attr - 1) as usize] = u64::from(v != 0);
+            }
+            ATTR_RELEASE_THRESHOLD => {
+                // SAFETY: checked non-null; the threshold is a `cuuint64_t`.
+                p.threshold = unsafe { value.cast::<u64>().read() };
+            }
+            // The high watermarks can only be reset, to 0.
+            ATTR_RESERVED_MEM_HIGH | ATTR_USED_MEM_HIGH => {
+                // SAFETY: checked non-null; the watermarks are a `cuuint64_t`.
+                if unsafe { value.cast::<u64>().read() } != 0 {
+                    return Err(INVALID_VALUE);
+                }
+                if attr == ATTR_RESERVED_MEM_HIGH {
+                    p.reserved_high = 0;
+                } else {
+                    p.used_high = 0;
+                }
+            }
+            _ => return Err(INVALID_VALUE),
+        }
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuMemPoolGetAttribute(pool: Handle, attr: c_int, value: *mut c_void) -> CUresult {
+    code(with(|st| {
+        nonnull(value)?;
+        let id = pool as u64;
+        let used = st.pool_used(id);
+        let p = st.pools.get(&id).ok_or(INVALID_VALUE)?;
+        if p.destroyed {
+            return Err(INVALID_VALUE);
+        }
+        let v = match attr {
+            1..=3 => {
+                put(value.cast::<c_int>(), p.reuse[(attr - 1) as usize] as c_int);
+                return Ok(());
+            }
+            ATTR_RELEASE_THRESHOLD => p.threshold,
+            ATTR_RESERVED_MEM_CURRENT => used + p.held_bytes(),
+            ATTR_RESERVED_MEM_HIGH => p.reserved_high,
+            ATTR_USED_MEM_CURRENT => used,
+            ATTR_USED_MEM_HIGH => p.used_high,
+            _ => return Err(INVALID_VALUE),
+        };
+        put(value.cast::<u64>(), v);
+        Ok(())
+    }))
 }
 
 pub extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CUdevice) -> CUresult {
@@ -1696,7 +1813,68 @@ pub extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
 }
 
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    code(with(|st| st.current().map(|_| ())))
+    code(with(|st| {
+        st.current()?;
+        st.sync_pools();
+        Ok(())
+    }))
+}
+
+/// Streams are not modelled: any handle names a stream (0 the legacy default stream).
+fn stream_sync() -> CUresult {
+    code(with(|st| {
+        st.current()?;
+        st.sync_pools();
+        Ok(())
+    }))
+}
+
+pub extern "C" fn cuStreamSynchronize(_s: Handle) -> CUresult {
+    stream_sync()
+}
+
+pub extern "C" fn cuStreamSynchronize_ptsz(_s: Handle) -> CUresult {
+    stream_sync()
+}
+
+pub extern "C" fn cuEventCreate(event: *mut Handle, _flags: c_uint) -> CUresult {
+    code(with(|st| {
+        nonnull(event)?;
+        st.current()?;
+        st.next_handle += 1;
+        let h = st.next_handle;
+        st.events.insert(h);
+        put(event, h as Handle);
+        Ok(())
+    }))
+}
+
+fn event_destroy(event: Handle) -> CUresult {
+    code(with(|st| {
+        if st.events.remove(&(event as u64)) {
+            Ok(())
+        } else {
+            Err(INVALID_HANDLE)
+        }
+    }))
+}
+
+pub extern "C" fn cuEventDestroy(event: Handle) -> CUresult {
+    event_destroy(event)
+}
+
+pub extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
+    event_destroy(event)
+}
+
+pub extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
+    code(with(|st| {
+        if !st.events.contains(&(event as u64)) {
+            return Err(INVALID_HANDLE);
+        }
+        st.sync_pools();
+        Ok(())
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -2048,16 +2226,7 @@ impl State {
                 if !self.host_pools.contains_key(&key) {
                     let (_, dev) = self.current()?;
                     let h = self.handle();
-                    self.pools.insert(
-                        h,
-                        Pool {
-                            dev,
-                            held: Vec::new(),
-                            destroyed: false,
-                            is_default: true,
-                            host: true,
-                        },
-                    );
+                    self.pools.insert(h, Pool::new(dev, true, true));
                     self.host_pools.insert(key, (h, h));
                 }
                 Ok(Err(key))

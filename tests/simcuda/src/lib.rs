@@ -26,9 +26,13 @@
 //! - Stream-ordered pools: a freed async block stays held by its pool (its
 //!   device bytes are not returned) and is reused best-fit (smallest held block
 //!   that fits, the remainder staying held) by later async allocations from that
-//!   pool; `cuMemPoolTrimTo` releases held bytes, largest block first, down to
-//!   exactly `minBytesToKeep`. Destroying a pool releases its held bytes; blocks
-//!   still live go back to the device when freed.
+//!   pool; `cuMemPoolTrimTo` releases held bytes, largest block first, until the
+//!   pool reserves (in use plus held) exactly `minBytesToKeep` or holds nothing.
+//!   Every stream, event or context synchronization does the same for every pool
+//!   of device memory, down to its release threshold
+//!   (`CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, 0 by default, set and read with
+//!   `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute`). Destroying a pool
+//!   releases its held bytes; blocks still live go back to the device when freed.
 //! - VMM: `cuMemCreate` with a device location charges capacity; physical memory
 //!   is returned when it is both released and unmapped. Sizes must be multiples
 //!   of the 2 MiB granularity. `cuMemAddressFree` requires the range unmapped.
@@ -130,6 +134,8 @@ exports! {
     cuMemPoolCreate,
     cuMemPoolDestroy,
     cuMemPoolTrimTo,
+    cuMemPoolSetAttribute,
+    cuMemPoolGetAttribute,
     cuDeviceGetDefaultMemPool,
     cuDeviceGetMemPool,
     cuDeviceSetMemPool,
@@ -177,6 +183,12 @@ exports! {
     cuCtxPopCurrent,
     cuCtxPopCurrent_v2,
     cuCtxSynchronize,
+    cuStreamSynchronize,
+    cuStreamSynchronize_ptsz,
+    cuEventCreate,
+    cuEventDestroy,
+    cuEventDestroy_v2,
+    cuEventSynchronize,
     cuMemcpyHtoD,
     cuMemcpyHtoD_v2,
     cuMemcpyHtoD_v2_ptds,

@@ -78,6 +78,16 @@ const TABLE: &[(&str, Versions, Versions)] = &[
     ("cuMemPoolDestroy", &[(11020, "cuMemPoolDestroy")], &[]),
     ("cuMemPoolTrimTo", &[(11020, "cuMemPoolTrimTo")], &[]),
     (
+        "cuMemPoolSetAttribute",
+        &[(11020, "cuMemPoolSetAttribute")],
+        &[],
+    ),
+    (
+        "cuMemPoolGetAttribute",
+        &[(11020, "cuMemPoolGetAttribute")],
+        &[],
+    ),
+    (
         "cuDeviceGetDefaultMemPool",
         &[(11020, "cuDeviceGetDefaultMemPool")],
         &[],
@@ -184,6 +194,18 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[],
     ),
     ("cuCtxSynchronize", &[(2000, "cuCtxSynchronize")], &[]),
+    (
+        "cuStreamSynchronize",
+        &[(2000, "cuStreamSynchronize")],
+        &[(7000, "cuStreamSynchronize_ptsz")],
+    ),
+    ("cuEventCreate", &[(2000, "cuEventCreate")], &[]),
+    (
+        "cuEventDestroy",
+        &[(2000, "cuEventDestroy"), (4000, "cuEventDestroy_v2")],
+        &[],
+    ),
+    ("cuEventSynchronize", &[(2000, "cuEventSynchronize")], &[]),
     (
         "cuMemcpyHtoD",
         &[(2000, "cuMemcpyHtoD"), (3020, "cuMemcpyHtoD_v2")],

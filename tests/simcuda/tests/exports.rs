@@ -33,6 +33,8 @@ const EXPORTS: &[&str] = &[
     "cuMemPoolCreate",
     "cuMemPoolDestroy",
     "cuMemPoolTrimTo",
+    "cuMemPoolSetAttribute",
+    "cuMemPoolGetAttribute",
     "cuDeviceGetDefaultMemPool",
     "cuDeviceGetMemPool",
     "cuDeviceSetMemPool",
@@ -80,6 +82,12 @@ const EXPORTS: &[&str] = &[
     "cuCtxPopCurrent",
     "cuCtxPopCurrent_v2",
     "cuCtxSynchronize",
+    "cuStreamSynchronize",
+    "cuStreamSynchronize_ptsz",
+    "cuEventCreate",
+    "cuEventDestroy",
+    "cuEventDestroy_v2",
+    "cuEventSynchronize",
     "cuMemcpyHtoD",
     "cuMemcpyHtoD_v2",
     "cuMemcpyHtoD_v2_ptds",
@@ -209,6 +217,15 @@ fn memory_model() {
         lib.f("cuMemAllocAsync_ptsz");
     let free_async: unsafe extern "C" fn(u64, *mut c_void) -> Ret = lib.f("cuMemFreeAsync");
     let trim: unsafe extern "C" fn(*mut c_void, usize) -> Ret = lib.f("cuMemPoolTrimTo");
+    let set_attr: unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> Ret =
+        lib.f("cuMemPoolSetAttribute");
+    let get_attr: unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> Ret =
+        lib.f("cuMemPoolGetAttribute");
+    let stream_sync: unsafe extern "C" fn(*mut c_void) -> Ret = lib.f("cuStreamSynchronize");
+    let event_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> Ret =
+        lib.f("cuEventCreate");
+    let event_sync: unsafe extern "C" fn(*mut c_void) -> Ret = lib.f("cuEventSynchronize");
+    let event_destroy: unsafe extern "C" fn(*mut c_void) -> Ret = lib.f("cuEventDestroy_v2");
     let create: unsafe extern "C" fn(*mut u64, usize, *const AllocProp, u64) -> Ret =
         lib.f("cuMemCreate");
     let release: unsafe extern "C" fn(u64) -> Ret = lib.f("cuMemRelease");
@@ -320,6 +337,55 @@ fn memory_model() {
         assert_eq!(info(&mut fr, &mut total), 0);
         assert_eq!(fr, free0 - MIB, "trimmed down to the live block");
         assert_eq!(free_async(b, std::ptr::null_mut()), 0);
+        assert_eq!(trim(pool, 0), 0);
+
+        // Trims and synchronizations keep reserved bytes (in use plus held): what is held
+        // above the release threshold (0 by default) goes back at a synchronization.
+        let attr = |a: c_int| {
+            let mut v = u64::MAX;
+            assert_eq!(get_attr(pool, a, (&raw mut v).cast()), 0);
+            v
+        };
+        assert_eq!(attr(4), 0, "threshold 0 by default");
+        let (mut c, mut d) = (0u64, 0u64);
+        assert_eq!(alloc_async(&mut a, 4 * MIB, std::ptr::null_mut()), 0);
+        assert_eq!(alloc_async(&mut c, 2 * MIB, std::ptr::null_mut()), 0);
+        assert_eq!(free_async(a, std::ptr::null_mut()), 0);
+        assert_eq!((attr(5), attr(7)), (6 * MIB as u64, 2 * MIB as u64));
+        assert_eq!(trim(pool, 3 * MIB), 0);
+        assert_eq!(
+            attr(5),
+            3 * MIB as u64,
+            "1 MiB stays held beside 2 MiB in use"
+        );
+        assert_eq!(stream_sync(std::ptr::null_mut()), 0);
+        assert_eq!(attr(5), 2 * MIB as u64, "threshold 0: nothing held");
+        let mut threshold = 5 * MIB as u64;
+        assert_eq!(set_attr(pool, 4, (&raw mut threshold).cast()), 0);
+        assert_eq!(attr(4), 5 * MIB as u64);
+        assert_eq!(alloc_async(&mut d, 8 * MIB, std::ptr::null_mut()), 0);
+        assert_eq!(free_async(d, std::ptr::null_mut()), 0);
+        let mut ev: *mut c_void = std::ptr::null_mut();
+        assert_eq!(event_create(&mut ev, 0), 0);
+        assert_eq!(event_sync(ev), 0);
+        assert_eq!(attr(5), 5 * MIB as u64, "held down to the threshold");
+        assert_eq!(info(&mut fr, &mut total), 0);
+        assert_eq!(fr, free0 - 5 * MIB);
+        assert_eq!(event_destroy(ev), 0);
+        assert_eq!(event_sync(ev), 400, "destroyed event");
+        assert_eq!(
+            set_attr(pool, 5, (&raw mut threshold).cast()),
+            1,
+            "read-only"
+        );
+        assert_eq!(
+            get_attr(pool, 9, (&raw mut threshold).cast()),
+            1,
+            "no such attribute"
+        );
+        threshold = 0;
+        assert_eq!(set_attr(pool, 4, (&raw mut threshold).cast()), 0);
+        assert_eq!(free_async(c, std::ptr::null_mut()), 0);
         assert_eq!(trim(pool, 0), 0);
 
         // VMM: physical memory goes when released and unmapped.

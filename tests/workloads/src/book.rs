@@ -1,6 +1,8 @@
 //! The workload's own record of what it holds: the ground truth printed at
 //! exit. Pool-held bytes mirror the driver's documented pool model (best-fit
-//! reuse with the remainder staying held, trimming largest block first).
+//! reuse with the remainder staying held; a trim, and every synchronization
+//! down to the release threshold, keep that many reserved bytes, in use plus
+//! held, giving back the largest blocks first).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,6 +40,8 @@ struct PhysRec {
 struct PoolRec {
     held: Vec<u64>,
     destroyed: bool,
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD` (0 by default).
+    threshold: u64,
 }
 
 #[derive(Default)]
@@ -126,7 +130,18 @@ impl Book {
         self.grow(bytes);
     }
 
+    /// Bytes of the pool's live allocations.
+    fn pool_used(&self, pool: u64) -> u64 {
+        self.dev
+            .values()
+            .filter(|r| r.pool == Some(pool))
+            .map(|r| r.bytes)
+            .sum()
+    }
+
+    /// `cuMemPoolTrimTo`: the pool keeps `keep` reserved bytes (in use plus held).
     pub fn pool_trim(&mut self, pool: u64, keep: u64) {
+        let keep = keep.saturating_sub(self.pool_used(pool));
         let p = self.pools.entry(pool).or_default();
         let held: u64 = p.held.iter().sum();
         if held <= keep {
@@ -149,6 +164,24 @@ impl Book {
                 p.held[i] -= excess;
                 excess = 0;
             }
+        }
+    }
+
+    pub fn pool_threshold(&mut self, pool: u64, threshold: u64) {
+        self.pools.entry(pool).or_default().threshold = threshold;
+    }
+
+    /// A stream, event or context synchronization: every pool gives back what it holds
+    /// above its release threshold.
+    pub fn sync(&mut self) {
+        let due: Vec<(u64, u64)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.destroyed)
+            .map(|(id, p)| (*id, p.threshold))
+            .collect();
+        for (pool, threshold) in due {
+            self.pool_trim(pool, threshold);
         }
     }
 

@@ -150,6 +150,10 @@ pub type FnFreeAsync = unsafe extern "C" fn(u64, P) -> R;
 pub type FnPoolCreate = unsafe extern "C" fn(*mut P, *const PoolProps) -> R;
 pub type FnHandle = unsafe extern "C" fn(P) -> R;
 pub type FnTrim = unsafe extern "C" fn(P, usize) -> R;
+/// `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute(pool, attr, void *value)`.
+pub type FnPoolAttr = unsafe extern "C" fn(P, c_int, *mut c_void) -> R;
+/// `cuEventCreate(CUevent *phEvent, unsigned Flags)`.
+pub type FnEventCreate = unsafe extern "C" fn(*mut P, c_uint) -> R;
 pub type FnOutHandleDev = unsafe extern "C" fn(*mut P, c_int) -> R;
 pub type FnMemCreate = unsafe extern "C" fn(*mut u64, usize, *const AllocProp, u64) -> R;
 pub type FnReserve = unsafe extern "C" fn(*mut u64, usize, usize, u64, u64) -> R;

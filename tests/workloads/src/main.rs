@@ -52,6 +52,10 @@ enum Scenario {
     Leak,
     /// Every hooked entry point once, whatever the results.
     ProbeAll,
+    /// Release thresholds: a pool keeps its threshold of reserved bytes through stream,
+    /// per-thread stream, event and context synchronizations; the default pool keeps
+    /// nothing.
+    PoolRelease,
     /// Weights filled only through unified, 2D and 3D copies from host memory; a KV cache
     /// written only by device-to-device copies through the same entry points; then serving.
     Copies,
@@ -227,6 +231,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::LlmServer => scenarios::llm_server(&rt, seed, threads),
         Scenario::Training => scenarios::training(&rt, seed),
         Scenario::Pools => scenarios::pools(&rt, seed)?,
+        Scenario::PoolRelease => scenarios::pool_release(&rt, seed)?,
         Scenario::Vmm => scenarios::vmm(&rt, seed),
         Scenario::Host => scenarios::host(&rt, seed)?,
         Scenario::Oom => scenarios::oom(&rt, seed),

@@ -426,6 +426,93 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if call!(d, f, pool0, 0) == 0 {
         book.pool_trim(pool0 as u64, 0);
     }
+
+    // The release threshold (CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, 4) decides what the pool
+    // keeps at each synchronization: 1 MiB of a freed 2 MiB block, then nothing, then
+    // 1 MiB again, which it still holds at exit.
+    let set_attr = sym!(
+        d,
+        FnPoolAttr,
+        "cuMemPoolSetAttribute",
+        V,
+        0,
+        "cuMemPoolSetAttribute"
+    );
+    let get_attr = sym!(
+        d,
+        FnPoolAttr,
+        "cuMemPoolGetAttribute",
+        V,
+        0,
+        "cuMemPoolGetAttribute"
+    );
+    let ctx_sync = sym!(d, FnVoid, "cuCtxSynchronize", V, 0, "cuCtxSynchronize");
+    let stream_sync = sym!(
+        d,
+        FnHandle,
+        "cuStreamSynchronize",
+        V,
+        0,
+        "cuStreamSynchronize"
+    );
+    let stream_sync_pt = sym!(
+        d,
+        FnHandle,
+        "cuStreamSynchronize",
+        V,
+        PER_THREAD,
+        "cuStreamSynchronize_ptsz"
+    );
+    let event_create = sym!(d, FnEventCreate, "cuEventCreate", V, 0, "cuEventCreate");
+    let event_sync = sym!(
+        d,
+        FnHandle,
+        "cuEventSynchronize",
+        V,
+        0,
+        "cuEventSynchronize"
+    );
+    let event_destroy = sym!(d, FnHandle, "cuEventDestroy", V, 0, "cuEventDestroy_v2");
+    let mut event: P = null();
+    let event_ok = call!(d, event_create, &mut event, 0) == 0;
+    let set_threshold = |book: &mut Book, bytes: u64| {
+        let mut v = bytes;
+        if call!(d, set_attr, pool0, 4, (&raw mut v).cast()) == 0 {
+            book.pool_threshold(pool0 as u64, bytes);
+        }
+    };
+    set_threshold(book, MIB);
+    let mut threshold = 0u64;
+    call!(d, get_attr, pool0, 4, (&raw mut threshold).cast());
+    let mut reserved = 0u64;
+    call!(d, get_attr, pool0, 5, (&raw mut reserved).cast());
+    let syncs: [Box<dyn Fn() -> u32 + '_>; 4] = [
+        Box::new(|| call!(d, stream_sync, null())),
+        Box::new(|| call!(d, stream_sync_pt, null())),
+        Box::new(|| call!(d, event_sync, event)),
+        Box::new(|| call!(d, ctx_sync)),
+    ];
+    for (i, sync) in syncs.iter().enumerate() {
+        match i {
+            1 => set_threshold(book, 0),
+            3 => set_threshold(book, MIB),
+            _ => {}
+        }
+        let mut a = 0u64;
+        let r = call!(d, alloc_async, &mut a, 2 * mib, null());
+        d.bytes(alloc_async.name, 2 * MIB, r);
+        if r == 0 {
+            book.pool_alloc(pool0 as u64, a, 2 * MIB, Label::Dynamic, ctx);
+            book.remove(Key::Ptr(a));
+            call!(d, free_async, a, null());
+        }
+        if sync() == 0 {
+            book.sync();
+        }
+    }
+    if event_ok {
+        call!(d, event_destroy, event);
+    }
     let f = sym!(d, FnHandle, "cuMemPoolDestroy", V, 0, "cuMemPoolDestroy");
     if call!(d, f, pool) == 0 {
         book.pool_destroy(pool as u64);

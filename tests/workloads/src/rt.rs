@@ -29,6 +29,7 @@ pub struct Cu {
     pub pool_create: Sym<FnPoolCreate>,
     pub pool_destroy: Sym<FnHandle>,
     pub pool_trim: Sym<FnTrim>,
+    pub pool_set_attr: Sym<FnPoolAttr>,
     pub default_pool: Sym<FnOutHandleDev>,
     pub mem_create: Sym<FnMemCreate>,
     pub mem_release: Sym<FnU64>,
@@ -59,12 +60,31 @@ pub struct Cu {
     pub push_current: Sym<FnHandle>,
     pub pop_current: Sym<FnOutHandle>,
     pub synchronize: Sym<FnVoid>,
+    pub stream_sync: Sym<FnHandle>,
+    pub event_create: Sym<FnEventCreate>,
+    pub event_sync: Sym<FnHandle>,
+    pub event_destroy: Sym<FnHandle>,
     pub htod: Sym<FnHtoD>,
     pub htod_async: Sym<FnHtoDAsync>,
 }
 
+/// What a workload synchronizes with: each one lets pools give back what they hold above
+/// their release threshold.
+#[derive(Clone, Copy, Debug)]
+pub enum SyncPoint {
+    /// `cuStreamSynchronize` of the legacy default stream.
+    Stream,
+    /// `cuStreamSynchronize_ptsz` of the per-thread default stream.
+    StreamPerThread,
+    /// `cuEventSynchronize` of an event made for it.
+    Event,
+    /// `cuCtxSynchronize`.
+    Context,
+}
+
 /// The stream-ordered entry points resolved with the per-thread-default-stream flag.
 pub struct Ptsz {
+    pub stream_sync: Sym<FnHandle>,
     pub alloc_async: Sym<FnAllocAsync>,
     pub alloc_from_pool: Sym<FnAllocFromPool>,
     pub free_async: Sym<FnFreeAsync>,
@@ -96,6 +116,7 @@ impl Cu {
             pool_create: d.resolve("cuMemPoolCreate", v, 0, "cuMemPoolCreate")?,
             pool_destroy: d.resolve("cuMemPoolDestroy", v, 0, "cuMemPoolDestroy")?,
             pool_trim: d.resolve("cuMemPoolTrimTo", v, 0, "cuMemPoolTrimTo")?,
+            pool_set_attr: d.resolve("cuMemPoolSetAttribute", v, 0, "cuMemPoolSetAttribute")?,
             default_pool: d.resolve(
                 "cuDeviceGetDefaultMemPool",
                 v,
@@ -152,6 +173,10 @@ impl Cu {
             push_current: d.resolve("cuCtxPushCurrent", v, 0, "cuCtxPushCurrent_v2")?,
             pop_current: d.resolve("cuCtxPopCurrent", v, 0, "cuCtxPopCurrent_v2")?,
             synchronize: d.resolve("cuCtxSynchronize", v, 0, "cuCtxSynchronize")?,
+            stream_sync: d.resolve("cuStreamSynchronize", v, 0, "cuStreamSynchronize")?,
+            event_create: d.resolve("cuEventCreate", v, 0, "cuEventCreate")?,
+            event_sync: d.resolve("cuEventSynchronize", v, 0, "cuEventSynchronize")?,
+            event_destroy: d.resolve("cuEventDestroy", v, 0, "cuEventDestroy_v2")?,
             htod: d.resolve("cuMemcpyHtoD", v, 0, "cuMemcpyHtoD_v2")?,
             htod_async: d.resolve("cuMemcpyHtoDAsync", v, 0, "cuMemcpyHtoDAsync_v2")?,
         })
@@ -162,6 +187,7 @@ impl Ptsz {
     pub fn load(d: &Driver) -> anyhow::Result<Ptsz> {
         let (v, f) = (CUDA_VERSION, PER_THREAD);
         Ok(Ptsz {
+            stream_sync: d.resolve("cuStreamSynchronize", v, f, "cuStreamSynchronize_ptsz")?,
             alloc_async: d.resolve("cuMemAllocAsync", v, f, "cuMemAllocAsync_ptsz")?,
             alloc_from_pool: d.resolve(
                 "cuMemAllocFromPoolAsync",
@@ -524,6 +550,56 @@ impl Rt {
     pub fn pool_trim(&self, pool: u64, keep: u64) {
         if call!(self.d, self.cu.pool_trim, p(pool), keep as usize) == 0 {
             self.book().pool_trim(pool, keep);
+        }
+    }
+
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD` of `pool`: what it keeps reserved at a
+    /// synchronization.
+    pub fn pool_set_threshold(&self, pool: u64, threshold: u64) {
+        let mut v = threshold;
+        let attr = 4; // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+        if call!(
+            self.d,
+            self.cu.pool_set_attr,
+            p(pool),
+            attr,
+            (&raw mut v).cast()
+        ) == 0
+        {
+            self.book().pool_threshold(pool, threshold);
+        }
+    }
+
+    /// `cuCtxSynchronize`: pools give back what they hold above their release threshold.
+    pub fn synchronize(&self) {
+        self.sync(SyncPoint::Context);
+    }
+
+    /// A synchronization of the kind asked: pools give back what they hold above their
+    /// release threshold.
+    pub fn sync(&self, kind: SyncPoint) {
+        let r = match kind {
+            SyncPoint::Context => call!(self.d, self.cu.synchronize),
+            SyncPoint::Stream => call!(self.d, self.cu.stream_sync, std::ptr::null_mut()),
+            SyncPoint::StreamPerThread => match Ptsz::load(&self.d) {
+                Ok(pt) => call!(self.d, pt.stream_sync, std::ptr::null_mut()),
+                Err(e) => {
+                    eprintln!("cuStreamSynchronize_ptsz: {e}");
+                    return;
+                }
+            },
+            SyncPoint::Event => {
+                let mut event: P = std::ptr::null_mut();
+                if call!(self.d, self.cu.event_create, &mut event, 0) != 0 {
+                    return;
+                }
+                let r = call!(self.d, self.cu.event_sync, event);
+                call!(self.d, self.cu.event_destroy, event);
+                r
+            }
+        };
+        if r == 0 {
+            self.book().sync();
         }
     }
 

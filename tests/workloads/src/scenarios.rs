@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::book::Label::{Dynamic, KvCache, Weights};
 use crate::call;
-use crate::rt::{GIB, MIB, Ptsz, Rng, Rt};
+use crate::rt::{GIB, MIB, Ptsz, Rng, Rt, SyncPoint};
 
 /// What a scenario adds to the report besides the common fields.
 pub type Extra = Map<String, Value>;
@@ -109,7 +109,7 @@ pub fn training(rt: &Rt, seed: u64) -> Extra {
             rt.free(p);
         }
         if step % 5 == 4 {
-            call!(rt.d, rt.cu.synchronize);
+            rt.synchronize();
         }
     }
     Extra::new()
@@ -192,6 +192,54 @@ pub fn pools(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
             rt.free_async(rt.cu.free_async, p);
         }
     }
+    Ok(Extra::new())
+}
+
+/// Release thresholds: a pool keeps its threshold of reserved bytes (in use plus held)
+/// through each stream, event or context synchronization and gives back the rest; the
+/// default pool, at threshold 0, keeps nothing. Some blocks are live at exit, some held.
+pub fn pool_release(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
+    let mut rng = Rng::new(seed);
+    let pt = Ptsz::load(&rt.d)?;
+    let Some(pool0) = rt.default_pool() else {
+        eprintln!("pool-release: no default pool");
+        return Ok(Extra::new());
+    };
+    let Some(b) = rt.pool_create() else {
+        eprintln!("pool-release: no pool");
+        return Ok(Extra::new());
+    };
+    rt.pool_set_threshold(b, 40 * MIB);
+    let syncs = [
+        SyncPoint::Stream,
+        SyncPoint::StreamPerThread,
+        SyncPoint::Event,
+        SyncPoint::Context,
+    ];
+    let mut live = Vec::new();
+    for (round, sync) in syncs.into_iter().enumerate() {
+        let mut blocks = Vec::new();
+        for _ in 0..3 {
+            let bytes = rng.size(2 * MIB, 16 * MIB, 64 << 10);
+            blocks.extend(rt.alloc_from_pool(rt.cu.alloc_from_pool, b, bytes));
+            blocks.extend(rt.alloc_async(pt.alloc_async, pool0, bytes));
+        }
+        // One block of the default pool stays live each round.
+        live.extend(blocks.pop());
+        for p in blocks {
+            rt.free_async(pt.free_async, p);
+        }
+        if round == 2 {
+            // From now on the pool keeps less.
+            rt.pool_set_threshold(b, 12 * MIB);
+        }
+        rt.sync(sync);
+    }
+    // Freed after the last synchronization: held at exit whatever the threshold.
+    if let Some(p) = rt.alloc_from_pool(rt.cu.alloc_from_pool, b, 6 * MIB) {
+        rt.free_async(rt.cu.free_async, p);
+    }
+    let _ = live;
     Ok(Extra::new())
 }
 
@@ -345,7 +393,7 @@ pub fn contexts(rt: &Rt, seed: u64) -> Extra {
         rt.alloc(64 * MIB, KvCache);
         rt.push(c);
         rt.alloc(rng.size(4 * MIB, 32 * MIB, 4096), Dynamic);
-        call!(rt.d, rt.cu.synchronize);
+        rt.synchronize();
         rt.pop(primary);
         let mut cur: crate::driver::P = std::ptr::null_mut();
         call!(rt.d, rt.cu.get_current, &mut cur);
@@ -522,6 +570,11 @@ pub fn leak(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
     let pt = Ptsz::load(&rt.d)?;
     load_weights(rt, &mut rng, 12, 2 * MIB, 16 * MIB);
     let pool0 = rt.default_pool();
+    // The pool keeps all it reserves through synchronizations, as PyTorch's cudaMallocAsync
+    // backend has it (release threshold at the maximum).
+    if let Some(pool) = pool0 {
+        rt.pool_set_threshold(pool, u64::MAX);
+    }
     let mut leaked = 0u64;
     for step in 0..LEAK_STEPS {
         let acts = step_activations(rt, &mut rng);
@@ -540,7 +593,7 @@ pub fn leak(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
             rt.free_async(pt.free_async, p);
         }
         if step % 10 == 9 {
-            call!(rt.d, rt.cu.synchronize);
+            rt.synchronize();
         }
     }
     let mut extra = Extra::new();

@@ -4,9 +4,11 @@
 //! What the ledger takes from CUDA's semantics (CUDA driver API reference, `cuda.h`):
 //!
 //! - `cuMemFreeAsync` returns memory to its pool, not to the GPU; the next stream-ordered
-//!   allocation from that pool reuses it first. `cuMemPoolTrimTo` and `cuMemPoolDestroy` give
-//!   it back. Pool-held bytes are an upper bound: a pool's release threshold (0 by default)
-//!   lets the driver trim at synchronization, which is not traced.
+//!   allocation from that pool reuses it first. `cuMemPoolTrimTo` (down to a number of
+//!   reserved bytes, in use plus held) and `cuMemPoolDestroy` give it back, and so does every
+//!   stream, event or context synchronization, down to the pool's release threshold
+//!   (`CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, 0 by default). Where the threshold is not known
+//!   (a process that ran before the recording), pool-held bytes are an upper bound.
 //! - VMM physical memory lives from `cuMemCreate` until the handle is released *and* every
 //!   mapping of it is unmapped, in either order. Reservations are address space only.
 //! - Destroying a context (or releasing a primary context as often as it was retained) frees
@@ -196,6 +198,8 @@ impl Ledger {
             Record::PoolCreate(_) => st.on_pool_create(totals, c),
             Record::PoolDestroy(_) => st.on_pool_destroy(totals, c),
             Record::PoolTrim(_) => st.on_pool_trim(totals, c),
+            Record::PoolAttr(_) => st.on_pool_attr(totals, c),
+            Record::Sync(_) => st.on_sync(totals),
             Record::CtxCreate(_) => st.on_ctx_create(c),
             Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
             Record::CtxCurrent(_) => st.on_ctx_current(c),

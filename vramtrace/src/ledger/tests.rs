@@ -205,6 +205,115 @@ fn trim_and_destroy_release_pool_memory() {
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }
 
+/// `cuMemPoolTrimTo` keeps reserved bytes (in use plus held), as the driver documents: a
+/// pool with live allocations keeps fewer held bytes than `minBytesToKeep`.
+#[test]
+fn trim_keeps_reserved_bytes_not_held_bytes() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.pool_create(0x50, None),
+        s.alloc_async(0x1000, 100 * MIB, Some(0x50)),
+        s.alloc_async(0x2000, 50 * MIB, Some(0x50)),
+        s.alloc_async(0x3000, 30 * MIB, Some(0x50)),
+        s.free_async(0x1000),
+        s.free_async(0x2000),
+        // 30 MiB in use, 150 MiB held: keeping 80 MiB reserved keeps 50 MiB held.
+        s.trim(0x50, 80 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 50 * MIB);
+    // Keeping less than is in use gives back everything held.
+    l.apply(&s.trim(0x50, 10 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 0);
+    assert_eq!(p.usage.device_bytes, 30 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+/// A synchronization gives back what every pool holds above its release threshold: 0 by
+/// default, so everything; once set, held bytes are kept up to the threshold of reserved
+/// bytes (in use plus held).
+#[test]
+fn synchronizations_release_pool_memory_above_the_threshold() {
+    use crate::api::pool_attr::{RELEASE_THRESHOLD, USED_MEM_CURRENT};
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.pool_create(0x50, None),
+        s.pool_create(0x60, None),
+        s.alloc_async(0x1000, 100 * MIB, Some(0x50)),
+        s.alloc_async(0x2000, 40 * MIB, Some(0x60)),
+        s.free_async(0x1000),
+        s.free_async(0x2000),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 140 * MIB);
+    // Attributes other than the threshold change nothing.
+    l.apply(&s.pool_attr(true, 0x50, USED_MEM_CURRENT, 0));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 140 * MIB);
+    l.apply(&s.sync("cuStreamSynchronize"));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 0);
+
+    let recs = vec![
+        s.pool_attr(false, 0x50, RELEASE_THRESHOLD, 64 * MIB),
+        s.alloc_async(0x1000, 100 * MIB, Some(0x50)),
+        s.alloc_async(0x3000, 16 * MIB, Some(0x50)),
+        s.alloc_async(0x2000, 40 * MIB, Some(0x60)),
+        s.free_async(0x1000),
+        s.free_async(0x2000),
+        // 0x50: 16 MiB in use, 100 MiB held, threshold 64 MiB: 48 MiB stay held. 0x60 has
+        // the default threshold and gives everything back.
+        s.sync("cuCtxSynchronize"),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 48 * MIB);
+    let held: Vec<_> = p.pool_held().filter(|(_, _, b)| *b > 0).collect();
+    assert_eq!(held, vec![(Some(0x50), Some(0), 48 * MIB)]);
+    assert_eq!(p.frees["cuMemFreeAsync"].bytes, 280 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+/// A process that ran before the recording may have set its pools' thresholds unseen:
+/// synchronizations give nothing back (held bytes stay an upper bound) until the threshold
+/// is read back or set.
+#[test]
+fn unknown_thresholds_keep_pool_memory_until_learned() {
+    use crate::api::pool_attr::RELEASE_THRESHOLD;
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::Header(Box::new(crate::trace::Header {
+            scope: crate::trace::Scope {
+                pids: vec![100],
+                ..Default::default()
+            },
+            ..Default::default()
+        })),
+        s.process("attached"),
+        Record::PoolCreate(Call {
+            pool: Some(0x70),
+            device: Some(0),
+            ..s.call("cuDeviceGetMemPool")
+        }),
+        s.alloc_async(0x1000, 100 * MIB, Some(0x70)),
+        s.free_async(0x1000),
+        s.sync("cuEventSynchronize"),
+    ];
+    apply_all(&mut l, recs);
+    assert!(proc(&l, 1).running_before);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 100 * MIB);
+    let recs = vec![
+        s.pool_attr(true, 0x70, RELEASE_THRESHOLD, 60 * MIB),
+        s.sync("cuStreamSynchronize_ptsz"),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.pool_held_bytes, 60 * MIB);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 #[test]
 fn default_pool_handle_learned_before_or_after() {
     // Learned first: allocations without a pool go to it, and a trim by handle reaches them.

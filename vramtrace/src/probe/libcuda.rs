@@ -712,6 +712,16 @@ mod tests {
                 "cuMemPoolCreate",
                 "cuMemPoolDestroy",
                 "cuDeviceGetDefaultMemPool",
+                "cuMemPoolSetAttribute",
+                "cuMemPoolGetAttribute",
+            ],
+        ),
+        (
+            "synchronizations",
+            &[
+                "cuCtxSynchronize",
+                "cuStreamSynchronize",
+                "cuEventSynchronize",
             ],
         ),
         (

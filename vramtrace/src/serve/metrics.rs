@@ -113,7 +113,9 @@ pub fn api_family(api: &str) -> &'static str {
         | "cuMemFreeAsync"
         | "cuMemPoolTrimTo"
         | "cuMemPoolCreate"
-        | "cuMemPoolDestroy" => "stream_ordered",
+        | "cuMemPoolDestroy"
+        | "cuMemPoolSetAttribute"
+        | "cuMemPoolGetAttribute" => "stream_ordered",
         "cuMemCreate"
         | "cuMemRelease"
         | "cuMemMap"

@@ -50,6 +50,12 @@ pub enum Record {
     PoolDestroy(Call),
     /// `cuMemPoolTrimTo`.
     PoolTrim(Call),
+    /// `cuMemPoolSetAttribute`, `cuMemPoolGetAttribute`: one attribute of a pool and its
+    /// value. Added in format 1.4.
+    PoolAttr(Call),
+    /// `cuCtxSynchronize`, `cuStreamSynchronize*`, `cuEventSynchronize`: pools give back
+    /// what they hold above their release threshold. Added in format 1.4.
+    Sync(Call),
     /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
     CtxCreate(Call),
     /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
@@ -93,6 +99,8 @@ impl Record {
             Record::PoolCreate(_) => "pool_create",
             Record::PoolDestroy(_) => "pool_destroy",
             Record::PoolTrim(_) => "pool_trim",
+            Record::PoolAttr(_) => "pool_attr",
+            Record::Sync(_) => "sync",
             Record::CtxCreate(_) => "ctx_create",
             Record::CtxDestroy(_) => "ctx_destroy",
             Record::CtxCurrent(_) => "ctx_current",
@@ -120,6 +128,8 @@ impl Record {
             | Record::PoolCreate(c)
             | Record::PoolDestroy(c)
             | Record::PoolTrim(c)
+            | Record::PoolAttr(c)
+            | Record::Sync(c)
             | Record::CtxCreate(c)
             | Record::CtxDestroy(c)
             | Record::CtxCurrent(c)
@@ -499,6 +509,12 @@ pub struct Call {
     /// The source address of a copy (`src_mem` `host`, `device` or `unified`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<u64>,
+    /// The pool attribute a `pool_attr` record sets or gets (`CUmemPool_attribute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<u32>,
+    /// The attribute's value: what was set, or what the driver answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

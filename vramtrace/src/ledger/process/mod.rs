@@ -454,11 +454,16 @@ impl ProcessState {
             self.classify_gone(&a);
         }
         let mut cause = cause;
-        if cause == EndCause::Free && a.mem == Mem::DeviceAsync {
+        if a.mem == Mem::DeviceAsync {
             let key = self.resolve_pool(a.pool, a.device);
-            let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
+            let threshold = self.new_pool_threshold();
+            let pool = self
+                .pools
+                .entry(key)
+                .or_insert_with(|| Pool::new(a.device, threshold));
+            pool.used = pool.used.saturating_sub(a.bytes);
             // A destroyed pool lets go of memory as its last allocations are freed.
-            if !pool.destroyed {
+            if cause == EndCause::Free && !pool.destroyed {
                 pool.give(a.bytes);
                 let device = pool.device;
                 self.book_add(t, device, Held::Pool, a.bytes, ts);
@@ -586,7 +591,12 @@ impl ProcessState {
             {
                 a.device = Some(d);
             }
-            let pool = self.pools.entry(key).or_insert_with(|| Pool::new(a.device));
+            let threshold = self.new_pool_threshold();
+            let pool = self
+                .pools
+                .entry(key)
+                .or_insert_with(|| Pool::new(a.device, threshold));
+            pool.used += bytes;
             let reuse = pool.take(bytes);
             let pool_device = pool.device;
             if reuse > 0 {

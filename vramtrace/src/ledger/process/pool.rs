@@ -3,15 +3,19 @@
 use std::collections::BTreeMap;
 
 use super::{ProcessState, describe};
+use crate::api::pool_attr;
 use crate::ledger::change::PoolId;
 use crate::ledger::usage::{Held, Totals};
 use crate::trace::{Call, Mem};
 
 /// A stream-ordered pool as the trace can know it: the freed blocks it still holds from the
 /// GPU. An allocation reuses the smallest held block that fits (the rest of that block stays
-/// held); one that fits in no block takes new memory from the GPU. A trim gives back the
-/// largest blocks first. This is the suballocation the driver documents for pools; the
-/// driver may also trim on its own (release threshold), so held bytes are an upper bound.
+/// held); one that fits in no block takes new memory from the GPU. A trim, and a
+/// synchronization above the release threshold, give back the largest blocks first. This is
+/// the suballocation the driver documents for pools. Held bytes are exact where the release
+/// threshold is known; where it is not (a pool of a process that was running before the
+/// recording, until a `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute` of it), nothing is
+/// given back at synchronizations and they are an upper bound.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pool {
     pub(super) device: Option<i32>,
@@ -22,6 +26,12 @@ pub(super) struct Pool {
     pub(super) host: Option<Mem>,
     /// Sum of `blocks`.
     pub(super) held: u64,
+    /// Bytes of the pool's live allocations: with `held`, what the pool has reserved from
+    /// the GPU, which is what the release threshold and `cuMemPoolTrimTo` speak of.
+    pub(super) used: u64,
+    /// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, where known: 0 for a pool made while traced,
+    /// until set.
+    pub(super) threshold: Option<u64>,
     /// The held blocks as a multiset, by size: blocks of one size are alike, so which of
     /// them a take or a trim picks changes nothing, and the smallest that fits or the
     /// largest is one tree lookup, however many the pool holds.
@@ -30,11 +40,18 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn new(device: Option<i32>) -> Self {
+    pub(super) fn new(device: Option<i32>, threshold: Option<u64>) -> Self {
         Pool {
             device,
+            threshold,
             ..Pool::default()
         }
+    }
+
+    /// Gives back held bytes until the pool reserves no more than `reserved` (in use plus
+    /// held), largest blocks first: the bytes released. Live allocations stay.
+    pub(super) fn trim_reserved(&mut self, reserved: u64) -> u64 {
+        self.trim(reserved.saturating_sub(self.used))
     }
 
     pub(super) fn give(&mut self, bytes: u64) {
@@ -71,7 +88,7 @@ impl Pool {
     }
 
     /// Gives back held bytes above `keep`, largest blocks first: the bytes released.
-    pub(super) fn trim(&mut self, keep: u64) -> u64 {
+    fn trim(&mut self, keep: u64) -> u64 {
         let mut excess = self.held.saturating_sub(keep);
         let released = excess;
         while excess > 0 {
@@ -98,6 +115,7 @@ impl Pool {
 
     pub(super) fn absorb(&mut self, other: Pool) {
         self.held += other.held;
+        self.used += other.used;
         for (size, n) in other.blocks {
             *self.blocks.entry(size).or_default() += n;
         }
@@ -105,19 +123,26 @@ impl Pool {
 }
 
 impl ProcessState {
+    /// The release threshold of a pool first seen now: the driver's default, 0, unless the
+    /// process ran before the recording began and may have set it unseen.
+    pub(super) fn new_pool_threshold(&self) -> Option<u64> {
+        (!self.running_before).then_some(0)
+    }
+
     fn merge_default_pool(&mut self, t: &mut Totals, device: Option<i32>, handle: u64, ts: u64) {
         self.default_pools.insert(device, handle);
+        let threshold = self.new_pool_threshold();
         let Some(old) = self.pools.remove(&PoolId::Default(device)) else {
             self.pools
                 .entry(PoolId::Handle(handle))
-                .or_insert_with(|| Pool::new(device));
+                .or_insert_with(|| Pool::new(device, threshold));
             return;
         };
         let (old_device, old_held) = (old.device, old.held);
         let pool = self
             .pools
             .entry(PoolId::Handle(handle))
-            .or_insert_with(|| Pool::new(old_device));
+            .or_insert_with(|| Pool::new(old_device, threshold));
         pool.absorb(old);
         let to = pool.device;
         if to != old_device && old_held > 0 {
@@ -136,6 +161,7 @@ impl ProcessState {
             return;
         };
         let api = &*c.api;
+        let threshold = self.new_pool_threshold();
         // The device's default pool: cuDeviceGetDefaultMemPool, or cuMemGetDefaultMemPool at
         // a device location for pinned memory (a pool with no `mem`).
         if api.starts_with("cuDeviceGetDefaultMemPool")
@@ -151,7 +177,7 @@ impl ProcessState {
             self.current_pools.insert(c.device, h);
             self.pools
                 .entry(PoolId::Handle(h))
-                .or_insert_with(|| Pool::new(c.device));
+                .or_insert_with(|| Pool::new(c.device, threshold));
             return;
         }
         // A pool made elsewhere, learned: cuDeviceGetMemPool, cuMemGetMemPool, and the
@@ -160,7 +186,7 @@ impl ProcessState {
             let pool = self
                 .pools
                 .entry(PoolId::Handle(h))
-                .or_insert_with(|| Pool::new(c.device));
+                .or_insert_with(|| Pool::new(c.device, threshold));
             if pool.host.is_none() {
                 pool.host = c.mem.filter(|m| m.is_host());
             }
@@ -168,7 +194,7 @@ impl ProcessState {
         }
         let fresh = Pool {
             host: c.mem.filter(|m| m.is_host()),
-            ..Pool::new(c.device)
+            ..Pool::new(c.device, Some(0))
         };
         match self.pools.get(&PoolId::Handle(h)) {
             Some(p) if !p.destroyed => {
@@ -180,6 +206,53 @@ impl ProcessState {
         }
     }
 
+    /// The pool a handle names, learning it where it is new. A handle never seen is the
+    /// default pool got through an entry point that is not traced (`cuDeviceGetMemPool`
+    /// before 13.0's pool calls were traced): with one default pool in use it can only be
+    /// that one. `None` when it could be several (an anomaly) or names a pool with nothing
+    /// in it yet, which is then learned.
+    fn pool_of_handle(&mut self, t: &mut Totals, c: &Call, h: u64) -> Option<PoolId> {
+        let key = PoolId::Handle(h);
+        if self.pools.contains_key(&key) {
+            return Some(key);
+        }
+        let unresolved: Vec<Option<i32>> = self
+            .pools
+            .iter()
+            .filter_map(|(k, p)| match k {
+                PoolId::Default(d) if p.held > 0 || p.used > 0 => Some(*d),
+                _ => None,
+            })
+            .collect();
+        match unresolved.as_slice() {
+            [] => {
+                let threshold = self.new_pool_threshold();
+                self.pools.insert(key, Pool::new(c.device, threshold));
+            }
+            [d] => self.merge_default_pool(t, *d, h, c.ts_ns),
+            _ => {
+                self.anomaly("ambiguous_pool", || describe(c));
+                return None;
+            }
+        }
+        Some(key)
+    }
+
+    /// Gives back what `key` holds beyond `reserved` reserved bytes.
+    fn trim_pool(&mut self, t: &mut Totals, key: PoolId, reserved: u64) {
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return;
+        };
+        let release = pool.trim_reserved(reserved);
+        let device = pool.device;
+        if release > 0 {
+            self.book_sub(t, device, Held::Pool, release);
+            self.pool_changed(key);
+        }
+    }
+
+    /// `cuMemPoolTrimTo`: the pool keeps at least `minBytesToKeep` reserved (in use plus
+    /// held) and gives back the rest of what it holds.
     pub(crate) fn on_pool_trim(&mut self, t: &mut Totals, c: &Call) {
         let Some(h) = c.pool.or(c.handle) else {
             self.anomaly("pool_without_handle", || describe(c));
@@ -189,35 +262,46 @@ impl ProcessState {
             self.anomaly("trim_without_size", || describe(c));
             return;
         };
-        let key = PoolId::Handle(h);
-        if !self.pools.contains_key(&key) {
-            // A handle never seen: the default pool got through an entry point that is not
-            // traced (cuDeviceGetMemPool). With one default pool in use it can only be that.
-            let unresolved: Vec<Option<i32>> = self
-                .pools
-                .iter()
-                .filter_map(|(k, p)| match k {
-                    PoolId::Default(d) if p.held > 0 => Some(*d),
-                    _ => None,
-                })
-                .collect();
-            match unresolved.as_slice() {
-                [] => return,
-                [d] => self.merge_default_pool(t, *d, h, c.ts_ns),
-                _ => {
-                    self.anomaly("trim_ambiguous_pool", || describe(c));
-                    return;
-                }
-            }
+        if let Some(key) = self.pool_of_handle(t, c, h) {
+            self.trim_pool(t, key, keep);
         }
-        let Some(pool) = self.pools.get_mut(&key) else {
+    }
+
+    /// `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute`: the release threshold, set or
+    /// read back, is the pool's from now on. The other attributes change nothing the
+    /// Ledger counts.
+    pub(crate) fn on_pool_attr(&mut self, t: &mut Totals, c: &Call) {
+        if c.attr != Some(pool_attr::RELEASE_THRESHOLD) {
+            return;
+        }
+        let Some(h) = c.pool else {
+            self.anomaly("pool_without_handle", || describe(c));
             return;
         };
-        let release = pool.trim(keep);
-        let device = pool.device;
-        if release > 0 {
-            self.book_sub(t, device, Held::Pool, release);
-            self.pool_changed(key);
+        let Some(value) = c.value else {
+            self.anomaly("pool_attr_without_value", || describe(c));
+            return;
+        };
+        if let Some(key) = self.pool_of_handle(t, c, h)
+            && let Some(pool) = self.pools.get_mut(&key)
+        {
+            pool.threshold = Some(value);
+        }
+    }
+
+    /// A stream, event or context synchronization: every pool of device memory gives back
+    /// what it holds above its release threshold. The driver documents the release "on the
+    /// next call to stream, event or context synchronize" without naming which pools; the
+    /// model takes all of the process's pools, as the simulated driver does.
+    pub(crate) fn on_sync(&mut self, t: &mut Totals) {
+        let due: Vec<(PoolId, u64)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.destroyed && p.host.is_none() && p.held > 0)
+            .filter_map(|(k, p)| p.threshold.map(|th| (*k, th)))
+            .collect();
+        for (key, threshold) in due {
+            self.trim_pool(t, key, threshold);
         }
     }
 

@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 24] = [
+pub const RECORD_TYPES: [&str; 26] = [
     "header",
     "process",
     "stack",
@@ -50,6 +50,8 @@ pub const RECORD_TYPES: [&str; 24] = [
     "lost",
     "nvml",
     "footer",
+    "pool_attr",
+    "sync",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -804,6 +806,8 @@ fn type_index(rec: &Record) -> usize {
         Record::Lost(_) => 21,
         Record::Nvml(_) => 22,
         Record::Footer(_) => 23,
+        Record::PoolAttr(_) => 24,
+        Record::Sync(_) => 25,
     }
 }
 
@@ -960,6 +964,8 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"pool_create" => Some(as_call(line, names, Record::PoolCreate)),
             b"pool_destroy" => Some(as_call(line, names, Record::PoolDestroy)),
             b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
+            b"pool_attr" => Some(as_call(line, names, Record::PoolAttr)),
+            b"sync" => Some(as_call(line, names, Record::Sync)),
             b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
             b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
             b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),

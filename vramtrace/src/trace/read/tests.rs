@@ -96,6 +96,8 @@ pub(crate) fn body() -> Vec<Record> {
         signalled: Some(6),
         src_mem: Some(crate::trace::CopySrc::Unified),
         src: Some(0x5500_0000),
+        attr: Some(4),
+        value: Some(1 << 30),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -177,6 +179,8 @@ pub(crate) fn body() -> Vec<Record> {
         Record::PoolCreate(call("cuMemPoolCreate")),
         Record::PoolDestroy(call("cuMemPoolDestroy")),
         Record::PoolTrim(call("cuMemPoolTrimTo")),
+        Record::PoolAttr(call("cuMemPoolSetAttribute")),
+        Record::Sync(call("cuStreamSynchronize_ptsz")),
         Record::CtxCreate(call("cuCtxCreate_v2")),
         Record::CtxDestroy(call("cuCtxDestroy_v2")),
         Record::CtxCurrent(call("cuCtxSetCurrent")),
@@ -281,6 +285,8 @@ fn record_types_are_every_kind() {
             | Record::PoolCreate(_)
             | Record::PoolDestroy(_)
             | Record::PoolTrim(_)
+            | Record::PoolAttr(_)
+            | Record::Sync(_)
             | Record::CtxCreate(_)
             | Record::CtxDestroy(_)
             | Record::CtxCurrent(_)
@@ -1076,6 +1082,8 @@ fn call() -> impl Strategy<Value = Call> {
                     [None, Some(Host), Some(Device), Some(Array), Some(Unified)][f as usize % 5]
                 }),
                 src: flags.and(offset),
+                attr: flags.map(|f| f as u32 % 9),
+                value: flags.and(pitch),
             },
         )
 }
