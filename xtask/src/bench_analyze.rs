@@ -257,12 +257,13 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
     println!(
-        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>8} {:>8} {:>9} {:>7} {:>8}",
+        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>8} {:>9} {:>7} {:>8}",
         "events",
         "MiB",
         "analyze",
         "CPU",
         "events/s",
+        "ev/CPU-s",
         "RSS MiB",
         "read",
         "jq empty",
@@ -294,19 +295,21 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             format!("{:>9} {:>7} {:>8}", "-", "-", "-")
         };
         println!(
-            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>8.1} {:>7.2}s {jq_cols}",
+            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>11.0} {:>8.1} {:>7.2}s {jq_cols}",
             events,
             mib,
             a.wall,
             a.cpu,
             events as f64 / a.wall,
+            events as f64 / a.cpu,
             a.rss_kib as f64 / 1024.0,
             read,
         );
     }
     println!(
-        "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run; \
-         read: the trace read and checked alone (no replay)",
+        "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run \
+         (its reader thread and its Ledger thread together), ev/CPU-s the events per CPU \
+         second; read: the trace read and checked alone (no replay)",
         args.runs.max(1)
     );
     Ok(())

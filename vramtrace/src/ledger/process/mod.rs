@@ -9,7 +9,7 @@ mod pool;
 mod types;
 mod vmm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
@@ -573,10 +573,33 @@ impl ProcessState {
             self.anomaly("alloc_without_address", || describe(c));
             return;
         };
+        // Nothing is live at the address, as a rule: then the tree is searched once, to
+        // insert. Nothing on the way to the insertion reads `by_addr`, so it is set aside.
+        let mut by_addr = std::mem::take(&mut self.by_addr);
+        if let btree_map::Entry::Vacant(slot) = by_addr.entry(addr) {
+            slot.insert(self.start_at(t, c, a, addr));
+            self.by_addr = by_addr;
+            return;
+        }
+        self.by_addr = by_addr;
         if let Some(old) = self.by_addr.remove(&addr) {
             self.anomaly("alloc_over_live", || describe(c));
             self.release(t, old, EndCause::Replaced, ts);
         }
+        let a = self.start_at(t, c, a, addr);
+        self.by_addr.insert(addr, a);
+    }
+
+    /// Books `a`, about to be inserted at `addr` with nothing live there: out of its pool's
+    /// held bytes when stream-ordered, classified, its bytes added, its change made.
+    fn start_at(
+        &mut self,
+        t: &mut Totals,
+        c: &Call,
+        mut a: LiveAllocation,
+        addr: u64,
+    ) -> Arc<LiveAllocation> {
+        let (mem, bytes, ts) = (a.mem, a.bytes, c.ts_ns);
         self.freed.remove(&addr);
 
         if mem == Mem::DeviceAsync {
@@ -611,7 +634,7 @@ impl ProcessState {
         self.book_add(t, a.device, class_of(mem), bytes, ts);
         let a = Arc::new(a);
         self.started(&a);
-        self.by_addr.insert(addr, a);
+        a
     }
 
     pub(crate) fn on_free(&mut self, t: &mut Totals, c: &Call) {

@@ -145,30 +145,34 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
 /// `None` for any other key (`unreadable` is rare, and keys of later minor versions are
 /// serde's to skip).
 pub(super) fn call_key(rest: &[u8]) -> Option<(usize, usize)> {
-    let (i, lit): (usize, &[u8]) = match rest.get(..4)? {
-        [b'"', b'a', b'p', _] => (0, b"\"api\":"),
-        [b'"', b'p', b'r', _] => (1, b"\"proc\":"),
-        [b'"', b'p', b'i', b'd'] => (2, b"\"pid\":"),
-        [b'"', b't', b'i', _] => (3, b"\"tid\":"),
-        [b'"', b't', b's', _] => (4, b"\"ts_ns\":"),
-        [b'"', b'r', b'e', _] => (5, b"\"ret\":"),
-        [b'"', b'd', b'u', _] => (6, b"\"dur_ns\":"),
-        [b'"', b'b', b'y', _] => (7, b"\"bytes\":"),
-        [b'"', b'a', b'd', _] => (8, b"\"addr\":"),
-        [b'"', b'm', b'e', _] => (9, b"\"mem\":"),
-        [b'"', b'h', b'a', _] => (10, b"\"handle\":"),
-        [b'"', b'd', b'e', _] => (11, b"\"device\":"),
-        [b'"', b'p', b'o', _] => (12, b"\"pool\":"),
-        [b'"', b's', b't', b'r'] => (13, b"\"stream\":"),
-        [b'"', b'o', b'f', _] => (14, b"\"offset\":"),
-        [b'"', b'f', b'l', _] => (15, b"\"flags\":"),
-        [b'"', b'p', b'i', b't'] => (16, b"\"pitch\":"),
-        [b'"', b's', b't', b'a'] => (17, b"\"stack\":"),
-        [b'"', b's', b'r', b'c'] if rest.get(4) == Some(&b'_') => (19, b"\"src_mem\":"),
-        [b'"', b's', b'r', b'c'] => (18, b"\"src\":"),
-        _ => return None,
-    };
-    rest.starts_with(lit).then_some((i, lit.len()))
+    // Each literal is compared where its length is a constant, as a few loads rather than a
+    // call to `memcmp`: this runs for every key of every line.
+    fn is<const N: usize>(rest: &[u8], i: usize, lit: &[u8; N]) -> Option<(usize, usize)> {
+        (rest.get(..N)? == lit).then_some((i, N))
+    }
+    match rest.get(..4)? {
+        [b'"', b'a', b'p', _] => is(rest, 0, b"\"api\":"),
+        [b'"', b'p', b'r', _] => is(rest, 1, b"\"proc\":"),
+        [b'"', b'p', b'i', b'd'] => is(rest, 2, b"\"pid\":"),
+        [b'"', b't', b'i', _] => is(rest, 3, b"\"tid\":"),
+        [b'"', b't', b's', _] => is(rest, 4, b"\"ts_ns\":"),
+        [b'"', b'r', b'e', _] => is(rest, 5, b"\"ret\":"),
+        [b'"', b'd', b'u', _] => is(rest, 6, b"\"dur_ns\":"),
+        [b'"', b'b', b'y', _] => is(rest, 7, b"\"bytes\":"),
+        [b'"', b'a', b'd', _] => is(rest, 8, b"\"addr\":"),
+        [b'"', b'm', b'e', _] => is(rest, 9, b"\"mem\":"),
+        [b'"', b'h', b'a', _] => is(rest, 10, b"\"handle\":"),
+        [b'"', b'd', b'e', _] => is(rest, 11, b"\"device\":"),
+        [b'"', b'p', b'o', _] => is(rest, 12, b"\"pool\":"),
+        [b'"', b's', b't', b'r'] => is(rest, 13, b"\"stream\":"),
+        [b'"', b'o', b'f', _] => is(rest, 14, b"\"offset\":"),
+        [b'"', b'f', b'l', _] => is(rest, 15, b"\"flags\":"),
+        [b'"', b'p', b'i', b't'] => is(rest, 16, b"\"pitch\":"),
+        [b'"', b's', b't', b'a'] => is(rest, 17, b"\"stack\":"),
+        [b'"', b's', b'r', b'c'] if rest.get(4) == Some(&b'_') => is(rest, 19, b"\"src_mem\":"),
+        [b'"', b's', b'r', b'c'] => is(rest, 18, b"\"src\":"),
+        _ => None,
+    }
 }
 
 /// A position in a line, for [`fast_call`].
@@ -206,21 +210,7 @@ impl<'a> Cursor<'a> {
     /// Digits, no sign, no leading zero, then `,` or `}`.
     pub(super) fn unsigned(&mut self) -> Option<u64> {
         let rest = &self.bytes[self.at..];
-        let mut n = 0u64;
-        let mut len = 0;
-        for &b in rest {
-            let d = b.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            // 19 digits always fit in a u64; the 20th may not.
-            n = if len < 19 {
-                n * 10 + u64::from(d)
-            } else {
-                n.checked_mul(10)?.checked_add(u64::from(d))?
-            };
-            len += 1;
-        }
+        let (n, len) = digits(rest)?;
         if len == 0 || (len > 1 && rest[0] == b'0') || !matches!(rest.get(len)?, b',' | b'}') {
             return None;
         }
@@ -249,4 +239,40 @@ pub(super) fn leading_tag(line: &[u8]) -> Option<&[u8]> {
     let rest = line.strip_prefix(PREFIX)?;
     let end = rest.iter().take(32).position(|&b| b == b'"')?;
     Some(&rest[..end])
+}
+
+/// The run of ASCII digits that starts `rest`: its value and length; `None` when the value
+/// does not fit a u64. A byte at a time: most numbers of a call line are a few digits long,
+/// and eight-byte words (tried) cost more instructions than they save.
+pub(super) fn digits(rest: &[u8]) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    let mut len = 0;
+    while let Some(d) = rest
+        .get(len)
+        .map(|b| b.wrapping_sub(b'0'))
+        .filter(|&d| d <= 9)
+    {
+        if len == 19 {
+            // 19 digits always fit in a u64; the 20th may not.
+            return digits_checked(rest);
+        }
+        n = n * 10 + u64::from(d);
+        len += 1;
+    }
+    Some((n, len))
+}
+
+/// [`digits`] with every step checked: for runs of more than 19 digits.
+fn digits_checked(rest: &[u8]) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    let mut len = 0;
+    for d in rest
+        .iter()
+        .map(|b| b.wrapping_sub(b'0'))
+        .take_while(|&d| d <= 9)
+    {
+        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
+        len += 1;
+    }
+    Some((n, len))
 }

@@ -357,6 +357,43 @@ fn numbers_of_every_length_parse() {
 }
 
 #[test]
+fn digit_runs_read_as_str_parse_reads_them() {
+    // Every length of run, at every distance from the end of the line, ended by every byte:
+    // the unchecked first 19 digits and the checked rest give what `str::parse` gives.
+    let reference = |bytes: &[u8]| -> Option<(u64, usize)> {
+        let len = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+        let text = std::str::from_utf8(&bytes[..len]).expect("ascii");
+        match len {
+            0 => Some((0, 0)),
+            _ => text.parse().ok().map(|n| (n, len)),
+        }
+    };
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for len in 0..=22usize {
+        for tail in 0..=9usize {
+            for end in 0..=255u8 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|i| b'0' + ((seed >> (i % 16 * 4)) % 10) as u8)
+                    .collect();
+                if tail > 0 {
+                    bytes.push(end);
+                    bytes.extend(std::iter::repeat_n(b'}', tail - 1));
+                }
+                assert_eq!(
+                    super::fast::digits(&bytes),
+                    reference(&bytes),
+                    "{}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn call_keys_are_told_apart() {
     for (i, key) in CALL_KEYS.iter().enumerate() {
         let quoted = [b"\"", *key, b"\":1,"].concat();
