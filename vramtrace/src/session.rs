@@ -518,12 +518,13 @@ impl Recorder {
                 path.display()
             );
         }
+        // Held until the probes are attached: a copy found inside a process's root is
+        // attached through the descriptor it was opened with.
+        let mut found = Vec::new();
         let libraries = if opts.libcuda.is_empty() {
-            probe::libcuda::discover(&[], &opts.pids)
-                .context("finding the CUDA driver library")?
-                .into_iter()
-                .map(|l| l.path)
-                .collect()
+            found = probe::libcuda::discover(&[], &opts.pids)
+                .context("finding the CUDA driver library")?;
+            found.iter().map(|l| l.path.clone()).collect()
         } else {
             for path in &opts.libcuda {
                 if !path.exists() {
@@ -548,6 +549,7 @@ impl Recorder {
             ..probe::Config::default()
         };
         let mut tracer = Tracer::start(&config).context("starting the probes")?;
+        drop(found);
         let python = if opts.stacks == crate::probe::StackMode::Dwarf {
             let map = tracer.take_python_map().context("the CPython layout map")?;
             let w = PyWatcher::spawn(map).context("starting the CPython watcher thread")?;
