@@ -701,12 +701,6 @@ mod tests {
     /// Needs root (chroot), as CI is.
     #[test]
     fn reads_inside_the_process_root_with_its_own_links() {
-        assert_eq!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() },
-            0,
-            "this test chroots a thread: run it as root"
-        );
         let image = tempfile::tempdir().expect("tempdir");
         let host = tempfile::tempdir().expect("tempdir");
         let secret = host.path().join("secret");
@@ -720,28 +714,14 @@ mod tests {
         std::os::unix::fs::symlink("/run", image.path().join("var/run")).expect("symlink");
         std::os::unix::fs::symlink(&secret, image.path().join("leak")).expect("symlink");
 
-        let root = CString::new(image.path().as_os_str().as_encoded_bytes()).expect("path");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
-            // NUL-terminated path, which lives through the calls.
-            let ok =
-                unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(root.as_ptr()) == 0 };
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            let _ = tid_tx.send(ok.then_some(tid as u32));
-            let _ = done_rx.recv();
-        });
-        let tid = tid_rx
-            .recv()
-            .expect("the thread")
-            .expect("unshare and chroot");
-        let namespace = read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256);
-        let leaked = read_in_root(tid, "leak", 256);
-        let through_proc = fs::read_to_string(proc_path(tid, "root").join("leak")).ok();
-        let _ = done_tx.send(());
-        thread.join().expect("the thread");
+        let (namespace, leaked, through_proc) =
+            crate::testing::with_own_root(image.path(), |tid| {
+                (
+                    read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256),
+                    read_in_root(tid, "leak", 256),
+                    fs::read_to_string(proc_path(tid, "root").join("leak")).ok(),
+                )
+            });
         assert_eq!(namespace.as_deref(), Some("inference\n"));
         assert_eq!(leaked, None);
         // Through /proc/TID/root alone, the planted link reads the host's file.

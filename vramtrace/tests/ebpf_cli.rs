@@ -518,6 +518,44 @@ fn a_signal_to_vramtrace_alone_leaves_the_command_running_and_says_so_in_the_tra
     );
 }
 
+/// Records `-p` the PID of `target` (a workload waiting for a line on its stdin) into `trace`,
+/// with `args`, then lets it go: the recorder must end by itself once the PID has exited, and
+/// succeed. Gives the recorder's stderr.
+fn record_waiting_target(
+    target: &mut std::process::Child,
+    trace: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> String {
+    let stderr_path = trace.with_extension("stderr");
+    let mut rec = vramtrace()
+        .args(["record", "--no-nvml", "-o"])
+        .arg(trace)
+        .args(args)
+        .args(["-p", &target.id().to_string()])
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_header(trace);
+    use std::io::Write as _;
+    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(target.wait().unwrap().success());
+    // No signal: the recorder ends by itself once the process it was given has exited.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = rec.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the recorder did not end after its PID exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
 /// A process with a root of its own, as a container's: `-p PID` before it loads the driver
 /// finds the copy its image holds where its loader looks, through the image's absolute links
 /// (`/lib64 -> /usr/lib64`, `libcuda.so.1 -> /run/nvidia/driver/.../libcuda.so.580.95.05`,
@@ -569,21 +607,7 @@ fn a_process_in_its_own_root_is_traced_on_the_driver_copy_its_links_lead_to() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stderr_path = dir.path().join("stderr.txt");
-    let mut rec = vramtrace()
-        .args(["record", "--no-nvml", "-v", "-o"])
-        .arg(&trace)
-        .args(["-p", &pid.to_string()])
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_header(&trace);
-    use std::io::Write as _;
-    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert!(target.wait().unwrap().success());
-    let status = rec.wait().unwrap();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    assert!(status.success(), "{stderr}");
+    let stderr = record_waiting_target(&mut target, &trace, &[]);
     let (records, summary) = read(&trace);
     let copy = summary
         .header
@@ -610,34 +634,7 @@ fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
     let trace = dir.path().join("attach.jsonl");
     // Already running when the recorder attaches; it touches the driver once told to.
     let mut target = waiting_workload("mixed", Stdio::null());
-    let stderr_path = dir.path().join("stderr.txt");
-    let mut rec = vramtrace()
-        .args(["record", "--no-nvml", "-o"])
-        .arg(&trace)
-        .arg("--libcuda")
-        .arg(lib)
-        .args(["-p", &target.id().to_string()])
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_header(&trace);
-    use std::io::Write as _;
-    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert!(target.wait().unwrap().success());
-    // No signal: the recorder ends by itself once the process it was given has exited.
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = rec.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the recorder did not end after its PID exited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    assert!(status.success(), "{stderr}");
+    let stderr = record_waiting_target(&mut target, &trace, &["--libcuda".as_ref(), lib.as_ref()]);
     assert!(
         stderr.contains("what they allocated before now is not in the trace"),
         "{stderr}"

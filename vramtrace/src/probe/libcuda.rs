@@ -1216,12 +1216,6 @@ mod tests {
     /// root (chroot), as CI is.
     #[test]
     fn finds_the_copy_in_a_process_root_through_its_absolute_links() {
-        assert_eq!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() },
-            0,
-            "this test chroots a thread: run it as root"
-        );
         let image = tempfile::tempdir().expect("tempdir");
         let real = format!("/usr/lib/{MULTIARCH}/nvidia/current/libcuda.so.535.309.01");
         let copy = image.path().join(real.trim_start_matches('/'));
@@ -1235,30 +1229,10 @@ mod tests {
         fs::create_dir_all(image.path().join("etc")).expect("mkdir");
         fs::copy(LD_SO_CACHE, image.path().join("etc/ld.so.cache")).expect("copy the cache");
 
-        let dir =
-            std::ffi::CString::new(image.path().as_os_str().as_encoded_bytes()).expect("path");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
-            // NUL-terminated path, which lives through the calls.
-            let ok =
-                unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(dir.as_ptr()) == 0 };
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            let _ = tid_tx.send(ok.then_some(tid as u32));
-            let _ = done_rx.recv();
+        let (tid, through_proc, libs) = crate::testing::with_own_root(image.path(), |tid| {
+            let path = format!("/proc/{tid}/root/lib/{MULTIARCH}/{SONAME}");
+            (tid, inode(Path::new(&path)), discover(&[], &[tid]))
         });
-        let tid = tid_rx
-            .recv()
-            .expect("the thread")
-            .expect("unshare and chroot");
-        let through_proc = inode(Path::new(&format!(
-            "/proc/{tid}/root/lib/{MULTIARCH}/{SONAME}"
-        )));
-        let libs = discover(&[], &[tid]);
-        let _ = done_tx.send(());
-        thread.join().expect("the thread");
         let libs = libs.expect("discover");
 
         let host = inode(Path::new(NVIDIA_LIBCUDA));
