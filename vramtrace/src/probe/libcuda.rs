@@ -510,6 +510,13 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
             continue;
         }
         any = true;
+        if is_stub(Path::new(&mapping.path)) {
+            searched.push(format!(
+                "{maps_path}: maps the CUDA toolkit stub {}, skipped",
+                crate::procinfo::sanitize(&mapping.path)
+            ));
+            continue;
+        }
         candidates.push(Candidate {
             path: PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range)),
             found_by: format!(
