@@ -268,7 +268,12 @@ pub fn read_in_root(pid: u32, path: &str, max: usize) -> Option<String> {
 /// container's `/var/run -> /run` or `/usr/lib64 -> /usr/lib` would miss or find the host's
 /// file, and a link a process planted would open a file of the host's.
 pub fn open_in_root(pid: u32, path: &Path) -> io::Result<fs::File> {
-    open_beneath(&fs::File::open(proc_path(pid, "root"))?, path)
+    open_beneath(&root_of(pid)?, path)
+}
+
+/// The root directory of `pid`, open: what [`open_beneath`] resolves paths in for it.
+pub fn root_of(pid: u32) -> io::Result<fs::File> {
+    fs::File::open(proc_path(pid, "root"))
 }
 
 /// Opens `path` (absolute or relative, both taken from `root`) for reading with the directory

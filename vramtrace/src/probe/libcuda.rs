@@ -529,7 +529,7 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
     }
     if !any {
         searched.push(format!("{maps_path}: no libcuda.so mapped (yet)"));
-        match fs::File::open(format!("/proc/{pid}/root")) {
+        match crate::procinfo::root_of(pid) {
             Ok(root) => root_candidates(&root, &format!("PID {pid}'s root"), candidates, searched),
             Err(err) => searched.push(format!("/proc/{pid}/root: {err}")),
         }
