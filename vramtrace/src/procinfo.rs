@@ -250,15 +250,38 @@ fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
         && s.bytes().last().is_some_and(ok)
 }
 
-/// Reads at most `max` bytes of `path` (relative) inside the root directory of `pid`, as the
-/// process would see it: every symbolic link on the way, absolute ones included, resolves
-/// within that root (`openat2` with `RESOLVE_IN_ROOT`). Through `/proc/PID/root/PATH` alone an
-/// absolute link would resolve in the reader's root: a container's `/var/run -> /run` would
-/// miss, and a link a process planted would read a file of the host's. `None` when it cannot
-/// be read, or on a kernel without `openat2` (before 5.6).
+/// Reads at most `max` bytes of the regular file `path` inside the root directory of `pid`, as
+/// the process would see it (see [`open_in_root`]). `None` when it cannot be read.
 pub fn read_in_root(pid: u32, path: &str, max: usize) -> Option<String> {
-    let root = fs::File::open(proc_path(pid, "root")).ok()?;
-    let path = CString::new(path).ok()?;
+    let file = open_in_root(pid, Path::new(path)).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(max as u64).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Opens `path` for reading inside the root directory of `pid`, as the process would see it:
+/// every symbolic link on the way, absolute ones included, resolves within that root. Through
+/// `/proc/PID/root/PATH` alone an absolute link would resolve in the reader's root: a
+/// container's `/var/run -> /run` or `/usr/lib64 -> /usr/lib` would miss or find the host's
+/// file, and a link a process planted would open a file of the host's.
+pub fn open_in_root(pid: u32, path: &Path) -> io::Result<fs::File> {
+    open_beneath(&root_of(pid)?, path)
+}
+
+/// The root directory of `pid`, open: what [`open_beneath`] resolves paths in for it.
+pub fn root_of(pid: u32) -> io::Result<fs::File> {
+    fs::File::open(proc_path(pid, "root"))
+}
+
+/// Opens `path` (absolute or relative, both taken from `root`) for reading with the directory
+/// `root` as its `/`: `openat2` with `RESOLVE_IN_ROOT`, so that neither `..` nor a symbolic
+/// link, absolute or relative, leaves it, and with `RESOLVE_NO_MAGICLINKS`, so that no
+/// `/proc/*/fd` link inside it does either. Fails on a kernel without `openat2` (before 5.6).
+pub fn open_beneath(root: &fs::File, path: &Path) -> io::Result<fs::File> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: open_how is three integers; all zero is a valid value, set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
@@ -275,15 +298,12 @@ pub fn read_in_root(pid: u32, path: &str, max: usize) -> Option<String> {
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
-    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    if !file.metadata().ok()?.is_file() {
-        return None;
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let mut text = String::new();
-    file.take(max as u64).read_to_string(&mut text).ok()?;
-    Some(text)
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("openat2 gave no descriptor"))?;
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Finds the UID of the Kubernetes pod in the text of `/proc/PID/cgroup`.
@@ -686,12 +706,6 @@ mod tests {
     /// Needs root (chroot), as CI is.
     #[test]
     fn reads_inside_the_process_root_with_its_own_links() {
-        assert_eq!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() },
-            0,
-            "this test chroots a thread: run it as root"
-        );
         let image = tempfile::tempdir().expect("tempdir");
         let host = tempfile::tempdir().expect("tempdir");
         let secret = host.path().join("secret");
@@ -705,28 +719,14 @@ mod tests {
         std::os::unix::fs::symlink("/run", image.path().join("var/run")).expect("symlink");
         std::os::unix::fs::symlink(&secret, image.path().join("leak")).expect("symlink");
 
-        let root = CString::new(image.path().as_os_str().as_encoded_bytes()).expect("path");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
-            // NUL-terminated path, which lives through the calls.
-            let ok =
-                unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(root.as_ptr()) == 0 };
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            let _ = tid_tx.send(ok.then_some(tid as u32));
-            let _ = done_rx.recv();
-        });
-        let tid = tid_rx
-            .recv()
-            .expect("the thread")
-            .expect("unshare and chroot");
-        let namespace = read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256);
-        let leaked = read_in_root(tid, "leak", 256);
-        let through_proc = fs::read_to_string(proc_path(tid, "root").join("leak")).ok();
-        let _ = done_tx.send(());
-        thread.join().expect("the thread");
+        let (namespace, leaked, through_proc) =
+            crate::testing::with_own_root(image.path(), |tid| {
+                (
+                    read_in_root(tid, SERVICE_ACCOUNT_NAMESPACE, 256),
+                    read_in_root(tid, "leak", 256),
+                    fs::read_to_string(proc_path(tid, "root").join("leak")).ok(),
+                )
+            });
         assert_eq!(namespace.as_deref(), Some("inference\n"));
         assert_eq!(leaked, None);
         // Through /proc/TID/root alone, the planted link reads the host's file.

@@ -518,12 +518,13 @@ impl Recorder {
                 path.display()
             );
         }
+        // Held until the probes are attached: a copy found inside a process's root is
+        // attached through the descriptor it was opened with.
+        let mut found = Vec::new();
         let libraries = if opts.libcuda.is_empty() {
-            probe::libcuda::discover(&[], &opts.pids)
-                .context("finding the CUDA driver library")?
-                .into_iter()
-                .map(|l| l.path)
-                .collect()
+            found = probe::libcuda::discover(&[], &opts.pids)
+                .context("finding the CUDA driver library")?;
+            found.iter().map(|l| l.path.clone()).collect()
         } else {
             for path in &opts.libcuda {
                 if !path.exists() {
@@ -548,6 +549,7 @@ impl Recorder {
             ..probe::Config::default()
         };
         let mut tracer = Tracer::start(&config).context("starting the probes")?;
+        drop(found);
         let python = if opts.stacks == crate::probe::StackMode::Dwarf {
             let map = tracer.take_python_map().context("the CPython layout map")?;
             let w = PyWatcher::spawn(map).context("starting the CPython watcher thread")?;
@@ -965,6 +967,11 @@ fn process_alive(pid: u32) -> bool {
 /// How long a signal that stops the recording waits for the traced command to end too.
 const CHILD_GRACE: Duration = Duration::from_millis(1500);
 
+/// How long, after the command was ended by SIGINT or SIGTERM, the recording waits for the
+/// same signal to reach vramtrace (sent to the process group), before it says that the
+/// command's end stopped it.
+const SIGNAL_LAG: Duration = Duration::from_millis(500);
+
 /// Runs a recording to its end, handing every batch of records to `live` as well: pumps on
 /// every wake-up of the ring buffer and every 100 ms, until the command exits, the duration
 /// elapses, a signal arrives or the live sink hangs up.
@@ -989,7 +996,12 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
     let child_pid = child.as_ref().and_then(tokio::process::Child::id);
 
     let why = loop {
+        // Biased, signals first: Ctrl-C ends the command too, and when both are ready the
+        // recording was stopped by the signal, not by the command's end.
         let why = tokio::select! {
+            biased;
+            _ = sigint.recv() => Some("SIGINT"),
+            _ = sigterm.recv() => Some("SIGTERM"),
             guard = ring.readable() => {
                 let mut guard = guard?;
                 guard.clear_ready();
@@ -1002,8 +1014,6 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
                     && opts.pids.iter().all(|&pid| !process_alive(pid)))
                 .then_some("traced processes exited")
             }
-            _ = sigint.recv() => Some("SIGINT"),
-            _ = sigterm.recv() => Some("SIGTERM"),
             _ = async {
                 match stop.as_mut() {
                     Some(s) => { let _ = s.await; }
@@ -1032,6 +1042,21 @@ pub async fn record_with(opts: RecordOptions, live: Option<LiveSink>) -> Result<
             break why;
         }
         recorder.pump()?;
+    };
+    // A signal to the whole process group (Ctrl-C, `kill -- -PGID`) ends the command and
+    // reaches vramtrace too, but its handler may run on another of our threads a moment after
+    // the command's end is seen: wait a little for it, so that the trace says the recording
+    // was stopped by the signal whichever was seen first.
+    let why = match command_status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)) {
+        Some(libc::SIGINT | libc::SIGTERM) if why == "command exited" => {
+            tokio::select! {
+                biased;
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+                _ = tokio::time::sleep(SIGNAL_LAG) => why,
+            }
+        }
+        _ => why,
     };
     if let Some(c) = child.as_mut()
         && matches!(why, "SIGINT" | "SIGTERM")

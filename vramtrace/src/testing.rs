@@ -11,6 +11,38 @@ use crate::trace::{
     Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Frame, Header, Mem, Process, Record, Stack,
 };
 
+/// Runs `f` with the id of a thread whose root is `dir` (`unshare(CLONE_FS)`, then `chroot`),
+/// as a container's process has a root of its own; the thread ends once `f` returns. Needs
+/// root, as CI is.
+pub fn with_own_root<R>(dir: &std::path::Path, f: impl FnOnce(u32) -> R) -> R {
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "this test chroots a thread: run it as root"
+    );
+    let root = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare, chroot and gettid touch only this thread's own fs state and the
+        // NUL-terminated path, which lives through the calls.
+        let ok = unsafe { libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(root.as_ptr()) == 0 };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let _ = tid_tx.send(ok.then_some(tid as u32));
+        let _ = done_rx.recv();
+    });
+    let tid = tid_rx
+        .recv()
+        .expect("the thread")
+        .expect("unshare and chroot");
+    let result = f(tid);
+    let _ = done_tx.send(());
+    thread.join().expect("the thread");
+    result
+}
+
 /// Processes in a random sequence.
 pub const PROCS: u32 = 2;
 /// A mebibyte.

@@ -518,25 +518,24 @@ fn a_signal_to_vramtrace_alone_leaves_the_command_running_and_says_so_in_the_tra
     );
 }
 
-#[test]
-fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
-    require_root();
-    let (lib, _) = sim();
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("attach.jsonl");
-    // Already running when the recorder attaches; it touches the driver once told to.
-    let mut target = waiting_workload("mixed", Stdio::null());
-    let stderr_path = dir.path().join("stderr.txt");
+/// Records `-p` the PID of `target` (a workload waiting for a line on its stdin) into `trace`,
+/// with `args`, then lets it go: the recorder must end by itself once the PID has exited, and
+/// succeed. Gives the recorder's stderr.
+fn record_waiting_target(
+    target: &mut std::process::Child,
+    trace: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> String {
+    let stderr_path = trace.with_extension("stderr");
     let mut rec = vramtrace()
         .args(["record", "--no-nvml", "-o"])
-        .arg(&trace)
-        .arg("--libcuda")
-        .arg(lib)
+        .arg(trace)
+        .args(args)
         .args(["-p", &target.id().to_string()])
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    wait_for_header(&trace);
+    wait_for_header(trace);
     use std::io::Write as _;
     target.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(target.wait().unwrap().success());
@@ -554,6 +553,88 @@ fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
     };
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(status.success(), "{stderr}");
+    stderr
+}
+
+/// A process with a root of its own, as a container's: `-p PID` before it loads the driver
+/// finds the copy its image holds where its loader looks, through the image's absolute links
+/// (`/lib64 -> /usr/lib64`, `libcuda.so.1 -> /run/nvidia/driver/.../libcuda.so.580.95.05`,
+/// here the simulated driver), and its calls are traced there. The image shares the host's
+/// `/usr` through a bind mount in a private mount namespace, as images share a base layer.
+#[test]
+fn a_process_in_its_own_root_is_traced_on_the_driver_copy_its_links_lead_to() {
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image");
+    let drivers = image.join("run/nvidia/driver/usr/lib64");
+    std::fs::create_dir_all(&drivers).unwrap();
+    std::fs::create_dir_all(image.join("usr")).unwrap();
+    std::fs::create_dir_all(image.join("opt")).unwrap();
+    for (link, target) in [
+        ("bin", "/usr/bin"),
+        ("lib", "/usr/lib"),
+        ("lib64", "/usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(target, image.join(link)).unwrap();
+    }
+    std::fs::copy(lib, drivers.join("libcuda.so.580.95.05")).unwrap();
+    std::os::unix::fs::symlink(
+        "/run/nvidia/driver/usr/lib64/libcuda.so.580.95.05",
+        drivers.join("libcuda.so.1"),
+    )
+    .unwrap();
+    std::fs::copy(workload, image.join("opt/workload")).unwrap();
+    let trace = dir.path().join("root.jsonl");
+    // unshare, sh and chroot each exec the next: the PID stays the workload's.
+    let mut target = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind /usr {0}/usr && exec chroot {0} /bin/sh -c \
+             'read _; exec /opt/workload --lib /run/nvidia/driver/usr/lib64/libcuda.so.1 mixed'",
+            image.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let start = Instant::now();
+    while std::fs::read_link(format!("/proc/{pid}/root")).ok() != Some(image.clone()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the process did not chroot"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = record_waiting_target(&mut target, &trace, &[]);
+    let (records, summary) = read(&trace);
+    let copy = summary
+        .header
+        .libraries
+        .iter()
+        .find(|l| l.path.starts_with("/proc/self/fd/"))
+        .unwrap_or_else(|| panic!("the image's copy is attached: {stderr}"));
+    assert_eq!(copy.build_id, vramtrace::probe::libcuda::build_id(lib));
+    let calls: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.call())
+        .filter(|c| c.pid == pid)
+        .map(|c| &*c.api)
+        .collect();
+    assert!(calls.contains(&"cuMemAlloc_v2"), "{calls:?}\n{stderr}");
+    assert!(calls.contains(&"cuMemCreate"), "{calls:?}\n{stderr}");
+}
+
+#[test]
+fn attaching_with_pid_says_what_is_unseen_and_ends_when_the_pids_exit() {
+    require_root();
+    let (lib, _) = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("attach.jsonl");
+    // Already running when the recorder attaches; it touches the driver once told to.
+    let mut target = waiting_workload("mixed", Stdio::null());
+    let stderr = record_waiting_target(&mut target, &trace, &["--libcuda".as_ref(), lib.as_ref()]);
     assert!(
         stderr.contains("what they allocated before now is not in the trace"),
         "{stderr}"

@@ -2,9 +2,11 @@
 //!
 //! The probes go on NVIDIA's exported symbols, so the first job is to find every copy of the
 //! library that a traced process may load: where the dynamic loader would look, and, for a
-//! running process, what it has actually mapped (which, inside a container, is a file of the
-//! container's root filesystem, reached from the host through `/proc/PID/root`). Uprobes are
-//! per inode, so copies are deduplicated by (device, inode).
+//! running process, what it has actually mapped (reached through `/proc/PID/map_files/`, which
+//! names exactly the mapped file, in a container too) or, when it has not loaded the driver
+//! yet, where its loader would look inside its own root (opened with every link resolved in
+//! that root, never in ours). Uprobes are per inode, so copies are deduplicated by (device,
+//! inode).
 //!
 //! The second job is to list each entry point's exported variants (`cuMemAlloc`,
 //! `cuMemAlloc_v2`, `cuMemAllocAsync_ptsz`, ...): CUDA 12 runtimes call through
@@ -15,9 +17,11 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _, Sym as _};
@@ -40,11 +44,15 @@ pub struct ExportedFn {
 }
 
 /// One copy of the driver library that probes can be attached to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Library {
-    /// Path to attach to: canonical on the host, or `/proc/PID/root/...` (or
-    /// `/proc/PID/map_files/...` for a replaced file) for a copy only a process can see.
+    /// Path to attach to: canonical on the host; `/proc/PID/map_files/...` for the copy a
+    /// process maps; `/proc/self/fd/N` for a copy found inside a process's root, valid while
+    /// [`Library::file`] is held.
     pub path: PathBuf,
+    /// The file, held open when `path` names it through this process's descriptor: keep the
+    /// `Library` until the probes are attached.
+    pub file: Option<Arc<fs::File>>,
     /// GNU build ID, hex.
     pub build_id: Option<String>,
     /// (device, inode) of the file: uprobes are per inode, so this identifies the copy.
@@ -190,9 +198,24 @@ fn is_stub(path: &Path) -> bool {
 struct Candidate {
     path: PathBuf,
     found_by: String,
-    /// Keep this path as is: canonicalizing would follow `/proc/PID/root` out of the
-    /// process's mount namespace.
+    /// Keep this path as is: it is a `/proc` link to one file, which canonicalizing would
+    /// follow to a name in another mount namespace.
     keep_path: bool,
+    /// The file already opened (inside a process's root); `path` names it through our
+    /// descriptor.
+    file: Option<Arc<fs::File>>,
+}
+
+impl Candidate {
+    /// A path in this process's root, resolved as the loader would.
+    fn host(path: PathBuf, found_by: &str) -> Self {
+        Candidate {
+            path,
+            found_by: found_by.to_string(),
+            keep_path: false,
+            file: None,
+        }
+    }
 }
 
 /// Finds the driver libraries to attach to.
@@ -212,21 +235,13 @@ pub fn discover(explicit: &[PathBuf], pids: &[u32]) -> Result<Vec<Library>, Disc
     match std::env::var_os("LD_LIBRARY_PATH") {
         Some(value) if !value.is_empty() => {
             for dir in std::env::split_paths(&value).filter(|d| !d.as_os_str().is_empty()) {
-                candidates.push(Candidate {
-                    path: dir.join(SONAME),
-                    found_by: "LD_LIBRARY_PATH".to_string(),
-                    keep_path: false,
-                });
+                candidates.push(Candidate::host(dir.join(SONAME), "LD_LIBRARY_PATH"));
             }
         }
         _ => searched.push("LD_LIBRARY_PATH: not set".to_string()),
     }
     for dir in usual_dirs() {
-        candidates.push(Candidate {
-            path: dir.join(SONAME),
-            found_by: "driver directory".to_string(),
-            keep_path: false,
-        });
+        candidates.push(Candidate::host(dir.join(SONAME), "driver directory"));
     }
     for &pid in pids {
         mapped_candidates(pid, &mut candidates, &mut searched);
@@ -243,7 +258,11 @@ pub fn discover(explicit: &[PathBuf], pids: &[u32]) -> Result<Vec<Library>, Disc
             ));
             continue;
         }
-        let meta = match fs::metadata(&candidate.path) {
+        let meta = match candidate
+            .file
+            .as_ref()
+            .map_or_else(|| fs::metadata(&candidate.path), |file| file.metadata())
+        {
             Ok(meta) => meta,
             Err(err) => {
                 searched.push(format!("{shown} ({}): {err}", candidate.found_by));
@@ -271,6 +290,7 @@ pub fn discover(explicit: &[PathBuf], pids: &[u32]) -> Result<Vec<Library>, Disc
                 searched.push(format!("{shown} ({}): found", candidate.found_by));
                 found.push(Library {
                     path,
+                    file: candidate.file,
                     build_id,
                     dev_ino: (meta.dev(), meta.ino()),
                     symbols,
@@ -323,6 +343,7 @@ fn open_explicit(path: &Path) -> Result<Library, DiscoverError> {
     })?;
     Ok(Library {
         path: canonical,
+        file: None,
         build_id,
         dev_ino: (meta.dev(), meta.ino()),
         symbols,
@@ -354,11 +375,7 @@ fn ld_cache_candidates(candidates: &mut Vec<Candidate>, searched: &mut Vec<Strin
     for entry in entries {
         if entry.name.starts_with("libcuda.so") && entry.for_this_machine() {
             any = true;
-            candidates.push(Candidate {
-                path: PathBuf::from(entry.path),
-                found_by: "ld.so cache".to_string(),
-                keep_path: false,
-            });
+            candidates.push(Candidate::host(PathBuf::from(entry.path), "ld.so cache"));
         }
     }
     if !any {
@@ -465,8 +482,14 @@ pub fn parse_ld_so_cache(bytes: &[u8]) -> Option<Vec<LdCacheEntry>> {
     Some(entries)
 }
 
-/// Adds the `libcuda.so*` files mapped by `pid`, reached through its root so that a
-/// process in a container gives the container's copy.
+/// Adds the `libcuda.so*` files mapped by `pid`, each through `/proc/PID/map_files/`: the
+/// mapping reaches exactly the file the process runs, in a container, a chroot or after the
+/// file was replaced on disk, and no path is resolved on the way. (The path that
+/// `/proc/PID/maps` shows is the file's name in the process's mount namespace or in ours,
+/// whichever reaches it; opened in our root, or under `/proc/PID/root`, any absolute link on
+/// it would resolve in our root, to another file or to one of the host's that the process
+/// chose.) A process that maps none yet is searched where its loader would look, inside its
+/// own root ([`root_candidates`]).
 fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut Vec<String>) {
     let maps_path = format!("/proc/{pid}/maps");
     let text = match fs::read_to_string(&maps_path) {
@@ -487,40 +510,92 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
             continue;
         }
         any = true;
-        let found_by = format!("mapped by PID {pid}");
-        // The mapping itself reaches exactly the file the process runs. Name it by the
-        // first path that reaches the same inode: the maps path as we see it (a host
-        // process, a chroot, a container that bind-mounts the host's driver as the NVIDIA
-        // container toolkit does), else the path inside the process's root (a container
-        // with its own copy), else the mapping (a file replaced on disk since it was
-        // loaded). /proc/PID/maps paths are relative to our root when the file is
-        // reachable from it and to the process's root across mount namespaces, so neither
-        // path alone is right.
-        let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
-        let Ok(target) = fs::metadata(&map_file) else {
-            searched.push(format!("{}: unreadable", map_file.display()));
+        if is_stub(Path::new(&mapping.path)) {
+            searched.push(format!(
+                "{maps_path}: maps the CUDA toolkit stub {}, skipped",
+                crate::procinfo::sanitize(&mapping.path)
+            ));
             continue;
-        };
-        let mut in_root = PathBuf::from(format!("/proc/{pid}/root")).into_os_string();
-        in_root.push(&mapping.path);
-        let same = |path: &Path| {
-            fs::metadata(path).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
-        };
-        let (path, keep_path) = if !mapping.deleted && same(Path::new(&mapping.path)) {
-            (PathBuf::from(&mapping.path), false)
-        } else if !mapping.deleted && same(Path::new(&in_root)) {
-            (PathBuf::from(in_root), true)
-        } else {
-            (map_file, true)
-        };
+        }
         candidates.push(Candidate {
-            path,
-            found_by,
-            keep_path,
+            path: PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range)),
+            found_by: format!(
+                "mapped by PID {pid} as {}",
+                crate::procinfo::sanitize(&mapping.path)
+            ),
+            keep_path: true,
+            file: None,
         });
     }
     if !any {
         searched.push(format!("{maps_path}: no libcuda.so mapped (yet)"));
+        match crate::procinfo::root_of(pid) {
+            Ok(root) => root_candidates(&root, &format!("PID {pid}'s root"), candidates, searched),
+            Err(err) => searched.push(format!("/proc/{pid}/root: {err}")),
+        }
+    }
+}
+
+/// Adds the copies of the library that the loader of a process whose root is `root` would
+/// find: the entries of that root's ld.so cache, then the usual driver directories. Each path
+/// is opened inside `root` ([`crate::procinfo::open_beneath`]): an absolute link in it (an
+/// image's `libcuda.so.1 -> /usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05`, `/usr/lib64 ->
+/// /usr/lib`) resolves in that root as it does for the process, and no link leads out of it.
+/// The open file is what the probes are attached to, through our descriptor, so the copy
+/// cannot be swapped between this look and the attachment.
+fn root_candidates(
+    root: &fs::File,
+    name: &str,
+    candidates: &mut Vec<Candidate>,
+    searched: &mut Vec<String>,
+) {
+    let mut paths: Vec<(PathBuf, &str)> = Vec::new();
+    match crate::procinfo::open_beneath(root, Path::new(LD_SO_CACHE)) {
+        Ok(mut file) => {
+            let mut bytes = Vec::new();
+            match io::Read::read_to_end(&mut file, &mut bytes) {
+                Ok(_) => match parse_ld_so_cache(&bytes) {
+                    Some(entries) => paths.extend(
+                        entries
+                            .into_iter()
+                            .filter(|e| e.name.starts_with("libcuda.so") && e.for_this_machine())
+                            .map(|e| (PathBuf::from(e.path), "ld.so cache")),
+                    ),
+                    None => searched.push(format!("{LD_SO_CACHE} in {name}: an unknown format")),
+                },
+                Err(err) => searched.push(format!("{LD_SO_CACHE} in {name}: {err}")),
+            }
+        }
+        Err(err) => searched.push(format!("{LD_SO_CACHE} in {name}: {err}")),
+    }
+    paths.extend(
+        usual_dirs()
+            .into_iter()
+            .map(|dir| (dir.join(SONAME), "driver directory")),
+    );
+    for (path, how) in paths {
+        let found_by = format!("{how} in {name}: {}", path.display());
+        if is_stub(&path) {
+            searched.push(format!("{found_by}: a CUDA toolkit stub, skipped"));
+            continue;
+        }
+        match crate::procinfo::open_beneath(root, &path) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => {
+                let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                if fs::read_link(&by_fd).is_ok_and(|target| is_stub(&target)) {
+                    searched.push(format!("{found_by}: links to a CUDA toolkit stub, skipped"));
+                    continue;
+                }
+                candidates.push(Candidate {
+                    path: by_fd,
+                    found_by,
+                    keep_path: true,
+                    file: Some(Arc::new(file)),
+                });
+            }
+            Ok(_) => searched.push(format!("{found_by}: not a regular file")),
+            Err(err) => searched.push(format!("{found_by}: {err}")),
+        }
     }
 }
 
@@ -1002,7 +1077,7 @@ mod tests {
         let _ = child.wait();
         assert!(
             libs.iter()
-                .any(|l| l.found_by != format!("mapped by PID {pid}")),
+                .any(|l| !l.found_by.starts_with(&format!("mapped by PID {pid}"))),
             "system copy found"
         );
         let expected = fs::metadata(NVIDIA_LIBCUDA).expect("libcuda");
@@ -1045,7 +1120,7 @@ mod tests {
         let libs = libs.expect("discover");
         let from_process: Vec<&Library> = libs
             .iter()
-            .filter(|l| l.found_by == format!("mapped by PID {pid}"))
+            .filter(|l| l.found_by.starts_with(&format!("mapped by PID {pid} as ")))
             .collect();
         assert_eq!(from_process.len(), 1, "{libs:#?}");
         let lib = from_process[0];
@@ -1056,6 +1131,149 @@ mod tests {
         );
         assert_eq!(lib.build_id, build_id(Path::new(NVIDIA_LIBCUDA)));
         assert_eq!(variants(&lib.symbols, "cuMemAlloc").len(), 2);
+    }
+
+    /// The (device, inode) of what `path` names, following links as the kernel does for us.
+    fn inode(path: &Path) -> Option<(u64, u64)> {
+        fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    fn symlink(target: impl AsRef<Path>, link: impl AsRef<Path>) {
+        if let Some(dir) = link.as_ref().parent() {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    /// A container image's root as its own processes see it: `/usr/lib64 -> /usr/lib` and
+    /// `libcuda.so.1 -> /usr/lib/libcuda.so.580.95.05`, both absolute, lead to the image's
+    /// copy, and links planted towards a file outside the root, absolute or climbing with
+    /// `..`, find nothing. Read from outside as a plain path, the same links reach the file
+    /// outside.
+    #[test]
+    fn a_root_is_searched_with_its_own_absolute_links_and_none_leads_out() {
+        let image = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        let outside = host.path().join("libcuda.so.1");
+        fs::write(&outside, "a file of the host's").expect("write");
+        let copy = image.path().join("usr/lib/libcuda.so.580.95.05");
+        fs::create_dir_all(image.path().join("usr/lib")).expect("mkdir");
+        fs::write(&copy, "the image's driver").expect("write");
+        symlink(
+            "/usr/lib/libcuda.so.580.95.05",
+            image.path().join("usr/lib").join(SONAME),
+        );
+        symlink("/usr/lib", image.path().join("usr/lib64"));
+        let planted = image
+            .path()
+            .join(format!("usr/lib/{MULTIARCH}"))
+            .join(SONAME);
+        symlink(&outside, &planted);
+        let climbing = Path::new("../../../../../../../../../..")
+            .join(outside.strip_prefix("/").expect("an absolute temp path"));
+        symlink(&climbing, image.path().join("lib64").join(SONAME));
+
+        let root = fs::File::open(image.path()).expect("open the image");
+        let (mut candidates, mut searched) = (Vec::new(), Vec::new());
+        root_candidates(&root, "the image", &mut candidates, &mut searched);
+
+        let copy_inode = inode(&copy);
+        let found: Vec<(&str, Option<(u64, u64)>)> = candidates
+            .iter()
+            .map(|c| {
+                let file = c.file.as_ref().expect("opened in the root");
+                let meta = file.metadata().expect("metadata");
+                assert_eq!(
+                    inode(&c.path),
+                    Some((meta.dev(), meta.ino())),
+                    "{}",
+                    c.found_by
+                );
+                (c.found_by.as_str(), Some((meta.dev(), meta.ino())))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "driver directory in the image: /usr/lib64/libcuda.so.1",
+                    copy_inode
+                ),
+                (
+                    "driver directory in the image: /usr/lib/libcuda.so.1",
+                    copy_inode
+                ),
+            ],
+            "{searched:#?}"
+        );
+        for path in [
+            format!("/usr/lib/{MULTIARCH}/{SONAME}"),
+            format!("/lib64/{SONAME}"),
+        ] {
+            assert!(
+                searched
+                    .iter()
+                    .any(|s| s.contains(&path) && s.contains("No such file")),
+                "{path}: {searched:#?}"
+            );
+        }
+        // A plain path resolves the planted links in our root: the host's file.
+        assert_eq!(inode(&planted), inode(&outside));
+        assert_eq!(
+            inode(&image.path().join("lib64").join(SONAME)),
+            inode(&outside)
+        );
+    }
+
+    /// A process whose root is an image (a thread that chroots, as a container's process has
+    /// its own root) and that has not loaded the driver yet: its loader's cache names
+    /// `/lib/x86_64-linux-gnu/libcuda.so.1`, which the image's absolute links `/lib ->
+    /// /usr/lib` and `libcuda.so.1 -> /usr/lib/.../libcuda.so.535.309.01` lead to its own
+    /// copy. Through `/proc/TID/root` the same path reaches the host's library instead. Needs
+    /// root (chroot), as CI is.
+    #[test]
+    fn finds_the_copy_in_a_process_root_through_its_absolute_links() {
+        let image = tempfile::tempdir().expect("tempdir");
+        let real = format!("/usr/lib/{MULTIARCH}/nvidia/current/libcuda.so.535.309.01");
+        let copy = image.path().join(real.trim_start_matches('/'));
+        fs::create_dir_all(copy.parent().expect("a directory")).expect("mkdir");
+        fs::copy(NVIDIA_LIBCUDA, &copy).expect("copy libcuda");
+        symlink(
+            &real,
+            image.path().join(format!("usr/lib/{MULTIARCH}/{SONAME}")),
+        );
+        symlink("/usr/lib", image.path().join("lib"));
+        fs::create_dir_all(image.path().join("etc")).expect("mkdir");
+        fs::copy(LD_SO_CACHE, image.path().join("etc/ld.so.cache")).expect("copy the cache");
+
+        let (tid, through_proc, libs) = crate::testing::with_own_root(image.path(), |tid| {
+            let path = format!("/proc/{tid}/root/lib/{MULTIARCH}/{SONAME}");
+            (tid, inode(Path::new(&path)), discover(&[], &[tid]))
+        });
+        let libs = libs.expect("discover");
+
+        let host = inode(Path::new(NVIDIA_LIBCUDA));
+        assert_eq!(through_proc, host, "the plain path reaches the host's copy");
+        let ours: Vec<&Library> = libs
+            .iter()
+            .filter(|l| Some(l.dev_ino) == inode(&copy))
+            .collect();
+        assert_eq!(ours.len(), 1, "{libs:#?}");
+        let lib = ours[0];
+        assert_eq!(
+            lib.found_by,
+            format!("ld.so cache in PID {tid}'s root: /lib/{MULTIARCH}/{SONAME}")
+        );
+        assert!(
+            lib.path.starts_with("/proc/self/fd/"),
+            "{}",
+            lib.path.display()
+        );
+        assert!(lib.file.is_some());
+        assert_eq!(lib.build_id, build_id(Path::new(NVIDIA_LIBCUDA)));
+        assert_eq!(variants(&lib.symbols, "cuMemAlloc").len(), 2);
+        // The host's copy is found once, by the host's own search.
+        assert_eq!(libs.iter().filter(|l| Some(l.dev_ino) == host).count(), 1);
     }
 
     #[test]

@@ -280,7 +280,8 @@ pub struct GpuProcess {
 /// A driver library that probes were attached to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Library {
-    /// Path as attached (on the host, or through `/proc/PID/root` inside a container).
+    /// Path as attached: on the host, `/proc/PID/map_files/...` for a process's mapped copy,
+    /// `/proc/self/fd/N` for a copy found inside a process's root.
     pub path: String,
     /// GNU build ID, hex, when the library has one.
     pub build_id: Option<String>,
