@@ -549,6 +549,16 @@ impl Recorder {
             ..probe::Config::default()
         };
         let mut tracer = Tracer::start(&config).context("starting the probes")?;
+        // The header names each copy as the traced process does, not by the `/proc` link
+        // it was attached through.
+        for lib in &mut tracer.libraries {
+            if let Some(f) = found
+                .iter()
+                .find(|f| f.path.display().to_string() == lib.path)
+            {
+                lib.path.clone_from(&f.shown);
+            }
+        }
         drop(found);
         let python = if opts.stacks == crate::probe::StackMode::Dwarf {
             let map = tracer.take_python_map().context("the CPython layout map")?;

@@ -61,6 +61,10 @@ pub struct Library {
     pub symbols: Vec<ExportedFn>,
     /// Where it was found, for logs and error messages (`ld.so cache`, `PID 4242 maps`, ...).
     pub found_by: String,
+    /// The name to show for it (trace header, messages): `path` for a file found in this
+    /// process's root, else the path as the traced process names it, and whose it is
+    /// (`/usr/lib/x86_64-linux-gnu/libcuda.so.1 (mapped by PID 4242)`).
+    pub shown: String,
 }
 
 /// Why an ELF file could not be inspected.
@@ -198,6 +202,8 @@ fn is_stub(path: &Path) -> bool {
 struct Candidate {
     path: PathBuf,
     found_by: String,
+    /// The name to show, when it is not `path` (see [`Library::shown`]).
+    shown: Option<String>,
     /// Keep this path as is: it is a `/proc` link to one file, which canonicalizing would
     /// follow to a name in another mount namespace.
     keep_path: bool,
@@ -212,6 +218,7 @@ impl Candidate {
         Candidate {
             path,
             found_by: found_by.to_string(),
+            shown: None,
             keep_path: false,
             file: None,
         }
@@ -289,6 +296,9 @@ pub fn discover(explicit: &[PathBuf], pids: &[u32]) -> Result<Vec<Library>, Disc
             Ok((build_id, symbols)) => {
                 searched.push(format!("{shown} ({}): found", candidate.found_by));
                 found.push(Library {
+                    shown: candidate
+                        .shown
+                        .unwrap_or_else(|| path.display().to_string()),
                     path,
                     file: candidate.file,
                     build_id,
@@ -342,6 +352,7 @@ fn open_explicit(path: &Path) -> Result<Library, DiscoverError> {
         source,
     })?;
     Ok(Library {
+        shown: canonical.display().to_string(),
         path: canonical,
         file: None,
         build_id,
@@ -523,6 +534,10 @@ fn mapped_candidates(pid: u32, candidates: &mut Vec<Candidate>, searched: &mut V
                 "mapped by PID {pid} as {}",
                 crate::procinfo::sanitize(&mapping.path)
             ),
+            shown: Some(format!(
+                "{} (mapped by PID {pid})",
+                crate::procinfo::sanitize(&mapping.path)
+            )),
             keep_path: true,
             file: None,
         });
@@ -588,6 +603,7 @@ fn root_candidates(
                 }
                 candidates.push(Candidate {
                     path: by_fd,
+                    shown: Some(format!("{} (in {name})", path.display())),
                     found_by,
                     keep_path: true,
                     file: Some(Arc::new(file)),
@@ -1131,6 +1147,11 @@ mod tests {
         );
         assert_eq!(lib.build_id, build_id(Path::new(NVIDIA_LIBCUDA)));
         assert_eq!(variants(&lib.symbols, "cuMemAlloc").len(), 2);
+        // Shown as the process names it, not by the `/proc` link it is attached through.
+        assert_eq!(
+            lib.shown,
+            format!("{} (mapped by PID {pid})", copy.display()),
+        );
     }
 
     /// The (device, inode) of what `path` names, following links as the kernel does for us.

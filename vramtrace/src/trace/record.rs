@@ -280,8 +280,9 @@ pub struct GpuProcess {
 /// A driver library that probes were attached to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Library {
-    /// Path as attached: on the host, `/proc/PID/map_files/...` for a process's mapped copy,
-    /// `/proc/self/fd/N` for a copy found inside a process's root.
+    /// The library's path: on the host; for a copy a traced process maps, the path as the
+    /// process names it, followed by ` (mapped by PID N)`; for a copy found inside a
+    /// process's root, the path there, followed by ` (in PID N's root)`.
     pub path: String,
     /// GNU build ID, hex, when the library has one.
     pub build_id: Option<String>,
