@@ -322,7 +322,7 @@ pub fn host(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
     let r = call!(rt.d, legacy, &mut hp, MIB as u32);
     rt.d.bytes(legacy.name, MIB, r);
     if r == 0 {
-        rt.book().host_add(hp as u64, MIB);
+        rt.book().host_add(hp as u64, MIB, Some(rt.current()));
         rt.free_host(hp as u64);
     }
     // A malloc'ed buffer registered for the whole run, and one for a while.
