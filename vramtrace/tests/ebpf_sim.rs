@@ -291,10 +291,32 @@ fn out_of_memory_is_a_failure_not_an_allocation() {
     );
 }
 
+/// A destroyed context takes its device, pinned and managed memory; a stream-ordered
+/// allocation made in it outlives it and is freed later, into its pool, as any other.
 #[test]
 fn context_destroy_frees_its_allocations() {
     let (lib, _) = sim();
-    check_against_truth(&record(lib, "contexts", &[]));
+    let r = record(lib, "contexts", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid");
+    let p = r.analysis["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .expect("the workload in the analysis");
+    assert_eq!(
+        p["anomalies"].as_object().map(|a| a.len()),
+        Some(0),
+        "the stream-ordered free after the destroy is of a live allocation: {}",
+        p["anomalies"]
+    );
+    assert_eq!(
+        p["ended"]["pool_free"]["bytes"].as_u64(),
+        Some(1 << 20),
+        "{}",
+        p["ended"]
+    );
 }
 
 #[test]
