@@ -597,22 +597,16 @@ impl State {
                 self.uncharge(a.dev, a.bytes);
             }
         }
-        let dead: Vec<usize> = self
-            .host
-            .iter()
-            .filter(|(_, h)| h.ctx == ctx && h.kind.goes_with_context())
-            .map(|(k, _)| *k)
-            .collect();
-        for k in dead {
-            if let Some(h) = self.host.remove(&k)
-                && h.kind.owned()
-            {
+        self.host.retain(|&k, h| {
+            let gone = h.ctx == ctx && h.kind.goes_with_context();
+            if gone && h.kind.owned() {
                 // SAFETY: `k` came from `posix_memalign` in `host_alloc` (the kind says this
-                // library allocated it) and was removed from the table, so it is freed
-                // exactly once.
+                // library allocated it) and leaves the table here, so it is freed exactly
+                // once.
                 unsafe { libc::free(k as *mut c_void) };
             }
-        }
+            !gone
+        });
     }
 
     fn new_ctx(&mut self, dev: usize, primary: bool) -> u64 {
