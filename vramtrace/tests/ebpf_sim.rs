@@ -210,24 +210,31 @@ fn pool_release_thresholds_at_synchronizations() {
 }
 
 /// `probe-all` on the simulated driver: every hooked entry point at each CUDA version,
-/// against the workload's ground truth; the pool's release threshold and the
-/// synchronizations decide what the default pool holds at exit.
+/// against the workload's ground truth, what it holds at exit included; the pool's release
+/// threshold and the synchronizations decide what the default pool holds at exit.
 #[test]
 fn probe_all_matches_its_ground_truth_at_every_cuda_version() {
     let (lib, _) = sim();
     for version in ["12000", "12050", "13000"] {
         let r = record(lib, "probe-all", &["--cuda-version", version]);
-        // Not what it holds at exit: probe-all ends by releasing its contexts, which the
-        // workload's book and the Ledger treat differently for pool and host memory.
+        // probe-all ends by releasing the primary context: what that frees (device, pinned,
+        // managed and registered memory) and what it leaves (stream-ordered memory) decide
+        // the exit totals.
         let pid = check_calls_against_truth(&r);
+        check_exit_against_truth(&r, pid);
         let procs = r.analysis["processes"].as_array().expect("processes");
         let p = procs
             .iter()
             .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
             .expect("the workload in the analysis");
         assert_eq!(
-            p["pool_held_bytes_at_exit"], r.truth["pool_held_bytes_at_exit"],
-            "cudaVersion {version}: pool-held bytes"
+            (
+                p["device_bytes_at_exit"].as_u64(),
+                p["host_bytes_at_exit"].as_u64()
+            ),
+            (Some(2 << 20), Some(0)),
+            "cudaVersion {version}: two 1 MiB stream-ordered allocations outlive the primary \
+             context; its pinned, managed and registered host memory went with it"
         );
         let attrs: Vec<(Option<u32>, Option<u64>)> = r
             .records
@@ -284,10 +291,32 @@ fn out_of_memory_is_a_failure_not_an_allocation() {
     );
 }
 
+/// A destroyed context takes its device, pinned and managed memory; a stream-ordered
+/// allocation made in it outlives it and is freed later, into its pool, as any other.
 #[test]
 fn context_destroy_frees_its_allocations() {
     let (lib, _) = sim();
-    check_against_truth(&record(lib, "contexts", &[]));
+    let r = record(lib, "contexts", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid");
+    let p = r.analysis["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .expect("the workload in the analysis");
+    assert_eq!(
+        p["anomalies"].as_object().map(|a| a.len()),
+        Some(0),
+        "the stream-ordered free after the destroy is of a live allocation: {}",
+        p["anomalies"]
+    );
+    assert_eq!(
+        p["ended"]["pool_free"]["bytes"].as_u64(),
+        Some(1 << 20),
+        "{}",
+        p["ended"]
+    );
 }
 
 #[test]

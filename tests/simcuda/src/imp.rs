@@ -211,6 +211,24 @@ enum HostKind {
 struct HostRec {
     size: usize,
     kind: HostKind,
+    /// The context current when it was made.
+    ctx: u64,
+}
+
+impl HostKind {
+    /// What `cuCtxDestroy` takes with the context: the driver API reference names
+    /// `cuMemAllocHost` and `cuMemAllocManaged` memory, and says that stream-ordered memory
+    /// (`cuMemAllocFromPoolAsync`) belongs to no context. It is silent on registered memory,
+    /// which goes with its context here as in the tracer's Ledger.
+    fn goes_with_context(self) -> bool {
+        self != HostKind::Pooled
+    }
+
+    /// Whether this library allocated the memory (and frees it), rather than registering
+    /// the caller's.
+    fn owned(self) -> bool {
+        self != HostKind::Registered
+    }
 }
 
 struct State {
@@ -553,7 +571,9 @@ impl State {
         self.contexts.remove(&ctx);
     }
 
-    /// Frees what was allocated in `ctx` (not stream-ordered memory, which its pool keeps).
+    /// Frees what was allocated in `ctx`: device memory, arrays, pinned and managed host
+    /// memory, and registrations; not stream-ordered memory, which its pool keeps, nor VMM
+    /// memory (the driver API reference of `cuCtxDestroy`).
     fn free_ctx_memory(&mut self, ctx: u64) {
         let dead: Vec<u64> = self
             .allocs
@@ -577,6 +597,16 @@ impl State {
                 self.uncharge(a.dev, a.bytes);
             }
         }
+        self.host.retain(|&k, h| {
+            let gone = h.ctx == ctx && h.kind.goes_with_context();
+            if gone && h.kind.owned() {
+                // SAFETY: `k` came from `posix_memalign` in `host_alloc` (the kind says this
+                // library allocated it) and leaves the table here, so it is freed exactly
+                // once.
+                unsafe { libc::free(k as *mut c_void) };
+            }
+            !gone
+        });
     }
 
     fn new_ctx(&mut self, dev: usize, primary: bool) -> u64 {
@@ -628,7 +658,7 @@ impl State {
     }
 
     fn host_alloc(&mut self, size: u64, kind: HostKind) -> Result<usize, CUresult> {
-        self.current()?;
+        let (ctx, _) = self.current()?;
         if size == 0 {
             return Err(INVALID_VALUE);
         }
@@ -640,7 +670,7 @@ impl State {
         if rc != 0 || p.is_null() {
             return Err(OUT_OF_MEMORY);
         }
-        self.host.insert(p as usize, HostRec { size, kind });
+        self.host.insert(p as usize, HostRec { size, kind, ctx });
         Ok(p as usize)
     }
 
@@ -1542,7 +1572,7 @@ pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
 
 fn host_register(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
     code(with(|st| {
-        st.current()?;
+        let (ctx, _) = st.current()?;
         nonnull(p)?;
         if bytes == 0 || flags & !0xf != 0 {
             return Err(INVALID_VALUE);
@@ -1562,6 +1592,7 @@ fn host_register(p: *mut c_void, bytes: usize, flags: c_uint) -> CUresult {
             HostRec {
                 size: bytes,
                 kind: HostKind::Registered,
+                ctx,
             },
         );
         Ok(())

@@ -427,15 +427,35 @@ fn memory_model() {
         assert_eq!(fr, free0);
         assert_eq!(free_host(hp), 0);
 
-        // Destroying a context frees what was allocated in it.
+        // Destroying a context frees its device and pinned host memory, not stream-ordered
+        // memory, which belongs to its pool's device (cuCtxDestroy in the driver API
+        // reference).
         let mut c2: *mut c_void = std::ptr::null_mut();
+        assert_eq!(info(&mut fr, &mut total), 0);
+        let before = fr;
         assert_eq!(ctx_create(&mut c2, 0, 0), 0);
         assert_eq!(alloc(&mut a, 8 * MIB), 0);
+        let mut s = 0u64;
+        assert_eq!(alloc_async(&mut s, 2 * MIB, std::ptr::null_mut()), 0);
+        assert_eq!(alloc_host(&mut hp, MIB), 0);
         assert_eq!(info(&mut fr, &mut total), 0);
-        assert_eq!(fr, free0 - 8 * MIB);
+        let during = fr;
         assert_eq!(ctx_destroy(c2), 0);
         assert_eq!(info(&mut fr, &mut total), 0);
-        assert_eq!(fr, free0);
+        assert_eq!(
+            fr,
+            during + 8 * MIB,
+            "the device memory went with the context"
+        );
         assert_eq!(free(a), 1, "freed with its context");
+        assert_eq!(free_host(hp), 1, "pinned memory freed with its context");
+        assert_eq!(
+            free_async(s, std::ptr::null_mut()),
+            0,
+            "stream-ordered stays"
+        );
+        assert_eq!(trim(pool, 0), 0);
+        assert_eq!(info(&mut fr, &mut total), 0);
+        assert_eq!(fr, before);
     }
 }

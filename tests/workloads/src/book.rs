@@ -50,7 +50,9 @@ pub struct Book {
     phys: HashMap<u64, PhysRec>,
     mappings: BTreeMap<u64, (u64, u64)>,
     pools: HashMap<u64, PoolRec>,
-    host: HashMap<u64, u64>,
+    /// Host memory: its bytes and the context that owns it (`None`: from a pool, which no
+    /// context owns).
+    host: HashMap<u64, (u64, Option<u64>)>,
     live: u64,
     peak: u64,
 }
@@ -191,7 +193,10 @@ impl Book {
         p.destroyed = true;
     }
 
-    /// Every `cuMemAlloc*` allocation and array made in `ctx` goes with it.
+    /// What the driver API reference of `cuCtxDestroy` says goes with a context: every
+    /// `cuMemAlloc*` allocation, array, pinned and managed host allocation made in `ctx`
+    /// (registered host memory too, on which it is silent). Stream-ordered memory belongs to
+    /// its pool's device, not to a context, and stays, as VMM memory does.
     pub fn ctx_destroyed(&mut self, ctx: u64) {
         let dead: Vec<Key> = self
             .dev
@@ -202,6 +207,7 @@ impl Book {
         for k in dead {
             self.remove(k);
         }
+        self.host.retain(|_, (_, owner)| *owner != Some(ctx));
     }
 
     /// Physical VMM memory; `label` is `None` for host-located memory.
@@ -263,8 +269,9 @@ impl Book {
         }
     }
 
-    pub fn host_add(&mut self, ptr: u64, bytes: u64) {
-        self.host.insert(ptr, bytes);
+    /// Host memory made in `ctx` (`None`: from a pool of host or managed memory).
+    pub fn host_add(&mut self, ptr: u64, bytes: u64, ctx: Option<u64>) {
+        self.host.insert(ptr, (bytes, ctx));
     }
 
     pub fn host_remove(&mut self, ptr: u64) {
@@ -280,7 +287,7 @@ impl Book {
                 .filter(|p| !p.destroyed)
                 .flat_map(|p| p.held.iter())
                 .sum(),
-            host_bytes: self.host.values().sum(),
+            host_bytes: self.host.values().map(|(b, _)| b).sum(),
             peak: self.peak,
             weights: 0,
             kv_cache: 0,

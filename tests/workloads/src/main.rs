@@ -38,7 +38,8 @@ enum Scenario {
     Host,
     /// 1 GiB allocations until out of memory, then exit status 1 without freeing.
     Oom,
-    /// A created context with allocations, destroyed; then the primary context.
+    /// Created contexts with allocations, destroyed (device, pinned and managed memory go
+    /// with them, a stream-ordered allocation outlives them); then the primary context.
     Contexts,
     /// Weights filled only partly from host (12% and 6% of each buffer), a KV cache with a
     /// small header copied from host, then serving.

@@ -679,7 +679,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     let r = call!(d, f, &mut mp, mib, 1);
     d.bytes(f.name, MIB, r);
     if r == 0 {
-        book.host_add(mp, MIB);
+        book.host_add(mp, MIB, Some(ctx));
     }
     let f = sym!(
         d,
@@ -693,14 +693,14 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     let r = call!(d, f, &mut h1, mib as c_uint);
     d.bytes(f.name, MIB, r);
     if r == 0 {
-        book.host_add(h1 as u64, MIB);
+        book.host_add(h1 as u64, MIB, Some(ctx));
     }
     let f = sym!(d, FnAllocHost, "cuMemAllocHost", V, 0, "cuMemAllocHost_v2");
     let mut h2: P = null();
     let r = call!(d, f, &mut h2, mib);
     d.bytes(f.name, MIB, r);
     if r == 0 {
-        book.host_add(h2 as u64, MIB);
+        book.host_add(h2 as u64, MIB, Some(ctx));
     }
     let f = sym!(d, FnHostAlloc, "cuMemHostAlloc", V, 0, "cuMemHostAlloc");
     let mut h3: P = null();
@@ -731,7 +731,7 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     let r = call!(d, f, buf_b.as_mut_ptr().cast(), mib, 0);
     d.bytes(f.name, MIB, r);
     if r == 0 {
-        book.host_add(buf_b.as_ptr() as u64, MIB);
+        book.host_add(buf_b.as_ptr() as u64, MIB, Some(ctx));
     }
     let f = sym!(
         d,

@@ -511,7 +511,7 @@ impl Rt {
         );
         self.d.bytes(f.name, bytes, r);
         (r == 0).then(|| {
-            self.book().host_add(ptr, bytes);
+            self.book().host_add(ptr, bytes, None);
             ptr
         })
     }
@@ -681,7 +681,7 @@ impl Rt {
         let r = call!(self.d, self.cu.alloc_managed, &mut ptr, bytes as usize, 1);
         self.d.bytes(self.cu.alloc_managed.name, bytes, r);
         (r == 0).then(|| {
-            self.book().host_add(ptr, bytes);
+            self.book().host_add(ptr, bytes, Some(self.current()));
             ptr
         })
     }
@@ -700,7 +700,7 @@ impl Rt {
         (r == 0 && !hp.is_null()).then(|| {
             // SAFETY: the driver returned `bytes` bytes of host memory at `hp`.
             unsafe { std::ptr::write_bytes(hp.cast::<u8>(), 0x11, bytes as usize) };
-            self.book().host_add(hp as u64, bytes);
+            self.book().host_add(hp as u64, bytes, Some(self.current()));
             hp as u64
         })
     }
@@ -710,7 +710,7 @@ impl Rt {
         let r = call!(self.d, self.cu.host_alloc, &mut hp, bytes as usize, flags);
         self.d.bytes(self.cu.host_alloc.name, bytes, r);
         (r == 0).then(|| {
-            self.book().host_add(hp as u64, bytes);
+            self.book().host_add(hp as u64, bytes, Some(self.current()));
             hp as u64
         })
     }
@@ -731,7 +731,8 @@ impl Rt {
         );
         self.d.bytes(self.cu.host_register.name, bytes, r);
         if r == 0 {
-            self.book().host_add(buf.as_ptr() as u64, bytes);
+            self.book()
+                .host_add(buf.as_ptr() as u64, bytes, Some(self.current()));
         }
         r == 0
     }

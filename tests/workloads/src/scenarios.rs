@@ -322,7 +322,7 @@ pub fn host(rt: &Rt, seed: u64) -> anyhow::Result<Extra> {
     let r = call!(rt.d, legacy, &mut hp, MIB as u32);
     rt.d.bytes(legacy.name, MIB, r);
     if r == 0 {
-        rt.book().host_add(hp as u64, MIB);
+        rt.book().host_add(hp as u64, MIB, Some(rt.current()));
         rt.free_host(hp as u64);
     }
     // A malloc'ed buffer registered for the whole run, and one for a while.
@@ -402,9 +402,17 @@ pub fn contexts(rt: &Rt, seed: u64) -> Extra {
         extra.insert("destroyed_ctx".into(), json!(c));
     }
     let other = if rt.device_count >= 2 { 1 } else { rt.device };
+    let mut outliving = None;
     if let Some(c3) = rt.ctx_create_v3(other) {
         rt.alloc(8 * MIB, Dynamic);
         rt.alloc(8 * MIB, Dynamic);
+        // Pinned and managed memory go with the context; stream-ordered memory belongs to
+        // its pool's device and outlives it (the driver API reference of cuCtxDestroy).
+        rt.alloc_host(MIB);
+        rt.alloc_managed(MIB);
+        outliving = rt
+            .default_pool()
+            .and_then(|pool| rt.alloc_async(rt.cu.alloc_async, pool, MIB));
         rt.ctx_destroy(c3, primary);
     }
     let (mut free, mut total) = (0usize, 0usize);
@@ -418,6 +426,11 @@ pub fn contexts(rt: &Rt, seed: u64) -> Extra {
             call!(rt.d, rt.cu.primary_release, rt.device);
         });
     });
+    // Freed once loaded (a free while loading would end the load phase).
+    if let Some(p) = outliving {
+        rt.free_async(rt.cu.free_async, p);
+        rt.synchronize();
+    }
     extra
 }
 

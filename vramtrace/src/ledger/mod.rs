@@ -11,8 +11,9 @@
 //!   (a process that ran before the recording), pool-held bytes are an upper bound.
 //! - VMM physical memory lives from `cuMemCreate` until the handle is released *and* every
 //!   mapping of it is unmapped, in either order. Reservations are address space only.
-//! - Destroying a context (or releasing a primary context as often as it was retained) frees
-//!   every allocation made in it. VMM memory is not bound to a context and stays.
+//! - Destroying a context (or releasing a primary context as often as it was retained, or
+//!   resetting it) frees what was made in it, except stream-ordered and VMM memory, which
+//!   no context owns (`LiveAllocation::freed_with_context`).
 //! - A thread's current context decides the device; `Call::device` overrides it.
 //! - An `exit` frees everything the process held; the ledger keeps a snapshot first.
 //! - An `nvml` sample is reconciled with the live processes ([`nvml`]).

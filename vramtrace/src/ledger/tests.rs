@@ -624,16 +624,80 @@ fn ctx_destroy_frees_its_allocations() {
         ..s.call("cuCtxDestroy_v2")
     }));
     let p = proc(&l, 1);
-    assert_eq!(p.usage.device_bytes, 0);
-    assert_eq!(
-        p.usage.pool_held_bytes, 0,
-        "destroyed, not freed into a pool"
-    );
+    // The stream-ordered allocation belongs to its pool's device, not to the context.
+    assert_eq!(p.usage.device_bytes, 2 * MIB);
+    assert_eq!(p.usage.pool_held_bytes, 0);
     assert_eq!(
         p.frees["cuCtxDestroy_v2"],
         ApiCount {
-            count: 4,
-            bytes: 15 * MIB
+            count: 3,
+            bytes: 13 * MIB
+        }
+    );
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
+/// What a context's destruction frees, by kind (`LiveAllocation::freed_with_context`):
+/// device memory, arrays, pinned, managed and registered host memory go with it;
+/// stream-ordered memory from the default pool or a created one (of device or host memory)
+/// and VMM memory stay.
+#[test]
+fn ctx_destroy_frees_what_the_context_owns_and_nothing_else() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.ctx_create(0xc0, 0),
+        s.pool_create(0xb1, None),
+        s.pool_create(0xb2, Some(Mem::HostPinned)),
+        s.alloc(0x1000_0000, MIB),
+        s.alloc_mem("cuMemAllocPitch_v2", Mem::Device, 0x1100_0000, 2 * MIB),
+        Record::Alloc(Call {
+            handle: Some(0xa1),
+            mem: Some(Mem::Array),
+            bytes: Some(4 * MIB),
+            ..s.call("cuArrayCreate_v2")
+        }),
+        s.alloc_mem("cuMemAllocHost_v2", Mem::HostPinned, 0x7f00_0000, 8 * MIB),
+        s.alloc_mem("cuMemHostAlloc", Mem::HostPinned, 0x7f80_0000, 16 * MIB),
+        s.alloc_mem("cuMemAllocManaged", Mem::Managed, 0x7e00_0000, 32 * MIB),
+        s.alloc_mem(
+            "cuMemHostRegister_v2",
+            Mem::HostRegistered,
+            0x7d00_0000,
+            64 * MIB,
+        ),
+        s.alloc_async(0x2000_0000, 128 * MIB, None),
+        s.alloc_async(0x3000_0000, 256 * MIB, Some(0xb1)),
+        s.alloc_async(0x7c00_0000, 512 * MIB, Some(0xb2)),
+        s.vmm_create(0x9001, GIB),
+        Record::CtxDestroy(Call {
+            handle: Some(0xc0),
+            ..s.call("cuCtxDestroy_v2")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    let mut left: Vec<(&str, u64)> = l
+        .live_allocations(1)
+        .map(|a| (a.mem.name(), a.bytes))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ("device_async", 128 * MIB),
+            ("device_async", 256 * MIB),
+            ("host_pinned", 512 * MIB),
+            ("vmm_device", GIB),
+        ]
+    );
+    assert_eq!(p.usage.device_bytes, 384 * MIB + GIB);
+    assert_eq!(p.usage.host_bytes, 512 * MIB);
+    assert_eq!(
+        p.frees["cuCtxDestroy_v2"],
+        ApiCount {
+            count: 7,
+            bytes: 127 * MIB
         }
     );
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);

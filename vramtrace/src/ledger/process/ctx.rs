@@ -1,5 +1,5 @@
 //! Contexts: each thread's stack of current contexts, primary contexts, and what a
-//! context's destruction frees.
+//! context's destruction frees (`LiveAllocation::freed_with_context`).
 
 use std::sync::Arc;
 
@@ -77,25 +77,25 @@ impl ProcessState {
         self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
     }
 
-    /// Everything allocated in `ctx` is freed with it. VMM memory is not bound to a context
-    /// and stays.
+    /// What `ctx` owns is freed with it (`LiveAllocation::freed_with_context`).
     fn destroy_ctx(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
         self.ctx_device.remove(&ctx);
         self.free_ctx_memory(t, ctx, api, ts);
     }
 
-    /// Frees everything allocated in `ctx` (not VMM memory, which no context owns).
+    /// Frees what was allocated in `ctx` and goes with it: not stream-ordered or VMM memory,
+    /// which no context owns (`LiveAllocation::freed_with_context`).
     fn free_ctx_memory(&mut self, t: &mut Totals, ctx: u64, api: &str, ts: u64) {
         let addrs: Vec<u64> = self
             .by_addr
             .iter()
-            .filter(|(_, a)| a.ctx == Some(ctx))
+            .filter(|(_, a)| a.ctx == Some(ctx) && a.freed_with_context())
             .map(|(&k, _)| k)
             .collect();
         let arrays: Vec<u64> = self
             .arrays
             .iter()
-            .filter(|(_, a)| a.ctx == Some(ctx))
+            .filter(|(_, a)| a.ctx == Some(ctx) && a.freed_with_context())
             .map(|(&k, _)| k)
             .collect();
         let mut freed: Vec<Arc<LiveAllocation>> = Vec::with_capacity(addrs.len() + arrays.len());

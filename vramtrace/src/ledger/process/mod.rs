@@ -448,7 +448,7 @@ impl ProcessState {
         self.book_sub(t, a.device, class, a.bytes);
         if cause == EndCause::ContextDestroyed {
             // Teardown is not one of the process's frees: it neither ends loading nor ages
-            // young allocations, and nothing of a context goes back into a pool.
+            // young allocations.
             self.classifier.on_ctx_gone(&a);
         } else {
             self.classify_gone(&a);

@@ -61,6 +61,24 @@ impl LiveAllocation {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+
+    /// Whether destroying the context it was made in frees it (`cuCtxDestroy*`, the primary
+    /// context's last `cuDevicePrimaryCtxRelease*`, `cuDevicePrimaryCtxReset*`).
+    ///
+    /// The driver API reference of `cuCtxDestroy` names what goes with a context: arrays and
+    /// mipmapped arrays, and memory from `cuMemAlloc`, `cuMemAllocPitch`, `cuMemAllocHost`
+    /// (and so `cuMemHostAlloc`, the same allocation with flags) and `cuMemAllocManaged`. It
+    /// also says that memory from `cuMemCreate`, `cuMemAllocAsync` and
+    /// `cuMemAllocFromPoolAsync` is "not associated with any CUDA context": pools belong to
+    /// a device, so stream-ordered memory (from the default or a created pool, of device,
+    /// host or managed memory) stays, as VMM memory does. Registered host memory
+    /// (`cuMemHostRegister`) is not named either way; it is taken to go with its context.
+    /// See docs/classification.md, "What a context's destruction frees".
+    pub fn freed_with_context(&self) -> bool {
+        let stream_ordered = self.mem == Mem::DeviceAsync || self.pool.is_some();
+        let vmm = matches!(self.mem, Mem::VmmDevice | Mem::VmmHost);
+        !stream_ordered && !vmm
+    }
 }
 
 /// An allocation in host RAM by a traced process: a finding, a violation under the
