@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod moments;
 pub mod state;
 pub mod telemetry;
 pub mod timeline;
@@ -43,7 +44,7 @@ pub use state::Model;
 use crate::{
     analyze,
     cli::ServeArgs,
-    ledger::{Class, Ledger, Replay},
+    ledger::{Class, Ledger, Replay, Seen, Step},
     session::{self, LiveSink, RecordOptions},
 };
 
@@ -81,6 +82,8 @@ pub struct Served {
     pub gpu_telemetry: Vec<crate::nvml::GpuTelemetry>,
     /// Bytes by class over time, for a replayed trace.
     pub timeline: Option<timeline::Timeline>,
+    /// Copies of the replay's state through the trace, for the state at a moment.
+    pub moments: Option<Arc<moments::Moments>>,
 }
 
 impl Served {
@@ -95,6 +98,7 @@ impl Served {
             telemetry_seq: 0,
             gpu_telemetry: Vec::new(),
             timeline: None,
+            moments: None,
         }
     }
 
@@ -150,10 +154,11 @@ impl Shared {
     }
 
     /// The state `secs` after the start of the replayed trace (`serve --replay` only): the
-    /// trace replayed through the Ledger up to then. The latest moment asked for is kept, so
-    /// that the snapshot, the allocations and the flame graph at one cursor cost one replay.
+    /// trace replayed through the Ledger up to then, from the nearest copy of the state the
+    /// startup replay kept ([`moments`]). The latest moment asked for is kept, so that the
+    /// snapshot, the allocations and the flame graph at one cursor cost one replay.
     pub async fn served_at(self: &Arc<Self>, secs: f64) -> Result<Arc<Served>, AtError> {
-        let Some(path) = self.config.replay.clone() else {
+        let Some(moments) = self.lock().moments.clone() else {
             return Err(AtError::NotReplay);
         };
         if !(secs.is_finite() && secs >= 0.0) {
@@ -169,7 +174,7 @@ impl Shared {
         if let Some(s) = cached(self) {
             return Ok(s);
         }
-        let served = tokio::task::spawn_blocking(move || served_at(&path, secs))
+        let served = tokio::task::spawn_blocking(move || moments.at(secs))
             .await
             .map_err(|e| AtError::Failed(e.to_string()))?
             .map_err(|e| AtError::Failed(format!("{e:#}")))?;
@@ -262,7 +267,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         Some(path) => {
             let replay =
                 Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
-            replayed(replay, true)
+            replayed(replay, Some((path, moments::Keep::default())))
         }
         None => Served::new(Tracing::Starting),
     };
@@ -538,13 +543,32 @@ fn gpus_json(s: &Served) -> Vec<Value> {
 
 /// The served state of a replay run to its end (or its cutoff): the model fed by the
 /// Ledger's change stream, and the Ledger.
-/// With `timeline`, the bytes by class are noted after each record that moved them.
-fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -> Served {
+/// With the trace's path (the startup replay), the bytes by class are noted after each
+/// record that moved them, and copies of the state are kept as `keep` says for the state at
+/// a moment.
+fn replayed<R: std::io::BufRead + Send>(
+    mut replay: Replay<R>,
+    startup: Option<(&std::path::Path, moments::Keep)>,
+) -> Served {
     let mut served = Served::new(Tracing::Replay);
     let model = &mut served.model;
-    let mut line = timeline.then(|| timeline::Timeline::new(replay.header().start_monotonic_ns));
+    let mut line = startup.map(|_| timeline::Timeline::new(replay.header().start_monotonic_ns));
+    let mut moments = startup.map(|(p, keep)| moments::Moments::new(p, &replay, keep));
     let mut n = 0;
-    replay.run_read_ahead(|ledger, _| {
+    replay.run_read_ahead_seen(|seen, ledger| {
+        let rec = match seen {
+            Seen::Record(Step::After, rec) => rec,
+            Seen::Record(Step::Before, _) => return,
+            Seen::ReadTo(at) => {
+                if let Some(m) = moments.as_mut() {
+                    m.read_to(at, ledger, model, n);
+                }
+                return;
+            }
+        };
+        if let Some(m) = moments.as_mut() {
+            m.saw(rec);
+        }
         let changes = ledger.changes();
         model.take(changes);
         n += 1;
@@ -578,6 +602,10 @@ fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -
         }
     }
     served.timeline = line;
+    served.moments = moments.map(|mut m| {
+        m.finish();
+        Arc::new(m)
+    });
     served.ledger = replay.finish().0;
     served
 }
@@ -702,14 +730,6 @@ async fn snapshot(
             Err(e) => e.response(),
         },
     }
-}
-
-/// The state `secs` after the start of the recording: the trace replayed up to then.
-fn served_at(path: &std::path::Path, secs: f64) -> Result<Served> {
-    let replay = Replay::open(path)?;
-    let start = replay.header().start_monotonic_ns;
-    let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    Ok(replayed(replay.until(Some(cutoff)), false))
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> Response {
