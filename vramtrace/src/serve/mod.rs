@@ -411,9 +411,10 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::to_vec)
+            .or_else(|| ws::bearer_protocol(req.headers()).and_then(|(_, t)| t));
+        if !given.is_some_and(|g| constant_time_eq(&g, token.as_bytes())) {
             let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

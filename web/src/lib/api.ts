@@ -1,5 +1,7 @@
 // Reads of `vramtrace serve`'s JSON endpoints (vramtrace/src/serve/api.rs, mod.rs).
 
+import { authHeaders, unauthorized } from "./auth";
+
 export interface AllocationRow {
   pid: number;
   comm: string;
@@ -27,8 +29,9 @@ export interface StackInfo {
   truncated?: string | null;
 }
 
-async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
-  const r = await fetch(url, { signal, headers: { Accept: "application/json" } });
+export async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
+  const r = await fetch(url, { signal, headers: { Accept: "application/json", ...authHeaders() } });
+  if (r.status === 401) unauthorized();
   if (!r.ok) {
     let msg = `${r.status}`;
     try {
