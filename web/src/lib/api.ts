@@ -80,7 +80,9 @@ export interface LifetimesWindow {
   rows: [number, number | null, number, string, number, number | null][];
 }
 
-export const fetchLifetimes = (max: number, signal?: AbortSignal) => getJson<LifetimesWindow>(`/api/lifetimes?max=${max}`, signal);
+/** The largest `max` allocations live in the window (the whole trace without one). */
+export const fetchLifetimes = (max: number, signal?: AbortSignal, window?: { from: number; to: number } | null) =>
+  getJson<LifetimesWindow>(`/api/lifetimes?max=${max}${window ? `&from=${window.from}&to=${window.to}` : ""}`, signal);
 
 export interface FlameNode {
   name: string;
