@@ -128,6 +128,9 @@ pub struct Config {
     pub token_required: bool,
 }
 
+/// The state at one moment, made once for every read that asks for it.
+type AtMoment = Arc<tokio::sync::OnceCell<Arc<Served>>>;
+
 /// What every handler shares.
 pub struct Shared {
     pub served: Mutex<Served>,
@@ -136,8 +139,10 @@ pub struct Shared {
     started: Instant,
     /// The WebSocket stream's producer side.
     pub stream: ws::Stream,
-    /// The state at the page's cursor, replayed once for every read at that moment.
-    at: Mutex<Option<(u64, Arc<Served>)>>,
+    /// The state at the page's cursor, replayed once for every read at that moment: the
+    /// reads that come together (the snapshot, the allocations, the flame graph) wait for
+    /// the one replay instead of each making its own.
+    at: Mutex<Option<(u64, AtMoment)>>,
 }
 
 impl Shared {
@@ -165,22 +170,26 @@ impl Shared {
             return Err(AtError::Bad);
         }
         let key = secs.to_bits();
-        let cached = |shared: &Shared| {
-            let at = shared.at.lock().unwrap_or_else(|e| e.into_inner());
-            at.as_ref()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, s)| s.clone())
+        let cell = {
+            let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+            match at.as_ref() {
+                Some((k, cell)) if *k == key => cell.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    *at = Some((key, cell.clone()));
+                    cell
+                }
+            }
         };
-        if let Some(s) = cached(self) {
-            return Ok(s);
-        }
-        let served = tokio::task::spawn_blocking(move || moments.at(secs))
-            .await
-            .map_err(|e| AtError::Failed(e.to_string()))?
-            .map_err(|e| AtError::Failed(format!("{e:#}")))?;
-        let served = Arc::new(served);
-        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, served.clone()));
-        Ok(served)
+        cell.get_or_try_init(|| async move {
+            let served = tokio::task::spawn_blocking(move || moments.at(secs))
+                .await
+                .map_err(|e| AtError::Failed(e.to_string()))?
+                .map_err(|e| AtError::Failed(format!("{e:#}")))?;
+            Ok(Arc::new(served))
+        })
+        .await
+        .cloned()
     }
 
     /// The state; a handler that panicked while holding it left it usable.
