@@ -287,18 +287,24 @@ fn serves_a_recorded_trace() {
     assert!(om.body.ends_with("# EOF\n"));
 }
 
-#[test]
-fn refuses_what_a_read_only_service_must_not_take() {
+/// A server replaying a fixture that wants `token`, and the directory of its token file.
+fn replay_with_token(token: &str) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").expect("token file");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/async.jsonl.gz");
     let server = Server::start(&[
         "--replay",
         fixture,
         "--token-file",
-        token.to_str().expect("utf-8"),
+        file.to_str().expect("utf-8"),
     ]);
+    (server, dir)
+}
+
+#[test]
+fn refuses_what_a_read_only_service_must_not_take() {
+    let (server, _dir) = replay_with_token("s3cret");
     let auth = "Authorization: Bearer s3cret\r\n";
     let get = |path: &str, extra: &str| {
         request(
@@ -401,17 +407,8 @@ fn ws_handshake(
 
 #[test]
 fn a_token_opens_the_websocket_in_a_subprotocol_and_a_wrong_one_does_not() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = dir.path().join("token");
     // Not base64url itself: the page encodes whatever the file holds.
-    std::fs::write(&token, "sé?ret>>?\n").expect("token file");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/async.jsonl.gz");
-    let server = Server::start(&[
-        "--replay",
-        fixture,
-        "--token-file",
-        token.to_str().expect("utf-8"),
-    ]);
+    let (server, _dir) = replay_with_token("sé?ret>>?");
     // base64url of the token's UTF-8 bytes, without padding.
     let encoded = "c8OpP3JldD4-Pw";
     let right = format!("vramtrace.bearer.{encoded}");

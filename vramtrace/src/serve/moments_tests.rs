@@ -2,7 +2,7 @@
 //! that cutoff gives: the same snapshot, allocations and flame graph.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -95,13 +95,18 @@ fn check_every_moment(path: &Path, keep: Keep) -> usize {
     moments_checked + moments.len()
 }
 
+/// [`records`] written to a trace file in `dir`: its bytes and path.
+fn trace_file(dir: &Path) -> (Vec<u8>, PathBuf) {
+    let (bytes, _) = write_trace(&records(), true);
+    let path = dir.join("t.jsonl");
+    std::fs::write(&path, &bytes).expect("write");
+    (bytes, path)
+}
+
 #[test]
 fn the_state_at_a_moment_is_the_whole_replays_to_that_moment() {
-    let recs = records();
-    let (bytes, _) = write_trace(&recs, true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let plain = dir.path().join("t.jsonl");
-    std::fs::write(&plain, &bytes).expect("write");
+    let (bytes, plain) = trace_file(dir.path());
     let gz = dir.path().join("t.jsonl.gz");
     let mut enc = flate2::write::GzEncoder::new(
         std::fs::File::create(&gz).expect("create"),
@@ -119,7 +124,7 @@ fn the_state_at_a_moment_is_the_whole_replays_to_that_moment() {
         .moments
         .as_ref()
         .map_or(0, |m| m.len());
-    assert!(kept > 5, "{kept} copies for {} records", recs.len());
+    assert!(kept > 5, "{kept} copies");
     check_every_moment(&plain, keep);
     check_every_moment(&gz, keep);
     // Without copies past the first: the answer comes from the start of the file.
@@ -134,11 +139,8 @@ fn the_state_at_a_moment_is_the_whole_replays_to_that_moment() {
 
 #[test]
 fn copies_stay_within_the_budget_and_the_interval_doubles() {
-    let recs = records();
-    let (bytes, _) = write_trace(&recs, true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t.jsonl");
-    std::fs::write(&path, &bytes).expect("write");
+    let (_, path) = trace_file(dir.path());
     let keep = Keep {
         every: 1,
         budget: u64::MAX,

@@ -374,27 +374,7 @@ enum Parsed {
 impl<R: BufRead> TraceReader<R> {
     /// Reads and checks the header from `input`.
     pub fn new(input: R) -> Result<Self, ReadError> {
-        let mut reader = TraceReader {
-            input,
-            buf: Vec::with_capacity(4096),
-            pos: 0,
-            hash_from: 0,
-            hasher: BatchedHash::default(),
-            names: Names::default(),
-            header: Header::default(),
-            minor: 0,
-            footer: None,
-            digest_ok: None,
-            counts_ok: true,
-            counts: Counts::default(),
-            skipped_types: BTreeMap::new(),
-            problems: Vec::new(),
-            lines: 0,
-            bytes: 0,
-            after_footer: false,
-            trailing: false,
-            done: false,
-        };
+        let mut reader = Self::at(input, Header::default(), 0, Position::default(), true);
         match reader.read_line(false)? {
             LineEnd::Eof => return Err(ReadError::Empty),
             LineEnd::Cut => return Err(ReadError::TruncatedHeader),
@@ -419,18 +399,23 @@ impl<R: BufRead> TraceReader<R> {
     /// Nothing is hashed, the footer ends the records, and [`summary`](Self::summary) says
     /// nothing about the file as a whole.
     pub fn resume(input: R, from: &ResumeFrom, at: Position) -> Self {
+        Self::at(input, from.header.clone(), from.minor, at, false)
+    }
+
+    /// A reader of `input` standing at `at`, hashing what it reads or not.
+    fn at(input: R, header: Header, minor: u32, at: Position, hashing: bool) -> Self {
         TraceReader {
             input,
             buf: Vec::with_capacity(4096),
             pos: 0,
             hash_from: 0,
             hasher: BatchedHash {
-                off: true,
+                off: !hashing,
                 ..Default::default()
             },
             names: Names::default(),
-            header: from.header.clone(),
-            minor: from.minor,
+            header,
+            minor,
             footer: None,
             digest_ok: None,
             counts_ok: true,
