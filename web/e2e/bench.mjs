@@ -90,7 +90,12 @@ async function replay(b, vramtrace, trace) {
     }
     await ctx.close();
   } finally {
-    server.child.kill("SIGTERM");
+    // Killed, and gone before the live measurement: a server stopped gracefully finishes the
+    // requests in flight first (the page's /api/analysis of the whole trace), and as a
+    // descendant of this script its CPU would count as the browser's.
+    const gone = new Promise((res) => server.child.once("exit", res));
+    server.child.kill("SIGKILL");
+    await gone;
   }
   const best = (k) => Math.min(...rows.map((r) => r[k]));
   console.log(`\nreplay of ${trace} (${(size / 2 ** 20).toFixed(0)} MiB)`);
