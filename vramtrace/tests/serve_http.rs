@@ -408,17 +408,17 @@ fn ws_handshake(
 #[test]
 fn a_token_opens_the_websocket_in_a_subprotocol_and_a_wrong_one_does_not() {
     // Not base64url itself: the page encodes whatever the file holds.
-    let (server, _dir) = replay_with_token("sé?ret>>?");
+    let (server, _dir) = replay_with_token("e2e-s3cret>>?");
     // base64url of the token's UTF-8 bytes, without padding.
-    let encoded = "c8OpP3JldD4-Pw";
+    let encoded = "ZTJlLXMzY3JldD4-Pw";
     let right = format!("vramtrace.bearer.{encoded}");
 
     assert_eq!(ws_handshake(server.addr, None, None).err(), Some(401));
     for wrong in [
-        "vramtrace.bearer.c8OpP3JldD4-Pq",
+        "vramtrace.bearer.ZTJlLXMzY3JldD4-Pq",
         // The standard alphabet's form of the right token.
-        "vramtrace.bearer.c8OpP3JldD4+Pw",
-        "vramtrace.bearer.c8OpP3JldD4",
+        "vramtrace.bearer.ZTJlLXMzY3JldD4+Pw",
+        "vramtrace.bearer.ZTJlLXMzY3JldD4",
         "vramtrace.bearer.not base64!",
         "vramtrace.bearer.",
         "vramtrace",
@@ -445,24 +445,41 @@ fn a_token_opens_the_websocket_in_a_subprotocol_and_a_wrong_one_does_not() {
     let (mut ws, _) = ws_handshake(
         server.addr,
         None,
-        Some(("Authorization", "Bearer sé?ret>>?")),
+        Some(("Authorization", "Bearer e2e-s3cret>>?")),
     )
     .expect("accepted");
     assert_eq!(ws_json(&mut ws)["type"], "state");
 
     // HTTP: missing, wrong, right.
-    let get = |extra: &str| {
+    let get_path = |path: &str, extra: &str| {
         request(
             server.addr,
-            &format!("GET /api/config HTTP/1.1\r\nHost: x\r\n{extra}\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"),
         )
     };
+    let get = |extra: &str| get_path("/api/config", extra);
     assert_eq!(get("").status, 401);
-    assert_eq!(get("Authorization: Bearer sé?ret>>\r\n").status, 401);
-    assert_eq!(get("Authorization: Basic c8OpP3JldD4-Pw\r\n").status, 401);
-    let ok = get("Authorization: Bearer sé?ret>>?\r\n");
+    assert_eq!(get("Authorization: Bearer e2e-s3cret>>\r\n").status, 401);
+    assert_eq!(
+        get("Authorization: Basic ZTJlLXMzY3JldD4-Pw\r\n").status,
+        401
+    );
+    let ok = get("Authorization: Bearer e2e-s3cret>>?\r\n");
     assert_eq!(ok.status, 200);
     assert!(ok.body.contains("\"token_required\":true"), "{}", ok.body);
+    // The page itself loads without it, so that it can ask for it; nothing else does.
+    let page = get_path("/", "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<div id=\"root\">"), "{}", page.body);
+    for path in [
+        "/api/snapshot",
+        "/api/allocations",
+        "/metrics",
+        "/api",
+        "/api/",
+    ] {
+        assert_eq!(get_path(path, "").status, 401, "{path}");
+    }
 }
 
 /// Polls `/metrics` until `series` has `want`.

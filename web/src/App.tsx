@@ -14,7 +14,7 @@ import { StackPanel } from "./components/StackPanel";
 import { SystemSummary } from "./components/SystemSummary";
 import { useLiveState, type LiveOptions } from "./hooks/useLiveState";
 import { allocationsAt, fetchSnapshotAt, getJson, type AllocationRow } from "./lib/api";
-import { getToken, onUnauthorized, setToken } from "./lib/auth";
+import { current, onUnauthorized, setToken } from "./lib/auth";
 import { TokenPrompt } from "./components/TokenPrompt";
 import type { State } from "./lib/types";
 
@@ -26,8 +26,10 @@ export default function App({ live }: { live?: LiveOptions }) {
   const [session, setSession] = useState(0);
   useEffect(
     () =>
-      onUnauthorized(() => {
-        setRefused(getToken() !== null);
+      onUnauthorized((sent) => {
+        // A refusal of a token given since does not count.
+        if (sent !== current()) return;
+        setRefused(sent !== null);
         setNeeded(true);
       }),
     [],

@@ -219,13 +219,21 @@ impl AtError {
     }
 }
 
-/// Reads the bearer token: the file's first line, which must not be empty.
+/// Reads the bearer token: the file's first line, which must be printable ASCII.
 fn read_token(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
+    }
+    // A browser sends header values byte per character (Latin-1), not UTF-8: a token of
+    // other characters could not be given on a request (RFC 6750's b64token is ASCII too).
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "the token in {} must be printable ASCII without spaces",
+            path.display()
+        );
     }
     Ok(token)
 }
@@ -416,7 +424,13 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
             "this service is read-only and takes no request body",
         );
     }
-    if let Some(token) = &shared.token {
+    // The page's own files carry no data and must load for it to ask for the token: every
+    // read of the state (the API, the metrics, the stream) wants it.
+    if let Some(token) = shared
+        .token
+        .as_ref()
+        .filter(|_| wants_token(req.uri().path()))
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -431,6 +445,11 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// Whether a request for `path` reads the state (everything but the web page's files).
+fn wants_token(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/") || path == "/metrics" || path == "/ws"
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -5,7 +5,7 @@ import App from "../App";
 import { base64url } from "../lib/auth";
 import { FakeSocket } from "../test/fixtures";
 
-const TOKEN = "sé?ret>>?";
+const TOKEN = "e2e-s3cret>>?";
 const sockets: { url: string; protocols: string[] }[] = [];
 const create = (url: string, protocols: string[]) => {
   sockets.push({ url, protocols });
@@ -31,7 +31,7 @@ afterEach(() => vi.unstubAllGlobals());
 describe("the token prompt", () => {
   it("encodes the token as the server decodes it", () => {
     // The same token and encoding as the server's test (vramtrace/tests/serve_http.rs).
-    expect(base64url(TOKEN)).toBe("c8OpP3JldD4-Pw");
+    expect(base64url(TOKEN)).toBe("ZTJlLXMzY3JldD4-Pw");
   });
 
   it("asks on a 401, keeps the token in the tab, and sends it on reads and the socket", async () => {
@@ -47,7 +47,7 @@ describe("the token prompt", () => {
     await waitFor(() => expect(screen.queryByTestId("token-prompt")).toBeNull());
     expect(sessionStorage.getItem("vramtrace.token")).toBe(TOKEN);
     // The dashboard started over with the token: a socket offering it, a read carrying it.
-    expect(sockets.at(-1)?.protocols).toEqual(["vramtrace.bearer.c8OpP3JldD4-Pw"]);
+    expect(sockets.at(-1)?.protocols).toEqual(["vramtrace.bearer.ZTJlLXMzY3JldD4-Pw"]);
     expect(sockets.at(-1)?.url).toBe("ws://x/ws");
     const last = fetch.mock.calls.at(-1)!;
     expect((last[1]?.headers as Record<string, string>).Authorization).toBe(`Bearer ${TOKEN}`);

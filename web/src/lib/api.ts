@@ -1,6 +1,6 @@
 // Reads of `vramtrace serve`'s JSON endpoints (vramtrace/src/serve/api.rs, mod.rs).
 
-import { authHeaders, unauthorized } from "./auth";
+import { current, unauthorized } from "./auth";
 
 export interface AllocationRow {
   pid: number;
@@ -30,8 +30,10 @@ export interface StackInfo {
 }
 
 export async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
-  const r = await fetch(url, { signal, headers: { Accept: "application/json", ...authHeaders() } });
-  if (r.status === 401) unauthorized();
+  const token = current();
+  const r = await fetch(url, { signal, headers: { Accept: "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) } });
+  // A read made with an earlier token may come back after a new one was given.
+  if (r.status === 401) unauthorized(token);
   if (!r.ok) {
     let msg = `${r.status}`;
     try {

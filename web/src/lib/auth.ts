@@ -28,7 +28,8 @@ export function setToken(token: string | null): void {
   }
 }
 
-function current(): string | null {
+/** The token requests carry now. */
+export function current(): string | null {
   return getToken() ?? memory;
 }
 
@@ -39,19 +40,14 @@ export function base64url(text: string): string {
   return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-/** Headers that carry the token, when there is one. */
-export function authHeaders(): Record<string, string> {
-  const t = current();
-  return t ? { Authorization: `Bearer ${t}` } : {};
-}
-
 /** The WebSocket subprotocols that carry the token (none without one). */
 export function socketProtocols(): string[] {
   const t = current();
   return t ? [BEARER_PROTOCOL + base64url(t)] : [];
 }
 
-type Listener = () => void;
+/** Told the token a refused request carried (null: none). */
+type Listener = (sent: string | null) => void;
 const listeners = new Set<Listener>();
 
 /** Called whenever the server refuses a request for want of a valid token. */
@@ -60,6 +56,6 @@ export function onUnauthorized(l: Listener): () => void {
   return () => void listeners.delete(l);
 }
 
-export function unauthorized(): void {
-  for (const l of [...listeners]) l();
+export function unauthorized(sent: string | null): void {
+  for (const l of [...listeners]) l(sent);
 }
