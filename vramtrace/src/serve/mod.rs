@@ -143,6 +143,8 @@ pub struct Shared {
     /// reads that come together (the snapshot, the allocations, the flame graph) wait for
     /// the one replay instead of each making its own.
     at: Mutex<Option<(u64, AtMoment)>>,
+    /// `/api/analysis` of the replayed trace, as sent.
+    analysis: tokio::sync::OnceCell<String>,
 }
 
 impl Shared {
@@ -155,6 +157,7 @@ impl Shared {
             started: Instant::now(),
             stream: ws::Stream::default(),
             at: Mutex::new(None),
+            analysis: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -772,11 +775,20 @@ async fn analysis(State(shared): State<Arc<Shared>>) -> Response {
             "the analysis is served under serve --replay only",
         );
     };
-    let result = tokio::task::spawn_blocking(move || analyze::analyze_file(&path)).await;
-    match result {
-        Ok(Ok(report)) => json_body(&report).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    // Made once: every page that opens asks for it, and each would read the whole trace.
+    let report = shared
+        .analysis
+        .get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || analyze::analyze_file(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+                .map(|report| json_text(&report))
+        })
+        .await;
+    match report {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
 }
 
