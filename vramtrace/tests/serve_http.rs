@@ -315,18 +315,24 @@ fn serves_a_recorded_trace() {
     assert!(om.body.ends_with("# EOF\n"));
 }
 
-#[test]
-fn refuses_what_a_read_only_service_must_not_take() {
+/// A server replaying a fixture that wants `token`, and the directory of its token file.
+fn replay_with_token(token: &str) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").expect("token file");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/async.jsonl.gz");
     let server = Server::start(&[
         "--replay",
         fixture,
         "--token-file",
-        token.to_str().expect("utf-8"),
+        file.to_str().expect("utf-8"),
     ]);
+    (server, dir)
+}
+
+#[test]
+fn refuses_what_a_read_only_service_must_not_take() {
+    let (server, _dir) = replay_with_token("s3cret");
     let auth = "Authorization: Bearer s3cret\r\n";
     let get = |path: &str, extra: &str| {
         request(
@@ -393,6 +399,115 @@ fn refuses_what_a_read_only_service_must_not_take() {
     assert_eq!(bad_at.status, 400);
     // Still serving after all that.
     assert_eq!(get("/api/health", auth).status, 200);
+}
+
+/// A WebSocket handshake to `server` offering `protocol`, with `extra` headers: the response,
+/// or the HTTP status it was refused with.
+fn ws_handshake(
+    addr: SocketAddr,
+    protocol: Option<&str>,
+    extra: Option<(&str, &str)>,
+) -> Result<(Ws, tungstenite::handshake::client::Response), u16> {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("a request");
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().expect("a header value"));
+    }
+    if let Some((k, v)) = extra {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+            v.parse().expect("a header value"),
+        );
+    }
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    match tungstenite::client(req, stream) {
+        Ok(ok) => Ok(ok),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("WebSocket handshake: {e}"),
+    }
+}
+
+#[test]
+fn a_token_opens_the_websocket_in_a_subprotocol_and_a_wrong_one_does_not() {
+    // Not base64url itself: the page encodes whatever the file holds.
+    let (server, _dir) = replay_with_token("e2e-s3cret>>?");
+    // base64url of the token's UTF-8 bytes, without padding.
+    let encoded = "ZTJlLXMzY3JldD4-Pw";
+    let right = format!("vramtrace.bearer.{encoded}");
+
+    assert_eq!(ws_handshake(server.addr, None, None).err(), Some(401));
+    for wrong in [
+        "vramtrace.bearer.ZTJlLXMzY3JldD4-Pq",
+        // The standard alphabet's form of the right token.
+        "vramtrace.bearer.ZTJlLXMzY3JldD4+Pw",
+        "vramtrace.bearer.ZTJlLXMzY3JldD4",
+        "vramtrace.bearer.not base64!",
+        "vramtrace.bearer.",
+        "vramtrace",
+    ] {
+        assert_eq!(
+            ws_handshake(server.addr, Some(wrong), None).err(),
+            Some(401),
+            "{wrong}"
+        );
+    }
+    // Right: the protocol is echoed (a browser fails the connection otherwise), and the
+    // state comes.
+    let offered = format!("vramtrace.v1, {right}");
+    let (mut ws, resp) = ws_handshake(server.addr, Some(&offered), None).expect("accepted");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(right.as_str())
+    );
+    assert_eq!(ws_json(&mut ws)["type"], "state");
+    // A client that can set headers may use Authorization on the WebSocket, too.
+    let (mut ws, _) = ws_handshake(
+        server.addr,
+        None,
+        Some(("Authorization", "Bearer e2e-s3cret>>?")),
+    )
+    .expect("accepted");
+    assert_eq!(ws_json(&mut ws)["type"], "state");
+
+    // HTTP: missing, wrong, right.
+    let get_path = |path: &str, extra: &str| {
+        request(
+            server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"),
+        )
+    };
+    let get = |extra: &str| get_path("/api/config", extra);
+    assert_eq!(get("").status, 401);
+    assert_eq!(get("Authorization: Bearer e2e-s3cret>>\r\n").status, 401);
+    assert_eq!(
+        get("Authorization: Basic ZTJlLXMzY3JldD4-Pw\r\n").status,
+        401
+    );
+    let ok = get("Authorization: Bearer e2e-s3cret>>?\r\n");
+    assert_eq!(ok.status, 200);
+    assert!(ok.body.contains("\"token_required\":true"), "{}", ok.body);
+    // The page itself loads without it, so that it can ask for it; nothing else does.
+    let page = get_path("/", "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<div id=\"root\">"), "{}", page.body);
+    for path in [
+        "/api/snapshot",
+        "/api/allocations",
+        "/metrics",
+        "/api",
+        "/api/",
+    ] {
+        assert_eq!(get_path(path, "").status, 401, "{path}");
+    }
 }
 
 /// Polls `/metrics` until `series` has `want`.

@@ -90,7 +90,12 @@ async function replay(b, vramtrace, trace) {
     }
     await ctx.close();
   } finally {
-    server.child.kill("SIGTERM");
+    // Killed, and gone before the live measurement: a server stopped gracefully finishes the
+    // requests in flight first (the page's /api/analysis of the whole trace), and as a
+    // descendant of this script its CPU would count as the browser's.
+    const gone = new Promise((res) => server.child.once("exit", res));
+    server.child.kill("SIGKILL");
+    await gone;
   }
   const best = (k) => Math.min(...rows.map((r) => r[k]));
   console.log(`\nreplay of ${trace} (${(size / 2 ** 20).toFixed(0)} MiB)`);
@@ -133,9 +138,55 @@ async function live(b, serverBin, seconds) {
     for (const k of ["ScriptDuration", "RecalcStyleDuration", "LayoutDuration"]) {
       console.log(`| renderer: ${k} (CDP) | ${(((m1[k] - m0[k]) / wall) * 100).toFixed(1)} |`);
     }
+    await paintTrace(p, ctx, 5);
     await ctx.close();
   } finally {
     server.child.kill("SIGTERM");
+  }
+}
+
+/**
+ * A Chromium performance trace (CDP Tracing) of the page for `seconds`: where the time goes,
+ * by thread and event, so that paint and compositing can be told from script and layout.
+ */
+async function paintTrace(p, ctx, seconds) {
+  const cdp = await ctx.newCDPSession(p);
+  const events = [];
+  cdp.on("Tracing.dataCollected", (e) => events.push(...e.value));
+  const done = new Promise((res) => cdp.once("Tracing.tracingComplete", res));
+  await cdp.send("Tracing.start", {
+    categories: "devtools.timeline,disabled-by-default-devtools.timeline,cc,viz,gpu,blink",
+    transferMode: "ReportEvents",
+  });
+  await p.waitForTimeout(seconds * 1000);
+  await cdp.send("Tracing.end");
+  await done;
+  const threads = new Map();
+  for (const e of events) if (e.ph === "M" && e.name === "thread_name") threads.set(`${e.pid}:${e.tid}`, e.args.name);
+  // Time per thread and event, counting only events not nested in one of the same thread.
+  const byThread = new Map();
+  const open = new Map();
+  const sorted = events.filter((e) => e.ph === "X" && e.dur).sort((a, b) => a.ts - b.ts);
+  for (const e of sorted) {
+    const key = `${e.pid}:${e.tid}`;
+    const end = open.get(key) ?? 0;
+    const thread = (threads.get(key) ?? "?").replace(/\d+$/, "");
+    const t = byThread.get(thread) ?? { total: 0, names: new Map() };
+    if (e.ts >= end) {
+      t.total += e.dur;
+      open.set(key, e.ts + e.dur);
+    }
+    // Each event's own time, nested or not, to name what the top-level time was spent on.
+    t.names.set(e.name, (t.names.get(e.name) ?? 0) + (e.tdur ?? e.dur));
+    byThread.set(thread, t);
+  }
+  const frames = events.filter((e) => e.name === "ProxyMain::BeginMainFrame" && e.ph === "X").length;
+  const rasters = events.filter((e) => e.name === "RasterTask" && e.ph === "X").length;
+  console.log(`\nperformance trace of the live page, ${seconds} s: ${(frames / seconds).toFixed(1)} main-thread frames/s, ${(rasters / seconds).toFixed(1)} raster tasks/s (busy time per thread, its heaviest events)`);
+  console.log("| thread | % of one core | heaviest events (ms, nested events counted in each) |\n|---|---:|---|");
+  for (const [thread, t] of [...byThread].sort((a, b) => b[1].total - a[1].total).slice(0, 8)) {
+    const top = [...t.names].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([n, d]) => `${n} ${(d / 1000).toFixed(0)}`).join(", ");
+    console.log(`| ${thread} | ${((t.total / 1e6 / seconds) * 100).toFixed(1)} | ${top} |`);
   }
 }
 

@@ -5,11 +5,14 @@
 //                it is back. The process is named <img src=x onerror=alert(1)>: nothing runs.
 //   postmortem:  `serve --replay` of an OOM trace: the cursor moves the page to the failure
 //                and its figures are those of `vramtrace analyze --json`.
+//   token:       `serve --token-file`: the page asks for the token, says when it is refused,
+//                then reads the API and follows the WebSocket with it, never in a URL.
 // Screenshots at 1440 and 390 px wide go to target/web-artifacts/.
-// Run: node web/e2e/run.mjs [live|postmortem]... (after scripts/setup.sh and a cargo build)
-import { existsSync, rmSync } from "node:fs";
+// Run: node web/e2e/run.mjs [live|postmortem|token]... (after scripts/setup.sh and a cargo build)
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ARTIFACTS, BIN, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, serve, shot, stop, until, vramtrace } from "./lib.mjs";
+import { ARTIFACTS, BIN, ROOT, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, serve, shot, stop, until, vramtrace } from "./lib.mjs";
 
 const bytesOf = async (loc) => Number(await loc.getAttribute("data-bytes"));
 
@@ -121,7 +124,46 @@ async function postmortem(b) {
   }
 }
 
-const TESTS = { live, postmortem };
+/** With --token-file: the page asks for the token, refuses to go on with a wrong one, and with
+ * the right one reads the API and follows the WebSocket; the token is never in a URL. */
+async function token(b) {
+  const dir = mkdtempSync(join(tmpdir(), "vramtrace-e2e-token-"));
+  const file = join(dir, "token");
+  const secret = "e2e-s3cret>>?";
+  writeFileSync(file, `${secret}\n`);
+  const server = await serve(["--replay", join(ROOT, "vramtrace/tests/data/gpu/async.jsonl.gz"), "--token-file", file]);
+  const p = await page(b, 1440);
+  const urls = [];
+  p.on("request", (r) => urls.push(r.url()));
+  p.on("websocket", (ws) => urls.push(ws.url()));
+  const refusals = [];
+  p.on("response", async (r) => r.status() === 401 && refusals.push(`${r.url()} [${(await r.request().allHeaders()).authorization ?? "none"}]`));
+  try {
+    await p.goto(server.url);
+    await p.getByTestId("token-prompt").waitFor();
+    await p.getByLabel("Token", { exact: true }).fill("wrong");
+    await p.getByRole("button", { name: /open the dashboard/i }).click();
+    await p.getByText(/refused that token/).waitFor();
+    await p.getByLabel("Token", { exact: true }).fill(secret);
+    await p.getByRole("button", { name: /open the dashboard/i }).click();
+    await p.getByTestId("hero-bytes").waitFor();
+    await until(async () => (await p.getByTestId("conn-status").textContent()) === "connected", "the WebSocket to open with the token");
+    await p.waitForTimeout(500);
+    eq(await p.getByTestId("token-prompt").count(), 0, "token prompts left");
+    const refusedRight = refusals.filter((r) => r.endsWith(`[Bearer ${secret}]`));
+    eq(refusedRight.join(" "), "", "reads refused with the right token");
+    eq(await p.evaluate(() => sessionStorage.getItem("vramtrace.token")), secret, "the token kept in the tab");
+    assert(!urls.some((u) => u.includes("token") || decodeURIComponent(u).includes(secret)), `the token in a URL: ${urls.join(" ")}`);
+    await shot(p, "token-1440");
+    assert(p.problems.length === 0, p.problems.join("; "));
+  } finally {
+    await p.context().close();
+    await stop(server);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const TESTS = { live, postmortem, token };
 const names = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(TESTS);
 for (const need of [BIN, LIB, CHROMIUM]) {
   if (!existsSync(need)) {

@@ -13,10 +13,47 @@ import { ProcessList } from "./components/ProcessList";
 import { StackPanel } from "./components/StackPanel";
 import { SystemSummary } from "./components/SystemSummary";
 import { useLiveState, type LiveOptions } from "./hooks/useLiveState";
-import { allocationsAt, fetchSnapshotAt, type AllocationRow } from "./lib/api";
+import { allocationsAt, fetchSnapshotAt, getJson, type AllocationRow } from "./lib/api";
+import { current, onUnauthorized, setToken } from "./lib/auth";
+import { TokenPrompt } from "./components/TokenPrompt";
 import type { State } from "./lib/types";
 
+/** The dashboard, behind the token prompt when the server asks for one. */
 export default function App({ live }: { live?: LiveOptions }) {
+  const [needed, setNeeded] = useState(false);
+  const [refused, setRefused] = useState(false);
+  // A new token starts the dashboard over: its socket and its reads carry the token.
+  const [session, setSession] = useState(0);
+  useEffect(
+    () =>
+      onUnauthorized((sent) => {
+        // A refusal of a token given since does not count.
+        if (sent !== current()) return;
+        setRefused(sent !== null);
+        setNeeded(true);
+      }),
+    [],
+  );
+  useEffect(() => {
+    // The socket cannot tell a refusal from an outage; a read can.
+    const ctl = new AbortController();
+    getJson("/api/config", ctl.signal).catch(() => {});
+    return () => ctl.abort();
+  }, [session]);
+  const submit = (token: string) => {
+    setToken(token);
+    setNeeded(false);
+    setSession((n) => n + 1);
+  };
+  return (
+    <>
+      {needed && <TokenPrompt refused={refused} onSubmit={submit} />}
+      <Dashboard key={session} live={live} />
+    </>
+  );
+}
+
+function Dashboard({ live }: { live?: LiveOptions }) {
   const { state: liveState, status, error, attempts, history, reconnect } = useLiveState(live);
   const [cursor, setCursor] = useState<number | null>(null);
   const [atState, setAtState] = useState<State | null>(null);

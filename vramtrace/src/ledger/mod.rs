@@ -59,7 +59,7 @@ pub use process::{
     Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
     OomNeighbour, ProcessState,
 };
-pub use replay::{Replay, Step, header_record};
+pub use replay::{READ_AHEAD_BATCH, Replay, Seen, Step, header_record};
 pub use usage::{Totals, Usage};
 
 use crate::trace::{Call, Record, Stack};
@@ -68,7 +68,8 @@ use crate::trace::{Call, Record, Stack};
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     procs: BTreeMap<u32, ProcessState>,
-    stacks: HashMap<u32, Stack>,
+    /// Shared, so that a copy of the Ledger (a replay's checkpoint) does not copy every frame.
+    stacks: HashMap<u32, std::sync::Arc<Stack>>,
     totals: Totals,
     lost_events: u64,
     stack_failed: u64,
@@ -125,7 +126,7 @@ impl Ledger {
                 st.running_before = running_before;
             }
             Record::Stack(s) => {
-                self.stacks.insert(s.id, s.clone());
+                self.stacks.insert(s.id, std::sync::Arc::new(s.clone()));
             }
             Record::Lost(l) => {
                 self.touch(l.ts_ns);
@@ -351,7 +352,7 @@ impl Ledger {
 
     /// A stack by id, once its `stack` record was applied.
     pub fn stack(&self, id: u32) -> Option<&Stack> {
-        self.stacks.get(&id)
+        self.stacks.get(&id).map(|s| &**s)
     }
 
     /// Events lost in the kernel, summed over `lost` records.

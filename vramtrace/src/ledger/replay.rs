@@ -16,7 +16,7 @@ use std::sync::mpsc;
 
 use super::{Change, Ledger};
 use crate::trace::Record;
-use crate::trace::read::{Input, Integrity, ReadError, ReadSummary, TraceReader};
+use crate::trace::read::{Input, Integrity, Position, ReadError, ReadSummary, TraceReader};
 
 /// Records per batch that [`Replay::run_read_ahead`] reads ahead. A record is a few hundred
 /// bytes, and a reader that keeps ahead of the Ledger holds every batch full: with 1024 the
@@ -34,6 +34,16 @@ pub enum Step {
     Before,
     /// The record is applied.
     After,
+}
+
+/// What [`Replay::run_read_ahead_seen`] shows its caller, in the order of the file.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// A record, with where it is in being applied.
+    Record(Step, &'a Record),
+    /// The records read so far are all applied: the reader stands at this position, just
+    /// after the last of them (a replay may go on from here: [`Replay::resume`]).
+    ReadTo(Position),
 }
 
 /// A trace being replayed: the reader and the Ledger it feeds.
@@ -75,6 +85,17 @@ impl<R: BufRead> Replay<R> {
         }
     }
 
+    /// Goes on from a `ledger` that is the state of this trace's replay at the reader's
+    /// position (a replay's copy, kept where [`Seen::ReadTo`] was seen).
+    pub fn resume(reader: TraceReader<R>, ledger: Ledger) -> Self {
+        Replay {
+            reader,
+            ledger,
+            applied: 0,
+            cutoff: None,
+        }
+    }
+
     /// Stops applying records at `cutoff` (a CLOCK_MONOTONIC time, the records' `ts_ns`
     /// clock): later records are read, for the reader's verdict on the whole file, but the
     /// Ledger and [`Replay::advance`]'s caller never see them. `None`: apply everything.
@@ -96,6 +117,11 @@ impl<R: BufRead> Replay<R> {
         self.ledger.apply(&rec);
         self.applied += 1;
         Some(rec)
+    }
+
+    /// The reader.
+    pub fn reader(&self) -> &TraceReader<R> {
+        &self.reader
     }
 
     /// The Ledger, as of the last record applied.
@@ -147,6 +173,19 @@ impl<R: BufRead> Replay<R> {
     where
         R: Send,
     {
+        self.run_read_ahead_seen(|seen, ledger| {
+            if let Seen::Record(step, rec) = seen {
+                each(step, ledger, rec);
+            }
+        });
+    }
+
+    /// [`Replay::run_read_ahead_around`], also telling after each batch read ahead where
+    /// the reader stood after it ([`Seen::ReadTo`]), once that batch is applied.
+    pub fn run_read_ahead_seen(&mut self, mut each: impl FnMut(Seen<'_>, &Ledger))
+    where
+        R: Send,
+    {
         let Replay {
             reader,
             ledger,
@@ -155,7 +194,8 @@ impl<R: BufRead> Replay<R> {
         } = self;
         let cutoff = *cutoff;
         std::thread::scope(|s| {
-            let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Record>>(READ_AHEAD_BATCHES);
+            let (full_tx, full_rx) =
+                mpsc::sync_channel::<(Vec<Record>, Position)>(READ_AHEAD_BATCHES);
             let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
             s.spawn(move || {
                 loop {
@@ -171,18 +211,19 @@ impl<R: BufRead> Replay<R> {
                     };
                     batch.extend(reader.by_ref().take(READ_AHEAD_BATCH));
                     // The reader is fused: an empty batch is the end of the trace.
-                    if batch.is_empty() || full_tx.send(batch).is_err() {
+                    if batch.is_empty() || full_tx.send((batch, reader.read_position())).is_err() {
                         break;
                     }
                 }
             });
-            for batch in full_rx {
+            for (batch, at) in full_rx {
                 for rec in batch.iter().filter(|r| in_time(cutoff, r)) {
-                    each(Step::Before, ledger, rec);
+                    each(Seen::Record(Step::Before, rec), ledger);
                     ledger.apply(rec);
                     *applied += 1;
-                    each(Step::After, ledger, rec);
+                    each(Seen::Record(Step::After, rec), ledger);
                 }
+                each(Seen::ReadTo(at), ledger);
                 // The reader may have finished and gone: then the batch is not needed.
                 let _ = empty_tx.send(batch);
             }

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod moments;
 pub mod state;
 pub mod telemetry;
 pub mod timeline;
@@ -43,7 +44,7 @@ pub use state::Model;
 use crate::{
     analyze,
     cli::ServeArgs,
-    ledger::{Class, Ledger, Replay},
+    ledger::{Class, Ledger, Replay, Seen, Step},
     session::{self, LiveSink, RecordOptions},
 };
 
@@ -81,6 +82,8 @@ pub struct Served {
     pub gpu_telemetry: Vec<crate::nvml::GpuTelemetry>,
     /// Bytes by class over time, for a replayed trace.
     pub timeline: Option<timeline::Timeline>,
+    /// Copies of the replay's state through the trace, for the state at a moment.
+    pub moments: Option<Arc<moments::Moments>>,
 }
 
 impl Served {
@@ -95,6 +98,7 @@ impl Served {
             telemetry_seq: 0,
             gpu_telemetry: Vec::new(),
             timeline: None,
+            moments: None,
         }
     }
 
@@ -124,6 +128,9 @@ pub struct Config {
     pub token_required: bool,
 }
 
+/// The state at one moment, made once for every read that asks for it.
+type AtMoment = Arc<tokio::sync::OnceCell<Arc<Served>>>;
+
 /// What every handler shares.
 pub struct Shared {
     pub served: Mutex<Served>,
@@ -132,8 +139,12 @@ pub struct Shared {
     started: Instant,
     /// The WebSocket stream's producer side.
     pub stream: ws::Stream,
-    /// The state at the page's cursor, replayed once for every read at that moment.
-    at: Mutex<Option<(u64, Arc<Served>)>>,
+    /// The state at the page's cursor, replayed once for every read at that moment: the
+    /// reads that come together (the snapshot, the allocations, the flame graph) wait for
+    /// the one replay instead of each making its own.
+    at: Mutex<Option<(u64, AtMoment)>>,
+    /// `/api/analysis` of the replayed trace, as sent.
+    analysis: tokio::sync::OnceCell<String>,
 }
 
 impl Shared {
@@ -146,36 +157,42 @@ impl Shared {
             started: Instant::now(),
             stream: ws::Stream::default(),
             at: Mutex::new(None),
+            analysis: tokio::sync::OnceCell::new(),
         }
     }
 
     /// The state `secs` after the start of the replayed trace (`serve --replay` only): the
-    /// trace replayed through the Ledger up to then. The latest moment asked for is kept, so
-    /// that the snapshot, the allocations and the flame graph at one cursor cost one replay.
+    /// trace replayed through the Ledger up to then, from the nearest copy of the state the
+    /// startup replay kept ([`moments`]). The latest moment asked for is kept, so that the
+    /// snapshot, the allocations and the flame graph at one cursor cost one replay.
     pub async fn served_at(self: &Arc<Self>, secs: f64) -> Result<Arc<Served>, AtError> {
-        let Some(path) = self.config.replay.clone() else {
+        let Some(moments) = self.lock().moments.clone() else {
             return Err(AtError::NotReplay);
         };
         if !(secs.is_finite() && secs >= 0.0) {
             return Err(AtError::Bad);
         }
         let key = secs.to_bits();
-        let cached = |shared: &Shared| {
-            let at = shared.at.lock().unwrap_or_else(|e| e.into_inner());
-            at.as_ref()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, s)| s.clone())
+        let cell = {
+            let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+            match at.as_ref() {
+                Some((k, cell)) if *k == key => cell.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    *at = Some((key, cell.clone()));
+                    cell
+                }
+            }
         };
-        if let Some(s) = cached(self) {
-            return Ok(s);
-        }
-        let served = tokio::task::spawn_blocking(move || served_at(&path, secs))
-            .await
-            .map_err(|e| AtError::Failed(e.to_string()))?
-            .map_err(|e| AtError::Failed(format!("{e:#}")))?;
-        let served = Arc::new(served);
-        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, served.clone()));
-        Ok(served)
+        cell.get_or_try_init(|| async move {
+            let served = tokio::task::spawn_blocking(move || moments.at(secs))
+                .await
+                .map_err(|e| AtError::Failed(e.to_string()))?
+                .map_err(|e| AtError::Failed(format!("{e:#}")))?;
+            Ok(Arc::new(served))
+        })
+        .await
+        .cloned()
     }
 
     /// The state; a handler that panicked while holding it left it usable.
@@ -205,13 +222,21 @@ impl AtError {
     }
 }
 
-/// Reads the bearer token: the file's first line, which must not be empty.
+/// Reads the bearer token: the file's first line, which must be printable ASCII.
 fn read_token(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
+    }
+    // A browser sends header values byte per character (Latin-1), not UTF-8: a token of
+    // other characters could not be given on a request (RFC 6750's b64token is ASCII too).
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "the token in {} must be printable ASCII without spaces",
+            path.display()
+        );
     }
     Ok(token)
 }
@@ -262,7 +287,7 @@ pub fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
         Some(path) => {
             let replay =
                 Replay::open(path).with_context(|| format!("reading {}", path.display()))?;
-            replayed(replay, true)
+            replayed(replay, Some((path, moments::Keep::default())))
         }
         None => Served::new(Tracing::Starting),
     };
@@ -402,13 +427,20 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
             "this service is read-only and takes no request body",
         );
     }
-    if let Some(token) = &shared.token {
+    // The page's own files carry no data and must load for it to ask for the token: every
+    // read of the state (the API, the metrics, the stream) wants it.
+    if let Some(token) = shared
+        .token
+        .as_ref()
+        .filter(|_| wants_token(req.uri().path()))
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::to_vec)
+            .or_else(|| ws::bearer_protocol(req.headers()).and_then(|(_, t)| t));
+        if !given.is_some_and(|g| constant_time_eq(&g, token.as_bytes())) {
             let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -416,6 +448,11 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// Whether a request for `path` reads the state (everything but the web page's files).
+fn wants_token(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/") || path == "/metrics" || path == "/ws"
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -538,13 +575,32 @@ fn gpus_json(s: &Served) -> Vec<Value> {
 
 /// The served state of a replay run to its end (or its cutoff): the model fed by the
 /// Ledger's change stream, and the Ledger.
-/// With `timeline`, the bytes by class are noted after each record that moved them.
-fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -> Served {
+/// With the trace's path (the startup replay), the bytes by class are noted after each
+/// record that moved them, and copies of the state are kept as `keep` says for the state at
+/// a moment.
+fn replayed<R: std::io::BufRead + Send>(
+    mut replay: Replay<R>,
+    startup: Option<(&std::path::Path, moments::Keep)>,
+) -> Served {
     let mut served = Served::new(Tracing::Replay);
     let model = &mut served.model;
-    let mut line = timeline.then(|| timeline::Timeline::new(replay.header().start_monotonic_ns));
+    let mut line = startup.map(|_| timeline::Timeline::new(replay.header().start_monotonic_ns));
+    let mut moments = startup.map(|(p, keep)| moments::Moments::new(p, &replay, keep));
     let mut n = 0;
-    replay.run_read_ahead(|ledger, _| {
+    replay.run_read_ahead_seen(|seen, ledger| {
+        let rec = match seen {
+            Seen::Record(Step::After, rec) => rec,
+            Seen::Record(Step::Before, _) => return,
+            Seen::ReadTo(at) => {
+                if let Some(m) = moments.as_mut() {
+                    m.read_to(at, ledger, model, n);
+                }
+                return;
+            }
+        };
+        if let Some(m) = moments.as_mut() {
+            m.saw(rec);
+        }
         let changes = ledger.changes();
         model.take(changes);
         n += 1;
@@ -578,6 +634,10 @@ fn replayed<R: std::io::BufRead + Send>(mut replay: Replay<R>, timeline: bool) -
         }
     }
     served.timeline = line;
+    served.moments = moments.map(|mut m| {
+        m.finish();
+        Arc::new(m)
+    });
     served.ledger = replay.finish().0;
     served
 }
@@ -710,14 +770,6 @@ async fn snapshot(
     }
 }
 
-/// The state `secs` after the start of the recording: the trace replayed up to then.
-fn served_at(path: &std::path::Path, secs: f64) -> Result<Served> {
-    let replay = Replay::open(path)?;
-    let start = replay.header().start_monotonic_ns;
-    let cutoff = analyze::Moment::AfterStart(secs).ts_ns(start);
-    Ok(replayed(replay.until(Some(cutoff)), false))
-}
-
 async fn config(State(shared): State<Arc<Shared>>) -> Response {
     json_body(&shared.config).into_response()
 }
@@ -729,11 +781,20 @@ async fn analysis(State(shared): State<Arc<Shared>>) -> Response {
             "the analysis is served under serve --replay only",
         );
     };
-    let result = tokio::task::spawn_blocking(move || analyze::analyze_file(&path)).await;
-    match result {
-        Ok(Ok(report)) => json_body(&report).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    // Made once: every page that opens asks for it, and each would read the whole trace.
+    let report = shared
+        .analysis
+        .get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || analyze::analyze_file(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+                .map(|report| json_text(&report))
+        })
+        .await;
+    match report {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
 }
 

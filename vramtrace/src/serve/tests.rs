@@ -218,3 +218,19 @@ fn pod_labels_where_the_process_is_in_a_pod_and_empty_where_not() {
     assert!(by_pid(4343)["pod"].is_null());
     assert!(by_pid(4343)["container"].is_null());
 }
+
+#[test]
+fn a_token_file_must_hold_printable_ascii() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    let read = |text: &str| {
+        std::fs::write(&file, text).expect("write");
+        super::read_token(&file).map_err(|e| e.to_string())
+    };
+    assert_eq!(read("e2e-s3cret>>?\nignored\n"), Ok("e2e-s3cret>>?".into()));
+    assert!(read("\n").is_err_and(|e| e.contains("is empty")));
+    for bad in ["s\u{e9}cret\n", "two words\n", "tab\there\n"] {
+        let e = read(bad).expect_err(bad);
+        assert!(e.contains("printable ASCII"), "{e}");
+    }
+}

@@ -21,6 +21,7 @@ use axum::{
         State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
+    http::{HeaderMap, header},
     response::Response,
 };
 use serde_json::{Map, Value, json};
@@ -188,7 +189,41 @@ pub async fn produce(shared: Arc<Shared>) {
     }
 }
 
-pub async fn handler(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+/// The prefix of the WebSocket subprotocol that carries a bearer token, base64url-encoded
+/// without padding: a browser cannot set `Authorization` on a WebSocket, but it can offer
+/// subprotocols, and unlike a query string they do not end up in access logs.
+pub const BEARER_PROTOCOL: &str = "vramtrace.bearer.";
+
+/// The bearer subprotocol a client offered, if any: the protocol as offered (to echo back)
+/// and the token it carries (`None` when it is not base64url).
+pub fn bearer_protocol(headers: &HeaderMap) -> Option<(String, Option<Vec<u8>>)> {
+    use base64::Engine as _;
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| {
+            let b64 = p.strip_prefix(BEARER_PROTOCOL)?;
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64)
+                .ok();
+            Some((p.to_owned(), token))
+        })
+}
+
+pub async fn handler(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // A browser fails the connection unless the server names one of the protocols it
+    // offered; the token in it was checked before the request came here.
+    let ws = match bearer_protocol(&headers) {
+        Some((protocol, _)) => ws.protocols([protocol]),
+        None => ws,
+    };
     ws.max_message_size(4096)
         .max_write_buffer_size(1 << 20)
         .on_upgrade(move |socket| client(shared, socket))

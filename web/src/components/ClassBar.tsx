@@ -31,7 +31,9 @@ export function ClassBar({ parts, capacity, label, legend = true, height = "lg" 
               key={p.key}
               data-class={p.key}
               title={`${c.label}: ${formatBytes(p.bytes)}`}
-              className="h-full transition-[width] duration-500 motion-reduce:transition-none"
+              // No width transition: at 5 updates a second it never settled, so the page laid
+              // out, painted and rastered every frame (bench-web's performance trace).
+              className="h-full"
               style={{
                 width: `${(p.bytes / full) * 100}%`,
                 background: p.key === "unexplained"

@@ -3,16 +3,37 @@ import { fetchLifetimes, type LifetimesWindow } from "../lib/api";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { stack } from "../lib/lifetimes";
 
-/** Each allocation a band from its start to its end, stacked (memory_viz's Active Memory Timeline). */
+/** The seconds shown: the whole trace, or `span` seconds around the cursor (the middle without one). */
+export function lifetimeWindow(duration: number, span: number | null, cursor: number | null): [number, number] {
+  if (span === null || span >= duration) return [0, duration];
+  const centre = cursor ?? duration / 2;
+  const from = Math.min(Math.max(0, centre - span / 2), duration - span);
+  return [from, from + span];
+}
+
+/**
+ * Each allocation a band from its start to its end, stacked (memory_viz's Active Memory
+ * Timeline), over the whole trace or zoomed around the cursor; the server picks the largest
+ * allocations live in the window shown, so the page never loads the trace.
+ */
 export function LifetimeView({ duration, cursor, onCursor }: { duration: number; cursor: number | null; onCursor: (t: number) => void }) {
   const [data, setData] = useState<LifetimesWindow | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [span, setSpan] = useState<number | null>(null);
   const canvas = useRef<HTMLCanvasElement>(null);
+  const [from, to] = lifetimeWindow(duration, span, cursor);
   useEffect(() => {
     const ctl = new AbortController();
-    fetchLifetimes(1500, ctl.signal).then(setData, (e: Error) => ctl.signal.aborted || setError(e.message));
-    return () => ctl.abort();
-  }, []);
+    // A cursor being dragged asks once it rests.
+    const timer = setTimeout(() => {
+      fetchLifetimes(1500, ctl.signal, span === null ? null : { from, to }).then(setData, (e: Error) => ctl.signal.aborted || setError(e.message));
+    }, span === null ? 0 : 150);
+    return () => {
+      clearTimeout(timer);
+      ctl.abort();
+    };
+  }, [from, to, span]);
+  const shown = data ? [data.from, data.to] : [from, to];
   const stacked = useMemo(() => (data ? stack(data.rows.map(([start, end, bytes, cls]) => ({ start, end, bytes, cls })), duration) : null), [data, duration]);
   useEffect(() => {
     const c = canvas.current;
@@ -26,8 +47,9 @@ export function LifetimeView({ duration, cursor, onCursor }: { duration: number;
     if (!g) return;
     g.scale(dpr, dpr);
     g.clearRect(0, 0, w, h);
-    const span = Math.max(duration, 1e-9);
-    const x = (t: number) => (t / span) * w;
+    const [lo, hi] = shown as [number, number];
+    const width = Math.max(hi - lo, 1e-9);
+    const x = (t: number) => ((t - lo) / width) * w;
     const y = (b: number) => h - (b / Math.max(stacked.peak, 1)) * (h - 4);
     stacked.bands.forEach((b, i) => {
       const base = classInfo(b.cls).color;
@@ -60,11 +82,24 @@ export function LifetimeView({ duration, cursor, onCursor }: { duration: number;
       g.lineTo(x(cursor), h);
       g.stroke();
     }
-  }, [stacked, cursor, duration]);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [stacked, cursor, shown[0], shown[1]]);
   if (error) return <p role="alert" className="text-rose-300">{error}</p>;
   if (!data || !stacked) return <div role="status" aria-label="Loading the allocations' lifetimes" className="h-48 animate-pulse rounded-xl bg-white/5 motion-reduce:animate-none" />;
+  const zoom = (f: number | null) => setSpan(f === null ? null : Math.max(Math.min((span ?? duration) * f, duration), duration / 4096));
   return (
     <div>
+      <div className="mb-2 flex flex-wrap items-center gap-2 text-xs" role="group" aria-label="Lifetime view zoom">
+        <button type="button" onClick={() => zoom(0.25)} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300" data-testid="lifetimes-zoom-in">
+          Zoom in around the cursor
+        </button>
+        <button type="button" onClick={() => zoom(4)} disabled={span === null} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 disabled:opacity-40 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300">
+          Zoom out
+        </button>
+        <button type="button" onClick={() => zoom(null)} disabled={span === null} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 disabled:opacity-40 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300">
+          Whole trace
+        </button>
+      </div>
       <canvas
         ref={canvas}
         role="img"
@@ -72,13 +107,13 @@ export function LifetimeView({ duration, cursor, onCursor }: { duration: number;
         className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
         onClick={(e) => {
           const r = e.currentTarget.getBoundingClientRect();
-          onCursor(((e.clientX - r.left) / r.width) * duration);
+          onCursor(shown[0]! + ((e.clientX - r.left) / r.width) * (shown[1]! - shown[0]!));
         }}
         data-testid="lifetimes"
       />
       <p className="mt-1 text-xs text-slate-400">
         {data.rows.length < data.in_window ? `The ${data.rows.length.toLocaleString("en-US")} largest of ${data.in_window.toLocaleString("en-US")} allocations` : `${data.rows.length.toLocaleString("en-US")} allocations`}
-        {data.smaller_left_out_below_bytes > 0 ? `; those under ${formatBytes(data.smaller_left_out_below_bytes)} are not kept` : ""} · 0 to {formatSeconds(duration)}
+        {data.smaller_left_out_below_bytes > 0 ? `; those under ${formatBytes(data.smaller_left_out_below_bytes)} are not kept` : ""} · <span data-testid="lifetimes-window">{formatSeconds(shown[0]!)} to {formatSeconds(shown[1]!)}</span>
       </p>
     </div>
   );

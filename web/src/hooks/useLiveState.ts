@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useRef, useState } from "react";
+import { socketProtocols } from "../lib/auth";
 import { applyChanges } from "../lib/state";
 import type { Message, State } from "../lib/types";
 
@@ -16,7 +17,7 @@ export const HISTORY = 120;
 export interface LiveOptions {
   url?: string;
   /** For tests: the socket to use instead of the browser's. */
-  createSocket?: (url: string) => WebSocket;
+  createSocket?: (url: string, protocols: string[]) => WebSocket;
   /** Delays between attempts, in ms; the last repeats. */
   backoff?: number[];
   now?: () => number;
@@ -81,7 +82,9 @@ export function useLiveState(opts: LiveOptions = {}): Live {
     const url = opts.url ?? defaultUrl();
     let ws: WebSocket;
     try {
-      ws = createSocket ? createSocket(url) : new WebSocket(url);
+      // The token, when there is one, rides in a subprotocol: never in the URL.
+      const protocols = socketProtocols();
+      ws = createSocket ? createSocket(url, protocols) : new WebSocket(url, protocols);
     } catch (e) {
       setError(String(e));
       return;

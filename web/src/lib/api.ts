@@ -1,5 +1,7 @@
 // Reads of `vramtrace serve`'s JSON endpoints (vramtrace/src/serve/api.rs, mod.rs).
 
+import { current, unauthorized } from "./auth";
+
 export interface AllocationRow {
   pid: number;
   comm: string;
@@ -27,8 +29,11 @@ export interface StackInfo {
   truncated?: string | null;
 }
 
-async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
-  const r = await fetch(url, { signal, headers: { Accept: "application/json" } });
+export async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
+  const token = current();
+  const r = await fetch(url, { signal, headers: { Accept: "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) } });
+  // A read made with an earlier token may come back after a new one was given.
+  if (r.status === 401) unauthorized(token);
   if (!r.ok) {
     let msg = `${r.status}`;
     try {
@@ -77,7 +82,9 @@ export interface LifetimesWindow {
   rows: [number, number | null, number, string, number, number | null][];
 }
 
-export const fetchLifetimes = (max: number, signal?: AbortSignal) => getJson<LifetimesWindow>(`/api/lifetimes?max=${max}`, signal);
+/** The largest `max` allocations live in the window (the whole trace without one). */
+export const fetchLifetimes = (max: number, signal?: AbortSignal, window?: { from: number; to: number } | null) =>
+  getJson<LifetimesWindow>(`/api/lifetimes?max=${max}${window ? `&from=${window.from}&to=${window.to}` : ""}`, signal);
 
 export interface FlameNode {
   name: string;

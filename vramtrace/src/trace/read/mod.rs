@@ -250,6 +250,22 @@ pub struct TraceReader<R> {
     done: bool,
 }
 
+/// Where a reader is in its trace: lines and (decompressed) bytes read so far, the header's
+/// included. Reading on from here is [`TraceReader::resume`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// What a reader needs to read on from a [`Position`] of a trace it already read once: the
+/// header, which is not read again.
+#[derive(Clone, Debug)]
+pub struct ResumeFrom {
+    pub header: Header,
+    minor: u32,
+}
+
 /// A trace file's bytes as the reader reads them: decompressed, when the file is gzip.
 pub type Input = BufReader<Box<dyn Read + Send>>;
 
@@ -360,27 +376,7 @@ enum Parsed {
 impl<R: BufRead> TraceReader<R> {
     /// Reads and checks the header from `input`.
     pub fn new(input: R) -> Result<Self, ReadError> {
-        let mut reader = TraceReader {
-            input,
-            buf: Vec::with_capacity(4096),
-            pos: 0,
-            hash_from: 0,
-            hasher: BatchedHash::default(),
-            names: Names::default(),
-            header: Header::default(),
-            minor: 0,
-            footer: None,
-            digest_ok: None,
-            counts_ok: true,
-            counts: Counts::default(),
-            skipped_types: BTreeMap::new(),
-            problems: Vec::new(),
-            lines: 0,
-            bytes: 0,
-            after_footer: false,
-            trailing: false,
-            done: false,
-        };
+        let mut reader = Self::at(input, Header::default(), 0, Position::default(), true);
         match reader.read_line(false)? {
             LineEnd::Eof => return Err(ReadError::Empty),
             LineEnd::Cut => return Err(ReadError::TruncatedHeader),
@@ -398,6 +394,59 @@ impl<R: BufRead> TraceReader<R> {
         reader.header = header;
         reader.minor = minor;
         Ok(reader)
+    }
+
+    /// Reads on from `at` of a trace this process already read once (and judged: the digest,
+    /// the counts against the footer): `input` starts at `at.bytes`, the line after a record.
+    /// Nothing is hashed, the footer ends the records, and [`summary`](Self::summary) says
+    /// nothing about the file as a whole.
+    pub fn resume(input: R, from: &ResumeFrom, at: Position) -> Self {
+        Self::at(input, from.header.clone(), from.minor, at, false)
+    }
+
+    /// A reader of `input` standing at `at`, hashing what it reads or not.
+    fn at(input: R, header: Header, minor: u32, at: Position, hashing: bool) -> Self {
+        TraceReader {
+            input,
+            buf: Vec::with_capacity(4096),
+            pos: 0,
+            hash_from: 0,
+            hasher: BatchedHash {
+                off: !hashing,
+                ..Default::default()
+            },
+            names: Names::default(),
+            header,
+            minor,
+            footer: None,
+            digest_ok: None,
+            counts_ok: true,
+            counts: Counts::default(),
+            skipped_types: BTreeMap::new(),
+            problems: Vec::new(),
+            lines: at.lines,
+            bytes: at.bytes,
+            after_footer: false,
+            trailing: false,
+            done: false,
+        }
+    }
+
+    /// What [`TraceReader::resume`] needs, besides a position.
+    pub fn resume_from(&self) -> ResumeFrom {
+        ResumeFrom {
+            header: self.header.clone(),
+            minor: self.minor,
+        }
+    }
+
+    /// Lines and bytes read so far: after the last record handed out, once the caller has
+    /// taken it.
+    pub fn read_position(&self) -> Position {
+        Position {
+            lines: self.lines,
+            bytes: self.bytes,
+        }
     }
 
     /// The trace's header.
@@ -652,6 +701,11 @@ impl<R: BufRead> TraceReader<R> {
     }
 
     fn check_footer(&mut self, line: u64, footer: Footer) {
+        if self.hasher.off {
+            // A resumed read: the file was judged when it was read whole.
+            self.done = true;
+            return;
+        }
         let digest = self.hasher.finalize_hex();
         let digest_ok = digest.eq_ignore_ascii_case(&footer.sha256);
         if !digest_ok {
@@ -740,12 +794,17 @@ impl<R: BufRead> TraceReader<R> {
 struct BatchedHash {
     hasher: Sha256,
     pending: Vec<u8>,
+    /// Nothing is hashed (a resumed read).
+    off: bool,
 }
 
 impl BatchedHash {
     const BATCH: usize = 64 << 10;
 
     fn update(&mut self, bytes: &[u8]) {
+        if self.off {
+            return;
+        }
         if self.pending.len() + bytes.len() > Self::BATCH {
             self.hasher.update(&self.pending);
             self.pending.clear();
