@@ -135,6 +135,18 @@ struct DevAlloc {
 struct Ctx {
     dev: usize,
     primary: bool,
+    /// The context whose memory is allocated while this one is current: a green context's
+    /// `CUcontext` allocates in its device's primary context (CUDA driver API reference,
+    /// `cuCtxFromGreenCtx`).
+    owner: Option<u64>,
+}
+
+/// A green context (`cuGreenCtxCreate`): it holds a reference to its device's primary
+/// context until `cuGreenCtxDestroy`.
+struct Green {
+    dev: usize,
+    /// Its `CUcontext`, which `cuCtxFromGreenCtx` returns.
+    ctx: u64,
 }
 
 #[derive(Default)]
@@ -253,6 +265,10 @@ struct State {
     host: BTreeMap<usize, HostRec>,
     /// Live events (`cuEventCreate`).
     events: HashSet<u64>,
+    /// Live green contexts, by `CUgreenCtx`.
+    green: HashMap<u64, Green>,
+    /// Resource descriptors (`cuDevResourceGenerateDesc`): their SM counts.
+    resource_descs: HashMap<u64, u32>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -326,6 +342,8 @@ impl State {
             next_handle: 0x5000_0000,
             allocs: BTreeMap::new(),
             contexts: HashMap::new(),
+            green: HashMap::new(),
+            resource_descs: HashMap::new(),
             primary: (0..devices).map(|_| Primary::default()).collect(),
             pools: HashMap::new(),
             default_pools: Vec::new(),
@@ -363,7 +381,7 @@ impl State {
     fn current(&self) -> Result<(u64, usize), CUresult> {
         let ctx = stack_top().ok_or(INVALID_CONTEXT)?;
         let c = self.contexts.get(&ctx).ok_or(INVALID_CONTEXT)?;
-        Ok((ctx, c.dev))
+        Ok((c.owner.unwrap_or(ctx), c.dev))
     }
 
     fn charge(&mut self, dev: usize, size: u64) -> Result<(), CUresult> {
@@ -611,8 +629,41 @@ impl State {
 
     fn new_ctx(&mut self, dev: usize, primary: bool) -> u64 {
         let h = self.handle();
-        self.contexts.insert(h, Ctx { dev, primary });
+        self.contexts.insert(
+            h,
+            Ctx {
+                dev,
+                primary,
+                owner: None,
+            },
+        );
         h
+    }
+
+    /// Retains `dev`'s primary context, making it on the first retain.
+    fn retain_primary(&mut self, d: usize) -> u64 {
+        let ctx = match self.primary[d].ctx {
+            Some(c) => c,
+            None => {
+                let c = self.new_ctx(d, true);
+                self.primary[d].ctx = Some(c);
+                c
+            }
+        };
+        self.primary[d].refs += 1;
+        ctx
+    }
+
+    /// Drops a reference to `dev`'s primary context; the last one destroys it and its memory.
+    fn release_primary(&mut self, d: usize) -> Result<(), CUresult> {
+        let p = &mut self.primary[d];
+        let ctx = p.ctx.ok_or(INVALID_CONTEXT)?;
+        p.refs = p.refs.saturating_sub(1);
+        if p.refs == 0 {
+            p.ctx = None;
+            self.destroy_ctx_memory(ctx);
+        }
+        Ok(())
     }
 
     fn array_create(&mut self, bytes: Option<u64>) -> Result<u64, CUresult> {
@@ -1695,7 +1746,8 @@ fn ctx_destroy(ctx: Handle) -> CUresult {
     code(with(|st| {
         let id = ctx as u64;
         match st.contexts.get(&id) {
-            Some(c) if !c.primary => {}
+            // A green context's CUcontext goes with cuGreenCtxDestroy only.
+            Some(c) if !c.primary && c.owner.is_none() => {}
             _ => return Err(INVALID_CONTEXT),
         }
         st.destroy_ctx_memory(id);
@@ -1721,15 +1773,7 @@ pub extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevice) -> 
     code(with(|st| {
         nonnull(pctx)?;
         let d = st.device(dev)?;
-        let ctx = match st.primary[d].ctx {
-            Some(c) => c,
-            None => {
-                let c = st.new_ctx(d, true);
-                st.primary[d].ctx = Some(c);
-                c
-            }
-        };
-        st.primary[d].refs += 1;
+        let ctx = st.retain_primary(d);
         put(pctx, ctx as Handle);
         Ok(())
     }))
@@ -1738,14 +1782,7 @@ pub extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevice) -> 
 fn primary_release(dev: CUdevice) -> CUresult {
     code(with(|st| {
         let d = st.device(dev)?;
-        let p = &mut st.primary[d];
-        let ctx = p.ctx.ok_or(INVALID_CONTEXT)?;
-        p.refs = p.refs.saturating_sub(1);
-        if p.refs == 0 {
-            p.ctx = None;
-            st.destroy_ctx_memory(ctx);
-        }
-        Ok(())
+        st.release_primary(d)
     }))
 }
 
@@ -1774,6 +1811,119 @@ pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
 
 pub extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
     primary_reset(dev)
+}
+
+/// `CU_DEV_RESOURCE_TYPE_SM`, the one resource type of `cuDeviceGetDevResource`.
+const DEV_RESOURCE_TYPE_SM: c_uint = 1;
+/// `CU_GREEN_CTX_DEFAULT_STREAM`, which CUDA 13.0 requires of `cuGreenCtxCreate`.
+const GREEN_CTX_DEFAULT_STREAM: c_uint = 1;
+/// Where `CUdevResource` keeps its `CUdevSmResource` (after `type` and 92 bytes of padding).
+const DEV_RESOURCE_SM_OFFSET: usize = 96;
+/// SMs of a simulated device.
+const SM_COUNT: u32 = 132;
+
+/// `cuDeviceGetDevResource(CUdevice, CUdevResource *, CUdevResourceType)`: the device's SMs.
+pub extern "C" fn cuDeviceGetDevResource(
+    dev: CUdevice,
+    resource: *mut u8,
+    kind: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(resource)?;
+        st.device(dev)?;
+        if kind != DEV_RESOURCE_TYPE_SM {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: a non-null `CUdevResource *` is valid for the struct's size, which covers
+        // `type` at 0 and `sm.smCount` at `DEV_RESOURCE_SM_OFFSET`.
+        unsafe {
+            resource.cast::<c_uint>().write_unaligned(kind);
+            resource
+                .add(DEV_RESOURCE_SM_OFFSET)
+                .cast::<u32>()
+                .write_unaligned(SM_COUNT);
+        }
+        Ok(())
+    }))
+}
+
+/// `cuDevResourceGenerateDesc(CUdevResourceDesc *, CUdevResource *, unsigned nbResources)`:
+/// one SM resource makes a descriptor.
+pub extern "C" fn cuDevResourceGenerateDesc(
+    desc: *mut Handle,
+    resources: *const u8,
+    count: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(desc)?;
+        nonnull(resources)?;
+        if count != 1 {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: a non-null `CUdevResource *` points at `count` (1) whole structs.
+        let (kind, sms) = unsafe {
+            (
+                resources.cast::<c_uint>().read_unaligned(),
+                resources
+                    .add(DEV_RESOURCE_SM_OFFSET)
+                    .cast::<u32>()
+                    .read_unaligned(),
+            )
+        };
+        if kind != DEV_RESOURCE_TYPE_SM || sms == 0 || sms > SM_COUNT {
+            return Err(INVALID_VALUE);
+        }
+        let h = st.handle();
+        st.resource_descs.insert(h, sms);
+        put(desc, h as Handle);
+        Ok(())
+    }))
+}
+
+/// `cuGreenCtxCreate(CUgreenCtx *, CUdevResourceDesc, CUdevice, unsigned flags)`: retains
+/// `dev`'s primary context; does not make the green context current.
+pub extern "C" fn cuGreenCtxCreate(
+    green: *mut Handle,
+    desc: Handle,
+    dev: CUdevice,
+    flags: c_uint,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(green)?;
+        let d = st.device(dev)?;
+        if !st.resource_descs.contains_key(&(desc as u64)) || flags != GREEN_CTX_DEFAULT_STREAM {
+            return Err(INVALID_VALUE);
+        }
+        let primary = st.retain_primary(d);
+        let ctx = st.new_ctx(d, false);
+        if let Some(c) = st.contexts.get_mut(&ctx) {
+            c.owner = Some(primary);
+        }
+        let h = st.handle();
+        st.green.insert(h, Green { dev: d, ctx });
+        put(green, h as Handle);
+        Ok(())
+    }))
+}
+
+/// `cuCtxFromGreenCtx(CUcontext *, CUgreenCtx)`: the context that stands for the green one.
+pub extern "C" fn cuCtxFromGreenCtx(pctx: *mut Handle, green: Handle) -> CUresult {
+    code(with(|st| {
+        nonnull(pctx)?;
+        let g = st.green.get(&(green as u64)).ok_or(INVALID_HANDLE)?;
+        put(pctx, g.ctx as Handle);
+        Ok(())
+    }))
+}
+
+/// `cuGreenCtxDestroy(CUgreenCtx)`: releases the primary context it retained; what was
+/// allocated in it is the primary context's and goes only with that.
+pub extern "C" fn cuGreenCtxDestroy(green: Handle) -> CUresult {
+    code(with(|st| {
+        let g = st.green.remove(&(green as u64)).ok_or(INVALID_HANDLE)?;
+        st.contexts.remove(&g.ctx);
+        st.release_primary(g.dev)
+    }))
 }
 
 pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {

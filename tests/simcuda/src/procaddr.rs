@@ -181,6 +181,20 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         ],
         &[],
     ),
+    // Green contexts: CUDA 12.4.
+    (
+        "cuDeviceGetDevResource",
+        &[(12040, "cuDeviceGetDevResource")],
+        &[],
+    ),
+    (
+        "cuDevResourceGenerateDesc",
+        &[(12040, "cuDevResourceGenerateDesc")],
+        &[],
+    ),
+    ("cuGreenCtxCreate", &[(12040, "cuGreenCtxCreate")], &[]),
+    ("cuGreenCtxDestroy", &[(12040, "cuGreenCtxDestroy")], &[]),
+    ("cuCtxFromGreenCtx", &[(12040, "cuCtxFromGreenCtx")], &[]),
     ("cuCtxSetCurrent", &[(4000, "cuCtxSetCurrent")], &[]),
     ("cuCtxGetCurrent", &[(4000, "cuCtxGetCurrent")], &[]),
     (

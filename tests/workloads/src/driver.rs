@@ -71,6 +71,78 @@ impl CtxCreateParams {
 /// `CU_CTX_SCHED_BLOCKING_SYNC`.
 pub const CTX_SCHED_BLOCKING_SYNC: c_uint = 4;
 
+/// `CU_DEV_RESOURCE_TYPE_SM`.
+pub const DEV_RESOURCE_TYPE_SM: c_uint = 1;
+/// `CU_GREEN_CTX_DEFAULT_STREAM`, required by `cuGreenCtxCreate` in CUDA 13.0.
+pub const GREEN_CTX_DEFAULT_STREAM: c_uint = 1;
+
+/// `CUdevResource`: 144 bytes in CUDA 12.4, larger since; room for any of them.
+#[repr(C, align(8))]
+pub struct DevResource {
+    pub bytes: [u8; 512],
+}
+
+/// The green-context entry points (CUDA 12.4), resolved where the driver has them.
+#[derive(Clone, Copy)]
+pub struct Green {
+    pub get_resource: Sym<FnDevResource>,
+    pub generate_desc: Sym<FnResourceDesc>,
+    pub create: Sym<FnGreenCtxCreate>,
+    pub from_green: Sym<FnCtxFromGreen>,
+    pub destroy: Sym<FnHandle>,
+}
+
+impl Green {
+    /// Resolves them at `version` (12.4 at least, where they appeared); `None` where the
+    /// driver has none (535).
+    pub fn resolve(d: &Driver, version: c_int) -> Option<Green> {
+        let v = version.max(12040);
+        Some(Green {
+            get_resource: d
+                .resolve("cuDeviceGetDevResource", v, 0, "cuDeviceGetDevResource")
+                .ok()?,
+            generate_desc: d
+                .resolve(
+                    "cuDevResourceGenerateDesc",
+                    v,
+                    0,
+                    "cuDevResourceGenerateDesc",
+                )
+                .ok()?,
+            create: d
+                .resolve("cuGreenCtxCreate", v, 0, "cuGreenCtxCreate")
+                .ok()?,
+            from_green: d
+                .resolve("cuCtxFromGreenCtx", v, 0, "cuCtxFromGreenCtx")
+                .ok()?,
+            destroy: d
+                .resolve("cuGreenCtxDestroy", v, 0, "cuGreenCtxDestroy")
+                .ok()?,
+        })
+    }
+
+    /// A green context on `dev` with all its SMs, and the `CUcontext` for it: every call is
+    /// made, each failure leaves a null handle.
+    pub fn create(&self, d: &Driver, dev: c_int) -> (P, P) {
+        let mut res = DevResource { bytes: [0; 512] };
+        crate::call!(d, self.get_resource, dev, &mut res, DEV_RESOURCE_TYPE_SM);
+        let mut desc: P = std::ptr::null_mut();
+        crate::call!(d, self.generate_desc, &mut desc, &res, 1);
+        let mut green: P = std::ptr::null_mut();
+        crate::call!(
+            d,
+            self.create,
+            &mut green,
+            desc,
+            dev,
+            GREEN_CTX_DEFAULT_STREAM
+        );
+        let mut ctx: P = std::ptr::null_mut();
+        crate::call!(d, self.from_green, &mut ctx, green);
+        (green, ctx)
+    }
+}
+
 /// `CUmemAccessDesc`.
 #[repr(C)]
 pub struct AccessDesc {
@@ -191,6 +263,10 @@ pub type FnMemcpy2DAsync = unsafe extern "C" fn(*const Memcpy2D, P) -> R;
 pub type FnMemcpy3D = unsafe extern "C" fn(*const Memcpy3D) -> R;
 pub type FnMemcpy3DAsync = unsafe extern "C" fn(*const Memcpy3D, P) -> R;
 /// The unversioned 2D/3D copies take the CUDA 3.x descriptors; probe-all passes zeroes.
+pub type FnDevResource = unsafe extern "C" fn(c_int, *mut DevResource, c_uint) -> R;
+pub type FnResourceDesc = unsafe extern "C" fn(*mut P, *const DevResource, c_uint) -> R;
+pub type FnGreenCtxCreate = unsafe extern "C" fn(*mut P, P, c_int, c_uint) -> R;
+pub type FnCtxFromGreen = unsafe extern "C" fn(*mut P, P) -> R;
 pub type FnMemcpyLegacy = unsafe extern "C" fn(*const [u64; 32]) -> R;
 pub type FnMemcpyLegacyAsync = unsafe extern "C" fn(*const [u64; 32], P) -> R;
 

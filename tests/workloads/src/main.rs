@@ -78,6 +78,10 @@ enum Scenario {
     /// A context on device 1 made through cuCtxCreate_v4 (resolved at CUDA 12.5) with flags 4
     /// and 24 MiB in it, then 2 MiB on device 0; nothing freed. Needs SIMCUDA_DEVICES=2.
     CtxV4,
+    /// Two green contexts on device 1: 16 MiB allocated in the first, which is then
+    /// destroyed (the memory stays: it is the primary context's, which the second still
+    /// retains), 8 MiB in the second, 2 MiB on device 0. Needs SIMCUDA_DEVICES=2.
+    GreenCtx,
 }
 
 #[derive(Parser, Debug)]
@@ -245,6 +249,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::CtxCycles => scenarios::ctx_cycles(&rt, seed),
         Scenario::SecondGpuOom => scenarios::second_gpu_oom(&rt),
         Scenario::CtxV4 => scenarios::ctx_v4(&rt)?,
+        Scenario::GreenCtx => scenarios::green_ctx(&rt)?,
         Scenario::Copies => scenarios::copies(&rt, seed)?,
         Scenario::HostPools => scenarios::host_pools(&rt, seed)?,
         Scenario::ProbeAll => Extra::new(),

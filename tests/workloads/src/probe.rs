@@ -775,6 +775,32 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         }
     }
 
+    // A green context retains the primary context; what is allocated while its CUcontext
+    // is current is the primary context's, outlives the green context and goes with the
+    // primary context below.
+    if let Some(green) = Green::resolve(d, V) {
+        let (g, gctx) = green.create(d, dev);
+        let push = sym!(d, FnHandle, "cuCtxPushCurrent", V, 0, "cuCtxPushCurrent_v2");
+        let pop = sym!(
+            d,
+            FnOutHandle,
+            "cuCtxPopCurrent",
+            V,
+            0,
+            "cuCtxPopCurrent_v2"
+        );
+        call!(d, push, gctx);
+        let mut p = 0u64;
+        let r = call!(d, alloc, &mut p, MIB as usize);
+        d.bytes(alloc.name, MIB, r);
+        if r == 0 {
+            book.add(Key::Ptr(p), MIB, Label::Dynamic, ctx);
+        }
+        let mut popped: P = null();
+        call!(d, pop, &mut popped);
+        call!(d, green.destroy, g);
+    }
+
     // Releasing the only primary-context reference destroys it and what it holds.
     let f = sym!(
         d,

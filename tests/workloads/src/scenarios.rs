@@ -892,6 +892,70 @@ pub fn ctx_v4(rt: &Rt) -> anyhow::Result<Extra> {
     Ok(extra)
 }
 
+/// What `green-ctx` allocates in its first green context on device 1, which it then
+/// destroys, and in its second, which lives to the end.
+const GREEN_CTX_BYTES: [u64; 2] = [16 * MIB, 8 * MIB];
+/// What it allocates on device 0, in the primary context.
+const GREEN_CTX_DEVICE0_BYTES: u64 = 2 * MIB;
+
+/// Two green contexts on device 1 (`cuDeviceGetDevResource`, `cuDevResourceGenerateDesc`,
+/// `cuGreenCtxCreate`, `cuCtxFromGreenCtx`, pushed current). What the first allocates stays
+/// after `cuGreenCtxDestroy`: it is device 1's primary context's memory, and the second green
+/// context still retains that. Then 2 MiB on device 0. Needs 2 devices (SIMCUDA_DEVICES=2).
+pub fn green_ctx(rt: &Rt) -> anyhow::Result<Extra> {
+    use crate::driver::Green;
+    if rt.device_count < 2 {
+        anyhow::bail!(
+            "green-ctx: the driver has {} device(s), this needs 2 (SIMCUDA_DEVICES=2 on the \
+             simulated driver)",
+            rt.device_count
+        );
+    }
+    let Some(green) = Green::resolve(&rt.d, 13000) else {
+        anyhow::bail!("green-ctx: the driver has no green contexts (CUDA 12.4 and later)");
+    };
+    let mut second: c_int = -1;
+    let r = call!(rt.d, rt.cu.device_get, &mut second, 1);
+    if r != 0 {
+        anyhow::bail!("green-ctx: cuDeviceGet(1) failed with {r}");
+    }
+    // Both are made first: each retains device 1's primary context.
+    let mut made = Vec::new();
+    for i in 0..GREEN_CTX_BYTES.len() {
+        let (g, ctx) = green.create(&rt.d, second);
+        if g.is_null() || ctx.is_null() {
+            anyhow::bail!("green-ctx: green context {i} on device {second} failed");
+        }
+        made.push((g, ctx));
+    }
+    let mut on_second = 0;
+    for (i, (&(g, ctx), bytes)) in made.iter().zip(GREEN_CTX_BYTES).enumerate() {
+        rt.push(ctx as u64);
+        on_second += rt.alloc(bytes, KvCache).map_or(0, |_| bytes);
+        rt.pop(rt.primary);
+        if i == 0 {
+            call!(rt.d, green.destroy, g);
+        }
+    }
+    let made: Vec<Value> = made
+        .iter()
+        .map(|&(g, ctx)| json!({"green": g as u64, "ctx": ctx as u64}))
+        .collect();
+    let on_first = rt
+        .alloc(GREEN_CTX_DEVICE0_BYTES, KvCache)
+        .map_or(0, |_| GREEN_CTX_DEVICE0_BYTES);
+    let mut extra = Extra::new();
+    extra.insert(
+        "green_ctx".into(),
+        json!({
+            "device": second,
+            "contexts": made,
+            "device_bytes": {"0": on_first, "1": on_second},
+        }),
+    );
+    Ok(extra)
+}
+
 /// Weights filled only through unified, 2D and 3D copies from host memory (`cuMemcpy`,
 /// `cuMemcpyAsync_ptsz`, `cuMemcpy2D_v2` from `CU_MEMORYTYPE_HOST`, `cuMemcpy3DAsync_v2`
 /// from a `CU_MEMORYTYPE_UNIFIED` host address); a KV cache written only by device-to-device
