@@ -116,6 +116,15 @@ pub enum Kind {
     CtxPushCurrent,
     /// `cuCtxPopCurrent(CUcontext *pctx)`
     CtxPopCurrent,
+    /// `cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+    /// unsigned int flags)` (CUDA 12.4): retains `dev`'s primary context until
+    /// `cuGreenCtxDestroy`.
+    GreenCtxCreate,
+    /// `cuGreenCtxDestroy(CUgreenCtx hCtx)`: releases the primary context it retained.
+    GreenCtxDestroy,
+    /// `cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx)`: the `CUcontext` that
+    /// stands for a green context (made current with `cuCtxSetCurrent`/`cuCtxPushCurrent`).
+    CtxFromGreenCtx,
     /// `cuMemcpyHtoD(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)`
     MemcpyHtoD,
     /// `cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount,
@@ -316,6 +325,10 @@ pub const APIS: &[ApiDef] = &[
     def("cuCtxSetCurrent", Kind::CtxSetCurrent, 0),
     def("cuCtxPushCurrent", Kind::CtxPushCurrent, 0),
     def("cuCtxPopCurrent", Kind::CtxPopCurrent, DEREF_ARG0),
+    // Green contexts: memory allocated while one is current is its primary context's.
+    def("cuGreenCtxCreate", Kind::GreenCtxCreate, DEREF_ARG0),
+    def("cuGreenCtxDestroy", Kind::GreenCtxDestroy, 0),
+    def("cuCtxFromGreenCtx", Kind::CtxFromGreenCtx, DEREF_ARG0),
     // Fills from host memory.
     legacy("cuMemcpyHtoD", Kind::MemcpyHtoD, 0),
     legacy("cuMemcpyHtoDAsync", Kind::MemcpyHtoDAsync, 0),

@@ -776,6 +776,26 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             c.handle = Some(a[0]);
             done!(CtxCurrent)
         }
+        Kind::GreenCtxCreate => {
+            // (phCtx, desc, dev, flags): desc is a pointer to an opaque descriptor.
+            c.device = Some(a[2] as i32);
+            c.flags = Some(a[3] & U32);
+            if ok {
+                c.green = out0(c);
+            }
+            done!(CtxCreate)
+        }
+        Kind::CtxFromGreenCtx => {
+            c.green = Some(a[1]);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(CtxCreate)
+        }
+        Kind::GreenCtxDestroy => {
+            c.green = Some(a[0]);
+            done!(CtxDestroy)
+        }
         Kind::CtxPopCurrent => {
             if ok && a[0] != 0 {
                 c.handle = out0(c);
@@ -1117,6 +1137,37 @@ mod tests {
                 c.api
             );
         }
+    }
+
+    #[test]
+    fn green_context_calls_are_read_by_their_own_signatures() {
+        let mut conv = Converter::new(table(&[
+            "cuGreenCtxCreate",
+            "cuCtxFromGreenCtx",
+            "cuGreenCtxDestroy",
+        ]));
+        // cuGreenCtxCreate(&g, desc, dev 2, CU_GREEN_CTX_DEFAULT_STREAM) made green 0x91.
+        let calls = [
+            [0x7000, 0x8000, 2, 1, 0, 0],
+            [0x7000, 0x91, 0, 0, 0, 0],
+            [0x91, 0, 0, 0, 0, 0],
+        ];
+        let outs = [0x91, 0xc1, 0];
+        let mut got = Vec::new();
+        for (api, (args, out)) in calls.into_iter().zip(outs).enumerate() {
+            let mut out_recs = Vec::new();
+            conv.convert(&call(api as u32, args, out, 0), &mut FakeEnv, &mut out_recs);
+            let c = out_recs.last().and_then(Record::call).expect("a call");
+            got.push((c.green, c.handle, c.device, c.flags));
+        }
+        assert_eq!(
+            got,
+            [
+                (Some(0x91), None, Some(2), Some(1)),
+                (Some(0x91), Some(0xc1), None, None),
+                (Some(0x91), None, None, None),
+            ]
+        );
     }
 
     #[test]

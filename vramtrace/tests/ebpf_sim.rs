@@ -348,6 +348,12 @@ fn a_context_made_by_cu_ctx_create_v4_books_its_memory_on_its_device() {
         "{c:?}"
     );
     // What was allocated in it is on device 1; the primary context's on device 0.
+    check_device_bytes_at_exit(&r, pid, &truth["device_bytes"]);
+}
+
+/// Each device's bytes at exit in the analysis of the workload `pid` are `want`'s
+/// (`{"ORDINAL": bytes}`).
+fn check_device_bytes_at_exit(r: &Recorded, pid: u32, want: &Value) {
     let p = r.analysis["processes"]
         .as_array()
         .expect("processes")
@@ -365,11 +371,47 @@ fn a_context_made_by_cu_ctx_create_v4_books_its_memory_on_its_device() {
             )
         })
         .collect();
-    let want: BTreeMap<i64, u64> = as_map(&truth["device_bytes"])
+    let want: BTreeMap<i64, u64> = as_map(want)
         .into_iter()
         .map(|(d, b)| (d.parse().expect("ordinal"), b))
         .collect();
     assert_eq!(by_device, want, "{:#}", p["devices"]);
+}
+
+/// Memory allocated while a green context's `CUcontext` is current is on the green
+/// context's device, and is the primary context's: destroying the green context leaves it.
+#[test]
+fn green_context_memory_is_on_its_device_and_outlives_it() {
+    let (lib, _) = sim();
+    let r = record_env(lib, &[], &[("SIMCUDA_DEVICES", "2")], "green-ctx", &[]);
+    check_against_truth(&r);
+    let truth = &r.truth["green_ctx"];
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    // Each call is read by its own signature: the green handle, the device, the CUcontext.
+    let made: Vec<Value> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::CtxCreate(c) if c.pid == pid && &*c.api == "cuCtxFromGreenCtx" => {
+                Some(serde_json::json!({"green": c.green, "ctx": c.handle}))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(&Value::from(made), &truth["contexts"]);
+    let created: Vec<_> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::CtxCreate(c) if c.pid == pid && &*c.api == "cuGreenCtxCreate" => {
+                Some((c.device, c.flags))
+            }
+            _ => None,
+        })
+        .collect();
+    let device = truth["device"].as_i64().map(|d| d as i32);
+    assert_eq!(created, [(device, Some(1)), (device, Some(1))]);
+    check_device_bytes_at_exit(&r, pid, &truth["device_bytes"]);
 }
 
 #[test]

@@ -767,6 +767,97 @@ fn primary_ctx_reset_frees_and_keeps_the_context() {
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }
 
+/// Memory allocated while a green context's `CUcontext` is current is on the green
+/// context's device and belongs to the primary context that the green context retained: it
+/// outlives the green context, and goes when the last reference to the primary does.
+#[test]
+fn green_ctx_memory_is_the_primary_contexts() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let green = |s: &mut Sim, g: u64| {
+        Record::CtxCreate(Call {
+            green: Some(g),
+            device: Some(1),
+            flags: Some(1),
+            ..s.call("cuGreenCtxCreate")
+        })
+    };
+    let from = |s: &mut Sim, g: u64, ctx: u64| {
+        Record::CtxCreate(Call {
+            green: Some(g),
+            handle: Some(ctx),
+            ..s.call("cuCtxFromGreenCtx")
+        })
+    };
+    let destroy = |s: &mut Sim, g: u64| {
+        Record::CtxDestroy(Call {
+            green: Some(g),
+            ..s.call("cuGreenCtxDestroy")
+        })
+    };
+    let recs = vec![
+        green(&mut s, 0x91),
+        from(&mut s, 0x91, 0xc1),
+        s.ctx_current("cuCtxPushCurrent_v2", 0xc1),
+        s.alloc(0x1000, 16 * MIB),
+        green(&mut s, 0x92),
+        from(&mut s, 0x92, 0xc2),
+        destroy(&mut s, 0x91),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(
+        p.devices[&Some(1)].device_bytes,
+        16 * MIB,
+        "{:?}",
+        p.devices
+    );
+    assert!(!p.frees.contains_key("cuGreenCtxDestroy"));
+
+    let recs = vec![
+        s.ctx_current("cuCtxSetCurrent", 0xc2),
+        s.alloc(0x9000_0000, 8 * MIB),
+        destroy(&mut s, 0x92),
+        destroy(&mut s, 0x92),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.frees["cuGreenCtxDestroy"].bytes, 24 * MIB);
+    assert_eq!(p.devices[&Some(1)].device_bytes, 0);
+    assert_eq!(anomalies(p, "destroy_unknown_green_ctx"), 1);
+}
+
+/// Resetting the primary context also frees what was allocated in a green context on its
+/// device.
+#[test]
+fn primary_ctx_reset_frees_green_ctx_memory() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        Record::CtxCreate(Call {
+            green: Some(0x91),
+            device: Some(0),
+            ..s.call("cuGreenCtxCreate")
+        }),
+        Record::CtxCreate(Call {
+            green: Some(0x91),
+            handle: Some(0xc1),
+            ..s.call("cuCtxFromGreenCtx")
+        }),
+        s.ctx_current("cuCtxSetCurrent", 0xc1),
+        s.alloc(0x1000, MIB),
+        Record::CtxDestroy(Call {
+            device: Some(0),
+            ..s.call("cuDevicePrimaryCtxReset_v2")
+        }),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    assert_eq!(p.frees["cuDevicePrimaryCtxReset_v2"].bytes, MIB);
+    assert_eq!(p.devices[&Some(0)].device_bytes, 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 #[test]
 fn copies_mark_allocations_filled_from_host() {
     let mut l = Ledger::new();

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 4;
+pub const FORMAT_MINOR: u32 = 5;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -517,6 +517,10 @@ pub struct Call {
     /// The attribute's value: what was set, or what the driver answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u64>,
+    /// The green context (`CUgreenCtx`) that `cuGreenCtxCreate` made, `cuCtxFromGreenCtx`
+    /// converted or `cuGreenCtxDestroy` destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub green: Option<u64>,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

@@ -1,5 +1,12 @@
-//! Contexts: each thread's stack of current contexts, primary contexts, and what a
-//! context's destruction frees (`LiveAllocation::freed_with_context`).
+//! Contexts: each thread's stack of current contexts, primary contexts, green contexts, and
+//! what a context's destruction frees (`LiveAllocation::freed_with_context`).
+//!
+//! A green context retains its device's primary context until it is destroyed, and the
+//! `CUcontext` that `cuCtxFromGreenCtx` returns for it is treated as that primary context by
+//! every call that does not depend on the green context's resources (CUDA driver API
+//! reference, `cuGreenCtxCreate`, `cuCtxFromGreenCtx`, `cuGreenCtxDestroy`): memory allocated
+//! while it is current is the primary context's, and stays until the primary context is reset
+//! or destroyed, not when the green context is.
 
 use std::sync::Arc;
 
@@ -8,14 +15,41 @@ use crate::ledger::change::EndCause;
 use crate::ledger::usage::Totals;
 use crate::trace::Call;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct PrimaryCtx {
-    pub(super) ctx: u64,
+    /// Its handle, once `cuDevicePrimaryCtxRetain` returned it (`cuGreenCtxCreate` retains
+    /// it without telling).
+    pub(super) ctx: Option<u64>,
     pub(super) refs: u32,
+    /// The `CUcontext`s of green contexts on its device: what is allocated in them is the
+    /// primary context's.
+    pub(super) green: Vec<u64>,
+}
+
+impl PrimaryCtx {
+    /// Every context handle whose memory is this primary context's.
+    fn owned(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ctx.into_iter().chain(self.green.iter().copied())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct GreenCtx {
+    device: Option<i32>,
+    /// Its `CUcontext`, once `cuCtxFromGreenCtx` returned it.
+    ctx: Option<u64>,
 }
 
 impl ProcessState {
     pub(crate) fn on_ctx_create(&mut self, c: &Call) {
+        if c.api.starts_with("cuGreenCtxCreate") {
+            self.on_green_ctx_create(c);
+            return;
+        }
+        if c.api.starts_with("cuCtxFromGreenCtx") {
+            self.on_ctx_from_green_ctx(c);
+            return;
+        }
         let Some(ctx) = c.handle else {
             self.anomaly("ctx_without_handle", || describe(c));
             return;
@@ -23,11 +57,8 @@ impl ProcessState {
         self.ctx_device.insert(ctx, c.device);
         if c.api.starts_with("cuDevicePrimaryCtxRetain") {
             // Retaining the primary context does not make it current.
-            let p = self
-                .primary
-                .entry(c.device)
-                .or_insert(PrimaryCtx { ctx, refs: 0 });
-            p.ctx = ctx;
+            let p = self.primary.entry(c.device).or_default();
+            p.ctx = Some(ctx);
             p.refs += 1;
         } else {
             // cuCtxCreate pushes the new context on the calling thread's stack.
@@ -40,24 +71,30 @@ impl ProcessState {
             // Everything allocated in the primary context goes; the context stays retained.
             match self.primary.get(&c.device) {
                 Some(p) => {
-                    let ctx = p.ctx;
-                    self.free_ctx_memory(t, ctx, &c.api, c.ts_ns);
+                    let owned: Vec<u64> = p.owned().collect();
+                    for ctx in owned {
+                        self.free_ctx_memory(t, ctx, &c.api, c.ts_ns);
+                    }
                 }
                 None => self.anomaly("reset_unretained_primary_ctx", || describe(c)),
             }
             return;
         }
         if c.api.starts_with("cuDevicePrimaryCtxRelease") {
-            let Some(p) = self.primary.get_mut(&c.device) else {
-                self.anomaly("release_unretained_primary_ctx", || describe(c));
+            self.release_primary(t, c, c.device);
+            return;
+        }
+        if c.api.starts_with("cuGreenCtxDestroy") {
+            let Some(g) = c.green.and_then(|h| self.green.remove(&h)) else {
+                self.anomaly("destroy_unknown_green_ctx", || describe(c));
                 return;
             };
-            p.refs = p.refs.saturating_sub(1);
-            if p.refs == 0 {
-                let ctx = p.ctx;
-                self.primary.remove(&c.device);
-                self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
+            // Its CUcontext is gone; what was allocated in it is the primary context's and
+            // goes when the last reference to that does.
+            if let Some(ctx) = g.ctx {
+                self.ctx_device.remove(&ctx);
             }
+            self.release_primary(t, c, g.device);
             return;
         }
         let Some(ctx) = c.handle else {
@@ -75,6 +112,59 @@ impl ProcessState {
             stack.pop();
         }
         self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
+    }
+
+    /// `cuGreenCtxCreate` retains `dev`'s primary context.
+    fn on_green_ctx_create(&mut self, c: &Call) {
+        let Some(green) = c.green else {
+            self.anomaly("green_ctx_without_handle", || describe(c));
+            return;
+        };
+        self.green.insert(
+            green,
+            GreenCtx {
+                device: c.device,
+                ctx: None,
+            },
+        );
+        self.primary.entry(c.device).or_default().refs += 1;
+    }
+
+    /// `cuCtxFromGreenCtx`: the returned `CUcontext` is on the green context's device, and
+    /// what is allocated in it belongs to that device's primary context.
+    fn on_ctx_from_green_ctx(&mut self, c: &Call) {
+        let (Some(ctx), Some(green)) = (c.handle, c.green) else {
+            self.anomaly("ctx_without_handle", || describe(c));
+            return;
+        };
+        let Some(g) = self.green.get_mut(&green) else {
+            self.anomaly("unknown_green_ctx", || describe(c));
+            return;
+        };
+        g.ctx = Some(ctx);
+        let device = g.device;
+        self.ctx_device.insert(ctx, device);
+        let p = self.primary.entry(device).or_default();
+        if !p.green.contains(&ctx) {
+            p.green.push(ctx);
+        }
+    }
+
+    /// Drops one reference to `device`'s primary context (`cuDevicePrimaryCtxRelease*`,
+    /// `cuGreenCtxDestroy`); the last one destroys it and what it owns.
+    fn release_primary(&mut self, t: &mut Totals, c: &Call, device: Option<i32>) {
+        let Some(p) = self.primary.get_mut(&device) else {
+            self.anomaly("release_unretained_primary_ctx", || describe(c));
+            return;
+        };
+        p.refs = p.refs.saturating_sub(1);
+        if p.refs == 0
+            && let Some(p) = self.primary.remove(&device)
+        {
+            for ctx in p.owned() {
+                self.destroy_ctx(t, ctx, &c.api, c.ts_ns);
+            }
+        }
     }
 
     /// What `ctx` owns is freed with it (`LiveAllocation::freed_with_context`).

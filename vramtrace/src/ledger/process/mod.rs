@@ -32,7 +32,7 @@ const HOST_FINDINGS: usize = 4096;
 /// How many out-of-memory failures a process keeps; the rest are counted as failures.
 const OOMS: usize = 64;
 
-use ctx::PrimaryCtx;
+use ctx::{GreenCtx, PrimaryCtx};
 use pool::Pool;
 pub use types::{
     Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
@@ -110,6 +110,8 @@ pub struct ProcessState {
     current_pools: HashMap<Option<i32>, u64>,
     ctx_device: HashMap<u64, Option<i32>>,
     primary: HashMap<Option<i32>, PrimaryCtx>,
+    /// Live green contexts, by `CUgreenCtx` handle.
+    green: HashMap<u64, GreenCtx>,
     threads: HashMap<u32, Vec<u64>>,
     freed: HashSet<u64>,
     /// Device plus pool-held bytes when `classes_at_peak` was taken.
@@ -845,6 +847,7 @@ impl ProcessState {
         self.current_pools.clear();
         self.ctx_device.clear();
         self.primary.clear();
+        self.green.clear();
         self.threads.clear();
         self.freed.clear();
         self.classifier.clear_live();

@@ -98,6 +98,7 @@ pub(crate) fn body() -> Vec<Record> {
         src: Some(0x5500_0000),
         attr: Some(4),
         value: Some(1 << 30),
+        green: Some(0x5800_0000),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -1121,6 +1122,7 @@ fn call() -> impl Strategy<Value = Call> {
                 src: flags.and(offset),
                 attr: flags.map(|f| f as u32 % 9),
                 value: flags.and(pitch),
+                green: pool.and(handle),
             },
         )
 }
