@@ -842,6 +842,23 @@ pub fn second_gpu_oom(rt: &Rt) -> Extra {
     extra
 }
 
+/// Device 1, for a scenario (`name`) that needs 2 devices.
+fn second_device(rt: &Rt, name: &str) -> anyhow::Result<c_int> {
+    if rt.device_count < 2 {
+        anyhow::bail!(
+            "{name}: the driver has {} device(s), this needs 2 (SIMCUDA_DEVICES=2 on the \
+             simulated driver)",
+            rt.device_count
+        );
+    }
+    let mut second: c_int = -1;
+    let r = call!(rt.d, rt.cu.device_get, &mut second, 1);
+    if r != 0 {
+        anyhow::bail!("{name}: cuDeviceGet(1) failed with {r}");
+    }
+    Ok(second)
+}
+
 /// What `ctx-v4` allocates in the context it makes on device 1.
 const CTX_V4_BYTES: [u64; 3] = [4 * MIB, 8 * MIB, 12 * MIB];
 /// What it allocates on device 0, in the primary context.
@@ -853,20 +870,9 @@ const CTX_V4_DEVICE0_BYTES: u64 = 2 * MIB;
 /// each device's bytes at exit are known. Needs 2 devices (SIMCUDA_DEVICES=2).
 pub fn ctx_v4(rt: &Rt) -> anyhow::Result<Extra> {
     use crate::driver::{CTX_SCHED_BLOCKING_SYNC, FnCtxCreate4};
-    if rt.device_count < 2 {
-        anyhow::bail!(
-            "ctx-v4: the driver has {} device(s), this needs 2 (SIMCUDA_DEVICES=2 on the \
-             simulated driver)",
-            rt.device_count
-        );
-    }
+    let second = second_device(rt, "ctx-v4")?;
     let create =
         rt.d.resolve::<FnCtxCreate4>("cuCtxCreate", 12050, 0, "cuCtxCreate_v4")?;
-    let mut second: c_int = -1;
-    let r = call!(rt.d, rt.cu.device_get, &mut second, 1);
-    if r != 0 {
-        anyhow::bail!("ctx-v4: cuDeviceGet(1) failed with {r}");
-    }
     let Some(ctx) = rt.ctx_create_v4(create, second, CTX_SCHED_BLOCKING_SYNC) else {
         anyhow::bail!("ctx-v4: cuCtxCreate_v4 on device {second} failed");
     };
@@ -904,21 +910,10 @@ const GREEN_CTX_DEVICE0_BYTES: u64 = 2 * MIB;
 /// context still retains that. Then 2 MiB on device 0. Needs 2 devices (SIMCUDA_DEVICES=2).
 pub fn green_ctx(rt: &Rt) -> anyhow::Result<Extra> {
     use crate::driver::Green;
-    if rt.device_count < 2 {
-        anyhow::bail!(
-            "green-ctx: the driver has {} device(s), this needs 2 (SIMCUDA_DEVICES=2 on the \
-             simulated driver)",
-            rt.device_count
-        );
-    }
+    let second = second_device(rt, "green-ctx")?;
     let Some(green) = Green::resolve(&rt.d, 13000) else {
         anyhow::bail!("green-ctx: the driver has no green contexts (CUDA 12.4 and later)");
     };
-    let mut second: c_int = -1;
-    let r = call!(rt.d, rt.cu.device_get, &mut second, 1);
-    if r != 0 {
-        anyhow::bail!("green-ctx: cuDeviceGet(1) failed with {r}");
-    }
     // Both are made first: each retains device 1's primary context.
     let mut made = Vec::new();
     for i in 0..GREEN_CTX_BYTES.len() {
