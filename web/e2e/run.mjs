@@ -4,7 +4,8 @@
 //                appears; the reconnect banner shows when the server stops and clears when
 //                it is back. The process is named <img src=x onerror=alert(1)>: nothing runs.
 //   postmortem:  `serve --replay` of an OOM trace: the cursor moves the page to the failure
-//                and its figures are those of `vramtrace analyze --json`.
+//                and its figures are those of `vramtrace analyze --json`; the timeline zooms
+//                (keyboard and mouse drag) and the lifetime view shows the same window.
 //   token:       `serve --token-file`: the page asks for the token, says when it is refused,
 //                then reads the API and follows the WebSocket with it, never in a URL.
 // Screenshots at 1440 and 390 px wide go to target/web-artifacts/.
@@ -77,6 +78,17 @@ async function live(b) {
   }
 }
 
+/** The window the timeline shows once the server drew it and the lifetime view shows it too. */
+async function sameWindow(p, want, what) {
+  return until(async () => {
+    const shown = await p.getByTestId("timeline-window").textContent();
+    const drawn = (await p.getByTestId("timeline-plot").getAttribute("aria-label")).includes(`from ${shown} of`);
+    const lifetimes = await p.getByTestId("lifetimes-window").textContent();
+    if (want(shown) && drawn && lifetimes === shown) return shown;
+    throw new Error(`timeline ${shown} (drawn: ${drawn}), lifetimes ${lifetimes}`);
+  }, `the timeline and the lifetime view to show ${what}`);
+}
+
 async function postmortem(b) {
   const { dir, path } = evilWorkload();
   const trace = join(dir, "oom.jsonl");
@@ -112,6 +124,27 @@ async function postmortem(b) {
       await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === 0, "the page at the end again");
       await item.getByTestId("goto-oom").click();
       await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === oom.held_device_bytes, "the page at the OOM again");
+      // Zoom in around the failure from the keyboard, then to a window dragged across the chart:
+      // the server draws each window, and the lifetime view shows the same one.
+      const whole = await p.getByTestId("timeline-window").textContent();
+      await p.getByTestId("timeline-zoom-in").focus();
+      await p.keyboard.press("Enter");
+      const zoomed = await sameWindow(p, (w) => w !== whole, "zoomed in around the OOM");
+      eq(await bytesOf(p.getByTestId("hero-bytes")), oom.held_device_bytes, "the page's bytes after zooming (the cursor stays)");
+      await p.getByTestId("timeline-plot").scrollIntoViewIfNeeded();
+      const plot = await p.getByTestId("timeline-plot").boundingBox();
+      const x = (f) => plot.x + 72 + f * (plot.width - 80);
+      await p.mouse.move(x(0.2), plot.y + plot.height / 2);
+      await p.mouse.down();
+      await p.mouse.move(x(0.5), plot.y + plot.height / 2, { steps: 5 });
+      await p.mouse.move(x(0.8), plot.y + plot.height / 2, { steps: 5 });
+      await p.mouse.up();
+      await sameWindow(p, (w) => w !== zoomed && w !== whole, "the dragged window");
+      await p.mouse.move(0, 0);
+      await p.waitForTimeout(600);
+      await shot(p, `postmortem-zoomed-${i === 0 ? 1440 : 390}`);
+      await p.getByTestId("timeline-whole").click();
+      eq(await sameWindow(p, (w) => w === whole, "the whole trace again"), whole, "the window after Whole trace");
       await p.waitForTimeout(600);
       await shot(p, `postmortem-${i === 0 ? 1440 : 390}`);
       eq(await p.locator("img").count(), 0, "img elements on the page");
