@@ -1,5 +1,6 @@
-import { useEffect, useMemo, useRef, useState } from "react";
-import { fetchLifetimes, type LifetimesWindow } from "../lib/api";
+import { useEffect, useMemo, useRef } from "react";
+import { fetchLifetimes } from "../lib/api";
+import { useRead } from "../hooks/useRead";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { stack } from "../lib/lifetimes";
 import type { View } from "../lib/zoom";
@@ -10,22 +11,13 @@ import type { View } from "../lib/zoom";
  * picks the largest allocations live in that window, so the page never loads the trace.
  */
 export function LifetimeView({ duration, view, cursor, onCursor }: { duration: number; view: View; cursor: number | null; onCursor: (t: number) => void }) {
-  const [data, setData] = useState<LifetimesWindow | null>(null);
-  const [error, setError] = useState<string | null>(null);
   const canvas = useRef<HTMLCanvasElement>(null);
   const [from, to] = view ?? [0, duration];
-  const whole = view === null;
-  useEffect(() => {
-    const ctl = new AbortController();
-    // Zoom steps in a row ask once.
-    const timer = setTimeout(() => {
-      fetchLifetimes(1500, ctl.signal, whole ? null : { from, to }).then(setData, (e: Error) => ctl.signal.aborted || setError(e.message));
-    }, whole ? 0 : 150);
-    return () => {
-      clearTimeout(timer);
-      ctl.abort();
-    };
-  }, [from, to, whole]);
+  const { data, error } = useRead(
+    JSON.stringify(view),
+    (signal) => fetchLifetimes(1500, signal, view === null ? null : { from, to }),
+    view === null ? 0 : 150,
+  );
   const shown = data ? [data.from, data.to] : [from, to];
   const stacked = useMemo(() => (data ? stack(data.rows.map(([start, end, bytes, cls]) => ({ start, end, bytes, cls })), duration) : null), [data, duration]);
   useEffect(() => {

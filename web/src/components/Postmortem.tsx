@@ -6,6 +6,7 @@ import { Panel } from "./Panel";
 import { Timeline } from "./Timeline";
 import { LifetimeView } from "./LifetimeView";
 import { FlameGraph } from "./FlameGraph";
+import { useRead } from "../hooks/useRead";
 import type { View } from "../lib/zoom";
 import { Flame, Layers } from "lucide-react";
 
@@ -42,7 +43,6 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
   // The whole trace's timeline, and the window shown (both views draw the same one).
   const [whole, setWhole] = useState<TimelineWindow | null>(null);
   const [view, setView] = useState<View>(null);
-  const [zoomed, setZoomed] = useState<TimelineWindow | null>(null);
   const [analysis, setAnalysis] = useState<Analysis | null>(null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
@@ -59,21 +59,12 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
       .then((a) => a && setAnalysis(a), (e: Error) => ctl.signal.aborted || setError(e.message));
     return () => ctl.abort();
   }, []);
-  useEffect(() => {
-    if (view === null) {
-      setZoomed(null);
-      return;
-    }
-    const ctl = new AbortController();
-    // The server computes the level of detail of the visible window; zoom steps in a row ask once.
-    const timer = setTimeout(() => {
-      fetchTimeline(view[0], view[1], TIMELINE_POINTS, ctl.signal).then(setZoomed, (e: Error) => ctl.signal.aborted || setError(e.message));
-    }, 120);
-    return () => {
-      clearTimeout(timer);
-      ctl.abort();
-    };
-  }, [view]);
+  // The server computes the level of detail of the visible window.
+  const { data: zoomed, error: zoomError } = useRead(
+    JSON.stringify(view),
+    view === null ? null : (signal) => fetchTimeline(view[0], view[1], TIMELINE_POINTS, signal),
+    120,
+  );
   // Until the window asked for comes, the last one stays drawn.
   const timeline = view === null ? whole : (zoomed ?? whole);
   const start = analysis?.header.start_monotonic_ns ?? 0;
@@ -137,7 +128,7 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
         )}
       </Panel>
       <Panel title="Memory timeline by class" labelledBy="pm-timeline" icon={<Crosshair aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
-        {error && <p role="alert" className="text-rose-300">{error}</p>}
+        {(error ?? zoomError) && <p role="alert" className="text-rose-300">{error ?? zoomError}</p>}
         {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} view={view} onView={setView} /> : <Skeleton label="Loading the timeline" />}
       </Panel>
       <Panel title="Allocation lifetimes" labelledBy="pm-lifetimes" icon={<Layers aria-hidden className="h-4 w-4 text-cyan-300" />} className="lg:col-span-3">
