@@ -134,6 +134,9 @@ async function postmortem(b) {
       await p.getByTestId("timeline-plot").scrollIntoViewIfNeeded();
       const plot = await p.getByTestId("timeline-plot").boundingBox();
       const x = (f) => plot.x + 72 + f * (plot.width - 80);
+      // A moment is at the same x in both views: the lifetimes leave the timeline's axis room.
+      const lanes = await p.getByTestId("lifetimes").boundingBox();
+      assert(Math.abs(lanes.x - x(0)) < 1.5 && Math.abs(lanes.x + lanes.width - x(1)) < 1.5, `the lifetimes span ${lanes.x}..${lanes.x + lanes.width}, the timeline's plot ${x(0)}..${x(1)}`);
       await p.mouse.move(x(0.2), plot.y + plot.height / 2);
       await p.mouse.down();
       await p.mouse.move(x(0.5), plot.y + plot.height / 2, { steps: 5 });

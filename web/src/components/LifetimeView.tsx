@@ -4,6 +4,7 @@ import { useRead } from "../hooks/useRead";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { stack } from "../lib/lifetimes";
 import type { View } from "../lib/zoom";
+import { PLOT_LEFT, PLOT_RIGHT } from "./Timeline";
 
 /**
  * Each allocation a band from its start to its end, stacked (memory_viz's Active Memory
@@ -73,17 +74,19 @@ export function LifetimeView({ duration, view, cursor, onCursor }: { duration: n
   if (!data || !stacked) return <div role="status" aria-label="Loading the allocations' lifetimes" className="h-48 animate-pulse rounded-xl bg-white/5 motion-reduce:animate-none" />;
   return (
     <div>
-      <canvas
-        ref={canvas}
-        role="img"
-        aria-label={`Lifetimes of the ${data.rows.length} largest allocations of ${data.in_window}, stacked as they were live; highest ${formatBytes(stacked.peak)}. Click to move the cursor.`}
-        className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
-        onClick={(e) => {
-          const r = e.currentTarget.getBoundingClientRect();
-          onCursor(shown[0]! + ((e.clientX - r.left) / r.width) * (shown[1]! - shown[0]!));
-        }}
-        data-testid="lifetimes"
-      />
+      <div style={{ paddingLeft: PLOT_LEFT, paddingRight: PLOT_RIGHT }}>
+        <canvas
+          ref={canvas}
+          role="img"
+          aria-label={`Lifetimes of the ${data.rows.length} largest allocations of ${data.in_window}, stacked as they were live; highest ${formatBytes(stacked.peak)}. Click to move the cursor.`}
+          className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
+          onClick={(e) => {
+            const r = e.currentTarget.getBoundingClientRect();
+            onCursor(shown[0]! + ((e.clientX - r.left) / r.width) * (shown[1]! - shown[0]!));
+          }}
+          data-testid="lifetimes"
+        />
+      </div>
       <p className="mt-1 text-xs text-slate-400">
         {data.rows.length < data.in_window ? `The ${data.rows.length.toLocaleString("en-US")} largest of ${data.in_window.toLocaleString("en-US")} allocations` : `${data.rows.length.toLocaleString("en-US")} allocations`}
         {data.smaller_left_out_below_bytes > 0 ? `; those under ${formatBytes(data.smaller_left_out_below_bytes)} are not kept` : ""} · <span data-testid="lifetimes-window">{formatSeconds(shown[0]!)} to {formatSeconds(shown[1]!)}</span>

@@ -5,9 +5,12 @@ import type { TimelineWindow } from "../lib/api";
 import { narrowest, selectView, zoomView, type View } from "../lib/zoom";
 
 const STACKED = ["weights", "kv_cache", "dynamic", "pool", "host_fallback", "unknown"];
-/** Where the plot sits in the chart: the y axis's width on the left, the margin on the right (px). */
-const PLOT_LEFT = 72;
-const PLOT_RIGHT = 8;
+/**
+ * Where the plot sits in the chart: the y axis's width on the left, the margin on the right (px).
+ * The lifetime view leaves the same room, so that a moment is at the same x in both.
+ */
+export const PLOT_LEFT = 72;
+export const PLOT_RIGHT = 8;
 /** A press that moves less than this is a click (the cursor), more a drag (a window). */
 const DRAG_PX = 5;
 
