@@ -1,6 +1,7 @@
 // End-to-end: the page in Debian's Chromium against a real `vramtrace serve`.
-//   live:        a simulated workload traced live (eBPF, root): the GPU card shows its
-//                bytes by class, its row appears and goes when it exits, the OOM alert
+//   live:        a simulated workload traced live (eBPF, root), in a pod-shaped cgroup: the GPU
+//                card shows its bytes by class, its row (with its pod and container) appears
+//                and goes when it exits, the OOM alert
 //                appears; the reconnect banner shows when the server stops and clears when
 //                it is back. The process is named <img src=x onerror=alert(1)>: nothing runs.
 //   postmortem:  `serve --replay` of an OOM trace: the cursor moves the page to the failure
@@ -13,7 +14,7 @@
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ARTIFACTS, BIN, ROOT, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, serve, shot, stop, until, vramtrace } from "./lib.mjs";
+import { ARTIFACTS, BIN, ROOT, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, podCgroup, serve, shot, stop, until, vramtrace } from "./lib.mjs";
 
 const bytesOf = async (loc) => Number(await loc.getAttribute("data-bytes"));
 
@@ -22,7 +23,9 @@ async function live(b) {
   const port = await freePort();
   const trace = join(dir, "live.jsonl");
   // The workload holds what it allocated for a while, exits; then one that runs out of memory.
-  const script = `"$0" --lib "$1" --hold 12 llm-server; sleep 1; "$0" --lib "$1" oom; sleep 600`;
+  // The first runs as a Kubernetes pod's container would: the row names its pod and container.
+  const pod = podCgroup();
+  const script = `${pod.start('"$0" --lib "$1" --hold 12 llm-server')}; sleep 1; "$0" --lib "$1" oom; sleep 600`;
   let server = await serve(["-o", trace, "--libcuda", LIB, "--", "/bin/sh", "-c", script, path, LIB], { port });
   const pages = [await page(b, 1440), await page(b, 390)];
   try {
@@ -47,6 +50,8 @@ async function live(b) {
     eq(await row.getByTestId("process-comm").textContent(), EVIL.slice(0, 15), "the process's name");
     assert((await row.getByTestId("process-cmdline").textContent()).includes(EVIL), "the command line names the program");
     eq(await p.locator("img").count(), 0, "img elements on the page");
+    eq(await row.getByTestId("process-pod").textContent(), "ml/trainer-0", "the process's pod");
+    eq(await row.getByTestId("process-container").textContent(), pod.id.slice(0, 12), "the process's container");
     await phone.getByTestId("process-row").first().waitFor();
     await p.waitForTimeout(1200);
     await shot(p, "live-1440");
@@ -74,6 +79,7 @@ async function live(b) {
   } finally {
     for (const x of pages) await x.context().close();
     await stop(server);
+    pod.remove();
     rmSync(dir, { recursive: true, force: true });
   }
 }
