@@ -3,7 +3,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { createInterface } from "node:readline";
 import { createServer } from "node:net";
-import { mkdirSync, mkdtempSync, symlinkSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +27,46 @@ export function evilWorkload() {
   const path = join(dir, EVIL);
   symlinkSync(WORKLOAD, path);
   return { dir, path };
+}
+
+/**
+ * A cgroup laid out as the kubelet lays out a pod's container's (cgroup v2 with the systemd
+ * driver, or cgroup v1's pids hierarchy with cgroupfs), as vramtrace/tests/serve_http.rs makes
+ * it. `start(cmd)` runs a shell command in it with the kubelet's variables (pod `ml/trainer-0`);
+ * `remove()` takes the cgroups away once nothing runs in them.
+ */
+export function podCgroup() {
+  const n = process.hrtime.bigint() % 0xffffffffn;
+  const uid = `${process.pid.toString(16).padStart(8, "0")}-aaaa-4bbb-8ccc-${n.toString(16).padStart(12, "0")}`;
+  const id = `${n.toString(16)}${process.pid.toString(16)}`.padEnd(64, "0");
+  const root = "/sys/fs/cgroup";
+  let dirs;
+  if (existsSync(join(root, "cgroup.controllers"))) {
+    const slice = join(root, "kubepods.slice/kubepods-besteffort.slice");
+    const pod = join(slice, `kubepods-besteffort-pod${uid.replaceAll("-", "_")}.slice`);
+    dirs = [join(root, "kubepods.slice"), slice, pod, join(pod, `cri-containerd-${id}.scope`)];
+  } else {
+    const pods = join(root, "pids/kubepods/besteffort");
+    dirs = [join(root, "pids/kubepods"), pods, join(pods, `pod${uid}`), join(pods, `pod${uid}/${id}`)];
+  }
+  mkdirSync(dirs.at(-1), { recursive: true });
+  const procs = join(dirs.at(-1), "cgroup.procs");
+  return {
+    uid,
+    id,
+    // Not env(1): it would take a program path with "=" in it for a variable.
+    start: (cmd) => `sh -c 'echo $$ > ${procs} && export HOSTNAME=trainer-0 KUBERNETES_SERVICE_HOST=10.96.0.1 POD_NAMESPACE=ml && exec "$@"' pod ${cmd}`,
+    remove() {
+      // The shared parents stay when another run still uses them.
+      for (const d of [...dirs].reverse()) {
+        try {
+          rmdirSync(d);
+        } catch {
+          break;
+        }
+      }
+    },
+  };
 }
 
 export function freePort() {

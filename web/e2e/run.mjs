@@ -1,10 +1,12 @@
 // End-to-end: the page in Debian's Chromium against a real `vramtrace serve`.
-//   live:        a simulated workload traced live (eBPF, root): the GPU card shows its
-//                bytes by class, its row appears and goes when it exits, the OOM alert
+//   live:        a simulated workload traced live (eBPF, root), in a pod-shaped cgroup: the GPU
+//                card shows its bytes by class, its row (with its pod and container) appears
+//                and goes when it exits, the OOM alert
 //                appears; the reconnect banner shows when the server stops and clears when
 //                it is back. The process is named <img src=x onerror=alert(1)>: nothing runs.
 //   postmortem:  `serve --replay` of an OOM trace: the cursor moves the page to the failure
-//                and its figures are those of `vramtrace analyze --json`.
+//                and its figures are those of `vramtrace analyze --json`; the timeline zooms
+//                (keyboard and mouse drag) and the lifetime view shows the same window.
 //   token:       `serve --token-file`: the page asks for the token, says when it is refused,
 //                then reads the API and follows the WebSocket with it, never in a URL.
 // Screenshots at 1440 and 390 px wide go to target/web-artifacts/.
@@ -12,7 +14,7 @@
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ARTIFACTS, BIN, ROOT, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, serve, shot, stop, until, vramtrace } from "./lib.mjs";
+import { ARTIFACTS, BIN, ROOT, CHROMIUM, EVIL, LIB, assert, browser, eq, evilWorkload, freePort, page, podCgroup, serve, shot, stop, until, vramtrace } from "./lib.mjs";
 
 const bytesOf = async (loc) => Number(await loc.getAttribute("data-bytes"));
 
@@ -21,7 +23,9 @@ async function live(b) {
   const port = await freePort();
   const trace = join(dir, "live.jsonl");
   // The workload holds what it allocated for a while, exits; then one that runs out of memory.
-  const script = `"$0" --lib "$1" --hold 12 llm-server; sleep 1; "$0" --lib "$1" oom; sleep 600`;
+  // The first runs as a Kubernetes pod's container would: the row names its pod and container.
+  const pod = podCgroup();
+  const script = `${pod.start('"$0" --lib "$1" --hold 12 llm-server')}; sleep 1; "$0" --lib "$1" oom; sleep 600`;
   let server = await serve(["-o", trace, "--libcuda", LIB, "--", "/bin/sh", "-c", script, path, LIB], { port });
   const pages = [await page(b, 1440), await page(b, 390)];
   try {
@@ -46,6 +50,8 @@ async function live(b) {
     eq(await row.getByTestId("process-comm").textContent(), EVIL.slice(0, 15), "the process's name");
     assert((await row.getByTestId("process-cmdline").textContent()).includes(EVIL), "the command line names the program");
     eq(await p.locator("img").count(), 0, "img elements on the page");
+    eq(await row.getByTestId("process-pod").textContent(), "ml/trainer-0", "the process's pod");
+    eq(await row.getByTestId("process-container").textContent(), pod.id.slice(0, 12), "the process's container");
     await phone.getByTestId("process-row").first().waitFor();
     await p.waitForTimeout(1200);
     await shot(p, "live-1440");
@@ -73,8 +79,20 @@ async function live(b) {
   } finally {
     for (const x of pages) await x.context().close();
     await stop(server);
+    pod.remove();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The window the timeline shows once the server drew it and the lifetime view shows it too. */
+async function sameWindow(p, want, what) {
+  return until(async () => {
+    const shown = await p.getByTestId("timeline-window").textContent();
+    const drawn = (await p.getByTestId("timeline-plot").getAttribute("aria-label")).includes(`from ${shown} of`);
+    const lifetimes = await p.getByTestId("lifetimes-window").textContent();
+    if (want(shown) && drawn && lifetimes === shown) return shown;
+    throw new Error(`timeline ${shown} (drawn: ${drawn}), lifetimes ${lifetimes}`);
+  }, `the timeline and the lifetime view to show ${what}`);
 }
 
 async function postmortem(b) {
@@ -112,6 +130,30 @@ async function postmortem(b) {
       await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === 0, "the page at the end again");
       await item.getByTestId("goto-oom").click();
       await until(async () => (await bytesOf(p.getByTestId("hero-bytes"))) === oom.held_device_bytes, "the page at the OOM again");
+      // Zoom in around the failure from the keyboard, then to a window dragged across the chart:
+      // the server draws each window, and the lifetime view shows the same one.
+      const whole = await p.getByTestId("timeline-window").textContent();
+      await p.getByTestId("timeline-zoom-in").focus();
+      await p.keyboard.press("Enter");
+      const zoomed = await sameWindow(p, (w) => w !== whole, "zoomed in around the OOM");
+      eq(await bytesOf(p.getByTestId("hero-bytes")), oom.held_device_bytes, "the page's bytes after zooming (the cursor stays)");
+      await p.getByTestId("timeline-plot").scrollIntoViewIfNeeded();
+      const plot = await p.getByTestId("timeline-plot").boundingBox();
+      const x = (f) => plot.x + 72 + f * (plot.width - 80);
+      // A moment is at the same x in both views: the lifetimes leave the timeline's axis room.
+      const lanes = await p.getByTestId("lifetimes").boundingBox();
+      assert(Math.abs(lanes.x - x(0)) < 1.5 && Math.abs(lanes.x + lanes.width - x(1)) < 1.5, `the lifetimes span ${lanes.x}..${lanes.x + lanes.width}, the timeline's plot ${x(0)}..${x(1)}`);
+      await p.mouse.move(x(0.2), plot.y + plot.height / 2);
+      await p.mouse.down();
+      await p.mouse.move(x(0.5), plot.y + plot.height / 2, { steps: 5 });
+      await p.mouse.move(x(0.8), plot.y + plot.height / 2, { steps: 5 });
+      await p.mouse.up();
+      await sameWindow(p, (w) => w !== zoomed && w !== whole, "the dragged window");
+      await p.mouse.move(0, 0);
+      await p.waitForTimeout(600);
+      await shot(p, `postmortem-zoomed-${i === 0 ? 1440 : 390}`);
+      await p.getByTestId("timeline-whole").click();
+      eq(await sameWindow(p, (w) => w === whole, "the whole trace again"), whole, "the window after Whole trace");
       await p.waitForTimeout(600);
       await shot(p, `postmortem-${i === 0 ? 1440 : 390}`);
       eq(await p.locator("img").count(), 0, "img elements on the page");

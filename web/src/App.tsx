@@ -13,6 +13,7 @@ import { ProcessList } from "./components/ProcessList";
 import { StackPanel } from "./components/StackPanel";
 import { SystemSummary } from "./components/SystemSummary";
 import { useLiveState, type LiveOptions } from "./hooks/useLiveState";
+import { useRead } from "./hooks/useRead";
 import { allocationsAt, fetchSnapshotAt, getJson, type AllocationRow } from "./lib/api";
 import { current, onUnauthorized, setToken } from "./lib/auth";
 import { TokenPrompt } from "./components/TokenPrompt";
@@ -56,33 +57,12 @@ export default function App({ live }: { live?: LiveOptions }) {
 function Dashboard({ live }: { live?: LiveOptions }) {
   const { state: liveState, status, error, attempts, history, reconnect } = useLiveState(live);
   const [cursor, setCursor] = useState<number | null>(null);
-  const [atState, setAtState] = useState<State | null>(null);
-  const [cursorError, setCursorError] = useState<string | null>(null);
   const [pid, setPid] = useState<number | null>(null);
   const [row, setRow] = useState<AllocationRow | null>(null);
   const version = useThrottledVersion(liveState, 1000);
 
   // The cursor moves the whole page: the state at that moment, replayed by the server.
-  useEffect(() => {
-    if (cursor === null) {
-      setAtState(null);
-      return;
-    }
-    const ctl = new AbortController();
-    const timer = setTimeout(() => {
-      fetchSnapshotAt<State>(cursor, ctl.signal).then(
-        (s) => {
-          setCursorError(null);
-          setAtState(s);
-        },
-        (e: Error) => ctl.signal.aborted || setCursorError(e.message),
-      );
-    }, 120);
-    return () => {
-      clearTimeout(timer);
-      ctl.abort();
-    };
-  }, [cursor]);
+  const { data: atState, error: cursorError } = useRead(String(cursor), cursor === null ? null : (signal) => fetchSnapshotAt<State>(cursor, signal), 120);
 
   const state = atState ?? liveState;
   const replay = liveState?.tracing === "replay";

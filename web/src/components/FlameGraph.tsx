@@ -1,6 +1,6 @@
-import { useEffect, useState } from "react";
 import { fetchFlame, type FlameNode } from "../lib/api";
 import { formatBytes, formatSeconds } from "../lib/format";
+import { useRead } from "../hooks/useRead";
 
 const MAX_DEPTH = 48;
 
@@ -35,24 +35,7 @@ function Row({ node, total, depth }: { node: FlameNode; total: number; depth: nu
 
 /** Live bytes by stack at the cursor: the process on top, the entry point at the bottom. */
 export function FlameGraph({ at }: { at: number | null }) {
-  const [tree, setTree] = useState<FlameNode | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    const ctl = new AbortController();
-    const t = setTimeout(() => {
-      fetchFlame(at, ctl.signal).then(
-        (x) => {
-          setError(null);
-          setTree(x);
-        },
-        (e: Error) => ctl.signal.aborted || setError(e.message),
-      );
-    }, 150);
-    return () => {
-      clearTimeout(t);
-      ctl.abort();
-    };
-  }, [at]);
+  const { data: tree, error } = useRead(String(at), (signal) => fetchFlame(at, signal), 150);
   if (error) return <p role="alert" className="text-rose-300">{error}</p>;
   if (!tree) return <div role="status" aria-label="Loading the flame graph" className="h-24 animate-pulse rounded-xl bg-white/5 motion-reduce:animate-none" />;
   if (tree.bytes === 0) return <p className="text-slate-400">Nothing is live {at === null ? "at the end of the trace" : `at ${formatSeconds(at)}`}.</p>;

@@ -1,38 +1,24 @@
-import { useEffect, useMemo, useRef, useState } from "react";
-import { fetchLifetimes, type LifetimesWindow } from "../lib/api";
+import { useEffect, useMemo, useRef } from "react";
+import { fetchLifetimes } from "../lib/api";
+import { useRead } from "../hooks/useRead";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { stack } from "../lib/lifetimes";
-
-/** The seconds shown: the whole trace, or `span` seconds around the cursor (the middle without one). */
-export function lifetimeWindow(duration: number, span: number | null, cursor: number | null): [number, number] {
-  if (span === null || span >= duration) return [0, duration];
-  const centre = cursor ?? duration / 2;
-  const from = Math.min(Math.max(0, centre - span / 2), duration - span);
-  return [from, from + span];
-}
+import type { View } from "../lib/zoom";
+import { PLOT_LEFT, PLOT_RIGHT } from "./Timeline";
 
 /**
  * Each allocation a band from its start to its end, stacked (memory_viz's Active Memory
- * Timeline), over the whole trace or zoomed around the cursor; the server picks the largest
- * allocations live in the window shown, so the page never loads the trace.
+ * Timeline), over the window the timeline shows (`view`, the whole trace when null); the server
+ * picks the largest allocations live in that window, so the page never loads the trace.
  */
-export function LifetimeView({ duration, cursor, onCursor }: { duration: number; cursor: number | null; onCursor: (t: number) => void }) {
-  const [data, setData] = useState<LifetimesWindow | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  const [span, setSpan] = useState<number | null>(null);
+export function LifetimeView({ duration, view, cursor, onCursor }: { duration: number; view: View; cursor: number | null; onCursor: (t: number) => void }) {
   const canvas = useRef<HTMLCanvasElement>(null);
-  const [from, to] = lifetimeWindow(duration, span, cursor);
-  useEffect(() => {
-    const ctl = new AbortController();
-    // A cursor being dragged asks once it rests.
-    const timer = setTimeout(() => {
-      fetchLifetimes(1500, ctl.signal, span === null ? null : { from, to }).then(setData, (e: Error) => ctl.signal.aborted || setError(e.message));
-    }, span === null ? 0 : 150);
-    return () => {
-      clearTimeout(timer);
-      ctl.abort();
-    };
-  }, [from, to, span]);
+  const [from, to] = view ?? [0, duration];
+  const { data, error } = useRead(
+    JSON.stringify(view),
+    (signal) => fetchLifetimes(1500, signal, view === null ? null : { from, to }),
+    view === null ? 0 : 150,
+  );
   const shown = data ? [data.from, data.to] : [from, to];
   const stacked = useMemo(() => (data ? stack(data.rows.map(([start, end, bytes, cls]) => ({ start, end, bytes, cls })), duration) : null), [data, duration]);
   useEffect(() => {
@@ -86,31 +72,21 @@ export function LifetimeView({ duration, cursor, onCursor }: { duration: number;
   }, [stacked, cursor, shown[0], shown[1]]);
   if (error) return <p role="alert" className="text-rose-300">{error}</p>;
   if (!data || !stacked) return <div role="status" aria-label="Loading the allocations' lifetimes" className="h-48 animate-pulse rounded-xl bg-white/5 motion-reduce:animate-none" />;
-  const zoom = (f: number | null) => setSpan(f === null ? null : Math.max(Math.min((span ?? duration) * f, duration), duration / 4096));
   return (
     <div>
-      <div className="mb-2 flex flex-wrap items-center gap-2 text-xs" role="group" aria-label="Lifetime view zoom">
-        <button type="button" onClick={() => zoom(0.25)} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300" data-testid="lifetimes-zoom-in">
-          Zoom in around the cursor
-        </button>
-        <button type="button" onClick={() => zoom(4)} disabled={span === null} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 disabled:opacity-40 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300">
-          Zoom out
-        </button>
-        <button type="button" onClick={() => zoom(null)} disabled={span === null} className="rounded-lg bg-white/10 px-2 py-1 hover:bg-white/20 disabled:opacity-40 focus:outline-none focus-visible:ring-2 focus-visible:ring-cyan-300">
-          Whole trace
-        </button>
+      <div style={{ paddingLeft: PLOT_LEFT, paddingRight: PLOT_RIGHT }}>
+        <canvas
+          ref={canvas}
+          role="img"
+          aria-label={`Lifetimes of the ${data.rows.length} largest allocations of ${data.in_window}, stacked as they were live; highest ${formatBytes(stacked.peak)}. Click to move the cursor.`}
+          className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
+          onClick={(e) => {
+            const r = e.currentTarget.getBoundingClientRect();
+            onCursor(shown[0]! + ((e.clientX - r.left) / r.width) * (shown[1]! - shown[0]!));
+          }}
+          data-testid="lifetimes"
+        />
       </div>
-      <canvas
-        ref={canvas}
-        role="img"
-        aria-label={`Lifetimes of the ${data.rows.length} largest allocations of ${data.in_window}, stacked as they were live; highest ${formatBytes(stacked.peak)}. Click to move the cursor.`}
-        className="h-48 w-full cursor-crosshair rounded-xl bg-black/30 sm:h-56"
-        onClick={(e) => {
-          const r = e.currentTarget.getBoundingClientRect();
-          onCursor(shown[0]! + ((e.clientX - r.left) / r.width) * (shown[1]! - shown[0]!));
-        }}
-        data-testid="lifetimes"
-      />
       <p className="mt-1 text-xs text-slate-400">
         {data.rows.length < data.in_window ? `The ${data.rows.length.toLocaleString("en-US")} largest of ${data.in_window.toLocaleString("en-US")} allocations` : `${data.rows.length.toLocaleString("en-US")} allocations`}
         {data.smaller_left_out_below_bytes > 0 ? `; those under ${formatBytes(data.smaller_left_out_below_bytes)} are not kept` : ""} · <span data-testid="lifetimes-window">{formatSeconds(shown[0]!)} to {formatSeconds(shown[1]!)}</span>

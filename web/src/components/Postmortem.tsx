@@ -6,6 +6,8 @@ import { Panel } from "./Panel";
 import { Timeline } from "./Timeline";
 import { LifetimeView } from "./LifetimeView";
 import { FlameGraph } from "./FlameGraph";
+import { useRead } from "../hooks/useRead";
+import type { View } from "../lib/zoom";
 import { Flame, Layers } from "lucide-react";
 
 // The parts of `analyze --json` the page shows (vramtrace/src/analyze).
@@ -29,22 +31,27 @@ interface LeakSuspect {
   stack?: { frames?: string[] } | null;
   [k: string]: unknown;
 }
+/** Points asked for per timeline window: about one per pixel of a wide screen's chart. */
+const TIMELINE_POINTS = 600;
+
 export interface Analysis {
   header: { start_monotonic_ns: number };
   postmortem: { ooms: OomExplained[]; leaks: { suspects: LeakSuspect[]; retention: unknown[] } };
 }
 
 export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCursor: (t: number) => void }) {
-  const [timeline, setTimeline] = useState<TimelineWindow | null>(null);
+  // The whole trace's timeline, and the window shown (both views draw the same one).
+  const [whole, setWhole] = useState<TimelineWindow | null>(null);
+  const [view, setView] = useState<View>(null);
   const [analysis, setAnalysis] = useState<Analysis | null>(null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     const ctl = new AbortController();
     // The analysis reads the whole trace on the server: asked for once the timeline is drawn,
     // so that it does not hold up the first render.
-    fetchTimeline(null, null, 600, ctl.signal)
+    fetchTimeline(null, null, TIMELINE_POINTS, ctl.signal)
       .then((t) => {
-        setTimeline(t);
+        setWhole(t);
         return new Promise((r) => setTimeout(r, 50));
       })
       .catch((e: Error) => ctl.signal.aborted || setError(e.message))
@@ -52,6 +59,14 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
       .then((a) => a && setAnalysis(a), (e: Error) => ctl.signal.aborted || setError(e.message));
     return () => ctl.abort();
   }, []);
+  // The server computes the level of detail of the visible window.
+  const { data: zoomed, error: zoomError } = useRead(
+    JSON.stringify(view),
+    view === null ? null : (signal) => fetchTimeline(view[0], view[1], TIMELINE_POINTS, signal),
+    120,
+  );
+  // Until the window asked for comes, the last one stays drawn.
+  const timeline = view === null ? whole : (zoomed ?? whole);
   const start = analysis?.header.start_monotonic_ns ?? 0;
   return (
     <div className="grid grid-cols-1 gap-4 lg:grid-cols-3">
@@ -113,11 +128,11 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
         )}
       </Panel>
       <Panel title="Memory timeline by class" labelledBy="pm-timeline" icon={<Crosshair aria-hidden className="h-4 w-4 text-fuchsia-300" />} className="lg:col-span-3">
-        {error && <p role="alert" className="text-rose-300">{error}</p>}
-        {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the timeline" />}
+        {(error ?? zoomError) && <p role="alert" className="text-rose-300">{error ?? zoomError}</p>}
+        {timeline ? <Timeline data={timeline} cursor={cursor} onCursor={onCursor} view={view} onView={setView} /> : <Skeleton label="Loading the timeline" />}
       </Panel>
       <Panel title="Allocation lifetimes" labelledBy="pm-lifetimes" icon={<Layers aria-hidden className="h-4 w-4 text-cyan-300" />} className="lg:col-span-3">
-        {timeline ? <LifetimeView duration={timeline.duration_s} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the lifetimes" />}
+        {whole ? <LifetimeView duration={whole.duration_s} view={view} cursor={cursor} onCursor={onCursor} /> : <Skeleton label="Loading the lifetimes" />}
       </Panel>
       <Panel title={`Flame graph ${cursor === null ? "at the end" : `at ${formatSeconds(cursor)}`}`} labelledBy="pm-flame" icon={<Flame aria-hidden className="h-4 w-4 text-orange-300" />} className="lg:col-span-3">
         <FlameGraph at={cursor} />

@@ -3,7 +3,7 @@ import { AnimatePresence, motion } from "framer-motion";
 import { useRef } from "react";
 import { formatBytes, formatPercent } from "../lib/format";
 import { processClasses, processCoverage } from "../lib/state";
-import type { Process } from "../lib/types";
+import type { Pod, Process } from "../lib/types";
 import { ClassBar } from "./ClassBar";
 
 /** Allocations per second of each process, from the change in its count between updates. */
@@ -57,8 +57,8 @@ export function ProcessList({ processes, selected, onSelect }: { processes: Proc
                   <div className="min-w-0 flex-1">
                     <p className="truncate font-semibold">
                       <span className="font-mono text-slate-400">{p.pid}</span> <span data-testid="process-comm">{p.comm ?? "?"}</span>
-                      {p.container && <span className="ml-2 rounded bg-white/10 px-1.5 text-xs text-slate-300">{p.container}</span>}
                     </p>
+                    <Placement pod={p.pod ?? null} container={p.container} />
                     <p className="truncate font-mono text-xs text-slate-400" title={(p.cmdline ?? []).join(" ")} data-testid="process-cmdline">
                       {(p.cmdline ?? []).join(" ")}
                     </p>
@@ -90,4 +90,32 @@ export function ProcessList({ processes, selected, onSelect }: { processes: Proc
       </AnimatePresence>
     </ul>
   );
+}
+
+/**
+ * Where the process runs: its Kubernetes pod (namespace/name, or its UID when the name could not
+ * be read) and its container (short id, the full one on hover). Nothing outside a container.
+ */
+function Placement({ pod, container }: { pod: Pod | null; container: string | null }) {
+  if (!pod && !container) return null;
+  return (
+    <p className="flex min-w-0 flex-wrap gap-x-3 text-xs text-slate-300" data-testid="process-placement">
+      {pod && (
+        <span className="min-w-0 truncate" title={`pod UID ${pod.uid}`}>
+          pod <span className="font-mono" data-testid="process-pod">{podLabel(pod)}</span>
+        </span>
+      )}
+      {container && (
+        <span className="min-w-0 truncate" title={container}>
+          container <span className="font-mono" data-testid="process-container">{container.slice(0, 12)}</span>
+        </span>
+      )}
+    </p>
+  );
+}
+
+/** `namespace/name`, the name alone without a namespace, or the UID without a name. */
+export function podLabel(pod: Pod): string {
+  if (!pod.name) return `uid ${pod.uid}`;
+  return pod.namespace ? `${pod.namespace}/${pod.name}` : pod.name;
 }

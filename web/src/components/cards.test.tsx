@@ -59,6 +59,31 @@ describe("ProcessList", () => {
     expect(within(rows[0]!).queryByTestId("process-oom")).toBeNull();
   });
 
+  it("shows the pod and container a process runs in, as text, and nothing outside one", () => {
+    const evil = "<img src=x onerror=alert(3)>";
+    const id = "0123456789abcdef".repeat(4);
+    const { container } = render(
+      <ProcessList
+        processes={[
+          proc({ pid: 1, pod: { uid: "5f0c-uid", name: evil, namespace: "ml" }, container: id }),
+          proc({ pid: 2, pod: { uid: "9a1d-uid", name: null, namespace: null } }),
+          proc({ pid: 3 }),
+        ]}
+        selected={null}
+        onSelect={() => {}}
+      />,
+    );
+    const rows = screen.getAllByTestId("process-row");
+    expect(within(rows[0]!).getByTestId("process-pod")).toHaveTextContent(`ml/${evil}`);
+    expect(within(rows[0]!).getByTestId("process-pod").parentElement).toHaveAttribute("title", "pod UID 5f0c-uid");
+    expect(within(rows[0]!).getByTestId("process-container")).toHaveTextContent(/^0123456789ab$/);
+    expect(within(rows[0]!).getByTestId("process-container").parentElement).toHaveAttribute("title", id);
+    expect(within(rows[1]!).getByTestId("process-pod")).toHaveTextContent("uid 9a1d-uid");
+    expect(within(rows[1]!).queryByTestId("process-container")).toBeNull();
+    expect(within(rows[2]!).queryByTestId("process-placement")).toBeNull();
+    expect(container.querySelector("img")).toBeNull();
+  });
+
   it("has an empty state", () => {
     render(<ProcessList processes={[]} selected={null} onSelect={() => {}} />);
     expect(screen.getByTestId("no-processes")).toBeInTheDocument();

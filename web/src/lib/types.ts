@@ -33,11 +33,20 @@ export interface DeviceReconciliation {
   coverage?: number;
 }
 
+export interface Pod {
+  uid: string;
+  name?: string | null;
+  namespace?: string | null;
+}
+
 export interface Process {
   pid: number | null;
   comm: string | null;
   cmdline: string[] | null;
+  /** Container id (64 hex digits) from the process's cgroup, when it runs in one. */
   container: string | null;
+  /** The Kubernetes pod it runs in, when it runs in one; name and namespace when they could be read. */
+  pod?: Pod | null;
   device_bytes: number;
   pool_held_bytes: number;
   host_bytes: number;
