@@ -73,7 +73,7 @@ async function replay(b, vramtrace, trace) {
       await p.goto(server.url);
       await p.getByTestId("hero-bytes").waitFor();
       const aggregate = performance.now() - t0;
-      await p.getByRole("img", { name: /^Memory by class over/ }).locator("svg path.recharts-area-area").first().waitFor({ state: "attached" });
+      await p.getByRole("img", { name: /^Memory by class from/ }).locator("svg path.recharts-area-area").first().waitFor({ state: "attached" });
       const timeline = performance.now() - t0;
       // The cursor to 1 s, then to the middle of the trace: until the page shows that moment.
       const cursor = [];
