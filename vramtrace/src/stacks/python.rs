@@ -927,17 +927,19 @@ impl PythonStacks {
             unknown: Some(why.to_string()),
             ..Frame::default()
         };
+        // Every eval-loop frame says why its Python frames are not known.
+        let unknown_at_each = |evals: Vec<usize>, why: &str| -> Vec<PyInsert> {
+            evals
+                .into_iter()
+                .map(|at| PyInsert {
+                    at,
+                    frames: vec![unknown(why)],
+                })
+                .collect()
+        };
         let layout = match &proc.layout {
             Ok(l) => *l,
-            Err(why) => {
-                return evals
-                    .into_iter()
-                    .map(|at| PyInsert {
-                        at,
-                        frames: vec![unknown(why)],
-                    })
-                    .collect();
-            }
+            Err(why) => return unknown_at_each(evals, why),
         };
         let why_none = match status {
             py_status::NONE => Some(
@@ -948,13 +950,7 @@ impl PythonStacks {
             _ => None,
         };
         if let Some(why) = why_none {
-            return evals
-                .into_iter()
-                .map(|at| PyInsert {
-                    at,
-                    frames: vec![unknown(why)],
-                })
-                .collect();
+            return unknown_at_each(evals, why);
         }
         let groups = group(layout.minor, raw);
         let mut out = Vec::with_capacity(evals.len());
