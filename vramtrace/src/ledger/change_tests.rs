@@ -199,3 +199,10 @@ fn every_way_an_allocation_ends_names_its_cause() {
         ]
     ));
 }
+
+#[test]
+fn each_end_cause_has_its_own_place_in_the_counts() {
+    for (i, cause) in EndCause::ALL.iter().enumerate() {
+        assert_eq!(cause.index(), i, "{cause:?}");
+    }
+}
