@@ -260,6 +260,50 @@ def check_scenario(vramtrace, trace, truth_path):
     return truth, rows, failures
 
 
+def check_ctx_destroy(vramtrace, trace, truth_path):
+    """The context-destroy check (ctx_destroy.py): for each kind, the Ledger holds the
+    allocation while its context lives, and after the context is destroyed holds it exactly
+    when the driver kept it (the matching free from the primary context then succeeds)."""
+    with open(truth_path) as f:
+        truth = json.load(f)
+    pid, size = truth["pid"], truth["size"]
+    rows, failures = [], []
+
+    def held(ns):
+        rep = analyze(vramtrace, trace, pid, ns)
+        p = next((p for p in rep["processes"] if p["pid"] == pid), None)
+        if p is None:
+            raise ValueError(f"pid {pid} not in the trace")
+        return p["device_bytes_at_exit"] + p["host_bytes_at_exit"] + p["pool_held_bytes_at_exit"]
+
+    for k in truth["kinds"]:
+        if "error" in k:
+            failures.append(f"ctx_destroy/{k['kind']}: the driver refused it: {k['error']}")
+            continue
+        if "address" not in k:
+            continue
+        kept = k["free_call_ret"] == 0
+        before, after = held(k["allocated_ns"]), held(k["destroyed_ns"])
+        want_after = size if kept else 0
+        ok = before == size and after == want_after
+        rows.append((k["kind"], "kept" if kept else "freed", k.get("freed_by_destroy"), before, after, ok))
+        if not ok:
+            failures.append(
+                f"ctx_destroy/{k['kind']}: the driver {'kept' if kept else 'freed'} it with its "
+                f"context; the Ledger held {before} bytes before the destroy and {after} after "
+                f"(expected {size} and {want_after})"
+            )
+    return rows, failures
+
+
+def print_ctx_destroy(rows):
+    print("context destroyed with an allocation live in it (MiB):")
+    print("| kind | driver | device memory freed by the destroy | Ledger before | Ledger after | agree |")
+    print("|---|---|---|---|---|---|")
+    for kind, verdict, freed, before, after, ok in rows:
+        print(f"| {kind} | {verdict} | {mib(freed)} | {mib(before)} | {mib(after)} | {'yes' if ok else 'NO'} |")
+
+
 def print_stacks(quality):
     """Per scenario: allocations, and how many of their stacks name the workload's Python
     code and are whole."""
@@ -311,9 +355,16 @@ def main():
                         break
     if not pairs:
         sys.exit("no trace and truth pairs found")
-    all_rows, all_failures, quality = [], [], []
+    all_rows, all_failures, quality, ctx_rows = [], [], [], []
     for trace, truth in pairs:
         try:
+            with open(truth) as f:
+                is_ctx_destroy = "kinds" in json.load(f)
+            if is_ctx_destroy:
+                rows, failures = check_ctx_destroy(args.vramtrace, trace, truth)
+                ctx_rows += rows
+                all_failures += failures
+                continue
             t, rows, failures = check_scenario(args.vramtrace, trace, truth)
             quality.append(t["stacks"])
         except (RuntimeError, KeyError, ValueError) as err:
@@ -322,9 +373,11 @@ def main():
         all_failures += failures
     print_table(all_rows)
     print_stacks(quality)
+    if ctx_rows:
+        print_ctx_destroy(ctx_rows)
     for f in all_failures:
         print(f"FAIL {f}")
-    print(f"{len(pairs)} scenarios, {len(all_rows)} points, {len(all_failures)} failures")
+    print(f"{len(pairs)} scenarios, {len(all_rows) + len(ctx_rows)} points, {len(all_failures)} failures")
     sys.exit(1 if all_failures else 0)
 
 
