@@ -28,10 +28,11 @@ cuDevicePrimaryCtxReset cuMemcpy cuMemcpyAsync cuMemcpyHtoD cuMemcpyHtoDAsync cu
 cuMemcpy2DAsync cuMemcpy3D cuMemcpy3DAsync cuMemcpyBatchAsync cuMemcpy3DBatchAsync
 cuGraphAddMemAllocNode cuGraphAddMemFreeNode cuDeviceGraphMemTrim cuGraphLaunch
 cuIpcOpenMemHandle cuIpcCloseMemHandle cuMulticastCreate cuMulticastBindMem cuMulticastBindAddr
-cuMulticastUnbind cuGreenCtxCreate cuGreenCtxDestroy cuMemGetInfo
+cuMulticastUnbind cuGreenCtxCreate cuGreenCtxDestroy cuCtxFromGreenCtx cuMemGetInfo
+cuMemPoolGetAttribute cuCtxSynchronize cuStreamSynchronize cuEventSynchronize
 """.split()
 
-VERSIONS = [12000, 12050, 13000]
+VERSIONS = [12000, 12050, 12080, 12090, 13000]
 FLAGS = {"default": 0, "per_thread": 2}
 
 

@@ -2001,6 +2001,21 @@ pub extern "C" fn cuCtxSynchronize() -> CUresult {
     }))
 }
 
+/// `cuCtxSynchronize_v2(CUcontext)` (CUDA 13's `cuCtxSynchronize`): waits for the context
+/// named; a null one is the current context.
+pub extern "C" fn cuCtxSynchronize_v2(ctx: Handle) -> CUresult {
+    code(with(|st| {
+        let id = ctx as u64;
+        if id == 0 {
+            st.current()?;
+        } else if !st.contexts.contains_key(&id) {
+            return Err(INVALID_CONTEXT);
+        }
+        st.sync_pools();
+        Ok(())
+    }))
+}
+
 /// Streams are not modelled: any handle names a stream (0 the legacy default stream).
 fn stream_sync() -> CUresult {
     code(with(|st| {

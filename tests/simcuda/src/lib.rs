@@ -188,6 +188,7 @@ exports! {
     cuCtxPopCurrent,
     cuCtxPopCurrent_v2,
     cuCtxSynchronize,
+    cuCtxSynchronize_v2,
     cuStreamSynchronize,
     cuStreamSynchronize_ptsz,
     cuEventCreate,

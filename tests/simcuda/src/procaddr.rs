@@ -207,7 +207,13 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(2000, "cuCtxPopCurrent"), (4000, "cuCtxPopCurrent_v2")],
         &[],
     ),
-    ("cuCtxSynchronize", &[(2000, "cuCtxSynchronize")], &[]),
+    (
+        "cuCtxSynchronize",
+        // Measured on driver 580 (probe-all): 12050 gives the unversioned export, 13000
+        // `cuCtxSynchronize_v2(CUcontext)`.
+        &[(2000, "cuCtxSynchronize"), (13000, "cuCtxSynchronize_v2")],
+        &[],
+    ),
     (
         "cuStreamSynchronize",
         &[(2000, "cuStreamSynchronize")],

@@ -87,6 +87,7 @@ const EXPORTS: &[&str] = &[
     "cuCtxPopCurrent",
     "cuCtxPopCurrent_v2",
     "cuCtxSynchronize",
+    "cuCtxSynchronize_v2",
     "cuStreamSynchronize",
     "cuStreamSynchronize_ptsz",
     "cuEventCreate",

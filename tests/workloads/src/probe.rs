@@ -486,12 +486,18 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     call!(d, get_attr, pool0, 4, (&raw mut threshold).cast());
     let mut reserved = 0u64;
     call!(d, get_attr, pool0, 5, (&raw mut reserved).cast());
-    let syncs: [Box<dyn Fn() -> u32 + '_>; 4] = [
+    let mut syncs: Vec<Box<dyn Fn() -> u32 + '_>> = vec![
         Box::new(|| call!(d, stream_sync, null())),
         Box::new(|| call!(d, stream_sync_pt, null())),
         Box::new(|| call!(d, event_sync, event)),
         Box::new(|| call!(d, ctx_sync)),
     ];
+    // cuCtxSynchronize_v2 (CUDA 12.9) names the context it waits for; where the driver has it.
+    if let Ok(ctx_sync_v2) =
+        d.resolve_or_dlsym::<FnHandle>("cuCtxSynchronize", V, 0, "cuCtxSynchronize_v2")
+    {
+        syncs.push(Box::new(move || call!(d, ctx_sync_v2, primary)));
+    }
     for (i, sync) in syncs.iter().enumerate() {
         match i {
             1 => set_threshold(book, 0),

@@ -12,6 +12,7 @@ use serde_json::Value;
 use vramtrace::trace::{Record, read::TraceReader};
 
 pub mod nvidia;
+pub mod truth;
 
 /// NVIDIA's driver library from Debian's libcuda1 package (bookworm: 535), installed.
 pub const NVIDIA_LIBCUDA: &str = nvidia::INSTALLED_LIBCUDA;
@@ -143,30 +144,10 @@ fn run(
             panic!("no ground truth from the workload; stdout:\n{stdout}\nstderr:\n{stderr}")
         }
     };
-    let mut reader = TraceReader::open(&trace).expect("trace opens");
-    let records: Vec<Record> = reader.by_ref().collect();
-    let summary = reader.summary();
-    assert!(
-        summary.complete,
-        "trace incomplete: {:?}\nstderr:\n{stderr}",
-        summary.problems
-    );
-    assert_eq!(summary.digest_ok, Some(true));
-    assert!(summary.problems.is_empty(), "{:?}", summary.problems);
-    let analysis = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
-        .args(["analyze", "--json"])
-        .arg(&trace)
-        .output()
-        .expect("running vramtrace analyze");
-    assert!(
-        analysis.status.success(),
-        "{}",
-        String::from_utf8_lossy(&analysis.stderr)
-    );
-    let analysis: Value = serde_json::from_slice(&analysis.stdout).expect("analyze --json is JSON");
+    let (records, header, analysis) = read_back(&trace, &stderr);
     Recorded {
         records,
-        header: summary.header.clone(),
+        header,
         truth,
         analysis,
         status: out.status.code().unwrap_or(-1),
@@ -240,4 +221,49 @@ pub fn compile_native(name: &str, compiler: &str, flags: &[&str], dir: &Path) ->
         .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
     assert!(status.success(), "compiling {}", source.display());
     out
+}
+
+/// A trace's records, its header and `vramtrace analyze --json` of it; the trace must be
+/// complete and intact. `context` is shown when it is not.
+fn read_back(trace: &Path, context: &str) -> (Vec<Record>, vramtrace::trace::Header, Value) {
+    let mut reader = TraceReader::open(trace).expect("trace opens");
+    let records: Vec<Record> = reader.by_ref().collect();
+    let summary = reader.summary();
+    assert!(
+        summary.complete,
+        "trace incomplete: {:?}\n{context}",
+        summary.problems
+    );
+    assert_eq!(summary.digest_ok, Some(true));
+    assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+    let analysis = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["analyze", "--json"])
+        .arg(trace)
+        .output()
+        .expect("running vramtrace analyze");
+    assert!(
+        analysis.status.success(),
+        "{}",
+        String::from_utf8_lossy(&analysis.stderr)
+    );
+    let analysis: Value = serde_json::from_slice(&analysis.stdout).expect("analyze --json is JSON");
+    (records, summary.header.clone(), analysis)
+}
+
+/// A trace kept as a fixture with the ground truth its workload wrote, read back as if it
+/// had just been recorded.
+pub fn replay(trace: &Path, truth: &Path) -> Recorded {
+    let text = std::fs::read_to_string(truth).expect("ground truth readable");
+    let truth: Value = serde_json::from_str(&text).expect("ground truth is JSON");
+    let (records, header, analysis) = read_back(trace, &format!("fixture {}", trace.display()));
+    Recorded {
+        records,
+        header,
+        truth,
+        analysis,
+        status: 0,
+        trace: trace.to_path_buf(),
+        stderr: String::new(),
+        _dir: tempfile::tempdir().expect("temp dir"),
+    }
 }
