@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useCallback, useEffect, useMemo, useRef, useState, memo } from "react";
 import { classInfo, formatBytes, formatSeconds } from "../lib/format";
 import { fetchAllocations, type AllocFetcher, type AllocationRow } from "../lib/api";
 
@@ -19,7 +19,7 @@ interface Props {
  * The live allocations, any number of them: only the rows in view are in the page, and
  * only the pages of rows around the view are read from the server.
  */
-export function AllocationTable({ pid, version, fetcher = fetchAllocations, onSelect, viewRows = VIEW_ROWS }: Props) {
+function AllocationTableBody({ pid, version, fetcher = fetchAllocations, onSelect, viewRows = VIEW_ROWS }: Props) {
   const [sort, setSort] = useState<"bytes" | "age">("bytes");
   const [total, setTotal] = useState<number | null>(null);
   const [pages, setPages] = useState<Map<number, AllocationRow[]>>(new Map());
@@ -179,3 +179,6 @@ export function AllocationTable({ pid, version, fetcher = fetchAllocations, onSe
     </div>
   );
 }
+
+/** Rendered again only when its own props change, not at every update of the page's state. */
+export const AllocationTable = memo(AllocationTableBody);

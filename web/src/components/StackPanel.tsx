@@ -1,9 +1,9 @@
-import { useEffect, useState } from "react";
+import { useEffect, useState, memo } from "react";
 import { fetchStack, type AllocationRow, type StackInfo } from "../lib/api";
 import { classInfo, formatBytes } from "../lib/format";
 
 /** The symbolized stack that made the selected allocation, innermost frame first. */
-export function StackPanel({ row, fetcher = fetchStack }: { row: AllocationRow | null; fetcher?: (id: number) => Promise<StackInfo> }) {
+function StackPanelBody({ row, fetcher = fetchStack }: { row: AllocationRow | null; fetcher?: (id: number) => Promise<StackInfo> }) {
   const [stack, setStack] = useState<StackInfo | null>(null);
   const [error, setError] = useState<string | null>(null);
   const id = row?.stack ?? null;
@@ -42,3 +42,6 @@ export function StackPanel({ row, fetcher = fetchStack }: { row: AllocationRow |
     </div>
   );
 }
+
+/** Rendered again only when its own props change, not at every update of the page's state. */
+export const StackPanel = memo(StackPanelBody);
