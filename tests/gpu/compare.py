@@ -190,14 +190,25 @@ def check_scenario(vramtrace, trace, truth_path):
         row["outside_by_api"] = by_origin(outside, stacks)
         if truth.get("backend") == "cudaMallocAsync":
             # Each tensor is its own stream-ordered allocation: what PyTorch counts as
-            # allocated is exactly the live stream-ordered bytes. What the pools reserve beyond
-            # that is the driver's own business (no call tells it); NVML sees it.
+            # allocated is exactly the live stream-ordered bytes. PyTorch's reserved figure is
+            # the driver's CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, which it reads from the pool
+            # through a traced cuMemPoolGetAttribute: the stream-ordered bytes and what the
+            # Ledger says the pool holds must make it up exactly.
             stream_ordered = sum(a["bytes"] for a in device_live if a["mem"] == "device_async")
-            row["segments"] = f"{'=' if stream_ordered == m['allocated'] else '!='} allocated"
+            reserved_ok = stream_ordered + pool_held == m["reserved"]
+            row["segments"] = (
+                f"{'=' if stream_ordered == m['allocated'] else '!='} allocated, "
+                f"+ pool {'=' if reserved_ok else '!='} reserved"
+            )
             if stream_ordered != m["allocated"]:
                 failures.append(
                     f"{name}/{m['name']}: traced stream-ordered bytes {stream_ordered} != "
                     f"torch allocated {m['allocated']}"
+                )
+            if not reserved_ok:
+                failures.append(
+                    f"{name}/{m['name']}: traced stream-ordered bytes {stream_ordered} + "
+                    f"pool-held {pool_held} != torch reserved {m['reserved']}"
                 )
             outside = [a for a in device_live if a["mem"] != "device_async"]
             row["outside"] = sum(a["bytes"] for a in outside)

@@ -275,6 +275,46 @@ fn synchronizations_release_pool_memory_above_the_threshold() {
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }
 
+/// The driver's own figure for a pool's reserved bytes, read back by the process (PyTorch's
+/// cudaMallocAsync backend does it for its statistics), sets what the pool holds: the driver
+/// reserves in chunks that no call shows (32 MiB on an H100 with driver 580).
+#[test]
+fn a_reserved_figure_read_from_the_driver_sets_what_the_pool_holds() {
+    use crate::api::pool_attr::{RELEASE_THRESHOLD, RESERVED_MEM_CURRENT};
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let recs = vec![
+        s.pool_create(0x50, None),
+        s.pool_attr(false, 0x50, RELEASE_THRESHOLD, u64::MAX),
+        s.alloc_async(0x1000, 3 * MIB, Some(0x50)),
+        s.alloc_async(0x2000, 5 * MIB, Some(0x50)),
+        s.free_async(0x2000),
+    ];
+    apply_all(&mut l, recs);
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 5 * MIB);
+    // The driver has a 32 MiB chunk for the pool: 3 MiB in use, the rest held.
+    l.apply(&s.pool_attr(true, 0x50, RESERVED_MEM_CURRENT, 32 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.pool_held_bytes, p.usage.device_bytes),
+        (29 * MIB, 3 * MIB)
+    );
+    // An allocation that fits in what is held takes nothing new from the GPU.
+    l.apply(&s.alloc_async(0x3000, 20 * MIB, Some(0x50)));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 9 * MIB);
+    // Only a read is the driver's figure.
+    l.apply(&s.pool_attr(false, 0x50, RESERVED_MEM_CURRENT, 0));
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 9 * MIB);
+    // A reading below the model: held blocks go back.
+    l.apply(&s.pool_attr(true, 0x50, RESERVED_MEM_CURRENT, 24 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.pool_held_bytes, p.usage.device_bytes),
+        (MIB, 23 * MIB)
+    );
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 /// A process that ran before the recording may have set its pools' thresholds unseen:
 /// synchronizations give nothing back (held bytes stay an upper bound) until the threshold
 /// is read back or set.

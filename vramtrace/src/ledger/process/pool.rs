@@ -12,10 +12,12 @@ use crate::trace::{Call, Mem};
 /// GPU. An allocation reuses the smallest held block that fits (the rest of that block stays
 /// held); one that fits in no block takes new memory from the GPU. A trim, and a
 /// synchronization above the release threshold, give back the largest blocks first. This is
-/// the suballocation the driver documents for pools. Held bytes are exact where the release
-/// threshold is known; where it is not (a pool of a process that was running before the
-/// recording, until a `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute` of it), nothing is
-/// given back at synchronizations and they are an upper bound.
+/// the suballocation the driver documents for pools. Held bytes follow the calls exactly
+/// where the release threshold is known; where it is not (a pool of a process that was running
+/// before the recording, until a `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute` of it),
+/// nothing is given back at synchronizations and they are an upper bound. The driver
+/// reserves in chunks no call shows; a reading of the pool's reserved bytes by the process
+/// sets the held bytes to the driver's figure.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pool {
     pub(super) device: Option<i32>,
@@ -268,10 +270,16 @@ impl ProcessState {
     }
 
     /// `cuMemPoolSetAttribute` / `cuMemPoolGetAttribute`: the release threshold, set or
-    /// read back, is the pool's from now on. The other attributes change nothing the
-    /// Ledger counts.
+    /// read back, is the pool's from now on; the reserved bytes read back are the driver's
+    /// own figure for the pool (see [`Self::pool_reserved_reported`]). The other attributes
+    /// change nothing the Ledger counts.
     pub(crate) fn on_pool_attr(&mut self, t: &mut Totals, c: &Call) {
-        if c.attr != Some(pool_attr::RELEASE_THRESHOLD) {
+        let attr = match c.attr {
+            Some(a @ (pool_attr::RELEASE_THRESHOLD | pool_attr::RESERVED_MEM_CURRENT)) => a,
+            _ => return,
+        };
+        // Only a read tells what the driver has reserved; setting it is not possible.
+        if attr == pool_attr::RESERVED_MEM_CURRENT && !c.api.starts_with("cuMemPoolGetAttribute") {
             return;
         }
         let Some(h) = c.pool else {
@@ -282,10 +290,40 @@ impl ProcessState {
             self.anomaly("pool_attr_without_value", || describe(c));
             return;
         };
-        if let Some(key) = self.pool_of_handle(t, c, h)
-            && let Some(pool) = self.pools.get_mut(&key)
-        {
+        let Some(key) = self.pool_of_handle(t, c, h) else {
+            return;
+        };
+        if attr == pool_attr::RESERVED_MEM_CURRENT {
+            self.pool_reserved_reported(t, key, value, c.ts_ns);
+        } else if let Some(pool) = self.pools.get_mut(&key) {
             pool.threshold = Some(value);
+        }
+    }
+
+    /// The driver said the pool has `reserved` bytes from the GPU
+    /// (`CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`, read by the process, as PyTorch's
+    /// `cudaMallocAsync` backend does for its memory statistics): what of it is not in use is
+    /// what the pool holds. The driver reserves in chunks (32 MiB on an H100 with driver
+    /// 580) and keeps what an allocation leaves of one, which no call shows, so the model
+    /// drifts from the truth between readings; a reading sets it right. Fewer held bytes
+    /// than the model's: blocks go back, largest first, as a trim; more: one block of the
+    /// difference, which later allocations may reuse.
+    fn pool_reserved_reported(&mut self, t: &mut Totals, key: PoolId, reserved: u64, ts: u64) {
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return;
+        };
+        if pool.destroyed || pool.host.is_some() {
+            return;
+        }
+        let held = reserved.saturating_sub(pool.used);
+        if held < pool.held {
+            self.trim_pool(t, key, reserved);
+        } else if held > pool.held {
+            let extra = held - pool.held;
+            pool.give(extra);
+            let device = pool.device;
+            self.book_add(t, device, Held::Pool, extra, ts);
+            self.pool_changed(key);
         }
     }
 
