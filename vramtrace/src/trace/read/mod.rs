@@ -461,6 +461,7 @@ impl<R: BufRead> TraceReader<R> {
 
     /// The next record between header and footer, with its 1-based line number; `None` at the
     /// end of the trace (its footer, a cut line, the end of input, or a read error).
+    #[inline(always)]
     pub fn next_record(&mut self) -> Option<(u64, Record)> {
         while !self.done {
             match self.next_in_buffer() {
@@ -589,6 +590,7 @@ impl<R: BufRead> TraceReader<R> {
     }
 
     /// Books a parsed line `line`: the record to hand out, or what is wrong with it.
+    #[inline(always)]
     fn take(
         &mut self,
         line: u64,
@@ -827,6 +829,7 @@ impl BatchedHash {
 impl<R: BufRead> Iterator for TraceReader<R> {
     type Item = Record;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Record> {
         self.next_record().map(|(_, rec)| rec)
     }
@@ -999,6 +1002,7 @@ fn parse_header(line: &[u8]) -> Result<(Header, u32), ReadError> {
 }
 
 /// Parses one line (its newline included).
+#[inline(always)]
 fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, String)> {
     // Fast path for what the writer produces: `{"type":"KIND",...}`. Each record struct ignores
     // the `type` key it does not know, so it can be read straight from the line, skipping
@@ -1062,6 +1066,7 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
 }
 
 /// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.
+#[inline(always)]
 fn as_call(
     line: &[u8],
     names: &mut Names,
