@@ -220,9 +220,14 @@ def check_scenario(vramtrace, trace, truth_path):
         # NVML.
         nvml = (m.get("nvml_used") or {}).get("0")
         row["nvml"] = nvml
-        row["ctx"] = None if nvml is None else nvml - traced
-        if nvml is not None and traced > nvml:
-            failures.append(f"{name}/{m['name']}: traced {traced} bytes > NVML's {nvml}")
+        # What the process has from the GPU by the Ledger: its allocations and what its pools
+        # hold. NVML counts both, and the context's own memory besides.
+        taken = traced + pool_held
+        row["ctx"] = None if nvml is None else nvml - taken
+        if nvml is not None and taken > nvml:
+            failures.append(
+                f"{name}/{m['name']}: traced {traced} + pool-held {pool_held} bytes > NVML's {nvml}"
+            )
         # Classes of named tensors.
         classes = []
         for tname, t in m["tensors"].items():
@@ -329,7 +334,7 @@ def print_stacks(quality):
 
 def print_table(rows):
     head = ["scenario", "mark", "torch reserved", "traced device", "pool-held",
-            "segments matched", "outside torch", "NVML process", "NVML - traced", "classes ok"]
+            "segments matched", "outside torch", "NVML process", "NVML - traced - pool", "classes ok"]
     body = [[r["scenario"], r["mark"], mib(r["reserved"]), mib(r["traced"]), mib(r["pool_held"]),
              r["segments"], mib(r["outside"]), mib(r["nvml"]), mib(r["ctx"]), r["classes"]]
             for r in rows]
