@@ -1442,3 +1442,33 @@ fn a_process_in_a_pods_cgroup_carries_its_container_and_pod_labels() {
     drop(server);
     drop(cgroup);
 }
+
+/// NVML's figures are those of its latest sample. On the H100's out-of-memory trace that
+/// sample was taken 35 ms before the failure, when 2 MiB was traced, and PyTorch allocated
+/// 72 GiB in between: the snapshot says how old the sample is and what was traced then, so
+/// that its coverage is not read as the present's.
+#[test]
+fn the_snapshot_says_of_which_moment_nvmls_figures_are() {
+    use vramtrace::trace::{Record, read::TraceReader};
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/oom.jsonl.gz");
+    let server = Server::start(&["--replay", fixture]);
+    let snap = server.json("/api/snapshot?at=4.55");
+    let last = snap["time_span_ns"][1].as_u64().expect("time span");
+    let sample = TraceReader::open(Path::new(fixture))
+        .expect("fixture")
+        .filter_map(|r| match r {
+            Record::Nvml(n) => Some(n.ts_ns),
+            _ => None,
+        })
+        .filter(|&t| t <= last)
+        .max()
+        .expect("an NVML sample before the moment");
+    let gpu = &snap["gpus"][0];
+    assert_eq!(gpu["nvml_age_ns"].as_u64(), Some(last - sample), "{gpu}");
+    assert_eq!(gpu["nvml_traced_bytes"].as_u64(), Some(2 << 20), "{gpu}");
+    assert_eq!(
+        gpu["traced_device_bytes"].as_u64(),
+        Some(72u64 << 30),
+        "{gpu}"
+    );
+}

@@ -554,6 +554,15 @@ fn gpus_json(s: &Served) -> Vec<Value> {
             if let Some(r) = s.ledger.nvml().gpus().iter().find(|r| r.index == i) {
                 v["coverage"] = json!(r.coverage);
                 v["unexplained_bytes"] = json!(r.unexplained_bytes());
+                // NVML's figures are those of its latest sample: how long before the state's
+                // latest event it was taken, and what was traced on the GPU then, so that a
+                // page can say its figures are of another moment.
+                v["nvml_traced_bytes"] = json!(r.traced_bytes);
+                v["nvml_age_ns"] = json!(
+                    s.ledger
+                        .time_span()
+                        .map(|(_, last)| last.saturating_sub(r.ts_ns))
+                );
                 v["untraced_processes"] = json!(r.untraced_processes);
             }
             v["name"] = json!(gi.and_then(|x| x.name.clone()));

@@ -1,6 +1,6 @@
 import { Cpu } from "lucide-react";
 import { motion } from "framer-motion";
-import { formatBytes, formatPercent } from "../lib/format";
+import { formatBytes, formatPercent, nvmlAge } from "../lib/format";
 import { gpuClasses } from "../lib/state";
 import type { Gpu, TelemetryGpu } from "../lib/types";
 import type { Sample } from "../hooks/useLiveState";
@@ -11,6 +11,9 @@ export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; t
   const total = gpu.memory?.total_bytes ?? telemetry?.memory_total_bytes ?? null;
   const used = gpu.memory?.used_bytes ?? telemetry?.memory_used_bytes ?? null;
   const traced = gpu.traced_device_bytes + gpu.pool_held_bytes;
+  // NVML's used figure and the coverage are those of its latest sample, which may be older
+  // than the traced bytes: then they say when it was taken.
+  const age = gpu.memory?.used_bytes !== undefined ? nvmlAge(gpu) : "";
   const title = gpu.index !== undefined ? `GPU ${gpu.index}` : gpu.gpu === "unknown" ? "GPU (unknown)" : `GPU ${gpu.gpu}`;
   const headingId = `gpu-${gpu.gpu}-title`;
   const mem = history.map((h) => h.gpus[gpu.gpu]?.traced ?? null);
@@ -34,6 +37,7 @@ export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; t
         <div className="text-right">
           <p className="text-xs uppercase tracking-wider text-slate-400">coverage</p>
           <p className="font-mono text-sm text-slate-200">{gpu.coverage === undefined || gpu.coverage === null ? "no NVML" : formatPercent(gpu.coverage)}</p>
+          {age && gpu.coverage !== undefined && gpu.coverage !== null && <p className="text-xs text-amber-200/80">at NVML's sample</p>}
         </div>
       </header>
       <div className={wide ? "lg:grid lg:grid-cols-[3fr_2fr] lg:items-end lg:gap-8" : ""}>
@@ -45,6 +49,7 @@ export function GpuCard({ gpu, telemetry, history, wide = false }: { gpu: Gpu; t
         <p className="text-sm text-slate-400">
           traced{used !== null ? ` · ${formatBytes(used)} used` : ""}
           {total !== null ? ` of ${formatBytes(total)}` : " · size unknown"}
+          {used !== null && age && <span data-testid="nvml-age" className="text-amber-200/80">{` (${age})`}</span>}
         </p>
       </div>
       <div className="mt-4">

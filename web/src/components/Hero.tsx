@@ -1,5 +1,5 @@
 import { Activity, History, Radio } from "lucide-react";
-import { formatBytes, formatSeconds } from "../lib/format";
+import { nvmlAge, formatBytes, formatSeconds } from "../lib/format";
 import type { State } from "../lib/types";
 
 const TRACING: Record<State["tracing"], string> = {
@@ -36,7 +36,7 @@ export function Hero({ state, cursor }: { state: State; cursor?: number | null }
       </p>
       <p className="mt-2 text-slate-300">
         traced on {state.gpus.length} GPU{state.gpus.length === 1 ? "" : "s"} by {state.processes.length} process{state.processes.length === 1 ? "" : "es"}
-        {total > 0 ? ` · ${formatBytes(used)} of ${formatBytes(total)} used (NVML)` : ""}
+        {total > 0 ? ` · ${formatBytes(used)} of ${formatBytes(total)} used (${state.gpus.map(nvmlAge).find((a) => a) ?? "NVML"})` : ""}
       </p>
       {pct !== null && (
         <div className="mt-4 h-2 w-full max-w-xl overflow-hidden rounded-full bg-white/10" role="progressbar" aria-label="GPU memory in use, every GPU" aria-valuemin={0} aria-valuemax={100} aria-valuenow={Math.round(pct * 100)}>

@@ -30,6 +30,24 @@ describe("GpuCard", () => {
     expect(screen.queryByTestId("class-unexplained")).toBeNull();
   });
 
+  it("says when NVML's figures are of another moment than the traced bytes", () => {
+    const s = state();
+    const g = s.gpus[0]!;
+    const now = g.traced_device_bytes + g.pool_held_bytes;
+    // 35 ms old, but 6 GiB were allocated since: another moment.
+    const { unmount } = render(<GpuCard gpu={{ ...g, nvml_age_ns: 35.5e6, nvml_traced_bytes: 2 * MiB }} history={[]} />);
+    expect(screen.getByTestId("nvml-age")).toHaveTextContent("NVML's sample 36 ms earlier, when 2.0 MiB was traced");
+    expect(screen.getByText("at NVML's sample")).toBeInTheDocument();
+    unmount();
+    // Old, though nothing changed.
+    const { unmount: u2 } = render(<GpuCard gpu={{ ...g, nvml_age_ns: 4.41e9, nvml_traced_bytes: now }} history={[]} />);
+    expect(screen.getByTestId("nvml-age")).toHaveTextContent(/^\(NVML's sample 4\.41 s earlier\)$/);
+    u2();
+    // Recent and nothing changed: the same moment, nothing said.
+    render(<GpuCard gpu={{ ...g, nvml_age_ns: 0.3e9, nvml_traced_bytes: now }} history={[]} />);
+    expect(screen.queryByTestId("nvml-age")).toBeNull();
+  });
+
   it("draws sparklines from the history", () => {
     const s = state();
     const history = [1, 2, 3].map((i) => ({ t: i, total: i * GiB, gpus: { "0": { traced: i * GiB, util: i * 10, used: null } } }));

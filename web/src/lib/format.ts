@@ -49,3 +49,21 @@ export const CLASSES: ClassInfo[] = [
 export function classInfo(key: string): ClassInfo {
   return CLASSES.find((c) => c.key === key) ?? { key: "unknown", label: key, color: "#94a3b8", description: "" };
 }
+
+/** NVML's figures older than this are said to be so, even when nothing traced changed since. */
+export const NVML_STALE_NS = 1e9;
+
+/**
+ * When a GPU's NVML figures (used memory, coverage) are of another moment than its traced
+ * bytes, says which: "NVML's sample 35 ms earlier, when 2.0 MiB was traced". Empty when
+ * they are of the same moment: nothing traced on the GPU changed since, and the sample is
+ * under a second old.
+ */
+export function nvmlAge(gpu: { nvml_age_ns?: number | null; nvml_traced_bytes?: number | null; traced_device_bytes: number; pool_held_bytes: number }): string {
+  const age = gpu.nvml_age_ns;
+  if (age === null || age === undefined) return "";
+  const then = gpu.nvml_traced_bytes;
+  const changed = then !== null && then !== undefined && then !== gpu.traced_device_bytes + gpu.pool_held_bytes;
+  if (!changed && age < NVML_STALE_NS) return "";
+  return `NVML's sample ${formatSeconds(age / 1e9)} earlier${changed ? `, when ${formatBytes(then!)} was traced` : ""}`;
+}

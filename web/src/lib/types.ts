@@ -22,6 +22,10 @@ export interface Gpu {
   memory?: GpuMemory;
   coverage?: number | null;
   unexplained_bytes?: number | null;
+  /** How long before the state's latest event NVML's sample (memory, coverage) was taken. */
+  nvml_age_ns?: number | null;
+  /** Device and pool-held bytes traced on this GPU when NVML's sample was taken. */
+  nvml_traced_bytes?: number | null;
 }
 
 export interface DeviceReconciliation {
