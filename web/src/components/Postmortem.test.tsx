@@ -1,6 +1,6 @@
 import { fireEvent, render, screen, waitFor } from "@testing-library/react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { Postmortem } from "./Postmortem";
+import { Postmortem, framesAround } from "./Postmortem";
 
 const COLUMNS = ["t", "weights", "kv_cache", "dynamic", "pool", "host_fallback", "unknown", "peak_device_bytes"];
 
@@ -69,5 +69,18 @@ describe("Postmortem", () => {
     expect(screen.getByTestId("timeline-window")).toHaveTextContent("0 ms to 100.00 s");
     // The whole trace's timeline was kept: not asked again.
     expect(asked("/api/timeline").filter((u) => !u.includes("from="))).toHaveLength(1);
+  });
+});
+
+describe("framesAround", () => {
+  const frames = Array.from({ length: 22 }, (_, i) => `f${i}`);
+  it("starts just inside the site, so the code that asked shows, not the allocator's insides", () => {
+    expect(framesAround({ frames, site: { title: "workload.py:210 scenario_oom", frame: 19 } })).toEqual({ frames: ["f16", "f17", "f18", "f19", "f20", "f21"], from: 16 });
+    expect(framesAround({ frames, site: { title: "x", frame: 3 } })).toEqual({ frames: ["f2", "f3", "f4", "f5", "f6", "f7"], from: 2 });
+  });
+  it("starts at the innermost frame without a site, or when the site is the innermost", () => {
+    expect(framesAround({ frames })).toEqual({ frames: ["f0", "f1", "f2", "f3", "f4", "f5"], from: 0 });
+    expect(framesAround({ frames: ["a", "b"], site: { title: "a", frame: 0 } })).toEqual({ frames: ["a", "b"], from: 0 });
+    expect(framesAround(null)).toEqual({ frames: [], from: 0 });
   });
 });

@@ -20,7 +20,20 @@ interface OomExplained {
   held_device_bytes: number;
   by_class: Record<string, number>;
   verdict: string;
-  top_stacks?: { stack?: { frames?: string[] } | null; bytes?: number }[];
+  stack?: StackRef | null;
+  top_stacks?: { stack?: StackRef | null; bytes?: number }[];
+}
+/** A stack as the analysis cites it: its frames (innermost first) and its site, the frame in the user's code. */
+interface StackRef {
+  frames?: string[];
+  site?: { title: string; frame: number } | null;
+}
+
+/** Up to `n` frames of a stack, from just inside its site outwards: the code that asked, not the allocator's insides. */
+export function framesAround(stack: StackRef | null | undefined, n = 6): { frames: string[]; from: number } {
+  const frames = stack?.frames ?? [];
+  const from = Math.max(0, Math.min((stack?.site?.frame ?? 0) - 1, frames.length - n));
+  return { frames: frames.slice(from, from + n), from };
 }
 interface LeakSuspect {
   pid?: number;
@@ -79,7 +92,8 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
           <ol className="flex flex-col gap-3">
             {analysis.postmortem.ooms.map((o, i) => {
               const t = (o.ts_ns - start) / 1e9;
-              const frames = o.top_stacks?.[0]?.stack?.frames ?? [];
+              const holder = o.top_stacks?.[0];
+              const { frames, from } = framesAround(holder?.stack);
               return (
                 <li key={i} className="rounded-xl border border-rose-400/30 bg-rose-500/10 p-3" data-testid="pm-oom" data-ts-ns={o.ts_ns}>
                   <div className="flex flex-wrap items-baseline justify-between gap-2">
@@ -97,10 +111,22 @@ export function Postmortem({ cursor, onCursor }: { cursor: number | null; onCurs
                       .map(([k, v]) => `${classInfo(k).label} ${formatBytes(v)}`)
                       .join(", ")}
                   </p>
+                  {o.stack?.site && (
+                    <p className="mt-1 text-xs text-slate-300" data-testid="pm-oom-asked">
+                      asked from <span className="font-mono text-slate-100">{o.stack.site.title}</span>
+                    </p>
+                  )}
+                  {holder?.stack?.site && (
+                    <p className="mt-1 text-xs text-slate-300" data-testid="pm-oom-holder">
+                      most held by <span className="font-mono text-slate-100">{holder.stack.site.title}</span>
+                      {holder.bytes !== undefined ? ` (${formatBytes(holder.bytes)})` : ""}, whose stack:
+                    </p>
+                  )}
                   {frames.length > 0 && (
                     <ol className="mt-2 max-h-32 overflow-auto rounded-lg bg-black/30 p-2 font-mono text-[11px] text-slate-300">
-                      {frames.slice(0, 6).map((f, j) => (
-                        <li key={j} className="break-all">{f}</li>
+                      {from > 0 && <li className="text-slate-500">… {from} frame{from === 1 ? "" : "s"} inside the runtime above</li>}
+                      {frames.map((f, j) => (
+                        <li key={j} className={`break-all ${from + j === holder?.stack?.site?.frame ? "text-cyan-200" : ""}`}>{f}</li>
                       ))}
                     </ol>
                   )}
