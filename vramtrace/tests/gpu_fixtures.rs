@@ -101,6 +101,12 @@ fn the_h100_oom_is_explained_with_what_was_taken_since_nvml_last_looked() {
         "{verdict}"
     );
     assert!(!verdict.contains("enough free memory"), "{verdict}");
+    // NVML's figure for the process is of the sample's moment, when 2 MiB was traced: its
+    // context is the rest, not nothing.
+    assert!(
+        verdict.contains("NVML counted 28.0 MiB for it, 26.0 MiB beyond the traced allocations"),
+        "{verdict}"
+    );
     // The largest holders are cited by the code that made them, not a stack number: the
     // Python function of the workload, read from CPython by the probe.
     let holder = &oom["largest"][0];

@@ -373,6 +373,7 @@ fn oom_records_what_was_held() {
             total_bytes: Some(80 * GIB),
             traced_bytes: None,
             process_used_bytes: None,
+            process_traced_bytes: None,
         },
     );
     let oom = l

@@ -264,7 +264,7 @@ impl Ledger {
             device_bytes: on_device(st).device_and_pool_bytes(),
             others,
             nvml: nvml_index
-                .and_then(|i| nvml_at(&self.nvml, i, st.pid))
+                .and_then(|i| nvml_at(&self.nvml, i, st.pid, c.proc))
                 .or_else(|| device.and_then(|d| self.nvml_at_oom.get(&d)).cloned()),
             attached: st.running_before,
         };
@@ -401,8 +401,8 @@ fn sole_device(gpus: usize, visible: Option<&str>) -> Option<i32> {
 }
 
 /// What the latest NVML sample said about the GPU of NVML index `index`, and about process
-/// `pid` on it.
-fn nvml_at(nvml: &NvmlLedger, index: u32, pid: u32) -> Option<NvmlAtOom> {
+/// `pid` (record id `proc`) on it.
+fn nvml_at(nvml: &NvmlLedger, index: u32, pid: u32, proc: u32) -> Option<NvmlAtOom> {
     let sample = nvml.latest()?;
     let g = sample.gpus.iter().find(|g| g.index == index)?;
     Some(NvmlAtOom {
@@ -420,5 +420,11 @@ fn nvml_at(nvml: &NvmlLedger, index: u32, pid: u32) -> Option<NvmlAtOom> {
             .iter()
             .find(|p| p.pid == pid)
             .and_then(|p| p.used_bytes),
+        process_traced_bytes: nvml
+            .process(proc)
+            .map(|p| &p.latest)
+            .filter(|r| r.ts_ns == sample.ts_ns)
+            .and_then(|r| r.devices.iter().find(|d| d.nvml_index == Some(index)))
+            .map(|d| d.traced_bytes),
     })
 }

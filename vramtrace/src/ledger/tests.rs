@@ -1304,3 +1304,23 @@ fn processes_running_before_the_recording_are_told_apart() {
     assert!(proc(&l, 1).running_before, "named by -p");
     assert!(!proc(&l, 2).running_before, "a child started since");
 }
+
+/// NVML's per-process figure is of its sample's moment: what it counts beyond the traced
+/// allocations is set against what was traced then, not at the failure. On the H100's OOM
+/// the sample was 35 ms old: 28 MiB by NVML, 2 MiB traced then, 72 GiB at the failure.
+#[test]
+fn an_ooms_untraced_bytes_are_measured_at_nvmls_sample() {
+    use crate::ledger::process::{NvmlAtOom, Oom};
+    let at = |traced_then| Oom {
+        device_bytes: 72 * 1024 * MIB,
+        nvml: Some(NvmlAtOom {
+            process_used_bytes: Some(28 * MIB),
+            process_traced_bytes: traced_then,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(at(Some(2 * MIB)).untraced_bytes(), Some(26 * MIB));
+    // Not known what was traced then: the failure's figure, which can only say nothing.
+    assert_eq!(at(None).untraced_bytes(), Some(0));
+}

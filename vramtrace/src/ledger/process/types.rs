@@ -124,6 +124,10 @@ pub struct NvmlAtOom {
     /// with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_used_bytes: Option<u64>,
+    /// The failing process's device plus pool-held bytes on this GPU when the sample was
+    /// taken: what NVML's per-process figure is to be set against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_traced_bytes: Option<u64>,
 }
 
 impl NvmlAtOom {
@@ -204,8 +208,13 @@ impl Oom {
     /// points (the context itself, libraries' own pools). `None` without NVML's
     /// per-process figure.
     pub fn untraced_bytes(&self) -> Option<u64> {
-        let used = self.nvml.as_ref()?.process_used_bytes?;
-        Some(used.saturating_sub(self.device_bytes))
+        let nvml = self.nvml.as_ref()?;
+        // NVML's figure is of its sample's moment, set against what was traced then; a
+        // process that allocated since would otherwise seem to have nothing untraced.
+        Some(
+            nvml.process_used_bytes?
+                .saturating_sub(nvml.process_traced_bytes.unwrap_or(self.device_bytes)),
+        )
     }
 
     /// Device plus pool-held bytes of every traced process on the failing device at the
