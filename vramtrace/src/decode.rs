@@ -835,7 +835,88 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             }
             done!(Copy)
         }
+        Kind::IpcGetMemHandle | Kind::MemPoolExportPointer => {
+            c.addr = Some(a[1]);
+            if ok {
+                c.share = share_of(ev, c);
+            }
+            done!(Export)
+        }
+        Kind::MemExportToShareableHandle => {
+            c.handle = Some(a[1]);
+            c.handle_type = Some((a[2] & U32) as u32);
+            c.flags = Some(a[3]);
+            if ok {
+                c.os_handle = out0(c).map(|h| os_handle(c.handle_type, h));
+            }
+            done!(Export)
+        }
+        Kind::IpcOpenMemHandle => {
+            // The handle is in memory, read at entry; Flags takes the next register.
+            c.flags = Some(a[1] & U32);
+            c.share = share_of(ev, c);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::MemPoolImportPointer => {
+            c.pool = Some(a[1]);
+            c.share = share_of(ev, c);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::MemImportFromShareableHandle => {
+            c.handle_type = Some((a[2] & U32) as u32);
+            // A file descriptor is the pointer's value; other types point at their handle.
+            c.os_handle = Some(os_handle(c.handle_type, a[1]));
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::IpcCloseMemHandle => {
+            c.addr = Some(a[0]);
+            done!(ImportClose)
+        }
+        Kind::MemRetainAllocationHandle => {
+            c.addr = Some(a[1]);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(Retain)
+        }
     }
+}
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+
+/// An OS handle as its type has it: a file descriptor is an `int`.
+fn os_handle(handle_type: Option<u32>, raw: u64) -> u64 {
+    if handle_type == Some(HANDLE_TYPE_POSIX_FD) {
+        raw & U32
+    } else {
+        raw
+    }
+}
+
+/// The 64 bytes of a `CUipcMemHandle` or `CUmemPoolPtrExportData` in the wide window, in
+/// hex, as they lie in memory; `None` (and marked unreadable) when the read faulted.
+fn share_of(ev: &CallEvent, c: &mut Call) -> Option<String> {
+    if ev.flags & flags::BLOB_FAULT != 0 {
+        c.unreadable.push("share".into());
+        return None;
+    }
+    let mut hex = String::with_capacity(128);
+    for w in ev.wide {
+        for b in w.to_ne_bytes() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    Some(hex)
 }
 
 /// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
