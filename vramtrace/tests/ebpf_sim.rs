@@ -571,7 +571,11 @@ fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
         .collect();
     assert_eq!(vmm.len(), 1);
     assert_eq!(vmm[0]["bytes"].as_u64(), Some(2 * mib));
-    assert_eq!(vmm[0]["from"], "from an untraced process");
+    assert_eq!(vmm[0]["api"], "cuMemImportFromShareableHandle");
+    assert_eq!(
+        vmm[0]["from"],
+        "from another process, by shareable handle (owner not identified)"
+    );
     assert!(imports.iter().all(|m| m.get("end_ts_ns").is_some()));
     assert!(
         imp["anomalies"].as_object().is_none_or(|a| a.is_empty()),

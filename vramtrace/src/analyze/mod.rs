@@ -379,7 +379,8 @@ pub struct ImportReport {
     /// The mapping.
     #[serde(flatten)]
     pub mapping: crate::ledger::ImportedMapping,
-    /// `mapped from PID N` or `from an untraced process`.
+    /// `mapped from PID N`, `from an untraced process`, or for a shareable handle `from
+    /// another process, by shareable handle (owner not identified)`.
     pub from: String,
 }
 

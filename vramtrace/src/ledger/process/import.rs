@@ -42,8 +42,8 @@ pub struct ImportedMapping {
     /// The size is not known (the owner was not traced).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub size_unknown: bool,
-    /// The entry point that mapped it (`cuIpcOpenMemHandle_v2`, `cuMemPoolImportPointer`,
-    /// `cuMemImportFromShareableHandle`).
+    /// The entry point that imported it (`cuIpcOpenMemHandle_v2`, `cuMemPoolImportPointer`,
+    /// `cuMemImportFromShareableHandle`, whose handle a `cuMemMap` mapped).
     pub api: String,
     /// When it was mapped.
     pub ts_ns: u64,
@@ -85,11 +85,15 @@ impl ImportedMapping {
         }
     }
 
-    /// "mapped from PID N" or "from an untraced process".
+    /// "mapped from PID N", or "from an untraced process"; a shareable handle's owner is
+    /// not identified (a file descriptor names nothing another process can match).
     pub fn source(&self) -> String {
-        match &self.owner {
-            Some(o) => format!("mapped from PID {}", o.pid),
-            None => "from an untraced process".into(),
+        match (&self.owner, self.handle) {
+            (Some(o), _) => format!("mapped from PID {}", o.pid),
+            (None, Some(_)) => {
+                "from another process, by shareable handle (owner not identified)".into()
+            }
+            (None, None) => "from an untraced process".into(),
         }
     }
 }
@@ -98,6 +102,8 @@ impl ImportedMapping {
 #[derive(Clone, Debug)]
 pub(super) struct ImportedHandle {
     pub(super) refs: u32,
+    /// The entry point that imported it.
+    pub(super) api: Arc<str>,
 }
 
 impl ProcessState {
@@ -191,18 +197,23 @@ impl ProcessState {
         };
         self.imported_handles
             .entry(h)
-            .or_insert(ImportedHandle { refs: 0 })
+            .or_insert_with(|| ImportedHandle {
+                refs: 0,
+                api: c.api.clone(),
+            })
             .refs += 1;
     }
 
     /// `cuMemMap` of an imported handle: an imported mapping of the bytes it maps. Whether
     /// the handle was one.
     pub(super) fn map_imported(&mut self, c: &Call, h: u64) -> bool {
-        if !self.imported_handles.contains_key(&h) {
+        let Some(api) = self.imported_handles.get(&h).map(|i| i.api.to_string()) else {
             return false;
-        }
+        };
         let device = self.call_device(c);
         let mut m = ImportedMapping::new(c, c.bytes, device);
+        // Named by the import; the mapping is the cuMemMap.
+        m.api = api;
         m.handle = Some(h);
         self.on_import(m);
         true
