@@ -37,20 +37,25 @@ fn close(s: &mut Sim, addr: u64) -> Record {
     })
 }
 
+/// An exporter (process 1, pid 100) whose `bytes` at 0x7000_0000 an importer (process 2,
+/// pid 200) opens at 0x9000_0000 by IPC handle, exported from an address inside it.
+fn ipc_shared(l: &mut Ledger, bytes: u64) -> (Sim, Sim) {
+    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
+    let recs = [
+        a.process("exporter"),
+        b.process("importer"),
+        a.alloc(0x7000_0000, bytes),
+        export(&mut a, "cuIpcGetMemHandle", 0x7000_0000 + 4096, HANDLE),
+        import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE),
+    ];
+    apply_all(l, recs);
+    (a, b)
+}
+
 #[test]
 fn an_ipc_import_is_attributed_to_its_owner_and_never_counted_twice() {
     let mut l = Ledger::new();
-    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
-    apply_all(
-        &mut l,
-        [
-            a.process("exporter"),
-            b.process("importer"),
-            a.alloc(0x7000_0000, 16 * MIB),
-            export(&mut a, "cuIpcGetMemHandle", 0x7000_0000 + 4096, HANDLE),
-            import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE),
-        ],
-    );
+    let (_, mut b) = ipc_shared(&mut l, 16 * MIB);
     assert_eq!(l.totals().usage.device_bytes, 16 * MIB);
     let imp = l.process(2).unwrap();
     assert_eq!(imp.usage.device_bytes, 0);
@@ -72,19 +77,9 @@ fn an_ipc_import_is_attributed_to_its_owner_and_never_counted_twice() {
 #[test]
 fn an_owner_free_while_mapped_keeps_the_memory_until_the_last_close() {
     let mut l = Ledger::new();
-    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
-    apply_all(
-        &mut l,
-        [
-            a.process("exporter"),
-            b.process("importer"),
-            a.alloc(0x7000_0000, 8 * MIB),
-            export(&mut a, "cuIpcGetMemHandle", 0x7000_0000, HANDLE),
-            import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE),
-            import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE),
-            a.free(0x7000_0000),
-        ],
-    );
+    let (mut a, mut b) = ipc_shared(&mut l, 8 * MIB);
+    let again = import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE);
+    apply_all(&mut l, [again, a.free(0x7000_0000)]);
     let owner = l.process(1).unwrap();
     assert_eq!(owner.usage.device_bytes, 8 * MIB, "kept while mapped");
     assert!(owner.live_at(0x7000_0000).unwrap().kept_by_importers);
@@ -106,22 +101,26 @@ fn an_owner_free_while_mapped_keeps_the_memory_until_the_last_close() {
     assert!(l.process(1).unwrap().anomalies.is_empty());
 }
 
+/// An exporter (process 1, pid 100) whose 4 MiB of stream-ordered memory at 0x7000_0000 an
+/// importer (process 2, pid 200) maps at 0x9000_0000 by pool pointer.
+fn pool_pointer_shared(l: &mut Ledger) -> (Sim, Sim) {
+    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
+    let recs = [
+        a.process("exporter"),
+        b.process("importer"),
+        a.alloc_async(0x7000_0000, 4 * MIB, None),
+        export(&mut a, "cuMemPoolExportPointer", 0x7000_0000, HANDLE),
+        import(&mut b, "cuMemPoolImportPointer", 0x9000_0000, HANDLE),
+    ];
+    apply_all(l, recs);
+    (a, b)
+}
+
 #[test]
 fn an_importer_exit_ends_its_mappings_and_what_the_owner_kept_for_them() {
     let mut l = Ledger::new();
-    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
-    apply_all(
-        &mut l,
-        [
-            a.process("exporter"),
-            b.process("importer"),
-            a.alloc_async(0x7000_0000, 4 * MIB, None),
-            export(&mut a, "cuMemPoolExportPointer", 0x7000_0000, HANDLE),
-            import(&mut b, "cuMemPoolImportPointer", 0x9000_0000, HANDLE),
-            a.free_async(0x7000_0000),
-            b.exit(),
-        ],
-    );
+    let (mut a, mut b) = pool_pointer_shared(&mut l);
+    apply_all(&mut l, [a.free_async(0x7000_0000), b.exit()]);
     // The owner's block went back into its pool when the last mapping went.
     let owner = l.process(1).unwrap();
     assert_eq!(owner.usage.device_bytes, 0);
@@ -132,18 +131,8 @@ fn an_importer_exit_ends_its_mappings_and_what_the_owner_kept_for_them() {
 #[test]
 fn an_imported_pool_pointer_freed_by_the_importer_ends_its_mapping_only() {
     let mut l = Ledger::new();
-    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
-    apply_all(
-        &mut l,
-        [
-            a.process("exporter"),
-            b.process("importer"),
-            a.alloc_async(0x7000_0000, 4 * MIB, None),
-            export(&mut a, "cuMemPoolExportPointer", 0x7000_0000, HANDLE),
-            import(&mut b, "cuMemPoolImportPointer", 0x9000_0000, HANDLE),
-            b.free_async(0x9000_0000),
-        ],
-    );
+    let (_, mut b) = pool_pointer_shared(&mut l);
+    apply_all(&mut l, [b.free_async(0x9000_0000)]);
     assert_eq!(l.process(1).unwrap().usage.device_bytes, 4 * MIB);
     let imp = l.process(2).unwrap();
     assert_eq!(imp.imports().count(), 0);

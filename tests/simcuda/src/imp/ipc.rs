@@ -168,33 +168,39 @@ impl State {
     }
 }
 
-pub extern "C" fn cuIpcGetMemHandle(handle: *mut IpcMemHandle, dptr: CUdeviceptr) -> CUresult {
+/// Writes through `out` what another process needs to map the allocation at `ptr`: one made
+/// by `cuMemAlloc*` (`pooled` false) or from a pool (`pooled` true), by its base address
+/// (CUDA driver API reference).
+fn export_alloc(out: *mut IpcMemHandle, ptr: CUdeviceptr, pooled: bool, tag: u64) -> CUresult {
     code(with(|st| {
-        nonnull(handle)?;
+        nonnull(out)?;
         st.current()?;
-        // Only cuMemAlloc memory, by its base address (CUDA driver API reference).
         let a = st
             .allocs
-            .get(&dptr)
-            .filter(|a| a.pool.is_none())
+            .get(&ptr)
+            .filter(|a| a.pool.is_some() == pooled)
             .ok_or(INVALID_VALUE)?;
         let (dev, size) = (a.dev, a.size);
         let s = Shared {
-            tag: TAG_IPC,
+            tag,
             pid: std::process::id(),
             dev,
-            at: dptr,
+            at: ptr,
             size,
             serial: st.export_serial(),
         };
         put(
-            handle,
+            out,
             IpcMemHandle {
                 reserved: s.encode(),
             },
         );
         Ok(())
     }))
+}
+
+pub extern "C" fn cuIpcGetMemHandle(handle: *mut IpcMemHandle, dptr: CUdeviceptr) -> CUresult {
+    export_alloc(handle, dptr, false, TAG_IPC)
 }
 
 fn ipc_open(pdptr: *mut CUdeviceptr, handle: IpcMemHandle, flags: c_uint) -> CUresult {
@@ -243,31 +249,7 @@ pub extern "C" fn cuIpcCloseMemHandle(dptr: CUdeviceptr) -> CUresult {
 }
 
 pub extern "C" fn cuMemPoolExportPointer(share: *mut IpcMemHandle, ptr: CUdeviceptr) -> CUresult {
-    code(with(|st| {
-        nonnull(share)?;
-        // Stream-ordered memory of a device pool, by its base address.
-        let a = st
-            .allocs
-            .get(&ptr)
-            .filter(|a| a.pool.is_some())
-            .ok_or(INVALID_VALUE)?;
-        let (dev, size) = (a.dev, a.size);
-        let s = Shared {
-            tag: TAG_POOL,
-            pid: std::process::id(),
-            dev,
-            at: ptr,
-            size,
-            serial: st.export_serial(),
-        };
-        put(
-            share,
-            IpcMemHandle {
-                reserved: s.encode(),
-            },
-        );
-        Ok(())
-    }))
+    export_alloc(share, ptr, true, TAG_POOL)
 }
 
 pub extern "C" fn cuMemPoolImportPointer(
