@@ -236,6 +236,7 @@ impl Ledger {
         if across && c.ret == 0 {
             self.apply_shared(rec, c);
         }
+        self.shared.forget_ended(&self.changes);
         if matches!(rec, Record::Failed(_)) && c.is_oom() {
             self.on_oom(c);
         }

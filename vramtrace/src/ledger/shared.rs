@@ -33,9 +33,28 @@ pub(super) struct Shared {
     exports: HashMap<String, Export>,
     /// (owner's proc, allocation seq) → mappings open in other processes.
     open: HashMap<(u32, u64), u32>,
+    /// (owner's proc, allocation seq) → the bytes it was exported with, to forget them when
+    /// it ends: an import of an allocation that is gone names no owner.
+    by_alloc: HashMap<(u32, u64), Vec<String>>,
 }
 
 impl Shared {
+    /// Forgets the exports of the allocations that `changes` ended.
+    pub(super) fn forget_ended(&mut self, changes: &[super::Change]) {
+        if self.by_alloc.is_empty() {
+            return;
+        }
+        for ch in changes {
+            if let super::Change::Ended { proc, alloc, .. } = ch
+                && let Some(keys) = self.by_alloc.remove(&(*proc, alloc.seq()))
+            {
+                for k in keys {
+                    self.exports.remove(&k);
+                }
+            }
+        }
+    }
+
     /// Whether a free by process `proc` at `addr` is about shared memory: an imported pool
     /// pointer of `proc`, or an allocation of `proc` that another process maps.
     pub(super) fn takes_free(&self, st: &super::ProcessState, c: &Call) -> bool {
@@ -79,6 +98,11 @@ impl Ledger {
         };
         match st.export_of(addr) {
             Some((owner, bytes, device)) => {
+                self.shared
+                    .by_alloc
+                    .entry((owner.proc, owner.seq))
+                    .or_default()
+                    .push(share.clone());
                 self.shared.exports.insert(
                     share.clone(),
                     Export {
@@ -188,5 +212,6 @@ impl Ledger {
         }
         self.shared.exports.retain(|_, e| e.owner.proc != proc);
         self.shared.open.retain(|&(p, _), _| p != proc);
+        self.shared.by_alloc.retain(|&(p, _), _| p != proc);
     }
 }

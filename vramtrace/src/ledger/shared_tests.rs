@@ -216,3 +216,20 @@ fn retaining_a_handle_of_its_own_defers_its_release() {
     assert_eq!(l.totals().usage.device_bytes, 0);
     assert!(l.process(1).unwrap().anomalies.is_empty());
 }
+
+#[test]
+fn an_import_of_an_allocation_freed_since_its_export_names_no_owner() {
+    let mut l = Ledger::new();
+    let (mut a, mut b) = ipc_shared(&mut l, 2 * MIB);
+    apply_all(
+        &mut l,
+        [
+            close(&mut b, 0x9000_0000),
+            a.free(0x7000_0000),
+            import(&mut b, "cuIpcOpenMemHandle_v2", 0x9000_0000, HANDLE),
+        ],
+    );
+    let m = l.process(2).unwrap().imports().next().unwrap().clone();
+    assert!(m.owner.is_none() && m.size_unknown);
+    assert_eq!(l.totals().usage.device_bytes, 0);
+}
