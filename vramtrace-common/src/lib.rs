@@ -75,6 +75,14 @@ pub mod cookie {
     /// in the struct the blob argument points at; 0 means no wide window.
     pub const WIDE_SHIFT: u32 = 32;
     pub const WIDE_MASK: u64 = 0x3f << WIDE_SHIFT;
+    /// At entry, read the wide window from the caller's stack just above the return address
+    /// (`[rsp+8 ..]`): a struct of more than 16 bytes passed by value (x86-64 SysV passes it
+    /// in memory), as `cuIpcOpenMemHandle`'s 64-byte `CUipcMemHandle`.
+    pub const WIDE_FROM_STACK: u64 = 1 << 38;
+    /// At return, when the call succeeded, read the wide window through the pointer in
+    /// argument 0: a 64-byte struct the call wrote (`cuIpcGetMemHandle`'s handle,
+    /// `cuMemPoolExportPointer`'s export data).
+    pub const WIDE_AT_RETURN: u64 = 1 << 39;
 
     /// Builds a cookie.
     pub const fn make(api: u16, flags: u64) -> u64 {
@@ -115,7 +123,8 @@ pub mod flags {
     pub const OUT0_FAULT: u32 = 1 << 0;
     /// Reading `out[1]` through argument 1 (or argument 2, `DEREF_ARG2`) faulted.
     pub const OUT1_FAULT: u32 = 1 << 1;
-    /// Copying the blob (or the wide window) at entry faulted.
+    /// Copying the blob or the wide window (at entry, or at return for `WIDE_AT_RETURN`)
+    /// faulted.
     pub const BLOB_FAULT: u32 = 1 << 2;
     /// The return address could not be read at entry.
     pub const CALLER_FAULT: u32 = 1 << 3;

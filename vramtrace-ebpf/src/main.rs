@@ -268,6 +268,10 @@ fn try_call_entry(ctx: &ProbeContext) {
             ev.flags |= flags::BLOB_FAULT;
         }
     }
+    // A struct passed by value in memory sits just above the return address.
+    if cookie & cookie::WIDE_FROM_STACK != 0 && !read_words(sp.wrapping_add(8), &mut ev.wide) {
+        ev.flags |= flags::BLOB_FAULT;
+    }
     if cookie & cookie::STACK != 0 {
         match STACK_MODE.load() {
             stack_mode::FRAME_POINTERS => match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
@@ -610,6 +614,9 @@ fn try_call_return(ctx: &RetProbeContext) {
                 Ok(v) => ev.out[1] = v,
                 Err(_) => ev.flags |= flags::OUT1_FAULT,
             }
+        }
+        if cookie & cookie::WIDE_AT_RETURN != 0 && !read_words(ev.args[0], &mut ev.wide) {
+            ev.flags |= flags::BLOB_FAULT;
         }
     }
     submit(slot);

@@ -143,6 +143,31 @@ pub enum Kind {
     Memcpy3D,
     /// `cuMemcpy3DAsync(const CUDA_MEMCPY3D *pCopy, CUstream hStream)`
     Memcpy3DAsync,
+    /// `cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)`: the 64-byte handle
+    /// another process opens, read at return.
+    IpcGetMemHandle,
+    /// `cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags)`
+    /// (and `_v2`, the same signature): the handle is passed by value, in memory on the
+    /// caller's stack; `Flags` is the second integer argument (rsi).
+    IpcOpenMemHandle,
+    /// `cuIpcCloseMemHandle(CUdeviceptr dptr)`
+    IpcCloseMemHandle,
+    /// `cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle
+    /// handle, CUmemAllocationHandleType handleType, unsigned long long flags)`
+    MemExportToShareableHandle,
+    /// `cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+    /// CUmemAllocationHandleType shHandleType)`: a POSIX file descriptor is passed as the
+    /// pointer's value.
+    MemImportFromShareableHandle,
+    /// `cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)`: one
+    /// more reference to the handle mapped at `addr`, released by `cuMemRelease`.
+    MemRetainAllocationHandle,
+    /// `cuMemPoolExportPointer(CUmemPoolPtrExportData *shareData_out, CUdeviceptr ptr)`: 64
+    /// bytes read at return.
+    MemPoolExportPointer,
+    /// `cuMemPoolImportPointer(CUdeviceptr *ptr_out, CUmemoryPool pool,
+    /// CUmemPoolPtrExportData *shareData)`
+    MemPoolImportPointer,
 }
 
 /// A base name and what to capture for every exported variant of it.
@@ -160,8 +185,8 @@ pub struct ApiDef {
 }
 
 use cookie::{
-    DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK, with_blob_arg,
-    with_blob_skip, with_wide_skip,
+    DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK, WIDE_AT_RETURN,
+    WIDE_FROM_STACK, with_blob_arg, with_blob_skip, with_wide_skip,
 };
 
 /// `CUDA_MEMCPY2D` (64-bit ABI, 16 words): the blob holds words 2..7 (`srcMemoryType`,
@@ -342,6 +367,40 @@ pub const APIS: &[ApiDef] = &[
     legacy("cuMemcpy2DAsync", Kind::Memcpy2DAsync, COPY_2D),
     legacy("cuMemcpy3D", Kind::Memcpy3D, COPY_3D),
     legacy("cuMemcpy3DAsync", Kind::Memcpy3DAsync, COPY_3D),
+    // Memory shared between processes: the 64-byte handles and export data are kept whole
+    // in the wide window, so that an importer's handle can be matched to its exporter's.
+    def("cuIpcGetMemHandle", Kind::IpcGetMemHandle, WIDE_AT_RETURN),
+    def(
+        "cuIpcOpenMemHandle",
+        Kind::IpcOpenMemHandle,
+        DEREF_ARG0 | WIDE_FROM_STACK | STACK,
+    ),
+    def("cuIpcCloseMemHandle", Kind::IpcCloseMemHandle, 0),
+    def(
+        "cuMemExportToShareableHandle",
+        Kind::MemExportToShareableHandle,
+        DEREF_ARG0,
+    ),
+    def(
+        "cuMemImportFromShareableHandle",
+        Kind::MemImportFromShareableHandle,
+        DEREF_ARG0 | STACK,
+    ),
+    def(
+        "cuMemRetainAllocationHandle",
+        Kind::MemRetainAllocationHandle,
+        DEREF_ARG0,
+    ),
+    def(
+        "cuMemPoolExportPointer",
+        Kind::MemPoolExportPointer,
+        WIDE_AT_RETURN,
+    ),
+    def(
+        "cuMemPoolImportPointer",
+        Kind::MemPoolImportPointer,
+        DEREF_ARG0 | with_blob_arg(2) | with_wide_skip(0) | STACK,
+    ),
 ];
 
 /// One exported symbol that probes are attached to. Its index in the hooked table is the API

@@ -835,7 +835,88 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             }
             done!(Copy)
         }
+        Kind::IpcGetMemHandle | Kind::MemPoolExportPointer => {
+            c.addr = Some(a[1]);
+            if ok {
+                c.share = share_of(ev, c);
+            }
+            done!(Export)
+        }
+        Kind::MemExportToShareableHandle => {
+            c.handle = Some(a[1]);
+            c.handle_type = Some((a[2] & U32) as u32);
+            c.flags = Some(a[3]);
+            if ok {
+                c.os_handle = out0(c).map(|h| os_handle(c.handle_type, h));
+            }
+            done!(Export)
+        }
+        Kind::IpcOpenMemHandle => {
+            // The handle is in memory, read at entry; Flags takes the next register.
+            c.flags = Some(a[1] & U32);
+            c.share = share_of(ev, c);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::MemPoolImportPointer => {
+            c.pool = Some(a[1]);
+            c.share = share_of(ev, c);
+            if ok {
+                c.addr = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::MemImportFromShareableHandle => {
+            c.handle_type = Some((a[2] & U32) as u32);
+            // A file descriptor is the pointer's value; other types point at their handle.
+            c.os_handle = Some(os_handle(c.handle_type, a[1]));
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(Import)
+        }
+        Kind::IpcCloseMemHandle => {
+            c.addr = Some(a[0]);
+            done!(ImportClose)
+        }
+        Kind::MemRetainAllocationHandle => {
+            c.addr = Some(a[1]);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(Retain)
+        }
     }
+}
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+
+/// An OS handle as its type has it: a file descriptor is an `int`.
+fn os_handle(handle_type: Option<u32>, raw: u64) -> u64 {
+    if handle_type == Some(HANDLE_TYPE_POSIX_FD) {
+        raw & U32
+    } else {
+        raw
+    }
+}
+
+/// The 64 bytes of a `CUipcMemHandle` or `CUmemPoolPtrExportData` in the wide window, in
+/// hex, as they lie in memory; `None` (and marked unreadable) when the read faulted.
+fn share_of(ev: &CallEvent, c: &mut Call) -> Option<String> {
+    if ev.flags & flags::BLOB_FAULT != 0 {
+        c.unreadable.push("share".into());
+        return None;
+    }
+    let mut hex = String::with_capacity(128);
+    for w in ev.wide {
+        for b in w.to_ne_bytes() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    Some(hex)
 }
 
 /// `CU_MEM_ALLOCATION_TYPE_MANAGED` (`cuda.h`, CUDA 13.0).
@@ -1026,6 +1107,93 @@ mod tests {
             ret,
             ..CallEvent::default()
         })
+    }
+
+    /// The records of one call of `symbol` (the process and stack records left out).
+    fn decode_one(symbol: &str, ev: RawEvent) -> Record {
+        let mut conv = Converter::new(table(&[symbol]));
+        let mut out = Vec::new();
+        conv.convert(&ev, &mut FakeEnv, &mut out);
+        out.pop().expect("a call record")
+    }
+
+    #[test]
+    fn shared_memory_calls_are_decoded_by_their_signatures() {
+        // cuIpcOpenMemHandle_v2(pdptr, handle by value, Flags): Flags in the second
+        // register, the handle in the wide window read from the stack.
+        let mut wide = [0u64; 8];
+        wide[0] = u64::from_le_bytes(*b"handle!!");
+        wide[7] = 0xff;
+        let with_wide = |ev: RawEvent, flags: u32| match ev {
+            RawEvent::Call(mut c) => {
+                c.wide = wide;
+                c.flags |= flags;
+                RawEvent::Call(c)
+            }
+            other => other,
+        };
+        // In memory order: word 7's low byte is byte 56.
+        let hex = format!(
+            "{}{}ff{}",
+            hex_of(b"handle!!"),
+            "00".repeat(48),
+            "00".repeat(7)
+        );
+        let ev = with_wide(call(0, [0x7ff0, 1, 0, 0, 0, 0], 0x9000, 0), 0);
+        let Record::Import(c) = decode_one("cuIpcOpenMemHandle_v2", ev) else {
+            panic!("an import");
+        };
+        assert_eq!((c.addr, c.flags), (Some(0x9000), Some(1)));
+        assert_eq!(c.share.as_deref(), Some(hex.as_str()));
+        // A failed open still says which handle it was given.
+        let ev = with_wide(call(0, [0x7ff0, 1, 0, 0, 0, 0], 0, 201), 0);
+        let Record::Failed(c) = decode_one("cuIpcOpenMemHandle", ev) else {
+            panic!("a failure");
+        };
+        assert_eq!((c.ret, c.addr), (201, None));
+        assert_eq!(c.share.as_deref(), Some(hex.as_str()));
+        // A handle that could not be read is said to be so, never taken for zeros.
+        let ev = with_wide(
+            call(0, [0x7ff0, 1, 0, 0, 0, 0], 0x9000, 0),
+            flags::BLOB_FAULT,
+        );
+        let Record::Import(c) = decode_one("cuIpcOpenMemHandle_v2", ev) else {
+            panic!("an import");
+        };
+        assert_eq!((c.share, c.unreadable), (None, vec!["share".to_owned()]));
+        // cuIpcGetMemHandle(pHandle, dptr): the handle read at return.
+        let ev = with_wide(call(0, [0x7ff0, 0x5000, 0, 0, 0, 0], 0, 0), 0);
+        let Record::Export(c) = decode_one("cuIpcGetMemHandle", ev) else {
+            panic!("an export");
+        };
+        assert_eq!(
+            (c.addr, c.share.as_deref()),
+            (Some(0x5000), Some(hex.as_str()))
+        );
+        // cuMemImportFromShareableHandle(handle*, osHandle, type): a descriptor by value.
+        let ev = call(0, [0x7ff0, 0xffff_ffff_0000_0007, 1, 0, 0, 0], 0x55, 0);
+        let Record::Import(c) = decode_one("cuMemImportFromShareableHandle", ev) else {
+            panic!("an import");
+        };
+        assert_eq!(
+            (c.handle, c.os_handle, c.handle_type),
+            (Some(0x55), Some(7), Some(1))
+        );
+        // cuMemRetainAllocationHandle(handle*, addr) and cuIpcCloseMemHandle(dptr).
+        let ev = call(0, [0x7ff0, 0x9000, 0, 0, 0, 0], 0x55, 0);
+        let Record::Retain(c) = decode_one("cuMemRetainAllocationHandle", ev) else {
+            panic!("a retain");
+        };
+        assert_eq!((c.handle, c.addr), (Some(0x55), Some(0x9000)));
+        let ev = call(0, [0x9000, 0, 0, 0, 0, 0], 0, 0);
+        assert!(matches!(
+            decode_one("cuIpcCloseMemHandle", ev),
+            Record::ImportClose(c) if c.addr == Some(0x9000)
+        ));
+    }
+
+    fn hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

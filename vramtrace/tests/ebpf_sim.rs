@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::truth::{
-    as_map, check_against_truth, check_calls_against_truth, check_exit_against_truth,
+    as_map, check_against_truth, check_calls, check_calls_against_truth, check_exit_against_truth,
 };
 use common::{Recorded, record, record_env, sim};
 use serde_json::Value;
@@ -464,5 +464,151 @@ fn managed_and_host_pools_hand_out_host_memory() {
     assert!(
         r.truth["host_bytes_at_exit"].as_u64().unwrap_or(0) > 0,
         "some host-pool memory is live at exit"
+    );
+}
+
+/// Two processes share memory by every way the driver offers (IPC handles opened with both
+/// exported names, a pool pointer, a shareable VMM handle): each import is traced with the
+/// handle bytes read from the caller's stack, matched to its export and attributed to the
+/// exporter; nothing is counted twice; the 16 MiB the exporter frees while the importer
+/// maps it stays booked until the importer's last close.
+#[test]
+fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
+    let (lib, _) = sim();
+    let r = record(lib, "ipc", &[]);
+    check_against_truth(&r);
+    let ipc = &r.truth["ipc"];
+    let exporter = r.truth["pid"].as_u64().unwrap() as u32;
+    let importer = check_calls(&r, &ipc["importer"]);
+    assert_ne!(importer, exporter);
+    let mib = 1u64 << 20;
+
+    // Every export and import carries the 64 bytes the workload had, whole.
+    let shares = |kind: &str, pid: u32| -> BTreeMap<String, Vec<String>> {
+        let mut m = BTreeMap::<String, Vec<String>>::new();
+        for rec in &r.records {
+            let Some(c) = rec.call() else { continue };
+            if rec.kind() == kind && c.pid == pid && c.ret == 0 {
+                m.entry(c.api.to_string())
+                    .or_default()
+                    .push(c.share.clone().unwrap_or_default());
+            }
+        }
+        m
+    };
+    let h = |k: &str| ipc["handles"][k].as_str().unwrap().to_owned();
+    let exported = shares("export", exporter);
+    assert_eq!(exported["cuIpcGetMemHandle"], [h("a"), h("b")]);
+    assert_eq!(exported["cuMemPoolExportPointer"], [h("p")]);
+    let imported = shares("import", importer);
+    assert_eq!(imported["cuIpcOpenMemHandle_v2"], [h("a"), h("a")]);
+    assert_eq!(imported["cuIpcOpenMemHandle"], [h("b")]);
+    assert_eq!(imported["cuMemPoolImportPointer"], [h("p")]);
+    // The descriptor the exporter got, and the one the importer passed (inherited: the same).
+    let fds: Vec<(String, Option<u64>)> = r
+        .records
+        .iter()
+        .filter_map(|rec| rec.call())
+        .filter(|c| c.api.contains("ShareableHandle"))
+        .map(|c| (c.api.to_string(), c.os_handle))
+        .collect();
+    let fd = ipc["fd"].as_u64();
+    assert_eq!(
+        fds,
+        [
+            ("cuMemExportToShareableHandle".to_owned(), fd),
+            ("cuMemImportFromShareableHandle".to_owned(), fd)
+        ]
+    );
+    // The handle of no process failed, with the driver's code.
+    let bad = r
+        .records
+        .iter()
+        .find(|rec| matches!(rec, Record::Failed(c) if c.pid == importer))
+        .and_then(|rec| rec.call())
+        .expect("the failed open is traced");
+    assert_eq!(bad.ret, 1);
+    assert_eq!(bad.share.as_deref(), Some(&*"5a".repeat(64)));
+
+    // The importer holds nothing of its own; its imports name their owner.
+    let procs = r.analysis["processes"].as_array().unwrap();
+    let of = |pid: u32| {
+        procs
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+            .unwrap()
+    };
+    let imp = of(importer);
+    assert_eq!(imp["peak_device_bytes"].as_u64(), Some(0));
+    assert_eq!(imp["device_bytes_at_exit"].as_u64(), Some(0));
+    let imports = imp["imports"].as_array().expect("imports in the analysis");
+    let owned: BTreeMap<u64, (u64, String)> = imports
+        .iter()
+        .filter(|m| m.get("owner").is_some())
+        .map(|m| {
+            (
+                m["owner"]["addr"].as_u64().unwrap(),
+                (
+                    m["bytes"].as_u64().unwrap(),
+                    m["from"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    let from = format!("mapped from PID {exporter}");
+    let addr = |k: &str| ipc["addrs"][k].as_u64().unwrap();
+    assert_eq!(
+        owned,
+        BTreeMap::from([
+            (addr("a"), (16 * mib, from.clone())),
+            (addr("b"), (8 * mib, from.clone())),
+            (addr("p"), (4 * mib, from.clone())),
+        ])
+    );
+    let vmm: Vec<&Value> = imports
+        .iter()
+        .filter(|m| m.get("owner").is_none())
+        .collect();
+    assert_eq!(vmm.len(), 1);
+    assert_eq!(vmm[0]["bytes"].as_u64(), Some(2 * mib));
+    assert_eq!(vmm[0]["api"], "cuMemImportFromShareableHandle");
+    assert_eq!(
+        vmm[0]["from"],
+        "from another process, by shareable handle (owner not identified)"
+    );
+    assert!(imports.iter().all(|m| m.get("end_ts_ns").is_some()));
+    assert!(
+        imp["anomalies"].as_object().is_none_or(|a| a.is_empty()),
+        "{}",
+        imp["anomalies"]
+    );
+
+    // Replayed: the machine never holds more than the exporter made (30 MiB), and the
+    // 16 MiB freed while mapped stays until the importer's last close.
+    let mut ledger = vramtrace::ledger::Ledger::new();
+    let (mut peak, mut after_free, mut freed) = (0, None, false);
+    for rec in &r.records {
+        let changes = ledger.apply(rec).to_vec();
+        peak = peak.max(ledger.totals().usage.device_bytes);
+        if let Record::Free(c) = rec
+            && c.pid == exporter
+            && c.addr == Some(addr("a"))
+        {
+            after_free = Some(ledger.totals().usage.device_bytes);
+        }
+        for ch in changes {
+            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch
+                && alloc.addr == Some(addr("a"))
+            {
+                assert!(matches!(rec, Record::ImportClose(c) if c.pid == importer));
+                freed = true;
+            }
+        }
+    }
+    assert_eq!(peak, 30 * mib);
+    assert_eq!(after_free, Some(30 * mib));
+    assert!(
+        freed,
+        "the freed allocation ended at the importer's last close"
     );
 }

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::procaddr;
 
+mod ipc;
+pub use ipc::*;
+
 pub type CUresult = c_uint;
 type CUdevice = c_int;
 type CUdeviceptr = u64;
@@ -23,6 +26,7 @@ pub const INVALID_DEVICE: CUresult = 101;
 pub const INVALID_CONTEXT: CUresult = 201;
 pub const INVALID_HANDLE: CUresult = 400;
 pub const NOT_FOUND: CUresult = 500;
+pub const NOT_SUPPORTED: CUresult = 801;
 pub const HOST_MEMORY_ALREADY_REGISTERED: CUresult = 712;
 pub const HOST_MEMORY_NOT_REGISTERED: CUresult = 713;
 
@@ -198,6 +202,12 @@ struct Phys {
     dev: Option<usize>,
     released: bool,
     maps: u32,
+    /// References taken by `cuMemRetainAllocationHandle`, each given back by a
+    /// `cuMemRelease`.
+    retains: u32,
+    /// Imported from another process (`cuMemImportFromShareableHandle`): its memory is the
+    /// exporter's, never charged here.
+    imported: bool,
 }
 
 struct Mapping {
@@ -269,6 +279,10 @@ struct State {
     green: HashMap<u64, Green>,
     /// Resource descriptors (`cuDevResourceGenerateDesc`): their SM counts.
     resource_descs: HashMap<u64, u32>,
+    /// Memory of other processes mapped here (IPC and pool pointer imports), by address.
+    imports: BTreeMap<u64, ipc::Import>,
+    /// Exports made so far: what makes each handle unique.
+    exports: u64,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -355,6 +369,8 @@ impl State {
             arrays: HashMap::new(),
             host: BTreeMap::new(),
             events: HashSet::new(),
+            imports: BTreeMap::new(),
+            exports: 0,
         };
         for dev in 0..devices {
             let h = st.handle();
@@ -445,6 +461,9 @@ impl State {
 
     fn free(&mut self, ptr: u64) -> Result<(), CUresult> {
         self.current()?;
+        if self.free_import(ptr)? {
+            return Ok(());
+        }
         if let Some(a) = self.allocs.remove(&ptr) {
             self.release_alloc(ptr, a);
             return Ok(());
@@ -730,7 +749,7 @@ impl State {
             && p.released
             && p.maps == 0
         {
-            let (size, dev) = (p.size, p.dev);
+            let (size, dev) = (p.size, p.dev.filter(|_| !p.imported));
             self.phys.remove(&handle);
             if let Some(dev) = dev {
                 self.uncharge(dev, size);
@@ -1282,6 +1301,8 @@ pub extern "C" fn cuMemCreate(
                 dev,
                 released: false,
                 maps: 0,
+                retains: 0,
+                imported: false,
             },
         );
         put(handle, h);
@@ -1294,6 +1315,10 @@ pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
         let p = st.phys.get_mut(&handle).ok_or(INVALID_VALUE)?;
         if p.released {
             return Err(INVALID_VALUE);
+        }
+        if p.retains > 0 {
+            p.retains -= 1;
+            return Ok(());
         }
         p.released = true;
         st.free_phys_if_done(handle);
@@ -2204,7 +2229,7 @@ impl State {
         {
             return Some(end <= m + rec.size);
         }
-        None
+        self.imported_range(p, end)
     }
 
     /// Checks one side of a copy of `n` bytes, as the driver would: device memory must hold

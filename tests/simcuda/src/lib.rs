@@ -48,6 +48,17 @@
 //!   the last reference of a primary context, frees every `cuMemAlloc*` /
 //!   `cuMemAllocPitch*` allocation and array made in it (stream-ordered
 //!   allocations belong to their pool and are left alone).
+//! - Memory shared between processes: `cuIpcGetMemHandle` (a `cuMemAlloc*` allocation, by
+//!   its base address), `cuIpcOpenMemHandle` / `_v2` (the 64-byte handle by value; opens
+//!   of the same handle share one address and are closed as often with
+//!   `cuIpcCloseMemHandle`), `cuMemPoolExportPointer` / `cuMemPoolImportPointer` (freed by
+//!   the importer with `cuMemFree*`), `cuMemExportToShareableHandle` /
+//!   `cuMemImportFromShareableHandle` (POSIX file descriptors only: a memfd; other types
+//!   give `CUDA_ERROR_NOT_SUPPORTED`, 801) and `cuMemRetainAllocationHandle` (one more
+//!   reference, given back by `cuMemRelease`). The 64 bytes carry the exporter's pid,
+//!   device, address and size; the importer gets its own address, never charged. A
+//!   handle of the same process gives `CUDA_ERROR_INVALID_CONTEXT` (201), one of a process
+//!   that is gone `CUDA_ERROR_INVALID_HANDLE` (400). Pools need not be made shareable.
 //! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
 //!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
 //!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
@@ -215,4 +226,13 @@ exports! {
     cuMemcpy3D_v2_ptds,
     cuMemcpy3DAsync_v2,
     cuMemcpy3DAsync_v2_ptsz,
+    cuIpcGetMemHandle,
+    cuIpcOpenMemHandle,
+    cuIpcOpenMemHandle_v2,
+    cuIpcCloseMemHandle,
+    cuMemPoolExportPointer,
+    cuMemPoolImportPointer,
+    cuMemExportToShareableHandle,
+    cuMemImportFromShareableHandle,
+    cuMemRetainAllocationHandle,
 }

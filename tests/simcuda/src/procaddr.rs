@@ -271,6 +271,41 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(3020, "cuMemcpy3DAsync_v2")],
         &[(7000, "cuMemcpy3DAsync_v2_ptsz")],
     ),
+    ("cuIpcGetMemHandle", &[(4010, "cuIpcGetMemHandle")], &[]),
+    (
+        "cuIpcOpenMemHandle",
+        &[
+            (4010, "cuIpcOpenMemHandle"),
+            (11000, "cuIpcOpenMemHandle_v2"),
+        ],
+        &[],
+    ),
+    ("cuIpcCloseMemHandle", &[(4010, "cuIpcCloseMemHandle")], &[]),
+    (
+        "cuMemPoolExportPointer",
+        &[(11020, "cuMemPoolExportPointer")],
+        &[],
+    ),
+    (
+        "cuMemPoolImportPointer",
+        &[(11020, "cuMemPoolImportPointer")],
+        &[],
+    ),
+    (
+        "cuMemExportToShareableHandle",
+        &[(10020, "cuMemExportToShareableHandle")],
+        &[],
+    ),
+    (
+        "cuMemImportFromShareableHandle",
+        &[(10020, "cuMemImportFromShareableHandle")],
+        &[],
+    ),
+    (
+        "cuMemRetainAllocationHandle",
+        &[(11000, "cuMemRetainAllocationHandle")],
+        &[],
+    ),
 ];
 
 /// Resolves `base` for `version` and `flags` to an exported symbol name, or to

@@ -114,6 +114,15 @@ const EXPORTS: &[&str] = &[
     "cuMemcpy3D_v2_ptds",
     "cuMemcpy3DAsync_v2",
     "cuMemcpy3DAsync_v2_ptsz",
+    "cuIpcGetMemHandle",
+    "cuIpcOpenMemHandle",
+    "cuIpcOpenMemHandle_v2",
+    "cuIpcCloseMemHandle",
+    "cuMemPoolExportPointer",
+    "cuMemPoolImportPointer",
+    "cuMemExportToShareableHandle",
+    "cuMemImportFromShareableHandle",
+    "cuMemRetainAllocationHandle",
 ];
 
 /// The cdylib of this package: `SIMCUDA_LIB` if set, else next to the `deps`

@@ -8,6 +8,7 @@
 
 mod book;
 mod driver;
+mod ipc;
 mod probe;
 mod rt;
 mod scenarios;
@@ -82,6 +83,13 @@ enum Scenario {
     /// destroyed (the memory stays: it is the primary context's, which the second still
     /// retains), 8 MiB in the second, 2 MiB on device 0. Needs SIMCUDA_DEVICES=2.
     GreenCtx,
+    /// Memory shared with a second process that this one spawns (`ipc-importer`): 16 and
+    /// 8 MiB shared by IPC handle (the 16 MiB freed while the importer maps it), 4 MiB by
+    /// pool pointer, 2 MiB of VMM memory by POSIX descriptor; 12 MiB live at exit. The
+    /// importer's ground truth is under `ipc.importer`.
+    Ipc,
+    /// The importing side of `ipc`, spawned by it.
+    IpcImporter,
 }
 
 #[derive(Parser, Debug)]
@@ -252,6 +260,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::GreenCtx => scenarios::green_ctx(&rt)?,
         Scenario::Copies => scenarios::copies(&rt, seed)?,
         Scenario::HostPools => scenarios::host_pools(&rt, seed)?,
+        Scenario::Ipc => ipc::exporter(&rt, &args.lib)?,
+        Scenario::IpcImporter => ipc::importer(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };
     extra.insert(

@@ -11,6 +11,9 @@ use serde_json::json;
 use crate::book::{Book, Key, Label};
 use crate::call;
 use crate::driver::*;
+use crate::ipc::{
+    FnIpcGet, FnIpcOpen, FnPoolExport, FnPoolImport, FnRetain, FnShExport, FnShImport, Handle64,
+};
 use crate::rt::{MIB, array_bytes, mipmap_bytes};
 use crate::scenarios::Extra;
 
@@ -287,6 +290,32 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
             call!(d, f, &zeroes, null());
         }
     }
+    // IPC: a handle of this process's own memory cannot be opened by it
+    // (CUDA_ERROR_INVALID_CONTEXT), nor closed; both names of the open are called.
+    let f = sym!(d, FnIpcGet, "cuIpcGetMemHandle", V, 0, "cuIpcGetMemHandle");
+    let mut handle = Handle64 { reserved: [0; 64] };
+    call!(d, f, &mut handle, ptr);
+    let mut opened = 0u64;
+    let f = sym!(
+        d,
+        FnIpcOpen,
+        "cuIpcOpenMemHandle",
+        V,
+        0,
+        "cuIpcOpenMemHandle_v2"
+    );
+    call!(d, f, &mut opened, handle, 1);
+    let f = sym!(
+        d,
+        FnIpcOpen,
+        "cuIpcOpenMemHandle",
+        4010,
+        0,
+        "cuIpcOpenMemHandle"
+    );
+    call!(d, f, &mut opened, handle, 1);
+    let f = sym!(d, FnU64, "cuIpcCloseMemHandle", V, 0, "cuIpcCloseMemHandle");
+    call!(d, f, ptr);
     let f = sym!(d, FnU64, "cuMemFree", V, 0, "cuMemFree_v2");
     call!(d, f, ptr);
 
@@ -377,13 +406,39 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         PER_THREAD,
         "cuMemFreeAsync_ptsz"
     );
-    for (alloc, freef) in [(alloc_async, free_async), (alloc_async_pt, free_async_pt)] {
+    let pool_export = sym!(
+        d,
+        FnPoolExport,
+        "cuMemPoolExportPointer",
+        V,
+        0,
+        "cuMemPoolExportPointer"
+    );
+    let pool_import = sym!(
+        d,
+        FnPoolImport,
+        "cuMemPoolImportPointer",
+        V,
+        0,
+        "cuMemPoolImportPointer"
+    );
+    for (i, (alloc, freef)) in [(alloc_async, free_async), (alloc_async_pt, free_async_pt)]
+        .into_iter()
+        .enumerate()
+    {
         let mut a = 0u64;
         let r = call!(d, alloc, &mut a, mib, null());
         d.bytes(alloc.name, MIB, r);
         if r == 0 {
             book.pool_alloc(pool0 as u64, a, MIB, Label::Dynamic, ctx);
             book.remove(Key::Ptr(a));
+        }
+        if i == 0 {
+            // Exported, and imported by the process that made it: refused.
+            let mut data = Handle64 { reserved: [0; 64] };
+            call!(d, pool_export, &mut data, a);
+            let mut imported = 0u64;
+            call!(d, pool_import, &mut imported, pool0, &data);
         }
         call!(d, freef, a, null());
     }
@@ -565,12 +620,50 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         flags: 3,
     };
     call!(d, f, va, g, &desc, 1);
+    let release = sym!(d, FnU64, "cuMemRelease", V, 0, "cuMemRelease");
+    // One more reference to the mapped handle, given back; its POSIX descriptor exported
+    // and imported by the process that made it (refused).
+    let f = sym!(
+        d,
+        FnRetain,
+        "cuMemRetainAllocationHandle",
+        V,
+        0,
+        "cuMemRetainAllocationHandle"
+    );
+    let mut retained = 0u64;
+    if call!(d, f, &mut retained, va as P) == 0 {
+        call!(d, release, retained);
+    }
+    let f = sym!(
+        d,
+        FnShExport,
+        "cuMemExportToShareableHandle",
+        V,
+        0,
+        "cuMemExportToShareableHandle"
+    );
+    let mut fd: c_int = -1;
+    call!(d, f, (&mut fd as *mut c_int).cast(), h, 1, 0);
+    let f = sym!(
+        d,
+        FnShImport,
+        "cuMemImportFromShareableHandle",
+        V,
+        0,
+        "cuMemImportFromShareableHandle"
+    );
+    let mut imported = 0u64;
+    call!(d, f, &mut imported, fd as usize as P, 1);
+    if fd >= 0 {
+        // SAFETY: the descriptor the export made, closed once.
+        unsafe { libc::close(fd) };
+    }
     let f = sym!(d, FnRange, "cuMemUnmap", V, 0, "cuMemUnmap");
     if call!(d, f, va, g) == 0 {
         book.unmap(va, g as u64);
     }
-    let f = sym!(d, FnU64, "cuMemRelease", V, 0, "cuMemRelease");
-    if call!(d, f, h) == 0 {
+    if call!(d, release, h) == 0 {
         book.phys_release(h);
     }
     let f = sym!(d, FnRange, "cuMemAddressFree", V, 0, "cuMemAddressFree");

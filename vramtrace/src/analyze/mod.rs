@@ -360,6 +360,28 @@ pub struct ProcessReport {
     /// Requests that failed for want of memory, with what was held then.
     #[serde(default)]
     pub ooms: Vec<OomReport>,
+    /// Memory of other processes this one mapped (IPC, pool pointer and shareable-handle
+    /// imports): mapped, not owned, never in its bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<ImportReport>,
+    /// Imported mappings in all, when more were made than listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub imports_total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// An imported mapping, as the Ledger recorded it, and where it came from in words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// The mapping.
+    #[serde(flatten)]
+    pub mapping: crate::ledger::ImportedMapping,
+    /// `mapped from PID N`, `from an untraced process`, or for a shareable handle `from
+    /// another process, by shareable handle (owner not identified)`.
+    pub from: String,
 }
 
 /// A host-memory allocation by a traced process: the Ledger's finding and its stack.
@@ -403,6 +425,14 @@ fn add_classification(r: &mut ProcessReport, p: &ProcessState, ledger: &Ledger) 
     r.classes_at_exit = p.classes_at_exit().to_map();
     r.classes_at_peak = p.classes_at_peak.to_map();
     r.host_fallback_total = p.host_fallback_total;
+    r.imports = p
+        .imports_made()
+        .map(|m| ImportReport {
+            mapping: m.clone(),
+            from: m.source(),
+        })
+        .collect();
+    r.imports_total = p.imports_total + p.imports().count() as u64;
     r.host_fallback = p
         .host_fallback
         .iter()

@@ -473,6 +473,43 @@ fn render_classes(o: &mut String, p: &ProcessReport, start: Option<u64>) {
             let _ = writeln!(o, "    ... and {} more", total - 5);
         }
     }
+    if !p.imports.is_empty() {
+        let total = p.imports_total.max(p.imports.len() as u64);
+        let _ = writeln!(
+            o,
+            "  mapped from other processes ({total}; mapped, not owned: not in the figures above):"
+        );
+        for m in p.imports.iter().take(5) {
+            let i = &m.mapping;
+            let size = if i.size_unknown {
+                "size unknown".to_owned()
+            } else {
+                human_bytes(i.bytes)
+            };
+            let _ = write!(o, "    {size:>10}  {} at {}", i.api, at(i.ts_ns, start));
+            if let Some(a) = i.addr {
+                let _ = write!(o, ", {a:#x}");
+            }
+            let _ = write!(o, ", {}", m.from);
+            if let Some(w) = &i.owner {
+                let _ = write!(o, " ({} #{}", w.api, w.seq);
+                if let Some(a) = w.addr {
+                    let _ = write!(o, " at {a:#x}");
+                }
+                o.push(')');
+            }
+            match i.end_ts_ns {
+                Some(t) => {
+                    let _ = write!(o, ", closed at {}", at(t, start));
+                }
+                None => o.push_str(", still open"),
+            }
+            o.push('\n');
+        }
+        if p.imports.len() > 5 {
+            let _ = writeln!(o, "    ... and {} more", total - 5);
+        }
+    }
     // Each failure is told once, in the postmortem's OUT OF MEMORY section, which extends
     // the Ledger's snapshot; the process names how many.
     if !p.ooms.is_empty() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::classify::{Class, Phase};
-use super::process::{HostFinding, LiveAllocation, Oom};
+use super::process::{HostFinding, ImportedMapping, LiveAllocation, Oom};
 
 /// Why an allocation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -173,6 +173,23 @@ pub enum Change {
         /// When.
         ts_ns: u64,
     },
+    /// Memory of another process was mapped into this one: mapped, not owned, never in its
+    /// bytes or its device's.
+    Imported {
+        /// The importing process.
+        proc: u32,
+        /// The mapping, with its owner when known.
+        mapping: Arc<ImportedMapping>,
+    },
+    /// An imported mapping ended (closed, unmapped, freed, or its process exited).
+    ImportEnded {
+        /// The importing process.
+        proc: u32,
+        /// The mapping as it was.
+        mapping: Arc<ImportedMapping>,
+        /// When.
+        ts_ns: u64,
+    },
     /// Events the kernel side could not deliver.
     Lost {
         /// Events lost.
@@ -194,6 +211,8 @@ impl Change {
             | Change::Oom { proc, .. }
             | Change::HostFinding { proc, .. }
             | Change::Anomaly { proc, .. }
+            | Change::Imported { proc, .. }
+            | Change::ImportEnded { proc, .. }
             | Change::Exited { proc, .. } => Some(*proc),
             Change::Lost { .. } => None,
         }

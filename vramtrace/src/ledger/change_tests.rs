@@ -47,6 +47,8 @@ impl Rebuilt {
                 Change::Oom { .. } => self.ooms += 1,
                 Change::Anomaly { proc, .. } => *self.anomalies.entry(*proc).or_default() += 1,
                 Change::Phase { .. }
+                | Change::Imported { .. }
+                | Change::ImportEnded { .. }
                 | Change::HostFinding { .. }
                 | Change::Exited { .. }
                 | Change::Lost { .. } => {}

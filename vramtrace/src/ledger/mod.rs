@@ -34,6 +34,7 @@ pub mod classify;
 pub mod nvml;
 mod process;
 mod replay;
+mod shared;
 mod usage;
 
 #[cfg(test)]
@@ -42,6 +43,8 @@ mod change_tests;
 mod classify_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;
 
@@ -56,8 +59,8 @@ pub use nvml::{
     UntracedProcess,
 };
 pub use process::{
-    Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
-    OomNeighbour, ProcessState,
+    Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, ImportedMapping, LiveAllocation,
+    NvmlAtOom, Oom, OomNeighbour, Owner, ProcessState,
 };
 pub use replay::{READ_AHEAD_BATCH, Replay, Seen, Step, header_record};
 pub use usage::{Totals, Usage};
@@ -82,6 +85,8 @@ pub struct Ledger {
     /// were already running then.
     scope: crate::trace::Scope,
     start_monotonic_ns: u64,
+    /// Memory shared between processes: exports, and the mappings open on them.
+    shared: shared::Shared,
     /// What the latest record changed.
     changes: Vec<Change>,
 }
@@ -139,6 +144,9 @@ impl Ledger {
             }
             Record::Exit(e) => {
                 self.touch(e.ts_ns);
+                // Its mappings of other processes' memory end first: what an owner kept for
+                // them ends with them.
+                self.shared_exit(e.proc, e.ts_ns);
                 let Ledger {
                     procs,
                     totals,
@@ -168,6 +176,7 @@ impl Ledger {
             procs,
             totals,
             changes,
+            shared,
             ..
         } = self;
         let st = procs
@@ -177,6 +186,12 @@ impl Ledger {
         if st.exited() {
             st.anomaly("call_after_exit", || format!("{} at {} ns", c.api, c.ts_ns));
         }
+        // Records about memory shared between processes are applied across processes, below.
+        let across = match rec {
+            Record::Export(_) | Record::Import(_) | Record::ImportClose(_) => true,
+            Record::Free(_) => shared.takes_free(st, c),
+            _ => false,
+        };
         if c.ret != 0 && !matches!(rec, Record::Failed(_)) {
             // A call that returned an error made nothing, whatever the record says.
             st.anomaly("error_in_success_record", || {
@@ -189,7 +204,7 @@ impl Ledger {
         let phase = st.classifier.phase;
         match rec {
             Record::Alloc(_) => st.on_alloc(totals, c),
-            Record::Free(_) => st.on_free(totals, c),
+            Record::Free(_) if !across => st.on_free(totals, c),
             Record::Failed(_) => st.on_failed(c),
             Record::VmmCreate(_) => st.on_vmm_create(totals, c),
             Record::VmmRelease(_) => st.on_vmm_release(totals, c),
@@ -206,6 +221,7 @@ impl Ledger {
             Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
             Record::CtxCurrent(_) => st.on_ctx_current(c),
             Record::Copy(_) => st.on_copy(c),
+            Record::Retain(_) => st.on_retain(c),
             Record::Unreturned(_) => *st.unreturned.entry(c.api.to_string()).or_default() += 1,
             _ => {}
         }
@@ -217,6 +233,10 @@ impl Ledger {
                 ts_ns: c.ts_ns,
             });
         }
+        if across && c.ret == 0 {
+            self.apply_shared(rec, c);
+        }
+        self.shared.forget_ended(&self.changes);
         if matches!(rec, Record::Failed(_)) && c.is_oom() {
             self.on_oom(c);
         }

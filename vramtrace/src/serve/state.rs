@@ -117,7 +117,11 @@ impl Model {
                     self.lost_events += events;
                     self.stack_failed += stack_failed;
                 }
-                Change::Phase { .. } | Change::Anomaly { .. } => {}
+                // Mapped, not owned: the owner's allocation carries the bytes.
+                Change::Phase { .. }
+                | Change::Anomaly { .. }
+                | Change::Imported { .. }
+                | Change::ImportEnded { .. } => {}
             }
         }
     }

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 5;
+pub const FORMAT_MINOR: u32 = 6;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +64,20 @@ pub enum Record {
     CtxCurrent(Call),
     /// Host-to-device copy: the destination range only.
     Copy(Call),
+    /// Memory made shareable with another process: `cuIpcGetMemHandle` and
+    /// `cuMemPoolExportPointer` (`addr`, and `share`, the 64 bytes the importer is given),
+    /// `cuMemExportToShareableHandle` (`handle`, `handle_type`, `os_handle`). Added in 1.6.
+    Export(Call),
+    /// Memory of another process mapped into this one: `cuIpcOpenMemHandle*` and
+    /// `cuMemPoolImportPointer` (`addr`, `share`), `cuMemImportFromShareableHandle`
+    /// (`handle`, `handle_type`, `os_handle`; mapped by a later `vmm_map`). Mapped, not
+    /// owned. Added in 1.6.
+    Import(Call),
+    /// `cuIpcCloseMemHandle`: an IPC mapping closed (`addr`). Added in 1.6.
+    ImportClose(Call),
+    /// `cuMemRetainAllocationHandle`: one more reference to the VMM handle (`handle`) mapped
+    /// at `addr`, released by `cuMemRelease`. Added in 1.6.
+    Retain(Call),
     /// A driver call that never returned: its thread ended inside it (the process was killed,
     /// a signal sent at the call ended it), or the thread entered the same entry point again
     /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
@@ -105,6 +119,10 @@ impl Record {
             Record::CtxDestroy(_) => "ctx_destroy",
             Record::CtxCurrent(_) => "ctx_current",
             Record::Copy(_) => "copy",
+            Record::Export(_) => "export",
+            Record::Import(_) => "import",
+            Record::ImportClose(_) => "import_close",
+            Record::Retain(_) => "retain",
             Record::Unreturned(_) => "unreturned",
             Record::Exit(_) => "exit",
             Record::Lost(_) => "lost",
@@ -134,6 +152,10 @@ impl Record {
             | Record::CtxDestroy(c)
             | Record::CtxCurrent(c)
             | Record::Copy(c)
+            | Record::Export(c)
+            | Record::Import(c)
+            | Record::ImportClose(c)
+            | Record::Retain(c)
             | Record::Unreturned(c) => Some(c),
             _ => None,
         }
@@ -521,6 +543,20 @@ pub struct Call {
     /// converted or `cuGreenCtxDestroy` destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub green: Option<u64>,
+    /// The 64 bytes that identify shared memory across processes, in hex: the
+    /// `CUipcMemHandle` of `cuIpcGetMemHandle` / `cuIpcOpenMemHandle*`, the
+    /// `CUmemPoolPtrExportData` of `cuMemPoolExportPointer` / `cuMemPoolImportPointer`. Added
+    /// in 1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// `CUmemAllocationHandleType` of a shareable handle (1: POSIX file descriptor, 2: Win32,
+    /// 4: Win32 KMT, 8: fabric). Added in 1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle_type: Option<u32>,
+    /// The OS handle exported or imported (a file descriptor, or the first 8 bytes of a
+    /// fabric handle). Added in 1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_handle: Option<u64>,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

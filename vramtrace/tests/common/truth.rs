@@ -27,7 +27,13 @@ pub fn check_against_truth(r: &Recorded) {
 /// Every hooked call the workload made is traced once, with its result and its bytes.
 /// Returns the workload's PID.
 pub fn check_calls_against_truth(r: &Recorded) -> u32 {
-    let pid = r.truth["pid"].as_u64().expect("truth has pid") as u32;
+    check_calls(r, &r.truth)
+}
+
+/// Like [`check_calls_against_truth`], against the ground truth `truth` of one of the
+/// recorded processes (a workload's child reports its own).
+pub fn check_calls(r: &Recorded, truth: &Value) -> u32 {
+    let pid = truth["pid"].as_u64().expect("truth has pid") as u32;
     let calls_of = |f: &dyn Fn(&Record) -> bool| {
         let mut m = BTreeMap::<String, u64>::new();
         for rec in &r.records {
@@ -47,7 +53,7 @@ pub fn check_calls_against_truth(r: &Recorded) -> u32 {
         .iter()
         .flat_map(|l| l.probes.iter().map(|p| p.symbol.clone()))
         .collect();
-    let mut truth_calls = as_map(&r.truth["calls"]);
+    let mut truth_calls = as_map(&truth["calls"]);
     truth_calls.retain(|api, _| hooked.contains(api));
     // The workload counts a call when it returns: one that never did is apart.
     let calls = calls_of(&|rec| !matches!(rec, Record::Unreturned(_)));
@@ -55,11 +61,11 @@ pub fn check_calls_against_truth(r: &Recorded) -> u32 {
     let unreturned = calls_of(&|rec| matches!(rec, Record::Unreturned(_)));
     assert_eq!(
         unreturned,
-        as_map(&r.truth["unreturned"]),
+        as_map(&truth["unreturned"]),
         "calls that never returned, by API"
     );
     let failed = calls_of(&|rec| matches!(rec, Record::Failed(_)));
-    let mut truth_failed = as_map(&r.truth["failed"]);
+    let mut truth_failed = as_map(&truth["failed"]);
     truth_failed.retain(|api, _| hooked.contains(api));
     assert_eq!(failed, truth_failed, "failed calls by API");
 
@@ -80,13 +86,13 @@ pub fn check_calls_against_truth(r: &Recorded) -> u32 {
             _ => {}
         }
     }
-    let truth_alloc: BTreeMap<_, _> = as_map(&r.truth["alloc_bytes"])
+    let truth_alloc: BTreeMap<_, _> = as_map(&truth["alloc_bytes"])
         .into_iter()
         .filter(|(_, v)| *v > 0)
         .collect();
     alloc_bytes.retain(|_, v| *v > 0);
     assert_eq!(alloc_bytes, truth_alloc, "allocated bytes by API");
-    let truth_failed: BTreeMap<_, _> = as_map(&r.truth["failed_bytes"])
+    let truth_failed: BTreeMap<_, _> = as_map(&truth["failed_bytes"])
         .into_iter()
         .filter(|(_, v)| *v > 0)
         .collect();

@@ -5,6 +5,7 @@
 //! together, so the three can never disagree.
 
 mod ctx;
+mod import;
 mod pool;
 mod types;
 mod vmm;
@@ -33,6 +34,8 @@ const HOST_FINDINGS: usize = 4096;
 const OOMS: usize = 64;
 
 use ctx::{GreenCtx, PrimaryCtx};
+use import::ImportedHandle;
+pub use import::{ImportedMapping, Owner};
 use pool::Pool;
 pub use types::{
     Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
@@ -95,6 +98,10 @@ pub struct ProcessState {
     /// a machine-wide recording): what it allocated before is not in these figures. Set by
     /// the Ledger.
     pub running_before: bool,
+    /// Imported mappings that ended (the first few hundred), for the report.
+    pub(crate) imports_ended: Vec<ImportedMapping>,
+    /// Imported mappings that ended, kept or not.
+    pub imports_total: u64,
 
     /// Shared with the changes that report them (`Arc::make_mut` copies one only while a
     /// consumer still holds it); boxed, too, so the tree moves pointers as it rebalances.
@@ -104,6 +111,10 @@ pub struct ProcessState {
     mappings: BTreeMap<u64, Mapping>,
     reserved: BTreeMap<u64, u64>,
     pools: HashMap<PoolId, Pool>,
+    /// Other processes' memory mapped here, by address: mapped, not owned.
+    imports: BTreeMap<u64, ImportedMapping>,
+    /// Shareable handles imported and not released.
+    imported_handles: HashMap<u64, ImportedHandle>,
     default_pools: HashMap<Option<i32>, u64>,
     /// The pool `cuMemAllocAsync` takes from on a device, once `cuDeviceSetMemPool` (or
     /// `cuMemSetMemPool` at a device location) set one; the default pool otherwise.
@@ -522,6 +533,7 @@ impl ProcessState {
             made_in: Phase::Load,
             frees_before: 0,
             size_unknown: c.bytes.is_none(),
+            kept_by_importers: false,
             seq: 0,
         }
     }
@@ -842,6 +854,7 @@ impl ProcessState {
             ts_ns: e.ts_ns,
         });
         self.mappings.clear();
+        self.imported_handles.clear();
         self.reserved.clear();
         self.default_pools.clear();
         self.current_pools.clear();

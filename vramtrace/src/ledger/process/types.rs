@@ -50,6 +50,9 @@ pub struct LiveAllocation {
     pub frees_before: u64,
     /// The size was not known (counted as 0 bytes).
     pub size_unknown: bool,
+    /// Its owner freed it while another process still mapped it: the driver keeps the
+    /// memory until the last mapping closes, and so does the Ledger.
+    pub kept_by_importers: bool,
     /// Unique within the process.
     pub(crate) seq: u64,
 }

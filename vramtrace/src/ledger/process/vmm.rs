@@ -13,6 +13,8 @@ pub(super) struct VmmHandle {
     pub(super) alloc: Arc<LiveAllocation>,
     pub(super) released: bool,
     pub(super) mappings: u32,
+    /// References from `cuMemRetainAllocationHandle` not released yet.
+    pub(super) retains: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +74,7 @@ impl ProcessState {
                 alloc: a,
                 released: false,
                 mappings: 0,
+                retains: 0,
             },
         );
     }
@@ -82,7 +85,17 @@ impl ProcessState {
             self.anomaly("free_without_handle", || describe(c));
             return;
         };
+        if self.release_imported(h) {
+            self.count_free(&c.api, 1, 0);
+            return;
+        }
         let (bytes, unmapped) = match self.vmm.get_mut(&h) {
+            Some(v) if v.retains > 0 => {
+                // A reference that cuMemRetainAllocationHandle took.
+                v.retains -= 1;
+                self.count_free(&c.api, 1, 0);
+                return;
+            }
             Some(v) if !v.released => {
                 v.released = true;
                 (v.alloc.bytes, v.mappings == 0)
@@ -128,6 +141,9 @@ impl ProcessState {
             self.anomaly("map_without_address_or_handle", || describe(c));
             return;
         };
+        if self.map_imported(c, h) {
+            return;
+        }
         if self.mappings.contains_key(&addr) {
             self.anomaly("map_over_mapping", || describe(c));
             self.unmap_at(t, addr, c.ts_ns);
@@ -167,8 +183,12 @@ impl ProcessState {
         };
         // One call may cover several mappings (a range mapped handle by handle).
         let end = addr.saturating_add(c.bytes.unwrap_or(1).max(1));
+        let imported: Vec<u64> = self.imports.range(addr..end).map(|(&a, _)| a).collect();
+        for a in &imported {
+            self.end_import(*a, c.ts_ns);
+        }
         let starts: Vec<u64> = self.mappings.range(addr..end).map(|(&a, _)| a).collect();
-        if starts.is_empty() {
+        if starts.is_empty() && imported.is_empty() {
             self.anomaly("unmap_unknown_range", || describe(c));
             return;
         }

@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 26] = [
+pub const RECORD_TYPES: [&str; 30] = [
     "header",
     "process",
     "stack",
@@ -52,6 +52,10 @@ pub const RECORD_TYPES: [&str; 26] = [
     "footer",
     "pool_attr",
     "sync",
+    "export",
+    "import",
+    "import_close",
+    "retain",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -870,6 +874,10 @@ fn type_index(rec: &Record) -> usize {
         Record::Footer(_) => 23,
         Record::PoolAttr(_) => 24,
         Record::Sync(_) => 25,
+        Record::Export(_) => 26,
+        Record::Import(_) => 27,
+        Record::ImportClose(_) => 28,
+        Record::Retain(_) => 29,
     }
 }
 
@@ -1033,6 +1041,10 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
             b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),
             b"copy" => Some(as_call(line, names, Record::Copy)),
+            b"export" => Some(as_call(line, names, Record::Export)),
+            b"import" => Some(as_call(line, names, Record::Import)),
+            b"import_close" => Some(as_call(line, names, Record::ImportClose)),
+            b"retain" => Some(as_call(line, names, Record::Retain)),
             b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
             b"process" => Some(as_rec::<Process>(line, Record::Process)),
             b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),

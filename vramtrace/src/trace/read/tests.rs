@@ -99,6 +99,9 @@ pub(crate) fn body() -> Vec<Record> {
         attr: Some(4),
         value: Some(1 << 30),
         green: Some(0x5800_0000),
+        share: Some("0a".repeat(64)),
+        handle_type: Some(1),
+        os_handle: Some(9),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -186,6 +189,10 @@ pub(crate) fn body() -> Vec<Record> {
         Record::CtxDestroy(call("cuCtxDestroy_v2")),
         Record::CtxCurrent(call("cuCtxSetCurrent")),
         Record::Copy(call("cuMemcpyHtoD_v2")),
+        Record::Export(call("cuIpcGetMemHandle")),
+        Record::Import(call("cuIpcOpenMemHandle_v2")),
+        Record::ImportClose(call("cuIpcCloseMemHandle")),
+        Record::Retain(call("cuMemRetainAllocationHandle")),
         Record::Unreturned(Call {
             mem: Some(Mem::Managed),
             signalled: Some(6),
@@ -292,6 +299,10 @@ fn record_types_are_every_kind() {
             | Record::CtxDestroy(_)
             | Record::CtxCurrent(_)
             | Record::Copy(_)
+            | Record::Export(_)
+            | Record::Import(_)
+            | Record::ImportClose(_)
+            | Record::Retain(_)
             | Record::Unreturned(_)
             | Record::Exit(_)
             | Record::Lost(_)
@@ -1123,6 +1134,9 @@ fn call() -> impl Strategy<Value = Call> {
                 attr: flags.map(|f| f as u32 % 9),
                 value: flags.and(pitch),
                 green: pool.and(handle),
+                share: stream.map(|s| format!("{s:0128x}")),
+                handle_type: flags.map(|f| f as u32 % 9),
+                os_handle: stack.map(u64::from),
             },
         )
 }
