@@ -1472,3 +1472,69 @@ fn the_snapshot_says_of_which_moment_nvmls_figures_are() {
         "{gpu}"
     );
 }
+
+/// A process that maps another's memory (the `ipc` workload: an exporter and the importer it
+/// spawns) shows what it maps and from whom, apart from its own bytes, which stay its own.
+#[test]
+fn an_importer_shows_what_it_maps_from_its_exporter_without_counting_it() {
+    use vramtrace::trace::{Record, read::TraceReader};
+    require_root();
+    let (lib, workload) = sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("ipc.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--libcuda")
+        .arg(lib)
+        .arg("--")
+        .arg(workload)
+        .arg("--lib")
+        .arg(lib)
+        .arg("ipc")
+        .output()
+        .expect("vramtrace record");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = TraceReader::open(&trace).expect("trace");
+    let start = reader.header().start_monotonic_ns;
+    let records: Vec<Record> = reader.by_ref().collect();
+    // The moment the first import succeeded, and who exported.
+    let import = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Import(c) if c.ret == 0 => Some(c.clone()),
+            _ => None,
+        })
+        .expect("an import");
+    let exporter = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Export(c) if c.ret == 0 => Some(c.pid),
+            _ => None,
+        })
+        .expect("an export");
+    let server = Server::start(&["--replay", trace.to_str().expect("utf-8")]);
+    let at = (import.ts_ns - start) as f64 / 1e9 + 1e-6;
+    let snap = server.json(&format!("/api/snapshot?at={at}"));
+    let procs = snap["processes"].as_array().expect("processes");
+    let importer = procs
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(import.pid)))
+        .unwrap_or_else(|| panic!("the importer in {snap}"));
+    assert!(importer["imported_bytes"].as_u64() > Some(0), "{importer}");
+    let imports = importer["imports"].as_array().expect("imports");
+    assert_eq!(imports[0]["owner_pid"].as_u64(), Some(u64::from(exporter)));
+    assert_eq!(imports[0]["source"], format!("mapped from PID {exporter}"));
+    // Mapped, not owned: the importer's own figures and the machine's leave it out.
+    assert_eq!(importer["device_bytes"].as_u64(), Some(0), "{importer}");
+    let owned: u64 = procs
+        .iter()
+        .map(|p| p["device_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(snap["vram_bytes_used"].as_u64(), Some(owned), "{snap}");
+}

@@ -702,6 +702,9 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     json_body(&body).into_response()
 }
 
+/// Imported mappings listed per process in the state (the total counts them all).
+const IMPORTS_SHOWN: usize = 16;
+
 /// The full state: what `/api/snapshot` returns and the WebSocket's first message.
 pub fn snapshot_json(s: &Served) -> Value {
     let procs: Vec<Value> = s
@@ -729,6 +732,16 @@ pub fn snapshot_json(s: &Served) -> Value {
                 "ooms": row.ooms,
                 "host_findings": row.host_findings,
                 "nvml": s.ledger.nvml().process(proc).map(|n| &n.latest),
+                // Other processes' memory mapped here: never in this process's bytes.
+                "imported_bytes": st.map_or(0, |p| p.imported_bytes()),
+                "imports": st.map(|p| p.imports().take(IMPORTS_SHOWN).map(|m| json!({
+                    "bytes": m.bytes,
+                    "size_unknown": m.size_unknown,
+                    "api": m.api,
+                    "device": m.device,
+                    "source": m.source(),
+                    "owner_pid": m.owner.as_ref().map(|o| o.pid),
+                })).collect::<Vec<_>>()).unwrap_or_default(),
                 "by_gpu": row.device.iter().map(|(d, by)| json!({
                     "device": d, "by_class": class_map(by)
                 })).collect::<Vec<_>>(),

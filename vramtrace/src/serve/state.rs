@@ -117,11 +117,12 @@ impl Model {
                     self.lost_events += events;
                     self.stack_failed += stack_failed;
                 }
-                // Mapped, not owned: the owner's allocation carries the bytes.
-                Change::Phase { .. }
-                | Change::Anomaly { .. }
-                | Change::Imported { .. }
-                | Change::ImportEnded { .. } => {}
+                // Mapped, not owned: the owner's allocation carries the bytes; the importer
+                // is listed (with what it maps, read from the Ledger) even with none of its own.
+                Change::Imported { proc, .. } => {
+                    self.procs.entry(*proc).or_default();
+                }
+                Change::Phase { .. } | Change::Anomaly { .. } | Change::ImportEnded { .. } => {}
             }
         }
     }

@@ -1,9 +1,9 @@
-import { AlertTriangle, HardDrive } from "lucide-react";
+import { AlertTriangle, HardDrive, Share2 } from "lucide-react";
 import { AnimatePresence, motion } from "framer-motion";
 import { useRef } from "react";
 import { formatBytes, formatPercent } from "../lib/format";
 import { processClasses, processCoverage } from "../lib/state";
-import type { Pod, Process } from "../lib/types";
+import type { Import, Pod, Process } from "../lib/types";
 import { ClassBar } from "./ClassBar";
 
 /** Allocations per second of each process, from the change in its count between updates. */
@@ -77,6 +77,11 @@ export function ProcessList({ processes, selected, onSelect }: { processes: Proc
                       <AlertTriangle aria-hidden className="h-3 w-3" /> {p.ooms} OOM
                     </span>
                   )}
+                  {(p.imports?.length ?? 0) > 0 && (
+                    <span className="inline-flex items-center gap-1 rounded-full bg-violet-500/20 px-2 text-violet-200" data-testid="process-imports" title={(p.imports ?? []).map((m) => `${formatBytes(m.bytes)} by ${m.api}, ${m.source}`).join("\n")}>
+                      <Share2 aria-hidden className="h-3 w-3" /> maps {formatBytes(p.imported_bytes ?? 0)} {importSources(p.imports ?? [])}, not counted here
+                    </span>
+                  )}
                   {p.host_bytes > 0 && (
                     <span className="inline-flex items-center gap-1 rounded-full bg-amber-500/20 px-2 text-amber-200" data-testid="process-host">
                       <HardDrive aria-hidden className="h-3 w-3" /> host fallback {formatBytes(p.host_bytes)}
@@ -118,4 +123,14 @@ function Placement({ pod, container }: { pod: Pod | null; container: string | nu
 export function podLabel(pod: Pod): string {
   if (!pod.name) return `uid ${pod.uid}`;
   return pod.namespace ? `${pod.namespace}/${pod.name}` : pod.name;
+}
+
+/** Where a process's imported mappings come from, in a few words: "from PID 41", "from 2 traced processes". */
+export function importSources(imports: Import[]): string {
+  const owners = new Set(imports.map((m) => m.owner_pid).filter((p): p is number => p !== null && p !== undefined));
+  const unknown = imports.some((m) => m.owner_pid === null || m.owner_pid === undefined);
+  if (owners.size === 1 && !unknown) return `from PID ${[...owners][0]}`;
+  if (owners.size === 0) return "from an untraced or unidentified owner";
+  const traced = owners.size === 1 ? `PID ${[...owners][0]}` : `${owners.size} traced processes`;
+  return `from ${traced}${unknown ? " and an unidentified owner" : ""}`;
 }

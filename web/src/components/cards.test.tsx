@@ -77,6 +77,21 @@ describe("ProcessList", () => {
     expect(within(rows[0]!).queryByTestId("process-oom")).toBeNull();
   });
 
+  it("says what a process maps of other processes' memory, apart from its own bytes", () => {
+    const imp = (bytes: number, owner_pid: number | null) => ({ bytes, api: "cuIpcOpenMemHandle_v2", source: owner_pid ? `mapped from PID ${owner_pid}` : "from an untraced process", owner_pid });
+    const ps = [
+      proc({ pid: 8, device_bytes: GiB, imported_bytes: 24 * MiB, imports: [imp(16 * MiB, 41), imp(8 * MiB, 41)] }),
+      proc({ pid: 9, imported_bytes: 2 * MiB, imports: [imp(2 * MiB, null), imp(0, 41)] }),
+      proc({ pid: 10 }),
+    ];
+    render(<ProcessList processes={ps} selected={null} onSelect={() => {}} />);
+    const rows = screen.getAllByTestId("process-row");
+    expect(within(rows[0]!).getByTestId("process-imports")).toHaveTextContent("maps 24.0 MiB from PID 41, not counted here");
+    expect(within(rows[0]!).getByTestId("process-bytes")).toHaveTextContent("1.0 GiB");
+    expect(within(rows[1]!).getByTestId("process-imports")).toHaveTextContent("maps 2.0 MiB from PID 41 and an unidentified owner");
+    expect(within(rows[2]!).queryByTestId("process-imports")).toBeNull();
+  });
+
   it("shows the pod and container a process runs in, as text, and nothing outside one", () => {
     const evil = "<img src=x onerror=alert(3)>";
     const id = "0123456789abcdef".repeat(4);

@@ -60,6 +60,20 @@ export interface Process {
   host_findings?: number;
   nvml?: { ts_ns: number; devices: DeviceReconciliation[] } | null;
   by_gpu: { device: number | null; by_class: Partial<Record<ClassName, number>> }[];
+  /** Other processes' memory mapped here (IPC, pool pointers, shareable handles): never in its bytes. */
+  imported_bytes?: number;
+  imports?: Import[];
+}
+
+/** A mapping of memory that another process allocated, as the Ledger attributes it. */
+export interface Import {
+  bytes: number;
+  size_unknown?: boolean;
+  api: string;
+  device?: number | null;
+  /** "mapped from PID N", or that the owner is not traced or not identified. */
+  source: string;
+  owner_pid?: number | null;
 }
 
 export interface LastOom {
