@@ -75,6 +75,10 @@ pub mod cookie {
     /// in the struct the blob argument points at; 0 means no wide window.
     pub const WIDE_SHIFT: u32 = 32;
     pub const WIDE_MASK: u64 = 0x3f << WIDE_SHIFT;
+    /// Read the wide window at return, not at entry, and only when the call succeeded: the
+    /// struct is an out-parameter the driver fills (`CUDA_MEM_ALLOC_NODE_PARAMS::dptr` of
+    /// `cuGraphAddMemAllocNode`). A read that faults sets `BLOB_FAULT`.
+    pub const WIDE_AT_RETURN: u64 = 1 << 38;
 
     /// Builds a cookie.
     pub const fn make(api: u16, flags: u64) -> u64 {

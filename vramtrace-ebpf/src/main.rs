@@ -263,6 +263,7 @@ fn try_call_entry(ctx: &ProbeContext) {
             ev.flags |= flags::BLOB_FAULT;
         }
         if let Some(skip) = cookie::wide_skip(cookie)
+            && cookie & cookie::WIDE_AT_RETURN == 0
             && !read_words(base.wrapping_add(8 * skip as u64), &mut ev.wide)
         {
             ev.flags |= flags::BLOB_FAULT;
@@ -610,6 +611,14 @@ fn try_call_return(ctx: &RetProbeContext) {
                 Ok(v) => ev.out[1] = v,
                 Err(_) => ev.flags |= flags::OUT1_FAULT,
             }
+        }
+        // An out-struct the driver filled: the wide window through the blob argument.
+        if cookie & cookie::WIDE_AT_RETURN != 0
+            && let (Some(arg), Some(skip)) = (cookie::blob_arg(cookie), cookie::wide_skip(cookie))
+            && arg < MAX_ARGS
+            && !read_words(ev.args[arg].wrapping_add(8 * skip as u64), &mut ev.wide)
+        {
+            ev.flags |= flags::BLOB_FAULT;
         }
     }
     submit(slot);

@@ -186,6 +186,69 @@ impl Sim {
         Record::Sync(self.call(api))
     }
 
+    /// `cuGraphAddMemAllocNode` of `bytes` at `addr` on device 0 in `graph`.
+    pub fn graph_alloc_node(&mut self, graph: u64, addr: u64, bytes: u64) -> Record {
+        Record::GraphAllocNode(Call {
+            graph: Some(graph),
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Graph),
+            device: Some(0),
+            ..self.call("cuGraphAddMemAllocNode")
+        })
+    }
+
+    /// `cuGraphAddMemFreeNode` of `addr` in `graph`.
+    pub fn graph_free_node(&mut self, graph: u64, addr: u64) -> Record {
+        Record::GraphFreeNode(Call {
+            graph: Some(graph),
+            addr: Some(addr),
+            mem: Some(Mem::Graph),
+            ..self.call("cuGraphAddMemFreeNode")
+        })
+    }
+
+    /// `cuGraphInstantiateWithFlags` of `graph` into `exec`.
+    pub fn graph_instantiate(&mut self, graph: u64, exec: u64) -> Record {
+        Record::GraphInstantiate(Call {
+            graph: Some(graph),
+            handle: Some(exec),
+            ..self.call("cuGraphInstantiateWithFlags")
+        })
+    }
+
+    /// `cuGraphLaunch` of `exec`.
+    pub fn graph_launch(&mut self, exec: u64) -> Record {
+        Record::GraphLaunch(Call {
+            handle: Some(exec),
+            stream: Some(7),
+            ..self.call("cuGraphLaunch")
+        })
+    }
+
+    /// `cuDeviceGraphMemTrim` of device 0.
+    pub fn graph_trim(&mut self) -> Record {
+        Record::GraphMemTrim(Call {
+            device: Some(0),
+            ..self.call("cuDeviceGraphMemTrim")
+        })
+    }
+
+    /// `cuDeviceGetGraphMemAttribute` of device 0 (`set`: `cuDeviceSetGraphMemAttribute`).
+    pub fn graph_attr(&mut self, set: bool, attr: u32, value: u64) -> Record {
+        let api = if set {
+            "cuDeviceSetGraphMemAttribute"
+        } else {
+            "cuDeviceGetGraphMemAttribute"
+        };
+        Record::GraphMemAttr(Call {
+            device: Some(0),
+            attr: Some(attr),
+            value: Some(value),
+            ..self.call(api)
+        })
+    }
+
     pub fn vmm_create(&mut self, handle: u64, bytes: u64) -> Record {
         Record::VmmCreate(Call {
             handle: Some(handle),

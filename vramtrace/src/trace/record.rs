@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 5;
+pub const FORMAT_MINOR: u32 = 6;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,24 @@ pub enum Record {
     /// `cuCtxSynchronize`, `cuStreamSynchronize*`, `cuEventSynchronize`: pools give back
     /// what they hold above their release threshold. Added in format 1.4.
     Sync(Call),
+    /// `cuGraphAddMemAllocNode`: a graph's alloc node, its address fixed now, its memory made
+    /// by each launch that runs it (`mem` `graph`, `graph`, `addr`, `bytes`, `device`).
+    /// Added in format 1.6.
+    GraphAllocNode(Call),
+    /// `cuGraphAddMemFreeNode`: a graph's free node of `addr`. Added in format 1.6.
+    GraphFreeNode(Call),
+    /// `cuGraphInstantiate*`: the exec `handle` made from `graph`. Added in format 1.6.
+    GraphInstantiate(Call),
+    /// `cuGraphLaunch*`: the exec `handle` runs its alloc and free nodes. Added in format 1.6.
+    GraphLaunch(Call),
+    /// `cuGraphDestroy` (`graph`) or `cuGraphExecDestroy` (`handle`). Added in format 1.6.
+    GraphDestroy(Call),
+    /// `cuDeviceGraphMemTrim`: the `device`'s graph pool gives back what is not in use.
+    /// Added in format 1.6.
+    GraphMemTrim(Call),
+    /// `cuDeviceGetGraphMemAttribute`, `cuDeviceSetGraphMemAttribute`: one of the driver's
+    /// graph-memory figures of `device` (`attr`, `value`). Added in format 1.6.
+    GraphMemAttr(Call),
     /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
     CtxCreate(Call),
     /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
@@ -101,6 +119,13 @@ impl Record {
             Record::PoolTrim(_) => "pool_trim",
             Record::PoolAttr(_) => "pool_attr",
             Record::Sync(_) => "sync",
+            Record::GraphAllocNode(_) => "graph_alloc_node",
+            Record::GraphFreeNode(_) => "graph_free_node",
+            Record::GraphInstantiate(_) => "graph_instantiate",
+            Record::GraphLaunch(_) => "graph_launch",
+            Record::GraphDestroy(_) => "graph_destroy",
+            Record::GraphMemTrim(_) => "graph_mem_trim",
+            Record::GraphMemAttr(_) => "graph_mem_attr",
             Record::CtxCreate(_) => "ctx_create",
             Record::CtxDestroy(_) => "ctx_destroy",
             Record::CtxCurrent(_) => "ctx_current",
@@ -130,6 +155,13 @@ impl Record {
             | Record::PoolTrim(c)
             | Record::PoolAttr(c)
             | Record::Sync(c)
+            | Record::GraphAllocNode(c)
+            | Record::GraphFreeNode(c)
+            | Record::GraphInstantiate(c)
+            | Record::GraphLaunch(c)
+            | Record::GraphDestroy(c)
+            | Record::GraphMemTrim(c)
+            | Record::GraphMemAttr(c)
             | Record::CtxCreate(c)
             | Record::CtxDestroy(c)
             | Record::CtxCurrent(c)
@@ -418,11 +450,14 @@ pub enum Mem {
     HostPinned,
     /// Host memory registered with the driver (`cuMemHostRegister*`).
     HostRegistered,
+    /// Device memory of a CUDA graph's alloc node (`cuGraphAddMemAllocNode`), live from the
+    /// launch that runs the node until its free runs. Added in format 1.6.
+    Graph,
 }
 
 impl Mem {
     /// The name used in traces, reports and the live view: `device`, `device_async`,
-    /// `array`, `vmm_device`, `vmm_host`, `managed`, `host_pinned`, `host_registered`.
+    /// `array`, `vmm_device`, `vmm_host`, `managed`, `host_pinned`, `host_registered`, `graph`.
     pub fn name(self) -> &'static str {
         match self {
             Mem::Device => "device",
@@ -433,6 +468,7 @@ impl Mem {
             Mem::Managed => "managed",
             Mem::HostPinned => "host_pinned",
             Mem::HostRegistered => "host_registered",
+            Mem::Graph => "graph",
         }
     }
 
@@ -521,6 +557,9 @@ pub struct Call {
     /// converted or `cuGreenCtxDestroy` destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub green: Option<u64>,
+    /// The CUDA graph (`CUgraph`) a graph record is about. Added in format 1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<u64>,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 26] = [
+pub const RECORD_TYPES: [&str; 33] = [
     "header",
     "process",
     "stack",
@@ -52,6 +52,13 @@ pub const RECORD_TYPES: [&str; 26] = [
     "footer",
     "pool_attr",
     "sync",
+    "graph_alloc_node",
+    "graph_free_node",
+    "graph_instantiate",
+    "graph_launch",
+    "graph_destroy",
+    "graph_mem_trim",
+    "graph_mem_attr",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -867,14 +874,30 @@ fn type_index(rec: &Record) -> usize {
         Record::Footer(_) => 23,
         Record::PoolAttr(_) => 24,
         Record::Sync(_) => 25,
+        Record::GraphAllocNode(_) => 26,
+        Record::GraphFreeNode(_) => 27,
+        Record::GraphInstantiate(_) => 28,
+        Record::GraphLaunch(_) => 29,
+        Record::GraphDestroy(_) => 30,
+        Record::GraphMemTrim(_) => 31,
+        Record::GraphMemAttr(_) => 32,
     }
 }
 
 /// Lines by `type`: the known types in an array, for the price of a match per line.
-#[derive(Default)]
 struct Counts {
     known: [u64; RECORD_TYPES.len()],
     other: BTreeMap<String, u64>,
+}
+
+// Arrays longer than 32 have no derived `Default`.
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            known: [0; RECORD_TYPES.len()],
+            other: BTreeMap::new(),
+        }
+    }
 }
 
 impl Counts {
@@ -1025,6 +1048,13 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
             b"pool_attr" => Some(as_call(line, names, Record::PoolAttr)),
             b"sync" => Some(as_call(line, names, Record::Sync)),
+            b"graph_alloc_node" => Some(as_call(line, names, Record::GraphAllocNode)),
+            b"graph_free_node" => Some(as_call(line, names, Record::GraphFreeNode)),
+            b"graph_instantiate" => Some(as_call(line, names, Record::GraphInstantiate)),
+            b"graph_launch" => Some(as_call(line, names, Record::GraphLaunch)),
+            b"graph_destroy" => Some(as_call(line, names, Record::GraphDestroy)),
+            b"graph_mem_trim" => Some(as_call(line, names, Record::GraphMemTrim)),
+            b"graph_mem_attr" => Some(as_call(line, names, Record::GraphMemAttr)),
             b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
             b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
             b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),

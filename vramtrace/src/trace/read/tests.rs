@@ -99,6 +99,7 @@ pub(crate) fn body() -> Vec<Record> {
         attr: Some(4),
         value: Some(1 << 30),
         green: Some(0x5800_0000),
+        graph: Some(0x5900_0000),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -182,6 +183,13 @@ pub(crate) fn body() -> Vec<Record> {
         Record::PoolTrim(call("cuMemPoolTrimTo")),
         Record::PoolAttr(call("cuMemPoolSetAttribute")),
         Record::Sync(call("cuStreamSynchronize_ptsz")),
+        Record::GraphAllocNode(call("cuGraphAddMemAllocNode")),
+        Record::GraphFreeNode(call("cuGraphAddMemFreeNode")),
+        Record::GraphInstantiate(call("cuGraphInstantiateWithFlags")),
+        Record::GraphLaunch(call("cuGraphLaunch_ptsz")),
+        Record::GraphDestroy(call("cuGraphExecDestroy")),
+        Record::GraphMemTrim(call("cuDeviceGraphMemTrim")),
+        Record::GraphMemAttr(call("cuDeviceGetGraphMemAttribute")),
         Record::CtxCreate(call("cuCtxCreate_v2")),
         Record::CtxDestroy(call("cuCtxDestroy_v2")),
         Record::CtxCurrent(call("cuCtxSetCurrent")),
@@ -288,6 +296,13 @@ fn record_types_are_every_kind() {
             | Record::PoolTrim(_)
             | Record::PoolAttr(_)
             | Record::Sync(_)
+            | Record::GraphAllocNode(_)
+            | Record::GraphFreeNode(_)
+            | Record::GraphInstantiate(_)
+            | Record::GraphLaunch(_)
+            | Record::GraphDestroy(_)
+            | Record::GraphMemTrim(_)
+            | Record::GraphMemAttr(_)
             | Record::CtxCreate(_)
             | Record::CtxDestroy(_)
             | Record::CtxCurrent(_)
@@ -1055,6 +1070,7 @@ fn mem() -> impl Strategy<Value = Mem> {
         Mem::Managed,
         Mem::HostPinned,
         Mem::HostRegistered,
+        Mem::Graph,
     ])
 }
 
@@ -1123,6 +1139,7 @@ fn call() -> impl Strategy<Value = Call> {
                 attr: flags.map(|f| f as u32 % 9),
                 value: flags.and(pitch),
                 green: pool.and(handle),
+                graph: stream.and(handle),
             },
         )
 }
