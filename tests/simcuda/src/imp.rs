@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::procaddr;
 
+mod graph;
+pub use graph::*;
+
 pub type CUresult = c_uint;
 type CUdevice = c_int;
 type CUdeviceptr = u64;
@@ -269,6 +272,8 @@ struct State {
     green: HashMap<u64, Green>,
     /// Resource descriptors (`cuDevResourceGenerateDesc`): their SM counts.
     resource_descs: HashMap<u64, u32>,
+    /// CUDA graphs, their memory nodes and execs, and each device's graph memory pool.
+    graphs: graph::Graphs,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -355,6 +360,7 @@ impl State {
             arrays: HashMap::new(),
             host: BTreeMap::new(),
             events: HashSet::new(),
+            graphs: graph::Graphs::default(),
         };
         for dev in 0..devices {
             let h = st.handle();
@@ -459,6 +465,9 @@ impl State {
             // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was
             // removed from the table, so it is freed exactly once.
             unsafe { libc::free(p as *mut c_void) };
+            return Ok(());
+        }
+        if self.graph_free(ptr) {
             return Ok(());
         }
         Err(INVALID_VALUE)

@@ -48,6 +48,12 @@
 //!   the last reference of a primary context, frees every `cuMemAlloc*` /
 //!   `cuMemAllocPitch*` allocation and array made in it (stream-ordered
 //!   allocations belong to their pool and are left alone).
+//! - CUDA graphs with memory nodes (`cuGraphCreate`, `cuGraphAddMemAllocNode`,
+//!   `cuGraphAddMemFreeNode`, `cuGraphInstantiate*`, `cuGraphLaunch*`, `cuGraphExecDestroy`,
+//!   `cuGraphDestroy`): an alloc node's address is fixed when it is added; a launch makes
+//!   it live from the device's graph pool, which keeps what it reserved until
+//!   `cuDeviceGraphMemTrim`; `cuDeviceGetGraphMemAttribute` / `cuDeviceSetGraphMemAttribute`
+//!   answer and reset the pool's figures. See `imp/graph.rs`.
 //! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
 //!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
 //!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
@@ -215,4 +221,19 @@ exports! {
     cuMemcpy3D_v2_ptds,
     cuMemcpy3DAsync_v2,
     cuMemcpy3DAsync_v2_ptsz,
+    cuGraphCreate,
+    cuGraphAddMemAllocNode,
+    cuGraphAddMemFreeNode,
+    cuGraphInstantiate,
+    cuGraphInstantiate_v2,
+    cuGraphInstantiateWithFlags,
+    cuGraphInstantiateWithParams,
+    cuGraphInstantiateWithParams_ptsz,
+    cuGraphLaunch,
+    cuGraphLaunch_ptsz,
+    cuGraphExecDestroy,
+    cuGraphDestroy,
+    cuDeviceGraphMemTrim,
+    cuDeviceGetGraphMemAttribute,
+    cuDeviceSetGraphMemAttribute,
 }

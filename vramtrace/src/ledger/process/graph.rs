@@ -85,7 +85,8 @@ pub struct GraphMemReport {
 }
 
 impl ProcessState {
-    /// Each device's graph memory pool (`None`: device unknown).
+    /// Each device's graph memory pool (`None`: device unknown); for a process that exited,
+    /// as it was at its exit.
     pub fn graph_pools(&self) -> impl Iterator<Item = (Option<i32>, &GraphPool)> + '_ {
         self.graphs.pools.iter().map(|(d, p)| (*d, p))
     }
@@ -250,20 +251,20 @@ impl ProcessState {
         });
     }
 
-    /// The process ended: its pools are gone with it (their bytes come off with its devices').
+    /// The process ended: its pools are gone with it (their bytes come off with its
+    /// devices'); their figures stay as they were at exit, for the report.
     pub(super) fn graphs_gone(&mut self) {
-        let proc = self.proc;
-        let graphs = std::mem::take(&mut self.graphs);
-        for (device, pool) in graphs.pools {
+        self.graphs.graphs.clear();
+        self.graphs.execs.clear();
+        for (&device, pool) in &self.graphs.pools {
             if pool.held() > 0 {
                 self.changes.push(Change::PoolHeld {
-                    proc,
+                    proc: self.proc,
                     pool: PoolId::Graph(device),
                     device,
                     held: 0,
                 });
             }
         }
-        self.graphs.reported = graphs.reported;
     }
 }
