@@ -588,7 +588,7 @@ fn render_accounted(o: &mut String, p: &ProcessReport) {
     if p.pool_held_bytes_at_exit > 0 {
         let _ = writeln!(
             o,
-            "  {:<24} of what went back to stream-ordered pools, {} is still held from the GPU",
+            "  {:<24} of what went back to pools (stream-ordered, graph), {} is still held from the GPU",
             "",
             bytes_exact(p.pool_held_bytes_at_exit)
         );
