@@ -302,24 +302,17 @@ pub extern "C" fn cuGraphLaunch_ptsz(exec: Handle, _stream: Handle) -> CUresult 
     code(with(|st| st.graph_launch(exec as u64)))
 }
 
+/// Drops handle `h` from `map`: `CUDA_ERROR_INVALID_VALUE` when it is not there.
+fn forget(map: &mut HashMap<u64, Vec<Node>>, h: Handle) -> Result<(), CUresult> {
+    map.remove(&(h as u64)).map(|_| ()).ok_or(INVALID_VALUE)
+}
+
 pub extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
-    code(with(|st| {
-        st.graphs
-            .execs
-            .remove(&(exec as u64))
-            .map(|_| ())
-            .ok_or(INVALID_VALUE)
-    }))
+    code(with(|st| forget(&mut st.graphs.execs, exec)))
 }
 
 pub extern "C" fn cuGraphDestroy(graph: Handle) -> CUresult {
-    code(with(|st| {
-        st.graphs
-            .graphs
-            .remove(&(graph as u64))
-            .map(|_| ())
-            .ok_or(INVALID_VALUE)
-    }))
+    code(with(|st| forget(&mut st.graphs.graphs, graph)))
 }
 
 pub extern "C" fn cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult {
