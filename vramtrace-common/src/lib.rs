@@ -79,9 +79,11 @@ pub mod cookie {
     /// (`[rsp+8 ..]`): a struct of more than 16 bytes passed by value (x86-64 SysV passes it
     /// in memory), as `cuIpcOpenMemHandle`'s 64-byte `CUipcMemHandle`.
     pub const WIDE_FROM_STACK: u64 = 1 << 38;
-    /// At return, when the call succeeded, read the wide window through the pointer in
-    /// argument 0: a 64-byte struct the call wrote (`cuIpcGetMemHandle`'s handle,
-    /// `cuMemPoolExportPointer`'s export data).
+    /// Read the wide window at return, not at entry, and only when the call succeeded: a
+    /// struct the driver filled, through the blob argument at the wide window's skip
+    /// (`CUDA_MEM_ALLOC_NODE_PARAMS::dptr` of `cuGraphAddMemAllocNode`), or through argument
+    /// 0 from its start when the cookie names no blob argument (`cuIpcGetMemHandle`'s handle,
+    /// `cuMemPoolExportPointer`'s export data). A read that faults sets `BLOB_FAULT`.
     pub const WIDE_AT_RETURN: u64 = 1 << 39;
 
     /// Builds a cookie.

@@ -263,6 +263,7 @@ fn try_call_entry(ctx: &ProbeContext) {
             ev.flags |= flags::BLOB_FAULT;
         }
         if let Some(skip) = cookie::wide_skip(cookie)
+            && cookie & cookie::WIDE_AT_RETURN == 0
             && !read_words(base.wrapping_add(8 * skip as u64), &mut ev.wide)
         {
             ev.flags |= flags::BLOB_FAULT;
@@ -615,7 +616,17 @@ fn try_call_return(ctx: &RetProbeContext) {
                 Err(_) => ev.flags |= flags::OUT1_FAULT,
             }
         }
-        if cookie & cookie::WIDE_AT_RETURN != 0 && !read_words(ev.args[0], &mut ev.wide) {
+        // A struct the driver filled: the wide window through the blob argument, or
+        // argument 0 from its start when the cookie names none.
+        let wide_arg = cookie::blob_arg(cookie).unwrap_or(0);
+        let wide_skip = cookie::wide_skip(cookie).unwrap_or(0);
+        if cookie & cookie::WIDE_AT_RETURN != 0
+            && wide_arg < MAX_ARGS
+            && !read_words(
+                ev.args[wide_arg].wrapping_add(8 * wide_skip as u64),
+                &mut ev.wide,
+            )
+        {
             ev.flags |= flags::BLOB_FAULT;
         }
     }

@@ -168,6 +168,32 @@ pub enum Kind {
     /// `cuMemPoolImportPointer(CUdeviceptr *ptr_out, CUmemoryPool pool,
     /// CUmemPoolPtrExportData *shareData)`
     MemPoolImportPointer,
+
+    // CUDA graph memory nodes (CUDA 11.4): see [`graph_params`] and `docs/classification.md`.
+    /// `cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode
+    /// *dependencies, size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)`: the
+    /// driver fixes the virtual address (`nodeParams->dptr`) when the node is added.
+    GraphAddMemAllocNode,
+    /// `cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode
+    /// *dependencies, size_t numDependencies, CUdeviceptr dptr)`
+    GraphAddMemFreeNode,
+    /// `cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, ...)`: the `_v2`,
+    /// `WithFlags` and `WithParams(_ptsz)` variants all take the exec out-pointer and the
+    /// graph first.
+    GraphInstantiate,
+    /// `cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)`: runs the exec's nodes.
+    GraphLaunch,
+    /// `cuGraphExecDestroy(CUgraphExec hGraphExec)`
+    GraphExecDestroy,
+    /// `cuGraphDestroy(CUgraph hGraph)`
+    GraphDestroy,
+    /// `cuDeviceGraphMemTrim(CUdevice device)`: the device's graph pool gives back what no
+    /// graph allocation uses.
+    DeviceGraphMemTrim,
+    /// `cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void*
+    /// value)`, `cuDeviceSetGraphMemAttribute` (same signature): the driver's own figures of
+    /// graph memory, read at return through argument 2 (a `cuuint64_t`).
+    DeviceGraphMemAttribute,
 }
 
 /// A base name and what to capture for every exported variant of it.
@@ -401,7 +427,82 @@ pub const APIS: &[ApiDef] = &[
         Kind::MemPoolImportPointer,
         DEREF_ARG0 | with_blob_arg(2) | with_wide_skip(0) | STACK,
     ),
+    // CUDA graph memory nodes: virtual addresses fixed when a graph is built, physical memory
+    // from the device's graph pool when a launch runs the nodes.
+    def(
+        "cuGraphAddMemAllocNode",
+        Kind::GraphAddMemAllocNode,
+        graph_params::ALLOC_NODE | STACK,
+    ),
+    def("cuGraphAddMemFreeNode", Kind::GraphAddMemFreeNode, 0),
+    def("cuGraphInstantiate", Kind::GraphInstantiate, DEREF_ARG0),
+    def(
+        "cuGraphInstantiateWithFlags",
+        Kind::GraphInstantiate,
+        DEREF_ARG0,
+    ),
+    def(
+        "cuGraphInstantiateWithParams",
+        Kind::GraphInstantiate,
+        DEREF_ARG0,
+    ),
+    def("cuGraphLaunch", Kind::GraphLaunch, 0),
+    def("cuGraphExecDestroy", Kind::GraphExecDestroy, 0),
+    def("cuGraphDestroy", Kind::GraphDestroy, 0),
+    def("cuDeviceGraphMemTrim", Kind::DeviceGraphMemTrim, 0),
+    def(
+        "cuDeviceGetGraphMemAttribute",
+        Kind::DeviceGraphMemAttribute,
+        DEREF_ARG2,
+    ),
+    def(
+        "cuDeviceSetGraphMemAttribute",
+        Kind::DeviceGraphMemAttribute,
+        DEREF_ARG2,
+    ),
 ];
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (`cuda.h`, 64-bit ABI, 15 words): `CUmemPoolProps poolProps`
+/// (88 bytes: `allocType`/`handleTypes` in word 0, `CUmemLocation { type, id }` in word 1,
+/// then `win32SecurityAttributes`, `maxSize`, `usage` and reserved bytes up to word 11),
+/// `accessDescs` (word 11), `accessDescCount` (12), `bytesize` (13), `dptr` (14).
+pub mod graph_params {
+    use vramtrace_common::cookie::{WIDE_AT_RETURN, with_blob_arg, with_wide_skip};
+
+    /// The blob holds words 0..5 (the pool properties) at entry; the wide window words
+    /// 7..15 at return, the last two `bytesize` and the `dptr` the driver wrote.
+    pub const ALLOC_NODE: u64 = with_blob_arg(4) | with_wide_skip(7) | WIDE_AT_RETURN;
+    /// `bytesize` in the wide window.
+    pub const WIDE_BYTESIZE: usize = 13 - 7;
+    /// `dptr` in the wide window.
+    pub const WIDE_DPTR: usize = 14 - 7;
+}
+
+/// `CUgraphMem_attribute` (CUDA driver API reference, "Data types used by CUDA driver").
+pub mod graph_mem_attr {
+    /// `CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT`: bytes of graph allocations live now.
+    pub const USED_MEM_CURRENT: u32 = 0;
+    /// `CU_GRAPH_MEM_ATTR_USED_MEM_HIGH`: the highest `USED_MEM_CURRENT` since the last
+    /// reset (a set to 0).
+    pub const USED_MEM_HIGH: u32 = 1;
+    /// `CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT`: bytes the device's graph pool holds from
+    /// the GPU, in use or not.
+    pub const RESERVED_MEM_CURRENT: u32 = 2;
+    /// `CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH`: the highest `RESERVED_MEM_CURRENT` since the
+    /// last reset.
+    pub const RESERVED_MEM_HIGH: u32 = 3;
+
+    /// The attribute's name, as `cuda.h` spells it.
+    pub fn name(attr: u32) -> &'static str {
+        match attr {
+            USED_MEM_CURRENT => "USED_MEM_CURRENT",
+            USED_MEM_HIGH => "USED_MEM_HIGH",
+            RESERVED_MEM_CURRENT => "RESERVED_MEM_CURRENT",
+            RESERVED_MEM_HIGH => "RESERVED_MEM_HIGH",
+            _ => "unknown",
+        }
+    }
+}
 
 /// One exported symbol that probes are attached to. Its index in the hooked table is the API
 /// id carried by the attach cookie.

@@ -13,7 +13,7 @@ use vramtrace_common::{
     PyFrameRaw, STACK_COPY_BYTES, StackSample, flags,
 };
 
-use crate::api::{CtxArgs, Hooked, Kind};
+use crate::api::{CtxArgs, Hooked, Kind, graph_params};
 use crate::stacks::python::PyInsert;
 use crate::stacks::unwind::Unwound;
 use crate::trace::{Call, CopySrc, Exit, Frame, Mem, Process, Record, Stack};
@@ -888,6 +888,69 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             }
             done!(Retain)
         }
+        Kind::GraphAddMemAllocNode => {
+            c.mem = Some(Mem::Graph);
+            c.graph = Some(a[1]);
+            // Pool properties at entry: `CUmemLocation { type, id }` in word 1, a device
+            // (CU_MEM_LOCATION_TYPE_DEVICE, 1) the only location graph memory may have.
+            if blob_ok {
+                if ev.blob[1] & U32 == 1 {
+                    c.device = Some((ev.blob[1] >> 32) as i32);
+                }
+            } else {
+                c.unreadable.push("params".into());
+            }
+            // `bytesize` and the `dptr` the driver chose, read at return.
+            if ok && blob_ok {
+                c.bytes = Some(ev.wide[graph_params::WIDE_BYTESIZE]);
+                c.addr = Some(ev.wide[graph_params::WIDE_DPTR]);
+            }
+            done!(GraphAllocNode)
+        }
+        Kind::GraphAddMemFreeNode => {
+            c.mem = Some(Mem::Graph);
+            c.graph = Some(a[1]);
+            c.addr = Some(a[4]);
+            done!(GraphFreeNode)
+        }
+        Kind::GraphInstantiate => {
+            c.graph = Some(a[1]);
+            if ok {
+                c.handle = out0(c);
+            }
+            done!(GraphInstantiate)
+        }
+        Kind::GraphLaunch => {
+            c.handle = Some(a[0]);
+            c.stream = Some(a[1]);
+            done!(GraphLaunch)
+        }
+        Kind::GraphExecDestroy => {
+            c.handle = Some(a[0]);
+            done!(GraphDestroy)
+        }
+        Kind::GraphDestroy => {
+            c.graph = Some(a[0]);
+            done!(GraphDestroy)
+        }
+        Kind::DeviceGraphMemTrim => {
+            c.device = Some(a[0] as i32);
+            done!(GraphMemTrim)
+        }
+        Kind::DeviceGraphMemAttribute => {
+            c.device = Some(a[0] as i32);
+            c.attr = Some((a[1] & U32) as u32);
+            // Every graph-memory attribute is a `cuuint64_t`, read at return: what a set
+            // passed (only the high-water marks can be set, to 0) or what a get answered.
+            if ok {
+                if ev.flags & flags::OUT1_FAULT != 0 {
+                    c.unreadable.push("value".into());
+                } else {
+                    c.value = Some(ev.out[1]);
+                }
+            }
+            done!(GraphMemAttr)
+        }
     }
 }
 
@@ -1481,6 +1544,100 @@ mod tests {
             };
             assert_eq!((c.stream, c.handle), (stream, handle));
         }
+    }
+
+    /// Graph memory nodes: the alloc node's device from the pool properties read at entry,
+    /// its size and the address the driver chose from the params read at return; the exec
+    /// an instantiation made; the attribute values as `cuuint64_t`.
+    #[test]
+    fn graph_memory_calls_are_decoded_by_their_signatures() {
+        let mut conv = Converter::new(table(&[
+            "cuGraphAddMemAllocNode",
+            "cuGraphAddMemFreeNode",
+            "cuGraphInstantiateWithParams_ptsz",
+            "cuGraphLaunch_ptsz",
+            "cuDeviceGetGraphMemAttribute",
+            "cuGraphExecDestroy",
+            "cuGraphDestroy",
+            "cuDeviceGraphMemTrim",
+        ]));
+        let mut out = Vec::new();
+        // CU_MEM_LOCATION_TYPE_DEVICE (1), id 1.
+        let mut node = call(0, [0x5000, 0x6000, 0, 0, 0x7000, 0], 0, 0);
+        if let RawEvent::Call(c) = &mut node {
+            c.blob[1] = 1 | (1 << 32);
+            c.wide[graph_params::WIDE_BYTESIZE] = 8 << 20;
+            c.wide[graph_params::WIDE_DPTR] = 0xa000_0000;
+        }
+        for ev in [
+            node,
+            call(1, [0x5001, 0x6000, 0, 0, 0xa000_0000, 0], 0, 0),
+            call(2, [0x7100, 0x6000, 0x7200, 0, 0, 0], 0x8000, 0),
+            call(3, [0x8000, 0x99, 0, 0, 0, 0], 0, 0),
+            call(4, [1, 2, 0x7300, 0, 0, 0], 0, 0),
+            call(5, [0x8000, 0, 0, 0, 0, 0], 0, 0),
+            call(6, [0x6000, 0, 0, 0, 0, 0], 0, 0),
+            call(7, [1, 0, 0, 0, 0, 0], 0, 0),
+        ] {
+            conv.convert(&ev, &mut FakeEnv, &mut out);
+        }
+        let calls: Vec<&Record> = out
+            .iter()
+            .filter(|r| !matches!(r, Record::Stack(_) | Record::Process(_)))
+            .collect();
+        let [alloc, free, inst, launch, attr, exec_gone, graph_gone, trim] = calls[..] else {
+            panic!("{calls:?}")
+        };
+        let Record::GraphAllocNode(c) = alloc else {
+            panic!("{alloc:?}")
+        };
+        assert_eq!(
+            (c.graph, c.addr, c.bytes, c.device, c.mem),
+            (
+                Some(0x6000),
+                Some(0xa000_0000),
+                Some(8 << 20),
+                Some(1),
+                Some(Mem::Graph)
+            )
+        );
+        let Record::GraphFreeNode(c) = free else {
+            panic!("{free:?}")
+        };
+        assert_eq!((c.graph, c.addr), (Some(0x6000), Some(0xa000_0000)));
+        let Record::GraphInstantiate(c) = inst else {
+            panic!("{inst:?}")
+        };
+        assert_eq!((c.graph, c.handle), (Some(0x6000), Some(0x8000)));
+        let Record::GraphLaunch(c) = launch else {
+            panic!("{launch:?}")
+        };
+        assert_eq!((c.handle, c.stream), (Some(0x8000), Some(0x99)));
+        let Record::GraphMemAttr(c) = attr else {
+            panic!("{attr:?}")
+        };
+        // No value was read (`out[1]` is 0 in this event): 0 is what the driver wrote.
+        assert_eq!((c.device, c.attr, c.value), (Some(1), Some(2), Some(0)));
+        let Record::GraphDestroy(c) = exec_gone else {
+            panic!("{exec_gone:?}")
+        };
+        assert_eq!((c.handle, c.graph), (Some(0x8000), None));
+        let Record::GraphDestroy(c) = graph_gone else {
+            panic!("{graph_gone:?}")
+        };
+        assert_eq!((c.handle, c.graph), (None, Some(0x6000)));
+        let Record::GraphMemTrim(c) = trim else {
+            panic!("{trim:?}")
+        };
+        assert_eq!(c.device, Some(1));
+
+        // A failed alloc node has no address: the params were not read at return.
+        let failed = call(0, [0x5000, 0x6000, 0, 0, 0x7000, 0], 0, 2);
+        conv.convert(&failed, &mut FakeEnv, &mut out);
+        let Some(Record::Failed(c)) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!((c.addr, c.bytes, c.ret), (None, None, 2));
     }
 
     #[test]

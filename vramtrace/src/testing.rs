@@ -186,6 +186,69 @@ impl Sim {
         Record::Sync(self.call(api))
     }
 
+    /// `cuGraphAddMemAllocNode` of `bytes` at `addr` on device 0 in `graph`.
+    pub fn graph_alloc_node(&mut self, graph: u64, addr: u64, bytes: u64) -> Record {
+        Record::GraphAllocNode(Call {
+            graph: Some(graph),
+            addr: Some(addr),
+            bytes: Some(bytes),
+            mem: Some(Mem::Graph),
+            device: Some(0),
+            ..self.call("cuGraphAddMemAllocNode")
+        })
+    }
+
+    /// `cuGraphAddMemFreeNode` of `addr` in `graph`.
+    pub fn graph_free_node(&mut self, graph: u64, addr: u64) -> Record {
+        Record::GraphFreeNode(Call {
+            graph: Some(graph),
+            addr: Some(addr),
+            mem: Some(Mem::Graph),
+            ..self.call("cuGraphAddMemFreeNode")
+        })
+    }
+
+    /// `cuGraphInstantiateWithFlags` of `graph` into `exec`.
+    pub fn graph_instantiate(&mut self, graph: u64, exec: u64) -> Record {
+        Record::GraphInstantiate(Call {
+            graph: Some(graph),
+            handle: Some(exec),
+            ..self.call("cuGraphInstantiateWithFlags")
+        })
+    }
+
+    /// `cuGraphLaunch` of `exec`.
+    pub fn graph_launch(&mut self, exec: u64) -> Record {
+        Record::GraphLaunch(Call {
+            handle: Some(exec),
+            stream: Some(7),
+            ..self.call("cuGraphLaunch")
+        })
+    }
+
+    /// `cuDeviceGraphMemTrim` of device 0.
+    pub fn graph_trim(&mut self) -> Record {
+        Record::GraphMemTrim(Call {
+            device: Some(0),
+            ..self.call("cuDeviceGraphMemTrim")
+        })
+    }
+
+    /// `cuDeviceGetGraphMemAttribute` of device 0 (`set`: `cuDeviceSetGraphMemAttribute`).
+    pub fn graph_attr(&mut self, set: bool, attr: u32, value: u64) -> Record {
+        let api = if set {
+            "cuDeviceSetGraphMemAttribute"
+        } else {
+            "cuDeviceGetGraphMemAttribute"
+        };
+        Record::GraphMemAttr(Call {
+            device: Some(0),
+            attr: Some(attr),
+            value: Some(value),
+            ..self.call(api)
+        })
+    }
+
     pub fn vmm_create(&mut self, handle: u64, bytes: u64) -> Record {
         Record::VmmCreate(Call {
             handle: Some(handle),
@@ -313,6 +376,24 @@ pub enum Op {
     CtxDestroy {
         ctx: u64,
     },
+    /// A CUDA graph's alloc node at allocation slot `slot`.
+    GraphAllocNode {
+        graph: u64,
+        slot: u64,
+        bytes: u64,
+    },
+    GraphFreeNode {
+        graph: u64,
+        slot: u64,
+    },
+    GraphInstantiate {
+        graph: u64,
+        exec: u64,
+    },
+    GraphLaunch {
+        exec: u64,
+    },
+    GraphTrim,
     Exit,
 }
 
@@ -323,7 +404,7 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
         8 => (0..10u64, 1..64u64, mem).prop_map(|(slot, m, mem)| Op::Alloc { slot, bytes: m * MIB, mem }),
         4 => (0..10u64, 1..64u64, any::<bool>())
             .prop_map(|(slot, m, pool)| Op::AllocAsync { slot: slot + 16, bytes: m * MIB, pool }),
-        8 => (0..26u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
+        8 => (0..30u64, any::<bool>()).prop_map(|(slot, is_async)| Op::Free { slot, is_async }),
         4 => (0..26u64, 1..64u64).prop_map(|(slot, m)| Op::Fill { slot, bytes: m * MIB }),
         3 => (0..26u64, prop::option::of(0..26u64), 1..64u64, any::<bool>()).prop_map(
             |(slot, from, m, to_host)| Op::UnifiedCopy { slot, from, bytes: m * MIB, to_host }
@@ -341,6 +422,12 @@ pub fn op() -> impl Strategy<Value = (u32, Op)> {
             .prop_map(|mem| Op::PoolCreate { mem }),
         2 => (0..3u64, 0..2i32).prop_map(|(ctx, device)| Op::CtxCreate { ctx, device }),
         1 => (0..3u64).prop_map(|ctx| Op::CtxDestroy { ctx }),
+        2 => (0..2u64, 26..30u64, 1..64u64)
+            .prop_map(|(graph, slot, m)| Op::GraphAllocNode { graph, slot, bytes: m * MIB }),
+        1 => (0..2u64, 26..30u64).prop_map(|(graph, slot)| Op::GraphFreeNode { graph, slot }),
+        1 => (0..2u64, 0..2u64).prop_map(|(graph, exec)| Op::GraphInstantiate { graph, exec }),
+        3 => (0..2u64).prop_map(|exec| Op::GraphLaunch { exec }),
+        1 => Just(Op::GraphTrim),
         1 => Just(Op::Exit),
     ];
     (0..PROCS, op)
@@ -442,6 +529,13 @@ pub fn record(s: &mut Sim, op: &Op) -> Record {
             handle: Some(0xc000 + ctx),
             ..s.call("cuCtxDestroy_v2")
         }),
+        Op::GraphAllocNode { graph, slot, bytes } => {
+            s.graph_alloc_node(0x6000 + graph, addr(slot), bytes)
+        }
+        Op::GraphFreeNode { graph, slot } => s.graph_free_node(0x6000 + graph, addr(slot)),
+        Op::GraphInstantiate { graph, exec } => s.graph_instantiate(0x6000 + graph, 0x6100 + exec),
+        Op::GraphLaunch { exec } => s.graph_launch(0x6100 + exec),
+        Op::GraphTrim => s.graph_trim(),
         Op::Exit => s.exit(),
     }
 }

@@ -612,3 +612,105 @@ fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
         "the freed allocation ended at the importer's last close"
     );
 }
+
+/// CUDA graph memory nodes: alloc nodes traced with the address the driver fixed (read from
+/// their params at return), graph memory live from the launch that runs its node until its
+/// free runs, the device's graph pool holding what it reserved until the trim; a launch the
+/// driver refused traced with its error. Every figure the driver gave
+/// (`cuDeviceGetGraphMemAttribute`) is the workload's ground truth, and the Ledger's agrees.
+#[test]
+fn graph_memory_from_launch_to_free_with_the_drivers_figures() {
+    let (lib, _) = sim();
+    let r = record(lib, "graphs", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let g = &r.truth["graphs"];
+    assert_eq!(g["relaunch_refused"], true);
+
+    let nodes: Vec<(Option<u64>, Option<u64>)> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::GraphAllocNode(c) if c.pid == pid => Some((c.bytes, c.addr)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert_eq!(
+        nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+        [Some(8 << 20), Some(4 << 20), Some(6 << 20)]
+    );
+    assert!(nodes.iter().all(|n| n.1.is_some_and(|a| a != 0)));
+    let refused: Vec<i32> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Failed(c) if c.pid == pid && c.api.starts_with("cuGraphLaunch") => Some(c.ret),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, [1], "CUDA_ERROR_INVALID_VALUE: A was still live");
+
+    // The driver's answers, as traced, are the ground truth's, in order.
+    let traced: Vec<(u32, u64)> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::GraphMemAttr(c)
+                if c.pid == pid && c.api.starts_with("cuDeviceGetGraphMemAttribute") =>
+            {
+                Some((c.attr.expect("attr"), c.value.expect("value")))
+            }
+            _ => None,
+        })
+        .collect();
+    let truth: Vec<(u32, u64)> = g["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .map(|v| {
+            assert_eq!(
+                v["driver"], v["expected"],
+                "the driver against the book: {v}"
+            );
+            (
+                v["attr"].as_u64().expect("attr") as u32,
+                v["driver"].as_u64().expect("driver"),
+            )
+        })
+        .collect();
+    assert_eq!(traced, truth);
+
+    // The Ledger agrees with each of the driver's last answers, and holds what the book does.
+    let procs = r.analysis["processes"].as_array().expect("processes");
+    let p = procs
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .expect("the workload in the analysis");
+    let pools = p["graph_pools"].as_array().expect("graph_pools");
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    let pool = &pools[0];
+    assert_eq!(
+        (pool["used_bytes"].as_u64(), pool["reserved_bytes"].as_u64()),
+        (Some(6 << 20), Some(8 << 20)),
+        "{pool}"
+    );
+    let readings = pool["driver"].as_array().expect("driver readings");
+    assert_eq!(readings.len(), 4, "{readings:?}");
+    for v in readings {
+        assert_eq!(v["driver_bytes"], v["traced_bytes"], "{v}");
+    }
+    let largest = p["largest_at_exit"].as_array().expect("largest_at_exit");
+    assert!(
+        largest
+            .iter()
+            .any(|a| a["mem"] == "graph" && a["bytes"].as_u64() == Some(6 << 20)),
+        "{largest:?}"
+    );
+    assert_eq!(
+        p["anomalies"],
+        Value::Object(Default::default()),
+        "{}",
+        p["anomalies"]
+    );
+}

@@ -11,6 +11,8 @@ use crate::procaddr;
 
 mod ipc;
 pub use ipc::*;
+mod graph;
+pub use graph::*;
 
 pub type CUresult = c_uint;
 type CUdevice = c_int;
@@ -283,6 +285,8 @@ struct State {
     imports: BTreeMap<u64, ipc::Import>,
     /// Exports made so far: what makes each handle unique.
     exports: u64,
+    /// CUDA graphs, their memory nodes and execs, and each device's graph memory pool.
+    graphs: graph::Graphs,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -371,6 +375,7 @@ impl State {
             events: HashSet::new(),
             imports: BTreeMap::new(),
             exports: 0,
+            graphs: graph::Graphs::default(),
         };
         for dev in 0..devices {
             let h = st.handle();
@@ -478,6 +483,9 @@ impl State {
             // SAFETY: `p` came from `posix_memalign` in `host_alloc` and was
             // removed from the table, so it is freed exactly once.
             unsafe { libc::free(p as *mut c_void) };
+            return Ok(());
+        }
+        if self.graph_free(ptr) {
             return Ok(());
         }
         Err(INVALID_VALUE)

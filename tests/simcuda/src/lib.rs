@@ -59,6 +59,12 @@
 //!   device, address and size; the importer gets its own address, never charged. A
 //!   handle of the same process gives `CUDA_ERROR_INVALID_CONTEXT` (201), one of a process
 //!   that is gone `CUDA_ERROR_INVALID_HANDLE` (400). Pools need not be made shareable.
+//! - CUDA graphs with memory nodes (`cuGraphCreate`, `cuGraphAddMemAllocNode`,
+//!   `cuGraphAddMemFreeNode`, `cuGraphInstantiate*`, `cuGraphLaunch*`, `cuGraphExecDestroy`,
+//!   `cuGraphDestroy`): an alloc node's address is fixed when it is added; a launch makes
+//!   it live from the device's graph pool, which keeps what it reserved until
+//!   `cuDeviceGraphMemTrim`; `cuDeviceGetGraphMemAttribute` / `cuDeviceSetGraphMemAttribute`
+//!   answer and reset the pool's figures. See `imp/graph.rs`.
 //! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
 //!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
 //!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
@@ -235,4 +241,19 @@ exports! {
     cuMemExportToShareableHandle,
     cuMemImportFromShareableHandle,
     cuMemRetainAllocationHandle,
+    cuGraphCreate,
+    cuGraphAddMemAllocNode,
+    cuGraphAddMemFreeNode,
+    cuGraphInstantiate,
+    cuGraphInstantiate_v2,
+    cuGraphInstantiateWithFlags,
+    cuGraphInstantiateWithParams,
+    cuGraphInstantiateWithParams_ptsz,
+    cuGraphLaunch,
+    cuGraphLaunch_ptsz,
+    cuGraphExecDestroy,
+    cuGraphDestroy,
+    cuDeviceGraphMemTrim,
+    cuDeviceGetGraphMemAttribute,
+    cuDeviceSetGraphMemAttribute,
 }

@@ -195,6 +195,58 @@ const TABLE: &[(&str, Versions, Versions)] = &[
     ("cuGreenCtxCreate", &[(12040, "cuGreenCtxCreate")], &[]),
     ("cuGreenCtxDestroy", &[(12040, "cuGreenCtxDestroy")], &[]),
     ("cuCtxFromGreenCtx", &[(12040, "cuCtxFromGreenCtx")], &[]),
+    // CUDA graphs and their memory nodes (CUDA 11.4).
+    ("cuGraphCreate", &[(10000, "cuGraphCreate")], &[]),
+    (
+        "cuGraphAddMemAllocNode",
+        &[(11040, "cuGraphAddMemAllocNode")],
+        &[],
+    ),
+    (
+        "cuGraphAddMemFreeNode",
+        &[(11040, "cuGraphAddMemFreeNode")],
+        &[],
+    ),
+    (
+        "cuGraphInstantiate",
+        &[
+            (10000, "cuGraphInstantiate"),
+            (11000, "cuGraphInstantiate_v2"),
+        ],
+        &[],
+    ),
+    (
+        "cuGraphInstantiateWithFlags",
+        &[(11040, "cuGraphInstantiateWithFlags")],
+        &[],
+    ),
+    (
+        "cuGraphInstantiateWithParams",
+        &[(12000, "cuGraphInstantiateWithParams")],
+        &[(12000, "cuGraphInstantiateWithParams_ptsz")],
+    ),
+    (
+        "cuGraphLaunch",
+        &[(10000, "cuGraphLaunch")],
+        &[(10000, "cuGraphLaunch_ptsz")],
+    ),
+    ("cuGraphExecDestroy", &[(10000, "cuGraphExecDestroy")], &[]),
+    ("cuGraphDestroy", &[(10000, "cuGraphDestroy")], &[]),
+    (
+        "cuDeviceGraphMemTrim",
+        &[(11040, "cuDeviceGraphMemTrim")],
+        &[],
+    ),
+    (
+        "cuDeviceGetGraphMemAttribute",
+        &[(11040, "cuDeviceGetGraphMemAttribute")],
+        &[],
+    ),
+    (
+        "cuDeviceSetGraphMemAttribute",
+        &[(11040, "cuDeviceSetGraphMemAttribute")],
+        &[],
+    ),
     ("cuCtxSetCurrent", &[(4000, "cuCtxSetCurrent")], &[]),
     ("cuCtxGetCurrent", &[(4000, "cuCtxGetCurrent")], &[]),
     (

@@ -123,6 +123,21 @@ const EXPORTS: &[&str] = &[
     "cuMemExportToShareableHandle",
     "cuMemImportFromShareableHandle",
     "cuMemRetainAllocationHandle",
+    "cuGraphCreate",
+    "cuGraphAddMemAllocNode",
+    "cuGraphAddMemFreeNode",
+    "cuGraphInstantiate",
+    "cuGraphInstantiate_v2",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphInstantiateWithParams",
+    "cuGraphInstantiateWithParams_ptsz",
+    "cuGraphLaunch",
+    "cuGraphLaunch_ptsz",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
+    "cuDeviceGraphMemTrim",
+    "cuDeviceGetGraphMemAttribute",
+    "cuDeviceSetGraphMemAttribute",
 ];
 
 /// The cdylib of this package: `SIMCUDA_LIB` if set, else next to the `deps`
@@ -472,5 +487,88 @@ fn memory_model() {
         assert_eq!(trim(pool, 0), 0);
         assert_eq!(info(&mut fr, &mut total), 0);
         assert_eq!(fr, before);
+
+        // Graph memory: nothing is charged when the node is added, the pool reserves at
+        // launch and keeps it past the free until trimmed; the driver's error codes.
+        let graph_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> Ret =
+            lib.f("cuGraphCreate");
+        let add_alloc: unsafe extern "C" fn(
+            *mut *mut c_void,
+            *mut c_void,
+            *const c_void,
+            usize,
+            *mut AllocNodeParams,
+        ) -> Ret = lib.f("cuGraphAddMemAllocNode");
+        let add_free: unsafe extern "C" fn(
+            *mut *mut c_void,
+            *mut c_void,
+            *const c_void,
+            usize,
+            u64,
+        ) -> Ret = lib.f("cuGraphAddMemFreeNode");
+        let instantiate: unsafe extern "C" fn(*mut *mut c_void, *mut c_void, u64) -> Ret =
+            lib.f("cuGraphInstantiateWithFlags");
+        let launch: unsafe extern "C" fn(*mut c_void, *mut c_void) -> Ret = lib.f("cuGraphLaunch");
+        let graph_trim: unsafe extern "C" fn(c_int) -> Ret = lib.f("cuDeviceGraphMemTrim");
+        let graph_attr: unsafe extern "C" fn(c_int, c_uint, *mut c_void) -> Ret =
+            lib.f("cuDeviceGetGraphMemAttribute");
+        let set_graph_attr: unsafe extern "C" fn(c_int, c_uint, *mut c_void) -> Ret =
+            lib.f("cuDeviceSetGraphMemAttribute");
+        let null = std::ptr::null_mut::<c_void>;
+        let reserved = || {
+            let mut v = 0u64;
+            assert_eq!(graph_attr(0, 2, (&mut v as *mut u64).cast()), 0);
+            v
+        };
+        let (mut g, mut node, mut exec) = (null(), null(), null());
+        assert_eq!(graph_create(&mut g, 0), 0);
+        let mut params = AllocNodeParams {
+            alloc_type: 1,
+            handle_types: 0,
+            location: Location { kind: 1, id: 0 },
+            rest: [0; 72],
+            access: std::ptr::null(),
+            access_count: 0,
+            bytesize: 6 * MIB,
+            dptr: 0,
+        };
+        assert_eq!(add_alloc(&mut node, g, std::ptr::null(), 0, &mut params), 0);
+        assert_ne!(
+            params.dptr, 0,
+            "the address is fixed when the node is added"
+        );
+        assert_eq!(add_free(&mut node, g, std::ptr::null(), 0, 0x1000), 1);
+        assert_eq!(instantiate(&mut exec, g, 0), 0);
+        assert_eq!(info(&mut fr, &mut total), 0);
+        assert_eq!(fr, before, "nothing charged before a launch");
+        assert_eq!(launch(exec, null()), 0);
+        assert_eq!(launch(exec, null()), 1, "its allocation is still live");
+        assert_eq!(free(params.dptr), 0, "cuMemFree ends graph memory");
+        assert_eq!(info(&mut fr, &mut total), 0);
+        assert_eq!(
+            (fr, reserved()),
+            (before - 6 * MIB, 6 * MIB as u64),
+            "kept by the pool"
+        );
+        let mut one = 1u64;
+        assert_eq!(set_graph_attr(0, 3, (&mut one as *mut u64).cast()), 1);
+        assert_eq!(graph_attr(0, 9, (&mut one as *mut u64).cast()), 1);
+        assert_eq!(launch(null(), null()), 1);
+        assert_eq!(graph_trim(0), 0);
+        assert_eq!(info(&mut fr, &mut total), 0);
+        assert_eq!((fr, reserved()), (before, 0));
     }
+}
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS`: the pool properties (88 bytes), then the rest.
+#[repr(C)]
+struct AllocNodeParams {
+    alloc_type: u32,
+    handle_types: u32,
+    location: Location,
+    rest: [u8; 72],
+    access: *const c_void,
+    access_count: usize,
+    bytesize: usize,
+    dptr: u64,
 }

@@ -55,6 +55,28 @@ pub struct Book {
     host: HashMap<u64, (u64, Option<u64>)>,
     live: u64,
     peak: u64,
+    /// CUDA graph memory (one device): live graph allocations and the graph pool.
+    graph: GraphBook,
+}
+
+/// The device's graph memory pool as the driver documents it: what it reserves grows to what
+/// graph allocations use, a free leaves it reserved, a trim gives back what is not in use.
+#[derive(Default)]
+struct GraphBook {
+    live: HashMap<u64, (u64, Label)>,
+    used: u64,
+    reserved: u64,
+    used_high: u64,
+    reserved_high: u64,
+}
+
+/// `CUgraphMem_attribute`: used and reserved bytes, current and high.
+#[derive(Clone, Copy, Debug)]
+pub enum GraphAttr {
+    UsedCurrent = 0,
+    UsedHigh = 1,
+    ReservedCurrent = 2,
+    ReservedHigh = 3,
 }
 
 pub struct Summary {
@@ -166,6 +188,52 @@ impl Book {
                 p.held[i] -= excess;
                 excess = 0;
             }
+        }
+    }
+
+    /// A launch ran an alloc node: `addr` is live, out of the graph pool.
+    pub fn graph_alloc(&mut self, addr: u64, bytes: u64, label: Label) {
+        let g = &mut self.graph;
+        g.live.insert(addr, (bytes, label));
+        g.used += bytes;
+        g.reserved = g.reserved.max(g.used);
+        g.used_high = g.used_high.max(g.used);
+        g.reserved_high = g.reserved_high.max(g.reserved);
+        self.grow(bytes);
+    }
+
+    /// A free node (or `cuMemFree*` / `cuMemFreeAsync*`) ended graph allocation `addr`: it
+    /// stays reserved by the graph pool.
+    pub fn graph_free(&mut self, addr: u64) {
+        if let Some((bytes, _)) = self.graph.live.remove(&addr) {
+            self.graph.used -= bytes;
+            self.shrink(bytes);
+        }
+    }
+
+    /// `cuDeviceGraphMemTrim`.
+    pub fn graph_trim(&mut self) {
+        self.graph.reserved = self.graph.used;
+    }
+
+    /// `cuDeviceSetGraphMemAttribute` of a high-water mark to 0: it restarts from now.
+    pub fn graph_reset_high(&mut self, attr: GraphAttr) {
+        let g = &mut self.graph;
+        match attr {
+            GraphAttr::UsedHigh => g.used_high = g.used,
+            GraphAttr::ReservedHigh => g.reserved_high = g.reserved,
+            GraphAttr::UsedCurrent | GraphAttr::ReservedCurrent => {}
+        }
+    }
+
+    /// What `cuDeviceGetGraphMemAttribute` should answer.
+    pub fn graph_attr(&self, attr: GraphAttr) -> u64 {
+        let g = &self.graph;
+        match attr {
+            GraphAttr::UsedCurrent => g.used,
+            GraphAttr::UsedHigh => g.used_high,
+            GraphAttr::ReservedCurrent => g.reserved,
+            GraphAttr::ReservedHigh => g.reserved_high,
         }
     }
 
@@ -286,7 +354,8 @@ impl Book {
                 .values()
                 .filter(|p| !p.destroyed)
                 .flat_map(|p| p.held.iter())
-                .sum(),
+                .sum::<u64>()
+                + (self.graph.reserved - self.graph.used),
             host_bytes: self.host.values().map(|(b, _)| b).sum(),
             peak: self.peak,
             weights: 0,
@@ -303,6 +372,9 @@ impl Book {
         };
         for r in self.dev.values() {
             count(r.bytes, r.label);
+        }
+        for &(bytes, label) in self.graph.live.values() {
+            count(bytes, label);
         }
         let mut host_phys = 0;
         for p in self.phys.values() {

@@ -31,6 +31,74 @@ fn null() -> P {
 /// reading of the flags and the device can be checked.
 const CTX_FLAGS: c_uint = CTX_SCHED_BLOCKING_SYNC;
 
+/// CUDA graph memory nodes: one graph allocates 2 MiB and frees it; every instantiation
+/// variant makes an exec of it, each launched in turn (plain and per-thread); the driver's
+/// figures are read, a high-water mark reset, the pool trimmed so that nothing stays.
+#[expect(
+    non_snake_case,
+    reason = "V is the CUDA version every call below is resolved at, as in probe_all"
+)]
+fn probe_graphs(d: &Driver, book: &mut Book, V: c_int, dev: c_int) -> anyhow::Result<()> {
+    use crate::book::GraphAttr;
+    use crate::graph::{FnInstantiate, FnInstantiateParams, GraphApi};
+    let api = GraphApi::resolve(d, V)?;
+    let legacy = sym!(
+        d,
+        FnInstantiate,
+        "cuGraphInstantiate",
+        10000,
+        0,
+        "cuGraphInstantiate"
+    );
+    let with_params = sym!(
+        d,
+        FnInstantiateParams,
+        "cuGraphInstantiateWithParams",
+        V,
+        0,
+        "cuGraphInstantiateWithParams"
+    );
+    let bytes = 2 * MIB;
+    let graph = api.create(d);
+    let node = api.alloc_node(d, graph, dev, bytes);
+    api.free_node(d, graph, node.unwrap_or(0));
+    let mut execs = [null(); 5];
+    let (no_node, no_log) = (std::ptr::null_mut(), std::ptr::null_mut());
+    call!(d, legacy, &mut execs[0], graph, no_node, no_log, 0);
+    call!(d, api.instantiate, &mut execs[1], graph, no_node, no_log, 0);
+    call!(d, api.instantiate_flags, &mut execs[2], graph, 0);
+    call!(d, with_params, &mut execs[3], graph, null());
+    call!(d, api.instantiate_params, &mut execs[4], graph, null());
+    for (i, &exec) in execs.iter().enumerate() {
+        let launch = if i % 2 == 0 {
+            api.launch
+        } else {
+            api.launch_ptsz
+        };
+        if call!(d, launch, exec, null()) == 0
+            && let Some(addr) = node
+        {
+            book.graph_alloc(addr, bytes, Label::Dynamic);
+            book.graph_free(addr);
+        }
+    }
+    api.get(d, dev, GraphAttr::ReservedCurrent);
+    let mut zero = 0u64;
+    let high = GraphAttr::ReservedHigh as c_uint;
+    if call!(d, api.set_attr, dev, high, (&mut zero as *mut u64).cast()) == 0 {
+        book.graph_reset_high(GraphAttr::ReservedHigh);
+    }
+    if call!(d, api.trim, dev) == 0 {
+        book.graph_trim();
+    }
+    api.get(d, dev, GraphAttr::ReservedCurrent);
+    for exec in execs {
+        call!(d, api.exec_destroy, exec);
+    }
+    call!(d, api.destroy, graph);
+    Ok(())
+}
+
 pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<Extra> {
     #[expect(
         non_snake_case,
@@ -873,6 +941,8 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
             book.ctx_destroyed(ctx);
         }
     }
+
+    probe_graphs(d, book, V, dev)?;
 
     // A green context retains the primary context; what is allocated while its CUcontext
     // is current is the primary context's, outlives the green context and goes with the

@@ -173,7 +173,10 @@ proptest! {
         let shown = live
             .iter()
             .filter(|a| {
-                matches!(a.mem, Mem::Device | Mem::DeviceAsync | Mem::Managed) && a.addr.is_some()
+                matches!(
+                    a.mem,
+                    Mem::Device | Mem::DeviceAsync | Mem::Managed | Mem::Graph
+                ) && a.addr.is_some()
             })
             .count();
         let want = format!("{shown} allocations live at the end");

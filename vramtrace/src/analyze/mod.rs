@@ -367,6 +367,10 @@ pub struct ProcessReport {
     /// Imported mappings in all, when more were made than listed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub imports_total: u64,
+    /// CUDA graph memory: each device's graph pool at exit (or at the end of the trace), with
+    /// the driver's own figures where the process asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_pools: Vec<GraphPoolReport>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -382,6 +386,60 @@ pub struct ImportReport {
     /// `mapped from PID N`, `from an untraced process`, or for a shareable handle `from
     /// another process, by shareable handle (owner not identified)`.
     pub from: String,
+}
+
+/// A device's CUDA graph memory pool, as the Ledger booked it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphPoolReport {
+    /// The device ordinal.
+    pub device: Option<i32>,
+    /// Bytes of live graph allocations (device bytes, counted there too).
+    pub used_bytes: u64,
+    /// Bytes the pool held from the GPU: in use plus held (held bytes are counted in the
+    /// pool-held figures).
+    pub reserved_bytes: u64,
+    /// Highest used bytes since the start or the last reset of the mark.
+    pub used_high_bytes: u64,
+    /// Highest reserved bytes since the start or the last reset of the mark.
+    pub reserved_high_bytes: u64,
+    /// The driver's figures as the process last read them (`cuDeviceGetGraphMemAttribute`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub driver: Vec<GraphMemReading>,
+}
+
+/// One `cuDeviceGetGraphMemAttribute` answer beside the Ledger's figure at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphMemReading {
+    /// `USED_MEM_CURRENT`, `USED_MEM_HIGH`, `RESERVED_MEM_CURRENT`, `RESERVED_MEM_HIGH`.
+    pub attribute: String,
+    /// When the driver answered.
+    pub ts_ns: u64,
+    /// What the driver said.
+    pub driver_bytes: u64,
+    /// What the Ledger had booked then.
+    pub traced_bytes: u64,
+}
+
+fn graph_pools(p: &ProcessState) -> Vec<GraphPoolReport> {
+    p.graph_pools()
+        .map(|(device, g)| GraphPoolReport {
+            device,
+            used_bytes: g.used,
+            reserved_bytes: g.reserved,
+            used_high_bytes: g.used_high,
+            reserved_high_bytes: g.reserved_high,
+            driver: p
+                .graph_mem_reports()
+                .filter(|(d, _, _)| *d == device)
+                .map(|(_, attr, r)| GraphMemReading {
+                    attribute: crate::api::graph_mem_attr::name(attr).into(),
+                    ts_ns: r.ts_ns,
+                    driver_bytes: r.driver,
+                    traced_bytes: r.ledger,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// A host-memory allocation by a traced process: the Ledger's finding and its stack.
@@ -633,6 +691,7 @@ fn process_report(p: &ProcessState, limit: usize) -> ProcessReport {
         // Filled in by `with_nvml`: the reconciliations live in the ledger, not the process.
         nvml: Vec::new(),
         nvml_at_peak: Vec::new(),
+        graph_pools: graph_pools(p),
         ..ProcessReport::default()
     }
 }

@@ -293,6 +293,7 @@ fn render_process(o: &mut String, p: &ProcessReport, start: Option<u64>) {
     render_classes(o, p, start);
     render_api_table(o, p);
     render_accounted(o, p);
+    render_graph_pools(o, p);
 
     if p.failed_total > 0 {
         let _ = writeln!(o, "  failures ({}):", p.failed_total);
@@ -624,10 +625,40 @@ fn render_accounted(o: &mut String, p: &ProcessReport) {
     if p.pool_held_bytes_at_exit > 0 {
         let _ = writeln!(
             o,
-            "  {:<24} of what went back to stream-ordered pools, {} is still held from the GPU",
+            "  {:<24} of what went back to pools (stream-ordered, graph), {} is still held from the GPU",
             "",
             bytes_exact(p.pool_held_bytes_at_exit)
         );
+    }
+}
+
+/// Each device's CUDA graph memory pool, and the driver's own figures beside the traced ones.
+fn render_graph_pools(o: &mut String, p: &ProcessReport) {
+    let at = if p.exited { "at exit" } else { "at end" };
+    for g in &p.graph_pools {
+        let device = g.device.map_or_else(|| "?".to_string(), |d| d.to_string());
+        let _ = writeln!(
+            o,
+            "  graph memory, device {device} {at}: {} in use, {} reserved (high: {} in use, {} reserved)",
+            bytes_exact(g.used_bytes),
+            bytes_exact(g.reserved_bytes),
+            bytes_exact(g.used_high_bytes),
+            bytes_exact(g.reserved_high_bytes),
+        );
+        for r in &g.driver {
+            let verdict = if r.driver_bytes == r.traced_bytes {
+                "agrees"
+            } else {
+                "differs"
+            };
+            let _ = writeln!(
+                o,
+                "    driver's {}: {}, traced {} ({verdict})",
+                r.attribute,
+                bytes_exact(r.driver_bytes),
+                bytes_exact(r.traced_bytes),
+            );
+        }
     }
 }
 

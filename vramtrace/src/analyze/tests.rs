@@ -257,7 +257,7 @@ fn text_has_the_key_lines() {
          (536870912 bytes) (free 512.0 MiB in 1) + held at exit 2.0 GiB (2147483648 bytes)",
         "every byte:              allocated 320.0 MiB (335544320 bytes) in 2 = ended 256.0 MiB \
          (268435456 bytes) (pool_free 256.0 MiB in 1) + held at end 64.0 MiB (67108864 bytes)",
-        "of what went back to stream-ordered pools, 256.0 MiB (268435456 bytes) is still held",
+        "of what went back to pools (stream-ordered, graph), 256.0 MiB (268435456 bytes) is still held",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

@@ -65,7 +65,10 @@ fn frame_fields(f: &Frame) -> (String, u64, String) {
 }
 
 fn shown(a: &LiveAllocation) -> bool {
-    matches!(a.mem, Mem::Device | Mem::DeviceAsync | Mem::Managed) && a.addr.is_some()
+    matches!(
+        a.mem,
+        Mem::Device | Mem::DeviceAsync | Mem::Managed | Mem::Graph
+    ) && a.addr.is_some()
 }
 
 fn entry(p: &mut Pickle, ledger: &Ledger, action: &str, a: &LiveAllocation, ts_us: u64) {

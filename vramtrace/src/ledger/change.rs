@@ -90,6 +90,8 @@ pub enum PoolId {
     Handle(u64),
     /// The default pool of a device, handle not yet seen.
     Default(Option<i32>),
+    /// The graph memory pool of a device (CUDA graph memory nodes).
+    Graph(Option<i32>),
 }
 
 /// One change the Ledger made. `proc` is the `process` record id of the process it is about.

@@ -59,8 +59,8 @@ pub use nvml::{
     UntracedProcess,
 };
 pub use process::{
-    Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, ImportedMapping, LiveAllocation,
-    NvmlAtOom, Oom, OomNeighbour, Owner, ProcessState,
+    Anomaly, ApiCount, ExitSnapshot, FailedCount, GraphMemReport, GraphPool, HostFinding,
+    ImportedMapping, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Owner, ProcessState,
 };
 pub use replay::{READ_AHEAD_BATCH, Replay, Seen, Step, header_record};
 pub use usage::{Totals, Usage};
@@ -217,6 +217,13 @@ impl Ledger {
             Record::PoolTrim(_) => st.on_pool_trim(totals, c),
             Record::PoolAttr(_) => st.on_pool_attr(totals, c),
             Record::Sync(_) => st.on_sync(totals),
+            Record::GraphAllocNode(_) => st.on_graph_alloc_node(c),
+            Record::GraphFreeNode(_) => st.on_graph_free_node(c),
+            Record::GraphInstantiate(_) => st.on_graph_instantiate(c),
+            Record::GraphLaunch(_) => st.on_graph_launch(totals, c),
+            Record::GraphDestroy(_) => st.on_graph_destroy(c),
+            Record::GraphMemTrim(_) => st.on_graph_mem_trim(totals, c),
+            Record::GraphMemAttr(_) => st.on_graph_mem_attr(c),
             Record::CtxCreate(_) => st.on_ctx_create(c),
             Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
             Record::CtxCurrent(_) => st.on_ctx_current(c),

@@ -1324,3 +1324,131 @@ fn an_ooms_untraced_bytes_are_measured_at_nvmls_sample() {
     // Not known what was traced then: the failure's figure, which can only say nothing.
     assert_eq!(at(None).untraced_bytes(), Some(0));
 }
+
+/// Graph memory is live from the launch that runs its alloc node until its free node runs;
+/// the device's graph pool keeps what it reserved until a trim, serving later launches from
+/// it, and the driver's figures are kept beside the Ledger's.
+#[test]
+fn graph_memory_lives_from_launch_to_free_and_its_pool_holds_until_trim() {
+    use crate::api::graph_mem_attr::{RESERVED_MEM_CURRENT, RESERVED_MEM_HIGH, USED_MEM_CURRENT};
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    apply_all(
+        &mut l,
+        [
+            s.process("graphs"),
+            // Graph 1 allocates A (8 MiB) and B (4 MiB) and frees B; graph 2 frees A.
+            s.graph_alloc_node(0x10, 0xa000_0000, 8 * MIB),
+            s.graph_alloc_node(0x10, 0xb000_0000, 4 * MIB),
+            s.graph_free_node(0x10, 0xb000_0000),
+            s.graph_free_node(0x20, 0xa000_0000),
+            s.graph_instantiate(0x10, 0x100),
+            s.graph_instantiate(0x20, 0x200),
+        ],
+    );
+    // Adding nodes and instantiating allocates nothing.
+    assert_eq!(proc(&l, 1).usage.device_bytes, 0);
+    l.apply(&s.graph_launch(0x100));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 8 * MIB);
+    assert_eq!(p.usage.pool_held_bytes, 4 * MIB);
+    let a = p.live_at(0xa000_0000).expect("A is live");
+    assert_eq!((a.mem, a.device), (Mem::Graph, Some(0)));
+    assert!(!a.freed_with_context());
+    let pool = p.graph_pools().next().expect("device 0's graph pool").1;
+    assert_eq!((pool.used, pool.reserved), (8 * MIB, 12 * MIB));
+
+    // Graph 2 frees A: all 12 MiB stay reserved, held by the pool.
+    l.apply(&s.graph_launch(0x200));
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.device_bytes, p.usage.pool_held_bytes),
+        (0, 12 * MIB)
+    );
+    assert_eq!(p.ended[EndCause::PoolFree.index()].bytes, 12 * MIB);
+    // Launching graph 1 again takes from what the pool holds, reserving nothing new.
+    apply_all(
+        &mut l,
+        [
+            s.graph_launch(0x100),
+            s.graph_attr(false, USED_MEM_CURRENT, 8 * MIB),
+            s.graph_attr(false, RESERVED_MEM_CURRENT, 12 * MIB),
+        ],
+    );
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.device_bytes, p.usage.pool_held_bytes),
+        (8 * MIB, 4 * MIB)
+    );
+    let reports: Vec<_> = p
+        .graph_mem_reports()
+        .map(|(d, attr, r)| (d, attr, r.driver, r.ledger))
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            (Some(0), USED_MEM_CURRENT, 8 * MIB, 8 * MIB),
+            (Some(0), RESERVED_MEM_CURRENT, 12 * MIB, 12 * MIB)
+        ]
+    );
+
+    // A trim gives back what is not in use; cuMemFree of graph memory ends it too.
+    apply_all(&mut l, [s.graph_trim(), s.free(0xa000_0000)]);
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.device_bytes, p.usage.pool_held_bytes),
+        (0, 8 * MIB)
+    );
+    // Resetting the high-water mark brings it down to what is reserved now.
+    apply_all(
+        &mut l,
+        [
+            s.graph_attr(true, RESERVED_MEM_HIGH, 0),
+            s.graph_attr(false, RESERVED_MEM_HIGH, 8 * MIB),
+        ],
+    );
+    let p = proc(&l, 1);
+    let high = p
+        .graph_mem_reports()
+        .find(|r| r.1 == RESERVED_MEM_HIGH)
+        .unwrap()
+        .2;
+    assert_eq!((high.driver, high.ledger), (8 * MIB, 8 * MIB));
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+    assert_eq!(l.totals().usage.pool_held_bytes, 8 * MIB);
+
+    // At exit the pool goes with the process.
+    l.apply(&Record::Exit(crate::trace::Exit {
+        proc: 1,
+        pid: 100,
+        ts_ns: s.ts + 10,
+    }));
+    assert_eq!(l.totals().usage.pool_held_bytes, 0);
+}
+
+/// A failed launch (the driver refuses one whose allocations are still live) changes
+/// nothing.
+#[test]
+fn graph_launch_failures_change_nothing() {
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let mut failed = s.graph_launch(0x100);
+    if let Record::GraphLaunch(c) = &failed {
+        failed = Record::Failed(Call {
+            ret: 1,
+            ..c.clone()
+        });
+    }
+    apply_all(
+        &mut l,
+        [
+            s.process("graphs"),
+            s.graph_alloc_node(0x10, 0xa000_0000, 8 * MIB),
+            s.graph_instantiate(0x10, 0x100),
+            failed,
+        ],
+    );
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert_eq!(p.graph_pools().count(), 0);
+}

@@ -860,6 +860,22 @@ mod tests {
             ],
         ),
         ("fill", &["cuMemcpyHtoD", "cuMemcpyHtoDAsync"]),
+        (
+            "graph memory",
+            &[
+                "cuGraphAddMemAllocNode",
+                "cuGraphAddMemFreeNode",
+                "cuGraphInstantiate",
+                "cuGraphInstantiateWithFlags",
+                "cuGraphInstantiateWithParams",
+                "cuGraphLaunch",
+                "cuGraphExecDestroy",
+                "cuGraphDestroy",
+                "cuDeviceGraphMemTrim",
+                "cuDeviceGetGraphMemAttribute",
+                "cuDeviceSetGraphMemAttribute",
+            ],
+        ),
         ("proc address", &["cuGetProcAddress"]),
     ];
 

@@ -56,6 +56,24 @@ pub enum Record {
     /// `cuCtxSynchronize`, `cuStreamSynchronize*`, `cuEventSynchronize`: pools give back
     /// what they hold above their release threshold. Added in format 1.4.
     Sync(Call),
+    /// `cuGraphAddMemAllocNode`: a graph's alloc node, its address fixed now, its memory made
+    /// by each launch that runs it (`mem` `graph`, `graph`, `addr`, `bytes`, `device`).
+    /// Added in format 1.6.
+    GraphAllocNode(Call),
+    /// `cuGraphAddMemFreeNode`: a graph's free node of `addr`. Added in format 1.6.
+    GraphFreeNode(Call),
+    /// `cuGraphInstantiate*`: the exec `handle` made from `graph`. Added in format 1.6.
+    GraphInstantiate(Call),
+    /// `cuGraphLaunch*`: the exec `handle` runs its alloc and free nodes. Added in format 1.6.
+    GraphLaunch(Call),
+    /// `cuGraphDestroy` (`graph`) or `cuGraphExecDestroy` (`handle`). Added in format 1.6.
+    GraphDestroy(Call),
+    /// `cuDeviceGraphMemTrim`: the `device`'s graph pool gives back what is not in use.
+    /// Added in format 1.6.
+    GraphMemTrim(Call),
+    /// `cuDeviceGetGraphMemAttribute`, `cuDeviceSetGraphMemAttribute`: one of the driver's
+    /// graph-memory figures of `device` (`attr`, `value`). Added in format 1.6.
+    GraphMemAttr(Call),
     /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
     CtxCreate(Call),
     /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
@@ -115,6 +133,13 @@ impl Record {
             Record::PoolTrim(_) => "pool_trim",
             Record::PoolAttr(_) => "pool_attr",
             Record::Sync(_) => "sync",
+            Record::GraphAllocNode(_) => "graph_alloc_node",
+            Record::GraphFreeNode(_) => "graph_free_node",
+            Record::GraphInstantiate(_) => "graph_instantiate",
+            Record::GraphLaunch(_) => "graph_launch",
+            Record::GraphDestroy(_) => "graph_destroy",
+            Record::GraphMemTrim(_) => "graph_mem_trim",
+            Record::GraphMemAttr(_) => "graph_mem_attr",
             Record::CtxCreate(_) => "ctx_create",
             Record::CtxDestroy(_) => "ctx_destroy",
             Record::CtxCurrent(_) => "ctx_current",
@@ -148,6 +173,13 @@ impl Record {
             | Record::PoolTrim(c)
             | Record::PoolAttr(c)
             | Record::Sync(c)
+            | Record::GraphAllocNode(c)
+            | Record::GraphFreeNode(c)
+            | Record::GraphInstantiate(c)
+            | Record::GraphLaunch(c)
+            | Record::GraphDestroy(c)
+            | Record::GraphMemTrim(c)
+            | Record::GraphMemAttr(c)
             | Record::CtxCreate(c)
             | Record::CtxDestroy(c)
             | Record::CtxCurrent(c)
@@ -440,11 +472,14 @@ pub enum Mem {
     HostPinned,
     /// Host memory registered with the driver (`cuMemHostRegister*`).
     HostRegistered,
+    /// Device memory of a CUDA graph's alloc node (`cuGraphAddMemAllocNode`), live from the
+    /// launch that runs the node until its free runs. Added in format 1.6.
+    Graph,
 }
 
 impl Mem {
     /// The name used in traces, reports and the live view: `device`, `device_async`,
-    /// `array`, `vmm_device`, `vmm_host`, `managed`, `host_pinned`, `host_registered`.
+    /// `array`, `vmm_device`, `vmm_host`, `managed`, `host_pinned`, `host_registered`, `graph`.
     pub fn name(self) -> &'static str {
         match self {
             Mem::Device => "device",
@@ -455,6 +490,7 @@ impl Mem {
             Mem::Managed => "managed",
             Mem::HostPinned => "host_pinned",
             Mem::HostRegistered => "host_registered",
+            Mem::Graph => "graph",
         }
     }
 
@@ -557,6 +593,9 @@ pub struct Call {
     /// fabric handle). Added in 1.6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_handle: Option<u64>,
+    /// The CUDA graph (`CUgraph`) a graph record is about. Added in format 1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<u64>,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

@@ -5,6 +5,7 @@
 //! together, so the three can never disagree.
 
 mod ctx;
+mod graph;
 mod import;
 mod pool;
 mod types;
@@ -34,6 +35,7 @@ const HOST_FINDINGS: usize = 4096;
 const OOMS: usize = 64;
 
 use ctx::{GreenCtx, PrimaryCtx};
+pub use graph::{GraphMemReport, GraphPool};
 use import::ImportedHandle;
 pub use import::{ImportedMapping, Owner};
 use pool::Pool;
@@ -123,6 +125,8 @@ pub struct ProcessState {
     primary: HashMap<Option<i32>, PrimaryCtx>,
     /// Live green contexts, by `CUgreenCtx` handle.
     green: HashMap<u64, GreenCtx>,
+    /// CUDA graphs' memory nodes, their execs and each device's graph memory pool.
+    graphs: graph::Graphs,
     threads: HashMap<u32, Vec<u64>>,
     freed: HashSet<u64>,
     /// Device plus pool-held bytes when `classes_at_peak` was taken.
@@ -216,7 +220,7 @@ impl ProcessState {
         self.pools.iter().map(|(k, p)| {
             let handle = match k {
                 PoolId::Handle(h) => Some(*h),
-                PoolId::Default(_) => None,
+                PoolId::Default(_) | PoolId::Graph(_) => None,
             };
             (handle, p.device, p.held)
         })
@@ -370,7 +374,7 @@ impl ProcessState {
             .get(&key)
             .map_or((None, 0), |p| (p.device, p.held));
         let device = match key {
-            PoolId::Default(d) => device.or(d),
+            PoolId::Default(d) | PoolId::Graph(d) => device.or(d),
             PoolId::Handle(_) => device,
         };
         self.changes.push(Change::PoolHeld {
@@ -467,6 +471,13 @@ impl ProcessState {
             self.classify_gone(&a);
         }
         let mut cause = cause;
+        if a.mem == Mem::Graph {
+            // Whatever ended it, its physical memory stays reserved by the graph pool.
+            self.graph_give(t, a.device, a.bytes, ts);
+            if cause == EndCause::Free {
+                cause = EndCause::PoolFree;
+            }
+        }
         if a.mem == Mem::DeviceAsync {
             let key = self.resolve_pool(a.pool, a.device);
             let threshold = self.new_pool_threshold();
@@ -641,6 +652,9 @@ impl ProcessState {
                 self.pool_changed(key);
             }
         }
+        if mem == Mem::Graph {
+            self.graph_take(t, a.device, bytes);
+        }
         if mem.is_host() {
             self.note_host_finding(c, mem, bytes);
         }
@@ -693,9 +707,9 @@ impl ProcessState {
         let fits = match c.mem {
             // cuMemFreeAsync*: stream-ordered memory, of a host or managed pool too.
             Some(Mem::DeviceAsync) if a.pool.is_some() && a.mem.is_host() => true,
-            // cuMemFree*, cuMemFreeAsync*: device memory of either kind.
+            // cuMemFree*, cuMemFreeAsync*: device memory of either kind, and graph memory.
             None | Some(Mem::Device) | Some(Mem::DeviceAsync) => {
-                matches!(a.mem, Mem::Device | Mem::DeviceAsync)
+                matches!(a.mem, Mem::Device | Mem::DeviceAsync | Mem::Graph)
             }
             Some(m) => m == a.mem,
         };
@@ -849,6 +863,7 @@ impl ProcessState {
                 });
             }
         }
+        self.graphs_gone();
         self.changes.push(Change::Exited {
             proc,
             ts_ns: e.ts_ns,

@@ -77,10 +77,13 @@ impl LiveAllocation {
     /// host or managed memory) stays, as VMM memory does. Registered host memory
     /// (`cuMemHostRegister`) is not named either way; it is taken to go with its context.
     /// See docs/classification.md, "What a context's destruction frees".
+    ///
+    /// Graph memory (`cuGraphAddMemAllocNode`) comes from the device's graph memory pool,
+    /// which belongs to the device as stream-ordered pools do: it stays too.
     pub fn freed_with_context(&self) -> bool {
         let stream_ordered = self.mem == Mem::DeviceAsync || self.pool.is_some();
         let vmm = matches!(self.mem, Mem::VmmDevice | Mem::VmmHost);
-        !stream_ordered && !vmm
+        !stream_ordered && !vmm && self.mem != Mem::Graph
     }
 }
 

@@ -88,6 +88,7 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
                     b"managed" => Mem::Managed,
                     b"host_pinned" => Mem::HostPinned,
                     b"host_registered" => Mem::HostRegistered,
+                    b"graph" => Mem::Graph,
                     _ => return None,
                 });
             }

@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 30] = [
+pub const RECORD_TYPES: [&str; 37] = [
     "header",
     "process",
     "stack",
@@ -56,6 +56,13 @@ pub const RECORD_TYPES: [&str; 30] = [
     "import",
     "import_close",
     "retain",
+    "graph_alloc_node",
+    "graph_free_node",
+    "graph_instantiate",
+    "graph_launch",
+    "graph_destroy",
+    "graph_mem_trim",
+    "graph_mem_attr",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -878,14 +885,30 @@ fn type_index(rec: &Record) -> usize {
         Record::Import(_) => 27,
         Record::ImportClose(_) => 28,
         Record::Retain(_) => 29,
+        Record::GraphAllocNode(_) => 30,
+        Record::GraphFreeNode(_) => 31,
+        Record::GraphInstantiate(_) => 32,
+        Record::GraphLaunch(_) => 33,
+        Record::GraphDestroy(_) => 34,
+        Record::GraphMemTrim(_) => 35,
+        Record::GraphMemAttr(_) => 36,
     }
 }
 
 /// Lines by `type`: the known types in an array, for the price of a match per line.
-#[derive(Default)]
 struct Counts {
     known: [u64; RECORD_TYPES.len()],
     other: BTreeMap<String, u64>,
+}
+
+// Arrays longer than 32 have no derived `Default`.
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            known: [0; RECORD_TYPES.len()],
+            other: BTreeMap::new(),
+        }
+    }
 }
 
 impl Counts {
@@ -1037,6 +1060,13 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
             b"pool_attr" => Some(as_call(line, names, Record::PoolAttr)),
             b"sync" => Some(as_call(line, names, Record::Sync)),
+            b"graph_alloc_node" => Some(as_call(line, names, Record::GraphAllocNode)),
+            b"graph_free_node" => Some(as_call(line, names, Record::GraphFreeNode)),
+            b"graph_instantiate" => Some(as_call(line, names, Record::GraphInstantiate)),
+            b"graph_launch" => Some(as_call(line, names, Record::GraphLaunch)),
+            b"graph_destroy" => Some(as_call(line, names, Record::GraphDestroy)),
+            b"graph_mem_trim" => Some(as_call(line, names, Record::GraphMemTrim)),
+            b"graph_mem_attr" => Some(as_call(line, names, Record::GraphMemAttr)),
             b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
             b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
             b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),

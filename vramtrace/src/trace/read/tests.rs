@@ -102,6 +102,7 @@ pub(crate) fn body() -> Vec<Record> {
         share: Some("0a".repeat(64)),
         handle_type: Some(1),
         os_handle: Some(9),
+        graph: Some(0x5900_0000),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -185,6 +186,13 @@ pub(crate) fn body() -> Vec<Record> {
         Record::PoolTrim(call("cuMemPoolTrimTo")),
         Record::PoolAttr(call("cuMemPoolSetAttribute")),
         Record::Sync(call("cuStreamSynchronize_ptsz")),
+        Record::GraphAllocNode(call("cuGraphAddMemAllocNode")),
+        Record::GraphFreeNode(call("cuGraphAddMemFreeNode")),
+        Record::GraphInstantiate(call("cuGraphInstantiateWithFlags")),
+        Record::GraphLaunch(call("cuGraphLaunch_ptsz")),
+        Record::GraphDestroy(call("cuGraphExecDestroy")),
+        Record::GraphMemTrim(call("cuDeviceGraphMemTrim")),
+        Record::GraphMemAttr(call("cuDeviceGetGraphMemAttribute")),
         Record::CtxCreate(call("cuCtxCreate_v2")),
         Record::CtxDestroy(call("cuCtxDestroy_v2")),
         Record::CtxCurrent(call("cuCtxSetCurrent")),
@@ -295,6 +303,13 @@ fn record_types_are_every_kind() {
             | Record::PoolTrim(_)
             | Record::PoolAttr(_)
             | Record::Sync(_)
+            | Record::GraphAllocNode(_)
+            | Record::GraphFreeNode(_)
+            | Record::GraphInstantiate(_)
+            | Record::GraphLaunch(_)
+            | Record::GraphDestroy(_)
+            | Record::GraphMemTrim(_)
+            | Record::GraphMemAttr(_)
             | Record::CtxCreate(_)
             | Record::CtxDestroy(_)
             | Record::CtxCurrent(_)
@@ -1066,6 +1081,7 @@ fn mem() -> impl Strategy<Value = Mem> {
         Mem::Managed,
         Mem::HostPinned,
         Mem::HostRegistered,
+        Mem::Graph,
     ])
 }
 
@@ -1137,6 +1153,7 @@ fn call() -> impl Strategy<Value = Call> {
                 share: stream.map(|s| format!("{s:0128x}")),
                 handle_type: flags.map(|f| f as u32 % 9),
                 os_handle: stack.map(u64::from),
+                graph: stream.and(handle),
             },
         )
 }
