@@ -158,7 +158,7 @@ def main():
             return p.value, free
         raise ValueError(kind)
 
-    doc = {"pid": os.getpid(), "size": SIZE, "lib": args.lib, "kinds": []}
+    doc = {"scenario": "ctx_destroy", "pid": os.getpid(), "size": SIZE, "lib": args.lib, "kinds": []}
 
     def cycle(kind):
         ctx = c_void_p()

@@ -117,3 +117,69 @@ fn the_h100_oom_is_explained_with_what_was_taken_since_nvml_last_looked() {
         "{holder}"
     );
 }
+
+/// PyTorch handing a 64 MiB CUDA tensor to a spawned process (torch.multiprocessing:
+/// cudaIpcGetMemHandle in the parent, cudaIpcOpenMemHandle in the child) on the H100, as
+/// `tests/gpu/ipc.py` does, recorded with both processes traced. The child's mapping is the
+/// parent's allocation, named by PID and address, and never counted twice: the machine's peak
+/// is the parent's 64 MiB and the child's own 2 MiB.
+#[test]
+fn pytorch_ipc_on_the_h100_is_mapped_not_owned_and_attributed() {
+    let dir = fixtures().join("torch-ipc");
+    let sides: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("torch-ipc.out"))
+        .expect("the workload's output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let exporter = sides
+        .iter()
+        .find(|s| s["side"] == "exporter" && s["data_ptr"].is_u64())
+        .expect("exporter");
+    let importer = sides
+        .iter()
+        .find(|s| s["side"] == "importer")
+        .expect("importer");
+    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
+        .args(["analyze", "--json"])
+        .arg(dir.join("torch-ipc.jsonl.gz"))
+        .output()
+        .expect("vramtrace runs");
+    assert!(out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let procs = r["processes"].as_array().expect("processes");
+    let by_pid = |pid: &serde_json::Value| {
+        procs
+            .iter()
+            .find(|p| p["pid"] == *pid)
+            .unwrap_or_else(|| panic!("pid {pid} in {procs:?}"))
+    };
+    let child = by_pid(&importer["pid"]);
+    let imports = child["imports"].as_array().expect("the child's imports");
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    let m = &imports[0];
+    assert_eq!(m["api"], "cuIpcOpenMemHandle_v2");
+    assert_eq!(
+        m["addr"], importer["data_ptr"],
+        "where the child sees the tensor"
+    );
+    assert_eq!(m["bytes"], exporter["bytes"]);
+    assert_eq!(m["owner"]["pid"], exporter["pid"]);
+    assert_eq!(
+        m["owner"]["addr"], exporter["data_ptr"],
+        "the parent's tensor"
+    );
+    assert_eq!(m["from"], format!("mapped from PID {}", exporter["pid"]));
+    assert!(
+        m["end_ts_ns"].is_u64(),
+        "closed when the child let go of it"
+    );
+    let parent_peak = by_pid(&exporter["pid"])["peak_device_bytes"]
+        .as_u64()
+        .expect("peak");
+    let child_peak = child["peak_device_bytes"].as_u64().expect("peak");
+    assert_eq!(child_peak, 2 << 20, "the child's own memory only");
+    assert_eq!(
+        r["machine"]["peak_device_bytes"].as_u64(),
+        Some(parent_peak + child_peak)
+    );
+}
