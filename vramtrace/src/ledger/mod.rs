@@ -223,7 +223,7 @@ impl Ledger {
             Record::GraphLaunch(_) => st.on_graph_launch(totals, c),
             Record::GraphDestroy(_) => st.on_graph_destroy(c),
             Record::GraphMemTrim(_) => st.on_graph_mem_trim(totals, c),
-            Record::GraphMemAttr(_) => st.on_graph_mem_attr(c),
+            Record::GraphMemAttr(_) => st.on_graph_mem_attr(totals, c),
             Record::CtxCreate(_) => st.on_ctx_create(c),
             Record::CtxDestroy(_) => st.on_ctx_destroy(totals, c),
             Record::CtxCurrent(_) => st.on_ctx_current(c),

@@ -1452,3 +1452,48 @@ fn graph_launch_failures_change_nothing() {
     assert_eq!(p.usage.device_bytes, 0);
     assert_eq!(p.graph_pools().count(), 0);
 }
+
+/// The driver reserves graph memory in chunks (32 MiB on an H100 with driver 580, for 8 MiB of
+/// nodes) that no call shows; its `RESERVED_MEM_CURRENT`, read by the process, is what the
+/// pool has from then on: the report keeps the Ledger's figure before the reading beside it.
+#[test]
+fn a_graph_pools_reserved_bytes_read_from_the_driver_set_what_it_holds() {
+    use crate::api::graph_mem_attr::RESERVED_MEM_CURRENT;
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    apply_all(
+        &mut l,
+        [
+            s.process("graphs"),
+            s.graph_alloc_node(0x10, 0xa000_0000, 8 * MIB),
+            s.graph_instantiate(0x10, 0x100),
+            s.graph_launch(0x100),
+        ],
+    );
+    assert_eq!(proc(&l, 1).usage.pool_held_bytes, 0);
+    l.apply(&s.graph_attr(false, RESERVED_MEM_CURRENT, 32 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.device_bytes, p.usage.pool_held_bytes),
+        (8 * MIB, 24 * MIB)
+    );
+    let pool = p.graph_pools().next().expect("device 0's graph pool").1;
+    assert_eq!((pool.used, pool.reserved), (8 * MIB, 32 * MIB));
+    let report: Vec<_> = p
+        .graph_mem_reports()
+        .map(|(_, _, r)| (r.driver, r.ledger))
+        .collect();
+    assert_eq!(
+        report,
+        [(32 * MIB, 8 * MIB)],
+        "the Ledger's figure before the reading"
+    );
+    // A reading below what is in use cannot free live memory.
+    l.apply(&s.graph_attr(false, RESERVED_MEM_CURRENT, 4 * MIB));
+    let p = proc(&l, 1);
+    assert_eq!(
+        (p.usage.device_bytes, p.usage.pool_held_bytes),
+        (8 * MIB, 0)
+    );
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}

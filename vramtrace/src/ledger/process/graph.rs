@@ -214,8 +214,10 @@ impl ProcessState {
 
     /// `cuDeviceSetGraphMemAttribute` resets a high-water mark (to the current figure, as the
     /// driver does for a set to 0); `cuDeviceGetGraphMemAttribute` is the driver's figure,
-    /// kept beside the Ledger's.
-    pub(crate) fn on_graph_mem_attr(&mut self, c: &Call) {
+    /// kept beside the Ledger's. The driver reserves graph memory in chunks (32 MiB on an
+    /// H100 with driver 580) that no call shows: its `RESERVED_MEM_CURRENT`, when the process
+    /// reads it, is what the pool has from then on, as for a stream-ordered pool.
+    pub(crate) fn on_graph_mem_attr(&mut self, t: &mut Totals, c: &Call) {
         let (Some(attr), Some(value)) = (c.attr, c.value) else {
             self.anomaly("graph_mem_attr_without_value", || describe(c));
             return;
@@ -239,6 +241,21 @@ impl ProcessState {
             ledger,
         };
         self.graphs.reported.insert((c.device, attr), report);
+        if attr == graph_mem_attr::RESERVED_MEM_CURRENT {
+            let device = c.device;
+            let before = pool.held();
+            pool.reserved = value.max(pool.used);
+            pool.reserved_high = pool.reserved_high.max(pool.reserved);
+            let after = pool.held();
+            if after > before {
+                self.book_add(t, device, Held::Pool, after - before, c.ts_ns);
+            } else if after < before {
+                self.book_sub(t, device, Held::Pool, before - after);
+            }
+            if after != before {
+                self.graph_pool_changed(device);
+            }
+        }
     }
 
     fn graph_pool_changed(&mut self, device: Option<i32>) {
