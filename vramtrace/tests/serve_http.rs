@@ -1477,32 +1477,10 @@ fn the_snapshot_says_of_which_moment_nvmls_figures_are() {
 /// spawns) shows what it maps and from whom, apart from its own bytes, which stay its own.
 #[test]
 fn an_importer_shows_what_it_maps_from_its_exporter_without_counting_it() {
-    use vramtrace::trace::{Record, read::TraceReader};
-    require_root();
-    let (lib, workload) = sim();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("ipc.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_vramtrace"))
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--libcuda")
-        .arg(lib)
-        .arg("--")
-        .arg(workload)
-        .arg("--lib")
-        .arg(lib)
-        .arg("ipc")
-        .output()
-        .expect("vramtrace record");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut reader = TraceReader::open(&trace).expect("trace");
-    let start = reader.header().start_monotonic_ns;
-    let records: Vec<Record> = reader.by_ref().collect();
+    use vramtrace::trace::Record;
+    let (lib, _) = sim();
+    let r = common::record(lib, "ipc", &[]);
+    let (start, records) = (r.header.start_monotonic_ns, &r.records);
     // The moment the first import succeeded, and who exported.
     let import = records
         .iter()
@@ -1518,7 +1496,7 @@ fn an_importer_shows_what_it_maps_from_its_exporter_without_counting_it() {
             _ => None,
         })
         .expect("an export");
-    let server = Server::start(&["--replay", trace.to_str().expect("utf-8")]);
+    let server = Server::start(&["--replay", r.trace.to_str().expect("utf-8")]);
     let at = (import.ts_ns - start) as f64 / 1e9 + 1e-6;
     let snap = server.json(&format!("/api/snapshot?at={at}"));
     let procs = snap["processes"].as_array().expect("processes");
