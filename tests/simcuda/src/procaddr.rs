@@ -261,7 +261,7 @@ const TABLE: &[(&str, Versions, Versions)] = &[
     ),
     (
         "cuCtxSynchronize",
-        // Measured on driver 580 (probe-all): 12050 gives the unversioned export, 13000
+        // Measured on driver 580 (procaddr-580.json): 12090 gives the unversioned export, 13000
         // `cuCtxSynchronize_v2(CUcontext)`.
         &[(2000, "cuCtxSynchronize"), (13000, "cuCtxSynchronize_v2")],
         &[],
