@@ -152,12 +152,7 @@ fn every_call_is_traced(r: &common::Recorded, what: &str) -> BTreeSet<String> {
     );
 
     // The header lists every hooked symbol; probe-all also calls unhooked ones (cuInit).
-    let hooked: BTreeSet<String> = r
-        .header
-        .libraries
-        .iter()
-        .flat_map(|l| l.probes.iter().map(|p| p.symbol.clone()))
-        .collect();
+    let hooked = common::truth::hooked(&r.header);
     let mut traced: BTreeMap<String, Vec<&Call>> = BTreeMap::new();
     for rec in &r.records {
         if let Some(c) = rec.call()

@@ -18,6 +18,15 @@ pub fn as_map(v: &Value) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
+/// The symbols the recording hooked, as its header lists them.
+pub fn hooked(header: &vramtrace::trace::Header) -> BTreeSet<String> {
+    header
+        .libraries
+        .iter()
+        .flat_map(|l| l.probes.iter().map(|p| p.symbol.clone()))
+        .collect()
+}
+
 /// Every count and byte the workload reports must be what the trace says.
 pub fn check_against_truth(r: &Recorded) {
     let pid = check_calls_against_truth(r);
@@ -47,12 +56,7 @@ pub fn check_calls(r: &Recorded, truth: &Value) -> u32 {
         m
     };
     // The workload also calls functions that are not hooked (cuInit, cuGetProcAddress).
-    let hooked: BTreeSet<String> = r
-        .header
-        .libraries
-        .iter()
-        .flat_map(|l| l.probes.iter().map(|p| p.symbol.clone()))
-        .collect();
+    let hooked = hooked(&r.header);
     let mut truth_calls = as_map(&truth["calls"]);
     truth_calls.retain(|api, _| hooked.contains(api));
     // The workload counts a call when it returns: one that never did is apart.
