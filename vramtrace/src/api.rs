@@ -168,6 +168,14 @@ pub enum Kind {
     /// `cuMemPoolImportPointer(CUdeviceptr *ptr_out, CUmemoryPool pool,
     /// CUmemPoolPtrExportData *shareData)`
     MemPoolImportPointer,
+    /// `cuMemPoolExportToShareableHandle(void *handle_out, CUmemoryPool pool,
+    /// CUmemAllocationHandleType handleType, unsigned long long flags)`: a pool made with
+    /// `handleTypes`, for another process to import before its pointers.
+    MemPoolExportToShareableHandle,
+    /// `cuMemPoolImportFromShareableHandle(CUmemoryPool *pool_out, void *handle,
+    /// CUmemAllocationHandleType handleType, unsigned long long flags)`: another process's
+    /// pool, which only maps that process's pointers (`cuMemPoolImportPointer`).
+    MemPoolImportFromShareableHandle,
 
     // CUDA graph memory nodes (CUDA 11.4): see [`graph_params`] and `docs/classification.md`.
     /// `cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode
@@ -426,6 +434,16 @@ pub const APIS: &[ApiDef] = &[
         "cuMemPoolImportPointer",
         Kind::MemPoolImportPointer,
         DEREF_ARG0 | with_blob_arg(2) | with_wide_skip(0) | STACK,
+    ),
+    def(
+        "cuMemPoolExportToShareableHandle",
+        Kind::MemPoolExportToShareableHandle,
+        DEREF_ARG0,
+    ),
+    def(
+        "cuMemPoolImportFromShareableHandle",
+        Kind::MemPoolImportFromShareableHandle,
+        DEREF_ARG0,
     ),
     // CUDA graph memory nodes: virtual addresses fixed when a graph is built, physical memory
     // from the device's graph pool when a launch runs the nodes.

@@ -877,6 +877,24 @@ fn interpret(kind: Kind, legacy32: bool, ctx: CtxArgs, ev: &CallEvent, c: &mut C
             }
             done!(Import)
         }
+        Kind::MemPoolExportToShareableHandle => {
+            c.pool = Some(a[1]);
+            c.handle_type = Some((a[2] & U32) as u32);
+            c.flags = Some(a[3]);
+            if ok {
+                c.os_handle = out0(c).map(|h| os_handle(c.handle_type, h));
+            }
+            done!(Export)
+        }
+        Kind::MemPoolImportFromShareableHandle => {
+            c.handle_type = Some((a[2] & U32) as u32);
+            c.os_handle = Some(os_handle(c.handle_type, a[1]));
+            c.flags = Some(a[3]);
+            if ok {
+                c.pool = out0(c);
+            }
+            done!(PoolCreate)
+        }
         Kind::IpcCloseMemHandle => {
             c.addr = Some(a[0]);
             done!(ImportClose)
@@ -1242,6 +1260,27 @@ mod tests {
             (c.handle, c.os_handle, c.handle_type),
             (Some(0x55), Some(7), Some(1))
         );
+        // cuMemPoolExportToShareableHandle(handle_out, pool, type, flags): the descriptor
+        // written; cuMemPoolImportFromShareableHandle(pool_out, handle, type, flags): a pool
+        // learned, not memory.
+        let ev = call(0, [0x7ff0, 0xa000, 1, 0, 0, 0], 0xffff_ffff_0000_0009, 0);
+        let Record::Export(c) = decode_one("cuMemPoolExportToShareableHandle", ev) else {
+            panic!("an export");
+        };
+        assert_eq!(
+            (c.pool, c.os_handle, c.handle_type, c.addr),
+            (Some(0xa000), Some(9), Some(1), None)
+        );
+        let ev = call(0, [0x7ff0, 9, 1, 0, 0, 0], 0xb000, 0);
+        let Record::PoolCreate(c) = decode_one("cuMemPoolImportFromShareableHandle", ev) else {
+            panic!("a pool");
+        };
+        assert_eq!((c.pool, c.os_handle), (Some(0xb000), Some(9)));
+        let ev = call(0, [0x7ff0, 9, 1, 0, 0, 0], 0xb000, 1);
+        assert!(matches!(
+            decode_one("cuMemPoolImportFromShareableHandle", ev),
+            Record::Failed(c) if c.pool.is_none() && c.os_handle == Some(9)
+        ));
         // cuMemRetainAllocationHandle(handle*, addr) and cuIpcCloseMemHandle(dptr).
         let ev = call(0, [0x7ff0, 0x9000, 0, 0, 0, 0], 0x55, 0);
         let Record::Retain(c) = decode_one("cuMemRetainAllocationHandle", ev) else {

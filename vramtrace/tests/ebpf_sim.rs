@@ -468,7 +468,8 @@ fn managed_and_host_pools_hand_out_host_memory() {
 }
 
 /// Two processes share memory by every way the driver offers (IPC handles opened with both
-/// exported names, a pool pointer, a shareable VMM handle): each import is traced with the
+/// exported names, a pool pointer from a pool shared by descriptor, a shareable VMM handle):
+/// each import is traced with the
 /// handle bytes read from the caller's stack, matched to its export and attributed to the
 /// exporter; nothing is counted twice; the 16 MiB the exporter frees while the importer
 /// maps it stays booked until the importer's last close.
@@ -512,14 +513,26 @@ fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
         .filter(|c| c.api.contains("ShareableHandle"))
         .map(|c| (c.api.to_string(), c.os_handle))
         .collect();
-    let fd = ipc["fd"].as_u64();
+    let (fd, pool_fd) = (ipc["fd"].as_u64(), ipc["pool_fd"].as_u64());
     assert_eq!(
         fds,
         [
+            ("cuMemPoolExportToShareableHandle".to_owned(), pool_fd),
             ("cuMemExportToShareableHandle".to_owned(), fd),
+            ("cuMemPoolImportFromShareableHandle".to_owned(), pool_fd),
             ("cuMemImportFromShareableHandle".to_owned(), fd)
         ]
     );
+    // The exported pool is learned by the importer as a pool, not as memory.
+    let pool_import = r
+        .records
+        .iter()
+        .find(|rec| {
+            rec.call()
+                .is_some_and(|c| &*c.api == "cuMemPoolImportFromShareableHandle")
+        })
+        .unwrap();
+    assert_eq!(pool_import.kind(), "pool_create");
     // The handle of no process failed, with the driver's code.
     let bad = r
         .records

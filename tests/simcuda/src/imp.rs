@@ -177,6 +177,14 @@ struct Pool {
     /// `CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH` and `CU_MEMPOOL_ATTR_USED_MEM_HIGH`.
     reserved_high: u64,
     used_high: u64,
+    /// `CUmemPoolProps::handleTypes`: the handle types the pool and its pointers may be
+    /// exported as (none for a default pool).
+    handle_types: u32,
+    /// Imported from another process (`cuMemPoolImportFromShareableHandle`): its pointers are
+    /// imported with `cuMemPoolImportPointer`; nothing is allocated from it here.
+    imported: bool,
+    /// The exporter's (pid, pool) of an imported pool.
+    origin: (u32, u64),
 }
 
 impl Pool {
@@ -191,6 +199,9 @@ impl Pool {
             reuse: [1; 3],
             reserved_high: 0,
             used_high: 0,
+            handle_types: 0,
+            imported: false,
+            origin: (0, 0),
         }
     }
 
@@ -210,6 +221,9 @@ struct Phys {
     /// Imported from another process (`cuMemImportFromShareableHandle`): its memory is the
     /// exporter's, never charged here.
     imported: bool,
+    /// `CUmemAllocationProp::requestedHandleTypes`: what `cuMemExportToShareableHandle` may
+    /// export it as.
+    handle_types: u32,
 }
 
 struct Mapping {
@@ -505,7 +519,8 @@ impl State {
             return Err(INVALID_VALUE);
         }
         let pool = self.pools.get_mut(&pool_id).ok_or(INVALID_VALUE)?;
-        if pool.destroyed {
+        // An imported pool only maps the exporter's pointers.
+        if pool.destroyed || pool.imported {
             return Err(INVALID_VALUE);
         }
         if pool.host {
@@ -1168,7 +1183,9 @@ pub extern "C" fn cuMemPoolCreate(pool: *mut Handle, props: *const MemPoolProps)
             st.device(props.location.id)?
         };
         let h = st.handle();
-        st.pools.insert(h, Pool::new(dev, false, host));
+        let mut created = Pool::new(dev, false, host);
+        created.handle_types = props.handle_types;
+        st.pools.insert(h, created);
         put(pool, h as Handle);
         Ok(())
     }))
@@ -1311,6 +1328,7 @@ pub extern "C" fn cuMemCreate(
                 maps: 0,
                 retains: 0,
                 imported: false,
+                handle_types: prop.requested_handle_types,
             },
         );
         put(handle, h);

@@ -51,14 +51,19 @@
 //! - Memory shared between processes: `cuIpcGetMemHandle` (a `cuMemAlloc*` allocation, by
 //!   its base address), `cuIpcOpenMemHandle` / `_v2` (the 64-byte handle by value; opens
 //!   of the same handle share one address and are closed as often with
-//!   `cuIpcCloseMemHandle`), `cuMemPoolExportPointer` / `cuMemPoolImportPointer` (freed by
-//!   the importer with `cuMemFree*`), `cuMemExportToShareableHandle` /
-//!   `cuMemImportFromShareableHandle` (POSIX file descriptors only: a memfd; other types
-//!   give `CUDA_ERROR_NOT_SUPPORTED`, 801) and `cuMemRetainAllocationHandle` (one more
-//!   reference, given back by `cuMemRelease`). The 64 bytes carry the exporter's pid,
-//!   device, address and size; the importer gets its own address, never charged. A
-//!   handle of the same process gives `CUDA_ERROR_INVALID_CONTEXT` (201), one of a process
-//!   that is gone `CUDA_ERROR_INVALID_HANDLE` (400). Pools need not be made shareable.
+//!   `cuIpcCloseMemHandle`), `cuMemPoolExportToShareableHandle` /
+//!   `cuMemPoolImportFromShareableHandle` (a pool, imported before its pointers; allocating
+//!   from an imported pool gives `CUDA_ERROR_INVALID_VALUE`), `cuMemPoolExportPointer` /
+//!   `cuMemPoolImportPointer` (into the imported pool; freed by the importer with
+//!   `cuMemFree*`), `cuMemExportToShareableHandle` / `cuMemImportFromShareableHandle` (POSIX
+//!   file descriptors only: a memfd; other types give `CUDA_ERROR_NOT_SUPPORTED`, 801) and
+//!   `cuMemRetainAllocationHandle` (one more reference, given back by `cuMemRelease`). The
+//!   64 bytes carry the exporter's pid, device, address, size and pool; the importer gets
+//!   its own address, never charged. A handle of the same process gives
+//!   `CUDA_ERROR_INVALID_CONTEXT` (201), one of a process that is gone
+//!   `CUDA_ERROR_INVALID_HANDLE` (400). As on driver 580, only what was made shareable
+//!   exports: a pool made with `handleTypes` (not the default pool), memory made with that
+//!   type among `requestedHandleTypes`; anything else gives `CUDA_ERROR_INVALID_VALUE`.
 //! - CUDA graphs with memory nodes (`cuGraphCreate`, `cuGraphAddMemAllocNode`,
 //!   `cuGraphAddMemFreeNode`, `cuGraphInstantiate*`, `cuGraphLaunch*`, `cuGraphExecDestroy`,
 //!   `cuGraphDestroy`): an alloc node's address is fixed when it is added; a launch makes
@@ -240,6 +245,8 @@ exports! {
     cuMemPoolImportPointer,
     cuMemExportToShareableHandle,
     cuMemImportFromShareableHandle,
+    cuMemPoolExportToShareableHandle,
+    cuMemPoolImportFromShareableHandle,
     cuMemRetainAllocationHandle,
     cuGraphCreate,
     cuGraphAddMemAllocNode,

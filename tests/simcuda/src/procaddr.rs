@@ -344,6 +344,16 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[],
     ),
     (
+        "cuMemPoolExportToShareableHandle",
+        &[(11020, "cuMemPoolExportToShareableHandle")],
+        &[],
+    ),
+    (
+        "cuMemPoolImportFromShareableHandle",
+        &[(11020, "cuMemPoolImportFromShareableHandle")],
+        &[],
+    ),
+    (
         "cuMemExportToShareableHandle",
         &[(10020, "cuMemExportToShareableHandle")],
         &[],

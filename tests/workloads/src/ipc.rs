@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::book::Label::{KvCache, Weights};
 use crate::call;
 use crate::driver::*;
-use crate::rt::{MIB, Rt};
+use crate::rt::{MIB, Rt, SyncPoint};
 use crate::scenarios::Extra;
 
 /// `CUipcMemHandle`, `CUmemPoolPtrExportData`: 64 opaque bytes, passed by value to
@@ -36,6 +36,8 @@ pub type FnPoolImport = unsafe extern "C" fn(*mut u64, P, *const Handle64) -> R;
 pub type FnShExport = unsafe extern "C" fn(P, u64, c_int, u64) -> R;
 pub type FnShImport = unsafe extern "C" fn(*mut u64, P, c_int) -> R;
 pub type FnRetain = unsafe extern "C" fn(*mut u64, P) -> R;
+pub type FnPoolShExport = unsafe extern "C" fn(P, P, c_int, u64) -> R;
+pub type FnPoolShImport = unsafe extern "C" fn(*mut P, P, c_int, u64) -> R;
 
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
 const LAZY_PEER_ACCESS: c_uint = 1;
@@ -49,6 +51,20 @@ const VMM_BYTES: u64 = 2 * MIB;
 
 const ENV_HANDLES: &str = "VRAMTRACE_WORKLOAD_IPC_HANDLES";
 const ENV_FD: &str = "VRAMTRACE_WORKLOAD_IPC_FD";
+const ENV_POOL_FD: &str = "VRAMTRACE_WORKLOAD_IPC_POOL_FD";
+
+/// Lets a child inherit `fd` across exec: the driver may make its descriptors
+/// close-on-exec.
+fn inheritable(fd: c_int) -> anyhow::Result<()> {
+    // SAFETY: F_SETFD on a descriptor this process holds; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+        bail!(
+            "fcntl(F_SETFD) on descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
 
 fn hex(h: &Handle64) -> String {
     h.reserved.iter().map(|b| format!("{b:02x}")).collect()
@@ -66,8 +82,11 @@ fn unhex(s: &str) -> anyhow::Result<Handle64> {
 }
 
 /// The exporter: 16 MiB and 8 MiB by `cuMemAlloc_v2` shared by IPC handle (the 16 MiB freed
-/// while the importer maps it), 4 MiB from the default pool by pool pointer, 2 MiB of VMM
-/// memory by POSIX descriptor. 8 + 4 MiB live at exit.
+/// while the importer maps it), 4 MiB from a pool made shareable (exported by POSIX
+/// descriptor, its pointer by export data), 2 MiB of VMM memory made shareable, by POSIX
+/// descriptor. 8 + 4 MiB live at exit. Only what was made shareable exports, on NVIDIA's
+/// driver as on the simulated one: not the default pool's pointers, not memory made without
+/// `requestedHandleTypes`.
 pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
     let d = &rt.d;
     let v = CUDA_VERSION;
@@ -80,22 +99,41 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
         0,
         "cuMemExportToShareableHandle",
     )?;
-    let pool = rt.default_pool().context("no default pool")?;
+    let pool_sh_export: Sym<FnPoolShExport> = d.resolve(
+        "cuMemPoolExportToShareableHandle",
+        v,
+        0,
+        "cuMemPoolExportToShareableHandle",
+    )?;
+    let pool = rt
+        .pool_create_shareable(1, 1, rt.device, POSIX_FD as u32)
+        .context("ipc: a shareable pool")?;
     let (Some(a), Some(b), Some(p), Some(vmm)) = (
         rt.alloc(SHARED_BYTES, Weights),
         rt.alloc(KEPT_BYTES, KvCache),
-        rt.alloc_async(rt.cu.alloc_async, pool, POOL_BYTES),
-        rt.mem_create(VMM_BYTES, Some(KvCache)),
+        rt.alloc_from_pool(rt.cu.alloc_from_pool, pool, POOL_BYTES),
+        rt.mem_create_shareable(VMM_BYTES, Some(KvCache), POSIX_FD as u32),
     ) else {
         bail!("ipc: the exporter's allocations failed");
     };
+    // The pool allocation is ready for another process once its stream has run.
+    rt.sync(SyncPoint::Stream);
     let mut ha = Handle64 { reserved: [0; 64] };
     let mut hb = ha;
     let mut hp = ha;
     let mut fd: c_int = -1;
+    let mut pool_fd: c_int = -1;
     let rets = [
         call!(d, get, &mut ha, a),
         call!(d, get, &mut hb, b),
+        call!(
+            d,
+            pool_sh_export,
+            (&mut pool_fd as *mut c_int).cast(),
+            pool as P,
+            POSIX_FD,
+            0
+        ),
         call!(d, pool_export, &mut hp, p),
         call!(
             d,
@@ -109,6 +147,8 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
     if rets.iter().any(|&r| r != 0) {
         bail!("ipc: exports failed: {rets:?}");
     }
+    inheritable(fd)?;
+    inheritable(pool_fd)?;
     // Not the base of an allocation: CUDA_ERROR_INVALID_VALUE.
     let mut junk = Handle64 { reserved: [0; 64] };
     call!(d, get, &mut junk, a + 4096);
@@ -121,6 +161,7 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
             format!("{},{},{}", hex(&ha), hex(&hb), hex(&hp)),
         )
         .env(ENV_FD, fd.to_string())
+        .env(ENV_POOL_FD, pool_fd.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -144,8 +185,11 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
         bail!("ipc: the importer failed: {status}");
     }
     let importer: Value = serde_json::from_str(&last).context("the importer's ground truth")?;
-    // SAFETY: closes the descriptor the export made, once; the importer had its own copy.
-    unsafe { libc::close(fd) };
+    // SAFETY: closes the descriptors the exports made, once; the importer had its own copies.
+    unsafe {
+        libc::close(fd);
+        libc::close(pool_fd);
+    }
     rt.mem_release(vmm);
     let mut extra = Extra::new();
     extra.insert(
@@ -155,6 +199,7 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
             "bytes": {"a": SHARED_BYTES, "b": KEPT_BYTES, "p": POOL_BYTES, "vmm": VMM_BYTES},
             "handles": {"a": hex(&ha), "b": hex(&hb), "p": hex(&hp)},
             "fd": fd,
+            "pool_fd": pool_fd,
             "importer": importer,
         }),
     );
@@ -162,9 +207,10 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
 }
 
 /// The importer: opens `a` twice (`cuIpcOpenMemHandle_v2`) and `b` once (the CUDA 4.1 name,
-/// `cuIpcOpenMemHandle`), a handle it was never given (fails), imports the pool pointer and
-/// the VMM handle (mapped, retained and released, unmapped); closes one open of `a`, says
-/// `opened`, then on a line from stdin closes the rest and frees the pool pointer.
+/// `cuIpcOpenMemHandle`), a handle it was never given (fails), imports the pool and then its
+/// pointer, and the VMM handle (mapped, retained and released, unmapped); closes one open of
+/// `a`, says `opened`, then on a line from stdin closes the rest, frees the pool pointer and
+/// destroys the imported pool.
 pub fn importer(rt: &Rt) -> anyhow::Result<Extra> {
     let d = &rt.d;
     let v = CUDA_VERSION;
@@ -175,6 +221,9 @@ pub fn importer(rt: &Rt) -> anyhow::Result<Extra> {
     };
     let fd: c_int = std::env::var(ENV_FD)
         .context("no descriptor given")?
+        .parse()?;
+    let pool_fd: c_int = std::env::var(ENV_POOL_FD)
+        .context("no pool descriptor given")?
         .parse()?;
     let open: Sym<FnIpcOpen> = d.resolve("cuIpcOpenMemHandle", v, 0, "cuIpcOpenMemHandle_v2")?;
     let open_v1: Sym<FnIpcOpen> = d.resolve("cuIpcOpenMemHandle", 4010, 0, "cuIpcOpenMemHandle")?;
@@ -193,15 +242,29 @@ pub fn importer(rt: &Rt) -> anyhow::Result<Extra> {
         0,
         "cuMemRetainAllocationHandle",
     )?;
-    let pool = rt.default_pool().context("no default pool")?;
+    let pool_sh_import: Sym<FnPoolShImport> = d.resolve(
+        "cuMemPoolImportFromShareableHandle",
+        v,
+        0,
+        "cuMemPoolImportFromShareableHandle",
+    )?;
 
     let (mut a, mut a2, mut b, mut p, mut bad) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut pool: P = std::ptr::null_mut();
     let mut rets = vec![
         call!(d, open, &mut a, ha, LAZY_PEER_ACCESS),
         call!(d, open, &mut a2, ha, LAZY_PEER_ACCESS),
         call!(d, open_v1, &mut b, hb, LAZY_PEER_ACCESS),
-        call!(d, pool_import, &mut p, pool as P, &hp),
+        call!(
+            d,
+            pool_sh_import,
+            &mut pool,
+            pool_fd as usize as P,
+            POSIX_FD,
+            0
+        ),
     ];
+    rets.push(call!(d, pool_import, &mut p, pool, &hp));
     // A handle no process made: CUDA_ERROR_INVALID_VALUE.
     let bad_ret = call!(
         d,
@@ -237,6 +300,7 @@ pub fn importer(rt: &Rt) -> anyhow::Result<Extra> {
         call!(d, close, a),
         call!(d, close, b),
         call!(d, rt.cu.mem_free, p),
+        call!(d, rt.cu.pool_destroy, pool),
     ];
     if rets.iter().any(|&r| r != 0) {
         bail!("ipc-importer: closing failed: {rets:?}");

@@ -12,7 +12,8 @@ use crate::book::{Book, Key, Label};
 use crate::call;
 use crate::driver::*;
 use crate::ipc::{
-    FnIpcGet, FnIpcOpen, FnPoolExport, FnPoolImport, FnRetain, FnShExport, FnShImport, Handle64,
+    FnIpcGet, FnIpcOpen, FnPoolExport, FnPoolImport, FnPoolShExport, FnPoolShImport, FnRetain,
+    FnShExport, FnShImport, Handle64,
 };
 use crate::rt::{MIB, array_bytes, mipmap_bytes};
 use crate::scenarios::Extra;
@@ -521,6 +522,27 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     };
     let mut pool: P = null();
     call!(d, f, &mut pool, &props);
+    // A pool made without `handleTypes` is not shareable: both refused.
+    let f = sym!(
+        d,
+        FnPoolShExport,
+        "cuMemPoolExportToShareableHandle",
+        V,
+        0,
+        "cuMemPoolExportToShareableHandle"
+    );
+    let mut pool_fd: c_int = -1;
+    call!(d, f, (&mut pool_fd as *mut c_int).cast(), pool, 1, 0);
+    let f = sym!(
+        d,
+        FnPoolShImport,
+        "cuMemPoolImportFromShareableHandle",
+        V,
+        0,
+        "cuMemPoolImportFromShareableHandle"
+    );
+    let mut imported_pool: P = null();
+    call!(d, f, &mut imported_pool, pool_fd as isize as P, 1, 0);
     let fp = sym!(
         d,
         FnAllocFromPool,

@@ -534,9 +534,21 @@ impl Rt {
     /// `cuMemPoolCreate` of allocation type `alloc_type` (1 pinned, 2 managed) at location
     /// `kind` (1 device, 2 host, 3 host NUMA node), `id`.
     pub fn pool_create_of(&self, alloc_type: u32, kind: u32, id: c_int) -> Option<u64> {
+        self.pool_create_shareable(alloc_type, kind, id, 0)
+    }
+
+    /// `cuMemPoolCreate` whose pool and pointers may be exported as `handle_types`
+    /// (`CUmemAllocationHandleType` bits; 0 for none).
+    pub fn pool_create_shareable(
+        &self,
+        alloc_type: u32,
+        kind: u32,
+        id: c_int,
+        handle_types: u32,
+    ) -> Option<u64> {
         let props = PoolProps {
             alloc_type,
-            handle_types: 0,
+            handle_types,
             location: MemLocation { kind, id },
             win32_security: std::ptr::null_mut(),
             max_size: 0,
@@ -620,10 +632,21 @@ impl Rt {
 
     /// `cuMemCreate`; `label` `None` makes it host-located.
     pub fn mem_create(&self, bytes: u64, label: Option<Label>) -> Option<u64> {
-        let prop = match label {
+        self.mem_create_shareable(bytes, label, 0)
+    }
+
+    /// `cuMemCreate` that may be exported as `handle_types` (`requestedHandleTypes`).
+    pub fn mem_create_shareable(
+        &self,
+        bytes: u64,
+        label: Option<Label>,
+        handle_types: u32,
+    ) -> Option<u64> {
+        let mut prop = match label {
             Some(_) => AllocProp::pinned(1, self.device),
             None => AllocProp::pinned(2, 0),
         };
+        prop.handle_types = handle_types;
         let mut h = 0u64;
         let r = call!(self.d, self.cu.mem_create, &mut h, bytes as usize, &prop, 0);
         self.d.bytes(self.cu.mem_create.name, bytes, r);

@@ -44,7 +44,8 @@ pub enum Record {
     Reserve(Call),
     /// `cuMemAddressFree`.
     Unreserve(Call),
-    /// `cuMemPoolCreate`, `cuDeviceGetDefaultMemPool`: a pool became known.
+    /// `cuMemPoolCreate`, `cuDeviceGetDefaultMemPool`, ...: a pool became known (since 1.6
+    /// also `cuMemPoolImportFromShareableHandle`, another process's pool).
     PoolCreate(Call),
     /// `cuMemPoolDestroy`.
     PoolDestroy(Call),
@@ -84,7 +85,8 @@ pub enum Record {
     Copy(Call),
     /// Memory made shareable with another process: `cuIpcGetMemHandle` and
     /// `cuMemPoolExportPointer` (`addr`, and `share`, the 64 bytes the importer is given),
-    /// `cuMemExportToShareableHandle` (`handle`, `handle_type`, `os_handle`). Added in 1.6.
+    /// `cuMemExportToShareableHandle` (`handle`, `handle_type`, `os_handle`),
+    /// `cuMemPoolExportToShareableHandle` (`pool`, `handle_type`, `os_handle`). Added in 1.6.
     Export(Call),
     /// Memory of another process mapped into this one: `cuIpcOpenMemHandle*` and
     /// `cuMemPoolImportPointer` (`addr`, `share`), `cuMemImportFromShareableHandle`

@@ -559,3 +559,57 @@ fn a_replayed_trace_that_is_not_complete_is_an_alert() {
         assert!(last.starts_with(text), "{verdict}: {last}");
     }
 }
+
+#[test]
+fn a_process_that_maps_another_ones_memory_shows_it_apart_from_its_own() {
+    use crate::testing::Sim;
+    use crate::trace::Call;
+    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
+    let share = "ab".to_owned();
+    let recs = vec![
+        a.process("exporter"),
+        b.process("importer"),
+        a.alloc(0x7000_0000, 24 << 20),
+        Record::Export(Call {
+            addr: Some(0x7000_0000),
+            share: Some(share.clone()),
+            ..a.call("cuIpcGetMemHandle")
+        }),
+        Record::Import(Call {
+            addr: Some(0x9000_0000),
+            share: Some(share),
+            ..b.call("cuIpcOpenMemHandle_v2")
+        }),
+    ];
+    let mut app = live();
+    app.size = Rect::new(0, 0, 120, 30);
+    update(&mut app, Msg::Records(recs));
+    update(&mut app, Msg::Tick { now_ns: T0 + SEC });
+    let row = |app: &App, pid: u32| app.view.procs.iter().find(|r| r.pid == pid).cloned();
+    let importer = row(&app, 200).expect("the importer is listed");
+    assert_eq!((importer.traced, importer.mapped), (0, 24 << 20));
+    let exporter = row(&app, 100).expect("the exporter is listed");
+    assert_eq!((exporter.traced, exporter.mapped), (24 << 20, 0));
+    let screen = text(&draw(&app, 120, 30));
+    assert!(screen.contains("MAPPED"), "{screen}");
+    let line = screen
+        .lines()
+        .find(|l| l.contains("importer"))
+        .expect("the importer's row");
+    assert!(line.contains("24M"), "{line}");
+    // Closed: nothing mapped any more.
+    update(
+        &mut app,
+        Msg::Records(vec![Record::ImportClose(Call {
+            addr: Some(0x9000_0000),
+            ..b.call("cuIpcCloseMemHandle")
+        })]),
+    );
+    update(
+        &mut app,
+        Msg::Tick {
+            now_ns: T0 + 2 * SEC,
+        },
+    );
+    assert_eq!(row(&app, 200).map(|r| r.mapped), Some(0));
+}

@@ -409,10 +409,11 @@ fn proc_columns(width: u16) -> Vec<(ProcCol, u16)> {
     if width >= 100 {
         cols.push((ProcCol::Container, 12));
     }
+    cols.extend([(ProcCol::Traced, 7), (ProcCol::Pool, 6), (ProcCol::Host, 6)]);
+    if width >= 100 {
+        cols.push((ProcCol::Mapped, 6));
+    }
     cols.extend([
-        (ProcCol::Traced, 7),
-        (ProcCol::Pool, 6),
-        (ProcCol::Host, 6),
         (ProcCol::Nvml, 6),
         (ProcCol::Coverage, 5),
         (ProcCol::Rate, 6),
@@ -431,6 +432,7 @@ fn proc_cell(r: &ProcRow, col: ProcCol) -> String {
         ProcCol::Traced => bytes(r.traced),
         ProcCol::Pool => bytes(r.pool),
         ProcCol::Host => bytes(r.host),
+        ProcCol::Mapped => bytes(r.mapped),
         ProcCol::Nvml => r.nvml.map_or_else(|| "n/a".into(), bytes),
         ProcCol::Coverage => r.coverage.map_or_else(|| "-".into(), |c| format!("{c:.0}")),
         ProcCol::Rate => format!("{:.0}", r.rate),

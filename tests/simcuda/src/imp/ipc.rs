@@ -23,6 +23,7 @@ const HANDLE_TYPE_POSIX_FD: c_int = 1;
 const TAG_IPC: u64 = u64::from_le_bytes(*b"SIMCUIPC");
 const TAG_POOL: u64 = u64::from_le_bytes(*b"SIMCUPTR");
 const TAG_VMM: u64 = u64::from_le_bytes(*b"SIMCUVMM");
+const TAG_MEMPOOL: u64 = u64::from_le_bytes(*b"SIMCPOOL");
 
 /// `CUipcMemHandle` and `CUmemPoolPtrExportData`: 64 opaque bytes (`char reserved[64]`).
 #[repr(C)]
@@ -41,6 +42,8 @@ struct Shared {
     at: u64,
     size: u64,
     serial: u64,
+    /// The exporter's pool: of a pool pointer, or the pool itself.
+    pool: u64,
 }
 
 impl Shared {
@@ -52,7 +55,7 @@ impl Shared {
             self.at,
             self.size,
             self.serial,
-            0,
+            self.pool,
             0,
         ];
         let mut out = [0u8; 64];
@@ -80,6 +83,7 @@ impl Shared {
             at: w(3),
             size: w(4),
             serial: w(5),
+            pool: w(6),
         };
         if s.pid == std::process::id() {
             // Memory of this very process cannot be opened as another's.
@@ -180,7 +184,12 @@ fn export_alloc(out: *mut IpcMemHandle, ptr: CUdeviceptr, pooled: bool, tag: u64
             .get(&ptr)
             .filter(|a| a.pool.is_some() == pooled)
             .ok_or(INVALID_VALUE)?;
-        let (dev, size) = (a.dev, a.size);
+        let (dev, size, pool) = (a.dev, a.size, a.pool.unwrap_or(0));
+        // Only a pool made with `handleTypes` can export its pointers (the default pool has
+        // none): CUDA_ERROR_INVALID_VALUE, as driver 580 answers.
+        if pooled && st.pools.get(&pool).is_none_or(|p| p.handle_types == 0) {
+            return Err(INVALID_VALUE);
+        }
         let s = Shared {
             tag,
             pid: std::process::id(),
@@ -188,6 +197,7 @@ fn export_alloc(out: *mut IpcMemHandle, ptr: CUdeviceptr, pooled: bool, tag: u64
             at: ptr,
             size,
             serial: st.export_serial(),
+            pool,
         };
         put(
             out,
@@ -260,12 +270,18 @@ pub extern "C" fn cuMemPoolImportPointer(
     code(with(|st| {
         nonnull(ptr_out)?;
         nonnull(share)?;
-        if !st.pools.contains_key(&pool) {
-            return Err(INVALID_HANDLE);
-        }
+        // The pool the pointer is imported into is the exporter's pool, imported first.
+        let origin = match st.pools.get(&pool) {
+            None => return Err(INVALID_HANDLE),
+            Some(p) if !p.imported || p.destroyed => return Err(INVALID_VALUE),
+            Some(p) => p.origin,
+        };
         // SAFETY: checked non-null; the caller passes a `CUmemPoolPtrExportData`.
         let bytes = unsafe { (*share).reserved };
         let s = Shared::decode(&bytes, TAG_POOL, st)?;
+        if (s.pid, s.pool) != origin {
+            return Err(INVALID_VALUE);
+        }
         let addr = st.import(&s, true)?;
         put(ptr_out, addr);
         Ok(())
@@ -287,6 +303,11 @@ pub extern "C" fn cuMemExportToShareableHandle(
             return Err(NOT_SUPPORTED);
         }
         let p = st.phys.get(&handle).ok_or(INVALID_HANDLE)?;
+        // Memory made without this handle type among `requestedHandleTypes`:
+        // CUDA_ERROR_INVALID_VALUE, as driver 580 answers.
+        if p.handle_types & handle_type as u32 == 0 {
+            return Err(INVALID_VALUE);
+        }
         let dev = p.dev.ok_or(NOT_SUPPORTED)?;
         let s = Shared {
             tag: TAG_VMM,
@@ -295,23 +316,104 @@ pub extern "C" fn cuMemExportToShareableHandle(
             at: handle,
             size: p.size,
             serial: st.export_serial(),
+            pool: 0,
         };
-        // A memfd that carries the bytes; inherited across exec (no close-on-exec), as a
-        // descriptor passed over a socket would be.
-        // SAFETY: a NUL-terminated name and no flags.
-        let fd = unsafe { libc::memfd_create(c"simcuda-vmm".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(super::OUT_OF_MEMORY);
+        put(out.cast::<c_int>(), share_fd(&s)?);
+        Ok(())
+    }))
+}
+
+/// A memfd that carries `s`; inherited across exec (no close-on-exec), as a descriptor
+/// passed over a socket would be.
+fn share_fd(s: &Shared) -> Result<c_int, CUresult> {
+    // SAFETY: a NUL-terminated name and no flags.
+    let fd = unsafe { libc::memfd_create(c"simcuda-share".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(super::OUT_OF_MEMORY);
+    }
+    let bytes = s.encode();
+    // SAFETY: `fd` is the descriptor just made; `bytes` is a live 64-byte buffer.
+    let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // SAFETY: closes the descriptor made above, once.
+        unsafe { libc::close(fd) };
+        return Err(super::OUT_OF_MEMORY);
+    }
+    Ok(fd)
+}
+
+/// The 64 bytes of a memfd made by [`share_fd`]; the descriptor is the pointer's value.
+fn read_share_fd(os_handle: *mut c_void) -> Result<[u8; 64], CUresult> {
+    let fd = os_handle as usize as c_int;
+    let mut bytes = [0u8; 64];
+    // SAFETY: `bytes` is a live 64-byte buffer; a bad descriptor makes pread fail.
+    let n = unsafe { libc::pread(fd, bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(INVALID_VALUE);
+    }
+    Ok(bytes)
+}
+
+/// `cuMemPoolExportToShareableHandle(void *handle_out, CUmemoryPool pool,
+/// CUmemAllocationHandleType handleType, unsigned long long flags)`: the pool, for another
+/// process to import before it imports the pool's pointers. Only a pool made with that handle
+/// type among its `handleTypes`.
+pub extern "C" fn cuMemPoolExportToShareableHandle(
+    out: *mut c_void,
+    pool: u64,
+    handle_type: c_int,
+    flags: u64,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(out)?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
         }
-        let bytes = s.encode();
-        // SAFETY: `fd` is the descriptor just made; `bytes` is a live 64-byte buffer.
-        let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n != bytes.len() as isize {
-            // SAFETY: closes the descriptor made above, once.
-            unsafe { libc::close(fd) };
-            return Err(super::OUT_OF_MEMORY);
+        let p = st.pools.get(&pool).ok_or(INVALID_VALUE)?;
+        if p.destroyed || p.imported || p.handle_types & handle_type as u32 == 0 {
+            return Err(INVALID_VALUE);
         }
-        put(out.cast::<c_int>(), fd);
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(NOT_SUPPORTED);
+        }
+        let s = Shared {
+            tag: TAG_MEMPOOL,
+            pid: std::process::id(),
+            dev: p.dev,
+            at: pool,
+            size: 0,
+            serial: st.export_serial(),
+            pool,
+        };
+        put(out.cast::<c_int>(), share_fd(&s)?);
+        Ok(())
+    }))
+}
+
+/// `cuMemPoolImportFromShareableHandle(CUmemoryPool *pool_out, void *handle,
+/// CUmemAllocationHandleType handleType, unsigned long long flags)`: another process's pool,
+/// whose pointers `cuMemPoolImportPointer` then maps.
+pub extern "C" fn cuMemPoolImportFromShareableHandle(
+    pool_out: *mut u64,
+    os_handle: *mut c_void,
+    handle_type: c_int,
+    flags: u64,
+) -> CUresult {
+    code(with(|st| {
+        nonnull(pool_out)?;
+        if flags != 0 {
+            return Err(INVALID_VALUE);
+        }
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(NOT_SUPPORTED);
+        }
+        let s = Shared::decode(&read_share_fd(os_handle)?, TAG_MEMPOOL, st)?;
+        let h = st.handle();
+        let mut imported = super::Pool::new(s.dev, false, false);
+        imported.imported = true;
+        imported.origin = (s.pid, s.pool);
+        st.pools.insert(h, imported);
+        put(pool_out, h);
         Ok(())
     }))
 }
@@ -327,14 +429,7 @@ pub extern "C" fn cuMemImportFromShareableHandle(
             return Err(NOT_SUPPORTED);
         }
         // The descriptor is passed as the pointer's value.
-        let fd = os_handle as usize as c_int;
-        let mut bytes = [0u8; 64];
-        // SAFETY: `bytes` is a live 64-byte buffer; a bad descriptor makes pread fail.
-        let n = unsafe { libc::pread(fd, bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if n != bytes.len() as isize {
-            return Err(INVALID_VALUE);
-        }
-        let s = Shared::decode(&bytes, TAG_VMM, st)?;
+        let s = Shared::decode(&read_share_fd(os_handle)?, TAG_VMM, st)?;
         let h = st.handle();
         st.phys.insert(
             h,
@@ -345,6 +440,7 @@ pub extern "C" fn cuMemImportFromShareableHandle(
                 maps: 0,
                 retains: 0,
                 imported: true,
+                handle_types: 0,
             },
         );
         put(handle, h);

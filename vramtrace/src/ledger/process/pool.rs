@@ -182,8 +182,10 @@ impl ProcessState {
                 .or_insert_with(|| Pool::new(c.device, threshold));
             return;
         }
-        // A pool made elsewhere, learned: cuDeviceGetMemPool, cuMemGetMemPool, and the
-        // default or current pool of host or managed memory. It may be known already.
+        // A pool made elsewhere, learned: cuDeviceGetMemPool, cuMemGetMemPool, the default or
+        // current pool of host or managed memory, and a pool imported from another process
+        // (cuMemPoolImportFromShareableHandle: it only maps that process's pointers, which
+        // are imports, and holds nothing here). It may be known already.
         if !api.starts_with("cuMemPoolCreate") {
             let pool = self
                 .pools

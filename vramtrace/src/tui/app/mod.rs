@@ -72,6 +72,7 @@ pub enum ProcCol {
     Traced,
     Pool,
     Host,
+    Mapped,
     Nvml,
     Coverage,
     Rate,
@@ -81,13 +82,14 @@ pub enum ProcCol {
 }
 
 impl ProcCol {
-    pub const ALL: [ProcCol; 12] = [
+    pub const ALL: [ProcCol; 13] = [
         ProcCol::Pid,
         ProcCol::Name,
         ProcCol::Container,
         ProcCol::Traced,
         ProcCol::Pool,
         ProcCol::Host,
+        ProcCol::Mapped,
         ProcCol::Nvml,
         ProcCol::Coverage,
         ProcCol::Rate,
@@ -104,6 +106,7 @@ impl ProcCol {
             ProcCol::Traced => "TRACED",
             ProcCol::Pool => "POOL",
             ProcCol::Host => "HOST",
+            ProcCol::Mapped => "MAPPED",
             ProcCol::Nvml => "NVML",
             ProcCol::Coverage => "COV%",
             ProcCol::Rate => "RATE",
@@ -191,6 +194,9 @@ pub struct ProcRow {
     pub by_class: [u64; ViewClass::ALL.len()],
     pub pool: u64,
     pub host: u64,
+    /// Bytes of other processes' memory this one maps now (IPC handles, pool pointers,
+    /// shareable handles): not its own, not in `traced`.
+    pub mapped: u64,
     pub nvml: Option<u64>,
     /// Traced device and pool bytes over NVML's figure, in percent.
     pub coverage: Option<f64>,

@@ -92,6 +92,7 @@ impl App {
                 by_class,
                 pool,
                 host,
+                mapped: p.imported_bytes(),
                 nvml: nvml_bytes,
                 coverage: nvml_bytes
                     .filter(|n| *n > 0)
@@ -225,6 +226,7 @@ fn sort_procs(rows: &mut [ProcRow], col: ProcCol, desc: bool) {
             ProcCol::Traced => a.traced.cmp(&b.traced),
             ProcCol::Pool => a.pool.cmp(&b.pool),
             ProcCol::Host => a.host.cmp(&b.host),
+            ProcCol::Mapped => a.mapped.cmp(&b.mapped),
             ProcCol::Nvml => a.nvml.cmp(&b.nvml),
             ProcCol::Coverage => f(a.coverage.unwrap_or(-1.0), b.coverage.unwrap_or(-1.0)),
             ProcCol::Rate => f(a.rate, b.rate),
