@@ -296,12 +296,7 @@ pub extern "C" fn cuMemExportToShareableHandle(
 ) -> CUresult {
     code(with(|st| {
         nonnull(out)?;
-        if flags != 0 {
-            return Err(INVALID_VALUE);
-        }
-        if handle_type != HANDLE_TYPE_POSIX_FD {
-            return Err(NOT_SUPPORTED);
-        }
+        posix_fd_only(handle_type, flags)?;
         let p = st.phys.get(&handle).ok_or(INVALID_HANDLE)?;
         // Memory made without this handle type among `requestedHandleTypes`:
         // CUDA_ERROR_INVALID_VALUE, as driver 580 answers.
@@ -321,6 +316,18 @@ pub extern "C" fn cuMemExportToShareableHandle(
         put(out.cast::<c_int>(), share_fd(&s)?);
         Ok(())
     }))
+}
+
+/// The flags and handle types the simulated driver shares by: no flags, POSIX file
+/// descriptors only (others give `CUDA_ERROR_NOT_SUPPORTED`).
+fn posix_fd_only(handle_type: c_int, flags: u64) -> Result<(), CUresult> {
+    if flags != 0 {
+        return Err(INVALID_VALUE);
+    }
+    if handle_type != HANDLE_TYPE_POSIX_FD {
+        return Err(NOT_SUPPORTED);
+    }
+    Ok(())
 }
 
 /// A memfd that carries `s`; inherited across exec (no close-on-exec), as a descriptor
@@ -366,16 +373,11 @@ pub extern "C" fn cuMemPoolExportToShareableHandle(
 ) -> CUresult {
     code(with(|st| {
         nonnull(out)?;
-        if flags != 0 {
-            return Err(INVALID_VALUE);
-        }
         let p = st.pools.get(&pool).ok_or(INVALID_VALUE)?;
         if p.destroyed || p.imported || p.handle_types & handle_type as u32 == 0 {
             return Err(INVALID_VALUE);
         }
-        if handle_type != HANDLE_TYPE_POSIX_FD {
-            return Err(NOT_SUPPORTED);
-        }
+        posix_fd_only(handle_type, flags)?;
         let s = Shared {
             tag: TAG_MEMPOOL,
             pid: std::process::id(),
@@ -401,12 +403,7 @@ pub extern "C" fn cuMemPoolImportFromShareableHandle(
 ) -> CUresult {
     code(with(|st| {
         nonnull(pool_out)?;
-        if flags != 0 {
-            return Err(INVALID_VALUE);
-        }
-        if handle_type != HANDLE_TYPE_POSIX_FD {
-            return Err(NOT_SUPPORTED);
-        }
+        posix_fd_only(handle_type, flags)?;
         let s = Shared::decode(&read_share_fd(os_handle)?, TAG_MEMPOOL, st)?;
         let h = st.handle();
         let mut imported = super::Pool::new(s.dev, false, false);
