@@ -81,6 +81,25 @@ fn unhex(s: &str) -> anyhow::Result<Handle64> {
     Ok(h)
 }
 
+/// What a shared descriptor is, as the kernel shows it: what it links to, its file type,
+/// device and inode, and its fdinfo. Whether two processes' descriptors of one export can be
+/// told to be the same object depends on it.
+fn describe_fd(fd: c_int) -> Value {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = format!("/proc/self/fd/{fd}");
+    let link = std::fs::read_link(&path).map(|p| p.display().to_string());
+    let meta = std::fs::metadata(&path);
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"));
+    json!({
+        "link": link.unwrap_or_else(|e| e.to_string()),
+        "char_device": meta.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
+        "dev": meta.as_ref().map_or(0, |m| m.dev()),
+        "rdev": meta.as_ref().map_or(0, |m| m.rdev()),
+        "ino": meta.as_ref().map_or(0, |m| m.ino()),
+        "fdinfo": fdinfo.unwrap_or_else(|e| e.to_string()),
+    })
+}
+
 /// The exporter: 16 MiB and 8 MiB by `cuMemAlloc_v2` shared by IPC handle (the 16 MiB freed
 /// while the importer maps it), 4 MiB from a pool made shareable (exported by POSIX
 /// descriptor, its pointer by export data), 2 MiB of VMM memory made shareable, by POSIX
@@ -149,6 +168,7 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
     }
     inheritable(fd)?;
     inheritable(pool_fd)?;
+    let descriptors = json!({"vmm": describe_fd(fd), "pool": describe_fd(pool_fd)});
     // Not the base of an allocation: CUDA_ERROR_INVALID_VALUE.
     let mut junk = Handle64 { reserved: [0; 64] };
     call!(d, get, &mut junk, a + 4096);
@@ -200,6 +220,7 @@ pub fn exporter(rt: &Rt, lib: &str) -> anyhow::Result<Extra> {
             "handles": {"a": hex(&ha), "b": hex(&hb), "p": hex(&hp)},
             "fd": fd,
             "pool_fd": pool_fd,
+            "descriptors": descriptors,
             "importer": importer,
         }),
     );
