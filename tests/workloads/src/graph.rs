@@ -41,7 +41,28 @@ pub type FnAddAllocNode =
 pub type FnAddFreeNode = unsafe extern "C" fn(*mut P, P, *const P, usize, u64) -> u32;
 pub type FnInstantiate = unsafe extern "C" fn(*mut P, P, *mut P, *mut c_char, usize) -> u32;
 pub type FnInstantiateFlags = unsafe extern "C" fn(*mut P, P, u64) -> u32;
-pub type FnInstantiateParams = unsafe extern "C" fn(*mut P, P, *mut c_void) -> u32;
+pub type FnInstantiateParams = unsafe extern "C" fn(*mut P, P, *mut InstantiateParams) -> u32;
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`: `flags`, `hUploadStream`, `hErrNode_out`, `result_out`.
+/// The driver refuses a null pointer (`CUDA_ERROR_INVALID_VALUE`).
+#[repr(C)]
+pub struct InstantiateParams {
+    pub flags: u64,
+    pub upload_stream: P,
+    pub err_node_out: P,
+    pub result_out: u32,
+}
+
+impl Default for InstantiateParams {
+    fn default() -> Self {
+        InstantiateParams {
+            flags: 0,
+            upload_stream: std::ptr::null_mut(),
+            err_node_out: std::ptr::null_mut(),
+            result_out: u32::MAX,
+        }
+    }
+}
 pub type FnLaunch = unsafe extern "C" fn(P, P) -> u32;
 pub type FnGraphMemAttr = unsafe extern "C" fn(c_int, c_uint, *mut c_void) -> u32;
 
@@ -207,7 +228,8 @@ pub fn graphs(rt: &Rt) -> anyhow::Result<Extra> {
         std::ptr::null_mut(),
         0
     );
-    call!(d, api.instantiate_params, &mut e3, g3, std::ptr::null_mut());
+    let mut params = InstantiateParams::default();
+    call!(d, api.instantiate_params, &mut e3, g3, &mut params);
 
     let mut readings: Vec<Value> = Vec::new();
     let mut read = |attr: GraphAttr| {

@@ -41,7 +41,7 @@ const CTX_FLAGS: c_uint = CTX_SCHED_BLOCKING_SYNC;
 )]
 fn probe_graphs(d: &Driver, book: &mut Book, V: c_int, dev: c_int) -> anyhow::Result<()> {
     use crate::book::GraphAttr;
-    use crate::graph::{FnInstantiate, FnInstantiateParams, GraphApi};
+    use crate::graph::{FnInstantiate, FnInstantiateParams, GraphApi, InstantiateParams};
     let api = GraphApi::resolve(d, V)?;
     let legacy = sym!(
         d,
@@ -68,8 +68,10 @@ fn probe_graphs(d: &Driver, book: &mut Book, V: c_int, dev: c_int) -> anyhow::Re
     call!(d, legacy, &mut execs[0], graph, no_node, no_log, 0);
     call!(d, api.instantiate, &mut execs[1], graph, no_node, no_log, 0);
     call!(d, api.instantiate_flags, &mut execs[2], graph, 0);
-    call!(d, with_params, &mut execs[3], graph, null());
-    call!(d, api.instantiate_params, &mut execs[4], graph, null());
+    // Without its parameters: refused (CUDA_ERROR_INVALID_VALUE), as driver 580 does.
+    call!(d, with_params, &mut execs[3], graph, std::ptr::null_mut());
+    let mut params = InstantiateParams::default();
+    call!(d, api.instantiate_params, &mut execs[4], graph, &mut params);
     for (i, &exec) in execs.iter().enumerate() {
         let launch = if i % 2 == 0 {
             api.launch

@@ -278,20 +278,48 @@ pub extern "C" fn cuGraphInstantiateWithFlags(
     instantiate(exec, graph)
 }
 
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`: `flags`, `hUploadStream`, `hErrNode_out`, `result_out`.
+#[repr(C)]
+pub struct InstantiateParams {
+    flags: u64,
+    upload_stream: Handle,
+    err_node_out: Handle,
+    result_out: u32,
+}
+
+/// `cuGraphInstantiateWithParams*`: the parameters are required (driver 580 refuses a null
+/// pointer with `CUDA_ERROR_INVALID_VALUE`); `result_out` says
+/// `CUDA_GRAPH_INSTANTIATE_SUCCESS` (0) when the exec is made.
+fn instantiate_with_params(
+    exec: *mut Handle,
+    graph: Handle,
+    params: *mut InstantiateParams,
+) -> CUresult {
+    if params.is_null() {
+        return INVALID_VALUE;
+    }
+    let ret = instantiate(exec, graph);
+    if ret == 0 {
+        // SAFETY: checked non-null; the caller passes a `CUDA_GRAPH_INSTANTIATE_PARAMS`.
+        unsafe { (*params).result_out = 0 };
+    }
+    ret
+}
+
 pub extern "C" fn cuGraphInstantiateWithParams(
     exec: *mut Handle,
     graph: Handle,
-    _params: *mut c_void,
+    params: *mut InstantiateParams,
 ) -> CUresult {
-    instantiate(exec, graph)
+    instantiate_with_params(exec, graph, params)
 }
 
 pub extern "C" fn cuGraphInstantiateWithParams_ptsz(
     exec: *mut Handle,
     graph: Handle,
-    _params: *mut c_void,
+    params: *mut InstantiateParams,
 ) -> CUresult {
-    instantiate(exec, graph)
+    instantiate_with_params(exec, graph, params)
 }
 
 pub extern "C" fn cuGraphLaunch(exec: Handle, _stream: Handle) -> CUresult {
