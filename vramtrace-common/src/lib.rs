@@ -85,6 +85,14 @@ pub mod cookie {
     /// 0 from its start when the cookie names no blob argument (`cuIpcGetMemHandle`'s handle,
     /// `cuMemPoolExportPointer`'s export data). A read that faults sets `BLOB_FAULT`.
     pub const WIDE_AT_RETURN: u64 = 1 << 39;
+    /// At entry, read the first [`BATCH_READ`] elements of the three arrays that arguments
+    /// 0, 1 and 2 point at (`cuMemcpyBatchAsync`'s `dsts`, `srcs`, `sizes`; argument 3 is
+    /// their length): `dsts` into `wide[0..4]`, `srcs` into `wide[4..8]`, `sizes` into
+    /// `blob[0..4]`. Elements past the length are not read. A read that faults sets
+    /// `BLOB_FAULT`.
+    pub const BATCH_ARRAYS: u64 = 1 << 40;
+    /// Elements of each array that [`BATCH_ARRAYS`] reads.
+    pub const BATCH_READ: usize = 4;
 
     /// Builds a cookie.
     pub const fn make(api: u16, flags: u64) -> u64 {

@@ -269,6 +269,10 @@ fn try_call_entry(ctx: &ProbeContext) {
             ev.flags |= flags::BLOB_FAULT;
         }
     }
+    // The first elements of a batch of copies: dsts, srcs, sizes (argument 3 counts them).
+    if cookie & cookie::BATCH_ARRAYS != 0 && !read_batch(ev) {
+        ev.flags |= flags::BLOB_FAULT;
+    }
     // A struct passed by value in memory sits just above the return address.
     if cookie & cookie::WIDE_FROM_STACK != 0 && !read_words(sp.wrapping_add(8), &mut ev.wide) {
         ev.flags |= flags::BLOB_FAULT;
@@ -418,6 +422,37 @@ fn read_words<const N: usize>(addr: u64, dst: &mut [u64; N]) -> bool {
         )
     };
     rc == 0
+}
+
+/// Reads the first `cookie::BATCH_READ` elements of the arrays at arguments 0, 1 and 2, no
+/// more than argument 3 says there are. Whether every read succeeded.
+#[inline(always)]
+fn read_batch(ev: &mut CallEvent) -> bool {
+    let count = ev.args[3];
+    let mut ok = true;
+    for i in 0..cookie::BATCH_READ {
+        if (i as u64) >= count {
+            break;
+        }
+        let at = 8 * i as u64;
+        // SAFETY: bpf_probe_read_user validates each user address and fails instead of
+        // faulting.
+        unsafe {
+            match bpf_probe_read_user(ev.args[0].wrapping_add(at) as *const u64) {
+                Ok(v) => ev.wide[i] = v,
+                Err(_) => ok = false,
+            }
+            match bpf_probe_read_user(ev.args[1].wrapping_add(at) as *const u64) {
+                Ok(v) => ev.wide[cookie::BATCH_READ + i] = v,
+                Err(_) => ok = false,
+            }
+            match bpf_probe_read_user(ev.args[2].wrapping_add(at) as *const u64) {
+                Ok(v) => ev.blob[i] = v,
+                Err(_) => ok = false,
+            }
+        }
+    }
+    ok
 }
 
 /// Whether `api` is an id of the hooked table (and so within the bound of the exit loop).

@@ -1116,6 +1116,73 @@ mod tests {
     }
 
     #[test]
+    fn batches_carry_the_copies_read_and_their_count() {
+        let windows = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5]| match ev {
+            RawEvent::Call(mut c) => {
+                (c.wide, c.blob) = (wide, blob);
+                RawEvent::Call(c)
+            }
+            other => other,
+        };
+        // Six copies, four read: dsts in wide[0..4], srcs in wide[4..8], sizes in the blob.
+        let ev = windows(
+            call(0, [0x7f00, 0x7f80, 0x7fc0, 6, 0, 0], 0, 0),
+            [0xa0, 0xa1, 0xa2, 0xa3, 0x50, 0x51, 0x52, 0x53],
+            [10, 11, 12, 13, 0],
+        );
+        let Record::Copy(c) = decode_one("cuMemcpyBatchAsync_v2", ev) else {
+            panic!("a copy");
+        };
+        assert_eq!(
+            (c.addr, c.src, c.bytes, c.count),
+            (Some(0xa0), Some(0x50), Some(10), Some(6))
+        );
+        let rest: Vec<(Option<u64>, Option<u64>, u64)> = c
+            .copies
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|b| (b.addr, b.src, b.bytes))
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                (Some(0xa1), Some(0x51), 11),
+                (Some(0xa2), Some(0x52), 12),
+                (Some(0xa3), Some(0x53), 13)
+            ]
+        );
+        // One copy: no more than it has is taken.
+        let ev = windows(
+            call(0, [0x7f00, 0x7f80, 0x7fc0, 1, 0, 0], 0, 0),
+            [0xa0, 0xdead, 0, 0, 0x50, 0xbeef, 0, 0],
+            [10, 99, 0, 0, 0],
+        );
+        let Record::Copy(c) = decode_one("cuMemcpyBatchAsync", ev) else {
+            panic!("a copy");
+        };
+        assert_eq!((c.addr, c.copies, c.count), (Some(0xa0), None, Some(1)));
+        // cuMemcpy3DBatchAsync_v2: the first operation, pointer to pointer, 1 KiB x 8 rows.
+        let ev = windows(
+            call(0, [2, 0x7f00, 0, 0, 0, 0], 0, 0),
+            [1, 0xb000, 1024, 1, 0, 1024, 8, 1],
+            [1, 0x6000, 1024, 1, 0],
+        );
+        let Record::Copy(c) = decode_one("cuMemcpy3DBatchAsync_v2", ev) else {
+            panic!("a copy");
+        };
+        assert_eq!(
+            (c.addr, c.src, c.src_mem, c.bytes, c.count),
+            (
+                Some(0xb000),
+                Some(0x6000),
+                Some(CopySrc::Unified),
+                Some(8192),
+                Some(2)
+            )
+        );
+    }
+
+    #[test]
     fn copy_descriptors_are_read_from_their_windows() {
         let mut conv = Converter::new(table(&[
             "cuMemcpy2DAsync_v2",

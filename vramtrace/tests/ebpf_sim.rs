@@ -454,6 +454,94 @@ fn unified_2d_and_3d_copies_are_decoded() {
     assert_eq!(c3.src, c2.src, "both from the first weight buffer");
 }
 
+/// Batches of copies: each traced as one `copy` record carrying the copies the probe read
+/// (the first four of `cuMemcpyBatchAsync*`'s arrays, the first operation of
+/// `cuMemcpy3DBatchAsync*`), as the workload made them, with the batch's length; the
+/// weights they fill from host memory are weights, the KV cache written from the weights is
+/// not filled; the batch of six is said to have two copies unread.
+#[test]
+fn batches_of_copies_fill_by_destination_and_say_what_was_not_read() {
+    let (lib, _) = sim();
+    let r = record(lib, "batch-copies", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let traced: Vec<_> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::Copy(c) if c.pid == pid && c.api.contains("Batch") => Some(c),
+            _ => None,
+        })
+        .collect();
+    let u = |v: &Value| v.as_u64().unwrap();
+    let batches = r.truth["batch"]["batches"].as_array().unwrap();
+    let plain: Vec<_> = traced.iter().filter(|c| !c.api.contains("3D")).collect();
+    assert_eq!(plain.len(), batches.len());
+    for (c, b) in plain.iter().zip(batches) {
+        let dsts: Vec<u64> = b["dsts"].as_array().unwrap().iter().map(u).collect();
+        let srcs: Vec<u64> = b["srcs"].as_array().unwrap().iter().map(u).collect();
+        let sizes: Vec<u64> = b["sizes"].as_array().unwrap().iter().map(u).collect();
+        assert_eq!(c.count, Some(dsts.len() as u64), "{}", b["name"]);
+        let mut read = vec![(c.addr.unwrap(), c.src.unwrap(), c.bytes.unwrap())];
+        for x in c.copies.iter().flat_map(|x| x.iter()) {
+            read.push((x.addr.unwrap(), x.src.unwrap(), x.bytes));
+        }
+        let made: Vec<(u64, u64, u64)> = (0..dsts.len().min(4))
+            .map(|i| (dsts[i], srcs[i], sizes[i]))
+            .collect();
+        assert_eq!(read, made, "{}", b["name"]);
+    }
+    let apis: Vec<&str> = traced.iter().map(|c| &*c.api).collect();
+    assert_eq!(
+        apis,
+        [
+            "cuMemcpyBatchAsync_v2",
+            "cuMemcpyBatchAsync",
+            "cuMemcpy3DBatchAsync_v2",
+            "cuMemcpyBatchAsync_v2",
+            "cuMemcpyBatchAsync_v2"
+        ]
+    );
+    let op = &r.truth["batch"]["op3d"];
+    let c3 = traced[2];
+    assert_eq!(
+        (c3.addr, c3.src, c3.bytes, c3.count),
+        (
+            op["dst"].as_u64(),
+            op["src"].as_u64(),
+            op["bytes"].as_u64(),
+            Some(1)
+        )
+    );
+
+    // The Ledger: every weight buffer filled, the KV cache not; two copies said unread.
+    let mut ledger = vramtrace::ledger::Ledger::new();
+    for rec in r
+        .records
+        .iter()
+        .take_while(|rec| !matches!(rec, Record::Exit(_)))
+    {
+        ledger.apply(rec);
+    }
+    let proc = ledger.processes().find(|p| p.pid == pid).unwrap();
+    let kv = u(&batches[2]["dsts"][0]);
+    assert_eq!(proc.live_allocations().count(), 8);
+    for a in proc.live_allocations() {
+        if a.addr == Some(kv) {
+            assert_eq!(a.filled_from_host, 0);
+        } else {
+            assert!(a.filled_from_host >= a.bytes, "{:?} filled", a.addr);
+        }
+    }
+    let unread = &proc.anomalies["batch_copies_unread"];
+    assert_eq!(unread.count, 1);
+    assert!(
+        unread.examples[0].contains("4 of 6 copies read"),
+        "{:?}",
+        unread.examples
+    );
+}
+
 /// Allocations from pools of managed or host memory are host memory: the bytes at exit, by
 /// where they live, are the workload's.
 #[test]

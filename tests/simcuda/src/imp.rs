@@ -2335,6 +2335,249 @@ pub extern "C" fn cuMemcpyAsync_ptsz(
     unified(dst, src, n)
 }
 
+/// `CUmemcpyAttributes` (CUDA 12.8): `srcAccessOrder`, `srcLocHint`, `dstLocHint`, `flags`.
+#[repr(C)]
+pub struct MemcpyAttributes {
+    src_access_order: u32,
+    src_loc_hint: MemLocation,
+    dst_loc_hint: MemLocation,
+    flags: c_uint,
+}
+
+/// `CU_MEMCPY_SRC_ACCESS_ORDER_STREAM` .. `CU_MEMCPY_SRC_ACCESS_ORDER_ANY`.
+const SRC_ACCESS_ORDERS: std::ops::RangeInclusive<u32> = 1..=3;
+
+/// `cuMemcpyBatchAsync*`: every copy pointer to pointer (unified addressing), checked one
+/// after another; the first that fails is written to `fail_idx` (`SIZE_MAX` when the failure
+/// is the batch's as a whole), as the CUDA 12.8 signature asks. The stream must not be the
+/// legacy NULL stream (0), and every copy needs its attributes.
+#[expect(clippy::too_many_arguments, reason = "the nine arguments of the CUDA 12.8 signature")]
+fn copy_batch(
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const MemcpyAttributes,
+    attrs_idxs: *const usize,
+    num_attrs: usize,
+    fail_idx: *mut usize,
+    stream: Handle,
+) -> CUresult {
+    let mut failed = usize::MAX;
+    let ret = code(with(|st| {
+        nonnull(dsts)?;
+        nonnull(srcs)?;
+        nonnull(sizes)?;
+        nonnull(attrs)?;
+        nonnull(attrs_idxs)?;
+        if count == 0 || num_attrs == 0 || num_attrs > count || stream.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        for k in 0..num_attrs {
+            // SAFETY: `attrs` and `attrs_idxs` hold `num_attrs` elements, as the caller says.
+            let (a, first) = unsafe { (&*attrs.add(k), *attrs_idxs.add(k)) };
+            if !SRC_ACCESS_ORDERS.contains(&a.src_access_order) || (k == 0 && first != 0) {
+                return Err(INVALID_VALUE);
+            }
+        }
+        for i in 0..count {
+            // SAFETY: the three arrays hold `count` elements, as the caller says.
+            let (d, s, n) = unsafe { (*dsts.add(i), *srcs.add(i), *sizes.add(i)) };
+            if let Err(e) = st.copy(Side::Unified(d), Side::Unified(s), n as u64) {
+                failed = i;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }));
+    if !fail_idx.is_null() {
+        put(fail_idx, failed);
+    }
+    ret
+}
+
+pub extern "C" fn cuMemcpyBatchAsync(
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const MemcpyAttributes,
+    attrs_idxs: *const usize,
+    num_attrs: usize,
+    fail_idx: *mut usize,
+    stream: Handle,
+) -> CUresult {
+    copy_batch(
+        dsts, srcs, sizes, count, attrs, attrs_idxs, num_attrs, fail_idx, stream,
+    )
+}
+
+pub extern "C" fn cuMemcpyBatchAsync_ptsz(
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const MemcpyAttributes,
+    attrs_idxs: *const usize,
+    num_attrs: usize,
+    fail_idx: *mut usize,
+    stream: Handle,
+) -> CUresult {
+    copy_batch(
+        dsts, srcs, sizes, count, attrs, attrs_idxs, num_attrs, fail_idx, stream,
+    )
+}
+
+pub extern "C" fn cuMemcpyBatchAsync_v2(
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const MemcpyAttributes,
+    attrs_idxs: *const usize,
+    num_attrs: usize,
+    stream: Handle,
+) -> CUresult {
+    copy_batch(
+        dsts,
+        srcs,
+        sizes,
+        count,
+        attrs,
+        attrs_idxs,
+        num_attrs,
+        std::ptr::null_mut(),
+        stream,
+    )
+}
+
+pub extern "C" fn cuMemcpyBatchAsync_v2_ptsz(
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const MemcpyAttributes,
+    attrs_idxs: *const usize,
+    num_attrs: usize,
+    stream: Handle,
+) -> CUresult {
+    copy_batch(
+        dsts,
+        srcs,
+        sizes,
+        count,
+        attrs,
+        attrs_idxs,
+        num_attrs,
+        std::ptr::null_mut(),
+        stream,
+    )
+}
+
+/// `CUmemcpy3DOperand`: `type`, then (a pointer operand) `ptr`, `rowLength`, `layerHeight`,
+/// `locHint`, or (an array operand) `array` and its `CUoffset3D`.
+#[repr(C)]
+pub struct Memcpy3DOperand {
+    kind: u32,
+    words: [u64; 4],
+}
+
+/// `CUDA_MEMCPY3D_BATCH_OP`: `src`, `dst`, `extent` (`width`, `height`, `depth`),
+/// `srcAccessOrder`, `flags`.
+#[repr(C)]
+pub struct Memcpy3DBatchOp {
+    src: Memcpy3DOperand,
+    dst: Memcpy3DOperand,
+    extent: [usize; 3],
+    src_access_order: u32,
+    flags: c_uint,
+}
+
+/// `CU_MEMCPY_OPERAND_TYPE_POINTER`.
+const OPERAND_POINTER: u32 = 1;
+
+/// `cuMemcpy3DBatchAsync*`: pointer-to-pointer operations only (array operands give
+/// `CUDA_ERROR_NOT_SUPPORTED`), each `width × height × depth` bytes of unified addresses.
+fn copy_3d_batch(
+    num_ops: usize,
+    ops: *const Memcpy3DBatchOp,
+    fail_idx: *mut usize,
+    flags: u64,
+    stream: Handle,
+) -> CUresult {
+    let mut failed = usize::MAX;
+    let ret = code(with(|st| {
+        nonnull(ops)?;
+        if num_ops == 0 || flags != 0 || stream.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        for i in 0..num_ops {
+            // SAFETY: `ops` holds `num_ops` operations, as the caller says.
+            let op = unsafe { &*ops.add(i) };
+            let r = if op.src.kind != OPERAND_POINTER || op.dst.kind != OPERAND_POINTER {
+                Err(NOT_SUPPORTED)
+            } else if !SRC_ACCESS_ORDERS.contains(&op.src_access_order) {
+                Err(INVALID_VALUE)
+            } else {
+                let [w, h, d] = op.extent;
+                let n = (w as u64) * (h.max(1) as u64) * (d.max(1) as u64);
+                st.copy(
+                    Side::Unified(op.dst.words[0]),
+                    Side::Unified(op.src.words[0]),
+                    n,
+                )
+            };
+            if let Err(e) = r {
+                failed = i;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }));
+    if !fail_idx.is_null() {
+        put(fail_idx, failed);
+    }
+    ret
+}
+
+pub extern "C" fn cuMemcpy3DBatchAsync(
+    num_ops: usize,
+    ops: *const Memcpy3DBatchOp,
+    fail_idx: *mut usize,
+    flags: u64,
+    stream: Handle,
+) -> CUresult {
+    copy_3d_batch(num_ops, ops, fail_idx, flags, stream)
+}
+
+pub extern "C" fn cuMemcpy3DBatchAsync_ptsz(
+    num_ops: usize,
+    ops: *const Memcpy3DBatchOp,
+    fail_idx: *mut usize,
+    flags: u64,
+    stream: Handle,
+) -> CUresult {
+    copy_3d_batch(num_ops, ops, fail_idx, flags, stream)
+}
+
+pub extern "C" fn cuMemcpy3DBatchAsync_v2(
+    num_ops: usize,
+    ops: *const Memcpy3DBatchOp,
+    flags: u64,
+    stream: Handle,
+) -> CUresult {
+    copy_3d_batch(num_ops, ops, std::ptr::null_mut(), flags, stream)
+}
+
+pub extern "C" fn cuMemcpy3DBatchAsync_v2_ptsz(
+    num_ops: usize,
+    ops: *const Memcpy3DBatchOp,
+    flags: u64,
+    stream: Handle,
+) -> CUresult {
+    copy_3d_batch(num_ops, ops, std::ptr::null_mut(), flags, stream)
+}
+
 fn copy_2d(p: *const Memcpy2D) -> CUresult {
     code(with(|st| {
         nonnull(p)?;

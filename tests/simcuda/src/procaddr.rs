@@ -323,6 +323,30 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(3020, "cuMemcpy3DAsync_v2")],
         &[(7000, "cuMemcpy3DAsync_v2_ptsz")],
     ),
+    // Batches of copies, as driver 580 resolves them: from 12080, `_v2` (no failIdx) from
+    // 13000.
+    (
+        "cuMemcpyBatchAsync",
+        &[
+            (12080, "cuMemcpyBatchAsync"),
+            (13000, "cuMemcpyBatchAsync_v2"),
+        ],
+        &[
+            (12080, "cuMemcpyBatchAsync_ptsz"),
+            (13000, "cuMemcpyBatchAsync_v2_ptsz"),
+        ],
+    ),
+    (
+        "cuMemcpy3DBatchAsync",
+        &[
+            (12080, "cuMemcpy3DBatchAsync"),
+            (13000, "cuMemcpy3DBatchAsync_v2"),
+        ],
+        &[
+            (12080, "cuMemcpy3DBatchAsync_ptsz"),
+            (13000, "cuMemcpy3DBatchAsync_v2_ptsz"),
+        ],
+    ),
     ("cuIpcGetMemHandle", &[(4010, "cuIpcGetMemHandle")], &[]),
     (
         "cuIpcOpenMemHandle",

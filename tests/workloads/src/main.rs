@@ -6,6 +6,7 @@
 //! prints the ground truth as the last line of stdout: one JSON object. All
 //! other output goes to stderr.
 
+mod batch;
 mod book;
 mod driver;
 mod graph;
@@ -96,6 +97,11 @@ enum Scenario {
     Ipc,
     /// The importing side of `ipc`, spawned by it.
     IpcImporter,
+    /// Batches of copies (CUDA 12.8 and 13.0): 32 MiB of weights filled from host memory by
+    /// `cuMemcpyBatchAsync_v2`, `cuMemcpyBatchAsync` and `cuMemcpy3DBatchAsync_v2`, an 8 MiB
+    /// KV cache written by a batch of device-to-device copies, and a batch of six copies
+    /// (the probe reads four). All live at exit.
+    BatchCopies,
 }
 
 #[derive(Parser, Debug)]
@@ -268,6 +274,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::HostPools => scenarios::host_pools(&rt, seed)?,
         Scenario::Ipc => ipc::exporter(&rt, &args.lib)?,
         Scenario::IpcImporter => ipc::importer(&rt)?,
+        Scenario::BatchCopies => batch::batch_copies(&rt)?,
         Scenario::Graphs => graph::graphs(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };

@@ -341,6 +341,56 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         let f = d.resolve_or_dlsym::<FnMemcpy3DAsync>("cuMemcpy3DAsync", V, flags, exp)?;
         call!(d, f, &c3, null());
     }
+    // Batches (CUDA 12.8 and 13.0), where the library exports them: one 4 KiB copy from
+    // host memory each, on the per-thread stream.
+    {
+        use crate::batch::{
+            Fn3DBatch, Fn3DBatchV2, FnBatch, FnBatchV2, Memcpy3DBatchOp, MemcpyAttributes,
+        };
+        let attrs = MemcpyAttributes::stream_ordered();
+        let (dsts, srcs, sizes, first) = ([ptr], [host], [4096usize], [0usize]);
+        let stream = crate::batch::STREAM_PER_THREAD as P;
+        let op = Memcpy3DBatchOp::bytes(host, ptr, 4096);
+        for (version, flags, exp) in [
+            (12080, 0, "cuMemcpyBatchAsync"),
+            (12080, PER_THREAD, "cuMemcpyBatchAsync_ptsz"),
+            (13000, 0, "cuMemcpyBatchAsync_v2"),
+            (13000, PER_THREAD, "cuMemcpyBatchAsync_v2_ptsz"),
+        ] {
+            let mut fail = 0usize;
+            let (d0, s0, z0, f0) = (dsts.as_ptr(), srcs.as_ptr(), sizes.as_ptr(), first.as_ptr());
+            if version == 13000 {
+                if let Ok(f) =
+                    d.resolve_or_dlsym::<FnBatchV2>("cuMemcpyBatchAsync", version, flags, exp)
+                {
+                    call!(d, f, d0, s0, z0, 1, &attrs, f0, 1, stream);
+                }
+            } else if let Ok(f) =
+                d.resolve_or_dlsym::<FnBatch>("cuMemcpyBatchAsync", version, flags, exp)
+            {
+                call!(d, f, d0, s0, z0, 1, &attrs, f0, 1, &mut fail, stream);
+            }
+        }
+        for (version, flags, exp) in [
+            (12080, 0, "cuMemcpy3DBatchAsync"),
+            (12080, PER_THREAD, "cuMemcpy3DBatchAsync_ptsz"),
+            (13000, 0, "cuMemcpy3DBatchAsync_v2"),
+            (13000, PER_THREAD, "cuMemcpy3DBatchAsync_v2_ptsz"),
+        ] {
+            let mut fail = 0usize;
+            if version == 13000 {
+                if let Ok(f) =
+                    d.resolve_or_dlsym::<Fn3DBatchV2>("cuMemcpy3DBatchAsync", version, flags, exp)
+                {
+                    call!(d, f, 1, &op, 0, stream);
+                }
+            } else if let Ok(f) =
+                d.resolve_or_dlsym::<Fn3DBatch>("cuMemcpy3DBatchAsync", version, flags, exp)
+            {
+                call!(d, f, 1, &op, &mut fail, 0, stream);
+            }
+        }
+    }
     // The CUDA 3.x names, where the library has them (NVIDIA's does; the simulated one
     // does not): zeroed descriptors, whatever the results.
     let zeroes = [0u64; 32];

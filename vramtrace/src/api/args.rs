@@ -269,3 +269,38 @@ pub fn array_bytes(shape: ArrayShape, legacy32: bool, blob: &[u64; 5], levels: u
         base
     }
 }
+
+/// `CUmemcpy3DOperandType`: `CU_MEMCPY_OPERAND_TYPE_POINTER`.
+const OPERAND_POINTER: u64 = 1;
+/// `CU_MEMCPY_OPERAND_TYPE_ARRAY`.
+const OPERAND_ARRAY: u64 = 2;
+
+/// Reads the first `CUDA_MEMCPY3D_BATCH_OP` of `cuMemcpy3DBatchAsync` (`cuda.h`, CUDA 12.8;
+/// 14 words): `src` (a `CUmemcpy3DOperand`: `type`, then a pointer operand's `ptr`,
+/// `rowLength`, `layerHeight`, `locHint`, or an array operand's `array` and offset) in the
+/// blob, words 0..5; `dst` (words 5..10) and `extent` (`width`, `height`, `depth`, words
+/// 10..13) in the wide window. A pointer is a unified address; the extent counts bytes when
+/// no array takes part, the array's elements otherwise (then the bytes are not known).
+pub(super) fn copy_3d_batch_op(ev: &CallEvent, c: &mut Call) {
+    let (src_type, src_ptr) = (ev.blob[0] & U32, ev.blob[1]);
+    let w = &ev.wide;
+    let (dst_type, dst_ptr) = (w[0] & U32, w[1]);
+    (c.src_mem, c.src) = match src_type {
+        OPERAND_POINTER => (Some(CopySrc::Unified), Some(src_ptr)),
+        OPERAND_ARRAY => (Some(CopySrc::Array), None),
+        _ => {
+            c.unreadable.push("src.type".into());
+            (Some(CopySrc::Unified), None)
+        }
+    };
+    match dst_type {
+        OPERAND_POINTER => c.addr = Some(dst_ptr),
+        OPERAND_ARRAY => {}
+        _ => c.unreadable.push("dst.type".into()),
+    }
+    if src_type == OPERAND_POINTER && dst_type == OPERAND_POINTER {
+        c.bytes = Some(w[5].saturating_mul(w[6].max(1)).saturating_mul(w[7].max(1)));
+    } else {
+        c.unreadable.push("bytes (array elements)".into());
+    }
+}

@@ -12,17 +12,19 @@
 //! word means. Adding an entry point is adding a row.
 
 use cookie::{
-    DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK, WIDE_AT_RETURN,
-    WIDE_FROM_STACK, with_blob_arg, with_blob_skip, with_wide_skip,
+    BATCH_ARRAYS, DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK,
+    WIDE_AT_RETURN, WIDE_FROM_STACK, with_blob_arg, with_blob_skip, with_wide_skip,
 };
 use vramtrace_common::cookie;
 
 mod args;
 
 pub use args::{Args, ArrayShape, array_bytes};
-use args::{U32, copy_descriptor, os_handle, pool_attr_value, pool_location, share_of};
+use args::{
+    U32, copy_3d_batch_op, copy_descriptor, os_handle, pool_attr_value, pool_location, share_of,
+};
 
-use crate::trace::{Call, CopySrc, Mem, Record};
+use crate::trace::{BatchCopy, Call, CopySrc, Mem, Record};
 
 /// How a decoder turns one call into its record: it fills the call's fields from the
 /// registers, out-parameters and windows its row asked for, and says which record it is.
@@ -449,6 +451,61 @@ pub const APIS: &[ApiDef] = &[
     legacy("cuMemcpy3DAsync", COPY_3D, |d, c| {
         copy_2d_3d(d, c, true, Some(d.a[1]))
     }),
+    // Batches of copies (CUDA 12.8; `_v2` of CUDA 13.0 drops `failIdx`). Each copy is read
+    // as a unified copy is: a fill when its source is not device memory the Ledger knows.
+    // cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count,
+    // CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, size_t *failIdx,
+    // CUstream hStream): the first `BATCH_READ` elements of the three arrays are read at
+    // entry; `count` says how many there are.
+    def("cuMemcpyBatchAsync", BATCH_ARRAYS, |d, c| {
+        let count = d.a[3];
+        c.count = Some(count);
+        c.src_mem = Some(CopySrc::Unified);
+        if !d.blob_ok {
+            c.unreadable.push("copies".into());
+            return d.done(c, Record::Copy);
+        }
+        let n = count.min(cookie::BATCH_READ as u64) as usize;
+        let w = &d.ev.wide;
+        let mut rest = Vec::with_capacity(n.saturating_sub(1));
+        for i in 0..n {
+            let (dst, src, bytes) = (w[i], w[cookie::BATCH_READ + i], d.ev.blob[i]);
+            if i == 0 {
+                (c.addr, c.src, c.bytes) = (Some(dst), Some(src), Some(bytes));
+            } else {
+                rest.push(BatchCopy {
+                    addr: Some(dst),
+                    src_mem: CopySrc::Unified,
+                    src: Some(src),
+                    bytes,
+                });
+            }
+        }
+        if !rest.is_empty() {
+            c.copies = Some(rest.into_boxed_slice());
+        }
+        d.done(c, Record::Copy)
+    }),
+    // cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, size_t *failIdx,
+    // unsigned long long flags, CUstream hStream): the first operation is read at entry,
+    // its source operand in the blob (words 0..5), its destination and extent in the wide
+    // window (words 5..13): see [`copy_3d_batch_op`].
+    def(
+        "cuMemcpy3DBatchAsync",
+        with_blob_arg(1) | with_wide_skip(5),
+        |d, c| {
+            c.count = Some(d.a[0]);
+            if d.a[0] == 0 {
+                return d.done(c, Record::Copy);
+            }
+            if d.blob_ok {
+                copy_3d_batch_op(d.ev, c);
+            } else {
+                c.unreadable.push("opList".into());
+            }
+            d.done(c, Record::Copy)
+        },
+    ),
     // ---- Memory shared between processes ----
     // The 64-byte handles and export data are kept whole in the wide window, so that an
     // importer's handle can be matched to its exporter's.

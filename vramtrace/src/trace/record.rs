@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 6;
+pub const FORMAT_MINOR: u32 = 7;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -598,6 +598,30 @@ pub struct Call {
     /// The CUDA graph (`CUgraph`) a graph record is about. Added in format 1.6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph: Option<u64>,
+    /// A batch of copies (`cuMemcpyBatchAsync*`, `cuMemcpy3DBatchAsync*`): its copies after
+    /// the first, which is in `addr`, `src_mem`, `src` and `bytes`, as far as the probe read
+    /// them. Added in format 1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<Box<[BatchCopy]>>,
+    /// How many copies the batch had (`count`, `numOps`): more than were read when the probe
+    /// read only the first. Added in format 1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// One copy of a batch after its first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCopy {
+    /// The destination's address; absent when it is not one (an array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
+    /// What it reads from.
+    pub src_mem: CopySrc,
+    /// The source's address, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<u64>,
+    /// Bytes copied.
+    pub bytes: u64,
 }
 
 /// What a copy reads from, as its arguments say (`CUmemorytype` of `CUDA_MEMCPY2D/3D`, or

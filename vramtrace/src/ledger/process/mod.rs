@@ -737,24 +737,55 @@ impl ProcessState {
     /// addresses to lie. A source inside no device allocation the Ledger knows is host
     /// memory (device memory made before tracing began would read as host: a fill too many,
     /// never one too few).
+    ///
+    /// A batch (`cuMemcpyBatchAsync`, `cuMemcpy3DBatchAsync`) is each of its copies that were
+    /// read, by the same rule; copies the probe could not read are counted as an anomaly
+    /// (`batch_copies_unread`), never taken for none.
     pub(crate) fn on_copy(&mut self, c: &Call) {
+        self.copy_range(c, c.src_mem, c.src, c.addr, c.bytes);
+        if let Some(copies) = &c.copies {
+            for b in copies.iter() {
+                self.copy_range(c, Some(b.src_mem), b.src, b.addr, Some(b.bytes));
+            }
+        }
+        if let Some(count) = c.count {
+            let read = c.copies.as_ref().map_or(0, |b| b.len() as u64)
+                + u64::from(c.addr.is_some() || c.src.is_some());
+            if count > read {
+                self.anomaly("batch_copies_unread", || {
+                    format!("{}: {} of {count} copies read", describe(c), read)
+                });
+            }
+        }
+    }
+
+    /// One copy of `c` (the call itself, or one of its batch): a fill when it goes from host
+    /// memory into device memory the Ledger knows.
+    fn copy_range(
+        &mut self,
+        c: &Call,
+        src_mem: Option<CopySrc>,
+        src: Option<u64>,
+        addr: Option<u64>,
+        bytes: Option<u64>,
+    ) {
         // Whether the entry point's signature says the copy is host to device.
-        let htod = c.src_mem.is_none();
-        match c.src_mem {
+        let htod = src_mem.is_none();
+        match src_mem {
             None | Some(CopySrc::Host) => {}
             Some(CopySrc::Device | CopySrc::Array) => return,
-            Some(CopySrc::Unified) => match c.src {
+            Some(CopySrc::Unified) => match src {
                 Some(src) if !self.is_device_memory(src) => {}
                 _ => return,
             },
         }
-        let Some(addr) = c.addr else {
+        let Some(addr) = addr else {
             if htod {
                 self.anomaly("copy_without_address", || describe(c));
             }
             return;
         };
-        let len = c.bytes.unwrap_or(0);
+        let len = bytes.unwrap_or(0);
         if let Some((&start, a)) = self.by_addr.range_mut(..=addr).next_back() {
             let end = start.saturating_add(a.bytes);
             if addr < end || (addr == start && a.bytes == 0) {

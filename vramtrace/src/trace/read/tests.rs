@@ -103,6 +103,13 @@ pub(crate) fn body() -> Vec<Record> {
         handle_type: Some(1),
         os_handle: Some(9),
         graph: Some(0x5900_0000),
+        copies: Some(Box::new([crate::trace::BatchCopy {
+            addr: Some(0x7f00_0020_0000),
+            src_mem: crate::trace::CopySrc::Unified,
+            src: Some(0x5500_1000),
+            bytes: 8192,
+        }])),
+        count: Some(2),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -1154,6 +1161,15 @@ fn call() -> impl Strategy<Value = Call> {
                 handle_type: flags.map(|f| f as u32 % 9),
                 os_handle: stack.map(u64::from),
                 graph: stream.and(handle),
+                copies: addr.and(pitch).map(|p| {
+                    Box::new([crate::trace::BatchCopy {
+                        addr: Some(p),
+                        src_mem: crate::trace::CopySrc::Host,
+                        src: offset,
+                        bytes: p / 2,
+                    }]) as Box<[_]>
+                }),
+                count: pitch.and(bytes),
             },
         )
 }
