@@ -2351,7 +2351,10 @@ const SRC_ACCESS_ORDERS: std::ops::RangeInclusive<u32> = 1..=3;
 /// after another; the first that fails is written to `fail_idx` (`SIZE_MAX` when the failure
 /// is the batch's as a whole), as the CUDA 12.8 signature asks. The stream must not be the
 /// legacy NULL stream (0), and every copy needs its attributes.
-#[expect(clippy::too_many_arguments, reason = "the nine arguments of the CUDA 12.8 signature")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the nine arguments of the CUDA 12.8 signature"
+)]
 fn copy_batch(
     dsts: *const CUdeviceptr,
     srcs: *const CUdeviceptr,
