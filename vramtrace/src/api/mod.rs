@@ -460,12 +460,15 @@ pub const APIS: &[ApiDef] = &[
     def("cuMemcpyBatchAsync", BATCH_ARRAYS, |d, c| {
         let count = d.a[3];
         c.count = Some(count);
-        c.src_mem = Some(CopySrc::Unified);
         if !d.blob_ok {
             c.unreadable.push("copies".into());
             return d.done(c, Record::Copy);
         }
         let n = count.min(cookie::BATCH_READ as u64) as usize;
+        if n > 0 {
+            // The first copy's source kind: what says it was read.
+            c.src_mem = Some(CopySrc::Unified);
+        }
         let w = &d.ev.wide;
         let mut rest = Vec::with_capacity(n.saturating_sub(1));
         for i in 0..n {

@@ -928,6 +928,67 @@ fn copies_mark_allocations_filled_from_host() {
 }
 
 #[test]
+fn a_batch_is_each_copy_read_and_says_how_many_were_not() {
+    use crate::trace::{BatchCopy, CopySrc};
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let (a, b, host) = (0x10_0000, 0x40_0000, 0x5555_0000);
+    let batch = |s: &mut Sim, api: &str, first: Option<(u64, u64)>, rest: Vec<BatchCopy>, n| {
+        Record::Copy(Call {
+            addr: first.map(|f| f.0),
+            src_mem: first.map(|_| CopySrc::Unified),
+            src: first.map(|_| host),
+            bytes: first.map(|f| f.1),
+            copies: (!rest.is_empty()).then(|| rest.into_boxed_slice()),
+            count: Some(n),
+            ..s.call(api)
+        })
+    };
+    let second = BatchCopy {
+        addr: Some(b),
+        src_mem: CopySrc::Unified,
+        src: Some(host),
+        bytes: 2000,
+    };
+    let recs = vec![
+        s.alloc(a, MIB),
+        s.alloc(b, MIB),
+        // Both copies read: both fills.
+        batch(
+            &mut s,
+            "cuMemcpyBatchAsync_v2",
+            Some((a, 1000)),
+            vec![second],
+            2,
+        ),
+        // Array to array: no address on either side, yet read; no fill, nothing unread.
+        Record::Copy(Call {
+            src_mem: Some(CopySrc::Array),
+            count: Some(1),
+            ..s.call("cuMemcpy3DBatchAsync_v2")
+        }),
+        // The arrays could not be read: none of six.
+        batch(&mut s, "cuMemcpyBatchAsync_v2", None, Vec::new(), 6),
+    ];
+    apply_all(&mut l, recs);
+    let live: Vec<_> = l.live_allocations(1).collect();
+    let filled = |at: u64| {
+        live.iter()
+            .find(|x| x.addr == Some(at))
+            .unwrap()
+            .filled_from_host
+    };
+    assert_eq!((filled(a), filled(b)), (1000, 2000));
+    let p = proc(&l, 1);
+    assert_eq!(anomalies(p, "batch_copies_unread"), 1);
+    assert!(
+        p.anomalies["batch_copies_unread"].examples[0].contains("0 of 6 copies read"),
+        "{:?}",
+        p.anomalies
+    );
+}
+
+#[test]
 fn unified_copies_fill_by_where_the_addresses_lie() {
     use crate::trace::CopySrc;
     let mut l = Ledger::new();

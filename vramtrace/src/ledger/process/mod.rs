@@ -749,8 +749,10 @@ impl ProcessState {
             }
         }
         if let Some(count) = c.count {
-            let read = c.copies.as_ref().map_or(0, |b| b.len() as u64)
-                + u64::from(c.addr.is_some() || c.src.is_some());
+            // The first copy was read when its source is known (an array-to-array operation
+            // has no address on either side).
+            let read =
+                c.copies.as_ref().map_or(0, |b| b.len() as u64) + u64::from(c.src_mem.is_some());
             if count > read {
                 self.anomaly("batch_copies_unread", || {
                     format!("{}: {} of {count} copies read", describe(c), read)
