@@ -33,7 +33,12 @@ async function live(b) {
     await p.goto(server.url);
     await phone.goto(server.url);
     // The workload's ground truth: the last line it printed before holding.
-    const truth = JSON.parse(await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth", 90_000));
+    // Generous: at the end of a full test run on two loaded cores the workload, traced, has
+    // taken over 90 s to print it; a timeout says what serve and the workload printed.
+    const truthLine = await until(() => server.stdout.find((l) => l.startsWith("{") && l.includes('"labels"')), "the workload's ground truth", 240_000).catch((e) => {
+      throw new Error(`${e.message}\nworkload stdout:\n${server.stdout.slice(-20).join("\n")}\nserve stderr:\n${server.stderr().slice(-4000)}`);
+    });
+    const truth = JSON.parse(truthLine);
     const row = p.getByTestId("process-row").filter({ hasText: EVIL.slice(0, 15) });
     await row.waitFor({ timeout: 60_000 });
     // The card of the GPU the workload used (named by NVML's index, or by the process's own
