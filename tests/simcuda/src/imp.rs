@@ -12,7 +12,9 @@ use crate::procaddr;
 mod ipc;
 pub use ipc::*;
 mod graph;
+mod multicast;
 pub use graph::*;
+pub use multicast::*;
 
 pub type CUresult = c_uint;
 type CUdevice = c_int;
@@ -224,6 +226,9 @@ struct Phys {
     /// `CUmemAllocationProp::requestedHandleTypes`: what `cuMemExportToShareableHandle` may
     /// export it as.
     handle_types: u32,
+    /// Bindings to multicast objects (`cuMulticastBindMem`, `cuMulticastBindAddr`): each
+    /// keeps the memory until it is unbound or its multicast object goes.
+    binds: u32,
 }
 
 struct Mapping {
@@ -301,6 +306,8 @@ struct State {
     exports: u64,
     /// CUDA graphs, their memory nodes and execs, and each device's graph memory pool.
     graphs: graph::Graphs,
+    /// Multicast objects (`cuMulticastCreate`), by handle.
+    multicast: HashMap<u64, multicast::Multicast>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -390,6 +397,7 @@ impl State {
             imports: BTreeMap::new(),
             exports: 0,
             graphs: graph::Graphs::default(),
+            multicast: HashMap::new(),
         };
         for dev in 0..devices {
             let h = st.handle();
@@ -771,6 +779,7 @@ impl State {
         if let Some(p) = self.phys.get(&handle)
             && p.released
             && p.maps == 0
+            && p.binds == 0
         {
             let (size, dev) = (p.size, p.dev.filter(|_| !p.imported));
             self.phys.remove(&handle);
@@ -1329,6 +1338,7 @@ pub extern "C" fn cuMemCreate(
                 retains: 0,
                 imported: false,
                 handle_types: prop.requested_handle_types,
+                binds: 0,
             },
         );
         put(handle, h);
@@ -1338,6 +1348,9 @@ pub extern "C" fn cuMemCreate(
 
 pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
     code(with(|st| {
+        if st.multicast.contains_key(&handle) {
+            return st.release_multicast(handle);
+        }
         let p = st.phys.get_mut(&handle).ok_or(INVALID_VALUE)?;
         if p.released {
             return Err(INVALID_VALUE);
@@ -1409,8 +1422,18 @@ pub extern "C" fn cuMemMap(
         {
             return Err(INVALID_VALUE);
         }
-        let p = st.phys.get(&handle).ok_or(INVALID_HANDLE)?;
-        if p.released || (offset as u64).checked_add(size).is_none_or(|e| e > p.size) {
+        let (released, whole) = match (st.phys.get(&handle), st.multicast.get(&handle)) {
+            (Some(p), _) => (p.released, p.size),
+            (None, Some(m)) => {
+                // The driver blocks until every device of the team is added; this one refuses.
+                if !m.team_complete() {
+                    return Err(INVALID_VALUE);
+                }
+                (m.released, m.size)
+            }
+            (None, None) => return Err(INVALID_HANDLE),
+        };
+        if released || (offset as u64).checked_add(size).is_none_or(|e| e > whole) {
             return Err(INVALID_VALUE);
         }
         let inside = st
@@ -1432,6 +1455,8 @@ pub extern "C" fn cuMemMap(
         st.mappings.insert(ptr, Mapping { size, handle });
         if let Some(p) = st.phys.get_mut(&handle) {
             p.maps += 1;
+        } else if let Some(m) = st.multicast.get_mut(&handle) {
+            m.maps += 1;
         }
         Ok(())
     }))
@@ -1458,6 +1483,9 @@ pub extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
             if let Some(rec) = st.mappings.remove(&m) {
                 if let Some(p) = st.phys.get_mut(&rec.handle) {
                     p.maps = p.maps.saturating_sub(1);
+                } else if let Some(m) = st.multicast.get_mut(&rec.handle) {
+                    m.maps = m.maps.saturating_sub(1);
+                    st.drop_multicast_if_done(rec.handle);
                 }
                 st.free_phys_if_done(rec.handle);
             }

@@ -70,6 +70,11 @@
 //!   it live from the device's graph pool, which keeps what it reserved until
 //!   `cuDeviceGraphMemTrim`; `cuDeviceGetGraphMemAttribute` / `cuDeviceSetGraphMemAttribute`
 //!   answer and reset the pool's figures. See `imp/graph.rs`.
+//! - Multicast objects (`cuMulticastCreate`, `cuMulticastAddDevice`,
+//!   `cuMulticastBindMem` / `cuMulticastBindAddr` and their `_v2`, `cuMulticastUnbind`,
+//!   `cuMulticastGetGranularity`): a handle with a size and a team of devices and no memory
+//!   of its own; a binding keeps the `cuMemCreate` memory bound to it until it is unbound or
+//!   the object, released with `cuMemRelease` and unmapped, goes. See `imp/multicast.rs`.
 //! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
 //!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
 //!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
@@ -271,4 +276,12 @@ exports! {
     cuDeviceGraphMemTrim,
     cuDeviceGetGraphMemAttribute,
     cuDeviceSetGraphMemAttribute,
+    cuMulticastCreate,
+    cuMulticastAddDevice,
+    cuMulticastGetGranularity,
+    cuMulticastBindMem,
+    cuMulticastBindMem_v2,
+    cuMulticastBindAddr,
+    cuMulticastBindAddr_v2,
+    cuMulticastUnbind,
 }

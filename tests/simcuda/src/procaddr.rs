@@ -392,6 +392,26 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(11000, "cuMemRetainAllocationHandle")],
         &[],
     ),
+    // Multicast objects came with CUDA 12.1; driver 580 returns the unversioned names for
+    // every version it resolves them for (12050 and up), `_v2` for none.
+    ("cuMulticastCreate", &[(12010, "cuMulticastCreate")], &[]),
+    (
+        "cuMulticastAddDevice",
+        &[(12010, "cuMulticastAddDevice")],
+        &[],
+    ),
+    (
+        "cuMulticastGetGranularity",
+        &[(12010, "cuMulticastGetGranularity")],
+        &[],
+    ),
+    ("cuMulticastBindMem", &[(12010, "cuMulticastBindMem")], &[]),
+    (
+        "cuMulticastBindAddr",
+        &[(12010, "cuMulticastBindAddr")],
+        &[],
+    ),
+    ("cuMulticastUnbind", &[(12010, "cuMulticastUnbind")], &[]),
 ];
 
 /// Resolves `base` for `version` and `flags` to an exported symbol name, or to

@@ -148,6 +148,14 @@ const EXPORTS: &[&str] = &[
     "cuDeviceGraphMemTrim",
     "cuDeviceGetGraphMemAttribute",
     "cuDeviceSetGraphMemAttribute",
+    "cuMulticastCreate",
+    "cuMulticastAddDevice",
+    "cuMulticastGetGranularity",
+    "cuMulticastBindMem",
+    "cuMulticastBindMem_v2",
+    "cuMulticastBindAddr",
+    "cuMulticastBindAddr_v2",
+    "cuMulticastUnbind",
 ];
 
 /// The cdylib of this package: `SIMCUDA_LIB` if set, else next to the `deps`

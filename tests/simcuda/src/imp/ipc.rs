@@ -438,6 +438,7 @@ pub extern "C" fn cuMemImportFromShareableHandle(
                 retains: 0,
                 imported: true,
                 handle_types: 0,
+                binds: 0,
             },
         );
         put(handle, h);
