@@ -260,7 +260,10 @@ impl Converter {
                     self.unknown_api += 1;
                     return;
                 };
-                let (decode, args) = (api.decode, Args::new(ev, api.legacy32, api.ctx));
+                let (decode, args) = (
+                    api.decode,
+                    Args::new(ev, api.legacy32, api.ctx, api.version),
+                );
                 let symbol = api.symbol.clone();
                 let proc = self.proc_id(ev.pid, &ev.comm, env, out);
                 let stack = self.stack_id(proc, ev, env, out);

@@ -18,6 +18,8 @@ pub struct Args<'a> {
     pub legacy32: bool,
     /// Where this variant's flags and device sit (`cuCtxCreate*`).
     pub ctx: CtxArgs,
+    /// The variant's ABI version: N of a `_vN` suffix, 1 without one.
+    pub version: u32,
     /// The call returned: its result and out-parameters mean something.
     pub returned: bool,
     /// It returned `CUDA_SUCCESS`.
@@ -27,8 +29,9 @@ pub struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    /// The event `ev` of a variant whose arguments are 32-bit when `legacy32`.
-    pub fn new(ev: &'a CallEvent, legacy32: bool, ctx: CtxArgs) -> Self {
+    /// The event `ev` of a variant whose arguments are 32-bit when `legacy32`, of ABI
+    /// `version`.
+    pub fn new(ev: &'a CallEvent, legacy32: bool, ctx: CtxArgs, version: u32) -> Self {
         // A call that never returned has no result and no out-parameters: only what it was
         // asked.
         let returned = ev.flags & flags::NO_RETURN == 0;
@@ -37,6 +40,7 @@ impl<'a> Args<'a> {
             a: &ev.args,
             legacy32,
             ctx,
+            version,
             returned,
             ok: returned && ev.ret == 0,
             blob_ok: ev.flags & flags::BLOB_FAULT == 0,

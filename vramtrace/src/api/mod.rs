@@ -24,7 +24,7 @@ use args::{
     U32, copy_3d_batch_op, copy_descriptor, os_handle, pool_attr_value, pool_location, share_of,
 };
 
-use crate::trace::{BatchCopy, Call, CopySrc, Mem, Record};
+use crate::trace::{BatchCopy, Bound, Call, CopySrc, Mem, Record};
 
 /// How a decoder turns one call into its record: it fills the call's fields from the
 /// registers, out-parameters and windows its row asked for, and says which record it is.
@@ -602,6 +602,62 @@ pub const APIS: &[ApiDef] = &[
         }
         d.done(c, Record::PoolCreate)
     }),
+    // ---- Multicast objects (CUDA 12.1) ----
+    // cuMulticastCreate(CUmemGenericAllocationHandle *mcHandle, const CUmulticastObjectProp
+    // *prop): the prop is numDevices (word 0), size, handleTypes, flags.
+    def(
+        "cuMulticastCreate",
+        DEREF_ARG0 | with_blob_arg(1) | STACK,
+        |d, c| {
+            if d.blob_ok {
+                let b = &d.ev.blob;
+                c.count = Some(b[0] & U32);
+                c.bytes = Some(b[1]);
+                c.handle_type = Some(b[2] as u32);
+                c.flags = Some(b[3]);
+            } else {
+                c.unreadable.push("prop".into());
+            }
+            if d.ok {
+                c.handle = d.out0(c);
+            }
+            d.done(c, Record::MulticastCreate)
+        },
+    ),
+    // cuMulticastBindMem(CUmemGenericAllocationHandle mcHandle, size_t mcOffset,
+    // CUmemGenericAllocationHandle memHandle, size_t memOffset, size_t size, unsigned long
+    // long flags); `_v2` (CUDA 13) names the device after mcHandle, which pushes `flags` to
+    // the stack, where it is not read (it must be 0).
+    def("cuMulticastBindMem", 0, |d, c| {
+        let i = multicast_device(d, c);
+        c.offset = Some(d.a[i]);
+        c.bound = Some(Box::new(Bound {
+            handle: d.a[i + 1],
+            offset: d.a[i + 2],
+        }));
+        c.bytes = Some(d.a[i + 3]);
+        c.flags = d.a.get(i + 4).copied();
+        d.done(c, Record::MulticastBind)
+    }),
+    // cuMulticastBindAddr(CUmemGenericAllocationHandle mcHandle, size_t mcOffset, CUdeviceptr
+    // memptr, size_t size, unsigned long long flags); `_v2` names the device after mcHandle.
+    def("cuMulticastBindAddr", 0, |d, c| {
+        let i = multicast_device(d, c);
+        c.offset = Some(d.a[i]);
+        c.addr = Some(d.a[i + 1]);
+        c.bytes = Some(d.a[i + 2]);
+        c.flags = Some(d.a[i + 3]);
+        d.done(c, Record::MulticastBind)
+    }),
+    // cuMulticastUnbind(CUmemGenericAllocationHandle mcHandle, CUdevice dev, size_t mcOffset,
+    // size_t size)
+    def("cuMulticastUnbind", 0, |d, c| {
+        c.handle = Some(d.a[0]);
+        c.device = Some(d.int(1));
+        c.offset = Some(d.a[2]);
+        c.bytes = Some(d.a[3]);
+        d.done(c, Record::MulticastUnbind)
+    }),
     // ---- CUDA graph memory nodes ----
     // Virtual addresses fixed when a graph is built, physical memory from the device's graph
     // pool when a launch runs the nodes: see [`graph_params`] and `docs/classification.md`.
@@ -834,6 +890,18 @@ fn graph_instantiate(d: &Args<'_>, c: &mut Call) -> Record {
     d.done(c, Record::GraphInstantiate)
 }
 
+/// The multicast object of a `cuMulticastBind*` call, and its device when the variant names
+/// one (`_v2`): the index of the argument after them.
+fn multicast_device(d: &Args<'_>, c: &mut Call) -> usize {
+    c.handle = Some(d.a[0]);
+    if d.version >= 2 {
+        c.device = Some(d.int(1));
+        2
+    } else {
+        1
+    }
+}
+
 /// `cuDevice{Get,Set}GraphMemAttribute(device, attr, value)`.
 fn graph_mem_attribute(d: &Args<'_>, c: &mut Call) -> Record {
     c.device = Some(d.int(0));
@@ -898,6 +966,8 @@ pub struct Hooked {
     pub legacy32: bool,
     /// Where this variant's flags and device sit (`cuCtxCreate*` only).
     pub ctx: CtxArgs,
+    /// Its ABI version: N of a `_vN` suffix, 1 without one.
+    pub version: u32,
     /// The cookie flags for this symbol.
     pub flags: u64,
 }
@@ -912,6 +982,14 @@ impl Hooked {
             decode: def.decode,
             legacy32: def.legacy32 && !versioned,
             ctx: CtxArgs::of(suffix),
+            version: suffix
+                .strip_prefix("_v")
+                .and_then(|r| {
+                    r[..r.bytes().take_while(u8::is_ascii_digit).count()]
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(1),
             flags: def.flags,
         }
     }

@@ -229,6 +229,9 @@ impl Ledger {
             Record::CtxCurrent(_) => st.on_ctx_current(c),
             Record::Copy(_) => st.on_copy(c),
             Record::Retain(_) => st.on_retain(c),
+            Record::MulticastCreate(_) => st.on_multicast_create(totals, c),
+            Record::MulticastBind(_) => st.on_multicast_bind(totals, c),
+            Record::MulticastUnbind(_) => st.on_multicast_unbind(totals, c),
             Record::Unreturned(_) => *st.unreturned.entry(c.api.to_string()).or_default() += 1,
             _ => {}
         }

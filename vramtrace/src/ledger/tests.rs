@@ -451,6 +451,86 @@ fn vmm_release_before_unmap() {
 }
 
 #[test]
+fn multicast_objects_hold_nothing_and_their_bindings_keep_memory_until_unbound() {
+    use crate::trace::Bound;
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let (va, mc_va) = (0x7000_0000, 0x7800_0000);
+    let bind_mem = |s: &mut Sim, offset: u64, handle: u64| {
+        Record::MulticastBind(Call {
+            handle: Some(0xc),
+            offset: Some(offset),
+            bound: Some(Box::new(Bound { handle, offset: 0 })),
+            bytes: Some(2 * MIB),
+            flags: Some(0),
+            ..s.call("cuMulticastBindMem")
+        })
+    };
+    let unbind = |s: &mut Sim, offset: u64| {
+        Record::MulticastUnbind(Call {
+            handle: Some(0xc),
+            device: Some(0),
+            offset: Some(offset),
+            bytes: Some(2 * MIB),
+            ..s.call("cuMulticastUnbind")
+        })
+    };
+    let recs = vec![
+        s.vmm_create(0xa, 2 * MIB),
+        s.vmm_create(0xb, 2 * MIB),
+        Record::MulticastCreate(Call {
+            handle: Some(0xc),
+            bytes: Some(4 * MIB),
+            count: Some(1),
+            ..s.call("cuMulticastCreate")
+        }),
+        bind_mem(&mut s, 0, 0xa),
+        s.vmm_map(va, 2 * MIB, 0xb),
+        // Bound by where it is mapped.
+        Record::MulticastBind(Call {
+            handle: Some(0xc),
+            offset: Some(2 * MIB),
+            addr: Some(va),
+            bytes: Some(2 * MIB),
+            ..s.call("cuMulticastBindAddr")
+        }),
+        s.vmm_map(mc_va, 4 * MIB, 0xc),
+        // Released, but bound: a's memory stays; b's stays mapped and bound.
+        s.vmm_release(0xa),
+        s.vmm_release(0xb),
+        s.vmm_unmap(va, 2 * MIB),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    // The object and its mapping are no memory of their own.
+    assert_eq!(p.usage.device_bytes, 4 * MIB);
+    assert_eq!(p.live_allocations().count(), 2);
+    let ended = |l: &Ledger| {
+        l.changes()
+            .iter()
+            .filter_map(|c| match c {
+                Change::Ended { alloc, cause, .. } => Some((alloc.handle, *cause)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    l.apply(&unbind(&mut s, 0));
+    assert_eq!(ended(&l), vec![(Some(0xa), EndCause::VmmRelease)]);
+    assert_eq!(proc(&l, 1).usage.device_bytes, 2 * MIB);
+    // Released while mapped: the object and b's binding stay until it is unmapped.
+    l.apply(&s.vmm_release(0xc));
+    assert_eq!(ended(&l), vec![]);
+    l.apply(&s.vmm_unmap(mc_va, 4 * MIB));
+    assert_eq!(ended(&l), vec![(Some(0xb), EndCause::VmmRelease)]);
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+    // Unbinding what is not bound is said.
+    l.apply(&unbind(&mut s, 0));
+    assert_eq!(proc(&l, 1).anomalies.len(), 1);
+}
+
+#[test]
 fn vmm_unmap_before_release_and_multi_mapping() {
     let mut l = Ledger::new();
     let mut s = Sim::new(1, 100);

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 7;
+pub const FORMAT_MINOR: u32 = 8;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +98,18 @@ pub enum Record {
     /// `cuMemRetainAllocationHandle`: one more reference to the VMM handle (`handle`) mapped
     /// at `addr`, released by `cuMemRelease`. Added in 1.6.
     Retain(Call),
+    /// `cuMulticastCreate`: a multicast object (`handle`) of `bytes` for a team of `count`
+    /// devices, exportable as `handle_type`. It has no memory of its own: what is bound to it
+    /// is; it is mapped (`vmm_map`) and released (`vmm_release`) as a VMM handle. Added in 1.8.
+    MulticastCreate(Call),
+    /// `cuMulticastBindMem*` (`bound`: the VMM handle and the offset into it) or
+    /// `cuMulticastBindAddr*` (`addr`: where that memory is mapped): `bytes` of memory bound
+    /// at `offset` of the multicast object `handle`, for `device` (`_v2`; otherwise the
+    /// memory's own). The binding keeps the memory until it is unbound. Added in 1.8.
+    MulticastBind(Call),
+    /// `cuMulticastUnbind`: the binding at `offset` of `handle` for `device`, of `bytes`,
+    /// undone. Added in 1.8.
+    MulticastUnbind(Call),
     /// A driver call that never returned: its thread ended inside it (the process was killed,
     /// a signal sent at the call ended it), or the thread entered the same entry point again
     /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
@@ -150,6 +162,9 @@ impl Record {
             Record::Import(_) => "import",
             Record::ImportClose(_) => "import_close",
             Record::Retain(_) => "retain",
+            Record::MulticastCreate(_) => "multicast_create",
+            Record::MulticastBind(_) => "multicast_bind",
+            Record::MulticastUnbind(_) => "multicast_unbind",
             Record::Unreturned(_) => "unreturned",
             Record::Exit(_) => "exit",
             Record::Lost(_) => "lost",
@@ -190,6 +205,9 @@ impl Record {
             | Record::Import(c)
             | Record::ImportClose(c)
             | Record::Retain(c)
+            | Record::MulticastCreate(c)
+            | Record::MulticastBind(c)
+            | Record::MulticastUnbind(c)
             | Record::Unreturned(c) => Some(c),
             _ => None,
         }
@@ -604,9 +622,22 @@ pub struct Call {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copies: Option<Box<[BatchCopy]>>,
     /// How many copies the batch had (`count`, `numOps`): more than were read when the probe
-    /// read only the first. Added in format 1.7.
+    /// read only the first; the devices of a multicast object's team. Added in format 1.7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The memory a `cuMulticastBindMem*` binds: its VMM handle and the offset into it.
+    /// Added in format 1.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<Box<Bound>>,
+}
+
+/// VMM memory bound to a multicast object by its handle (`cuMulticastBindMem*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    /// The `cuMemCreate` handle.
+    pub handle: u64,
+    /// Where in it the bound range starts.
+    pub offset: u64,
 }
 
 /// One copy of a batch after its first.

@@ -7,6 +7,7 @@
 mod ctx;
 mod graph;
 mod import;
+mod multicast;
 mod pool;
 mod types;
 mod vmm;
@@ -111,6 +112,8 @@ pub struct ProcessState {
     arrays: HashMap<u64, Arc<LiveAllocation>>,
     vmm: HashMap<u64, VmmHandle>,
     mappings: BTreeMap<u64, Mapping>,
+    /// Multicast objects, by handle.
+    multicast: HashMap<u64, multicast::Multicast>,
     reserved: BTreeMap<u64, u64>,
     pools: HashMap<PoolId, Pool>,
     /// Other processes' memory mapped here, by address: mapped, not owned.
@@ -902,6 +905,7 @@ impl ProcessState {
             ts_ns: e.ts_ns,
         });
         self.mappings.clear();
+        self.multicast.clear();
         self.imported_handles.clear();
         self.reserved.clear();
         self.default_pools.clear();

@@ -15,6 +15,15 @@ pub(super) struct VmmHandle {
     pub(super) mappings: u32,
     /// References from `cuMemRetainAllocationHandle` not released yet.
     pub(super) retains: u32,
+    /// Bindings to multicast objects: each keeps the memory as a mapping does.
+    pub(super) binds: u32,
+}
+
+impl VmmHandle {
+    /// Released, and neither mapped nor bound: its memory goes.
+    pub(super) fn unheld(&self) -> bool {
+        self.released && self.mappings == 0 && self.binds == 0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -27,7 +36,7 @@ pub(super) struct Mapping {
 
 impl ProcessState {
     /// Frees a VMM handle's physical memory (released and no longer mapped, or replaced).
-    fn drop_handle(&mut self, t: &mut Totals, h: u64, cause: EndCause, ts: u64) {
+    pub(super) fn drop_handle(&mut self, t: &mut Totals, h: u64, cause: EndCause, ts: u64) {
         if let Some(v) = self.vmm.remove(&h) {
             self.release(t, v.alloc, cause, ts);
         }
@@ -75,6 +84,7 @@ impl ProcessState {
                 released: false,
                 mappings: 0,
                 retains: 0,
+                binds: 0,
             },
         );
     }
@@ -85,7 +95,7 @@ impl ProcessState {
             self.anomaly("free_without_handle", || describe(c));
             return;
         };
-        if self.release_imported(h) {
+        if self.release_imported(h) || self.release_multicast(t, c, h) {
             self.count_free(&c.api, 1, 0);
             return;
         }
@@ -98,7 +108,7 @@ impl ProcessState {
             }
             Some(v) if !v.released => {
                 v.released = true;
-                (v.alloc.bytes, v.mappings == 0)
+                (v.alloc.bytes, v.unheld())
             }
             Some(_) => {
                 self.count_free(&c.api, 1, 0);
@@ -122,13 +132,14 @@ impl ProcessState {
             return;
         };
         if !m.counted {
+            self.unmap_multicast(t, m.handle, ts);
             return;
         }
         let Some(v) = self.vmm.get_mut(&m.handle) else {
             return;
         };
         v.mappings = v.mappings.saturating_sub(1);
-        if v.released && v.mappings == 0 {
+        if v.unheld() {
             self.drop_handle(t, m.handle, EndCause::VmmRelease, ts);
         } else if v.alloc.addr == Some(addr) {
             Arc::make_mut(&mut v.alloc).addr = None;
@@ -158,7 +169,10 @@ impl ProcessState {
                 true
             }
             _ => {
-                self.anomaly("map_unknown_handle", || describe(c));
+                // A multicast object's memory is that of the handles bound to it.
+                if !self.map_multicast(h) {
+                    self.anomaly("map_unknown_handle", || describe(c));
+                }
                 false
             }
         };
@@ -195,6 +209,12 @@ impl ProcessState {
         for a in starts {
             self.unmap_at(t, a, c.ts_ns);
         }
+    }
+
+    /// The VMM handle mapped at `addr` (counted by the Ledger), if any.
+    pub(super) fn handle_mapped_at(&self, addr: u64) -> Option<u64> {
+        let (&start, m) = self.mappings.range(..=addr).next_back()?;
+        (addr < start.saturating_add(m.bytes) && m.counted).then_some(m.handle)
     }
 
     pub(crate) fn on_reserve(&mut self, c: &Call) {

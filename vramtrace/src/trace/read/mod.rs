@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 37] = [
+pub const RECORD_TYPES: [&str; 40] = [
     "header",
     "process",
     "stack",
@@ -63,6 +63,9 @@ pub const RECORD_TYPES: [&str; 37] = [
     "graph_destroy",
     "graph_mem_trim",
     "graph_mem_attr",
+    "multicast_create",
+    "multicast_bind",
+    "multicast_unbind",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -892,6 +895,9 @@ fn type_index(rec: &Record) -> usize {
         Record::GraphDestroy(_) => 34,
         Record::GraphMemTrim(_) => 35,
         Record::GraphMemAttr(_) => 36,
+        Record::MulticastCreate(_) => 37,
+        Record::MulticastBind(_) => 38,
+        Record::MulticastUnbind(_) => 39,
     }
 }
 
@@ -1075,6 +1081,9 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"import" => Some(as_call(line, names, Record::Import)),
             b"import_close" => Some(as_call(line, names, Record::ImportClose)),
             b"retain" => Some(as_call(line, names, Record::Retain)),
+            b"multicast_create" => Some(as_call(line, names, Record::MulticastCreate)),
+            b"multicast_bind" => Some(as_call(line, names, Record::MulticastBind)),
+            b"multicast_unbind" => Some(as_call(line, names, Record::MulticastUnbind)),
             b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
             b"process" => Some(as_rec::<Process>(line, Record::Process)),
             b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),

@@ -110,6 +110,10 @@ pub(crate) fn body() -> Vec<Record> {
             bytes: 8192,
         }])),
         count: Some(2),
+        bound: Some(Box::new(crate::trace::Bound {
+            handle: 0x5a00_0000,
+            offset: 2 << 20,
+        })),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -208,6 +212,9 @@ pub(crate) fn body() -> Vec<Record> {
         Record::Import(call("cuIpcOpenMemHandle_v2")),
         Record::ImportClose(call("cuIpcCloseMemHandle")),
         Record::Retain(call("cuMemRetainAllocationHandle")),
+        Record::MulticastCreate(call("cuMulticastCreate")),
+        Record::MulticastBind(call("cuMulticastBindMem_v2")),
+        Record::MulticastUnbind(call("cuMulticastUnbind")),
         Record::Unreturned(Call {
             mem: Some(Mem::Managed),
             signalled: Some(6),
@@ -325,6 +332,9 @@ fn record_types_are_every_kind() {
             | Record::Import(_)
             | Record::ImportClose(_)
             | Record::Retain(_)
+            | Record::MulticastCreate(_)
+            | Record::MulticastBind(_)
+            | Record::MulticastUnbind(_)
             | Record::Unreturned(_)
             | Record::Exit(_)
             | Record::Lost(_)
@@ -1170,6 +1180,12 @@ fn call() -> impl Strategy<Value = Call> {
                     }]) as Box<[_]>
                 }),
                 count: pitch.and(bytes),
+                bound: handle.and(offset).map(|o| {
+                    Box::new(crate::trace::Bound {
+                        handle: o ^ 0x55,
+                        offset: o,
+                    })
+                }),
             },
         )
 }
