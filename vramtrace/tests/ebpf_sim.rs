@@ -454,6 +454,124 @@ fn unified_2d_and_3d_copies_are_decoded() {
     assert_eq!(c3.src, c2.src, "both from the first weight buffer");
 }
 
+/// Multicast objects: every call traced and decoded by its own signature (the `_v2` binds
+/// name the device), the objects hold no memory, and what is bound stays while bound: the
+/// weights released while bound end at their unbind, the KV cache released and unmapped ends
+/// when its object (released while mapped) is unmapped, and the weights bound to the second
+/// object are the only memory held at exit. No anomaly.
+#[test]
+fn multicast_bindings_keep_memory_and_the_objects_hold_none() {
+    let (lib, _) = sim();
+    let r = record(lib, "multicast", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let ours = |c: &vramtrace::trace::Call| c.pid == pid;
+    let kinds: Vec<(&str, &str)> = r
+        .records
+        .iter()
+        .filter(|rec| rec.call().is_some_and(ours) && rec.kind().starts_with("multicast"))
+        .map(|rec| (rec.kind(), &*rec.call().unwrap().api))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("multicast_create", "cuMulticastCreate"),
+            ("multicast_bind", "cuMulticastBindMem"),
+            ("multicast_bind", "cuMulticastBindAddr_v2"),
+            ("multicast_unbind", "cuMulticastUnbind"),
+            ("multicast_create", "cuMulticastCreate"),
+            ("multicast_bind", "cuMulticastBindMem_v2"),
+        ]
+    );
+    let objects: Vec<u64> = r.truth["multicast"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let calls: Vec<&vramtrace::trace::Call> = r
+        .records
+        .iter()
+        .filter(|rec| rec.kind().starts_with("multicast"))
+        .filter_map(Record::call)
+        .filter(|c| ours(c))
+        .collect();
+    let mib4 = 4 << 20;
+    // Decoded by signature: the object, its offset, the bytes; the device where `_v2`
+    // names it; the memory by handle (`bound`) or by address.
+    assert_eq!(
+        (calls[0].handle, calls[0].bytes, calls[0].count),
+        (Some(objects[0]), Some(2 * mib4), Some(1))
+    );
+    assert_eq!(
+        (
+            calls[1].handle,
+            calls[1].offset,
+            calls[1].bytes,
+            calls[1].device
+        ),
+        (Some(objects[0]), Some(0), Some(mib4), None)
+    );
+    assert!(calls[1].bound.is_some() && calls[1].addr.is_none());
+    assert_eq!(
+        (
+            calls[2].handle,
+            calls[2].offset,
+            calls[2].bytes,
+            calls[2].device
+        ),
+        (Some(objects[0]), Some(mib4), Some(mib4), Some(0))
+    );
+    assert!(calls[2].bound.is_none() && calls[2].addr.is_some());
+    assert_eq!(
+        (calls[5].handle, calls[5].offset, calls[5].device),
+        (Some(objects[1]), Some(0), Some(0))
+    );
+
+    // The Ledger: the handles end where the bindings let them go.
+    let mut ledger = vramtrace::ledger::Ledger::new();
+    let mut ended = Vec::new();
+    for rec in r
+        .records
+        .iter()
+        .take_while(|rec| !matches!(rec, Record::Exit(_)))
+    {
+        ledger.apply(rec);
+        for ch in ledger.changes() {
+            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch {
+                ended.push((
+                    alloc.handle,
+                    rec.kind(),
+                    rec.call().map(|c| c.api.to_string()),
+                ));
+            }
+        }
+    }
+    let weights = calls[1].bound.as_ref().unwrap().handle;
+    // The KV cache: the handle mapped where it was bound by address.
+    let kv = r.records.iter().find_map(|rec| match rec {
+        Record::VmmMap(c) if ours(c) && c.addr == calls[2].addr => c.handle,
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        [
+            (
+                Some(weights),
+                "multicast_unbind",
+                Some("cuMulticastUnbind".into())
+            ),
+            (kv, "vmm_unmap", Some("cuMemUnmap".into())),
+        ],
+        "the weights end at their unbind, the KV cache at its object's unmapping"
+    );
+    let p = ledger.processes().find(|p| p.pid == pid).unwrap();
+    let live: Vec<_> = p.live_allocations().map(|a| a.handle).collect();
+    assert_eq!(live, [calls[5].bound.as_ref().map(|b| b.handle)]);
+    assert_eq!(p.usage.device_bytes, mib4);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 /// Batches of copies: each traced as one `copy` record carrying the copies the probe read
 /// (the first four of `cuMemcpyBatchAsync*`'s arrays, the first operation of
 /// `cuMemcpy3DBatchAsync*`), as the workload made them, with the batch's length; the

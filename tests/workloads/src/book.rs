@@ -34,6 +34,17 @@ struct PhysRec {
     label: Option<Label>,
     released: bool,
     maps: u32,
+    /// Bindings to multicast objects: each keeps the memory.
+    binds: u32,
+}
+
+/// A multicast object: no memory of its own; its bindings keep their handles' memory.
+#[derive(Default)]
+struct MulticastRec {
+    released: bool,
+    maps: u32,
+    /// (device, offset) → the bound handle.
+    bound: BTreeMap<(i32, u64), u64>,
 }
 
 #[derive(Default)]
@@ -57,6 +68,7 @@ pub struct Book {
     peak: u64,
     /// CUDA graph memory (one device): live graph allocations and the graph pool.
     graph: GraphBook,
+    multicast: HashMap<u64, MulticastRec>,
 }
 
 /// The device's graph memory pool as the driver documents it: what it reserves grows to what
@@ -287,6 +299,7 @@ impl Book {
                 label,
                 released: false,
                 maps: 0,
+                binds: 0,
             },
         );
         if label.is_some() {
@@ -298,6 +311,7 @@ impl Book {
         if let Some(p) = self.phys.get(&handle)
             && p.released
             && p.maps == 0
+            && p.binds == 0
         {
             let (bytes, device) = (p.bytes, p.label.is_some());
             self.phys.remove(&handle);
@@ -310,6 +324,9 @@ impl Book {
     pub fn phys_release(&mut self, handle: u64) {
         if let Some(p) = self.phys.get_mut(&handle) {
             p.released = true;
+        } else if let Some(m) = self.multicast.get_mut(&handle) {
+            m.released = true;
+            self.multicast_gone_if_done(handle);
         }
         self.phys_gone_if_done(handle);
     }
@@ -318,6 +335,54 @@ impl Book {
         self.mappings.insert(va, (size, handle));
         if let Some(p) = self.phys.get_mut(&handle) {
             p.maps += 1;
+        } else if let Some(m) = self.multicast.get_mut(&handle) {
+            m.maps += 1;
+        }
+    }
+
+    /// A multicast object made (no memory of its own).
+    pub fn multicast_create(&mut self, mc: u64) {
+        self.multicast.insert(mc, MulticastRec::default());
+    }
+
+    /// `handle`'s memory bound at `offset` of `mc` for `device`.
+    pub fn multicast_bind(&mut self, mc: u64, device: i32, offset: u64, handle: u64) {
+        if let Some(m) = self.multicast.get_mut(&mc) {
+            m.bound.insert((device, offset), handle);
+            if let Some(p) = self.phys.get_mut(&handle) {
+                p.binds += 1;
+            }
+        }
+    }
+
+    pub fn multicast_unbind(&mut self, mc: u64, device: i32, offset: u64) {
+        if let Some(h) = self
+            .multicast
+            .get_mut(&mc)
+            .and_then(|m| m.bound.remove(&(device, offset)))
+        {
+            self.unbind(h);
+        }
+    }
+
+    fn unbind(&mut self, handle: u64) {
+        if let Some(p) = self.phys.get_mut(&handle) {
+            p.binds = p.binds.saturating_sub(1);
+        }
+        self.phys_gone_if_done(handle);
+    }
+
+    /// A released multicast object that is not mapped goes, and its bindings with it.
+    fn multicast_gone_if_done(&mut self, mc: u64) {
+        if self
+            .multicast
+            .get(&mc)
+            .is_some_and(|m| m.released && m.maps == 0)
+            && let Some(m) = self.multicast.remove(&mc)
+        {
+            for h in m.bound.into_values() {
+                self.unbind(h);
+            }
         }
     }
 
@@ -331,6 +396,9 @@ impl Book {
             if let Some((_, handle)) = self.mappings.remove(&k) {
                 if let Some(p) = self.phys.get_mut(&handle) {
                     p.maps = p.maps.saturating_sub(1);
+                } else if let Some(m) = self.multicast.get_mut(&handle) {
+                    m.maps = m.maps.saturating_sub(1);
+                    self.multicast_gone_if_done(handle);
                 }
                 self.phys_gone_if_done(handle);
             }

@@ -582,6 +582,17 @@ impl Driver {
 
     /// Like `resolve`, falling back to `dlsym` of the exact exported name when
     /// the driver does not resolve it.
+    /// The export `name` by `dlsym`, when the library has it: for variants that
+    /// `cuGetProcAddress` never returns.
+    pub fn dlsym<F: Copy>(&self, name: &'static str) -> Option<Sym<F>> {
+        // SAFETY: the exported symbol `name` has the C signature `F`.
+        let f = unsafe { self.lib.get::<F>(name.as_bytes()) }.ok()?;
+        self.stats()
+            .resolved_via
+            .insert(name.to_string(), "dlsym".to_string());
+        Some(Sym { name, f: *f })
+    }
+
     pub fn resolve_or_dlsym<F: Copy>(
         &self,
         base: &str,

@@ -11,6 +11,7 @@ mod book;
 mod driver;
 mod graph;
 mod ipc;
+mod multicast;
 mod probe;
 mod rt;
 mod scenarios;
@@ -102,6 +103,11 @@ enum Scenario {
     /// KV cache written by a batch of device-to-device copies, and a batch of six copies
     /// (the probe reads four). All live at exit.
     BatchCopies,
+    /// Multicast objects: 4 MiB of weights bound by handle, released, then unbound; 4 MiB of
+    /// KV cache bound by address, released and unmapped, kept until its object (mapped,
+    /// released while mapped) is unmapped; 4 MiB of weights bound to a second object and
+    /// released, live at exit (held by the binding alone).
+    Multicast,
 }
 
 #[derive(Parser, Debug)]
@@ -275,6 +281,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ipc => ipc::exporter(&rt, &args.lib)?,
         Scenario::IpcImporter => ipc::importer(&rt)?,
         Scenario::BatchCopies => batch::batch_copies(&rt)?,
+        Scenario::Multicast => multicast::multicast(&rt)?,
         Scenario::Graphs => graph::graphs(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };

@@ -827,6 +827,15 @@ mod tests {
             ],
         ),
         (
+            "multicast objects",
+            &[
+                "cuMulticastCreate",
+                "cuMulticastBindMem",
+                "cuMulticastBindAddr",
+                "cuMulticastUnbind",
+            ],
+        ),
+        (
             "arrays",
             &[
                 "cuArrayCreate",
