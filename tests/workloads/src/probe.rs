@@ -801,6 +801,69 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
         // SAFETY: the descriptor the export made, closed once.
         unsafe { libc::close(fd) };
     }
+    // Multicast objects (CUDA 12.1), where the library exports them: one of the granularity,
+    // the handle bound by handle and by address in every variant, each unbound at once.
+    {
+        use crate::multicast::{
+            FnAddDevice, FnBindAddr, FnBindAddrV2, FnBindMem, FnBindMemV2, FnCreate, FnUnbind,
+            MulticastObjectProp,
+        };
+        let mv = V.max(12050);
+        let create =
+            d.resolve_or_dlsym::<FnCreate>("cuMulticastCreate", mv, 0, "cuMulticastCreate");
+        let add = d.resolve_or_dlsym::<FnAddDevice>(
+            "cuMulticastAddDevice",
+            mv,
+            0,
+            "cuMulticastAddDevice",
+        );
+        let unbind =
+            d.resolve_or_dlsym::<FnUnbind>("cuMulticastUnbind", mv, 0, "cuMulticastUnbind");
+        if let (Ok(create), Ok(add), Ok(unbind)) = (create, add, unbind) {
+            let prop = MulticastObjectProp {
+                num_devices: 1,
+                size: g,
+                handle_types: 0,
+                flags: 0,
+            };
+            let mut mc = 0u64;
+            if call!(d, create, &mut mc, &prop) == 0 {
+                book.multicast_create(mc);
+            }
+            call!(d, add, mc, dev);
+            // Unbound whether or not the bind took (on a driver without a GPU it did not).
+            let bound = |r: R, book: &mut Book| {
+                if r == 0 {
+                    book.multicast_bind(mc, dev, 0, h);
+                }
+                if call!(d, unbind, mc, dev, 0, g) == 0 {
+                    book.multicast_unbind(mc, dev, 0);
+                }
+            };
+            if let Ok(f) =
+                d.resolve_or_dlsym::<FnBindMem>("cuMulticastBindMem", mv, 0, "cuMulticastBindMem")
+            {
+                bound(call!(d, f, mc, 0, h, 0, g, 0), book);
+            }
+            if let Ok(f) = d.resolve_or_dlsym::<FnBindAddr>(
+                "cuMulticastBindAddr",
+                mv,
+                0,
+                "cuMulticastBindAddr",
+            ) {
+                bound(call!(d, f, mc, 0, va, g, 0), book);
+            }
+            if let Some(f) = d.dlsym::<FnBindMemV2>("cuMulticastBindMem_v2") {
+                bound(call!(d, f, mc, dev, 0, h, 0, g, 0), book);
+            }
+            if let Some(f) = d.dlsym::<FnBindAddrV2>("cuMulticastBindAddr_v2") {
+                bound(call!(d, f, mc, dev, 0, va, g, 0), book);
+            }
+            if call!(d, release, mc) == 0 {
+                book.phys_release(mc);
+            }
+        }
+    }
     let f = sym!(d, FnRange, "cuMemUnmap", V, 0, "cuMemUnmap");
     if call!(d, f, va, g) == 0 {
         book.unmap(va, g as u64);
