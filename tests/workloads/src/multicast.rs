@@ -9,8 +9,8 @@
 //! - the second, 4 MiB: 4 MiB of weights bound by handle (`cuMulticastBindMem_v2`, or
 //!   `cuMulticastBindMem`), released at once; live at exit, held by the binding alone.
 //!
-//! A driver without multicast (a GPU without NVSwitch answers `CUDA_ERROR_NOT_SUPPORTED`)
-//! makes nothing here: the ground truth says what each call returned.
+//! A driver or GPU without multicast support refuses the calls and nothing is made here:
+//! the ground truth says what each call returned.
 
 use std::ffi::c_int;
 
