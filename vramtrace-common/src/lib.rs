@@ -93,6 +93,16 @@ pub mod cookie {
     pub const BATCH_ARRAYS: u64 = 1 << 40;
     /// Elements of each array that [`BATCH_ARRAYS`] reads.
     pub const BATCH_READ: usize = 4;
+    /// At return, when the call succeeded and argument 2 (the handle type) is
+    /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` (1): find the open file (`struct file`)
+    /// behind the descriptor in the calling process's table and put its kernel address in
+    /// `out[1]`. The descriptor is what argument 0 points at (`out[0]`, an `int`) with
+    /// [`FD_IN_OUT0`], else argument 1's value. Not found (the kernel's offsets unknown, no
+    /// such descriptor) sets `FILE_UNKNOWN`.
+    pub const FILE_OF_FD: u64 = 1 << 41;
+    /// With [`FILE_OF_FD`]: the descriptor is the `int` argument 0 points at
+    /// (`cuMemExportToShareableHandle`), not argument 1 (`cuMemImportFromShareableHandle`).
+    pub const FD_IN_OUT0: u64 = 1 << 42;
 
     /// Builds a cookie.
     pub const fn make(api: u16, flags: u64) -> u64 {
@@ -149,6 +159,8 @@ pub mod flags {
     /// A copy of the user stack was sent for this call ([`StackSample`], keyed by `tid` and
     /// `ts_entry_ns`), to be unwound in user space from its CFI.
     pub const STACK_COPIED: u32 = 1 << 7;
+    /// `FILE_OF_FD` was asked for and the open file behind the descriptor was not found.
+    pub const FILE_UNKNOWN: u32 = 1 << 8;
 }
 
 /// `STACK_MODE` values: how user stacks are captured.

@@ -26,7 +26,8 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_send_signal, bpf_send_signal_thread,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal, bpf_send_signal_thread,
+        generated,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
@@ -37,6 +38,8 @@ use vramtrace_common::{
     MAX_ARGS, STACK_COPY_PAGES, StackSample, cookie, counter, filter, flags, seen, stack_mode,
 };
 
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const POSIX_FD_HANDLE: u32 = 1;
 /// `SIGSTOP` on Linux.
 const SIGSTOP: u32 = 19;
 /// `ENOSPC`: what a stack copy the ring buffer had no room for is flagged with.
@@ -68,6 +71,22 @@ static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(20);
 /// (then the thread-group leader's exit ends the process).
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
+/// Nonzero: the four offsets below are the running kernel's (read from its BTF), and
+/// `cookie::FILE_OF_FD` can find the open file behind a descriptor.
+#[unsafe(no_mangle)]
+static FILE_OFFSETS_KNOWN: Global<u32> = Global::new(0);
+/// Offset of `files` (`struct files_struct *`) in `struct task_struct`.
+#[unsafe(no_mangle)]
+static TASK_FILES_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `fdt` (`struct fdtable *`) in `struct files_struct`.
+#[unsafe(no_mangle)]
+static FILES_FDT_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `max_fds` (`unsigned int`) in `struct fdtable`.
+#[unsafe(no_mangle)]
+static FDT_MAX_FDS_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `fd` (`struct file **`) in `struct fdtable`.
+#[unsafe(no_mangle)]
+static FDT_FD_OFFSET: Global<u32> = Global::new(0);
 /// Number of API ids in use (at most `MAX_API_IDS`): the bound of the loop that clears a
 /// thread's in-flight entries.
 #[unsafe(no_mangle)]
@@ -651,6 +670,18 @@ fn try_call_return(ctx: &RetProbeContext) {
                 Err(_) => ev.flags |= flags::OUT1_FAULT,
             }
         }
+        // The open file behind a POSIX descriptor the call exported or imported.
+        if cookie & cookie::FILE_OF_FD != 0 && ev.args[2] as u32 == POSIX_FD_HANDLE {
+            let fd = if cookie & cookie::FD_IN_OUT0 != 0 {
+                ev.out[0] as u32 as i32
+            } else {
+                ev.args[1] as i32
+            };
+            match file_of_fd(fd) {
+                Some(file) => ev.out[1] = file,
+                None => ev.flags |= flags::FILE_UNKNOWN,
+            }
+        }
         // A struct the driver filled: the wide window through the blob argument, or
         // argument 0 from its start when the cookie names none.
         let wide_arg = cookie::blob_arg(cookie).unwrap_or(0);
@@ -666,6 +697,36 @@ fn try_call_return(ctx: &RetProbeContext) {
         }
     }
     submit(slot);
+}
+
+/// The kernel address of the open file (`struct file`) behind descriptor `fd` of the current
+/// process: `current->files->fdt->fd[fd]`, with the offsets user space read from the
+/// kernel's BTF. `None` when they are unknown, `fd` is not open, or a read fails.
+fn file_of_fd(fd: i32) -> Option<u64> {
+    if FILE_OFFSETS_KNOWN.load() == 0 || fd < 0 {
+        return None;
+    }
+    let at = |base: u64, offset: u32| base.wrapping_add(u64::from(offset));
+    // SAFETY: no preconditions.
+    let task = unsafe { generated::bpf_get_current_task() };
+    // SAFETY: bpf_probe_read_kernel reports a failed read, never faults.
+    let files =
+        unsafe { bpf_probe_read_kernel(at(task, TASK_FILES_OFFSET.load()) as *const u64) }.ok()?;
+    // SAFETY: as above.
+    let fdt =
+        unsafe { bpf_probe_read_kernel(at(files, FILES_FDT_OFFSET.load()) as *const u64) }.ok()?;
+    // SAFETY: as above.
+    let max =
+        unsafe { bpf_probe_read_kernel(at(fdt, FDT_MAX_FDS_OFFSET.load()) as *const u32) }.ok()?;
+    if fd as u32 >= max {
+        return None;
+    }
+    // SAFETY: as above.
+    let fds = unsafe { bpf_probe_read_kernel(at(fdt, FDT_FD_OFFSET.load()) as *const u64) }.ok()?;
+    // SAFETY: as above; `fd` is below the table's size.
+    let file =
+        unsafe { bpf_probe_read_kernel((fds + 8 * u64::from(fd as u32)) as *const u64) }.ok()?;
+    (file != 0).then_some(file)
 }
 
 #[tracepoint]

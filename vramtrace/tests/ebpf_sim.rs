@@ -675,9 +675,9 @@ fn managed_and_host_pools_hand_out_host_memory() {
 
 /// Two processes share memory by every way the driver offers (IPC handles opened with both
 /// exported names, a pool pointer from a pool shared by descriptor, a shareable VMM handle):
-/// each import is traced with the
-/// handle bytes read from the caller's stack, matched to its export and attributed to the
-/// exporter; nothing is counted twice; the 16 MiB the exporter frees while the importer
+/// each import is traced with the handle bytes read from the caller's stack, or with the open
+/// file its descriptor is, matched to its export and attributed to the exporter; nothing is
+/// counted twice; the 16 MiB the exporter frees while the importer
 /// maps it stays booked until the importer's last close.
 #[test]
 fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
@@ -763,7 +763,7 @@ fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
     let imports = imp["imports"].as_array().expect("imports in the analysis");
     let owned: BTreeMap<u64, (u64, String)> = imports
         .iter()
-        .filter(|m| m.get("owner").is_some())
+        .filter(|m| m["owner"]["addr"].is_u64())
         .map(|m| {
             (
                 m["owner"]["addr"].as_u64().unwrap(),
@@ -784,17 +784,35 @@ fn memory_shared_between_processes_is_mapped_not_owned_and_attributed() {
             (addr("p"), (4 * mib, from.clone())),
         ])
     );
+    // The shareable VMM handle: its descriptor is the same open file in both processes, so
+    // the mapping names the exporter's handle (not mapped there: no address).
     let vmm: Vec<&Value> = imports
         .iter()
-        .filter(|m| m.get("owner").is_none())
+        .filter(|m| !m["owner"]["addr"].is_u64())
         .collect();
     assert_eq!(vmm.len(), 1);
     assert_eq!(vmm[0]["bytes"].as_u64(), Some(2 * mib));
     assert_eq!(vmm[0]["api"], "cuMemImportFromShareableHandle");
+    assert_eq!(vmm[0]["from"], from);
+    assert_eq!(vmm[0]["owner"]["pid"].as_u64(), Some(u64::from(exporter)));
+    assert_eq!(vmm[0]["owner"]["api"], "cuMemCreate");
+    let files: Vec<Option<u64>> = r
+        .records
+        .iter()
+        .filter_map(|rec| rec.call())
+        .filter(|c| c.api.contains("ShareableHandle"))
+        .map(|c| c.file)
+        .collect();
+    assert!(files.iter().all(Option::is_some), "{files:?}");
     assert_eq!(
-        vmm[0]["from"],
-        "from another process, by shareable handle (owner not identified)"
+        files[0], files[2],
+        "the pool's descriptor, exported and imported"
     );
+    assert_eq!(
+        files[1], files[3],
+        "the handle's descriptor, exported and imported"
+    );
+    assert_ne!(files[0], files[1]);
     assert!(imports.iter().all(|m| m.get("end_ts_ns").is_some()));
     assert!(
         imp["anomalies"].as_object().is_none_or(|a| a.is_empty()),

@@ -117,6 +117,26 @@ pub(super) fn os_handle(handle_type: Option<u32>, raw: u64) -> u64 {
     }
 }
 
+/// Which open file a successful shareable-handle call's POSIX descriptor is (read by the
+/// probe as `cookie::FILE_OF_FD` asks): an identity within this recording, a keyed hash of
+/// the kernel's address, never the address. `None` for other handle types, and marked
+/// unreadable when the probe did not find it.
+pub(super) fn file_of(d: &Args<'_>, c: &mut Call) -> Option<u64> {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    if !d.ok || c.handle_type != Some(HANDLE_TYPE_POSIX_FD) {
+        return None;
+    }
+    if d.ev.flags & flags::FILE_UNKNOWN != 0 {
+        c.unreadable.push("file".into());
+        return None;
+    }
+    Some(
+        KEY.get_or_init(std::hash::RandomState::new)
+            .hash_one(d.ev.out[1]),
+    )
+}
+
 /// The 64 bytes of a `CUipcMemHandle` or `CUmemPoolPtrExportData` in the wide window, in
 /// hex, as they lie in memory; `None` (and marked unreadable) when the read faulted.
 pub(super) fn share_of(ev: &CallEvent, c: &mut Call) -> Option<String> {

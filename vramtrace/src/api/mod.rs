@@ -12,8 +12,9 @@
 //! word means. Adding an entry point is adding a row.
 
 use cookie::{
-    BATCH_ARRAYS, DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, HOST_IF_LOCATION, HOST_MEMORY, STACK,
-    WIDE_AT_RETURN, WIDE_FROM_STACK, with_blob_arg, with_blob_skip, with_wide_skip,
+    BATCH_ARRAYS, DEREF_ARG0, DEREF_ARG1, DEREF_ARG2, FD_IN_OUT0, FILE_OF_FD, HOST_IF_LOCATION,
+    HOST_MEMORY, STACK, WIDE_AT_RETURN, WIDE_FROM_STACK, with_blob_arg, with_blob_skip,
+    with_wide_skip,
 };
 use vramtrace_common::cookie;
 
@@ -21,7 +22,8 @@ mod args;
 
 pub use args::{Args, ArrayShape, array_bytes};
 use args::{
-    U32, copy_3d_batch_op, copy_descriptor, os_handle, pool_attr_value, pool_location, share_of,
+    U32, copy_3d_batch_op, copy_descriptor, file_of, os_handle, pool_attr_value, pool_location,
+    share_of,
 };
 
 use crate::trace::{BatchCopy, Bound, Call, CopySrc, Mem, Record};
@@ -537,19 +539,24 @@ pub const APIS: &[ApiDef] = &[
     }),
     // cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle
     // handle, CUmemAllocationHandleType handleType, unsigned long long flags)
-    def("cuMemExportToShareableHandle", DEREF_ARG0, |d, c| {
-        c.handle = Some(d.a[1]);
-        shareable_export(d, c)
-    }),
+    def(
+        "cuMemExportToShareableHandle",
+        DEREF_ARG0 | FILE_OF_FD | FD_IN_OUT0,
+        |d, c| {
+            c.handle = Some(d.a[1]);
+            shareable_export(d, c)
+        },
+    ),
     // cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
     // CUmemAllocationHandleType shHandleType): a POSIX file descriptor is passed as the
     // pointer's value; other types point at their handle.
     def(
         "cuMemImportFromShareableHandle",
-        DEREF_ARG0 | STACK,
+        DEREF_ARG0 | STACK | FILE_OF_FD,
         |d, c| {
             c.handle_type = Some(d.uint(2));
             c.os_handle = Some(os_handle(c.handle_type, d.a[1]));
+            c.file = file_of(d, c);
             if d.ok {
                 c.handle = d.out0(c);
             }
@@ -585,23 +592,32 @@ pub const APIS: &[ApiDef] = &[
     // cuMemPoolExportToShareableHandle(void *handle_out, CUmemoryPool pool,
     // CUmemAllocationHandleType handleType, unsigned long long flags): a pool made with
     // `handleTypes`, for another process to import before its pointers.
-    def("cuMemPoolExportToShareableHandle", DEREF_ARG0, |d, c| {
-        c.pool = Some(d.a[1]);
-        shareable_export(d, c)
-    }),
+    def(
+        "cuMemPoolExportToShareableHandle",
+        DEREF_ARG0 | FILE_OF_FD | FD_IN_OUT0,
+        |d, c| {
+            c.pool = Some(d.a[1]);
+            shareable_export(d, c)
+        },
+    ),
     // cuMemPoolImportFromShareableHandle(CUmemoryPool *pool_out, void *handle,
     // CUmemAllocationHandleType handleType, unsigned long long flags): another process's
     // pool, which only maps that process's pointers (cuMemPoolImportPointer): a pool learned,
     // not memory.
-    def("cuMemPoolImportFromShareableHandle", DEREF_ARG0, |d, c| {
-        c.handle_type = Some(d.uint(2));
-        c.os_handle = Some(os_handle(c.handle_type, d.a[1]));
-        c.flags = Some(d.a[3]);
-        if d.ok {
-            c.pool = d.out0(c);
-        }
-        d.done(c, Record::PoolCreate)
-    }),
+    def(
+        "cuMemPoolImportFromShareableHandle",
+        DEREF_ARG0 | FILE_OF_FD,
+        |d, c| {
+            c.handle_type = Some(d.uint(2));
+            c.os_handle = Some(os_handle(c.handle_type, d.a[1]));
+            c.file = file_of(d, c);
+            c.flags = Some(d.a[3]);
+            if d.ok {
+                c.pool = d.out0(c);
+            }
+            d.done(c, Record::PoolCreate)
+        },
+    ),
     // ---- Multicast objects (CUDA 12.1) ----
     // cuMulticastCreate(CUmemGenericAllocationHandle *mcHandle, const CUmulticastObjectProp
     // *prop): the prop is numDevices (word 0), size, handleTypes, flags.
@@ -877,6 +893,7 @@ fn shareable_export(d: &Args<'_>, c: &mut Call) -> Record {
     c.flags = Some(d.a[3]);
     if d.ok {
         c.os_handle = d.out0(c).map(|h| os_handle(c.handle_type, h));
+        c.file = file_of(d, c);
     }
     d.done(c, Record::Export)
 }

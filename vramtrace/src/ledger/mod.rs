@@ -236,6 +236,7 @@ impl Ledger {
             _ => {}
         }
         changes.append(&mut st.changes);
+        let released_imports = !st.imports_released.is_empty();
         if st.classifier.phase != phase {
             changes.push(Change::Phase {
                 proc: c.proc,
@@ -245,6 +246,9 @@ impl Ledger {
         }
         if across && c.ret == 0 {
             self.apply_shared(rec, c);
+        }
+        if released_imports {
+            self.imports_released(c.proc, false, c.ts_ns);
         }
         self.shared.forget_ended(&self.changes);
         if matches!(rec, Record::Failed(_)) && c.is_oom() {

@@ -15,7 +15,7 @@
 use foldhash::HashMap;
 
 use super::Ledger;
-use super::process::{ImportedMapping, Owner};
+use super::process::{HandleOwner, ImportedMapping, Owner};
 use crate::trace::{Call, Record};
 
 /// One export: whose allocation the shared bytes name.
@@ -36,11 +36,24 @@ pub(super) struct Shared {
     /// (owner's proc, allocation seq) → the bytes it was exported with, to forget them when
     /// it ends: an import of an allocation that is gone names no owner.
     by_alloc: HashMap<(u32, u64), Vec<String>>,
+    /// VMM handles exported as POSIX descriptors, by the open file the descriptor is
+    /// (`Call::file`): the owner's process and handle. A descriptor passed to another
+    /// process is the same open file there.
+    files: HashMap<u64, (u32, u64)>,
 }
 
 impl Shared {
     /// Forgets the exports of the allocations that `changes` ended.
     pub(super) fn forget_ended(&mut self, changes: &[super::Change]) {
+        if !self.files.is_empty() {
+            for ch in changes {
+                if let super::Change::Ended { proc, alloc, .. } = ch
+                    && let Some(h) = alloc.handle
+                {
+                    self.files.retain(|_, owner| *owner != (*proc, h));
+                }
+            }
+        }
         if self.by_alloc.is_empty() {
             return;
         }
@@ -89,7 +102,19 @@ impl Ledger {
     }
 
     fn on_export(&mut self, c: &Call) {
-        // A shareable handle names no bytes another process is given back: nothing to match.
+        // A VMM handle exported as a descriptor: matched by the open file it is.
+        if let (Some(file), Some(h)) = (c.file, c.handle) {
+            if self
+                .procs
+                .get(&c.proc)
+                .is_some_and(|st| st.export_of_handle(h).is_some())
+            {
+                self.shared.files.insert(file, (c.proc, h));
+            }
+            return;
+        }
+        // Other shareable handles (a pool's) name nothing an import is matched by: its
+        // pointers are, by their export data.
         let (Some(share), Some(addr)) = (c.share.as_ref(), c.addr) else {
             return;
         };
@@ -122,15 +147,40 @@ impl Ledger {
     }
 
     fn on_import(&mut self, c: &Call) {
+        if c.share.is_none() && c.handle.is_some() {
+            // A shareable handle: its `cuMemMap` is the mapping. Its owner is the exporter of
+            // the same open file, another traced process.
+            let owner = c
+                .file
+                .and_then(|f| self.shared.files.get(&f).copied())
+                .filter(|&(proc, _)| proc != c.proc)
+                .and_then(|(proc, handle)| {
+                    let (owner, _, device) = self.procs.get(&proc)?.export_of_handle(handle)?;
+                    Some(HandleOwner {
+                        proc,
+                        handle,
+                        owner,
+                        device,
+                    })
+                });
+            let from = owner.as_ref().map(|o| (o.proc, o.handle));
+            let Some(st) = self.procs.get_mut(&c.proc) else {
+                return;
+            };
+            let new = st.on_import_handle(c, owner);
+            self.changes.append(&mut st.changes);
+            if new && let Some((proc, handle)) = from {
+                // The importer holds a reference to the owner's memory until it releases it.
+                if let Some(owner) = self.procs.get_mut(&proc) {
+                    owner.importer_ref(&mut self.totals, handle, true, c.ts_ns);
+                    self.changes.append(&mut owner.changes);
+                }
+            }
+            return;
+        }
         let Some(st) = self.procs.get_mut(&c.proc) else {
             return;
         };
-        if c.share.is_none() && c.handle.is_some() {
-            // A shareable handle: its `cuMemMap` is the mapping.
-            st.on_import_handle(c);
-            self.changes.append(&mut st.changes);
-            return;
-        }
         let export = c
             .share
             .as_ref()
@@ -196,6 +246,21 @@ impl Ledger {
         }
     }
 
+    /// Shareable handles process `proc` released for good (or held at its exit, `all`):
+    /// their owners' memory loses those references, and goes when nothing else holds it.
+    pub(super) fn imports_released(&mut self, proc: u32, all: bool, ts: u64) {
+        let released = match self.procs.get_mut(&proc) {
+            Some(st) => st.take_released_imports(all),
+            None => return,
+        };
+        for (owner, handle) in released {
+            if let Some(o) = self.procs.get_mut(&owner) {
+                o.importer_ref(&mut self.totals, handle, false, ts);
+                self.changes.append(&mut o.changes);
+            }
+        }
+    }
+
     /// Process `proc` exits: its mappings end (and with them what owners kept for them), its
     /// exports are forgotten.
     pub(super) fn shared_exit(&mut self, proc: u32, ts: u64) {
@@ -210,6 +275,8 @@ impl Ledger {
         for m in ended {
             self.mapping_gone(Some(m), ts);
         }
+        self.imports_released(proc, true, ts);
+        self.shared.files.retain(|_, &mut (p, _)| p != proc);
         self.shared.exports.retain(|_, e| e.owner.proc != proc);
         self.shared.open.retain(|&(p, _), _| p != proc);
         self.shared.by_alloc.retain(|&(p, _), _| p != proc);

@@ -193,6 +193,127 @@ fn a_shareable_handle_import_is_mapped_not_owned_and_retains_count() {
     assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
 }
 
+/// A VMM handle exported as a descriptor (open file 0xf11e) and imported from the same open
+/// file by another process, which maps it.
+fn handle_shared(l: &mut Ledger, bytes: u64) -> (Sim, Sim) {
+    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
+    let export = Record::Export(Call {
+        handle: Some(0xa),
+        handle_type: Some(1),
+        os_handle: Some(7),
+        file: Some(0xf11e),
+        ..a.call("cuMemExportToShareableHandle")
+    });
+    let import = Record::Import(Call {
+        handle: Some(0x55),
+        handle_type: Some(1),
+        os_handle: Some(9),
+        file: Some(0xf11e),
+        ..b.call("cuMemImportFromShareableHandle")
+    });
+    let recs = [
+        a.process("exporter"),
+        b.process("importer"),
+        a.vmm_create(0xa, bytes),
+        export,
+        import,
+        b.vmm_map(0x9000_0000, bytes, 0x55),
+    ];
+    apply_all(l, recs);
+    (a, b)
+}
+
+#[test]
+fn a_shareable_handle_from_the_same_open_file_is_attributed_to_its_exporter() {
+    let mut l = Ledger::new();
+    let (_, _) = handle_shared(&mut l, 2 * MIB);
+    assert_eq!(l.totals().usage.device_bytes, 2 * MIB);
+    let imp = l.process(2).unwrap();
+    assert_eq!(imp.usage.device_bytes, 0);
+    let m: Vec<_> = imp.imports().collect();
+    assert_eq!(m.len(), 1);
+    let owner = m[0].owner.as_ref().expect("attributed");
+    assert_eq!(
+        (owner.proc, owner.pid, &*owner.api),
+        (1, 100, "cuMemCreate")
+    );
+    assert_eq!(m[0].bytes, 2 * MIB);
+    assert_eq!(m[0].source(), "mapped from PID 100");
+}
+
+#[test]
+fn an_exported_handle_lives_while_an_importer_holds_it() {
+    let mut l = Ledger::new();
+    let (mut a, mut b) = handle_shared(&mut l, 2 * MIB);
+    // The owner lets go: the importer still holds the handle, mapped.
+    l.apply(&a.vmm_release(0xa));
+    assert_eq!(l.process(1).unwrap().usage.device_bytes, 2 * MIB);
+    // Unmapped, still held: the memory stays.
+    l.apply(&b.vmm_unmap(0x9000_0000, 2 * MIB));
+    assert_eq!(l.process(1).unwrap().usage.device_bytes, 2 * MIB);
+    // Released by the importer: the owner's memory ends now, once.
+    let changes = l.apply(&b.vmm_release(0x55)).to_vec();
+    let ended: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Ended {
+                proc, alloc, cause, ..
+            } => Some((*proc, alloc.handle, *cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [(1, Some(0xa), EndCause::VmmRelease)]);
+    assert_eq!(l.totals().usage.device_bytes, 0);
+    for p in [1, 2] {
+        let p = l.process(p).unwrap();
+        assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+    }
+}
+
+#[test]
+fn an_importer_exit_gives_its_handles_back() {
+    let mut l = Ledger::new();
+    let (mut a, mut b) = handle_shared(&mut l, 2 * MIB);
+    l.apply(&a.vmm_release(0xa));
+    l.apply(&b.exit());
+    assert_eq!(l.totals().usage.device_bytes, 0);
+    assert_eq!(l.process(1).unwrap().live_allocations().count(), 0);
+}
+
+#[test]
+fn another_open_file_or_the_same_process_names_no_owner() {
+    let mut l = Ledger::new();
+    let (mut a, mut b) = (Sim::new(1, 100), Sim::new(2, 200));
+    let export = Record::Export(Call {
+        handle: Some(0xa),
+        handle_type: Some(1),
+        file: Some(1),
+        ..a.call("cuMemExportToShareableHandle")
+    });
+    let import = |s: &mut Sim, file| {
+        Record::Import(Call {
+            handle: Some(0x55),
+            handle_type: Some(1),
+            file: Some(file),
+            ..s.call("cuMemImportFromShareableHandle")
+        })
+    };
+    apply_all(
+        &mut l,
+        [
+            a.vmm_create(0xa, 2 * MIB),
+            export,
+            import(&mut b, 2),
+            b.vmm_map(0x9000_0000, 2 * MIB, 0x55),
+        ],
+    );
+    let m: Vec<_> = l.process(2).unwrap().imports().collect();
+    assert!(m[0].owner.is_none());
+    // The owner's release is not held up by an import that is not of its handle.
+    l.apply(&a.vmm_release(0xa));
+    assert_eq!(l.process(1).unwrap().usage.device_bytes, 0);
+}
+
 #[test]
 fn retaining_a_handle_of_its_own_defers_its_release() {
     let mut l = Ledger::new();

@@ -1,6 +1,7 @@
 //! Loads the eBPF programs, attaches them to every exported variant of every hooked driver
 //! entry point, and reads what they send: ring-buffer events, stacks and loss counters.
 
+pub mod btf;
 mod caps;
 pub mod libcuda;
 pub mod placement;
@@ -296,6 +297,23 @@ impl Tracer {
             tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?.unwrap_or(20);
         let exit_group_dead =
             tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
+        // Without them a shareable handle's descriptor is not followed to its open file, and
+        // an import of one is not attributed to its exporter; everything else is the same.
+        let files = btf::FileOffsets::of_running_kernel()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    error = %e,
+                    "kernel field offsets unknown: shareable handles will not be matched to their exporters"
+                )
+            })
+            .ok();
+        let files_known = u32::from(files.is_some());
+        let files = files.unwrap_or(btf::FileOffsets {
+            task_files: 0,
+            files_fdt: 0,
+            fdt_max_fds: 0,
+            fdt_fd: 0,
+        });
         let filter_enabled = u32::from(!config.pids.is_empty() || config.follow_children_of_self);
         let stacks = config.stacks.wire();
         let hold_new = u32::from(config.hold_new);
@@ -363,6 +381,11 @@ impl Tracer {
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .override_global("API_COUNT", &api_count, true)
+            .override_global("FILE_OFFSETS_KNOWN", &files_known, true)
+            .override_global("TASK_FILES_OFFSET", &files.task_files, true)
+            .override_global("FILES_FDT_OFFSET", &files.files_fdt, true)
+            .override_global("FDT_MAX_FDS_OFFSET", &files.fdt_max_fds, true)
+            .override_global("FDT_FD_OFFSET", &files.fdt_fd, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("INFLIGHT", sizes.inflight)
             .map_max_entries("THREADS", sizes.threads)

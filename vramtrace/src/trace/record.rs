@@ -629,6 +629,12 @@ pub struct Call {
     /// Added in format 1.8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound: Option<Box<Bound>>,
+    /// Which open file the POSIX descriptor `os_handle` of a shareable-handle export or import
+    /// is: two records of one trace with the same `file` name the same open file (a
+    /// descriptor passed from one process to another). A keyed hash of the kernel's address,
+    /// meaningless across traces. Added in format 1.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<u64>,
 }
 
 /// VMM memory bound to a multicast object by its handle (`cuMulticastBindMem*`).

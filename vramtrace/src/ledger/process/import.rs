@@ -86,7 +86,8 @@ impl ImportedMapping {
     }
 
     /// "mapped from PID N", or "from an untraced process"; a shareable handle's owner is
-    /// not identified (a file descriptor names nothing another process can match).
+    /// not identified when its descriptor could not be matched to an export (the exporter
+    /// was not traced, or the kernel's offsets to find the open file were unknown).
     pub fn source(&self) -> String {
         match (&self.owner, self.handle) {
             (Some(o), _) => format!("mapped from PID {}", o.pid),
@@ -104,6 +105,18 @@ pub(super) struct ImportedHandle {
     pub(super) refs: u32,
     /// The entry point that imported it.
     pub(super) api: Arc<str>,
+    /// Whose memory it is, when the exporter is traced and its descriptor was matched.
+    pub(super) owner: Option<HandleOwner>,
+}
+
+/// The exporting side of an imported shareable handle: the process, its VMM handle, and the
+/// allocation as an [`Owner`].
+#[derive(Clone, Debug)]
+pub(crate) struct HandleOwner {
+    pub(crate) proc: u32,
+    pub(crate) handle: u64,
+    pub(crate) owner: Owner,
+    pub(crate) device: Option<i32>,
 }
 
 impl ProcessState {
@@ -188,20 +201,37 @@ impl ProcessState {
         self.imports_ended.iter().chain(self.imports.values())
     }
 
-    /// A shareable handle imported (`cuMemImportFromShareableHandle`): its mappings are
-    /// imports.
-    pub(crate) fn on_import_handle(&mut self, c: &Call) {
+    /// A shareable handle imported (`cuMemImportFromShareableHandle`) from `owner`, when it
+    /// is known: its mappings are imports. Whether the handle is new here (a second import of
+    /// the same handle is one more reference to it).
+    pub(crate) fn on_import_handle(&mut self, c: &Call, owner: Option<HandleOwner>) -> bool {
         let Some(h) = c.handle else {
             self.anomaly("import_without_handle", || describe(c));
-            return;
+            return false;
         };
+        let new = !self.imported_handles.contains_key(&h);
         self.imported_handles
             .entry(h)
             .or_insert_with(|| ImportedHandle {
                 refs: 0,
                 api: c.api.clone(),
+                owner,
             })
             .refs += 1;
+        new
+    }
+
+    /// The owners of the imported handles this process released for good (or held at its
+    /// exit, `all`): each lets go of its reference to their memory.
+    pub(crate) fn take_released_imports(&mut self, all: bool) -> Vec<(u32, u64)> {
+        if all {
+            for (_, ih) in self.imported_handles.drain() {
+                if let Some(o) = ih.owner {
+                    self.imports_released.push((o.proc, o.handle));
+                }
+            }
+        }
+        std::mem::take(&mut self.imports_released)
     }
 
     /// `cuMemMap` of an imported handle: an imported mapping of the bytes it maps. Whether
@@ -210,11 +240,16 @@ impl ProcessState {
         let Some(api) = self.imported_handles.get(&h).map(|i| i.api.to_string()) else {
             return false;
         };
-        let device = self.call_device(c);
+        let owner = self.imported_handles.get(&h).and_then(|i| i.owner.clone());
+        let device = match &owner {
+            Some(o) => o.device,
+            None => self.call_device(c),
+        };
         let mut m = ImportedMapping::new(c, c.bytes, device);
         // Named by the import; the mapping is the cuMemMap.
         m.api = api;
         m.handle = Some(h);
+        m.owner = owner.map(|o| o.owner);
         self.on_import(m);
         true
     }
@@ -225,8 +260,11 @@ impl ProcessState {
             return false;
         };
         ih.refs = ih.refs.saturating_sub(1);
-        if ih.refs == 0 {
-            self.imported_handles.remove(&h);
+        if ih.refs == 0
+            && let Some(o) = self.imported_handles.remove(&h).and_then(|i| i.owner)
+        {
+            // The exporter's memory loses this reference: the Ledger tells its owner.
+            self.imports_released.push((o.proc, o.handle));
         }
         true
     }
@@ -265,6 +303,48 @@ impl ProcessState {
             a.bytes,
             a.device,
         ))
+    }
+
+    /// The owner's side of a shareable handle: its live VMM handle `h` as an [`Owner`], with
+    /// its bytes and device.
+    pub(crate) fn export_of_handle(&self, h: u64) -> Option<(Owner, u64, Option<i32>)> {
+        let v = self.vmm.get(&h).filter(|v| !v.released)?;
+        let a = &v.alloc;
+        Some((
+            Owner {
+                proc: self.proc,
+                pid: self.pid,
+                seq: a.seq,
+                addr: a.addr,
+                api: a.api.to_string(),
+            },
+            a.bytes,
+            a.device,
+        ))
+    }
+
+    /// Another process took (`up`) or let go of a reference to VMM handle `h` through a
+    /// shareable handle it imported: the memory stays while one is held, as the driver keeps
+    /// it for "all outstanding references to the handle (including its shareable
+    /// counterparts)".
+    pub(crate) fn importer_ref(
+        &mut self,
+        t: &mut crate::ledger::usage::Totals,
+        h: u64,
+        up: bool,
+        ts: u64,
+    ) {
+        let Some(v) = self.vmm.get_mut(&h) else {
+            return;
+        };
+        if up {
+            v.importers += 1;
+            return;
+        }
+        v.importers = v.importers.saturating_sub(1);
+        if v.unheld() {
+            self.drop_handle(t, h, crate::ledger::EndCause::VmmRelease, ts);
+        }
     }
 
     /// The sequence number of the live allocation at `addr` (exactly), if any.

@@ -37,6 +37,7 @@ const OOMS: usize = 64;
 
 use ctx::{GreenCtx, PrimaryCtx};
 pub use graph::{GraphMemReport, GraphPool};
+pub(crate) use import::HandleOwner;
 use import::ImportedHandle;
 pub use import::{ImportedMapping, Owner};
 use pool::Pool;
@@ -120,6 +121,9 @@ pub struct ProcessState {
     imports: BTreeMap<u64, ImportedMapping>,
     /// Shareable handles imported and not released.
     imported_handles: HashMap<u64, ImportedHandle>,
+    /// The owners (process, VMM handle) of imported handles released since the Ledger last
+    /// looked: it gives their references back.
+    pub(crate) imports_released: Vec<(u32, u64)>,
     default_pools: HashMap<Option<i32>, u64>,
     /// The pool `cuMemAllocAsync` takes from on a device, once `cuDeviceSetMemPool` (or
     /// `cuMemSetMemPool` at a device location) set one; the default pool otherwise.

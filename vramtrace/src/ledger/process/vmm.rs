@@ -17,12 +17,14 @@ pub(super) struct VmmHandle {
     pub(super) retains: u32,
     /// Bindings to multicast objects: each keeps the memory as a mapping does.
     pub(super) binds: u32,
+    /// Shareable handles of it that other traced processes imported and still hold.
+    pub(super) importers: u32,
 }
 
 impl VmmHandle {
-    /// Released, and neither mapped nor bound: its memory goes.
+    /// Released, neither mapped nor bound, and no other process holds it: its memory goes.
     pub(super) fn unheld(&self) -> bool {
-        self.released && self.mappings == 0 && self.binds == 0
+        self.released && self.mappings == 0 && self.binds == 0 && self.importers == 0
     }
 }
 
@@ -85,6 +87,7 @@ impl ProcessState {
                 mappings: 0,
                 retains: 0,
                 binds: 0,
+                importers: 0,
             },
         );
     }

@@ -114,6 +114,7 @@ pub(crate) fn body() -> Vec<Record> {
             handle: 0x5a00_0000,
             offset: 2 << 20,
         })),
+        file: Some(0x1234_5678_9abc_def0),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -1186,6 +1187,7 @@ fn call() -> impl Strategy<Value = Call> {
                         offset: o,
                     })
                 }),
+                file: pool.and(stream),
             },
         )
 }
