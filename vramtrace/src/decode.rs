@@ -1186,6 +1186,123 @@ mod tests {
     }
 
     #[test]
+    fn array_maps_multicast_binds_and_descriptor_files_are_decoded_by_signature() {
+        use crate::trace::{ArrayRegion, Bound};
+        use vramtrace_common::flags::FILE_UNKNOWN;
+        let with = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5], out1: u64, flags: u32| match ev {
+            RawEvent::Call(mut c) => {
+                (c.wide, c.blob, c.out[1], c.flags) = (wide, blob, out1, flags);
+                RawEvent::Call(c)
+            }
+            other => other,
+        };
+        // CUarrayMapInfo words 0..5 in the blob, 4..12 in the wide window: an array, a region
+        // of level 1 (x 64, y 32, 128 x 16 x 1), MAP of handle 0x77 from offset 4096.
+        let sub = |lo: u64, hi: u64| lo | (hi << 32);
+        let ev = with(
+            call(0, [0x7000, 3, 0x55, 0, 0, 0], 0, 0),
+            [sub(64, 32), sub(0, 128), sub(16, 1), 1, 0x77, 4096, 0, 0],
+            [0, 0xa11, 0, sub(1, 0), sub(64, 32)],
+            0,
+            0,
+        );
+        let Record::ArrayMap(c) = decode_one("cuMemMapArrayAsync", ev) else {
+            panic!("an array map");
+        };
+        assert_eq!(
+            (c.handle, c.count, c.stream),
+            (Some(0xa11), Some(3), Some(0x55))
+        );
+        assert_eq!(
+            c.region.as_deref(),
+            Some(&ArrayRegion {
+                miptail: false,
+                level: 1,
+                layer: 0,
+                offset: [64, 32, 0],
+                extent: [128, 16, 1],
+            })
+        );
+        assert_eq!(
+            c.bound.as_deref(),
+            Some(&Bound {
+                handle: 0x77,
+                offset: 4096
+            })
+        );
+        // An UNMAP of the mip tail: layer 2, 64 KiB from 8 KiB.
+        let ev = with(
+            call(0, [0x7000, 1, 0, 0, 0, 0], 0, 0),
+            [8192, 65536, 0, 2, 0, 0, 0, 0],
+            [0, 0xa11, 1, 2, 8192],
+            0,
+            0,
+        );
+        let Record::ArrayUnmap(c) = decode_one("cuMemMapArrayAsync_ptsz", ev) else {
+            panic!("an array unmap");
+        };
+        let r = c.region.unwrap();
+        assert_eq!(
+            (r.miptail, r.layer, r.offset[0], r.extent[0]),
+            (true, 2, 8192, 65536)
+        );
+        assert!(c.bound.is_none());
+        // cuMulticastBindMem_v2(mc, dev, mcOffset, memHandle, memOffset, size, flags): the
+        // device second, the flags on the stack (not read).
+        let ev = call(0, [0xc, 1, 2 << 20, 0xa, 0, 4 << 20], 0, 0);
+        let Record::MulticastBind(c) = decode_one("cuMulticastBindMem_v2", ev) else {
+            panic!("a bind");
+        };
+        assert_eq!(
+            (c.handle, c.device, c.offset, c.bytes, c.flags),
+            (Some(0xc), Some(1), Some(2 << 20), Some(4 << 20), None)
+        );
+        assert_eq!(
+            c.bound.as_deref(),
+            Some(&Bound {
+                handle: 0xa,
+                offset: 0
+            })
+        );
+        // The unversioned bind: no device, flags in the sixth register.
+        let ev = call(0, [0xc, 2 << 20, 0xa, 0, 4 << 20, 0], 0, 0);
+        let Record::MulticastBind(c) = decode_one("cuMulticastBindMem", ev) else {
+            panic!("a bind");
+        };
+        assert_eq!(
+            (c.device, c.offset, c.flags),
+            (None, Some(2 << 20), Some(0))
+        );
+        // A descriptor's open file: the same kernel address gives the same identity, never
+        // the address itself; one the probe did not find is said.
+        let export = |file: u64, flags: u32| {
+            let ev = with(
+                call(0, [0x7fff, 0xa, 1, 0, 0, 0], 9, 0),
+                [0; 8],
+                [0; 5],
+                file,
+                flags,
+            );
+            let Record::Export(c) = decode_one("cuMemExportToShareableHandle", ev) else {
+                panic!("an export");
+            };
+            c
+        };
+        let (a, b, other) = (
+            export(0xffff_8880_1234_5600, 0),
+            export(0xffff_8880_1234_5600, 0),
+            export(0xffff_8880_1234_5700, 0),
+        );
+        assert_eq!((a.os_handle, a.handle_type), (Some(9), Some(1)));
+        assert_eq!(a.file, b.file);
+        assert_ne!(a.file, other.file);
+        assert_ne!(a.file, Some(0xffff_8880_1234_5600));
+        let unknown = export(0, FILE_UNKNOWN);
+        assert_eq!(unknown.file, None);
+        assert_eq!(unknown.unreadable, ["file"]);
+    }
+
+    #[test]
     fn copy_descriptors_are_read_from_their_windows() {
         let mut conv = Converter::new(table(&[
             "cuMemcpy2DAsync_v2",

@@ -454,6 +454,94 @@ fn unified_2d_and_3d_copies_are_decoded() {
     assert_eq!(c3.src, c2.src, "both from the first weight buffer");
 }
 
+/// Sparse arrays: made without memory, each `cuMemMapArrayAsync` operation traced with its
+/// array, region and the memory mapped there; the weights released while mapped end when
+/// their region is unmapped, the KV cache when its array is destroyed, and the weights in the
+/// deferred-mapping array's mip tail are held at exit by that mapping alone. No anomaly.
+#[test]
+fn sparse_arrays_hold_what_is_mapped_into_them() {
+    let (lib, _) = sim();
+    let r = record(lib, "sparse-arrays", &[]);
+    check_against_truth(&r);
+    let pid = r.truth["pid"].as_u64().expect("pid") as u32;
+    let arrays: Vec<u64> = r.truth["sparse"]["arrays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let ops: Vec<(&str, &str, Option<u64>, vramtrace::trace::ArrayRegion)> = r
+        .records
+        .iter()
+        .filter(|rec| rec.kind().starts_with("array_"))
+        .filter_map(|rec| {
+            let c = rec.call()?;
+            (c.pid == pid).then(|| (rec.kind(), &*c.api, c.handle, *c.region.clone().unwrap()))
+        })
+        .collect();
+    let level = |x: u64| vramtrace::trace::ArrayRegion {
+        miptail: false,
+        level: 0,
+        layer: 0,
+        offset: [x, 0, 0],
+        extent: [512, 1024, 1],
+    };
+    let tail = vramtrace::trace::ArrayRegion {
+        miptail: true,
+        level: 0,
+        layer: 0,
+        offset: [0; 3],
+        extent: [2 << 20, 0, 0],
+    };
+    assert_eq!(
+        ops,
+        [
+            ("array_map", "cuMemMapArrayAsync", Some(arrays[0]), level(0)),
+            (
+                "array_map",
+                "cuMemMapArrayAsync_ptsz",
+                Some(arrays[0]),
+                level(512)
+            ),
+            (
+                "array_unmap",
+                "cuMemMapArrayAsync",
+                Some(arrays[0]),
+                level(0)
+            ),
+            ("array_map", "cuMemMapArrayAsync", Some(arrays[1]), tail),
+        ]
+    );
+    let mut ledger = vramtrace::ledger::Ledger::new();
+    let mut ended = Vec::new();
+    for rec in r
+        .records
+        .iter()
+        .take_while(|rec| !matches!(rec, Record::Exit(_)))
+    {
+        ledger.apply(rec);
+        for ch in ledger.changes() {
+            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch {
+                ended.push((alloc.mem, alloc.bytes, rec.kind()));
+            }
+        }
+    }
+    use vramtrace::trace::Mem;
+    let mib2 = 2 << 20;
+    assert_eq!(
+        ended,
+        [
+            (Mem::VmmDevice, mib2, "array_unmap"),
+            // The destroy ends the array (no memory of its own), then what it held.
+            (Mem::Array, 0, "free"),
+            (Mem::VmmDevice, mib2, "free"),
+        ]
+    );
+    let p = ledger.processes().find(|p| p.pid == pid).unwrap();
+    assert_eq!(p.usage.device_bytes, mib2);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+}
+
 /// Multicast objects: every call traced and decoded by its own signature (the `_v2` binds
 /// name the device), the objects hold no memory, and what is bound stays while bound: the
 /// weights released while bound end at their unbind, the KV cache released and unmapped ends

@@ -15,6 +15,8 @@ mod graph;
 mod multicast;
 pub use graph::*;
 pub use multicast::*;
+mod sparse;
+pub use sparse::*;
 
 pub type CUresult = c_uint;
 type CUdevice = c_int;
@@ -240,6 +242,11 @@ struct ArrayRec {
     bytes: u64,
     dev: usize,
     ctx: u64,
+    /// Sparse or deferred-mapping (`CUDA_ARRAY3D_SPARSE`, `_DEFERRED_MAPPING`): no memory of
+    /// its own; `cuMemMapArrayAsync` maps `cuMemCreate` memory into its tiles.
+    sparse: bool,
+    /// Its mapped tiles and the handles whose memory they are (see `imp/sparse.rs`).
+    tiles: BTreeMap<sparse::Tile, u64>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -662,7 +669,7 @@ impl State {
             .collect();
         for k in dead {
             if let Some(a) = self.arrays.remove(&k) {
-                self.uncharge(a.dev, a.bytes);
+                self.array_gone(a);
             }
         }
         self.host.retain(|&k, h| {
@@ -716,13 +723,36 @@ impl State {
         Ok(())
     }
 
-    fn array_create(&mut self, bytes: Option<u64>) -> Result<u64, CUresult> {
+    fn array_create(&mut self, bytes: Option<u64>, flags: u32) -> Result<u64, CUresult> {
         let (ctx, dev) = self.current()?;
-        let bytes = bytes.ok_or(INVALID_VALUE)?;
+        let sparse = flags & (sparse::ARRAY3D_SPARSE | sparse::ARRAY3D_DEFERRED_MAPPING) != 0;
+        // A sparse or deferred-mapping array has no memory until tiles are mapped into it.
+        let bytes = if sparse {
+            0
+        } else {
+            bytes.ok_or(INVALID_VALUE)?
+        };
         self.charge(dev, bytes)?;
         let h = self.handle();
-        self.arrays.insert(h, ArrayRec { bytes, dev, ctx });
+        self.arrays.insert(
+            h,
+            ArrayRec {
+                bytes,
+                dev,
+                ctx,
+                sparse,
+                tiles: BTreeMap::new(),
+            },
+        );
         Ok(h)
+    }
+
+    /// An array goes: its memory, and what its mapped tiles held.
+    fn array_gone(&mut self, a: ArrayRec) {
+        self.uncharge(a.dev, a.bytes);
+        for h in a.tiles.into_values() {
+            self.unbind_memory(h);
+        }
     }
 
     /// Whether `[ptr, ptr + n)` lies inside one allocation or mapping; copies into
@@ -1533,12 +1563,22 @@ pub extern "C" fn cuMemGetAllocationGranularity(
 // ---------------------------------------------------------------------------
 
 fn array_out(out: *mut Handle, desc_ok: bool, bytes: impl FnOnce() -> Option<u64>) -> CUresult {
+    array_out_flags(out, desc_ok, 0, bytes)
+}
+
+/// [`array_out`] of a 3D descriptor, with its `Flags`.
+fn array_out_flags(
+    out: *mut Handle,
+    desc_ok: bool,
+    flags: u32,
+    bytes: impl FnOnce() -> Option<u64>,
+) -> CUresult {
     code(with(|st| {
         nonnull(out)?;
         if !desc_ok {
             return Err(INVALID_VALUE);
         }
-        let h = st.array_create(bytes())?;
+        let h = st.array_create(bytes(), flags)?;
         put(out, h as Handle);
         Ok(())
     }))
@@ -1569,7 +1609,13 @@ pub extern "C" fn cuArrayCreate(out: *mut Handle, desc: *const ArrayDescriptorV1
 }
 
 pub extern "C" fn cuArray3DCreate_v2(out: *mut Handle, desc: *const Array3DDescriptor) -> CUresult {
-    array_out(out, !desc.is_null(), || {
+    // SAFETY: read only when non-null; the caller passes a `CUDA_ARRAY3D_DESCRIPTOR`.
+    let flags = if desc.is_null() {
+        0
+    } else {
+        unsafe { (*desc).flags }
+    };
+    array_out_flags(out, !desc.is_null(), flags, || {
         // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
         // and points to a `CUDA_ARRAY3D_DESCRIPTOR`.
         let d = unsafe { &*desc };
@@ -1603,7 +1649,13 @@ pub extern "C" fn cuMipmappedArrayCreate(
     desc: *const Array3DDescriptor,
     levels: c_uint,
 ) -> CUresult {
-    array_out(out, !desc.is_null(), || {
+    // SAFETY: read only when non-null; the caller passes a `CUDA_ARRAY3D_DESCRIPTOR`.
+    let flags = if desc.is_null() {
+        0
+    } else {
+        unsafe { (*desc).flags }
+    };
+    array_out_flags(out, !desc.is_null(), flags, || {
         // SAFETY: `desc` is non-null (checked by `array_out` before this runs)
         // and points to a `CUDA_ARRAY3D_DESCRIPTOR`.
         let d = unsafe { &*desc };
@@ -1624,7 +1676,7 @@ fn array_destroy(h: Handle) -> CUresult {
     }
     code(with(|st| {
         let a = st.arrays.remove(&(h as u64)).ok_or(INVALID_HANDLE)?;
-        st.uncharge(a.dev, a.bytes);
+        st.array_gone(a);
         Ok(())
     }))
 }

@@ -75,6 +75,9 @@
 //!   `cuMulticastGetGranularity`): a handle with a size and a team of devices and no memory
 //!   of its own; a binding keeps the `cuMemCreate` memory bound to it until it is unbound or
 //!   the object, released with `cuMemRelease` and unmapped, goes. See `imp/multicast.rs`.
+//! - Sparse and deferred-mapping arrays (`CUDA_ARRAY3D_SPARSE`, `_DEFERRED_MAPPING`) have no
+//!   memory of their own; `cuMemMapArrayAsync` (and `_ptsz`) maps `cuMemCreate` memory into
+//!   their regions, which keeps it until unmapped or the array goes. See `imp/sparse.rs`.
 //! - A trap for the tracer's tests: with `SIMCUDA_TRAP_BYTES=N`, a `cuMemAlloc_v2` of
 //!   exactly N bytes ends its thread inside the call (`SIMCUDA_TRAP=exit-thread`), or
 //!   creates `DIR/entered` and waits inside the call until `DIR/release` exists
@@ -284,4 +287,6 @@ exports! {
     cuMulticastBindAddr,
     cuMulticastBindAddr_v2,
     cuMulticastUnbind,
+    cuMemMapArrayAsync,
+    cuMemMapArrayAsync_ptsz,
 }

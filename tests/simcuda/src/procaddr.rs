@@ -392,6 +392,11 @@ const TABLE: &[(&str, Versions, Versions)] = &[
         &[(11000, "cuMemRetainAllocationHandle")],
         &[],
     ),
+    (
+        "cuMemMapArrayAsync",
+        &[(11010, "cuMemMapArrayAsync")],
+        &[(11010, "cuMemMapArrayAsync_ptsz")],
+    ),
     // Multicast objects came with CUDA 12.1; driver 580 returns the unversioned names for
     // every version it resolves them for (12050 and up), `_v2` for none.
     ("cuMulticastCreate", &[(12010, "cuMulticastCreate")], &[]),

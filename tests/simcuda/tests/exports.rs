@@ -156,6 +156,8 @@ const EXPORTS: &[&str] = &[
     "cuMulticastBindAddr",
     "cuMulticastBindAddr_v2",
     "cuMulticastUnbind",
+    "cuMemMapArrayAsync",
+    "cuMemMapArrayAsync_ptsz",
 ];
 
 /// The cdylib of this package: `SIMCUDA_LIB` if set, else next to the `deps`

@@ -69,6 +69,8 @@ pub struct Book {
     /// CUDA graph memory (one device): live graph allocations and the graph pool.
     graph: GraphBook,
     multicast: HashMap<u64, MulticastRec>,
+    /// Sparse arrays: the handles mapped into each, by region.
+    sparse: HashMap<u64, BTreeMap<[u64; 6], u64>>,
 }
 
 /// The device's graph memory pool as the driver documents it: what it reserves grows to what
@@ -337,6 +339,40 @@ impl Book {
             p.maps += 1;
         } else if let Some(m) = self.multicast.get_mut(&handle) {
             m.maps += 1;
+        }
+    }
+
+    /// A sparse (or deferred-mapping) array made: no memory of its own.
+    pub fn sparse_array(&mut self, array: u64) {
+        self.sparse.insert(array, BTreeMap::new());
+    }
+
+    /// `handle`'s memory mapped into `region` (start and extent) of sparse array `array`.
+    pub fn array_map(&mut self, array: u64, region: [u64; 6], handle: u64) {
+        if let Some(a) = self.sparse.get_mut(&array) {
+            a.insert(region, handle);
+            if let Some(p) = self.phys.get_mut(&handle) {
+                p.binds += 1;
+            }
+        }
+    }
+
+    /// What is mapped at `region` of `array` unmapped (exactly that region).
+    pub fn array_unmap(&mut self, array: u64, region: [u64; 6]) {
+        if let Some(h) = self.sparse.get_mut(&array).and_then(|a| a.remove(&region)) {
+            self.unbind(h);
+        }
+    }
+
+    /// A sparse array destroyed: what was mapped into it is let go.
+    pub fn sparse_array_destroy(&mut self, array: u64) {
+        for h in self
+            .sparse
+            .remove(&array)
+            .into_iter()
+            .flat_map(|a| a.into_values())
+        {
+            self.unbind(h);
         }
     }
 

@@ -15,6 +15,7 @@ mod multicast;
 mod probe;
 mod rt;
 mod scenarios;
+mod sparse;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,11 @@ enum Scenario {
     /// released while mapped) is unmapped; 4 MiB of weights bound to a second object and
     /// released, live at exit (held by the binding alone).
     Multicast,
+    /// Sparse arrays: 2 MiB of weights and 2 MiB of KV cache mapped into a sparse array
+    /// (`cuMemMapArrayAsync`, `_ptsz`) and released, kept by the mappings until the weights
+    /// are unmapped and the array destroyed; 2 MiB of weights mapped into a deferred-mapping
+    /// array's mip tail, live at exit.
+    SparseArrays,
 }
 
 #[derive(Parser, Debug)]
@@ -282,6 +288,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::IpcImporter => ipc::importer(&rt)?,
         Scenario::BatchCopies => batch::batch_copies(&rt)?,
         Scenario::Multicast => multicast::multicast(&rt)?,
+        Scenario::SparseArrays => sparse::sparse_arrays(&rt)?,
         Scenario::Graphs => graph::graphs(&rt)?,
         Scenario::ProbeAll => Extra::new(),
     };

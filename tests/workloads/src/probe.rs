@@ -963,6 +963,33 @@ pub fn probe_all(d: &Driver, book: &mut Book, version: c_int) -> anyhow::Result<
     if r == 0 {
         book.add(Key::Array(m as u64), mbytes, Label::Dynamic, ctx);
     }
+    // A sparse array (no memory of its own), a region of it unmapped by each variant of
+    // cuMemMapArrayAsync (nothing was mapped: a no-op), destroyed.
+    {
+        use crate::sparse::{ARRAY3D_SPARSE, ArrayMapInfo, FnMapArray};
+        let f = sym!(d, FnArray3D, "cuArray3DCreate", V, 0, "cuArray3DCreate_v2");
+        let ds = Array3DDesc {
+            flags: ARRAY3D_SPARSE,
+            ..d3
+        };
+        let mut s: P = null();
+        let r = call!(d, f, &mut s, &ds);
+        d.bytes(f.name, bytes3, r);
+        if r == 0 {
+            book.sparse_array(s as u64);
+        }
+        let unmap = ArrayMapInfo::level(s as u64, [0, 0, 0, 64, 64, 64], None);
+        for (flags, exp) in [
+            (0, "cuMemMapArrayAsync"),
+            (PER_THREAD, "cuMemMapArrayAsync_ptsz"),
+        ] {
+            let f = d.resolve_or_dlsym::<FnMapArray>("cuMemMapArrayAsync", V, flags, exp)?;
+            call!(d, f, &unmap, 1, null());
+        }
+        book.sparse_array_destroy(s as u64);
+        let f = sym!(d, FnHandle, "cuArrayDestroy", V, 0, "cuArrayDestroy");
+        call!(d, f, s);
+    }
     let f = sym!(d, FnHandle, "cuArrayDestroy", V, 0, "cuArrayDestroy");
     book.remove(Key::Array(a2 as u64));
     call!(d, f, a2);

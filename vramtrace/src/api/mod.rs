@@ -26,7 +26,7 @@ use args::{
     share_of,
 };
 
-use crate::trace::{BatchCopy, Bound, Call, CopySrc, Mem, Record};
+use crate::trace::{ArrayRegion, BatchCopy, Bound, Call, CopySrc, Mem, Record};
 
 /// How a decoder turns one call into its record: it fills the call's fields from the
 /// registers, out-parameters and windows its row asked for, and says which record it is.
@@ -303,6 +303,14 @@ pub const APIS: &[ApiDef] = &[
         "cuMipmappedArrayCreate",
         DEREF_ARG0 | with_blob_arg(1) | STACK,
         |d, c| array_create(d, c, ArrayShape::Mipmapped),
+    ),
+    // cuMemMapArrayAsync(CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream):
+    // the first CUarrayMapInfo (12 words) is read at entry, words 0..5 in the blob, 4..12 in
+    // the wide window; `count` says how many there are.
+    def(
+        "cuMemMapArrayAsync",
+        with_blob_arg(0) | with_wide_skip(4),
+        array_map,
     ),
     // cuArrayDestroy(CUarray hArray)
     def("cuArrayDestroy", 0, array_destroy),
@@ -804,6 +812,12 @@ fn array_create(d: &Args<'_>, c: &mut Call, shape: ArrayShape) -> Record {
     c.mem = Some(Mem::Array);
     if d.blob_ok {
         c.bytes = Some(array_bytes(shape, d.legacy32, &d.ev.blob, d.a[2]));
+        // CUDA_ARRAY3D_DESCRIPTOR's Flags, after NumChannels (the sixth unsigned int of the
+        // 3.x descriptor): a sparse or deferred-mapping array has no memory of its own.
+        if shape != ArrayShape::TwoD {
+            let b = &d.ev.blob;
+            c.flags = Some(if d.legacy32 { b[2] >> 32 } else { b[4] & U32 });
+        }
     } else {
         c.unreadable.push("descriptor".into());
     }
@@ -811,6 +825,59 @@ fn array_create(d: &Args<'_>, c: &mut Call, shape: ArrayShape) -> Record {
         c.handle = d.out0(c);
     }
     d.done(c, Record::Alloc)
+}
+
+/// `cuMemMapArrayAsync*`: its first operation. `CUarrayMapInfo`: resourceType (word 0),
+/// resource (1), subresourceType (2), the subresource union (3..7: `sparseLevel`'s level,
+/// layer, offsetX/Y/Z, extentWidth/Height/Depth as `unsigned int`s, or `miptail`'s layer,
+/// offset, size), memOperationType and memHandleType (7), memHandle (8), offset (9).
+fn array_map(d: &Args<'_>, c: &mut Call) -> Record {
+    const MAP: u64 = 1;
+    const UNMAP: u64 = 2;
+    const MIPTAIL: u64 = 1;
+    c.count = Some(d.a[1] & U32);
+    c.stream = Some(d.a[2]);
+    if !d.blob_ok {
+        c.unreadable.push("map_info".into());
+        return d.done(c, Record::ArrayMap);
+    }
+    let (b, w) = (&d.ev.blob, &d.ev.wide);
+    // Words 0..5 are the blob's, 4.. the wide window's (word 4 in both).
+    let word = |i: usize| if i < 4 { b[i] } else { w[i - 4] };
+    let (lo, hi) = (|v: u64| v & U32, |v: u64| v >> 32);
+    c.handle = Some(word(1));
+    let region = if word(2) & U32 == MIPTAIL {
+        ArrayRegion {
+            miptail: true,
+            level: 0,
+            layer: lo(word(3)) as u32,
+            offset: [word(4), 0, 0],
+            extent: [word(5), 0, 0],
+        }
+    } else {
+        ArrayRegion {
+            miptail: false,
+            level: lo(word(3)) as u32,
+            layer: hi(word(3)) as u32,
+            offset: [lo(word(4)), hi(word(4)), lo(word(5))],
+            extent: [hi(word(5)), lo(word(6)), hi(word(6))],
+        }
+    };
+    c.region = Some(Box::new(region));
+    match lo(word(7)) {
+        UNMAP => d.done(c, Record::ArrayUnmap),
+        op => {
+            if op == MAP {
+                c.bound = Some(Box::new(Bound {
+                    handle: word(8),
+                    offset: word(9),
+                }));
+            } else {
+                c.unreadable.push("operation".into());
+            }
+            d.done(c, Record::ArrayMap)
+        }
+    }
 }
 
 /// `cuArrayDestroy`, `cuMipmappedArrayDestroy`.

@@ -232,6 +232,8 @@ impl Ledger {
             Record::MulticastCreate(_) => st.on_multicast_create(totals, c),
             Record::MulticastBind(_) => st.on_multicast_bind(totals, c),
             Record::MulticastUnbind(_) => st.on_multicast_unbind(totals, c),
+            Record::ArrayMap(_) => st.on_array_map(totals, c),
+            Record::ArrayUnmap(_) => st.on_array_unmap(totals, c),
             Record::Unreturned(_) => *st.unreturned.entry(c.api.to_string()).or_default() += 1,
             _ => {}
         }

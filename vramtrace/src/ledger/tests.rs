@@ -531,6 +531,76 @@ fn multicast_objects_hold_nothing_and_their_bindings_keep_memory_until_unbound()
 }
 
 #[test]
+fn sparse_arrays_hold_nothing_and_keep_what_is_mapped_into_them() {
+    use crate::trace::{ArrayRegion, Bound};
+    let mut l = Ledger::new();
+    let mut s = Sim::new(1, 100);
+    let region = |x: u64, w: u64| {
+        Some(Box::new(ArrayRegion {
+            miptail: false,
+            level: 0,
+            layer: 0,
+            offset: [x, 0, 0],
+            extent: [w, 64, 1],
+        }))
+    };
+    let map = |s: &mut Sim, x: u64, handle: u64, count: u64| {
+        Record::ArrayMap(Call {
+            handle: Some(0xa7),
+            region: region(x, 64),
+            bound: Some(Box::new(Bound { handle, offset: 0 })),
+            count: Some(count),
+            ..s.call("cuMemMapArrayAsync")
+        })
+    };
+    let sparse = Record::Alloc(Call {
+        handle: Some(0xa7),
+        mem: Some(Mem::Array),
+        bytes: Some(64 * MIB),
+        flags: Some(0x40),
+        ..s.call("cuArray3DCreate_v2")
+    });
+    let recs = vec![
+        sparse,
+        s.vmm_create(0xa, 2 * MIB),
+        s.vmm_create(0xb, 2 * MIB),
+        map(&mut s, 0, 0xa, 1),
+        map(&mut s, 64, 0xb, 1),
+        s.vmm_release(0xa),
+        s.vmm_release(0xb),
+    ];
+    apply_all(&mut l, recs);
+    let p = proc(&l, 1);
+    // The array is nothing; the mapped handles stay, released.
+    assert_eq!(p.usage.device_bytes, 4 * MIB);
+    assert_eq!(p.live_allocations().count(), 3);
+    // One unmap covering both regions lets both go.
+    l.apply(&Record::ArrayUnmap(Call {
+        handle: Some(0xa7),
+        region: region(0, 128),
+        count: Some(1),
+        ..s.call("cuMemMapArrayAsync")
+    }));
+    let p = proc(&l, 1);
+    assert_eq!(p.usage.device_bytes, 0);
+    assert!(p.anomalies.is_empty(), "{:?}", p.anomalies);
+    // A call of several operations: the ones not read are said.
+    l.apply(&s.vmm_create(0xc, 2 * MIB));
+    l.apply(&map(&mut s, 0, 0xc, 3));
+    let p = proc(&l, 1);
+    assert_eq!(p.anomalies["array_maps_unread"].count, 1);
+    // Destroying the array lets go of what it held.
+    l.apply(&s.vmm_release(0xc));
+    assert_eq!(proc(&l, 1).usage.device_bytes, 2 * MIB);
+    l.apply(&Record::Free(Call {
+        handle: Some(0xa7),
+        mem: Some(Mem::Array),
+        ..s.call("cuArrayDestroy")
+    }));
+    assert_eq!(proc(&l, 1).usage.device_bytes, 0);
+}
+
+#[test]
 fn vmm_unmap_before_release_and_multi_mapping() {
     let mut l = Ledger::new();
     let mut s = Sim::new(1, 100);

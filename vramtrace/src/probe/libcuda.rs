@@ -843,6 +843,7 @@ mod tests {
                 "cuMipmappedArrayCreate",
                 "cuArrayDestroy",
                 "cuMipmappedArrayDestroy",
+                "cuMemMapArrayAsync",
             ],
         ),
         (

@@ -110,6 +110,14 @@ pub enum Record {
     /// `cuMulticastUnbind`: the binding at `offset` of `handle` for `device`, of `bytes`,
     /// undone. Added in 1.8.
     MulticastUnbind(Call),
+    /// `cuMemMapArrayAsync*`: the VMM memory `bound` (its handle and the offset into it)
+    /// mapped into `region` of the sparse or deferred-mapping array (or mipmapped array)
+    /// `handle`; it keeps that memory until unmapped. Of a call with `count` operations, the
+    /// first. Added in 1.8.
+    ArrayMap(Call),
+    /// `cuMemMapArrayAsync*`: what is mapped inside `region` of the array `handle` unmapped.
+    /// Of a call with `count` operations, the first. Added in 1.8.
+    ArrayUnmap(Call),
     /// A driver call that never returned: its thread ended inside it (the process was killed,
     /// a signal sent at the call ended it), or the thread entered the same entry point again
     /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
@@ -165,6 +173,8 @@ impl Record {
             Record::MulticastCreate(_) => "multicast_create",
             Record::MulticastBind(_) => "multicast_bind",
             Record::MulticastUnbind(_) => "multicast_unbind",
+            Record::ArrayMap(_) => "array_map",
+            Record::ArrayUnmap(_) => "array_unmap",
             Record::Unreturned(_) => "unreturned",
             Record::Exit(_) => "exit",
             Record::Lost(_) => "lost",
@@ -208,6 +218,8 @@ impl Record {
             | Record::MulticastCreate(c)
             | Record::MulticastBind(c)
             | Record::MulticastUnbind(c)
+            | Record::ArrayMap(c)
+            | Record::ArrayUnmap(c)
             | Record::Unreturned(c) => Some(c),
             _ => None,
         }
@@ -567,7 +579,8 @@ pub struct Call {
     /// Offset into the VMM handle (`cuMemMap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Flags argument as passed (host-alloc flags, managed attach flags, VMM flags).
+    /// Flags argument as passed (host-alloc flags, managed attach flags, VMM flags); a 3D
+    /// array descriptor's `Flags` (0x40 sparse, 0x80 deferred mapping: no memory of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<u64>,
     /// Row pitch of a pitched allocation.
@@ -635,6 +648,58 @@ pub struct Call {
     /// meaningless across traces. Added in format 1.8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<u64>,
+    /// The region of a sparse array that an `array_map` or `array_unmap` is about. Added in
+    /// format 1.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Box<ArrayRegion>>,
+}
+
+/// A region of a sparse CUDA array (`CUarrayMapInfo::subresource`): of a mip level, in
+/// elements, or of the mip tail, in bytes along the first axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ArrayRegion {
+    /// The mip tail (`CU_ARRAY_SPARSE_SUBRESOURCE_TYPE_MIPTAIL`), not a mip level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub miptail: bool,
+    /// The mip level (0 for an array that is not mipmapped, and for the mip tail).
+    pub level: u32,
+    /// The layer of a layered array (else 0).
+    pub layer: u32,
+    /// Where it starts: x, y, z in elements; the mip tail's byte offset in `offset[0]`.
+    pub offset: [u64; 3],
+    /// How far it goes: width, height, depth in elements; the mip tail's bytes in
+    /// `extent[0]`.
+    pub extent: [u64; 3],
+}
+
+impl ArrayRegion {
+    /// The first and last regions in their order: the bounds of one array's regions.
+    pub const MIN: ArrayRegion = ArrayRegion {
+        miptail: false,
+        level: 0,
+        layer: 0,
+        offset: [0; 3],
+        extent: [0; 3],
+    };
+    pub const MAX: ArrayRegion = ArrayRegion {
+        miptail: true,
+        level: u32::MAX,
+        layer: u32::MAX,
+        offset: [u64::MAX; 3],
+        extent: [u64::MAX; 3],
+    };
+
+    /// Whether this region lies inside `outer` (same kind, level and layer).
+    pub fn inside(&self, outer: &ArrayRegion) -> bool {
+        self.miptail == outer.miptail
+            && self.level == outer.level
+            && self.layer == outer.layer
+            && (0..3).all(|i| {
+                self.offset[i] >= outer.offset[i]
+                    && self.offset[i].saturating_add(self.extent[i])
+                        <= outer.offset[i].saturating_add(outer.extent[i])
+            })
+    }
 }
 
 /// VMM memory bound to a multicast object by its handle (`cuMulticastBindMem*`).

@@ -84,8 +84,9 @@ impl State {
         }
     }
 
-    /// One binding of a memory handle is gone.
-    fn unbind_memory(&mut self, handle: u64) {
+    /// One binding of a memory handle (to a multicast object, or a sparse array's tile) is
+    /// gone.
+    pub(super) fn unbind_memory(&mut self, handle: u64) {
         if let Some(p) = self.phys.get_mut(&handle) {
             p.binds = p.binds.saturating_sub(1);
         }

@@ -200,6 +200,9 @@ impl ProcessState {
             bytes = bytes.saturating_add(a.bytes);
             self.release(t, a, EndCause::ContextDestroyed, ts);
         }
+        for k in arrays {
+            self.array_maps_gone(t, k, ts);
+        }
         self.count_free(api, calls, bytes);
     }
 

@@ -9,6 +9,7 @@ mod graph;
 mod import;
 mod multicast;
 mod pool;
+mod sparse;
 mod types;
 mod vmm;
 
@@ -115,6 +116,8 @@ pub struct ProcessState {
     mappings: BTreeMap<u64, Mapping>,
     /// Multicast objects, by handle.
     multicast: HashMap<u64, multicast::Multicast>,
+    /// Regions of sparse arrays mapped to VMM memory.
+    array_maps: sparse::ArrayMaps,
     reserved: BTreeMap<u64, u64>,
     pools: HashMap<PoolId, Pool>,
     /// Other processes' memory mapped here, by address: mapped, not owned.
@@ -570,6 +573,12 @@ impl ProcessState {
             self.anomaly("alloc_without_size", || describe(c));
             0
         });
+        // A sparse or deferred-mapping array: its memory is what is mapped into it.
+        let bytes = if mem == Mem::Array && sparse::sparse(c) {
+            0
+        } else {
+            bytes
+        };
         self.count_alloc(&c.api, bytes);
         // An allocation from a pool of managed or host memory is host memory, not the GPU's;
         // the pool keeps none of it once freed (see `Pool::host`).
@@ -684,6 +693,7 @@ impl ProcessState {
                 Some(a) => {
                     self.count_free(&c.api, 1, a.bytes);
                     self.release(t, a, EndCause::ArrayDestroy, ts);
+                    self.array_maps_gone(t, h, ts);
                 }
                 None => {
                     self.count_free(&c.api, 1, 0);
@@ -910,6 +920,7 @@ impl ProcessState {
         });
         self.mappings.clear();
         self.multicast.clear();
+        self.array_maps.clear();
         self.imported_handles.clear();
         self.reserved.clear();
         self.default_pools.clear();

@@ -97,8 +97,9 @@ impl ProcessState {
         true
     }
 
-    /// One binding of VMM handle `h` is gone.
-    fn unbind_handle(&mut self, t: &mut Totals, h: u64, ts: u64) {
+    /// One binding of VMM handle `h` (to a multicast object, or a sparse array's region) is
+    /// gone.
+    pub(super) fn unbind_handle(&mut self, t: &mut Totals, h: u64, ts: u64) {
         let Some(v) = self.vmm.get_mut(&h) else {
             return;
         };

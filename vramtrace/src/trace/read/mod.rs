@@ -25,7 +25,7 @@ use super::record::{
 };
 
 /// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 40] = [
+pub const RECORD_TYPES: [&str; 42] = [
     "header",
     "process",
     "stack",
@@ -66,6 +66,8 @@ pub const RECORD_TYPES: [&str; 40] = [
     "multicast_create",
     "multicast_bind",
     "multicast_unbind",
+    "array_map",
+    "array_unmap",
 ];
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
@@ -898,6 +900,8 @@ fn type_index(rec: &Record) -> usize {
         Record::MulticastCreate(_) => 37,
         Record::MulticastBind(_) => 38,
         Record::MulticastUnbind(_) => 39,
+        Record::ArrayMap(_) => 40,
+        Record::ArrayUnmap(_) => 41,
     }
 }
 
@@ -1084,6 +1088,8 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             b"multicast_create" => Some(as_call(line, names, Record::MulticastCreate)),
             b"multicast_bind" => Some(as_call(line, names, Record::MulticastBind)),
             b"multicast_unbind" => Some(as_call(line, names, Record::MulticastUnbind)),
+            b"array_map" => Some(as_call(line, names, Record::ArrayMap)),
+            b"array_unmap" => Some(as_call(line, names, Record::ArrayUnmap)),
             b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
             b"process" => Some(as_rec::<Process>(line, Record::Process)),
             b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),

@@ -115,6 +115,13 @@ pub(crate) fn body() -> Vec<Record> {
             offset: 2 << 20,
         })),
         file: Some(0x1234_5678_9abc_def0),
+        region: Some(Box::new(crate::trace::ArrayRegion {
+            miptail: false,
+            level: 1,
+            layer: 0,
+            offset: [64, 0, 0],
+            extent: [64, 64, 1],
+        })),
     };
     let call = |api: &str| Call {
         api: api.into(),
@@ -216,6 +223,8 @@ pub(crate) fn body() -> Vec<Record> {
         Record::MulticastCreate(call("cuMulticastCreate")),
         Record::MulticastBind(call("cuMulticastBindMem_v2")),
         Record::MulticastUnbind(call("cuMulticastUnbind")),
+        Record::ArrayMap(call("cuMemMapArrayAsync")),
+        Record::ArrayUnmap(call("cuMemMapArrayAsync_ptsz")),
         Record::Unreturned(Call {
             mem: Some(Mem::Managed),
             signalled: Some(6),
@@ -336,6 +345,8 @@ fn record_types_are_every_kind() {
             | Record::MulticastCreate(_)
             | Record::MulticastBind(_)
             | Record::MulticastUnbind(_)
+            | Record::ArrayMap(_)
+            | Record::ArrayUnmap(_)
             | Record::Unreturned(_)
             | Record::Exit(_)
             | Record::Lost(_)
@@ -1188,6 +1199,15 @@ fn call() -> impl Strategy<Value = Call> {
                     })
                 }),
                 file: pool.and(stream),
+                region: pitch.map(|p| {
+                    Box::new(crate::trace::ArrayRegion {
+                        miptail: p % 2 == 1,
+                        level: p as u32 % 4,
+                        layer: 0,
+                        offset: [p, 0, 0],
+                        extent: [p / 2, 1, 1],
+                    })
+                }),
             },
         )
 }
