@@ -454,6 +454,31 @@ fn unified_2d_and_3d_copies_are_decoded() {
     assert_eq!(c3.src, c2.src, "both from the first weight buffer");
 }
 
+/// The Ledger after every record before the first exit, and each allocation that ended on
+/// the way, with the record that ended it.
+fn replay_to_exit(
+    r: &Recorded,
+) -> (
+    vramtrace::ledger::Ledger,
+    Vec<(std::sync::Arc<vramtrace::ledger::LiveAllocation>, &Record)>,
+) {
+    let mut ledger = vramtrace::ledger::Ledger::new();
+    let mut ended = Vec::new();
+    for rec in r
+        .records
+        .iter()
+        .take_while(|rec| !matches!(rec, Record::Exit(_)))
+    {
+        ledger.apply(rec);
+        for ch in ledger.changes() {
+            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch {
+                ended.push((alloc.clone(), rec));
+            }
+        }
+    }
+    (ledger, ended)
+}
+
 /// Sparse arrays: made without memory, each `cuMemMapArrayAsync` operation traced with its
 /// array, region and the memory mapped there; the weights released while mapped end when
 /// their region is unmapped, the KV cache when its array is destroyed, and the weights in the
@@ -512,20 +537,11 @@ fn sparse_arrays_hold_what_is_mapped_into_them() {
             ("array_map", "cuMemMapArrayAsync", Some(arrays[1]), tail),
         ]
     );
-    let mut ledger = vramtrace::ledger::Ledger::new();
-    let mut ended = Vec::new();
-    for rec in r
-        .records
+    let (ledger, ended) = replay_to_exit(&r);
+    let ended: Vec<_> = ended
         .iter()
-        .take_while(|rec| !matches!(rec, Record::Exit(_)))
-    {
-        ledger.apply(rec);
-        for ch in ledger.changes() {
-            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch {
-                ended.push((alloc.mem, alloc.bytes, rec.kind()));
-            }
-        }
-    }
+        .map(|(a, rec)| (a.mem, a.bytes, rec.kind()))
+        .collect();
     use vramtrace::trace::Mem;
     let mib2 = 2 << 20;
     assert_eq!(
@@ -617,24 +633,11 @@ fn multicast_bindings_keep_memory_and_the_objects_hold_none() {
     );
 
     // The Ledger: the handles end where the bindings let them go.
-    let mut ledger = vramtrace::ledger::Ledger::new();
-    let mut ended = Vec::new();
-    for rec in r
-        .records
+    let (ledger, ended) = replay_to_exit(&r);
+    let ended: Vec<_> = ended
         .iter()
-        .take_while(|rec| !matches!(rec, Record::Exit(_)))
-    {
-        ledger.apply(rec);
-        for ch in ledger.changes() {
-            if let vramtrace::ledger::Change::Ended { alloc, .. } = ch {
-                ended.push((
-                    alloc.handle,
-                    rec.kind(),
-                    rec.call().map(|c| c.api.to_string()),
-                ));
-            }
-        }
-    }
+        .map(|(a, rec)| (a.handle, rec.kind(), rec.call().map(|c| c.api.to_string())))
+        .collect();
     let weights = calls[1].bound.as_ref().unwrap().handle;
     // The KV cache: the handle mapped where it was bound by address.
     let kv = r.records.iter().find_map(|rec| match rec {
