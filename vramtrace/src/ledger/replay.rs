@@ -209,7 +209,7 @@ impl<R: BufRead> Replay<R> {
                         }
                         Err(_) => Vec::with_capacity(READ_AHEAD_BATCH),
                     };
-                    batch.extend(reader.by_ref().take(READ_AHEAD_BATCH));
+                    reader.read_into(&mut batch, READ_AHEAD_BATCH);
                     // The reader is fused: an empty batch is the end of the trace.
                     if batch.is_empty() || full_tx.send((batch, reader.read_position())).is_err() {
                         break;

@@ -842,6 +842,21 @@ impl BatchedHash {
     }
 }
 
+impl<R: BufRead> TraceReader<R> {
+    /// Appends the next records to `out` until it holds `max` or the trace ends: what
+    /// [`Iterator::next`] would give, pushed where they are parsed rather than moved through
+    /// an iterator's adaptors (a record is a few hundred bytes).
+    pub fn read_into(&mut self, out: &mut Vec<Record>, max: usize) {
+        out.reserve(max.saturating_sub(out.len()));
+        while out.len() < max {
+            match self.next_record() {
+                Some((_, rec)) => out.push(rec),
+                None => break,
+            }
+        }
+    }
+}
+
 impl<R: BufRead> Iterator for TraceReader<R> {
     type Item = Record;
 
