@@ -260,10 +260,7 @@ impl Converter {
                     self.unknown_api += 1;
                     return;
                 };
-                let (decode, args) = (
-                    api.decode,
-                    Args::new(ev, api.legacy32, api.ctx, api.version),
-                );
+                let (decode, args) = (api.decode, Args::new(ev, api.legacy32, api.version));
                 let symbol = api.symbol.clone();
                 let proc = self.proc_id(ev.pid, &ev.comm, env, out);
                 let stack = self.stack_id(proc, ev, env, out);
@@ -530,6 +527,17 @@ mod tests {
         })
     }
 
+    /// `ev`, a call event, as `edit` changes it (its windows, out-parameters, flags).
+    fn edited(ev: RawEvent, edit: impl FnOnce(&mut CallEvent)) -> RawEvent {
+        match ev {
+            RawEvent::Call(mut c) => {
+                edit(&mut c);
+                RawEvent::Call(c)
+            }
+            other => other,
+        }
+    }
+
     /// The records of one call of `symbol` (the process and stack records left out).
     fn decode_one(symbol: &str, ev: RawEvent) -> Record {
         let mut conv = Converter::new(table(&[symbol]));
@@ -545,13 +553,11 @@ mod tests {
         let mut wide = [0u64; 8];
         wide[0] = u64::from_le_bytes(*b"handle!!");
         wide[7] = 0xff;
-        let with_wide = |ev: RawEvent, flags: u32| match ev {
-            RawEvent::Call(mut c) => {
+        let with_wide = |ev: RawEvent, flags: u32| {
+            edited(ev, |c| {
                 c.wide = wide;
                 c.flags |= flags;
-                RawEvent::Call(c)
-            }
-            other => other,
+            })
         };
         // In memory order: word 7's low byte is byte 56.
         let hex = format!(
@@ -1120,12 +1126,8 @@ mod tests {
 
     #[test]
     fn batches_carry_the_copies_read_and_their_count() {
-        let windows = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5]| match ev {
-            RawEvent::Call(mut c) => {
-                (c.wide, c.blob) = (wide, blob);
-                RawEvent::Call(c)
-            }
-            other => other,
+        let windows = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5]| {
+            edited(ev, |c| (c.wide, c.blob) = (wide, blob))
         };
         // Six copies, four read: dsts in wide[0..4], srcs in wide[4..8], sizes in the blob.
         let ev = windows(
@@ -1189,12 +1191,10 @@ mod tests {
     fn array_maps_multicast_binds_and_descriptor_files_are_decoded_by_signature() {
         use crate::trace::{ArrayRegion, Bound};
         use vramtrace_common::flags::FILE_UNKNOWN;
-        let with = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5], out1: u64, flags: u32| match ev {
-            RawEvent::Call(mut c) => {
+        let with = |ev: RawEvent, wide: [u64; 8], blob: [u64; 5], out1: u64, flags: u32| {
+            edited(ev, |c| {
                 (c.wide, c.blob, c.out[1], c.flags) = (wide, blob, out1, flags);
-                RawEvent::Call(c)
-            }
-            other => other,
+            })
         };
         // CUarrayMapInfo words 0..5 in the blob, 4..12 in the wide window: an array, a region
         // of level 1 (x 64, y 32, 128 x 16 x 1), MAP of handle 0x77 from offset 4096.

@@ -3,7 +3,6 @@
 
 use vramtrace_common::{CallEvent, flags};
 
-use super::CtxArgs;
 use crate::trace::{Call, CopySrc, Mem, Record};
 
 pub(super) const U32: u64 = 0xffff_ffff;
@@ -16,8 +15,6 @@ pub struct Args<'a> {
     pub a: &'a [u64; 6],
     /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).
     pub legacy32: bool,
-    /// Where this variant's flags and device sit (`cuCtxCreate*`).
-    pub ctx: CtxArgs,
     /// The variant's ABI version: N of a `_vN` suffix, 1 without one.
     pub version: u32,
     /// The call returned: its result and out-parameters mean something.
@@ -31,7 +28,7 @@ pub struct Args<'a> {
 impl<'a> Args<'a> {
     /// The event `ev` of a variant whose arguments are 32-bit when `legacy32`, of ABI
     /// `version`.
-    pub fn new(ev: &'a CallEvent, legacy32: bool, ctx: CtxArgs, version: u32) -> Self {
+    pub fn new(ev: &'a CallEvent, legacy32: bool, version: u32) -> Self {
         // A call that never returned has no result and no out-parameters: only what it was
         // asked.
         let returned = ev.flags & flags::NO_RETURN == 0;
@@ -39,7 +36,6 @@ impl<'a> Args<'a> {
             ev,
             a: &ev.args,
             legacy32,
-            ctx,
             version,
             returned,
             ok: returned && ev.ret == 0,

@@ -368,8 +368,9 @@ pub const APIS: &[ApiDef] = &[
     // CUexecAffinityParam *params, int numParams, unsigned flags, CUdevice dev), `_v4` (CUDA
     // 12.5) (pctx, CUctxCreateParams *params, unsigned flags, CUdevice dev): see [`CtxArgs`].
     def("cuCtxCreate", DEREF_ARG0, |d, c| {
-        c.device = Some(d.int(d.ctx.device));
-        c.flags = Some(u64::from(d.uint(d.ctx.flags)));
+        let at = CtxArgs::of(d.version);
+        c.device = Some(d.int(at.device));
+        c.flags = Some(u64::from(d.uint(at.flags)));
         if d.ok {
             c.handle = d.out0(c);
         }
@@ -1048,9 +1049,8 @@ pub struct Hooked {
     pub decode: Decode,
     /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).
     pub legacy32: bool,
-    /// Where this variant's flags and device sit (`cuCtxCreate*` only).
-    pub ctx: CtxArgs,
-    /// Its ABI version: N of a `_vN` suffix, 1 without one.
+    /// Its ABI version: N of a `_vN` suffix, 1 without one (where `cuCtxCreate*`'s flags and
+    /// device sit, [`CtxArgs::of`]; the other signatures that changed, by their decoders).
     pub version: u32,
     /// The cookie flags for this symbol.
     pub flags: u64,
@@ -1060,20 +1060,16 @@ impl Hooked {
     /// Describes `symbol`, a variant of `def`.
     pub fn new(def: &ApiDef, symbol: &str) -> Self {
         let suffix = &symbol[def.base.len().min(symbol.len())..];
-        let versioned = suffix.starts_with("_v");
+        let version = suffix.strip_prefix("_v").map(|r| {
+            r[..r.bytes().take_while(u8::is_ascii_digit).count()]
+                .parse()
+                .unwrap_or(1)
+        });
         Hooked {
             symbol: symbol.into(),
             decode: def.decode,
-            legacy32: def.legacy32 && !versioned,
-            ctx: CtxArgs::of(suffix),
-            version: suffix
-                .strip_prefix("_v")
-                .and_then(|r| {
-                    r[..r.bytes().take_while(u8::is_ascii_digit).count()]
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(1),
+            legacy32: def.legacy32 && version.is_none(),
+            version: version.unwrap_or(1),
             flags: def.flags,
         }
     }
@@ -1112,11 +1108,11 @@ impl CtxArgs {
         device: 3,
     };
 
-    /// The layout of the variant named by `suffix` (what follows the base name).
-    fn of(suffix: &str) -> CtxArgs {
-        match suffix {
-            "_v3" => CtxArgs::V3,
-            "_v4" => CtxArgs::V4,
+    /// The layout of the variant of ABI `version` (N of its `_vN` suffix, 1 without one).
+    pub fn of(version: u32) -> CtxArgs {
+        match version {
+            3 => CtxArgs::V3,
+            4 => CtxArgs::V4,
             _ => CtxArgs::V2,
         }
     }
@@ -1203,10 +1199,18 @@ mod tests {
         assert!(Hooked::new(alloc, "cuMemAlloc").legacy32);
         assert!(!Hooked::new(alloc, "cuMemAlloc_v2").legacy32);
         let ctx = APIS.iter().find(|d| d.base == "cuCtxCreate").unwrap();
-        assert_eq!(Hooked::new(ctx, "cuCtxCreate").ctx, CtxArgs::V2);
-        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v2").ctx, CtxArgs::V2);
-        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v3").ctx, CtxArgs::V3);
-        assert_eq!(Hooked::new(ctx, "cuCtxCreate_v4").ctx, CtxArgs::V4);
+        let at = |symbol| CtxArgs::of(Hooked::new(ctx, symbol).version);
+        assert_eq!(at("cuCtxCreate"), CtxArgs::V2);
+        assert_eq!(at("cuCtxCreate_v2"), CtxArgs::V2);
+        assert_eq!(at("cuCtxCreate_v3"), CtxArgs::V3);
+        assert_eq!(at("cuCtxCreate_v4"), CtxArgs::V4);
+        let bind = APIS
+            .iter()
+            .find(|d| d.base == "cuMulticastBindMem")
+            .unwrap();
+        assert_eq!(Hooked::new(bind, "cuMulticastBindMem").version, 1);
+        assert_eq!(Hooked::new(bind, "cuMulticastBindMem_v2").version, 2);
+        assert_eq!(Hooked::new(alloc, "cuMemAllocAsync_ptsz").version, 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ProcessState, describe};
+use super::{LiveAllocation, ProcessState, describe};
 use crate::ledger::change::Change;
 use crate::trace::Call;
 
@@ -292,35 +292,30 @@ impl ProcessState {
         if addr >= start.saturating_add(a.bytes.max(1)) || a.mem.is_host() {
             return None;
         }
-        Some((
-            Owner {
-                proc: self.proc,
-                pid: self.pid,
-                seq: a.seq,
-                addr: Some(start),
-                api: a.api.to_string(),
-            },
-            a.bytes,
-            a.device,
-        ))
+        Some(self.exported(a, Some(start)))
     }
 
     /// The owner's side of a shareable handle: its live VMM handle `h` as an [`Owner`], with
     /// its bytes and device.
     pub(crate) fn export_of_handle(&self, h: u64) -> Option<(Owner, u64, Option<i32>)> {
         let v = self.vmm.get(&h).filter(|v| !v.released)?;
-        let a = &v.alloc;
-        Some((
+        Some(self.exported(&v.alloc, v.alloc.addr))
+    }
+
+    /// Live allocation `a` of this process, where it is at `addr`, as another process's
+    /// import names it: the [`Owner`], its bytes and device.
+    fn exported(&self, a: &LiveAllocation, addr: Option<u64>) -> (Owner, u64, Option<i32>) {
+        (
             Owner {
                 proc: self.proc,
                 pid: self.pid,
                 seq: a.seq,
-                addr: a.addr,
+                addr,
                 api: a.api.to_string(),
             },
             a.bytes,
             a.device,
-        ))
+        )
     }
 
     /// Another process took (`up`) or let go of a reference to VMM handle `h` through a
