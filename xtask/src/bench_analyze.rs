@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use vramtrace::trace::write::TraceWriter;
-use vramtrace::trace::{Call, Frame, Header, Mem, Process, Record, Stack, TraceReader};
+use vramtrace::trace::{
+    Call, FORMAT_MAJOR, FORMAT_MINOR, Frame, Header, Mem, Process, Record, Stack, TraceReader,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchAnalyzeArgs {
@@ -40,7 +42,7 @@ pub fn generate(path: &Path, events: u64) -> Result<()> {
     let mut w = TraceWriter::create(path)?;
     w.write(&Record::Header(Box::new(Header {
         format: "vramtrace".into(),
-        version: "1.0".into(),
+        version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
         tool_version: "bench".into(),
         host: "bench".into(),
         kernel: "6.18".into(),
@@ -271,7 +273,10 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
         "speedup"
     );
     for &events in &args.events {
-        let path = args.dir.join(format!("trace-{events}.jsonl"));
+        // Named by version: a trace of an older format reads by that format's rules.
+        let path = args.dir.join(format!(
+            "trace-{events}-{FORMAT_MAJOR}.{FORMAT_MINOR}.jsonl"
+        ));
         if !path.exists() {
             generate(&path, events).with_context(|| format!("writing {}", path.display()))?;
         }

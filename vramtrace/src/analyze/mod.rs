@@ -38,7 +38,7 @@ use crate::trace::{Footer, Frame, Header, Integrity, Mem, NvmlInfo, Record};
 pub struct ReadStatus {
     /// The reader's verdict on the file as a whole.
     pub integrity: Integrity,
-    /// Whether the footer's SHA-256 matched (`None`: not checked, or no footer).
+    /// Whether the footer's digest matched (`None`: not checked, or no footer).
     pub digest_ok: Option<bool>,
     /// Lines that could not be read: (line number, what was wrong).
     pub problems: Vec<(u64, String)>,

@@ -534,7 +534,7 @@ fn a_changed_line_is_altered_not_cut_short_nor_unreadable() {
     let lines = verdict_lines(&r);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("!!! TRACE ALTERED"), "{lines:?}");
-    assert!(render_text(&r).contains("SHA-256"));
+    assert!(render_text(&r).contains("BLAKE3"));
     assert_eq!(
         serde_json::to_value(&r).expect("json")["integrity"],
         "altered"

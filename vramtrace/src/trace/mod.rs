@@ -1,5 +1,6 @@
 //! The JSON Lines trace file: the records, the writer and the tolerant reader.
 
+pub mod digest;
 pub mod read;
 pub mod record;
 pub mod write;

@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "vramtrace";
 /// Major version: readers refuse any other. Bumped on incompatible changes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
-pub const FORMAT_MINOR: u32 = 8;
+pub const FORMAT_MINOR: u32 = 9;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -859,6 +859,10 @@ pub struct Footer {
     /// their exit nor what they did after is in the trace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub untraced_after: Vec<u32>,
-    /// Hex SHA-256 of every byte of the file before this line.
-    pub sha256: String,
+    /// Hex SHA-256 of every byte of the file before this line: format 1.8 and older.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Hex BLAKE3 of every byte of the file before this line: format 1.9 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }

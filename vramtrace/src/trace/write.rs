@@ -1,4 +1,5 @@
-//! The trace writer: one JSON line per record, a running SHA-256, and a footer that seals it.
+//! The trace writer: one JSON line per record, a running digest (BLAKE3; SHA-256 for a header
+//! of version 1.8 or older), and a footer that seals it.
 //!
 //! A writer dropped without [`TraceWriter::finish`] leaves a trace without a footer, which is
 //! exactly how a crashed recording looks; readers take it up to its last complete line.
@@ -9,13 +10,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-use super::record::{Footer, Record};
+use super::digest::{Algorithm, Hasher};
+use super::record::{FORMAT_MINOR, Footer, Record};
 
 /// Size of the write buffer: big enough that a peak of ~10^6 lines/s costs a few hundred
 /// `write(2)` calls a second, not a million, and that the digest is fed in large pieces
-/// (per line, SHA-256 costs about twice as much per byte).
+/// (per line, a digest costs about twice as much per byte).
 const BUF_SIZE: usize = 1 << 20;
 
 /// Traces name processes, command lines and paths: only their owner may read them.
@@ -58,7 +58,8 @@ pub struct TraceWriter {
     /// Lines not yet written nor hashed. Records are serialized straight into it, so a line
     /// costs no allocation and no copy of ours; it is hashed and written when it is full.
     buf: Vec<u8>,
-    hasher: Sha256,
+    /// Of the algorithm the header's version names.
+    hasher: Hasher,
     /// Lines after the header, by `type`: the footer's `counts`.
     counts: BTreeMap<String, u64>,
     lines: u64,
@@ -88,7 +89,7 @@ impl TraceWriter {
         Ok(Self {
             out: file,
             buf: Vec::with_capacity(BUF_SIZE + 64 * 1024),
-            hasher: Sha256::new(),
+            hasher: Hasher::new(Algorithm::of_minor(FORMAT_MINOR)),
             counts: BTreeMap::new(),
             lines: 0,
             finished: false,
@@ -104,7 +105,10 @@ impl TraceWriter {
         let kind = rec.kind();
         match (self.lines, rec) {
             (_, Record::Footer(_)) => return Err(WriteError::FooterNotAllowed),
-            (0, Record::Header(_)) => {}
+            (0, Record::Header(h)) => {
+                // Nothing is hashed before the header: it is the first line.
+                self.hasher = Hasher::new(Algorithm::of_version(&h.version));
+            }
             (0, _) => return Err(WriteError::NoHeader { kind }),
             (_, Record::Header(_)) => return Err(WriteError::SecondHeader),
             _ => {}
@@ -178,7 +182,7 @@ impl TraceWriter {
             return Err(WriteError::NoHeader { kind: "footer" });
         }
         self.write_buf()?;
-        let footer = Footer {
+        let mut footer = Footer {
             end_ts_ns,
             counts: std::mem::take(&mut self.counts),
             lost_events,
@@ -186,8 +190,11 @@ impl TraceWriter {
             violations: self.violations,
             stopped_by: self.stopped_by.take(),
             untraced_after: std::mem::take(&mut self.untraced_after),
-            sha256: hex::encode(self.hasher.finalize_reset()),
+            ..Default::default()
         };
+        self.hasher
+            .algorithm()
+            .set_in(&mut footer, self.hasher.finalize_hex());
         let rec = Record::Footer(footer.clone());
         let mut line = serde_json::to_vec(&rec).map_err(|source| WriteError::Serialize {
             kind: "footer",
@@ -216,9 +223,8 @@ impl Drop for TraceWriter {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use sha2::{Digest, Sha256};
-
     use super::*;
+    use crate::trace::digest::hex_digest;
     use crate::trace::read::tests::{alloc, body, free, header, write_trace};
 
     fn mode(path: &Path) -> u32 {
@@ -297,9 +303,10 @@ mod tests {
             .expect("a line before the footer")
             + 1;
         assert_eq!(
-            footer.sha256,
-            hex::encode(Sha256::digest(&bytes[..body_end]))
+            footer.blake3.as_deref(),
+            Some(hex_digest(Algorithm::Blake3, &bytes[..body_end]).as_str())
         );
+        assert_eq!(footer.sha256, None);
         let footer_line: Record =
             serde_json::from_slice(&bytes[body_end..]).expect("the footer parses");
         assert_eq!(footer_line, Record::Footer(footer.clone()));

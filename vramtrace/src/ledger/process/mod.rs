@@ -5,6 +5,7 @@
 //! together, so the three can never disagree.
 
 mod ctx;
+mod freed;
 mod graph;
 mod import;
 mod multicast;
@@ -16,7 +17,7 @@ mod vmm;
 use std::collections::{BTreeMap, btree_map};
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 use super::change::{Change, EndCause, PoolId};
 use super::classify::{self, AllocRef, ClassBytes, Classifier, Phase};
@@ -25,10 +26,6 @@ use crate::trace::{Call, CopySrc, Exit, Mem, Process};
 
 /// How many examples of each anomaly are kept.
 const EXAMPLES: usize = 3;
-/// How many freed addresses are remembered to tell a double free from a free of an address
-/// that was never seen (attach mid-run). Forgotten all at once when full: a double free then
-/// reads as an unknown free, which is still an anomaly.
-const FREED_MEMORY: usize = 1 << 16;
 /// How many of the largest allocations still live at exit the snapshot keeps.
 const HELD_AT_EXIT: usize = 16;
 /// How many host-memory findings a process keeps; the rest are counted.
@@ -138,7 +135,7 @@ pub struct ProcessState {
     /// CUDA graphs' memory nodes, their execs and each device's graph memory pool.
     graphs: graph::Graphs,
     threads: HashMap<u32, Vec<u64>>,
-    freed: HashSet<u64>,
+    freed: freed::RecentlyFreed,
     /// Device plus pool-held bytes when `classes_at_peak` was taken.
     classes_peak_bytes: u64,
     /// What the record being applied changed so far; the Ledger takes them after each record.
@@ -462,9 +459,6 @@ impl ProcessState {
     }
 
     fn remember_freed(&mut self, addr: u64) {
-        if self.freed.len() >= FREED_MEMORY {
-            self.freed.clear();
-        }
         self.freed.insert(addr);
     }
 
@@ -641,7 +635,7 @@ impl ProcessState {
         addr: u64,
     ) -> Arc<LiveAllocation> {
         let (mem, bytes, ts) = (a.mem, a.bytes, c.ts_ns);
-        self.freed.remove(&addr);
+        self.freed.remove(addr);
 
         if mem == Mem::DeviceAsync {
             // Stream-ordered memory comes out of the pool's held bytes first.
@@ -714,7 +708,7 @@ impl ProcessState {
         }
         let Some(a) = self.by_addr.remove(&addr) else {
             self.count_free(&c.api, 1, 0);
-            if self.freed.contains(&addr) {
+            if self.freed.contains(addr) {
                 self.anomaly("double_free", || describe(c));
             } else {
                 self.anomaly("free_unknown_address", || describe(c));

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 mod fast;
 
 use fast::{fast_call, leading_tag};
 
+use super::digest::{Algorithm, Hasher};
 use super::record::{
     Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Footer, Header, Lost, Process, Record,
     Stack,
@@ -131,7 +131,7 @@ pub enum ProblemKind {
     TooLong,
     /// A line after the footer.
     AfterFooter,
-    /// The footer's SHA-256 is not that of the bytes before it: changed or cut and resumed.
+    /// The footer's digest is not that of the bytes before it: changed or cut and resumed.
     DigestMismatch,
     /// The footer's counts are not the lines read.
     CountMismatch,
@@ -164,7 +164,7 @@ pub enum Integrity {
     /// the file was cut. The records read are all there is.
     #[default]
     CutShort,
-    /// A footer is there, but its SHA-256 or its counts are not those of the lines before
+    /// A footer is there, but its digest or its counts are not those of the lines before
     /// it: the file was changed after it was written.
     Altered,
     /// A valid footer, then more lines: something was appended to a finished trace.
@@ -181,7 +181,7 @@ impl Integrity {
                  figures cover only what was recorded"
             }
             Integrity::Altered => {
-                "TRACE ALTERED: the footer's SHA-256 or counts do not match the lines \
+                "TRACE ALTERED: the footer's digest or counts do not match the lines \
                  before it; do not trust these figures"
             }
             Integrity::Appended => {
@@ -405,8 +405,10 @@ impl<R: BufRead> TraceReader<R> {
         }
         reader.lines = 1;
         reader.bytes = reader.buf.len() as u64;
-        reader.hasher.update(&reader.buf);
         let (header, minor) = parse_header(&reader.buf)?;
+        // The version says the footer's digest, and the header is its first line.
+        reader.hasher.hasher = Hasher::new(Algorithm::of_minor(minor));
+        reader.hasher.update(&reader.buf);
         reader.header = header;
         reader.minor = minor;
         Ok(reader)
@@ -428,8 +430,9 @@ impl<R: BufRead> TraceReader<R> {
             pos: 0,
             hash_from: 0,
             hasher: BatchedHash {
+                hasher: Hasher::new(Algorithm::of_minor(minor)),
+                pending: Vec::new(),
                 off: !hashing,
-                ..Default::default()
             },
             names: Names::default(),
             header,
@@ -724,19 +727,38 @@ impl<R: BufRead> TraceReader<R> {
             self.done = true;
             return;
         }
+        let algorithm = self.hasher.hasher.algorithm();
         let digest = self.hasher.finalize_hex();
-        let digest_ok = digest.eq_ignore_ascii_case(&footer.sha256);
-        if !digest_ok {
-            self.problem(
-                line,
-                ProblemKind::DigestMismatch,
-                format!(
-                    "the footer's SHA-256 is {}, but the lines before it hash to {digest}: \
-                     the trace was changed",
-                    footer.sha256
-                ),
-            );
-        }
+        let digest_ok = match algorithm.of_footer(&footer) {
+            Some(said) if said.eq_ignore_ascii_case(&digest) => true,
+            Some(said) => {
+                self.problem(
+                    line,
+                    ProblemKind::DigestMismatch,
+                    format!(
+                        "the footer's {} is {said}, but the lines before it hash to {digest}: \
+                         the trace was changed",
+                        algorithm.name()
+                    ),
+                );
+                false
+            }
+            None => {
+                self.problem(
+                    line,
+                    ProblemKind::DigestMismatch,
+                    format!(
+                        "the footer has no {} digest (`{}`), which a version {}.{} trace \
+                         seals its lines with: the trace was changed",
+                        algorithm.name(),
+                        algorithm.key(),
+                        FORMAT_MAJOR,
+                        self.minor
+                    ),
+                );
+                false
+            }
+        };
         let mut diffs = Vec::new();
         let read_counts = self.counts.to_map();
         let kinds = footer.counts.keys().chain(read_counts.keys());
@@ -806,11 +828,10 @@ impl<R: BufRead> TraceReader<R> {
     }
 }
 
-/// SHA-256 fed in large pieces: hashing line by line costs about twice as much, per byte, as
-/// hashing 64 KiB at a time.
-#[derive(Default)]
+/// The footer's digest, fed in large pieces: hashing line by line costs about twice as much,
+/// per byte, as hashing 64 KiB at a time.
 struct BatchedHash {
-    hasher: Sha256,
+    hasher: Hasher,
     pending: Vec<u8>,
     /// Nothing is hashed (a resumed read).
     off: bool,
@@ -838,7 +859,7 @@ impl BatchedHash {
     fn finalize_hex(&mut self) -> String {
         self.hasher.update(&self.pending);
         self.pending.clear();
-        hex::encode(self.hasher.finalize_reset())
+        self.hasher.finalize_hex()
     }
 }
 
@@ -849,11 +870,49 @@ impl<R: BufRead> TraceReader<R> {
     pub fn read_into(&mut self, out: &mut Vec<Record>, max: usize) {
         out.reserve(max.saturating_sub(out.len()));
         while out.len() < max {
+            if self.call_into(out) {
+                continue;
+            }
             match self.next_record() {
                 Some((_, rec)) => out.push(rec),
                 None => break,
             }
         }
+    }
+
+    /// Reads the next line into `out` when it is a call line in the writer's shape that lies
+    /// whole in the buffer (nearly every line of a trace), parsed straight into the record
+    /// that is pushed; `false`, having read nothing, for any other line: then
+    /// [`next_record`](Self::next_record) reads it and says what is wrong with it.
+    #[inline(always)]
+    fn call_into(&mut self, out: &mut Vec<Record>) -> bool {
+        if self.done || self.after_footer {
+            return false;
+        }
+        let Ok(chunk) = self.input.fill_buf() else {
+            return false;
+        };
+        let rest = &chunk[self.pos.min(chunk.len())..];
+        let Some(len) = memchr::memchr(b'\n', rest).map(|i| i + 1) else {
+            return false;
+        };
+        let line = &rest[..len];
+        let Some(wrap) = leading_tag(line)
+            .filter(|_| len <= MAX_LINE)
+            .and_then(call_kind)
+        else {
+            return false;
+        };
+        let Some(call) = fast_call(line, &mut self.names) else {
+            return false;
+        };
+        let rec = wrap(call);
+        self.counts.known[type_index(&rec)] += 1;
+        out.push(rec);
+        self.pos += len;
+        self.lines += 1;
+        self.bytes += len as u64;
+        true
     }
 }
 
@@ -1070,49 +1129,17 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
         ) -> Result<Record, serde_json::Error> {
             serde_json::from_slice::<T>(line).map(wrap)
         }
-        let parsed = match tag {
-            b"alloc" => Some(as_call(line, names, Record::Alloc)),
-            b"free" => Some(as_call(line, names, Record::Free)),
-            b"failed" => Some(as_call(line, names, Record::Failed)),
-            b"vmm_create" => Some(as_call(line, names, Record::VmmCreate)),
-            b"vmm_release" => Some(as_call(line, names, Record::VmmRelease)),
-            b"vmm_map" => Some(as_call(line, names, Record::VmmMap)),
-            b"vmm_unmap" => Some(as_call(line, names, Record::VmmUnmap)),
-            b"reserve" => Some(as_call(line, names, Record::Reserve)),
-            b"unreserve" => Some(as_call(line, names, Record::Unreserve)),
-            b"pool_create" => Some(as_call(line, names, Record::PoolCreate)),
-            b"pool_destroy" => Some(as_call(line, names, Record::PoolDestroy)),
-            b"pool_trim" => Some(as_call(line, names, Record::PoolTrim)),
-            b"pool_attr" => Some(as_call(line, names, Record::PoolAttr)),
-            b"sync" => Some(as_call(line, names, Record::Sync)),
-            b"graph_alloc_node" => Some(as_call(line, names, Record::GraphAllocNode)),
-            b"graph_free_node" => Some(as_call(line, names, Record::GraphFreeNode)),
-            b"graph_instantiate" => Some(as_call(line, names, Record::GraphInstantiate)),
-            b"graph_launch" => Some(as_call(line, names, Record::GraphLaunch)),
-            b"graph_destroy" => Some(as_call(line, names, Record::GraphDestroy)),
-            b"graph_mem_trim" => Some(as_call(line, names, Record::GraphMemTrim)),
-            b"graph_mem_attr" => Some(as_call(line, names, Record::GraphMemAttr)),
-            b"ctx_create" => Some(as_call(line, names, Record::CtxCreate)),
-            b"ctx_destroy" => Some(as_call(line, names, Record::CtxDestroy)),
-            b"ctx_current" => Some(as_call(line, names, Record::CtxCurrent)),
-            b"copy" => Some(as_call(line, names, Record::Copy)),
-            b"export" => Some(as_call(line, names, Record::Export)),
-            b"import" => Some(as_call(line, names, Record::Import)),
-            b"import_close" => Some(as_call(line, names, Record::ImportClose)),
-            b"retain" => Some(as_call(line, names, Record::Retain)),
-            b"multicast_create" => Some(as_call(line, names, Record::MulticastCreate)),
-            b"multicast_bind" => Some(as_call(line, names, Record::MulticastBind)),
-            b"multicast_unbind" => Some(as_call(line, names, Record::MulticastUnbind)),
-            b"array_map" => Some(as_call(line, names, Record::ArrayMap)),
-            b"array_unmap" => Some(as_call(line, names, Record::ArrayUnmap)),
-            b"unreturned" => Some(as_call(line, names, Record::Unreturned)),
-            b"process" => Some(as_rec::<Process>(line, Record::Process)),
-            b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),
-            b"exit" => Some(as_rec::<Exit>(line, Record::Exit)),
-            b"lost" => Some(as_rec::<Lost>(line, Record::Lost)),
-            b"footer" => Some(as_rec::<Footer>(line, Record::Footer)),
-            b"header" => Some(as_rec::<Header>(line, |h| Record::Header(Box::new(h)))),
-            _ => None,
+        let parsed = match call_kind(tag) {
+            Some(wrap) => Some(as_call(line, names, wrap)),
+            None => match tag {
+                b"process" => Some(as_rec::<Process>(line, Record::Process)),
+                b"stack" => Some(as_rec::<Stack>(line, Record::Stack)),
+                b"exit" => Some(as_rec::<Exit>(line, Record::Exit)),
+                b"lost" => Some(as_rec::<Lost>(line, Record::Lost)),
+                b"footer" => Some(as_rec::<Footer>(line, Record::Footer)),
+                b"header" => Some(as_rec::<Header>(line, |h| Record::Header(Box::new(h)))),
+                _ => None,
+            },
         };
         match parsed {
             Some(Ok(rec)) => return Ok(Parsed::Record(rec)),
@@ -1135,6 +1162,48 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             }
         }
     }
+}
+
+/// The record a call line of type `tag` is: `None` for the types that are not calls.
+fn call_kind(tag: &[u8]) -> Option<fn(Call) -> Record> {
+    Some(match tag {
+        b"alloc" => Record::Alloc,
+        b"free" => Record::Free,
+        b"failed" => Record::Failed,
+        b"vmm_create" => Record::VmmCreate,
+        b"vmm_release" => Record::VmmRelease,
+        b"vmm_map" => Record::VmmMap,
+        b"vmm_unmap" => Record::VmmUnmap,
+        b"reserve" => Record::Reserve,
+        b"unreserve" => Record::Unreserve,
+        b"pool_create" => Record::PoolCreate,
+        b"pool_destroy" => Record::PoolDestroy,
+        b"pool_trim" => Record::PoolTrim,
+        b"pool_attr" => Record::PoolAttr,
+        b"sync" => Record::Sync,
+        b"graph_alloc_node" => Record::GraphAllocNode,
+        b"graph_free_node" => Record::GraphFreeNode,
+        b"graph_instantiate" => Record::GraphInstantiate,
+        b"graph_launch" => Record::GraphLaunch,
+        b"graph_destroy" => Record::GraphDestroy,
+        b"graph_mem_trim" => Record::GraphMemTrim,
+        b"graph_mem_attr" => Record::GraphMemAttr,
+        b"ctx_create" => Record::CtxCreate,
+        b"ctx_destroy" => Record::CtxDestroy,
+        b"ctx_current" => Record::CtxCurrent,
+        b"copy" => Record::Copy,
+        b"export" => Record::Export,
+        b"import" => Record::Import,
+        b"import_close" => Record::ImportClose,
+        b"retain" => Record::Retain,
+        b"multicast_create" => Record::MulticastCreate,
+        b"multicast_bind" => Record::MulticastBind,
+        b"multicast_unbind" => Record::MulticastUnbind,
+        b"array_map" => Record::ArrayMap,
+        b"array_unmap" => Record::ArrayUnmap,
+        b"unreturned" => Record::Unreturned,
+        _ => return None,
+    })
 }
 
 /// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.

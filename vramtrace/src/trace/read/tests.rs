@@ -798,6 +798,72 @@ fn an_unknown_type_in_a_known_version_is_a_problem() {
     assert_eq!(kinds(&s.problems), [(2, ProblemKind::UnknownType)]);
 }
 
+/// A trace of `recs` written with a header of version `version`, and its footer.
+fn write_versioned(recs: &[Record], version: &str) -> (Vec<u8>, Footer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.jsonl");
+    let mut w = TraceWriter::create(&path).expect("create");
+    w.write(&Record::Header(Box::new(Header {
+        version: version.into(),
+        ..header()
+    })))
+    .expect("header");
+    for rec in recs {
+        w.write(rec).expect("write");
+    }
+    let footer = w.finish(6_000_000_000, 0, 0).expect("finish");
+    (std::fs::read(&path).expect("read back"), footer)
+}
+
+#[test]
+fn the_header_version_chooses_the_digest_and_both_verify() {
+    let recs: Vec<Record> = (0..10).flat_map(|i| [alloc(i), free(i)]).collect();
+    let (old, old_footer) = write_versioned(&recs, "1.8");
+    let (new, new_footer) = write_versioned(&recs, &format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"));
+    assert!(old_footer.sha256.is_some() && old_footer.blake3.is_none());
+    assert!(new_footer.blake3.is_some() && new_footer.sha256.is_none());
+    for bytes in [&old, &new] {
+        let (read, s) = read_all(bytes);
+        assert_eq!(read.len(), recs.len());
+        assert_eq!(s.digest_ok, Some(true));
+        assert_eq!(s.integrity, Integrity::Complete, "{:?}", s.problems);
+    }
+}
+
+#[test]
+fn a_footer_sealed_by_the_other_algorithm_is_not_complete() {
+    let recs: Vec<Record> = (0..4).flat_map(|i| [alloc(i), free(i)]).collect();
+    let (bytes, _) = write_versioned(&recs, "1.8");
+    // The same lines, now said to be 1.9, with the right SHA-256 of them in the footer: a 1.9
+    // trace is sealed by BLAKE3, so this footer does not vouch for its lines.
+    let text = String::from_utf8(bytes).expect("utf-8");
+    let relabelled = text.replacen("\"version\":\"1.8\"", "\"version\":\"1.9\"", 1);
+    let (body, _) = relabelled.trim_end().rsplit_once('\n').expect("a footer");
+    let body = format!("{body}\n");
+    let mut footer: Footer =
+        serde_json::from_str(relabelled.trim_end().rsplit_once('\n').unwrap().1).expect("footer");
+    footer.sha256 = Some(crate::trace::digest::hex_digest(
+        crate::trace::digest::Algorithm::Sha256,
+        body.as_bytes(),
+    ));
+    let mut bytes = body.into_bytes();
+    serde_json::to_writer(&mut bytes, &Record::Footer(footer)).expect("footer line");
+    bytes.push(b'\n');
+    let (read, s) = read_all(&bytes);
+    assert_eq!(read.len(), recs.len(), "every line still reads");
+    assert_eq!(s.digest_ok, Some(false));
+    assert_eq!(s.integrity, Integrity::Altered);
+    assert_eq!(
+        kinds(&s.problems),
+        [(recs.len() as u64 + 2, ProblemKind::DigestMismatch)]
+    );
+    assert!(
+        s.problems[0].message.contains("no BLAKE3 digest"),
+        "{}",
+        s.problems[0].message
+    );
+}
+
 #[test]
 fn a_flipped_byte_fails_the_digest() {
     let recs: Vec<Record> = (0..10).flat_map(|i| [alloc(i), free(i)]).collect();
