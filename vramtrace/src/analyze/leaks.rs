@@ -58,7 +58,7 @@ struct StackStat {
     /// (the process's memory event ordinal, live bytes after the change), oldest first: the
     /// latest point of each span of `stride` events.
     history: Vec<(u64, u64)>,
-    /// At least 1.
+    /// A power of two, at least 1.
     stride: u64,
 }
 
@@ -70,8 +70,10 @@ impl StackStat {
         let point = (ord, self.live_bytes);
         loop {
             let len = self.history.len();
+            // The stride is a power of two: spans compared by shifts, not divisions.
+            let shift = self.stride.trailing_zeros();
             match self.history.last_mut() {
-                Some(last) if last.0 / self.stride == ord / self.stride => {
+                Some(last) if last.0 >> shift == ord >> shift => {
                     *last = point;
                     return;
                 }
@@ -86,12 +88,12 @@ impl StackStat {
 
     /// Doubles the span and merges the points pairwise, each span keeping its latest.
     fn coarsen(&mut self) {
-        self.stride = self.stride.saturating_mul(2);
-        let stride = self.stride;
+        self.stride = self.stride.checked_mul(2).unwrap_or(self.stride);
+        let shift = self.stride.trailing_zeros();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(HISTORY);
         for p in self.history.drain(..) {
             match merged.last_mut() {
-                Some(l) if l.0 / stride == p.0 / stride => *l = p,
+                Some(l) if l.0 >> shift == p.0 >> shift => *l = p,
                 _ => merged.push(p),
             }
         }

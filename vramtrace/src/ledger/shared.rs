@@ -74,10 +74,12 @@ impl Shared {
         let Some(addr) = c.addr else {
             return false;
         };
+        // Most traces share nothing: then no free looks its allocation up twice.
         st.is_import(addr)
-            || st
-                .seq_at(addr)
-                .is_some_and(|seq| self.open.get(&(st.proc, seq)).is_some_and(|&n| n > 0))
+            || (!self.open.is_empty()
+                && st
+                    .seq_at(addr)
+                    .is_some_and(|seq| self.open.get(&(st.proc, seq)).is_some_and(|&n| n > 0)))
     }
 }
 

@@ -225,6 +225,48 @@ impl Record {
         }
     }
 
+    /// [`Record::call`], to change it.
+    pub fn call_mut(&mut self) -> Option<&mut Call> {
+        match self {
+            Record::Alloc(c)
+            | Record::Free(c)
+            | Record::Failed(c)
+            | Record::VmmCreate(c)
+            | Record::VmmRelease(c)
+            | Record::VmmMap(c)
+            | Record::VmmUnmap(c)
+            | Record::Reserve(c)
+            | Record::Unreserve(c)
+            | Record::PoolCreate(c)
+            | Record::PoolDestroy(c)
+            | Record::PoolTrim(c)
+            | Record::PoolAttr(c)
+            | Record::Sync(c)
+            | Record::GraphAllocNode(c)
+            | Record::GraphFreeNode(c)
+            | Record::GraphInstantiate(c)
+            | Record::GraphLaunch(c)
+            | Record::GraphDestroy(c)
+            | Record::GraphMemTrim(c)
+            | Record::GraphMemAttr(c)
+            | Record::CtxCreate(c)
+            | Record::CtxDestroy(c)
+            | Record::CtxCurrent(c)
+            | Record::Copy(c)
+            | Record::Export(c)
+            | Record::Import(c)
+            | Record::ImportClose(c)
+            | Record::Retain(c)
+            | Record::MulticastCreate(c)
+            | Record::MulticastBind(c)
+            | Record::MulticastUnbind(c)
+            | Record::ArrayMap(c)
+            | Record::ArrayUnmap(c)
+            | Record::Unreturned(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The time of the record on the trace's clock, for those that have one.
     pub fn ts_ns(&self) -> Option<u64> {
         match self {
@@ -652,6 +694,50 @@ pub struct Call {
     /// format 1.8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<Box<ArrayRegion>>,
+}
+
+impl Call {
+    /// An empty call of entry point `api`: [`Call::default`] but for its name, which is
+    /// shared rather than made empty and dropped (each is an atomic operation; the reader
+    /// makes one call per line).
+    pub fn named(api: Arc<str>) -> Call {
+        Call {
+            api,
+            proc: 0,
+            pid: 0,
+            tid: 0,
+            ts_ns: 0,
+            dur_ns: 0,
+            ret: 0,
+            bytes: None,
+            addr: None,
+            mem: None,
+            handle: None,
+            device: None,
+            pool: None,
+            stream: None,
+            offset: None,
+            flags: None,
+            pitch: None,
+            stack: None,
+            unreadable: Vec::new(),
+            signalled: None,
+            src_mem: None,
+            src: None,
+            attr: None,
+            value: None,
+            green: None,
+            share: None,
+            handle_type: None,
+            os_handle: None,
+            graph: None,
+            copies: None,
+            count: None,
+            bound: None,
+            file: None,
+            region: None,
+        }
+    }
 }
 
 /// A region of a sparse CUDA array (`CUarrayMapInfo::subresource`): of a mip level, in

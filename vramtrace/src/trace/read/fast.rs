@@ -11,37 +11,56 @@ use crate::trace::record::{Call, CopySrc, Mem};
 /// Calls are nearly every line of a trace and serde's generic path spends most of the reading
 /// time on them: this is what gets the reader past 10^6 lines a second.
 pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
-    // What call_key returns.
-    const API: usize = 0;
-    const PROC: usize = 1;
-    const PID: usize = 2;
-    const TID: usize = 3;
-    const TS_NS: usize = 4;
-    const RET: usize = 5;
-    const DUR_NS: usize = 6;
-    const BYTES: usize = 7;
-    const ADDR: usize = 8;
-    const MEM: usize = 9;
-    const HANDLE: usize = 10;
-    const DEVICE: usize = 11;
-    const POOL: usize = 12;
-    const STREAM: usize = 13;
-    const OFFSET: usize = 14;
-    const FLAGS: usize = 15;
-    const PITCH: usize = 16;
-    const STACK: usize = 17;
-    const SRC: usize = 18;
-    const SRC_MEM: usize = 19;
-    const REQUIRED: u32 =
-        (1 << API) | (1 << PROC) | (1 << PID) | (1 << TID) | (1 << TS_NS) | (1 << RET);
+    let mut call = Call::default();
+    fill_call(line, names, &mut call)?;
+    Some(call)
+}
 
+// What call_key returns.
+const API: usize = 0;
+const PROC: usize = 1;
+const PID: usize = 2;
+const TID: usize = 3;
+const TS_NS: usize = 4;
+const RET: usize = 5;
+const DUR_NS: usize = 6;
+const BYTES: usize = 7;
+const ADDR: usize = 8;
+const MEM: usize = 9;
+const HANDLE: usize = 10;
+const DEVICE: usize = 11;
+const POOL: usize = 12;
+const STREAM: usize = 13;
+const OFFSET: usize = 14;
+const FLAGS: usize = 15;
+const PITCH: usize = 16;
+const STACK: usize = 17;
+const SRC: usize = 18;
+const SRC_MEM: usize = 19;
+const REQUIRED: u32 =
+    (1 << API) | (1 << PROC) | (1 << PID) | (1 << TID) | (1 << TS_NS) | (1 << RET);
+
+/// [`fast_call`] into `call`, which is empty (its default); left partly filled when the line
+/// is not in the writer's shape.
+pub(super) fn fill_call(line: &[u8], names: &mut Names, call: &mut Call) -> Option<()> {
     let mut cur = Cursor {
         bytes: line.strip_prefix(b"{\"type\":")?,
         at: 0,
     };
     cur.raw_string()?;
-    let mut call = Call::default();
-    let mut seen = 0u32;
+    fill_keys(cur, 0, names, call)
+}
+
+/// [`fill_call`] for the rest of a line after the `api` that [`leading_api`] read: `call`
+/// is named by it already.
+#[inline(always)]
+pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) -> Option<()> {
+    fill_keys(Cursor { bytes: rest, at: 0 }, 1 << API, names, call)
+}
+
+/// The keys of a call line from `cur` on, those in `seen` already read.
+#[inline(always)]
+fn fill_keys(mut cur: Cursor<'_>, mut seen: u32, names: &mut Names, call: &mut Call) -> Option<()> {
     loop {
         match cur.next()? {
             b',' => {}
@@ -137,7 +156,7 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
         seen |= bit;
     }
     let rest = &cur.bytes[cur.at..];
-    (seen & REQUIRED == REQUIRED && (rest.is_empty() || rest == b"\n")).then_some(call)
+    (seen & REQUIRED == REQUIRED && (rest.is_empty() || rest == b"\n")).then_some(())
 }
 
 /// The key a call line has at the start of `rest`, `"KEY":` with its quotes and colon: its
@@ -145,6 +164,7 @@ pub(super) fn fast_call(line: &[u8], names: &mut Names) -> Option<Call> {
 /// bytes, then compared whole with one literal, without scanning for the closing quote.
 /// `None` for any other key (`unreadable` is rare, and keys of later minor versions are
 /// serde's to skip).
+#[inline(always)]
 pub(super) fn call_key(rest: &[u8]) -> Option<(usize, usize)> {
     // Each literal is compared where its length is a constant, as a few loads rather than a
     // call to `memcmp`: this runs for every key of every line.
@@ -195,6 +215,7 @@ impl<'a> Cursor<'a> {
 
     /// The bytes of a string without escapes or control characters, not checked as UTF-8
     /// (keys and kinds are compared with ASCII; names are checked when first seen).
+    #[inline(always)]
     fn raw_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let rest = &self.bytes[self.at..];
@@ -209,6 +230,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Digits, no sign, no leading zero, then `,` or `}`.
+    #[inline(always)]
     pub(super) fn unsigned(&mut self) -> Option<u64> {
         let rest = &self.bytes[self.at..];
         let (n, len) = digits(rest)?;
@@ -234,17 +256,34 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// How the writer starts every line.
+const TYPE_PREFIX: &[u8] = b"{\"type\":\"";
+
 /// The `type` of a line that starts `{"type":"KIND"`, as the writer writes it.
 pub(super) fn leading_tag(line: &[u8]) -> Option<&[u8]> {
-    const PREFIX: &[u8] = b"{\"type\":\"";
-    let rest = line.strip_prefix(PREFIX)?;
+    let rest = line.strip_prefix(TYPE_PREFIX)?;
     let end = rest.iter().take(32).position(|&b| b == b'"')?;
     Some(&rest[..end])
+}
+
+/// The entry point a call line of type `tag` (from [`leading_tag`]) names, when its `api`
+/// comes right after the type, as the writer writes it: `{"type":"KIND","api":"NAME"`; and
+/// the rest of the line after it.
+pub(super) fn leading_api<'a>(line: &'a [u8], tag: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    const KEY: &[u8] = b"\",\"api\":";
+    let rest = line.get(TYPE_PREFIX.len() + tag.len()..)?;
+    let mut cur = Cursor {
+        bytes: rest.strip_prefix(KEY)?,
+        at: 0,
+    };
+    let name = cur.raw_string()?;
+    Some((name, &cur.bytes[cur.at..]))
 }
 
 /// The run of ASCII digits that starts `rest`: its value and length; `None` when the value
 /// does not fit a u64. A byte at a time: most numbers of a call line are a few digits long,
 /// and eight-byte words (tried) cost more instructions than they save.
+#[inline(always)]
 pub(super) fn digits(rest: &[u8]) -> Option<(u64, usize)> {
     let mut n = 0u64;
     let mut len = 0;

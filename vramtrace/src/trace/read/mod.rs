@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod fast;
 
-use fast::{fast_call, leading_tag};
+use fast::{fast_call, fill_after_api, leading_api, leading_tag};
 
 use super::digest::{Algorithm, Hasher};
 use super::record::{
@@ -897,18 +897,33 @@ impl<R: BufRead> TraceReader<R> {
             return false;
         };
         let line = &rest[..len];
-        let Some(wrap) = leading_tag(line)
-            .filter(|_| len <= MAX_LINE)
-            .and_then(call_kind)
-        else {
+        if len > MAX_LINE {
+            return false;
+        }
+        let Some(tag) = leading_tag(line) else {
             return false;
         };
-        let Some(call) = fast_call(line, &mut self.names) else {
+        let Some((api, rest)) = leading_api(line, tag) else {
             return false;
         };
-        let rec = wrap(call);
-        self.counts.known[type_index(&rec)] += 1;
-        out.push(rec);
+        let Some(empty) = self.names.get(api).and_then(|api| empty_call(tag, api)) else {
+            return false;
+        };
+        // Filled where it lies in the batch: a record is a few hundred bytes.
+        out.push(empty);
+        let Some(rec) = out.last_mut() else {
+            return false;
+        };
+        let index = type_index(rec);
+        if rec
+            .call_mut()
+            .and_then(|call| fill_after_api(rest, &mut self.names, call))
+            .is_none()
+        {
+            out.pop();
+            return false;
+        }
+        self.counts.known[index] += 1;
         self.pos += len;
         self.lines += 1;
         self.bytes += len as u64;
@@ -1164,46 +1179,65 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
     }
 }
 
-/// The record a call line of type `tag` is: `None` for the types that are not calls.
-fn call_kind(tag: &[u8]) -> Option<fn(Call) -> Record> {
-    Some(match tag {
-        b"alloc" => Record::Alloc,
-        b"free" => Record::Free,
-        b"failed" => Record::Failed,
-        b"vmm_create" => Record::VmmCreate,
-        b"vmm_release" => Record::VmmRelease,
-        b"vmm_map" => Record::VmmMap,
-        b"vmm_unmap" => Record::VmmUnmap,
-        b"reserve" => Record::Reserve,
-        b"unreserve" => Record::Unreserve,
-        b"pool_create" => Record::PoolCreate,
-        b"pool_destroy" => Record::PoolDestroy,
-        b"pool_trim" => Record::PoolTrim,
-        b"pool_attr" => Record::PoolAttr,
-        b"sync" => Record::Sync,
-        b"graph_alloc_node" => Record::GraphAllocNode,
-        b"graph_free_node" => Record::GraphFreeNode,
-        b"graph_instantiate" => Record::GraphInstantiate,
-        b"graph_launch" => Record::GraphLaunch,
-        b"graph_destroy" => Record::GraphDestroy,
-        b"graph_mem_trim" => Record::GraphMemTrim,
-        b"graph_mem_attr" => Record::GraphMemAttr,
-        b"ctx_create" => Record::CtxCreate,
-        b"ctx_destroy" => Record::CtxDestroy,
-        b"ctx_current" => Record::CtxCurrent,
-        b"copy" => Record::Copy,
-        b"export" => Record::Export,
-        b"import" => Record::Import,
-        b"import_close" => Record::ImportClose,
-        b"retain" => Record::Retain,
-        b"multicast_create" => Record::MulticastCreate,
-        b"multicast_bind" => Record::MulticastBind,
-        b"multicast_unbind" => Record::MulticastUnbind,
-        b"array_map" => Record::ArrayMap,
-        b"array_unmap" => Record::ArrayUnmap,
-        b"unreturned" => Record::Unreturned,
-        _ => return None,
-    })
+/// The types of call records: by the `type` of a line, the record it is, as a wrapper of
+/// its call ([`call_kind`]) and empty ([`empty_call`]).
+macro_rules! call_types {
+    ($($tag:literal => $variant:ident,)*) => {
+        /// The record a call line of type `tag` is: `None` for the types that are not calls.
+        fn call_kind(tag: &[u8]) -> Option<fn(Call) -> Record> {
+            Some(match tag {
+                $($tag => Record::$variant,)*
+                _ => return None,
+            })
+        }
+
+        /// The record of type `tag` with an empty call of `api`, to be filled where it lies.
+        #[inline(always)]
+        fn empty_call(tag: &[u8], api: Arc<str>) -> Option<Record> {
+            Some(match tag {
+                $($tag => Record::$variant(Call::named(api)),)*
+                _ => return None,
+            })
+        }
+    };
+}
+
+call_types! {
+    b"alloc" => Alloc,
+    b"free" => Free,
+    b"failed" => Failed,
+    b"vmm_create" => VmmCreate,
+    b"vmm_release" => VmmRelease,
+    b"vmm_map" => VmmMap,
+    b"vmm_unmap" => VmmUnmap,
+    b"reserve" => Reserve,
+    b"unreserve" => Unreserve,
+    b"pool_create" => PoolCreate,
+    b"pool_destroy" => PoolDestroy,
+    b"pool_trim" => PoolTrim,
+    b"pool_attr" => PoolAttr,
+    b"sync" => Sync,
+    b"graph_alloc_node" => GraphAllocNode,
+    b"graph_free_node" => GraphFreeNode,
+    b"graph_instantiate" => GraphInstantiate,
+    b"graph_launch" => GraphLaunch,
+    b"graph_destroy" => GraphDestroy,
+    b"graph_mem_trim" => GraphMemTrim,
+    b"graph_mem_attr" => GraphMemAttr,
+    b"ctx_create" => CtxCreate,
+    b"ctx_destroy" => CtxDestroy,
+    b"ctx_current" => CtxCurrent,
+    b"copy" => Copy,
+    b"export" => Export,
+    b"import" => Import,
+    b"import_close" => ImportClose,
+    b"retain" => Retain,
+    b"multicast_create" => MulticastCreate,
+    b"multicast_bind" => MulticastBind,
+    b"multicast_unbind" => MulticastUnbind,
+    b"array_map" => ArrayMap,
+    b"array_unmap" => ArrayUnmap,
+    b"unreturned" => Unreturned,
 }
 
 /// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.

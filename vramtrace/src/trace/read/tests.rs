@@ -1463,3 +1463,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_named_call_is_the_default_but_for_its_name() {
+    let api: std::sync::Arc<str> = "cuMemAlloc_v2".into();
+    assert_eq!(
+        Call::named(api.clone()),
+        Call {
+            api,
+            ..Default::default()
+        }
+    );
+}
