@@ -48,19 +48,30 @@ pub(super) fn fill_call(line: &[u8], names: &mut Names, call: &mut Call) -> Opti
         at: 0,
     };
     cur.raw_string()?;
-    fill_keys(cur, 0, names, call)
+    let bytes = cur.bytes;
+    let end = fill_keys(cur, 0, names, call)?;
+    matches!(&bytes[end..], b"" | b"\n").then_some(())
 }
 
-/// [`fill_call`] for the rest of a line after the `api` that [`leading_api`] read: `call`
-/// is named by it already.
+/// [`fill_call`] for what follows the `api` that [`leading_api`] read, `call` named by it
+/// already: the rest of the line, and maybe more lines after it (the newline is found
+/// here, not searched for first). Returns the length of the line's rest, its newline
+/// included.
 #[inline(always)]
-pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) -> Option<()> {
-    fill_keys(Cursor { bytes: rest, at: 0 }, 1 << API, names, call)
+pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) -> Option<usize> {
+    let end = fill_keys(Cursor { bytes: rest, at: 0 }, 1 << API, names, call)?;
+    (rest.get(end) == Some(&b'\n')).then_some(end + 1)
 }
 
-/// The keys of a call line from `cur` on, those in `seen` already read.
+/// The keys of a call line from `cur` on, those in `seen` already read, to its closing
+/// brace: where in `cur`'s bytes the line goes on after it.
 #[inline(always)]
-fn fill_keys(mut cur: Cursor<'_>, mut seen: u32, names: &mut Names, call: &mut Call) -> Option<()> {
+fn fill_keys(
+    mut cur: Cursor<'_>,
+    mut seen: u32,
+    names: &mut Names,
+    call: &mut Call,
+) -> Option<usize> {
     loop {
         match cur.next()? {
             b',' => {}
@@ -155,8 +166,7 @@ fn fill_keys(mut cur: Cursor<'_>, mut seen: u32, names: &mut Names, call: &mut C
         }
         seen |= bit;
     }
-    let rest = &cur.bytes[cur.at..];
-    (seen & REQUIRED == REQUIRED && (rest.is_empty() || rest == b"\n")).then_some(())
+    (seen & REQUIRED == REQUIRED).then_some(cur.at)
 }
 
 /// The key a call line has at the start of `rest`, `"KEY":` with its quotes and colon: its

@@ -892,20 +892,18 @@ impl<R: BufRead> TraceReader<R> {
         let Ok(chunk) = self.input.fill_buf() else {
             return false;
         };
-        let rest = &chunk[self.pos.min(chunk.len())..];
-        let Some(len) = memchr::memchr(b'\n', rest).map(|i| i + 1) else {
-            return false;
-        };
-        let line = &rest[..len];
-        if len > MAX_LINE {
-            return false;
-        }
+        // The line is read where it starts, up to its newline: a string ends before a
+        // control character, a number before anything but a digit, so nothing read here
+        // crosses a newline. A line cut by the end of the buffer fails, and is read whole
+        // by `next_record`.
+        let line = &chunk[self.pos.min(chunk.len())..];
         let Some(tag) = leading_tag(line) else {
             return false;
         };
         let Some((api, rest)) = leading_api(line, tag) else {
             return false;
         };
+        let head = line.len() - rest.len();
         let Some(empty) = self.names.get(api).and_then(|api| empty_call(tag, api)) else {
             return false;
         };
@@ -915,14 +913,15 @@ impl<R: BufRead> TraceReader<R> {
             return false;
         };
         let index = type_index(rec);
-        if rec
+        let Some(len) = rec
             .call_mut()
             .and_then(|call| fill_after_api(rest, &mut self.names, call))
-            .is_none()
-        {
+            .map(|tail| head + tail)
+            .filter(|&len| len <= MAX_LINE)
+        else {
             out.pop();
             return false;
-        }
+        };
         self.counts.known[index] += 1;
         self.pos += len;
         self.lines += 1;

@@ -1386,6 +1386,44 @@ proptest! {
     }
 
     #[test]
+    fn reading_in_batches_reads_what_reading_one_by_one_does(
+        recs in prop::collection::vec(record(), 0..30),
+        cap in 1usize..400,
+        batch in 1usize..40,
+        junk in prop::option::of((any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..40))),
+        appended in prop::option::of(prop::collection::vec(any::<u8>(), 1..40)),
+    ) {
+        // `read_into` parses call lines where they lie in the buffer, up to their newline:
+        // cut by the buffer's end, altered or followed by junk, they must read as
+        // `next_record` reads them, with the same problems, counts and digest.
+        let (mut bytes, _) = write_trace(&recs, true);
+        if let Some((at, junk)) = junk {
+            let at = at.index(bytes.len());
+            bytes.splice(at..at, junk);
+        }
+        if let Some(tail) = appended {
+            bytes.extend(tail);
+        }
+        let Ok(mut one) = TraceReader::new(bytes.as_slice()) else {
+            return Ok(());
+        };
+        let mut batched = TraceReader::new(BufReader::with_capacity(cap, bytes.as_slice()))
+            .expect("the same header");
+        let a: Vec<Record> = std::iter::from_fn(|| one.next_record()).map(|(_, r)| r).collect();
+        let mut b = Vec::new();
+        loop {
+            let before = b.len();
+            batched.read_into(&mut b, before + batch);
+            if b.len() == before {
+                break;
+            }
+        }
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(format!("{:?}", one.summary()), format!("{:?}", batched.summary()));
+        prop_assert_eq!(one.read_position(), batched.read_position());
+    }
+
+    #[test]
     fn a_corrupted_line_costs_only_that_line(
         recs in prop::collection::vec(record(), 1..20),
         which in any::<prop::sample::Index>(),
