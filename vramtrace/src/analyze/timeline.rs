@@ -60,6 +60,9 @@ struct Proc {
 pub struct Timeline {
     start_ns: Option<u64>,
     width_ns: u64,
+    /// The bucket of the last note and the times it covers, `[from, to)`: most notes fall in
+    /// the same one, and need no division to find it.
+    last_bucket: (u64, u64, u64),
     procs: BTreeMap<u32, Proc>,
 }
 
@@ -97,14 +100,23 @@ impl Timeline {
         if self.width_ns == 0 {
             self.width_ns = FIRST_WIDTH_NS;
         }
-        let mut idx = ts.saturating_sub(start) / self.width_ns;
-        while idx >= BUCKETS as u64 {
-            self.width_ns = self.width_ns.saturating_mul(2);
-            for q in self.procs.values_mut() {
-                q.series.halve();
+        let (last, from, to) = self.last_bucket;
+        let idx = if ts >= from && ts < to {
+            last
+        } else {
+            let mut idx = ts.saturating_sub(start) / self.width_ns;
+            while idx >= BUCKETS as u64 {
+                self.width_ns = self.width_ns.saturating_mul(2);
+                for q in self.procs.values_mut() {
+                    q.series.halve();
+                }
+                idx = ts.saturating_sub(start) / self.width_ns;
             }
-            idx = ts.saturating_sub(start) / self.width_ns;
-        }
+            // A time before the start is in the first bucket, but not one it covers.
+            let from = start.saturating_add(idx * self.width_ns);
+            self.last_bucket = (idx, from, from.saturating_add(self.width_ns));
+            idx
+        };
         let e = self.procs.entry(p.proc).or_insert_with(|| Proc {
             pid: p.pid,
             comm: p.comm().to_owned(),
