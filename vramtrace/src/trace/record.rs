@@ -134,6 +134,50 @@ pub enum Record {
     Footer(Footer),
 }
 
+/// Matches `$rec` against every record that is a driver call, binding the call to `$c`.
+macro_rules! with_call {
+    ($rec:expr, $c:ident => $call:expr, _ => $other:expr) => {
+        match $rec {
+            Record::Alloc($c)
+            | Record::Free($c)
+            | Record::Failed($c)
+            | Record::VmmCreate($c)
+            | Record::VmmRelease($c)
+            | Record::VmmMap($c)
+            | Record::VmmUnmap($c)
+            | Record::Reserve($c)
+            | Record::Unreserve($c)
+            | Record::PoolCreate($c)
+            | Record::PoolDestroy($c)
+            | Record::PoolTrim($c)
+            | Record::PoolAttr($c)
+            | Record::Sync($c)
+            | Record::GraphAllocNode($c)
+            | Record::GraphFreeNode($c)
+            | Record::GraphInstantiate($c)
+            | Record::GraphLaunch($c)
+            | Record::GraphDestroy($c)
+            | Record::GraphMemTrim($c)
+            | Record::GraphMemAttr($c)
+            | Record::CtxCreate($c)
+            | Record::CtxDestroy($c)
+            | Record::CtxCurrent($c)
+            | Record::Copy($c)
+            | Record::Export($c)
+            | Record::Import($c)
+            | Record::ImportClose($c)
+            | Record::Retain($c)
+            | Record::MulticastCreate($c)
+            | Record::MulticastBind($c)
+            | Record::MulticastUnbind($c)
+            | Record::ArrayMap($c)
+            | Record::ArrayUnmap($c)
+            | Record::Unreturned($c) => $call,
+            _ => $other,
+        }
+    };
+}
+
 impl Record {
     /// The `type` tag of this record, as written in the file.
     pub fn kind(&self) -> &'static str {
@@ -185,86 +229,12 @@ impl Record {
 
     /// The driver call this record describes, if it is one.
     pub fn call(&self) -> Option<&Call> {
-        match self {
-            Record::Alloc(c)
-            | Record::Free(c)
-            | Record::Failed(c)
-            | Record::VmmCreate(c)
-            | Record::VmmRelease(c)
-            | Record::VmmMap(c)
-            | Record::VmmUnmap(c)
-            | Record::Reserve(c)
-            | Record::Unreserve(c)
-            | Record::PoolCreate(c)
-            | Record::PoolDestroy(c)
-            | Record::PoolTrim(c)
-            | Record::PoolAttr(c)
-            | Record::Sync(c)
-            | Record::GraphAllocNode(c)
-            | Record::GraphFreeNode(c)
-            | Record::GraphInstantiate(c)
-            | Record::GraphLaunch(c)
-            | Record::GraphDestroy(c)
-            | Record::GraphMemTrim(c)
-            | Record::GraphMemAttr(c)
-            | Record::CtxCreate(c)
-            | Record::CtxDestroy(c)
-            | Record::CtxCurrent(c)
-            | Record::Copy(c)
-            | Record::Export(c)
-            | Record::Import(c)
-            | Record::ImportClose(c)
-            | Record::Retain(c)
-            | Record::MulticastCreate(c)
-            | Record::MulticastBind(c)
-            | Record::MulticastUnbind(c)
-            | Record::ArrayMap(c)
-            | Record::ArrayUnmap(c)
-            | Record::Unreturned(c) => Some(c),
-            _ => None,
-        }
+        with_call!(self, c => Some(c), _ => None)
     }
 
     /// [`Record::call`], to change it.
     pub fn call_mut(&mut self) -> Option<&mut Call> {
-        match self {
-            Record::Alloc(c)
-            | Record::Free(c)
-            | Record::Failed(c)
-            | Record::VmmCreate(c)
-            | Record::VmmRelease(c)
-            | Record::VmmMap(c)
-            | Record::VmmUnmap(c)
-            | Record::Reserve(c)
-            | Record::Unreserve(c)
-            | Record::PoolCreate(c)
-            | Record::PoolDestroy(c)
-            | Record::PoolTrim(c)
-            | Record::PoolAttr(c)
-            | Record::Sync(c)
-            | Record::GraphAllocNode(c)
-            | Record::GraphFreeNode(c)
-            | Record::GraphInstantiate(c)
-            | Record::GraphLaunch(c)
-            | Record::GraphDestroy(c)
-            | Record::GraphMemTrim(c)
-            | Record::GraphMemAttr(c)
-            | Record::CtxCreate(c)
-            | Record::CtxDestroy(c)
-            | Record::CtxCurrent(c)
-            | Record::Copy(c)
-            | Record::Export(c)
-            | Record::Import(c)
-            | Record::ImportClose(c)
-            | Record::Retain(c)
-            | Record::MulticastCreate(c)
-            | Record::MulticastBind(c)
-            | Record::MulticastUnbind(c)
-            | Record::ArrayMap(c)
-            | Record::ArrayUnmap(c)
-            | Record::Unreturned(c) => Some(c),
-            _ => None,
-        }
+        with_call!(self, c => Some(c), _ => None)
     }
 
     /// The time of the record on the trace's clock, for those that have one.

@@ -280,6 +280,23 @@ pub(crate) fn write_trace(records: &[Record], finish: bool) -> (Vec<u8>, Option<
     (std::fs::read(&path).expect("read back"), footer)
 }
 
+/// A trace of `recs` with `junk` inserted somewhere and `appended` after its footer.
+fn spoiled_trace(
+    recs: &[Record],
+    junk: Option<(prop::sample::Index, Vec<u8>)>,
+    appended: Option<Vec<u8>>,
+) -> Vec<u8> {
+    let (mut bytes, _) = write_trace(recs, true);
+    if let Some((at, junk)) = junk {
+        let at = at.index(bytes.len());
+        bytes.splice(at..at, junk);
+    }
+    if let Some(tail) = appended {
+        bytes.extend(tail);
+    }
+    bytes
+}
+
 fn read_all(bytes: &[u8]) -> (Vec<(u64, Record)>, ReadSummary) {
     let mut r = TraceReader::new(Cursor::new(bytes)).expect("header");
     let recs = std::iter::from_fn(|| r.next_record()).collect();
@@ -1365,14 +1382,7 @@ proptest! {
     ) {
         // Lines straddle the reader's buffer at every place: what is read, what is wrong
         // and the digest must be what reading the whole input at once gives.
-        let (mut bytes, _) = write_trace(&recs, true);
-        if let Some((at, junk)) = junk {
-            let at = at.index(bytes.len());
-            bytes.splice(at..at, junk);
-        }
-        if let Some(tail) = appended {
-            bytes.extend(tail);
-        }
+        let bytes = spoiled_trace(&recs, junk, appended);
         let Ok(mut whole) = TraceReader::new(bytes.as_slice()) else {
             prop_assert!(TraceReader::new(BufReader::with_capacity(cap, bytes.as_slice())).is_err());
             return Ok(());
@@ -1396,14 +1406,7 @@ proptest! {
         // `read_into` parses call lines where they lie in the buffer, up to their newline:
         // cut by the buffer's end, altered or followed by junk, they must read as
         // `next_record` reads them, with the same problems, counts and digest.
-        let (mut bytes, _) = write_trace(&recs, true);
-        if let Some((at, junk)) = junk {
-            let at = at.index(bytes.len());
-            bytes.splice(at..at, junk);
-        }
-        if let Some(tail) = appended {
-            bytes.extend(tail);
-        }
+        let bytes = spoiled_trace(&recs, junk, appended);
         let Ok(mut one) = TraceReader::new(bytes.as_slice()) else {
             return Ok(());
         };
