@@ -1044,7 +1044,7 @@ pub mod graph_mem_attr {
 #[derive(Clone, Debug)]
 pub struct Hooked {
     /// Exported symbol name.
-    pub symbol: std::sync::Arc<str>,
+    pub symbol: crate::trace::ApiName,
     /// What its arguments mean.
     pub decode: Decode,
     /// Arguments and out-parameters are 32-bit (the CUDA 3.x ABI).

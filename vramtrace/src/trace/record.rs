@@ -5,9 +5,10 @@
 //! them, live and on replay alike. `docs/trace-format.md` documents every field.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use super::name::ApiName;
 
 /// Name written in every header's `format` field.
 pub const FORMAT_NAME: &str = "vramtrace";
@@ -553,7 +554,7 @@ impl Mem {
 pub struct Call {
     /// The exported symbol that was called, e.g. `cuMemAlloc_v2`. Shared: a trace names a
     /// handful of entry points millions of times.
-    pub api: Arc<str>,
+    pub api: ApiName,
     /// The `id` of the calling process's `process` record.
     pub proc: u32,
     /// Process id.
@@ -668,9 +669,8 @@ pub struct Call {
 
 impl Call {
     /// An empty call of entry point `api`: [`Call::default`] but for its name, which is
-    /// shared rather than made empty and dropped (each is an atomic operation; the reader
-    /// makes one call per line).
-    pub fn named(api: Arc<str>) -> Call {
+    /// shared rather than made empty and dropped (the reader makes one call per line).
+    pub fn named(api: ApiName) -> Call {
         Call {
             api,
             proc: 0,

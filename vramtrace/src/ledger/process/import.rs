@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{LiveAllocation, ProcessState, describe};
 use crate::ledger::change::Change;
-use crate::trace::Call;
+use crate::trace::{ApiName, Call};
 
 /// How many ended imports a process keeps for its report; the rest are counted.
 const IMPORTS_KEPT: usize = 256;
@@ -104,7 +104,7 @@ impl ImportedMapping {
 pub(super) struct ImportedHandle {
     pub(super) refs: u32,
     /// The entry point that imported it.
-    pub(super) api: Arc<str>,
+    pub(super) api: ApiName,
     /// Whose memory it is, when the exporter is traced and its descriptor was matched.
     pub(super) owner: Option<HandleOwner>,
 }

@@ -2,13 +2,12 @@
 //! failures, counters, anomalies and the exit snapshot.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::classify::{self, ClassBytes, Phase};
 use crate::ledger::usage::Usage;
-use crate::trace::Mem;
+use crate::trace::{ApiName, Mem};
 
 /// An allocation that is live: device or host memory, a CUDA array, or a VMM handle's
 /// physical memory.
@@ -23,7 +22,7 @@ pub struct LiveAllocation {
     /// Where it lives.
     pub mem: Mem,
     /// The entry point that made it.
-    pub api: Arc<str>,
+    pub api: ApiName,
     /// When it was made.
     pub ts_ns: u64,
     /// The thread that made it.

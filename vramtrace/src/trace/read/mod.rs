@@ -10,7 +10,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +18,7 @@ mod fast;
 use fast::{fast_call, fill_after_api, leading_api, leading_tag};
 
 use super::digest::{Algorithm, Hasher};
+use super::name::ApiName;
 use super::record::{
     Call, Exit, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, Footer, Header, Lost, Process, Record,
     Stack,
@@ -1032,17 +1032,17 @@ impl Counts {
 /// The entry-point names read so far: a trace names a handful of them millions of times, and
 /// each call shares its name instead of allocating it.
 #[derive(Default)]
-struct Names(Vec<Arc<str>>);
+struct Names(Vec<ApiName>);
 
 impl Names {
     /// More distinct names than any driver exports: past this, names are not kept.
     const MAX: usize = 512;
 
-    fn get(&mut self, bytes: &[u8]) -> Option<Arc<str>> {
+    fn get(&mut self, bytes: &[u8]) -> Option<ApiName> {
         if let Some(name) = self.0.iter().find(|n| n.as_bytes() == bytes) {
             return Some(name.clone());
         }
-        let name: Arc<str> = std::str::from_utf8(bytes).ok()?.into();
+        let name = ApiName::new(std::str::from_utf8(bytes).ok()?);
         if self.0.len() < Self::MAX {
             self.0.push(name.clone());
         }
@@ -1192,7 +1192,7 @@ macro_rules! call_types {
 
         /// The record of type `tag` with an empty call of `api`, to be filled where it lies.
         #[inline(always)]
-        fn empty_call(tag: &[u8], api: Arc<str>) -> Option<Record> {
+        fn empty_call(tag: &[u8], api: ApiName) -> Option<Record> {
             Some(match tag {
                 $($tag => Record::$variant(Call::named(api)),)*
                 _ => return None,

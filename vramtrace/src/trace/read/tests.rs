@@ -1507,7 +1507,7 @@ proptest! {
 
 #[test]
 fn a_named_call_is_the_default_but_for_its_name() {
-    let api: std::sync::Arc<str> = "cuMemAlloc_v2".into();
+    let api = crate::trace::ApiName::new("cuMemAlloc_v2");
     assert_eq!(
         Call::named(api.clone()),
         Call {
