@@ -667,49 +667,6 @@ pub struct Call {
     pub region: Option<Box<ArrayRegion>>,
 }
 
-impl Call {
-    /// An empty call of entry point `api`: [`Call::default`] but for its name, which is
-    /// shared rather than made empty and dropped (the reader makes one call per line).
-    pub fn named(api: ApiName) -> Call {
-        Call {
-            api,
-            proc: 0,
-            pid: 0,
-            tid: 0,
-            ts_ns: 0,
-            dur_ns: 0,
-            ret: 0,
-            bytes: None,
-            addr: None,
-            mem: None,
-            handle: None,
-            device: None,
-            pool: None,
-            stream: None,
-            offset: None,
-            flags: None,
-            pitch: None,
-            stack: None,
-            unreadable: Vec::new(),
-            signalled: None,
-            src_mem: None,
-            src: None,
-            attr: None,
-            value: None,
-            green: None,
-            share: None,
-            handle_type: None,
-            os_handle: None,
-            graph: None,
-            copies: None,
-            count: None,
-            bound: None,
-            file: None,
-            region: None,
-        }
-    }
-}
-
 /// A region of a sparse CUDA array (`CUarrayMapInfo::subresource`): of a mip level, in
 /// elements, or of the mip tail, in bytes along the first axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

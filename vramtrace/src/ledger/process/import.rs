@@ -376,7 +376,7 @@ impl ProcessState {
         };
         if let Some(a) = self.by_addr.remove(&addr) {
             self.release(t, a, crate::ledger::EndCause::Free, ts);
-            self.remember_freed(addr);
+            self.freed.insert(addr);
         }
     }
 }

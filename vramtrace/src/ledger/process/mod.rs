@@ -458,10 +458,6 @@ impl ProcessState {
         }
     }
 
-    fn remember_freed(&mut self, addr: u64) {
-        self.freed.insert(addr);
-    }
-
     /// Gives a live allocation's bytes back and says why it ended: a stream-ordered
     /// allocation freed by a call goes into its pool, anything else to the GPU or the host.
     fn release(&mut self, t: &mut Totals, a: Arc<LiveAllocation>, cause: EndCause, ts: u64) {
@@ -731,7 +727,7 @@ impl ProcessState {
         }
         self.count_free(&c.api, 1, a.bytes);
         self.release(t, a, EndCause::Free, ts);
-        self.remember_freed(addr);
+        self.freed.insert(addr);
     }
 
     pub(crate) fn on_failed(&mut self, c: &Call) {

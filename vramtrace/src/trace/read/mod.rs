@@ -1030,7 +1030,8 @@ impl Counts {
 }
 
 /// The entry-point names read so far: a trace names a handful of them millions of times, and
-/// each call shares its name instead of allocating it.
+/// each is looked up here, by this reader alone, rather than in [`ApiName`]'s table, which
+/// every reader shares behind a lock.
 #[derive(Default)]
 struct Names(Vec<ApiName>);
 
@@ -1194,7 +1195,7 @@ macro_rules! call_types {
         #[inline(always)]
         fn empty_call(tag: &[u8], api: ApiName) -> Option<Record> {
             Some(match tag {
-                $($tag => Record::$variant(Call::named(api)),)*
+                $($tag => Record::$variant(Call { api, ..Call::default() }),)*
                 _ => return None,
             })
         }

@@ -1504,15 +1504,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-fn a_named_call_is_the_default_but_for_its_name() {
-    let api = crate::trace::ApiName::new("cuMemAlloc_v2");
-    assert_eq!(
-        Call::named(api.clone()),
-        Call {
-            api,
-            ..Default::default()
-        }
-    );
-}
