@@ -1,6 +1,6 @@
 //! eBPF integration tests of loss accounting: the real programs, loaded through the library
 //! with bookkeeping maps small enough to fill, each loss provoked on the simulated driver and
-//! seen counted exactly once.
+//! seen counted exactly once; and the load itself, which no signal to the process may abort.
 
 mod common;
 
@@ -8,6 +8,10 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -137,6 +141,35 @@ fn allocs_of(calls: &[(String, u64, i32)], bytes: u64) -> usize {
         .iter()
         .filter(|(api, b, _)| api == "cuMemAlloc_v2" && *b == bytes)
         .count()
+}
+
+/// The verifier gives up on a program with `EAGAIN` when a signal is pending for the thread
+/// that loads it, and a spawn that fails (a program not installed) signals the process from a
+/// thread that blocks every signal, so the exit signal is queued though it is ignored. With
+/// another thread failing to spawn a program as fast as it can, the probes still load, and
+/// attach, every time.
+#[test]
+fn the_probes_load_while_the_process_is_signalled_without_pause() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut failed = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let spawned = Command::new("/nonexistent/vramtrace-no-such-program").spawn();
+                assert!(spawned.is_err(), "the program does not exist");
+                failed += 1;
+            }
+            failed
+        })
+    };
+    for _ in 0..3 {
+        let tracer = tracer(vec![std::process::id()], MapSizes::default());
+        assert!(!tracer.apis.is_empty());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed = spawner.join().expect("the spawning thread");
+    assert!(failed > 0, "no spawn was tried while the probes loaded");
 }
 
 #[test]

@@ -290,6 +290,39 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
+/// Every signal the calling thread can block, blocked until dropped, then the thread's mask as
+/// it was. The verifier gives up on a program with `EAGAIN` whenever a signal is pending for
+/// the thread that loads it; aya tries five times, and a program that takes the verifier a
+/// second on a busy machine fails all five when the process is signalled about once a second
+/// (a failed spawn in another thread does that: its exit signal is queued because the
+/// spawning thread blocks every signal while it waits). Blocked, a signal to the process goes
+/// to another thread, or waits the second or so the programs take to load.
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn block_all() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data for which all zeroes is a valid (empty) value;
+        // sigfillset and pthread_sigmask write only the sets they are given, which live here.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut before);
+            SignalsHeld(before)
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: the mask is the one pthread_sigmask returned for this thread; a pending
+        // signal is delivered as it returns.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
 impl Tracer {
     /// Loads the programs with `config` and attaches them everywhere.
     pub fn start(config: &Config) -> Result<Tracer, ProbeError> {
@@ -391,6 +424,9 @@ impl Tracer {
             .map_max_entries("THREADS", sizes.threads)
             .map_max_entries("FILTER", sizes.filter)
             .map_max_entries("SEEN", sizes.seen);
+        // From here to the return every program is verified and attached with this thread's
+        // signals blocked: see `SignalsHeld`.
+        let _held = SignalsHeld::block_all();
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|e| or_permission(e, ProbeError::Load))?;

@@ -70,8 +70,13 @@ pub fn parse_smi(csv: &str) -> Vec<GpuTelemetry> {
         .collect()
 }
 
+/// nvidia-smi's figures, when it is on `PATH`. It is looked for before it is run: a program
+/// that cannot be started still costs a fork, and the failed child's exit signal, sent while
+/// the forking thread has every signal blocked, interrupts whatever another thread of the
+/// process is doing in the kernel (a program being verified aborts with `EAGAIN`).
 fn smi() -> Result<Vec<GpuTelemetry>, String> {
-    let out = std::process::Command::new("nvidia-smi")
+    let program = which::which("nvidia-smi").map_err(|e| format!("nvidia-smi: {e}"))?;
+    let out = std::process::Command::new(program)
         .arg(format!("--query-gpu={SMI_QUERY}"))
         .arg("--format=csv,noheader,nounits")
         .output()
