@@ -1,5 +1,6 @@
 //! `cargo xtask bench-analyze`: how fast `vramtrace analyze` reads traces of 10^5 to 10^7
-//! events, against `jq empty` merely parsing the same file. Prints a table; asserts nothing.
+//! events, with every CPU it may use and pinned to one, against `jq empty` merely parsing the
+//! same file. Prints a table; asserts nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -187,11 +188,12 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64, i64)> {
 }
 
 /// Peak RSS of one child, alone: the maximum over children so far is only its own when the
-/// child runs in a fresh process of ours.
-fn measure_alone(args: &[&str]) -> Result<Measured> {
+/// child runs in a fresh process of ours. `one_core`: the child and its threads share one CPU.
+fn measure_alone(one_core: bool, args: &[&str]) -> Result<Measured> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .arg("__measure")
+        .args(one_core.then_some("--one-core"))
         .args(args)
         .stderr(Stdio::inherit())
         .output()?;
@@ -223,10 +225,10 @@ fn read_only(path: &Path) -> Result<f64> {
 }
 
 /// The fastest of `runs` runs.
-fn best_of(runs: u32, args: &[&str]) -> Result<Measured> {
+fn best_of(runs: u32, one_core: bool, args: &[&str]) -> Result<Measured> {
     let mut best: Option<Measured> = None;
     for _ in 0..runs.max(1) {
-        let m = measure_alone(args)?;
+        let m = measure_alone(one_core, args)?;
         if best.is_none_or(|b| m.wall < b.wall) {
             best = Some(m);
         }
@@ -234,13 +236,35 @@ fn best_of(runs: u32, args: &[&str]) -> Result<Measured> {
     Ok(best.expect("at least one run"))
 }
 
-/// Runs in a fresh xtask: measures one command and prints `secs maxrss_kib`.
-pub fn measure_child(args: &[String]) -> Result<()> {
+/// Runs in a fresh xtask: measures one command and prints `secs cpu_secs maxrss_kib`; with
+/// `one_core`, on the one CPU this process runs on (the command inherits the affinity).
+pub fn measure_child(one_core: bool, args: &[String]) -> Result<()> {
     let Some((prog, rest)) = args.split_first() else {
         bail!("nothing to measure");
     };
+    if one_core {
+        pin_to_one_cpu()?;
+    }
     let (secs, cpu, rss) = measure(Command::new(prog).args(rest))?;
     println!("{secs} {cpu} {rss}");
+    Ok(())
+}
+
+/// Restricts this process to the CPU it is running on.
+fn pin_to_one_cpu() -> Result<()> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let cpu = usize::try_from(cpu).context("sched_getcpu")?;
+    // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set; CPU_SET writes
+    // inside the set it is given, for a CPU the kernel just reported.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set lives across the call and its size is the one passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -259,7 +283,7 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
     println!(
-        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>8} {:>9} {:>7} {:>8}",
+        "{:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>8} {:>11} {:>8} {:>9} {:>7} {:>8}",
         "events",
         "MiB",
         "analyze",
@@ -267,6 +291,8 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
         "events/s",
         "ev/CPU-s",
         "RSS MiB",
+        "1 core",
+        "ev/s 1 core",
         "read",
         "jq empty",
         "jq RSS",
@@ -283,13 +309,15 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
         let mib = std::fs::metadata(&path)?.len() as f64 / (1 << 20) as f64;
         let p = path.to_string_lossy();
         let bin = args.vramtrace.to_string_lossy();
-        let a = best_of(args.runs, &[&bin, "analyze", "--json", &p])?;
+        let analyze = [&*bin, "analyze", "--json", &p];
+        let a = best_of(args.runs, false, &analyze)?;
+        let one = best_of(args.runs, true, &analyze)?;
         let mut read = f64::INFINITY;
         for _ in 0..args.runs.max(1) {
             read = read.min(read_only(&path)?);
         }
         let jq_cols = if jq {
-            let j = best_of(args.runs, &["jq", "empty", &p])?;
+            let j = best_of(args.runs, false, &["jq", "empty", &p])?;
             format!(
                 "{:>8.2}s {:>7.1} {:>7.2}x",
                 j.wall,
@@ -300,7 +328,7 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             format!("{:>9} {:>7} {:>8}", "-", "-", "-")
         };
         println!(
-            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>11.0} {:>8.1} {:>7.2}s {jq_cols}",
+            "{:>10} {:>8.1} {:>7.2}s {:>7.2}s {:>11.0} {:>11.0} {:>8.1} {:>7.2}s {:>11.0} {:>7.2}s {jq_cols}",
             events,
             mib,
             a.wall,
@@ -308,13 +336,16 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
             events as f64 / a.wall,
             events as f64 / a.cpu,
             a.rss_kib as f64 / 1024.0,
+            one.wall,
+            events as f64 / one.wall,
             read,
         );
     }
     println!(
         "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run \
          (its reader thread and its Ledger thread together), ev/CPU-s the events per CPU \
-         second; read: the trace read and checked alone (no replay)",
+         second; 1 core: analyze again with both threads pinned to one CPU (wall time); \
+         read: the trace read and checked alone (no replay)",
         args.runs.max(1)
     );
     Ok(())
