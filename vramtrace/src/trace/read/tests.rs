@@ -552,6 +552,31 @@ fn fast_call_takes_what_the_writer_writes() {
 }
 
 #[test]
+fn fast_call_reads_keys_out_of_the_writers_order() {
+    // The keys every call has are read one after the other when they come in the writer's
+    // order; any other order, or `dur_ns` absent (it defaults), is read key by key, to the
+    // same call serde reads.
+    let line = String::from_utf8(serde_json::to_vec(&alloc(3)).expect("to_vec")).expect("utf-8");
+    let pid = line.find(",\"pid\":").expect("pid");
+    let tid = line.find(",\"tid\":").expect("tid");
+    let dur = line.find(",\"dur_ns\":").expect("dur_ns");
+    let ret = line.find(",\"ret\":").expect("ret");
+    let swapped = format!("{}{}{}", &line[..pid], &line[tid..ret], &line[pid..tid]) + &line[ret..];
+    let without_dur = format!("{}{}", &line[..dur], &line[ret..]);
+    for changed in [swapped, without_dur] {
+        let want = match serde_json::from_str::<Record>(&changed).expect("serde") {
+            Record::Alloc(call) => call,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            fast_call(changed.as_bytes(), &mut Names::default()),
+            Some(want),
+            "{changed}"
+        );
+    }
+}
+
+#[test]
 fn fast_call_leaves_the_rest_to_serde() {
     let line = String::from_utf8(serde_json::to_vec(&alloc(3)).expect("to_vec")).expect("utf-8");
     for (from, to) in [
