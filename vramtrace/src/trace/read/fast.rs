@@ -39,8 +39,6 @@ const SRC: usize = 18;
 const SRC_MEM: usize = 19;
 const REQUIRED: u32 =
     (1 << API) | (1 << PROC) | (1 << PID) | (1 << TID) | (1 << TS_NS) | (1 << RET);
-/// The keys [`head`] reads.
-const HEAD: u32 = REQUIRED | (1 << DUR_NS);
 
 /// [`fast_call`] into `call`, which is empty (its default); left partly filled when the line
 /// is not in the writer's shape.
@@ -74,9 +72,6 @@ fn fill_keys(
     names: &mut Names,
     call: &mut Call,
 ) -> Option<usize> {
-    if seen == 1 << API {
-        seen = head(&mut cur, call);
-    }
     loop {
         match cur.next()? {
             b',' => {}
@@ -170,43 +165,8 @@ fn fill_keys(
             return None;
         }
         seen |= bit;
-        if seen == 1 << API {
-            seen = head(&mut cur, call);
-        }
     }
     (seen & REQUIRED == REQUIRED).then_some(cur.at)
-}
-
-/// After the `api`: the keys every call line has, `proc`, `pid`, `tid`, `ts_ns`, `dur_ns`
-/// and `ret`, when they come next in the writer's order, read one after the other with no
-/// key to tell apart. Returns the keys read: [`HEAD`], or only `api` with `cur` where it was
-/// when the line goes otherwise (the loop then reads it, and refuses it or fills the same
-/// fields again).
-#[inline(always)]
-fn head(cur: &mut Cursor<'_>, call: &mut Call) -> u32 {
-    let at = cur.at;
-    // A closure, for `?`; left out of line (inlined, the whole reads slower).
-    let mut read = || -> Option<()> {
-        cur.literal(b",\"proc\":")?;
-        call.proc = cur.unsigned()?.try_into().ok()?;
-        cur.literal(b",\"pid\":")?;
-        call.pid = cur.unsigned()?.try_into().ok()?;
-        cur.literal(b",\"tid\":")?;
-        call.tid = cur.unsigned()?.try_into().ok()?;
-        cur.literal(b",\"ts_ns\":")?;
-        call.ts_ns = cur.unsigned()?;
-        cur.literal(b",\"dur_ns\":")?;
-        call.dur_ns = cur.unsigned()?;
-        cur.literal(b",\"ret\":")?;
-        call.ret = cur.signed()?.try_into().ok()?;
-        Some(())
-    };
-    if read().is_some() {
-        HEAD
-    } else {
-        cur.at = at;
-        1 << API
-    }
 }
 
 /// The key a call line has at the start of `rest`, `"KEY":` with its quotes and colon: its
@@ -257,13 +217,6 @@ impl<'a> Cursor<'a> {
         let b = *self.bytes.get(self.at)?;
         self.at += 1;
         Some(b)
-    }
-
-    /// `lit`, compared where its length is a constant (a few loads, no call to `memcmp`).
-    #[inline(always)]
-    fn literal<const N: usize>(&mut self, lit: &[u8; N]) -> Option<()> {
-        let end = self.at.checked_add(N)?;
-        (self.bytes.get(self.at..end)? == lit).then(|| self.at = end)
     }
 
     fn eat(&mut self, want: u8) -> Option<()> {
