@@ -17,227 +17,223 @@ pub const FORMAT_MAJOR: u32 = 1;
 /// Minor version: additions that older readers may ignore.
 pub const FORMAT_MINOR: u32 = 9;
 
-/// One line of a trace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Record {
-    /// First line: what recorded this, where, and against which driver.
-    Header(Box<Header>),
-    /// A traced process, written once before its first event.
-    Process(Process),
-    /// A call stack, written once before the first event that refers to it.
-    Stack(Stack),
-    /// Memory was allocated (device, pitched, async, array, managed, pinned, registered).
-    Alloc(Call),
-    /// Memory was freed (to the GPU, to the host, or into a stream-ordered pool).
-    Free(Call),
-    /// A driver call returned an error. Never an allocation.
-    Failed(Call),
-    /// `cuMemCreate`: physical memory behind a VMM handle.
-    VmmCreate(Call),
-    /// `cuMemRelease`: a VMM handle released (memory goes once it is also unmapped).
-    VmmRelease(Call),
-    /// `cuMemMap`: a VMM handle mapped into a reserved range.
-    VmmMap(Call),
-    /// `cuMemUnmap`.
-    VmmUnmap(Call),
-    /// `cuMemAddressReserve`: address space, not memory.
-    Reserve(Call),
-    /// `cuMemAddressFree`.
-    Unreserve(Call),
-    /// `cuMemPoolCreate`, `cuDeviceGetDefaultMemPool`, ...: a pool became known (since 1.6
-    /// also `cuMemPoolImportFromShareableHandle`, another process's pool).
-    PoolCreate(Call),
-    /// `cuMemPoolDestroy`.
-    PoolDestroy(Call),
-    /// `cuMemPoolTrimTo`.
-    PoolTrim(Call),
-    /// `cuMemPoolSetAttribute`, `cuMemPoolGetAttribute`: one attribute of a pool and its
-    /// value. Added in format 1.4.
-    PoolAttr(Call),
-    /// `cuCtxSynchronize`, `cuStreamSynchronize*`, `cuEventSynchronize`: pools give back
-    /// what they hold above their release threshold. Added in format 1.4.
-    Sync(Call),
-    /// `cuGraphAddMemAllocNode`: a graph's alloc node, its address fixed now, its memory made
-    /// by each launch that runs it (`mem` `graph`, `graph`, `addr`, `bytes`, `device`).
-    /// Added in format 1.6.
-    GraphAllocNode(Call),
-    /// `cuGraphAddMemFreeNode`: a graph's free node of `addr`. Added in format 1.6.
-    GraphFreeNode(Call),
-    /// `cuGraphInstantiate*`: the exec `handle` made from `graph`. Added in format 1.6.
-    GraphInstantiate(Call),
-    /// `cuGraphLaunch*`: the exec `handle` runs its alloc and free nodes. Added in format 1.6.
-    GraphLaunch(Call),
-    /// `cuGraphDestroy` (`graph`) or `cuGraphExecDestroy` (`handle`). Added in format 1.6.
-    GraphDestroy(Call),
-    /// `cuDeviceGraphMemTrim`: the `device`'s graph pool gives back what is not in use.
-    /// Added in format 1.6.
-    GraphMemTrim(Call),
-    /// `cuDeviceGetGraphMemAttribute`, `cuDeviceSetGraphMemAttribute`: one of the driver's
-    /// graph-memory figures of `device` (`attr`, `value`). Added in format 1.6.
-    GraphMemAttr(Call),
-    /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
-    CtxCreate(Call),
-    /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
-    CtxDestroy(Call),
-    /// `cuCtxSetCurrent`, `cuCtxPushCurrent*`, `cuCtxPopCurrent*`: the thread's current context.
-    CtxCurrent(Call),
-    /// Host-to-device copy: the destination range only.
-    Copy(Call),
-    /// Memory made shareable with another process: `cuIpcGetMemHandle` and
-    /// `cuMemPoolExportPointer` (`addr`, and `share`, the 64 bytes the importer is given),
-    /// `cuMemExportToShareableHandle` (`handle`, `handle_type`, `os_handle`),
-    /// `cuMemPoolExportToShareableHandle` (`pool`, `handle_type`, `os_handle`). Added in 1.6.
-    Export(Call),
-    /// Memory of another process mapped into this one: `cuIpcOpenMemHandle*` and
-    /// `cuMemPoolImportPointer` (`addr`, `share`), `cuMemImportFromShareableHandle`
-    /// (`handle`, `handle_type`, `os_handle`; mapped by a later `vmm_map`). Mapped, not
-    /// owned. Added in 1.6.
-    Import(Call),
-    /// `cuIpcCloseMemHandle`: an IPC mapping closed (`addr`). Added in 1.6.
-    ImportClose(Call),
-    /// `cuMemRetainAllocationHandle`: one more reference to the VMM handle (`handle`) mapped
-    /// at `addr`, released by `cuMemRelease`. Added in 1.6.
-    Retain(Call),
-    /// `cuMulticastCreate`: a multicast object (`handle`) of `bytes` for a team of `count`
-    /// devices, exportable as `handle_type`. It has no memory of its own: what is bound to it
-    /// is; it is mapped (`vmm_map`) and released (`vmm_release`) as a VMM handle. Added in 1.8.
-    MulticastCreate(Call),
-    /// `cuMulticastBindMem*` (`bound`: the VMM handle and the offset into it) or
-    /// `cuMulticastBindAddr*` (`addr`: where that memory is mapped): `bytes` of memory bound
-    /// at `offset` of the multicast object `handle`, for `device` (`_v2`; otherwise the
-    /// memory's own). The binding keeps the memory until it is unbound. Added in 1.8.
-    MulticastBind(Call),
-    /// `cuMulticastUnbind`: the binding at `offset` of `handle` for `device`, of `bytes`,
-    /// undone. Added in 1.8.
-    MulticastUnbind(Call),
-    /// `cuMemMapArrayAsync*`: the VMM memory `bound` (its handle and the offset into it)
-    /// mapped into `region` of the sparse or deferred-mapping array (or mipmapped array)
-    /// `handle`; it keeps that memory until unmapped. Of a call with `count` operations, the
-    /// first. Added in 1.8.
-    ArrayMap(Call),
-    /// `cuMemMapArrayAsync*`: what is mapped inside `region` of the array `handle` unmapped.
-    /// Of a call with `count` operations, the first. Added in 1.8.
-    ArrayUnmap(Call),
-    /// A driver call that never returned: its thread ended inside it (the process was killed,
-    /// a signal sent at the call ended it), or the thread entered the same entry point again
-    /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
-    /// is when that was seen, and `ret` is 0 without meaning. Never an allocation. Added in
-    /// format 1.1.
-    Unreturned(Call),
-    /// A traced process ended: everything it held is gone.
-    Exit(Exit),
-    /// Events that the kernel side could not deliver, counted since the last such record.
-    Lost(Lost),
-    /// What NVML reported for every GPU at one instant.
-    Nvml(NvmlSample),
-    /// Last line: counts and the digest of every byte before it.
-    Footer(Footer),
-}
+/// Declares [`Record`] and everything that lists its types, from one list: its variants
+/// (`before` and `after` the calls, which all carry a [`Call`]), each with the `type` it is
+/// written with, which must be serde's snake_case name of the variant (a test holds it to
+/// that). A new record type is added here once and is then known to every match.
+macro_rules! records {
+    (
+        before { $($(#[$bdoc:meta])* $before:ident($bty:ty) = $btag:literal,)* }
+        calls { $($(#[$cdoc:meta])* $call:ident = $ctag:literal,)* }
+        after { $($(#[$adoc:meta])* $after:ident($aty:ty) = $atag:literal,)* }
+    ) => {
+        /// One line of a trace.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum Record {
+            $($(#[$bdoc])* $before($bty),)*
+            $($(#[$cdoc])* $call(Call),)*
+            $($(#[$adoc])* $after($aty),)*
+        }
 
-/// Matches `$rec` against every record that is a driver call, binding the call to `$c`.
-macro_rules! with_call {
-    ($rec:expr, $c:ident => $call:expr, _ => $other:expr) => {
-        match $rec {
-            Record::Alloc($c)
-            | Record::Free($c)
-            | Record::Failed($c)
-            | Record::VmmCreate($c)
-            | Record::VmmRelease($c)
-            | Record::VmmMap($c)
-            | Record::VmmUnmap($c)
-            | Record::Reserve($c)
-            | Record::Unreserve($c)
-            | Record::PoolCreate($c)
-            | Record::PoolDestroy($c)
-            | Record::PoolTrim($c)
-            | Record::PoolAttr($c)
-            | Record::Sync($c)
-            | Record::GraphAllocNode($c)
-            | Record::GraphFreeNode($c)
-            | Record::GraphInstantiate($c)
-            | Record::GraphLaunch($c)
-            | Record::GraphDestroy($c)
-            | Record::GraphMemTrim($c)
-            | Record::GraphMemAttr($c)
-            | Record::CtxCreate($c)
-            | Record::CtxDestroy($c)
-            | Record::CtxCurrent($c)
-            | Record::Copy($c)
-            | Record::Export($c)
-            | Record::Import($c)
-            | Record::ImportClose($c)
-            | Record::Retain($c)
-            | Record::MulticastCreate($c)
-            | Record::MulticastBind($c)
-            | Record::MulticastUnbind($c)
-            | Record::ArrayMap($c)
-            | Record::ArrayUnmap($c)
-            | Record::Unreturned($c) => $call,
-            _ => $other,
+        /// The record types in declaration order: their discriminants are the indices into
+        /// [`RECORD_TYPES`].
+        #[derive(Clone, Copy)]
+        enum RecordType {
+            $($before,)*
+            $($call,)*
+            $($after,)*
+        }
+
+        /// Every `type` that [`Record::kind`] returns, in declaration order.
+        pub const RECORD_TYPES: [&str; [$(tag_str($btag),)* $(tag_str($ctag),)* $(tag_str($atag),)*].len()] =
+            [$(tag_str($btag),)* $(tag_str($ctag),)* $(tag_str($atag),)*];
+
+        impl Record {
+            /// The `type` tag of this record, as written in the file.
+            pub fn kind(&self) -> &'static str {
+                RECORD_TYPES[self.type_index()]
+            }
+
+            /// The position of the record's type in [`RECORD_TYPES`].
+            #[inline(always)]
+            pub(crate) fn type_index(&self) -> usize {
+                let ty = match self {
+                    $(Record::$before(_) => RecordType::$before,)*
+                    $(Record::$call(_) => RecordType::$call,)*
+                    $(Record::$after(_) => RecordType::$after,)*
+                };
+                ty as usize
+            }
+
+            /// The driver call this record describes, if it is one.
+            pub fn call(&self) -> Option<&Call> {
+                match self {
+                    $(Record::$call(c))|* => Some(c),
+                    _ => None,
+                }
+            }
+
+            /// [`Record::call`], to change it.
+            pub fn call_mut(&mut self) -> Option<&mut Call> {
+                match self {
+                    $(Record::$call(c))|* => Some(c),
+                    _ => None,
+                }
+            }
+
+            /// The record a call line of type `tag` is: `None` for the types that are not
+            /// calls.
+            pub(crate) fn call_kind(tag: &[u8]) -> Option<fn(Call) -> Record> {
+                Some(match tag {
+                    $($ctag => Record::$call,)*
+                    _ => return None,
+                })
+            }
+
+            /// The record of type `tag` with an empty call of `api`, to be filled where it
+            /// lies: `None` for the types that are not calls.
+            #[inline(always)]
+            pub(crate) fn empty_call(tag: &[u8], api: ApiName) -> Option<Record> {
+                Some(match tag {
+                    $($ctag => Record::$call(Call { api, ..Call::default() }),)*
+                    _ => return None,
+                })
+            }
         }
     };
 }
 
+/// A `type` tag as text, at compile time.
+const fn tag_str(tag: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(tag) {
+        Ok(s) => s,
+        Err(_) => panic!("a record type is ASCII"),
+    }
+}
+
+records! {
+    before {
+        /// First line: what recorded this, where, and against which driver.
+        Header(Box<Header>) = b"header",
+        /// A traced process, written once before its first event.
+        Process(Process) = b"process",
+        /// A call stack, written once before the first event that refers to it.
+        Stack(Stack) = b"stack",
+    }
+    calls {
+        /// Memory was allocated (device, pitched, async, array, managed, pinned, registered).
+        Alloc = b"alloc",
+        /// Memory was freed (to the GPU, to the host, or into a stream-ordered pool).
+        Free = b"free",
+        /// A driver call returned an error. Never an allocation.
+        Failed = b"failed",
+        /// `cuMemCreate`: physical memory behind a VMM handle.
+        VmmCreate = b"vmm_create",
+        /// `cuMemRelease`: a VMM handle released (memory goes once it is also unmapped).
+        VmmRelease = b"vmm_release",
+        /// `cuMemMap`: a VMM handle mapped into a reserved range.
+        VmmMap = b"vmm_map",
+        /// `cuMemUnmap`.
+        VmmUnmap = b"vmm_unmap",
+        /// `cuMemAddressReserve`: address space, not memory.
+        Reserve = b"reserve",
+        /// `cuMemAddressFree`.
+        Unreserve = b"unreserve",
+        /// `cuMemPoolCreate`, `cuDeviceGetDefaultMemPool`, ...: a pool became known (since 1.6
+        /// also `cuMemPoolImportFromShareableHandle`, another process's pool).
+        PoolCreate = b"pool_create",
+        /// `cuMemPoolDestroy`.
+        PoolDestroy = b"pool_destroy",
+        /// `cuMemPoolTrimTo`.
+        PoolTrim = b"pool_trim",
+        /// `cuMemPoolSetAttribute`, `cuMemPoolGetAttribute`: one attribute of a pool and its
+        /// value. Added in format 1.4.
+        PoolAttr = b"pool_attr",
+        /// `cuCtxSynchronize`, `cuStreamSynchronize*`, `cuEventSynchronize`: pools give back
+        /// what they hold above their release threshold. Added in format 1.4.
+        Sync = b"sync",
+        /// `cuGraphAddMemAllocNode`: a graph's alloc node, its address fixed now, its memory made
+        /// by each launch that runs it (`mem` `graph`, `graph`, `addr`, `bytes`, `device`).
+        /// Added in format 1.6.
+        GraphAllocNode = b"graph_alloc_node",
+        /// `cuGraphAddMemFreeNode`: a graph's free node of `addr`. Added in format 1.6.
+        GraphFreeNode = b"graph_free_node",
+        /// `cuGraphInstantiate*`: the exec `handle` made from `graph`. Added in format 1.6.
+        GraphInstantiate = b"graph_instantiate",
+        /// `cuGraphLaunch*`: the exec `handle` runs its alloc and free nodes. Added in format 1.6.
+        GraphLaunch = b"graph_launch",
+        /// `cuGraphDestroy` (`graph`) or `cuGraphExecDestroy` (`handle`). Added in format 1.6.
+        GraphDestroy = b"graph_destroy",
+        /// `cuDeviceGraphMemTrim`: the `device`'s graph pool gives back what is not in use.
+        /// Added in format 1.6.
+        GraphMemTrim = b"graph_mem_trim",
+        /// `cuDeviceGetGraphMemAttribute`, `cuDeviceSetGraphMemAttribute`: one of the driver's
+        /// graph-memory figures of `device` (`attr`, `value`). Added in format 1.6.
+        GraphMemAttr = b"graph_mem_attr",
+        /// `cuCtxCreate*`, `cuDevicePrimaryCtxRetain`: a context on a device.
+        CtxCreate = b"ctx_create",
+        /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
+        CtxDestroy = b"ctx_destroy",
+        /// `cuCtxSetCurrent`, `cuCtxPushCurrent*`, `cuCtxPopCurrent*`: the thread's current context.
+        CtxCurrent = b"ctx_current",
+        /// Host-to-device copy: the destination range only.
+        Copy = b"copy",
+        /// Memory made shareable with another process: `cuIpcGetMemHandle` and
+        /// `cuMemPoolExportPointer` (`addr`, and `share`, the 64 bytes the importer is given),
+        /// `cuMemExportToShareableHandle` (`handle`, `handle_type`, `os_handle`),
+        /// `cuMemPoolExportToShareableHandle` (`pool`, `handle_type`, `os_handle`). Added in 1.6.
+        Export = b"export",
+        /// Memory of another process mapped into this one: `cuIpcOpenMemHandle*` and
+        /// `cuMemPoolImportPointer` (`addr`, `share`), `cuMemImportFromShareableHandle`
+        /// (`handle`, `handle_type`, `os_handle`; mapped by a later `vmm_map`). Mapped, not
+        /// owned. Added in 1.6.
+        Import = b"import",
+        /// `cuIpcCloseMemHandle`: an IPC mapping closed (`addr`). Added in 1.6.
+        ImportClose = b"import_close",
+        /// `cuMemRetainAllocationHandle`: one more reference to the VMM handle (`handle`) mapped
+        /// at `addr`, released by `cuMemRelease`. Added in 1.6.
+        Retain = b"retain",
+        /// `cuMulticastCreate`: a multicast object (`handle`) of `bytes` for a team of `count`
+        /// devices, exportable as `handle_type`. It has no memory of its own: what is bound to it
+        /// is; it is mapped (`vmm_map`) and released (`vmm_release`) as a VMM handle. Added in 1.8.
+        MulticastCreate = b"multicast_create",
+        /// `cuMulticastBindMem*` (`bound`: the VMM handle and the offset into it) or
+        /// `cuMulticastBindAddr*` (`addr`: where that memory is mapped): `bytes` of memory bound
+        /// at `offset` of the multicast object `handle`, for `device` (`_v2`; otherwise the
+        /// memory's own). The binding keeps the memory until it is unbound. Added in 1.8.
+        MulticastBind = b"multicast_bind",
+        /// `cuMulticastUnbind`: the binding at `offset` of `handle` for `device`, of `bytes`,
+        /// undone. Added in 1.8.
+        MulticastUnbind = b"multicast_unbind",
+        /// `cuMemMapArrayAsync*`: the VMM memory `bound` (its handle and the offset into it)
+        /// mapped into `region` of the sparse or deferred-mapping array (or mipmapped array)
+        /// `handle`; it keeps that memory until unmapped. Of a call with `count` operations, the
+        /// first. Added in 1.8.
+        ArrayMap = b"array_map",
+        /// `cuMemMapArrayAsync*`: what is mapped inside `region` of the array `handle` unmapped.
+        /// Of a call with `count` operations, the first. Added in 1.8.
+        ArrayUnmap = b"array_unmap",
+        /// A driver call that never returned: its thread ended inside it (the process was killed,
+        /// a signal sent at the call ended it), or the thread entered the same entry point again
+        /// first. What it was asked for is known; what it made, if anything, is not. Its `ts_ns`
+        /// is when that was seen, and `ret` is 0 without meaning. Never an allocation. Added in
+        /// format 1.1.
+        Unreturned = b"unreturned",
+    }
+    after {
+        /// A traced process ended: everything it held is gone.
+        Exit(Exit) = b"exit",
+        /// Events that the kernel side could not deliver, counted since the last such record.
+        Lost(Lost) = b"lost",
+        /// What NVML reported for every GPU at one instant.
+        Nvml(NvmlSample) = b"nvml",
+        /// Last line: counts and the digest of every byte before it.
+        Footer(Footer) = b"footer",
+    }
+}
+
 impl Record {
-    /// The `type` tag of this record, as written in the file.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Record::Header(_) => "header",
-            Record::Process(_) => "process",
-            Record::Stack(_) => "stack",
-            Record::Alloc(_) => "alloc",
-            Record::Free(_) => "free",
-            Record::Failed(_) => "failed",
-            Record::VmmCreate(_) => "vmm_create",
-            Record::VmmRelease(_) => "vmm_release",
-            Record::VmmMap(_) => "vmm_map",
-            Record::VmmUnmap(_) => "vmm_unmap",
-            Record::Reserve(_) => "reserve",
-            Record::Unreserve(_) => "unreserve",
-            Record::PoolCreate(_) => "pool_create",
-            Record::PoolDestroy(_) => "pool_destroy",
-            Record::PoolTrim(_) => "pool_trim",
-            Record::PoolAttr(_) => "pool_attr",
-            Record::Sync(_) => "sync",
-            Record::GraphAllocNode(_) => "graph_alloc_node",
-            Record::GraphFreeNode(_) => "graph_free_node",
-            Record::GraphInstantiate(_) => "graph_instantiate",
-            Record::GraphLaunch(_) => "graph_launch",
-            Record::GraphDestroy(_) => "graph_destroy",
-            Record::GraphMemTrim(_) => "graph_mem_trim",
-            Record::GraphMemAttr(_) => "graph_mem_attr",
-            Record::CtxCreate(_) => "ctx_create",
-            Record::CtxDestroy(_) => "ctx_destroy",
-            Record::CtxCurrent(_) => "ctx_current",
-            Record::Copy(_) => "copy",
-            Record::Export(_) => "export",
-            Record::Import(_) => "import",
-            Record::ImportClose(_) => "import_close",
-            Record::Retain(_) => "retain",
-            Record::MulticastCreate(_) => "multicast_create",
-            Record::MulticastBind(_) => "multicast_bind",
-            Record::MulticastUnbind(_) => "multicast_unbind",
-            Record::ArrayMap(_) => "array_map",
-            Record::ArrayUnmap(_) => "array_unmap",
-            Record::Unreturned(_) => "unreturned",
-            Record::Exit(_) => "exit",
-            Record::Lost(_) => "lost",
-            Record::Nvml(_) => "nvml",
-            Record::Footer(_) => "footer",
-        }
-    }
-
-    /// The driver call this record describes, if it is one.
-    pub fn call(&self) -> Option<&Call> {
-        with_call!(self, c => Some(c), _ => None)
-    }
-
-    /// [`Record::call`], to change it.
-    pub fn call_mut(&mut self) -> Option<&mut Call> {
-        with_call!(self, c => Some(c), _ => None)
-    }
-
     /// The time of the record on the trace's clock, for those that have one.
     pub fn ts_ns(&self) -> Option<u64> {
         match self {

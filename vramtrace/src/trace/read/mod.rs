@@ -24,51 +24,7 @@ use super::record::{
     Stack,
 };
 
-/// Every `type` that [`Record::kind`] returns, in declaration order.
-pub const RECORD_TYPES: [&str; 42] = [
-    "header",
-    "process",
-    "stack",
-    "alloc",
-    "free",
-    "failed",
-    "vmm_create",
-    "vmm_release",
-    "vmm_map",
-    "vmm_unmap",
-    "reserve",
-    "unreserve",
-    "pool_create",
-    "pool_destroy",
-    "pool_trim",
-    "ctx_create",
-    "ctx_destroy",
-    "ctx_current",
-    "copy",
-    "unreturned",
-    "exit",
-    "lost",
-    "nvml",
-    "footer",
-    "pool_attr",
-    "sync",
-    "export",
-    "import",
-    "import_close",
-    "retain",
-    "graph_alloc_node",
-    "graph_free_node",
-    "graph_instantiate",
-    "graph_launch",
-    "graph_destroy",
-    "graph_mem_trim",
-    "graph_mem_attr",
-    "multicast_create",
-    "multicast_bind",
-    "multicast_unbind",
-    "array_map",
-    "array_unmap",
-];
+pub use super::record::RECORD_TYPES;
 
 /// A longer line is garbage, not a record (the deepest stack is a few tens of KiB): it is
 /// skipped rather than buffered whole.
@@ -632,7 +588,7 @@ impl<R: BufRead> TraceReader<R> {
                 );
             }
             Parsed::Record(rec) => {
-                self.counts.known[type_index(&rec)] += 1;
+                self.counts.known[rec.type_index()] += 1;
                 return Some((line, rec));
             }
             Parsed::Unknown(kind) => {
@@ -904,7 +860,11 @@ impl<R: BufRead> TraceReader<R> {
             return false;
         };
         let head = line.len() - rest.len();
-        let Some(empty) = self.names.get(api).and_then(|api| empty_call(tag, api)) else {
+        let Some(empty) = self
+            .names
+            .get(api)
+            .and_then(|api| Record::empty_call(tag, api))
+        else {
             return false;
         };
         // Filled where it lies in the batch: a record is a few hundred bytes.
@@ -912,7 +872,7 @@ impl<R: BufRead> TraceReader<R> {
         let Some(rec) = out.last_mut() else {
             return false;
         };
-        let index = type_index(rec);
+        let index = rec.type_index();
         let Some(len) = rec
             .call_mut()
             .and_then(|call| fill_after_api(rest, &mut self.names, call))
@@ -943,54 +903,6 @@ impl<R: BufRead> std::iter::FusedIterator for TraceReader<R> {}
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', bytes)
-}
-
-/// The position of `rec`'s type in [`RECORD_TYPES`].
-fn type_index(rec: &Record) -> usize {
-    match rec {
-        Record::Header(_) => 0,
-        Record::Process(_) => 1,
-        Record::Stack(_) => 2,
-        Record::Alloc(_) => 3,
-        Record::Free(_) => 4,
-        Record::Failed(_) => 5,
-        Record::VmmCreate(_) => 6,
-        Record::VmmRelease(_) => 7,
-        Record::VmmMap(_) => 8,
-        Record::VmmUnmap(_) => 9,
-        Record::Reserve(_) => 10,
-        Record::Unreserve(_) => 11,
-        Record::PoolCreate(_) => 12,
-        Record::PoolDestroy(_) => 13,
-        Record::PoolTrim(_) => 14,
-        Record::CtxCreate(_) => 15,
-        Record::CtxDestroy(_) => 16,
-        Record::CtxCurrent(_) => 17,
-        Record::Copy(_) => 18,
-        Record::Unreturned(_) => 19,
-        Record::Exit(_) => 20,
-        Record::Lost(_) => 21,
-        Record::Nvml(_) => 22,
-        Record::Footer(_) => 23,
-        Record::PoolAttr(_) => 24,
-        Record::Sync(_) => 25,
-        Record::Export(_) => 26,
-        Record::Import(_) => 27,
-        Record::ImportClose(_) => 28,
-        Record::Retain(_) => 29,
-        Record::GraphAllocNode(_) => 30,
-        Record::GraphFreeNode(_) => 31,
-        Record::GraphInstantiate(_) => 32,
-        Record::GraphLaunch(_) => 33,
-        Record::GraphDestroy(_) => 34,
-        Record::GraphMemTrim(_) => 35,
-        Record::GraphMemAttr(_) => 36,
-        Record::MulticastCreate(_) => 37,
-        Record::MulticastBind(_) => 38,
-        Record::MulticastUnbind(_) => 39,
-        Record::ArrayMap(_) => 40,
-        Record::ArrayUnmap(_) => 41,
-    }
 }
 
 /// Lines by `type`: the known types in an array, for the price of a match per line.
@@ -1144,7 +1056,7 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
         ) -> Result<Record, serde_json::Error> {
             serde_json::from_slice::<T>(line).map(wrap)
         }
-        let parsed = match call_kind(tag) {
+        let parsed = match Record::call_kind(tag) {
             Some(wrap) => Some(as_call(line, names, wrap)),
             None => match tag {
                 b"process" => Some(as_rec::<Process>(line, Record::Process)),
@@ -1177,67 +1089,6 @@ fn parse_line(line: &[u8], names: &mut Names) -> Result<Parsed, (ProblemKind, St
             }
         }
     }
-}
-
-/// The types of call records: by the `type` of a line, the record it is, as a wrapper of
-/// its call ([`call_kind`]) and empty ([`empty_call`]).
-macro_rules! call_types {
-    ($($tag:literal => $variant:ident,)*) => {
-        /// The record a call line of type `tag` is: `None` for the types that are not calls.
-        fn call_kind(tag: &[u8]) -> Option<fn(Call) -> Record> {
-            Some(match tag {
-                $($tag => Record::$variant,)*
-                _ => return None,
-            })
-        }
-
-        /// The record of type `tag` with an empty call of `api`, to be filled where it lies.
-        #[inline(always)]
-        fn empty_call(tag: &[u8], api: ApiName) -> Option<Record> {
-            Some(match tag {
-                $($tag => Record::$variant(Call { api, ..Call::default() }),)*
-                _ => return None,
-            })
-        }
-    };
-}
-
-call_types! {
-    b"alloc" => Alloc,
-    b"free" => Free,
-    b"failed" => Failed,
-    b"vmm_create" => VmmCreate,
-    b"vmm_release" => VmmRelease,
-    b"vmm_map" => VmmMap,
-    b"vmm_unmap" => VmmUnmap,
-    b"reserve" => Reserve,
-    b"unreserve" => Unreserve,
-    b"pool_create" => PoolCreate,
-    b"pool_destroy" => PoolDestroy,
-    b"pool_trim" => PoolTrim,
-    b"pool_attr" => PoolAttr,
-    b"sync" => Sync,
-    b"graph_alloc_node" => GraphAllocNode,
-    b"graph_free_node" => GraphFreeNode,
-    b"graph_instantiate" => GraphInstantiate,
-    b"graph_launch" => GraphLaunch,
-    b"graph_destroy" => GraphDestroy,
-    b"graph_mem_trim" => GraphMemTrim,
-    b"graph_mem_attr" => GraphMemAttr,
-    b"ctx_create" => CtxCreate,
-    b"ctx_destroy" => CtxDestroy,
-    b"ctx_current" => CtxCurrent,
-    b"copy" => Copy,
-    b"export" => Export,
-    b"import" => Import,
-    b"import_close" => ImportClose,
-    b"retain" => Retain,
-    b"multicast_create" => MulticastCreate,
-    b"multicast_bind" => MulticastBind,
-    b"multicast_unbind" => MulticastUnbind,
-    b"array_map" => ArrayMap,
-    b"array_unmap" => ArrayUnmap,
-    b"unreturned" => Unreturned,
 }
 
 /// A call record: by [`fast_call`] when the line is as the writer writes it, else by serde.
