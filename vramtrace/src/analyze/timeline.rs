@@ -13,36 +13,44 @@ const BUCKETS: usize = 256;
 /// Width of a bucket to start with.
 const FIRST_WIDTH_NS: u64 = 1_000_000;
 
+/// Device, pool-held and host bytes per bucket: the three of a bucket side by side, since
+/// every note touches them together.
 #[derive(Clone, Debug, Default)]
-struct Series {
-    device: Vec<u64>,
-    pool: Vec<u64>,
-    host: Vec<u64>,
-}
+struct Series(Vec<[u64; 3]>);
 
 impl Series {
     /// Books `new` into bucket `idx`; buckets skipped on the way hold `carry`, the value
     /// before this change.
-    fn push_to(&mut self, idx: usize, carry: (u64, u64, u64), new: (u64, u64, u64)) {
-        for (v, c, n) in [
-            (&mut self.device, carry.0, new.0),
-            (&mut self.pool, carry.1, new.1),
-            (&mut self.host, carry.2, new.2),
-        ] {
-            while v.len() <= idx {
-                v.push(c);
-            }
-            v[idx] = v[idx].max(n);
+    #[inline(always)]
+    fn push_to(&mut self, idx: usize, carry: [u64; 3], new: [u64; 3]) {
+        if self.0.len() <= idx {
+            self.0.resize(idx + 1, carry);
+        }
+        let b = &mut self.0[idx];
+        for (v, n) in b.iter_mut().zip(new) {
+            *v = (*v).max(n);
         }
     }
 
     fn halve(&mut self) {
-        for v in [&mut self.device, &mut self.pool, &mut self.host] {
-            *v = v
-                .chunks(2)
-                .map(|c| c.iter().copied().max().unwrap_or(0))
-                .collect();
-        }
+        self.0 = self
+            .0
+            .chunks(2)
+            .map(|c| {
+                c.iter().fold([0; 3], |m, b| {
+                    [m[0].max(b[0]), m[1].max(b[1]), m[2].max(b[2])]
+                })
+            })
+            .collect();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// One of the three series: 0 device, 1 pool-held, 2 host bytes.
+    fn column(&self, i: usize) -> Vec<u64> {
+        self.0.iter().map(|b| b[i]).collect()
     }
 }
 
@@ -52,7 +60,7 @@ struct Proc {
     comm: String,
     series: Series,
     /// The current values, carried into buckets that see no event.
-    now: (u64, u64, u64),
+    now: [u64; 3],
 }
 
 /// The timeline under construction.
@@ -126,7 +134,7 @@ impl Timeline {
             p.comm().clone_into(&mut e.comm);
         }
         let u = &p.usage;
-        let new = (u.device_bytes, u.pool_held_bytes, u.host_bytes);
+        let new = [u.device_bytes, u.pool_held_bytes, u.host_bytes];
         e.series.push_to(idx as usize, e.now, new);
         e.now = new;
     }
@@ -134,7 +142,9 @@ impl Timeline {
     /// A process's device, pool-held and host bytes as last noted.
     #[cfg(test)]
     pub(crate) fn now(&self, proc: u32) -> Option<(u64, u64, u64)> {
-        self.procs.get(&proc).map(|p| p.now)
+        self.procs
+            .get(&proc)
+            .map(|p| (p.now[0], p.now[1], p.now[2]))
     }
 
     /// The timeline, every series as long as the longest.
@@ -142,19 +152,18 @@ impl Timeline {
         let len = self
             .procs
             .values()
-            .map(|p| p.series.device.len())
+            .map(|p| p.series.len())
             .max()
             .unwrap_or(0);
         let processes = self
             .procs
             .into_iter()
             .map(|(proc, mut p)| {
-                if p.series.device.len() < len {
+                if p.series.len() < len {
                     p.series.push_to(len - 1, p.now, p.now);
                 }
-                let peak = p
-                    .series
-                    .device
+                let device = p.series.column(0);
+                let peak = device
                     .iter()
                     .enumerate()
                     .max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i)))
@@ -164,9 +173,9 @@ impl Timeline {
                     proc,
                     pid: p.pid,
                     comm: p.comm,
-                    device_bytes: p.series.device,
-                    pool_held_bytes: p.series.pool,
-                    host_bytes: p.series.host,
+                    device_bytes: device,
+                    pool_held_bytes: p.series.column(1),
+                    host_bytes: p.series.column(2),
                     classes: BTreeMap::new(),
                     peak_bucket: peak,
                 }
