@@ -45,9 +45,14 @@ macro_rules! records {
             $($after,)*
         }
 
+        /// The `type` tags, in declaration order.
+        const TAGS: &[&str] = &[$(tag_str($btag),)* $(tag_str($ctag),)* $(tag_str($atag),)*];
+
         /// Every `type` that [`Record::kind`] returns, in declaration order.
-        pub const RECORD_TYPES: [&str; [$(tag_str($btag),)* $(tag_str($ctag),)* $(tag_str($atag),)*].len()] =
-            [$(tag_str($btag),)* $(tag_str($ctag),)* $(tag_str($atag),)*];
+        pub const RECORD_TYPES: [&str; TAGS.len()] = match TAGS.first_chunk() {
+            Some(all) => *all,
+            None => unreachable!(),
+        };
 
         impl Record {
             /// The `type` tag of this record, as written in the file.
@@ -175,7 +180,8 @@ records! {
         CtxCreate = b"ctx_create",
         /// `cuCtxDestroy*`, `cuDevicePrimaryCtxRelease*`.
         CtxDestroy = b"ctx_destroy",
-        /// `cuCtxSetCurrent`, `cuCtxPushCurrent*`, `cuCtxPopCurrent*`: the thread's current context.
+        /// `cuCtxSetCurrent`, `cuCtxPushCurrent*`, `cuCtxPopCurrent*`: the thread's current
+        /// context.
         CtxCurrent = b"ctx_current",
         /// Host-to-device copy: the destination range only.
         Copy = b"copy",
