@@ -860,18 +860,19 @@ impl<R: BufRead> TraceReader<R> {
             return false;
         };
         let head = line.len() - rest.len();
-        let Some(empty) = self
-            .names
-            .get(api)
-            .and_then(|api| Record::empty_call(tag, api))
-        else {
+        let Some(api) = self.names.get(api) else {
             return false;
         };
-        // Filled where it lies in the batch: a record is a few hundred bytes.
-        out.push(empty);
-        let Some(rec) = out.last_mut() else {
+        // Made where it lies in the batch, not moved there: a record is a few hundred bytes,
+        // and a move is a copy.
+        out.reserve(1);
+        let Some(slot) = out.spare_capacity_mut().first_mut() else {
             return false;
         };
+        let Some(empty) = Record::empty_call(tag, api) else {
+            return false;
+        };
+        let rec = slot.write(empty);
         let index = rec.type_index();
         let Some(len) = rec
             .call_mut()
@@ -879,9 +880,14 @@ impl<R: BufRead> TraceReader<R> {
             .map(|tail| head + tail)
             .filter(|&len| len <= MAX_LINE)
         else {
-            out.pop();
+            // SAFETY: `slot` was initialized by `write` above and is not part of `out`: it
+            // is dropped here once, and `out` never sees it.
+            unsafe { slot.assume_init_drop() };
             return false;
         };
+        // SAFETY: the first spare slot, the one at `out.len()`, was initialized by `write`
+        // above; the capacity was reserved for it.
+        unsafe { out.set_len(out.len() + 1) };
         self.counts.known[index] += 1;
         self.pos += len;
         self.lines += 1;
@@ -945,19 +951,47 @@ impl Counts {
 /// each is looked up here, by this reader alone, rather than in [`ApiName`]'s table, which
 /// every reader shares behind a lock.
 #[derive(Default)]
-struct Names(Vec<ApiName>);
+struct Names(Vec<(NameKey, ApiName)>);
+
+/// A name's length with its first and last eight bytes (which overlap when it is shorter
+/// than 16): the whole of a name of 8 to 16 bytes (most entry points), told apart in two
+/// comparisons of words instead of a call to compare bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NameKey(usize, u64, u64);
+
+impl NameKey {
+    fn of(bytes: &[u8]) -> NameKey {
+        let n = bytes.len();
+        match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+            (Some(first), Some(last)) => {
+                NameKey(n, u64::from_le_bytes(*first), u64::from_le_bytes(*last))
+            }
+            _ => NameKey(n, 0, 0),
+        }
+    }
+
+    /// Whether the key alone says that the name is the one it was made from.
+    fn whole(self) -> bool {
+        (8..=16).contains(&self.0)
+    }
+}
 
 impl Names {
     /// More distinct names than any driver exports: past this, names are not kept.
     const MAX: usize = 512;
 
     fn get(&mut self, bytes: &[u8]) -> Option<ApiName> {
-        if let Some(name) = self.0.iter().find(|n| n.as_bytes() == bytes) {
+        let key = NameKey::of(bytes);
+        if let Some((_, name)) = self
+            .0
+            .iter()
+            .find(|(k, n)| *k == key && (key.whole() || n.as_bytes() == bytes))
+        {
             return Some(name.clone());
         }
         let name = ApiName::new(std::str::from_utf8(bytes).ok()?);
         if self.0.len() < Self::MAX {
-            self.0.push(name.clone());
+            self.0.push((key, name.clone()));
         }
         Some(name)
     }

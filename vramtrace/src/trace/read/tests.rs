@@ -1493,3 +1493,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn names_are_told_apart_by_every_byte() {
+    // Lengths around the key's two words, names that differ only in the middle, the ends, or
+    // past sixteen bytes, where the key alone does not decide.
+    let all = [
+        "",
+        "a",
+        "cuMemAlloc",
+        "cuMemAlloc_v2",
+        "cuMemAlloc_v3",
+        "cuMemAllocAsync",
+        "cuMemXllocAsync",
+        "cuMemAllocFromPoolAsync",
+        "cuMemAllocFromPoolAsynd",
+        "cuMemAllocFromQoolAsync",
+        "cuMemAllocPitch_v2",
+        "cuMemAllocHost_v2",
+        "cuMemAllocManaged",
+        "abcdefgh",
+        "abcdefghi",
+        "abcdefghijklmnop",
+        "abcdefghijklmnoq",
+        "xbcdefghijklmnop",
+    ];
+    let mut names = Names::default();
+    for _ in 0..2 {
+        for name in all {
+            assert_eq!(
+                names.get(name.as_bytes()).map(|n| n.to_string()),
+                Some(name.into())
+            );
+        }
+    }
+    assert_eq!(names.0.len(), all.len());
+    assert!(names.get(b"\xff\xfe").is_none(), "not UTF-8: no name");
+}
