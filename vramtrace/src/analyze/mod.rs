@@ -617,11 +617,12 @@ fn process_report(p: &ProcessState, limit: usize) -> ProcessReport {
             )
         })
         .collect();
-    let total = |m: &BTreeMap<String, crate::ledger::ApiCount>| {
-        m.iter()
+    let total = |m: &crate::ledger::ApiCounts| {
+        m.to_map()
+            .into_iter()
             .map(|(api, c)| {
                 (
-                    api.clone(),
+                    api,
                     ApiTotal {
                         count: c.count,
                         bytes: c.bytes,

@@ -66,8 +66,8 @@ impl Window {
             base.insert(
                 p.proc,
                 Counts {
-                    allocs: p.allocs.clone(),
-                    frees: p.frees.clone(),
+                    allocs: p.allocs.to_map(),
+                    frees: p.frees.to_map(),
                     failed: p.failed.clone(),
                 },
             );

@@ -59,8 +59,9 @@ pub use nvml::{
     UntracedProcess,
 };
 pub use process::{
-    Anomaly, ApiCount, ExitSnapshot, FailedCount, GraphMemReport, GraphPool, HostFinding,
-    ImportedMapping, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Owner, ProcessState,
+    Anomaly, ApiCount, ApiCounts, ExitSnapshot, FailedCount, GraphMemReport, GraphPool,
+    HostFinding, ImportedMapping, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Owner,
+    ProcessState,
 };
 pub use replay::{READ_AHEAD_BATCH, Replay, Seen, Step, header_record};
 pub use usage::{Totals, Usage};

@@ -1002,7 +1002,7 @@ fn green_ctx_memory_is_the_primary_contexts() {
         "{:?}",
         p.devices
     );
-    assert!(!p.frees.contains_key("cuGreenCtxDestroy"));
+    assert!(p.frees.get("cuGreenCtxDestroy").is_none());
 
     let recs = vec![
         s.ctx_current("cuCtxSetCurrent", 0xc2),

@@ -361,7 +361,7 @@ impl ProcessState {
         Arc::make_mut(a).kept_by_importers = true;
         let bytes = a.bytes;
         Self::updated(&mut self.changes, self.proc, was, a);
-        super::count(&mut self.frees, &c.api, 1, bytes);
+        self.frees.add(&c.api, 1, bytes);
     }
 
     /// The last mapping of an allocation its owner freed closed: it ends now.

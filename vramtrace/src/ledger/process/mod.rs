@@ -40,8 +40,8 @@ use import::ImportedHandle;
 pub use import::{ImportedMapping, Owner};
 use pool::Pool;
 pub use types::{
-    Anomaly, ApiCount, ExitSnapshot, FailedCount, HostFinding, LiveAllocation, NvmlAtOom, Oom,
-    OomNeighbour,
+    Anomaly, ApiCount, ApiCounts, ExitSnapshot, FailedCount, HostFinding, LiveAllocation,
+    NvmlAtOom, Oom, OomNeighbour,
 };
 use vmm::{Mapping, VmmHandle};
 
@@ -63,9 +63,9 @@ pub struct ProcessState {
     /// Per device ordinal (`None`: unknown device). Host bytes are not booked per device.
     pub devices: BTreeMap<Option<i32>, Usage>,
     /// Successful allocations per entry point (`cuMemCreate` included).
-    pub allocs: BTreeMap<String, ApiCount>,
+    pub allocs: ApiCounts,
     /// Frees per entry point (`cuMemRelease`, and context destruction for what it freed).
-    pub frees: BTreeMap<String, ApiCount>,
+    pub frees: ApiCounts,
     /// Every allocation that became live (each `Change::Started`): the figure that ends
     /// and live bytes add up to.
     pub started: ApiCount,
@@ -140,26 +140,6 @@ pub struct ProcessState {
     classes_peak_bytes: u64,
     /// What the record being applied changed so far; the Ledger takes them after each record.
     pub(crate) changes: Vec<Change>,
-}
-
-/// Adds `calls` and `bytes` to the counter of entry point `api`: one lookup, and its name
-/// allocated only the first time.
-fn count(counts: &mut BTreeMap<String, ApiCount>, api: &str, calls: u64, bytes: u64) {
-    match counts.get_mut(api) {
-        Some(e) => {
-            e.count += calls;
-            e.bytes = e.bytes.saturating_add(bytes);
-        }
-        None => {
-            counts.insert(
-                api.to_owned(),
-                ApiCount {
-                    count: calls,
-                    bytes,
-                },
-            );
-        }
-    }
 }
 
 fn class_of(mem: Mem) -> Held {
@@ -511,11 +491,11 @@ impl ProcessState {
     }
 
     fn count_alloc(&mut self, api: &str, bytes: u64) {
-        count(&mut self.allocs, api, 1, bytes);
+        self.allocs.add(api, 1, bytes);
     }
 
     fn count_free(&mut self, api: &str, calls: u64, bytes: u64) {
-        count(&mut self.frees, api, calls, bytes);
+        self.frees.add(api, calls, bytes);
     }
 
     fn new_alloc(&self, c: &Call, mem: Mem, bytes: u64) -> LiveAllocation {

@@ -247,6 +247,64 @@ pub struct ApiCount {
     pub bytes: u64,
 }
 
+/// Calls and bytes per entry point. A trace names a handful of entry points millions of
+/// times, each by the one text its [`ApiName`] shares: that is found by address before any
+/// text is compared.
+#[derive(Clone, Debug, Default)]
+pub struct ApiCounts(Vec<(ApiName, ApiCount)>);
+
+impl ApiCounts {
+    /// Adds `calls` and `bytes` to the counter of entry point `api`.
+    pub(crate) fn add(&mut self, api: &str, calls: u64, bytes: u64) {
+        let same = |n: &ApiName| std::ptr::eq(n.as_str(), api);
+        let i = match self.0.iter().position(|(n, _)| same(n)) {
+            Some(i) => i,
+            None => match self.0.iter().position(|(n, _)| n.as_str() == api) {
+                Some(i) => i,
+                None => {
+                    self.0.push((ApiName::new(api), ApiCount::default()));
+                    self.0.len() - 1
+                }
+            },
+        };
+        let c = &mut self.0[i].1;
+        c.count += calls;
+        c.bytes = c.bytes.saturating_add(bytes);
+    }
+
+    /// The counter of entry point `api`.
+    pub fn get(&self, api: &str) -> Option<&ApiCount> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.as_str() == api)
+            .map(|(_, c)| c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The counters, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &ApiCount> {
+        self.0.iter().map(|(_, c)| c)
+    }
+
+    /// The counters by entry point, in the order of the names.
+    pub fn to_map(&self) -> BTreeMap<String, ApiCount> {
+        self.0.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+    }
+}
+
+impl std::ops::Index<&str> for ApiCounts {
+    type Output = ApiCount;
+
+    /// The counter of entry point `api`; panics when it has none.
+    fn index(&self, api: &str) -> &ApiCount {
+        self.get(api)
+            .unwrap_or_else(|| panic!("no calls of {api} are counted"))
+    }
+}
+
 /// Failed calls of one entry point.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FailedCount {
