@@ -63,6 +63,93 @@ pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) ->
     (rest.get(end) == Some(&b'\n')).then_some(end + 1)
 }
 
+/// [`fill_after_api`] for a line whose keys come in the writer's order (that of [`Call`]'s
+/// fields, the absent ones left out), nearly every line of a trace: each key is compared
+/// with the one literal expected there, in a straight line, instead of being looked up
+/// among all of them. `None` for a line in any other order, which [`fill_after_api`] reads.
+#[inline(always)]
+pub(super) fn fill_in_order(rest: &[u8], names: &mut Names, call: &mut Call) -> Option<usize> {
+    let mut cur = Cursor { bytes: rest, at: 0 };
+    cur.key(b",\"proc\":")?;
+    call.proc = cur.unsigned()?.try_into().ok()?;
+    cur.key(b",\"pid\":")?;
+    call.pid = cur.unsigned()?.try_into().ok()?;
+    cur.key(b",\"tid\":")?;
+    call.tid = cur.unsigned()?.try_into().ok()?;
+    cur.key(b",\"ts_ns\":")?;
+    call.ts_ns = cur.unsigned()?;
+    cur.key(b",\"dur_ns\":")?;
+    call.dur_ns = cur.unsigned()?;
+    cur.key(b",\"ret\":")?;
+    call.ret = cur.signed()?.try_into().ok()?;
+    if cur.key(b",\"bytes\":").is_some() {
+        call.bytes = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"addr\":").is_some() {
+        call.addr = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"mem\":").is_some() {
+        call.mem = Some(mem_kind(cur.raw_string()?)?);
+    }
+    if cur.key(b",\"handle\":").is_some() {
+        call.handle = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"device\":").is_some() {
+        call.device = Some(cur.signed()?.try_into().ok()?);
+    }
+    if cur.key(b",\"pool\":").is_some() {
+        call.pool = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"stream\":").is_some() {
+        call.stream = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"offset\":").is_some() {
+        call.offset = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"flags\":").is_some() {
+        call.flags = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"pitch\":").is_some() {
+        call.pitch = Some(cur.unsigned()?);
+    }
+    if cur.key(b",\"stack\":").is_some() {
+        call.stack = Some(cur.unsigned()?.try_into().ok()?);
+    }
+    if cur.key(b",\"src_mem\":").is_some() {
+        call.src_mem = Some(copy_src(cur.raw_string()?)?);
+    }
+    if cur.key(b",\"src\":").is_some() {
+        call.src = Some(cur.unsigned()?);
+    }
+    cur.key(b"}\n")?;
+    Some(cur.at)
+}
+
+fn mem_kind(name: &[u8]) -> Option<Mem> {
+    Some(match name {
+        b"device" => Mem::Device,
+        b"device_async" => Mem::DeviceAsync,
+        b"array" => Mem::Array,
+        b"vmm_device" => Mem::VmmDevice,
+        b"vmm_host" => Mem::VmmHost,
+        b"managed" => Mem::Managed,
+        b"host_pinned" => Mem::HostPinned,
+        b"host_registered" => Mem::HostRegistered,
+        b"graph" => Mem::Graph,
+        _ => return None,
+    })
+}
+
+fn copy_src(name: &[u8]) -> Option<CopySrc> {
+    Some(match name {
+        b"host" => CopySrc::Host,
+        b"device" => CopySrc::Device,
+        b"array" => CopySrc::Array,
+        b"unified" => CopySrc::Unified,
+        _ => return None,
+    })
+}
+
 /// The keys of a call line from `cur` on, those in `seen` already read, to its closing
 /// brace: where in `cur`'s bytes the line goes on after it.
 #[inline(always)]
@@ -109,18 +196,7 @@ fn fill_keys(
                 call.addr = Some(cur.unsigned()?);
             }
             MEM => {
-                call.mem = Some(match cur.raw_string()? {
-                    b"device" => Mem::Device,
-                    b"device_async" => Mem::DeviceAsync,
-                    b"array" => Mem::Array,
-                    b"vmm_device" => Mem::VmmDevice,
-                    b"vmm_host" => Mem::VmmHost,
-                    b"managed" => Mem::Managed,
-                    b"host_pinned" => Mem::HostPinned,
-                    b"host_registered" => Mem::HostRegistered,
-                    b"graph" => Mem::Graph,
-                    _ => return None,
-                });
+                call.mem = Some(mem_kind(cur.raw_string()?)?);
             }
             HANDLE => {
                 call.handle = Some(cur.unsigned()?);
@@ -150,13 +226,7 @@ fn fill_keys(
                 call.src = Some(cur.unsigned()?);
             }
             SRC_MEM => {
-                call.src_mem = Some(match cur.raw_string()? {
-                    b"host" => CopySrc::Host,
-                    b"device" => CopySrc::Device,
-                    b"array" => CopySrc::Array,
-                    b"unified" => CopySrc::Unified,
-                    _ => return None,
-                });
+                call.src_mem = Some(copy_src(cur.raw_string()?)?);
             }
             _ => unreachable!("call_key returns no other index"),
         }
@@ -217,6 +287,13 @@ impl<'a> Cursor<'a> {
         let b = *self.bytes.get(self.at)?;
         self.at += 1;
         Some(b)
+    }
+
+    /// Steps over `lit` when the bytes at the cursor are `lit`.
+    #[inline(always)]
+    fn key<const N: usize>(&mut self, lit: &[u8; N]) -> Option<()> {
+        let at = self.bytes.get(self.at..)?.first_chunk::<N>()?;
+        (at == lit).then(|| self.at += N)
     }
 
     fn eat(&mut self, want: u8) -> Option<()> {

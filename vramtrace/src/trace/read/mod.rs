@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 mod fast;
 
-use fast::{fast_call, fill_after_api, leading_api, leading_tag};
+use fast::{fast_call, fill_after_api, fill_in_order, leading_api, leading_tag};
 
 use super::digest::{Algorithm, Hasher};
 use super::name::ApiName;
@@ -876,7 +876,16 @@ impl<R: BufRead> TraceReader<R> {
         let index = rec.type_index();
         let Some(len) = rec
             .call_mut()
-            .and_then(|call| fill_after_api(rest, &mut self.names, call))
+            .and_then(|call| {
+                fill_in_order(rest, &mut self.names, call).or_else(|| {
+                    // Keys in another order: the call is read again from the start.
+                    *call = Call {
+                        api: call.api.clone(),
+                        ..Call::default()
+                    };
+                    fill_after_api(rest, &mut self.names, call)
+                })
+            })
             .map(|tail| head + tail)
             .filter(|&len| len <= MAX_LINE)
         else {
