@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::leaks::{LeakReport, LeakTracker};
 use super::timeline::{Timeline, TimelineReport};
 use crate::api::cuda_error_name;
-use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNeighbour, Phase};
+use crate::ledger::{Change, Class, Ledger, LiveAllocation, NvmlAtOom, Oom, OomNeighbour};
 use crate::site::{Site, SiteKey};
 use crate::trace::{Mem, Record, Stack};
 
@@ -212,9 +212,6 @@ pub struct Collector {
     /// Per failure: device bytes and allocations held by each stack then (all of them, not
     /// only the top ones), to weigh the leak suspects once they are known.
     oom_stacks: Vec<Vec<Held>>,
-    /// Per process, once its load phase is over: the latest time its device bytes were at
-    /// their lowest since then (bytes, time).
-    lows: HashMap<u32, (u64, u64)>,
     pub(super) leaks: LeakTracker,
     pub(super) timeline: Timeline,
 }
@@ -232,7 +229,6 @@ impl Collector {
             top: top.max(1),
             ooms: Vec::new(),
             oom_stacks: Vec::new(),
-            lows: HashMap::default(),
             leaks: LeakTracker::default(),
             timeline: Timeline::default(),
         }
@@ -261,13 +257,6 @@ impl Collector {
         };
         let ts = p.last_ts_ns.unwrap_or(0);
         self.timeline.note(p, ts);
-        if p.classifier.phase != Phase::Load && !p.exited() {
-            let now = p.usage.device_bytes;
-            let low = self.lows.entry(proc).or_insert((now, ts));
-            if now <= low.0 {
-                *low = (now, ts);
-            }
-        }
     }
 
     /// The explanation of the Ledger's OOM `oom` in process `proc`, and what each stack held
@@ -314,7 +303,7 @@ impl Collector {
         e.peak_before_bytes = usage.peak_device_bytes;
         e.peak_before_ts_ns = usage.peak_device_ts_ns;
 
-        let mut since = self.lows.get(&proc).map(|&(b, ts)| SinceLow {
+        let mut since = self.timeline.low(proc).map(|(b, ts)| SinceLow {
             low_ts_ns: ts,
             low_bytes: b,
             ..Default::default()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::ProcessState;
+use crate::ledger::{Phase, ProcessState};
 
 /// Buckets per series; merged pairwise when full.
 const BUCKETS: usize = 256;
@@ -61,6 +61,9 @@ struct Proc {
     series: Series,
     /// The current values, carried into buckets that see no event.
     now: [u64; 3],
+    /// Once its load phase is over: the latest time its device bytes were at their lowest
+    /// since then (bytes, time).
+    low: Option<(u64, u64)>,
 }
 
 /// The timeline under construction.
@@ -71,7 +74,10 @@ pub struct Timeline {
     /// The bucket of the last note and the times it covers, `[from, to)`: most notes fall in
     /// the same one, and need no division to find it.
     last_bucket: (u64, u64, u64),
-    procs: BTreeMap<u32, Proc>,
+    /// By process, in order; `last` is the index of the one noted last, which the next note
+    /// is most often about.
+    procs: Vec<(u32, Proc)>,
+    last: usize,
 }
 
 /// One process over time.
@@ -115,7 +121,7 @@ impl Timeline {
             let mut idx = ts.saturating_sub(start) / self.width_ns;
             while idx >= BUCKETS as u64 {
                 self.width_ns = self.width_ns.saturating_mul(2);
-                for q in self.procs.values_mut() {
+                for (_, q) in &mut self.procs {
                     q.series.halve();
                 }
                 idx = ts.saturating_sub(start) / self.width_ns;
@@ -125,11 +131,7 @@ impl Timeline {
             self.last_bucket = (idx, from, from.saturating_add(self.width_ns));
             idx
         };
-        let e = self.procs.entry(p.proc).or_insert_with(|| Proc {
-            pid: p.pid,
-            comm: p.comm().to_owned(),
-            ..Proc::default()
-        });
+        let e = self.proc_mut(p);
         if e.comm == "?" {
             p.comm().clone_into(&mut e.comm);
         }
@@ -137,22 +139,60 @@ impl Timeline {
         let new = [u.device_bytes, u.pool_held_bytes, u.host_bytes];
         e.series.push_to(idx as usize, e.now, new);
         e.now = new;
+        if p.classifier.phase != Phase::Load && !p.exited() {
+            let low = e.low.get_or_insert((u.device_bytes, ts));
+            if u.device_bytes <= low.0 {
+                *low = (u.device_bytes, ts);
+            }
+        }
+    }
+
+    /// The timeline of process `p`, made when it is new.
+    fn proc_mut(&mut self, p: &ProcessState) -> &mut Proc {
+        let at = match self.procs.get(self.last) {
+            Some((proc, _)) if *proc == p.proc => self.last,
+            _ => match self.procs.binary_search_by_key(&p.proc, |(proc, _)| *proc) {
+                Ok(at) => at,
+                Err(at) => {
+                    let new = Proc {
+                        pid: p.pid,
+                        comm: p.comm().to_owned(),
+                        ..Proc::default()
+                    };
+                    self.procs.insert(at, (p.proc, new));
+                    at
+                }
+            },
+        };
+        self.last = at;
+        &mut self.procs[at].1
+    }
+
+    fn proc(&self, proc: u32) -> Option<&Proc> {
+        self.procs
+            .binary_search_by_key(&proc, |(p, _)| *p)
+            .ok()
+            .map(|at| &self.procs[at].1)
+    }
+
+    /// Once process `proc`'s load phase is over: the latest time its device bytes were at
+    /// their lowest since then (bytes, time).
+    pub fn low(&self, proc: u32) -> Option<(u64, u64)> {
+        self.proc(proc)?.low
     }
 
     /// A process's device, pool-held and host bytes as last noted.
     #[cfg(test)]
     pub(crate) fn now(&self, proc: u32) -> Option<(u64, u64, u64)> {
-        self.procs
-            .get(&proc)
-            .map(|p| (p.now[0], p.now[1], p.now[2]))
+        self.proc(proc).map(|p| (p.now[0], p.now[1], p.now[2]))
     }
 
     /// The timeline, every series as long as the longest.
     pub fn report(self) -> TimelineReport {
         let len = self
             .procs
-            .values()
-            .map(|p| p.series.len())
+            .iter()
+            .map(|(_, p)| p.series.len())
             .max()
             .unwrap_or(0);
         let processes = self

@@ -68,7 +68,7 @@ pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) ->
 /// with the one literal expected there, in a straight line, instead of being looked up
 /// among all of them. `None` for a line in any other order, which [`fill_after_api`] reads.
 #[inline(always)]
-pub(super) fn fill_in_order(rest: &[u8], names: &mut Names, call: &mut Call) -> Option<usize> {
+pub(super) fn fill_in_order(rest: &[u8], call: &mut Call) -> Option<usize> {
     let mut cur = Cursor { bytes: rest, at: 0 };
     cur.key(b",\"proc\":")?;
     call.proc = cur.unsigned()?.try_into().ok()?;

@@ -877,7 +877,7 @@ impl<R: BufRead> TraceReader<R> {
         let Some(len) = rec
             .call_mut()
             .and_then(|call| {
-                fill_in_order(rest, &mut self.names, call).or_else(|| {
+                fill_in_order(rest, call).or_else(|| {
                     // Keys in another order: the call is read again from the start.
                     *call = Call {
                         api: call.api.clone(),

@@ -1403,7 +1403,7 @@ proptest! {
             return Ok(());
         };
         let mut fast = Call { api, ..Call::default() };
-        if let Some(len) = super::fast::fill_in_order(rest, &mut names, &mut fast) {
+        if let Some(len) = super::fast::fill_in_order(rest, &mut fast) {
             prop_assert_eq!(len, rest.len(), "the rest of the line, its newline included");
             let slow = serde_json::from_slice::<Call>(&line);
             prop_assert!(slow.is_ok(), "{}: {:?}", String::from_utf8_lossy(&line), slow);
