@@ -357,14 +357,20 @@ pub(super) fn leading_tag(line: &[u8]) -> Option<&[u8]> {
 /// comes right after the type, as the writer writes it: `{"type":"KIND","api":"NAME"`; and
 /// the rest of the line after it.
 pub(super) fn leading_api<'a>(line: &'a [u8], tag: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
-    const KEY: &[u8] = b"\",\"api\":";
-    let rest = line.get(TYPE_PREFIX.len() + tag.len()..)?;
     let mut cur = Cursor {
-        bytes: rest.strip_prefix(KEY)?,
+        bytes: api_value(line, tag)?,
         at: 0,
     };
     let name = cur.raw_string()?;
     Some((name, &cur.bytes[cur.at..]))
+}
+
+/// What follows the `api` key of a call line of type `tag` (from [`leading_tag`]) when it
+/// comes right after the type: its value, from its opening quote on.
+#[inline(always)]
+pub(super) fn api_value<'a>(line: &'a [u8], tag: &[u8]) -> Option<&'a [u8]> {
+    const KEY: &[u8] = b"\",\"api\":";
+    line.get(TYPE_PREFIX.len() + tag.len()..)?.strip_prefix(KEY)
 }
 
 /// The run of ASCII digits that starts `rest`: its value and length; `None` when the value

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 mod fast;
 
-use fast::{fast_call, fill_after_api, fill_in_order, leading_api, leading_tag};
+use fast::{api_value, fast_call, fill_after_api, fill_in_order, leading_api, leading_tag};
 
 use super::digest::{Algorithm, Hasher};
 use super::name::ApiName;
@@ -856,13 +856,15 @@ impl<R: BufRead> TraceReader<R> {
         let Some(tag) = leading_tag(line) else {
             return false;
         };
-        let Some((api, rest)) = leading_api(line, tag) else {
+        // A name seen before is known by its first bytes; a new one is read and learnt.
+        let known = api_value(line, tag).and_then(|value| self.names.known_at(value));
+        let Some((api, rest)) = known.or_else(|| {
+            let (name, rest) = leading_api(line, tag)?;
+            Some((self.names.get(name)?, rest))
+        }) else {
             return false;
         };
         let head = line.len() - rest.len();
-        let Some(api) = self.names.get(api) else {
-            return false;
-        };
         // Made where it lies in the batch, not moved there: a record is a few hundred bytes,
         // and a move is a copy.
         out.reserve(1);
@@ -960,7 +962,7 @@ impl Counts {
 /// each is looked up here, by this reader alone, rather than in [`ApiName`]'s table, which
 /// every reader shares behind a lock.
 #[derive(Default)]
-struct Names(Vec<(NameKey, ApiName)>);
+struct Names(Vec<(NameKey, ApiName, Option<Quoted>)>);
 
 /// A name's length with its first and last eight bytes (which overlap when it is shorter
 /// than 16): the whole of a name of 8 to 16 bytes (most entry points), told apart in two
@@ -985,24 +987,73 @@ impl NameKey {
     }
 }
 
+/// A name of at most 15 bytes with its closing quote, as two words and the masks of their
+/// bytes that it fills: a JSON string value that starts with it is that name, whatever
+/// follows, with no need to look for where the string ends.
+#[derive(Clone, Copy)]
+struct Quoted {
+    words: [u64; 2],
+    masks: [u64; 2],
+}
+
+impl Quoted {
+    fn of(name: &[u8]) -> Option<Quoted> {
+        let mut bytes = [0u8; 16];
+        let mut mask = [0u8; 16];
+        bytes
+            .get_mut(..name.len() + 1)?
+            .copy_from_slice(&[name, b"\""].concat());
+        mask[..name.len() + 1].fill(0xff);
+        let word = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default())
+        };
+        Some(Quoted {
+            words: [word(&bytes, 0), word(&bytes, 1)],
+            masks: [word(&mask, 0), word(&mask, 1)],
+        })
+    }
+
+    #[inline(always)]
+    fn starts(&self, at: [u64; 2]) -> bool {
+        at[0] & self.masks[0] == self.words[0] && at[1] & self.masks[1] == self.words[1]
+    }
+}
+
 impl Names {
     /// More distinct names than any driver exports: past this, names are not kept.
     const MAX: usize = 512;
 
     fn get(&mut self, bytes: &[u8]) -> Option<ApiName> {
         let key = NameKey::of(bytes);
-        if let Some((_, name)) = self
+        if let Some((_, name, _)) = self
             .0
             .iter()
-            .find(|(k, n)| *k == key && (key.whole() || n.as_bytes() == bytes))
+            .find(|(k, n, _)| *k == key && (key.whole() || n.as_bytes() == bytes))
         {
             return Some(name.clone());
         }
         let name = ApiName::new(std::str::from_utf8(bytes).ok()?);
         if self.0.len() < Self::MAX {
-            self.0.push((key, name.clone()));
+            self.0.push((key, name.clone(), Quoted::of(bytes)));
         }
         Some(name)
+    }
+
+    /// The name already read that the string value `value` (from its opening quote, with at
+    /// least 16 bytes after it) holds, and the rest after its closing quote.
+    #[inline(always)]
+    fn known_at<'a>(&self, value: &'a [u8]) -> Option<(ApiName, &'a [u8])> {
+        let inner = value.strip_prefix(b"\"")?;
+        let first = inner.first_chunk::<16>()?;
+        let at = [
+            u64::from_le_bytes(first[..8].try_into().ok()?),
+            u64::from_le_bytes(first[8..].try_into().ok()?),
+        ];
+        let (_, name, _) = self
+            .0
+            .iter()
+            .find(|(_, _, q)| q.is_some_and(|q| q.starts(at)))?;
+        Some((name.clone(), inner.get(name.len() + 1..)?))
     }
 }
 

@@ -1587,4 +1587,23 @@ fn names_are_told_apart_by_every_byte() {
     }
     assert_eq!(names.0.len(), all.len());
     assert!(names.get(b"\xff\xfe").is_none(), "not UTF-8: no name");
+    // A string value that starts with a known name and its closing quote is that name; one
+    // of more than 15 bytes is read as a string instead.
+    for name in all {
+        let value = format!("\"{name}\",\"proc\":1,\"pid\":2,\"tid\":3}}\n");
+        let found = names.known_at(value.as_bytes());
+        if name.len() <= 15 {
+            let (api, rest) = found.expect("a known name");
+            assert_eq!(
+                (api.as_str(), rest),
+                (name, &value.as_bytes()[name.len() + 2..])
+            );
+        } else {
+            assert!(found.is_none(), "{name}");
+        }
+    }
+    for unknown in ["cuMemAlloc_v", "cuMemAlloc_v2x", "cuMemAllocAsynd", "b"] {
+        let value = format!("\"{unknown}\",\"proc\":1,\"pid\":2,\"tid\":3}}\n");
+        assert!(names.known_at(value.as_bytes()).is_none(), "{unknown}");
+    }
 }
