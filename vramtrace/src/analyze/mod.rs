@@ -4,6 +4,7 @@
 //! The input is any iterator of records plus, optionally, what the reader found out about
 //! the file ([`ReadStatus`]), so this module does not depend on how the file was read.
 
+mod by_proc;
 mod filter;
 mod leaks;
 pub mod postmortem;

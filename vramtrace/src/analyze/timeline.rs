@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::by_proc::ByProc;
 use crate::ledger::{Phase, ProcessState};
 
 /// Buckets per series; merged pairwise when full.
@@ -74,10 +75,7 @@ pub struct Timeline {
     /// The bucket of the last note and the times it covers, `[from, to)`: most notes fall in
     /// the same one, and need no division to find it.
     last_bucket: (u64, u64, u64),
-    /// By process, in order; `last` is the index of the one noted last, which the next note
-    /// is most often about.
-    procs: Vec<(u32, Proc)>,
-    last: usize,
+    procs: ByProc<Proc>,
 }
 
 /// One process over time.
@@ -121,7 +119,7 @@ impl Timeline {
             let mut idx = ts.saturating_sub(start) / self.width_ns;
             while idx >= BUCKETS as u64 {
                 self.width_ns = self.width_ns.saturating_mul(2);
-                for (_, q) in &mut self.procs {
+                for q in self.procs.values_mut() {
                     q.series.halve();
                 }
                 idx = ts.saturating_sub(start) / self.width_ns;
@@ -149,42 +147,23 @@ impl Timeline {
 
     /// The timeline of process `p`, made when it is new.
     fn proc_mut(&mut self, p: &ProcessState) -> &mut Proc {
-        let at = match self.procs.get(self.last) {
-            Some((proc, _)) if *proc == p.proc => self.last,
-            _ => match self.procs.binary_search_by_key(&p.proc, |(proc, _)| *proc) {
-                Ok(at) => at,
-                Err(at) => {
-                    let new = Proc {
-                        pid: p.pid,
-                        comm: p.comm().to_owned(),
-                        ..Proc::default()
-                    };
-                    self.procs.insert(at, (p.proc, new));
-                    at
-                }
-            },
-        };
-        self.last = at;
-        &mut self.procs[at].1
-    }
-
-    fn proc(&self, proc: u32) -> Option<&Proc> {
-        self.procs
-            .binary_search_by_key(&proc, |(p, _)| *p)
-            .ok()
-            .map(|at| &self.procs[at].1)
+        self.procs.get_or_insert_with(p.proc, || Proc {
+            pid: p.pid,
+            comm: p.comm().to_owned(),
+            ..Proc::default()
+        })
     }
 
     /// Once process `proc`'s load phase is over: the latest time its device bytes were at
     /// their lowest since then (bytes, time).
     pub fn low(&self, proc: u32) -> Option<(u64, u64)> {
-        self.proc(proc)?.low
+        self.procs.get(proc)?.low
     }
 
     /// A process's device, pool-held and host bytes as last noted.
     #[cfg(test)]
     pub(crate) fn now(&self, proc: u32) -> Option<(u64, u64, u64)> {
-        self.proc(proc).map(|p| (p.now[0], p.now[1], p.now[2]))
+        self.procs.get(proc).map(|p| (p.now[0], p.now[1], p.now[2]))
     }
 
     /// The timeline, every series as long as the longest.
