@@ -857,21 +857,25 @@ impl<R: BufRead> TraceReader<R> {
             return false;
         };
         // A name seen before is known by its first bytes; a new one is read and learnt.
-        let known = api_value(line, tag).and_then(|value| self.names.known_at(value));
-        let Some((api, rest)) = known.or_else(|| {
+        let Some(value) = api_value(line, tag) else {
+            return false;
+        };
+        let at = line.len() - value.len();
+        let Some((name, len)) = self.names.known_at(value).or_else(|| {
             let (name, rest) = leading_api(line, tag)?;
-            Some((self.names.get(name)?, rest))
+            Some((self.names.index(name)?, value.len() - rest.len()))
         }) else {
             return false;
         };
-        let head = line.len() - rest.len();
+        let head = at + len;
+        let rest = &line[head..];
         // Made where it lies in the batch, not moved there: a record is a few hundred bytes,
         // and a move is a copy.
         out.reserve(1);
         let Some(slot) = out.spare_capacity_mut().first_mut() else {
             return false;
         };
-        let Some(empty) = Record::empty_call(tag, api) else {
+        let Some(empty) = Record::empty_call(tag, ApiName::default()) else {
             return false;
         };
         let rec = slot.write(empty);
@@ -879,6 +883,9 @@ impl<R: BufRead> TraceReader<R> {
         let Some(len) = rec
             .call_mut()
             .and_then(|call| {
+                // The name goes straight to where it is kept: passed through `empty_call`, it
+                // went by the stack, in pieces that the processor could not join again.
+                call.api = self.names.0[name].1.clone();
                 fill_in_order(rest, call).or_else(|| {
                     // Keys in another order: the call is read again from the start.
                     *call = Call {
@@ -1039,21 +1046,33 @@ impl Names {
         Some(name)
     }
 
-    /// The name already read that the string value `value` (from its opening quote, with at
-    /// least 16 bytes after it) holds, and the rest after its closing quote.
+    /// Which of the names already read the string value `value` (from its opening quote,
+    /// with at least 16 bytes after it) holds: its index, and where the rest of `value`
+    /// starts after the closing quote. Indices, not the name: the caller clones the name
+    /// into the record where it lies, rather than moving it there through the stack.
     #[inline(always)]
-    fn known_at<'a>(&self, value: &'a [u8]) -> Option<(ApiName, &'a [u8])> {
+    fn known_at(&self, value: &[u8]) -> Option<(usize, usize)> {
         let inner = value.strip_prefix(b"\"")?;
         let first = inner.first_chunk::<16>()?;
         let at = [
             u64::from_le_bytes(first[..8].try_into().ok()?),
             u64::from_le_bytes(first[8..].try_into().ok()?),
         ];
-        let (_, name, _) = self
+        let i = self
             .0
             .iter()
-            .find(|(_, _, q)| q.is_some_and(|q| q.starts(at)))?;
-        Some((name.clone(), inner.get(name.len() + 1..)?))
+            .position(|(_, _, q)| q.is_some_and(|q| q.starts(at)))?;
+        Some((i, self.0[i].1.len() + 2))
+    }
+
+    /// The index of name `bytes`, learnt now if it is new; `None` when it is not UTF-8 or
+    /// not kept (past [`Names::MAX`]).
+    fn index(&mut self, bytes: &[u8]) -> Option<usize> {
+        self.get(bytes)?;
+        let key = NameKey::of(bytes);
+        self.0
+            .iter()
+            .rposition(|(k, n, _)| *k == key && n.as_bytes() == bytes)
     }
 }
 
