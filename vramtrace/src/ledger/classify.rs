@@ -238,17 +238,19 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Decides a class from what is known of `a`; pure, so the same facts always give the
-    /// same class, live or on replay.
-    fn decide(&self, a: &LiveAllocation) -> (Class, Evidences) {
-        let mut ev = Evidences::new();
+    /// Decides a class from what is known of `a`, and writes the evidence for it into `a`
+    /// (where it is kept, not through a copy on the stack); the same facts always give the
+    /// same class and evidence, live or on replay.
+    fn decide(&self, a: &mut LiveAllocation) -> Class {
+        let ev = &mut a.evidence;
+        ev.clear();
         if a.mem.is_host() {
             ev.push(Evidence::InHostRam(a.mem));
-            return (Class::HostFallback, ev);
+            return Class::HostFallback;
         }
         if a.size_unknown {
             ev.push(Evidence::UnknownSize);
-            return (Class::Unknown, ev);
+            return Class::Unknown;
         }
         ev.push(Evidence::Made(a.made_in));
         let age = self.frees.saturating_sub(a.frees_before);
@@ -277,7 +279,7 @@ impl Classifier {
                 });
             }
         }
-        let class = match a.made_in {
+        match a.made_in {
             // Made and filled while loading, even partly: the rest of a weight buffer may come
             // by paths that are not host copies.
             Phase::Load if filled || loaded => Class::Weights,
@@ -288,8 +290,7 @@ impl Classifier {
             _ if !outlived => Class::Dynamic,
             _ if filled => Class::Weights,
             _ => Class::KvCache,
-        };
-        (class, ev)
+        }
     }
 
     /// A new live allocation: stamps it, classifies it, counts its bytes.
@@ -298,10 +299,8 @@ impl Classifier {
         a.seq = self.seq;
         a.made_in = self.phase;
         a.frees_before = self.frees;
-        let (class, evidence) = self.decide(a);
-        a.class = class;
-        a.evidence = evidence;
-        self.live.add(class, a.bytes);
+        a.class = self.decide(a);
+        self.live.add(a.class, a.bytes);
         if a.made_in != Phase::Load && !a.mem.is_host() {
             self.young
                 .push_back((self.frees.saturating_add(SURVIVE_FREES), a.seq, at));
@@ -320,8 +319,7 @@ impl Classifier {
 
     /// Decides again and moves the allocation's bytes to its new class. True when it changed.
     pub(crate) fn reclassify(&mut self, a: &mut LiveAllocation) -> bool {
-        let (class, evidence) = self.decide(a);
-        a.evidence = evidence;
+        let class = self.decide(a);
         if a.class == class {
             return false;
         }
