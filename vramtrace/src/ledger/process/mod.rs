@@ -142,6 +142,22 @@ pub struct ProcessState {
     pub(crate) changes: Vec<Change>,
 }
 
+/// Appends the change `make` builds where it will be kept. `Vec::push` may grow the vector
+/// (a call) after the change is built, so the change is built on the stack first, field by
+/// field, and then copied in wide loads that must wait for those narrower stores to land;
+/// for the changes of every allocation and free, that wait is worth avoiding.
+#[inline(always)]
+fn push_in_place(changes: &mut Vec<Change>, make: impl FnOnce() -> Change) {
+    changes.reserve(1);
+    let len = changes.len();
+    if let Some(slot) = changes.spare_capacity_mut().first_mut() {
+        slot.write(make());
+        // SAFETY: the slot at `len`, within the capacity reserved above, was just
+        // initialized by `write`.
+        unsafe { changes.set_len(len + 1) };
+    }
+}
+
 fn class_of(mem: Mem) -> Held {
     if mem.is_host() {
         Held::Host
@@ -334,8 +350,9 @@ impl ProcessState {
     fn started(&mut self, a: &Arc<LiveAllocation>) {
         self.started.count += 1;
         self.started.bytes += a.bytes;
-        self.changes.push(Change::Started {
-            proc: self.proc,
+        let proc = self.proc;
+        push_in_place(&mut self.changes, || Change::Started {
+            proc,
             alloc: Arc::clone(a),
         });
     }
@@ -347,7 +364,7 @@ impl ProcessState {
         was: classify::Class,
         a: &Arc<LiveAllocation>,
     ) {
-        changes.push(Change::Updated {
+        push_in_place(changes, || Change::Updated {
             proc,
             was,
             alloc: Arc::clone(a),
@@ -476,7 +493,7 @@ impl ProcessState {
             }
         }
         self.count_end(cause, a.bytes);
-        self.changes.push(Change::Ended {
+        push_in_place(&mut self.changes, || Change::Ended {
             proc: self.proc,
             alloc: a,
             cause,
