@@ -1031,19 +1031,11 @@ impl Names {
     const MAX: usize = 512;
 
     fn get(&mut self, bytes: &[u8]) -> Option<ApiName> {
-        let key = NameKey::of(bytes);
-        if let Some((_, name, _)) = self
-            .0
-            .iter()
-            .find(|(k, n, _)| *k == key && (key.whole() || n.as_bytes() == bytes))
-        {
-            return Some(name.clone());
+        match self.index(bytes) {
+            Some(i) => Some(self.0[i].1.clone()),
+            // Not kept: past `MAX` names, or not UTF-8 (then `new` is not reached).
+            None => Some(ApiName::new(std::str::from_utf8(bytes).ok()?)),
         }
-        let name = ApiName::new(std::str::from_utf8(bytes).ok()?);
-        if self.0.len() < Self::MAX {
-            self.0.push((key, name.clone(), Quoted::of(bytes)));
-        }
-        Some(name)
     }
 
     /// Which of the names already read the string value `value` (from its opening quote,
@@ -1068,11 +1060,20 @@ impl Names {
     /// The index of name `bytes`, learnt now if it is new; `None` when it is not UTF-8 or
     /// not kept (past [`Names::MAX`]).
     fn index(&mut self, bytes: &[u8]) -> Option<usize> {
-        self.get(bytes)?;
         let key = NameKey::of(bytes);
-        self.0
+        if let Some(i) = self
+            .0
             .iter()
-            .rposition(|(k, n, _)| *k == key && n.as_bytes() == bytes)
+            .position(|(k, n, _)| *k == key && (key.whole() || n.as_bytes() == bytes))
+        {
+            return Some(i);
+        }
+        if self.0.len() >= Self::MAX {
+            return None;
+        }
+        let name = ApiName::new(std::str::from_utf8(bytes).ok()?);
+        self.0.push((key, name, Quoted::of(bytes)));
+        Some(self.0.len() - 1)
     }
 }
 
