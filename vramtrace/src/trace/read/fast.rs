@@ -329,6 +329,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// An integer that may be negative (not `-0`: serde reads that as a float).
+    #[inline(always)]
     fn signed(&mut self) -> Option<i64> {
         if self.bytes.get(self.at) == Some(&b'-') {
             self.at += 1;
