@@ -96,12 +96,12 @@ macro_rules! records {
                 })
             }
 
-            /// The record of type `tag` with an empty call of `api`, to be filled where it
-            /// lies: `None` for the types that are not calls.
+            /// The record of type `tag` with an empty call, to be filled where it lies:
+            /// `None` for the types that are not calls.
             #[inline(always)]
-            pub(crate) fn empty_call(tag: &[u8], api: ApiName) -> Option<Record> {
+            pub(crate) fn empty_call(tag: &[u8]) -> Option<Record> {
                 Some(match tag {
-                    $($ctag => Record::$call(Call { api, ..Call::default() }),)*
+                    $($ctag => Record::$call(Call::default()),)*
                     _ => return None,
                 })
             }

@@ -71,55 +71,55 @@ pub(super) fn fill_after_api(rest: &[u8], names: &mut Names, call: &mut Call) ->
 pub(super) fn fill_in_order(rest: &[u8], call: &mut Call) -> Option<usize> {
     let mut cur = Cursor { bytes: rest, at: 0 };
     cur.key(b",\"proc\":")?;
-    call.proc = cur.unsigned()?.try_into().ok()?;
+    value(&mut cur, PROC, call)?;
     cur.key(b",\"pid\":")?;
-    call.pid = cur.unsigned()?.try_into().ok()?;
+    value(&mut cur, PID, call)?;
     cur.key(b",\"tid\":")?;
-    call.tid = cur.unsigned()?.try_into().ok()?;
+    value(&mut cur, TID, call)?;
     cur.key(b",\"ts_ns\":")?;
-    call.ts_ns = cur.unsigned()?;
+    value(&mut cur, TS_NS, call)?;
     cur.key(b",\"dur_ns\":")?;
-    call.dur_ns = cur.unsigned()?;
+    value(&mut cur, DUR_NS, call)?;
     cur.key(b",\"ret\":")?;
-    call.ret = cur.signed()?.try_into().ok()?;
+    value(&mut cur, RET, call)?;
     if cur.key(b",\"bytes\":").is_some() {
-        call.bytes = Some(cur.unsigned()?);
+        value(&mut cur, BYTES, call)?;
     }
     if cur.key(b",\"addr\":").is_some() {
-        call.addr = Some(cur.unsigned()?);
+        value(&mut cur, ADDR, call)?;
     }
     if cur.key(b",\"mem\":").is_some() {
-        call.mem = Some(mem_kind(cur.raw_string()?)?);
+        value(&mut cur, MEM, call)?;
     }
     if cur.key(b",\"handle\":").is_some() {
-        call.handle = Some(cur.unsigned()?);
+        value(&mut cur, HANDLE, call)?;
     }
     if cur.key(b",\"device\":").is_some() {
-        call.device = Some(cur.signed()?.try_into().ok()?);
+        value(&mut cur, DEVICE, call)?;
     }
     if cur.key(b",\"pool\":").is_some() {
-        call.pool = Some(cur.unsigned()?);
+        value(&mut cur, POOL, call)?;
     }
     if cur.key(b",\"stream\":").is_some() {
-        call.stream = Some(cur.unsigned()?);
+        value(&mut cur, STREAM, call)?;
     }
     if cur.key(b",\"offset\":").is_some() {
-        call.offset = Some(cur.unsigned()?);
+        value(&mut cur, OFFSET, call)?;
     }
     if cur.key(b",\"flags\":").is_some() {
-        call.flags = Some(cur.unsigned()?);
+        value(&mut cur, FLAGS, call)?;
     }
     if cur.key(b",\"pitch\":").is_some() {
-        call.pitch = Some(cur.unsigned()?);
+        value(&mut cur, PITCH, call)?;
     }
     if cur.key(b",\"stack\":").is_some() {
-        call.stack = Some(cur.unsigned()?.try_into().ok()?);
+        value(&mut cur, STACK, call)?;
     }
     if cur.key(b",\"src_mem\":").is_some() {
-        call.src_mem = Some(copy_src(cur.raw_string()?)?);
+        value(&mut cur, SRC_MEM, call)?;
     }
     if cur.key(b",\"src\":").is_some() {
-        call.src = Some(cur.unsigned()?);
+        value(&mut cur, SRC, call)?;
     }
     cur.key(b"}\n")?;
     Some(cur.at)
@@ -150,6 +150,74 @@ fn copy_src(name: &[u8]) -> Option<CopySrc> {
     })
 }
 
+/// The value of key `field` (as [`call_key`] numbers them, `api` apart) at `cur`, into
+/// `call`: the one place that says how each key's value is read, whichever order the keys
+/// come in.
+#[inline(always)]
+fn value(cur: &mut Cursor<'_>, field: usize, call: &mut Call) -> Option<()> {
+    match field {
+        PROC => {
+            call.proc = cur.unsigned()?.try_into().ok()?;
+        }
+        PID => {
+            call.pid = cur.unsigned()?.try_into().ok()?;
+        }
+        TID => {
+            call.tid = cur.unsigned()?.try_into().ok()?;
+        }
+        TS_NS => {
+            call.ts_ns = cur.unsigned()?;
+        }
+        DUR_NS => {
+            call.dur_ns = cur.unsigned()?;
+        }
+        RET => {
+            call.ret = cur.signed()?.try_into().ok()?;
+        }
+        BYTES => {
+            call.bytes = Some(cur.unsigned()?);
+        }
+        ADDR => {
+            call.addr = Some(cur.unsigned()?);
+        }
+        MEM => {
+            call.mem = Some(mem_kind(cur.raw_string()?)?);
+        }
+        HANDLE => {
+            call.handle = Some(cur.unsigned()?);
+        }
+        DEVICE => {
+            call.device = Some(cur.signed()?.try_into().ok()?);
+        }
+        POOL => {
+            call.pool = Some(cur.unsigned()?);
+        }
+        STREAM => {
+            call.stream = Some(cur.unsigned()?);
+        }
+        OFFSET => {
+            call.offset = Some(cur.unsigned()?);
+        }
+        FLAGS => {
+            call.flags = Some(cur.unsigned()?);
+        }
+        PITCH => {
+            call.pitch = Some(cur.unsigned()?);
+        }
+        STACK => {
+            call.stack = Some(cur.unsigned()?.try_into().ok()?);
+        }
+        SRC => {
+            call.src = Some(cur.unsigned()?);
+        }
+        SRC_MEM => {
+            call.src_mem = Some(copy_src(cur.raw_string()?)?);
+        }
+        _ => unreachable!("call_key returns no other index"),
+    }
+    Some(())
+}
+
 /// The keys of a call line from `cur` on, those in `seen` already read, to its closing
 /// brace: where in `cur`'s bytes the line goes on after it.
 #[inline(always)]
@@ -171,64 +239,7 @@ fn fill_keys(
             API => {
                 call.api = names.get(cur.raw_string()?)?;
             }
-            PROC => {
-                call.proc = cur.unsigned()?.try_into().ok()?;
-            }
-            PID => {
-                call.pid = cur.unsigned()?.try_into().ok()?;
-            }
-            TID => {
-                call.tid = cur.unsigned()?.try_into().ok()?;
-            }
-            TS_NS => {
-                call.ts_ns = cur.unsigned()?;
-            }
-            DUR_NS => {
-                call.dur_ns = cur.unsigned()?;
-            }
-            RET => {
-                call.ret = cur.signed()?.try_into().ok()?;
-            }
-            BYTES => {
-                call.bytes = Some(cur.unsigned()?);
-            }
-            ADDR => {
-                call.addr = Some(cur.unsigned()?);
-            }
-            MEM => {
-                call.mem = Some(mem_kind(cur.raw_string()?)?);
-            }
-            HANDLE => {
-                call.handle = Some(cur.unsigned()?);
-            }
-            DEVICE => {
-                call.device = Some(cur.signed()?.try_into().ok()?);
-            }
-            POOL => {
-                call.pool = Some(cur.unsigned()?);
-            }
-            STREAM => {
-                call.stream = Some(cur.unsigned()?);
-            }
-            OFFSET => {
-                call.offset = Some(cur.unsigned()?);
-            }
-            FLAGS => {
-                call.flags = Some(cur.unsigned()?);
-            }
-            PITCH => {
-                call.pitch = Some(cur.unsigned()?);
-            }
-            STACK => {
-                call.stack = Some(cur.unsigned()?.try_into().ok()?);
-            }
-            SRC => {
-                call.src = Some(cur.unsigned()?);
-            }
-            SRC_MEM => {
-                call.src_mem = Some(copy_src(cur.raw_string()?)?);
-            }
-            _ => unreachable!("call_key returns no other index"),
+            _ => value(&mut cur, field, call)?,
         }
         let bit = 1u32 << field;
         if seen & bit != 0 {

@@ -875,7 +875,7 @@ impl<R: BufRead> TraceReader<R> {
         let Some(slot) = out.spare_capacity_mut().first_mut() else {
             return false;
         };
-        let Some(empty) = Record::empty_call(tag, ApiName::default()) else {
+        let Some(empty) = Record::empty_call(tag) else {
             return false;
         };
         let rec = slot.write(empty);
@@ -883,8 +883,8 @@ impl<R: BufRead> TraceReader<R> {
         let Some(len) = rec
             .call_mut()
             .and_then(|call| {
-                // The name goes straight to where it is kept: passed through `empty_call`, it
-                // went by the stack, in pieces that the processor could not join again.
+                // The name goes straight to where it is kept: moved into the record before
+                // `write`, it went by the stack, in pieces the processor could not join again.
                 call.api = self.names.0[name].1.clone();
                 fill_in_order(rest, call).or_else(|| {
                     // Keys in another order: the call is read again from the start.
@@ -994,35 +994,31 @@ impl NameKey {
     }
 }
 
-/// A name of at most 15 bytes with its closing quote, as two words and the masks of their
+/// A name of at most 15 bytes with its closing quote, as a 16-byte word and the mask of the
 /// bytes that it fills: a JSON string value that starts with it is that name, whatever
 /// follows, with no need to look for where the string ends.
 #[derive(Clone, Copy)]
 struct Quoted {
-    words: [u64; 2],
-    masks: [u64; 2],
+    word: u128,
+    mask: u128,
 }
 
 impl Quoted {
     fn of(name: &[u8]) -> Option<Quoted> {
         let mut bytes = [0u8; 16];
-        let mut mask = [0u8; 16];
         bytes
-            .get_mut(..name.len() + 1)?
+            .get_mut(..=name.len())?
             .copy_from_slice(&[name, b"\""].concat());
-        mask[..name.len() + 1].fill(0xff);
-        let word = |b: &[u8; 16], i: usize| {
-            u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default())
-        };
+        let len = 8 * (name.len() as u32 + 1);
         Some(Quoted {
-            words: [word(&bytes, 0), word(&bytes, 1)],
-            masks: [word(&mask, 0), word(&mask, 1)],
+            word: u128::from_le_bytes(bytes),
+            mask: u128::MAX >> (128 - len),
         })
     }
 
     #[inline(always)]
-    fn starts(&self, at: [u64; 2]) -> bool {
-        at[0] & self.masks[0] == self.words[0] && at[1] & self.masks[1] == self.words[1]
+    fn starts(&self, at: u128) -> bool {
+        at & self.mask == self.word
     }
 }
 
@@ -1045,11 +1041,7 @@ impl Names {
     #[inline(always)]
     fn known_at(&self, value: &[u8]) -> Option<(usize, usize)> {
         let inner = value.strip_prefix(b"\"")?;
-        let first = inner.first_chunk::<16>()?;
-        let at = [
-            u64::from_le_bytes(first[..8].try_into().ok()?),
-            u64::from_le_bytes(first[8..].try_into().ok()?),
-        ];
+        let at = u128::from_le_bytes(*inner.first_chunk::<16>()?);
         let i = self
             .0
             .iter()
