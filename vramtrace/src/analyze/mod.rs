@@ -619,11 +619,10 @@ fn process_report(p: &ProcessState, limit: usize) -> ProcessReport {
         })
         .collect();
     let total = |m: &crate::ledger::ApiCounts| {
-        m.to_map()
-            .into_iter()
+        m.iter()
             .map(|(api, c)| {
                 (
-                    api,
+                    api.to_owned(),
                     ApiTotal {
                         count: c.count,
                         bytes: c.bytes,

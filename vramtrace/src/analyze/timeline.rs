@@ -1,6 +1,8 @@
 //! Device, pool-held and host bytes per process over time, in a bounded number of buckets
 //! whatever the trace's length: when the buckets run out, neighbours merge and each covers
 //! twice the time. Each bucket keeps the highest value seen in it, so peaks survive merging.
+//! Beside each process's series: the lowest its device bytes fell after its load phase, and
+//! when, which an OOM's explanation measures growth from.
 
 use std::collections::BTreeMap;
 

@@ -289,9 +289,14 @@ impl ApiCounts {
         self.0.iter().map(|(_, c)| c)
     }
 
+    /// The counters by entry point, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ApiCount)> {
+        self.0.iter().map(|(n, c)| (n.as_str(), c))
+    }
+
     /// The counters by entry point, in the order of the names.
     pub fn to_map(&self) -> BTreeMap<String, ApiCount> {
-        self.0.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        self.iter().map(|(n, c)| (n.to_owned(), *c)).collect()
     }
 }
 
