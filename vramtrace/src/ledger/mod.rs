@@ -67,6 +67,7 @@ pub use replay::{READ_AHEAD_BATCH, Replay, Seen, Step, header_record};
 pub use usage::{Totals, Usage};
 
 use crate::trace::{Call, Record, Stack};
+use process::take_changes;
 
 /// Live allocations and counters of every traced process.
 #[derive(Clone, Debug, Default)]
@@ -162,7 +163,7 @@ impl Ledger {
                     st.anomaly("second_exit", || format!("exit at {} ns", e.ts_ns));
                 }
                 st.on_exit(totals, e);
-                changes.append(&mut st.changes);
+                take_changes(changes, &mut st.changes);
             }
             _ => self.apply_call(rec),
         }
@@ -199,7 +200,7 @@ impl Ledger {
                 format!("{} ret {} at {} ns", c.api, c.ret, c.ts_ns)
             });
             st.on_failed(c);
-            changes.append(&mut st.changes);
+            take_changes(changes, &mut st.changes);
             return;
         }
         let phase = st.classifier.phase;
@@ -238,7 +239,7 @@ impl Ledger {
             Record::Unreturned(_) => *st.unreturned.entry(c.api.to_string()).or_default() += 1,
             _ => {}
         }
-        changes.append(&mut st.changes);
+        take_changes(changes, &mut st.changes);
         let released_imports = !st.imports_released.is_empty();
         if st.classifier.phase != phase {
             changes.push(Change::Phase {

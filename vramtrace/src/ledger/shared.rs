@@ -15,7 +15,7 @@
 use foldhash::HashMap;
 
 use super::Ledger;
-use super::process::{HandleOwner, ImportedMapping, Owner};
+use super::process::{HandleOwner, ImportedMapping, Owner, take_changes};
 use crate::trace::{Call, Record};
 
 /// One export: whose allocation the shared bytes name.
@@ -93,7 +93,7 @@ impl Ledger {
             Record::ImportClose(_) => {
                 let ended = self.procs.get_mut(&c.proc).and_then(|st| {
                     let m = st.close_import(c, c.ts_ns);
-                    self.changes.append(&mut st.changes);
+                    take_changes(&mut self.changes, &mut st.changes);
                     m
                 });
                 self.mapping_gone(ended, c.ts_ns);
@@ -143,7 +143,7 @@ impl Ledger {
                 st.anomaly("export_outside_allocations", || {
                     format!("{} addr {addr:#x} at {} ns", c.api, c.ts_ns)
                 });
-                self.changes.append(&mut st.changes);
+                take_changes(&mut self.changes, &mut st.changes);
             }
         }
     }
@@ -170,12 +170,12 @@ impl Ledger {
                 return;
             };
             let new = st.on_import_handle(c, owner);
-            self.changes.append(&mut st.changes);
+            take_changes(&mut self.changes, &mut st.changes);
             if new && let Some((proc, handle)) = from {
                 // The importer holds a reference to the owner's memory until it releases it.
                 if let Some(owner) = self.procs.get_mut(&proc) {
                     owner.importer_ref(&mut self.totals, handle, true, c.ts_ns);
-                    self.changes.append(&mut owner.changes);
+                    take_changes(&mut self.changes, &mut owner.changes);
                 }
             }
             return;
@@ -203,7 +203,7 @@ impl Ledger {
         };
         let owner = mapping.owner.as_ref().map(|o| (o.proc, o.seq));
         let new = st.on_import(mapping);
-        self.changes.append(&mut st.changes);
+        take_changes(&mut self.changes, &mut st.changes);
         if new && let Some(key) = owner {
             *self.shared.open.entry(key).or_default() += 1;
         }
@@ -219,11 +219,11 @@ impl Ledger {
         if st.is_import(addr) {
             // An imported pool pointer is freed by the importer: its mapping ends.
             let ended = st.end_import(addr, c.ts_ns);
-            self.changes.append(&mut st.changes);
+            take_changes(&mut self.changes, &mut st.changes);
             self.mapping_gone(ended, c.ts_ns);
         } else {
             st.free_while_mapped(c, addr);
-            self.changes.append(&mut st.changes);
+            take_changes(&mut self.changes, &mut st.changes);
         }
     }
 
@@ -244,7 +244,7 @@ impl Ledger {
         self.shared.open.remove(&key);
         if let Some(st) = self.procs.get_mut(&owner.proc) {
             st.end_kept(&mut self.totals, owner.seq, ts);
-            self.changes.append(&mut st.changes);
+            take_changes(&mut self.changes, &mut st.changes);
         }
     }
 
@@ -258,7 +258,7 @@ impl Ledger {
         for (owner, handle) in released {
             if let Some(o) = self.procs.get_mut(&owner) {
                 o.importer_ref(&mut self.totals, handle, false, ts);
-                self.changes.append(&mut o.changes);
+                take_changes(&mut self.changes, &mut o.changes);
             }
         }
     }
@@ -269,7 +269,7 @@ impl Ledger {
         let ended = match self.procs.get_mut(&proc) {
             Some(st) => {
                 let ended = st.end_all_imports(ts);
-                self.changes.append(&mut st.changes);
+                take_changes(&mut self.changes, &mut st.changes);
                 ended
             }
             None => Vec::new(),

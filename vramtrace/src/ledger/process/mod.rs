@@ -142,6 +142,18 @@ pub struct ProcessState {
     pub(crate) changes: Vec<Change>,
 }
 
+/// Moves the changes a process made into `into` (the Ledger's, for the record being
+/// applied), in order after those already there. Nearly always `into` is empty: then the two
+/// vectors trade places instead of the changes being copied one by one.
+#[inline(always)]
+pub(crate) fn take_changes(into: &mut Vec<Change>, from: &mut Vec<Change>) {
+    if into.is_empty() {
+        std::mem::swap(into, from);
+    } else {
+        into.append(from);
+    }
+}
+
 /// Appends the change `make` builds where it will be kept. `Vec::push` may grow the vector
 /// (a call) after the change is built, so the change is built on the stack first, field by
 /// field, and then copied in wide loads that must wait for those narrower stores to land;
