@@ -153,7 +153,9 @@ impl<R: BufRead> Replay<R> {
     /// Ledger as it is after it and the record. A second thread reads ahead (parsing and the
     /// digest) in batches of [`READ_AHEAD_BATCH`] records, at most [`READ_AHEAD_BATCHES`]
     /// ahead, so the read runs beside the Ledger instead of before it and memory stays
-    /// bounded. The records and their order are those of [`Replay::advance`].
+    /// bounded. When this process may run on one CPU only, there is no second thread: the
+    /// batches are read and applied in turn. The records and their order are those of
+    /// [`Replay::advance`].
     pub fn run_read_ahead(&mut self, each: impl FnMut(&Ledger, &Record))
     where
         R: Send,
@@ -182,7 +184,17 @@ impl<R: BufRead> Replay<R> {
 
     /// [`Replay::run_read_ahead_around`], also telling after each batch read ahead where
     /// the reader stood after it ([`Seen::ReadTo`]), once that batch is applied.
-    pub fn run_read_ahead_seen(&mut self, mut each: impl FnMut(Seen<'_>, &Ledger))
+    pub fn run_read_ahead_seen(&mut self, each: impl FnMut(Seen<'_>, &Ledger))
+    where
+        R: Send,
+    {
+        let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+        self.run_batches(!one_cpu, each);
+    }
+
+    /// [`Replay::run_read_ahead_seen`], reading ahead on a second thread or, without
+    /// `read_ahead`, reading and applying each batch in turn on this one.
+    fn run_batches(&mut self, read_ahead: bool, mut each: impl FnMut(Seen<'_>, &Ledger))
     where
         R: Send,
     {
@@ -193,15 +205,38 @@ impl<R: BufRead> Replay<R> {
             cutoff,
         } = self;
         let cutoff = *cutoff;
+        let mut apply = |batch: &[Record], at: Position| {
+            for rec in batch.iter().filter(|r| in_time(cutoff, r)) {
+                each(Seen::Record(Step::Before, rec), ledger);
+                ledger.apply(rec);
+                *applied += 1;
+                each(Seen::Record(Step::After, rec), ledger);
+            }
+            each(Seen::ReadTo(at), ledger);
+        };
+        if !read_ahead {
+            // One CPU: a second thread would only take turns with this one, and each turn
+            // is a switch between them, with the batch gone from the cache in between.
+            let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
+            loop {
+                batch.clear();
+                reader.read_into(&mut batch, READ_AHEAD_BATCH);
+                // The reader is fused: an empty batch is the end of the trace.
+                if batch.is_empty() {
+                    return;
+                }
+                apply(&batch, reader.read_position());
+            }
+        }
         std::thread::scope(|s| {
             let (full_tx, full_rx) =
                 mpsc::sync_channel::<(Vec<Record>, Position)>(READ_AHEAD_BATCHES);
             let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
             s.spawn(move || {
                 loop {
-                    // The records are dropped here, on the thread that made them: their
-                    // entry-point names are shared, and a count moved on both threads would
-                    // bounce between the cores on every record.
+                    // The records are dropped here, on the thread that made them: an
+                    // entry-point name past the first thousand is shared by reference count,
+                    // and a count moved on both threads would bounce between the cores.
                     let mut batch = match empty_rx.try_recv() {
                         Ok(mut used) => {
                             used.clear();
@@ -210,20 +245,13 @@ impl<R: BufRead> Replay<R> {
                         Err(_) => Vec::with_capacity(READ_AHEAD_BATCH),
                     };
                     reader.read_into(&mut batch, READ_AHEAD_BATCH);
-                    // The reader is fused: an empty batch is the end of the trace.
                     if batch.is_empty() || full_tx.send((batch, reader.read_position())).is_err() {
                         break;
                     }
                 }
             });
             for (batch, at) in full_rx {
-                for rec in batch.iter().filter(|r| in_time(cutoff, r)) {
-                    each(Seen::Record(Step::Before, rec), ledger);
-                    ledger.apply(rec);
-                    *applied += 1;
-                    each(Seen::Record(Step::After, rec), ledger);
-                }
-                each(Seen::ReadTo(at), ledger);
+                apply(&batch, at);
                 // The reader may have finished and gone: then the batch is not needed.
                 let _ = empty_tx.send(batch);
             }
@@ -254,9 +282,9 @@ mod tests {
     use crate::trace::read::tests::{alloc, body, free, write_trace};
 
     /// Every record, with what it changed, as one replay saw it.
-    type Seen = Vec<(Record, Vec<Change>)>;
+    type Applied = Vec<(Record, Vec<Change>)>;
 
-    fn one_by_one(bytes: &[u8]) -> (Seen, Replay<&[u8]>) {
+    fn one_by_one(bytes: &[u8]) -> (Applied, Replay<&[u8]>) {
         let mut replay = Replay::new(TraceReader::new(bytes).expect("header"));
         let mut seen = Vec::new();
         while let Some(rec) = replay.advance() {
@@ -329,15 +357,36 @@ mod tests {
                 },
             ),
         );
-        for finish in [true, false] {
+        // On a second thread, and in turn on one (as on one CPU).
+        for (finish, read_ahead) in [(true, true), (false, true), (true, false), (false, false)] {
             let (bytes, _) = write_trace(&records, finish);
             let (want, one) = one_by_one(&bytes);
             let mut two = Replay::new(TraceReader::new(bytes.as_slice()).expect("header"));
             let mut got = Vec::new();
-            two.run_read_ahead(|ledger, rec| got.push((rec.clone(), ledger.changes().to_vec())));
+            let mut read_to = Vec::new();
+            two.run_batches(read_ahead, |seen, ledger| match seen {
+                Seen::Record(Step::After, rec) => {
+                    got.push((rec.clone(), ledger.changes().to_vec()));
+                }
+                Seen::Record(Step::Before, _) => {}
+                Seen::ReadTo(at) => read_to.push((got.len(), at)),
+            });
             assert_eq!(got.len(), want.len());
             assert!(got == want, "the changes differ");
             assert_eq!(two.applied(), one.applied());
+            // After each batch, where the reader stood: after as many lines as were applied
+            // (the header's and the `process` record's among them), the last at the end.
+            assert_eq!(read_to.len(), got.len().div_ceil(READ_AHEAD_BATCH));
+            assert!(
+                read_to
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1.bytes < w[1].1.bytes)
+            );
+            assert_eq!(read_to.last().map(|r| r.0), Some(got.len()));
+            assert_eq!(
+                read_to.last().map(|r| r.1),
+                Some(two.reader().read_position())
+            );
             assert_eq!(two.finish().1, one.finish().1);
         }
     }
