@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use vramtrace::ledger::READ_AHEAD_BATCH;
 use vramtrace::trace::write::TraceWriter;
 use vramtrace::trace::{
     Call, FORMAT_MAJOR, FORMAT_MINOR, Frame, Header, Mem, Process, Record, Stack, TraceReader,
@@ -188,12 +189,14 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64, i64)> {
 }
 
 /// Peak RSS of one child, alone: the maximum over children so far is only its own when the
-/// child runs in a fresh process of ours. `one_core`: the child and its threads share one CPU.
-fn measure_alone(one_core: bool, args: &[&str]) -> Result<Measured> {
+/// child runs in a fresh process of ours. With `cpu`, the child and its threads run on that
+/// CPU only.
+fn measure_alone(cpu: Option<usize>, args: &[&str]) -> Result<Measured> {
     let exe = std::env::current_exe()?;
+    let pin = cpu.map(|c| c.to_string());
     let out = Command::new(exe)
         .arg("__measure")
-        .args(one_core.then_some("--one-core"))
+        .args(pin.iter().flat_map(|c| ["--cpu", c.as_str()]))
         .args(args)
         .stderr(Stdio::inherit())
         .output()?;
@@ -216,7 +219,17 @@ fn measure_alone(one_core: bool, args: &[&str]) -> Result<Measured> {
 fn read_only(path: &Path) -> Result<f64> {
     let t = Instant::now();
     let mut reader = TraceReader::open(path)?;
-    let n = reader.by_ref().count();
+    // In batches, as `analyze` reads.
+    let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
+    let mut n = 0;
+    loop {
+        batch.clear();
+        reader.read_into(&mut batch, READ_AHEAD_BATCH);
+        if batch.is_empty() {
+            break;
+        }
+        n += batch.len();
+    }
     let s = reader.summary();
     if !s.complete {
         bail!("{} read incomplete after {n} records", path.display());
@@ -224,11 +237,13 @@ fn read_only(path: &Path) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// The fastest of `runs` runs.
-fn best_of(runs: u32, one_core: bool, args: &[&str]) -> Result<Measured> {
+/// The fastest of `runs` runs; with `one_cpu`, each pinned to one CPU, the next of those
+/// this process may use in turn (the CPUs of a virtual machine are not equally busy).
+fn best_of(runs: u32, one_cpu: bool, args: &[&str]) -> Result<Measured> {
+    let cpus = if one_cpu { allowed_cpus()? } else { Vec::new() };
     let mut best: Option<Measured> = None;
-    for _ in 0..runs.max(1) {
-        let m = measure_alone(one_core, args)?;
+    for i in 0..runs.max(1) as usize {
+        let m = measure_alone(cpus.get(i % cpus.len().max(1)).copied(), args)?;
         if best.is_none_or(|b| m.wall < b.wall) {
             best = Some(m);
         }
@@ -237,27 +252,46 @@ fn best_of(runs: u32, one_core: bool, args: &[&str]) -> Result<Measured> {
 }
 
 /// Runs in a fresh xtask: measures one command and prints `secs cpu_secs maxrss_kib`; with
-/// `one_core`, on the one CPU this process runs on (the command inherits the affinity).
-pub fn measure_child(one_core: bool, args: &[String]) -> Result<()> {
+/// `cpu`, on that CPU only (the command inherits the affinity).
+pub fn measure_child(cpu: Option<usize>, args: &[String]) -> Result<()> {
     let Some((prog, rest)) = args.split_first() else {
         bail!("nothing to measure");
     };
-    if one_core {
-        pin_to_one_cpu()?;
+    if let Some(cpu) = cpu {
+        pin_to(cpu)?;
     }
     let (secs, cpu, rss) = measure(Command::new(prog).args(rest))?;
     println!("{secs} {cpu} {rss}");
     Ok(())
 }
 
-/// Restricts this process to the CPU it is running on.
-fn pin_to_one_cpu() -> Result<()> {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = usize::try_from(cpu).context("sched_getcpu")?;
-    // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set; CPU_SET writes
-    // inside the set it is given, for a CPU the kernel just reported.
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set lives across the call and its size is the one passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads inside the set it is given, for a CPU below its size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        bail!("this process may run on no CPU");
+    }
+    Ok(cpus)
+}
+
+/// Restricts this process to `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set; CPU_SET writes
+    // inside the set it is given, for a CPU below its size (checked first).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        bail!("CPU {cpu} is past the largest set of CPUs");
+    }
     // SAFETY: as above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: the set lives across the call and its size is the one passed.
@@ -344,8 +378,10 @@ pub fn run(args: &BenchAnalyzeArgs) -> Result<()> {
     println!(
         "analyze and jq: the fastest of {} runs each; CPU is user + system time of that run \
          (its reader thread and its Ledger thread together), ev/CPU-s the events per CPU \
-         second; 1 core: analyze again with both threads pinned to one CPU (wall time); \
-         read: the trace read and checked alone (no replay)",
+         second; 1 core: analyze again, each run pinned to one CPU, the next in turn (wall time; \
+         on one CPU it reads and replays in turn on one thread); \
+         read: the trace read (parsed, its digest checked) as analyze reads it, alone, on one \
+         thread: analyze's 1-core time less this is the replay's",
         args.runs.max(1)
     );
     Ok(())

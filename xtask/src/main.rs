@@ -28,9 +28,9 @@ enum Task {
     /// Internal: runs a command and prints its wall time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure {
-        /// Pins the command, all its threads, to one CPU.
+        /// Pins the command, all its threads, to this CPU.
         #[arg(long)]
-        one_core: bool,
+        cpu: Option<usize>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
@@ -41,6 +41,6 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::BenchAnalyze(args) => bench_analyze::run(&args),
         Task::BenchWeb(args) => bench_web::run(&args),
-        Task::Measure { one_core, cmd } => bench_analyze::measure_child(one_core, &cmd),
+        Task::Measure { cpu, cmd } => bench_analyze::measure_child(cpu, &cmd),
     }
 }
