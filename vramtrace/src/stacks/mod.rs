@@ -285,9 +285,11 @@ impl StackNormalizer {
     }
 
     /// Keeps `maps`, read by someone else, as the file mappings of `pid`, unless they are
-    /// empty (a process that has exited) and a snapshot is already kept.
+    /// empty: a process read as it exits (a zombie has no mappings) tells nothing, and a
+    /// frame normalized from an empty snapshot would say it lay in no mapping the process
+    /// had, rather than that the process had exited.
     pub fn remember_maps(&mut self, pid: u32, maps: Vec<MapsFile>) {
-        if maps.is_empty() && self.maps.contains_key(&pid) {
+        if maps.is_empty() {
             return;
         }
         self.maps.insert(pid, maps);
@@ -868,6 +870,35 @@ mod tests {
             assert_eq!(frame.unknown.as_deref(), Some(reason::PROCESS_EXITED));
         }
         assert!(StackResolver::new().resolve(pid, &[]).is_empty());
+    }
+
+    /// A process first read as a zombie has no mappings: nothing is kept for it, and once
+    /// it is gone its frames say that it exited, not that they lay in no mapping it had.
+    #[test]
+    fn a_process_read_as_it_exits_leaves_no_empty_snapshot() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let zombie = || {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('Z')))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie() {
+            assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut normalizer = StackNormalizer::new();
+        normalizer.remember(pid);
+        child.wait().expect("wait");
+        let n = normalizer.normalize(pid, &[0x1000, 0x2000]);
+        assert_eq!(n.frames.len(), 2);
+        for frame in &n.frames {
+            assert_eq!(frame.unknown.as_deref(), Some(reason::PROCESS_EXITED));
+        }
     }
 
     #[test]
