@@ -304,7 +304,10 @@ fn exit_without_free() {
 #[test]
 fn stacks_name_the_calling_function() {
     let (lib, _) = sim();
-    let r = record(lib, "llm-server", &["--threads", "1"]);
+    // Without `--hold-new`: named while the process runs, which the workload makes last a
+    // second past its calls (it would otherwise end in some 40 ms, perhaps before a reader
+    // on a loaded machine has read what it maps).
+    let r = record(lib, "llm-server", &["--threads", "1", "--hold", "1"]);
     let stacks: Vec<_> = r
         .records
         .iter()

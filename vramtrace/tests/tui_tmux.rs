@@ -164,6 +164,8 @@ fn live_view_shows_a_workload_and_writes_a_symbolized_trace() {
         .arg("--lib")
         .arg(lib)
         .arg("mixed")
+        // Alive a second past its calls: named while it runs, however late the view reads.
+        .args(["--hold", "1"])
         .output()
         .expect("running the workload");
     assert!(out.status.success(), "{out:?}");
