@@ -857,12 +857,18 @@ mod tests {
         assert!(unmapped.unknown.is_some());
     }
 
-    #[test]
-    fn an_exited_process_gives_unknown_frames() {
-        let mut child = std::process::Command::new("true")
+    /// A child that exits at once (`true`), not yet waited for.
+    fn short_child() -> (std::process::Child, u32) {
+        let child = std::process::Command::new("true")
             .spawn()
             .expect("spawn true");
         let pid = child.id();
+        (child, pid)
+    }
+
+    #[test]
+    fn an_exited_process_gives_unknown_frames() {
+        let (mut child, pid) = short_child();
         child.wait().expect("wait");
         let frames = StackResolver::new().resolve(pid, &[0x1000, 0x2000]);
         assert_eq!(frames.len(), 2);
@@ -876,10 +882,7 @@ mod tests {
     /// it is gone its frames say that it exited, not that they lay in no mapping it had.
     #[test]
     fn a_process_read_as_it_exits_leaves_no_empty_snapshot() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id();
+        let (mut child, pid) = short_child();
         let zombie = || {
             fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
